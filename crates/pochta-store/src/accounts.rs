@@ -1,0 +1,176 @@
+//! Domains and accounts.
+
+use crate::{
+    Account, AccountCredentials, Domain, DomainRole, MailboxAddress, Result, Store, StoreError,
+};
+
+impl Store {
+    /// Adds a domain. `name` must already be lowercase ASCII (`is_domain_name`).
+    pub async fn add_domain(&self, name: &str, role: DomainRole) -> Result<Domain> {
+        sqlx::query_as::<_, Domain>(
+            "INSERT INTO domains (name, role) VALUES ($1, $2) RETURNING name, role, created_at",
+        )
+        .bind(name)
+        .bind(role.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::DomainExists(name.to_owned())
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    pub async fn list_domains(&self) -> Result<Vec<Domain>> {
+        Ok(
+            sqlx::query_as::<_, Domain>("SELECT name, role, created_at FROM domains ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The role of a domain, or None when Pochta does not know it.
+    pub async fn domain_role(&self, name: &str) -> Result<Option<DomainRole>> {
+        let role: Option<String> = sqlx::query_scalar("SELECT role FROM domains WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(role.map(DomainRole::try_from).transpose()?)
+    }
+
+    /// Removes a domain that has no accounts.
+    pub async fn remove_domain(&self, name: &str) -> Result<()> {
+        let result = sqlx::query("DELETE FROM domains WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(done) if done.rows_affected() == 1 => Ok(()),
+            Ok(_) => Err(StoreError::UnknownDomain(name.to_owned())),
+            Err(e) if StoreError::is_foreign_key_violation(&e) => {
+                let accounts: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM accounts WHERE domain = $1")
+                        .bind(name)
+                        .fetch_one(&self.pool)
+                        .await?;
+                Err(StoreError::DomainInUse {
+                    domain: name.to_owned(),
+                    accounts,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds an account to a local domain. `password_hash` is an argon2id PHC string.
+    pub async fn add_account(&self, address: &MailboxAddress, password_hash: &str) -> Result<i64> {
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO accounts (domain, local_part, password_hash)
+             SELECT name, $2, $3 FROM domains WHERE name = $1 AND role = 'local'
+             RETURNING id",
+        )
+        .bind(&address.domain)
+        .bind(&address.local_part)
+        .bind(password_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::AccountExists(address.to_string())
+            } else {
+                e.into()
+            }
+        })?;
+        if let Some(id) = inserted {
+            return Ok(id);
+        }
+        match self.domain_role(&address.domain).await? {
+            None => Err(StoreError::UnknownDomain(address.domain.clone())),
+            Some(role) => Err(StoreError::DomainNotLocal {
+                domain: address.domain.clone(),
+                role,
+            }),
+        }
+    }
+
+    /// Accounts with their maildrop sizes, of one domain or of all.
+    pub async fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<Account>> {
+        Ok(sqlx::query_as::<_, Account>(
+            "SELECT a.id, a.local_part, a.domain, a.disabled, a.quota_bytes, a.created_at,
+                    count(e.id) AS messages, coalesce(sum(e.pop3_size), 0)::bigint AS bytes
+             FROM accounts a LEFT JOIN maildrop_entries e ON e.account_id = a.id
+             WHERE $1::text IS NULL OR a.domain = $1
+             GROUP BY a.id
+             ORDER BY a.domain, lower(a.local_part)",
+        )
+        .bind(domain)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// What a login checks. The local part matches case-insensitively.
+    pub async fn account_credentials(
+        &self,
+        address: &MailboxAddress,
+    ) -> Result<Option<AccountCredentials>> {
+        Ok(sqlx::query_as::<_, AccountCredentials>(
+            "SELECT id, local_part, domain, password_hash, disabled FROM accounts
+             WHERE domain = $1 AND lower(local_part) = lower($2)",
+        )
+        .bind(&address.domain)
+        .bind(&address.local_part)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn set_password(&self, address: &MailboxAddress, password_hash: &str) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE accounts SET password_hash = $3, updated_at = now()
+             WHERE domain = $1 AND lower(local_part) = lower($2)",
+        )
+        .bind(&address.domain)
+        .bind(&address.local_part)
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await?;
+        Self::one_account(done.rows_affected(), address)
+    }
+
+    pub async fn set_account_disabled(
+        &self,
+        address: &MailboxAddress,
+        disabled: bool,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE accounts SET disabled = $3, updated_at = now()
+             WHERE domain = $1 AND lower(local_part) = lower($2)",
+        )
+        .bind(&address.domain)
+        .bind(&address.local_part)
+        .bind(disabled)
+        .execute(&self.pool)
+        .await?;
+        Self::one_account(done.rows_affected(), address)
+    }
+
+    /// Removes an account with its maildrop.
+    pub async fn remove_account(&self, address: &MailboxAddress) -> Result<()> {
+        let done =
+            sqlx::query("DELETE FROM accounts WHERE domain = $1 AND lower(local_part) = lower($2)")
+                .bind(&address.domain)
+                .bind(&address.local_part)
+                .execute(&self.pool)
+                .await?;
+        Self::one_account(done.rows_affected(), address)
+    }
+
+    fn one_account(rows: u64, address: &MailboxAddress) -> Result<()> {
+        if rows == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::UnknownAccount(address.to_string()))
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Read-only views for operators, metrics and tests.
+
+use crate::{
+    AttemptRecord, EnvelopeDetail, RecipientDetail, RecipientState, Result, Store, StoreCounts,
+};
+
+impl Store {
+    /// Row counts, recipients per state.
+    pub async fn counts(&self) -> Result<StoreCounts> {
+        let (messages, envelopes, maildrop_entries): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM envelopes),
+                    (SELECT count(*) FROM maildrop_entries)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let by_state: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM recipients GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let recipients = by_state
+            .into_iter()
+            .map(|(state, n)| Ok((RecipientState::try_from(state)?, n)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(StoreCounts {
+            messages,
+            envelopes,
+            maildrop_entries,
+            recipients,
+        })
+    }
+
+    /// One envelope by queue id, with its recipients and their attempt histories (oldest first).
+    pub async fn envelope_detail(&self, queue_id: &str) -> Result<Option<EnvelopeDetail>> {
+        let Some(mut envelope) = sqlx::query_as::<_, EnvelopeDetail>(
+            "SELECT e.id, e.queue_id, e.message_id, m.size, e.reverse_path, e.envid, e.ret, e.body,
+                    e.smtputf8, host(e.client_address) AS client_address, e.client_helo,
+                    e.auth_user, e.received_by, e.traceparent, e.arrived_at, e.expires_at
+             FROM envelopes e JOIN messages m ON m.id = e.message_id
+             WHERE e.queue_id = $1",
+        )
+        .bind(queue_id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        envelope.recipients = sqlx::query_as::<_, RecipientDetail>(
+            "SELECT id, address, orcpt, notify, state, attempts, next_attempt_at, last_reply_code,
+                    last_status, last_diagnostic, last_remote_mta, lease_owner, lease_expires_at,
+                    finished_at
+             FROM recipients WHERE envelope_id = $1 ORDER BY id",
+        )
+        .bind(envelope.id)
+        .fetch_all(&self.pool)
+        .await?;
+        let history = sqlx::query_as::<_, AttemptRecord>(
+            "SELECT a.recipient_id, a.attempted_at, a.worker, a.remote_mta, a.reply_code, a.status,
+                    a.diagnostic, a.result
+             FROM delivery_attempts a JOIN recipients r ON r.id = a.recipient_id
+             WHERE r.envelope_id = $1 ORDER BY a.id",
+        )
+        .bind(envelope.id)
+        .fetch_all(&self.pool)
+        .await?;
+        for attempt in history {
+            if let Some(r) = envelope
+                .recipients
+                .iter_mut()
+                .find(|r| r.id == attempt.recipient_id)
+            {
+                r.history.push(attempt);
+            }
+        }
+        Ok(Some(envelope))
+    }
+}

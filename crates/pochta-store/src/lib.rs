@@ -1,0 +1,164 @@
+//! The PostgreSQL message store: the schema (embedded migrations) and every query Pochta runs.
+//! No other crate writes SQL.
+//!
+//! Time comes from the database clock (`now()`) everywhere, so replicas on hosts with skewed
+//! clocks agree on leases and due times.
+
+mod accounts;
+mod inspect;
+mod maildrop;
+mod queue;
+mod server;
+mod types;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub use types::*;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "database schema is at version {found}, this build needs {expected}: run `pochtactl migrate`"
+    )]
+    SchemaOutdated { found: i64, expected: i64 },
+    #[error("database schema is at version {found}, newer than this build knows ({expected})")]
+    SchemaNewer { found: i64, expected: i64 },
+    #[error("domain {0} already exists")]
+    DomainExists(String),
+    #[error("domain {0} does not exist")]
+    UnknownDomain(String),
+    #[error("domain {domain} is a {role} domain; accounts live only in local domains")]
+    DomainNotLocal { domain: String, role: DomainRole },
+    #[error("domain {domain} still has {accounts} account(s); remove them first")]
+    DomainInUse { domain: String, accounts: i64 },
+    #[error("account {0} already exists")]
+    AccountExists(String),
+    #[error("account {0} does not exist")]
+    UnknownAccount(String),
+    #[error("an envelope needs at least one recipient")]
+    NoRecipients,
+    #[error("recipient {0} is no longer leased by this worker")]
+    LeaseLost(i64),
+    #[error("the maildrop lock of account {0} is not held by this session")]
+    LockNotHeld(i64),
+    #[error("stored value is invalid: {0}")]
+    InvalidValue(#[from] UnknownValue),
+}
+
+impl StoreError {
+    fn is_unique_violation(err: &sqlx::Error) -> bool {
+        matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+    }
+
+    fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+        matches!(err, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    /// `application_name` the server shows in `pg_stat_activity`.
+    pub application_name: String,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+            application_name: "pochta".into(),
+        }
+    }
+}
+
+/// A handle on the store: a connection pool. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects a pool (at least one connection is opened, so a wrong URL fails here).
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        let connect = url
+            .parse::<PgConnectOptions>()?
+            .application_name(&options.application_name);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    /// Applies the embedded migrations not yet applied. Safe to run from several processes at
+    /// once: sqlx serialises them with an advisory lock.
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The newest schema version this build knows.
+    pub fn expected_schema_version() -> i64 {
+        MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    /// The newest version applied in the database, or 0 for an empty database.
+    pub async fn schema_version(&self) -> Result<i64> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        if !exists {
+            return Ok(0);
+        }
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// Fails unless the database schema is exactly the one this build expects. Services call this
+    /// at startup instead of migrating, so an upgrade is one deliberate step (`pochtactl migrate`).
+    pub async fn check_schema(&self) -> Result<()> {
+        let found = self.schema_version().await?;
+        let expected = Self::expected_schema_version();
+        match found.cmp(&expected) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less => Err(StoreError::SchemaOutdated { found, expected }),
+            std::cmp::Ordering::Greater => Err(StoreError::SchemaNewer { found, expected }),
+        }
+    }
+
+    /// A trivial round trip, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Seconds as the `double precision` the queries multiply `interval '1 second'` by.
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}

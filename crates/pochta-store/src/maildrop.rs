@@ -1,0 +1,167 @@
+//! Maildrops: local delivery (exactly once), what POP3 lists, reads and deletes, and the
+//! maildrop lock shared by every pop3-access replica.
+
+use std::time::Duration;
+
+use crate::{LocalDelivery, MaildropEntry, Result, Store, StoreError, secs};
+
+impl Store {
+    /// Delivers a live recipient into an account's maildrop and marks it delivered, atomically.
+    ///
+    /// Exactly once (invariant 3): the recipient row is locked and must still be `queued`, and
+    /// `maildrop_entries.recipient_id` is UNIQUE, so a second call for the same recipient, from
+    /// this worker or a replica that took over an expired lease, writes nothing and returns
+    /// `AlreadyFinal`. `header_prefix` is the per-delivery `Return-Path:`/`Delivered-To:` block.
+    pub async fn deliver_to_maildrop(
+        &self,
+        worker: &str,
+        recipient_id: i64,
+        account_id: i64,
+        header_prefix: &[u8],
+    ) -> Result<LocalDelivery> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "WITH r AS (
+                 SELECT r.id, e.message_id FROM recipients r
+                 JOIN envelopes e ON e.id = r.envelope_id
+                 WHERE r.id = $1 AND r.state = 'queued'
+                 FOR UPDATE OF r
+             ), entry AS (
+                 INSERT INTO maildrop_entries (account_id, message_id, recipient_id,
+                     header_prefix, pop3_size)
+                 SELECT $2, m.id, r.id, $3, octet_length($3) + m.size
+                 FROM r JOIN messages m ON m.id = r.message_id
+                 ON CONFLICT (recipient_id) DO NOTHING
+                 RETURNING id, uid
+             ), done AS (
+                 UPDATE recipients SET state = 'delivered', attempts = attempts + 1,
+                     last_attempt_at = now(), finished_at = now(),
+                     last_reply_code = NULL, last_status = '2.0.0',
+                     last_diagnostic = 'delivered to maildrop', last_remote_mta = NULL,
+                     lease_owner = NULL, lease_expires_at = NULL
+                 FROM r WHERE recipients.id = r.id
+                 RETURNING recipients.id
+             ), history AS (
+                 INSERT INTO delivery_attempts (recipient_id, worker, status, diagnostic, result)
+                 SELECT id, $4, '2.0.0', 'delivered to maildrop', 'delivered' FROM done
+             )
+             SELECT id, uid FROM entry",
+        )
+        .bind(recipient_id)
+        .bind(account_id)
+        .bind(header_prefix)
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some((entry_id, uid)) => LocalDelivery::Delivered { entry_id, uid },
+            None => LocalDelivery::AlreadyFinal,
+        })
+    }
+
+    /// The entries of a maildrop, oldest first: the snapshot a POP3 session works on.
+    pub async fn maildrop_entries(&self, account_id: i64) -> Result<Vec<MaildropEntry>> {
+        Ok(sqlx::query_as::<_, MaildropEntry>(
+            "SELECT id, uid, pop3_size, delivered_at FROM maildrop_entries
+             WHERE account_id = $1 ORDER BY id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One entry's header prefix and message content, or None if it is not in that maildrop.
+    pub async fn maildrop_entry_content(
+        &self,
+        account_id: i64,
+        entry_id: i64,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(sqlx::query_as(
+            "SELECT e.header_prefix, m.content FROM maildrop_entries e
+             JOIN messages m ON m.id = e.message_id
+             WHERE e.account_id = $1 AND e.id = $2",
+        )
+        .bind(account_id)
+        .bind(entry_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// POP3 UPDATE state (RFC 1939 6): deletes the marked entries and releases the lock, in one
+    /// statement, only while `owner` holds the maildrop lock. Returns how many were deleted.
+    pub async fn delete_maildrop_entries_and_unlock(
+        &self,
+        account_id: i64,
+        owner: &str,
+        entry_ids: &[i64],
+    ) -> Result<u64> {
+        let (locked, deleted): (i64, i64) = sqlx::query_as(
+            "WITH lock AS (
+                 DELETE FROM maildrop_locks WHERE account_id = $1 AND owner = $2
+                 RETURNING account_id
+             ), gone AS (
+                 DELETE FROM maildrop_entries
+                 WHERE account_id IN (SELECT account_id FROM lock) AND id = ANY($3)
+                 RETURNING id
+             )
+             SELECT (SELECT count(*) FROM lock), (SELECT count(*) FROM gone)",
+        )
+        .bind(account_id)
+        .bind(owner)
+        .bind(entry_ids)
+        .fetch_one(&self.pool)
+        .await?;
+        if locked == 1 {
+            Ok(deleted as u64)
+        } else {
+            Err(StoreError::LockNotHeld(account_id))
+        }
+    }
+
+    /// Takes the maildrop lock for `ttl` if it is free, expired, or already `owner`'s.
+    /// Returns false when another live session holds it (POP3 `[IN-USE]`).
+    pub async fn lock_maildrop(&self, account_id: i64, owner: &str, ttl: Duration) -> Result<bool> {
+        let got: Option<String> = sqlx::query_scalar(
+            "INSERT INTO maildrop_locks (account_id, owner, expires_at)
+             VALUES ($1, $2, now() + $3 * interval '1 second')
+             ON CONFLICT (account_id) DO UPDATE
+                 SET owner = EXCLUDED.owner, acquired_at = now(), expires_at = EXCLUDED.expires_at
+                 WHERE maildrop_locks.expires_at <= now() OR maildrop_locks.owner = EXCLUDED.owner
+             RETURNING owner",
+        )
+        .bind(account_id)
+        .bind(owner)
+        .bind(secs(ttl))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(got.is_some())
+    }
+
+    /// Extends `owner`'s lock. False when the lock is no longer `owner`'s.
+    pub async fn renew_maildrop_lock(
+        &self,
+        account_id: i64,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE maildrop_locks SET expires_at = now() + $3 * interval '1 second'
+             WHERE account_id = $1 AND owner = $2",
+        )
+        .bind(account_id)
+        .bind(owner)
+        .bind(secs(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Releases `owner`'s lock without deleting anything. False when it was not `owner`'s.
+    pub async fn unlock_maildrop(&self, account_id: i64, owner: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM maildrop_locks WHERE account_id = $1 AND owner = $2")
+            .bind(account_id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

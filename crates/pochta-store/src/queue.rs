@@ -1,0 +1,231 @@
+//! The queue: enqueueing accepted transactions, leasing due recipients, recording attempts,
+//! ETRN release and garbage collection.
+
+use std::time::Duration;
+
+use crate::{
+    AttemptOutcome, AttemptReport, ClaimedRecipient, Collected, Enqueued, NewEnvelope, Released,
+    Result, Store, StoreError, secs,
+};
+
+impl Store {
+    /// Commits a whole accepted transaction (content, envelope, every recipient) in one
+    /// statement, so it is stored entirely or not at all. After this returns Ok, a 250 may be
+    /// sent (invariant 1).
+    pub async fn enqueue(&self, envelope: &NewEnvelope, content: &[u8]) -> Result<Enqueued> {
+        if envelope.recipients.is_empty() {
+            return Err(StoreError::NoRecipients);
+        }
+        let rcpts = &envelope.recipients;
+        let addresses: Vec<String> = rcpts.iter().map(|r| r.address.to_string()).collect();
+        let domains: Vec<&str> = rcpts.iter().map(|r| r.address.domain.as_str()).collect();
+        let orcpts: Vec<Option<&str>> = rcpts.iter().map(|r| r.orcpt.as_deref()).collect();
+        let notifies: Vec<Option<String>> = rcpts
+            .iter()
+            .map(|r| r.notify.map(|n| n.to_text()))
+            .collect();
+        let states: Vec<&str> = rcpts
+            .iter()
+            .map(|r| if r.held { "held" } else { "queued" })
+            .collect();
+        let (envelope_id, message_id): (i64, i64) = sqlx::query_as(
+            "WITH m AS (
+                 INSERT INTO messages (content, size) VALUES ($1, octet_length($1)) RETURNING id
+             ), e AS (
+                 INSERT INTO envelopes (queue_id, message_id, reverse_path, envid, ret, body,
+                     smtputf8, client_address, client_helo, auth_user, received_by, traceparent,
+                     expires_at)
+                 SELECT $2, m.id, $3, $4, $5, $6, $7, $8::inet, $9, $10, $11, $12,
+                     now() + $13 * interval '1 second'
+                 FROM m
+                 RETURNING id, message_id
+             ), r AS (
+                 INSERT INTO recipients (envelope_id, address, domain, orcpt, notify, state)
+                 SELECT e.id, a.address, a.domain, a.orcpt, a.notify, a.state
+                 FROM e, unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[])
+                     WITH ORDINALITY AS a (address, domain, orcpt, notify, state, n)
+                 ORDER BY a.n
+             )
+             SELECT id, message_id FROM e",
+        )
+        .bind(content)
+        .bind(envelope.queue_id.as_str())
+        .bind(&envelope.reverse_path)
+        .bind(envelope.envid.as_deref())
+        .bind(envelope.ret.map(|r| r.as_str()))
+        .bind(envelope.body.map(|b| b.as_str()))
+        .bind(envelope.smtputf8)
+        .bind(envelope.client_address.map(|a| a.to_string()))
+        .bind(envelope.client_helo.as_deref())
+        .bind(envelope.auth_user.as_deref())
+        .bind(envelope.received_by.as_deref())
+        .bind(envelope.traceparent.as_deref())
+        .bind(secs(envelope.lifetime))
+        .bind(&addresses)
+        .bind(&domains)
+        .bind(&orcpts)
+        .bind(&notifies)
+        .bind(&states)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Enqueued {
+            envelope_id,
+            message_id,
+        })
+    }
+
+    /// Leases up to `limit` due recipients to `owner` for `lease`. Rows another claimer holds
+    /// are skipped, never waited for, so any number of queue replicas can claim at once and no
+    /// two get the same recipient. A lease that expired (its worker died) is claimable again.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedRecipient>> {
+        Ok(sqlx::query_as::<_, ClaimedRecipient>(
+            "WITH due AS (
+                 SELECT id FROM recipients
+                 WHERE state = 'queued' AND next_attempt_at <= now()
+                   AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+                 ORDER BY next_attempt_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE recipients r
+             SET lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second'
+             FROM due, envelopes e
+             WHERE r.id = due.id AND e.id = r.envelope_id
+             RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
+                 r.domain, r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
+                 e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at",
+        )
+        .bind(i64::from(limit))
+        .bind(owner)
+        .bind(secs(lease))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Extends `owner`'s leases on these recipients during a long delivery. Returns how many
+    /// are still held; the others were taken over and must not be reported on.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        recipient_ids: &[i64],
+        lease: Duration,
+    ) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE recipients SET lease_expires_at = now() + $3 * interval '1 second'
+             WHERE id = ANY($1) AND lease_owner = $2 AND state = 'queued'",
+        )
+        .bind(recipient_ids)
+        .bind(owner)
+        .bind(secs(lease))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Records one attempt's result for a recipient `owner` holds, releases the lease and
+    /// appends to the attempt history. Fails with `LeaseLost` if another worker took the
+    /// recipient over (its lease expired and was claimed again), changing nothing.
+    pub async fn record_attempt(
+        &self,
+        owner: &str,
+        recipient_id: i64,
+        outcome: AttemptOutcome,
+        report: &AttemptReport,
+    ) -> Result<()> {
+        let retry_after = match outcome {
+            AttemptOutcome::Deferred { retry_after } => Some(secs(retry_after)),
+            _ => None,
+        };
+        let done = sqlx::query(
+            "WITH r AS (
+                 UPDATE recipients SET
+                     state = $3,
+                     attempts = attempts + 1,
+                     last_attempt_at = now(),
+                     next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
+                                            ELSE now() + $4 * interval '1 second' END,
+                     last_reply_code = $5, last_status = $6, last_diagnostic = $7,
+                     last_remote_mta = $8,
+                     lease_owner = NULL, lease_expires_at = NULL,
+                     finished_at = CASE WHEN $3 = 'queued' THEN NULL ELSE now() END
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'queued'
+                 RETURNING id
+             )
+             INSERT INTO delivery_attempts (recipient_id, worker, remote_mta, reply_code, status,
+                 diagnostic, result)
+             SELECT id, $2, $8, $5, $6, $7, $3 FROM r",
+        )
+        .bind(recipient_id)
+        .bind(owner)
+        .bind(outcome.state().as_str())
+        .bind(retry_after)
+        .bind(report.reply_code.map(i32::from))
+        .bind(report.status.as_deref())
+        .bind(&report.diagnostic)
+        .bind(report.remote_mta.as_deref())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(recipient_id))
+        }
+    }
+
+    /// ETRN (RFC 1985): makes the held and deferred recipients of `domain` due now, and with
+    /// `include_subdomains` (the `@domain` form) those of its subdomains too.
+    pub async fn release_domain(&self, domain: &str, include_subdomains: bool) -> Result<Released> {
+        let (recipients, messages): (i64, i64) = sqlx::query_as(
+            "WITH r AS (
+                 UPDATE recipients SET state = 'queued', next_attempt_at = now()
+                 WHERE (domain = $1
+                        OR ($2 AND right(domain, length($1) + 1) = '.' || $1))
+                   AND (state = 'held' OR (state = 'queued' AND next_attempt_at > now()))
+                 RETURNING envelope_id
+             )
+             SELECT count(*), count(DISTINCT envelope_id) FROM r",
+        )
+        .bind(domain.to_ascii_lowercase())
+        .bind(include_subdomains)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Released {
+            recipients: recipients as u64,
+            messages: messages as u64,
+        })
+    }
+
+    /// Removes envelopes whose recipients all finished more than `retention` ago, then message
+    /// content that neither an envelope nor a maildrop entry references any more.
+    pub async fn collect_garbage(&self, retention: Duration) -> Result<Collected> {
+        let envelopes = sqlx::query(
+            "DELETE FROM envelopes e
+             WHERE e.arrived_at < now() - $1 * interval '1 second'
+               AND NOT EXISTS (
+                   SELECT 1 FROM recipients r
+                   WHERE r.envelope_id = e.id
+                     AND (r.finished_at IS NULL OR r.finished_at > now() - $1 * interval '1 second'))",
+        )
+        .bind(secs(retention))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let messages = sqlx::query(
+            "DELETE FROM messages m
+             WHERE NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.message_id = m.id)
+               AND NOT EXISTS (SELECT 1 FROM maildrop_entries me WHERE me.message_id = m.id)",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(Collected {
+            envelopes,
+            messages,
+        })
+    }
+}

@@ -1,0 +1,542 @@
+//! The values the store reads and writes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+
+/// Defines a text-backed enum: `as_str`, `FromStr`, `TryFrom<String>` (for `#[sqlx(try_from)]`)
+/// and `Display`, all from one table of variant ↔ stored text.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$($name::$variant),+];
+
+            /// The text stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownValue { kind: stringify!($name), value: other.to_owned() }),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownValue;
+            fn try_from(s: String) -> Result<Self, UnknownValue> { s.parse() }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+/// A stored text that names no variant of the enum it was read as.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a valid {kind}")]
+pub struct UnknownValue {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+text_enum! {
+    /// What Pochta does with mail for a domain.
+    DomainRole {
+        /// Mail is delivered into maildrops of accounts here.
+        Local = "local",
+        /// Backup MX: mail is accepted and held until the domain asks for it with ETRN.
+        Hold = "hold",
+        /// A foreign destination that trusted senders may relay to.
+        Relay = "relay",
+    }
+}
+
+text_enum! {
+    /// Where a recipient is in its delivery.
+    RecipientState {
+        /// Waiting for its next attempt.
+        Queued = "queued",
+        /// Kept until ETRN or an admin release.
+        Held = "held",
+        /// In a local maildrop, or accepted by a DSN-capable remote MTA.
+        Delivered = "delivered",
+        /// Handed to a remote MTA that does not offer DSN (RFC 3461 5.2.2).
+        Relayed = "relayed",
+        /// Permanently failed.
+        Failed = "failed",
+        /// Gave up after the queue lifetime.
+        Expired = "expired",
+    }
+}
+
+impl RecipientState {
+    /// Final states never change again.
+    pub fn is_final(self) -> bool {
+        !matches!(self, RecipientState::Queued | RecipientState::Held)
+    }
+}
+
+text_enum! {
+    /// RET on MAIL (RFC 3461 4.3): what a report returns of the message.
+    Ret {
+        Full = "FULL",
+        Hdrs = "HDRS",
+    }
+}
+
+text_enum! {
+    /// BODY on MAIL (RFC 6152, RFC 3030).
+    BodyType {
+        SevenBit = "7BIT",
+        EightBitMime = "8BITMIME",
+        BinaryMime = "BINARYMIME",
+    }
+}
+
+/// NOTIFY on RCPT (RFC 3461 4.1): which reports the sender wants. All false is `NEVER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    pub const NEVER: Notify = Notify {
+        success: false,
+        failure: false,
+        delay: false,
+    };
+
+    /// The stored and wire form: `NEVER` or a comma list such as `SUCCESS,FAILURE`.
+    pub fn to_text(self) -> String {
+        if self == Notify::NEVER {
+            return "NEVER".into();
+        }
+        let mut parts = Vec::with_capacity(3);
+        if self.success {
+            parts.push("SUCCESS");
+        }
+        if self.failure {
+            parts.push("FAILURE");
+        }
+        if self.delay {
+            parts.push("DELAY");
+        }
+        parts.join(",")
+    }
+}
+
+impl FromStr for Notify {
+    type Err = UnknownValue;
+
+    /// Parses the RFC 3461 4.1 form, case-insensitively. `NEVER` may not be combined.
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
+        let bad = || UnknownValue {
+            kind: "Notify",
+            value: s.to_owned(),
+        };
+        if s.eq_ignore_ascii_case("NEVER") {
+            return Ok(Notify::NEVER);
+        }
+        let mut notify = Notify::NEVER;
+        for part in s.split(',') {
+            let flag = match part.to_ascii_uppercase().as_str() {
+                "SUCCESS" => &mut notify.success,
+                "FAILURE" => &mut notify.failure,
+                "DELAY" => &mut notify.delay,
+                _ => return Err(bad()),
+            };
+            if *flag {
+                return Err(bad());
+            }
+            *flag = true;
+        }
+        Ok(notify)
+    }
+}
+
+impl TryFrom<String> for Notify {
+    type Error = UnknownValue;
+    fn try_from(s: String) -> Result<Self, UnknownValue> {
+        s.parse()
+    }
+}
+
+/// The public id of an accepted transaction, as in `250 2.0.0 Ok: queued as <id>` and the
+/// `Received:` header. Made by the accepting ingress before it writes the message (the id is in
+/// the content), without asking the database: ten base-32 characters of milliseconds since the
+/// Unix epoch (so ids sort by time) and ten random ones (50 bits, so replicas never collide in
+/// practice; the store's UNIQUE constraint catches it if they ever do).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct QueueId(String);
+
+const BASE32: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+impl QueueId {
+    pub fn generate() -> Self {
+        let millis = Utc::now().timestamp_millis().max(0) as u64;
+        let random: u64 = rand::rng().random();
+        let mut id = String::with_capacity(20);
+        for i in (0..10).rev() {
+            id.push(BASE32[((millis >> (i * 5)) & 31) as usize] as char);
+        }
+        for i in 0..10 {
+            id.push(BASE32[((random >> (i * 5)) & 31) as usize] as char);
+        }
+        QueueId(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for QueueId {
+    type Err = UnknownValue;
+    /// Accepts what the schema accepts: 8 to 32 of `0-9A-Z`.
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
+        let ok = (8..=32).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+        if ok {
+            Ok(QueueId(s.to_owned()))
+        } else {
+            Err(UnknownValue {
+                kind: "QueueId",
+                value: s.to_owned(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A mailbox address split at its last `@`: the local part as given, the domain lowercased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct MailboxAddress {
+    pub local_part: String,
+    pub domain: String,
+}
+
+impl MailboxAddress {
+    /// Splits `local@domain`. Both halves must be non-empty and free of whitespace, control
+    /// characters and angle brackets; the domain must look like a host name.
+    pub fn parse(address: &str) -> Result<Self, UnknownValue> {
+        let bad = || UnknownValue {
+            kind: "MailboxAddress",
+            value: address.to_owned(),
+        };
+        let (local, domain) = address.rsplit_once('@').ok_or_else(bad)?;
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+        if !local_ok || !is_domain_name(domain) {
+            return Err(bad());
+        }
+        Ok(MailboxAddress {
+            local_part: local.to_owned(),
+            domain: domain.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl fmt::Display for MailboxAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.local_part, self.domain)
+    }
+}
+
+/// True for a DNS host name in ASCII (A-labels): dot-separated labels of letters, digits and
+/// inner hyphens, each 1 to 63 characters, 253 in all (RFC 1035 2.3.4, RFC 5321 4.1.2).
+pub fn is_domain_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A domain Pochta knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Domain {
+    pub name: String,
+    #[sqlx(try_from = "String")]
+    pub role: DomainRole,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A mail account, without its password hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Account {
+    pub id: i64,
+    pub local_part: String,
+    pub domain: String,
+    pub disabled: bool,
+    pub quota_bytes: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    /// Entries in its maildrop now.
+    pub messages: i64,
+    /// Their POP3 size in octets.
+    pub bytes: i64,
+}
+
+impl Account {
+    pub fn address(&self) -> String {
+        format!("{}@{}", self.local_part, self.domain)
+    }
+}
+
+/// What a login needs to know about an account.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AccountCredentials {
+    pub id: i64,
+    pub local_part: String,
+    pub domain: String,
+    pub password_hash: String,
+    pub disabled: bool,
+}
+
+/// One recipient of a transaction being enqueued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecipient {
+    pub address: MailboxAddress,
+    /// ORCPT as given on RCPT: `addr-type;xtext` (RFC 3461 4.2).
+    pub orcpt: Option<String>,
+    /// None when RCPT had no NOTIFY.
+    pub notify: Option<Notify>,
+    /// `Queued` (due now) or `Held` (a hold domain).
+    pub held: bool,
+}
+
+/// A whole accepted transaction: the envelope and its recipients. The content goes beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEnvelope {
+    pub queue_id: QueueId,
+    /// The reverse-path without angle brackets; empty for `<>`.
+    pub reverse_path: String,
+    pub envid: Option<String>,
+    pub ret: Option<Ret>,
+    pub body: Option<BodyType>,
+    pub smtputf8: bool,
+    pub client_address: Option<std::net::IpAddr>,
+    pub client_helo: Option<String>,
+    pub auth_user: Option<String>,
+    pub received_by: Option<String>,
+    pub traceparent: Option<String>,
+    /// How long the queue may try before the recipients expire.
+    pub lifetime: std::time::Duration,
+    pub recipients: Vec<NewRecipient>,
+}
+
+/// Ids of an enqueued transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub envelope_id: i64,
+    pub message_id: i64,
+}
+
+/// A recipient leased to one worker, with what delivering it needs from its envelope.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ClaimedRecipient {
+    pub recipient_id: i64,
+    pub envelope_id: i64,
+    pub queue_id: String,
+    pub message_id: i64,
+    pub address: String,
+    pub domain: String,
+    pub orcpt: Option<String>,
+    pub notify: Option<String>,
+    pub attempts: i32,
+    pub reverse_path: String,
+    pub envid: Option<String>,
+    pub ret: Option<String>,
+    pub body: Option<String>,
+    pub smtputf8: bool,
+    pub arrived_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub traceparent: Option<String>,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// How a delivery attempt ended for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Accepted by a DSN-capable remote MTA (local delivery uses `deliver_to_maildrop`).
+    Delivered,
+    /// Accepted by a remote MTA without DSN.
+    Relayed,
+    /// Permanent failure.
+    Failed,
+    /// Gave up: the queue lifetime is over.
+    Expired,
+    /// Try again after this long.
+    Deferred { retry_after: std::time::Duration },
+}
+
+impl AttemptOutcome {
+    pub fn state(self) -> RecipientState {
+        match self {
+            AttemptOutcome::Delivered => RecipientState::Delivered,
+            AttemptOutcome::Relayed => RecipientState::Relayed,
+            AttemptOutcome::Failed => RecipientState::Failed,
+            AttemptOutcome::Expired => RecipientState::Expired,
+            AttemptOutcome::Deferred { .. } => RecipientState::Queued,
+        }
+    }
+}
+
+/// What the other side said, for the attempt history and the DSN.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptReport {
+    /// e.g. `mx.example.net [192.0.2.7]:25`; None for local delivery.
+    pub remote_mta: Option<String>,
+    pub reply_code: Option<u16>,
+    /// Enhanced status code, e.g. `5.1.1`.
+    pub status: Option<String>,
+    pub diagnostic: String,
+}
+
+/// What ETRN (or an admin release) made due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Released {
+    pub recipients: u64,
+    pub messages: u64,
+}
+
+/// How a local delivery went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalDelivery {
+    /// A new maildrop entry.
+    Delivered { entry_id: i64, uid: String },
+    /// The recipient was not live any more (already delivered, or finished otherwise): nothing
+    /// was written. This is what makes a repeated delivery harmless.
+    AlreadyFinal,
+}
+
+/// One message in a maildrop, as a POP3 session lists it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MaildropEntry {
+    pub id: i64,
+    pub uid: String,
+    pub pop3_size: i64,
+    pub delivered_at: DateTime<Utc>,
+}
+
+/// What garbage collection removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Collected {
+    pub envelopes: u64,
+    pub messages: u64,
+}
+
+/// How many rows the store holds, for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreCounts {
+    pub messages: i64,
+    pub envelopes: i64,
+    pub maildrop_entries: i64,
+    /// Recipients per state; states with none are absent.
+    pub recipients: Vec<(RecipientState, i64)>,
+}
+
+impl StoreCounts {
+    pub fn recipients_in(&self, state: RecipientState) -> i64 {
+        self.recipients
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    pub fn recipients_total(&self) -> i64 {
+        self.recipients.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// An envelope with its recipients and their attempt histories (`pochtactl queue show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct EnvelopeDetail {
+    #[sqlx(skip)]
+    pub recipients: Vec<RecipientDetail>,
+    pub id: i64,
+    pub queue_id: String,
+    pub message_id: i64,
+    pub size: i64,
+    pub reverse_path: String,
+    pub envid: Option<String>,
+    pub ret: Option<String>,
+    pub body: Option<String>,
+    pub smtputf8: bool,
+    pub client_address: Option<String>,
+    pub client_helo: Option<String>,
+    pub auth_user: Option<String>,
+    pub received_by: Option<String>,
+    pub traceparent: Option<String>,
+    pub arrived_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One recipient as the admin sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct RecipientDetail {
+    #[sqlx(skip)]
+    pub history: Vec<AttemptRecord>,
+    pub id: i64,
+    pub address: String,
+    pub orcpt: Option<String>,
+    pub notify: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub state: RecipientState,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_reply_code: Option<i32>,
+    pub last_status: Option<String>,
+    pub last_diagnostic: Option<String>,
+    pub last_remote_mta: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One past delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AttemptRecord {
+    pub recipient_id: i64,
+    pub attempted_at: DateTime<Utc>,
+    pub worker: String,
+    pub remote_mta: Option<String>,
+    pub reply_code: Option<i32>,
+    pub status: Option<String>,
+    pub diagnostic: String,
+    #[sqlx(try_from = "String")]
+    pub result: RecipientState,
+}

@@ -1,0 +1,235 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pochta_store::{DomainRole, LocalDelivery, RecipientState, Store, StoreError};
+use pochta_testkit::TestDb;
+
+use crate::{CONTENT, addr, enqueue_n};
+
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+const PREFIX: &[u8] = b"Return-Path: <sender@example.net>\r\nDelivered-To: user0@example.org\r\n";
+const TTL: Duration = Duration::from_secs(60);
+
+async fn with_account(store: &Store) -> i64 {
+    store
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    store
+        .add_account(&addr("user0@example.org"), HASH)
+        .await
+        .unwrap()
+}
+
+/// Enqueues `n` messages to user0 and returns their recipient ids.
+async fn queued_recipients(store: &Store, n: usize) -> Vec<i64> {
+    for _ in 0..n {
+        enqueue_n(store, 1).await;
+    }
+    store
+        .claim_due("w", 100, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.recipient_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn delivering_the_same_recipient_twice_yields_one_entry() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    let rid = queued_recipients(store, 1).await[0];
+
+    let first = store
+        .deliver_to_maildrop("w", rid, account, PREFIX)
+        .await
+        .unwrap();
+    let LocalDelivery::Delivered { entry_id, uid } = first else {
+        panic!("first delivery must write: {first:?}")
+    };
+    assert_eq!(uid.len(), 32);
+    assert!(uid.bytes().all(|b| b.is_ascii_hexdigit()));
+    let again = store
+        .deliver_to_maildrop("other", rid, account, PREFIX)
+        .await
+        .unwrap();
+    assert_eq!(again, LocalDelivery::AlreadyFinal);
+
+    let entries = store.maildrop_entries(account).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].id, entry_id);
+    assert_eq!(entries[0].pop3_size as usize, PREFIX.len() + CONTENT.len());
+    let (prefix, content) = store
+        .maildrop_entry_content(account, entry_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((prefix.as_slice(), content.as_slice()), (PREFIX, CONTENT));
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.recipients_in(RecipientState::Delivered), 1);
+    assert_eq!(counts.maildrop_entries, 1);
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_recipient_write_once() {
+    let db = TestDb::new().await.unwrap();
+    let account = with_account(db.store()).await;
+    let rids = queued_recipients(db.store(), 5).await;
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let store = db.connect().await.unwrap();
+        let rids = rids.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut written = 0;
+            for rid in rids {
+                let name = format!("w{worker}");
+                if let LocalDelivery::Delivered { .. } = store
+                    .deliver_to_maildrop(&name, rid, account, PREFIX)
+                    .await
+                    .unwrap()
+                {
+                    written += 1;
+                }
+            }
+            written
+        }));
+    }
+    let mut written = 0;
+    for t in tasks {
+        written += t.await.unwrap();
+    }
+    assert_eq!(written, 5);
+    let entries = db.store().maildrop_entries(account).await.unwrap();
+    assert_eq!(entries.len(), 5);
+    let uids: HashSet<_> = entries.iter().map(|e| &e.uid).collect();
+    assert_eq!(uids.len(), 5, "uids are unique");
+}
+
+#[tokio::test]
+async fn maildrop_lock_excludes_and_expires() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    let other = db.connect().await.unwrap();
+
+    assert!(
+        store
+            .lock_maildrop(account, "s1", Duration::from_millis(400))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !other.lock_maildrop(account, "s2", TTL).await.unwrap(),
+        "held by s1"
+    );
+    assert!(
+        store
+            .renew_maildrop_lock(account, "s1", Duration::from_millis(400))
+            .await
+            .unwrap()
+    );
+    assert!(!other.renew_maildrop_lock(account, "s2", TTL).await.unwrap());
+    assert!(!other.unlock_maildrop(account, "s2").await.unwrap());
+
+    // s1 dies without unlocking: once its lock expires, s2 gets in and s1 cannot renew.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(other.lock_maildrop(account, "s2", TTL).await.unwrap());
+    assert!(!store.renew_maildrop_lock(account, "s1", TTL).await.unwrap());
+    assert!(!store.lock_maildrop(account, "s1", TTL).await.unwrap());
+    assert!(other.unlock_maildrop(account, "s2").await.unwrap());
+    assert!(
+        store.lock_maildrop(account, "s1", TTL).await.unwrap(),
+        "free again"
+    );
+}
+
+#[tokio::test]
+async fn quit_deletes_marked_entries_only_under_the_lock() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    for rid in queued_recipients(store, 3).await {
+        store
+            .deliver_to_maildrop("w", rid, account, PREFIX)
+            .await
+            .unwrap();
+    }
+    let entries = store.maildrop_entries(account).await.unwrap();
+    let marked = [entries[0].id, entries[2].id];
+
+    // Without the lock nothing is deleted.
+    assert!(matches!(
+        store.delete_maildrop_entries_and_unlock(account, "s1", &marked).await,
+        Err(StoreError::LockNotHeld(a)) if a == account
+    ));
+    assert_eq!(store.maildrop_entries(account).await.unwrap().len(), 3);
+
+    assert!(store.lock_maildrop(account, "s1", TTL).await.unwrap());
+    assert!(matches!(
+        store
+            .delete_maildrop_entries_and_unlock(account, "s2", &marked)
+            .await,
+        Err(StoreError::LockNotHeld(_))
+    ));
+    let deleted = store
+        .delete_maildrop_entries_and_unlock(account, "s1", &marked)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2);
+    let left = store.maildrop_entries(account).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].id, &left[0].uid),
+        (entries[1].id, &entries[1].uid),
+        "uid is stable"
+    );
+    // The lock went with the deletion.
+    assert!(store.lock_maildrop(account, "s3", TTL).await.unwrap());
+    // An entry of another maildrop is never read.
+    assert!(
+        store
+            .maildrop_entry_content(account + 1, left[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn removed_account_takes_its_maildrop_and_content_is_collected() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    let rid = queued_recipients(store, 1).await[0];
+    store
+        .deliver_to_maildrop("w", rid, account, PREFIX)
+        .await
+        .unwrap();
+    let listed = store.list_accounts(None).await.unwrap();
+    assert_eq!(
+        (listed[0].messages, listed[0].bytes),
+        (1, (PREFIX.len() + CONTENT.len()) as i64)
+    );
+
+    // The envelope is finished and past retention, but the maildrop still holds the content.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let gc = store
+        .collect_garbage(Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!((gc.envelopes, gc.messages), (1, 0));
+    assert_eq!(store.maildrop_entries(account).await.unwrap().len(), 1);
+
+    store
+        .remove_account(&addr("user0@example.org"))
+        .await
+        .unwrap();
+    let gc = store
+        .collect_garbage(Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(gc.messages, 1);
+    assert_eq!(store.counts().await.unwrap().messages, 0);
+}

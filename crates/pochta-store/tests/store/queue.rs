@@ -1,0 +1,384 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pochta_store::{AttemptOutcome, AttemptReport, MailboxAddress, RecipientState, StoreError};
+use pochta_testkit::TestDb;
+
+use crate::{CONTENT, enqueue_n, envelope, recipient};
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn report(code: u16, status: &str, text: &str) -> AttemptReport {
+    AttemptReport {
+        remote_mta: Some("mx.example.org [192.0.2.1]:25".into()),
+        reply_code: Some(code),
+        status: Some(status.into()),
+        diagnostic: text.into(),
+    }
+}
+
+#[tokio::test]
+async fn enqueue_stores_everything_given() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let mut held = recipient("bob@backup.example");
+    held.held = true;
+    held.notify = Some(pochta_store::Notify::NEVER);
+    held.orcpt = None;
+    let env = envelope(vec![recipient("alice@example.org"), held]);
+    store.enqueue(&env, CONTENT).await.unwrap();
+
+    let detail = store
+        .envelope_detail(env.queue_id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.reverse_path, "sender@example.net");
+    assert_eq!(detail.size, CONTENT.len() as i64);
+    assert_eq!(detail.envid.as_deref(), Some("env-1"));
+    assert_eq!(detail.ret.as_deref(), Some("HDRS"));
+    assert_eq!(detail.client_address.as_deref(), Some("192.0.2.7"));
+    assert_eq!(detail.client_helo.as_deref(), Some("client.example.net"));
+    assert_eq!(detail.traceparent, env.traceparent);
+    let lifetime = detail.expires_at - detail.arrived_at;
+    assert_eq!(lifetime.num_seconds(), 5 * 24 * 3600);
+    let rcpts: Vec<_> = detail
+        .recipients
+        .iter()
+        .map(|r| {
+            (
+                r.address.as_str(),
+                r.state,
+                r.notify.as_deref(),
+                r.orcpt.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rcpts,
+        [
+            (
+                "alice@example.org",
+                RecipientState::Queued,
+                Some("SUCCESS,FAILURE"),
+                Some("rfc822;alice@example.org")
+            ),
+            (
+                "bob@backup.example",
+                RecipientState::Held,
+                Some("NEVER"),
+                None
+            ),
+        ]
+    );
+    assert!(store.envelope_detail("NOSUCHID00").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn enqueue_is_atomic() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    // The second recipient breaks a constraint after the message and envelope rows were
+    // written within the same statement: nothing at all may remain.
+    let mut bad = recipient("x@example.org");
+    bad.address = MailboxAddress {
+        local_part: String::new(),
+        domain: "example.org".into(),
+    };
+    let env = envelope(vec![recipient("alice@example.org"), bad]);
+    assert!(matches!(
+        store.enqueue(&env, CONTENT).await,
+        Err(StoreError::Database(_))
+    ));
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (counts.messages, counts.envelopes, counts.recipients_total()),
+        (0, 0, 0)
+    );
+
+    // A duplicate queue id is refused whole as well.
+    let ok = enqueue_n(store, 2).await;
+    let mut dup = envelope(vec![recipient("carol@example.org")]);
+    dup.queue_id = ok.queue_id.clone();
+    assert!(store.enqueue(&dup, b"other\r\n").await.is_err());
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (counts.messages, counts.envelopes, counts.recipients_total()),
+        (1, 1, 2)
+    );
+
+    assert!(matches!(
+        store.enqueue(&envelope(vec![]), CONTENT).await,
+        Err(StoreError::NoRecipients)
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_share_a_recipient() {
+    let db = TestDb::new().await.unwrap();
+    for _ in 0..20 {
+        enqueue_n(db.store(), 10).await;
+    }
+    let mut tasks = Vec::new();
+    for worker in ["a", "b", "c"] {
+        let store = db.connect().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store.claim_due(worker, 7, LEASE).await.unwrap();
+                if claimed.is_empty() {
+                    break;
+                }
+                mine.extend(claimed.into_iter().map(|c| c.recipient_id));
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    let mut per_worker = Vec::new();
+    for task in tasks {
+        let mine = task.await.unwrap();
+        per_worker.push(mine.len());
+        all.extend(mine);
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(
+        all.len(),
+        200,
+        "every recipient claimed once: {per_worker:?}"
+    );
+    assert_eq!(unique.len(), 200, "no recipient claimed twice");
+}
+
+#[tokio::test]
+async fn claim_returns_envelope_fields_and_skips_held_and_leased() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let mut held = recipient("bob@backup.example");
+    held.held = true;
+    let env = envelope(vec![recipient("alice@example.org"), held]);
+    store.enqueue(&env, CONTENT).await.unwrap();
+
+    let claimed = store.claim_due("w1", 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the held recipient is not due");
+    let c = &claimed[0];
+    assert_eq!(c.address, "alice@example.org");
+    assert_eq!(c.domain, "example.org");
+    assert_eq!(c.queue_id, env.queue_id.as_str());
+    assert_eq!(c.reverse_path, "sender@example.net");
+    assert_eq!(c.notify.as_deref(), Some("SUCCESS,FAILURE"));
+    assert_eq!(c.ret.as_deref(), Some("HDRS"));
+    assert_eq!(c.attempts, 0);
+    assert!(c.lease_expires_at > chrono::Utc::now() + chrono::Duration::seconds(50));
+    assert!(
+        store.claim_due("w2", 10, LEASE).await.unwrap().is_empty(),
+        "leased"
+    );
+
+    let detail = store
+        .envelope_detail(env.queue_id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.recipients[0].lease_owner.as_deref(), Some("w1"));
+}
+
+#[tokio::test]
+async fn expired_lease_is_claimable_again_and_the_old_owner_loses_it() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    enqueue_n(store, 1).await;
+    let first = store
+        .claim_due("dead", 10, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store.claim_due("live", 10, LEASE).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let second = store.claim_due("live", 10, LEASE).await.unwrap();
+    assert_eq!(second.len(), 1);
+    let id = second[0].recipient_id;
+    assert_eq!(id, first[0].recipient_id);
+    assert_eq!(store.renew_leases("dead", &[id], LEASE).await.unwrap(), 0);
+    assert_eq!(store.renew_leases("live", &[id], LEASE).await.unwrap(), 1);
+    let r = report(250, "2.0.0", "ok");
+    assert!(matches!(
+        store.record_attempt("dead", id, AttemptOutcome::Delivered, &r).await,
+        Err(StoreError::LeaseLost(lost)) if lost == id
+    ));
+    store
+        .record_attempt("live", id, AttemptOutcome::Delivered, &r)
+        .await
+        .unwrap();
+    // Final: a further report from anyone is refused.
+    assert!(
+        store
+            .record_attempt("live", id, AttemptOutcome::Failed, &r)
+            .await
+            .is_err()
+    );
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.recipients_in(RecipientState::Delivered), 1);
+}
+
+#[tokio::test]
+async fn attempts_are_recorded_with_history() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let env = enqueue_n(store, 2).await;
+    let claimed = store.claim_due("w", 10, LEASE).await.unwrap();
+    let (a, b) = (claimed[0].recipient_id, claimed[1].recipient_id);
+
+    let deferred = AttemptOutcome::Deferred {
+        retry_after: Duration::from_secs(600),
+    };
+    store
+        .record_attempt("w", a, deferred, &report(451, "4.7.1", "try later"))
+        .await
+        .unwrap();
+    store
+        .record_attempt(
+            "w",
+            b,
+            AttemptOutcome::Failed,
+            &report(550, "5.1.1", "no such user"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.claim_due("w", 10, LEASE).await.unwrap().is_empty(),
+        "deferred is not due"
+    );
+
+    let detail = store
+        .envelope_detail(env.queue_id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    let ra = detail.recipients.iter().find(|r| r.id == a).unwrap();
+    assert_eq!(ra.state, RecipientState::Queued);
+    assert_eq!(ra.attempts, 1);
+    assert_eq!(ra.last_reply_code, Some(451));
+    assert_eq!(ra.last_status.as_deref(), Some("4.7.1"));
+    assert!(ra.lease_owner.is_none() && ra.finished_at.is_none());
+    let wait = ra.next_attempt_at - chrono::Utc::now();
+    assert!(wait > chrono::Duration::seconds(590) && wait <= chrono::Duration::seconds(600));
+    assert_eq!(ra.history.len(), 1);
+    assert_eq!(ra.history[0].result, RecipientState::Queued);
+    assert_eq!(ra.history[0].diagnostic, "try later");
+
+    let rb = detail.recipients.iter().find(|r| r.id == b).unwrap();
+    assert_eq!(rb.state, RecipientState::Failed);
+    assert!(rb.finished_at.is_some());
+    assert_eq!(
+        rb.history[0].remote_mta.as_deref(),
+        Some("mx.example.org [192.0.2.1]:25")
+    );
+    assert_eq!(rb.history[0].reply_code, Some(550));
+}
+
+#[tokio::test]
+async fn etrn_release_makes_held_and_deferred_due() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let held_at = |a: &str| {
+        let mut r = recipient(a);
+        r.held = true;
+        r
+    };
+    store
+        .enqueue(
+            &envelope(vec![
+                held_at("a@backup.example"),
+                held_at("b@mx.backup.example"),
+            ]),
+            CONTENT,
+        )
+        .await
+        .unwrap();
+    store
+        .enqueue(&envelope(vec![held_at("c@notbackup.example")]), CONTENT)
+        .await
+        .unwrap();
+    // A deferred recipient of the domain.
+    store
+        .enqueue(&envelope(vec![recipient("d@backup.example")]), CONTENT)
+        .await
+        .unwrap();
+    let claimed = store.claim_due("w", 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let deferred = AttemptOutcome::Deferred {
+        retry_after: Duration::from_secs(3600),
+    };
+    store
+        .record_attempt(
+            "w",
+            claimed[0].recipient_id,
+            deferred,
+            &report(421, "4.4.2", "busy"),
+        )
+        .await
+        .unwrap();
+
+    let exact = store.release_domain("BACKUP.example", false).await.unwrap();
+    assert_eq!((exact.recipients, exact.messages), (2, 2));
+    let due: Vec<_> = store
+        .claim_due("w", 10, LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.address)
+        .collect();
+    assert_eq!(due.len(), 2);
+    assert!(due.contains(&"a@backup.example".to_owned()));
+    assert!(due.contains(&"d@backup.example".to_owned()));
+
+    // `@backup.example`: subdomains too, but not a domain that merely ends in the same letters.
+    let subs = store.release_domain("backup.example", true).await.unwrap();
+    assert_eq!((subs.recipients, subs.messages), (1, 1));
+    let nothing = store.release_domain("backup.example", true).await.unwrap();
+    assert_eq!(nothing.recipients, 0);
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        counts.recipients_in(RecipientState::Held),
+        1,
+        "c@notbackup.example stays held"
+    );
+}
+
+#[tokio::test]
+async fn garbage_collection_keeps_live_and_delivered_content() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    enqueue_n(store, 1).await; // stays live
+    enqueue_n(store, 1).await; // will finish
+    let claimed = store.claim_due("w", 1, LEASE).await.unwrap();
+    store
+        .record_attempt(
+            "w",
+            claimed[0].recipient_id,
+            AttemptOutcome::Failed,
+            &report(550, "5.1.1", "no"),
+        )
+        .await
+        .unwrap();
+
+    // Within the retention period nothing goes.
+    let kept = store
+        .collect_garbage(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!((kept.envelopes, kept.messages), (0, 0));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let collected = store
+        .collect_garbage(Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!((collected.envelopes, collected.messages), (1, 1));
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (counts.envelopes, counts.messages, counts.recipients_total()),
+        (1, 1, 1)
+    );
+}

@@ -1,0 +1,358 @@
+//! Test harness: a fresh database per test on the real PostgreSQL server, free ports, and the
+//! real service binaries as child processes whose logs are shown when a test fails.
+//!
+//! The server is `POCHTA_TEST_DATABASE_URL`, else `DATABASE_URL`, else the local
+//! `postgres://postgres@127.0.0.1:5432/postgres`; the URL must name a database the test user
+//! may connect to and create databases from.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use pochta_store::{Store, StoreOptions};
+use rand::Rng;
+
+/// Prefix of every database the harness creates; names end in the creating process's pid.
+const DB_PREFIX: &str = "pochta_test_";
+
+/// The PostgreSQL server the tests use.
+pub fn server_url() -> String {
+    std::env::var("POCHTA_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{base}/{database}{query}")
+}
+
+/// A database of its own for one test, migrated to the current schema, dropped on drop.
+pub struct TestDb {
+    name: String,
+    url: String,
+    store: Store,
+}
+
+impl TestDb {
+    /// Creates and migrates a fresh database.
+    pub async fn new() -> anyhow::Result<Self> {
+        let db = Self::empty().await?;
+        db.store
+            .migrate()
+            .await
+            .context("migrating the test database")?;
+        Ok(db)
+    }
+
+    /// Creates a fresh database without migrating it.
+    pub async fn empty() -> anyhow::Result<Self> {
+        let admin_url = server_url();
+        let admin = Store::connect(&admin_url, &small_pool())
+            .await
+            .with_context(|| format!("connecting to the test PostgreSQL at {admin_url}"))?;
+        static SWEEP: Once = Once::new();
+        let mut sweep = false;
+        SWEEP.call_once(|| sweep = true);
+        if sweep {
+            drop_leftovers(&admin).await;
+        }
+        let suffix: u32 = rand::rng().random();
+        let name = format!("{DB_PREFIX}{suffix:08x}_{}", std::process::id());
+        admin
+            .create_database(&name)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        admin.close().await;
+        let url = with_database(&admin_url, &name);
+        let store = Store::connect(&url, &small_pool()).await?;
+        Ok(TestDb { name, url, store })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A second, independent pool on the same database (another "replica").
+    pub async fn connect(&self) -> anyhow::Result<Store> {
+        Ok(Store::connect(&self.url, &small_pool()).await?)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs outside any runtime guarantee, so use a thread with a runtime of its own.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for dropping the test database");
+            rt.block_on(async {
+                if let Ok(admin) = Store::connect(&server_url(), &small_pool()).await {
+                    let _ = admin.drop_database(&name).await;
+                    admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Drops test databases left by test processes that no longer run (killed before cleanup).
+async fn drop_leftovers(admin: &Store) {
+    let Ok(names) = admin.database_names_like(&format!("{DB_PREFIX}%")).await else {
+        return;
+    };
+    for name in names {
+        let pid = name.rsplit('_').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = admin.drop_database(&name).await;
+        }
+    }
+}
+
+fn small_pool() -> StoreOptions {
+    StoreOptions {
+        max_connections: 4,
+        application_name: "pochta-test".into(),
+        ..StoreOptions::default()
+    }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+/// A loopback address on a free port.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A built binary of this workspace, next to the running test's own directory
+/// (`target/<profile>/`). Only `cargo test --workspace` guarantees that other packages' binaries
+/// are built; for one's own package prefer `env!("CARGO_BIN_EXE_<name>")`.
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable has no target directory")?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is not built; run the tests with `cargo test --workspace`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A service binary running as a child process, with its output captured in a file. Killed on
+/// drop; if the test is panicking then, its log is printed so the failure can be understood.
+pub struct ServiceProcess {
+    name: String,
+    child: Option<Child>,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServiceProcess {
+    /// Starts `binary --config <file with config_toml>` with extra environment variables.
+    pub fn start(binary: &Path, config_toml: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_with_args(binary, config_toml, env, &[])
+    }
+
+    pub fn start_with_args(
+        binary: &Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("pochta.toml");
+        std::fs::write(&config_path, config_toml)?;
+        let log_path = dir.path().join("output.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut command = Command::new(binary);
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env_remove("DATABASE_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(ServiceProcess {
+            name: binary
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            child: Some(child),
+            log_path,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Everything the process wrote so far.
+    pub fn output(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed", self.pid());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let child = self.child.as_mut().context("process already reaped")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not exit within {timeout:?}\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls gRPC health at `addr` until it reports SERVING, failing early if the process exits.
+    pub async fn wait_healthy(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "{} exited with {status} before it was healthy:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            if grpc_health(addr).await.ok() == Some(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} was not healthy within {timeout:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(
+                err,
+                "----- output of {} -----\n{}",
+                self.name,
+                self.output()
+            );
+        }
+    }
+}
+
+/// Asks `grpc.health.v1.Health/Check` (whole server) at `addr`: true when SERVING.
+pub async fn grpc_health(addr: SocketAddr) -> anyhow::Result<bool> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    Ok(reply.into_inner().status == ServingStatus::Serving as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_database_name() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/postgres?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
