@@ -5,6 +5,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`; the URL must name a database the test user
 //! may connect to and create databases from.
 
+pub use libc::{SIGINT, SIGKILL, SIGTERM};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -253,8 +255,9 @@ impl ServiceProcess {
         Ok(())
     }
 
-    /// Waits for the process to exit, up to `timeout`.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    /// Waits for the process to exit, up to `timeout`, without blocking the async runtime (a
+    /// blocked runtime would stall the test's own client connections).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let child = self.child.as_mut().context("process already reaped")?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -268,7 +271,7 @@ impl ServiceProcess {
                     self.output()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -337,6 +340,40 @@ pub async fn grpc_health(addr: SocketAddr) -> anyhow::Result<bool> {
         })
         .await?;
     Ok(reply.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// A minimal configuration for one service against `db`, its gRPC endpoint on `grpc`.
+/// `section` is the service's config section (`smtp`, `queue` or `pop3`).
+pub fn service_config(db_url: &str, section: &str, grpc: SocketAddr) -> String {
+    format!(
+        "[store]\nurl = \"{db_url}\"\nmax_connections = 4\nconnect_retry_secs = 0\n\n\
+         [{section}]\ngrpc_listen = \"{grpc}\"\n"
+    )
+}
+
+/// The frame every service shares, checked on one binary: it starts against a fresh database,
+/// reports SERVING over gRPC health, and exits 0 promptly on `signal`.
+pub async fn check_service_lifecycle(
+    binary: &Path,
+    section: &str,
+    signal: i32,
+) -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let grpc = free_addr();
+    let mut service = ServiceProcess::start(binary, &service_config(db.url(), section, grpc), &[])?;
+    service.wait_healthy(grpc, Duration::from_secs(20)).await?;
+    service.signal(signal)?;
+    let status = service.wait_exit(Duration::from_secs(15)).await?;
+    if !status.success() {
+        bail!(
+            "exit status {status} after signal {signal}:\n{}",
+            service.output()
+        );
+    }
+    if grpc_health(grpc).await.is_ok() {
+        bail!("still answering health after exit");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
