@@ -10,6 +10,7 @@
 
 pub mod grpc;
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -163,7 +164,9 @@ pub fn init(service: &str, version: &str, config: &TelemetryConfig) -> anyhow::R
         .with_tracer(tracer)
         .with_filter(filter_fn(|meta| !is_transport_internal(meta.target())));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let installed = match config.log_format {
         LogFormat::Pretty => registry.with(fmt.pretty()).try_init(),
         LogFormat::Compact => registry.with(fmt.compact()).try_init(),

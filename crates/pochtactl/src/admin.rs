@@ -1,0 +1,293 @@
+//! Schema, domains and accounts, straight against the store; health over gRPC.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use pochta_config::Config;
+use pochta_store::{DomainRole, MailboxAddress, Store, StoreOptions, is_domain_name};
+use serde_json::json;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Add a domain.
+    Add {
+        name: String,
+        /// local: maildrops here; hold: backup MX, kept until ETRN; relay: trusted senders may
+        /// relay to it.
+        #[arg(long, default_value = "local", value_parser = parse_role)]
+        role: DomainRole,
+    },
+    /// List domains.
+    List,
+    /// Remove a domain that has no accounts.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Add an account; the password is read from a prompt, or from stdin with --password-stdin.
+    Add {
+        address: String,
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change an account's password (prompt, or stdin with --password-stdin).
+    Passwd {
+        address: String,
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List accounts with their maildrop sizes.
+    List {
+        /// Only this domain's accounts.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Remove an account and its maildrop.
+    Remove { address: String },
+    /// Refuse logins and local delivery for an account.
+    Disable { address: String },
+    /// Allow a disabled account again.
+    Enable { address: String },
+}
+
+fn parse_role(s: &str) -> Result<DomainRole, String> {
+    s.parse::<DomainRole>()
+        .map_err(|_| "expected one of: local, hold, relay".to_owned())
+}
+
+/// A connected admin session.
+pub struct Admin {
+    store: Store,
+    json: bool,
+}
+
+impl Admin {
+    pub async fn connect(config_file: Option<&Path>, json: bool) -> anyhow::Result<Self> {
+        let config = Config::load(config_file)?;
+        let options = StoreOptions {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(config.store.acquire_timeout_secs),
+            application_name: "pochtactl".into(),
+        };
+        let url = pochta_config::redact_url_password(&config.store.url);
+        let store = Store::connect(&config.store.url, &options)
+            .await
+            .with_context(|| format!("connecting to the store at {url}"))?;
+        Ok(Admin { store, json })
+    }
+
+    /// Prints a JSON value, or the human text.
+    fn say(&self, value: serde_json::Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{}", human());
+        }
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let before = self.store.schema_version().await?;
+        self.store.migrate().await?;
+        let after = self.store.schema_version().await?;
+        self.say(json!({"from_version": before, "to_version": after}), || {
+            if before == after {
+                format!("schema is up to date (version {after})")
+            } else {
+                format!("migrated schema from version {before} to {after}")
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn domain(&self, command: DomainCommand) -> anyhow::Result<()> {
+        self.store.check_schema().await?;
+        match command {
+            DomainCommand::Add { name, role } => {
+                let name = domain_name(&name)?;
+                let domain = self.store.add_domain(&name, role).await?;
+                self.say(json!(domain), || format!("added {role} domain {name}"));
+            }
+            DomainCommand::List => {
+                let domains = self.store.list_domains().await?;
+                self.say(json!(domains), || {
+                    let mut out = format!("{:<40} {:<6} CREATED", "DOMAIN", "ROLE");
+                    for d in &domains {
+                        let created = d.created_at.format("%Y-%m-%d %H:%M");
+                        out.push_str(&format!("\n{:<40} {:<6} {created}", d.name, d.role));
+                    }
+                    out
+                });
+            }
+            DomainCommand::Remove { name } => {
+                let name = domain_name(&name)?;
+                self.store.remove_domain(&name).await?;
+                self.say(json!({"removed": name}), || {
+                    format!("removed domain {name}")
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn account(&self, command: AccountCommand) -> anyhow::Result<()> {
+        self.store.check_schema().await?;
+        match command {
+            AccountCommand::Add {
+                address,
+                password_stdin,
+            } => {
+                let address = mailbox(&address)?;
+                let hash = new_password_hash(password_stdin)?;
+                let id = self.store.add_account(&address, &hash).await?;
+                self.say(json!({"id": id, "address": address.to_string()}), || {
+                    format!("added account {address}")
+                });
+            }
+            AccountCommand::Passwd {
+                address,
+                password_stdin,
+            } => {
+                let address = mailbox(&address)?;
+                // Fail on an unknown account before asking for a password.
+                if self.store.account_credentials(&address).await?.is_none() {
+                    bail!("account {address} does not exist");
+                }
+                let hash = new_password_hash(password_stdin)?;
+                self.store.set_password(&address, &hash).await?;
+                self.say(json!({"address": address.to_string()}), || {
+                    format!("changed the password of {address}")
+                });
+            }
+            AccountCommand::List { domain } => {
+                let domain = domain.as_deref().map(domain_name).transpose()?;
+                let accounts = self.store.list_accounts(domain.as_deref()).await?;
+                self.say(json!(accounts), || {
+                    let mut out = format!(
+                        "{:<48} {:<8} {:>8} {:>12}",
+                        "ACCOUNT", "STATUS", "MESSAGES", "BYTES"
+                    );
+                    for a in &accounts {
+                        let status = if a.disabled { "disabled" } else { "active" };
+                        out.push_str(&format!(
+                            "\n{:<48} {status:<8} {:>8} {:>12}",
+                            a.address(),
+                            a.messages,
+                            a.bytes
+                        ));
+                    }
+                    out
+                });
+            }
+            AccountCommand::Remove { address } => {
+                let address = mailbox(&address)?;
+                self.store.remove_account(&address).await?;
+                self.say(json!({"removed": address.to_string()}), || {
+                    format!("removed account {address} and its maildrop")
+                });
+            }
+            AccountCommand::Disable { address } => self.set_disabled(&address, true).await?,
+            AccountCommand::Enable { address } => self.set_disabled(&address, false).await?,
+        }
+        Ok(())
+    }
+
+    async fn set_disabled(&self, address: &str, disabled: bool) -> anyhow::Result<()> {
+        let address = mailbox(address)?;
+        self.store.set_account_disabled(&address, disabled).await?;
+        let word = if disabled { "disabled" } else { "enabled" };
+        self.say(
+            json!({"address": address.to_string(), "disabled": disabled}),
+            || format!("{word} account {address}"),
+        );
+        Ok(())
+    }
+}
+
+/// A domain name as stored: ASCII, lowercase, without a trailing dot.
+fn domain_name(name: &str) -> anyhow::Result<String> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if !is_domain_name(&name) {
+        bail!(
+            "{name:?} is not a valid domain name (ASCII letters, digits, hyphens and dots; IDNs as xn-- labels)"
+        );
+    }
+    Ok(name)
+}
+
+fn mailbox(address: &str) -> anyhow::Result<MailboxAddress> {
+    MailboxAddress::parse(address)
+        .map_err(|_| anyhow::anyhow!("{address:?} is not a valid address (local-part@domain)"))
+}
+
+/// Reads a new password (never from argv) and hashes it with argon2id.
+fn new_password_hash(from_stdin: bool) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("New password: ")?;
+        let second = rpassword::prompt_password("Repeat it: ")?;
+        if first != second {
+            bail!("the passwords differ");
+        }
+        first
+    } else {
+        bail!("no terminal to prompt for the password on; pass it on stdin with --password-stdin");
+    };
+    Ok(pochta_auth::hash_password(&password)?)
+}
+
+/// `pochtactl health ADDR`: succeeds only when the service reports SERVING.
+pub async fn health(address: &str, json: bool) -> anyhow::Result<()> {
+    let uri = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    let status = check_health(uri)
+        .await
+        .with_context(|| format!("asking {address} for its health"))?;
+    if json {
+        println!(
+            "{}",
+            json!({"address": address, "status": status.as_str_name()})
+        );
+    } else {
+        println!("{address}: {}", status.as_str_name());
+    }
+    if status != ServingStatus::Serving {
+        bail!("{address} is not serving");
+    }
+    Ok(())
+}
+
+/// True when the gRPC endpoint at `addr` reports SERVING.
+pub async fn health_status(addr: std::net::SocketAddr) -> anyhow::Result<bool> {
+    Ok(check_health(format!("http://{addr}")).await? == ServingStatus::Serving)
+}
+
+/// `grpc.health.v1.Health/Check` for the whole server.
+async fn check_health(uri: String) -> anyhow::Result<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    Ok(ServingStatus::try_from(reply.status).unwrap_or(ServingStatus::Unknown))
+}

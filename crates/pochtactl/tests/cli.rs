@@ -1,0 +1,277 @@
+//! The real pochtactl binary against a fresh database per test.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use pochta_store::MailboxAddress;
+use pochta_testkit::TestDb;
+
+const POCHTACTL: &str = env!("CARGO_BIN_EXE_pochtactl");
+
+/// Runs pochtactl against `db` with `stdin` as its input.
+fn ctl(db: &TestDb, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(POCHTACTL)
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .env_remove("POCHTA_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(db: &TestDb, args: &[&str], stdin: &str) -> String {
+    let out = ctl(db, args, stdin);
+    assert!(
+        out.status.success(),
+        "pochtactl {args:?} failed: {}",
+        text(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Asserts exit code 1 and an error that mentions `expected`.
+fn fails(db: &TestDb, args: &[&str], stdin: &str, expected: &str) {
+    let out = ctl(db, args, stdin);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "pochtactl {args:?}: {}",
+        text(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(expected),
+        "pochtactl {args:?}: wanted {expected:?} in {stderr}"
+    );
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn migrate_then_up_to_date() {
+    let db = TestDb::empty().await.unwrap();
+    fails(&db, &["domain", "list"], "", "pochtactl migrate");
+    let out = ok(&db, &["migrate"], "");
+    assert!(out.contains("migrated schema from version 0 to 1"), "{out}");
+    let out = ok(&db, &["--json", "migrate"], "");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["from_version"].as_i64(), v["to_version"].as_i64()),
+        (Some(1), Some(1))
+    );
+    db.store().check_schema().await.unwrap();
+}
+
+#[tokio::test]
+async fn domains() {
+    let db = TestDb::new().await.unwrap();
+    ok(&db, &["domain", "add", "Example.ORG."], "");
+    ok(
+        &db,
+        &["domain", "add", "backup.example", "--role", "hold"],
+        "",
+    );
+    fails(&db, &["domain", "add", "example.org"], "", "already exists");
+    fails(
+        &db,
+        &["domain", "add", "bad_domain!"],
+        "",
+        "not a valid domain name",
+    );
+    let out = ctl(&db, &["domain", "add", "x.example", "--role", "mirror"], "");
+    assert_eq!(out.status.code(), Some(2), "usage error: {}", text(&out));
+
+    let listed = ok(&db, &["domain", "list"], "");
+    assert!(
+        listed.contains("example.org") && listed.contains("hold"),
+        "{listed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&db, &["--json", "domain", "list"], "")).unwrap();
+    let names: Vec<_> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_owned(),
+                d["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("backup.example".into(), "hold".into()),
+            ("example.org".into(), "local".into())
+        ]
+    );
+
+    ok(&db, &["domain", "remove", "backup.example"], "");
+    fails(
+        &db,
+        &["domain", "remove", "backup.example"],
+        "",
+        "does not exist",
+    );
+}
+
+#[tokio::test]
+async fn accounts() {
+    let db = TestDb::new().await.unwrap();
+    ok(&db, &["domain", "add", "example.org"], "");
+    ok(
+        &db,
+        &["domain", "add", "backup.example", "--role", "hold"],
+        "",
+    );
+
+    ok(
+        &db,
+        &["account", "add", "alice@example.org", "--password-stdin"],
+        "s3cret pass\n",
+    );
+    let alice = MailboxAddress::parse("alice@example.org").unwrap();
+    let creds = db
+        .store()
+        .account_credentials(&alice)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(creds.password_hash.starts_with("$argon2id$"));
+    assert!(pochta_auth::verify_password("s3cret pass", &creds.password_hash).unwrap());
+    assert!(!pochta_auth::verify_password("s3cret pass\n", &creds.password_hash).unwrap());
+
+    // Bad input gets a clear error and exit code 1.
+    fails(
+        &db,
+        &["account", "add", "ALICE@example.org", "--password-stdin"],
+        "x\n",
+        "already exists",
+    );
+    fails(
+        &db,
+        &["account", "add", "bob@nowhere.example", "--password-stdin"],
+        "x\n",
+        "domain nowhere.example does not exist",
+    );
+    fails(
+        &db,
+        &["account", "add", "bob@backup.example", "--password-stdin"],
+        "x\n",
+        "hold domain",
+    );
+    fails(
+        &db,
+        &["account", "add", "bob@example.org", "--password-stdin"],
+        "\n",
+        "empty",
+    );
+    fails(
+        &db,
+        &["account", "add", "not-an-address", "--password-stdin"],
+        "x\n",
+        "not a valid address",
+    );
+    // Without a terminal, no prompt: the password must come on stdin, never on argv.
+    fails(
+        &db,
+        &["account", "add", "bob@example.org"],
+        "x\n",
+        "--password-stdin",
+    );
+    fails(
+        &db,
+        &[
+            "account",
+            "passwd",
+            "nobody@example.org",
+            "--password-stdin",
+        ],
+        "x\n",
+        "does not exist",
+    );
+    assert_eq!(db.store().list_accounts(None).await.unwrap().len(), 1);
+
+    ok(
+        &db,
+        &["account", "passwd", "alice@example.org", "--password-stdin"],
+        "n3w\n",
+    );
+    let creds = db
+        .store()
+        .account_credentials(&alice)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pochta_auth::verify_password("n3w", &creds.password_hash).unwrap());
+
+    ok(&db, &["account", "disable", "alice@example.org"], "");
+    let list: serde_json::Value = serde_json::from_str(&ok(
+        &db,
+        &["--json", "account", "list", "--domain", "example.org"],
+        "",
+    ))
+    .unwrap();
+    assert_eq!(list[0]["local_part"], "alice");
+    assert_eq!(list[0]["disabled"], true);
+    assert_eq!(list[0]["messages"], 0);
+    ok(&db, &["account", "enable", "alice@example.org"], "");
+    assert!(
+        !db.store()
+            .account_credentials(&alice)
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled
+    );
+    let human = ok(&db, &["account", "list"], "");
+    assert!(
+        human.contains("alice@example.org") && human.contains("active"),
+        "{human}"
+    );
+
+    ok(&db, &["account", "remove", "alice@example.org"], "");
+    fails(
+        &db,
+        &["account", "remove", "alice@example.org"],
+        "",
+        "does not exist",
+    );
+}
+
+#[tokio::test]
+async fn health_reports_serving_and_unreachable() {
+    let db = TestDb::new().await.unwrap();
+    let grpc = pochta_testkit::free_addr();
+    let binary = pochta_testkit::workspace_binary("pop3-access").unwrap();
+    let mut service = pochta_testkit::ServiceProcess::start(
+        &binary,
+        &pochta_testkit::service_config(db.url(), "pop3", grpc),
+        &[],
+    )
+    .unwrap();
+    service
+        .wait_healthy(grpc, std::time::Duration::from_secs(20))
+        .await
+        .unwrap();
+    let out = ok(&db, &["health", &grpc.to_string()], "");
+    assert!(out.contains("SERVING"), "{out}");
+    drop(service);
+    fails(&db, &["health", &grpc.to_string()], "", "asking");
+}
