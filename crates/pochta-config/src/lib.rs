@@ -179,13 +179,12 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("POCHTA_").split("__"));
-        let config: Config = figment.extract().map_err(|e| {
-            let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-            ConfigError::Invalid(messages.join("; "))
-        })?;
-        config.validate()?;
-        Ok(config)
+        extract(figment.merge(Env::prefixed("POCHTA_").split("__")))
+    }
+
+    /// Parses TOML text over the defaults, without looking at the environment.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
     }
 
     /// Checks what types alone cannot.
@@ -232,6 +231,16 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(&self.redacted()).expect("the config always serializes to TOML")
     }
+}
+
+/// Extracts and validates, with every error of every key in one message.
+fn extract(figment: Figment) -> Result<Config, ConfigError> {
+    let config: Config = figment.extract().map_err(|e| {
+        let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        ConfigError::Invalid(messages.join("; "))
+    })?;
+    config.validate()?;
+    Ok(config)
 }
 
 fn is_http_url(s: &str) -> bool {

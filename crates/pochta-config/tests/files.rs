@@ -1,0 +1,72 @@
+//! Configuration files: the shipped example, unknown keys, bad values.
+
+use pochta_config::{Config, ConfigError, LogFormat};
+
+#[test]
+fn shipped_example_is_valid_and_documents_the_defaults() {
+    let example = include_str!("../../../deploy/pochta.toml");
+    let parsed = Config::from_toml_str(example).unwrap();
+    let mut expected = Config::default();
+    // The example points at the compose stack's database and listens on all interfaces.
+    expected.store.url = "postgres://pochta@postgres:5432/pochta".into();
+    expected.smtp.grpc_listen = "0.0.0.0:7101".parse().unwrap();
+    expected.smtp.queue_endpoint = "http://delivery-queue:7100".into();
+    expected.queue.grpc_listen = "0.0.0.0:7100".parse().unwrap();
+    expected.pop3.grpc_listen = "0.0.0.0:7102".parse().unwrap();
+    assert_eq!(parsed, expected);
+}
+
+#[test]
+fn values_override_defaults() {
+    let c = Config::from_toml_str(
+        "[telemetry]\nlog_format = \"json\"\notlp_endpoint = \"http://collector:4317\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.telemetry.log_format, LogFormat::Json);
+    assert_eq!(
+        c.telemetry.otlp_endpoint.as_deref(),
+        Some("http://collector:4317")
+    );
+    assert_eq!(c.store, Config::default().store);
+}
+
+fn invalid(text: &str) -> String {
+    match Config::from_toml_str(text) {
+        Err(ConfigError::Invalid(message)) => message,
+        other => panic!("expected an error for {text:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn errors_name_the_key() {
+    assert!(invalid("[store]\nurll = \"x\"\n").contains("urll"));
+    assert!(invalid("[nonsense]\na = 1\n").contains("nonsense"));
+    assert!(invalid("[pop3]\ngrpc_listen = \"not an address\"\n").contains("grpc_listen"));
+    assert!(invalid("[store]\nurl = \"mysql://x\"\n").contains("store.url"));
+    assert!(invalid("[tls]\ncert_path = \"/c.pem\"\n").contains("tls"));
+    assert!(
+        invalid("[telemetry]\notlp_endpoint = \"collector:4317\"\n")
+            .contains("telemetry.otlp_endpoint")
+    );
+    assert!(invalid("[smtp]\nqueue_endpoint = \"\"\n").contains("smtp.queue_endpoint"));
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    assert!(
+        matches!(Config::load(Some(&missing)), Err(ConfigError::MissingFile(p)) if p == missing)
+    );
+}
+
+#[test]
+fn redacted_toml_round_trips_without_the_secret() {
+    let mut c = Config::default();
+    c.store.url = "postgres://pochta:topsecret@db/pochta".into();
+    let printed = c.to_redacted_toml();
+    assert!(!printed.contains("topsecret"));
+    let back = Config::from_toml_str(&printed).unwrap();
+    assert_eq!(back.store.url, "postgres://pochta:********@db/pochta");
+    assert_eq!(back.telemetry, c.telemetry);
+}
