@@ -1,0 +1,836 @@
+//! Parsing SMTP command lines (RFC 5321 4.1) and their ESMTP parameters: SIZE (RFC 1870),
+//! BODY (RFC 6152), SMTPUTF8 (RFC 6531), RET/ENVID/NOTIFY/ORCPT (RFC 3461), AUTH (RFC 4954).
+
+use crate::reply::Reply;
+
+/// A mailbox `local@domain` as given, the domain lowercased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mailbox {
+    pub local_part: String,
+    pub domain: String,
+}
+
+impl Mailbox {
+    pub fn address(&self) -> String {
+        format!("{}@{}", self.local_part, self.domain)
+    }
+
+    /// True when either half is not ASCII (needs SMTPUTF8).
+    pub fn is_utf8(&self) -> bool {
+        !self.local_part.is_ascii() || !self.domain.is_ascii()
+    }
+}
+
+impl std::fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.local_part, self.domain)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    SevenBit,
+    EightBitMime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ret {
+    Full,
+    Hdrs,
+}
+
+/// NOTIFY (RFC 3461 4.1); all false is NEVER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    pub fn to_text(self) -> String {
+        let mut parts = Vec::new();
+        if self.success {
+            parts.push("SUCCESS");
+        }
+        if self.failure {
+            parts.push("FAILURE");
+        }
+        if self.delay {
+            parts.push("DELAY");
+        }
+        if parts.is_empty() {
+            "NEVER".into()
+        } else {
+            parts.join(",")
+        }
+    }
+}
+
+/// MAIL FROM and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MailFrom {
+    /// None for the null reverse-path `<>`.
+    pub sender: Option<Mailbox>,
+    pub size: Option<u64>,
+    pub body: Option<Body>,
+    pub smtputf8: bool,
+    pub ret: Option<Ret>,
+    /// ENVID, decoded from xtext.
+    pub envid: Option<String>,
+}
+
+/// RCPT TO and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptTo {
+    pub recipient: Mailbox,
+    pub notify: Option<Notify>,
+    /// ORCPT as given (`addr-type;xtext`), validated.
+    pub orcpt: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ehlo(String),
+    Helo(String),
+    Mail(MailFrom),
+    Rcpt(RcptTo),
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Expn,
+    Help,
+    StartTls,
+    Auth {
+        mechanism: String,
+        initial_response: Option<String>,
+    },
+    Etrn {
+        domain: String,
+        subdomains: bool,
+    },
+    /// BDAT without CHUNKING advertised, and other known but unsupported verbs.
+    NotImplemented(String),
+}
+
+fn syntax(text: &str) -> Reply {
+    Reply::new(501, "5.5.4", text)
+}
+
+/// What `parse` needs to know about the session.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseContext<'a> {
+    /// ESMTP parameters are allowed only after EHLO.
+    pub esmtp: bool,
+    /// The `<postmaster>` recipient (RFC 5321 4.5.1) is this domain's postmaster, if any.
+    pub postmaster_domain: Option<&'a str>,
+}
+
+/// Parses one command line (without its line end).
+pub fn parse(line: &[u8], ctx: ParseContext<'_>) -> Result<Command, Reply> {
+    let line = std::str::from_utf8(line)
+        .map_err(|_| Reply::new(500, "5.5.2", "Syntax error: invalid UTF-8"))?;
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(Reply::new(
+            500,
+            "5.5.2",
+            "Syntax error: control character in command",
+        ));
+    }
+    let (verb, rest) = match line.split_once(' ') {
+        Some((v, r)) => (v, r),
+        None => (line, ""),
+    };
+    let verb = verb.to_ascii_uppercase();
+    let arg = rest.trim();
+    let no_arg = |command: Command| {
+        if arg.is_empty() {
+            Ok(command)
+        } else {
+            Err(syntax("Syntax error: no parameters allowed"))
+        }
+    };
+    match verb.as_str() {
+        "EHLO" | "HELO" => {
+            if arg.is_empty() || arg.contains(' ') {
+                return Err(syntax(
+                    "Syntax error: EHLO/HELO needs a domain or address literal",
+                ));
+            }
+            Ok(if verb == "EHLO" {
+                Command::Ehlo(arg.to_owned())
+            } else {
+                Command::Helo(arg.to_owned())
+            })
+        }
+        "MAIL" => parse_mail(rest, ctx).map(Command::Mail),
+        "RCPT" => parse_rcpt(rest, ctx).map(Command::Rcpt),
+        "DATA" => no_arg(Command::Data),
+        "RSET" => no_arg(Command::Rset),
+        "QUIT" => no_arg(Command::Quit),
+        "STARTTLS" => no_arg(Command::StartTls),
+        "NOOP" => Ok(Command::Noop),
+        "HELP" => Ok(Command::Help),
+        "VRFY" if !arg.is_empty() => Ok(Command::Vrfy),
+        "VRFY" => Err(syntax("Syntax error: VRFY needs an argument")),
+        "EXPN" => Ok(Command::Expn),
+        "AUTH" => {
+            let mut parts = arg.split(' ');
+            let mechanism = parts.next().unwrap_or("").to_ascii_uppercase();
+            let initial_response = parts.next().map(str::to_owned);
+            if mechanism.is_empty() || parts.next().is_some() {
+                return Err(syntax("Syntax error: AUTH mechanism [initial-response]"));
+            }
+            Ok(Command::Auth {
+                mechanism,
+                initial_response,
+            })
+        }
+        "ETRN" => parse_etrn(arg),
+        "BDAT" | "BURL" | "ATRN" | "TURN" | "SEND" | "SOML" | "SAML" => {
+            Ok(Command::NotImplemented(verb))
+        }
+        _ => Err(Reply::new(
+            500,
+            "5.5.2",
+            "Syntax error: command unrecognized",
+        )),
+    }
+}
+
+/// `ETRN domain`, `ETRN @domain` (subdomains too); `#queue` names are not supported (RFC 1985).
+fn parse_etrn(arg: &str) -> Result<Command, Reply> {
+    if arg.is_empty() || arg.contains(' ') {
+        return Err(syntax("Syntax error: ETRN needs one domain"));
+    }
+    if arg.starts_with('#') {
+        return Err(Reply::new(
+            458,
+            "4.3.0",
+            format!("Unable to queue messages for node {arg}: queue names are not supported"),
+        ));
+    }
+    let (domain, subdomains) = match arg.strip_prefix('@') {
+        Some(d) => (d, true),
+        None => (arg, false),
+    };
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if !is_hostname(&domain) {
+        return Err(syntax("Syntax error: ETRN needs a valid domain"));
+    }
+    Ok(Command::Etrn { domain, subdomains })
+}
+
+/// Splits `FROM:<path> params` after the keyword; tolerates one space after the colon.
+fn split_path<'a>(rest: &'a str, keyword: &str) -> Result<(&'a str, &'a str), Reply> {
+    let rest = rest.trim_start();
+    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+        return Err(syntax(&format!(
+            "Syntax error: expected {keyword}<address>"
+        )));
+    }
+    let rest = rest[keyword.len()..].trim_start_matches(' ');
+    if !rest.starts_with('<') {
+        return Err(syntax(
+            "Syntax error: the address must be in angle brackets",
+        ));
+    }
+    let close =
+        find_path_end(rest).ok_or_else(|| syntax("Syntax error: unterminated <address>"))?;
+    let path = &rest[1..close];
+    let params = &rest[close + 1..];
+    if !params.is_empty() && !params.starts_with(' ') {
+        return Err(syntax("Syntax error: junk after the address"));
+    }
+    Ok((path, params.trim()))
+}
+
+/// Index of the `>` closing the path, skipping `>` inside a quoted local part.
+fn find_path_end(s: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices().skip(1) {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' && quoted {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == '>' && !quoted {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Parses `keyword[=value]` parameters, refusing duplicates.
+fn parameters(params: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
+    let mut seen: Vec<(String, Option<&str>)> = Vec::new();
+    for param in params.split(' ').filter(|p| !p.is_empty()) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (param, None),
+        };
+        let key = key.to_ascii_uppercase();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(syntax("Syntax error in parameters"));
+        }
+        if seen.iter().any(|(k, _)| *k == key) {
+            return Err(syntax(&format!("Syntax error: duplicate {key} parameter")));
+        }
+        seen.push((key, value));
+    }
+    Ok(seen)
+}
+
+fn unknown_param(key: &str) -> Reply {
+    Reply::new(555, "5.5.4", format!("Unsupported parameter {key}"))
+}
+
+fn parse_mail<'a>(rest: &'a str, ctx: ParseContext<'_>) -> Result<MailFrom, Reply> {
+    let (path, params) = split_path(rest, "FROM:")?;
+    let mut mail = MailFrom::default();
+    let params = parameters(params)?;
+    if !params.is_empty() && !ctx.esmtp {
+        return Err(unknown_param("(ESMTP parameters need EHLO)"));
+    }
+    for (key, value) in params {
+        let value_of = |v: Option<&'a str>| -> Result<&'a str, Reply> {
+            v.filter(|v| !v.is_empty())
+                .ok_or_else(|| syntax(&format!("Syntax error: {key} needs a value")))
+        };
+        match key.as_str() {
+            "SIZE" => {
+                let v = value_of(value)?;
+                mail.size = Some(
+                    v.parse()
+                        .map_err(|_| syntax("Syntax error: SIZE=<number>"))?,
+                );
+            }
+            "BODY" => {
+                mail.body = Some(match value_of(value)?.to_ascii_uppercase().as_str() {
+                    "7BIT" => Body::SevenBit,
+                    "8BITMIME" => Body::EightBitMime,
+                    _ => return Err(unknown_param("BODY value (7BIT or 8BITMIME)")),
+                });
+            }
+            "SMTPUTF8" => {
+                if value.is_some() {
+                    return Err(syntax("Syntax error: SMTPUTF8 takes no value"));
+                }
+                mail.smtputf8 = true;
+            }
+            "RET" => {
+                mail.ret = Some(match value_of(value)?.to_ascii_uppercase().as_str() {
+                    "FULL" => Ret::Full,
+                    "HDRS" => Ret::Hdrs,
+                    _ => return Err(syntax("Syntax error: RET=FULL or RET=HDRS")),
+                });
+            }
+            "ENVID" => {
+                let v = value_of(value)?;
+                let decoded = xtext_decode(v)
+                    .ok_or_else(|| syntax("Syntax error: ENVID is not valid xtext"))?;
+                if decoded.len() > 100 {
+                    return Err(syntax("Syntax error: ENVID longer than 100 characters"));
+                }
+                mail.envid = Some(decoded);
+            }
+            // RFC 4954 5: accepted; we do not trust an AUTH= identity from a client.
+            "AUTH" => {
+                value_of(value)?;
+            }
+            other => return Err(unknown_param(other)),
+        }
+    }
+    mail.sender = if path.is_empty() {
+        None
+    } else {
+        Some(
+            parse_mailbox(strip_source_route(path), mail.smtputf8)
+                .ok_or_else(|| Reply::new(501, "5.1.7", "Bad sender address syntax"))?,
+        )
+    };
+    Ok(mail)
+}
+
+fn parse_rcpt(rest: &str, ctx: ParseContext<'_>) -> Result<RcptTo, Reply> {
+    let (path, params) = split_path(rest, "TO:")?;
+    let params = parameters(params)?;
+    if !params.is_empty() && !ctx.esmtp {
+        return Err(unknown_param("(ESMTP parameters need EHLO)"));
+    }
+    let mut notify = None;
+    let mut orcpt = None;
+    for (key, value) in params {
+        match key.as_str() {
+            "NOTIFY" => notify = Some(parse_notify(value.unwrap_or(""))?),
+            "ORCPT" => {
+                let v = value.unwrap_or("");
+                let (addr_type, xtext) = v
+                    .split_once(';')
+                    .ok_or_else(|| syntax("Syntax error: ORCPT=addr-type;xtext"))?;
+                let type_ok = !addr_type.is_empty()
+                    && addr_type
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !type_ok || xtext_decode(xtext).is_none_or(|d| d.is_empty()) {
+                    return Err(syntax("Syntax error: ORCPT=addr-type;xtext"));
+                }
+                if v.len() > 500 {
+                    return Err(syntax("Syntax error: ORCPT too long"));
+                }
+                orcpt = Some(v.to_owned());
+            }
+            other => return Err(unknown_param(other)),
+        }
+    }
+    let recipient = if path.eq_ignore_ascii_case("postmaster") {
+        // RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
+        match ctx.postmaster_domain {
+            Some(domain) => Mailbox {
+                local_part: "postmaster".into(),
+                domain: domain.to_owned(),
+            },
+            None => {
+                return Err(Reply::new(
+                    550,
+                    "5.1.1",
+                    "No postmaster mailbox is configured here",
+                ));
+            }
+        }
+    } else {
+        parse_mailbox(strip_source_route(path), true)
+            .ok_or_else(|| Reply::new(501, "5.1.3", "Bad recipient address syntax"))?
+    };
+    Ok(RcptTo {
+        recipient,
+        notify,
+        orcpt,
+    })
+}
+
+/// NOTIFY=NEVER or a list of SUCCESS, FAILURE, DELAY; NEVER is exclusive (RFC 3461 4.1).
+fn parse_notify(value: &str) -> Result<Notify, Reply> {
+    let bad = || syntax("Syntax error: NOTIFY=NEVER or SUCCESS,FAILURE,DELAY");
+    if value.eq_ignore_ascii_case("NEVER") {
+        return Ok(Notify::default());
+    }
+    let mut notify = Notify::default();
+    for part in value.split(',') {
+        let flag = match part.to_ascii_uppercase().as_str() {
+            "SUCCESS" => &mut notify.success,
+            "FAILURE" => &mut notify.failure,
+            "DELAY" => &mut notify.delay,
+            _ => return Err(bad()),
+        };
+        if *flag {
+            return Err(bad());
+        }
+        *flag = true;
+    }
+    Ok(notify)
+}
+
+/// Drops an obsolete source route `@a,@b:` (RFC 5321 4.1.2: MUST accept, SHOULD ignore).
+fn strip_source_route(path: &str) -> &str {
+    if path.starts_with('@')
+        && let Some(colon) = path.find(':')
+    {
+        return &path[colon + 1..];
+    }
+    path
+}
+
+/// RFC 5321 4.1.2 Mailbox: Dot-string or Quoted-string, `@`, a domain or address literal.
+/// UTF-8 is allowed only with SMTPUTF8 (RFC 6531 3.3).
+pub fn parse_mailbox(s: &str, utf8: bool) -> Option<Mailbox> {
+    let at = s.rfind('@')?;
+    let (local, domain) = (&s[..at], &s[at + 1..]);
+    if local.is_empty() || local.len() > 64 || domain.is_empty() || domain.len() > 255 {
+        return None;
+    }
+    if !utf8 && !s.is_ascii() {
+        return None;
+    }
+    let local_ok = if local.starts_with('"') {
+        is_quoted_string(local)
+    } else {
+        local.split('.').all(|atom| {
+            !atom.is_empty() && atom.chars().all(|c| is_atext(c) || (utf8 && !c.is_ascii()))
+        })
+    };
+    let domain = domain.to_lowercase();
+    let domain_ok = if domain.starts_with('[') {
+        is_address_literal(&domain)
+    } else if domain.is_ascii() {
+        is_hostname(&domain)
+    } else {
+        utf8 && domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'))
+    };
+    (local_ok && domain_ok).then(|| Mailbox {
+        local_part: local.to_owned(),
+        domain,
+    })
+}
+
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+}
+
+fn is_quoted_string(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) else {
+        return false;
+    };
+    let mut escaped = false;
+    for c in inner.chars() {
+        if escaped {
+            if !(' '..='~').contains(&c) {
+                return false;
+            }
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' || (c.is_ascii() && !(' '..='~').contains(&c)) {
+            return false;
+        }
+    }
+    !escaped
+}
+
+fn is_address_literal(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) else {
+        return false;
+    };
+    if let Some(v6) = inner.strip_prefix("ipv6:") {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    inner.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// A DNS host name in ASCII (RFC 1035 2.3.4).
+pub fn is_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Decodes xtext (RFC 3461 4): printable ASCII except `+` and `=`, with `+XX` hex escapes.
+pub fn xtext_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+                {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'!'..=b'~' if bytes[i] != b'=' => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encodes text as xtext (RFC 3461 4).
+pub fn xtext_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CTX: ParseContext<'static> = ParseContext {
+        esmtp: true,
+        postmaster_domain: Some("example.org"),
+    };
+
+    fn cmd(line: &str) -> Result<Command, Reply> {
+        parse(line.as_bytes(), CTX)
+    }
+
+    fn code(line: &str) -> (u16, Option<&'static str>) {
+        let r = cmd(line).unwrap_err();
+        (r.code, r.enhanced)
+    }
+
+    fn mailbox(local: &str, domain: &str) -> Mailbox {
+        Mailbox {
+            local_part: local.into(),
+            domain: domain.into(),
+        }
+    }
+
+    #[test]
+    fn verbs_are_case_insensitive() {
+        assert_eq!(
+            cmd("ehlo client.example").unwrap(),
+            Command::Ehlo("client.example".into())
+        );
+        assert_eq!(cmd("HeLo c").unwrap(), Command::Helo("c".into()));
+        assert_eq!(cmd("data").unwrap(), Command::Data);
+        assert_eq!(cmd("QUIT").unwrap(), Command::Quit);
+        assert_eq!(cmd("noop whatever").unwrap(), Command::Noop);
+    }
+
+    #[test]
+    fn unknown_and_malformed_commands() {
+        assert_eq!(code("FOO"), (500, Some("5.5.2")));
+        assert_eq!(code("EHLO"), (501, Some("5.5.4")));
+        assert_eq!(code("EHLO a b"), (501, Some("5.5.4")));
+        assert_eq!(code("DATA now"), (501, Some("5.5.4")));
+        assert_eq!(code("STARTTLS x"), (501, Some("5.5.4")));
+        assert_eq!(code("VRFY"), (501, Some("5.5.4")));
+        assert_eq!(parse(b"NOOP \xff", CTX).unwrap_err().code, 500);
+        assert_eq!(code("NOOP \u{1}"), (500, Some("5.5.2")));
+        assert_eq!(
+            cmd("BDAT 10 LAST").unwrap(),
+            Command::NotImplemented("BDAT".into())
+        );
+    }
+
+    #[test]
+    fn mail_from_with_all_parameters() {
+        let Command::Mail(m) = cmd("MAIL FROM:<a.b@Example.NET> SIZE=1000 BODY=8bitmime RET=hdrs ENVID=QQ+2Bx SMTPUTF8 AUTH=<>").unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.sender, Some(mailbox("a.b", "example.net")));
+        assert_eq!(m.size, Some(1000));
+        assert_eq!(m.body, Some(Body::EightBitMime));
+        assert_eq!(m.ret, Some(Ret::Hdrs));
+        assert_eq!(m.envid.as_deref(), Some("QQ+x"));
+        assert!(m.smtputf8);
+    }
+
+    #[test]
+    fn mail_from_null_sender_and_leniencies() {
+        let Command::Mail(m) = cmd("MAIL FROM:<>").unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.sender, None);
+        // A space after the colon and a source route are tolerated.
+        let Command::Mail(m) = cmd("mail from: <@relay.example:u@example.org>").unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.sender, Some(mailbox("u", "example.org")));
+        let Command::Mail(m) = cmd("MAIL FROM:<\"john doe\"@example.org>").unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.sender.unwrap().local_part, "\"john doe\"");
+    }
+
+    #[test]
+    fn mail_from_errors() {
+        assert_eq!(code("MAIL FROM:u@example.org"), (501, Some("5.5.4")));
+        assert_eq!(code("MAIL TO:<u@example.org>"), (501, Some("5.5.4")));
+        assert_eq!(code("MAIL FROM:<u@example.org"), (501, Some("5.5.4")));
+        assert_eq!(code("MAIL FROM:<u@example.org>junk"), (501, Some("5.5.4")));
+        assert_eq!(code("MAIL FROM:<not an address>"), (501, Some("5.1.7")));
+        assert_eq!(code("MAIL FROM:<u@-bad-.example>"), (501, Some("5.1.7")));
+        assert_eq!(
+            code("MAIL FROM:<u@example.org> SIZE=big"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("MAIL FROM:<u@example.org> SIZE=1 SIZE=2"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("MAIL FROM:<u@example.org> BODY=BINARYMIME"),
+            (555, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("MAIL FROM:<u@example.org> FROB=1"),
+            (555, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("MAIL FROM:<u@example.org> RET=ALL"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("MAIL FROM:<u@example.org> ENVID=a=b"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("MAIL FROM:<u@example.org> ENVID=+ZZ"),
+            (501, Some("5.5.4"))
+        );
+        // UTF-8 needs SMTPUTF8.
+        assert_eq!(
+            code("MAIL FROM:<пользователь@example.org>"),
+            (501, Some("5.1.7"))
+        );
+        assert!(cmd("MAIL FROM:<пользователь@пример.рф> SMTPUTF8").is_ok());
+        // ESMTP parameters need EHLO.
+        let helo = ParseContext {
+            esmtp: false,
+            ..CTX
+        };
+        assert_eq!(
+            parse(b"MAIL FROM:<u@example.org> SIZE=1", helo)
+                .unwrap_err()
+                .code,
+            555
+        );
+    }
+
+    #[test]
+    fn rcpt_to_with_dsn_parameters() {
+        let Command::Rcpt(r) =
+            cmd("RCPT TO:<Bob@Example.org> NOTIFY=success,DELAY ORCPT=rfc822;bob+2Bx@example.org")
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.recipient, mailbox("Bob", "example.org"));
+        assert_eq!(
+            r.notify,
+            Some(Notify {
+                success: true,
+                failure: false,
+                delay: true
+            })
+        );
+        assert_eq!(r.orcpt.as_deref(), Some("rfc822;bob+2Bx@example.org"));
+        let Command::Rcpt(r) = cmd("RCPT TO:<b@example.org> NOTIFY=NEVER").unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.notify.unwrap().to_text(), "NEVER");
+        let Command::Rcpt(r) = cmd("RCPT TO:<Postmaster>").unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.recipient, mailbox("postmaster", "example.org"));
+    }
+
+    #[test]
+    fn rcpt_to_errors() {
+        assert_eq!(
+            code("RCPT TO:<b@example.org> NOTIFY=NEVER,SUCCESS"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("RCPT TO:<b@example.org> NOTIFY=SUCCESS,SUCCESS"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("RCPT TO:<b@example.org> NOTIFY="),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("RCPT TO:<b@example.org> ORCPT=rfc822"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("RCPT TO:<b@example.org> ORCPT=;x"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(code("RCPT TO:<b@example.org> SIZE=1"), (555, Some("5.5.4")));
+        assert_eq!(code("RCPT TO:<nobody>"), (501, Some("5.1.3")));
+        assert_eq!(code("RCPT TO:<>"), (501, Some("5.1.3")));
+        let no_pm = ParseContext {
+            postmaster_domain: None,
+            ..CTX
+        };
+        assert_eq!(parse(b"RCPT TO:<postmaster>", no_pm).unwrap_err().code, 550);
+    }
+
+    #[test]
+    fn auth_and_etrn() {
+        assert_eq!(
+            cmd("AUTH plain AGEAYg==").unwrap(),
+            Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial_response: Some("AGEAYg==".into())
+            }
+        );
+        assert_eq!(
+            cmd("AUTH LOGIN").unwrap(),
+            Command::Auth {
+                mechanism: "LOGIN".into(),
+                initial_response: None
+            }
+        );
+        assert_eq!(code("AUTH"), (501, Some("5.5.4")));
+        assert_eq!(code("AUTH PLAIN a b"), (501, Some("5.5.4")));
+        assert_eq!(
+            cmd("ETRN Backup.Example").unwrap(),
+            Command::Etrn {
+                domain: "backup.example".into(),
+                subdomains: false
+            }
+        );
+        assert_eq!(
+            cmd("ETRN @backup.example").unwrap(),
+            Command::Etrn {
+                domain: "backup.example".into(),
+                subdomains: true
+            }
+        );
+        assert_eq!(code("ETRN"), (501, Some("5.5.4")));
+        assert_eq!(code("ETRN not_a domain"), (501, Some("5.5.4")));
+        assert_eq!(code("ETRN #queue"), (458, Some("4.3.0")));
+    }
+
+    #[test]
+    fn mailbox_syntax() {
+        assert!(parse_mailbox("a.b-c+d@x.example", false).is_some());
+        assert!(parse_mailbox("u@[192.0.2.1]", false).is_some());
+        assert!(parse_mailbox("u@[ipv6:2001:db8::1]", false).is_some());
+        for bad in [
+            "a..b@x.example",
+            ".a@x.example",
+            "a@",
+            "@x.example",
+            "a@x..example",
+            "a b@x.example",
+            "a@[300.1.1.1]",
+            "\"unterminated@x.example",
+        ] {
+            assert!(parse_mailbox(bad, false).is_none(), "{bad}");
+        }
+        assert!(parse_mailbox(&format!("{}@x.example", "a".repeat(65)), false).is_none());
+    }
+
+    #[test]
+    fn xtext_round_trip() {
+        for s in ["plain", "a+b=c", "space here", "\u{e9}t\u{e9}"] {
+            assert_eq!(xtext_decode(&xtext_encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(xtext_decode("a+2"), None);
+        assert_eq!(xtext_decode("a+2b"), None, "hex digits are upper case");
+        assert_eq!(xtext_decode("a b"), None);
+    }
+}

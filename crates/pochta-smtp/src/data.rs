@@ -1,0 +1,332 @@
+//! Receiving the message text after DATA (RFC 5321 4.1.1.4, 4.5.2).
+//!
+//! Only CRLF.CRLF ends the data. A bare LF or bare CR is never a line end: by default it marks
+//! the message for rejection (the SMTP smuggling defence), or, by configuration, it is
+//! normalised to CRLF in the stored text. Leading dots are unstuffed.
+
+/// What to do with a bare LF or CR in message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareLineEndings {
+    Reject,
+    Normalize,
+}
+
+/// Limits and policy for one message.
+#[derive(Debug, Clone, Copy)]
+pub struct DataLimits {
+    pub max_size: usize,
+    /// Including CRLF (RFC 5321 4.5.3.1.6: 1000).
+    pub max_line: usize,
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// Why a complete message cannot be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProblem {
+    TooBig,
+    LineTooLong,
+    BareLineEnding,
+}
+
+/// The message text as it arrives, across any number of `push` calls.
+#[derive(Debug)]
+pub struct DataReceiver {
+    limits: DataLimits,
+    body: Vec<u8>,
+    /// The current line so far (raw, before unstuffing), when it spans pushes.
+    line: Vec<u8>,
+    /// The start of the current line was already flushed (an over-long line): what is in
+    /// `line` is its tail, never the start of a line, so it can be neither `.` nor stuffed.
+    line_flushed: bool,
+    /// The previous line ended in CRLF (true at the start: the DATA command's own CRLF). Only
+    /// then can `.` CRLF end the data: the terminator is CRLF.CRLF, never LF.CRLF.
+    after_crlf: bool,
+    in_headers: bool,
+    received_headers: usize,
+    size: usize,
+    problem: Option<DataProblem>,
+}
+
+/// The outcome of a finished DATA.
+#[derive(Debug)]
+pub struct ReceivedData {
+    pub body: Vec<u8>,
+    pub received_headers: usize,
+    pub problem: Option<DataProblem>,
+}
+
+impl DataReceiver {
+    pub fn new(limits: DataLimits) -> Self {
+        DataReceiver {
+            limits,
+            body: Vec::new(),
+            line: Vec::new(),
+            line_flushed: false,
+            after_crlf: true,
+            in_headers: true,
+            received_headers: 0,
+            size: 0,
+            problem: None,
+        }
+    }
+
+    /// Consumes input; returns how many bytes were used and, once CRLF.CRLF was seen, the
+    /// message. Bytes after the end belong to the next command (pipelining).
+    pub fn push(&mut self, input: &[u8]) -> (usize, Option<ReceivedData>) {
+        let mut used = 0;
+        while used < input.len() {
+            let rest = &input[used..];
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    self.line.extend_from_slice(&rest[..=nl]);
+                    used += nl + 1;
+                    if self.line == b".\r\n" && self.after_crlf && !self.line_flushed {
+                        self.line.clear();
+                        return (used, Some(self.finish()));
+                    }
+                    let line = std::mem::take(&mut self.line);
+                    self.after_crlf = line.ends_with(b"\r\n");
+                    if std::mem::take(&mut self.line_flushed) {
+                        self.append(&line);
+                    } else {
+                        self.complete_line(&line);
+                    }
+                }
+                None => {
+                    self.line.extend_from_slice(rest);
+                    used = input.len();
+                    // A line that never ends must not grow without bound: keep its tail (which
+                    // may be the CR of a coming CRLF) and account for the rest.
+                    if self.line.len() > self.limits.max_line {
+                        self.note(DataProblem::LineTooLong);
+                        let keep = self.line.split_off(self.line.len() - 1);
+                        let head = std::mem::replace(&mut self.line, keep);
+                        self.append(&head);
+                        self.line_flushed = true;
+                    }
+                }
+            }
+        }
+        (used, None)
+    }
+
+    fn note(&mut self, problem: DataProblem) {
+        // The first problem is the one reported.
+        self.problem.get_or_insert(problem);
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        self.size += bytes.len();
+        if self.size > self.limits.max_size {
+            self.note(DataProblem::TooBig);
+            self.body = Vec::new();
+        } else if self.problem.is_none() {
+            self.body.extend_from_slice(bytes);
+        }
+    }
+
+    /// One raw line ending in LF (the LF included).
+    fn complete_line(&mut self, raw: &[u8]) {
+        let mut line = raw;
+        // Dot-unstuffing (RFC 5321 4.5.2).
+        if line.first() == Some(&b'.') {
+            line = &line[1..];
+        }
+        if raw.len() > self.limits.max_line {
+            self.note(DataProblem::LineTooLong);
+        }
+        let content = &line[..line.len() - 1];
+        let ends_crlf = content.last() == Some(&b'\r');
+        let content = if ends_crlf {
+            &content[..content.len() - 1]
+        } else {
+            content
+        };
+        let bare_cr = content.contains(&b'\r');
+        if self.in_headers {
+            if content.is_empty() {
+                self.in_headers = false;
+            } else if content.len() >= 9 && content[..9].eq_ignore_ascii_case(b"received:") {
+                self.received_headers += 1;
+            }
+        }
+        if ends_crlf && !bare_cr {
+            self.append(line);
+            return;
+        }
+        match self.limits.bare_line_endings {
+            BareLineEndings::Reject => {
+                self.note(DataProblem::BareLineEnding);
+                self.append(line);
+            }
+            BareLineEndings::Normalize => {
+                let mut fixed = Vec::with_capacity(content.len() + 4);
+                for &b in content {
+                    if b == b'\r' {
+                        fixed.extend_from_slice(b"\r\n");
+                    } else {
+                        fixed.push(b);
+                    }
+                }
+                fixed.extend_from_slice(b"\r\n");
+                self.append(&fixed);
+            }
+        }
+    }
+
+    fn finish(&mut self) -> ReceivedData {
+        ReceivedData {
+            body: std::mem::take(&mut self.body),
+            received_headers: self.received_headers,
+            problem: self.problem,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DataLimits = DataLimits {
+        max_size: 10_000,
+        max_line: 1000,
+        bare_line_endings: BareLineEndings::Reject,
+    };
+
+    fn receive(input: &[u8], limits: DataLimits) -> (usize, Option<ReceivedData>) {
+        DataReceiver::new(limits).push(input)
+    }
+
+    #[test]
+    fn ends_at_crlf_dot_crlf_and_leaves_the_rest() {
+        let (used, data) = receive(b"Subject: x\r\n\r\nHello\r\n.\r\nQUIT\r\n", LIMITS);
+        let data = data.unwrap();
+        assert_eq!(data.body, b"Subject: x\r\n\r\nHello\r\n");
+        assert_eq!(data.problem, None);
+        assert_eq!(used, 24);
+    }
+
+    #[test]
+    fn empty_message() {
+        let data = receive(b".\r\n", LIMITS).1.unwrap();
+        assert!(data.body.is_empty());
+    }
+
+    #[test]
+    fn unstuffs_leading_dots() {
+        let data = receive(b"..hidden\r\n.\r\n...two\r\n.\r\n", LIMITS)
+            .1
+            .unwrap();
+        assert_eq!(data.body, b".hidden\r\n");
+        let data = receive(b"a\r\n...two\r\n.\r\n", LIMITS).1.unwrap();
+        assert_eq!(data.body, b"a\r\n..two\r\n");
+    }
+
+    #[test]
+    fn byte_by_byte_is_the_same() {
+        let input = b"A: b\r\n\r\n..x\r\nline\r\n.\r\n";
+        let mut r = DataReceiver::new(LIMITS);
+        let mut done = None;
+        for (i, b) in input.iter().enumerate() {
+            let (used, d) = r.push(std::slice::from_ref(b));
+            assert_eq!(used, 1);
+            if d.is_some() {
+                assert_eq!(i, input.len() - 1);
+                done = d;
+            }
+        }
+        assert_eq!(done.unwrap().body, b"A: b\r\n\r\n.x\r\nline\r\n");
+    }
+
+    /// Smuggling: none of these end the data; each one is a bare line ending.
+    #[test]
+    fn smuggling_sequences_never_end_data() {
+        for attempt in [
+            &b"a\n.\nMAIL FROM:<x@y>\r\n"[..],
+            b"a\r\n.\nMAIL\r\n",
+            b"a\n.\r\nMAIL\r\n",
+            b"a\r.\r\nMAIL\r\n",
+            b"a\r\n.\r MAIL\r\n",
+        ] {
+            let (used, data) = receive(attempt, LIMITS);
+            assert!(data.is_none(), "{attempt:?} ended DATA");
+            assert_eq!(used, attempt.len());
+            let mut r = DataReceiver::new(LIMITS);
+            r.push(attempt);
+            let data = r.push(b".\r\n").1.unwrap();
+            assert_eq!(
+                data.problem,
+                Some(DataProblem::BareLineEnding),
+                "{attempt:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn normalizes_bare_line_endings_when_configured() {
+        let limits = DataLimits {
+            bare_line_endings: BareLineEndings::Normalize,
+            ..LIMITS
+        };
+        let mut r = DataReceiver::new(limits);
+        // LF . CRLF is not the end even when normalising: only CRLF . CRLF is.
+        assert!(r.push(b"a\nb\rc\r\n.\n.\r\n").1.is_none());
+        let data = r.push(b"x\r\n.\r\n").1.unwrap();
+        assert_eq!(data.problem, None);
+        assert_eq!(data.body, b"a\r\nb\r\nc\r\n\r\n\r\nx\r\n");
+    }
+
+    #[test]
+    fn too_big_is_reported_at_the_end_and_not_kept() {
+        let limits = DataLimits {
+            max_size: 10,
+            ..LIMITS
+        };
+        let data = receive(b"0123456789\r\nmore\r\n.\r\n", limits).1.unwrap();
+        assert_eq!(data.problem, Some(DataProblem::TooBig));
+        assert!(data.body.is_empty());
+        let data = receive(b"01234567\r\n.\r\n", limits).1.unwrap();
+        assert_eq!(data.problem, None, "exactly 10 octets fit");
+    }
+
+    #[test]
+    fn long_lines() {
+        let ok = [vec![b'a'; 998], b"\r\n.\r\n".to_vec()].concat();
+        assert_eq!(receive(&ok, LIMITS).1.unwrap().problem, None);
+        let long = [vec![b'a'; 999], b"\r\n.\r\n".to_vec()].concat();
+        assert_eq!(
+            receive(&long, LIMITS).1.unwrap().problem,
+            Some(DataProblem::LineTooLong)
+        );
+        // An endless line arriving in pieces is bounded in memory and still reported.
+        let mut r = DataReceiver::new(LIMITS);
+        for _ in 0..5 {
+            r.push(&[b'x'; 700]);
+            assert!(r.line.len() <= LIMITS.max_line + 700);
+        }
+        let data = r.push(b"\r\n.\r\n").1.unwrap();
+        assert_eq!(data.problem, Some(DataProblem::LineTooLong));
+    }
+
+    /// The tail of an over-long line is not a line start: `.` CRLF there does not end DATA.
+    #[test]
+    fn dot_after_an_overlong_line_is_not_the_end() {
+        let mut r = DataReceiver::new(LIMITS);
+        r.push(&[b'x'; 1001]);
+        assert!(r.push(b".").1.is_none());
+        assert!(r.push(b"\r\n").1.is_none(), "ended inside a line");
+        let data = r.push(b".\r\n").1.unwrap();
+        assert_eq!(data.problem, Some(DataProblem::LineTooLong));
+    }
+
+    #[test]
+    fn counts_received_headers_only_in_the_header_section() {
+        let data = receive(
+            b"Received: a\r\nRECEIVED: b\r\nX: y\r\n\r\nReceived: body\r\n.\r\n",
+            LIMITS,
+        )
+        .1
+        .unwrap();
+        assert_eq!(data.received_headers, 2);
+    }
+}

@@ -1,0 +1,851 @@
+//! The ESMTP server session as a state machine: bytes in (`feed`), outputs out (`poll`).
+//!
+//! Outputs are replies to send, or actions the I/O layer performs and reports back (recipient
+//! verification, authentication, the TLS handshake, storing a message, ETRN). While an action is
+//! outstanding the session consumes no input, so pipelined commands (RFC 2920) are answered in
+//! order. The session never blocks and does no I/O, so every rule is unit-tested without sockets.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::command::{self, Command, MailFrom, Mailbox, ParseContext, RcptTo};
+use crate::data::{BareLineEndings, DataLimits, DataProblem, DataReceiver, ReceivedData};
+use crate::reply::Reply;
+
+/// RFC 5321 4.5.3.1.4: command line, including CRLF.
+pub const MAX_COMMAND_LINE: usize = 512;
+/// RFC 4954 4: an AUTH exchange line may be up to 12288 octets.
+pub const MAX_AUTH_LINE: usize = 12288;
+
+/// Server-wide settings.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_received_headers: usize,
+    pub bare_line_endings: BareLineEndings,
+    /// After this many error replies the session is closed with 421.
+    pub max_errors: usize,
+    pub postmaster_domain: Option<String>,
+    /// An authenticated user may use only its own address as the sender (RFC 6409 6.1).
+    pub enforce_sender_ownership: bool,
+}
+
+/// What the listener knows about one connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionPolicy {
+    /// STARTTLS may be offered (a certificate is configured).
+    pub starttls_available: bool,
+    /// The connection is TLS from the first byte (port 465).
+    pub implicit_tls: bool,
+    /// AUTH is offered on this listener.
+    pub auth_enabled: bool,
+    /// MAIL needs a successful AUTH first (submission, RFC 6409).
+    pub auth_required: bool,
+    /// AUTH may be used without TLS (e.g. on loopback). Otherwise it needs TLS.
+    pub plaintext_auth: bool,
+}
+
+/// Credentials from AUTH PLAIN or LOGIN.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub authzid: Option<String>,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("authzid", &self.authzid)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A recipient the session accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedRecipient {
+    pub rcpt: RcptTo,
+    /// A hold domain's recipient: kept until ETRN.
+    pub held: bool,
+}
+
+/// A complete transaction to commit before answering 250.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub helo: String,
+    pub esmtp: bool,
+    pub tls: bool,
+    pub authenticated: Option<String>,
+    pub mail: MailFrom,
+    pub recipients: Vec<AcceptedRecipient>,
+    /// The text as received: dot-unstuffed, CRLF line ends.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum Output {
+    /// Bytes to write.
+    Send(Vec<u8>),
+    /// Write what was sent so far, then do the TLS handshake and call `tls_established`.
+    StartTls,
+    /// Decide on a recipient; answer with `recipient_verdict`.
+    VerifyRecipient {
+        recipient: Mailbox,
+        authenticated: bool,
+    },
+    /// Check credentials; answer with `auth_result`.
+    Authenticate(Credentials),
+    /// Commit the message; answer with `store_result`.
+    StoreMessage(Box<Message>),
+    /// Ask the queue to start delivery for a domain; answer with `etrn_result`.
+    Etrn { domain: String, subdomains: bool },
+    /// Write what was sent, then close the connection.
+    Close,
+}
+
+/// What the I/O layer decided about a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientVerdict {
+    Accept { held: bool },
+    NoSuchUser,
+    Disabled,
+    RelayDenied,
+    TemporaryFailure,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    Success {
+        user: String,
+    },
+    Failure,
+    /// Too many failures from this client.
+    RateLimited,
+    TemporaryFailure,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreResult {
+    Stored { queue_id: String },
+    TemporaryFailure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtrnResult {
+    Started { messages: u64 },
+    NothingQueued,
+    NotAllowed,
+    Unavailable,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Command,
+    Data(Box<DataReceiver>),
+    AuthPlain,
+    AuthLoginUser,
+    AuthLoginPassword { username: String },
+}
+
+#[derive(Debug)]
+enum Pending {
+    Recipient(RcptTo),
+    Auth,
+    Store,
+    Etrn(String),
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+struct Greeting {
+    name: String,
+    esmtp: bool,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    mail: MailFrom,
+    recipients: Vec<AcceptedRecipient>,
+}
+
+/// One SMTP session.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    policy: ConnectionPolicy,
+    input: Vec<u8>,
+    out: VecDeque<Output>,
+    phase: Phase,
+    pending: Option<Pending>,
+    tls: bool,
+    greeting: Option<Greeting>,
+    user: Option<String>,
+    transaction: Option<Transaction>,
+    errors: usize,
+    discarding_line: bool,
+    closed: bool,
+}
+
+impl Session {
+    /// A new session; its first output is the 220 greeting.
+    pub fn new(config: Arc<SessionConfig>, policy: ConnectionPolicy) -> Self {
+        let greeting = Reply::plain(220, format!("{} ESMTP Pochta", config.hostname));
+        let mut session = Session {
+            config,
+            policy,
+            input: Vec::new(),
+            out: VecDeque::new(),
+            phase: Phase::Command,
+            pending: None,
+            tls: policy.implicit_tls,
+            greeting: None,
+            user: None,
+            transaction: None,
+            errors: 0,
+            discarding_line: false,
+            closed: false,
+        };
+        session.send(greeting);
+        session
+    }
+
+    /// Bytes read from the client.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if !self.closed {
+            self.input.extend_from_slice(bytes);
+        }
+    }
+
+    /// The next output, or None when the session needs more input or an action's result.
+    pub fn poll(&mut self) -> Option<Output> {
+        if self.out.is_empty() && self.pending.is_none() && !self.closed {
+            self.process();
+        }
+        self.out.pop_front()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed && self.out.is_empty()
+    }
+
+    /// True while message text is being received (a longer timeout applies).
+    pub fn in_data(&self) -> bool {
+        matches!(self.phase, Phase::Data(_))
+    }
+
+    /// True between transactions: nothing would be lost by closing now.
+    pub fn is_idle(&self) -> bool {
+        self.transaction.is_none() && self.pending.is_none() && matches!(self.phase, Phase::Command)
+    }
+
+    pub fn tls_active(&self) -> bool {
+        self.tls
+    }
+
+    pub fn authenticated_user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The client was silent too long (RFC 5321 4.5.3.2).
+    pub fn timed_out(&mut self) {
+        self.close_with(Reply::new(
+            421,
+            "4.4.2",
+            format!("{} Timeout; closing connection", self.config.hostname),
+        ));
+    }
+
+    /// The server is shutting down: say so and close (call when idle or out of time).
+    pub fn shutting_down(&mut self) {
+        self.close_with(Reply::new(
+            421,
+            "4.3.2",
+            format!("{} Service shutting down", self.config.hostname),
+        ));
+    }
+
+    fn close_with(&mut self, reply: Reply) {
+        if !self.closed {
+            self.closed = true;
+            self.input.clear();
+            self.write(&reply);
+            self.out.push_back(Output::Close);
+        }
+    }
+
+    /// Queues a reply, counting errors: too many and the session ends.
+    fn send(&mut self, reply: Reply) {
+        if reply.code >= 500 {
+            self.errors += 1;
+        }
+        self.write(&reply);
+        if self.errors > self.config.max_errors {
+            self.close_with(Reply::new(
+                421,
+                "4.7.0",
+                "Too many errors; closing connection",
+            ));
+        }
+    }
+
+    fn write(&mut self, reply: &Reply) {
+        // Replies that follow each other go out in one write.
+        if let Some(Output::Send(bytes)) = self.out.back_mut() {
+            bytes.extend_from_slice(&reply.to_bytes());
+        } else {
+            self.out.push_back(Output::Send(reply.to_bytes()));
+        }
+    }
+
+    fn process(&mut self) {
+        while self.pending.is_none() && !self.closed && self.out.len() < 64 {
+            if let Phase::Data(receiver) = &mut self.phase {
+                let (used, done) = receiver.push(&self.input);
+                self.input.drain(..used);
+                match done {
+                    Some(data) => {
+                        self.phase = Phase::Command;
+                        self.finish_data(data);
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            let limit = match self.phase {
+                Phase::Command => MAX_COMMAND_LINE,
+                _ => MAX_AUTH_LINE,
+            };
+            let Some(nl) = self.input.iter().position(|&b| b == b'\n') else {
+                if self.input.len() >= limit {
+                    self.input.clear();
+                    if !self.discarding_line {
+                        self.discarding_line = true;
+                        self.line_too_long();
+                    }
+                }
+                return;
+            };
+            let mut line: Vec<u8> = self.input.drain(..=nl).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if std::mem::take(&mut self.discarding_line) {
+                continue;
+            }
+            if line.len() + 2 > limit {
+                self.line_too_long();
+                continue;
+            }
+            match std::mem::replace(&mut self.phase, Phase::Command) {
+                Phase::Command => self.command_line(&line),
+                Phase::AuthPlain => self.auth_plain_response(&line),
+                Phase::AuthLoginUser => self.auth_login_user(&line),
+                Phase::AuthLoginPassword { username } => self.auth_login_password(&line, username),
+                Phase::Data(_) => unreachable!("handled above"),
+            }
+        }
+    }
+
+    fn line_too_long(&mut self) {
+        if !matches!(self.phase, Phase::Command) {
+            self.phase = Phase::Command;
+        }
+        self.send(Reply::new(500, "5.5.2", "Line too long"));
+    }
+
+    fn parse_context(&self) -> ParseContext<'_> {
+        ParseContext {
+            esmtp: self.greeting.as_ref().is_some_and(|g| g.esmtp),
+            postmaster_domain: self.config.postmaster_domain.as_deref(),
+        }
+    }
+
+    fn command_line(&mut self, line: &[u8]) {
+        // Another protocol talking to us (e.g. HTTP through a proxy): stop at once.
+        let verb = line.split(|&b| b == b' ').next().unwrap_or_default();
+        if [&b"GET"[..], b"POST", b"HEAD", b"PUT", b"CONNECT"]
+            .iter()
+            .any(|v| verb.eq_ignore_ascii_case(v))
+        {
+            self.close_with(Reply::new(421, "4.7.0", "This is an SMTP server"));
+            return;
+        }
+        match command::parse(line, self.parse_context()) {
+            Ok(command) => self.command(command),
+            Err(reply) => self.send(reply),
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let sequence = |text: &str| Reply::new(503, "5.5.1", text.to_owned());
+        match command {
+            Command::Ehlo(name) => {
+                self.transaction = None;
+                self.greeting = Some(Greeting { name: name.clone(), esmtp: true });
+                let reply = self.ehlo_reply(&name);
+                self.send(reply);
+            }
+            Command::Helo(name) => {
+                self.transaction = None;
+                self.greeting = Some(Greeting { name, esmtp: false });
+                self.send(Reply::plain(250, self.config.hostname.clone()));
+            }
+            Command::Mail(mail) => self.mail(mail),
+            Command::Rcpt(rcpt) => self.rcpt(rcpt),
+            Command::Data => match &self.transaction {
+                None => self.send(sequence("Need MAIL command")),
+                Some(t) if t.recipients.is_empty() => self.send(Reply::new(554, "5.5.1", "No valid recipients")),
+                Some(_) => {
+                    self.phase = Phase::Data(Box::new(DataReceiver::new(DataLimits {
+                        max_size: self.config.max_message_size,
+                        max_line: 1000,
+                        bare_line_endings: self.config.bare_line_endings,
+                    })));
+                    self.send(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
+                }
+            },
+            Command::Rset => {
+                self.transaction = None;
+                self.send(Reply::new(250, "2.0.0", "Ok"));
+            }
+            Command::Noop => self.send(Reply::new(250, "2.0.0", "Ok")),
+            Command::Quit => self.close_with(Reply::new(221, "2.0.0", "Bye")),
+            Command::Vrfy => self.send(Reply::new(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")),
+            Command::Expn => self.send(Reply::new(502, "5.5.1", "EXPN not available")),
+            Command::Help => self.send(Reply::new(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH ETRN (RFC 5321)")),
+            Command::StartTls => {
+                if self.tls {
+                    self.send(sequence("Already running TLS"));
+                } else if !self.policy.starttls_available {
+                    self.send(Reply::new(502, "5.5.1", "STARTTLS not available"));
+                } else {
+                    self.send(Reply::new(220, "2.0.0", "Ready to start TLS"));
+                    // Anything pipelined after STARTTLS was sent in plaintext and must not be
+                    // read as if it came over TLS (CVE-2011-0411 and kin).
+                    self.input.clear();
+                    self.pending = Some(Pending::Tls);
+                    self.out.push_back(Output::StartTls);
+                }
+            }
+            Command::Auth { mechanism, initial_response } => self.auth(&mechanism, initial_response),
+            Command::Etrn { domain, subdomains } => {
+                if self.greeting.is_none() {
+                    self.send(sequence("Send EHLO/HELO first"));
+                } else if self.transaction.is_some() {
+                    self.send(sequence("ETRN not permitted during a mail transaction"));
+                } else {
+                    self.pending = Some(Pending::Etrn(domain.clone()));
+                    self.out.push_back(Output::Etrn { domain, subdomains });
+                }
+            }
+            Command::NotImplemented(verb) => self.send(Reply::new(502, "5.5.1", format!("{verb} not implemented"))),
+        }
+    }
+
+    fn ehlo_reply(&self, name: &str) -> Reply {
+        let mut lines = vec![
+            format!("{} greets {name}", self.config.hostname),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.config.max_message_size),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "DSN".into(),
+            "ETRN".into(),
+            "SMTPUTF8".into(),
+        ];
+        if self.policy.starttls_available && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_usable() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        lines.push("HELP".into());
+        Reply::multiline(250, lines)
+    }
+
+    fn auth_usable(&self) -> bool {
+        self.policy.auth_enabled && (self.tls || self.policy.plaintext_auth)
+    }
+
+    fn mail(&mut self, mail: MailFrom) {
+        if self.greeting.is_none() {
+            return self.send(Reply::new(503, "5.5.1", "Send EHLO/HELO first"));
+        }
+        if self.transaction.is_some() {
+            return self.send(Reply::new(503, "5.5.1", "Nested MAIL command"));
+        }
+        if self.policy.auth_required && self.user.is_none() {
+            if !self.tls && !self.policy.plaintext_auth {
+                return self.send(Reply::new(
+                    530,
+                    "5.7.0",
+                    "Must issue a STARTTLS command first",
+                ));
+            }
+            return self.send(Reply::new(530, "5.7.0", "Authentication required"));
+        }
+        if mail
+            .size
+            .is_some_and(|s| s > self.config.max_message_size as u64)
+        {
+            return self.send(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ));
+        }
+        if let (Some(user), Some(sender)) = (&self.user, &mail.sender)
+            && self.config.enforce_sender_ownership
+            && !owns(user, sender)
+        {
+            return self.send(Reply::new(
+                553,
+                "5.7.1",
+                format!("Sender address rejected: not owned by user {user}"),
+            ));
+        }
+        self.transaction = Some(Transaction {
+            mail,
+            recipients: Vec::new(),
+        });
+        self.send(Reply::new(250, "2.1.0", "Ok"));
+    }
+
+    fn rcpt(&mut self, rcpt: RcptTo) {
+        let Some(transaction) = &self.transaction else {
+            return self.send(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
+        };
+        if transaction.recipients.len() >= self.config.max_recipients {
+            return self.send(Reply::new(452, "4.5.3", "Too many recipients"));
+        }
+        if rcpt.recipient.is_utf8() && !transaction.mail.smtputf8 {
+            return self.send(Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII address requires SMTPUTF8",
+            ));
+        }
+        let recipient = rcpt.recipient.clone();
+        self.pending = Some(Pending::Recipient(rcpt));
+        self.out.push_back(Output::VerifyRecipient {
+            recipient,
+            authenticated: self.user.is_some(),
+        });
+    }
+
+    /// The I/O layer's decision on the outstanding recipient.
+    pub fn recipient_verdict(&mut self, verdict: RecipientVerdict) {
+        let Some(Pending::Recipient(rcpt)) = self.pending.take() else {
+            debug_assert!(false, "no recipient is being verified");
+            return;
+        };
+        let reply = match verdict {
+            RecipientVerdict::Accept { held } => {
+                if let Some(t) = &mut self.transaction {
+                    // A repeated recipient is accepted once (one delivery, one DSN).
+                    if !t
+                        .recipients
+                        .iter()
+                        .any(|r| same_mailbox(&r.rcpt.recipient, &rcpt.recipient))
+                    {
+                        t.recipients.push(AcceptedRecipient { rcpt, held });
+                    }
+                }
+                Reply::new(250, "2.1.5", "Ok")
+            }
+            RecipientVerdict::NoSuchUser => {
+                Reply::new(550, "5.1.1", "Recipient address rejected: no such user")
+            }
+            RecipientVerdict::Disabled => Reply::new(550, "5.2.1", "Recipient mailbox is disabled"),
+            RecipientVerdict::RelayDenied => Reply::new(554, "5.7.1", "Relay access denied"),
+            RecipientVerdict::TemporaryFailure => Reply::new(
+                451,
+                "4.3.0",
+                "Temporary failure verifying the recipient; try again later",
+            ),
+        };
+        self.send(reply);
+    }
+
+    fn finish_data(&mut self, data: ReceivedData) {
+        let transaction = self
+            .transaction
+            .take()
+            .expect("DATA only with a transaction");
+        let reply =
+            match data.problem {
+                Some(DataProblem::TooBig) => Some(Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                )),
+                Some(DataProblem::LineTooLong) => Some(Reply::new(
+                    500,
+                    "5.5.2",
+                    "Message has a line longer than 1000 octets (RFC 5321 4.5.3.1.6)",
+                )),
+                Some(DataProblem::BareLineEnding) => Some(Reply::new(
+                    550,
+                    "5.6.0",
+                    "Message has a bare LF or CR; lines must end with CRLF (RFC 5321 2.3.8)",
+                )),
+                None if data.received_headers > self.config.max_received_headers => Some(
+                    Reply::new(554, "5.4.6", "Too many Received headers: mail loop?"),
+                ),
+                None => None,
+            };
+        if let Some(reply) = reply {
+            return self.send(reply);
+        }
+        let greeting = self.greeting.clone().expect("DATA only after EHLO/HELO");
+        self.pending = Some(Pending::Store);
+        self.out.push_back(Output::StoreMessage(Box::new(Message {
+            helo: greeting.name,
+            esmtp: greeting.esmtp,
+            tls: self.tls,
+            authenticated: self.user.clone(),
+            mail: transaction.mail,
+            recipients: transaction.recipients,
+            body: data.body,
+        })));
+    }
+
+    /// The I/O layer committed the message (or could not).
+    pub fn store_result(&mut self, result: StoreResult) {
+        if !matches!(self.pending.take(), Some(Pending::Store)) {
+            debug_assert!(false, "no message is being stored");
+            return;
+        }
+        self.send(match result {
+            StoreResult::Stored { queue_id } => {
+                Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"))
+            }
+            StoreResult::TemporaryFailure => Reply::new(
+                451,
+                "4.3.0",
+                "Temporary failure storing the message; try again later",
+            ),
+        });
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 4.2).
+    pub fn tls_established(&mut self) {
+        if matches!(self.pending, Some(Pending::Tls)) {
+            self.pending = None;
+        }
+        self.tls = true;
+        self.greeting = None;
+        self.user = None;
+        self.transaction = None;
+        self.input.clear();
+    }
+
+    fn auth(&mut self, mechanism: &str, initial: Option<String>) {
+        if !self.policy.auth_enabled {
+            return self.send(Reply::new(502, "5.5.1", "AUTH not available"));
+        }
+        if !self.greeting.as_ref().is_some_and(|g| g.esmtp) {
+            return self.send(Reply::new(503, "5.5.1", "Send EHLO first"));
+        }
+        if self.user.is_some() {
+            return self.send(Reply::new(503, "5.5.1", "Already authenticated"));
+        }
+        if self.transaction.is_some() {
+            return self.send(Reply::new(
+                503,
+                "5.5.1",
+                "AUTH not permitted during a mail transaction",
+            ));
+        }
+        if !self.auth_usable() {
+            return self.send(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        match (mechanism, initial) {
+            ("PLAIN", Some(response)) => self.auth_plain_response(response.as_bytes()),
+            ("PLAIN", None) => {
+                self.phase = Phase::AuthPlain;
+                self.send(Reply::plain(334, ""));
+            }
+            ("LOGIN", Some(response)) => self.auth_login_user(response.as_bytes()),
+            ("LOGIN", None) => {
+                self.phase = Phase::AuthLoginUser;
+                self.send(Reply::plain(334, BASE64.encode("Username:")));
+            }
+            _ => self.send(Reply::new(504, "5.5.4", "Unrecognized authentication type")),
+        }
+    }
+
+    /// Decodes one SASL response line; `*` cancels (RFC 4954 4).
+    fn sasl_response(&mut self, line: &[u8]) -> Option<Vec<u8>> {
+        if line == b"*" {
+            self.send(Reply::new(501, "5.0.0", "Authentication cancelled"));
+            return None;
+        }
+        if line == b"=" {
+            return Some(Vec::new());
+        }
+        match BASE64.decode(line) {
+            Ok(bytes) => Some(bytes),
+            Err(_) => {
+                self.send(Reply::new(
+                    501,
+                    "5.5.2",
+                    "Cannot decode the response (base64)",
+                ));
+                None
+            }
+        }
+    }
+
+    /// RFC 4616: `authzid NUL authcid NUL passwd`.
+    fn auth_plain_response(&mut self, line: &[u8]) {
+        let Some(bytes) = self.sasl_response(line) else {
+            return;
+        };
+        let parts: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
+        let decoded = match parts.as_slice() {
+            [authzid, authcid, passwd] => match (
+                std::str::from_utf8(authzid),
+                std::str::from_utf8(authcid),
+                std::str::from_utf8(passwd),
+            ) {
+                (Ok(z), Ok(c), Ok(p)) if !c.is_empty() => Some(Credentials {
+                    authzid: (!z.is_empty()).then(|| z.to_owned()),
+                    username: c.to_owned(),
+                    password: p.to_owned(),
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
+        match decoded {
+            Some(credentials) => self.authenticate(credentials),
+            None => self.send(Reply::new(501, "5.5.2", "Malformed PLAIN response")),
+        }
+    }
+
+    fn auth_login_user(&mut self, line: &[u8]) {
+        let Some(bytes) = self.sasl_response(line) else {
+            return;
+        };
+        match String::from_utf8(bytes) {
+            Ok(username) if !username.is_empty() => {
+                self.phase = Phase::AuthLoginPassword { username };
+                self.send(Reply::plain(334, BASE64.encode("Password:")));
+            }
+            _ => self.send(Reply::new(501, "5.5.2", "Malformed LOGIN user name")),
+        }
+    }
+
+    fn auth_login_password(&mut self, line: &[u8], username: String) {
+        let Some(bytes) = self.sasl_response(line) else {
+            return;
+        };
+        match String::from_utf8(bytes) {
+            Ok(password) => self.authenticate(Credentials {
+                authzid: None,
+                username,
+                password,
+            }),
+            Err(_) => self.send(Reply::new(501, "5.5.2", "Malformed LOGIN password")),
+        }
+    }
+
+    fn authenticate(&mut self, credentials: Credentials) {
+        // Acting as another identity is not supported.
+        if credentials
+            .authzid
+            .as_ref()
+            .is_some_and(|z| *z != credentials.username)
+        {
+            return self.send(Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid",
+            ));
+        }
+        self.pending = Some(Pending::Auth);
+        self.out.push_back(Output::Authenticate(credentials));
+    }
+
+    /// The I/O layer checked the credentials (after its failure delay, if they were wrong).
+    pub fn auth_result(&mut self, result: AuthResult) {
+        if !matches!(self.pending.take(), Some(Pending::Auth)) {
+            debug_assert!(false, "no authentication is pending");
+            return;
+        }
+        match result {
+            AuthResult::Success { user } => {
+                self.user = Some(user);
+                self.send(Reply::new(235, "2.7.0", "Authentication successful"));
+            }
+            AuthResult::Failure => self.send(Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid",
+            )),
+            AuthResult::RateLimited => self.close_with(Reply::new(
+                421,
+                "4.7.0",
+                "Too many failed authentications; try again later",
+            )),
+            AuthResult::TemporaryFailure => {
+                self.send(Reply::new(454, "4.7.0", "Temporary authentication failure"))
+            }
+        }
+    }
+
+    /// The queue's answer to ETRN (RFC 1985 5).
+    pub fn etrn_result(&mut self, result: EtrnResult) {
+        let Some(Pending::Etrn(domain)) = self.pending.take() else {
+            debug_assert!(false, "no ETRN is pending");
+            return;
+        };
+        self.send(match result {
+            EtrnResult::Started { messages } => Reply::new(
+                253,
+                "2.0.0",
+                format!("OK, {messages} pending messages for node {domain} started"),
+            ),
+            EtrnResult::NothingQueued => Reply::new(
+                251,
+                "2.0.0",
+                format!("OK, no messages waiting for node {domain}"),
+            ),
+            EtrnResult::NotAllowed => Reply::new(
+                459,
+                "4.7.1",
+                format!("Node {domain} not allowed: not a domain held here"),
+            ),
+            EtrnResult::Unavailable => Reply::new(
+                458,
+                "4.3.0",
+                format!("Unable to queue messages for node {domain}"),
+            ),
+        });
+    }
+}
+
+/// Whether `user` (an account address) may send as `sender`: the same mailbox, local part
+/// compared case-insensitively (as accounts are).
+fn owns(user: &str, sender: &Mailbox) -> bool {
+    match command::parse_mailbox(user, true) {
+        Some(account) => same_mailbox(&account, sender),
+        None => false,
+    }
+}
+
+fn same_mailbox(a: &Mailbox, b: &Mailbox) -> bool {
+    a.domain == b.domain && a.local_part.to_lowercase() == b.local_part.to_lowercase()
+}

@@ -1,0 +1,791 @@
+//! The server session driven like the I/O layer drives it, without sockets.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use pochta_smtp::{
+    AuthResult, BareLineEndings, ConnectionPolicy, Credentials, EtrnResult, Message, Output,
+    RecipientVerdict, Session, SessionConfig, StoreResult,
+};
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.example.org".into(),
+        max_message_size: 1000,
+        max_recipients: 3,
+        max_received_headers: 2,
+        bare_line_endings: BareLineEndings::Reject,
+        max_errors: 10,
+        postmaster_domain: Some("example.org".into()),
+        enforce_sender_ownership: true,
+    }
+}
+
+const MX: ConnectionPolicy = ConnectionPolicy {
+    starttls_available: true,
+    implicit_tls: false,
+    auth_enabled: true,
+    auth_required: false,
+    plaintext_auth: false,
+};
+
+/// An action the session asked for.
+#[derive(Debug)]
+enum Action {
+    Tls,
+    Verify(String),
+    Auth(Credentials),
+    Store(Box<Message>),
+    Etrn(String, bool),
+    Close,
+}
+
+struct Client {
+    session: Session,
+    sent: String,
+}
+
+impl Client {
+    fn new(policy: ConnectionPolicy) -> Self {
+        Self::with_config(config(), policy)
+    }
+
+    fn with_config(config: SessionConfig, policy: ConnectionPolicy) -> Self {
+        let mut c = Client {
+            session: Session::new(Arc::new(config), policy),
+            sent: String::new(),
+        };
+        assert!(c.drain().is_none());
+        assert_eq!(c.take(), "220 mx.example.org ESMTP Pochta\r\n");
+        c
+    }
+
+    /// Polls until the session needs input or an action; returns the action, if any.
+    fn drain(&mut self) -> Option<Action> {
+        while let Some(out) = self.session.poll() {
+            let action = match out {
+                Output::Send(bytes) => {
+                    self.sent.push_str(std::str::from_utf8(&bytes).unwrap());
+                    continue;
+                }
+                Output::StartTls => Action::Tls,
+                Output::VerifyRecipient { recipient, .. } => Action::Verify(recipient.address()),
+                Output::Authenticate(c) => Action::Auth(c),
+                Output::StoreMessage(m) => Action::Store(m),
+                Output::Etrn { domain, subdomains } => Action::Etrn(domain, subdomains),
+                Output::Close => Action::Close,
+            };
+            return Some(action);
+        }
+        None
+    }
+
+    fn send(&mut self, input: &str) -> Option<Action> {
+        self.session.feed(input.as_bytes());
+        self.drain()
+    }
+
+    fn take(&mut self) -> String {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Sends a command that needs no action and returns the reply.
+    fn cmd(&mut self, line: &str) -> String {
+        let action = self.send(&format!("{line}\r\n"));
+        assert!(action.is_none(), "{line}: unexpected {action:?}");
+        self.take()
+    }
+
+    /// Accepts every recipient the session asks about until it needs input.
+    fn accept_all(&mut self, mut action: Option<Action>) -> Option<Action> {
+        while let Some(Action::Verify(_)) = action {
+            self.session
+                .recipient_verdict(RecipientVerdict::Accept { held: false });
+            action = self.drain();
+        }
+        action
+    }
+
+    fn ehlo(&mut self) {
+        assert!(
+            self.cmd("EHLO client.example")
+                .starts_with("250-mx.example.org greets client.example\r\n")
+        );
+    }
+
+    fn transaction(&mut self, rcpts: &[&str]) {
+        assert_eq!(
+            self.cmd("MAIL FROM:<sender@example.net>"),
+            "250 2.1.0 Ok\r\n"
+        );
+        for r in rcpts {
+            let action = self.send(&format!("RCPT TO:<{r}>\r\n"));
+            assert!(
+                matches!(&action, Some(Action::Verify(a)) if a == r),
+                "{action:?}"
+            );
+            self.session
+                .recipient_verdict(RecipientVerdict::Accept { held: false });
+            assert!(self.drain().is_none());
+            assert_eq!(self.take(), "250 2.1.5 Ok\r\n");
+        }
+    }
+}
+
+fn store(action: Option<Action>) -> Box<Message> {
+    match action {
+        Some(Action::Store(m)) => m,
+        other => panic!("expected a message to store, got {other:?}"),
+    }
+}
+
+#[test]
+fn ehlo_advertises_extensions() {
+    let mut c = Client::new(MX);
+    let reply = c.cmd("EHLO client.example");
+    for keyword in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "DSN",
+        "ETRN",
+        "SMTPUTF8",
+        "STARTTLS",
+    ] {
+        assert!(
+            reply.contains(&format!("250-{keyword}\r\n")),
+            "{keyword} missing: {reply}"
+        );
+    }
+    assert!(!reply.contains("AUTH"), "no AUTH over plaintext: {reply}");
+    assert!(reply.ends_with("250 HELP\r\n"));
+
+    let mut c = Client::new(ConnectionPolicy {
+        plaintext_auth: true,
+        starttls_available: false,
+        ..MX
+    });
+    let reply = c.cmd("EHLO client.example");
+    assert!(
+        reply.contains("250-AUTH PLAIN LOGIN\r\n") && !reply.contains("STARTTLS"),
+        "{reply}"
+    );
+
+    assert_eq!(c.cmd("HELO client.example"), "250 mx.example.org\r\n");
+}
+
+#[test]
+fn a_whole_transaction() {
+    let mut c = Client::new(MX);
+    c.ehlo();
+    assert_eq!(
+        c.cmd("MAIL FROM:<sender@example.net> SIZE=100 RET=HDRS ENVID=e1"),
+        "250 2.1.0 Ok\r\n"
+    );
+    let action = c.send("RCPT TO:<a@example.org> NOTIFY=SUCCESS ORCPT=rfc822;a@example.org\r\n");
+    assert!(matches!(&action, Some(Action::Verify(a)) if a == "a@example.org"));
+    c.session
+        .recipient_verdict(RecipientVerdict::Accept { held: true });
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "250 2.1.5 Ok\r\n");
+    assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+    let m = store(c.send("Subject: hi\r\n\r\n..dot\r\n.\r\n"));
+    assert_eq!(m.body, b"Subject: hi\r\n\r\n.dot\r\n");
+    assert_eq!(m.helo, "client.example");
+    assert!(m.esmtp && !m.tls && m.authenticated.is_none());
+    assert_eq!(
+        m.mail.sender.as_ref().unwrap().address(),
+        "sender@example.net"
+    );
+    assert_eq!(m.mail.envid.as_deref(), Some("e1"));
+    assert_eq!(m.recipients.len(), 1);
+    assert!(m.recipients[0].held);
+    assert_eq!(
+        m.recipients[0].rcpt.orcpt.as_deref(),
+        Some("rfc822;a@example.org")
+    );
+    assert!(c.take().is_empty(), "no reply before the message is stored");
+    c.session.store_result(StoreResult::Stored {
+        queue_id: "Q1".into(),
+    });
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "250 2.0.0 Ok: queued as Q1\r\n");
+    // The transaction is over: a new one can start.
+    c.transaction(&["b@example.org"]);
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let mut c = Client::new(MX);
+    let action = c.send("EHLO c\r\nMAIL FROM:<s@example.net>\r\nRCPT TO:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n");
+    let action = c.accept_all(action);
+    assert!(action.is_none());
+    let replies = c.take();
+    let codes: Vec<&str> = replies.lines().map(|l| &l[..4]).collect();
+    assert_eq!(
+        codes.iter().filter(|c| c.starts_with("250-")).count(),
+        9,
+        "{replies}"
+    );
+    assert!(replies.ends_with("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"), "{replies}");
+    let m = store(c.send("body\r\n.\r\nQUIT\r\n"));
+    assert_eq!(m.recipients.len(), 2);
+    c.session.store_result(StoreResult::Stored {
+        queue_id: "Q".into(),
+    });
+    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert_eq!(c.take(), "250 2.0.0 Ok: queued as Q\r\n221 2.0.0 Bye\r\n");
+}
+
+#[test]
+fn sequencing_errors() {
+    let mut c = Client::new(MX);
+    assert_eq!(
+        c.cmd("MAIL FROM:<s@example.net>"),
+        "503 5.5.1 Send EHLO/HELO first\r\n"
+    );
+    c.ehlo();
+    assert_eq!(
+        c.cmd("RCPT TO:<a@example.org>"),
+        "503 5.5.1 Need MAIL before RCPT\r\n"
+    );
+    assert_eq!(c.cmd("DATA"), "503 5.5.1 Need MAIL command\r\n");
+    assert_eq!(c.cmd("MAIL FROM:<s@example.net>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(
+        c.cmd("MAIL FROM:<s@example.net>"),
+        "503 5.5.1 Nested MAIL command\r\n"
+    );
+    assert_eq!(c.cmd("DATA"), "554 5.5.1 No valid recipients\r\n");
+    assert_eq!(c.cmd("RSET"), "250 2.0.0 Ok\r\n");
+    assert_eq!(
+        c.cmd("RCPT TO:<a@example.org>"),
+        "503 5.5.1 Need MAIL before RCPT\r\n"
+    );
+    // A new EHLO also clears the transaction.
+    c.transaction(&["a@example.org"]);
+    c.ehlo();
+    assert_eq!(c.cmd("DATA"), "503 5.5.1 Need MAIL command\r\n");
+}
+
+#[test]
+fn simple_commands() {
+    let mut c = Client::new(MX);
+    assert_eq!(c.cmd("NOOP"), "250 2.0.0 Ok\r\n");
+    assert_eq!(
+        c.cmd("VRFY postmaster"),
+        "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n"
+    );
+    assert_eq!(c.cmd("EXPN list"), "502 5.5.1 EXPN not available\r\n");
+    assert!(c.cmd("HELP").starts_with("214 2.0.0 "));
+    assert_eq!(c.cmd("BDAT 1 LAST"), "502 5.5.1 BDAT not implemented\r\n");
+    assert_eq!(
+        c.cmd("XYZZY"),
+        "500 5.5.2 Syntax error: command unrecognized\r\n"
+    );
+    assert!(matches!(c.send("QUIT\r\nNOOP\r\n"), Some(Action::Close)));
+    assert_eq!(c.take(), "221 2.0.0 Bye\r\n");
+    assert!(c.session.is_closed());
+}
+
+#[test]
+fn recipient_verdicts_and_limits() {
+    let mut c = Client::new(MX);
+    c.ehlo();
+    c.cmd("MAIL FROM:<s@example.net>");
+    for (verdict, reply) in [
+        (
+            RecipientVerdict::NoSuchUser,
+            "550 5.1.1 Recipient address rejected: no such user\r\n",
+        ),
+        (
+            RecipientVerdict::Disabled,
+            "550 5.2.1 Recipient mailbox is disabled\r\n",
+        ),
+        (
+            RecipientVerdict::RelayDenied,
+            "554 5.7.1 Relay access denied\r\n",
+        ),
+        (
+            RecipientVerdict::TemporaryFailure,
+            "451 4.3.0 Temporary failure verifying the recipient; try again later\r\n",
+        ),
+    ] {
+        assert!(matches!(
+            c.send("RCPT TO:<x@elsewhere.example>\r\n"),
+            Some(Action::Verify(_))
+        ));
+        c.session.recipient_verdict(verdict);
+        assert!(c.drain().is_none());
+        assert_eq!(c.take(), reply);
+    }
+    assert_eq!(c.cmd("DATA"), "554 5.5.1 No valid recipients\r\n");
+    // At most max_recipients (3); a repeated recipient counts once.
+    let action = c.send("RCPT TO:<a@example.org>\r\nRCPT TO:<A@example.org>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<c@example.org>\r\nRCPT TO:<d@example.org>\r\n");
+    assert!(c.accept_all(action).is_none());
+    assert!(
+        c.take()
+            .ends_with("250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n452 4.5.3 Too many recipients\r\n")
+    );
+    c.cmd("DATA");
+    let m = store(c.send(".\r\n"));
+    let rcpts: Vec<_> = m
+        .recipients
+        .iter()
+        .map(|r| r.rcpt.recipient.address())
+        .collect();
+    assert_eq!(rcpts, ["a@example.org", "b@example.org", "c@example.org"]);
+}
+
+#[test]
+fn size_limits() {
+    let mut c = Client::new(MX);
+    c.ehlo();
+    assert_eq!(
+        c.cmd("MAIL FROM:<s@example.net> SIZE=1001"),
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    c.transaction(&["a@example.org"]);
+    c.cmd("DATA");
+    let line = "x".repeat(998);
+    let big = format!("{line}\r\n{line}\r\n.\r\n");
+    assert!(c.send(&big).is_none());
+    assert_eq!(
+        c.take(),
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    // The session is still usable.
+    c.transaction(&["a@example.org"]);
+    c.cmd("DATA");
+    assert!(store(c.send("small\r\n.\r\n")).body == b"small\r\n");
+}
+
+#[test]
+fn over_long_lines() {
+    let mut c = Client::new(MX);
+    let long = format!("NOOP {}\r\n", "x".repeat(600));
+    assert_eq!(c.cmd(long.trim_end()), "500 5.5.2 Line too long\r\n");
+    // An endless line is cut off once, then the next command works.
+    assert!(c.send(&"y".repeat(2000)).is_none());
+    assert_eq!(c.take(), "500 5.5.2 Line too long\r\n");
+    assert!(c.send(&"y".repeat(2000)).is_none());
+    assert_eq!(c.take(), "");
+    assert_eq!(c.cmd("\r\nNOOP").trim_end(), "250 2.0.0 Ok");
+    c.ehlo();
+    c.transaction(&["a@example.org"]);
+    c.cmd("DATA");
+    assert!(c.send(&format!("{}\r\n.\r\n", "z".repeat(999))).is_none());
+    assert_eq!(
+        c.take(),
+        "500 5.5.2 Message has a line longer than 1000 octets (RFC 5321 4.5.3.1.6)\r\n"
+    );
+}
+
+/// Each smuggling attempt is one message, rejected whole; the smuggled commands are never run.
+#[test]
+fn smuggling_attempts_are_rejected_whole() {
+    for attempt in [
+        "a\n.\nMAIL FROM:<x@evil.example>\r\n",
+        "a\r\n.\nRSET\r\n",
+        "a\n.\r\nRSET\r\n",
+        "a\r.\rRSET\r\n",
+    ] {
+        let mut c = Client::new(MX);
+        c.ehlo();
+        c.transaction(&["a@example.org"]);
+        c.cmd("DATA");
+        let action = c.send(&format!("{attempt}more\r\n.\r\nNOOP\r\n"));
+        assert!(action.is_none(), "{attempt:?}: {action:?}");
+        assert_eq!(
+            c.take(),
+            "550 5.6.0 Message has a bare LF or CR; lines must end with CRLF (RFC 5321 2.3.8)\r\n250 2.0.0 Ok\r\n",
+            "{attempt:?}"
+        );
+    }
+}
+
+#[test]
+fn bare_line_endings_can_be_normalized() {
+    let mut c = Client::with_config(
+        SessionConfig {
+            bare_line_endings: BareLineEndings::Normalize,
+            ..config()
+        },
+        MX,
+    );
+    c.ehlo();
+    c.transaction(&["a@example.org"]);
+    c.cmd("DATA");
+    let m = store(c.send("a\nb\r\n.\r\n"));
+    assert_eq!(m.body, b"a\r\nb\r\n");
+}
+
+#[test]
+fn mail_loops_are_refused() {
+    let mut c = Client::new(MX);
+    c.ehlo();
+    c.transaction(&["a@example.org"]);
+    c.cmd("DATA");
+    assert!(
+        c.send("Received: 1\r\nReceived: 2\r\nReceived: 3\r\n\r\nx\r\n.\r\n")
+            .is_none()
+    );
+    assert_eq!(
+        c.take(),
+        "554 5.4.6 Too many Received headers: mail loop?\r\n"
+    );
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext_and_restarts() {
+    let mut c = Client::new(MX);
+    c.ehlo();
+    // The injected MAIL must not be executed after the handshake.
+    assert!(matches!(
+        c.send("STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n"),
+        Some(Action::Tls)
+    ));
+    assert_eq!(c.take(), "220 2.0.0 Ready to start TLS\r\n");
+    assert!(c.drain().is_none());
+    c.session.tls_established();
+    assert!(c.session.tls_active());
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "", "nothing was run from the plaintext buffer");
+    assert_eq!(
+        c.cmd("MAIL FROM:<s@example.net>"),
+        "503 5.5.1 Send EHLO/HELO first\r\n"
+    );
+    let ehlo = c.cmd("EHLO client.example");
+    assert!(
+        !ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"),
+        "{ehlo}"
+    );
+    assert_eq!(c.cmd("STARTTLS"), "503 5.5.1 Already running TLS\r\n");
+
+    let mut plain = Client::new(ConnectionPolicy {
+        starttls_available: false,
+        ..MX
+    });
+    assert_eq!(
+        plain.cmd("STARTTLS"),
+        "502 5.5.1 STARTTLS not available\r\n"
+    );
+}
+
+fn plain(user: &str, pass: &str) -> String {
+    BASE64.encode(format!("\0{user}\0{pass}"))
+}
+
+/// A TLS session on the submission port.
+fn submission() -> Client {
+    let mut c = Client::new(ConnectionPolicy {
+        implicit_tls: true,
+        auth_required: true,
+        ..MX
+    });
+    c.ehlo();
+    c
+}
+
+#[test]
+fn auth_plain_with_initial_response() {
+    let mut c = submission();
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.org>"),
+        "530 5.7.0 Authentication required\r\n"
+    );
+    let Some(Action::Auth(creds)) =
+        c.send(&format!("AUTH PLAIN {}\r\n", plain("a@example.org", "pw")))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            creds.username.as_str(),
+            creds.password.as_str(),
+            creds.authzid.as_deref()
+        ),
+        ("a@example.org", "pw", None)
+    );
+    assert!(
+        !format!("{creds:?}").contains("pw"),
+        "passwords never reach logs"
+    );
+    c.session.auth_result(AuthResult::Success {
+        user: "a@example.org".into(),
+    });
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "235 2.7.0 Authentication successful\r\n");
+    assert_eq!(c.session.authenticated_user(), Some("a@example.org"));
+    assert_eq!(c.cmd("AUTH PLAIN"), "503 5.5.1 Already authenticated\r\n");
+    // Only its own address as the sender.
+    assert_eq!(
+        c.cmd("MAIL FROM:<other@example.org>"),
+        "553 5.7.1 Sender address rejected: not owned by user a@example.org\r\n"
+    );
+    assert_eq!(c.cmd("MAIL FROM:<A@Example.org>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("AUTH PLAIN"), "503 5.5.1 Already authenticated\r\n");
+}
+
+#[test]
+fn auth_plain_and_login_challenges() {
+    let mut c = submission();
+    assert_eq!(c.cmd("AUTH PLAIN"), "334 \r\n");
+    assert_eq!(c.cmd("*"), "501 5.0.0 Authentication cancelled\r\n");
+    assert_eq!(c.cmd("AUTH PLAIN"), "334 \r\n");
+    assert_eq!(
+        c.cmd("!!notbase64"),
+        "501 5.5.2 Cannot decode the response (base64)\r\n"
+    );
+    assert_eq!(c.cmd("AUTH PLAIN"), "334 \r\n");
+    assert!(matches!(
+        c.send(&format!("{}\r\n", plain("a@example.org", "bad"))),
+        Some(Action::Auth(_))
+    ));
+    c.session.auth_result(AuthResult::Failure);
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "535 5.7.8 Authentication credentials invalid\r\n");
+
+    assert_eq!(c.cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(
+        c.cmd(&BASE64.encode("a@example.org")),
+        "334 UGFzc3dvcmQ6\r\n"
+    );
+    let Some(Action::Auth(creds)) = c.send(&format!("{}\r\n", BASE64.encode("secret"))) else {
+        panic!()
+    };
+    assert_eq!(
+        (creds.username.as_str(), creds.password.as_str()),
+        ("a@example.org", "secret")
+    );
+    c.session.auth_result(AuthResult::TemporaryFailure);
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "454 4.7.0 Temporary authentication failure\r\n");
+
+    // LOGIN with the user name as initial response.
+    let Some(Action::Auth(_)) = ({
+        assert_eq!(
+            c.cmd(&format!("AUTH LOGIN {}", BASE64.encode("a@example.org"))),
+            "334 UGFzc3dvcmQ6\r\n"
+        );
+        c.send(&format!("{}\r\n", BASE64.encode("pw")))
+    }) else {
+        panic!()
+    };
+    c.session.auth_result(AuthResult::RateLimited);
+    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert_eq!(
+        c.take(),
+        "421 4.7.0 Too many failed authentications; try again later\r\n"
+    );
+}
+
+#[test]
+fn auth_refusals() {
+    let mut c = submission();
+    assert_eq!(
+        c.cmd("AUTH CRAM-MD5"),
+        "504 5.5.4 Unrecognized authentication type\r\n"
+    );
+    // Another identity than the authenticated one is refused without asking anyone.
+    assert_eq!(
+        c.cmd(&format!(
+            "AUTH PLAIN {}",
+            BASE64.encode("boss@example.org\0a@example.org\0pw")
+        )),
+        "535 5.7.8 Authentication credentials invalid\r\n"
+    );
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {}", BASE64.encode("only-two\0parts"))),
+        "501 5.5.2 Malformed PLAIN response\r\n"
+    );
+
+    // Without TLS and without the plaintext exception: no AUTH, and submission says STARTTLS.
+    let mut c = Client::new(ConnectionPolicy {
+        auth_required: true,
+        ..MX
+    });
+    c.ehlo();
+    assert_eq!(
+        c.cmd("AUTH PLAIN"),
+        "538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.org>"),
+        "530 5.7.0 Must issue a STARTTLS command first\r\n"
+    );
+
+    let mut c = Client::new(ConnectionPolicy {
+        auth_enabled: false,
+        ..MX
+    });
+    c.ehlo();
+    assert_eq!(c.cmd("AUTH PLAIN"), "502 5.5.1 AUTH not available\r\n");
+
+    let mut c = Client::new(ConnectionPolicy {
+        implicit_tls: true,
+        ..MX
+    });
+    assert_eq!(c.cmd("AUTH PLAIN"), "503 5.5.1 Send EHLO first\r\n");
+    c.ehlo();
+    c.transaction(&[]);
+    assert_eq!(
+        c.cmd("AUTH PLAIN"),
+        "503 5.5.1 AUTH not permitted during a mail transaction\r\n"
+    );
+}
+
+#[test]
+fn etrn() {
+    let mut c = Client::new(MX);
+    assert_eq!(
+        c.cmd("ETRN backup.example"),
+        "503 5.5.1 Send EHLO/HELO first\r\n"
+    );
+    c.ehlo();
+    for (result, reply) in [
+        (
+            EtrnResult::Started { messages: 3 },
+            "253 2.0.0 OK, 3 pending messages for node backup.example started\r\n",
+        ),
+        (
+            EtrnResult::NothingQueued,
+            "251 2.0.0 OK, no messages waiting for node backup.example\r\n",
+        ),
+        (
+            EtrnResult::NotAllowed,
+            "459 4.7.1 Node backup.example not allowed: not a domain held here\r\n",
+        ),
+        (
+            EtrnResult::Unavailable,
+            "458 4.3.0 Unable to queue messages for node backup.example\r\n",
+        ),
+    ] {
+        let action = c.send("ETRN @Backup.Example\r\n");
+        assert!(
+            matches!(&action, Some(Action::Etrn(d, true)) if d == "backup.example"),
+            "{action:?}"
+        );
+        c.session.etrn_result(result);
+        assert!(c.drain().is_none());
+        assert_eq!(c.take(), reply);
+    }
+    c.transaction(&[]);
+    assert_eq!(
+        c.cmd("ETRN backup.example"),
+        "503 5.5.1 ETRN not permitted during a mail transaction\r\n"
+    );
+}
+
+#[test]
+fn utf8_recipients_need_smtputf8() {
+    let mut c = Client::new(MX);
+    c.ehlo();
+    c.cmd("MAIL FROM:<s@example.net>");
+    assert_eq!(
+        c.cmd("RCPT TO:<пользователь@example.org>"),
+        "553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n"
+    );
+    c.cmd("RSET");
+    c.cmd("MAIL FROM:<s@example.net> SMTPUTF8");
+    assert!(matches!(
+        c.send("RCPT TO:<пользователь@example.org>\r\n"),
+        Some(Action::Verify(_))
+    ));
+}
+
+#[test]
+fn hostile_clients_are_cut_off() {
+    let mut c = Client::new(MX);
+    assert!(matches!(
+        c.send("GET / HTTP/1.1\r\nHost: x\r\n"),
+        Some(Action::Close)
+    ));
+    assert_eq!(c.take(), "421 4.7.0 This is an SMTP server\r\n");
+
+    let mut c = Client::new(MX);
+    let mut action = None;
+    for _ in 0..11 {
+        action = c.send("BOGUS\r\n");
+        if action.is_some() {
+            break;
+        }
+    }
+    assert!(matches!(action, Some(Action::Close)));
+    assert!(
+        c.take()
+            .ends_with("421 4.7.0 Too many errors; closing connection\r\n")
+    );
+    assert!(c.send("NOOP\r\n").is_none(), "nothing after close");
+}
+
+#[test]
+fn timeout_and_shutdown_close_with_421() {
+    let mut c = Client::new(MX);
+    c.session.timed_out();
+    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert_eq!(
+        c.take(),
+        "421 4.4.2 mx.example.org Timeout; closing connection\r\n"
+    );
+    let mut c = Client::new(MX);
+    assert!(c.session.is_idle());
+    c.session.shutting_down();
+    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert_eq!(
+        c.take(),
+        "421 4.3.2 mx.example.org Service shutting down\r\n"
+    );
+}
+
+/// Random input never panics and never produces an action out of order.
+#[test]
+fn garbage_never_panics() {
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pieces: [&[u8]; 12] = [
+        b"EHLO x\r\n",
+        b"MAIL FROM:<a@b.example>\r\n",
+        b"RCPT TO:<c@d.example>\r\n",
+        b"DATA\r\n",
+        b".\r\n",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"AUTH PLAIN\r\n",
+        b"STARTTLS\r\n",
+        b"\xff\xfe\x00",
+        b"x",
+    ];
+    for _ in 0..300 {
+        let mut c = Client::new(ConnectionPolicy {
+            plaintext_auth: true,
+            ..MX
+        });
+        for _ in 0..50 {
+            let piece = pieces[(next() % pieces.len() as u64) as usize];
+            c.session.feed(piece);
+            while let Some(action) = c.drain() {
+                match action {
+                    Action::Verify(_) => c
+                        .session
+                        .recipient_verdict(RecipientVerdict::Accept { held: false }),
+                    Action::Auth(_) => c.session.auth_result(AuthResult::Failure),
+                    Action::Store(_) => c.session.store_result(StoreResult::Stored {
+                        queue_id: "Q".into(),
+                    }),
+                    Action::Etrn(..) => c.session.etrn_result(EtrnResult::NothingQueued),
+                    Action::Tls => c.session.tls_established(),
+                    Action::Close => break,
+                }
+            }
+            c.take();
+        }
+    }
+}
