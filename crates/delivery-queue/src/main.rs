@@ -1,10 +1,14 @@
-//! delivery-queue: The delivery queue: local and remote delivery, retries, DSN reports and ETRN.
+//! delivery-queue: local and remote delivery, retries, DSN reports and ETRN.
 //!
-//! For now the shared service frame only: it loads the configuration, connects to the store,
-//! checks the schema, serves gRPC health on `[queue] grpc_listen` and exits 0 on SIGTERM/SIGINT.
+//! Today: the shared service frame and the gRPC `Queue` service's Notify and ETRN
+//! (StartDomainDelivery). Delivery workers arrive with their issue.
+
+mod grpc;
 
 use std::process::ExitCode;
 use std::time::Duration;
+
+use pochta_proto::queue::v1::queue_server::QueueServer;
 
 fn main() -> ExitCode {
     pochta_service::run(
@@ -13,8 +17,10 @@ fn main() -> ExitCode {
         |ctx| async move {
             let addr = ctx.config.queue.grpc_listen;
             let grace = Duration::from_secs(ctx.config.queue.shutdown_grace_secs);
-            ctx.serve_grpc(addr, tonic::service::Routes::default(), grace)
-                .await
+            let routes = tonic::service::Routes::new(QueueServer::new(grpc::QueueService::new(
+                ctx.store.clone(),
+            )));
+            ctx.serve_grpc(addr, routes, grace).await
         },
     )
 }

@@ -5,7 +5,7 @@
 //! `POCHTA_STORE__MAX_CONNECTIONS=8`). Every service loads the whole file, so an unknown key in any
 //! section is an error that names it, whichever service reads it first.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -96,6 +96,101 @@ pub struct TlsConfig {
     pub key_path: Option<PathBuf>,
 }
 
+/// What a bare LF or CR in message text gets (SMTP smuggling defence, RFC 5321 2.3.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// The message is refused with 550 5.6.0.
+    Reject,
+    /// Bare LF and CR become CRLF in the stored message (they still never end DATA).
+    Normalize,
+}
+
+/// Where passwords may cross an unencrypted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaintextAuth {
+    /// Only over TLS.
+    Never,
+    /// Also from loopback clients (127.0.0.0/8, ::1).
+    Loopback,
+    /// Anywhere (testing only).
+    Always,
+}
+
+/// An IP network in CIDR notation, e.g. `192.0.2.0/24` or `2001:db8::/32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `[smtp]`: smtp-ingress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -106,14 +201,76 @@ pub struct SmtpConfig {
     pub queue_endpoint: String,
     /// How long in-flight sessions get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// The name in the greeting, EHLO and Received headers; the machine's host name if unset.
+    pub hostname: Option<String>,
+    /// MX listeners (RFC 5321): mail for our domains from anyone. Empty disables.
+    pub mx_listen: Vec<SocketAddr>,
+    /// Submission listeners (RFC 6409): STARTTLS, then AUTH before MAIL.
+    pub submission_listen: Vec<SocketAddr>,
+    /// Submissions listeners (RFC 8314): implicit TLS, AUTH before MAIL.
+    pub submissions_listen: Vec<SocketAddr>,
+    /// SIZE: the largest message accepted, in octets.
+    pub max_message_size: u64,
+    /// Recipients per transaction (RFC 5321 4.5.3.1.8 asks for at least 100).
+    pub max_recipients: u32,
+    /// More Received headers than this is a loop (554 5.4.6).
+    pub max_received_headers: u32,
+    /// Error replies before the session is closed.
+    pub max_errors: u32,
+    pub bare_line_endings: BareLineEndings,
+    /// Waiting for a command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Waiting for more message text (RFC 5321 4.5.3.2.5).
+    pub data_timeout_secs: u64,
+    /// TLS handshake, after connect or STARTTLS.
+    pub tls_handshake_timeout_secs: u64,
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+    /// Clients that may relay to any domain without AUTH.
+    pub trusted_networks: Vec<Cidr>,
+    pub plaintext_auth: PlaintextAuth,
+    /// How long a failed AUTH waits before its 535.
+    pub auth_failure_delay_ms: u64,
+    /// Failed AUTHs from one address within the window before it is refused (421).
+    pub auth_max_failures: u32,
+    pub auth_failure_window_secs: u64,
+    /// An authenticated user may send only as its own address.
+    pub enforce_sender_ownership: bool,
+    /// `RCPT TO:<postmaster>` (no domain) goes to postmaster at this domain.
+    pub postmaster_domain: Option<String>,
 }
 
 impl Default for SmtpConfig {
     fn default() -> Self {
+        let any = |port| vec![SocketAddr::from(([0, 0, 0, 0], port))];
         Self {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7101)),
             queue_endpoint: "http://127.0.0.1:7100".into(),
             shutdown_grace_secs: 30,
+            hostname: None,
+            mx_listen: any(25),
+            submission_listen: any(587),
+            submissions_listen: any(465),
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_received_headers: 50,
+            max_errors: 20,
+            bare_line_endings: BareLineEndings::Reject,
+            command_timeout_secs: 300,
+            data_timeout_secs: 300,
+            tls_handshake_timeout_secs: 30,
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            trusted_networks: vec![
+                "127.0.0.0/8".parse().expect("valid"),
+                "::1/128".parse().expect("valid"),
+            ],
+            plaintext_auth: PlaintextAuth::Never,
+            auth_failure_delay_ms: 1000,
+            auth_max_failures: 5,
+            auth_failure_window_secs: 300,
+            enforce_sender_ownership: true,
+            postmaster_domain: None,
         }
     }
 }
@@ -126,6 +283,8 @@ pub struct QueueConfig {
     pub grpc_listen: SocketAddr,
     /// How long in-flight deliveries get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// How long a message may stay queued before it expires (set when it is accepted).
+    pub message_lifetime_secs: u64,
 }
 
 impl Default for QueueConfig {
@@ -133,6 +292,7 @@ impl Default for QueueConfig {
         Self {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
             shutdown_grace_secs: 30,
+            message_lifetime_secs: 5 * 24 * 3600,
         }
     }
 }
@@ -217,6 +377,51 @@ impl Config {
         if !is_http_url(&self.smtp.queue_endpoint) {
             return invalid("smtp.queue_endpoint", "must be an http:// or https:// URL");
         }
+        let smtp = &self.smtp;
+        for (key, value) in [
+            ("smtp.max_message_size", smtp.max_message_size),
+            ("smtp.max_recipients", u64::from(smtp.max_recipients)),
+            ("smtp.max_errors", u64::from(smtp.max_errors)),
+            ("smtp.command_timeout_secs", smtp.command_timeout_secs),
+            ("smtp.data_timeout_secs", smtp.data_timeout_secs),
+            (
+                "smtp.tls_handshake_timeout_secs",
+                smtp.tls_handshake_timeout_secs,
+            ),
+            ("smtp.max_connections", u64::from(smtp.max_connections)),
+            (
+                "smtp.max_connections_per_ip",
+                u64::from(smtp.max_connections_per_ip),
+            ),
+            ("smtp.auth_max_failures", u64::from(smtp.auth_max_failures)),
+            (
+                "queue.message_lifetime_secs",
+                self.queue.message_lifetime_secs,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if smtp.max_recipients < 100 {
+            return invalid(
+                "smtp.max_recipients",
+                "must be at least 100 (RFC 5321 4.5.3.1.8)",
+            );
+        }
+        if smtp.max_message_size > u64::from(u32::MAX) {
+            return invalid("smtp.max_message_size", "must be below 4 GiB");
+        }
+        if let Some(name) = &smtp.hostname
+            && !is_host_name(name)
+        {
+            return invalid("smtp.hostname", "must be a host name");
+        }
+        if let Some(name) = &smtp.postmaster_domain
+            && !is_host_name(name)
+        {
+            return invalid("smtp.postmaster_domain", "must be a domain name");
+        }
         Ok(())
     }
 
@@ -241,6 +446,18 @@ fn extract(figment: Figment) -> Result<Config, ConfigError> {
     })?;
     config.validate()?;
     Ok(config)
+}
+
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn is_http_url(s: &str) -> bool {
@@ -301,6 +518,25 @@ mod tests {
             redact_url_password("postgres://db/pochta?user=a&password=b&sslmode=require"),
             "postgres://db/pochta?user=a&password=********&sslmode=require"
         );
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let net: Cidr = "192.0.2.0/24".parse().unwrap();
+        assert!(net.contains("192.0.2.200".parse().unwrap()));
+        assert!(!net.contains("192.0.3.1".parse().unwrap()));
+        assert!(
+            net.contains("::ffff:192.0.2.1".parse().unwrap()),
+            "v4-mapped v6"
+        );
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let host: Cidr = "::1".parse().unwrap();
+        assert!(host.contains("::1".parse().unwrap()));
+        assert!(!host.contains("::2".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("nonsense".parse::<Cidr>().is_err());
+        assert_eq!(net.to_string(), "192.0.2.0/24");
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! }
 //! ```
 
+pub mod limits;
+pub mod tls;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;

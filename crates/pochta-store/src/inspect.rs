@@ -29,6 +29,16 @@ impl Store {
         })
     }
 
+    /// A message's content as stored (what the queue delivers).
+    pub async fn message_content(&self, message_id: i64) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT content FROM messages WHERE id = $1")
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// One envelope by queue id, with its recipients and their attempt histories (oldest first).
     pub async fn envelope_detail(&self, queue_id: &str) -> Result<Option<EnvelopeDetail>> {
         let Some(mut envelope) = sqlx::query_as::<_, EnvelopeDetail>(

@@ -343,12 +343,87 @@ pub async fn grpc_health(addr: SocketAddr) -> anyhow::Result<bool> {
 }
 
 /// A minimal configuration for one service against `db`, its gRPC endpoint on `grpc`.
-/// `section` is the service's config section (`smtp`, `queue` or `pop3`).
+/// `section` is the service's config section (`smtp`, `queue` or `pop3`); for `smtp` the MX
+/// listener is on a free port and the TLS-only listeners are off.
 pub fn service_config(db_url: &str, section: &str, grpc: SocketAddr) -> String {
-    format!(
+    let mut config = format!(
         "[store]\nurl = \"{db_url}\"\nmax_connections = 4\nconnect_retry_secs = 0\n\n\
          [{section}]\ngrpc_listen = \"{grpc}\"\n"
-    )
+    );
+    if section == "smtp" {
+        config.push_str(&format!(
+            "mx_listen = [\"{}\"]\nsubmission_listen = []\nsubmissions_listen = []\n",
+            free_addr()
+        ));
+    }
+    config
+}
+
+/// A test certificate authority and a server certificate it signed for `localhost` and
+/// 127.0.0.1, as PEM files in a temporary folder.
+pub struct TestCerts {
+    pub ca_path: PathBuf,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    pub fn generate() -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Pochta test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let leaf_key = KeyPair::generate()?;
+        let leaf_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        let leaf = leaf_params.signed_by(&leaf_key, &ca)?;
+        let dir = tempfile::tempdir()?;
+        let write = |name: &str, pem: String| -> anyhow::Result<PathBuf> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem)?;
+            Ok(path)
+        };
+        Ok(TestCerts {
+            ca_path: write("ca.pem", ca.pem())?,
+            cert_path: write("cert.pem", leaf.pem())?,
+            key_path: write("key.pem", leaf_key.serialize_pem())?,
+            _dir: dir,
+        })
+    }
+
+    /// The `[tls]` section for a service config.
+    pub fn tls_section(&self) -> String {
+        format!(
+            "[tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+            self.cert_path.display(),
+            self.key_path.display()
+        )
+    }
+}
+
+/// Runs a Python 3 script (a third-party client such as smtplib or poplib) with arguments and
+/// returns its stdout; fails with its stderr when it exits non-zero.
+pub async fn python(script: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .await
+        .context("running python3")?;
+    if !output.status.success() {
+        bail!(
+            "python exited with {}:\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
 }
 
 /// The frame every service shares, checked on one binary: it starts against a fresh database,

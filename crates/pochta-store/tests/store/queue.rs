@@ -72,6 +72,21 @@ async fn enqueue_stores_everything_given() {
         ]
     );
     assert!(store.envelope_detail("NOSUCHID00").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .message_content(detail.message_id)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(CONTENT)
+    );
+    assert!(
+        store
+            .message_content(detail.message_id + 1000)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]

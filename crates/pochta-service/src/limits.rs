@@ -1,0 +1,170 @@
+//! Limits on clients: concurrent connections (overall and per address) and failed logins per
+//! address in a sliding window. Shared by the SMTP and POP3 servers.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Counts open connections; `try_acquire` hands out a guard that gives the slot back on drop.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimiter {
+    inner: Arc<Mutex<Connections>>,
+    max_total: usize,
+    max_per_ip: usize,
+}
+
+#[derive(Debug, Default)]
+struct Connections {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    TooManyConnections,
+    TooManyFromAddress,
+}
+
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    inner: Arc<Mutex<Connections>>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        ConnectionLimiter {
+            inner: Arc::default(),
+            max_total,
+            max_per_ip,
+        }
+    }
+
+    pub fn try_acquire(&self, ip: IpAddr) -> Result<ConnectionGuard, Refusal> {
+        let mut c = self.inner.lock().expect("limiter lock");
+        if c.total >= self.max_total {
+            return Err(Refusal::TooManyConnections);
+        }
+        let from_ip = c.per_ip.entry(ip).or_default();
+        if *from_ip >= self.max_per_ip {
+            return Err(Refusal::TooManyFromAddress);
+        }
+        *from_ip += 1;
+        c.total += 1;
+        Ok(ConnectionGuard {
+            inner: self.inner.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.inner.lock().expect("limiter lock").total
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut c = self.inner.lock().expect("limiter lock");
+        c.total -= 1;
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Failed authentications per address within a window.
+#[derive(Debug, Clone)]
+pub struct FailureLimiter {
+    inner: Arc<Mutex<HashMap<IpAddr, Vec<Instant>>>>,
+    max_failures: usize,
+    window: Duration,
+}
+
+impl FailureLimiter {
+    pub fn new(max_failures: usize, window: Duration) -> Self {
+        FailureLimiter {
+            inner: Arc::default(),
+            max_failures,
+            window,
+        }
+    }
+
+    /// True when `ip` has used up its failures in the window.
+    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut map = self.inner.lock().expect("limiter lock");
+        let Some(times) = map.get_mut(&ip) else {
+            return false;
+        };
+        times.retain(|t| now.duration_since(*t) < self.window);
+        if times.is_empty() {
+            map.remove(&ip);
+            return false;
+        }
+        times.len() >= self.max_failures
+    }
+
+    /// Records a failure; returns true when `ip` is now blocked.
+    pub fn record_failure(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut map = self.inner.lock().expect("limiter lock");
+        // Bound memory under a flood of addresses: forget everything that has aged out.
+        if map.len() > 100_000 {
+            map.retain(|_, times| {
+                times
+                    .last()
+                    .is_some_and(|t| now.duration_since(*t) < self.window)
+            });
+        }
+        let times = map.entry(ip).or_default();
+        times.retain(|t| now.duration_since(*t) < self.window);
+        times.push(now);
+        times.len() >= self.max_failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits() {
+        let limiter = ConnectionLimiter::new(3, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = limiter.try_acquire(a).unwrap();
+        let _a2 = limiter.try_acquire(a).unwrap();
+        assert_eq!(
+            limiter.try_acquire(a).unwrap_err(),
+            Refusal::TooManyFromAddress
+        );
+        let _b1 = limiter.try_acquire(b).unwrap();
+        assert_eq!(
+            limiter.try_acquire(b).unwrap_err(),
+            Refusal::TooManyConnections
+        );
+        drop(a1);
+        assert_eq!(limiter.open(), 2);
+        assert!(limiter.try_acquire(b).is_ok());
+    }
+
+    #[test]
+    fn failures_block_within_the_window_only() {
+        let limiter = FailureLimiter::new(3, Duration::from_secs(60));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(!limiter.record_failure(ip, t0));
+        assert!(!limiter.record_failure(ip, t0 + Duration::from_secs(1)));
+        assert!(!limiter.is_blocked(ip, t0 + Duration::from_secs(2)));
+        assert!(limiter.record_failure(ip, t0 + Duration::from_secs(2)));
+        assert!(limiter.is_blocked(ip, t0 + Duration::from_secs(3)));
+        assert!(!limiter.is_blocked("192.0.2.9".parse().unwrap(), t0));
+        assert!(
+            !limiter.is_blocked(ip, t0 + Duration::from_secs(62)),
+            "aged out"
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! What the SMTP session asks of the world: recipient policy, credentials, committing a
+//! message, and the queue (Notify, ETRN). All store access goes through `pochta-store`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pochta_config::{Cidr, Config};
+use pochta_proto::queue::v1::queue_client::QueueClient;
+use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
+use pochta_proto::queue::v1::{NotifyRequest, StartDomainDeliveryRequest};
+use pochta_service::limits::FailureLimiter;
+use pochta_smtp::received::{ReceivedBy, received_header};
+use pochta_smtp::{
+    AuthResult, Credentials, EtrnResult, Mailbox, Message, RecipientVerdict, StoreResult,
+};
+use pochta_store::{
+    BodyType, DomainRole, MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, Ret, Store,
+};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Queue = QueueClient<
+    InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+/// Shared by every session of this process.
+pub struct Actions {
+    pub store: Store,
+    pub hostname: String,
+    queue: Queue,
+    trusted: Vec<Cidr>,
+    lifetime: Duration,
+    failure_delay: Duration,
+    failures: FailureLimiter,
+    /// A hash of a random secret, verified when the account does not exist so that a missing
+    /// account takes as long to refuse as a wrong password (no user enumeration by timing).
+    dummy_hash: String,
+}
+
+impl Actions {
+    pub fn new(config: &Config, store: Store, hostname: String) -> anyhow::Result<Arc<Self>> {
+        let channel = tonic::transport::Endpoint::from_shared(config.smtp.queue_endpoint.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        let inject: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> =
+            pochta_telemetry::grpc::inject_trace_context;
+        Ok(Arc::new(Actions {
+            store,
+            hostname,
+            queue: QueueClient::with_interceptor(channel, inject),
+            trusted: config.smtp.trusted_networks.clone(),
+            lifetime: Duration::from_secs(config.queue.message_lifetime_secs),
+            failure_delay: Duration::from_millis(config.smtp.auth_failure_delay_ms),
+            failures: FailureLimiter::new(
+                config.smtp.auth_max_failures as usize,
+                Duration::from_secs(config.smtp.auth_failure_window_secs),
+            ),
+            dummy_hash: pochta_auth::hash_password(&QueueId::generate().to_string())?,
+        }))
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(ip))
+    }
+
+    /// RCPT policy: local accounts must exist; hold and relay domains accept anything; any
+    /// other domain only from authenticated users or trusted networks (no open relay).
+    pub async fn verify_recipient(
+        &self,
+        recipient: &Mailbox,
+        authenticated: bool,
+        client: IpAddr,
+    ) -> RecipientVerdict {
+        let role = match self.store.domain_role(&recipient.domain).await {
+            Ok(role) => role,
+            Err(e) => {
+                tracing::error!("recipient lookup failed: {e}");
+                return RecipientVerdict::TemporaryFailure;
+            }
+        };
+        match role {
+            Some(DomainRole::Local) => {
+                let address = MailboxAddress {
+                    local_part: recipient.local_part.clone(),
+                    domain: recipient.domain.clone(),
+                };
+                match self.store.account_credentials(&address).await {
+                    Ok(Some(account)) if account.disabled => RecipientVerdict::Disabled,
+                    Ok(Some(_)) => RecipientVerdict::Accept { held: false },
+                    Ok(None) => RecipientVerdict::NoSuchUser,
+                    Err(e) => {
+                        tracing::error!("account lookup failed: {e}");
+                        RecipientVerdict::TemporaryFailure
+                    }
+                }
+            }
+            Some(DomainRole::Hold) => RecipientVerdict::Accept { held: true },
+            Some(DomainRole::Relay) => RecipientVerdict::Accept { held: false },
+            None if authenticated || self.is_trusted(client) => {
+                RecipientVerdict::Accept { held: false }
+            }
+            None => RecipientVerdict::RelayDenied,
+        }
+    }
+
+    /// AUTH: argon2id verification off the async threads; a failure waits before it is
+    /// answered, and too many failures from one address close the session.
+    pub async fn authenticate(&self, credentials: Credentials, client: IpAddr) -> AuthResult {
+        if self.failures.is_blocked(client, Instant::now()) {
+            return AuthResult::RateLimited;
+        }
+        let account = match MailboxAddress::parse(&credentials.username) {
+            Ok(address) => match self.store.account_credentials(&address).await {
+                Ok(account) => account,
+                Err(e) => {
+                    tracing::error!("credential lookup failed: {e}");
+                    return AuthResult::TemporaryFailure;
+                }
+            },
+            Err(_) => None,
+        };
+        let hash = account
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.clone(), |a| a.password_hash.clone());
+        let password = credentials.password;
+        let matches = tokio::task::spawn_blocking(move || {
+            pochta_auth::verify_password(&password, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        match account {
+            Some(account) if matches && !account.disabled => AuthResult::Success {
+                user: format!("{}@{}", account.local_part, account.domain),
+            },
+            _ => {
+                let blocked = self.failures.record_failure(client, Instant::now());
+                tracing::warn!(%client, user = %credentials.username, "authentication failed");
+                tokio::time::sleep(self.failure_delay).await;
+                if blocked {
+                    AuthResult::RateLimited
+                } else {
+                    AuthResult::Failure
+                }
+            }
+        }
+    }
+
+    /// Prepends the Received header and commits the whole transaction; only then may the
+    /// session answer 250. Then tells the queue, without letting a failure there matter.
+    pub async fn store_message(&self, message: &Message, client: IpAddr) -> StoreResult {
+        let queue_id = QueueId::generate();
+        let received = received_header(
+            message,
+            ReceivedBy {
+                hostname: &self.hostname,
+                client_ip: client,
+                queue_id: queue_id.as_str(),
+                date: chrono::Utc::now(),
+            },
+        );
+        let mut content = Vec::with_capacity(received.len() + message.body.len());
+        content.extend_from_slice(received.as_bytes());
+        content.extend_from_slice(&message.body);
+        let envelope = NewEnvelope {
+            queue_id: queue_id.clone(),
+            reverse_path: message
+                .mail
+                .sender
+                .as_ref()
+                .map(Mailbox::address)
+                .unwrap_or_default(),
+            envid: message.mail.envid.clone(),
+            ret: message.mail.ret.map(|r| match r {
+                pochta_smtp::Ret::Full => Ret::Full,
+                pochta_smtp::Ret::Hdrs => Ret::Hdrs,
+            }),
+            body: message.mail.body.map(|b| match b {
+                pochta_smtp::Body::SevenBit => BodyType::SevenBit,
+                pochta_smtp::Body::EightBitMime => BodyType::EightBitMime,
+            }),
+            smtputf8: message.mail.smtputf8,
+            client_address: Some(client),
+            client_helo: Some(message.helo.clone()),
+            auth_user: message.authenticated.clone(),
+            received_by: Some(self.hostname.clone()),
+            traceparent: pochta_telemetry::grpc::current_traceparent(),
+            lifetime: self.lifetime,
+            recipients: message
+                .recipients
+                .iter()
+                .map(|r| NewRecipient {
+                    address: MailboxAddress {
+                        local_part: r.rcpt.recipient.local_part.clone(),
+                        domain: r.rcpt.recipient.domain.clone(),
+                    },
+                    orcpt: r.rcpt.orcpt.clone(),
+                    notify: r.rcpt.notify.map(|n| Notify {
+                        success: n.success,
+                        failure: n.failure,
+                        delay: n.delay,
+                    }),
+                    held: r.held,
+                })
+                .collect(),
+        };
+        match self.store.enqueue(&envelope, &content).await {
+            Ok(_) => {
+                tracing::info!(queue_id = %queue_id, size = content.len(), recipients = envelope.recipients.len(), "accepted");
+                self.notify_queue(queue_id.to_string());
+                StoreResult::Stored {
+                    queue_id: queue_id.to_string(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %queue_id, "storing the message failed: {e}");
+                StoreResult::TemporaryFailure
+            }
+        }
+    }
+
+    /// Fire and forget: the queue also scans the store, so a lost Notify only delays delivery.
+    fn notify_queue(&self, queue_id: String) {
+        let mut queue = self.queue.clone();
+        let span = tracing::Span::current();
+        tokio::spawn(async move {
+            let _entered = span.enter();
+            if let Err(e) = queue
+                .notify(NotifyRequest {
+                    queue_ids: vec![queue_id],
+                })
+                .await
+            {
+                tracing::debug!(
+                    "queue notify failed (the queue's scan will find the message): {}",
+                    e.message()
+                );
+            }
+        });
+    }
+
+    /// ETRN, answered by the queue.
+    pub async fn etrn(&self, domain: &str, subdomains: bool) -> EtrnResult {
+        let request = StartDomainDeliveryRequest {
+            domain: domain.to_owned(),
+            include_subdomains: subdomains,
+        };
+        match self.queue.clone().start_domain_delivery(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                match Outcome::try_from(reply.outcome) {
+                    Ok(Outcome::Started) => EtrnResult::Started {
+                        messages: reply.messages,
+                    },
+                    Ok(Outcome::NothingQueued) => EtrnResult::NothingQueued,
+                    Ok(Outcome::NotAllowed) => EtrnResult::NotAllowed,
+                    _ => EtrnResult::Unavailable,
+                }
+            }
+            Err(e) => {
+                tracing::warn!("ETRN: the queue is unavailable: {}", e.message());
+                EtrnResult::Unavailable
+            }
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! The real smtp-ingress binary against the real database, driven by Python's smtplib (a
+//! third-party client) over plain TCP, STARTTLS and implicit TLS. What landed in the store is
+//! checked byte for byte.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use pochta_store::{DomainRole, MailboxAddress, RecipientState};
+use pochta_testkit::{ServiceProcess, TestCerts, TestDb, free_addr, python};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_smtp-ingress");
+const ALICE: &str = "alice@example.org";
+const ALICE_PW: &str = "correct horse battery";
+
+/// One ingress with all three listeners, a local domain with Alice, and a hold domain.
+struct Stack {
+    db: TestDb,
+    certs: TestCerts,
+    ingress: ServiceProcess,
+    mx: SocketAddr,
+    submission: SocketAddr,
+    submissions: SocketAddr,
+    queue: SocketAddr,
+}
+
+async fn stack(extra_smtp: &str) -> Stack {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    store
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    store
+        .add_domain("backup.example", DomainRole::Hold)
+        .await
+        .unwrap();
+    let hash = pochta_auth::hash_password(ALICE_PW).unwrap();
+    store
+        .add_account(&MailboxAddress::parse(ALICE).unwrap(), &hash)
+        .await
+        .unwrap();
+    let certs = TestCerts::generate().unwrap();
+    let queue = free_addr();
+    let (mx, submission, submissions) = (free_addr(), free_addr(), free_addr());
+    let (ingress, _) = start_ingress(
+        &db,
+        &certs,
+        queue,
+        extra_smtp,
+        (mx, submission, submissions),
+    )
+    .await;
+    Stack {
+        db,
+        certs,
+        ingress,
+        mx,
+        submission,
+        submissions,
+        queue,
+    }
+}
+
+async fn start_ingress(
+    db: &TestDb,
+    certs: &TestCerts,
+    queue: SocketAddr,
+    extra_smtp: &str,
+    (mx, submission, submissions): (SocketAddr, SocketAddr, SocketAddr),
+) -> (ServiceProcess, SocketAddr) {
+    let grpc = free_addr();
+    let config = format!(
+        "[store]\nurl = \"{}\"\nmax_connections = 4\n\n{}\n[smtp]\ngrpc_listen = \"{grpc}\"\n\
+         queue_endpoint = \"http://{queue}\"\nhostname = \"mx.test\"\nmx_listen = [\"{mx}\"]\n\
+         submission_listen = [\"{submission}\"]\nsubmissions_listen = [\"{submissions}\"]\n\
+         trusted_networks = []\nauth_failure_delay_ms = 50\n{extra_smtp}\n",
+        db.url(),
+        certs.tls_section()
+    );
+    let mut ingress = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
+    ingress
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+    (ingress, grpc)
+}
+
+impl Stack {
+    fn port(addr: SocketAddr) -> String {
+        addr.port().to_string()
+    }
+
+    /// The stored content of the message with this queue id.
+    async fn content(&self, queue_id: &str) -> Vec<u8> {
+        let detail = self
+            .db
+            .store()
+            .envelope_detail(queue_id)
+            .await
+            .unwrap()
+            .expect("stored");
+        self.db
+            .store()
+            .message_content(detail.message_id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// Sends one message over a plain MX connection; prints the DATA reply or the error.
+const SEND_PLAIN: &str = r#"
+import smtplib, sys
+port, sender, rcpts, body = int(sys.argv[1]), sys.argv[2], sys.argv[3].split(","), sys.argv[4]
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20)
+s.ehlo()
+assert s.has_extn("pipelining") and s.has_extn("dsn") and s.has_extn("smtputf8"), s.esmtp_features
+code, resp = s.mail(sender, ["RET=HDRS", "ENVID=abc+2Bd", "BODY=8BITMIME"])
+print("MAIL", code)
+for r in rcpts:
+    code, resp = s.rcpt(r, ["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;" + r])
+    print("RCPT", code, resp.decode())
+code, resp = s.data(body.encode("utf-8"))
+print("DATA", code, resp.decode())
+s.quit()
+"#;
+
+fn queue_id(out: &str) -> String {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("DATA 250"))
+        .unwrap_or_else(|| panic!("not accepted:\n{out}"));
+    line.rsplit(' ').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn mx_accepts_mail_for_local_and_hold_domains_byte_for_byte() {
+    let s = stack("").await;
+    let body = "From: Bob <bob@remote.test>\r\nTo: alice@example.org\r\nSubject: caf\u{e9}\r\n\r\n.leading dot\r\nline two\r\n";
+    let out = python(
+        SEND_PLAIN,
+        &[
+            &Stack::port(s.mx),
+            "bob@remote.test",
+            "alice@example.org,carol@backup.example",
+            body,
+        ],
+    )
+    .await
+    .unwrap();
+    let id = queue_id(&out);
+
+    let content = s.content(&id).await;
+    let text = String::from_utf8(content.clone()).unwrap();
+    let (received, rest) = text.split_once("\r\n\t").unwrap();
+    assert_eq!(received, "Received: from client.test ([127.0.0.1])");
+    assert!(
+        rest.starts_with(&format!("by mx.test (Pochta) with ESMTP id {id}; ")),
+        "{text}"
+    );
+    let header_end = text.find("\r\nFrom: Bob").unwrap() + 2;
+    assert_eq!(
+        &content[header_end..],
+        body.as_bytes(),
+        "the message is stored as sent"
+    );
+
+    let detail = s.db.store().envelope_detail(&id).await.unwrap().unwrap();
+    assert_eq!(detail.reverse_path, "bob@remote.test");
+    assert_eq!(detail.envid.as_deref(), Some("abc+d"));
+    assert_eq!(detail.ret.as_deref(), Some("HDRS"));
+    assert_eq!(detail.body.as_deref(), Some("8BITMIME"));
+    assert_eq!(detail.client_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(detail.client_helo.as_deref(), Some("client.test"));
+    assert_eq!(detail.received_by.as_deref(), Some("mx.test"));
+    let traceparent = detail.traceparent.expect("trace context stored");
+    assert!(
+        traceparent.starts_with("00-") && traceparent.len() == 55,
+        "{traceparent}"
+    );
+    let rcpts: Vec<_> = detail
+        .recipients
+        .iter()
+        .map(|r| {
+            (
+                r.address.as_str(),
+                r.state,
+                r.notify.as_deref(),
+                r.orcpt.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rcpts,
+        [
+            (
+                "alice@example.org",
+                RecipientState::Queued,
+                Some("SUCCESS,DELAY"),
+                Some("rfc822;alice@example.org")
+            ),
+            (
+                "carol@backup.example",
+                RecipientState::Held,
+                Some("SUCCESS,DELAY"),
+                Some("rfc822;carol@backup.example")
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn mx_refuses_unknown_users_and_relaying() {
+    let s = stack("").await;
+    let out = python(
+        SEND_PLAIN,
+        &[
+            &Stack::port(s.mx),
+            "bob@remote.test",
+            "nobody@example.org,victim@elsewhere.test,alice@example.org",
+            "Subject: x\r\n\r\nx\r\n",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("RCPT 550 5.1.1"), "{out}");
+    assert!(out.contains("RCPT 554 5.7.1 Relay access denied"), "{out}");
+    let id = queue_id(&out);
+    let detail = s.db.store().envelope_detail(&id).await.unwrap().unwrap();
+    assert_eq!(
+        detail.recipients.len(),
+        1,
+        "only the valid recipient was kept"
+    );
+}
+
+/// STARTTLS on submission, then AUTH PLAIN; relaying to a foreign domain is allowed then.
+const SUBMIT_STARTTLS: &str = r#"
+import smtplib, ssl, sys
+port, ca, user, pw = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+s = smtplib.SMTP("localhost", port, local_hostname="laptop.test", timeout=20)
+s.ehlo()
+assert not s.has_extn("auth"), "AUTH must not be offered before TLS"
+code, resp = s.mail(user)
+print("PLAIN-MAIL", code, resp.decode())
+s.rset()
+s.starttls(context=ctx)
+s.ehlo()
+assert s.has_extn("auth") and not s.has_extn("starttls"), s.esmtp_features
+s.login(user, pw)
+code, resp = s.mail(user)
+print("MAIL", code)
+code, resp = s.rcpt("friend@elsewhere.test")
+print("RCPT", code)
+code, resp = s.data(b"Subject: via submission\r\n\r\nhi\r\n")
+print("DATA", code, resp.decode())
+s.quit()
+"#;
+
+#[tokio::test]
+async fn submission_with_starttls_and_auth_plain() {
+    let s = stack("").await;
+    let out = python(
+        SUBMIT_STARTTLS,
+        &[
+            &Stack::port(s.submission),
+            s.certs.ca_path.to_str().unwrap(),
+            ALICE,
+            ALICE_PW,
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.contains("PLAIN-MAIL 530 5.7.0 Must issue a STARTTLS command first"),
+        "{out}"
+    );
+    let id = queue_id(&out);
+    let detail = s.db.store().envelope_detail(&id).await.unwrap().unwrap();
+    assert_eq!(detail.auth_user.as_deref(), Some(ALICE));
+    assert_eq!(detail.recipients[0].address, "friend@elsewhere.test");
+    let content = String::from_utf8(s.content(&id).await).unwrap();
+    assert!(content.contains(" with ESMTPSA id "), "{content}");
+}
+
+/// Implicit TLS (port 465) with AUTH LOGIN, and the refusals an authenticated session meets.
+const SUBMITS_LOGIN: &str = r#"
+import smtplib, ssl, sys
+port, ca, user, pw = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+s = smtplib.SMTP_SSL("localhost", port, context=ctx, local_hostname="laptop.test", timeout=20)
+s.ehlo()
+code, resp = s.mail(user)
+print("NOAUTH-MAIL", code, resp.decode())
+s.rset()
+try:
+    s.user, s.password = user, "wrong password"
+    s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+    print("BAD-LOGIN accepted")
+except smtplib.SMTPAuthenticationError as e:
+    print("BAD-LOGIN", e.smtp_code, e.smtp_error.decode())
+s.user, s.password = user, pw
+code, resp = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+print("LOGIN", code, resp.decode())
+code, resp = s.mail("someone.else@example.org")
+print("FORGED-MAIL", code, resp.decode())
+code, resp = s.mail(user)
+code, resp = s.rcpt(user)
+code, resp = s.data(b"Subject: to myself\r\n\r\nhi\r\n")
+print("DATA", code, resp.decode())
+s.quit()
+"#;
+
+#[tokio::test]
+async fn submissions_with_implicit_tls_and_auth_login() {
+    let s = stack("").await;
+    let out = python(
+        SUBMITS_LOGIN,
+        &[
+            &Stack::port(s.submissions),
+            s.certs.ca_path.to_str().unwrap(),
+            ALICE,
+            ALICE_PW,
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.contains("NOAUTH-MAIL 530 5.7.0 Authentication required"),
+        "{out}"
+    );
+    assert!(out.contains("BAD-LOGIN 535 5.7.8"), "{out}");
+    assert!(out.contains("LOGIN 235 2.7.0"), "{out}");
+    assert!(out.contains("FORGED-MAIL 553 5.7.1"), "{out}");
+    let id = queue_id(&out);
+    assert_eq!(
+        s.db.store()
+            .envelope_detail(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .recipients[0]
+            .address,
+        ALICE
+    );
+}
+
+/// Repeated failures from one address end in 421, even with the right password afterwards.
+const BRUTE_FORCE: &str = r#"
+import smtplib, ssl, sys
+port, ca, user = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+for attempt in range(4):
+    try:
+        s = smtplib.SMTP_SSL("localhost", port, context=ctx, timeout=20)
+        s.ehlo()
+        s.user, s.password = user, "guess %d" % attempt
+        s.auth("PLAIN", s.auth_plain)
+        print("ACCEPTED")
+    except smtplib.SMTPAuthenticationError as e:
+        print("FAIL", e.smtp_code)
+    except smtplib.SMTPServerDisconnected:
+        print("DISCONNECTED")
+    except smtplib.SMTPException as e:
+        print("OTHER", e)
+"#;
+
+#[tokio::test]
+async fn repeated_auth_failures_are_rate_limited() {
+    let s = stack("auth_max_failures = 2\nauth_failure_window_secs = 60\n").await;
+    let out = python(
+        BRUTE_FORCE,
+        &[
+            &Stack::port(s.submissions),
+            s.certs.ca_path.to_str().unwrap(),
+            ALICE,
+        ],
+    )
+    .await
+    .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "FAIL 535", "{out}");
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| *l == "FAIL 421" || *l == "DISCONNECTED"),
+        "{out}"
+    );
+    assert!(!out.contains("ACCEPTED"));
+}
+
+/// Commands pipelined after STARTTLS in plaintext must not run inside TLS.
+const STARTTLS_INJECTION: &str = r#"
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+f = sock.makefile("rb")
+def reply():
+    lines = []
+    while True:
+        line = f.readline().decode()
+        lines.append(line.strip())
+        if line[3:4] == " ":
+            return lines
+reply()
+sock.sendall(b"EHLO x\r\n"); reply()
+sock.sendall(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
+print("STARTTLS", reply()[-1])
+tls = ssl.create_default_context(cafile=ca).wrap_socket(sock, server_hostname="localhost")
+f = tls.makefile("rb")
+tls.sendall(b"NOOP\r\n")
+print("FIRST", reply()[-1])
+tls.sendall(b"MAIL FROM:<a@b.test>\r\n")
+print("MAIL", reply()[-1])
+"#;
+
+#[tokio::test]
+async fn starttls_command_injection_is_discarded() {
+    let s = stack("").await;
+    let out = python(
+        STARTTLS_INJECTION,
+        &[&Stack::port(s.mx), s.certs.ca_path.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.contains("STARTTLS 220 2.0.0 Ready to start TLS"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FIRST 250 2.0.0 Ok"),
+        "the injected MAIL got no reply: {out}"
+    );
+    assert!(
+        out.contains("MAIL 503 5.5.1 Send EHLO/HELO first"),
+        "the session restarted: {out}"
+    );
+}
+
+#[tokio::test]
+async fn two_ingress_processes_share_one_store() {
+    let s = stack("").await;
+    let mx2 = free_addr();
+    let (_second, _) = start_ingress(
+        &s.db,
+        &s.certs,
+        s.queue,
+        "",
+        (mx2, free_addr(), free_addr()),
+    )
+    .await;
+    let body = "Subject: x\r\n\r\nx\r\n";
+    let a = python(
+        SEND_PLAIN,
+        &[&Stack::port(s.mx), "b@remote.test", ALICE, body],
+    )
+    .await
+    .unwrap();
+    let b = python(
+        SEND_PLAIN,
+        &[&Stack::port(mx2), "b@remote.test", ALICE, body],
+    )
+    .await
+    .unwrap();
+    assert_ne!(queue_id(&a), queue_id(&b));
+    assert_eq!(s.db.store().counts().await.unwrap().envelopes, 2);
+}
+
+const ETRN: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+s.ehlo()
+for domain in sys.argv[2:]:
+    code, resp = s.docmd("ETRN", domain)
+    print(code, resp.decode())
+s.quit()
+"#;
+
+#[tokio::test]
+async fn etrn_is_answered_by_the_queue() {
+    let s = stack("").await;
+    python(
+        SEND_PLAIN,
+        &[
+            &Stack::port(s.mx),
+            "b@remote.test",
+            "x@backup.example,y@backup.example",
+            "Subject: x\r\n\r\nx\r\n",
+        ],
+    )
+    .await
+    .unwrap();
+    // The queue is down: 458.
+    let out = python(ETRN, &[&Stack::port(s.mx), "backup.example"])
+        .await
+        .unwrap();
+    assert!(
+        out.starts_with("458 4.3.0 Unable to queue messages for node backup.example"),
+        "{out}"
+    );
+
+    let queue_binary = pochta_testkit::workspace_binary("delivery-queue").unwrap();
+    let mut queue = ServiceProcess::start(
+        &queue_binary,
+        &pochta_testkit::service_config(s.db.url(), "queue", s.queue),
+        &[],
+    )
+    .unwrap();
+    queue
+        .wait_healthy(s.queue, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let out = python(
+        ETRN,
+        &[
+            &Stack::port(s.mx),
+            "@backup.example",
+            "backup.example",
+            "example.org",
+            "unknown.test",
+        ],
+    )
+    .await
+    .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "253 2.0.0 OK, 1 pending messages for node backup.example started",
+        "{out}"
+    );
+    assert_eq!(
+        lines[1], "251 2.0.0 OK, no messages waiting for node backup.example",
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("459 4.7.1 Node example.org not allowed"),
+        "{out}"
+    );
+    assert!(
+        lines[3].starts_with("459 4.7.1 Node unknown.test not allowed"),
+        "{out}"
+    );
+    let counts = s.db.store().counts().await.unwrap();
+    assert_eq!(
+        (
+            counts.recipients_in(RecipientState::Held),
+            counts.recipients_in(RecipientState::Queued)
+        ),
+        (0, 2)
+    );
+}
+
+#[tokio::test]
+async fn sigterm_tells_idle_clients_421_and_exits_zero() {
+    let mut s = stack("").await;
+    let port = Stack::port(s.mx);
+    let client = tokio::spawn(async move {
+        python(
+            r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+s.ehlo()
+print("READY", flush=True)
+code, text = s.getreply()
+print("UNSOLICITED", code, text.decode())
+"#,
+            &[&port],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.ingress.signal(pochta_testkit::SIGTERM).unwrap();
+    let status = s.ingress.wait_exit(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "{}", s.ingress.output());
+    let out = client.await.unwrap().unwrap();
+    assert!(
+        out.contains("UNSOLICITED 421 4.3.2 mx.test Service shutting down"),
+        "{out}"
+    );
+}
