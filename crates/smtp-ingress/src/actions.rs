@@ -154,6 +154,7 @@ impl Actions {
     /// session answer 250. Then tells the queue, without letting a failure there matter.
     pub async fn store_message(&self, message: &Message, client: IpAddr) -> StoreResult {
         let queue_id = QueueId::generate();
+        tracing::Span::current().record("queue_id", queue_id.as_str());
         let received = received_header(
             message,
             ReceivedBy {

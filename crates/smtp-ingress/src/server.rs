@@ -293,6 +293,7 @@ impl Ingress {
                     Output::StoreMessage(message) => {
                         let span = tracing::info_span!(
                             "smtp.transaction",
+                            queue_id = tracing::field::Empty,
                             size = message.body.len(),
                             recipients = message.recipients.len()
                         );
