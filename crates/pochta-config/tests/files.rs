@@ -13,6 +13,8 @@ fn shipped_example_is_valid_and_documents_the_defaults() {
     expected.smtp.queue_endpoint = "http://delivery-queue:7100".into();
     expected.queue.grpc_listen = "0.0.0.0:7100".parse().unwrap();
     expected.pop3.grpc_listen = "0.0.0.0:7102".parse().unwrap();
+    expected.tls.cert_path = Some("/etc/pochta/tls/cert.pem".into());
+    expected.tls.key_path = Some("/etc/pochta/tls/key.pem".into());
     assert_eq!(parsed, expected);
 }
 

@@ -2,7 +2,7 @@
 -- Names: singular meaning per row, plural tables. All times are timestamptz from the database clock.
 
 -- Domains Pochta knows. role: 'local' = maildrops here; 'hold' = backup MX, mail kept until ETRN;
--- 'relay' = a foreign destination that trusted senders may relay to.
+-- 'relay' = we are its MX or gateway: mail for it is accepted from anyone and forwarded.
 CREATE TABLE domains (
     name        text PRIMARY KEY CHECK (name = lower(name) AND name <> ''),
     role        text NOT NULL CHECK (role IN ('local', 'hold', 'relay')),

@@ -61,7 +61,7 @@ text_enum! {
         Local = "local",
         /// Backup MX: mail is accepted and held until the domain asks for it with ETRN.
         Hold = "hold",
-        /// A foreign destination that trusted senders may relay to.
+        /// We are its MX or gateway: mail for it is accepted from anyone and forwarded.
         Relay = "relay",
     }
 }

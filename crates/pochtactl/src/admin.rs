@@ -17,8 +17,8 @@ pub enum DomainCommand {
     /// Add a domain.
     Add {
         name: String,
-        /// local: maildrops here; hold: backup MX, kept until ETRN; relay: trusted senders may
-        /// relay to it.
+        /// local: maildrops here; hold: backup MX, kept until ETRN; relay: accepted from anyone
+        /// and forwarded (we are its MX or gateway).
         #[arg(long, default_value = "local", value_parser = parse_role)]
         role: DomainRole,
     },
