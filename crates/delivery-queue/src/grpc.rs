@@ -1,7 +1,7 @@
 //! The `pochta.queue.v1.Queue` service.
 //!
-//! Notify and StartDomainDelivery (ETRN) are served now. The admin calls (list, show, retry,
-//! hold, release, delete) answer UNIMPLEMENTED until the delivery workers land with them.
+//! Notify and StartDomainDelivery (ETRN) are served and wake the workers. The admin calls
+//! (list, show, retry, hold, release, delete) answer UNIMPLEMENTED in this version.
 
 use pochta_proto::queue::v1::queue_server::Queue;
 use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
@@ -13,13 +13,16 @@ use pochta_proto::queue::v1::{
 use pochta_store::{DomainRole, Store};
 use tonic::{Request, Response, Status};
 
+use crate::worker::Wake;
+
 pub struct QueueService {
     store: Store,
+    wake: Wake,
 }
 
 impl QueueService {
-    pub fn new(store: Store) -> Self {
-        QueueService { store }
+    pub fn new(store: Store, wake: Wake) -> Self {
+        QueueService { store, wake }
     }
 }
 
@@ -40,6 +43,7 @@ impl Queue for QueueService {
     ) -> Result<Response<NotifyResponse>, Status> {
         let ids = request.into_inner().queue_ids;
         tracing::debug!(count = ids.len(), "notified of new envelopes");
+        self.wake.wake();
         Ok(Response::new(NotifyResponse {}))
     }
 
@@ -71,6 +75,7 @@ impl Queue for QueueService {
             .await
             .map_err(internal)?;
         tracing::info!(%domain, recipients = released.recipients, messages = released.messages, "ETRN");
+        self.wake.wake();
         if released.recipients == 0 {
             outcome(Outcome::NothingQueued, 0, 0)
         } else {

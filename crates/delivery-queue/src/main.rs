@@ -1,26 +1,73 @@
-//! delivery-queue: local and remote delivery, retries, DSN reports and ETRN.
+//! delivery-queue: delivers accepted mail.
 //!
-//! Today: the shared service frame and the gRPC `Queue` service's Notify and ETRN
-//! (StartDomainDelivery). Delivery workers arrive with their issue.
+//! Workers claim due recipients with leases (any number of replicas may run) and deliver local
+//! recipients into maildrops exactly once. They wake on Notify from smtp-ingress and on ETRN,
+//! and scan the store periodically, so mail committed while the queue was down is delivered.
+//! Remote delivery and DSN reports arrive with their issue; until then such recipients wait.
 
 mod grpc;
+mod worker;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pochta_proto::queue::v1::queue_server::QueueServer;
+use rand::Rng;
 
 fn main() -> ExitCode {
     pochta_service::run(
         "delivery-queue",
         env!("CARGO_PKG_VERSION"),
         |ctx| async move {
-            let addr = ctx.config.queue.grpc_listen;
-            let grace = Duration::from_secs(ctx.config.queue.shutdown_grace_secs);
-            let routes = tonic::service::Routes::new(QueueServer::new(grpc::QueueService::new(
-                ctx.store.clone(),
-            )));
-            ctx.serve_grpc(addr, routes, grace).await
+            let queue = ctx.config.queue.clone();
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let settings = Arc::new(worker::Settings {
+                // Unique per process run, so a restarted replica never mistakes old leases for its own.
+                owner: format!(
+                    "{}:{}:{:08x}",
+                    host.trim(),
+                    std::process::id(),
+                    rand::rng().random::<u32>()
+                ),
+                batch: queue.batch_size,
+                lease: Duration::from_secs(queue.lease_secs),
+                scan_interval: Duration::from_secs(queue.scan_interval_secs),
+                retry_delay: Duration::from_secs(queue.retry_delay_secs),
+            });
+            let wake = worker::Wake::new();
+            let workers: Vec<_> = (0..queue.workers)
+                .map(|i| {
+                    tokio::spawn(worker::run(
+                        ctx.store.clone(),
+                        settings.clone(),
+                        wake.clone(),
+                        ctx.shutdown.clone(),
+                        i,
+                    ))
+                })
+                .collect();
+            tracing::info!(workers = queue.workers, owner = %settings.owner, "delivery workers started");
+            let grace = Duration::from_secs(queue.shutdown_grace_secs);
+            let service = grpc::QueueService::new(ctx.store.clone(), wake);
+            let served = ctx
+                .serve_grpc(
+                    queue.grpc_listen,
+                    tonic::service::Routes::new(QueueServer::new(service)),
+                    grace,
+                )
+                .await;
+            let finished = async {
+                for w in workers {
+                    let _ = w.await;
+                }
+            };
+            if tokio::time::timeout(grace, finished).await.is_err() {
+                tracing::warn!(
+                    "delivery workers still busy after {grace:?}; their leases will expire"
+                );
+            }
+            served
         },
     )
 }

@@ -285,6 +285,16 @@ pub struct QueueConfig {
     pub shutdown_grace_secs: u64,
     /// How long a message may stay queued before it expires (set when it is accepted).
     pub message_lifetime_secs: u64,
+    /// Delivery loops in this process; each claims its own batches.
+    pub workers: u32,
+    /// Recipients claimed at once by one worker.
+    pub batch_size: u32,
+    /// How long a claim is held before another replica may take the recipient over.
+    pub lease_secs: u64,
+    /// How often the store is scanned for due work when no Notify arrives.
+    pub scan_interval_secs: u64,
+    /// How long a recipient that cannot be delivered yet waits before its next attempt.
+    pub retry_delay_secs: u64,
 }
 
 impl Default for QueueConfig {
@@ -293,6 +303,11 @@ impl Default for QueueConfig {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
             shutdown_grace_secs: 30,
             message_lifetime_secs: 5 * 24 * 3600,
+            workers: 4,
+            batch_size: 32,
+            lease_secs: 300,
+            scan_interval_secs: 5,
+            retry_delay_secs: 900,
         }
     }
 }

@@ -1,0 +1,256 @@
+//! The real delivery-queue binary against the real database: local delivery (exactly once,
+//! across replicas and crashes), wake-ups by Notify, the periodic scan, and what it does with
+//! mail it cannot deliver yet.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pochta_store::{
+    DomainRole, MailboxAddress, NewEnvelope, NewRecipient, QueueId, RecipientState, Store,
+};
+use pochta_testkit::{SIGKILL, ServiceProcess, TestDb, free_addr, python, workspace_binary};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_delivery-queue");
+const ALICE: &str = "alice@example.org";
+
+async fn setup() -> (TestDb, i64) {
+    let db = TestDb::new().await.unwrap();
+    db.store()
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    let hash = pochta_auth::hash_password("pw").unwrap();
+    let id = db
+        .store()
+        .add_account(&MailboxAddress::parse(ALICE).unwrap(), &hash)
+        .await
+        .unwrap();
+    (db, id)
+}
+
+async fn start_queue(db: &TestDb, grpc: SocketAddr, extra: &str) -> ServiceProcess {
+    let config = format!(
+        "[store]\nurl = \"{}\"\nmax_connections = 8\n\n[queue]\ngrpc_listen = \"{grpc}\"\n{extra}\n",
+        db.url()
+    );
+    let mut queue = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
+    queue
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+    queue
+}
+
+/// Enqueues one message straight into the store, as an ingress would.
+async fn enqueue(store: &Store, recipients: &[&str], body: &str) -> QueueId {
+    let envelope = NewEnvelope {
+        queue_id: QueueId::generate(),
+        reverse_path: "bob@remote.test".into(),
+        envid: None,
+        ret: None,
+        body: None,
+        smtputf8: false,
+        client_address: None,
+        client_helo: None,
+        auth_user: None,
+        received_by: None,
+        traceparent: None,
+        lifetime: Duration::from_secs(3600),
+        recipients: recipients
+            .iter()
+            .map(|r| NewRecipient {
+                address: MailboxAddress::parse(r).unwrap(),
+                orcpt: None,
+                notify: None,
+                held: false,
+            })
+            .collect(),
+    };
+    store.enqueue(&envelope, body.as_bytes()).await.unwrap();
+    envelope.queue_id
+}
+
+/// Polls until `done` holds, for up to `timeout`.
+async fn eventually<F, Fut>(timeout: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn mail_accepted_by_ingress_is_delivered_to_the_maildrop_on_notify() {
+    let (db, account) = setup().await;
+    let queue_grpc = free_addr();
+    // A long scan interval: delivery within the test's patience proves the Notify wake-up.
+    let _queue = start_queue(&db, queue_grpc, "scan_interval_secs = 3600").await;
+    let (ingress_grpc, mx) = (free_addr(), free_addr());
+    let ingress_config = format!(
+        "[store]\nurl = \"{}\"\n\n[smtp]\ngrpc_listen = \"{ingress_grpc}\"\nqueue_endpoint = \"http://{queue_grpc}\"\n\
+         hostname = \"mx.test\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\nsubmissions_listen = []\n",
+        db.url()
+    );
+    let mut ingress = ServiceProcess::start(
+        &workspace_binary("smtp-ingress").unwrap(),
+        &ingress_config,
+        &[],
+    )
+    .unwrap();
+    ingress
+        .wait_healthy(ingress_grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+s.sendmail("bob@remote.test", ["alice@example.org"], b"Subject: to the maildrop\r\n\r\nhello\r\n")
+s.quit()
+"#;
+    python(script, &[&mx.port().to_string()]).await.unwrap();
+    let store = db.store();
+    eventually(Duration::from_secs(10), "delivery", || async {
+        store.maildrop_entries(account).await.unwrap().len() == 1
+    })
+    .await;
+
+    let entry = &store.maildrop_entries(account).await.unwrap()[0];
+    let (prefix, content) = store
+        .maildrop_entry_content(account, entry.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        prefix,
+        b"Return-Path: <bob@remote.test>\r\nDelivered-To: alice@example.org\r\n"
+    );
+    let text = String::from_utf8(content.clone()).unwrap();
+    assert!(
+        text.starts_with("Received: from ")
+            && text.ends_with("Subject: to the maildrop\r\n\r\nhello\r\n"),
+        "{text}"
+    );
+    assert_eq!(entry.pop3_size as usize, prefix.len() + content.len());
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.recipients_in(RecipientState::Delivered), 1);
+}
+
+#[tokio::test]
+async fn mail_committed_while_the_queue_was_down_is_found_by_the_scan() {
+    let (db, account) = setup().await;
+    for i in 0..5 {
+        enqueue(db.store(), &[ALICE], &format!("Subject: {i}\r\n\r\nx\r\n")).await;
+    }
+    let _queue = start_queue(&db, free_addr(), "scan_interval_secs = 1").await;
+    let store = db.store();
+    eventually(Duration::from_secs(10), "five deliveries", || async {
+        store.maildrop_entries(account).await.unwrap().len() == 5
+    })
+    .await;
+    let id = enqueue(store, &[ALICE], "Subject: later\r\n\r\nx\r\n").await;
+    eventually(Duration::from_secs(10), "the later one", || async {
+        store.maildrop_entries(account).await.unwrap().len() == 6
+    })
+    .await;
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    let r = &detail.recipients[0];
+    assert_eq!(
+        (r.state, r.attempts, r.history.len()),
+        (RecipientState::Delivered, 1, 1)
+    );
+    assert_eq!(r.history[0].status.as_deref(), Some("2.0.0"));
+}
+
+#[tokio::test]
+async fn undeliverable_recipients_wait_with_a_diagnostic() {
+    let (db, _) = setup().await;
+    let id = enqueue(
+        db.store(),
+        &["friend@elsewhere.test", "gone@example.org"],
+        "Subject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    let _queue = start_queue(&db, free_addr(), "scan_interval_secs = 1").await;
+    let store = db.store();
+    eventually(Duration::from_secs(10), "two attempts", || async {
+        let d = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+        d.recipients.iter().all(|r| r.attempts == 1)
+    })
+    .await;
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    for r in &detail.recipients {
+        // Nothing becomes final without the report it would owe: both wait, with a reason.
+        assert_eq!(r.state, RecipientState::Queued, "{r:?}");
+        assert!(r.next_attempt_at > chrono::Utc::now() + chrono::Duration::seconds(600));
+        assert!(r.lease_owner.is_none());
+    }
+    let remote = detail
+        .recipients
+        .iter()
+        .find(|r| r.address == "friend@elsewhere.test")
+        .unwrap();
+    assert_eq!(remote.last_status.as_deref(), Some("4.4.0"));
+    assert!(
+        remote
+            .last_diagnostic
+            .as_deref()
+            .unwrap()
+            .contains("remote delivery"),
+        "{remote:?}"
+    );
+}
+
+/// Two replicas deliver a burst; one is SIGKILLed in the middle. Its leases expire, the other
+/// takes over, and every message lands in the maildrop exactly once.
+#[tokio::test]
+async fn a_replica_killed_mid_burst_loses_nothing_and_duplicates_nothing() {
+    const MESSAGES: usize = 600;
+    let (db, account) = setup().await;
+    for i in 0..MESSAGES {
+        enqueue(
+            db.store(),
+            &[ALICE],
+            &format!("Subject: burst {i}\r\n\r\nx\r\n"),
+        )
+        .await;
+    }
+    let tuning = "lease_secs = 2\nscan_interval_secs = 1\nbatch_size = 8\nworkers = 2";
+    let doomed = start_queue(&db, free_addr(), tuning).await;
+    let _survivor = start_queue(&db, free_addr(), tuning).await;
+    let store = db.store();
+    eventually(Duration::from_secs(30), "some deliveries", || async {
+        store.maildrop_entries(account).await.unwrap().len() >= 40
+    })
+    .await;
+    doomed.signal(SIGKILL).unwrap();
+    let killed_at = store.maildrop_entries(account).await.unwrap().len();
+    assert!(
+        killed_at < MESSAGES,
+        "the burst was over before the kill ({killed_at})"
+    );
+
+    eventually(
+        Duration::from_secs(60),
+        "every message delivered",
+        || async {
+            store
+                .counts()
+                .await
+                .unwrap()
+                .recipients_in(RecipientState::Delivered)
+                == MESSAGES as i64
+        },
+    )
+    .await;
+    let entries = store.maildrop_entries(account).await.unwrap();
+    assert_eq!(entries.len(), MESSAGES, "exactly once");
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.recipients_in(RecipientState::Queued), 0);
+    assert_eq!(counts.maildrop_entries, MESSAGES as i64);
+}
