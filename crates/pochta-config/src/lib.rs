@@ -424,8 +424,8 @@ impl Config {
                 "must be at least 100 (RFC 5321 4.5.3.1.8)",
             );
         }
-        if smtp.max_message_size > u64::from(u32::MAX) {
-            return invalid("smtp.max_message_size", "must be below 4 GiB");
+        if smtp.max_message_size > i32::MAX as u64 {
+            return invalid("smtp.max_message_size", "must be below 2 GiB");
         }
         if let Some(name) = &smtp.hostname
             && !is_host_name(name)

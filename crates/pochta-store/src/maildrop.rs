@@ -86,6 +86,37 @@ impl Store {
         .await?)
     }
 
+    /// Octets `[offset, offset + len)` of what RETR sends for an entry (its header prefix, then
+    /// the message), or None if the entry is not in that maildrop. Only the requested part of
+    /// the content is read (content is stored uncompressed out of line), so a large message is
+    /// streamed in pieces rather than held whole.
+    pub async fn maildrop_entry_part(
+        &self,
+        account_id: i64,
+        entry_id: i64,
+        offset: i64,
+        len: i64,
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar(
+            "WITH want AS (SELECT $3::int AS off, $4::int AS len)
+             SELECT CASE WHEN off < octet_length(e.header_prefix)
+                         THEN substring(e.header_prefix FROM off + 1 FOR len) ELSE ''::bytea END
+                 || CASE WHEN off + len > octet_length(e.header_prefix)
+                         THEN substring(m.content
+                                        FROM greatest(off - octet_length(e.header_prefix), 0) + 1
+                                        FOR len - greatest(octet_length(e.header_prefix) - off, 0))
+                         ELSE ''::bytea END
+             FROM want, maildrop_entries e JOIN messages m ON m.id = e.message_id
+             WHERE e.account_id = $1 AND e.id = $2",
+        )
+        .bind(account_id)
+        .bind(entry_id)
+        .bind(offset)
+        .bind(len)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// POP3 UPDATE state (RFC 1939 6): deletes the marked entries and releases the lock, in one
     /// statement, only while `owner` holds the maildrop lock. Returns how many were deleted.
     pub async fn delete_maildrop_entries_and_unlock(

@@ -73,6 +73,37 @@ async fn delivering_the_same_recipient_twice_yields_one_entry() {
 }
 
 #[tokio::test]
+async fn entries_are_read_in_parts_across_the_prefix_boundary() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    let rid = queued_recipients(store, 1).await[0];
+    let LocalDelivery::Delivered { entry_id, .. } = store.deliver_to_maildrop("w", rid, account, PREFIX).await.unwrap() else {
+        panic!()
+    };
+    let whole = [PREFIX, CONTENT].concat();
+    for chunk in [1, 7, 50, PREFIX.len(), whole.len(), whole.len() + 10] {
+        let mut read = Vec::new();
+        let mut offset = 0;
+        loop {
+            let part = store
+                .maildrop_entry_part(account, entry_id, offset as i64, chunk as i64)
+                .await
+                .unwrap()
+                .unwrap();
+            if part.is_empty() {
+                break;
+            }
+            assert!(part.len() <= chunk);
+            offset += part.len();
+            read.extend(part);
+        }
+        assert_eq!(read, whole, "chunk size {chunk}");
+    }
+    assert!(store.maildrop_entry_part(account + 1, entry_id, 0, 10).await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn concurrent_deliveries_of_one_recipient_write_once() {
     let db = TestDb::new().await.unwrap();
     let account = with_account(db.store()).await;
