@@ -320,13 +320,46 @@ pub struct Pop3Config {
     pub grpc_listen: SocketAddr,
     /// How long in-flight sessions get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// POP3 listeners (RFC 1939), with STLS when TLS is configured. Empty disables.
+    pub pop3_listen: Vec<SocketAddr>,
+    /// POP3S listeners (RFC 8314): implicit TLS.
+    pub pop3s_listen: Vec<SocketAddr>,
+    /// Inactivity timeout (RFC 1939 3: at least 10 minutes).
+    pub timeout_secs: u64,
+    pub tls_handshake_timeout_secs: u64,
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+    /// Error replies before the session is closed.
+    pub max_errors: u32,
+    pub plaintext_auth: PlaintextAuth,
+    pub auth_failure_delay_ms: u64,
+    pub auth_max_failures: u32,
+    pub auth_failure_window_secs: u64,
+    /// The maildrop lock's lifetime; a live session renews it every third of this.
+    pub lock_ttl_secs: u64,
+    /// RETR reads messages from the store in pieces of this many octets.
+    pub retrieve_chunk_bytes: u32,
 }
 
 impl Default for Pop3Config {
     fn default() -> Self {
+        let any = |port| vec![SocketAddr::from(([0, 0, 0, 0], port))];
         Self {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7102)),
             shutdown_grace_secs: 30,
+            pop3_listen: any(110),
+            pop3s_listen: any(995),
+            timeout_secs: 600,
+            tls_handshake_timeout_secs: 30,
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            max_errors: 20,
+            plaintext_auth: PlaintextAuth::Never,
+            auth_failure_delay_ms: 1000,
+            auth_max_failures: 5,
+            auth_failure_window_secs: 300,
+            lock_ttl_secs: 120,
+            retrieve_chunk_bytes: 256 * 1024,
         }
     }
 }
@@ -417,6 +450,34 @@ impl Config {
             if value == 0 {
                 return invalid(key, "must be at least 1");
             }
+        }
+        let pop3 = &self.pop3;
+        for (key, value) in [
+            (
+                "pop3.tls_handshake_timeout_secs",
+                pop3.tls_handshake_timeout_secs,
+            ),
+            ("pop3.max_connections", u64::from(pop3.max_connections)),
+            (
+                "pop3.max_connections_per_ip",
+                u64::from(pop3.max_connections_per_ip),
+            ),
+            ("pop3.max_errors", u64::from(pop3.max_errors)),
+            ("pop3.auth_max_failures", u64::from(pop3.auth_max_failures)),
+            (
+                "pop3.retrieve_chunk_bytes",
+                u64::from(pop3.retrieve_chunk_bytes),
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if pop3.timeout_secs < 600 {
+            return invalid("pop3.timeout_secs", "must be at least 600 (RFC 1939 3)");
+        }
+        if pop3.lock_ttl_secs < 3 {
+            return invalid("pop3.lock_ttl_secs", "must be at least 3");
         }
         if smtp.max_recipients < 100 {
             return invalid(

@@ -35,7 +35,9 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,18 +70,29 @@ pub enum Output {
     /// Check the credentials, lock the maildrop and list it; answer with `login_result`.
     Login(Credentials),
     /// Send `+OK` and the message (`DotStuffer`), or report it missing; then `retrieved`.
-    Retrieve { entry_id: i64, size: u64, top_lines: Option<u64> },
+    Retrieve {
+        entry_id: i64,
+        size: u64,
+        top_lines: Option<u64>,
+    },
     /// QUIT in TRANSACTION: delete these entries and unlock; answer with `committed`.
-    Commit { delete: Vec<i64> },
+    Commit {
+        delete: Vec<i64>,
+    },
     /// Write what was sent, then close.
     Close,
 }
 
 #[derive(Debug)]
 enum State {
-    Authorization { user: Option<String> },
+    Authorization {
+        user: Option<String>,
+    },
     AuthPlain,
-    Transaction { entries: Vec<Entry>, deleted: Vec<bool> },
+    Transaction {
+        entries: Vec<Entry>,
+        deleted: Vec<bool>,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -201,7 +214,11 @@ impl Session {
 
     fn process(&mut self) {
         while self.pending.is_none() && !self.closed {
-            let limit = if matches!(self.state, State::AuthPlain) { MAX_SASL_LINE } else { MAX_COMMAND_LINE };
+            let limit = if matches!(self.state, State::AuthPlain) {
+                MAX_SASL_LINE
+            } else {
+                MAX_COMMAND_LINE
+            };
             let Some(nl) = self.input.iter().position(|&b| b == b'\n') else {
                 if self.input.len() >= limit {
                     self.input.clear();
@@ -250,13 +267,24 @@ impl Session {
             "AUTH" => self.auth(&args),
             "STLS" => self.stls(),
             "APOP" => self.reply_err("APOP is not supported; use USER/PASS or AUTH PLAIN over TLS"),
-            "STAT" | "LIST" | "RETR" | "DELE" | "NOOP" | "RSET" | "TOP" | "UIDL" => self.reply_err("Command not valid before login"),
+            "STAT" | "LIST" | "RETR" | "DELE" | "NOOP" | "RSET" | "TOP" | "UIDL" => {
+                self.reply_err("Command not valid before login")
+            }
             _ => self.reply_err("Unknown command"),
         }
     }
 
     fn capa(&mut self) {
-        let mut lines = vec!["+OK Capability list follows", "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER", "IMPLEMENTATION Pochta"];
+        let mut lines = vec![
+            "+OK Capability list follows",
+            "TOP",
+            "UIDL",
+            "RESP-CODES",
+            "AUTH-RESP-CODE",
+            "PIPELINING",
+            "EXPIRE NEVER",
+            "IMPLEMENTATION Pochta",
+        ];
         if !self.in_transaction() {
             if self.login_allowed() {
                 lines.extend(["USER", "SASL PLAIN"]);
@@ -272,7 +300,12 @@ impl Session {
     fn quit(&mut self) {
         match &self.state {
             State::Transaction { entries, deleted } => {
-                let delete = entries.iter().zip(deleted).filter(|(_, d)| **d).map(|(e, _)| e.id).collect();
+                let delete = entries
+                    .iter()
+                    .zip(deleted)
+                    .filter(|(_, d)| **d)
+                    .map(|(e, _)| e.id)
+                    .collect();
                 self.pending = Some(Pending::Commit);
                 self.out.push_back(Output::Commit { delete });
             }
@@ -311,21 +344,31 @@ impl Session {
         if name.is_empty() {
             return self.reply_err("USER needs a name");
         }
-        self.state = State::Authorization { user: Some(name.to_owned()) };
+        self.state = State::Authorization {
+            user: Some(name.to_owned()),
+        };
         self.write(ok("Send PASS"));
     }
 
     fn pass(&mut self, password: &str) {
-        let State::Authorization { user: Some(username) } = std::mem::replace(&mut self.state, State::Authorization { user: None }) else {
+        let State::Authorization {
+            user: Some(username),
+        } = std::mem::replace(&mut self.state, State::Authorization { user: None })
+        else {
             return self.reply_err("USER first");
         };
-        self.login(Credentials { username, password: password.to_owned() });
+        self.login(Credentials {
+            username,
+            password: password.to_owned(),
+        });
     }
 
     fn auth(&mut self, args: &[&str]) {
         match args {
             [] => self.write(b"+OK\r\nPLAIN\r\n.\r\n".to_vec()),
-            _ if !self.login_allowed() => self.reply_err("[AUTH] Plaintext login is disabled; use STLS first"),
+            _ if !self.login_allowed() => {
+                self.reply_err("[AUTH] Plaintext login is disabled; use STLS first")
+            }
             [mechanism, rest @ ..] if mechanism.eq_ignore_ascii_case("PLAIN") => match rest {
                 [] => {
                     self.state = State::AuthPlain;
@@ -343,7 +386,11 @@ impl Session {
         if line == b"*" {
             return self.reply_err("Authentication cancelled");
         }
-        let decoded = if line == b"=" { Ok(Vec::new()) } else { BASE64.decode(line) };
+        let decoded = if line == b"=" {
+            Ok(Vec::new())
+        } else {
+            BASE64.decode(line)
+        };
         let Ok(bytes) = decoded else {
             return self.reply_err("Invalid base64");
         };
@@ -351,9 +398,16 @@ impl Session {
         let [authzid, authcid, passwd] = parts.as_slice() else {
             return self.reply_err("Malformed PLAIN response");
         };
-        match (std::str::from_utf8(authzid), std::str::from_utf8(authcid), std::str::from_utf8(passwd)) {
+        match (
+            std::str::from_utf8(authzid),
+            std::str::from_utf8(authcid),
+            std::str::from_utf8(passwd),
+        ) {
             (Ok(z), Ok(c), Ok(p)) if !c.is_empty() && (z.is_empty() || z == c) => {
-                self.login(Credentials { username: c.to_owned(), password: p.to_owned() })
+                self.login(Credentials {
+                    username: c.to_owned(),
+                    password: p.to_owned(),
+                })
             }
             _ => self.reply_err("[AUTH] Authentication failed"),
         }
@@ -372,13 +426,22 @@ impl Session {
         match result {
             LoginResult::Ok(entries) => {
                 let (count, size) = (entries.len(), entries.iter().map(|e| e.size).sum::<u64>());
-                self.state = State::Transaction { deleted: vec![false; entries.len()], entries };
-                self.write(ok(&format!("Maildrop locked and ready, {count} messages ({size} octets)")));
+                self.state = State::Transaction {
+                    deleted: vec![false; entries.len()],
+                    entries,
+                };
+                self.write(ok(&format!(
+                    "Maildrop locked and ready, {count} messages ({size} octets)"
+                )));
             }
             LoginResult::BadCredentials => self.reply_err("[AUTH] Authentication failed"),
             LoginResult::InUse => self.reply_err("[IN-USE] Maildrop is locked by another session"),
-            LoginResult::RateLimited => self.close_with(err("[AUTH] Too many failed logins; try again later")),
-            LoginResult::TemporaryFailure => self.write(err("[SYS/TEMP] Temporary failure; try again later")),
+            LoginResult::RateLimited => {
+                self.close_with(err("[AUTH] Too many failed logins; try again later"))
+            }
+            LoginResult::TemporaryFailure => {
+                self.write(err("[SYS/TEMP] Temporary failure; try again later"))
+            }
         }
     }
 
@@ -401,8 +464,17 @@ impl Session {
     }
 
     fn transaction_command(&mut self, keyword: &str, args: &[&str]) {
-        let State::Transaction { entries, deleted } = &self.state else { return };
-        let live = || entries.iter().zip(deleted.iter()).enumerate().filter(|(_, (_, d))| !**d).map(|(i, (e, _))| (i + 1, e));
+        let State::Transaction { entries, deleted } = &self.state else {
+            return;
+        };
+        let live = || {
+            entries
+                .iter()
+                .zip(deleted.iter())
+                .enumerate()
+                .filter(|(_, (_, d))| !**d)
+                .map(|(i, (e, _))| (i + 1, e))
+        };
         match (keyword, args) {
             ("STAT", []) => {
                 let (count, size) = live().fold((0, 0), |(c, s), (_, e)| (c + 1, s + e.size));
@@ -427,7 +499,11 @@ impl Session {
             }
             ("LIST", [arg]) | ("UIDL", [arg]) => match self.message(arg) {
                 Ok((i, e)) => {
-                    let value = if keyword == "LIST" { e.size.to_string() } else { e.uid.clone() };
+                    let value = if keyword == "LIST" {
+                        e.size.to_string()
+                    } else {
+                        e.uid.clone()
+                    };
                     self.write(ok(&format!("{} {value}", i + 1)));
                 }
                 Err(e) => self.reply_err(&e),
@@ -436,7 +512,11 @@ impl Session {
                 Ok((_, e)) => {
                     let (entry_id, size) = (e.id, e.size);
                     self.pending = Some(Pending::Retrieve);
-                    self.out.push_back(Output::Retrieve { entry_id, size, top_lines: None });
+                    self.out.push_back(Output::Retrieve {
+                        entry_id,
+                        size,
+                        top_lines: None,
+                    });
                 }
                 Err(e) => self.reply_err(&e),
             },
@@ -444,7 +524,11 @@ impl Session {
                 (Ok((_, e)), Some(lines)) => {
                     let (entry_id, size) = (e.id, e.size);
                     self.pending = Some(Pending::Retrieve);
-                    self.out.push_back(Output::Retrieve { entry_id, size, top_lines: Some(lines) });
+                    self.out.push_back(Output::Retrieve {
+                        entry_id,
+                        size,
+                        top_lines: Some(lines),
+                    });
                 }
                 (Err(e), _) => self.reply_err(&e),
                 _ => self.reply_err("Invalid line count"),
@@ -466,8 +550,12 @@ impl Session {
                     self.write(ok(&text));
                 }
             }
-            ("STAT" | "LIST" | "UIDL" | "RETR" | "TOP" | "DELE" | "RSET", _) => self.reply_err("Wrong number of arguments"),
-            ("USER" | "PASS" | "AUTH" | "STLS" | "APOP", _) => self.reply_err("Command not valid after login"),
+            ("STAT" | "LIST" | "UIDL" | "RETR" | "TOP" | "DELE" | "RSET", _) => {
+                self.reply_err("Wrong number of arguments")
+            }
+            ("USER" | "PASS" | "AUTH" | "STLS" | "APOP", _) => {
+                self.reply_err("Command not valid after login")
+            }
             _ => self.reply_err("Unknown command"),
         }
     }
@@ -490,7 +578,9 @@ impl Session {
             return;
         }
         match result {
-            Ok(n) => self.close_with(ok(&format!("Pochta POP3 server signing off ({n} messages deleted)"))),
+            Ok(n) => self.close_with(ok(&format!(
+                "Pochta POP3 server signing off ({n} messages deleted)"
+            ))),
             Err(()) => self.close_with(err("[SYS/TEMP] Some deleted messages were not removed")),
         }
     }

@@ -113,16 +113,28 @@ mod tests {
 
     #[test]
     fn terminates_an_unterminated_last_line() {
-        assert_eq!(stuff(DotStuffer::whole(), &[b"A: b\r\n\r\nno newline"]), b"A: b\r\n\r\nno newline\r\n.\r\n");
+        assert_eq!(
+            stuff(DotStuffer::whole(), &[b"A: b\r\n\r\nno newline"]),
+            b"A: b\r\n\r\nno newline\r\n.\r\n"
+        );
         assert_eq!(stuff(DotStuffer::whole(), &[b""]), b".\r\n");
     }
 
     #[test]
     fn top_sends_headers_blank_line_and_n_body_lines() {
         let msg: &[u8] = b"A: 1\r\nB: 2\r\n\r\nl1\r\n.l2\r\nl3\r\n";
-        assert_eq!(stuff(DotStuffer::top(0), &[msg]), b"A: 1\r\nB: 2\r\n\r\n.\r\n");
-        assert_eq!(stuff(DotStuffer::top(2), &[msg]), b"A: 1\r\nB: 2\r\n\r\nl1\r\n..l2\r\n.\r\n");
-        assert_eq!(stuff(DotStuffer::top(10), &[msg]), b"A: 1\r\nB: 2\r\n\r\nl1\r\n..l2\r\nl3\r\n.\r\n");
+        assert_eq!(
+            stuff(DotStuffer::top(0), &[msg]),
+            b"A: 1\r\nB: 2\r\n\r\n.\r\n"
+        );
+        assert_eq!(
+            stuff(DotStuffer::top(2), &[msg]),
+            b"A: 1\r\nB: 2\r\n\r\nl1\r\n..l2\r\n.\r\n"
+        );
+        assert_eq!(
+            stuff(DotStuffer::top(10), &[msg]),
+            b"A: 1\r\nB: 2\r\n\r\nl1\r\n..l2\r\nl3\r\n.\r\n"
+        );
         let mut top = DotStuffer::top(1);
         let mut out = Vec::new();
         top.push(msg, &mut out);

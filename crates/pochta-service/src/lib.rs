@@ -12,7 +12,9 @@
 //! }
 //! ```
 
+pub mod conn;
 pub mod limits;
+pub mod login;
 pub mod tls;
 
 use std::future::Future;

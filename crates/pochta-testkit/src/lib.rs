@@ -344,12 +344,18 @@ pub async fn grpc_health(addr: SocketAddr) -> anyhow::Result<bool> {
 
 /// A minimal configuration for one service against `db`, its gRPC endpoint on `grpc`.
 /// `section` is the service's config section (`smtp`, `queue` or `pop3`); for `smtp` the MX
-/// listener is on a free port and the TLS-only listeners are off.
+/// listener is on a free port and the TLS-only listeners are off; likewise for `pop3`.
 pub fn service_config(db_url: &str, section: &str, grpc: SocketAddr) -> String {
     let mut config = format!(
         "[store]\nurl = \"{db_url}\"\nmax_connections = 4\nconnect_retry_secs = 0\n\n\
          [{section}]\ngrpc_listen = \"{grpc}\"\n"
     );
+    if section == "pop3" {
+        config.push_str(&format!(
+            "pop3_listen = [\"{}\"]\npop3s_listen = []\n",
+            free_addr()
+        ));
+    }
     if section == "smtp" {
         config.push_str(&format!(
             "mx_listen = [\"{}\"]\nsubmission_listen = []\nsubmissions_listen = []\n",

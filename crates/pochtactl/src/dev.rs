@@ -31,8 +31,8 @@ pub struct DevArgs {
     #[arg(long, default_value = ".pochta-dev")]
     data_dir: PathBuf,
     /// First of the services' gRPC ports (queue, ingress, POP3 in that order); 0 picks free
-    /// ones for everything, SMTP included. Otherwise SMTP listens on 2525 (MX), 2587
-    /// (submission) and 2465 (submissions).
+    /// ones for everything, SMTP and POP3 included. Otherwise SMTP listens on 2525 (MX), 2587
+    /// (submission) and 2465 (submissions), POP3 on 2110 and 2995 (implicit TLS).
     #[arg(long, default_value_t = 7100)]
     base_port: u16,
     /// Port of the private PostgreSQL; 0 picks a free one.
@@ -68,10 +68,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         prepare_database(&database_url).await?;
         let mut services = Vec::new();
         let ports = grpc_ports(args.base_port)?;
-        let smtp = smtp_ports(args.base_port)?;
+        let mail = mail_ports(args.base_port)?;
         let tls = dev_certificate(&data_dir)?;
         let config_path = data_dir.join("pochta.toml");
-        std::fs::write(&config_path, dev_config(&database_url, &ports, &smtp, &tls))?;
+        std::fs::write(&config_path, dev_config(&database_url, &ports, &mail, &tls))?;
         for ((name, _), port) in SERVICES.iter().zip(&ports) {
             let binary = bin_dir.join(name);
             if !binary.is_file() {
@@ -96,7 +96,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         for (name, child, addr) in &mut services {
             wait_healthy(name, child, *addr).await?;
         }
-        print_banner(&database_url, &services, &smtp);
+        print_banner(&database_url, &services, &mail);
         let outcome = tokio::select! {
             _ = terminate.recv() => Ok(()),
             _ = interrupt.recv() => Ok(()),
@@ -122,12 +122,18 @@ fn grpc_ports(base: u16) -> anyhow::Result<Vec<u16>> {
     Ok((0..SERVICES.len() as u16).map(|i| base + i).collect())
 }
 
-/// MX, submission and submissions ports.
-fn smtp_ports(base: u16) -> anyhow::Result<[u16; 3]> {
+/// SMTP MX, submission, submissions, then POP3 and POP3S ports.
+fn mail_ports(base: u16) -> anyhow::Result<[u16; 5]> {
     if base == 0 {
-        return Ok([free_port()?, free_port()?, free_port()?]);
+        return Ok([
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+        ]);
     }
-    Ok([2525, 2587, 2465])
+    Ok([2525, 2587, 2465, 2110, 2995])
 }
 
 /// A self-signed certificate for localhost, made once and kept in the data folder.
@@ -151,7 +157,7 @@ fn free_port() -> anyhow::Result<u16> {
 fn dev_config(
     database_url: &str,
     ports: &[u16],
-    smtp: &[u16; 3],
+    mail: &[u16; 5],
     (cert, key): &(PathBuf, PathBuf),
 ) -> String {
     let mut config = format!(
@@ -171,7 +177,14 @@ fn dev_config(
                 "queue_endpoint = \"http://127.0.0.1:{queue}\"\nhostname = \"localhost\"\n\
                  mx_listen = [\"127.0.0.1:{}\"]\nsubmission_listen = [\"127.0.0.1:{}\"]\n\
                  submissions_listen = [\"127.0.0.1:{}\"]\nplaintext_auth = \"loopback\"\n",
-                smtp[0], smtp[1], smtp[2]
+                mail[0], mail[1], mail[2]
+            ));
+        }
+        if *section == "pop3" {
+            config.push_str(&format!(
+                "pop3_listen = [\"127.0.0.1:{}\"]\npop3s_listen = [\"127.0.0.1:{}\"]\n\
+                 plaintext_auth = \"loopback\"\n",
+                mail[3], mail[4]
             ));
         }
     }
@@ -378,12 +391,16 @@ async fn wait_healthy(name: &str, child: &mut Child, addr: SocketAddr) -> anyhow
     }
 }
 
-fn print_banner(database_url: &str, services: &[(&str, Child, SocketAddr)], smtp: &[u16; 3]) {
+fn print_banner(database_url: &str, services: &[(&str, Child, SocketAddr)], mail: &[u16; 5]) {
     let mut banner = String::from("pochta dev: the stack is up\n");
-    for (name, port) in ["SMTP MX", "SMTP submission", "SMTP submissions"]
-        .iter()
-        .zip(smtp)
-    {
+    let names = [
+        "SMTP MX",
+        "SMTP submission",
+        "SMTP submissions",
+        "POP3",
+        "POP3S",
+    ];
+    for (name, port) in names.iter().zip(mail) {
         banner.push_str(&format!("  {name:<16} 127.0.0.1:{port}\n"));
     }
     banner.push_str(&format!(

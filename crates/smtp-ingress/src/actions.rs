@@ -3,13 +3,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pochta_config::{Cidr, Config};
 use pochta_proto::queue::v1::queue_client::QueueClient;
 use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
 use pochta_proto::queue::v1::{NotifyRequest, StartDomainDeliveryRequest};
-use pochta_service::limits::FailureLimiter;
+use pochta_service::login::{Authenticator, LoginOutcome};
 use pochta_smtp::received::{ReceivedBy, received_header};
 use pochta_smtp::{
     AuthResult, Credentials, EtrnResult, Mailbox, Message, RecipientVerdict, StoreResult,
@@ -34,11 +34,7 @@ pub struct Actions {
     queue: Queue,
     trusted: Vec<Cidr>,
     lifetime: Duration,
-    failure_delay: Duration,
-    failures: FailureLimiter,
-    /// A hash of a random secret, verified when the account does not exist so that a missing
-    /// account takes as long to refuse as a wrong password (no user enumeration by timing).
-    dummy_hash: String,
+    logins: Authenticator,
 }
 
 impl Actions {
@@ -50,17 +46,17 @@ impl Actions {
         let inject: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> =
             pochta_telemetry::grpc::inject_trace_context;
         Ok(Arc::new(Actions {
-            store,
             hostname,
             queue: QueueClient::with_interceptor(channel, inject),
             trusted: config.smtp.trusted_networks.clone(),
             lifetime: Duration::from_secs(config.queue.message_lifetime_secs),
-            failure_delay: Duration::from_millis(config.smtp.auth_failure_delay_ms),
-            failures: FailureLimiter::new(
-                config.smtp.auth_max_failures as usize,
+            logins: Authenticator::new(
+                store.clone(),
+                config.smtp.auth_max_failures,
                 Duration::from_secs(config.smtp.auth_failure_window_secs),
-            ),
-            dummy_hash: pochta_auth::hash_password(&QueueId::generate().to_string())?,
+                Duration::from_millis(config.smtp.auth_failure_delay_ms),
+            )?,
+            store,
         }))
     }
 
@@ -108,45 +104,19 @@ impl Actions {
         }
     }
 
-    /// AUTH: argon2id verification off the async threads; a failure waits before it is
-    /// answered, and too many failures from one address close the session.
+    /// AUTH, through the login rules SMTP and POP3 share.
     pub async fn authenticate(&self, credentials: Credentials, client: IpAddr) -> AuthResult {
-        if self.failures.is_blocked(client, Instant::now()) {
-            return AuthResult::RateLimited;
-        }
-        let account = match MailboxAddress::parse(&credentials.username) {
-            Ok(address) => match self.store.account_credentials(&address).await {
-                Ok(account) => account,
-                Err(e) => {
-                    tracing::error!("credential lookup failed: {e}");
-                    return AuthResult::TemporaryFailure;
-                }
-            },
-            Err(_) => None,
-        };
-        let hash = account
-            .as_ref()
-            .map_or_else(|| self.dummy_hash.clone(), |a| a.password_hash.clone());
-        let password = credentials.password;
-        let matches = tokio::task::spawn_blocking(move || {
-            pochta_auth::verify_password(&password, &hash).unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
-        match account {
-            Some(account) if matches && !account.disabled => AuthResult::Success {
+        match self
+            .logins
+            .login(&credentials.username, credentials.password, client)
+            .await
+        {
+            LoginOutcome::Success(account) => AuthResult::Success {
                 user: format!("{}@{}", account.local_part, account.domain),
             },
-            _ => {
-                let blocked = self.failures.record_failure(client, Instant::now());
-                tracing::warn!(%client, user = %credentials.username, "authentication failed");
-                tokio::time::sleep(self.failure_delay).await;
-                if blocked {
-                    AuthResult::RateLimited
-                } else {
-                    AuthResult::Failure
-                }
-            }
+            LoginOutcome::Failure => AuthResult::Failure,
+            LoginOutcome::RateLimited => AuthResult::RateLimited,
+            LoginOutcome::TemporaryFailure => AuthResult::TemporaryFailure,
         }
     }
 

@@ -3,7 +3,6 @@
 //! authenticated users. Each message is committed to the store before the 250 reply.
 
 mod actions;
-mod conn;
 mod server;
 
 use std::process::ExitCode;

@@ -9,6 +9,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use pochta_config::{Config, PlaintextAuth};
 use pochta_service::Shutdown;
+use pochta_service::conn::Conn;
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_smtp::{ConnectionPolicy, Output, Session, SessionConfig};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,7 +18,6 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::actions::Actions;
-use crate::conn::Conn;
 
 /// The three kinds of listener (RFC 5321, RFC 6409, RFC 8314).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -78,7 +78,11 @@ async fn entries_are_read_in_parts_across_the_prefix_boundary() {
     let store = db.store();
     let account = with_account(store).await;
     let rid = queued_recipients(store, 1).await[0];
-    let LocalDelivery::Delivered { entry_id, .. } = store.deliver_to_maildrop("w", rid, account, PREFIX).await.unwrap() else {
+    let LocalDelivery::Delivered { entry_id, .. } = store
+        .deliver_to_maildrop("w", rid, account, PREFIX)
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     let whole = [PREFIX, CONTENT].concat();
@@ -100,7 +104,13 @@ async fn entries_are_read_in_parts_across_the_prefix_boundary() {
         }
         assert_eq!(read, whole, "chunk size {chunk}");
     }
-    assert!(store.maildrop_entry_part(account + 1, entry_id, 0, 10).await.unwrap().is_none());
+    assert!(
+        store
+            .maildrop_entry_part(account + 1, entry_id, 0, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]

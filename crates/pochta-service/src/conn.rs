@@ -1,4 +1,4 @@
-//! A client connection, plain or TLS, that STARTTLS can upgrade in place.
+//! A client connection, plain or TLS, that STARTTLS (SMTP) or STLS (POP3) upgrades in place.
 
 use std::io;
 
