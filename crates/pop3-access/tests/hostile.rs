@@ -1,0 +1,159 @@
+//! Hostile input and long sessions over real TCP against the real binary.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use pochta_store::{DomainRole, MailboxAddress};
+use pochta_testkit::{ServiceProcess, TestDb, free_addr, grpc_health};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_pop3-access");
+
+async fn server(extra: &str) -> (TestDb, ServiceProcess, SocketAddr, SocketAddr) {
+    let db = TestDb::new().await.unwrap();
+    db.store()
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    let hash = pochta_auth::hash_password("pw").unwrap();
+    db.store()
+        .add_account(&MailboxAddress::parse("alice@example.org").unwrap(), &hash)
+        .await
+        .unwrap();
+    let (grpc, pop3) = (free_addr(), free_addr());
+    let config = format!(
+        "[store]\nurl = \"{}\"\nmax_connections = 4\n\n[pop3]\ngrpc_listen = \"{grpc}\"\npop3_listen = [\"{pop3}\"]\n\
+         pop3s_listen = []\nplaintext_auth = \"loopback\"\nmax_errors = 1000\n{extra}\n",
+        db.url()
+    );
+    let mut p = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
+    p.wait_healthy(grpc, Duration::from_secs(20)).await.unwrap();
+    (db, p, pop3, grpc)
+}
+
+struct Client {
+    lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    write: OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let (read, write) = TcpStream::connect(addr).await.unwrap().into_split();
+        let mut c = Client {
+            lines: BufReader::new(read).lines(),
+            write,
+        };
+        assert!(c.line().await.starts_with("+OK"));
+        c
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    async fn cmd(&mut self, line: &str) -> String {
+        self.write
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.line().await
+    }
+
+    async fn login(&mut self) -> String {
+        assert!(self.cmd("USER alice@example.org").await.starts_with("+OK"));
+        self.cmd("PASS pw").await
+    }
+}
+
+#[tokio::test]
+async fn bad_commands_get_err_and_the_server_survives() {
+    let (_db, process, pop3, grpc) = server("").await;
+    let mut c = Client::connect(pop3).await;
+    for (cmd, reply) in [
+        ("RETR 1", "-ERR Command not valid before login"),
+        ("PASS pw", "-ERR USER first"),
+        ("FROB", "-ERR Unknown command"),
+    ] {
+        assert_eq!(c.cmd(cmd).await, reply, "{cmd}");
+    }
+    assert!(
+        c.cmd(&"X".repeat(10_000))
+            .await
+            .starts_with("-ERR Line too long")
+    );
+    assert!(
+        c.login()
+            .await
+            .starts_with("+OK Maildrop locked and ready, 0 messages")
+    );
+    for (cmd, reply) in [
+        ("RETR 1", "-ERR No such message 1"),
+        ("RETR 18446744073709551616", "-ERR Invalid message number"),
+        ("DELE -3", "-ERR Invalid message number"),
+        ("TOP 1 -1", "-ERR No such message 1"),
+        ("LIST 0", "-ERR No such message 0"),
+        ("USER bob", "-ERR Command not valid after login"),
+    ] {
+        let got = c.cmd(cmd).await;
+        assert!(got.starts_with(reply), "{cmd}: {got}");
+    }
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+
+    // Random bytes from several clients at once.
+    let mut seed = 0xD1B54A32D192ED03u64;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut junk = Vec::new();
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            junk.push(match seed % 5 {
+                0 => b'\n',
+                1 => b' ',
+                _ => (seed >> 8) as u8,
+            });
+        }
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(pop3).await.unwrap();
+            let _ = s.write_all(&junk).await;
+            let _ = s.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(grpc_health(grpc).await.unwrap());
+    let mut after = Client::connect(pop3).await;
+    assert!(after.login().await.starts_with("+OK"));
+    assert!(!process.output().contains("panicked"));
+}
+
+/// A session that outlives the lock's TTL keeps its lock by renewing it.
+#[tokio::test]
+async fn a_long_session_keeps_its_lock() {
+    let (_db, _process, pop3, _) = server("lock_ttl_secs = 3").await;
+    let mut first = Client::connect(pop3).await;
+    assert!(first.login().await.starts_with("+OK"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut second = Client::connect(pop3).await;
+    assert_eq!(
+        second.login().await,
+        "-ERR [IN-USE] Maildrop is locked by another session"
+    );
+    assert!(
+        first.cmd("STAT").await.starts_with("+OK 0 0"),
+        "the first session still works"
+    );
+    assert!(first.cmd("QUIT").await.starts_with("+OK"));
+    assert!(second.login().await.starts_with("+OK"));
+}
