@@ -55,7 +55,7 @@ impl Store {
             return Ok(None);
         };
         envelope.recipients = sqlx::query_as::<_, RecipientDetail>(
-            "SELECT id, address, orcpt, notify, state, attempts, next_attempt_at, last_reply_code,
+            "SELECT id, envelope_id, address, orcpt, notify, state, attempts, next_attempt_at, last_reply_code,
                     last_status, last_diagnostic, last_remote_mta, lease_owner, lease_expires_at,
                     finished_at
              FROM recipients WHERE envelope_id = $1 ORDER BY id",

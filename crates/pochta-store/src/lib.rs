@@ -5,6 +5,7 @@
 //! clocks agree on leases and due times.
 
 mod accounts;
+mod admin;
 mod inspect;
 mod maildrop;
 mod queue;

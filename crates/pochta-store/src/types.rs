@@ -511,6 +511,7 @@ pub struct RecipientDetail {
     #[sqlx(skip)]
     pub history: Vec<AttemptRecord>,
     pub id: i64,
+    pub envelope_id: i64,
     pub address: String,
     pub orcpt: Option<String>,
     pub notify: Option<String>,
@@ -539,4 +540,43 @@ pub struct AttemptRecord {
     pub diagnostic: String,
     #[sqlx(try_from = "String")]
     pub result: RecipientState,
+}
+
+/// Which queue entries an admin operation applies to. Unset fields match everything; the set
+/// ones must all match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueFilter {
+    pub queue_id: Option<String>,
+    /// Recipient states; empty means the live ones (queued and held).
+    pub states: Vec<RecipientState>,
+    pub recipient_domain: Option<String>,
+    /// The reverse-path, case-insensitively; `<>` (or empty) is the null sender.
+    pub sender: Option<String>,
+    /// Only envelopes that arrived at least this long ago.
+    pub older_than: Option<std::time::Duration>,
+}
+
+/// What an admin operation does to the matching recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueAction {
+    /// Deferred recipients become due now.
+    RetryNow,
+    /// Queued recipients are held until released.
+    Hold,
+    /// Held recipients are queued again, due now.
+    Release,
+    /// Live recipients are removed (no report).
+    Delete,
+}
+
+/// One envelope in a queue listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct EnvelopeSummary {
+    #[sqlx(skip)]
+    pub recipients: Vec<RecipientDetail>,
+    pub id: i64,
+    pub queue_id: String,
+    pub reverse_path: String,
+    pub size: i64,
+    pub arrived_at: DateTime<Utc>,
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod dev;
+mod queue;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     /// Mail accounts of local domains.
     #[command(subcommand)]
     Account(admin::AccountCommand),
+    /// The delivery queue: list, show, retry, hold, release, delete (over gRPC).
+    Queue(queue::QueueArgs),
     /// Ask a service's gRPC health endpoint; exit 0 only when it is SERVING.
     Health {
         /// host:port of the service's gRPC endpoint.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Health { address } => admin::health(&address, json).await,
+            Command::Queue(args) => queue::run(args, config, json).await,
             Command::Migrate => admin::Admin::connect(config, json).await?.migrate().await,
             Command::Domain(command) => {
                 admin::Admin::connect(config, json)

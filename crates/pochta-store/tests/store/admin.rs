@@ -1,0 +1,204 @@
+use std::time::Duration;
+
+use pochta_store::{AttemptOutcome, AttemptReport, QueueAction, QueueFilter, RecipientState};
+use pochta_testkit::TestDb;
+
+use crate::{CONTENT, envelope, recipient};
+
+#[tokio::test]
+async fn list_filters_and_truncates() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let a = envelope(vec![recipient("x@one.example"), recipient("y@two.example")]);
+    store.enqueue(&a, CONTENT).await.unwrap();
+    let mut b = envelope(vec![recipient("z@two.example")]);
+    b.reverse_path = String::new();
+    store.enqueue(&b, CONTENT).await.unwrap();
+
+    let all = QueueFilter::default();
+    let (list, truncated) = store.list_envelopes(&all, 10).await.unwrap();
+    assert!(!truncated);
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].queue_id, b.queue_id.as_str(), "newest first");
+    assert_eq!(
+        list[1].recipients.len(),
+        2,
+        "all recipients of a matching envelope"
+    );
+    assert_eq!(list[1].size, CONTENT.len() as i64);
+
+    let (one, truncated) = store.list_envelopes(&all, 1).await.unwrap();
+    assert!(truncated && one.len() == 1);
+
+    let by_domain = QueueFilter {
+        recipient_domain: Some("ONE.example".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.list_envelopes(&by_domain, 10).await.unwrap().0.len(),
+        1
+    );
+    let null_sender = QueueFilter {
+        sender: Some("<>".into()),
+        ..Default::default()
+    };
+    let (list, _) = store.list_envelopes(&null_sender, 10).await.unwrap();
+    assert_eq!(
+        list.iter().map(|e| e.queue_id.as_str()).collect::<Vec<_>>(),
+        [b.queue_id.as_str()]
+    );
+    let by_sender = QueueFilter {
+        sender: Some("<SENDER@example.net>".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.list_envelopes(&by_sender, 10).await.unwrap().0[0].queue_id,
+        a.queue_id.as_str()
+    );
+    let old = QueueFilter {
+        older_than: Some(Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    assert!(store.list_envelopes(&old, 10).await.unwrap().0.is_empty());
+    let delivered = QueueFilter {
+        states: vec![RecipientState::Delivered],
+        ..Default::default()
+    };
+    assert!(
+        store
+            .list_envelopes(&delivered, 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn hold_release_retry_delete_with_dry_runs() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let env = envelope(vec![
+        recipient("a@one.example"),
+        recipient("b@one.example"),
+        recipient("c@two.example"),
+    ]);
+    store.enqueue(&env, CONTENT).await.unwrap();
+    let one = QueueFilter {
+        recipient_domain: Some("one.example".into()),
+        ..Default::default()
+    };
+
+    let dry = store
+        .admin_queue(&one, QueueAction::Hold, true)
+        .await
+        .unwrap();
+    assert_eq!((dry.recipients, dry.messages), (2, 1));
+    assert_eq!(
+        store
+            .counts()
+            .await
+            .unwrap()
+            .recipients_in(RecipientState::Held),
+        0,
+        "dry run changes nothing"
+    );
+    let held = store
+        .admin_queue(&one, QueueAction::Hold, false)
+        .await
+        .unwrap();
+    assert_eq!(held.recipients, 2);
+    assert_eq!(
+        store
+            .claim_due("w", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "held ones are not due"
+    );
+    assert_eq!(
+        store
+            .admin_queue(&one, QueueAction::Hold, false)
+            .await
+            .unwrap()
+            .recipients,
+        0,
+        "already held"
+    );
+
+    let released = store
+        .admin_queue(&one, QueueAction::Release, false)
+        .await
+        .unwrap();
+    assert_eq!(released.recipients, 2);
+    let claimed = store
+        .claim_due("w", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let deferred = AttemptOutcome::Deferred {
+        retry_after: Duration::from_secs(3600),
+    };
+    let report = AttemptReport {
+        diagnostic: "later".into(),
+        ..Default::default()
+    };
+    for c in &claimed {
+        store
+            .record_attempt("w", c.recipient_id, deferred, &report)
+            .await
+            .unwrap();
+    }
+    // RetryNow touches only recipients waiting for a later attempt.
+    let everything = QueueFilter {
+        queue_id: Some(env.queue_id.to_string()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .admin_queue(&everything, QueueAction::RetryNow, true)
+            .await
+            .unwrap()
+            .recipients,
+        2
+    );
+    assert_eq!(
+        store
+            .admin_queue(&everything, QueueAction::RetryNow, false)
+            .await
+            .unwrap()
+            .recipients,
+        2
+    );
+    assert_eq!(
+        store
+            .claim_due("w2", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let two = QueueFilter {
+        recipient_domain: Some("two.example".into()),
+        ..Default::default()
+    };
+    let deleted = store
+        .admin_queue(&two, QueueAction::Delete, false)
+        .await
+        .unwrap();
+    assert_eq!((deleted.recipients, deleted.messages), (1, 1));
+    let detail = store
+        .envelope_detail(env.queue_id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.recipients.len(), 2);
+    assert!(
+        detail
+            .recipients
+            .iter()
+            .all(|r| r.address.ends_with("@one.example"))
+    );
+}

@@ -1,0 +1,178 @@
+//! `pochtactl queue` against the real delivery-queue (run with `cargo test --workspace`).
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use pochta_store::{MailboxAddress, NewEnvelope, NewRecipient, QueueId, RecipientState};
+use pochta_testkit::{ServiceProcess, TestDb, free_addr, service_config, workspace_binary};
+
+/// `pochtactl [--json] queue --queue URL args...`
+fn run(queue: &str, json: bool, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pochtactl"));
+    if json {
+        command.arg("--json");
+    }
+    command
+        .args(["queue", "--queue", queue])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ctl(queue: &str, args: &[&str]) -> Output {
+    run(queue, false, args)
+}
+
+fn ok_json(queue: &str, args: &[&str]) -> serde_json::Value {
+    let out = run(queue, true, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn list_show_hold_release_retry_delete() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let id = QueueId::generate();
+    let envelope = NewEnvelope {
+        queue_id: id.clone(),
+        reverse_path: "bob@remote.test".into(),
+        envid: Some("E1".into()),
+        ret: None,
+        body: None,
+        smtputf8: false,
+        client_address: Some("192.0.2.9".parse().unwrap()),
+        client_helo: Some("client.test".into()),
+        auth_user: None,
+        received_by: None,
+        traceparent: None,
+        lifetime: Duration::from_secs(3600),
+        recipients: ["a@far.example", "b@far.example", "c@other.example"]
+            .iter()
+            .map(|a| NewRecipient {
+                address: MailboxAddress::parse(a).unwrap(),
+                orcpt: None,
+                notify: None,
+                held: false,
+            })
+            .collect(),
+    };
+    store
+        .enqueue(&envelope, b"Subject: x\r\n\r\nx\r\n")
+        .await
+        .unwrap();
+    let grpc = free_addr();
+    let mut queue = ServiceProcess::start(
+        &workspace_binary("delivery-queue").unwrap(),
+        &service_config(db.url(), "queue", grpc),
+        &[],
+    )
+    .unwrap();
+    queue
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let url = format!("http://{grpc}");
+
+    // The queue attempts them once (nothing local) and defers them with a reason.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store
+        .envelope_detail(id.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .recipients
+        .iter()
+        .any(|r| r.attempts == 0)
+    {
+        assert!(Instant::now() < deadline, "not attempted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let list = ok_json(&url, &["list", "--domain", "far.example"]);
+    assert_eq!(list["entries"][0]["queue_id"], id.as_str());
+    assert_eq!(
+        list["entries"][0]["recipients"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(list["truncated"], false);
+    let shown = ok_json(&url, &["show", id.as_str()]);
+    assert_eq!(shown["envid"], "E1");
+    assert_eq!(shown["client_address"], "192.0.2.9");
+    let history = &shown["recipients"][0]["history"][0];
+    assert_eq!(history["result"], "queued");
+    assert!(
+        history["diagnostic"]
+            .as_str()
+            .unwrap()
+            .contains("remote delivery"),
+        "{shown}"
+    );
+    let human = String::from_utf8(ctl(&url, &["show", id.as_str()]).stdout).unwrap();
+    assert!(
+        human.contains("a@far.example") && human.contains("4.4.0"),
+        "{human}"
+    );
+
+    let dry = ok_json(&url, &["hold", "--domain", "far.example", "--dry-run"]);
+    assert_eq!(
+        (dry["recipients"].as_u64(), dry["messages"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        store
+            .counts()
+            .await
+            .unwrap()
+            .recipients_in(RecipientState::Held),
+        0
+    );
+    assert_eq!(
+        ok_json(&url, &["hold", "--domain", "far.example"])["recipients"],
+        2
+    );
+    assert_eq!(
+        store
+            .counts()
+            .await
+            .unwrap()
+            .recipients_in(RecipientState::Held),
+        2
+    );
+    assert_eq!(ok_json(&url, &["release", id.as_str()])["recipients"], 2);
+    assert_eq!(
+        ok_json(&url, &["delete", "--domain", "other.example"])["recipients"],
+        1
+    );
+    assert_eq!(
+        store
+            .envelope_detail(id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .recipients
+            .len(),
+        2
+    );
+    let retried = ok_json(&url, &["retry", "--all", "--dry-run"]);
+    assert!(retried["recipients"].as_u64().unwrap() <= 2);
+
+    // Refusals: no target named, unknown entry, bad state.
+    let out = ctl(&url, &["hold"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name a queue id or a filter"));
+    let out = ctl(&url, &["show", "NOSUCHQUEUEID"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no queue entry NOSUCHQUEUEID"));
+    assert_eq!(
+        ctl(&url, &["list", "--state", "lost"]).status.code(),
+        Some(2)
+    );
+    let down = ctl(&format!("http://{}", free_addr()), &["list"]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("connecting to delivery-queue"));
+}
