@@ -5,6 +5,7 @@
 //! and scan the store periodically, so mail committed while the queue was down is delivered.
 //! Remote delivery and DSN reports arrive with their issue; until then such recipients wait.
 
+mod dsn;
 mod grpc;
 mod worker;
 
@@ -22,7 +23,14 @@ fn main() -> ExitCode {
         |ctx| async move {
             let queue = ctx.config.queue.clone();
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let hostname = queue
+                .hostname
+                .clone()
+                .unwrap_or_else(|| host.trim().to_owned());
             let settings = Arc::new(worker::Settings {
+                hostname,
+                lifetime: Duration::from_secs(queue.message_lifetime_secs),
+                dsn_max_full_bytes: queue.dsn_max_full_bytes as usize,
                 // Unique per process run, so a restarted replica never mistakes old leases for its own.
                 owner: format!(
                     "{}:{}:{:08x}",

@@ -1,23 +1,28 @@
 //! Delivery workers: claim due recipients with leases, deliver, record the result.
 //!
-//! Local recipients go into their account's maildrop, exactly once (`deliver_to_maildrop`).
-//! Remote delivery (SMTP client, MX lookup) and delivery status notifications are not in this
-//! version: such recipients are deferred with a diagnostic that says so, and nothing is made
-//! final without the report it would owe, so no accepted mail is lost or silently dropped.
+//! Local recipients go into their account's maildrop, exactly once. A local recipient whose
+//! account is gone or disabled fails (5.1.1 / 5.2.1), and mail past its lifetime expires
+//! (4.4.7); either way with the failure report NOTIFY asks for, enqueued in the same
+//! transaction, one report per message and pass. A local delivery with NOTIFY=SUCCESS gets a
+//! `delivered` report the same way. Remote delivery is not in this version: such recipients
+//! are deferred with a diagnostic that says so until it arrives or they expire.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use pochta_service::Shutdown;
 use pochta_store::{
-    AttemptOutcome, AttemptReport, ClaimedRecipient, DomainRole, LocalDelivery, MailboxAddress,
-    Store, StoreError,
+    AttemptOutcome, AttemptReport, BodyType, ClaimedRecipient, DomainRole, LocalDelivery,
+    MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, Store, StoreError,
 };
 use tokio::sync::watch;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::dsn::{self, Action, RecipientReport, Report, Return};
 
 /// Wakes workers when new work may be due (Notify, ETRN). A counter in a watch channel: a
 /// wake-up that arrives while a worker is busy is not lost, it sees the change next time.
@@ -36,6 +41,11 @@ impl Wake {
 
 pub struct Settings {
     pub owner: String,
+    /// Reporting-MTA of delivery reports.
+    pub hostname: String,
+    /// Lifetime of the reports themselves.
+    pub lifetime: Duration,
+    pub dsn_max_full_bytes: usize,
     pub batch: u32,
     pub lease: Duration,
     pub scan_interval: Duration,
@@ -44,6 +54,7 @@ pub struct Settings {
 
 struct Metrics {
     attempts: Counter<u64>,
+    reports: Counter<u64>,
 }
 
 pub async fn run(
@@ -54,10 +65,15 @@ pub async fn run(
     index: u32,
 ) {
     let mut woken = wake.0.subscribe();
+    let meter = opentelemetry::global::meter("delivery-queue");
     let metrics = Metrics {
-        attempts: opentelemetry::global::meter("delivery-queue")
+        attempts: meter
             .u64_counter("pochta.queue.delivery.attempts")
             .with_description("Delivery attempts, by result")
+            .build(),
+        reports: meter
+            .u64_counter("pochta.queue.reports")
+            .with_description("Delivery status reports sent, by action")
             .build(),
     };
     let owner = format!("{}/{index}", settings.owner);
@@ -86,60 +102,246 @@ pub async fn run(
         }
         // A claimed batch is finished even during shutdown: each delivery is short, and a
         // recipient left leased would wait for its lease to expire.
-        for recipient in claimed {
-            let span = tracing::info_span!(
-                "queue.delivery",
-                queue_id = %recipient.queue_id,
-                recipient = %recipient.address,
-                attempt = recipient.attempts + 1,
-                result = tracing::field::Empty,
-            );
-            if let Some(traceparent) = &recipient.traceparent {
-                // The attempt joins the trace of the SMTP transaction that accepted the message.
-                let _ = span.set_parent(pochta_telemetry::grpc::context_from_traceparent(
-                    traceparent,
-                ));
+        for group in by_envelope(claimed) {
+            let failures = deliver_envelope(&store, &owner, &settings, &metrics, &group).await;
+            if !failures.is_empty() {
+                fail_with_report(&store, &owner, &settings, &metrics, failures).await;
+                // The report is new mail: deliver it without waiting for the scan.
+                wake.wake();
             }
-            let result = deliver(&store, &owner, &settings, &recipient)
-                .instrument(span.clone())
-                .await;
-            span.record("result", result);
-            metrics.attempts.add(1, &[KeyValue::new("result", result)]);
         }
     }
 }
 
-/// One attempt for one recipient; returns the result's name for spans and metrics.
+/// Claimed recipients grouped by envelope, in claim order.
+fn by_envelope(claimed: Vec<ClaimedRecipient>) -> Vec<Vec<ClaimedRecipient>> {
+    let mut groups: Vec<Vec<ClaimedRecipient>> = Vec::new();
+    for r in claimed {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].envelope_id == r.envelope_id)
+        {
+            Some(group) => group.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+}
+
+/// The span of one attempt, a child of the SMTP transaction that accepted the message.
+fn attempt_span(r: &ClaimedRecipient) -> tracing::Span {
+    let span = tracing::info_span!(
+        "queue.delivery",
+        queue_id = %r.queue_id,
+        recipient = %r.address,
+        attempt = r.attempts + 1,
+        result = tracing::field::Empty,
+    );
+    if let Some(traceparent) = &r.traceparent {
+        let _ = span.set_parent(pochta_telemetry::grpc::context_from_traceparent(
+            traceparent,
+        ));
+    }
+    span
+}
+
+/// Attempts every recipient of one envelope; returns the ones that failed permanently, whose
+/// results are recorded together with their report.
+async fn deliver_envelope<'a>(
+    store: &Store,
+    owner: &str,
+    settings: &Settings,
+    metrics: &Metrics,
+    group: &'a [ClaimedRecipient],
+) -> Vec<(&'a ClaimedRecipient, AttemptOutcome, AttemptReport)> {
+    let mut failures = Vec::new();
+    for r in group {
+        let span = attempt_span(r);
+        let failure = if r.expires_at <= Utc::now() {
+            Some((
+                AttemptOutcome::Expired,
+                "4.4.7",
+                "message expired: not delivered within the queue lifetime".to_owned(),
+            ))
+        } else {
+            let result = deliver(store, owner, settings, r)
+                .instrument(span.clone())
+                .await;
+            match result {
+                Attempted::Done(name) => {
+                    span.record("result", name);
+                    metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+                    None
+                }
+                Attempted::Failed(status, text) => Some((AttemptOutcome::Failed, status, text)),
+            }
+        };
+        if let Some((outcome, status, diagnostic)) = failure {
+            let name = outcome.state().as_str();
+            span.record("result", name);
+            metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+            let report = AttemptReport {
+                remote_mta: None,
+                reply_code: None,
+                status: Some(status.to_owned()),
+                diagnostic,
+            };
+            failures.push((r, outcome, report));
+        }
+    }
+    failures
+}
+
+/// Records permanent failures of one envelope's recipients and, in the same transaction, the
+/// report their NOTIFY asks for (none for NOTIFY=NEVER or without FAILURE, none to `<>`).
+async fn fail_with_report(
+    store: &Store,
+    owner: &str,
+    settings: &Settings,
+    metrics: &Metrics,
+    mut failures: Vec<(&ClaimedRecipient, AttemptOutcome, AttemptReport)>,
+) {
+    while !failures.is_empty() {
+        let reportable: Vec<RecipientReport> = failures
+            .iter()
+            .filter(|(r, _, _)| wants(r, |n| n.failure, true))
+            .map(|(r, _, attempt)| RecipientReport {
+                orcpt: r.orcpt.clone(),
+                final_recipient: r.address.clone(),
+                action: Action::Failed,
+                status: attempt.status.clone().unwrap_or_else(|| "5.0.0".into()),
+                remote_mta: attempt.remote_mta.clone(),
+                diagnostic: Some(attempt.diagnostic.clone()),
+                last_attempt: Some(Utc::now()),
+                will_retry_until: None,
+            })
+            .collect();
+        let report = report_message(store, settings, failures[0].0, &reportable).await;
+        let attempts: Vec<_> = failures
+            .iter()
+            .map(|(r, o, a)| (r.recipient_id, *o, a.clone()))
+            .collect();
+        let with = report.as_ref().map(|(e, c)| (e, c.as_slice()));
+        match store
+            .record_attempts_with_report(owner, &attempts, with)
+            .await
+        {
+            Ok(()) => {
+                if report.is_some() {
+                    metrics.reports.add(1, &[KeyValue::new("action", "failed")]);
+                }
+                tracing::info!(queue_id = %failures[0].0.queue_id, recipients = failures.len(), report = report.is_some(), "failed");
+                return;
+            }
+            // Another worker has that recipient now: report on the others.
+            Err(StoreError::LeaseLost(id)) => failures.retain(|(r, _, _)| r.recipient_id != id),
+            Err(e) => {
+                tracing::error!(
+                    "recording failures failed (the leases expire and they are retried): {e}"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// NOTIFY of a recipient: `flag` of it, or `default` when RCPT had no NOTIFY.
+fn wants(r: &ClaimedRecipient, flag: impl Fn(&Notify) -> bool, default: bool) -> bool {
+    match r.notify.as_deref().map(str::parse::<Notify>) {
+        Some(Ok(notify)) => flag(&notify),
+        _ => default,
+    }
+}
+
+/// The report message and its envelope (from `<>` to the original sender), or None when no
+/// report is to be sent.
+async fn report_message(
+    store: &Store,
+    settings: &Settings,
+    first: &ClaimedRecipient,
+    recipients: &[RecipientReport],
+) -> Option<(NewEnvelope, Vec<u8>)> {
+    // Never a report about a report (RFC 3461 6.2), and none nobody asked for.
+    if recipients.is_empty() || first.reverse_path.is_empty() {
+        return None;
+    }
+    let Ok(to) = MailboxAddress::parse(&first.reverse_path) else {
+        tracing::warn!(sender = %first.reverse_path, "cannot send a report to this sender address");
+        return None;
+    };
+    let original = match store.message_content(first.message_id).await {
+        Ok(Some(content)) => content,
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::error!("reading the message for its report failed: {e}");
+            Vec::new()
+        }
+    };
+    let ret = match first.ret.as_deref() {
+        Some("HDRS") => Return::Headers,
+        _ if original.len() > settings.dsn_max_full_bytes => Return::Headers,
+        _ => Return::Full,
+    };
+    let queue_id = QueueId::generate();
+    let content = dsn::build(&Report {
+        reporting_mta: &settings.hostname,
+        to: &first.reverse_path,
+        envid: first.envid.as_deref(),
+        arrival: first.arrived_at,
+        date: Utc::now(),
+        id: queue_id.as_str(),
+        recipients,
+        original: &original,
+        ret,
+    });
+    let envelope = NewEnvelope {
+        queue_id,
+        reverse_path: String::new(),
+        envid: None,
+        ret: None,
+        body: Some(BodyType::EightBitMime),
+        smtputf8: false,
+        client_address: None,
+        client_helo: None,
+        auth_user: None,
+        received_by: Some(settings.hostname.clone()),
+        traceparent: pochta_telemetry::grpc::current_traceparent(),
+        lifetime: settings.lifetime,
+        recipients: vec![NewRecipient {
+            address: to,
+            orcpt: None,
+            notify: None,
+            held: false,
+        }],
+    };
+    Some((envelope, content))
+}
+
+/// How one attempt ended.
+enum Attempted {
+    /// Delivered, deferred, or left to another worker; the name for spans and metrics.
+    Done(&'static str),
+    /// A permanent failure: status and diagnostic.
+    Failed(&'static str, String),
+}
+
+/// One attempt for one recipient.
 async fn deliver(
     store: &Store,
     owner: &str,
     settings: &Settings,
     r: &ClaimedRecipient,
-) -> &'static str {
-    match try_local(store, owner, r).await {
+) -> Attempted {
+    match try_local(store, owner, settings, r).await {
         Ok(Some(result)) => result,
         Ok(None) => {
-            defer(
-                store,
-                owner,
-                settings,
-                r,
-                "4.4.0",
-                "remote delivery is not available in this version; the message stays queued",
-            )
-            .await
+            let text = "remote delivery is not available in this version; the message stays queued";
+            Attempted::Done(defer(store, owner, settings, r, "4.4.0", text).await)
         }
         Err(e) => {
             tracing::error!("delivery failed: {e}");
-            defer(
-                store,
-                owner,
-                settings,
-                r,
-                "4.3.0",
-                &format!("temporary local error: {e}"),
-            )
-            .await
+            let text = format!("temporary local error: {e}");
+            Attempted::Done(defer(store, owner, settings, r, "4.3.0", &text).await)
         }
     }
 }
@@ -148,37 +350,66 @@ async fn deliver(
 async fn try_local(
     store: &Store,
     owner: &str,
+    settings: &Settings,
     r: &ClaimedRecipient,
-) -> Result<Option<&'static str>, StoreError> {
+) -> Result<Option<Attempted>, StoreError> {
     if store.domain_role(&r.domain).await? != Some(DomainRole::Local) {
         return Ok(None);
     }
     let Ok(address) = MailboxAddress::parse(&r.address) else {
-        tracing::warn!(address = %r.address, "malformed recipient address in the store");
-        return Ok(None);
+        return Ok(Some(Attempted::Failed(
+            "5.1.3",
+            format!("malformed recipient address {:?}", r.address),
+        )));
     };
     let account = match store.account_credentials(&address).await? {
-        Some(account) if !account.disabled => account,
-        // The account went away (or was disabled) after the mail was accepted. Until failure
-        // reports exist this waits, so that nothing becomes final without one.
-        _ => return Ok(None),
+        Some(account) if account.disabled => {
+            return Ok(Some(Attempted::Failed(
+                "5.2.1",
+                "550 5.2.1 mailbox disabled".into(),
+            )));
+        }
+        Some(account) => account,
+        // The account went away after the mail was accepted.
+        None => {
+            return Ok(Some(Attempted::Failed(
+                "5.1.1",
+                "550 5.1.1 no such user here".into(),
+            )));
+        }
     };
     // RFC 5321 4.4: the final delivery adds Return-Path (<> for the null sender).
     let prefix = format!(
         "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
         r.reverse_path, r.address
     );
+    let report = if wants(r, |n| n.success, false) {
+        let delivered = RecipientReport {
+            orcpt: r.orcpt.clone(),
+            final_recipient: r.address.clone(),
+            action: Action::Delivered,
+            status: "2.0.0".into(),
+            remote_mta: None,
+            diagnostic: None,
+            last_attempt: Some(Utc::now()),
+            will_retry_until: None,
+        };
+        report_message(store, settings, r, &[delivered]).await
+    } else {
+        None
+    };
+    let with = report.as_ref().map(|(e, c)| (e, c.as_slice()));
     match store
-        .deliver_to_maildrop(owner, r.recipient_id, account.id, prefix.as_bytes())
+        .deliver_to_maildrop_with_report(owner, r.recipient_id, account.id, prefix.as_bytes(), with)
         .await?
     {
         LocalDelivery::Delivered { entry_id, .. } => {
-            tracing::info!(entry_id, "delivered to maildrop");
-            Ok(Some("delivered"))
+            tracing::info!(entry_id, report = report.is_some(), "delivered to maildrop");
+            Ok(Some(Attempted::Done("delivered")))
         }
         LocalDelivery::AlreadyFinal => {
             tracing::info!("already delivered by another worker");
-            Ok(Some("already_final"))
+            Ok(Some(Attempted::Done("already_final")))
         }
     }
 }

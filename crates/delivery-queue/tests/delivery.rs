@@ -168,11 +168,11 @@ async fn mail_committed_while_the_queue_was_down_is_found_by_the_scan() {
 }
 
 #[tokio::test]
-async fn undeliverable_recipients_wait_with_a_diagnostic() {
+async fn remote_recipients_wait_with_a_diagnostic() {
     let (db, _) = setup().await;
     let id = enqueue(
         db.store(),
-        &["friend@elsewhere.test", "gone@example.org"],
+        &["friend@elsewhere.test", "pal@elsewhere.test"],
         "Subject: x\r\n\r\nx\r\n",
     )
     .await;
@@ -185,7 +185,7 @@ async fn undeliverable_recipients_wait_with_a_diagnostic() {
     .await;
     let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
     for r in &detail.recipients {
-        // Nothing becomes final without the report it would owe: both wait, with a reason.
+        // Remote delivery is not built yet: both wait, with the reason recorded.
         assert_eq!(r.state, RecipientState::Queued, "{r:?}");
         assert!(r.next_attempt_at > chrono::Utc::now() + chrono::Duration::seconds(600));
         assert!(r.lease_owner.is_none());

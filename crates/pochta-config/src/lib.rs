@@ -295,6 +295,11 @@ pub struct QueueConfig {
     pub scan_interval_secs: u64,
     /// How long a recipient that cannot be delivered yet waits before its next attempt.
     pub retry_delay_secs: u64,
+    /// The name delivery status reports give as Reporting-MTA; the machine's host name if unset.
+    pub hostname: Option<String>,
+    /// Failure reports return the whole message (RET=FULL, or no RET) up to this size;
+    /// larger ones return only the header.
+    pub dsn_max_full_bytes: u64,
 }
 
 impl Default for QueueConfig {
@@ -308,6 +313,8 @@ impl Default for QueueConfig {
             lease_secs: 300,
             scan_interval_secs: 5,
             retry_delay_secs: 900,
+            hostname: None,
+            dsn_max_full_bytes: 1024 * 1024,
         }
     }
 }
@@ -492,6 +499,11 @@ impl Config {
             && !is_host_name(name)
         {
             return invalid("smtp.hostname", "must be a host name");
+        }
+        if let Some(name) = &self.queue.hostname
+            && !is_host_name(name)
+        {
+            return invalid("queue.hostname", "must be a host name");
         }
         if let Some(name) = &smtp.postmaster_domain
             && !is_host_name(name)

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use crate::{LocalDelivery, MaildropEntry, Result, Store, StoreError, secs};
+use sqlx::PgConnection;
+
+use crate::queue::enqueue_on;
+use crate::{LocalDelivery, MaildropEntry, NewEnvelope, Result, Store, StoreError, secs};
 
 impl Store {
     /// Delivers a live recipient into an account's maildrop and marks it delivered, atomically.
@@ -19,43 +22,33 @@ impl Store {
         account_id: i64,
         header_prefix: &[u8],
     ) -> Result<LocalDelivery> {
-        let row: Option<(i64, String)> = sqlx::query_as(
-            "WITH r AS (
-                 SELECT r.id, e.message_id FROM recipients r
-                 JOIN envelopes e ON e.id = r.envelope_id
-                 WHERE r.id = $1 AND r.state = 'queued'
-                 FOR UPDATE OF r
-             ), entry AS (
-                 INSERT INTO maildrop_entries (account_id, message_id, recipient_id,
-                     header_prefix, pop3_size)
-                 SELECT $2, m.id, r.id, $3, octet_length($3) + m.size
-                 FROM r JOIN messages m ON m.id = r.message_id
-                 ON CONFLICT (recipient_id) DO NOTHING
-                 RETURNING id, uid
-             ), done AS (
-                 UPDATE recipients SET state = 'delivered', attempts = attempts + 1,
-                     last_attempt_at = now(), finished_at = now(),
-                     last_reply_code = NULL, last_status = '2.0.0',
-                     last_diagnostic = 'delivered to maildrop', last_remote_mta = NULL,
-                     lease_owner = NULL, lease_expires_at = NULL
-                 FROM r WHERE recipients.id = r.id
-                 RETURNING recipients.id
-             ), history AS (
-                 INSERT INTO delivery_attempts (recipient_id, worker, status, diagnostic, result)
-                 SELECT id, $4, '2.0.0', 'delivered to maildrop', 'delivered' FROM done
-             )
-             SELECT id, uid FROM entry",
+        deliver_on(
+            &mut *self.pool.acquire().await?,
+            worker,
+            recipient_id,
+            account_id,
+            header_prefix,
         )
-        .bind(recipient_id)
-        .bind(account_id)
-        .bind(header_prefix)
-        .bind(worker)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some((entry_id, uid)) => LocalDelivery::Delivered { entry_id, uid },
-            None => LocalDelivery::AlreadyFinal,
-        })
+        .await
+    }
+
+    /// Local delivery and, in the same transaction, the report it owes (NOTIFY=SUCCESS): a
+    /// crash can neither lose the report nor send it for a delivery that did not happen.
+    pub async fn deliver_to_maildrop_with_report(
+        &self,
+        worker: &str,
+        recipient_id: i64,
+        account_id: i64,
+        header_prefix: &[u8],
+        report: Option<(&NewEnvelope, &[u8])>,
+    ) -> Result<LocalDelivery> {
+        let mut tx = self.pool.begin().await?;
+        let delivery = deliver_on(&mut tx, worker, recipient_id, account_id, header_prefix).await?;
+        if let (LocalDelivery::Delivered { .. }, Some((envelope, content))) = (&delivery, report) {
+            enqueue_on(&mut tx, envelope, content).await?;
+        }
+        tx.commit().await?;
+        Ok(delivery)
     }
 
     /// The entries of a maildrop, oldest first: the snapshot a POP3 session works on.
@@ -195,4 +188,51 @@ impl Store {
             .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// `Store::deliver_to_maildrop` on a given connection (or transaction).
+async fn deliver_on(
+    conn: &mut PgConnection,
+    worker: &str,
+    recipient_id: i64,
+    account_id: i64,
+    header_prefix: &[u8],
+) -> Result<LocalDelivery> {
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "WITH r AS (
+                 SELECT r.id, e.message_id FROM recipients r
+                 JOIN envelopes e ON e.id = r.envelope_id
+                 WHERE r.id = $1 AND r.state = 'queued'
+                 FOR UPDATE OF r
+             ), entry AS (
+                 INSERT INTO maildrop_entries (account_id, message_id, recipient_id,
+                     header_prefix, pop3_size)
+                 SELECT $2, m.id, r.id, $3, octet_length($3) + m.size
+                 FROM r JOIN messages m ON m.id = r.message_id
+                 ON CONFLICT (recipient_id) DO NOTHING
+                 RETURNING id, uid
+             ), done AS (
+                 UPDATE recipients SET state = 'delivered', attempts = attempts + 1,
+                     last_attempt_at = now(), finished_at = now(),
+                     last_reply_code = NULL, last_status = '2.0.0',
+                     last_diagnostic = 'delivered to maildrop', last_remote_mta = NULL,
+                     lease_owner = NULL, lease_expires_at = NULL
+                 FROM r WHERE recipients.id = r.id
+                 RETURNING recipients.id
+             ), history AS (
+                 INSERT INTO delivery_attempts (recipient_id, worker, status, diagnostic, result)
+                 SELECT id, $4, '2.0.0', 'delivered to maildrop', 'delivered' FROM done
+             )
+             SELECT id, uid FROM entry",
+    )
+    .bind(recipient_id)
+    .bind(account_id)
+    .bind(header_prefix)
+    .bind(worker)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some((entry_id, uid)) => LocalDelivery::Delivered { entry_id, uid },
+        None => LocalDelivery::AlreadyFinal,
+    })
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use sqlx::PgConnection;
+
 use crate::{
     AttemptOutcome, AttemptReport, ClaimedRecipient, Collected, Enqueued, NewEnvelope, Released,
     Result, Store, StoreError, secs,
@@ -13,70 +15,15 @@ impl Store {
     /// statement, so it is stored entirely or not at all. After this returns Ok, a 250 may be
     /// sent (invariant 1).
     pub async fn enqueue(&self, envelope: &NewEnvelope, content: &[u8]) -> Result<Enqueued> {
-        if envelope.recipients.is_empty() {
-            return Err(StoreError::NoRecipients);
-        }
-        let rcpts = &envelope.recipients;
-        let addresses: Vec<String> = rcpts.iter().map(|r| r.address.to_string()).collect();
-        let domains: Vec<&str> = rcpts.iter().map(|r| r.address.domain.as_str()).collect();
-        let orcpts: Vec<Option<&str>> = rcpts.iter().map(|r| r.orcpt.as_deref()).collect();
-        let notifies: Vec<Option<String>> = rcpts
-            .iter()
-            .map(|r| r.notify.map(|n| n.to_text()))
-            .collect();
-        let states: Vec<&str> = rcpts
-            .iter()
-            .map(|r| if r.held { "held" } else { "queued" })
-            .collect();
-        let (envelope_id, message_id): (i64, i64) = sqlx::query_as(
-            "WITH m AS (
-                 INSERT INTO messages (content, size) VALUES ($1, octet_length($1)) RETURNING id
-             ), e AS (
-                 INSERT INTO envelopes (queue_id, message_id, reverse_path, envid, ret, body,
-                     smtputf8, client_address, client_helo, auth_user, received_by, traceparent,
-                     expires_at)
-                 SELECT $2, m.id, $3, $4, $5, $6, $7, $8::inet, $9, $10, $11, $12,
-                     now() + $13 * interval '1 second'
-                 FROM m
-                 RETURNING id, message_id
-             ), r AS (
-                 INSERT INTO recipients (envelope_id, address, domain, orcpt, notify, state)
-                 SELECT e.id, a.address, a.domain, a.orcpt, a.notify, a.state
-                 FROM e, unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[])
-                     WITH ORDINALITY AS a (address, domain, orcpt, notify, state, n)
-                 ORDER BY a.n
-             )
-             SELECT id, message_id FROM e",
-        )
-        .bind(content)
-        .bind(envelope.queue_id.as_str())
-        .bind(&envelope.reverse_path)
-        .bind(envelope.envid.as_deref())
-        .bind(envelope.ret.map(|r| r.as_str()))
-        .bind(envelope.body.map(|b| b.as_str()))
-        .bind(envelope.smtputf8)
-        .bind(envelope.client_address.map(|a| a.to_string()))
-        .bind(envelope.client_helo.as_deref())
-        .bind(envelope.auth_user.as_deref())
-        .bind(envelope.received_by.as_deref())
-        .bind(envelope.traceparent.as_deref())
-        .bind(secs(envelope.lifetime))
-        .bind(&addresses)
-        .bind(&domains)
-        .bind(&orcpts)
-        .bind(&notifies)
-        .bind(&states)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Enqueued {
-            envelope_id,
-            message_id,
-        })
+        enqueue_on(&mut *self.pool.acquire().await?, envelope, content).await
     }
 
-    /// Leases up to `limit` due recipients to `owner` for `lease`. Rows another claimer holds
-    /// are skipped, never waited for, so any number of queue replicas can claim at once and no
-    /// two get the same recipient. A lease that expired (its worker died) is claimable again.
+    /// Leases due recipients to `owner` for `lease`, whole envelopes at a time: the envelopes
+    /// of the `limit` most overdue recipients are locked (skipping any another claimer is
+    /// locking, never waiting), and every due recipient of each is leased, so one worker sees
+    /// all of a message's due recipients together (one report per message). Any number of queue
+    /// replicas can claim at once and no two get the same recipient; a lease that expired (its
+    /// worker died) is claimable again.
     pub async fn claim_due(
         &self,
         owner: &str,
@@ -84,13 +31,21 @@ impl Store {
         lease: Duration,
     ) -> Result<Vec<ClaimedRecipient>> {
         Ok(sqlx::query_as::<_, ClaimedRecipient>(
-            "WITH due AS (
-                 SELECT id FROM recipients
-                 WHERE state = 'queued' AND next_attempt_at <= now()
-                   AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-                 ORDER BY next_attempt_at
+            "WITH locked AS (
+                 SELECT e.id FROM recipients r JOIN envelopes e ON e.id = r.envelope_id
+                 WHERE r.state = 'queued' AND r.next_attempt_at <= now()
+                   AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())
+                 ORDER BY r.next_attempt_at
                  LIMIT $1
-                 FOR UPDATE SKIP LOCKED
+                 FOR NO KEY UPDATE OF e SKIP LOCKED
+             ), due AS (
+                 -- Re-checked against the latest row versions: a recipient another claimer
+                 -- leased meanwhile is left out.
+                 SELECT r.id FROM recipients r
+                 WHERE r.envelope_id IN (SELECT id FROM locked)
+                   AND r.state = 'queued' AND r.next_attempt_at <= now()
+                   AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())
+                 FOR UPDATE OF r
              )
              UPDATE recipients r
              SET lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second'
@@ -137,44 +92,34 @@ impl Store {
         outcome: AttemptOutcome,
         report: &AttemptReport,
     ) -> Result<()> {
-        let retry_after = match outcome {
-            AttemptOutcome::Deferred { retry_after } => Some(secs(retry_after)),
-            _ => None,
-        };
-        let done = sqlx::query(
-            "WITH r AS (
-                 UPDATE recipients SET
-                     state = $3,
-                     attempts = attempts + 1,
-                     last_attempt_at = now(),
-                     next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
-                                            ELSE now() + $4 * interval '1 second' END,
-                     last_reply_code = $5, last_status = $6, last_diagnostic = $7,
-                     last_remote_mta = $8,
-                     lease_owner = NULL, lease_expires_at = NULL,
-                     finished_at = CASE WHEN $3 = 'queued' THEN NULL ELSE now() END
-                 WHERE id = $1 AND lease_owner = $2 AND state = 'queued'
-                 RETURNING id
-             )
-             INSERT INTO delivery_attempts (recipient_id, worker, remote_mta, reply_code, status,
-                 diagnostic, result)
-             SELECT id, $2, $8, $5, $6, $7, $3 FROM r",
+        record_attempt_on(
+            &mut *self.pool.acquire().await?,
+            owner,
+            recipient_id,
+            outcome,
+            report,
         )
-        .bind(recipient_id)
-        .bind(owner)
-        .bind(outcome.state().as_str())
-        .bind(retry_after)
-        .bind(report.reply_code.map(i32::from))
-        .bind(report.status.as_deref())
-        .bind(&report.diagnostic)
-        .bind(report.remote_mta.as_deref())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost(recipient_id))
+        .await
+    }
+
+    /// Records several attempts and enqueues the report about them in one transaction, so a
+    /// recipient never becomes final without the report it owes, nor is reported twice. If any
+    /// recipient's lease was lost, nothing is written and `LeaseLost` names it.
+    pub async fn record_attempts_with_report(
+        &self,
+        owner: &str,
+        attempts: &[(i64, AttemptOutcome, AttemptReport)],
+        report: Option<(&NewEnvelope, &[u8])>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (recipient_id, outcome, attempt) in attempts {
+            record_attempt_on(&mut tx, owner, *recipient_id, *outcome, attempt).await?;
         }
+        if let Some((envelope, content)) = report {
+            enqueue_on(&mut tx, envelope, content).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// ETRN (RFC 1985): makes the held and deferred recipients of `domain` due now, and with
@@ -227,5 +172,120 @@ impl Store {
             envelopes,
             messages,
         })
+    }
+}
+
+/// `Store::enqueue` on a given connection (or transaction).
+pub(crate) async fn enqueue_on(
+    conn: &mut PgConnection,
+    envelope: &NewEnvelope,
+    content: &[u8],
+) -> Result<Enqueued> {
+    if envelope.recipients.is_empty() {
+        return Err(StoreError::NoRecipients);
+    }
+    let rcpts = &envelope.recipients;
+    let addresses: Vec<String> = rcpts.iter().map(|r| r.address.to_string()).collect();
+    let domains: Vec<&str> = rcpts.iter().map(|r| r.address.domain.as_str()).collect();
+    let orcpts: Vec<Option<&str>> = rcpts.iter().map(|r| r.orcpt.as_deref()).collect();
+    let notifies: Vec<Option<String>> = rcpts
+        .iter()
+        .map(|r| r.notify.map(|n| n.to_text()))
+        .collect();
+    let states: Vec<&str> = rcpts
+        .iter()
+        .map(|r| if r.held { "held" } else { "queued" })
+        .collect();
+    let (envelope_id, message_id): (i64, i64) = sqlx::query_as(
+        "WITH m AS (
+                 INSERT INTO messages (content, size) VALUES ($1, octet_length($1)) RETURNING id
+             ), e AS (
+                 INSERT INTO envelopes (queue_id, message_id, reverse_path, envid, ret, body,
+                     smtputf8, client_address, client_helo, auth_user, received_by, traceparent,
+                     expires_at)
+                 SELECT $2, m.id, $3, $4, $5, $6, $7, $8::inet, $9, $10, $11, $12,
+                     now() + $13 * interval '1 second'
+                 FROM m
+                 RETURNING id, message_id
+             ), r AS (
+                 INSERT INTO recipients (envelope_id, address, domain, orcpt, notify, state)
+                 SELECT e.id, a.address, a.domain, a.orcpt, a.notify, a.state
+                 FROM e, unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[])
+                     WITH ORDINALITY AS a (address, domain, orcpt, notify, state, n)
+                 ORDER BY a.n
+             )
+             SELECT id, message_id FROM e",
+    )
+    .bind(content)
+    .bind(envelope.queue_id.as_str())
+    .bind(&envelope.reverse_path)
+    .bind(envelope.envid.as_deref())
+    .bind(envelope.ret.map(|r| r.as_str()))
+    .bind(envelope.body.map(|b| b.as_str()))
+    .bind(envelope.smtputf8)
+    .bind(envelope.client_address.map(|a| a.to_string()))
+    .bind(envelope.client_helo.as_deref())
+    .bind(envelope.auth_user.as_deref())
+    .bind(envelope.received_by.as_deref())
+    .bind(envelope.traceparent.as_deref())
+    .bind(secs(envelope.lifetime))
+    .bind(&addresses)
+    .bind(&domains)
+    .bind(&orcpts)
+    .bind(&notifies)
+    .bind(&states)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Enqueued {
+        envelope_id,
+        message_id,
+    })
+}
+
+/// `Store::record_attempt` on a given connection (or transaction).
+pub(crate) async fn record_attempt_on(
+    conn: &mut PgConnection,
+    owner: &str,
+    recipient_id: i64,
+    outcome: AttemptOutcome,
+    report: &AttemptReport,
+) -> Result<()> {
+    let retry_after = match outcome {
+        AttemptOutcome::Deferred { retry_after } => Some(secs(retry_after)),
+        _ => None,
+    };
+    let done = sqlx::query(
+        "WITH r AS (
+                 UPDATE recipients SET
+                     state = $3,
+                     attempts = attempts + 1,
+                     last_attempt_at = now(),
+                     next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
+                                            ELSE now() + $4 * interval '1 second' END,
+                     last_reply_code = $5, last_status = $6, last_diagnostic = $7,
+                     last_remote_mta = $8,
+                     lease_owner = NULL, lease_expires_at = NULL,
+                     finished_at = CASE WHEN $3 = 'queued' THEN NULL ELSE now() END
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'queued'
+                 RETURNING id
+             )
+             INSERT INTO delivery_attempts (recipient_id, worker, remote_mta, reply_code, status,
+                 diagnostic, result)
+             SELECT id, $2, $8, $5, $6, $7, $3 FROM r",
+    )
+    .bind(recipient_id)
+    .bind(owner)
+    .bind(outcome.state().as_str())
+    .bind(retry_after)
+    .bind(report.reply_code.map(i32::from))
+    .bind(report.status.as_deref())
+    .bind(&report.diagnostic)
+    .bind(report.remote_mta.as_deref())
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost(recipient_id))
     }
 }

@@ -166,6 +166,21 @@ async fn concurrent_claimers_never_share_a_recipient() {
 }
 
 #[tokio::test]
+async fn an_envelopes_due_recipients_are_claimed_together() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let a = enqueue_n(store, 5).await;
+    let b = enqueue_n(store, 3).await;
+    // A limit of 1 still brings all five recipients of the first envelope.
+    let first = store.claim_due("w1", 1, LEASE).await.unwrap();
+    assert_eq!(first.len(), 5);
+    assert!(first.iter().all(|c| c.queue_id == a.queue_id.as_str()));
+    let second = store.claim_due("w2", 1, LEASE).await.unwrap();
+    assert_eq!(second.len(), 3);
+    assert!(second.iter().all(|c| c.queue_id == b.queue_id.as_str()));
+}
+
+#[tokio::test]
 async fn claim_returns_envelope_fields_and_skips_held_and_leased() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
@@ -396,4 +411,68 @@ async fn garbage_collection_keeps_live_and_delivered_content() {
         (counts.envelopes, counts.messages, counts.recipients_total()),
         (1, 1, 1)
     );
+}
+
+#[tokio::test]
+async fn attempts_and_their_report_commit_together_or_not_at_all() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    enqueue_n(store, 2).await;
+    let claimed = store.claim_due("w", 10, LEASE).await.unwrap();
+    let (a, b) = (claimed[0].recipient_id, claimed[1].recipient_id);
+    let failed = report(550, "5.1.1", "no such user");
+    let dsn = envelope(vec![recipient("sender@example.net")]);
+
+    // b is claimed by someone else meanwhile: nothing at all is written.
+    let attempts = [
+        (a, AttemptOutcome::Failed, failed.clone()),
+        (b, AttemptOutcome::Failed, failed.clone()),
+    ];
+    let other = db.connect().await.unwrap();
+    assert!(
+        store
+            .record_attempt(
+                "w",
+                b,
+                AttemptOutcome::Deferred {
+                    retry_after: Duration::ZERO
+                },
+                &failed
+            )
+            .await
+            .is_ok()
+    );
+    other.claim_due("thief", 10, LEASE).await.unwrap();
+    assert!(matches!(
+        store.record_attempts_with_report("w", &attempts, Some((&dsn, b"report\r\n"))).await,
+        Err(StoreError::LeaseLost(id)) if id == b
+    ));
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (
+            counts.envelopes,
+            counts.recipients_in(RecipientState::Failed)
+        ),
+        (1, 0),
+        "rolled back"
+    );
+
+    store
+        .record_attempts_with_report("w", &attempts[..1], Some((&dsn, b"report\r\n")))
+        .await
+        .unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (
+            counts.envelopes,
+            counts.recipients_in(RecipientState::Failed)
+        ),
+        (2, 1)
+    );
+    let report_env = store
+        .envelope_detail(dsn.queue_id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report_env.recipients[0].address, "sender@example.net");
 }

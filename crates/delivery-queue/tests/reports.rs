@@ -1,0 +1,294 @@
+//! Delivery status notifications from the real binary: what lands in the sender's maildrop
+//! is parsed with mail-parser, an independent MIME parser.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mail_parser::{MessageParser, MimeHeaders};
+use pochta_store::{
+    DomainRole, MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, RecipientState, Ret,
+    Store,
+};
+use pochta_testkit::{ServiceProcess, TestDb, free_addr};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_delivery-queue");
+
+struct Setup {
+    db: TestDb,
+    alice: i64,
+    _queue: ServiceProcess,
+}
+
+async fn setup(extra: &str) -> Setup {
+    let db = TestDb::new().await.unwrap();
+    db.store()
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    let hash = pochta_auth::hash_password("pw").unwrap();
+    let alice = db
+        .store()
+        .add_account(&MailboxAddress::parse("alice@example.org").unwrap(), &hash)
+        .await
+        .unwrap();
+    db.store()
+        .add_account(&MailboxAddress::parse("carol@example.org").unwrap(), &hash)
+        .await
+        .unwrap();
+    let grpc = free_addr();
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\n{extra}\n",
+        db.url()
+    );
+    let mut queue = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
+    queue
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+    Setup {
+        db,
+        alice,
+        _queue: queue,
+    }
+}
+
+fn rcpt(address: &str, notify: Option<&str>) -> NewRecipient {
+    NewRecipient {
+        address: MailboxAddress::parse(address).unwrap(),
+        orcpt: Some(format!("rfc822;{address}")),
+        notify: notify.map(|n| n.parse::<Notify>().unwrap()),
+        held: false,
+    }
+}
+
+async fn enqueue(
+    store: &Store,
+    sender: &str,
+    recipients: Vec<NewRecipient>,
+    ret: Option<Ret>,
+    lifetime: Duration,
+) -> QueueId {
+    let envelope = NewEnvelope {
+        queue_id: QueueId::generate(),
+        reverse_path: sender.into(),
+        envid: Some("ENV-42".into()),
+        ret,
+        body: None,
+        smtputf8: false,
+        client_address: None,
+        client_helo: None,
+        auth_user: None,
+        received_by: None,
+        traceparent: None,
+        lifetime,
+        recipients,
+    };
+    store
+        .enqueue(
+            &envelope,
+            b"Received: from x\r\nSubject: the original\r\n\r\nthe original body\r\n",
+        )
+        .await
+        .unwrap();
+    envelope.queue_id
+}
+
+/// Waits for `n` entries in the maildrop and returns their full text (prefix + content).
+async fn maildrop(store: &Store, account: i64, n: usize) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let entries = store.maildrop_entries(account).await.unwrap();
+        if entries.len() >= n {
+            let mut all = Vec::new();
+            for e in entries {
+                let (prefix, content) = store
+                    .maildrop_entry_content(account, e.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                all.push([prefix, content].concat());
+            }
+            return all;
+        }
+        assert!(Instant::now() < deadline, "{n} messages did not arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status_part(report: &[u8]) -> (String, String, String) {
+    let message = MessageParser::default()
+        .parse(report)
+        .expect("a parseable report");
+    let ct = message.content_type().unwrap();
+    assert_eq!(
+        (ct.ctype(), ct.subtype(), ct.attribute("report-type")),
+        ("multipart", Some("report"), Some("delivery-status"))
+    );
+    assert_eq!(message.parts.len(), 4);
+    let status = String::from_utf8_lossy(message.parts[2].contents()).into_owned();
+    let returned_type = message.parts[3]
+        .content_type()
+        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")))
+        .unwrap_or_default();
+    (
+        message.subject().unwrap_or("").to_owned(),
+        status,
+        returned_type,
+    )
+}
+
+#[tokio::test]
+async fn failures_of_one_message_get_one_report_with_the_original() {
+    let s = setup("").await;
+    let store = s.db.store();
+    let id = enqueue(
+        store,
+        "alice@example.org",
+        vec![
+            rcpt("gone@example.org", None),
+            rcpt("lost@example.org", Some("FAILURE")),
+            rcpt("carol@example.org", None),
+        ],
+        None,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let reports = maildrop(store, s.alice, 1).await;
+    assert_eq!(reports.len(), 1, "one report for both failures");
+    let report = &reports[0];
+    assert!(report.starts_with(b"Return-Path: <>\r\nDelivered-To: alice@example.org\r\n"));
+    let (subject, status, returned) = status_part(report);
+    assert_eq!(subject, "Undelivered Mail Returned to Sender");
+    for needle in [
+        "Reporting-MTA: dns; mx.example.org",
+        "Original-Envelope-Id: ENV-42",
+        "Final-Recipient: rfc822; gone@example.org",
+        "Final-Recipient: rfc822; lost@example.org",
+        "Original-Recipient: rfc822;gone@example.org",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Diagnostic-Code: smtp; 550 5.1.1 no such user here",
+        "Arrival-Date: ",
+        "Last-Attempt-Date: ",
+    ] {
+        assert!(status.contains(needle), "{needle} missing:\n{status}");
+    }
+    assert!(
+        !status.contains("carol@example.org"),
+        "delivered recipients are not in a failure report"
+    );
+    assert_eq!(returned, "message/rfc822");
+    assert!(
+        String::from_utf8_lossy(report).contains("the original body"),
+        "RET defaults to the full message"
+    );
+
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    let states: Vec<_> = detail.recipients.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        [
+            RecipientState::Failed,
+            RecipientState::Failed,
+            RecipientState::Delivered
+        ]
+    );
+    // The report itself came from <> and was delivered like any mail.
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (
+            counts.envelopes,
+            counts.recipients_in(RecipientState::Delivered)
+        ),
+        (2, 2)
+    );
+}
+
+#[tokio::test]
+async fn notify_success_never_and_ret_hdrs() {
+    let s = setup("").await;
+    let store = s.db.store();
+    enqueue(
+        store,
+        "alice@example.org",
+        vec![
+            rcpt("carol@example.org", Some("SUCCESS")),
+            rcpt("gone@example.org", Some("NEVER")),
+        ],
+        Some(Ret::Hdrs),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let reports = maildrop(store, s.alice, 1).await;
+    let (subject, status, returned) = status_part(&reports[0]);
+    assert_eq!(subject, "Successful Mail Delivery Report");
+    assert!(
+        status.contains("Final-Recipient: rfc822; carol@example.org")
+            && status.contains("Action: delivered")
+            && status.contains("Status: 2.0.0"),
+        "{status}"
+    );
+    assert_eq!(returned, "text/rfc822-headers");
+    assert!(
+        !String::from_utf8_lossy(&reports[0]).contains("the original body"),
+        "RET=HDRS: headers only"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        store.maildrop_entries(s.alice).await.unwrap().len(),
+        1,
+        "NOTIFY=NEVER: no failure report"
+    );
+    assert_eq!(
+        store
+            .counts()
+            .await
+            .unwrap()
+            .recipients_in(RecipientState::Failed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn expired_mail_is_reported_and_reports_are_never_reported() {
+    let s = setup("retry_delay_secs = 1").await;
+    let store = s.db.store();
+    let expiring = enqueue(
+        store,
+        "alice@example.org",
+        vec![rcpt("friend@elsewhere.test", None)],
+        None,
+        Duration::from_secs(2),
+    )
+    .await;
+    // A failing message from the null sender gets no report.
+    enqueue(
+        store,
+        "",
+        vec![rcpt("gone@example.org", None)],
+        None,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let reports = maildrop(store, s.alice, 1).await;
+    let (_, status, _) = status_part(&reports[0]);
+    assert!(
+        status.contains("Final-Recipient: rfc822; friend@elsewhere.test")
+            && status.contains("Status: 4.4.7"),
+        "{status}"
+    );
+    let detail = store
+        .envelope_detail(expiring.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.recipients[0].state, RecipientState::Expired);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        counts.recipients_in(RecipientState::Failed),
+        1,
+        "the <> message failed"
+    );
+    assert_eq!(counts.envelopes, 3, "two messages and exactly one report");
+}
