@@ -3,9 +3,11 @@
 //! Workers claim due recipients with leases (any number of replicas may run) and deliver local
 //! recipients into maildrops exactly once. They wake on Notify from smtp-ingress and on ETRN,
 //! and scan the store periodically, so mail committed while the queue was down is delivered.
-//! Remote delivery and DSN reports arrive with their issue; until then such recipients wait.
+//! Failures and expiry produce delivery status notifications; finished mail is garbage
+//! collected after its retention. Remote delivery is not built yet: such recipients wait.
 
 mod dsn;
+mod gc;
 mod grpc;
 mod worker;
 
@@ -41,7 +43,10 @@ fn main() -> ExitCode {
                 batch: queue.batch_size,
                 lease: Duration::from_secs(queue.lease_secs),
                 scan_interval: Duration::from_secs(queue.scan_interval_secs),
-                retry_delay: Duration::from_secs(queue.retry_delay_secs),
+                retry: worker::Backoff {
+                    first: Duration::from_secs(queue.retry_delay_secs),
+                    max: Duration::from_secs(queue.retry_max_delay_secs),
+                },
             });
             let wake = worker::Wake::new();
             let workers: Vec<_> = (0..queue.workers)
@@ -56,6 +61,12 @@ fn main() -> ExitCode {
                 })
                 .collect();
             tracing::info!(workers = queue.workers, owner = %settings.owner, "delivery workers started");
+            let gc = tokio::spawn(gc::run(
+                ctx.store.clone(),
+                Duration::from_secs(queue.gc_interval_secs),
+                Duration::from_secs(queue.retention_secs),
+                ctx.shutdown.clone(),
+            ));
             let grace = Duration::from_secs(queue.shutdown_grace_secs);
             let service = grpc::QueueService::new(ctx.store.clone(), wake);
             let served = ctx
@@ -66,6 +77,7 @@ fn main() -> ExitCode {
                 )
                 .await;
             let finished = async {
+                let _ = gc.await;
                 for w in workers {
                     let _ = w.await;
                 }

@@ -18,6 +18,7 @@ use pochta_store::{
     AttemptOutcome, AttemptReport, BodyType, ClaimedRecipient, DomainRole, LocalDelivery,
     MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, Store, StoreError,
 };
+use rand::Rng;
 use tokio::sync::watch;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -39,6 +40,25 @@ impl Wake {
     }
 }
 
+/// Retry delays: `first` after the first failed attempt, doubling with each further one, capped
+/// at `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait after `attempts` attempts (1 or more). `jitter` in [0.5, 1] scales it, so that
+    /// mail deferred together (say, a burst to one unreachable host) does not retry together.
+    pub fn after(&self, attempts: u32, jitter: f64) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(30);
+        let full = self.first.saturating_mul(1 << doublings).min(self.max);
+        full.mul_f64(jitter.clamp(0.5, 1.0))
+            .max(Duration::from_secs(1).min(full))
+    }
+}
+
 pub struct Settings {
     pub owner: String,
     /// Reporting-MTA of delivery reports.
@@ -49,7 +69,7 @@ pub struct Settings {
     pub batch: u32,
     pub lease: Duration,
     pub scan_interval: Duration,
-    pub retry_delay: Duration,
+    pub retry: Backoff,
 }
 
 struct Metrics {
@@ -429,7 +449,9 @@ async fn defer(
         diagnostic: diagnostic.to_owned(),
     };
     let outcome = AttemptOutcome::Deferred {
-        retry_after: settings.retry_delay,
+        retry_after: settings
+            .retry
+            .after(r.attempts as u32 + 1, rand::rng().random_range(0.5..=1.0)),
     };
     match store
         .record_attempt(owner, r.recipient_id, outcome, &report)
@@ -446,5 +468,34 @@ async fn defer(
             );
             "error"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let b = Backoff {
+            first: Duration::from_secs(300),
+            max: Duration::from_secs(4 * 3600),
+        };
+        assert_eq!(b.after(1, 1.0), Duration::from_secs(300));
+        assert_eq!(b.after(2, 1.0), Duration::from_secs(600));
+        assert_eq!(b.after(4, 1.0), Duration::from_secs(2400));
+        assert_eq!(b.after(7, 1.0), Duration::from_secs(4 * 3600), "capped");
+        assert_eq!(
+            b.after(1000, 1.0),
+            Duration::from_secs(4 * 3600),
+            "no overflow"
+        );
+        assert_eq!(b.after(2, 0.5), Duration::from_secs(300));
+        assert_eq!(
+            b.after(2, 0.1),
+            Duration::from_secs(300),
+            "jitter never below half"
+        );
+        assert_eq!(b.after(0, 1.0), Duration::from_secs(300));
     }
 }

@@ -187,7 +187,12 @@ async fn remote_recipients_wait_with_a_diagnostic() {
     for r in &detail.recipients {
         // Remote delivery is not built yet: both wait, with the reason recorded.
         assert_eq!(r.state, RecipientState::Queued, "{r:?}");
-        assert!(r.next_attempt_at > chrono::Utc::now() + chrono::Duration::seconds(600));
+        // The first retry waits retry_delay_secs (300) scaled by a jitter of 0.5 to 1.
+        let wait = r.next_attempt_at - chrono::Utc::now();
+        assert!(
+            wait > chrono::Duration::seconds(140) && wait <= chrono::Duration::seconds(300),
+            "{wait:?}"
+        );
         assert!(r.lease_owner.is_none());
     }
     let remote = detail
@@ -253,4 +258,53 @@ async fn a_replica_killed_mid_burst_loses_nothing_and_duplicates_nothing() {
     let counts = store.counts().await.unwrap();
     assert_eq!(counts.recipients_in(RecipientState::Queued), 0);
     assert_eq!(counts.maildrop_entries, MESSAGES as i64);
+}
+
+/// Finished envelopes past their retention are collected, and content goes once no maildrop
+/// holds it (here after a POP3-style QUIT deletion).
+#[tokio::test]
+async fn garbage_collection_runs_periodically() {
+    let (db, account) = setup().await;
+    enqueue(db.store(), &[ALICE], "Subject: gc\r\n\r\nx\r\n").await;
+    let _queue = start_queue(
+        &db,
+        free_addr(),
+        "scan_interval_secs = 1\ngc_interval_secs = 1\nretention_secs = 0",
+    )
+    .await;
+    let store = db.store();
+    eventually(
+        Duration::from_secs(10),
+        "delivery and the envelope's collection",
+        || async {
+            let c = store.counts().await.unwrap();
+            c.maildrop_entries == 1 && c.envelopes == 0
+        },
+    )
+    .await;
+    assert_eq!(
+        store.counts().await.unwrap().messages,
+        1,
+        "the maildrop still holds the content"
+    );
+    let entry = store.maildrop_entries(account).await.unwrap()[0].id;
+    assert!(
+        store
+            .lock_maildrop(account, "pop3", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .delete_maildrop_entries_and_unlock(account, "pop3", &[entry])
+            .await
+            .unwrap(),
+        1
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the content's collection",
+        || async { store.counts().await.unwrap().messages == 0 },
+    )
+    .await;
 }

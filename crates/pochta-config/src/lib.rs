@@ -293,8 +293,15 @@ pub struct QueueConfig {
     pub lease_secs: u64,
     /// How often the store is scanned for due work when no Notify arrives.
     pub scan_interval_secs: u64,
-    /// How long a recipient that cannot be delivered yet waits before its next attempt.
+    /// The first retry of a deferred recipient waits this long; each further one twice as long
+    /// (with jitter), up to `retry_max_delay_secs`.
     pub retry_delay_secs: u64,
+    pub retry_max_delay_secs: u64,
+    /// Finished envelopes stay this long (for `pochtactl queue show`), then are collected with
+    /// any content no maildrop holds.
+    pub retention_secs: u64,
+    /// How often garbage collection runs.
+    pub gc_interval_secs: u64,
     /// The name delivery status reports give as Reporting-MTA; the machine's host name if unset.
     pub hostname: Option<String>,
     /// Failure reports return the whole message (RET=FULL, or no RET) up to this size;
@@ -312,7 +319,10 @@ impl Default for QueueConfig {
             batch_size: 32,
             lease_secs: 300,
             scan_interval_secs: 5,
-            retry_delay_secs: 900,
+            retry_delay_secs: 300,
+            retry_max_delay_secs: 4 * 3600,
+            retention_secs: 7 * 24 * 3600,
+            gc_interval_secs: 600,
             hostname: None,
             dsn_max_full_bytes: 1024 * 1024,
         }
@@ -499,6 +509,12 @@ impl Config {
             && !is_host_name(name)
         {
             return invalid("smtp.hostname", "must be a host name");
+        }
+        if self.queue.retry_max_delay_secs < self.queue.retry_delay_secs {
+            return invalid(
+                "queue.retry_max_delay_secs",
+                "must be at least queue.retry_delay_secs",
+            );
         }
         if let Some(name) = &self.queue.hostname
             && !is_host_name(name)
