@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 pub enum Action {
     Failed,
     Delivered,
+    Relayed,
 }
 
 impl Action {
@@ -15,13 +16,14 @@ impl Action {
         match self {
             Action::Failed => "failed",
             Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
         }
     }
 
     fn subject(self) -> &'static str {
         match self {
             Action::Failed => "Undelivered Mail Returned to Sender",
-            Action::Delivered => "Successful Mail Delivery Report",
+            Action::Delivered | Action::Relayed => "Successful Mail Delivery Report",
         }
     }
 }
@@ -124,6 +126,7 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         let what = match r.action {
             Action::Failed => "could not be delivered",
             Action::Delivered => "was delivered",
+            Action::Relayed => "was handed to a server that does not send delivery reports",
         };
         out.push_str(&format!(
             "Your message to <{}> {what}.\r\n",

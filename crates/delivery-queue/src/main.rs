@@ -9,6 +9,7 @@
 mod dsn;
 mod gc;
 mod grpc;
+mod remote;
 mod worker;
 
 use std::process::ExitCode;
@@ -29,7 +30,24 @@ fn main() -> ExitCode {
                 .hostname
                 .clone()
                 .unwrap_or_else(|| host.trim().to_owned());
+            let outbound = worker::Outbound {
+                routes: queue.routes.clone(),
+                smarthost: queue.smarthost.clone(),
+                tls: match queue.outbound_tls {
+                    pochta_config::OutboundTls::Opportunistic => {
+                        pochta_smtp::client::TlsPolicy::Opportunistic
+                    }
+                    pochta_config::OutboundTls::Required => {
+                        pochta_smtp::client::TlsPolicy::Required
+                    }
+                    pochta_config::OutboundTls::Never => pochta_smtp::client::TlsPolicy::Never,
+                },
+                connector: remote::tls_connector()?,
+                connect_timeout: Duration::from_secs(queue.connect_timeout_secs),
+                reply_timeout: Duration::from_secs(queue.reply_timeout_secs),
+            };
             let settings = Arc::new(worker::Settings {
+                outbound,
                 hostname,
                 lifetime: Duration::from_secs(queue.message_lifetime_secs),
                 dsn_max_full_bytes: queue.dsn_max_full_bytes as usize,

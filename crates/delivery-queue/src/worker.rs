@@ -24,6 +24,8 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::dsn::{self, Action, RecipientReport, Report, Return};
+use crate::remote;
+use pochta_smtp::client::RecipientOutcome;
 
 /// Wakes workers when new work may be due (Notify, ETRN). A counter in a watch channel: a
 /// wake-up that arrives while a worker is busy is not lost, it sees the change next time.
@@ -59,8 +61,28 @@ impl Backoff {
     }
 }
 
+/// Where remote mail goes.
+pub struct Outbound {
+    pub routes: std::collections::BTreeMap<String, String>,
+    pub smarthost: Option<String>,
+    pub tls: pochta_smtp::client::TlsPolicy,
+    pub connector: tokio_rustls::TlsConnector,
+    pub connect_timeout: Duration,
+    pub reply_timeout: Duration,
+}
+
+impl Outbound {
+    /// The `host:port` for a domain: its static route, else the smarthost.
+    fn route(&self, domain: &str) -> Option<(String, u16)> {
+        let target = self.routes.get(domain).or(self.smarthost.as_ref())?;
+        let (host, port) = target.rsplit_once(':')?;
+        Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+    }
+}
+
 pub struct Settings {
     pub owner: String,
+    pub outbound: Outbound,
     /// Reporting-MTA of delivery reports.
     pub hostname: String,
     /// Lifetime of the reports themselves.
@@ -175,6 +197,7 @@ async fn deliver_envelope<'a>(
     group: &'a [ClaimedRecipient],
 ) -> Vec<(&'a ClaimedRecipient, AttemptOutcome, AttemptReport)> {
     let mut failures = Vec::new();
+    let mut remote = Vec::new();
     for r in group {
         let span = attempt_span(r);
         let failure = if r.expires_at <= Utc::now() {
@@ -194,6 +217,10 @@ async fn deliver_envelope<'a>(
                     None
                 }
                 Attempted::Failed(status, text) => Some((AttemptOutcome::Failed, status, text)),
+                Attempted::Remote => {
+                    remote.push((r, span));
+                    continue;
+                }
             }
         };
         if let Some((outcome, status, diagnostic)) = failure {
@@ -209,7 +236,194 @@ async fn deliver_envelope<'a>(
             failures.push((r, outcome, report));
         }
     }
+    deliver_remote(store, owner, settings, metrics, remote, &mut failures).await;
     failures
+}
+
+/// A destination server: host and port.
+type Route = (String, u16);
+/// A recipient being attempted, with its attempt span.
+type Attempting<'a> = (&'a ClaimedRecipient, tracing::Span);
+
+/// Hands remote recipients of one envelope to their route's server, one connection per route;
+/// 5xx answers join `failures` (reported with the envelope's other failures).
+async fn deliver_remote<'a>(
+    store: &Store,
+    owner: &str,
+    settings: &Settings,
+    metrics: &Metrics,
+    remote: Vec<Attempting<'a>>,
+    failures: &mut Vec<(&'a ClaimedRecipient, AttemptOutcome, AttemptReport)>,
+) {
+    let mut by_route: Vec<(Route, Vec<Attempting>)> = Vec::new();
+    for (r, span) in remote {
+        match settings.outbound.route(&r.domain) {
+            Some(target) => match by_route.iter_mut().find(|(t, _)| *t == target) {
+                Some((_, list)) => list.push((r, span)),
+                None => by_route.push((target, vec![(r, span)])),
+            },
+            None => {
+                let text = "no route to this domain (MX lookup is not available in this version; configure queue.routes or queue.smarthost)";
+                let name = defer(store, owner, settings, r, "4.4.4", text, None)
+                    .instrument(span.clone())
+                    .await;
+                span.record("result", name);
+                metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+            }
+        }
+    }
+    for ((host, port), recipients) in by_route {
+        let first = recipients[0].0;
+        let message = match store.message_content(first.message_id).await {
+            Ok(Some(m)) => m,
+            other => {
+                tracing::error!(queue_id = %first.queue_id, "message content unavailable: {other:?}");
+                for (r, _) in &recipients {
+                    defer(
+                        store,
+                        owner,
+                        settings,
+                        r,
+                        "4.3.0",
+                        "message content unavailable",
+                        None,
+                    )
+                    .await;
+                }
+                continue;
+            }
+        };
+        let outgoing = pochta_smtp::client::Outgoing {
+            helo_name: settings.hostname.clone(),
+            reverse_path: first.reverse_path.clone(),
+            envid: first.envid.clone(),
+            ret: match first.ret.as_deref() {
+                Some("FULL") => Some(pochta_smtp::Ret::Full),
+                Some("HDRS") => Some(pochta_smtp::Ret::Hdrs),
+                _ => None,
+            },
+            eight_bit: first.body.as_deref() == Some("8BITMIME"),
+            smtputf8: first.smtputf8,
+            size: message.len(),
+            recipients: recipients
+                .iter()
+                .map(|(r, _)| pochta_smtp::client::OutgoingRecipient {
+                    address: r.address.clone(),
+                    notify: r
+                        .notify
+                        .as_deref()
+                        .and_then(|n| n.parse::<Notify>().ok())
+                        .map(|n| pochta_smtp::Notify {
+                            success: n.success,
+                            failure: n.failure,
+                            delay: n.delay,
+                        }),
+                    orcpt: r.orcpt.clone(),
+                })
+                .collect(),
+            tls: settings.outbound.tls,
+        };
+        let target = remote::Target {
+            host: &host,
+            port,
+            connect_timeout: settings.outbound.connect_timeout,
+            reply_timeout: settings.outbound.reply_timeout,
+            tls: &settings.outbound.connector,
+        };
+        let span = tracing::info_span!("queue.remote", %host, port, recipients = recipients.len());
+        let outcomes = remote::deliver(&target, outgoing, &message)
+            .instrument(span)
+            .await;
+        let remote_mta = format!("{host}:{port}");
+        let mut relayed_reports = Vec::new();
+        for ((r, span), outcome) in recipients.into_iter().zip(outcomes) {
+            let (outcome, reply) = match outcome {
+                RecipientOutcome::Accepted { reply, dsn: true } => {
+                    (AttemptOutcome::Delivered, reply)
+                }
+                RecipientOutcome::Accepted { reply, dsn: false } => {
+                    (AttemptOutcome::Relayed, reply)
+                }
+                RecipientOutcome::Rejected(reply) => (AttemptOutcome::Failed, reply),
+                RecipientOutcome::Deferred(reply) => {
+                    let name = defer(
+                        store,
+                        owner,
+                        settings,
+                        r,
+                        reply.status.as_deref().unwrap_or("4.0.0"),
+                        &reply.to_diagnostic(),
+                        Some((&remote_mta, reply.code)),
+                    )
+                    .instrument(span.clone())
+                    .await;
+                    span.record("result", name);
+                    metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+                    continue;
+                }
+            };
+            let name = outcome.state().as_str();
+            span.record("result", name);
+            metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+            let attempt = AttemptReport {
+                remote_mta: Some(remote_mta.clone()),
+                reply_code: Some(reply.code),
+                status: Some(reply.status.clone().unwrap_or_else(|| {
+                    if reply.code >= 500 {
+                        "5.0.0".into()
+                    } else {
+                        "2.0.0".into()
+                    }
+                })),
+                diagnostic: reply.to_diagnostic(),
+            };
+            match outcome {
+                AttemptOutcome::Failed => failures.push((r, outcome, attempt)),
+                // Handed to a server without DSN: we report `relayed` if SUCCESS was asked
+                // (RFC 3461 5.2.2); a DSN-capable server reports onward itself.
+                AttemptOutcome::Relayed if wants(r, |n| n.success, false) => {
+                    relayed_reports.push((r, outcome, attempt))
+                }
+                _ => {
+                    if let Err(e) = store
+                        .record_attempt(owner, r.recipient_id, outcome, &attempt)
+                        .await
+                    {
+                        tracing::warn!("recording the attempt failed: {e}");
+                    }
+                }
+            }
+        }
+        if !relayed_reports.is_empty() {
+            let reports: Vec<RecipientReport> = relayed_reports
+                .iter()
+                .map(|(r, _, a)| RecipientReport {
+                    orcpt: r.orcpt.clone(),
+                    final_recipient: r.address.clone(),
+                    action: Action::Relayed,
+                    status: a.status.clone().unwrap_or_else(|| "2.0.0".into()),
+                    remote_mta: a.remote_mta.clone(),
+                    diagnostic: Some(a.diagnostic.clone()),
+                    last_attempt: Some(Utc::now()),
+                    will_retry_until: None,
+                })
+                .collect();
+            let report = report_message(store, settings, relayed_reports[0].0, &reports).await;
+            let attempts: Vec<_> = relayed_reports
+                .iter()
+                .map(|(r, o, a)| (r.recipient_id, *o, a.clone()))
+                .collect();
+            let with = report.as_ref().map(|(e, c)| (e, c.as_slice()));
+            if let Err(e) = store
+                .record_attempts_with_report(owner, &attempts, with)
+                .await
+            {
+                tracing::warn!(
+                    "recording relayed recipients failed (they are retried when their leases expire): {e}"
+                );
+            }
+        }
+    }
 }
 
 /// Records permanent failures of one envelope's recipients and, in the same transaction, the
@@ -343,6 +557,8 @@ enum Attempted {
     Done(&'static str),
     /// A permanent failure: status and diagnostic.
     Failed(&'static str, String),
+    /// Not a local domain: goes to a remote server.
+    Remote,
 }
 
 /// One attempt for one recipient.
@@ -354,14 +570,11 @@ async fn deliver(
 ) -> Attempted {
     match try_local(store, owner, settings, r).await {
         Ok(Some(result)) => result,
-        Ok(None) => {
-            let text = "remote delivery is not available in this version; the message stays queued";
-            Attempted::Done(defer(store, owner, settings, r, "4.4.0", text).await)
-        }
+        Ok(None) => Attempted::Remote,
         Err(e) => {
             tracing::error!("delivery failed: {e}");
             let text = format!("temporary local error: {e}");
-            Attempted::Done(defer(store, owner, settings, r, "4.3.0", &text).await)
+            Attempted::Done(defer(store, owner, settings, r, "4.3.0", &text, None).await)
         }
     }
 }
@@ -441,10 +654,13 @@ async fn defer(
     r: &ClaimedRecipient,
     status: &str,
     diagnostic: &str,
+    remote: Option<(&str, u16)>,
 ) -> &'static str {
     let report = AttemptReport {
-        remote_mta: None,
-        reply_code: None,
+        remote_mta: remote.map(|(mta, _)| mta.to_owned()),
+        reply_code: remote
+            .map(|(_, code)| code)
+            .filter(|c| (200..600).contains(c)),
         status: Some(status.to_owned()),
         diagnostic: diagnostic.to_owned(),
     };

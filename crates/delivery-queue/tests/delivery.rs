@@ -185,7 +185,7 @@ async fn remote_recipients_wait_with_a_diagnostic() {
     .await;
     let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
     for r in &detail.recipients {
-        // Remote delivery is not built yet: both wait, with the reason recorded.
+        // No route is configured for the domain: both wait, with the reason recorded.
         assert_eq!(r.state, RecipientState::Queued, "{r:?}");
         // The first retry waits retry_delay_secs (300) scaled by a jitter of 0.5 to 1.
         let wait = r.next_attempt_at - chrono::Utc::now();
@@ -200,13 +200,13 @@ async fn remote_recipients_wait_with_a_diagnostic() {
         .iter()
         .find(|r| r.address == "friend@elsewhere.test")
         .unwrap();
-    assert_eq!(remote.last_status.as_deref(), Some("4.4.0"));
+    assert_eq!(remote.last_status.as_deref(), Some("4.4.4"));
     assert!(
         remote
             .last_diagnostic
             .as_deref()
             .unwrap()
-            .contains("remote delivery"),
+            .contains("no route to this domain"),
         "{remote:?}"
     );
 }

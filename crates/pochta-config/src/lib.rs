@@ -307,6 +307,24 @@ pub struct QueueConfig {
     /// Failure reports return the whole message (RET=FULL, or no RET) up to this size;
     /// larger ones return only the header.
     pub dsn_max_full_bytes: u64,
+    /// Static routes: recipient domain → `host:port` of the server to hand its mail to.
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// `host:port` for every other remote domain (a smarthost); unset: no route yet.
+    pub smarthost: Option<String>,
+    /// STARTTLS towards remote servers: opportunistic (when offered), required, or never.
+    pub outbound_tls: OutboundTls,
+    pub connect_timeout_secs: u64,
+    /// Waiting for any one reply of a remote server (RFC 5321 4.5.3.2: minutes).
+    pub reply_timeout_secs: u64,
+}
+
+/// STARTTLS policy for outbound SMTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    Opportunistic,
+    Required,
+    Never,
 }
 
 impl Default for QueueConfig {
@@ -325,6 +343,11 @@ impl Default for QueueConfig {
             gc_interval_secs: 600,
             hostname: None,
             dsn_max_full_bytes: 1024 * 1024,
+            routes: Default::default(),
+            smarthost: None,
+            outbound_tls: OutboundTls::Opportunistic,
+            connect_timeout_secs: 30,
+            reply_timeout_secs: 300,
         }
     }
 }
@@ -515,6 +538,22 @@ impl Config {
                 "queue.retry_max_delay_secs",
                 "must be at least queue.retry_delay_secs",
             );
+        }
+        for (domain, target) in &self.queue.routes {
+            if !is_host_name(domain)
+                || target
+                    .rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return invalid("queue.routes", "entries are \"domain\" = \"host:port\"");
+            }
+        }
+        if let Some(target) = &self.queue.smarthost
+            && target
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return invalid("queue.smarthost", "must be host:port");
         }
         if let Some(name) = &self.queue.hostname
             && !is_host_name(name)

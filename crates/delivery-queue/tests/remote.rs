@@ -1,0 +1,258 @@
+//! Remote delivery over a static route to another real Pochta (its own database), with
+//! STARTTLS, DSN parameters passed on, per-recipient outcomes and the failure report.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mail_parser::MessageParser;
+use pochta_store::{
+    DomainRole, MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, RecipientState, Ret,
+    Store,
+};
+use pochta_testkit::{ServiceProcess, TestCerts, TestDb, free_addr, workspace_binary};
+
+const BODY: &[u8] = b"Received: from x\r\nSubject: far away\r\n\r\n.dot line\r\nbody\r\n";
+
+async fn account(store: &Store, domain: &str, address: &str) -> i64 {
+    if store.domain_role(domain).await.unwrap().is_none() {
+        store.add_domain(domain, DomainRole::Local).await.unwrap();
+    }
+    let hash = pochta_auth::hash_password("pw").unwrap();
+    store
+        .add_account(&MailboxAddress::parse(address).unwrap(), &hash)
+        .await
+        .unwrap()
+}
+
+/// The receiving side: an ingress with its own database, offering STARTTLS and DSN.
+async fn receiver() -> (TestDb, TestCerts, ServiceProcess, SocketAddr) {
+    let db = TestDb::new().await.unwrap();
+    account(db.store(), "remote.test", "friend@remote.test").await;
+    let certs = TestCerts::generate().unwrap();
+    let (grpc, mx) = (free_addr(), free_addr());
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n{}\n[smtp]\ngrpc_listen = \"{grpc}\"\nqueue_endpoint = \"http://{}\"\nhostname = \"mx.remote.test\"\n\
+         mx_listen = [\"{mx}\"]\nsubmission_listen = []\nsubmissions_listen = []\ntrusted_networks = []\n",
+        db.url(),
+        certs.tls_section(),
+        free_addr()
+    );
+    let mut ingress =
+        ServiceProcess::start(&workspace_binary("smtp-ingress").unwrap(), &config, &[]).unwrap();
+    ingress
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+    (db, certs, ingress, mx)
+}
+
+async fn sender_queue(db: &TestDb, routes: &str) -> ServiceProcess {
+    let grpc = free_addr();
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\n\n[queue.routes]\n{routes}\n",
+        db.url()
+    );
+    let mut queue = ServiceProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
+        &config,
+        &[],
+    )
+    .unwrap();
+    queue
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+    queue
+}
+
+fn rcpt(address: &str, notify: &str) -> NewRecipient {
+    NewRecipient {
+        address: MailboxAddress::parse(address).unwrap(),
+        orcpt: Some(format!("rfc822;{address}")),
+        notify: Some(notify.parse::<Notify>().unwrap()),
+        held: false,
+    }
+}
+
+async fn enqueue(store: &Store, recipients: Vec<NewRecipient>) -> QueueId {
+    let envelope = NewEnvelope {
+        queue_id: QueueId::generate(),
+        reverse_path: "alice@example.org".into(),
+        envid: Some("ENV 7".into()),
+        ret: Some(Ret::Hdrs),
+        body: None,
+        smtputf8: false,
+        client_address: None,
+        client_helo: None,
+        auth_user: None,
+        received_by: None,
+        traceparent: None,
+        lifetime: Duration::from_secs(3600),
+        recipients,
+    };
+    store.enqueue(&envelope, BODY).await.unwrap();
+    envelope.queue_id
+}
+
+async fn until<F: AsyncFnMut() -> bool>(what: &str, mut done: F) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn delivers_over_a_static_route_with_dsn_parameters_and_reports_rejections() {
+    let (remote_db, _certs, _ingress, mx) = receiver().await;
+    let db = TestDb::new().await.unwrap();
+    let alice = account(db.store(), "example.org", "alice@example.org").await;
+    let _queue = sender_queue(
+        &db,
+        &format!("\"remote.test\" = \"127.0.0.1:{}\"", mx.port()),
+    )
+    .await;
+    let id = enqueue(
+        db.store(),
+        vec![
+            rcpt("friend@remote.test", "SUCCESS,FAILURE"),
+            rcpt("nobody@remote.test", "FAILURE"),
+        ],
+    )
+    .await;
+
+    let store = db.store();
+    until("both attempted", async || {
+        let d = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+        d.recipients
+            .iter()
+            .all(|r| r.state != RecipientState::Queued)
+    })
+    .await;
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    let friend = &detail.recipients[0];
+    assert_eq!(
+        friend.state,
+        RecipientState::Delivered,
+        "the remote offers DSN: it reports onward"
+    );
+    assert_eq!(friend.last_reply_code, Some(250));
+    assert_eq!(
+        friend.last_remote_mta.as_deref(),
+        Some(&*format!("127.0.0.1:{}", mx.port()))
+    );
+    let nobody = &detail.recipients[1];
+    assert_eq!(nobody.state, RecipientState::Failed);
+    assert_eq!(
+        (nobody.last_reply_code, nobody.last_status.as_deref()),
+        (Some(550), Some("5.1.1"))
+    );
+
+    // What arrived on the other side: the same text, DSN parameters passed on, over TLS.
+    let remote = remote_db.store();
+    until("arrival", async || {
+        remote.counts().await.unwrap().envelopes == 1
+    })
+    .await;
+    let (arrived, _) = remote
+        .list_envelopes(&Default::default(), 10)
+        .await
+        .unwrap();
+    let arrived = remote
+        .envelope_detail(&arrived[0].queue_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(arrived.reverse_path, "alice@example.org");
+    assert_eq!(arrived.envid.as_deref(), Some("ENV 7"));
+    assert_eq!(arrived.ret.as_deref(), Some("HDRS"));
+    assert_eq!(arrived.client_helo.as_deref(), Some("mx.example.org"));
+    assert_eq!(arrived.recipients.len(), 1);
+    assert_eq!(
+        arrived.recipients[0].notify.as_deref(),
+        Some("SUCCESS,FAILURE")
+    );
+    assert_eq!(
+        arrived.recipients[0].orcpt.as_deref(),
+        Some("rfc822;friend@remote.test")
+    );
+    let content = remote
+        .message_content(arrived.message_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(content).unwrap();
+    assert!(text.contains(" with ESMTPS "), "STARTTLS was used: {text}");
+    assert!(
+        text.ends_with(std::str::from_utf8(BODY).unwrap()),
+        "byte for byte: {text}"
+    );
+
+    // The rejection comes back to Alice with the remote's words.
+    until("the failure report", async || {
+        store.maildrop_entries(alice).await.unwrap().len() == 1
+    })
+    .await;
+    let entry = store.maildrop_entries(alice).await.unwrap()[0].id;
+    let (_, report) = store
+        .maildrop_entry_content(alice, entry)
+        .await
+        .unwrap()
+        .unwrap();
+    let parsed = MessageParser::default().parse(&report).unwrap();
+    let status = String::from_utf8_lossy(parsed.parts[2].contents()).into_owned();
+    for needle in [
+        "Final-Recipient: rfc822; nobody@remote.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Remote-MTA: dns; 127.0.0.1:",
+        "Diagnostic-Code: smtp; 550 5.1.1",
+    ] {
+        assert!(status.contains(needle), "{needle}:\n{status}");
+    }
+    assert!(!status.contains("friend@remote.test"));
+}
+
+#[tokio::test]
+async fn an_unreachable_route_defers_with_the_reason() {
+    let db = TestDb::new().await.unwrap();
+    account(db.store(), "example.org", "alice@example.org").await;
+    let dead = free_addr();
+    let _queue = sender_queue(
+        &db,
+        &format!("\"remote.test\" = \"127.0.0.1:{}\"", dead.port()),
+    )
+    .await;
+    let id = enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
+    let store = db.store();
+    until("an attempt", async || {
+        store
+            .envelope_detail(id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .recipients[0]
+            .attempts
+            == 1
+    })
+    .await;
+    let r = &store
+        .envelope_detail(id.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .recipients[0];
+    assert_eq!(r.state, RecipientState::Queued);
+    assert!(
+        r.last_diagnostic
+            .as_deref()
+            .unwrap()
+            .contains("connecting to 127.0.0.1:"),
+        "{r:?}"
+    );
+    assert!(
+        r.next_attempt_at > chrono::Utc::now() + chrono::Duration::seconds(100),
+        "backed off"
+    );
+}

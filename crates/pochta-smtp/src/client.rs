@@ -1,0 +1,664 @@
+//! The SMTP client side as a state machine: one message, its recipients, one server.
+//!
+//! Replies in (`feed`), outputs out (`poll`): commands to send, the STARTTLS handshake, the
+//! message text, and finally the outcome of every recipient. EHLO falls back to HELO;
+//! STARTTLS is used when offered (opportunistic) or demanded; PIPELINING sends MAIL, the RCPTs
+//! and DATA in one write; SIZE is declared and honoured; DSN parameters (RFC 3461) are passed
+//! on only when the server offers DSN.
+
+use std::collections::VecDeque;
+
+use crate::command::xtext_encode;
+use crate::{Notify, Ret};
+
+/// A reply from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerReply {
+    pub code: u16,
+    /// The enhanced status code when the reply has one, e.g. `5.1.1`.
+    pub status: Option<String>,
+    /// All lines joined with spaces, codes stripped.
+    pub text: String,
+}
+
+impl ServerReply {
+    /// `550 5.1.1 text`, as a Diagnostic-Code would show it.
+    pub fn to_diagnostic(&self) -> String {
+        match &self.status {
+            Some(s) => format!("{} {} {}", self.code, s, self.text),
+            None => format!("{} {}", self.code, self.text),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// STARTTLS when offered, plaintext otherwise (RFC 7435 opportunistic security).
+    Opportunistic,
+    /// Defer rather than send without TLS.
+    Required,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutgoingRecipient {
+    pub address: String,
+    pub notify: Option<Notify>,
+    pub orcpt: Option<String>,
+}
+
+/// The envelope to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub helo_name: String,
+    /// Empty for `<>`.
+    pub reverse_path: String,
+    pub envid: Option<String>,
+    pub ret: Option<Ret>,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    pub size: usize,
+    pub recipients: Vec<OutgoingRecipient>,
+    pub tls: TlsPolicy,
+}
+
+/// What became of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientOutcome {
+    /// Accepted with the message; `dsn` when the server offered DSN (so it reports onward:
+    /// `delivered`), otherwise `relayed` (RFC 3461 5.2.2).
+    Accepted { reply: ServerReply, dsn: bool },
+    /// 5xx: final.
+    Rejected(ServerReply),
+    /// 4xx, or the session ended early: try again later.
+    Deferred(ServerReply),
+}
+
+#[derive(Debug)]
+pub enum ClientOutput {
+    Send(Vec<u8>),
+    /// Do the TLS handshake, then call `tls_established` (or give up on failure).
+    StartTls,
+    /// Send the message text, dot-stuffed, and the final `.` CRLF.
+    SendMessage,
+    /// Every recipient's outcome, in order; close after sending what is pending.
+    Done(Vec<RecipientOutcome>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    Mail,
+    Rcpt(usize),
+    Data,
+    Message,
+}
+
+#[derive(Debug, Default)]
+struct Extensions {
+    pipelining: bool,
+    size: Option<u64>,
+    starttls: bool,
+    dsn: bool,
+    eight_bit: bool,
+    smtputf8: bool,
+}
+
+#[derive(Debug)]
+pub struct ClientSession {
+    out: Outgoing,
+    input: Vec<u8>,
+    lines: Vec<String>,
+    expect: VecDeque<Expect>,
+    outputs: VecDeque<ClientOutput>,
+    ext: Extensions,
+    tls: bool,
+    outcomes: Vec<Option<RecipientOutcome>>,
+    accepted_any: bool,
+    finished: bool,
+}
+
+fn parse_reply(lines: &[String]) -> ServerReply {
+    let code = lines
+        .last()
+        .and_then(|l| l.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let texts: Vec<&str> = lines.iter().map(|l| l.get(4..).unwrap_or("")).collect();
+    let first = texts.first().copied().unwrap_or("");
+    let status = first
+        .split_whitespace()
+        .next()
+        .filter(|s| {
+            let parts: Vec<&str> = s.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(str::to_owned);
+    let mut text = texts.join(" ");
+    if let Some(s) = &status {
+        text = text
+            .strip_prefix(s.as_str())
+            .unwrap_or(&text)
+            .trim_start()
+            .to_owned();
+    }
+    ServerReply { code, status, text }
+}
+
+impl ClientSession {
+    pub fn new(out: Outgoing) -> Self {
+        let n = out.recipients.len();
+        ClientSession {
+            out,
+            input: Vec::new(),
+            lines: Vec::new(),
+            expect: VecDeque::from([Expect::Greeting]),
+            outputs: VecDeque::new(),
+            ext: Extensions::default(),
+            tls: false,
+            outcomes: vec![None; n],
+            accepted_any: false,
+            finished: false,
+        }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+    }
+
+    pub fn poll(&mut self) -> Option<ClientOutput> {
+        if self.outputs.is_empty() && !self.finished {
+            self.process();
+        }
+        self.outputs.pop_front()
+    }
+
+    /// The connection broke or timed out: every recipient without an outcome is deferred.
+    pub fn connection_lost(&mut self, why: &str) {
+        let reply = ServerReply {
+            code: 421,
+            status: Some("4.4.2".into()),
+            text: why.to_owned(),
+        };
+        self.finish_all(RecipientOutcome::Deferred(reply));
+    }
+
+    pub fn tls_established(&mut self) {
+        self.tls = true;
+        self.input.clear();
+        self.send(Expect::Ehlo, &format!("EHLO {}\r\n", self.out.helo_name));
+    }
+
+    /// The message text went out; the final reply is awaited.
+    pub fn message_sent(&mut self) {
+        self.expect.push_back(Expect::Message);
+    }
+
+    /// Sends a command whose reply will be `expect`.
+    fn send(&mut self, expect: Expect, line: &str) {
+        self.expect.push_back(expect);
+        self.push_bytes(line.as_bytes());
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) {
+        if let Some(ClientOutput::Send(buf)) = self.outputs.back_mut() {
+            buf.extend_from_slice(bytes);
+        } else {
+            self.outputs.push_back(ClientOutput::Send(bytes.to_vec()));
+        }
+    }
+
+    fn process(&mut self) {
+        while self.outputs.is_empty() && !self.finished {
+            let Some(nl) = self.input.iter().position(|&b| b == b'\n') else {
+                return;
+            };
+            let raw: Vec<u8> = self.input.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            self.lines.push(line);
+            if self.lines.len() > 100 {
+                return self.connection_lost("reply too long");
+            }
+            if last {
+                let lines = std::mem::take(&mut self.lines);
+                let reply = parse_reply(&lines);
+                match self.expect.pop_front() {
+                    Some(expect) => self.reply(expect, reply, &lines),
+                    None => self.connection_lost("unexpected reply"),
+                }
+            }
+        }
+    }
+
+    fn finish_all(&mut self, outcome: RecipientOutcome) {
+        for o in self.outcomes.iter_mut().filter(|o| o.is_none()) {
+            *o = Some(outcome.clone());
+        }
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            let outcomes = self
+                .outcomes
+                .iter()
+                .map(|o| o.clone().expect("every recipient has an outcome"))
+                .collect();
+            self.outputs.push_back(ClientOutput::Done(outcomes));
+        }
+    }
+
+    fn quit_with(&mut self, outcome: RecipientOutcome) {
+        self.push_bytes(b"QUIT\r\n");
+        self.finish_all(outcome);
+    }
+
+    /// A failure of the whole transaction: 5xx rejects, anything else defers.
+    fn transaction_failed(&mut self, reply: ServerReply) {
+        let outcome = if reply.code >= 500 {
+            RecipientOutcome::Rejected(reply)
+        } else {
+            RecipientOutcome::Deferred(reply)
+        };
+        self.quit_with(outcome);
+    }
+
+    fn reply(&mut self, expect: Expect, reply: ServerReply, lines: &[String]) {
+        match expect {
+            Expect::Greeting if reply.code == 220 => {
+                self.send(Expect::Ehlo, &format!("EHLO {}\r\n", self.out.helo_name))
+            }
+            Expect::Greeting => self.transaction_failed(reply),
+            Expect::Ehlo if reply.code == 250 => {
+                self.ext = Extensions::default();
+                for line in lines.iter().skip(1) {
+                    let keyword = line.get(4..).unwrap_or("").to_ascii_uppercase();
+                    let mut words = keyword.split_whitespace();
+                    match words.next() {
+                        Some("PIPELINING") => self.ext.pipelining = true,
+                        Some("SIZE") => {
+                            self.ext.size =
+                                words.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0)
+                        }
+                        Some("STARTTLS") => self.ext.starttls = true,
+                        Some("DSN") => self.ext.dsn = true,
+                        Some("8BITMIME") => self.ext.eight_bit = true,
+                        Some("SMTPUTF8") => self.ext.smtputf8 = true,
+                        _ => {}
+                    }
+                }
+                self.after_hello();
+            }
+            Expect::Ehlo if reply.code >= 500 && !self.tls => {
+                self.send(Expect::Helo, &format!("HELO {}\r\n", self.out.helo_name))
+            }
+            Expect::Ehlo => self.transaction_failed(reply),
+            Expect::Helo if reply.code == 250 => {
+                self.ext = Extensions::default();
+                self.after_hello();
+            }
+            Expect::Helo => self.transaction_failed(reply),
+            Expect::StartTls if reply.code == 220 => self.outputs.push_back(ClientOutput::StartTls),
+            Expect::StartTls if self.out.tls == TlsPolicy::Required => {
+                self.transaction_failed(defer_reply(reply))
+            }
+            Expect::StartTls => self.begin_transaction(),
+            Expect::Mail if reply.code != 250 => {
+                self.expect.clear();
+                self.transaction_failed(reply);
+            }
+            Expect::Mail => {
+                if !self.ext.pipelining {
+                    self.send_rcpt(0);
+                }
+            }
+            Expect::Rcpt(i) => {
+                if reply.code == 250 || reply.code == 251 {
+                    self.accepted_any = true;
+                } else if reply.code >= 500 {
+                    self.outcomes[i] = Some(RecipientOutcome::Rejected(reply));
+                } else {
+                    self.outcomes[i] = Some(RecipientOutcome::Deferred(reply));
+                }
+                if !self.ext.pipelining {
+                    if i + 1 < self.out.recipients.len() {
+                        self.send_rcpt(i + 1);
+                    } else if self.accepted_any {
+                        self.send(Expect::Data, "DATA\r\n");
+                    } else {
+                        self.quit_with(RecipientOutcome::Deferred(defer_reply(ServerReply {
+                            code: 451,
+                            status: None,
+                            text: "no recipient accepted".into(),
+                        })));
+                    }
+                }
+            }
+            Expect::Data if reply.code == 354 && self.accepted_any => {
+                self.outputs.push_back(ClientOutput::SendMessage)
+            }
+            Expect::Data if reply.code == 354 => {
+                // Pipelined DATA was accepted although no recipient was: send an empty text.
+                self.push_bytes(b".\r\n");
+                self.quit_with(RecipientOutcome::Deferred(ServerReply {
+                    code: 451,
+                    status: None,
+                    text: "no recipient accepted".into(),
+                }));
+            }
+            Expect::Data if !self.accepted_any => {
+                self.quit_with(RecipientOutcome::Deferred(ServerReply {
+                    code: 451,
+                    status: None,
+                    text: "no recipient accepted".into(),
+                }))
+            }
+            Expect::Data => self.transaction_failed(reply),
+            Expect::Message if reply.code == 250 => {
+                let dsn = self.ext.dsn;
+                self.quit_with(RecipientOutcome::Accepted { reply, dsn });
+            }
+            Expect::Message => self.transaction_failed(reply),
+        }
+    }
+
+    fn after_hello(&mut self) {
+        let policy = self.out.tls;
+        if !self.tls && self.ext.starttls && policy != TlsPolicy::Never {
+            return self.send(Expect::StartTls, "STARTTLS\r\n");
+        }
+        if !self.tls && policy == TlsPolicy::Required {
+            return self.quit_with(RecipientOutcome::Deferred(ServerReply {
+                code: 421,
+                status: Some("4.7.10".into()),
+                text: "TLS is required for this destination but the server does not offer STARTTLS"
+                    .into(),
+            }));
+        }
+        self.begin_transaction();
+    }
+
+    fn begin_transaction(&mut self) {
+        if let Some(max) = self.ext.size
+            && self.out.size as u64 > max
+        {
+            return self.quit_with(RecipientOutcome::Rejected(ServerReply {
+                code: 552,
+                status: Some("5.3.4".into()),
+                text: format!(
+                    "message size {} exceeds the server's limit of {max}",
+                    self.out.size
+                ),
+            }));
+        }
+        if self.out.smtputf8 && !self.ext.smtputf8 {
+            return self.quit_with(RecipientOutcome::Rejected(ServerReply {
+                code: 553,
+                status: Some("5.6.7".into()),
+                text: "the message needs SMTPUTF8, which the server does not offer".into(),
+            }));
+        }
+        let mut mail = format!("MAIL FROM:<{}>", self.out.reverse_path);
+        if self.ext.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", self.out.size));
+        }
+        if self.out.eight_bit && self.ext.eight_bit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if self.out.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if self.ext.dsn {
+            if let Some(ret) = self.out.ret {
+                mail.push_str(if ret == Ret::Full {
+                    " RET=FULL"
+                } else {
+                    " RET=HDRS"
+                });
+            }
+            if let Some(envid) = &self.out.envid {
+                mail.push_str(&format!(" ENVID={}", xtext_encode(envid)));
+            }
+        }
+        mail.push_str("\r\n");
+        self.send(Expect::Mail, &mail);
+        if self.ext.pipelining {
+            for i in 0..self.out.recipients.len() {
+                self.send_rcpt(i);
+            }
+            self.send(Expect::Data, "DATA\r\n");
+        }
+    }
+
+    fn send_rcpt(&mut self, i: usize) {
+        let r = &self.out.recipients[i];
+        let mut line = format!("RCPT TO:<{}>", r.address);
+        if self.ext.dsn {
+            if let Some(n) = r.notify {
+                line.push_str(&format!(" NOTIFY={}", n.to_text()));
+            }
+            if let Some(orcpt) = &r.orcpt {
+                line.push_str(&format!(" ORCPT={orcpt}"));
+            }
+        }
+        line.push_str("\r\n");
+        self.send(Expect::Rcpt(i), &line);
+    }
+}
+
+/// A negative reply turned temporary (for policy deferrals).
+fn defer_reply(mut reply: ServerReply) -> ServerReply {
+    if reply.code >= 500 {
+        reply.code = 451;
+    }
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outgoing(recipients: &[&str], tls: TlsPolicy) -> Outgoing {
+        Outgoing {
+            helo_name: "mx.example.org".into(),
+            reverse_path: "bob@example.org".into(),
+            envid: Some("E 1".into()),
+            ret: Some(Ret::Hdrs),
+            eight_bit: true,
+            smtputf8: false,
+            size: 1000,
+            recipients: recipients
+                .iter()
+                .map(|a| OutgoingRecipient {
+                    address: (*a).into(),
+                    notify: Some(Notify {
+                        success: true,
+                        failure: true,
+                        delay: false,
+                    }),
+                    orcpt: Some(format!("rfc822;{a}")),
+                })
+                .collect(),
+            tls,
+        }
+    }
+
+    /// Feeds `reply` and returns what the client sends next (all Send outputs joined) and any
+    /// other output.
+    fn step(c: &mut ClientSession, reply: &str) -> (String, Option<ClientOutput>) {
+        c.feed(reply.as_bytes());
+        let mut sent = String::new();
+        while let Some(o) = c.poll() {
+            match o {
+                ClientOutput::Send(b) => sent.push_str(&String::from_utf8(b).unwrap()),
+                other => return (sent, Some(other)),
+            }
+        }
+        (sent, None)
+    }
+
+    const EHLO_FULL: &str = "250-remote.example\r\n250-PIPELINING\r\n250-SIZE 5000\r\n250-8BITMIME\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n";
+
+    #[test]
+    fn pipelined_transaction_with_dsn_parameters() {
+        let mut c = ClientSession::new(outgoing(
+            &["a@remote.example", "b@remote.example", "c@remote.example"],
+            TlsPolicy::Opportunistic,
+        ));
+        assert_eq!(
+            step(&mut c, "220 remote.example ESMTP\r\n").0,
+            "EHLO mx.example.org\r\n"
+        );
+        let (sent, _) = step(&mut c, EHLO_FULL);
+        assert_eq!(
+            sent,
+            "MAIL FROM:<bob@example.org> SIZE=1000 BODY=8BITMIME RET=HDRS ENVID=E+201\r\n\
+             RCPT TO:<a@remote.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@remote.example\r\n\
+             RCPT TO:<b@remote.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@remote.example\r\n\
+             RCPT TO:<c@remote.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@remote.example\r\nDATA\r\n",
+            "one write"
+        );
+        let (sent, out) = step(
+            &mut c,
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 No such user\r\n451 4.2.1 Try later\r\n354 Go\r\n",
+        );
+        assert_eq!(sent, "");
+        assert!(matches!(out, Some(ClientOutput::SendMessage)));
+        c.message_sent();
+        let (sent, out) = step(&mut c, "250 2.0.0 Ok: queued as X\r\n");
+        assert_eq!(sent, "QUIT\r\n");
+        let Some(ClientOutput::Done(outcomes)) = out else {
+            panic!("{out:?}")
+        };
+        assert!(
+            matches!(&outcomes[0], RecipientOutcome::Accepted { dsn: true, reply } if reply.code == 250 && reply.status.as_deref() == Some("2.0.0"))
+        );
+        assert!(
+            matches!(&outcomes[1], RecipientOutcome::Rejected(r) if r.to_diagnostic() == "550 5.1.1 No such user")
+        );
+        assert!(matches!(&outcomes[2], RecipientOutcome::Deferred(r) if r.code == 451));
+    }
+
+    #[test]
+    fn without_extensions_one_command_at_a_time_and_no_dsn_parameters() {
+        let mut c = ClientSession::new(outgoing(
+            &["a@remote.example", "b@remote.example"],
+            TlsPolicy::Opportunistic,
+        ));
+        step(&mut c, "220 old.example\r\n");
+        assert_eq!(
+            step(&mut c, "502 EHLO? never heard of it\r\n").0,
+            "HELO mx.example.org\r\n"
+        );
+        assert_eq!(
+            step(&mut c, "250 old.example\r\n").0,
+            "MAIL FROM:<bob@example.org>\r\n"
+        );
+        assert_eq!(
+            step(&mut c, "250 ok\r\n").0,
+            "RCPT TO:<a@remote.example>\r\n"
+        );
+        assert_eq!(
+            step(&mut c, "250 ok\r\n").0,
+            "RCPT TO:<b@remote.example>\r\n"
+        );
+        assert_eq!(step(&mut c, "250 ok\r\n").0, "DATA\r\n");
+        assert!(matches!(
+            step(&mut c, "354 go\r\n").1,
+            Some(ClientOutput::SendMessage)
+        ));
+        c.message_sent();
+        let Some(ClientOutput::Done(outcomes)) = step(&mut c, "250 ok\r\n").1 else {
+            panic!()
+        };
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, RecipientOutcome::Accepted { dsn: false, .. })),
+            "relayed: no DSN offered"
+        );
+    }
+
+    #[test]
+    fn starttls_when_offered_and_required() {
+        let mut c = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Opportunistic));
+        step(&mut c, "220 r\r\n");
+        assert_eq!(step(&mut c, "250-r\r\n250 STARTTLS\r\n").0, "STARTTLS\r\n");
+        assert!(matches!(
+            step(&mut c, "220 go ahead\r\n").1,
+            Some(ClientOutput::StartTls)
+        ));
+        c.tls_established();
+        assert_eq!(step(&mut c, "").0, "EHLO mx.example.org\r\n");
+        assert!(
+            step(&mut c, "250-r\r\n250 STARTTLS\r\n")
+                .0
+                .starts_with("MAIL FROM:"),
+            "no second STARTTLS"
+        );
+
+        let mut required = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Required));
+        step(&mut required, "220 r\r\n");
+        let (sent, out) = step(&mut required, "250 r\r\n");
+        assert_eq!(sent, "QUIT\r\n");
+        assert!(
+            matches!(out, Some(ClientOutput::Done(o)) if matches!(&o[0], RecipientOutcome::Deferred(r) if r.status.as_deref() == Some("4.7.10")))
+        );
+    }
+
+    #[test]
+    fn whole_transaction_failures() {
+        let mut c = ClientSession::new(outgoing(
+            &["a@remote.example", "b@remote.example"],
+            TlsPolicy::Never,
+        ));
+        let (_, out) = step(&mut c, "554 go away\r\n");
+        assert!(
+            matches!(out, Some(ClientOutput::Done(o)) if o.len() == 2 && o.iter().all(|o| matches!(o, RecipientOutcome::Rejected(r) if r.code == 554)))
+        );
+        let mut c2 = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+        step(&mut c2, "220 r\r\n");
+        let (_, out) = step(&mut c2, "250-r\r\n250 SIZE 10\r\n");
+        assert!(
+            matches!(out, Some(ClientOutput::Done(o)) if matches!(&o[0], RecipientOutcome::Rejected(r) if r.status.as_deref() == Some("5.3.4"))),
+            "SIZE honoured"
+        );
+        let mut c3 = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+        step(&mut c3, "220 r\r\n");
+        step(&mut c3, "250 r\r\n");
+        let (_, out) = step(&mut c3, "451 4.3.0 busy\r\n");
+        assert!(
+            matches!(out, Some(ClientOutput::Done(o)) if matches!(&o[0], RecipientOutcome::Deferred(_))),
+            "MAIL 4xx defers"
+        );
+        let mut c4 = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+        step(&mut c4, "220 r\r\n");
+        step(&mut c4, "250 r\r\n");
+        step(&mut c4, "250 ok\r\n");
+        step(&mut c4, "250 ok\r\n");
+        step(&mut c4, "354 go\r\n");
+        c4.message_sent();
+        let (_, out) = step(&mut c4, "552 5.3.4 too big after all\r\n");
+        assert!(
+            matches!(out, Some(ClientOutput::Done(o)) if matches!(&o[0], RecipientOutcome::Rejected(_)))
+        );
+        let mut c5 = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+        step(&mut c5, "220 r\r\n");
+        c5.connection_lost("connection reset");
+        let Some(ClientOutput::Done(o)) = c5.poll() else {
+            panic!()
+        };
+        assert!(matches!(&o[0], RecipientOutcome::Deferred(r) if r.text == "connection reset"));
+    }
+}
