@@ -256,3 +256,74 @@ async fn an_unreachable_route_defers_with_the_reason() {
         "backed off"
     );
 }
+
+/// A third-party server without DSN (Python's smtpd): the recipient is `relayed`, and the
+/// sender who asked for SUCCESS gets a `relayed` report (RFC 3461 5.2.2). The server writes
+/// what it received to a file, which must be the message byte for byte.
+#[tokio::test]
+async fn a_server_without_dsn_makes_the_recipient_relayed() {
+    let db = TestDb::new().await.unwrap();
+    let alice = account(db.store(), "example.org", "alice@example.org").await;
+    let port = free_addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("received");
+    let server = r#"
+import asyncore, smtpd, sys, warnings
+warnings.simplefilter("ignore")
+class Sink(smtpd.SMTPServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kw):
+        with open(sys.argv[2], "wb") as f:
+            f.write(mailfrom.encode() + b"\n" + ",".join(rcpttos).encode() + b"\n" + data)
+Sink(("127.0.0.1", int(sys.argv[1])), None, decode_data=False)
+asyncore.loop()
+"#;
+    let mut peer = tokio::process::Command::new("python3")
+        .args(["-c", server, &port.to_string(), out.to_str().unwrap()])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until it listens.
+    until("the python server", async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let _queue = sender_queue(&db, &format!("\"remote.test\" = \"127.0.0.1:{port}\"")).await;
+    let id = enqueue(db.store(), vec![rcpt("friend@remote.test", "SUCCESS")]).await;
+    let store = db.store();
+    until("relayed", async || {
+        store
+            .envelope_detail(id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .recipients[0]
+            .state
+            == RecipientState::Relayed
+    })
+    .await;
+    let received = std::fs::read(&out).unwrap();
+    // smtpd hands over the envelope and the dot-unstuffed text with LF line ends, the last
+    // one dropped.
+    let expected = "alice@example.org\nfriend@remote.test\nReceived: from x\nSubject: far away\n\n.dot line\nbody";
+    assert_eq!(String::from_utf8_lossy(&received), expected);
+    until("the relayed report", async || {
+        store.maildrop_entries(alice).await.unwrap().len() == 1
+    })
+    .await;
+    let entry = store.maildrop_entries(alice).await.unwrap()[0].id;
+    let (_, report) = store
+        .maildrop_entry_content(alice, entry)
+        .await
+        .unwrap()
+        .unwrap();
+    let parsed = MessageParser::default().parse(&report).unwrap();
+    let status = String::from_utf8_lossy(parsed.parts[2].contents()).into_owned();
+    assert!(
+        status.contains("Action: relayed")
+            && status.contains("Final-Recipient: rfc822; friend@remote.test"),
+        "{status}"
+    );
+    let _ = peer.kill().await;
+}
