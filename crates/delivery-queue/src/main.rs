@@ -9,6 +9,7 @@
 mod dsn;
 mod gc;
 mod grpc;
+mod mx;
 mod remote;
 mod worker;
 
@@ -45,6 +46,8 @@ fn main() -> ExitCode {
                 connector: remote::tls_connector()?,
                 connect_timeout: Duration::from_secs(queue.connect_timeout_secs),
                 reply_timeout: Duration::from_secs(queue.reply_timeout_secs),
+                resolver: mx::resolver(&queue.dns_servers)?,
+                mx_port: queue.mx_port,
             };
             let settings = Arc::new(worker::Settings {
                 outbound,

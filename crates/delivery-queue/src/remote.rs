@@ -79,6 +79,8 @@ pub fn tls_connector() -> anyhow::Result<TlsConnector> {
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// Only while STARTTLS replaces the plain stream.
+    Gone,
 }
 
 impl Stream {
@@ -86,6 +88,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.read(buf).await,
             Stream::Tls(s) => s.read(buf).await,
+            Stream::Gone => Ok(0),
         }
     }
 
@@ -96,44 +99,64 @@ impl Stream {
                 s.write_all(bytes).await?;
                 s.flush().await
             }
+            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
         }
     }
 }
 
 pub struct Target<'a> {
+    /// The server's name (for TLS and diagnostics).
     pub host: &'a str,
-    pub port: u16,
+    /// Where to connect: `ip:port` or `host:port`.
+    pub address: String,
     pub connect_timeout: Duration,
     pub reply_timeout: Duration,
     pub tls: &'a TlsConnector,
 }
 
 /// Delivers `message` to the recipients in `outgoing` at `target`; returns each recipient's
-/// outcome. Connection problems defer every recipient.
+/// outcome, or why no connection could be made (so the next host can be tried). Trouble
+/// after connecting defers the recipients without an outcome yet.
 pub async fn deliver(
     target: &Target<'_>,
     outgoing: Outgoing,
     message: &[u8],
-) -> Vec<RecipientOutcome> {
+) -> Result<Vec<RecipientOutcome>, String> {
+    let address = target.address.clone();
+    let connected =
+        tokio::time::timeout(target.connect_timeout, TcpStream::connect(&address)).await;
+    let mut stream = match connected {
+        Ok(Ok(tcp)) => Stream::Plain(tcp),
+        Ok(Err(e)) => return Err(format!("connecting to {} ({address}): {e}", target.host)),
+        Err(_) => {
+            return Err(format!(
+                "connecting to {} ({address}): timed out",
+                target.host
+            ));
+        }
+    };
     let mut session = ClientSession::new(outgoing);
-    let address = format!("{}:{}", target.host, target.port);
-    let mut stream =
-        match tokio::time::timeout(target.connect_timeout, TcpStream::connect(&address)).await {
-            Ok(Ok(tcp)) => Stream::Plain(tcp),
-            Ok(Err(e)) => return lost(&mut session, &format!("connecting to {address}: {e}")),
-            Err(_) => return lost(&mut session, &format!("connecting to {address}: timed out")),
-        };
+    Ok(converse(target, &address, &mut stream, &mut session, message).await)
+}
+
+async fn converse(
+    target: &Target<'_>,
+    address: &str,
+    stream: &mut Stream,
+    session: &mut ClientSession,
+    message: &[u8],
+) -> Vec<RecipientOutcome> {
     let mut buf = vec![0u8; 8192];
     loop {
         while let Some(output) = session.poll() {
             let result = match output {
                 ClientOutput::Send(bytes) => stream.write_all(&bytes).await,
-                ClientOutput::SendMessage => send_message(&mut stream, message)
+                ClientOutput::SendMessage => send_message(stream, message)
                     .await
                     .map(|()| session.message_sent()),
                 ClientOutput::StartTls => {
-                    let Stream::Plain(tcp) = stream else {
-                        return lost(&mut session, "STARTTLS twice");
+                    let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Gone) else {
+                        return lost(session, "STARTTLS twice");
                     };
                     let name = ServerName::try_from(target.host.to_owned()).unwrap_or_else(|_| {
                         ServerName::try_from("localhost").expect("a valid name")
@@ -142,19 +165,16 @@ pub async fn deliver(
                         .await
                     {
                         Ok(Ok(tls)) => {
-                            stream = Stream::Tls(Box::new(tls));
+                            *stream = Stream::Tls(Box::new(tls));
                             session.tls_established();
                             Ok(())
                         }
                         Ok(Err(e)) => {
-                            return lost(
-                                &mut session,
-                                &format!("TLS handshake with {address}: {e}"),
-                            );
+                            return lost(session, &format!("TLS handshake with {address}: {e}"));
                         }
                         Err(_) => {
                             return lost(
-                                &mut session,
+                                session,
                                 &format!("TLS handshake with {address}: timed out"),
                             );
                         }
@@ -163,14 +183,14 @@ pub async fn deliver(
                 ClientOutput::Done(outcomes) => return outcomes,
             };
             if let Err(e) = result {
-                return lost(&mut session, &format!("writing to {address}: {e}"));
+                return lost(session, &format!("writing to {address}: {e}"));
             }
         }
         match tokio::time::timeout(target.reply_timeout, stream.read(&mut buf)).await {
-            Ok(Ok(0)) => return lost(&mut session, &format!("{address} closed the connection")),
+            Ok(Ok(0)) => return lost(session, &format!("{address} closed the connection")),
             Ok(Ok(n)) => session.feed(&buf[..n]),
-            Ok(Err(e)) => return lost(&mut session, &format!("reading from {address}: {e}")),
-            Err(_) => return lost(&mut session, &format!("{address} did not answer in time")),
+            Ok(Err(e)) => return lost(session, &format!("reading from {address}: {e}")),
+            Err(_) => return lost(session, &format!("{address} did not answer in time")),
         }
     }
 }

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::dsn::{self, Action, RecipientReport, Report, Return};
-use crate::remote;
+use crate::{mx, remote};
 use pochta_smtp::client::RecipientOutcome;
 
 /// Wakes workers when new work may be due (Notify, ETRN). A counter in a watch channel: a
@@ -69,14 +69,68 @@ pub struct Outbound {
     pub connector: tokio_rustls::TlsConnector,
     pub connect_timeout: Duration,
     pub reply_timeout: Duration,
+    pub resolver: hickory_resolver::TokioResolver,
+    pub mx_port: u16,
+}
+
+/// Where a domain's mail goes: a configured `host:port`, or its MX hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Destination {
+    Static(String),
+    Mx(String),
 }
 
 impl Outbound {
-    /// The `host:port` for a domain: its static route, else the smarthost.
-    fn route(&self, domain: &str) -> Option<(String, u16)> {
-        let target = self.routes.get(domain).or(self.smarthost.as_ref())?;
-        let (host, port) = target.rsplit_once(':')?;
-        Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+    fn destination(&self, domain: &str) -> Destination {
+        match self.routes.get(domain).or(self.smarthost.as_ref()) {
+            Some(target) => Destination::Static(target.clone()),
+            None => Destination::Mx(domain.to_owned()),
+        }
+    }
+
+    /// The servers to try, best first, as (name, `addr:port`); or the reason there are none:
+    /// `Err((true, why))` is permanent, `Err((false, why))` temporary.
+    async fn candidates(
+        &self,
+        destination: &Destination,
+    ) -> Result<Vec<(String, String)>, (bool, String)> {
+        let domain = match destination {
+            Destination::Static(target) => {
+                let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
+                return Ok(vec![(
+                    host.trim_matches(['[', ']']).to_owned(),
+                    target.clone(),
+                )]);
+            }
+            Destination::Mx(domain) => domain,
+        };
+        let hosts = match mx::mail_hosts(&self.resolver, domain).await {
+            mx::Resolution::Hosts(hosts) => hosts,
+            mx::Resolution::NoMail(why) => return Err((true, why)),
+            mx::Resolution::TryLater(why) => return Err((false, why)),
+        };
+        let mut candidates = Vec::new();
+        let mut problems = Vec::new();
+        for host in hosts {
+            match mx::addresses(&self.resolver, &host).await {
+                Ok(ips) => candidates.extend(ips.into_iter().map(|ip| {
+                    (
+                        host.clone(),
+                        std::net::SocketAddr::new(ip, self.mx_port).to_string(),
+                    )
+                })),
+                Err(why) => problems.push(why),
+            }
+        }
+        if candidates.is_empty() {
+            let why = if problems.is_empty() {
+                format!("no mail host of {domain} has an address")
+            } else {
+                problems.join("; ")
+            };
+            return Err((false, why));
+        }
+        Ok(candidates)
     }
 }
 
@@ -240,8 +294,6 @@ async fn deliver_envelope<'a>(
     failures
 }
 
-/// A destination server: host and port.
-type Route = (String, u16);
 /// A recipient being attempted, with its attempt span.
 type Attempting<'a> = (&'a ClaimedRecipient, tracing::Span);
 
@@ -255,24 +307,47 @@ async fn deliver_remote<'a>(
     remote: Vec<Attempting<'a>>,
     failures: &mut Vec<(&'a ClaimedRecipient, AttemptOutcome, AttemptReport)>,
 ) {
-    let mut by_route: Vec<(Route, Vec<Attempting>)> = Vec::new();
+    let mut by_destination: Vec<(Destination, Vec<Attempting>)> = Vec::new();
     for (r, span) in remote {
-        match settings.outbound.route(&r.domain) {
-            Some(target) => match by_route.iter_mut().find(|(t, _)| *t == target) {
-                Some((_, list)) => list.push((r, span)),
-                None => by_route.push((target, vec![(r, span)])),
-            },
-            None => {
-                let text = "no route to this domain (MX lookup is not available in this version; configure queue.routes or queue.smarthost)";
-                let name = defer(store, owner, settings, r, "4.4.4", text, None)
-                    .instrument(span.clone())
-                    .await;
-                span.record("result", name);
-                metrics.attempts.add(1, &[KeyValue::new("result", name)]);
-            }
+        let destination = settings.outbound.destination(&r.domain);
+        match by_destination.iter_mut().find(|(d, _)| *d == destination) {
+            Some((_, list)) => list.push((r, span)),
+            None => by_destination.push((destination, vec![(r, span)])),
         }
     }
-    for ((host, port), recipients) in by_route {
+    for (destination, recipients) in by_destination {
+        let candidates = match settings.outbound.candidates(&destination).await {
+            Ok(candidates) => candidates,
+            Err((permanent, why)) => {
+                for (r, span) in recipients {
+                    if permanent {
+                        let status = if why.contains("null MX") {
+                            "5.1.10"
+                        } else {
+                            "5.1.2"
+                        };
+                        let attempt = AttemptReport {
+                            remote_mta: None,
+                            reply_code: None,
+                            status: Some(status.into()),
+                            diagnostic: why.clone(),
+                        };
+                        span.record("result", "failed");
+                        metrics
+                            .attempts
+                            .add(1, &[KeyValue::new("result", "failed")]);
+                        failures.push((r, AttemptOutcome::Failed, attempt));
+                    } else {
+                        let name = defer(store, owner, settings, r, "4.4.3", &why, None)
+                            .instrument(span.clone())
+                            .await;
+                        span.record("result", name);
+                        metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+                    }
+                }
+                continue;
+            }
+        };
         let first = recipients[0].0;
         let message = match store.message_content(first.message_id).await {
             Ok(Some(m)) => m,
@@ -323,18 +398,41 @@ async fn deliver_remote<'a>(
                 .collect(),
             tls: settings.outbound.tls,
         };
-        let target = remote::Target {
-            host: &host,
-            port,
-            connect_timeout: settings.outbound.connect_timeout,
-            reply_timeout: settings.outbound.reply_timeout,
-            tls: &settings.outbound.connector,
+        // Each candidate in turn until one takes the connection (RFC 5321 5.1).
+        let mut result = Err(String::new());
+        let mut remote_mta = String::new();
+        for (host, address) in &candidates {
+            let target = remote::Target {
+                host,
+                address: address.clone(),
+                connect_timeout: settings.outbound.connect_timeout,
+                reply_timeout: settings.outbound.reply_timeout,
+                tls: &settings.outbound.connector,
+            };
+            let span =
+                tracing::info_span!("queue.remote", %host, %address, recipients = recipients.len());
+            remote_mta = format!("{host} ({address})");
+            result = remote::deliver(&target, outgoing.clone(), &message)
+                .instrument(span)
+                .await;
+            match &result {
+                Ok(_) => break,
+                Err(why) => tracing::info!("{why}; trying the next host if any"),
+            }
+        }
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(why) => {
+                for (r, span) in recipients {
+                    let name = defer(store, owner, settings, r, "4.4.1", &why, None)
+                        .instrument(span.clone())
+                        .await;
+                    span.record("result", name);
+                    metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+                }
+                continue;
+            }
         };
-        let span = tracing::info_span!("queue.remote", %host, port, recipients = recipients.len());
-        let outcomes = remote::deliver(&target, outgoing, &message)
-            .instrument(span)
-            .await;
-        let remote_mta = format!("{host}:{port}");
         let mut relayed_reports = Vec::new();
         for ((r, span), outcome) in recipients.into_iter().zip(outcomes) {
             let (outcome, reply) = match outcome {

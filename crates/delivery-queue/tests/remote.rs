@@ -140,7 +140,7 @@ async fn delivers_over_a_static_route_with_dsn_parameters_and_reports_rejections
     assert_eq!(friend.last_reply_code, Some(250));
     assert_eq!(
         friend.last_remote_mta.as_deref(),
-        Some(&*format!("127.0.0.1:{}", mx.port()))
+        Some(&*format!("127.0.0.1 (127.0.0.1:{})", mx.port()))
     );
     let nobody = &detail.recipients[1];
     assert_eq!(nobody.state, RecipientState::Failed);
@@ -206,7 +206,7 @@ async fn delivers_over_a_static_route_with_dsn_parameters_and_reports_rejections
         "Final-Recipient: rfc822; nobody@remote.test",
         "Action: failed",
         "Status: 5.1.1",
-        "Remote-MTA: dns; 127.0.0.1:",
+        "Remote-MTA: dns; 127.0.0.1 (127.0.0.1:",
         "Diagnostic-Code: smtp; 550 5.1.1",
     ] {
         assert!(status.contains(needle), "{needle}:\n{status}");
@@ -248,7 +248,7 @@ async fn an_unreachable_route_defers_with_the_reason() {
         r.last_diagnostic
             .as_deref()
             .unwrap()
-            .contains("connecting to 127.0.0.1:"),
+            .contains("connecting to 127.0.0.1 (127.0.0.1:"),
         "{r:?}"
     );
     assert!(
@@ -326,4 +326,181 @@ asyncore.loop()
         "{status}"
     );
     let _ = peer.kill().await;
+}
+
+/// A tiny authoritative DNS server over UDP for the test's zone: answers A and MX queries from
+/// `records`, NXDOMAIN for unknown names, an empty answer for known names without that type.
+async fn dns_server(records: Vec<(&'static str, Rec)>) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            if let Some(reply) = answer(&buf[..n], &records) {
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        }
+    });
+    addr
+}
+
+#[derive(Clone, Copy)]
+enum Rec {
+    Mx(u16, &'static str),
+    A([u8; 4]),
+}
+
+fn encode_name(name: &str, out: &mut Vec<u8>) {
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+}
+
+fn answer(query: &[u8], records: &[(&'static str, Rec)]) -> Option<Vec<u8>> {
+    let mut i = 12;
+    let mut labels = Vec::new();
+    while *query.get(i)? != 0 {
+        let len = query[i] as usize;
+        labels.push(String::from_utf8_lossy(query.get(i + 1..i + 1 + len)?).to_ascii_lowercase());
+        i += len + 1;
+    }
+    let name = labels.join(".");
+    let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
+    let question_end = i + 5;
+    let known: Vec<Rec> = records
+        .iter()
+        .filter(|(n, _)| *n == name)
+        .map(|(_, r)| *r)
+        .collect();
+    let answers: Vec<Rec> = known
+        .iter()
+        .copied()
+        .filter(|r| matches!((r, qtype), (Rec::Mx(..), 15) | (Rec::A(_), 1)))
+        .collect();
+    let rcode = if known.is_empty() { 3 } else { 0 };
+    let mut out = query[..2].to_vec();
+    out.extend_from_slice(&(0x8400u16 | rcode).to_be_bytes());
+    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&query[12..question_end]);
+    for rec in answers {
+        out.extend_from_slice(&[0xC0, 0x0C]);
+        let (rtype, rdata) = match rec {
+            Rec::Mx(preference, exchange) => {
+                let mut data = preference.to_be_bytes().to_vec();
+                encode_name(exchange, &mut data);
+                (15u16, data)
+            }
+            Rec::A(ip) => (1u16, ip.to_vec()),
+        };
+        out.extend_from_slice(&rtype.to_be_bytes());
+        out.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        out.extend_from_slice(&rdata);
+    }
+    Some(out)
+}
+
+#[tokio::test]
+async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
+    let (remote_db, _certs, _ingress, mx) = receiver().await;
+    account(remote_db.store(), "implicit.test", "someone@implicit.test").await;
+    let dns = dns_server(vec![
+        // The preferred host has no server on our port (127.0.0.2): the second one takes it.
+        ("remote.test", Rec::Mx(10, "mx1.remote.test")),
+        ("remote.test", Rec::Mx(20, "mx2.remote.test")),
+        ("mx1.remote.test", Rec::A([127, 0, 0, 2])),
+        ("mx2.remote.test", Rec::A([127, 0, 0, 1])),
+        // No MX: the domain's own address (RFC 5321 5.1).
+        ("implicit.test", Rec::A([127, 0, 0, 1])),
+        // Null MX (RFC 7505).
+        ("nullmx.test", Rec::Mx(0, ".")),
+    ])
+    .await;
+    let db = TestDb::new().await.unwrap();
+    let alice = account(db.store(), "example.org", "alice@example.org").await;
+    let grpc = free_addr();
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\n\
+         dns_servers = [\"{dns}\"]\nmx_port = {}\n",
+        db.url(),
+        mx.port()
+    );
+    let mut queue = ServiceProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
+        &config,
+        &[],
+    )
+    .unwrap();
+    queue
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let id = enqueue(
+        db.store(),
+        vec![
+            rcpt("friend@remote.test", "FAILURE"),
+            rcpt("someone@implicit.test", "FAILURE"),
+            rcpt("x@nxdomain.test", "FAILURE"),
+            rcpt("y@nullmx.test", "FAILURE"),
+        ],
+    )
+    .await;
+    let store = db.store();
+    until("all four attempted", async || {
+        let d = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+        d.recipients
+            .iter()
+            .all(|r| r.state != RecipientState::Queued)
+    })
+    .await;
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    let by = |a: &str| {
+        detail
+            .recipients
+            .iter()
+            .find(|r| r.address == a)
+            .unwrap()
+            .clone()
+    };
+    let friend = by("friend@remote.test");
+    assert_eq!(friend.state, RecipientState::Delivered, "{friend:?}");
+    assert!(
+        friend
+            .last_remote_mta
+            .as_deref()
+            .unwrap()
+            .starts_with("mx2.remote.test (127.0.0.1:"),
+        "{friend:?}"
+    );
+    assert_eq!(by("someone@implicit.test").state, RecipientState::Delivered);
+    let nx = by("x@nxdomain.test");
+    assert_eq!(
+        (nx.state, nx.last_status.as_deref()),
+        (RecipientState::Failed, Some("5.1.2"))
+    );
+    let null = by("y@nullmx.test");
+    assert_eq!(
+        (null.state, null.last_status.as_deref()),
+        (RecipientState::Failed, Some("5.1.10"))
+    );
+    assert_eq!(
+        remote_db.store().counts().await.unwrap().envelopes,
+        2,
+        "two deliveries to the remote"
+    );
+    until("the failure report", async || {
+        store.maildrop_entries(alice).await.unwrap().len() == 1
+    })
+    .await;
 }

@@ -37,8 +37,9 @@ async fn setup(extra: &str) -> Setup {
         .unwrap();
     let grpc = free_addr();
     let config = format!(
-        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\n{extra}\n",
-        db.url()
+        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\nsmarthost = \"{}\"\n{extra}\n",
+        db.url(),
+        free_addr()
     );
     let mut queue = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
     queue

@@ -309,8 +309,12 @@ pub struct QueueConfig {
     pub dsn_max_full_bytes: u64,
     /// Static routes: recipient domain → `host:port` of the server to hand its mail to.
     pub routes: std::collections::BTreeMap<String, String>,
-    /// `host:port` for every other remote domain (a smarthost); unset: no route yet.
+    /// `host:port` for every other remote domain (a smarthost); unset: DNS MX lookup.
     pub smarthost: Option<String>,
+    /// DNS servers for MX lookups; empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// The port of MX hosts (25; another only for tests).
+    pub mx_port: u16,
     /// STARTTLS towards remote servers: opportunistic (when offered), required, or never.
     pub outbound_tls: OutboundTls,
     pub connect_timeout_secs: u64,
@@ -345,6 +349,8 @@ impl Default for QueueConfig {
             dsn_max_full_bytes: 1024 * 1024,
             routes: Default::default(),
             smarthost: None,
+            dns_servers: Vec::new(),
+            mx_port: 25,
             outbound_tls: OutboundTls::Opportunistic,
             connect_timeout_secs: 30,
             reply_timeout_secs: 300,

@@ -344,12 +344,18 @@ pub async fn grpc_health(addr: SocketAddr) -> anyhow::Result<bool> {
 
 /// A minimal configuration for one service against `db`, its gRPC endpoint on `grpc`.
 /// `section` is the service's config section (`smtp`, `queue` or `pop3`); for `smtp` the MX
-/// listener is on a free port and the TLS-only listeners are off; likewise for `pop3`.
+/// listener is on a free port and the TLS-only listeners are off; likewise for `pop3`; for
+/// `queue` remote mail goes to an unused port (deferred, whatever this machine's DNS does).
 pub fn service_config(db_url: &str, section: &str, grpc: SocketAddr) -> String {
     let mut config = format!(
         "[store]\nurl = \"{db_url}\"\nmax_connections = 4\nconnect_retry_secs = 0\n\n\
          [{section}]\ngrpc_listen = \"{grpc}\"\n"
     );
+    if section == "queue" {
+        // Remote mail goes to a port nobody listens on: a fast, deterministic deferral that
+        // never depends on this machine's DNS.
+        config.push_str(&format!("smarthost = \"{}\"\n", free_addr()));
+    }
     if section == "pop3" {
         config.push_str(&format!(
             "pop3_listen = [\"{}\"]\npop3s_listen = []\n",
