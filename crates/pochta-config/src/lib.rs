@@ -535,7 +535,7 @@ impl Config {
             return invalid("smtp.max_message_size", "must be below 2 GiB");
         }
         if let Some(name) = &smtp.hostname
-            && !is_host_name(name)
+            && !pochta_names::is_domain_name(name)
         {
             return invalid("smtp.hostname", "must be a host name");
         }
@@ -546,7 +546,7 @@ impl Config {
             );
         }
         for (domain, target) in &self.queue.routes {
-            if !is_host_name(domain)
+            if !pochta_names::is_domain_name(domain)
                 || target
                     .rsplit_once(':')
                     .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
@@ -562,12 +562,12 @@ impl Config {
             return invalid("queue.smarthost", "must be host:port");
         }
         if let Some(name) = &self.queue.hostname
-            && !is_host_name(name)
+            && !pochta_names::is_domain_name(name)
         {
             return invalid("queue.hostname", "must be a host name");
         }
         if let Some(name) = &smtp.postmaster_domain
-            && !is_host_name(name)
+            && !pochta_names::is_domain_name(name)
         {
             return invalid("smtp.postmaster_domain", "must be a domain name");
         }
@@ -595,18 +595,6 @@ fn extract(figment: Figment) -> Result<Config, ConfigError> {
     })?;
     config.validate()?;
     Ok(config)
-}
-
-fn is_host_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 fn is_http_url(s: &str) -> bool {

@@ -14,6 +14,7 @@
 
 pub mod conn;
 pub mod limits;
+pub mod listen;
 pub mod login;
 pub mod tls;
 

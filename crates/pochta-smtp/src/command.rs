@@ -467,7 +467,8 @@ pub fn parse_mailbox(s: &str, utf8: bool) -> Option<Mailbox> {
     let domain_ok = if domain.starts_with('[') {
         is_address_literal(&domain)
     } else if domain.is_ascii() {
-        is_hostname(&domain)
+        // RFC 5321 4.1.2: no trailing dot in a mailbox's domain.
+        !domain.ends_with('.') && is_hostname(&domain)
     } else {
         utf8 && domain
             .split('.')
@@ -513,20 +514,7 @@ fn is_address_literal(s: &str) -> bool {
     inner.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
-/// A DNS host name in ASCII (RFC 1035 2.3.4).
-pub fn is_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
+pub use pochta_names::is_domain_name as is_hostname;
 
 /// Decodes xtext (RFC 3461 4): printable ASCII except `+` and `=`, with `+XX` hex escapes.
 pub fn xtext_decode(s: &str) -> Option<String> {

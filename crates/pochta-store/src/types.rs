@@ -269,22 +269,7 @@ impl fmt::Display for MailboxAddress {
     }
 }
 
-/// True for a DNS host name in ASCII (A-labels): dot-separated labels of letters, digits and
-/// inner hyphens, each 1 to 63 characters, 253 in all (RFC 1035 2.3.4, RFC 5321 4.1.2).
-pub fn is_domain_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
+pub use pochta_names::is_domain_name;
 
 /// A domain Pochta knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

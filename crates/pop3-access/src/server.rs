@@ -19,7 +19,6 @@ use pochta_service::login::{Authenticator, LoginOutcome};
 use pochta_store::Store;
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -119,44 +118,19 @@ impl Server {
         }))
     }
 
-    /// Accepts until shutdown; then open sessions get `grace` to end (idle ones are told at once).
+    /// Accepts on every listener until shutdown, then gives open sessions `grace` to end
+    /// (idle ones are told at once; ones in the middle of something finish it first).
     pub async fn serve(
         self: Arc<Self>,
         listeners: Vec<(TcpListener, ListenerKind)>,
         shutdown: Shutdown,
         grace: Duration,
     ) {
-        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-        let mut loops = Vec::new();
-        for (listener, kind) in listeners {
-            let (server, shutdown, done) = (self.clone(), shutdown.clone(), done_tx.clone());
-            loops.push(tokio::spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        _ = shutdown.wait() => return,
-                        accepted = listener.accept() => accepted,
-                    };
-                    match accepted {
-                        Ok((tcp, peer)) => {
-                            server
-                                .clone()
-                                .start(tcp, peer, kind, shutdown.clone(), done.clone())
-                        }
-                        Err(e) => {
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            }));
-        }
-        drop(done_tx);
-        for l in loops {
-            let _ = l.await;
-        }
-        if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
-            tracing::warn!("POP3 sessions still open after {grace:?}; closing them");
-        }
+        let stop = shutdown.clone();
+        pochta_service::listen::serve(listeners, shutdown, grace, move |tcp, peer, kind, open| {
+            self.clone().start(tcp, peer, kind, stop.clone(), open)
+        })
+        .await;
     }
 
     fn start(
@@ -165,7 +139,7 @@ impl Server {
         peer: SocketAddr,
         kind: ListenerKind,
         shutdown: Shutdown,
-        done: mpsc::Sender<()>,
+        open: pochta_service::listen::Open,
     ) {
         let client = peer.ip();
         let guard = match self.limiter.try_acquire(client) {
@@ -196,7 +170,7 @@ impl Server {
         tokio::spawn(
             async move {
                 let _guard = guard;
-                let _done = done;
+                let _open = open;
                 let mut locked = None;
                 self.session(Conn::Plain(tcp), client, kind, shutdown, &mut locked)
                     .await;

@@ -13,7 +13,6 @@ use pochta_service::conn::Conn;
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_smtp::{ConnectionPolicy, Output, Session, SessionConfig};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -140,48 +139,19 @@ impl Ingress {
         }
     }
 
-    /// Accepts on every listener until shutdown, then gives open sessions `grace` to finish:
-    /// idle ones are told 421 at once, ones in a transaction finish it first.
+    /// Accepts on every listener until shutdown, then gives open sessions `grace` to end
+    /// (idle ones are told at once; ones in the middle of something finish it first).
     pub async fn serve(
         self: Arc<Self>,
         listeners: Vec<(TcpListener, ListenerKind)>,
         shutdown: Shutdown,
         grace: Duration,
     ) {
-        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-        let mut accept_loops = Vec::new();
-        for (listener, kind) in listeners {
-            let ingress = self.clone();
-            let shutdown = shutdown.clone();
-            let done = done_tx.clone();
-            accept_loops.push(tokio::spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        _ = shutdown.wait() => return,
-                        accepted = listener.accept() => accepted,
-                    };
-                    match accepted {
-                        Ok((tcp, peer)) => {
-                            ingress
-                                .clone()
-                                .start(tcp, peer, kind, shutdown.clone(), done.clone())
-                        }
-                        Err(e) => {
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            }));
-        }
-        drop(done_tx);
-        for accept_loop in accept_loops {
-            let _ = accept_loop.await;
-        }
-        // Every session holds a sender; recv() returns None once all have ended.
-        if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
-            tracing::warn!("sessions still open after {grace:?}; closing them");
-        }
+        let stop = shutdown.clone();
+        pochta_service::listen::serve(listeners, shutdown, grace, move |tcp, peer, kind, open| {
+            self.clone().start(tcp, peer, kind, stop.clone(), open)
+        })
+        .await;
     }
 
     fn start(
@@ -190,7 +160,7 @@ impl Ingress {
         peer: SocketAddr,
         kind: ListenerKind,
         shutdown: Shutdown,
-        done: mpsc::Sender<()>,
+        open: pochta_service::listen::Open,
     ) {
         let client = peer.ip();
         let guard = match self.limiter.try_acquire(client) {
@@ -223,7 +193,7 @@ impl Ingress {
         tokio::spawn(
             async move {
                 let _guard = guard;
-                let _done = done;
+                let _open = open;
                 self.session(Conn::Plain(tcp), client, kind, shutdown).await;
             }
             .instrument(span),
