@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Failed,
+    Delayed,
     Delivered,
     Relayed,
 }
@@ -15,6 +16,7 @@ impl Action {
     fn as_str(self) -> &'static str {
         match self {
             Action::Failed => "failed",
+            Action::Delayed => "delayed",
             Action::Delivered => "delivered",
             Action::Relayed => "relayed",
         }
@@ -23,6 +25,7 @@ impl Action {
     fn subject(self) -> &'static str {
         match self {
             Action::Failed => "Undelivered Mail Returned to Sender",
+            Action::Delayed => "Delayed Mail (still being retried)",
             Action::Delivered | Action::Relayed => "Successful Mail Delivery Report",
         }
     }
@@ -125,6 +128,7 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     for r in report.recipients {
         let what = match r.action {
             Action::Failed => "could not be delivered",
+            Action::Delayed => "has not been delivered yet; delivery is being retried",
             Action::Delivered => "was delivered",
             Action::Relayed => "was handed to a server that does not send delivery reports",
         };

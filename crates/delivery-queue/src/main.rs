@@ -54,6 +54,7 @@ fn main() -> ExitCode {
                 hostname,
                 lifetime: Duration::from_secs(queue.message_lifetime_secs),
                 dsn_max_full_bytes: queue.dsn_max_full_bytes as usize,
+                delay_report_after: Duration::from_secs(queue.delay_report_after_secs),
                 // Unique per process run, so a restarted replica never mistakes old leases for its own.
                 owner: format!(
                     "{}:{}:{:08x}",

@@ -136,6 +136,8 @@ impl Outbound {
 
 pub struct Settings {
     pub owner: String,
+    /// NOTIFY=DELAY recipients still waiting this long after arrival get a delay report.
+    pub delay_report_after: Duration,
     pub outbound: Outbound,
     /// Reporting-MTA of delivery reports.
     pub hostname: String,
@@ -252,6 +254,7 @@ async fn deliver_envelope<'a>(
 ) -> Vec<(&'a ClaimedRecipient, AttemptOutcome, AttemptReport)> {
     let mut failures = Vec::new();
     let mut remote = Vec::new();
+    let mut deferrals = Vec::new();
     for r in group {
         let span = attempt_span(r);
         let failure = if r.expires_at <= Utc::now() {
@@ -271,6 +274,10 @@ async fn deliver_envelope<'a>(
                     None
                 }
                 Attempted::Failed(status, text) => Some((AttemptOutcome::Failed, status, text)),
+                Attempted::Deferred(status, text) => {
+                    deferrals.push(Deferral::new(r, span, status, &text, None));
+                    continue;
+                }
                 Attempted::Remote => {
                     remote.push((r, span));
                     continue;
@@ -290,8 +297,136 @@ async fn deliver_envelope<'a>(
             failures.push((r, outcome, report));
         }
     }
-    deliver_remote(store, owner, settings, metrics, remote, &mut failures).await;
+    deliver_remote(
+        store,
+        owner,
+        settings,
+        metrics,
+        remote,
+        &mut failures,
+        &mut deferrals,
+    )
+    .await;
+    defer_with_report(store, owner, settings, metrics, deferrals).await;
     failures
+}
+
+/// A recipient to try again later, and why.
+struct Deferral<'a> {
+    r: &'a ClaimedRecipient,
+    span: tracing::Span,
+    attempt: AttemptReport,
+}
+
+impl<'a> Deferral<'a> {
+    fn new(
+        r: &'a ClaimedRecipient,
+        span: tracing::Span,
+        status: &str,
+        diagnostic: &str,
+        remote: Option<(&str, u16)>,
+    ) -> Self {
+        let attempt = AttemptReport {
+            remote_mta: remote.map(|(mta, _)| mta.to_owned()),
+            reply_code: remote
+                .map(|(_, code)| code)
+                .filter(|c| (200..600).contains(c)),
+            status: Some(status.to_owned()),
+            diagnostic: diagnostic.to_owned(),
+        };
+        Deferral { r, span, attempt }
+    }
+}
+
+/// Records one envelope's deferrals, each with its backoff. Those whose NOTIFY asks for DELAY
+/// and that have waited `delay_report_after` get their one delay report (RFC 3461 4.1): one
+/// report for all of them, in the same transaction that records them and marks them reported.
+async fn defer_with_report(
+    store: &Store,
+    owner: &str,
+    settings: &Settings,
+    metrics: &Metrics,
+    deferrals: Vec<Deferral<'_>>,
+) {
+    let now = Utc::now();
+    let due = |d: &Deferral| {
+        !d.r.delay_reported
+            && !d.r.reverse_path.is_empty()
+            && wants(d.r, |n| n.delay, false)
+            && (now - d.r.arrived_at)
+                .to_std()
+                .is_ok_and(|waited| waited >= settings.delay_report_after)
+    };
+    let (mut reported, plain): (Vec<_>, Vec<_>) = deferrals.into_iter().partition(|d| due(d));
+    // One jitter for the whole message, so its recipients stay due together (one report).
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    let outcome = |d: &Deferral| AttemptOutcome::Deferred {
+        retry_after: settings.retry.after(d.r.attempts as u32 + 1, jitter),
+    };
+    for d in &plain {
+        let name = match store
+            .record_attempt(owner, d.r.recipient_id, outcome(d), &d.attempt)
+            .await
+        {
+            Ok(()) => "deferred",
+            Err(StoreError::LeaseLost(_)) => "lease_lost",
+            Err(e) => {
+                tracing::error!(
+                    "recording the attempt failed (the lease will expire and it is retried): {e}"
+                );
+                "error"
+            }
+        };
+        tracing::info!(parent: &d.span, status = ?d.attempt.status, diagnostic = %d.attempt.diagnostic, "deferred");
+        d.span.record("result", name);
+        metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+    }
+    while !reported.is_empty() {
+        let reports: Vec<RecipientReport> = reported
+            .iter()
+            .map(|d| RecipientReport {
+                orcpt: d.r.orcpt.clone(),
+                final_recipient: d.r.address.clone(),
+                action: Action::Delayed,
+                status: d.attempt.status.clone().unwrap_or_else(|| "4.0.0".into()),
+                remote_mta: d.attempt.remote_mta.clone(),
+                diagnostic: Some(d.attempt.diagnostic.clone()),
+                last_attempt: Some(now),
+                will_retry_until: Some(d.r.expires_at),
+            })
+            .collect();
+        let report = report_message(store, settings, reported[0].r, &reports).await;
+        let attempts: Vec<_> = reported
+            .iter()
+            .map(|d| (d.r.recipient_id, outcome(d), d.attempt.clone()))
+            .collect();
+        let with = report.as_ref().map(|(e, c)| (e, c.as_slice()));
+        match store
+            .record_attempts_with_report(owner, &attempts, with, true)
+            .await
+        {
+            Ok(()) => {
+                metrics
+                    .reports
+                    .add(1, &[KeyValue::new("action", "delayed")]);
+                for d in &reported {
+                    d.span.record("result", "deferred");
+                    metrics
+                        .attempts
+                        .add(1, &[KeyValue::new("result", "deferred")]);
+                }
+                tracing::info!(queue_id = %reported[0].r.queue_id, recipients = reported.len(), "deferred, delay report sent");
+                return;
+            }
+            Err(StoreError::LeaseLost(id)) => reported.retain(|d| d.r.recipient_id != id),
+            Err(e) => {
+                tracing::error!(
+                    "recording deferrals failed (the leases expire and they are retried): {e}"
+                );
+                return;
+            }
+        }
+    }
 }
 
 /// A recipient being attempted, with its attempt span.
@@ -306,6 +441,7 @@ async fn deliver_remote<'a>(
     metrics: &Metrics,
     remote: Vec<Attempting<'a>>,
     failures: &mut Vec<(&'a ClaimedRecipient, AttemptOutcome, AttemptReport)>,
+    deferrals: &mut Vec<Deferral<'a>>,
 ) {
     let mut by_destination: Vec<(Destination, Vec<Attempting>)> = Vec::new();
     for (r, span) in remote {
@@ -338,11 +474,7 @@ async fn deliver_remote<'a>(
                             .add(1, &[KeyValue::new("result", "failed")]);
                         failures.push((r, AttemptOutcome::Failed, attempt));
                     } else {
-                        let name = defer(store, owner, settings, r, "4.4.3", &why, None)
-                            .instrument(span.clone())
-                            .await;
-                        span.record("result", name);
-                        metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+                        deferrals.push(Deferral::new(r, span, "4.4.3", &why, None));
                     }
                 }
                 continue;
@@ -353,17 +485,14 @@ async fn deliver_remote<'a>(
             Ok(Some(m)) => m,
             other => {
                 tracing::error!(queue_id = %first.queue_id, "message content unavailable: {other:?}");
-                for (r, _) in &recipients {
-                    defer(
-                        store,
-                        owner,
-                        settings,
+                for (r, span) in recipients {
+                    deferrals.push(Deferral::new(
                         r,
+                        span,
                         "4.3.0",
                         "message content unavailable",
                         None,
-                    )
-                    .await;
+                    ));
                 }
                 continue;
             }
@@ -424,11 +553,7 @@ async fn deliver_remote<'a>(
             Ok(outcomes) => outcomes,
             Err(why) => {
                 for (r, span) in recipients {
-                    let name = defer(store, owner, settings, r, "4.4.1", &why, None)
-                        .instrument(span.clone())
-                        .await;
-                    span.record("result", name);
-                    metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+                    deferrals.push(Deferral::new(r, span, "4.4.1", &why, None));
                 }
                 continue;
             }
@@ -444,19 +569,15 @@ async fn deliver_remote<'a>(
                 }
                 RecipientOutcome::Rejected(reply) => (AttemptOutcome::Failed, reply),
                 RecipientOutcome::Deferred(reply) => {
-                    let name = defer(
-                        store,
-                        owner,
-                        settings,
+                    let status = reply.status.as_deref().unwrap_or("4.0.0");
+                    let remote = Some((remote_mta.as_str(), reply.code));
+                    deferrals.push(Deferral::new(
                         r,
-                        reply.status.as_deref().unwrap_or("4.0.0"),
+                        span,
+                        status,
                         &reply.to_diagnostic(),
-                        Some((&remote_mta, reply.code)),
-                    )
-                    .instrument(span.clone())
-                    .await;
-                    span.record("result", name);
-                    metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+                        remote,
+                    ));
                     continue;
                 }
             };
@@ -513,7 +634,7 @@ async fn deliver_remote<'a>(
                 .collect();
             let with = report.as_ref().map(|(e, c)| (e, c.as_slice()));
             if let Err(e) = store
-                .record_attempts_with_report(owner, &attempts, with)
+                .record_attempts_with_report(owner, &attempts, with, false)
                 .await
             {
                 tracing::warn!(
@@ -555,7 +676,7 @@ async fn fail_with_report(
             .collect();
         let with = report.as_ref().map(|(e, c)| (e, c.as_slice()));
         match store
-            .record_attempts_with_report(owner, &attempts, with)
+            .record_attempts_with_report(owner, &attempts, with, false)
             .await
         {
             Ok(()) => {
@@ -655,6 +776,8 @@ enum Attempted {
     Done(&'static str),
     /// A permanent failure: status and diagnostic.
     Failed(&'static str, String),
+    /// A temporary failure: status and diagnostic.
+    Deferred(&'static str, String),
     /// Not a local domain: goes to a remote server.
     Remote,
 }
@@ -672,7 +795,7 @@ async fn deliver(
         Err(e) => {
             tracing::error!("delivery failed: {e}");
             let text = format!("temporary local error: {e}");
-            Attempted::Done(defer(store, owner, settings, r, "4.3.0", &text, None).await)
+            Attempted::Deferred("4.3.0", text)
         }
     }
 }
@@ -741,46 +864,6 @@ async fn try_local(
         LocalDelivery::AlreadyFinal => {
             tracing::info!("already delivered by another worker");
             Ok(Some(Attempted::Done("already_final")))
-        }
-    }
-}
-
-async fn defer(
-    store: &Store,
-    owner: &str,
-    settings: &Settings,
-    r: &ClaimedRecipient,
-    status: &str,
-    diagnostic: &str,
-    remote: Option<(&str, u16)>,
-) -> &'static str {
-    let report = AttemptReport {
-        remote_mta: remote.map(|(mta, _)| mta.to_owned()),
-        reply_code: remote
-            .map(|(_, code)| code)
-            .filter(|c| (200..600).contains(c)),
-        status: Some(status.to_owned()),
-        diagnostic: diagnostic.to_owned(),
-    };
-    let outcome = AttemptOutcome::Deferred {
-        retry_after: settings
-            .retry
-            .after(r.attempts as u32 + 1, rand::rng().random_range(0.5..=1.0)),
-    };
-    match store
-        .record_attempt(owner, r.recipient_id, outcome, &report)
-        .await
-    {
-        Ok(()) => {
-            tracing::info!(%status, diagnostic, "deferred");
-            "deferred"
-        }
-        Err(StoreError::LeaseLost(_)) => "lease_lost",
-        Err(e) => {
-            tracing::error!(
-                "recording the attempt failed (the lease will expire and it is retried): {e}"
-            );
-            "error"
         }
     }
 }

@@ -293,3 +293,53 @@ async fn expired_mail_is_reported_and_reports_are_never_reported() {
     );
     assert_eq!(counts.envelopes, 3, "two messages and exactly one report");
 }
+
+#[tokio::test]
+async fn one_delay_report_per_message_and_only_once() {
+    let s =
+        setup("retry_delay_secs = 1\nretry_max_delay_secs = 1\ndelay_report_after_secs = 1").await;
+    let store = s.db.store();
+    let id = enqueue(
+        store,
+        "alice@example.org",
+        vec![
+            rcpt("x@far.test", Some("DELAY,FAILURE")),
+            rcpt("y@far.test", Some("DELAY")),
+            rcpt("z@far.test", None),
+        ],
+        None,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let reports = maildrop(store, s.alice, 1).await;
+    let (subject, status, _) = status_part(&reports[0]);
+    assert_eq!(subject, "Delayed Mail (still being retried)");
+    for needle in [
+        "Final-Recipient: rfc822; x@far.test",
+        "Final-Recipient: rfc822; y@far.test",
+        "Action: delayed",
+        "Status: 4.4.1",
+        "Will-Retry-Until: ",
+    ] {
+        assert!(status.contains(needle), "{needle}:\n{status}");
+    }
+    assert!(!status.contains("z@far.test"), "no NOTIFY: no delay report");
+    // Several more attempts happen; no second report.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    assert!(
+        detail
+            .recipients
+            .iter()
+            .all(|r| r.state == RecipientState::Queued && r.attempts >= 2),
+        "{detail:?}"
+    );
+    assert_eq!(
+        store.maildrop_entries(s.alice).await.unwrap().len(),
+        1,
+        "exactly one delay report"
+    );
+}

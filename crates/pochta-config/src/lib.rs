@@ -297,6 +297,9 @@ pub struct QueueConfig {
     /// (with jitter), up to `retry_max_delay_secs`.
     pub retry_delay_secs: u64,
     pub retry_max_delay_secs: u64,
+    /// A recipient with NOTIFY=DELAY still undelivered this long after arrival gets one delay
+    /// report.
+    pub delay_report_after_secs: u64,
     /// Finished envelopes stay this long (for `pochtactl queue show`), then are collected with
     /// any content no maildrop holds.
     pub retention_secs: u64,
@@ -343,6 +346,7 @@ impl Default for QueueConfig {
             scan_interval_secs: 5,
             retry_delay_secs: 300,
             retry_max_delay_secs: 4 * 3600,
+            delay_report_after_secs: 4 * 3600,
             retention_secs: 7 * 24 * 3600,
             gc_interval_secs: 600,
             hostname: None,

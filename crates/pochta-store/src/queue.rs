@@ -53,7 +53,8 @@ impl Store {
              WHERE r.id = due.id AND e.id = r.envelope_id
              RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
                  r.domain, r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
-                 e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at",
+                 e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at,
+                 r.delay_reported",
         )
         .bind(i64::from(limit))
         .bind(owner)
@@ -103,17 +104,26 @@ impl Store {
     }
 
     /// Records several attempts and enqueues the report about them in one transaction, so a
-    /// recipient never becomes final without the report it owes, nor is reported twice. If any
-    /// recipient's lease was lost, nothing is written and `LeaseLost` names it.
+    /// recipient never becomes final without the report it owes, nor is reported twice. With
+    /// `delay_report`, the recipients are also marked as having had their one delay report.
+    /// If any recipient's lease was lost, nothing is written and `LeaseLost` names it.
     pub async fn record_attempts_with_report(
         &self,
         owner: &str,
         attempts: &[(i64, AttemptOutcome, AttemptReport)],
         report: Option<(&NewEnvelope, &[u8])>,
+        delay_report: bool,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (recipient_id, outcome, attempt) in attempts {
             record_attempt_on(&mut tx, owner, *recipient_id, *outcome, attempt).await?;
+        }
+        if delay_report {
+            let ids: Vec<i64> = attempts.iter().map(|(id, _, _)| *id).collect();
+            sqlx::query("UPDATE recipients SET delay_reported = true WHERE id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some((envelope, content)) = report {
             enqueue_on(&mut tx, envelope, content).await?;

@@ -371,6 +371,8 @@ pub struct ClaimedRecipient {
     pub expires_at: DateTime<Utc>,
     pub traceparent: Option<String>,
     pub lease_expires_at: DateTime<Utc>,
+    /// A delay report was already sent for this recipient.
+    pub delay_reported: bool,
 }
 
 /// How a delivery attempt ended for one recipient.

@@ -444,7 +444,7 @@ async fn attempts_and_their_report_commit_together_or_not_at_all() {
     );
     other.claim_due("thief", 10, LEASE).await.unwrap();
     assert!(matches!(
-        store.record_attempts_with_report("w", &attempts, Some((&dsn, b"report\r\n"))).await,
+        store.record_attempts_with_report("w", &attempts, Some((&dsn, b"report\r\n")), false).await,
         Err(StoreError::LeaseLost(id)) if id == b
     ));
     let counts = store.counts().await.unwrap();
@@ -458,7 +458,7 @@ async fn attempts_and_their_report_commit_together_or_not_at_all() {
     );
 
     store
-        .record_attempts_with_report("w", &attempts[..1], Some((&dsn, b"report\r\n")))
+        .record_attempts_with_report("w", &attempts[..1], Some((&dsn, b"report\r\n")), false)
         .await
         .unwrap();
     let counts = store.counts().await.unwrap();
