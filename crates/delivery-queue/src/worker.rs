@@ -311,6 +311,31 @@ async fn deliver_envelope<'a>(
     failures
 }
 
+/// Runs `work` while renewing the recipients' leases every third of the lease time, so a slow
+/// remote server cannot make the lease expire and another replica deliver the same mail again.
+async fn renewing_leases<T>(
+    store: &Store,
+    owner: &str,
+    lease: Duration,
+    recipients: &[Attempting<'_>],
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let ids: Vec<i64> = recipients.iter().map(|(r, _)| r.recipient_id).collect();
+    let mut renew = tokio::time::interval(lease / 3);
+    renew.tick().await;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = renew.tick() => match store.renew_leases(owner, &ids, lease).await {
+                Ok(held) if held < ids.len() as u64 => tracing::warn!(held, of = ids.len(), "some leases were lost during delivery"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("renewing leases failed: {e}"),
+            },
+        }
+    }
+}
+
 /// A recipient to try again later, and why.
 struct Deferral<'a> {
     r: &'a ClaimedRecipient,
@@ -541,9 +566,8 @@ async fn deliver_remote<'a>(
             let span =
                 tracing::info_span!("queue.remote", %host, %address, recipients = recipients.len());
             remote_mta = format!("{host} ({address})");
-            result = remote::deliver(&target, outgoing.clone(), &message)
-                .instrument(span)
-                .await;
+            let delivery = remote::deliver(&target, outgoing.clone(), &message).instrument(span);
+            result = renewing_leases(store, owner, settings.lease, &recipients, delivery).await;
             match &result {
                 Ok(_) => break,
                 Err(why) => tracing::info!("{why}; trying the next host if any"),

@@ -504,3 +504,95 @@ async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
     })
     .await;
 }
+
+/// A server that first answers 451, then accepts only after longer than the lease lasts.
+/// Two queue replicas: the retry succeeds, and because the worker renews its lease while the
+/// slow server takes its time, the other replica never delivers a second copy.
+#[tokio::test]
+async fn a_4xx_is_retried_and_a_slow_delivery_keeps_its_lease() {
+    let db = TestDb::new().await.unwrap();
+    account(db.store(), "example.org", "alice@example.org").await;
+    let port = free_addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("received");
+    let server = r#"
+import asyncore, os, smtpd, sys, time, warnings
+warnings.simplefilter("ignore")
+state = {"sessions": 0}
+class Slow(smtpd.SMTPServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kw):
+        state["sessions"] += 1
+        if state["sessions"] == 1:
+            return "451 4.3.0 Try again later"
+        time.sleep(5)
+        with open(sys.argv[2], "ab") as f:
+            f.write(b"COPY\n")
+Slow(("127.0.0.1", int(sys.argv[1])), None, decode_data=False)
+asyncore.loop()
+"#;
+    let mut peer = tokio::process::Command::new("python3")
+        .args(["-c", server, &port.to_string(), out.to_str().unwrap()])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    until("the python server", async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let routes = format!("\"remote.test\" = \"127.0.0.1:{port}\"");
+    let tuning = "lease_secs = 3\nretry_delay_secs = 1\nretry_max_delay_secs = 1\n";
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let grpc = free_addr();
+        let config = format!(
+            "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\n{tuning}\n[queue.routes]\n{routes}\n",
+            db.url()
+        );
+        let mut q = ServiceProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
+            &config,
+            &[],
+        )
+        .unwrap();
+        q.wait_healthy(grpc, Duration::from_secs(20)).await.unwrap();
+        replicas.push(q);
+    }
+    let id = enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
+    let store = db.store();
+    until("the delivery", async || {
+        store
+            .envelope_detail(id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .recipients[0]
+            .state
+            == RecipientState::Relayed
+    })
+    .await;
+    // Give a wrongly reclaiming replica the time it would need to deliver a second copy.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "COPY\n",
+        "exactly one copy arrived"
+    );
+    let r = &store
+        .envelope_detail(id.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .recipients[0];
+    let results: Vec<_> = r.history.iter().map(|a| (a.result, a.reply_code)).collect();
+    assert_eq!(
+        results,
+        [
+            (RecipientState::Queued, Some(451)),
+            (RecipientState::Relayed, Some(250))
+        ],
+        "{r:?}"
+    );
+    let _ = peer.kill().await;
+}
