@@ -48,6 +48,8 @@ fn main() -> ExitCode {
                 reply_timeout: Duration::from_secs(queue.reply_timeout_secs),
                 resolver: mx::resolver(&queue.dns_servers)?,
                 mx_port: queue.mx_port,
+                per_destination: queue.max_connections_per_destination as usize,
+                slots: Default::default(),
             };
             let settings = Arc::new(worker::Settings {
                 outbound,

@@ -71,6 +71,9 @@ pub struct Outbound {
     pub reply_timeout: Duration,
     pub resolver: hickory_resolver::TokioResolver,
     pub mx_port: u16,
+    pub per_destination: usize,
+    /// One semaphore per destination in use (they are small; never pruned).
+    pub slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// Where a domain's mail goes: a configured `host:port`, or its MX hosts.
@@ -81,6 +84,19 @@ enum Destination {
 }
 
 impl Outbound {
+    /// Waits for a free connection slot to `destination`.
+    async fn slot(&self, destination: &Destination) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let key = format!("{destination:?}");
+        let semaphore = {
+            let mut slots = self.slots.lock().expect("slots lock");
+            slots
+                .entry(key)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_destination)))
+                .clone()
+        };
+        semaphore.acquire_owned().await.ok()
+    }
+
     fn destination(&self, domain: &str) -> Destination {
         match self.routes.get(domain).or(self.smarthost.as_ref()) {
             Some(target) => Destination::Static(target.clone()),
@@ -552,6 +568,7 @@ async fn deliver_remote<'a>(
                 .collect(),
             tls: settings.outbound.tls,
         };
+        let _slot = settings.outbound.slot(&destination).await;
         // Each candidate in turn until one takes the connection (RFC 5321 5.1).
         let mut result = Err(String::new());
         let mut remote_mta = String::new();

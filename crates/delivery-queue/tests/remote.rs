@@ -596,3 +596,93 @@ asyncore.loop()
     );
     let _ = peer.kill().await;
 }
+
+/// A minimal, slow SMTP sink that records the most connections it had open at once.
+async fn slow_sink(max_seen: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = std::sync::Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (open, max_seen) = (open.clone(), max_seen.clone());
+            tokio::spawn(async move {
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                max_seen.fetch_max(now, Ordering::SeqCst);
+                let (read, mut write) = tcp.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 sink\r\n").await;
+                let mut in_data = false;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = if in_data {
+                        if line != "." {
+                            continue;
+                        }
+                        in_data = false;
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        b"250 ok\r\n"
+                    } else if line.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go\r\n"
+                    } else if line.starts_with("QUIT") {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        break;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn connections_per_destination_are_limited() {
+    let max_seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sink = slow_sink(max_seen.clone()).await;
+    let db = TestDb::new().await.unwrap();
+    account(db.store(), "example.org", "alice@example.org").await;
+    let grpc = free_addr();
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nworkers = 4\nbatch_size = 1\nmax_connections_per_destination = 1\n\n\
+         [queue.routes]\n\"remote.test\" = \"{sink}\"\n",
+        db.url()
+    );
+    let mut queue = ServiceProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
+        &config,
+        &[],
+    )
+    .unwrap();
+    queue
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
+    }
+    let store = db.store();
+    until("all four relayed", async || {
+        store
+            .counts()
+            .await
+            .unwrap()
+            .recipients_in(RecipientState::Relayed)
+            == 4
+    })
+    .await;
+    assert_eq!(
+        max_seen.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection at a time"
+    );
+}

@@ -321,6 +321,9 @@ pub struct QueueConfig {
     /// STARTTLS towards remote servers: opportunistic (when offered), required, or never.
     pub outbound_tls: OutboundTls,
     pub connect_timeout_secs: u64,
+    /// Connections this process keeps open at once to one destination (a route, a smarthost,
+    /// or one domain's MX hosts), so one slow destination cannot occupy every worker.
+    pub max_connections_per_destination: u32,
     /// Waiting for any one reply of a remote server (RFC 5321 4.5.3.2: minutes).
     pub reply_timeout_secs: u64,
 }
@@ -357,6 +360,7 @@ impl Default for QueueConfig {
             mx_port: 25,
             outbound_tls: OutboundTls::Opportunistic,
             connect_timeout_secs: 30,
+            max_connections_per_destination: 2,
             reply_timeout_secs: 300,
         }
     }
