@@ -14,8 +14,9 @@ use hickory_resolver::{Resolver, TokioResolver};
 pub enum Resolution {
     /// Host names to try, best first.
     Hosts(Vec<String>),
-    /// The domain does not exist or accepts no mail: a permanent failure.
-    NoMail(String),
+    /// The domain does not exist or accepts no mail: a permanent failure, with its enhanced
+    /// status code.
+    NoMail { status: &'static str, why: String },
     /// DNS did not answer usefully now: try later.
     TryLater(String),
 }
@@ -68,9 +69,10 @@ pub async fn mail_hosts(resolver: &TokioResolver, domain: &str) -> Resolution {
                 })
                 .collect();
             if hosts.iter().any(|(_, h)| h.is_empty()) {
-                return Resolution::NoMail(format!(
-                    "{domain} publishes a null MX: it accepts no mail (RFC 7505)"
-                ));
+                return Resolution::NoMail {
+                    status: "5.1.10",
+                    why: format!("{domain} publishes a null MX: it accepts no mail (RFC 7505)"),
+                };
             }
             hosts.sort();
             if hosts.is_empty() {
@@ -79,9 +81,10 @@ pub async fn mail_hosts(resolver: &TokioResolver, domain: &str) -> Resolution {
             Resolution::Hosts(hosts.into_iter().map(|(_, h)| h).collect())
         }
         Err(e) => match no_records(&e) {
-            Some(ResponseCode::NXDomain) => {
-                Resolution::NoMail(format!("{domain} does not exist (NXDOMAIN)"))
-            }
+            Some(ResponseCode::NXDomain) => Resolution::NoMail {
+                status: "5.1.2",
+                why: format!("{domain} does not exist (NXDOMAIN)"),
+            },
             // The domain exists without MX: its own address records (RFC 5321 5.1).
             Some(_) => Resolution::Hosts(vec![domain.to_owned()]),
             None => Resolution::TryLater(format!("MX lookup for {domain} failed: {e}")),

@@ -4,8 +4,8 @@
 //! account is gone or disabled fails (5.1.1 / 5.2.1), and mail past its lifetime expires
 //! (4.4.7); either way with the failure report NOTIFY asks for, enqueued in the same
 //! transaction, one report per message and pass. A local delivery with NOTIFY=SUCCESS gets a
-//! `delivered` report the same way. Remote delivery is not in this version: such recipients
-//! are deferred with a diagnostic that says so until it arrives or they expire.
+//! `delivered` report the same way. Other recipients go over SMTP to their destination (a
+//! static route, the smarthost, or the domain's MX hosts); see `deliver_remote`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,12 +73,13 @@ pub struct Outbound {
     pub mx_port: u16,
     pub per_destination: usize,
     /// One semaphore per destination in use (they are small; never pruned).
-    pub slots: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    pub slots:
+        std::sync::Mutex<std::collections::HashMap<Destination, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// Where a domain's mail goes: a configured `host:port`, or its MX hosts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Destination {
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
     Static(String),
     Mx(String),
 }
@@ -86,11 +87,10 @@ enum Destination {
 impl Outbound {
     /// Waits for a free connection slot to `destination`.
     async fn slot(&self, destination: &Destination) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let key = format!("{destination:?}");
         let semaphore = {
             let mut slots = self.slots.lock().expect("slots lock");
             slots
-                .entry(key)
+                .entry(destination.clone())
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_destination)))
                 .clone()
         };
@@ -104,12 +104,11 @@ impl Outbound {
         }
     }
 
-    /// The servers to try, best first, as (name, `addr:port`); or the reason there are none:
-    /// `Err((true, why))` is permanent, `Err((false, why))` temporary.
+    /// The servers to try, best first, as (name, `addr:port`); or why there are none.
     async fn candidates(
         &self,
         destination: &Destination,
-    ) -> Result<Vec<(String, String)>, (bool, String)> {
+    ) -> Result<Vec<(String, String)>, mx::Resolution> {
         let domain = match destination {
             Destination::Static(target) => {
                 let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
@@ -122,8 +121,7 @@ impl Outbound {
         };
         let hosts = match mx::mail_hosts(&self.resolver, domain).await {
             mx::Resolution::Hosts(hosts) => hosts,
-            mx::Resolution::NoMail(why) => return Err((true, why)),
-            mx::Resolution::TryLater(why) => return Err((false, why)),
+            other => return Err(other),
         };
         let mut candidates = Vec::new();
         let mut problems = Vec::new();
@@ -144,7 +142,7 @@ impl Outbound {
             } else {
                 problems.join("; ")
             };
-            return Err((false, why));
+            return Err(mx::Resolution::TryLater(why));
         }
         Ok(candidates)
     }
@@ -495,28 +493,29 @@ async fn deliver_remote<'a>(
     for (destination, recipients) in by_destination {
         let candidates = match settings.outbound.candidates(&destination).await {
             Ok(candidates) => candidates,
-            Err((permanent, why)) => {
+            Err(mx::Resolution::NoMail { status, why }) => {
                 for (r, span) in recipients {
-                    if permanent {
-                        let status = if why.contains("null MX") {
-                            "5.1.10"
-                        } else {
-                            "5.1.2"
-                        };
-                        let attempt = AttemptReport {
-                            remote_mta: None,
-                            reply_code: None,
-                            status: Some(status.into()),
-                            diagnostic: why.clone(),
-                        };
-                        span.record("result", "failed");
-                        metrics
-                            .attempts
-                            .add(1, &[KeyValue::new("result", "failed")]);
-                        failures.push((r, AttemptOutcome::Failed, attempt));
-                    } else {
-                        deferrals.push(Deferral::new(r, span, "4.4.3", &why, None));
-                    }
+                    let attempt = AttemptReport {
+                        remote_mta: None,
+                        reply_code: None,
+                        status: Some(status.into()),
+                        diagnostic: why.clone(),
+                    };
+                    span.record("result", "failed");
+                    metrics
+                        .attempts
+                        .add(1, &[KeyValue::new("result", "failed")]);
+                    failures.push((r, AttemptOutcome::Failed, attempt));
+                }
+                continue;
+            }
+            Err(other) => {
+                let why = match other {
+                    mx::Resolution::TryLater(why) => why,
+                    _ => "no mail host could be found".to_owned(),
+                };
+                for (r, span) in recipients {
+                    deferrals.push(Deferral::new(r, span, "4.4.3", &why, None));
                 }
                 continue;
             }
