@@ -127,9 +127,24 @@ impl Server {
         grace: Duration,
     ) {
         let stop = shutdown.clone();
-        pochta_service::listen::serve(listeners, shutdown, grace, move |tcp, peer, kind, open| {
-            self.clone().start(tcp, peer, kind, stop.clone(), open)
-        })
+        let refusal = |refused, kind| {
+            let line = match refused {
+                Refusal::TooManyConnections => "-ERR [SYS/TEMP] Too many connections\r\n",
+                Refusal::TooManyFromAddress => {
+                    "-ERR [SYS/TEMP] Too many connections from your address\r\n"
+                }
+            };
+            // Nothing in the clear on the implicit-TLS port.
+            (kind == ListenerKind::Pop3).then_some(line)
+        };
+        pochta_service::listen::serve(
+            listeners,
+            shutdown,
+            grace,
+            self.limiter.clone(),
+            refusal,
+            move |tcp, peer, kind, open| self.clone().start(tcp, peer, kind, stop.clone(), open),
+        )
         .await;
     }
 
@@ -142,26 +157,6 @@ impl Server {
         open: pochta_service::listen::Open,
     ) {
         let client = peer.ip();
-        let guard = match self.limiter.try_acquire(client) {
-            Ok(guard) => guard,
-            Err(refusal) => {
-                tracing::warn!(%client, ?refusal, "connection refused");
-                let text = match refusal {
-                    Refusal::TooManyConnections => "-ERR [SYS/TEMP] Too many connections\r\n",
-                    Refusal::TooManyFromAddress => {
-                        "-ERR [SYS/TEMP] Too many connections from your address\r\n"
-                    }
-                };
-                tokio::spawn(async move {
-                    let mut conn = Conn::Plain(tcp);
-                    if kind == ListenerKind::Pop3 {
-                        let _ = conn.write_all(text.as_bytes()).await;
-                    }
-                    conn.shutdown().await;
-                });
-                return;
-            }
-        };
         let _ = tcp.set_nodelay(true);
         self.metrics
             .sessions
@@ -169,7 +164,6 @@ impl Server {
         let span = tracing::info_span!("pop3.session", %client, listener = kind.name(), tls = tracing::field::Empty, user = tracing::field::Empty);
         tokio::spawn(
             async move {
-                let _guard = guard;
                 let _open = open;
                 let mut locked = None;
                 self.session(Conn::Plain(tcp), client, kind, shutdown, &mut locked)

@@ -148,9 +148,26 @@ impl Ingress {
         grace: Duration,
     ) {
         let stop = shutdown.clone();
-        pochta_service::listen::serve(listeners, shutdown, grace, move |tcp, peer, kind, open| {
-            self.clone().start(tcp, peer, kind, stop.clone(), open)
-        })
+        let refusal = |refused, kind| {
+            let line = match refused {
+                Refusal::TooManyConnections => {
+                    "421 4.7.0 Too many connections; try again later\r\n"
+                }
+                Refusal::TooManyFromAddress => {
+                    "421 4.7.0 Too many connections from your address\r\n"
+                }
+            };
+            // Nothing in the clear on the implicit-TLS port.
+            (kind != ListenerKind::Submissions).then_some(line)
+        };
+        pochta_service::listen::serve(
+            listeners,
+            shutdown,
+            grace,
+            self.limiter.clone(),
+            refusal,
+            move |tcp, peer, kind, open| self.clone().start(tcp, peer, kind, stop.clone(), open),
+        )
         .await;
     }
 
@@ -163,28 +180,6 @@ impl Ingress {
         open: pochta_service::listen::Open,
     ) {
         let client = peer.ip();
-        let guard = match self.limiter.try_acquire(client) {
-            Ok(guard) => guard,
-            Err(refusal) => {
-                let text = match refusal {
-                    Refusal::TooManyConnections => {
-                        "421 4.7.0 Too many connections; try again later\r\n"
-                    }
-                    Refusal::TooManyFromAddress => {
-                        "421 4.7.0 Too many connections from your address\r\n"
-                    }
-                };
-                tracing::warn!(%client, ?refusal, "connection refused");
-                tokio::spawn(async move {
-                    let mut conn = Conn::Plain(tcp);
-                    if kind != ListenerKind::Submissions {
-                        let _ = conn.write_all(text.as_bytes()).await;
-                    }
-                    conn.shutdown().await;
-                });
-                return;
-            }
-        };
         let _ = tcp.set_nodelay(true);
         self.metrics
             .sessions
@@ -192,7 +187,6 @@ impl Ingress {
         let span = tracing::info_span!("smtp.session", %client, listener = kind.name(), tls = tracing::field::Empty, user = tracing::field::Empty);
         tokio::spawn(
             async move {
-                let _guard = guard;
                 let _open = open;
                 self.session(Conn::Plain(tcp), client, kind, shutdown).await;
             }
