@@ -2,7 +2,7 @@
 //!
 //! Notify and StartDomainDelivery (ETRN) wake the workers. The admin calls list and show queue
 //! entries (with every attempt) and retry, hold, release or delete what a filter matches, with
-//! a dry-run count. Delete cannot send failure reports yet: asking for them is refused.
+//! a dry-run count. Delete sends failure reports only when asked.
 
 use pochta_proto::queue::v1::queue_server::Queue;
 use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
@@ -207,17 +207,17 @@ impl Queue for QueueService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<AdminResponse>, Status> {
         let request = request.into_inner();
-        if request.send_report {
-            return Err(Status::failed_precondition(
-                "delivery status reports are not available in this version",
-            ));
-        }
+        let action = if request.send_report {
+            QueueAction::DeleteWithReport
+        } else {
+            QueueAction::Delete
+        };
         self.admin(
             AdminRequest {
                 filter: request.filter,
                 dry_run: request.dry_run,
             },
-            QueueAction::Delete,
+            action,
         )
         .await
     }
@@ -242,7 +242,10 @@ impl QueueService {
                 recipients = done.recipients,
                 "queue administration"
             );
-            if matches!(action, QueueAction::RetryNow | QueueAction::Release) {
+            if matches!(
+                action,
+                QueueAction::RetryNow | QueueAction::Release | QueueAction::DeleteWithReport
+            ) {
                 self.wake.wake();
             }
         }

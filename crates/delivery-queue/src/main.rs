@@ -4,7 +4,8 @@
 //! recipients into maildrops exactly once. They wake on Notify from smtp-ingress and on ETRN,
 //! and scan the store periodically, so mail committed while the queue was down is delivered.
 //! Failures and expiry produce delivery status notifications; finished mail is garbage
-//! collected after its retention. Remote delivery is not built yet: such recipients wait.
+//! collected after its retention. Remote recipients go over SMTP to a static route, the
+//! smarthost or their domain's MX hosts.
 
 mod dsn;
 mod gc;
@@ -34,15 +35,16 @@ fn main() -> ExitCode {
             let outbound = worker::Outbound {
                 routes: queue.routes.clone(),
                 smarthost: queue.smarthost.clone(),
-                tls: match queue.outbound_tls {
-                    pochta_config::OutboundTls::Opportunistic => {
-                        pochta_smtp::client::TlsPolicy::Opportunistic
-                    }
-                    pochta_config::OutboundTls::Required => {
-                        pochta_smtp::client::TlsPolicy::Required
-                    }
-                    pochta_config::OutboundTls::Never => pochta_smtp::client::TlsPolicy::Never,
-                },
+                tls: tls_policy(queue.outbound_tls),
+                tls_by_domain: queue
+                    .outbound_tls_domains
+                    .iter()
+                    .map(|(domain, policy)| (domain.to_ascii_lowercase(), tls_policy(*policy)))
+                    .collect(),
+                pool: Arc::new(remote::Pool::new(
+                    Duration::from_secs(queue.connection_reuse_secs),
+                    queue.connection_reuse_max_messages,
+                )),
                 connector: remote::tls_connector()?,
                 connect_timeout: Duration::from_secs(queue.connect_timeout_secs),
                 reply_timeout: Duration::from_secs(queue.reply_timeout_secs),
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
                     max: Duration::from_secs(queue.retry_max_delay_secs),
                 },
             });
+            let pool = settings.outbound.pool.clone();
             let wake = worker::Wake::new();
             let workers: Vec<_> = (0..queue.workers)
                 .map(|i| {
@@ -111,7 +114,17 @@ fn main() -> ExitCode {
                     "delivery workers still busy after {grace:?}; their leases will expire"
                 );
             }
+            pool.close_all().await;
             served
         },
     )
+}
+
+fn tls_policy(policy: pochta_config::OutboundTls) -> pochta_smtp::client::TlsPolicy {
+    use pochta_smtp::client::TlsPolicy;
+    match policy {
+        pochta_config::OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
+        pochta_config::OutboundTls::Required => TlsPolicy::Required,
+        pochta_config::OutboundTls::Never => TlsPolicy::Never,
+    }
 }

@@ -25,7 +25,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::dsn::{self, Action, RecipientReport, Report, Return};
 use crate::{mx, remote};
-use pochta_smtp::client::RecipientOutcome;
+use pochta_smtp::client::{RecipientOutcome, TlsPolicy};
 
 /// Wakes workers when new work may be due (Notify, ETRN). A counter in a watch channel: a
 /// wake-up that arrives while a worker is busy is not lost, it sees the change next time.
@@ -65,7 +65,11 @@ impl Backoff {
 pub struct Outbound {
     pub routes: std::collections::BTreeMap<String, String>,
     pub smarthost: Option<String>,
-    pub tls: pochta_smtp::client::TlsPolicy,
+    /// STARTTLS policy by recipient domain (`.example.com` for its subdomains), else `tls`.
+    pub tls_by_domain: std::collections::BTreeMap<String, TlsPolicy>,
+    pub tls: TlsPolicy,
+    /// Idle connections kept for the next message to the same server.
+    pub pool: Arc<remote::Pool>,
     pub connector: tokio_rustls::TlsConnector,
     pub connect_timeout: Duration,
     pub reply_timeout: Duration,
@@ -95,6 +99,22 @@ impl Outbound {
                 .clone()
         };
         semaphore.acquire_owned().await.ok()
+    }
+
+    /// The STARTTLS policy for mail to `domain`: its own, its nearest parent's (`.parent`
+    /// entries), or the default.
+    fn tls_policy(&self, domain: &str) -> TlsPolicy {
+        if let Some(policy) = self.tls_by_domain.get(domain) {
+            return *policy;
+        }
+        let mut rest = domain;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(policy) = self.tls_by_domain.get(&format!(".{parent}")) {
+                return *policy;
+            }
+            rest = parent;
+        }
+        self.tls
     }
 
     fn destination(&self, domain: &str) -> Destination {
@@ -271,7 +291,13 @@ async fn deliver_envelope<'a>(
     let mut deferrals = Vec::new();
     for r in group {
         let span = attempt_span(r);
-        let failure = if r.expires_at <= Utc::now() {
+        let failure = if r.cancelled {
+            Some((
+                AttemptOutcome::Failed,
+                "5.0.0",
+                "deleted from the queue by the postmaster".to_owned(),
+            ))
+        } else if r.expires_at <= Utc::now() {
             Some((
                 AttemptOutcome::Expired,
                 "4.4.7",
@@ -471,8 +497,8 @@ async fn defer_with_report(
 /// A recipient being attempted, with its attempt span.
 type Attempting<'a> = (&'a ClaimedRecipient, tracing::Span);
 
-/// Hands remote recipients of one envelope to their route's server, one connection per route;
-/// 5xx answers join `failures` (reported with the envelope's other failures).
+/// Hands remote recipients of one envelope to their route's server, one transaction per route
+/// and TLS policy; 5xx answers join `failures` (reported with the envelope's other failures).
 async fn deliver_remote<'a>(
     store: &Store,
     owner: &str,
@@ -482,15 +508,18 @@ async fn deliver_remote<'a>(
     failures: &mut Vec<(&'a ClaimedRecipient, AttemptOutcome, AttemptReport)>,
     deferrals: &mut Vec<Deferral<'a>>,
 ) {
-    let mut by_destination: Vec<(Destination, Vec<Attempting>)> = Vec::new();
+    let mut by_destination: Vec<((Destination, TlsPolicy), Vec<Attempting>)> = Vec::new();
     for (r, span) in remote {
-        let destination = settings.outbound.destination(&r.domain);
-        match by_destination.iter_mut().find(|(d, _)| *d == destination) {
+        let key = (
+            settings.outbound.destination(&r.domain),
+            settings.outbound.tls_policy(&r.domain),
+        );
+        match by_destination.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push((r, span)),
-            None => by_destination.push((destination, vec![(r, span)])),
+            None => by_destination.push((key, vec![(r, span)])),
         }
     }
-    for (destination, recipients) in by_destination {
+    for ((destination, tls), recipients) in by_destination {
         let candidates = match settings.outbound.candidates(&destination).await {
             Ok(candidates) => candidates,
             Err(mx::Resolution::NoMail { status, why }) => {
@@ -565,7 +594,7 @@ async fn deliver_remote<'a>(
                     orcpt: r.orcpt.clone(),
                 })
                 .collect(),
-            tls: settings.outbound.tls,
+            tls,
         };
         let _slot = settings.outbound.slot(&destination).await;
         // Each candidate in turn until one takes the connection (RFC 5321 5.1).
@@ -582,7 +611,9 @@ async fn deliver_remote<'a>(
             let span =
                 tracing::info_span!("queue.remote", %host, %address, recipients = recipients.len());
             remote_mta = format!("{host} ({address})");
-            let delivery = remote::deliver(&target, outgoing.clone(), &message).instrument(span);
+            let delivery =
+                remote::deliver(&settings.outbound.pool, &target, outgoing.clone(), &message)
+                    .instrument(span);
             result = renewing_leases(store, owner, settings.lease, &recipients, delivery).await;
             match &result {
                 Ok(_) => break,

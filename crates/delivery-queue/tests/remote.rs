@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mail_parser::MessageParser;
@@ -597,22 +599,35 @@ asyncore.loop()
     let _ = peer.kill().await;
 }
 
-/// A minimal, slow SMTP sink that records the most connections it had open at once.
-async fn slow_sink(max_seen: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+/// What a `sink` saw.
+#[derive(Default)]
+struct SinkStats {
+    open: AtomicUsize,
+    /// The most connections open at once.
+    max_open: AtomicUsize,
+    connections: AtomicUsize,
+    messages: AtomicUsize,
+}
+
+/// A minimal SMTP sink without extensions: answers each message after `delay`, and with
+/// `close_after_message` drops the connection after each one (as a server with a very short
+/// idle timeout would).
+async fn sink(delay: Duration, close_after_message: bool) -> (SocketAddr, Arc<SinkStats>) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let open = std::sync::Arc::new(AtomicUsize::new(0));
+    let stats = Arc::new(SinkStats::default());
+    let seen = stats.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (open, max_seen) = (open.clone(), max_seen.clone());
+            let stats = seen.clone();
             tokio::spawn(async move {
-                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
-                max_seen.fetch_max(now, Ordering::SeqCst);
+                stats.connections.fetch_add(1, Ordering::SeqCst);
+                let now = stats.open.fetch_add(1, Ordering::SeqCst) + 1;
+                stats.max_open.fetch_max(now, Ordering::SeqCst);
                 let (read, mut write) = tcp.into_split();
                 let mut lines = BufReader::new(read).lines();
                 let _ = write.write_all(b"220 sink\r\n").await;
@@ -623,7 +638,12 @@ async fn slow_sink(max_seen: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> 
                             continue;
                         }
                         in_data = false;
-                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        tokio::time::sleep(delay).await;
+                        stats.messages.fetch_add(1, Ordering::SeqCst);
+                        if close_after_message {
+                            let _ = write.write_all(b"250 ok\r\n").await;
+                            break;
+                        }
                         b"250 ok\r\n"
                     } else if line.starts_with("DATA") {
                         in_data = true;
@@ -638,17 +658,48 @@ async fn slow_sink(max_seen: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> 
                         break;
                     }
                 }
-                open.fetch_sub(1, Ordering::SeqCst);
+                stats.open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
-    addr
+    (addr, stats)
+}
+
+/// A queue with one worker taking one envelope at a time, and `extra` configuration.
+async fn serial_queue(db: &TestDb, extra: &str) -> ServiceProcess {
+    let grpc = free_addr();
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nworkers = 1\nbatch_size = 1\n{extra}\n",
+        db.url()
+    );
+    let mut queue = ServiceProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
+        &config,
+        &[],
+    )
+    .unwrap();
+    queue
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+    queue
+}
+
+async fn until_relayed(store: &Store, n: i64) {
+    until("every message relayed", async || {
+        store
+            .counts()
+            .await
+            .unwrap()
+            .recipients_in(RecipientState::Relayed)
+            == n
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn connections_per_destination_are_limited() {
-    let max_seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let sink = slow_sink(max_seen.clone()).await;
+    let (sink, stats) = sink(Duration::from_millis(400), false).await;
     let db = TestDb::new().await.unwrap();
     account(db.store(), "example.org", "alice@example.org").await;
     let grpc = free_addr();
@@ -670,19 +721,112 @@ async fn connections_per_destination_are_limited() {
     for _ in 0..4 {
         enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
     }
-    let store = db.store();
-    until("all four relayed", async || {
-        store
-            .counts()
-            .await
-            .unwrap()
-            .recipients_in(RecipientState::Relayed)
-            == 4
-    })
-    .await;
+    until_relayed(db.store(), 4).await;
     assert_eq!(
-        max_seen.load(std::sync::atomic::Ordering::SeqCst),
+        stats.max_open.load(Ordering::SeqCst),
         1,
         "one connection at a time"
+    );
+}
+
+#[tokio::test]
+async fn messages_to_one_server_share_a_connection() {
+    let (sink, stats) = sink(Duration::ZERO, false).await;
+    let db = TestDb::new().await.unwrap();
+    account(db.store(), "example.org", "alice@example.org").await;
+    for _ in 0..5 {
+        enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
+    }
+    let _queue = serial_queue(
+        &db,
+        &format!("connection_reuse_secs = 30\n\n[queue.routes]\n\"remote.test\" = \"{sink}\""),
+    )
+    .await;
+    until_relayed(db.store(), 5).await;
+    assert_eq!(stats.messages.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        stats.connections.load(Ordering::SeqCst),
+        1,
+        "five messages, one after the other, over one connection"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_idle_connection_is_replaced_without_deferring() {
+    let (sink, stats) = sink(Duration::ZERO, true).await;
+    let db = TestDb::new().await.unwrap();
+    account(db.store(), "example.org", "alice@example.org").await;
+    let ids = [
+        enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await,
+        enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await,
+        enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await,
+    ];
+    let _queue = serial_queue(
+        &db,
+        &format!("connection_reuse_secs = 30\n\n[queue.routes]\n\"remote.test\" = \"{sink}\""),
+    )
+    .await;
+    until_relayed(db.store(), 3).await;
+    assert_eq!(stats.connections.load(Ordering::SeqCst), 3);
+    for id in ids {
+        let detail = db
+            .store()
+            .envelope_detail(id.as_str())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            detail.recipients[0].attempts, 1,
+            "relayed at the first attempt"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tls_can_be_required_for_one_domain() {
+    let (sink, _stats) = sink(Duration::ZERO, false).await;
+    let db = TestDb::new().await.unwrap();
+    account(db.store(), "example.org", "alice@example.org").await;
+    let id = enqueue(
+        db.store(),
+        vec![
+            rcpt("friend@plain.test", "FAILURE"),
+            rcpt("friend@mail.secure.test", "FAILURE"),
+        ],
+    )
+    .await;
+    let _queue = serial_queue(
+        &db,
+        &format!(
+            "[queue.routes]\n\"plain.test\" = \"{sink}\"\n\"mail.secure.test\" = \"{sink}\"\n\n\
+             [queue.outbound_tls_domains]\n\".secure.test\" = \"required\"\n"
+        ),
+    )
+    .await;
+    let store = db.store();
+    until("both attempted", async || {
+        store
+            .envelope_detail(id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .recipients
+            .iter()
+            .all(|r| r.attempts == 1)
+    })
+    .await;
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    let plain = &detail.recipients[0];
+    let secure = &detail.recipients[1];
+    assert_eq!(plain.state, RecipientState::Relayed, "{plain:?}");
+    assert_eq!(secure.state, RecipientState::Queued, "{secure:?}");
+    assert_eq!(secure.last_status.as_deref(), Some("4.7.10"), "{secure:?}");
+    assert!(
+        secure
+            .last_diagnostic
+            .as_deref()
+            .unwrap()
+            .contains("does not offer STARTTLS"),
+        "{secure:?}"
     );
 }

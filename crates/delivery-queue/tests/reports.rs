@@ -16,6 +16,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_delivery-queue");
 struct Setup {
     db: TestDb,
     alice: i64,
+    grpc: std::net::SocketAddr,
     _queue: ServiceProcess,
 }
 
@@ -49,6 +50,7 @@ async fn setup(extra: &str) -> Setup {
     Setup {
         db,
         alice,
+        grpc,
         _queue: queue,
     }
 }
@@ -341,5 +343,78 @@ async fn one_delay_report_per_message_and_only_once() {
         store.maildrop_entries(s.alice).await.unwrap().len(),
         1,
         "exactly one delay report"
+    );
+}
+
+#[tokio::test]
+async fn deleting_with_a_report_fails_the_recipients_and_tells_the_sender() {
+    use pochta_proto::queue::v1::{DeleteRequest, Filter, queue_client::QueueClient};
+    let s = setup("").await;
+    let store = s.db.store();
+    let id = enqueue(
+        store,
+        "alice@example.org",
+        vec![
+            rcpt("one@elsewhere.test", None),
+            rcpt("two@elsewhere.test", Some("NEVER")),
+        ],
+        None,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store
+        .envelope_detail(id.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .recipients
+        .iter()
+        .any(|r| r.attempts == 0)
+    {
+        assert!(Instant::now() < deadline, "not attempted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = QueueClient::connect(format!("http://{}", s.grpc))
+        .await
+        .unwrap();
+    let deleted = client
+        .delete(DeleteRequest {
+            filter: Some(Filter {
+                queue_id: id.as_str().into(),
+                ..Default::default()
+            }),
+            dry_run: false,
+            send_report: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((deleted.recipients, deleted.messages), (2, 1));
+
+    let reports = maildrop(store, s.alice, 1).await;
+    let (_, status, returned) = status_part(&reports[0]);
+    assert!(
+        status.contains("Final-Recipient: rfc822; one@elsewhere.test")
+            && status.contains("Action: failed")
+            && status.contains("Status: 5.0.0")
+            && status.contains("deleted from the queue"),
+        "{status}"
+    );
+    assert!(!status.contains("two@"), "NOTIFY=NEVER: {status}");
+    assert_eq!(returned, "message/rfc822");
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    assert!(
+        detail
+            .recipients
+            .iter()
+            .all(|r| r.state == RecipientState::Failed && r.attempts == 2),
+        "{detail:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        store.maildrop_entries(s.alice).await.unwrap().len(),
+        1,
+        "one report"
     );
 }

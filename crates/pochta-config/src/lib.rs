@@ -320,6 +320,14 @@ pub struct QueueConfig {
     pub mx_port: u16,
     /// STARTTLS towards remote servers: opportunistic (when offered), required, or never.
     pub outbound_tls: OutboundTls,
+    /// `outbound_tls` for particular recipient domains; a key `.example.com` covers the
+    /// subdomains of example.com (e.g. `"partner.example" = "required"`).
+    pub outbound_tls_domains: std::collections::BTreeMap<String, OutboundTls>,
+    /// A connection that delivered a message stays open this long for the next message to the
+    /// same server; 0 closes it at once.
+    pub connection_reuse_secs: u64,
+    /// Messages one outbound connection carries at most before it is closed.
+    pub connection_reuse_max_messages: u32,
     pub connect_timeout_secs: u64,
     /// Connections this process keeps open at once to one destination (a route, a smarthost,
     /// or one domain's MX hosts), so one slow destination cannot occupy every worker.
@@ -359,6 +367,9 @@ impl Default for QueueConfig {
             dns_servers: Vec::new(),
             mx_port: 25,
             outbound_tls: OutboundTls::Opportunistic,
+            outbound_tls_domains: Default::default(),
+            connection_reuse_secs: 2,
+            connection_reuse_max_messages: 100,
             connect_timeout_secs: 30,
             max_connections_per_destination: 2,
             reply_timeout_secs: 300,

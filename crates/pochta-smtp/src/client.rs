@@ -1,10 +1,13 @@
-//! The SMTP client side as a state machine: one message, its recipients, one server.
+//! The SMTP client side as a state machine: one server, one message at a time with its
+//! recipients, and further messages over the same connection.
 //!
 //! Replies in (`feed`), outputs out (`poll`): commands to send, the STARTTLS handshake, the
 //! message text, and finally the outcome of every recipient. EHLO falls back to HELO;
 //! STARTTLS is used when offered (opportunistic) or demanded; PIPELINING sends MAIL, the RCPTs
 //! and DATA in one write; SIZE is declared and honoured; DSN parameters (RFC 3461) are passed
-//! on only when the server offers DSN.
+//! on only when the server offers DSN. After a message, the caller either `quit`s or, when the
+//! session is `reusable`, sends the `next_message` (after an RSET that also probes whether the
+//! idle connection still works: if it does not, the session is `stale` and nothing was sent).
 
 use std::collections::VecDeque;
 
@@ -31,7 +34,7 @@ impl ServerReply {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsPolicy {
     /// STARTTLS when offered, plaintext otherwise (RFC 7435 opportunistic security).
     Opportunistic,
@@ -81,13 +84,14 @@ pub enum ClientOutput {
     StartTls,
     /// Send the message text, dot-stuffed, and the final `.` CRLF.
     SendMessage,
-    /// Every recipient's outcome, in order; close after sending what is pending.
+    /// Every recipient's outcome, in order. Then `quit` (or `next_message` if `reusable`).
     Done(Vec<RecipientOutcome>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
     Greeting,
+    Reset,
     Ehlo,
     Helo,
     StartTls,
@@ -119,6 +123,12 @@ pub struct ClientSession {
     outcomes: Vec<Option<RecipientOutcome>>,
     accepted_any: bool,
     finished: bool,
+    /// Greeted, hello and TLS done: transactions may begin.
+    ready: bool,
+    /// The connection's state is unknown (lost, 421, replies still pending): not reusable.
+    broken: bool,
+    /// The RSET before a further message failed: nothing of it was sent.
+    stale: bool,
 }
 
 fn parse_reply(lines: &[String]) -> ServerReply {
@@ -166,7 +176,44 @@ impl ClientSession {
             outcomes: vec![None; n],
             accepted_any: false,
             finished: false,
+            ready: false,
+            broken: false,
+            stale: false,
         }
+    }
+
+    /// After `Done`: the server is between transactions in a known state, so the connection
+    /// can carry another message.
+    pub fn reusable(&self) -> bool {
+        self.finished
+            && self.ready
+            && !self.broken
+            && self.expect.is_empty()
+            && self.input.is_empty()
+            && self.lines.is_empty()
+    }
+
+    /// After `Done` of a further message: the idle connection no longer worked (the RSET
+    /// failed), nothing of this message was sent, and it should go over a new connection.
+    pub fn stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Starts `out` on this connection (only when `reusable`): RSET (RFC 5321 4.1.1.5), then
+    /// the transaction.
+    pub fn next_message(&mut self, out: Outgoing) {
+        debug_assert!(self.reusable());
+        self.outcomes = vec![None; out.recipients.len()];
+        self.out = out;
+        self.accepted_any = false;
+        self.finished = false;
+        self.send(Expect::Reset, "RSET\r\n");
+    }
+
+    /// Ends the session: QUIT is the next output to send.
+    pub fn quit(&mut self) {
+        self.broken = true;
+        self.push_bytes(b"QUIT\r\n");
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
@@ -182,6 +229,10 @@ impl ClientSession {
 
     /// The connection broke or timed out: every recipient without an outcome is deferred.
     pub fn connection_lost(&mut self, why: &str) {
+        if self.expect.front() == Some(&Expect::Reset) {
+            self.stale = true;
+        }
+        self.broken = true;
         let reply = ServerReply {
             code: 421,
             status: Some("4.4.2".into()),
@@ -240,6 +291,7 @@ impl ClientSession {
         }
     }
 
+    /// Ends the transaction: every recipient still without an outcome gets `outcome`.
     fn finish_all(&mut self, outcome: RecipientOutcome) {
         for o in self.outcomes.iter_mut().filter(|o| o.is_none()) {
             *o = Some(outcome.clone());
@@ -259,11 +311,6 @@ impl ClientSession {
         }
     }
 
-    fn quit_with(&mut self, outcome: RecipientOutcome) {
-        self.push_bytes(b"QUIT\r\n");
-        self.finish_all(outcome);
-    }
-
     /// A failure of the whole transaction: 5xx rejects, anything else defers.
     fn transaction_failed(&mut self, reply: ServerReply) {
         let outcome = if reply.code >= 500 {
@@ -271,15 +318,25 @@ impl ClientSession {
         } else {
             RecipientOutcome::Deferred(reply)
         };
-        self.quit_with(outcome);
+        self.finish_all(outcome);
     }
 
     fn reply(&mut self, expect: Expect, reply: ServerReply, lines: &[String]) {
+        // 421: the server is closing the connection (RFC 5321 3.8).
+        if reply.code == 421 {
+            self.broken = true;
+        }
         match expect {
             Expect::Greeting if reply.code == 220 => {
                 self.send(Expect::Ehlo, &format!("EHLO {}\r\n", self.out.helo_name))
             }
             Expect::Greeting => self.transaction_failed(reply),
+            Expect::Reset if reply.code == 250 => self.begin_transaction(),
+            Expect::Reset => {
+                self.stale = true;
+                self.broken = true;
+                self.transaction_failed(defer_reply(reply));
+            }
             Expect::Ehlo if reply.code == 250 => {
                 self.ext = Extensions::default();
                 for line in lines.iter().skip(1) {
@@ -315,7 +372,11 @@ impl ClientSession {
             }
             Expect::StartTls => self.begin_transaction(),
             Expect::Mail if reply.code != 250 => {
-                self.expect.clear();
+                if !self.expect.is_empty() {
+                    // Pipelined RCPT and DATA replies are still to come.
+                    self.expect.clear();
+                    self.broken = true;
+                }
                 self.transaction_failed(reply);
             }
             Expect::Mail => {
@@ -337,7 +398,7 @@ impl ClientSession {
                     } else if self.accepted_any {
                         self.send(Expect::Data, "DATA\r\n");
                     } else {
-                        self.quit_with(RecipientOutcome::Deferred(defer_reply(ServerReply {
+                        self.finish_all(RecipientOutcome::Deferred(defer_reply(ServerReply {
                             code: 451,
                             status: None,
                             text: "no recipient accepted".into(),
@@ -349,16 +410,18 @@ impl ClientSession {
                 self.outputs.push_back(ClientOutput::SendMessage)
             }
             Expect::Data if reply.code == 354 => {
-                // Pipelined DATA was accepted although no recipient was: send an empty text.
+                // Pipelined DATA was accepted although no recipient was: send an empty text
+                // (whose reply is not awaited).
                 self.push_bytes(b".\r\n");
-                self.quit_with(RecipientOutcome::Deferred(ServerReply {
+                self.broken = true;
+                self.finish_all(RecipientOutcome::Deferred(ServerReply {
                     code: 451,
                     status: None,
                     text: "no recipient accepted".into(),
                 }));
             }
             Expect::Data if !self.accepted_any => {
-                self.quit_with(RecipientOutcome::Deferred(ServerReply {
+                self.finish_all(RecipientOutcome::Deferred(ServerReply {
                     code: 451,
                     status: None,
                     text: "no recipient accepted".into(),
@@ -367,7 +430,7 @@ impl ClientSession {
             Expect::Data => self.transaction_failed(reply),
             Expect::Message if reply.code == 250 => {
                 let dsn = self.ext.dsn;
-                self.quit_with(RecipientOutcome::Accepted { reply, dsn });
+                self.finish_all(RecipientOutcome::Accepted { reply, dsn });
             }
             Expect::Message => self.transaction_failed(reply),
         }
@@ -379,7 +442,7 @@ impl ClientSession {
             return self.send(Expect::StartTls, "STARTTLS\r\n");
         }
         if !self.tls && policy == TlsPolicy::Required {
-            return self.quit_with(RecipientOutcome::Deferred(ServerReply {
+            return self.finish_all(RecipientOutcome::Deferred(ServerReply {
                 code: 421,
                 status: Some("4.7.10".into()),
                 text: "TLS is required for this destination but the server does not offer STARTTLS"
@@ -390,10 +453,11 @@ impl ClientSession {
     }
 
     fn begin_transaction(&mut self) {
+        self.ready = true;
         if let Some(max) = self.ext.size
             && self.out.size as u64 > max
         {
-            return self.quit_with(RecipientOutcome::Rejected(ServerReply {
+            return self.finish_all(RecipientOutcome::Rejected(ServerReply {
                 code: 552,
                 status: Some("5.3.4".into()),
                 text: format!(
@@ -403,7 +467,7 @@ impl ClientSession {
             }));
         }
         if self.out.smtputf8 && !self.ext.smtputf8 {
-            return self.quit_with(RecipientOutcome::Rejected(ServerReply {
+            return self.finish_all(RecipientOutcome::Rejected(ServerReply {
                 code: 553,
                 status: Some("5.6.7".into()),
                 text: "the message needs SMTPUTF8, which the server does not offer".into(),
@@ -537,7 +601,7 @@ mod tests {
         assert!(matches!(out, Some(ClientOutput::SendMessage)));
         c.message_sent();
         let (sent, out) = step(&mut c, "250 2.0.0 Ok: queued as X\r\n");
-        assert_eq!(sent, "QUIT\r\n");
+        assert_eq!(sent, "");
         let Some(ClientOutput::Done(outcomes)) = out else {
             panic!("{out:?}")
         };
@@ -611,10 +675,13 @@ mod tests {
         let mut required = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Required));
         step(&mut required, "220 r\r\n");
         let (sent, out) = step(&mut required, "250 r\r\n");
-        assert_eq!(sent, "QUIT\r\n");
+        assert_eq!(sent, "");
         assert!(
             matches!(out, Some(ClientOutput::Done(o)) if matches!(&o[0], RecipientOutcome::Deferred(r) if r.status.as_deref() == Some("4.7.10")))
         );
+        assert!(!required.reusable(), "no transaction was possible");
+        required.quit();
+        assert_eq!(step(&mut required, "").0, "QUIT\r\n");
     }
 
     #[test]
@@ -660,5 +727,99 @@ mod tests {
             panic!()
         };
         assert!(matches!(&o[0], RecipientOutcome::Deferred(r) if r.text == "connection reset"));
+    }
+
+    /// Runs one whole pipelined message on `c` (already past its greeting or RSET) and returns
+    /// its outcomes.
+    fn one_message(c: &mut ClientSession, after_mail: &str) -> Vec<RecipientOutcome> {
+        let (_, out) = step(c, after_mail);
+        assert!(matches!(out, Some(ClientOutput::SendMessage)), "{out:?}");
+        c.message_sent();
+        let Some(ClientOutput::Done(outcomes)) = step(c, "250 2.0.0 Ok\r\n").1 else {
+            panic!()
+        };
+        outcomes
+    }
+
+    #[test]
+    fn further_messages_reuse_the_connection_after_rset() {
+        let mut c = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Opportunistic));
+        step(&mut c, "220 r\r\n");
+        assert!(step(&mut c, EHLO_FULL).0.starts_with("MAIL FROM:"));
+        let first = one_message(&mut c, "250 ok\r\n250 ok\r\n354 go\r\n");
+        assert!(matches!(&first[0], RecipientOutcome::Accepted { .. }));
+        assert!(c.reusable());
+
+        let mut second = outgoing(
+            &["b@remote.example", "c@remote.example"],
+            TlsPolicy::Opportunistic,
+        );
+        second.reverse_path = String::new();
+        c.next_message(second);
+        assert_eq!(step(&mut c, "").0, "RSET\r\n", "the probe goes alone");
+        let (sent, _) = step(&mut c, "250 2.0.0 Ok\r\n");
+        assert!(
+            sent.starts_with("MAIL FROM:<> SIZE=1000") && sent.matches("RCPT TO:").count() == 2,
+            "the extensions of the first EHLO still apply: {sent}"
+        );
+        let outcomes = one_message(&mut c, "250 ok\r\n250 ok\r\n550 5.1.1 no\r\n354 go\r\n");
+        assert!(matches!(&outcomes[0], RecipientOutcome::Accepted { .. }));
+        assert!(matches!(&outcomes[1], RecipientOutcome::Rejected(_)));
+        assert!(!c.stale());
+        assert!(c.reusable());
+
+        // A message the server refuses as a whole still leaves a usable connection.
+        c.next_message(outgoing(&["d@remote.example"], TlsPolicy::Opportunistic));
+        step(&mut c, "");
+        step(&mut c, "250 ok\r\n");
+        let (_, out) = step(
+            &mut c,
+            "250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n",
+        );
+        assert!(
+            matches!(out, Some(ClientOutput::Done(o)) if matches!(&o[0], RecipientOutcome::Rejected(_)))
+        );
+        assert!(c.reusable());
+    }
+
+    #[test]
+    fn a_stale_connection_is_reported_and_broken_ones_are_not_reused() {
+        let mut c = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+        step(&mut c, "220 r\r\n");
+        step(&mut c, EHLO_FULL);
+        one_message(&mut c, "250 ok\r\n250 ok\r\n354 go\r\n");
+        c.next_message(outgoing(&["b@remote.example"], TlsPolicy::Never));
+        step(&mut c, "");
+        let (sent, out) = step(&mut c, "421 4.4.2 idle too long\r\n");
+        assert_eq!(sent, "", "nothing of the message was sent");
+        assert!(
+            matches!(out, Some(ClientOutput::Done(o)) if matches!(&o[0], RecipientOutcome::Deferred(_)))
+        );
+        assert!(c.stale() && !c.reusable());
+
+        let mut lost = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+        step(&mut lost, "220 r\r\n");
+        step(&mut lost, EHLO_FULL);
+        one_message(&mut lost, "250 ok\r\n250 ok\r\n354 go\r\n");
+        lost.next_message(outgoing(&["b@remote.example"], TlsPolicy::Never));
+        step(&mut lost, "");
+        lost.connection_lost("closed");
+        assert!(matches!(lost.poll(), Some(ClientOutput::Done(_))));
+        assert!(lost.stale(), "lost before the RSET reply");
+
+        // MAIL refused with pipelined replies still to come: the state is unknown.
+        let mut pending = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+        step(&mut pending, "220 r\r\n");
+        step(&mut pending, EHLO_FULL);
+        let (_, out) = step(&mut pending, "451 4.3.0 busy\r\n");
+        assert!(matches!(out, Some(ClientOutput::Done(_))));
+        assert!(!pending.reusable() && !pending.stale());
+
+        // A 421 ends the connection whatever it answers.
+        let mut closing = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+        step(&mut closing, "220 r\r\n");
+        step(&mut closing, "250 r\r\n");
+        step(&mut closing, "421 4.3.2 shutting down\r\n");
+        assert!(!closing.reusable());
     }
 }

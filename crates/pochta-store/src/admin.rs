@@ -1,5 +1,6 @@
 //! Queue administration (`pochtactl queue`): list by filter, and retry / hold / release /
-//! delete every live recipient matching a filter, or just count them (dry run).
+//! delete (with or without a failure report) every live recipient matching a filter, or just
+//! count them (dry run).
 
 use crate::{
     EnvelopeSummary, QueueAction, QueueFilter, RecipientDetail, RecipientState, Released, Result,
@@ -113,7 +114,7 @@ impl Store {
         let eligible: &[RecipientState] = match action {
             QueueAction::RetryNow | QueueAction::Hold => &[Queued],
             QueueAction::Release => &[Held],
-            QueueAction::Delete => &[Queued, Held],
+            QueueAction::Delete | QueueAction::DeleteWithReport => &[Queued, Held],
         };
         let b = bind(filter, eligible);
         // RetryNow only concerns recipients that are waiting for a later attempt.
@@ -139,6 +140,14 @@ impl Store {
             ),
             (QueueAction::Release, false) => concat!(
                 "WITH t AS (UPDATE recipients r SET state = 'queued', next_attempt_at = now()
+                            FROM envelopes e WHERE e.id = r.envelope_id AND ",
+                matching!(),
+                " RETURNING r.envelope_id) SELECT count(*), count(DISTINCT envelope_id) FROM t"
+            ),
+            // Due now, for the worker to fail with the report; an attempt in flight may still
+            // finish first.
+            (QueueAction::DeleteWithReport, false) => concat!(
+                "WITH t AS (UPDATE recipients r SET state = 'queued', next_attempt_at = now(), cancelled = true
                             FROM envelopes e WHERE e.id = r.envelope_id AND ",
                 matching!(),
                 " RETURNING r.envelope_id) SELECT count(*), count(DISTINCT envelope_id) FROM t"

@@ -54,7 +54,7 @@ impl Store {
              RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
                  r.domain, r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
                  e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at,
-                 r.delay_reported",
+                 r.delay_reported, r.cancelled",
         )
         .bind(i64::from(limit))
         .bind(owner)
@@ -270,7 +270,8 @@ pub(crate) async fn record_attempt_on(
                      state = $3,
                      attempts = attempts + 1,
                      last_attempt_at = now(),
-                     next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
+                     next_attempt_at = CASE WHEN cancelled THEN now()
+                                            WHEN $4::float8 IS NULL THEN next_attempt_at
                                             ELSE now() + $4 * interval '1 second' END,
                      last_reply_code = $5, last_status = $6, last_diagnostic = $7,
                      last_remote_mta = $8,

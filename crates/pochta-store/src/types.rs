@@ -373,6 +373,8 @@ pub struct ClaimedRecipient {
     pub lease_expires_at: DateTime<Utc>,
     /// A delay report was already sent for this recipient.
     pub delay_reported: bool,
+    /// Deleted by an administrator who asked for a report: fail it, with the report.
+    pub cancelled: bool,
 }
 
 /// How a delivery attempt ended for one recipient.
@@ -554,6 +556,9 @@ pub enum QueueAction {
     Release,
     /// Live recipients are removed (no report).
     Delete,
+    /// Live recipients are failed at once, with the failure report their NOTIFY asks for
+    /// (sent by the next delivery pass).
+    DeleteWithReport,
 }
 
 /// One envelope in a queue listing.

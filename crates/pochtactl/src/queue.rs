@@ -37,8 +37,14 @@ enum QueueCommand {
     Hold(Change),
     /// Queue held recipients again, due now.
     Release(Change),
-    /// Remove recipients that are not final yet (no report is sent).
-    Delete(Change),
+    /// Remove recipients that are not final yet (no report is sent unless --report).
+    Delete {
+        #[command(flatten)]
+        change: Change,
+        /// Fail them instead, with the failure report their NOTIFY asks for to the sender.
+        #[arg(long)]
+        report: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -191,14 +197,16 @@ pub async fn run(
             show(&entry, as_json);
         }
         QueueCommand::Retry(change) => {
-            change_entries(&mut client, change, "retry", as_json).await?
+            change_entries(&mut client, change, "retry", false, as_json).await?
         }
-        QueueCommand::Hold(change) => change_entries(&mut client, change, "hold", as_json).await?,
+        QueueCommand::Hold(change) => {
+            change_entries(&mut client, change, "hold", false, as_json).await?
+        }
         QueueCommand::Release(change) => {
-            change_entries(&mut client, change, "release", as_json).await?
+            change_entries(&mut client, change, "release", false, as_json).await?
         }
-        QueueCommand::Delete(change) => {
-            change_entries(&mut client, change, "delete", as_json).await?
+        QueueCommand::Delete { change, report } => {
+            change_entries(&mut client, change, "delete", report, as_json).await?
         }
     }
     Ok(())
@@ -208,6 +216,7 @@ async fn change_entries(
     client: &mut QueueClient<Channel>,
     change: Change,
     verb: &str,
+    report: bool,
     as_json: bool,
 ) -> anyhow::Result<()> {
     if change.queue_id.is_none() && change.filter.is_empty() && !change.all {
@@ -229,7 +238,7 @@ async fn change_entries(
                 .delete(DeleteRequest {
                     filter,
                     dry_run: change.dry_run,
-                    send_report: false,
+                    send_report: report,
                 })
                 .await
         }

@@ -145,6 +145,13 @@ async fn list_show_hold_release_retry_delete() {
     );
     assert_eq!(ok_json(&url, &["release", id.as_str()])["recipients"], 2);
     assert_eq!(
+        ok_json(
+            &url,
+            &["delete", "--report", "--dry-run", "--domain", "far.example"]
+        )["recipients"],
+        2
+    );
+    assert_eq!(
         ok_json(&url, &["delete", "--domain", "other.example"])["recipients"],
         1
     );
