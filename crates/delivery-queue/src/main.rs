@@ -7,6 +7,7 @@
 //! collected after its retention. Remote recipients go over SMTP to a static route, the
 //! smarthost or their domain's MX hosts.
 
+mod depth;
 mod dsn;
 mod gc;
 mod grpc;
@@ -94,6 +95,11 @@ fn main() -> ExitCode {
                 Duration::from_secs(queue.retention_secs),
                 ctx.shutdown.clone(),
             ));
+            let depth = tokio::spawn(depth::run(
+                ctx.store.clone(),
+                Duration::from_secs(queue.depth_interval_secs.max(1)),
+                ctx.shutdown.clone(),
+            ));
             let grace = Duration::from_secs(queue.shutdown_grace_secs);
             let service = grpc::QueueService::new(ctx.store.clone(), wake);
             let served = ctx
@@ -105,6 +111,7 @@ fn main() -> ExitCode {
                 .await;
             let finished = async {
                 let _ = gc.await;
+                let _ = depth.await;
                 for w in workers {
                     let _ = w.await;
                 }

@@ -187,6 +187,24 @@ pub struct Settings {
 struct Metrics {
     attempts: Counter<u64>,
     reports: Counter<u64>,
+    latency: opentelemetry::metrics::Histogram<f64>,
+}
+
+impl Metrics {
+    /// One attempt of `r` ended in `result`; a final result also records the time from
+    /// acceptance to it.
+    fn attempted(&self, r: &ClaimedRecipient, result: &'static str) {
+        let attributes = [KeyValue::new("result", result)];
+        self.attempts.add(1, &attributes);
+        if matches!(result, "delivered" | "relayed" | "failed" | "expired") {
+            let seconds = (Utc::now() - r.arrived_at).num_milliseconds().max(0) as f64 / 1000.0;
+            self.latency.record(seconds, &attributes);
+        }
+    }
+
+    fn reported(&self, action: &'static str) {
+        self.reports.add(1, &[KeyValue::new("action", action)]);
+    }
 }
 
 pub async fn run(
@@ -206,6 +224,15 @@ pub async fn run(
         reports: meter
             .u64_counter("pochta.queue.reports")
             .with_description("Delivery status reports sent, by action")
+            .build(),
+        latency: meter
+            .f64_histogram("pochta.queue.delivery.latency")
+            .with_unit("s")
+            .with_description("From acceptance to the final result, by result")
+            .with_boundaries(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                1800.0, 3600.0, 14400.0, 86400.0, 432000.0,
+            ])
             .build(),
     };
     let owner = format!("{}/{index}", settings.owner);
@@ -308,9 +335,12 @@ async fn deliver_envelope<'a>(
                 .instrument(span.clone())
                 .await;
             match result {
-                Attempted::Done(name) => {
-                    span.record("result", name);
-                    metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+                Attempted::Done { result, reported } => {
+                    span.record("result", result);
+                    metrics.attempted(r, result);
+                    if reported {
+                        metrics.reported("delivered");
+                    }
                     None
                 }
                 Attempted::Failed(status, text) => Some((AttemptOutcome::Failed, status, text)),
@@ -327,7 +357,7 @@ async fn deliver_envelope<'a>(
         if let Some((outcome, status, diagnostic)) = failure {
             let name = outcome.state().as_str();
             span.record("result", name);
-            metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+            metrics.attempted(r, name);
             let report = AttemptReport {
                 remote_mta: None,
                 reply_code: None,
@@ -444,7 +474,7 @@ async fn defer_with_report(
         };
         tracing::info!(parent: &d.span, status = ?d.attempt.status, diagnostic = %d.attempt.diagnostic, "deferred");
         d.span.record("result", name);
-        metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+        metrics.attempted(d.r, name);
     }
     while !reported.is_empty() {
         let reports: Vec<RecipientReport> = reported
@@ -471,14 +501,10 @@ async fn defer_with_report(
             .await
         {
             Ok(()) => {
-                metrics
-                    .reports
-                    .add(1, &[KeyValue::new("action", "delayed")]);
+                metrics.reported("delayed");
                 for d in &reported {
                     d.span.record("result", "deferred");
-                    metrics
-                        .attempts
-                        .add(1, &[KeyValue::new("result", "deferred")]);
+                    metrics.attempted(d.r, "deferred");
                 }
                 tracing::info!(queue_id = %reported[0].r.queue_id, recipients = reported.len(), "deferred, delay report sent");
                 return;
@@ -531,9 +557,7 @@ async fn deliver_remote<'a>(
                         diagnostic: why.clone(),
                     };
                     span.record("result", "failed");
-                    metrics
-                        .attempts
-                        .add(1, &[KeyValue::new("result", "failed")]);
+                    metrics.attempted(r, "failed");
                     failures.push((r, AttemptOutcome::Failed, attempt));
                 }
                 continue;
@@ -654,7 +678,7 @@ async fn deliver_remote<'a>(
             };
             let name = outcome.state().as_str();
             span.record("result", name);
-            metrics.attempts.add(1, &[KeyValue::new("result", name)]);
+            metrics.attempted(r, name);
             let attempt = AttemptReport {
                 remote_mta: Some(remote_mta.clone()),
                 reply_code: Some(reply.code),
@@ -704,13 +728,15 @@ async fn deliver_remote<'a>(
                 .map(|(r, o, a)| (r.recipient_id, *o, a.clone()))
                 .collect();
             let with = report.as_ref().map(|(e, c)| (e, c.as_slice()));
-            if let Err(e) = store
+            match store
                 .record_attempts_with_report(owner, &attempts, with, false)
                 .await
             {
-                tracing::warn!(
+                Ok(()) if report.is_some() => metrics.reported("relayed"),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(
                     "recording relayed recipients failed (they are retried when their leases expire): {e}"
-                );
+                ),
             }
         }
     }
@@ -752,7 +778,7 @@ async fn fail_with_report(
         {
             Ok(()) => {
                 if report.is_some() {
-                    metrics.reports.add(1, &[KeyValue::new("action", "failed")]);
+                    metrics.reported("failed");
                 }
                 tracing::info!(queue_id = %failures[0].0.queue_id, recipients = failures.len(), report = report.is_some(), "failed");
                 return;
@@ -843,8 +869,12 @@ async fn report_message(
 
 /// How one attempt ended.
 enum Attempted {
-    /// Delivered, deferred, or left to another worker; the name for spans and metrics.
-    Done(&'static str),
+    /// Delivered, or left to another worker: the result for spans and metrics, and whether
+    /// a `delivered` report was sent.
+    Done {
+        result: &'static str,
+        reported: bool,
+    },
     /// A permanent failure: status and diagnostic.
     Failed(&'static str, String),
     /// A temporary failure: status and diagnostic.
@@ -930,11 +960,17 @@ async fn try_local(
     {
         LocalDelivery::Delivered { entry_id, .. } => {
             tracing::info!(entry_id, report = report.is_some(), "delivered to maildrop");
-            Ok(Some(Attempted::Done("delivered")))
+            Ok(Some(Attempted::Done {
+                result: "delivered",
+                reported: report.is_some(),
+            }))
         }
         LocalDelivery::AlreadyFinal => {
             tracing::info!("already delivered by another worker");
-            Ok(Some(Attempted::Done("already_final")))
+            Ok(Some(Attempted::Done {
+                result: "already_final",
+                reported: false,
+            }))
         }
     }
 }

@@ -305,6 +305,8 @@ pub struct QueueConfig {
     pub retention_secs: u64,
     /// How often garbage collection runs.
     pub gc_interval_secs: u64,
+    /// How often the queue depth metric is read from the store.
+    pub depth_interval_secs: u64,
     /// The name delivery status reports give as Reporting-MTA; the machine's host name if unset.
     pub hostname: Option<String>,
     /// Failure reports return the whole message (RET=FULL, or no RET) up to this size;
@@ -360,6 +362,7 @@ impl Default for QueueConfig {
             delay_report_after_secs: 4 * 3600,
             retention_secs: 7 * 24 * 3600,
             gc_interval_secs: 600,
+            depth_interval_secs: 15,
             hostname: None,
             dsn_max_full_bytes: 1024 * 1024,
             routes: Default::default(),

@@ -1,7 +1,8 @@
 //! Read-only views for operators, metrics and tests.
 
 use crate::{
-    AttemptRecord, EnvelopeDetail, RecipientDetail, RecipientState, Result, Store, StoreCounts,
+    AttemptRecord, EnvelopeDetail, QueueDepth, RecipientDetail, RecipientState, Result, Store,
+    StoreCounts,
 };
 
 impl Store {
@@ -26,6 +27,24 @@ impl Store {
             envelopes,
             maildrop_entries,
             recipients,
+        })
+    }
+
+    /// How many recipients wait, by kind of wait (the partial index on queued recipients
+    /// serves the first two).
+    pub async fn queue_depth(&self) -> Result<QueueDepth> {
+        let (due, deferred, held): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'queued' AND next_attempt_at <= now()),
+                    count(*) FILTER (WHERE state = 'queued' AND next_attempt_at > now()),
+                    count(*) FILTER (WHERE state = 'held')
+             FROM recipients WHERE state IN ('queued', 'held')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueDepth {
+            due,
+            deferred,
+            held,
         })
     }
 

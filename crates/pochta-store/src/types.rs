@@ -415,6 +415,17 @@ pub struct AttemptReport {
     pub diagnostic: String,
 }
 
+/// Recipients waiting in the queue (metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    /// Queued and due now (or leased by a worker).
+    pub due: i64,
+    /// Queued for a later attempt.
+    pub deferred: i64,
+    /// Held until ETRN or a release.
+    pub held: i64,
+}
+
 /// What ETRN (or an admin release) made due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Released {

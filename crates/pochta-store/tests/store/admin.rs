@@ -202,3 +202,78 @@ async fn hold_release_retry_delete_with_dry_runs() {
             .all(|r| r.address.ends_with("@one.example"))
     );
 }
+
+#[tokio::test]
+async fn delete_with_report_cancels_and_depth_counts_the_waits() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let env = envelope(vec![
+        recipient("a@one.example"),
+        recipient("b@one.example"),
+        recipient("c@two.example"),
+    ]);
+    store.enqueue(&env, CONTENT).await.unwrap();
+    let depth = store.queue_depth().await.unwrap();
+    assert_eq!((depth.due, depth.deferred, depth.held), (3, 0, 0));
+
+    let claimed = store
+        .claim_due("w", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(claimed.iter().all(|c| !c.cancelled));
+    store
+        .admin_queue(
+            &QueueFilter {
+                recipient_domain: Some("two.example".into()),
+                ..Default::default()
+            },
+            QueueAction::Hold,
+            false,
+        )
+        .await
+        .unwrap();
+    // The one.example attempts in flight defer; c was held meanwhile.
+    let deferred = AttemptOutcome::Deferred {
+        retry_after: Duration::from_secs(3600),
+    };
+    for c in claimed.iter().filter(|c| c.domain == "one.example") {
+        store
+            .record_attempt("w", c.recipient_id, deferred, &AttemptReport::default())
+            .await
+            .unwrap();
+    }
+    let depth = store.queue_depth().await.unwrap();
+    assert_eq!((depth.due, depth.deferred, depth.held), (0, 2, 1));
+
+    let everything = QueueFilter {
+        queue_id: Some(env.queue_id.to_string()),
+        ..Default::default()
+    };
+    let cancelled = store
+        .admin_queue(&everything, QueueAction::DeleteWithReport, false)
+        .await
+        .unwrap();
+    assert_eq!((cancelled.recipients, cancelled.messages), (3, 1));
+    let claimed = store
+        .claim_due("w", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3, "held and deferred alike are due at once");
+    assert!(claimed.iter().all(|c| c.cancelled));
+
+    // An attempt that was in flight and defers leaves a cancelled recipient due.
+    let a = claimed
+        .iter()
+        .find(|c| c.address == "a@one.example")
+        .unwrap();
+    store
+        .record_attempt("w", a.recipient_id, deferred, &AttemptReport::default())
+        .await
+        .unwrap();
+    let again = store
+        .claim_due("w2", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].recipient_id, a.recipient_id);
+}
