@@ -226,6 +226,12 @@ pub struct SmtpConfig {
     pub tls_handshake_timeout_secs: u64,
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
+    /// Load balancers whose connections start with a PROXY protocol v2 header naming the
+    /// real client (which limits, relay decisions and Received then use). Only these: from
+    /// anyone else a header would let the client pick its own address. Empty: none.
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// How long such a peer may take to send the header.
+    pub proxy_header_timeout_secs: u64,
     /// Clients that may relay to any domain without AUTH.
     pub trusted_networks: Vec<Cidr>,
     pub plaintext_auth: PlaintextAuth,
@@ -261,6 +267,8 @@ impl Default for SmtpConfig {
             tls_handshake_timeout_secs: 30,
             max_connections: 1000,
             max_connections_per_ip: 20,
+            proxy_protocol_from: Vec::new(),
+            proxy_header_timeout_secs: 10,
             trusted_networks: vec![
                 "127.0.0.0/8".parse().expect("valid"),
                 "::1/128".parse().expect("valid"),
@@ -397,6 +405,10 @@ pub struct Pop3Config {
     pub tls_handshake_timeout_secs: u64,
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
+    /// Load balancers whose connections start with a PROXY protocol v2 header (as in
+    /// `[smtp]`). Empty: none.
+    pub proxy_protocol_from: Vec<Cidr>,
+    pub proxy_header_timeout_secs: u64,
     /// Error replies before the session is closed.
     pub max_errors: u32,
     pub plaintext_auth: PlaintextAuth,
@@ -421,6 +433,8 @@ impl Default for Pop3Config {
             tls_handshake_timeout_secs: 30,
             max_connections: 1000,
             max_connections_per_ip: 20,
+            proxy_protocol_from: Vec::new(),
+            proxy_header_timeout_secs: 10,
             max_errors: 20,
             plaintext_auth: PlaintextAuth::Never,
             auth_failure_delay_ms: 1000,
@@ -511,6 +525,10 @@ impl Config {
             ),
             ("smtp.auth_max_failures", u64::from(smtp.auth_max_failures)),
             (
+                "smtp.proxy_header_timeout_secs",
+                smtp.proxy_header_timeout_secs,
+            ),
+            (
                 "queue.message_lifetime_secs",
                 self.queue.message_lifetime_secs,
             ),
@@ -532,6 +550,10 @@ impl Config {
             ),
             ("pop3.max_errors", u64::from(pop3.max_errors)),
             ("pop3.auth_max_failures", u64::from(pop3.auth_max_failures)),
+            (
+                "pop3.proxy_header_timeout_secs",
+                pop3.proxy_header_timeout_secs,
+            ),
             (
                 "pop3.retrieve_chunk_bytes",
                 u64::from(pop3.retrieve_chunk_bytes),

@@ -16,6 +16,7 @@ pub mod conn;
 pub mod limits;
 pub mod listen;
 pub mod login;
+pub mod proxy;
 pub mod tls;
 
 use std::future::Future;

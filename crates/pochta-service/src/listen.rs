@@ -1,6 +1,8 @@
 //! Accepting connections on several listeners until shutdown, within the connection limits,
-//! then draining: what the SMTP and POP3 servers share. Sessions are told about shutdown through `Shutdown` themselves;
-//! this waits until every session has ended, for at most the grace period.
+//! then draining: what the SMTP and POP3 servers share. Sessions are told about shutdown
+//! through `Shutdown` themselves; this waits until every session has ended, for at most the
+//! grace period. Connections from a trusted load balancer start with a PROXY protocol v2
+//! header naming the real client, which then counts for the limits and the session.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +14,21 @@ use tokio::sync::mpsc;
 use crate::Shutdown;
 use crate::conn::Conn;
 use crate::limits::{ConnectionGuard, ConnectionLimiter, Refusal};
+use crate::proxy;
+
+/// Peers whose connections must start with a PROXY protocol v2 header, and how long it may
+/// take to arrive. From any other peer no header is expected (or honoured).
+#[derive(Debug, Clone, Default)]
+pub struct ProxyPeers {
+    pub trusted: Vec<pochta_config::Cidr>,
+    pub header_timeout: Duration,
+}
+
+impl ProxyPeers {
+    fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(peer))
+    }
+}
 
 /// Held by a session for as long as it is open: its connection slot, and what tells the
 /// drain that it has ended (dropping it is what counts).
@@ -30,6 +47,7 @@ pub async fn serve<K, R, F>(
     shutdown: Shutdown,
     grace: Duration,
     limiter: ConnectionLimiter,
+    proxy_peers: ProxyPeers,
     refusal: R,
     start: F,
 ) where
@@ -37,13 +55,17 @@ pub async fn serve<K, R, F>(
     R: Fn(Refusal, K) -> Option<&'static str> + Send + Sync + 'static,
     F: Fn(TcpStream, SocketAddr, K, Open) + Send + Sync + 'static,
 {
-    let refusal = Arc::new(refusal);
-    let start = Arc::new(start);
+    let admission = Arc::new(Admission {
+        limiter,
+        refusal,
+        start,
+    });
+    let proxy_peers = Arc::new(proxy_peers);
     let (open_tx, mut all_closed) = mpsc::channel::<()>(1);
     let mut loops = Vec::new();
     for (listener, kind) in listeners {
-        let (start, shutdown, open) = (start.clone(), shutdown.clone(), open_tx.clone());
-        let (limiter, refusal) = (limiter.clone(), refusal.clone());
+        let (admission, shutdown, open) = (admission.clone(), shutdown.clone(), open_tx.clone());
+        let proxy_peers = proxy_peers.clone();
         loops.push(tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -51,28 +73,21 @@ pub async fn serve<K, R, F>(
                     accepted = listener.accept() => accepted,
                 };
                 match accepted {
-                    Ok((tcp, peer)) => match limiter.try_acquire(peer.ip()) {
-                        Ok(slot) => start(
-                            tcp,
-                            peer,
-                            kind,
-                            Open {
-                                _alive: open.clone(),
-                                _slot: slot,
-                            },
-                        ),
-                        Err(refused) => {
-                            tracing::warn!(client = %peer.ip(), ?refused, "connection refused");
-                            let line = refusal(refused, kind);
-                            tokio::spawn(async move {
-                                let mut conn = Conn::Plain(tcp);
-                                if let Some(line) = line {
-                                    let _ = conn.write_all(line.as_bytes()).await;
+                    Ok((mut tcp, peer)) if proxy_peers.trusts(peer.ip()) => {
+                        // Read the header apart, so a slow balancer connection cannot hold up
+                        // the accept loop.
+                        let (admission, open) = (admission.clone(), open.clone());
+                        let timeout = proxy_peers.header_timeout;
+                        tokio::spawn(async move {
+                            match proxy::read_header(&mut tcp, peer, timeout).await {
+                                Ok(client) => admission.admit(tcp, client, kind, &open),
+                                Err(e) => {
+                                    tracing::warn!(%peer, "{e}; connection closed");
                                 }
-                                conn.shutdown().await;
-                            });
-                        }
-                    },
+                            }
+                        });
+                    }
+                    Ok((tcp, peer)) => admission.admit(tcp, peer, kind, &open),
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -91,5 +106,44 @@ pub async fn serve<K, R, F>(
         .is_err()
     {
         tracing::warn!("sessions still open after {grace:?}; closing them");
+    }
+}
+
+/// What decides whether a connection may start a session, and starts it.
+struct Admission<R, F> {
+    limiter: ConnectionLimiter,
+    refusal: R,
+    start: F,
+}
+
+impl<R, F> Admission<R, F> {
+    fn admit<K>(&self, tcp: TcpStream, client: SocketAddr, kind: K, open: &mpsc::Sender<()>)
+    where
+        K: Copy + Send + 'static,
+        R: Fn(Refusal, K) -> Option<&'static str>,
+        F: Fn(TcpStream, SocketAddr, K, Open),
+    {
+        match self.limiter.try_acquire(client.ip()) {
+            Ok(slot) => (self.start)(
+                tcp,
+                client,
+                kind,
+                Open {
+                    _alive: open.clone(),
+                    _slot: slot,
+                },
+            ),
+            Err(refused) => {
+                tracing::warn!(client = %client.ip(), ?refused, "connection refused");
+                let line = (self.refusal)(refused, kind);
+                tokio::spawn(async move {
+                    let mut conn = Conn::Plain(tcp);
+                    if let Some(line) = line {
+                        let _ = conn.write_all(line.as_bytes()).await;
+                    }
+                    conn.shutdown().await;
+                });
+            }
+        }
     }
 }

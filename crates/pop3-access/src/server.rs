@@ -15,6 +15,7 @@ use pochta_pop3::{DotStuffer, Entry, LoginResult, Output, Policy, Session};
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
 use pochta_service::limits::{ConnectionLimiter, Refusal};
+use pochta_service::listen::ProxyPeers;
 use pochta_service::login::{Authenticator, LoginOutcome};
 use pochta_store::Store;
 use rand::Rng;
@@ -48,6 +49,7 @@ pub struct Server {
     logins: Authenticator,
     tls: Option<TlsAcceptor>,
     limiter: ConnectionLimiter,
+    proxy_peers: ProxyPeers,
     plaintext_auth: PlaintextAuth,
     max_errors: usize,
     timeout: Duration,
@@ -88,6 +90,10 @@ impl Server {
                 pop3.max_connections as usize,
                 pop3.max_connections_per_ip as usize,
             ),
+            proxy_peers: ProxyPeers {
+                trusted: pop3.proxy_protocol_from.clone(),
+                header_timeout: Duration::from_secs(pop3.proxy_header_timeout_secs),
+            },
             plaintext_auth: pop3.plaintext_auth,
             max_errors: pop3.max_errors as usize,
             timeout: Duration::from_secs(pop3.timeout_secs),
@@ -142,6 +148,7 @@ impl Server {
             shutdown,
             grace,
             self.limiter.clone(),
+            self.proxy_peers.clone(),
             refusal,
             move |tcp, peer, kind, open| self.clone().start(tcp, peer, kind, stop.clone(), open),
         )

@@ -11,6 +11,7 @@ use pochta_config::{Config, PlaintextAuth};
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
 use pochta_service::limits::{ConnectionLimiter, Refusal};
+use pochta_service::listen::ProxyPeers;
 use pochta_smtp::{ConnectionPolicy, Output, Session, SessionConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -84,6 +85,7 @@ pub struct Ingress {
     session: Arc<SessionConfig>,
     tls: Option<TlsAcceptor>,
     limiter: ConnectionLimiter,
+    proxy_peers: ProxyPeers,
     plaintext_auth: PlaintextAuth,
     command_timeout: Duration,
     data_timeout: Duration,
@@ -116,6 +118,10 @@ impl Ingress {
                 smtp.max_connections as usize,
                 smtp.max_connections_per_ip as usize,
             ),
+            proxy_peers: ProxyPeers {
+                trusted: smtp.proxy_protocol_from.clone(),
+                header_timeout: Duration::from_secs(smtp.proxy_header_timeout_secs),
+            },
             plaintext_auth: smtp.plaintext_auth,
             command_timeout: Duration::from_secs(smtp.command_timeout_secs),
             data_timeout: Duration::from_secs(smtp.data_timeout_secs),
@@ -165,6 +171,7 @@ impl Ingress {
             shutdown,
             grace,
             self.limiter.clone(),
+            self.proxy_peers.clone(),
             refusal,
             move |tcp, peer, kind, open| self.clone().start(tcp, peer, kind, stop.clone(), open),
         )
