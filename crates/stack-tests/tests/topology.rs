@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// HAProxy in the foreground, killed with the test.
 struct Haproxy {
-    child: tokio::process::Child,
+    _child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
@@ -49,7 +49,10 @@ impl Haproxy {
             assert!(Instant::now() < deadline, "haproxy did not listen");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Haproxy { child, _dir: dir }
+        Haproxy {
+            _child: child,
+            _dir: dir,
+        }
     }
 }
 
