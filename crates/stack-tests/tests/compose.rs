@@ -1,0 +1,383 @@
+//! The deployment files, checked where no Docker engine runs: each is parsed by a tool that
+//! understands it (docker-compose, hadolint, haproxy -c, serde for YAML and JSON), and the
+//! stack's invariants are asserted on what they parsed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pochta_config::{Cidr, Config};
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml(path: &str) -> Value {
+    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Runs a tool from the repository root; panics with its output unless it succeeds.
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed (see .ci/run): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stack_config() -> Config {
+    Config::from_toml_str(&read("deploy/pochta.toml")).unwrap()
+}
+
+/// The compose file as docker-compose resolves it (anchors merged, defaults filled).
+fn compose() -> Value {
+    let resolved = tool("docker-compose", &["-f", "docker-compose.yml", "config"]);
+    serde_yaml::from_str(&resolved).unwrap()
+}
+
+fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
+    let s = &compose["services"][name];
+    assert!(!s.is_null(), "service {name} missing");
+    s
+}
+
+fn depends(compose: &Value, name: &str, on: &str) -> String {
+    service(compose, name)["depends_on"][on]["condition"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} does not depend on {on}"))
+        .to_owned()
+}
+
+fn published_ports(s: &Value) -> Vec<u64> {
+    s["ports"]
+        .as_sequence()
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|p| {
+                    p["published"]
+                        .as_u64()
+                        .or_else(|| p["published"].as_str()?.parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const POCHTA_SERVICES: [&str; 3] = ["smtp-ingress", "delivery-queue", "pop3-access"];
+
+#[test]
+fn scalable_services_have_no_fixed_name_or_port() {
+    let compose = compose();
+    for name in ["smtp-ingress", "delivery-queue"] {
+        let s = service(&compose, name);
+        assert!(s["container_name"].is_null(), "{name} has a container_name");
+        assert!(s["ports"].is_null(), "{name} publishes ports");
+    }
+    let haproxy = service(&compose, "haproxy");
+    let mut ports = published_ports(haproxy);
+    ports.sort();
+    assert_eq!(
+        ports,
+        [25, 465, 587],
+        "the balancer publishes the SMTP ports"
+    );
+}
+
+#[test]
+fn services_start_in_order_and_report_health() {
+    let compose = compose();
+    assert_eq!(depends(&compose, "migrate", "postgres"), "service_healthy");
+    for name in POCHTA_SERVICES.iter().chain(&["pochtactl"]) {
+        assert_eq!(
+            depends(&compose, name, "migrate"),
+            "service_completed_successfully",
+            "{name}"
+        );
+    }
+    assert_eq!(
+        depends(&compose, "haproxy", "smtp-ingress"),
+        "service_healthy"
+    );
+    assert!(!service(&compose, "postgres")["healthcheck"]["test"].is_null());
+    assert!(
+        !service(&compose, "postgres")["volumes"].is_null(),
+        "a volume for the data"
+    );
+
+    // Each service's health check asks its own gRPC health endpoint with pochtactl.
+    let config = stack_config();
+    for (name, grpc) in [
+        ("smtp-ingress", config.smtp.grpc_listen),
+        ("delivery-queue", config.queue.grpc_listen),
+        ("pop3-access", config.pop3.grpc_listen),
+    ] {
+        let test: Vec<&str> = service(&compose, name)["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name} has no health check"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            test,
+            [
+                "CMD",
+                "pochtactl",
+                "health",
+                &format!("127.0.0.1:{}", grpc.port())
+            ],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn shutdown_grace_fits_in_the_stop_period() {
+    let compose = compose();
+    let config = stack_config();
+    for (name, grace) in [
+        ("smtp-ingress", config.smtp.shutdown_grace_secs),
+        ("delivery-queue", config.queue.shutdown_grace_secs),
+        ("pop3-access", config.pop3.shutdown_grace_secs),
+    ] {
+        let period = service(&compose, name)["stop_grace_period"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no stop_grace_period"));
+        let secs: u64 = period.trim_end_matches('s').parse().unwrap();
+        assert!(
+            secs > grace,
+            "{name}: docker would kill it before its {grace} s grace ends"
+        );
+    }
+}
+
+#[test]
+fn only_the_balancer_may_send_proxy_headers() {
+    let compose = compose();
+    let config = stack_config();
+    let haproxy: std::net::IpAddr =
+        service(&compose, "haproxy")["networks"]["pochta"]["ipv4_address"]
+            .as_str()
+            .expect("haproxy has a fixed address")
+            .parse()
+            .unwrap();
+    let trusted = &config.smtp.proxy_protocol_from;
+    assert!(trusted.iter().any(|net| net.contains(haproxy)));
+    let subnet: Cidr = compose["networks"]["pochta"]["ipam"]["config"][0]["subnet"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(subnet.contains(haproxy));
+    // Nothing else in the subnet is trusted: a trusted network as wide as the subnet would let
+    // any container claim any client address.
+    let neighbour = match haproxy {
+        std::net::IpAddr::V4(v4) => {
+            std::net::IpAddr::from(std::net::Ipv4Addr::from(u32::from(v4) + 1))
+        }
+        v6 => v6,
+    };
+    assert!(!trusted.iter().any(|net| net.contains(neighbour)));
+
+    let cfg = read("deploy/haproxy/haproxy.cfg");
+    for port in ["25", "587", "465"] {
+        assert!(
+            cfg.lines()
+                .any(|l| l.contains(&format!("smtp-ingress:{port} send-proxy-v2"))),
+            "port {port} is balanced with PROXY v2"
+        );
+    }
+    tool("haproxy", &["-c", "-q", "-f", "deploy/haproxy/haproxy.cfg"]);
+}
+
+#[test]
+fn telemetry_flows_from_services_to_jaeger_and_prometheus() {
+    let compose = compose();
+    for name in POCHTA_SERVICES {
+        assert_eq!(
+            service(&compose, name)["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(),
+            Some("http://otel-collector:4317"),
+            "{name}"
+        );
+    }
+    let collector = yaml("deploy/otel/collector.yaml");
+    assert_eq!(
+        collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].as_str(),
+        Some("0.0.0.0:4317")
+    );
+    let pipelines = &collector["service"]["pipelines"];
+    assert_eq!(
+        pipelines["traces"]["exporters"][0].as_str(),
+        Some("otlp/jaeger")
+    );
+    assert_eq!(
+        pipelines["metrics"]["exporters"][0].as_str(),
+        Some("prometheus")
+    );
+    assert_eq!(
+        collector["exporters"]["otlp/jaeger"]["endpoint"].as_str(),
+        Some("jaeger:4317")
+    );
+    let scrape = collector["exporters"]["prometheus"]["endpoint"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let prometheus = yaml("deploy/prometheus/prometheus.yml");
+    assert_eq!(
+        prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0].as_str(),
+        Some(format!("otel-collector:{scrape}").as_str())
+    );
+    for name in ["otel-collector", "jaeger", "prometheus", "grafana"] {
+        service(&compose, name);
+    }
+    let datasources = yaml("deploy/grafana/provisioning/datasources/pochta.yaml");
+    let urls: Vec<&str> = datasources["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["url"].as_str())
+        .collect();
+    assert_eq!(urls, ["http://prometheus:9090", "http://jaeger:16686"]);
+}
+
+/// Every `pochta_*` metric a query names, as the OTel instrument name it comes from.
+fn instruments_in(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("pochta_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let prom = &tail[..end];
+        let base = ["_seconds_bucket", "_total"]
+            .iter()
+            .find_map(|suffix| prom.strip_suffix(suffix))
+            .unwrap_or(prom);
+        names.push(base.replace('_', "."));
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every string literal of the services' sources, joined.
+fn sources() -> String {
+    let mut all = String::new();
+    for service in ["smtp-ingress", "delivery-queue", "pop3-access"] {
+        let dir = root().join("crates").join(service).join("src");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            all.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
+    }
+    all
+}
+
+#[test]
+fn dashboard_and_alerts_use_metrics_the_services_export() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/dashboards/pochta.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for wanted in [
+        "Messages accepted per second",
+        "SMTP rejections by reply code",
+        "Queue depth by state",
+        "Delivery attempts by result",
+        "Accept-to-delivery latency",
+        "POP3 sessions per second",
+    ] {
+        assert!(titles.contains(&wanted), "no panel {wanted:?}: {titles:?}");
+    }
+    let sources = sources();
+    let mut queries: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    let alerts = yaml("deploy/prometheus/alerts.yml");
+    for rule in alerts["groups"][0]["rules"].as_sequence().unwrap() {
+        queries.push(rule["expr"].as_str().unwrap().to_owned());
+    }
+    for query in &queries {
+        let names = instruments_in(query);
+        assert!(!names.is_empty(), "{query}");
+        for name in names {
+            assert!(
+                sources.contains(&format!("\"{name}\"")),
+                "{query} uses {name}, which no service exports"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_image_builds_in_stages_and_runs_unprivileged() {
+    tool("hadolint", &["deploy/Dockerfile"]);
+    let dockerfile = read("deploy/Dockerfile");
+    let instructions: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert!(froms.len() >= 2, "multi-stage: {froms:?}");
+    let runtime_at = instructions
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .unwrap();
+    let runtime = &instructions[runtime_at..];
+    let user = runtime
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the runtime stage sets a USER");
+    assert!(
+        !["root", "0", "0:0"].contains(&user.trim()),
+        "runs as root: {user}"
+    );
+    // The dependency layer lists every workspace member's manifest before any source.
+    let first_source = instructions
+        .iter()
+        .position(|l| l.starts_with("COPY crates crates"))
+        .expect("sources copied");
+    for entry in std::fs::read_dir(root().join("crates")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let manifest = format!("COPY crates/{name}/Cargo.toml");
+        let at = instructions
+            .iter()
+            .position(|l| l.starts_with(&manifest))
+            .unwrap_or_else(|| panic!("deploy/Dockerfile does not copy {name}'s manifest"));
+        assert!(at < first_source);
+    }
+    // The runtime image gets the four binaries, not the toolchain or the sources.
+    let copied: Vec<&&str> = runtime.iter().filter(|l| l.starts_with("COPY ")).collect();
+    assert!(
+        copied
+            .iter()
+            .all(|l| l.starts_with("COPY --from=build /src/target/release/")
+                || l.starts_with("COPY deploy/pochta.toml")),
+        "{copied:?}"
+    );
+    let ignore = read(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target/"),
+        "the target dir stays out of the context"
+    );
+}
