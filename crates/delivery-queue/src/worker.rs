@@ -458,23 +458,37 @@ async fn defer_with_report(
     let outcome = |d: &Deferral| AttemptOutcome::Deferred {
         retry_after: settings.retry.after(d.r.attempts as u32 + 1, jitter),
     };
-    for d in &plain {
-        let name = match store
-            .record_attempt(owner, d.r.recipient_id, outcome(d), &d.attempt)
+    // All in one transaction: one round trip, and one `now()`, so recipients deferred
+    // together are due again at the same instant and claimed together.
+    let mut plain = plain;
+    while !plain.is_empty() {
+        let attempts: Vec<_> = plain
+            .iter()
+            .map(|d| (d.r.recipient_id, outcome(d), d.attempt.clone()))
+            .collect();
+        let (done, result) = match store
+            .record_attempts_with_report(owner, &attempts, None, false)
             .await
         {
-            Ok(()) => "deferred",
-            Err(StoreError::LeaseLost(_)) => "lease_lost",
+            Ok(()) => (std::mem::take(&mut plain), "deferred"),
+            // Another worker has that one now: record the others.
+            Err(StoreError::LeaseLost(id)) => {
+                let (lost, rest) = plain.into_iter().partition(|d| d.r.recipient_id == id);
+                plain = rest;
+                (lost, "lease_lost")
+            }
             Err(e) => {
                 tracing::error!(
-                    "recording the attempt failed (the lease will expire and it is retried): {e}"
+                    "recording deferrals failed (the leases expire and they are retried): {e}"
                 );
-                "error"
+                (std::mem::take(&mut plain), "error")
             }
         };
-        tracing::info!(parent: &d.span, status = ?d.attempt.status, diagnostic = %d.attempt.diagnostic, "deferred");
-        d.span.record("result", name);
-        metrics.attempted(d.r, name);
+        for d in &done {
+            tracing::info!(parent: &d.span, status = ?d.attempt.status, diagnostic = %d.attempt.diagnostic, "deferred");
+            d.span.record("result", result);
+            metrics.attempted(d.r, result);
+        }
     }
     while !reported.is_empty() {
         let reports: Vec<RecipientReport> = reported
