@@ -366,7 +366,7 @@ fn the_image_builds_in_stages_and_runs_unprivileged() {
             .unwrap_or_else(|| panic!("deploy/Dockerfile does not copy {name}'s manifest"));
         assert!(at < first_source);
     }
-    // The runtime image gets the four binaries, not the toolchain or the sources.
+    // The runtime image gets the binaries, not the toolchain or the sources.
     let copied: Vec<&&str> = runtime.iter().filter(|l| l.starts_with("COPY ")).collect();
     assert!(
         copied

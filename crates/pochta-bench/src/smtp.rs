@@ -1,0 +1,236 @@
+//! `smtp`: N connections, each sending M messages of S octets, measuring the time from the
+//! end of the message text (CRLF.CRLF written) to the server's reply.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use base64::Engine;
+
+use crate::net::Conn;
+use crate::stats::Counts;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SmtpArgs {
+    /// The server, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:25")]
+    pub target: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub connections: usize,
+    /// Messages per connection.
+    #[arg(long, short = 'm', default_value_t = 100)]
+    pub messages: usize,
+    /// Message size in octets (header included).
+    #[arg(long, short = 's', default_value_t = 1024)]
+    pub size: usize,
+    /// Send MAIL, RCPT and DATA in one write (RFC 2920; the server must offer PIPELINING).
+    #[arg(long)]
+    pub pipelining: bool,
+    /// STARTTLS first, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "CA_PEM")]
+    pub starttls: Option<std::path::PathBuf>,
+    /// The name to check the server's certificate against (default: the target's host).
+    #[arg(long)]
+    pub tls_name: Option<String>,
+    /// AUTH PLAIN as `user:password`.
+    #[arg(long)]
+    pub auth: Option<String>,
+    #[arg(long, default_value = "bench@bench.test")]
+    pub from: String,
+    /// Recipient; `{n}` is replaced by the connection's number (0-based).
+    #[arg(long, default_value = "bench@example.test")]
+    pub to: String,
+}
+
+/// What one run measured.
+#[derive(Debug, Default)]
+pub struct SmtpResult {
+    pub accepted: u64,
+    pub elapsed: Duration,
+    /// End of data → reply, for accepted messages.
+    pub latencies: Vec<Duration>,
+    /// When each accepted message got its 250, from the start.
+    pub accepted_at: Vec<Duration>,
+    /// Negative replies by code, and connection errors.
+    pub errors: Counts,
+}
+
+/// Counters the progress display reads.
+#[derive(Default)]
+pub struct Progress {
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// A message of about `size` octets: a header naming it, then 76-character lines.
+fn message(size: usize, from: &str, to: &str, id: &str) -> Vec<u8> {
+    let mut text = format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: pochta-bench {id}\r\nMessage-ID: <{id}@pochta-bench>\r\n\r\n"
+    )
+    .into_bytes();
+    let line = [b'x'; 76];
+    while text.len() + 78 <= size {
+        text.extend_from_slice(&line);
+        text.extend_from_slice(b"\r\n");
+    }
+    let rest = size.saturating_sub(text.len() + 2);
+    text.extend_from_slice(&line[..rest.min(76)]);
+    text.extend_from_slice(b"\r\n.\r\n");
+    text
+}
+
+struct Session {
+    latencies: Vec<Duration>,
+    accepted_at: Vec<Duration>,
+    errors: Counts,
+}
+
+fn note(errors: &mut Counts, key: impl Into<String>) {
+    *errors.entry(key.into()).or_default() += 1;
+}
+
+async fn expect(conn: &mut Conn, wanted: u16, what: &str) -> anyhow::Result<()> {
+    let (code, line) = conn.smtp_reply().await?;
+    if code != wanted {
+        bail!("{what}: {line}");
+    }
+    Ok(())
+}
+
+async fn session(
+    args: &SmtpArgs,
+    index: usize,
+    start: Instant,
+    progress: &Progress,
+) -> anyhow::Result<Session> {
+    let mut result = Session {
+        latencies: Vec::with_capacity(args.messages),
+        accepted_at: Vec::with_capacity(args.messages),
+        errors: Counts::new(),
+    };
+    let mut conn = Conn::connect(&args.target).await?;
+    expect(&mut conn, 220, "greeting").await?;
+    conn.write(b"EHLO pochta-bench.test\r\n").await?;
+    expect(&mut conn, 250, "EHLO").await?;
+    if let Some(ca) = &args.starttls {
+        conn.write(b"STARTTLS\r\n").await?;
+        expect(&mut conn, 220, "STARTTLS").await?;
+        let host = args
+            .target
+            .rsplit_once(':')
+            .map_or(args.target.as_str(), |(h, _)| h);
+        let name = args.tls_name.as_deref().unwrap_or(host);
+        conn = conn.start_tls(&crate::net::connector(ca)?, name).await?;
+        conn.write(b"EHLO pochta-bench.test\r\n").await?;
+        expect(&mut conn, 250, "EHLO after STARTTLS").await?;
+    }
+    if let Some(credentials) = &args.auth {
+        let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        conn.write(format!("AUTH PLAIN {token}\r\n").as_bytes())
+            .await?;
+        expect(&mut conn, 235, "AUTH").await?;
+    }
+    let to = args.to.replace("{n}", &index.to_string());
+    let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{to}>\r\nDATA\r\n", args.from);
+    let (mail, rest) = envelope.split_once("\r\n").expect("three lines");
+    let (rcpt, _) = rest.split_once("\r\n").expect("two lines");
+    for m in 0..args.messages {
+        let text = message(
+            args.size,
+            &args.from,
+            &to,
+            &format!("{index}.{m}.{}", start.elapsed().as_nanos()),
+        );
+        let replies = if args.pipelining {
+            conn.write(envelope.as_bytes()).await?;
+            [
+                conn.smtp_reply().await?,
+                conn.smtp_reply().await?,
+                conn.smtp_reply().await?,
+            ]
+        } else {
+            conn.write(format!("{mail}\r\n").as_bytes()).await?;
+            let r1 = conn.smtp_reply().await?;
+            conn.write(format!("{rcpt}\r\n").as_bytes()).await?;
+            let r2 = conn.smtp_reply().await?;
+            conn.write(b"DATA\r\n").await?;
+            let r3 = conn.smtp_reply().await?;
+            [r1, r2, r3]
+        };
+        if let Some((code, _)) = replies.iter().find(|(code, _)| !matches!(code, 250 | 354)) {
+            note(&mut result.errors, code.to_string());
+            progress.failed.fetch_add(1, Ordering::Relaxed);
+            if replies[2].0 == 354 {
+                // The server went on to DATA anyway: an empty text ends it.
+                conn.write(b".\r\n").await?;
+                conn.smtp_reply().await?;
+            }
+            conn.write(b"RSET\r\n").await?;
+            conn.smtp_reply().await?;
+            continue;
+        }
+        conn.write(&text).await?;
+        let sent = Instant::now();
+        let (code, _) = conn.smtp_reply().await?;
+        if code == 250 {
+            result.latencies.push(sent.elapsed());
+            result.accepted_at.push(start.elapsed());
+            progress.done.fetch_add(1, Ordering::Relaxed);
+        } else {
+            note(&mut result.errors, code.to_string());
+            progress.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    conn.write(b"QUIT\r\n").await?;
+    let _ = conn.smtp_reply().await;
+    Ok(result)
+}
+
+/// Runs the load; connection failures are counted, not fatal.
+pub async fn run(args: &SmtpArgs, progress: Arc<Progress>) -> SmtpResult {
+    let start = Instant::now();
+    let sessions: Vec<_> = (0..args.connections)
+        .map(|i| {
+            let (args, progress) = (args.clone(), progress.clone());
+            tokio::spawn(async move { session(&args, i, start, &progress).await })
+        })
+        .collect();
+    let mut result = SmtpResult::default();
+    for s in sessions {
+        match s.await {
+            Ok(Ok(s)) => {
+                result.latencies.extend(s.latencies);
+                result.accepted_at.extend(s.accepted_at);
+                for (k, v) in s.errors {
+                    *result.errors.entry(k).or_default() += v;
+                }
+            }
+            Ok(Err(e)) => note(&mut result.errors, format!("connection: {e:#}")),
+            Err(e) => note(&mut result.errors, format!("task: {e}")),
+        }
+    }
+    result.elapsed = start.elapsed();
+    result.accepted = result.latencies.len() as u64;
+    result.accepted_at.sort_unstable();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_the_asked_size_and_end_the_data() {
+        for size in [200, 1024, 100 * 1024] {
+            let m = message(size, "a@b.test", "c@d.test", "1.2");
+            assert!(m.ends_with(b"\r\n.\r\n"));
+            let text = m.len() - 3;
+            assert!(text.abs_diff(size) <= 2, "{size}: {text}");
+            assert!(!m[..m.len() - 5].windows(5).any(|w| w == b"\r\n.\r\n"));
+        }
+    }
+}
