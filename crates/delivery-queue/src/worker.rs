@@ -922,16 +922,20 @@ async fn try_local(
     settings: &Settings,
     r: &ClaimedRecipient,
 ) -> Result<Option<Attempted>, StoreError> {
-    if store.domain_role(&r.domain).await? != Some(DomainRole::Local) {
-        return Ok(None);
-    }
     let Ok(address) = MailboxAddress::parse(&r.address) else {
+        if store.domain_role(&r.domain).await? != Some(DomainRole::Local) {
+            return Ok(None);
+        }
         return Ok(Some(Attempted::Failed(
             "5.1.3",
             format!("malformed recipient address {:?}", r.address),
         )));
     };
-    let account = match store.account_credentials(&address).await? {
+    let found = store.lookup_recipient(&address).await?;
+    if found.role != Some(DomainRole::Local) {
+        return Ok(None);
+    }
+    let account = match found.account {
         Some(account) if account.disabled => {
             return Ok(Some(Attempted::Failed(
                 "5.2.1",

@@ -240,6 +240,9 @@ pub struct SmtpConfig {
     /// Failed AUTHs from one address within the window before it is refused (421).
     pub auth_max_failures: u32,
     pub auth_failure_window_secs: u64,
+    /// How long a successful password check is remembered, so repeated logins skip argon2id
+    /// (a password change takes effect at once). 0 disables.
+    pub auth_cache_secs: u64,
     /// An authenticated user may send only as its own address.
     pub enforce_sender_ownership: bool,
     /// `RCPT TO:<postmaster>` (no domain) goes to postmaster at this domain.
@@ -277,6 +280,7 @@ impl Default for SmtpConfig {
             auth_failure_delay_ms: 1000,
             auth_max_failures: 5,
             auth_failure_window_secs: 300,
+            auth_cache_secs: 300,
             enforce_sender_ownership: true,
             postmaster_domain: None,
         }
@@ -415,6 +419,9 @@ pub struct Pop3Config {
     pub auth_failure_delay_ms: u64,
     pub auth_max_failures: u32,
     pub auth_failure_window_secs: u64,
+    /// How long a successful password check is remembered, so repeated logins skip argon2id
+    /// (a password change takes effect at once). 0 disables.
+    pub auth_cache_secs: u64,
     /// The maildrop lock's lifetime; a live session renews it every third of this.
     pub lock_ttl_secs: u64,
     /// RETR reads messages from the store in pieces of this many octets.
@@ -440,6 +447,7 @@ impl Default for Pop3Config {
             auth_failure_delay_ms: 1000,
             auth_max_failures: 5,
             auth_failure_window_secs: 300,
+            auth_cache_secs: 300,
             lock_ttl_secs: 120,
             retrieve_chunk_bytes: 256 * 1024,
         }

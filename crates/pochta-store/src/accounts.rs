@@ -1,7 +1,8 @@
 //! Domains and accounts.
 
 use crate::{
-    Account, AccountCredentials, Domain, DomainRole, MailboxAddress, Result, Store, StoreError,
+    Account, AccountCredentials, Domain, DomainRole, LocalAccount, MailboxAddress, RecipientLookup,
+    Result, Store, StoreError,
 };
 
 impl Store {
@@ -123,6 +124,30 @@ impl Store {
         .bind(&address.local_part)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// The domain's role and the account of `address`, in one round trip (every RCPT and every
+    /// local delivery asks).
+    pub async fn lookup_recipient(&self, address: &MailboxAddress) -> Result<RecipientLookup> {
+        let row: Option<(String, Option<i64>, Option<bool>)> = sqlx::query_as(
+            "SELECT d.role, a.id, a.disabled FROM domains d
+             LEFT JOIN accounts a ON a.domain = d.name AND lower(a.local_part) = lower($2)
+             WHERE d.name = $1",
+        )
+        .bind(&address.domain)
+        .bind(&address.local_part)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((role, id, disabled)) = row else {
+            return Ok(RecipientLookup::default());
+        };
+        Ok(RecipientLookup {
+            role: Some(DomainRole::try_from(role)?),
+            account: id.map(|id| LocalAccount {
+                id,
+                disabled: disabled.unwrap_or(false),
+            }),
+        })
     }
 
     pub async fn set_password(&self, address: &MailboxAddress, password_hash: &str) -> Result<()> {

@@ -301,6 +301,20 @@ impl Account {
     }
 }
 
+/// Where mail for one address goes: its domain's role (None: not ours), and for an address
+/// with an account, that account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecipientLookup {
+    pub role: Option<DomainRole>,
+    pub account: Option<LocalAccount>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAccount {
+    pub id: i64,
+    pub disabled: bool,
+}
+
 /// What a login needs to know about an account.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AccountCredentials {

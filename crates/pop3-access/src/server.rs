@@ -83,6 +83,7 @@ impl Server {
                 pop3.auth_max_failures,
                 Duration::from_secs(pop3.auth_failure_window_secs),
                 Duration::from_millis(pop3.auth_failure_delay_ms),
+                Duration::from_secs(pop3.auth_cache_secs),
             )?,
             store,
             tls,

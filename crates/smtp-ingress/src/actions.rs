@@ -55,6 +55,7 @@ impl Actions {
                 config.smtp.auth_max_failures,
                 Duration::from_secs(config.smtp.auth_failure_window_secs),
                 Duration::from_millis(config.smtp.auth_failure_delay_ms),
+                Duration::from_secs(config.smtp.auth_cache_secs),
             )?,
             store,
         }))
@@ -72,29 +73,23 @@ impl Actions {
         authenticated: bool,
         client: IpAddr,
     ) -> RecipientVerdict {
-        let role = match self.store.domain_role(&recipient.domain).await {
-            Ok(role) => role,
+        let address = MailboxAddress {
+            local_part: recipient.local_part.clone(),
+            domain: recipient.domain.clone(),
+        };
+        let found = match self.store.lookup_recipient(&address).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::error!("recipient lookup failed: {e}");
                 return RecipientVerdict::TemporaryFailure;
             }
         };
-        match role {
-            Some(DomainRole::Local) => {
-                let address = MailboxAddress {
-                    local_part: recipient.local_part.clone(),
-                    domain: recipient.domain.clone(),
-                };
-                match self.store.account_credentials(&address).await {
-                    Ok(Some(account)) if account.disabled => RecipientVerdict::Disabled,
-                    Ok(Some(_)) => RecipientVerdict::Accept { held: false },
-                    Ok(None) => RecipientVerdict::NoSuchUser,
-                    Err(e) => {
-                        tracing::error!("account lookup failed: {e}");
-                        RecipientVerdict::TemporaryFailure
-                    }
-                }
-            }
+        match found.role {
+            Some(DomainRole::Local) => match found.account {
+                Some(account) if account.disabled => RecipientVerdict::Disabled,
+                Some(_) => RecipientVerdict::Accept { held: false },
+                None => RecipientVerdict::NoSuchUser,
+            },
             Some(DomainRole::Hold) => RecipientVerdict::Accept { held: true },
             Some(DomainRole::Relay) => RecipientVerdict::Accept { held: false },
             None if authenticated || self.is_trusted(client) => {
