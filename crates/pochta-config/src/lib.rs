@@ -426,6 +426,9 @@ pub struct Pop3Config {
     pub lock_ttl_secs: u64,
     /// RETR reads messages from the store in pieces of this many octets.
     pub retrieve_chunk_bytes: u32,
+    /// RETR of a message smaller than a chunk also reads the following ones (up to this many
+    /// octets in all) in the same query, as clients fetch in order. 0 disables.
+    pub read_ahead_bytes: u32,
 }
 
 impl Default for Pop3Config {
@@ -450,6 +453,7 @@ impl Default for Pop3Config {
             auth_cache_secs: 300,
             lock_ttl_secs: 120,
             retrieve_chunk_bytes: 256 * 1024,
+            read_ahead_bytes: 1024 * 1024,
         }
     }
 }

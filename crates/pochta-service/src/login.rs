@@ -49,7 +49,8 @@ struct VerifiedCache {
 impl VerifiedCache {
     fn mac(&self, username: &str, phc: &str, password: &str) -> [u8; 32] {
         type Mac256 = blake2::Blake2bMac<blake2::digest::consts::U32>;
-        let mut mac = <Mac256 as KeyInit>::new_from_slice(&self.key).expect("a 32-byte key is valid");
+        let mut mac =
+            <Mac256 as KeyInit>::new_from_slice(&self.key).expect("a 32-byte key is valid");
         for part in [username.to_ascii_lowercase().as_str(), phc, password] {
             mac.update(&(part.len() as u64).to_le_bytes());
             mac.update(part.as_bytes());

@@ -45,7 +45,10 @@ async fn cached_logins_follow_password_changes_and_disabling() {
 
     assert!(ok(&a, "alice@example.test", "old").await);
     assert_eq!(a.cached_logins(), 1);
-    assert!(ok(&a, "Alice@Example.test", "old").await, "case of the address");
+    assert!(
+        ok(&a, "Alice@Example.test", "old").await,
+        "case of the address"
+    );
     assert!(!ok(&a, "alice@example.test", "wrong").await);
     assert!(!ok(&a, "nobody@example.test", "old").await);
     assert_eq!(a.cached_logins(), 1, "only successes are remembered");
@@ -54,11 +57,17 @@ async fn cached_logins_follow_password_changes_and_disabling() {
         .set_password(&alice, &pochta_auth::hash_password("new").unwrap())
         .await
         .unwrap();
-    assert!(!ok(&a, "alice@example.test", "old").await, "old password, cached");
+    assert!(
+        !ok(&a, "alice@example.test", "old").await,
+        "old password, cached"
+    );
     assert!(ok(&a, "alice@example.test", "new").await);
 
     store.set_account_disabled(&alice, true).await.unwrap();
-    assert!(!ok(&a, "alice@example.test", "new").await, "disabled, cached");
+    assert!(
+        !ok(&a, "alice@example.test", "new").await,
+        "disabled, cached"
+    );
     store.set_account_disabled(&alice, false).await.unwrap();
     assert!(ok(&a, "alice@example.test", "new").await);
 

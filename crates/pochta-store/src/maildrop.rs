@@ -110,6 +110,24 @@ impl Store {
         .await?)
     }
 
+    /// What RETR sends (header prefix, then the message) for several entries of a maildrop at
+    /// once; entries not in it are left out.
+    pub async fn maildrop_entries_whole(
+        &self,
+        account_id: i64,
+        entry_ids: &[i64],
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        Ok(sqlx::query_as(
+            "SELECT e.id, e.header_prefix || m.content
+             FROM maildrop_entries e JOIN messages m ON m.id = e.message_id
+             WHERE e.account_id = $1 AND e.id = ANY($2)",
+        )
+        .bind(account_id)
+        .bind(entry_ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// POP3 UPDATE state (RFC 1939 6): deletes the marked entries and releases the lock, in one
     /// statement, only while `owner` holds the maildrop lock. Returns how many were deleted.
     pub async fn delete_maildrop_entries_and_unlock(

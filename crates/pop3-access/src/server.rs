@@ -56,6 +56,7 @@ pub struct Server {
     handshake_timeout: Duration,
     lock_ttl: Duration,
     chunk: i64,
+    read_ahead: u64,
     /// Makes lock owners unique per session.
     owner_prefix: String,
     sessions_started: AtomicU64,
@@ -66,7 +67,14 @@ pub struct Server {
 struct Locked {
     account_id: i64,
     owner: String,
+    /// The maildrop as listed at login: entry ids and RETR sizes, in order.
+    listing: Vec<(i64, u64)>,
+    /// Messages read ahead and not yet sent.
+    ahead: std::collections::HashMap<i64, Vec<u8>>,
 }
+
+/// Pending output beyond this is written before the next message is added.
+const FLUSH_BYTES: usize = 256 * 1024;
 
 impl Server {
     pub fn new(
@@ -101,6 +109,7 @@ impl Server {
             handshake_timeout: Duration::from_secs(pop3.tls_handshake_timeout_secs),
             lock_ttl: Duration::from_secs(pop3.lock_ttl_secs),
             chunk: i64::from(pop3.retrieve_chunk_bytes),
+            read_ahead: u64::from(pop3.read_ahead_bytes),
             owner_prefix: format!(
                 "{}:{}:{:08x}",
                 host.trim(),
@@ -258,16 +267,9 @@ impl Server {
                         size,
                         top_lines,
                     } => {
-                        let Some(l) = locked.as_ref() else { return };
+                        let Some(l) = locked.as_mut() else { return };
                         match self
-                            .retrieve(
-                                &mut conn,
-                                &mut pending,
-                                l.account_id,
-                                entry_id,
-                                size,
-                                top_lines,
-                            )
+                            .retrieve(&mut conn, &mut pending, l, entry_id, size, top_lines)
                             .await
                         {
                             Ok(sent) => {
@@ -362,13 +364,19 @@ impl Server {
                 return LoginResult::TemporaryFailure;
             }
         }
+        tracing::Span::current()
+            .record("user", format!("{}@{}", account.local_part, account.domain));
+        let listed = self.store.maildrop_entries(account.id).await;
         *locked = Some(Locked {
             account_id: account.id,
             owner,
+            listing: listed.as_ref().map_or_else(
+                |_| Vec::new(),
+                |entries| entries.iter().map(|e| (e.id, e.pop3_size as u64)).collect(),
+            ),
+            ahead: Default::default(),
         });
-        tracing::Span::current()
-            .record("user", format!("{}@{}", account.local_part, account.domain));
-        match self.store.maildrop_entries(account.id).await {
+        match listed {
             Ok(entries) => LoginResult::Ok(
                 entries
                     .into_iter()
@@ -387,26 +395,38 @@ impl Server {
     }
 
     /// Sends `+OK` and the message in pieces read from the store, dot-stuffed. Returns false
-    /// (and sends nothing) if the message is gone.
+    /// (and sends nothing) if the message is gone. A small message comes from the read-ahead,
+    /// and its text joins `pending` (written when it grows large or input is awaited), so
+    /// pipelined RETRs go out in few writes.
     async fn retrieve(
         &self,
         conn: &mut Conn,
         pending: &mut Vec<u8>,
-        account_id: i64,
+        l: &mut Locked,
         entry_id: i64,
         size: u64,
         top_lines: Option<u64>,
     ) -> anyhow::Result<bool> {
+        let mut stuffer = match top_lines {
+            Some(n) => DotStuffer::top(n),
+            None => DotStuffer::whole(),
+        };
+        if let Some(whole) = self.read_ahead(l, entry_id).await? {
+            if pending.len() >= FLUSH_BYTES {
+                conn.write_all(&std::mem::take(pending)).await?;
+            }
+            pending.extend_from_slice(&pochta_pop3::session::retrieve_ok(size));
+            stuffer.push(&whole, pending);
+            stuffer.finish(pending);
+            return Ok(true);
+        }
+        let account_id = l.account_id;
         let first = self
             .store
             .maildrop_entry_part(account_id, entry_id, 0, self.chunk)
             .await?;
         let Some(mut piece) = first else {
             return Ok(false);
-        };
-        let mut stuffer = match top_lines {
-            Some(n) => DotStuffer::top(n),
-            None => DotStuffer::whole(),
         };
         pending.extend_from_slice(&pochta_pop3::session::retrieve_ok(size));
         let mut offset = 0i64;
@@ -426,5 +446,39 @@ impl Server {
         }
         stuffer.finish(pending);
         Ok(true)
+    }
+
+    /// `entry_id`'s whole text if it is small enough to read ahead: from what was read with an
+    /// earlier message, or read now together with the small messages listed after it (up to
+    /// `read_ahead_bytes`). None: read it in pieces (or it is gone).
+    async fn read_ahead(&self, l: &mut Locked, entry_id: i64) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(whole) = l.ahead.remove(&entry_id) {
+            return Ok(Some(whole));
+        }
+        let small = |size: u64| size < self.chunk as u64 && size <= self.read_ahead;
+        let Some(at) = l.listing.iter().position(|(id, _)| *id == entry_id) else {
+            return Ok(None);
+        };
+        if !small(l.listing[at].1) {
+            return Ok(None);
+        }
+        let mut ids = Vec::new();
+        let mut budget = self.read_ahead;
+        for (id, size) in &l.listing[at..] {
+            if !small(*size) || *size > budget || ids.len() >= 256 {
+                break;
+            }
+            budget -= size;
+            ids.push(*id);
+        }
+        l.ahead.clear();
+        for (id, whole) in self
+            .store
+            .maildrop_entries_whole(l.account_id, &ids)
+            .await?
+        {
+            l.ahead.insert(id, whole);
+        }
+        Ok(l.ahead.remove(&entry_id))
     }
 }

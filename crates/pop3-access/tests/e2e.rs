@@ -387,3 +387,34 @@ async fn top_failed_login_and_a_large_message_streamed() {
     let octets: usize = large_line.split(' ').nth(1).unwrap().parse().unwrap();
     assert_eq!(octets, expected[1].len(), "the whole large message arrived");
 }
+
+/// Small messages come from the read-ahead (several per query, a budget of 300 octets here),
+/// a large one in 4000-octet pieces between them; every RETR stays byte-exact.
+#[tokio::test]
+async fn read_ahead_and_streaming_mix_byte_exact() {
+    let messages = [
+        "Subject: a\r\n\r\nsmall one\r\n",
+        "Subject: b\r\n\r\n.dot first\r\n..\r\n",
+        "GENERATE:400",
+        "Subject: c\r\n\r\nsmall three\r\n",
+        "Subject: d\r\n\r\nsmall four, a bit longer than the others so it fills more budget\r\n",
+        "Subject: e\r\n\r\nsmall five\r\n",
+    ];
+    let s = stack(
+        &messages,
+        "retrieve_chunk_bytes = 4000\nread_ahead_bytes = 300",
+    )
+    .await;
+    let expected = s.expected().await;
+    assert!(expected[2].len() > 4000, "one message is streamed");
+    let port = s.pop3.port().to_string();
+    let mut args = s.args(&port);
+    args.push("plain");
+    let out = python(RETR_ALL, &args).await.unwrap();
+    let (retrieved, _) = parse_retr(&out);
+    assert_eq!(retrieved.len(), messages.len(), "{out}");
+    for (i, ((listed, bytes), want)) in retrieved.iter().zip(&expected).enumerate() {
+        assert_eq!(bytes, want, "message {}: RETR is byte-exact", i + 1);
+        assert_eq!(*listed, want.len());
+    }
+}
