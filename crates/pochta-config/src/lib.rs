@@ -365,7 +365,7 @@ impl Default for QueueConfig {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
             shutdown_grace_secs: 30,
             message_lifetime_secs: 5 * 24 * 3600,
-            workers: 4,
+            workers: 8,
             batch_size: 32,
             lease_secs: 300,
             scan_interval_secs: 5,
