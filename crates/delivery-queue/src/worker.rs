@@ -494,14 +494,9 @@ async fn defer_with_report(
         let reports: Vec<RecipientReport> = reported
             .iter()
             .map(|d| RecipientReport {
-                orcpt: d.r.orcpt.clone(),
-                final_recipient: d.r.address.clone(),
-                action: Action::Delayed,
-                status: d.attempt.status.clone().unwrap_or_else(|| "4.0.0".into()),
-                remote_mta: d.attempt.remote_mta.clone(),
-                diagnostic: Some(d.attempt.diagnostic.clone()),
                 last_attempt: Some(now),
                 will_retry_until: Some(d.r.expires_at),
+                ..recipient_report(d.r, &d.attempt, Action::Delayed, "4.0.0")
             })
             .collect();
         let report = report_message(store, settings, reported[0].r, &reports).await;
@@ -725,16 +720,7 @@ async fn deliver_remote<'a>(
         if !relayed_reports.is_empty() {
             let reports: Vec<RecipientReport> = relayed_reports
                 .iter()
-                .map(|(r, _, a)| RecipientReport {
-                    orcpt: r.orcpt.clone(),
-                    final_recipient: r.address.clone(),
-                    action: Action::Relayed,
-                    status: a.status.clone().unwrap_or_else(|| "2.0.0".into()),
-                    remote_mta: a.remote_mta.clone(),
-                    diagnostic: Some(a.diagnostic.clone()),
-                    last_attempt: Some(Utc::now()),
-                    will_retry_until: None,
-                })
+                .map(|(r, _, a)| recipient_report(r, a, Action::Relayed, "2.0.0"))
                 .collect();
             let report = report_message(store, settings, relayed_reports[0].0, &reports).await;
             let attempts: Vec<_> = relayed_reports
@@ -769,16 +755,7 @@ async fn fail_with_report(
         let reportable: Vec<RecipientReport> = failures
             .iter()
             .filter(|(r, _, _)| wants(r, |n| n.failure, true))
-            .map(|(r, _, attempt)| RecipientReport {
-                orcpt: r.orcpt.clone(),
-                final_recipient: r.address.clone(),
-                action: Action::Failed,
-                status: attempt.status.clone().unwrap_or_else(|| "5.0.0".into()),
-                remote_mta: attempt.remote_mta.clone(),
-                diagnostic: Some(attempt.diagnostic.clone()),
-                last_attempt: Some(Utc::now()),
-                will_retry_until: None,
-            })
+            .map(|(r, _, attempt)| recipient_report(r, attempt, Action::Failed, "5.0.0"))
             .collect();
         let report = report_message(store, settings, failures[0].0, &reportable).await;
         let attempts: Vec<_> = failures
@@ -806,6 +783,29 @@ async fn fail_with_report(
                 return;
             }
         }
+    }
+}
+
+/// The per-recipient fields of a report on `attempt` (RFC 3464 2.3), attempted just now;
+/// `default_status` when the attempt has no enhanced status code.
+fn recipient_report(
+    r: &ClaimedRecipient,
+    attempt: &AttemptReport,
+    action: Action,
+    default_status: &str,
+) -> RecipientReport {
+    RecipientReport {
+        orcpt: r.orcpt.clone(),
+        final_recipient: r.address.clone(),
+        action,
+        status: attempt
+            .status
+            .clone()
+            .unwrap_or_else(|| default_status.to_owned()),
+        remote_mta: attempt.remote_mta.clone(),
+        diagnostic: Some(attempt.diagnostic.clone()),
+        last_attempt: Some(Utc::now()),
+        will_retry_until: None,
     }
 }
 

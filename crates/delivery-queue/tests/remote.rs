@@ -49,23 +49,35 @@ async fn receiver() -> (TestDb, TestCerts, ServiceProcess, SocketAddr) {
     (db, certs, ingress, mx)
 }
 
-async fn sender_queue(db: &TestDb, routes: &str) -> ServiceProcess {
+/// A delivery-queue on `db` with `queue` lines added to its `[queue]` section (and any
+/// sections after them).
+async fn start_queue(db: &TestDb, queue: &str) -> ServiceProcess {
     let grpc = free_addr();
     let config = format!(
-        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\n\n[queue.routes]\n{routes}\n",
+        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\n{queue}\n",
         db.url()
     );
-    let mut queue = ServiceProcess::start(
+    let mut process = ServiceProcess::start(
         Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
         &config,
         &[],
     )
     .unwrap();
-    queue
+    process
         .wait_healthy(grpc, Duration::from_secs(20))
         .await
         .unwrap();
-    queue
+    process
+}
+
+async fn sender_queue(db: &TestDb, routes: &str) -> ServiceProcess {
+    start_queue(
+        db,
+        &format!(
+            "scan_interval_secs = 1\nhostname = \"mx.example.org\"\n\n[queue.routes]\n{routes}"
+        ),
+    )
+    .await
 }
 
 fn rcpt(address: &str, notify: &str) -> NewRecipient {
@@ -667,22 +679,7 @@ async fn sink(delay: Duration, close_after_message: bool) -> (SocketAddr, Arc<Si
 
 /// A queue with one worker taking one envelope at a time, and `extra` configuration.
 async fn serial_queue(db: &TestDb, extra: &str) -> ServiceProcess {
-    let grpc = free_addr();
-    let config = format!(
-        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nworkers = 1\nbatch_size = 1\n{extra}\n",
-        db.url()
-    );
-    let mut queue = ServiceProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
-        &config,
-        &[],
-    )
-    .unwrap();
-    queue
-        .wait_healthy(grpc, Duration::from_secs(20))
-        .await
-        .unwrap();
-    queue
+    start_queue(db, &format!("workers = 1\nbatch_size = 1\n{extra}")).await
 }
 
 async fn until_relayed(store: &Store, n: i64) {
@@ -702,22 +699,14 @@ async fn connections_per_destination_are_limited() {
     let (sink, stats) = sink(Duration::from_millis(400), false).await;
     let db = TestDb::new().await.unwrap();
     account(db.store(), "example.org", "alice@example.org").await;
-    let grpc = free_addr();
-    let config = format!(
-        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nworkers = 4\nbatch_size = 1\nmax_connections_per_destination = 1\n\n\
-         [queue.routes]\n\"remote.test\" = \"{sink}\"\n",
-        db.url()
-    );
-    let mut queue = ServiceProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
-        &config,
-        &[],
+    let _queue = start_queue(
+        &db,
+        &format!(
+            "workers = 4\nbatch_size = 1\nmax_connections_per_destination = 1\n\n\
+             [queue.routes]\n\"remote.test\" = \"{sink}\""
+        ),
     )
-    .unwrap();
-    queue
-        .wait_healthy(grpc, Duration::from_secs(20))
-        .await
-        .unwrap();
+    .await;
     for _ in 0..4 {
         enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
     }
