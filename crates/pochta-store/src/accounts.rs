@@ -150,6 +150,37 @@ impl Store {
         })
     }
 
+    /// `lookup_recipient` for many addresses in one query; the answers are in input order.
+    pub async fn lookup_recipients(
+        &self,
+        addresses: &[MailboxAddress],
+    ) -> Result<Vec<RecipientLookup>> {
+        let domains: Vec<&str> = addresses.iter().map(|a| a.domain.as_str()).collect();
+        let locals: Vec<&str> = addresses.iter().map(|a| a.local_part.as_str()).collect();
+        let rows: Vec<(Option<String>, Option<i64>, Option<bool>)> = sqlx::query_as(
+            "SELECT d.role, a.id, a.disabled
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (domain, local_part, n)
+             LEFT JOIN domains d ON d.name = q.domain
+             LEFT JOIN accounts a ON a.domain = d.name AND lower(a.local_part) = lower(q.local_part)
+             ORDER BY q.n",
+        )
+        .bind(&domains)
+        .bind(&locals)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(role, id, disabled)| {
+                Ok(RecipientLookup {
+                    role: role.map(DomainRole::try_from).transpose()?,
+                    account: id.map(|id| LocalAccount {
+                        id,
+                        disabled: disabled.unwrap_or(false),
+                    }),
+                })
+            })
+            .collect()
+    }
+
     pub async fn set_password(&self, address: &MailboxAddress, password_hash: &str) -> Result<()> {
         let done = sqlx::query(
             "UPDATE accounts SET password_hash = $3, updated_at = now()

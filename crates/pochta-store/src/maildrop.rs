@@ -6,7 +6,9 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use crate::queue::enqueue_on;
-use crate::{LocalDelivery, MaildropEntry, NewEnvelope, Result, Store, StoreError, secs};
+use crate::{
+    LocalDelivery, MaildropDelivery, MaildropEntry, NewEnvelope, Result, Store, StoreError, secs,
+};
 
 impl Store {
     /// Delivers a live recipient into an account's maildrop and marks it delivered, atomically.
@@ -32,6 +34,71 @@ impl Store {
         .await
     }
 
+    /// Many local deliveries in one statement (one commit), each exactly once as in
+    /// `deliver_to_maildrop`; the results are in input order. The statement is atomic: on an
+    /// error nothing is delivered and every recipient is still live.
+    pub async fn deliver_many_to_maildrops(
+        &self,
+        worker: &str,
+        deliveries: &[MaildropDelivery],
+    ) -> Result<Vec<LocalDelivery>> {
+        let recipient_ids: Vec<i64> = deliveries.iter().map(|d| d.recipient_id).collect();
+        let account_ids: Vec<i64> = deliveries.iter().map(|d| d.account_id).collect();
+        let prefixes: Vec<&[u8]> = deliveries.iter().map(|d| &d.header_prefix[..]).collect();
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "WITH wanted AS (
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[])
+                     AS w (recipient_id, account_id, header_prefix)
+             ), r AS (
+                 -- Locked in id order, so two batches cannot deadlock.
+                 SELECT r.id, e.message_id, w.account_id, w.header_prefix FROM recipients r
+                 JOIN wanted w ON w.recipient_id = r.id
+                 JOIN envelopes e ON e.id = r.envelope_id
+                 WHERE r.state = 'queued'
+                 ORDER BY r.id
+                 FOR UPDATE OF r
+             ), entry AS (
+                 INSERT INTO maildrop_entries (account_id, message_id, recipient_id,
+                     header_prefix, pop3_size)
+                 SELECT r.account_id, m.id, r.id, r.header_prefix,
+                     octet_length(r.header_prefix) + m.size
+                 FROM r JOIN messages m ON m.id = r.message_id
+                 ORDER BY r.id
+                 ON CONFLICT (recipient_id) DO NOTHING
+                 RETURNING recipient_id, id, uid
+             ), done AS (
+                 UPDATE recipients SET state = 'delivered', attempts = attempts + 1,
+                     last_attempt_at = now(), finished_at = now(),
+                     last_reply_code = NULL, last_status = '2.0.0',
+                     last_diagnostic = 'delivered to maildrop', last_remote_mta = NULL,
+                     lease_owner = NULL, lease_expires_at = NULL
+                 FROM r WHERE recipients.id = r.id
+                 RETURNING recipients.id
+             ), history AS (
+                 INSERT INTO delivery_attempts (recipient_id, worker, status, diagnostic, result)
+                 SELECT id, $4, '2.0.0', 'delivered to maildrop', 'delivered' FROM done
+             )
+             SELECT recipient_id, id, uid FROM entry",
+        )
+        .bind(&recipient_ids)
+        .bind(&account_ids)
+        .bind(&prefixes)
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut delivered: std::collections::HashMap<i64, (i64, String)> = rows
+            .into_iter()
+            .map(|(recipient_id, entry_id, uid)| (recipient_id, (entry_id, uid)))
+            .collect();
+        Ok(recipient_ids
+            .iter()
+            .map(|id| match delivered.remove(id) {
+                Some((entry_id, uid)) => LocalDelivery::Delivered { entry_id, uid },
+                None => LocalDelivery::AlreadyFinal,
+            })
+            .collect())
+    }
+
     /// Local delivery and, in the same transaction, the report it owes (NOTIFY=SUCCESS): a
     /// crash can neither lose the report nor send it for a delivery that did not happen.
     pub async fn deliver_to_maildrop_with_report(
@@ -42,9 +109,15 @@ impl Store {
         header_prefix: &[u8],
         report: Option<(&NewEnvelope, &[u8])>,
     ) -> Result<LocalDelivery> {
+        let Some((envelope, content)) = report else {
+            // One statement is atomic on its own: no transaction round trips.
+            return self
+                .deliver_to_maildrop(worker, recipient_id, account_id, header_prefix)
+                .await;
+        };
         let mut tx = self.pool.begin().await?;
         let delivery = deliver_on(&mut tx, worker, recipient_id, account_id, header_prefix).await?;
-        if let (LocalDelivery::Delivered { .. }, Some((envelope, content))) = (&delivery, report) {
+        if let LocalDelivery::Delivered { .. } = &delivery {
             enqueue_on(&mut tx, envelope, content).await?;
         }
         tx.commit().await?;

@@ -18,6 +18,13 @@ impl Store {
         enqueue_on(&mut *self.pool.acquire().await?, envelope, content).await
     }
 
+    /// Commits several accepted transactions in one statement (one commit for all): either
+    /// all are stored or none. The ids are in input order. Ingress sessions that finish DATA
+    /// at the same time share one commit this way (group commit).
+    pub async fn enqueue_many(&self, batch: &[(&NewEnvelope, &[u8])]) -> Result<Vec<Enqueued>> {
+        enqueue_many_on(&mut *self.pool.acquire().await?, batch).await
+    }
+
     /// Leases due recipients to `owner` for `lease`, whole envelopes at a time: the envelopes
     /// of the `limit` most overdue recipients are locked (skipping any another claimer is
     /// locking, never waiting), and every due recipient of each is leased, so one worker sees
@@ -40,12 +47,13 @@ impl Store {
                  FOR NO KEY UPDATE OF e SKIP LOCKED
              ), due AS (
                  -- Re-checked against the latest row versions: a recipient another claimer
-                 -- leased meanwhile is left out.
+                 -- leased meanwhile is left out. One locked right now is being delivered or
+                 -- changed: skipped, never waited for (a delivery must not wait on a claim).
                  SELECT r.id FROM recipients r
                  WHERE r.envelope_id IN (SELECT id FROM locked)
                    AND r.state = 'queued' AND r.next_attempt_at <= now()
                    AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())
-                 FOR UPDATE OF r
+                 FOR UPDATE OF r SKIP LOCKED
              )
              UPDATE recipients r
              SET lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second'
@@ -191,65 +199,123 @@ pub(crate) async fn enqueue_on(
     envelope: &NewEnvelope,
     content: &[u8],
 ) -> Result<Enqueued> {
-    if envelope.recipients.is_empty() {
+    let enqueued = enqueue_many_on(conn, &[(envelope, content)]).await?;
+    Ok(enqueued[0])
+}
+
+/// `Store::enqueue_many` on a given connection (or transaction).
+pub(crate) async fn enqueue_many_on(
+    conn: &mut PgConnection,
+    batch: &[(&NewEnvelope, &[u8])],
+) -> Result<Vec<Enqueued>> {
+    if batch.iter().any(|(e, _)| e.recipients.is_empty()) {
         return Err(StoreError::NoRecipients);
     }
-    let rcpts = &envelope.recipients;
-    let addresses: Vec<String> = rcpts.iter().map(|r| r.address.to_string()).collect();
-    let domains: Vec<&str> = rcpts.iter().map(|r| r.address.domain.as_str()).collect();
-    let orcpts: Vec<Option<&str>> = rcpts.iter().map(|r| r.orcpt.as_deref()).collect();
-    let notifies: Vec<Option<String>> = rcpts
-        .iter()
-        .map(|r| r.notify.map(|n| n.to_text()))
+    let contents: Vec<&[u8]> = batch.iter().map(|(_, c)| *c).collect();
+    let envelopes = || batch.iter().map(|(e, _)| *e);
+    let queue_ids: Vec<&str> = envelopes().map(|e| e.queue_id.as_str()).collect();
+    let reverse_paths: Vec<&str> = envelopes().map(|e| e.reverse_path.as_str()).collect();
+    let envids: Vec<Option<&str>> = envelopes().map(|e| e.envid.as_deref()).collect();
+    let rets: Vec<Option<&str>> = envelopes().map(|e| e.ret.map(|r| r.as_str())).collect();
+    let bodies: Vec<Option<&str>> = envelopes().map(|e| e.body.map(|b| b.as_str())).collect();
+    let smtputf8s: Vec<bool> = envelopes().map(|e| e.smtputf8).collect();
+    let clients: Vec<Option<String>> = envelopes()
+        .map(|e| e.client_address.map(|a| a.to_string()))
         .collect();
-    let states: Vec<&str> = rcpts
-        .iter()
-        .map(|r| if r.held { "held" } else { "queued" })
+    let helos: Vec<Option<&str>> = envelopes().map(|e| e.client_helo.as_deref()).collect();
+    let auth_users: Vec<Option<&str>> = envelopes().map(|e| e.auth_user.as_deref()).collect();
+    let received_bys: Vec<Option<&str>> = envelopes().map(|e| e.received_by.as_deref()).collect();
+    let traceparents: Vec<Option<&str>> = envelopes().map(|e| e.traceparent.as_deref()).collect();
+    let lifetimes: Vec<f64> = envelopes().map(|e| secs(e.lifetime)).collect();
+    // Recipients flattened, each with its envelope's queue id.
+    let rcpts = || envelopes().flat_map(|e| e.recipients.iter().map(move |r| (e, r)));
+    let rcpt_queue_ids: Vec<&str> = rcpts().map(|(e, _)| e.queue_id.as_str()).collect();
+    let addresses: Vec<String> = rcpts().map(|(_, r)| r.address.to_string()).collect();
+    let domains: Vec<&str> = rcpts().map(|(_, r)| r.address.domain.as_str()).collect();
+    let orcpts: Vec<Option<&str>> = rcpts().map(|(_, r)| r.orcpt.as_deref()).collect();
+    let notifies: Vec<Option<String>> = rcpts()
+        .map(|(_, r)| r.notify.map(|n| n.to_text()))
         .collect();
-    let (envelope_id, message_id): (i64, i64) = sqlx::query_as(
-        "WITH m AS (
-                 INSERT INTO messages (content, size) VALUES ($1, octet_length($1)) RETURNING id
+    let states: Vec<&str> = rcpts()
+        .map(|(_, r)| if r.held { "held" } else { "queued" })
+        .collect();
+    // One statement, so the whole batch is stored or none of it. The message ids are drawn
+    // first (a volatile CTE is evaluated once), so each envelope gets its own content.
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "WITH input AS (
+                 SELECT i.*, nextval(pg_get_serial_sequence('messages', 'id')) AS message_id
+                 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[],
+                     $12::text[], $13::float8[])
+                     WITH ORDINALITY AS i (content, queue_id, reverse_path, envid, ret, body,
+                         smtputf8, client_address, client_helo, auth_user, received_by,
+                         traceparent, lifetime, n)
+             ), m AS (
+                 INSERT INTO messages (id, content, size) OVERRIDING SYSTEM VALUE
+                 SELECT message_id, content, octet_length(content) FROM input ORDER BY n
              ), e AS (
                  INSERT INTO envelopes (queue_id, message_id, reverse_path, envid, ret, body,
                      smtputf8, client_address, client_helo, auth_user, received_by, traceparent,
                      expires_at)
-                 SELECT $2, m.id, $3, $4, $5, $6, $7, $8::inet, $9, $10, $11, $12,
-                     now() + $13 * interval '1 second'
-                 FROM m
-                 RETURNING id, message_id
+                 SELECT queue_id, message_id, reverse_path, envid, ret, body, smtputf8,
+                     client_address::inet, client_helo, auth_user, received_by, traceparent,
+                     now() + lifetime * interval '1 second'
+                 FROM input ORDER BY n
+                 RETURNING queue_id, id, message_id
              ), r AS (
                  INSERT INTO recipients (envelope_id, address, domain, orcpt, notify, state)
                  SELECT e.id, a.address, a.domain, a.orcpt, a.notify, a.state
-                 FROM e, unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[])
-                     WITH ORDINALITY AS a (address, domain, orcpt, notify, state, n)
+                 FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
+                     $19::text[])
+                     WITH ORDINALITY AS a (queue_id, address, domain, orcpt, notify, state, n)
+                 JOIN e ON e.queue_id = a.queue_id
                  ORDER BY a.n
              )
-             SELECT id, message_id FROM e",
+             SELECT queue_id, id, message_id FROM e",
     )
-    .bind(content)
-    .bind(envelope.queue_id.as_str())
-    .bind(&envelope.reverse_path)
-    .bind(envelope.envid.as_deref())
-    .bind(envelope.ret.map(|r| r.as_str()))
-    .bind(envelope.body.map(|b| b.as_str()))
-    .bind(envelope.smtputf8)
-    .bind(envelope.client_address.map(|a| a.to_string()))
-    .bind(envelope.client_helo.as_deref())
-    .bind(envelope.auth_user.as_deref())
-    .bind(envelope.received_by.as_deref())
-    .bind(envelope.traceparent.as_deref())
-    .bind(secs(envelope.lifetime))
+    .bind(&contents)
+    .bind(&queue_ids)
+    .bind(&reverse_paths)
+    .bind(&envids)
+    .bind(&rets)
+    .bind(&bodies)
+    .bind(&smtputf8s)
+    .bind(&clients)
+    .bind(&helos)
+    .bind(&auth_users)
+    .bind(&received_bys)
+    .bind(&traceparents)
+    .bind(&lifetimes)
+    .bind(&rcpt_queue_ids)
     .bind(&addresses)
     .bind(&domains)
     .bind(&orcpts)
     .bind(&notifies)
     .bind(&states)
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(Enqueued {
-        envelope_id,
-        message_id,
-    })
+    let mut ids: std::collections::HashMap<String, Enqueued> = rows
+        .into_iter()
+        .map(|(queue_id, envelope_id, message_id)| {
+            (
+                queue_id,
+                Enqueued {
+                    envelope_id,
+                    message_id,
+                },
+            )
+        })
+        .collect();
+    queue_ids
+        .iter()
+        .map(|q| {
+            ids.remove(*q).ok_or_else(|| {
+                StoreError::Database(sqlx::Error::Protocol(format!(
+                    "envelope {q} was not stored"
+                )))
+            })
+        })
+        .collect()
 }
 
 /// `Store::record_attempt` on a given connection (or transaction).

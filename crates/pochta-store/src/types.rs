@@ -457,6 +457,15 @@ pub enum LocalDelivery {
     AlreadyFinal,
 }
 
+/// One local delivery of a batch: a live recipient, the account whose maildrop receives it,
+/// and its `Return-Path:`/`Delivered-To:` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaildropDelivery {
+    pub recipient_id: i64,
+    pub account_id: i64,
+    pub header_prefix: Vec<u8>,
+}
+
 /// One message in a maildrop, as a POP3 session lists it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MaildropEntry {

@@ -165,3 +165,57 @@ async fn accounts_lifecycle() {
         .unwrap();
     assert!(store.list_accounts(None).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn recipients_are_looked_up_together_in_input_order() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    store
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    store
+        .add_domain("backup.example", DomainRole::Hold)
+        .await
+        .unwrap();
+    let alice = store
+        .add_account(&addr("Alice@example.org"), HASH)
+        .await
+        .unwrap();
+    let bob = store
+        .add_account(&addr("bob@example.org"), HASH)
+        .await
+        .unwrap();
+    store
+        .set_account_disabled(&addr("bob@example.org"), true)
+        .await
+        .unwrap();
+    let asked = [
+        "nobody@example.org",
+        "ALICE@example.org",
+        "x@elsewhere.example",
+        "bob@example.org",
+        "y@backup.example",
+    ]
+    .map(addr);
+    let found = store.lookup_recipients(&asked).await.unwrap();
+    assert_eq!(found.len(), asked.len());
+    for (address, lookup) in asked.iter().zip(&found) {
+        assert_eq!(lookup, &store.lookup_recipient(address).await.unwrap());
+    }
+    assert_eq!(found[0].role, Some(DomainRole::Local));
+    assert_eq!(found[0].account, None);
+    assert_eq!(
+        found[1].account.map(|a| (a.id, a.disabled)),
+        Some((alice, false))
+    );
+    assert_eq!(found[2].role, None);
+    assert_eq!(
+        found[3].account.map(|a| (a.id, a.disabled)),
+        Some((bob, true))
+    );
+    assert_eq!(
+        (found[4].role, found[4].account),
+        (Some(DomainRole::Hold), None)
+    );
+}

@@ -1,7 +1,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pochta_store::{DomainRole, LocalDelivery, RecipientState, Store, StoreError};
+use pochta_store::{
+    DomainRole, LocalDelivery, MaildropDelivery, RecipientState, Store, StoreError,
+};
 use pochta_testkit::TestDb;
 
 use crate::{CONTENT, addr, enqueue_n};
@@ -273,4 +275,61 @@ async fn removed_account_takes_its_maildrop_and_content_is_collected() {
         .unwrap();
     assert_eq!(gc.messages, 1);
     assert_eq!(store.counts().await.unwrap().messages, 0);
+}
+
+#[tokio::test]
+async fn batched_deliveries_write_each_recipient_once() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    let rids = queued_recipients(store, 3).await;
+    let delivery = |rid: i64, n: usize| MaildropDelivery {
+        recipient_id: rid,
+        account_id: account,
+        header_prefix: format!("Delivered-To: copy{n}\r\n").into_bytes(),
+    };
+
+    let first = store
+        .deliver_many_to_maildrops("w", &[delivery(rids[0], 0), delivery(rids[1], 1)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        first[..],
+        [
+            LocalDelivery::Delivered { .. },
+            LocalDelivery::Delivered { .. }
+        ]
+    ));
+    // Again with a third: only the third is new; the results keep the input order.
+    let second = store
+        .deliver_many_to_maildrops(
+            "other",
+            &[
+                delivery(rids[0], 0),
+                delivery(rids[2], 2),
+                delivery(rids[1], 1),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(second[0], LocalDelivery::AlreadyFinal);
+    assert!(matches!(second[1], LocalDelivery::Delivered { .. }));
+    assert_eq!(second[2], LocalDelivery::AlreadyFinal);
+
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.recipients_in(RecipientState::Delivered), 3);
+    assert_eq!(counts.maildrop_entries, 3);
+    let entry_ids = [&first[0], &first[1], &second[1]].map(|d| match d {
+        LocalDelivery::Delivered { entry_id, .. } => *entry_id,
+        LocalDelivery::AlreadyFinal => unreachable!(),
+    });
+    for (n, entry_id) in entry_ids.into_iter().enumerate() {
+        let (prefix, content) = store
+            .maildrop_entry_content(account, entry_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(prefix, format!("Delivered-To: copy{n}\r\n").into_bytes());
+        assert_eq!(content, CONTENT);
+    }
 }

@@ -476,3 +476,88 @@ async fn attempts_and_their_report_commit_together_or_not_at_all() {
         .unwrap();
     assert_eq!(report_env.recipients[0].address, "sender@example.net");
 }
+
+#[tokio::test]
+async fn enqueue_many_keeps_each_envelope_with_its_own_content_and_recipients() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let envelopes: Vec<_> = (1..=3)
+        .map(|n| {
+            envelope(
+                (0..n)
+                    .map(|i| recipient(&format!("env{n}-rcpt{i}@example.org")))
+                    .collect(),
+            )
+        })
+        .collect();
+    let contents: Vec<Vec<u8>> = (1..=3)
+        .map(|n| format!("Subject: message {n}\r\n\r\n{}\r\n", "x".repeat(n * 1000)).into_bytes())
+        .collect();
+    let batch: Vec<_> = envelopes
+        .iter()
+        .zip(&contents)
+        .map(|(e, c)| (e, c.as_slice()))
+        .collect();
+    let ids = store.enqueue_many(&batch).await.unwrap();
+    assert_eq!(ids.len(), 3);
+
+    for ((env, content), id) in envelopes.iter().zip(&contents).zip(&ids) {
+        let detail = store
+            .envelope_detail(env.queue_id.as_str())
+            .await
+            .unwrap()
+            .expect("stored");
+        assert_eq!(detail.id, id.envelope_id);
+        assert_eq!(detail.message_id, id.message_id);
+        assert_eq!(
+            store
+                .message_content(id.message_id)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(content.as_slice())
+        );
+        let addresses: Vec<String> = detail
+            .recipients
+            .iter()
+            .map(|r| r.address.clone())
+            .collect();
+        let expected: Vec<String> = env
+            .recipients
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
+        assert_eq!(addresses, expected);
+    }
+    let messages: HashSet<i64> = ids.iter().map(|i| i.message_id).collect();
+    assert_eq!(messages.len(), 3, "each envelope has its own content row");
+}
+
+#[tokio::test]
+async fn enqueue_many_stores_all_or_nothing() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let good = envelope(vec![recipient("a@example.org")]);
+    let other = envelope(vec![recipient("b@example.org")]);
+    let mut clash = envelope(vec![recipient("c@example.org")]);
+    clash.queue_id = other.queue_id.clone();
+    let batch = [(&good, CONTENT), (&other, CONTENT), (&clash, CONTENT)];
+    assert!(store.enqueue_many(&batch).await.is_err());
+    for env in [&good, &other] {
+        assert!(
+            store
+                .envelope_detail(env.queue_id.as_str())
+                .await
+                .unwrap()
+                .is_none(),
+            "a failed batch stores nothing"
+        );
+    }
+    let empty = envelope(vec![]);
+    assert!(matches!(
+        store
+            .enqueue_many(&[(&good, CONTENT), (&empty, CONTENT)])
+            .await,
+        Err(StoreError::NoRecipients)
+    ));
+}
