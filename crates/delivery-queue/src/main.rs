@@ -68,6 +68,7 @@ fn main() -> ExitCode {
                     rand::rng().random::<u32>()
                 ),
                 batch: queue.batch_size,
+                claim_delay: Duration::from_millis(queue.claim_delay_ms),
                 lease: Duration::from_secs(queue.lease_secs),
                 scan_interval: Duration::from_secs(queue.scan_interval_secs),
                 retry: worker::Backoff {

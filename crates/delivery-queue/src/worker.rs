@@ -8,6 +8,7 @@
 //! static route, the smarthost, or the domain's MX hosts); see `deliver_remote`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -16,10 +17,10 @@ use opentelemetry::metrics::Counter;
 use pochta_service::Shutdown;
 use pochta_store::{
     AttemptOutcome, AttemptReport, BodyType, ClaimedRecipient, DomainRole, LocalDelivery,
-    MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, Store, StoreError,
+    MailboxAddress, MaildropDelivery, NewEnvelope, NewRecipient, Notify, QueueId, Store,
+    StoreError,
 };
 use rand::Rng;
-use tokio::sync::watch;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -27,18 +28,41 @@ use crate::dsn::{self, Action, RecipientReport, Report, Return};
 use crate::{mx, remote};
 use pochta_smtp::client::{RecipientOutcome, TlsPolicy};
 
-/// Wakes workers when new work may be due (Notify, ETRN). A counter in a watch channel: a
-/// wake-up that arrives while a worker is busy is not lost, it sees the change next time.
+/// Wakes delivery loops when new work may be due (Notify, ETRN). Wake-ups coalesce: one idle
+/// loop is woken, and wake-ups until it claims add nothing (its claim will see that work
+/// too), so loops do not all query at every new message. A loop that claimed a full batch
+/// wakes another, so loops join in as the work grows. A wake-up while no loop waits is kept
+/// for the next loop that goes idle, so none is lost.
 #[derive(Clone)]
-pub struct Wake(Arc<watch::Sender<u64>>);
+pub struct Wake(Arc<WakeState>);
+
+struct WakeState {
+    notify: tokio::sync::Notify,
+    /// A loop was woken and has not claimed yet.
+    pending: AtomicBool,
+}
 
 impl Wake {
     pub fn new() -> Self {
-        Wake(Arc::new(watch::channel(0).0))
+        Wake(Arc::new(WakeState {
+            notify: tokio::sync::Notify::new(),
+            pending: AtomicBool::new(false),
+        }))
     }
 
     pub fn wake(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        if !self.0.pending.swap(true, Ordering::AcqRel) {
+            self.0.notify.notify_one();
+        }
+    }
+
+    async fn woken(&self) {
+        self.0.notify.notified().await;
+    }
+
+    /// Called just before claiming: wake-ups from now on may be for work this claim misses.
+    fn claiming(&self) {
+        self.0.pending.store(false, Ordering::Release);
     }
 }
 
@@ -179,6 +203,7 @@ pub struct Settings {
     pub lifetime: Duration,
     pub dsn_max_full_bytes: usize,
     pub batch: u32,
+    pub claim_delay: Duration,
     pub lease: Duration,
     pub scan_interval: Duration,
     pub retry: Backoff,
@@ -214,7 +239,6 @@ pub async fn run(
     shutdown: Shutdown,
     index: u32,
 ) {
-    let mut woken = wake.0.subscribe();
     let meter = opentelemetry::global::meter("delivery-queue");
     let metrics = Metrics {
         attempts: meter
@@ -236,8 +260,24 @@ pub async fn run(
             .build(),
     };
     let owner = format!("{}/{index}", settings.owner);
+    // Claim at once at start-up; then after a full batch (more is probably due), otherwise
+    // only when woken (after gathering for `claim_delay`) or at the scan interval.
+    let mut claim_now = true;
     while !shutdown.is_started() {
-        woken.borrow_and_update();
+        if !claim_now {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = wake.woken() => {
+                    // Gather what else arrives into the same batch.
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = tokio::time::sleep(settings.claim_delay) => {}
+                    }
+                }
+                _ = tokio::time::sleep(settings.scan_interval) => {}
+            }
+        }
+        wake.claiming();
         let claimed = match store
             .claim_due(&owner, settings.batch, settings.lease)
             .await
@@ -247,20 +287,20 @@ pub async fn run(
                 tracing::error!("claiming due recipients failed: {e}");
                 tokio::select! {
                     _ = shutdown.wait() => return,
-                    _ = tokio::time::sleep(settings.scan_interval) => continue,
+                    _ = tokio::time::sleep(settings.scan_interval) => {}
                 }
+                claim_now = true;
+                continue;
             }
         };
-        if claimed.is_empty() {
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = woken.changed() => {}
-                _ = tokio::time::sleep(settings.scan_interval) => {}
-            }
-            continue;
+        claim_now = claimed.len() >= settings.batch as usize;
+        if claim_now {
+            // Probably more is due: another loop can take the next batch meanwhile.
+            wake.wake();
         }
         // A claimed batch is finished even during shutdown: each delivery is short, and a
         // recipient left leased would wait for its lease to expire.
+        let claimed = deliver_local_together(&store, &owner, &metrics, claimed).await;
         for group in by_envelope(claimed) {
             let failures = deliver_envelope(&store, &owner, &settings, &metrics, &group).await;
             if !failures.is_empty() {
@@ -270,6 +310,93 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The common case in one lookup and one statement for the whole claimed batch: live local
+/// recipients with an enabled account and no report to send. Returns the others (remote, a
+/// report owed, a failure to report, or everything if the store failed), for the per-envelope
+/// path, which looks each of them up again.
+async fn deliver_local_together(
+    store: &Store,
+    owner: &str,
+    metrics: &Metrics,
+    claimed: Vec<ClaimedRecipient>,
+) -> Vec<ClaimedRecipient> {
+    let now = Utc::now();
+    let (candidates, mut rest): (Vec<_>, Vec<_>) = claimed
+        .into_iter()
+        .partition(|r| !r.cancelled && r.expires_at > now && !wants(r, |n| n.success, false));
+    let mut addresses = Vec::with_capacity(candidates.len());
+    let mut parsed = Vec::with_capacity(candidates.len());
+    for r in candidates {
+        match MailboxAddress::parse(&r.address) {
+            Ok(address) => {
+                addresses.push(address);
+                parsed.push(r);
+            }
+            Err(_) => rest.push(r),
+        }
+    }
+    if parsed.is_empty() {
+        return rest;
+    }
+    let lookups = match store.lookup_recipients(&addresses).await {
+        Ok(lookups) => lookups,
+        Err(e) => {
+            tracing::warn!("looking up a batch of recipients failed: {e}");
+            rest.extend(parsed);
+            return rest;
+        }
+    };
+    let mut local = Vec::new();
+    let mut deliveries = Vec::new();
+    for (r, found) in parsed.into_iter().zip(lookups) {
+        match found.account {
+            Some(account) if found.role == Some(DomainRole::Local) && !account.disabled => {
+                deliveries.push(MaildropDelivery {
+                    recipient_id: r.recipient_id,
+                    account_id: account.id,
+                    header_prefix: header_prefix(&r).into_bytes(),
+                });
+                local.push((attempt_span(&r), r));
+            }
+            _ => rest.push(r),
+        }
+    }
+    if local.is_empty() {
+        return rest;
+    }
+    match store.deliver_many_to_maildrops(owner, &deliveries).await {
+        Ok(results) => {
+            for ((span, r), result) in local.iter().zip(results) {
+                let result = match result {
+                    LocalDelivery::Delivered { entry_id, .. } => {
+                        span.in_scope(|| tracing::info!(entry_id, "delivered to maildrop"));
+                        "delivered"
+                    }
+                    LocalDelivery::AlreadyFinal => {
+                        span.in_scope(|| tracing::info!("already delivered by another worker"));
+                        "already_final"
+                    }
+                };
+                span.record("result", result);
+                metrics.attempted(r, result);
+            }
+        }
+        Err(e) => {
+            tracing::warn!("delivering a batch to maildrops failed, one by one instead: {e}");
+            rest.extend(local.into_iter().map(|(_, r)| r));
+        }
+    }
+    rest
+}
+
+/// RFC 5321 4.4: the final delivery adds Return-Path (<> for the null sender).
+fn header_prefix(r: &ClaimedRecipient) -> String {
+    format!(
+        "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
+        r.reverse_path, r.address
+    )
 }
 
 /// Claimed recipients grouped by envelope, in claim order.
@@ -951,11 +1078,7 @@ async fn try_local(
             )));
         }
     };
-    // RFC 5321 4.4: the final delivery adds Return-Path (<> for the null sender).
-    let prefix = format!(
-        "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
-        r.reverse_path, r.address
-    );
+    let prefix = header_prefix(r);
     let report = if wants(r, |n| n.success, false) {
         let delivered = RecipientReport {
             orcpt: r.orcpt.clone(),

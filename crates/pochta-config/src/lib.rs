@@ -243,6 +243,12 @@ pub struct SmtpConfig {
     /// How long a successful password check is remembered, so repeated logins skip argon2id
     /// (a password change takes effect at once). 0 disables.
     pub auth_cache_secs: u64,
+    /// Group commit: messages whose DATA ends while a commit is in flight are stored together
+    /// in the next one. This many commits run at once per process ...
+    pub commit_writers: u32,
+    /// ... each with at most this many messages and (beyond the first) this many octets.
+    pub commit_batch_messages: u32,
+    pub commit_batch_bytes: u64,
     /// An authenticated user may send only as its own address.
     pub enforce_sender_ownership: bool,
     /// `RCPT TO:<postmaster>` (no domain) goes to postmaster at this domain.
@@ -281,6 +287,9 @@ impl Default for SmtpConfig {
             auth_max_failures: 5,
             auth_failure_window_secs: 300,
             auth_cache_secs: 300,
+            commit_writers: 1,
+            commit_batch_messages: 64,
+            commit_batch_bytes: 16 * 1024 * 1024,
             enforce_sender_ownership: true,
             postmaster_domain: None,
         }
@@ -301,6 +310,10 @@ pub struct QueueConfig {
     pub workers: u32,
     /// Recipients claimed at once by one worker.
     pub batch_size: u32,
+    /// After a wake-up, a loop waits this long before claiming, so that mail arriving
+    /// meanwhile is delivered in the same batch (one statement, one commit): a few
+    /// milliseconds of latency for far less work per message under load. 0 claims at once.
+    pub claim_delay_ms: u64,
     /// How long a claim is held before another replica may take the recipient over.
     pub lease_secs: u64,
     /// How often the store is scanned for due work when no Notify arrives.
@@ -367,6 +380,7 @@ impl Default for QueueConfig {
             message_lifetime_secs: 5 * 24 * 3600,
             workers: 8,
             batch_size: 32,
+            claim_delay_ms: 50,
             lease_secs: 300,
             scan_interval_secs: 5,
             retry_delay_secs: 300,
@@ -536,6 +550,11 @@ impl Config {
                 u64::from(smtp.max_connections_per_ip),
             ),
             ("smtp.auth_max_failures", u64::from(smtp.auth_max_failures)),
+            ("smtp.commit_writers", u64::from(smtp.commit_writers)),
+            (
+                "smtp.commit_batch_messages",
+                u64::from(smtp.commit_batch_messages),
+            ),
             (
                 "smtp.proxy_header_timeout_secs",
                 smtp.proxy_header_timeout_secs,

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::commit::{GroupCommit, Limits};
 use pochta_config::{Cidr, Config};
 use pochta_proto::queue::v1::queue_client::QueueClient;
 use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
@@ -32,6 +33,9 @@ pub struct Actions {
     pub store: Store,
     pub hostname: String,
     queue: Queue,
+    commits: GroupCommit,
+    /// Queue ids for the next Notify; see `notify_queue`.
+    new_envelopes: tokio::sync::mpsc::UnboundedSender<String>,
     trusted: Vec<Cidr>,
     lifetime: Duration,
     logins: Authenticator,
@@ -45,9 +49,21 @@ impl Actions {
             .connect_lazy();
         let inject: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> =
             pochta_telemetry::grpc::inject_trace_context;
+        let queue = QueueClient::with_interceptor(channel, inject);
+        let (new_envelopes, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(notify_queue(queue.clone(), arrivals));
         Ok(Arc::new(Actions {
             hostname,
-            queue: QueueClient::with_interceptor(channel, inject),
+            queue,
+            new_envelopes,
+            commits: GroupCommit::start(
+                store.clone(),
+                Limits {
+                    writers: config.smtp.commit_writers,
+                    max_messages: config.smtp.commit_batch_messages as usize,
+                    max_bytes: config.smtp.commit_batch_bytes,
+                },
+            ),
             trusted: config.smtp.trusted_networks.clone(),
             lifetime: Duration::from_secs(config.queue.message_lifetime_secs),
             logins: Authenticator::new(
@@ -174,9 +190,10 @@ impl Actions {
                 })
                 .collect(),
         };
-        match self.store.enqueue(&envelope, &content).await {
-            Ok(_) => {
-                tracing::info!(queue_id = %queue_id, size = content.len(), recipients = envelope.recipients.len(), "accepted");
+        let (size, recipients) = (content.len(), envelope.recipients.len());
+        match self.commits.commit(envelope, content).await {
+            Ok(()) => {
+                tracing::info!(queue_id = %queue_id, size, recipients, "accepted");
                 self.notify_queue(queue_id.to_string());
                 StoreResult::Stored {
                     queue_id: queue_id.to_string(),
@@ -191,22 +208,8 @@ impl Actions {
 
     /// Fire and forget: the queue also scans the store, so a lost Notify only delays delivery.
     fn notify_queue(&self, queue_id: String) {
-        let mut queue = self.queue.clone();
-        let span = tracing::Span::current();
-        tokio::spawn(async move {
-            let _entered = span.enter();
-            if let Err(e) = queue
-                .notify(NotifyRequest {
-                    queue_ids: vec![queue_id],
-                })
-                .await
-            {
-                tracing::debug!(
-                    "queue notify failed (the queue's scan will find the message): {}",
-                    e.message()
-                );
-            }
-        });
+        // Fails only when the notifying task is gone (shutdown): the scan finds the message.
+        let _ = self.new_envelopes.send(queue_id);
     }
 
     /// ETRN, answered by the queue.
@@ -231,6 +234,31 @@ impl Actions {
                 tracing::warn!("ETRN: the queue is unavailable: {}", e.message());
                 EtrnResult::Unavailable
             }
+        }
+    }
+}
+
+/// Tells the queue about new envelopes, one Notify at a time: the envelopes accepted while a
+/// Notify is in flight go together in the next one, so the queue gets one request per round
+/// trip from this process, however fast mail arrives, instead of one per message.
+async fn notify_queue(
+    mut queue: Queue,
+    mut arrivals: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    const MAX_IDS: usize = 1000;
+    while let Some(first) = arrivals.recv().await {
+        let mut queue_ids = vec![first];
+        while queue_ids.len() < MAX_IDS {
+            match arrivals.try_recv() {
+                Ok(id) => queue_ids.push(id),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = queue.notify(NotifyRequest { queue_ids }).await {
+            tracing::debug!(
+                "queue notify failed (the queue's scan will find the messages): {}",
+                e.message()
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 //! authenticated users. Each message is committed to the store before the 250 reply.
 
 mod actions;
+mod commit;
 mod server;
 
 use std::process::ExitCode;

@@ -126,3 +126,85 @@ async fn lettre_over_plain_starttls_and_implicit_tls() {
         );
     }
 }
+
+/// Many sessions finishing DATA at once share group commits; each must still get its own
+/// 250 with its own queue id, and its envelope must hold its own content and recipient.
+#[tokio::test]
+async fn concurrent_sessions_each_get_their_own_committed_message() {
+    const SESSIONS: usize = 24;
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    store
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    let hash = pochta_auth::hash_password("unused-pw").unwrap();
+    for i in 0..SESSIONS {
+        store
+            .add_account(
+                &MailboxAddress::parse(&format!("user{i}@example.org")).unwrap(),
+                &hash,
+            )
+            .await
+            .unwrap();
+    }
+    let (grpc, mx) = (free_addr(), free_addr());
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n[smtp]\ngrpc_listen = \"{grpc}\"\nhostname = \"mx.test\"\n\
+         queue_endpoint = \"http://{}\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\n\
+         submissions_listen = []\nmax_connections_per_ip = 100\ncommit_batch_messages = 8\n",
+        db.url(),
+        free_addr()
+    );
+    let mut ingress = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
+    ingress
+        .wait_healthy(grpc, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    let sends = (0..SESSIONS).map(|i| {
+        tokio::spawn(async move {
+            // One transport per task: its own connection.
+            let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+                .port(mx.port())
+                .build();
+            let response = transport
+                .send(message(
+                    &format!("user{i}@example.org"),
+                    &format!("concurrent {i}"),
+                ))
+                .await
+                .unwrap();
+            let line = response.message().collect::<Vec<_>>().join(" ");
+            (i, line.rsplit(' ').next().unwrap().to_owned())
+        })
+    });
+    let mut queue_ids = std::collections::HashSet::new();
+    for send in sends.collect::<Vec<_>>() {
+        let (i, queue_id) = send.await.unwrap();
+        assert!(queue_ids.insert(queue_id.clone()), "queue ids are unique");
+        let detail = store
+            .envelope_detail(&queue_id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{queue_id} acknowledged but not stored"));
+        assert_eq!(detail.recipients.len(), 1);
+        assert_eq!(detail.recipients[0].address, format!("user{i}@example.org"));
+        let content = store
+            .message_content(detail.message_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(content).unwrap();
+        assert!(
+            text.contains(&format!("Subject: concurrent {i}\r\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(" id {queue_id}")),
+            "Received names its own queue id"
+        );
+        assert_eq!(text.matches("Subject:").count(), 1);
+    }
+    assert_eq!(store.counts().await.unwrap().envelopes, SESSIONS as i64);
+}
