@@ -299,16 +299,22 @@ pub async fn run(
             wake.wake();
         }
         // A claimed batch is finished even during shutdown: each delivery is short, and a
-        // recipient left leased would wait for its lease to expire.
-        let claimed = deliver_local_together(&store, &owner, &metrics, claimed).await;
-        for group in by_envelope(claimed) {
-            let failures = deliver_envelope(&store, &owner, &settings, &metrics, &group).await;
-            if !failures.is_empty() {
-                fail_with_report(&store, &owner, &settings, &metrics, failures).await;
-                // The report is new mail: deliver it without waiting for the scan.
-                wake.wake();
+        // recipient left leased would wait for its lease to expire. The whole batch's leases
+        // are renewed while it lasts: its envelopes are delivered one after another, and a
+        // slow remote server early in the batch must not let the later leases expire.
+        let ids = claimed.iter().map(|r| r.recipient_id).collect();
+        let batch = async {
+            let claimed = deliver_local_together(&store, &owner, &metrics, claimed).await;
+            for group in by_envelope(claimed) {
+                let failures = deliver_envelope(&store, &owner, &settings, &metrics, &group).await;
+                if !failures.is_empty() {
+                    fail_with_report(&store, &owner, &settings, &metrics, failures).await;
+                    // The report is new mail: deliver it without waiting for the scan.
+                    wake.wake();
+                }
             }
-        }
+        };
+        renewing(&store, &owner, settings.lease, ids, false, batch).await;
     }
 }
 
@@ -518,6 +524,19 @@ async fn renewing_leases<T>(
     work: impl std::future::Future<Output = T>,
 ) -> T {
     let ids: Vec<i64> = recipients.iter().map(|(r, _)| r.recipient_id).collect();
+    renewing(store, owner, lease, ids, true, work).await
+}
+
+/// Runs `work` while renewing `owner`'s leases on `ids`. With `expect_all`, a lease that is no
+/// longer held is worth a warning; otherwise some are expected to have finished meanwhile.
+async fn renewing<T>(
+    store: &Store,
+    owner: &str,
+    lease: Duration,
+    ids: Vec<i64>,
+    expect_all: bool,
+    work: impl std::future::Future<Output = T>,
+) -> T {
     let mut renew = tokio::time::interval(lease / 3);
     renew.tick().await;
     tokio::pin!(work);
@@ -525,7 +544,7 @@ async fn renewing_leases<T>(
         tokio::select! {
             done = &mut work => return done,
             _ = renew.tick() => match store.renew_leases(owner, &ids, lease).await {
-                Ok(held) if held < ids.len() as u64 => tracing::warn!(held, of = ids.len(), "some leases were lost during delivery"),
+                Ok(held) if expect_all && held < ids.len() as u64 => tracing::warn!(held, of = ids.len(), "some leases were lost during delivery"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("renewing leases failed: {e}"),
             },

@@ -677,6 +677,85 @@ async fn sink(delay: Duration, close_after_message: bool) -> (SocketAddr, Arc<Si
     (addr, stats)
 }
 
+/// One worker claims two envelopes in one batch and delivers them one after the other to a
+/// server slower than the lease. The second envelope's lease is renewed while the first is
+/// delivered, so a second replica never takes it over: exactly one copy of each arrives.
+#[tokio::test]
+async fn a_slow_delivery_does_not_let_the_rest_of_its_batch_expire() {
+    let db = TestDb::new().await.unwrap();
+    account(db.store(), "example.org", "alice@example.org").await;
+    let port = free_addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("received");
+    let server = r#"
+import asyncore, smtpd, sys, time, warnings
+warnings.simplefilter("ignore")
+class Slow(smtpd.SMTPServer):
+    def process_message(self, peer, mailfrom, rcpttos, data, **kw):
+        time.sleep(4)
+        with open(sys.argv[2], "ab") as f:
+            f.write(("COPY %s\n" % rcpttos[0]).encode())
+Slow(("127.0.0.1", int(sys.argv[1])), None, decode_data=False)
+asyncore.loop()
+"#;
+    let _peer = tokio::process::Command::new("python3")
+        .args(["-c", server, &port.to_string(), out.to_str().unwrap()])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    until("the python server", async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let store = db.store();
+    let first = enqueue(store, vec![rcpt("one@remote.test", "NEVER")]).await;
+    let second = enqueue(store, vec![rcpt("two@remote.test", "NEVER")]).await;
+    let queue = format!(
+        "workers = 1\nbatch_size = 8\nlease_secs = 3\nscan_interval_secs = 1\n\
+         [queue.routes]\n\"remote.test\" = \"127.0.0.1:{port}\"\n"
+    );
+    let _claimer = start_queue(&db, &queue).await;
+    // The first replica claims both at start-up; only then does the second one start.
+    until("both envelopes claimed", async || {
+        let mut leased = 0;
+        for id in [&first, &second] {
+            let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+            leased += usize::from(detail.recipients[0].lease_owner.is_some());
+        }
+        leased == 2
+    })
+    .await;
+    let _other = start_queue(&db, &queue).await;
+    for id in [&first, &second] {
+        until("the delivery", async || {
+            store
+                .envelope_detail(id.as_str())
+                .await
+                .unwrap()
+                .unwrap()
+                .recipients[0]
+                .state
+                == RecipientState::Relayed
+        })
+        .await;
+    }
+    // Give a wrongly reclaiming replica the time it would need to deliver a second copy.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut copies: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    copies.sort();
+    assert_eq!(
+        copies,
+        ["COPY one@remote.test", "COPY two@remote.test"],
+        "exactly one copy of each"
+    );
+}
+
 /// A queue with one worker taking one envelope at a time, and `extra` configuration.
 async fn serial_queue(db: &TestDb, extra: &str) -> ServiceProcess {
     start_queue(db, &format!("workers = 1\nbatch_size = 1\n{extra}")).await
