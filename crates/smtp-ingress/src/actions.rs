@@ -240,7 +240,9 @@ impl Actions {
 
 /// Tells the queue about new envelopes, one Notify at a time: the envelopes accepted while a
 /// Notify is in flight go together in the next one, so the queue gets one request per round
-/// trip from this process, however fast mail arrives, instead of one per message.
+/// trip from this process, however fast mail arrives, instead of one per message. The ids
+/// only inform the queue's log (it claims from the store), so beyond `MAX_IDS` they are
+/// dropped: a queue that is down cannot make them pile up here.
 async fn notify_queue(
     mut queue: Queue,
     mut arrivals: tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -248,10 +250,9 @@ async fn notify_queue(
     const MAX_IDS: usize = 1000;
     while let Some(first) = arrivals.recv().await {
         let mut queue_ids = vec![first];
-        while queue_ids.len() < MAX_IDS {
-            match arrivals.try_recv() {
-                Ok(id) => queue_ids.push(id),
-                Err(_) => break,
+        while let Ok(id) = arrivals.try_recv() {
+            if queue_ids.len() < MAX_IDS {
+                queue_ids.push(id);
             }
         }
         if let Err(e) = queue.notify(NotifyRequest { queue_ids }).await {
