@@ -244,8 +244,10 @@ pub struct SmtpConfig {
     /// (a password change takes effect at once). 0 disables.
     pub auth_cache_secs: u64,
     /// Group commit: messages whose DATA ends while a commit is in flight are stored together
-    /// in the next one. This many commits run at once per process ...
+    /// in the next one. At most this many commits run at once per process; all but the first
+    /// only while `commit_parallel_bytes` of content wait (large messages) ...
     pub commit_writers: u32,
+    pub commit_parallel_bytes: u64,
     /// ... each with at most this many messages and (beyond the first) this many octets.
     pub commit_batch_messages: u32,
     pub commit_batch_bytes: u64,
@@ -287,7 +289,8 @@ impl Default for SmtpConfig {
             auth_max_failures: 5,
             auth_failure_window_secs: 300,
             auth_cache_secs: 300,
-            commit_writers: 1,
+            commit_writers: 2,
+            commit_parallel_bytes: 256 * 1024,
             commit_batch_messages: 64,
             commit_batch_bytes: 16 * 1024 * 1024,
             enforce_sender_ownership: true,

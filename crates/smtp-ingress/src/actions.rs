@@ -62,6 +62,7 @@ impl Actions {
                     writers: config.smtp.commit_writers,
                     max_messages: config.smtp.commit_batch_messages as usize,
                     max_bytes: config.smtp.commit_batch_bytes,
+                    parallel_bytes: config.smtp.commit_parallel_bytes,
                 },
             ),
             trusted: config.smtp.trusted_networks.clone(),

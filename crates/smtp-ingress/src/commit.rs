@@ -4,17 +4,22 @@
 //! writer takes every message waiting at that moment (up to a count and a size) and stores
 //! them in one statement, one commit; so under load each commit carries many messages and
 //! the per-statement work of PostgreSQL is paid once for all of them, while a lone message
-//! is written at once, without waiting for company. Each session still answers 250 only
-//! after its own message is committed (invariant 1).
+//! is written at once, without waiting for company. A second writer joins only while large
+//! messages pile up (`parallel_bytes`). Each session still answers 250 only after its own
+//! message is committed (invariant 1).
 
 use std::sync::Arc;
 
 use pochta_store::{NewEnvelope, Store};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 /// The handle sessions commit through; cheap to share.
 pub struct GroupCommit {
     jobs: mpsc::UnboundedSender<Job>,
+    shared: Arc<Shared>,
+    limits: Limits,
 }
 
 struct Job {
@@ -23,37 +28,63 @@ struct Job {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// How big one commit may grow.
+struct Shared {
+    queue: Mutex<mpsc::UnboundedReceiver<Job>>,
+    /// Octets of content handed over and not yet taken by a writer.
+    waiting_bytes: AtomicU64,
+    /// Signalled when `waiting_bytes` reaches `Limits::parallel_bytes`.
+    backlog: Notify,
+}
+
+/// How big one commit may grow, and when more than one commit runs at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub writers: u32,
     pub max_messages: usize,
     /// Gathering stops once the batch holds this many octets.
     pub max_bytes: u64,
+    /// Writers beyond the first start only while this many octets wait: large messages gain
+    /// from commits that overlap, small ones from fewer, bigger batches.
+    pub parallel_bytes: u64,
 }
 
 impl GroupCommit {
     /// Starts the writers; they end when the handle is dropped.
     pub fn start(store: Store, limits: Limits) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        let queue = Arc::new(Mutex::new(queue));
-        for _ in 0..limits.writers.max(1) {
-            tokio::spawn(writer(store.clone(), queue.clone(), limits));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(queue),
+            waiting_bytes: AtomicU64::new(0),
+            backlog: Notify::new(),
+        });
+        tokio::spawn(first_writer(store.clone(), shared.clone(), limits));
+        for _ in 1..limits.writers.max(1) {
+            tokio::spawn(backlog_writer(store.clone(), shared.clone(), limits));
         }
-        GroupCommit { jobs }
+        GroupCommit {
+            jobs,
+            shared,
+            limits,
+        }
     }
 
     /// Stores one accepted transaction. Ok means committed; an error (why, for the log) means
     /// it was not stored: the session answers 451 and the client tries again.
     pub async fn commit(&self, envelope: NewEnvelope, content: Vec<u8>) -> Result<(), String> {
         let (done, result) = oneshot::channel();
+        let len = content.len() as u64;
         let job = Job {
             envelope,
             content,
             done,
         };
+        let waiting = self.shared.waiting_bytes.fetch_add(len, Ordering::AcqRel) + len;
         if self.jobs.send(job).is_err() {
+            self.shared.waiting_bytes.fetch_sub(len, Ordering::AcqRel);
             return Err("the store writers stopped".into());
+        }
+        if waiting >= self.limits.parallel_bytes {
+            self.shared.backlog.notify_one();
         }
         result
             .await
@@ -61,28 +92,58 @@ impl GroupCommit {
     }
 }
 
-async fn writer(store: Store, queue: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, limits: Limits) {
+/// Always there: waits for the next message, takes what else waits, writes.
+async fn first_writer(store: Store, shared: Arc<Shared>, limits: Limits) {
     loop {
         let batch = {
-            let mut queue = queue.lock().await;
+            let mut queue = shared.queue.lock().await;
             let Some(first) = queue.recv().await else {
                 return;
             };
-            let mut bytes = first.content.len() as u64;
-            let mut batch = vec![first];
-            while batch.len() < limits.max_messages && bytes < limits.max_bytes {
-                match queue.try_recv() {
-                    Ok(job) => {
-                        bytes += job.content.len() as u64;
-                        batch.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
-            batch
+            gather(&mut queue, first, &shared, limits)
         };
         write(&store, batch).await;
     }
+}
+
+/// Writes alongside the first writer, only while a backlog of large messages waits.
+async fn backlog_writer(store: Store, shared: Arc<Shared>, limits: Limits) {
+    loop {
+        shared.backlog.notified().await;
+        while shared.waiting_bytes.load(Ordering::Acquire) >= limits.parallel_bytes {
+            let batch = {
+                let mut queue = shared.queue.lock().await;
+                match queue.try_recv() {
+                    Ok(first) => gather(&mut queue, first, &shared, limits),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            };
+            write(&store, batch).await;
+        }
+    }
+}
+
+/// `first` and whatever else waits now, up to the limits.
+fn gather(
+    queue: &mut mpsc::UnboundedReceiver<Job>,
+    first: Job,
+    shared: &Shared,
+    limits: Limits,
+) -> Vec<Job> {
+    let mut bytes = first.content.len() as u64;
+    let mut batch = vec![first];
+    while batch.len() < limits.max_messages && bytes < limits.max_bytes {
+        match queue.try_recv() {
+            Ok(job) => {
+                bytes += job.content.len() as u64;
+                batch.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    shared.waiting_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    batch
 }
 
 /// Commits the batch and tells each session. If the batch fails as a whole (nothing of it was

@@ -127,8 +127,9 @@ async fn lettre_over_plain_starttls_and_implicit_tls() {
     }
 }
 
-/// Many sessions finishing DATA at once share group commits; each must still get its own
-/// 250 with its own queue id, and its envelope must hold its own content and recipient.
+/// Many sessions finishing DATA at once share group commits (three writers, all of them
+/// working whenever anything waits); each must still get its own 250 with its own queue id,
+/// and its envelope must hold its own content and recipient.
 #[tokio::test]
 async fn concurrent_sessions_each_get_their_own_committed_message() {
     const SESSIONS: usize = 24;
@@ -152,7 +153,8 @@ async fn concurrent_sessions_each_get_their_own_committed_message() {
     let config = format!(
         "[store]\nurl = \"{}\"\n\n[smtp]\ngrpc_listen = \"{grpc}\"\nhostname = \"mx.test\"\n\
          queue_endpoint = \"http://{}\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\n\
-         submissions_listen = []\nmax_connections_per_ip = 100\ncommit_batch_messages = 8\n",
+         submissions_listen = []\nmax_connections_per_ip = 100\ncommit_batch_messages = 8\n\
+         commit_writers = 3\ncommit_parallel_bytes = 1\n",
         db.url(),
         free_addr()
     );
