@@ -17,8 +17,8 @@ use opentelemetry::metrics::Counter;
 use pochta_service::Shutdown;
 use pochta_store::{
     AttemptOutcome, AttemptReport, BodyType, ClaimedRecipient, DomainRole, LocalDelivery,
-    MailboxAddress, MaildropDelivery, NewEnvelope, NewRecipient, Notify, QueueId, Store,
-    StoreError,
+    MailboxAddress, MaildropDelivery, NewEnvelope, NewRecipient, Notify, QueueId, RecipientLookup,
+    Store, StoreError,
 };
 use rand::Rng;
 use tracing::Instrument;
@@ -304,9 +304,10 @@ pub async fn run(
         // slow remote server early in the batch must not let the later leases expire.
         let ids = claimed.iter().map(|r| r.recipient_id).collect();
         let batch = async {
-            let claimed = deliver_local_together(&store, &owner, &metrics, claimed).await;
+            let (claimed, known) = deliver_local_together(&store, &owner, &metrics, claimed).await;
             for group in by_envelope(claimed) {
-                let failures = deliver_envelope(&store, &owner, &settings, &metrics, &group).await;
+                let failures =
+                    deliver_envelope(&store, &owner, &settings, &metrics, &known, &group).await;
                 if !failures.is_empty() {
                     fail_with_report(&store, &owner, &settings, &metrics, failures).await;
                     // The report is new mail: deliver it without waiting for the scan.
@@ -314,20 +315,21 @@ pub async fn run(
                 }
             }
         };
-        renewing(&store, &owner, settings.lease, ids, false, batch).await;
+        renewing(&store, &owner, settings.lease, ids, batch).await;
     }
 }
 
 /// The common case in one lookup and one statement for the whole claimed batch: live local
 /// recipients with an enabled account and no report to send. Returns the others (remote, a
 /// report owed, a failure to report, or everything if the store failed), for the per-envelope
-/// path, which looks each of them up again.
+/// path, with what the lookup found for them (by recipient id) so it is not asked again.
 async fn deliver_local_together(
     store: &Store,
     owner: &str,
     metrics: &Metrics,
     claimed: Vec<ClaimedRecipient>,
-) -> Vec<ClaimedRecipient> {
+) -> (Vec<ClaimedRecipient>, Known) {
+    let mut known = Known::new();
     let now = Utc::now();
     let (candidates, mut rest): (Vec<_>, Vec<_>) = claimed
         .into_iter()
@@ -344,14 +346,14 @@ async fn deliver_local_together(
         }
     }
     if parsed.is_empty() {
-        return rest;
+        return (rest, known);
     }
     let lookups = match store.lookup_recipients(&addresses).await {
         Ok(lookups) => lookups,
         Err(e) => {
             tracing::warn!("looking up a batch of recipients failed: {e}");
             rest.extend(parsed);
-            return rest;
+            return (rest, known);
         }
     };
     let mut local = Vec::new();
@@ -366,11 +368,14 @@ async fn deliver_local_together(
                 });
                 local.push((attempt_span(&r), r));
             }
-            _ => rest.push(r),
+            _ => {
+                known.insert(r.recipient_id, found);
+                rest.push(r);
+            }
         }
     }
     if local.is_empty() {
-        return rest;
+        return (rest, known);
     }
     match store.deliver_many_to_maildrops(owner, &deliveries).await {
         Ok(results) => {
@@ -394,8 +399,11 @@ async fn deliver_local_together(
             rest.extend(local.into_iter().map(|(_, r)| r));
         }
     }
-    rest
+    (rest, known)
 }
+
+/// Recipient lookups already made in this pass, by recipient id.
+type Known = std::collections::HashMap<i64, RecipientLookup>;
 
 /// RFC 5321 4.4: the final delivery adds Return-Path (<> for the null sender).
 fn header_prefix(r: &ClaimedRecipient) -> String {
@@ -444,6 +452,7 @@ async fn deliver_envelope<'a>(
     owner: &str,
     settings: &Settings,
     metrics: &Metrics,
+    known: &Known,
     group: &'a [ClaimedRecipient],
 ) -> Vec<(&'a ClaimedRecipient, AttemptOutcome, AttemptReport)> {
     let mut failures = Vec::new();
@@ -464,7 +473,7 @@ async fn deliver_envelope<'a>(
                 "message expired: not delivered within the queue lifetime".to_owned(),
             ))
         } else {
-            let result = deliver(store, owner, settings, r)
+            let result = deliver(store, owner, settings, known.get(&r.recipient_id), r)
                 .instrument(span.clone())
                 .await;
             match result {
@@ -514,27 +523,14 @@ async fn deliver_envelope<'a>(
     failures
 }
 
-/// Runs `work` while renewing the recipients' leases every third of the lease time, so a slow
-/// remote server cannot make the lease expire and another replica deliver the same mail again.
-async fn renewing_leases<T>(
-    store: &Store,
-    owner: &str,
-    lease: Duration,
-    recipients: &[Attempting<'_>],
-    work: impl std::future::Future<Output = T>,
-) -> T {
-    let ids: Vec<i64> = recipients.iter().map(|(r, _)| r.recipient_id).collect();
-    renewing(store, owner, lease, ids, true, work).await
-}
-
-/// Runs `work` while renewing `owner`'s leases on `ids`. With `expect_all`, a lease that is no
-/// longer held is worth a warning; otherwise some are expected to have finished meanwhile.
+/// Runs `work` while renewing `owner`'s leases on `ids` every third of the lease time, so a
+/// slow remote server cannot make a lease expire and another replica deliver the same mail
+/// again. Recipients that finish meanwhile simply drop out of the renewal.
 async fn renewing<T>(
     store: &Store,
     owner: &str,
     lease: Duration,
     ids: Vec<i64>,
-    expect_all: bool,
     work: impl std::future::Future<Output = T>,
 ) -> T {
     let mut renew = tokio::time::interval(lease / 3);
@@ -543,11 +539,11 @@ async fn renewing<T>(
     loop {
         tokio::select! {
             done = &mut work => return done,
-            _ = renew.tick() => match store.renew_leases(owner, &ids, lease).await {
-                Ok(held) if expect_all && held < ids.len() as u64 => tracing::warn!(held, of = ids.len(), "some leases were lost during delivery"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("renewing leases failed: {e}"),
-            },
+            _ = renew.tick() => {
+                if let Err(e) = store.renew_leases(owner, &ids, lease).await {
+                    tracing::warn!("renewing leases failed: {e}");
+                }
+            }
         }
     }
 }
@@ -790,10 +786,10 @@ async fn deliver_remote<'a>(
             let span =
                 tracing::info_span!("queue.remote", %host, %address, recipients = recipients.len());
             remote_mta = format!("{host} ({address})");
-            let delivery =
-                remote::deliver(&settings.outbound.pool, &target, outgoing.clone(), &message)
-                    .instrument(span);
-            result = renewing_leases(store, owner, settings.lease, &recipients, delivery).await;
+            // The leases are renewed meanwhile by the loop that claimed the batch (`run`).
+            result = remote::deliver(&settings.outbound.pool, &target, outgoing.clone(), &message)
+                .instrument(span)
+                .await;
             match &result {
                 Ok(_) => break,
                 Err(why) => tracing::info!("{why}; trying the next host if any"),
@@ -1048,9 +1044,10 @@ async fn deliver(
     store: &Store,
     owner: &str,
     settings: &Settings,
+    known: Option<&RecipientLookup>,
     r: &ClaimedRecipient,
 ) -> Attempted {
-    match try_local(store, owner, settings, r).await {
+    match try_local(store, owner, settings, known, r).await {
         Ok(Some(result)) => result,
         Ok(None) => Attempted::Remote,
         Err(e) => {
@@ -1061,11 +1058,13 @@ async fn deliver(
     }
 }
 
-/// Delivers a local domain's recipient; None when the domain is not local.
+/// Delivers a local domain's recipient; None when the domain is not local. `known` is the
+/// recipient's lookup if this pass already made it.
 async fn try_local(
     store: &Store,
     owner: &str,
     settings: &Settings,
+    known: Option<&RecipientLookup>,
     r: &ClaimedRecipient,
 ) -> Result<Option<Attempted>, StoreError> {
     let Ok(address) = MailboxAddress::parse(&r.address) else {
@@ -1077,7 +1076,10 @@ async fn try_local(
             format!("malformed recipient address {:?}", r.address),
         )));
     };
-    let found = store.lookup_recipient(&address).await?;
+    let found = match known {
+        Some(found) => *found,
+        None => store.lookup_recipient(&address).await?,
+    };
     if found.role != Some(DomainRole::Local) {
         return Ok(None);
     }

@@ -291,18 +291,7 @@ class Sink(smtpd.SMTPServer):
 Sink(("127.0.0.1", int(sys.argv[1])), None, decode_data=False)
 asyncore.loop()
 "#;
-    let mut peer = tokio::process::Command::new("python3")
-        .args(["-c", server, &port.to_string(), out.to_str().unwrap()])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Wait until it listens.
-    until("the python server", async || {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let mut peer = python_server(server, port, &out).await;
     let _queue = sender_queue(&db, &format!("\"remote.test\" = \"127.0.0.1:{port}\"")).await;
     let id = enqueue(db.store(), vec![rcpt("friend@remote.test", "SUCCESS")]).await;
     let store = db.store();
@@ -544,48 +533,17 @@ class Slow(smtpd.SMTPServer):
 Slow(("127.0.0.1", int(sys.argv[1])), None, decode_data=False)
 asyncore.loop()
 "#;
-    let mut peer = tokio::process::Command::new("python3")
-        .args(["-c", server, &port.to_string(), out.to_str().unwrap()])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    until("the python server", async || {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let mut peer = python_server(server, port, &out).await;
     let routes = format!("\"remote.test\" = \"127.0.0.1:{port}\"");
     let tuning = "lease_secs = 3\nretry_delay_secs = 1\nretry_max_delay_secs = 1\n";
+    let queue = format!("scan_interval_secs = 1\n{tuning}\n[queue.routes]\n{routes}\n");
     let mut replicas = Vec::new();
     for _ in 0..2 {
-        let grpc = free_addr();
-        let config = format!(
-            "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\n{tuning}\n[queue.routes]\n{routes}\n",
-            db.url()
-        );
-        let mut q = ServiceProcess::start(
-            Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
-            &config,
-            &[],
-        )
-        .unwrap();
-        q.wait_healthy(grpc, Duration::from_secs(20)).await.unwrap();
-        replicas.push(q);
+        replicas.push(start_queue(&db, &queue).await);
     }
     let id = enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
     let store = db.store();
-    until("the delivery", async || {
-        store
-            .envelope_detail(id.as_str())
-            .await
-            .unwrap()
-            .unwrap()
-            .recipients[0]
-            .state
-            == RecipientState::Relayed
-    })
-    .await;
+    until_relayed_recipient(store, &id).await;
     // Give a wrongly reclaiming replica the time it would need to deliver a second copy.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
@@ -698,17 +656,7 @@ class Slow(smtpd.SMTPServer):
 Slow(("127.0.0.1", int(sys.argv[1])), None, decode_data=False)
 asyncore.loop()
 "#;
-    let _peer = tokio::process::Command::new("python3")
-        .args(["-c", server, &port.to_string(), out.to_str().unwrap()])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    until("the python server", async || {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let _peer = python_server(server, port, &out).await;
     let store = db.store();
     let first = enqueue(store, vec![rcpt("one@remote.test", "NEVER")]).await;
     let second = enqueue(store, vec![rcpt("two@remote.test", "NEVER")]).await;
@@ -729,17 +677,7 @@ asyncore.loop()
     .await;
     let _other = start_queue(&db, &queue).await;
     for id in [&first, &second] {
-        until("the delivery", async || {
-            store
-                .envelope_detail(id.as_str())
-                .await
-                .unwrap()
-                .unwrap()
-                .recipients[0]
-                .state
-                == RecipientState::Relayed
-        })
-        .await;
+        until_relayed_recipient(store, id).await;
     }
     // Give a wrongly reclaiming replica the time it would need to deliver a second copy.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -754,6 +692,38 @@ asyncore.loop()
         ["COPY one@remote.test", "COPY two@remote.test"],
         "exactly one copy of each"
     );
+}
+
+/// Starts a Python smtpd server from `script` (arguments: the port and `out`) and waits until
+/// it listens; it is killed when the returned process is dropped.
+async fn python_server(script: &str, port: u16, out: &Path) -> tokio::process::Child {
+    let server = tokio::process::Command::new("python3")
+        .args(["-c", script, &port.to_string(), out.to_str().unwrap()])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    until("the python server", async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    server
+}
+
+/// Waits until the first recipient of envelope `id` is relayed.
+async fn until_relayed_recipient(store: &Store, id: &QueueId) {
+    until("the delivery", async || {
+        store
+            .envelope_detail(id.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .recipients[0]
+            .state
+            == RecipientState::Relayed
+    })
+    .await;
 }
 
 /// A queue with one worker taking one envelope at a time, and `extra` configuration.

@@ -45,58 +45,14 @@ impl Store {
         let recipient_ids: Vec<i64> = deliveries.iter().map(|d| d.recipient_id).collect();
         let account_ids: Vec<i64> = deliveries.iter().map(|d| d.account_id).collect();
         let prefixes: Vec<&[u8]> = deliveries.iter().map(|d| &d.header_prefix[..]).collect();
-        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-            "WITH wanted AS (
-                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[])
-                     AS w (recipient_id, account_id, header_prefix)
-             ), r AS (
-                 -- Locked in id order, so two batches cannot deadlock.
-                 SELECT r.id, e.message_id, w.account_id, w.header_prefix FROM recipients r
-                 JOIN wanted w ON w.recipient_id = r.id
-                 JOIN envelopes e ON e.id = r.envelope_id
-                 WHERE r.state = 'queued'
-                 ORDER BY r.id
-                 FOR UPDATE OF r
-             ), entry AS (
-                 INSERT INTO maildrop_entries (account_id, message_id, recipient_id,
-                     header_prefix, pop3_size)
-                 SELECT r.account_id, m.id, r.id, r.header_prefix,
-                     octet_length(r.header_prefix) + m.size
-                 FROM r JOIN messages m ON m.id = r.message_id
-                 ORDER BY r.id
-                 ON CONFLICT (recipient_id) DO NOTHING
-                 RETURNING recipient_id, id, uid
-             ), done AS (
-                 UPDATE recipients SET state = 'delivered', attempts = attempts + 1,
-                     last_attempt_at = now(), finished_at = now(),
-                     last_reply_code = NULL, last_status = '2.0.0',
-                     last_diagnostic = 'delivered to maildrop', last_remote_mta = NULL,
-                     lease_owner = NULL, lease_expires_at = NULL
-                 FROM r WHERE recipients.id = r.id
-                 RETURNING recipients.id
-             ), history AS (
-                 INSERT INTO delivery_attempts (recipient_id, worker, status, diagnostic, result)
-                 SELECT id, $4, '2.0.0', 'delivered to maildrop', 'delivered' FROM done
-             )
-             SELECT recipient_id, id, uid FROM entry",
+        deliver_many_on(
+            &mut *self.pool.acquire().await?,
+            worker,
+            &recipient_ids,
+            &account_ids,
+            &prefixes,
         )
-        .bind(&recipient_ids)
-        .bind(&account_ids)
-        .bind(&prefixes)
-        .bind(worker)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut delivered: std::collections::HashMap<i64, (i64, String)> = rows
-            .into_iter()
-            .map(|(recipient_id, entry_id, uid)| (recipient_id, (entry_id, uid)))
-            .collect();
-        Ok(recipient_ids
-            .iter()
-            .map(|id| match delivered.remove(id) {
-                Some((entry_id, uid)) => LocalDelivery::Delivered { entry_id, uid },
-                None => LocalDelivery::AlreadyFinal,
-            })
-            .collect())
+        .await
     }
 
     /// Local delivery and, in the same transaction, the report it owes (NOTIFY=SUCCESS): a
@@ -289,19 +245,47 @@ async fn deliver_on(
     account_id: i64,
     header_prefix: &[u8],
 ) -> Result<LocalDelivery> {
-    let row: Option<(i64, String)> = sqlx::query_as(
-        "WITH r AS (
-                 SELECT r.id, e.message_id FROM recipients r
+    let mut delivered = deliver_many_on(
+        conn,
+        worker,
+        &[recipient_id],
+        &[account_id],
+        &[header_prefix],
+    )
+    .await?;
+    Ok(delivered.remove(0))
+}
+
+/// `Store::deliver_many_to_maildrops` on a given connection: the i-th delivery is
+/// `recipient_ids[i]` into `account_ids[i]` with `prefixes[i]`.
+async fn deliver_many_on(
+    conn: &mut PgConnection,
+    worker: &str,
+    recipient_ids: &[i64],
+    account_ids: &[i64],
+    prefixes: &[&[u8]],
+) -> Result<Vec<LocalDelivery>> {
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+        "WITH wanted AS (
+                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[])
+                     AS w (recipient_id, account_id, header_prefix)
+             ), r AS (
+                 -- Locked in id order, so two batches cannot deadlock.
+                 SELECT r.id, e.message_id, w.account_id, w.header_prefix FROM recipients r
+                 JOIN wanted w ON w.recipient_id = r.id
                  JOIN envelopes e ON e.id = r.envelope_id
-                 WHERE r.id = $1 AND r.state = 'queued'
+                 WHERE r.state = 'queued'
+                 ORDER BY r.id
                  FOR UPDATE OF r
              ), entry AS (
                  INSERT INTO maildrop_entries (account_id, message_id, recipient_id,
                      header_prefix, pop3_size)
-                 SELECT $2, m.id, r.id, $3, octet_length($3) + m.size
+                 SELECT r.account_id, m.id, r.id, r.header_prefix,
+                     octet_length(r.header_prefix) + m.size
                  FROM r JOIN messages m ON m.id = r.message_id
+                 ORDER BY r.id
                  ON CONFLICT (recipient_id) DO NOTHING
-                 RETURNING id, uid
+                 RETURNING recipient_id, id, uid
              ), done AS (
                  UPDATE recipients SET state = 'delivered', attempts = attempts + 1,
                      last_attempt_at = now(), finished_at = now(),
@@ -314,16 +298,23 @@ async fn deliver_on(
                  INSERT INTO delivery_attempts (recipient_id, worker, status, diagnostic, result)
                  SELECT id, $4, '2.0.0', 'delivered to maildrop', 'delivered' FROM done
              )
-             SELECT id, uid FROM entry",
+             SELECT recipient_id, id, uid FROM entry",
     )
-    .bind(recipient_id)
-    .bind(account_id)
-    .bind(header_prefix)
+    .bind(recipient_ids)
+    .bind(account_ids)
+    .bind(prefixes)
     .bind(worker)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(match row {
-        Some((entry_id, uid)) => LocalDelivery::Delivered { entry_id, uid },
-        None => LocalDelivery::AlreadyFinal,
-    })
+    let mut delivered: std::collections::HashMap<i64, (i64, String)> = rows
+        .into_iter()
+        .map(|(recipient_id, entry_id, uid)| (recipient_id, (entry_id, uid)))
+        .collect();
+    Ok(recipient_ids
+        .iter()
+        .map(|id| match delivered.remove(id) {
+            Some((entry_id, uid)) => LocalDelivery::Delivered { entry_id, uid },
+            None => LocalDelivery::AlreadyFinal,
+        })
+        .collect())
 }
