@@ -76,38 +76,52 @@ impl DataReceiver {
         let mut used = 0;
         while used < input.len() {
             let rest = &input[used..];
-            match rest.iter().position(|&b| b == b'\n') {
-                Some(nl) => {
-                    self.line.extend_from_slice(&rest[..=nl]);
-                    used += nl + 1;
-                    if self.line == b".\r\n" && self.after_crlf && !self.line_flushed {
-                        self.line.clear();
-                        return (used, Some(self.finish()));
-                    }
-                    let line = std::mem::take(&mut self.line);
-                    self.after_crlf = line.ends_with(b"\r\n");
-                    if std::mem::take(&mut self.line_flushed) {
-                        self.append(&line);
-                    } else {
-                        self.complete_line(&line);
-                    }
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                self.line.extend_from_slice(rest);
+                used = input.len();
+                // A line that never ends must not grow without bound: keep its tail (which
+                // may be the CR of a coming CRLF) and account for the rest.
+                if self.line.len() > self.limits.max_line {
+                    self.note(DataProblem::LineTooLong);
+                    let keep = self.line.split_off(self.line.len() - 1);
+                    let head = std::mem::replace(&mut self.line, keep);
+                    self.append(&head);
+                    self.line_flushed = true;
                 }
-                None => {
-                    self.line.extend_from_slice(rest);
-                    used = input.len();
-                    // A line that never ends must not grow without bound: keep its tail (which
-                    // may be the CR of a coming CRLF) and account for the rest.
-                    if self.line.len() > self.limits.max_line {
-                        self.note(DataProblem::LineTooLong);
-                        let keep = self.line.split_off(self.line.len() - 1);
-                        let head = std::mem::replace(&mut self.line, keep);
-                        self.append(&head);
-                        self.line_flushed = true;
-                    }
+                break;
+            };
+            used += nl + 1;
+            if self.line.is_empty() && !self.line_flushed {
+                // The common case: a whole line within this input, taken where it lies.
+                if self.end_line(&rest[..=nl]) {
+                    return (used, Some(self.finish()));
                 }
+            } else {
+                // The end of a line begun in an earlier push.
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&rest[..=nl]);
+                if self.end_line(&line) {
+                    return (used, Some(self.finish()));
+                }
+                line.clear();
+                self.line = line;
             }
         }
         (used, None)
+    }
+
+    /// One raw line ending in LF (the LF included). True if it ends the data.
+    fn end_line(&mut self, line: &[u8]) -> bool {
+        if line == b".\r\n" && self.after_crlf && !self.line_flushed {
+            return true;
+        }
+        self.after_crlf = line.ends_with(b"\r\n");
+        if std::mem::take(&mut self.line_flushed) {
+            self.append(line);
+        } else {
+            self.complete_line(line);
+        }
+        false
     }
 
     fn note(&mut self, problem: DataProblem) {
@@ -125,7 +139,7 @@ impl DataReceiver {
         }
     }
 
-    /// One raw line ending in LF (the LF included).
+    /// One raw line ending in LF (the LF included), from its start.
     fn complete_line(&mut self, raw: &[u8]) {
         let mut line = raw;
         // Dot-unstuffing (RFC 5321 4.5.2).
@@ -142,7 +156,7 @@ impl DataReceiver {
         } else {
             content
         };
-        let bare_cr = content.contains(&b'\r');
+        let bare_cr = memchr::memchr(b'\r', content).is_some();
         if self.in_headers {
             if content.is_empty() {
                 self.in_headers = false;
@@ -328,5 +342,86 @@ mod tests {
         .1
         .unwrap();
         assert_eq!(data.received_headers, 2);
+    }
+
+    /// Whatever the input and however it is split, pushing it whole, in random pieces or
+    /// byte by byte gives the same outcome (whole lines take the fast path, lines across
+    /// pushes the other).
+    #[test]
+    fn any_split_of_any_input_receives_the_same() {
+        // A small deterministic generator: dots, CR, LF, letters and header names.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pieces: [&[u8]; 8] = [
+            b".",
+            b"\r",
+            b"\n",
+            b"\r\n",
+            b"ab",
+            b"Received: x",
+            b"\r\n.\r\n",
+            b"x",
+        ];
+        let limits = |bare| DataLimits {
+            max_size: 60,
+            max_line: 12,
+            bare_line_endings: bare,
+        };
+        // What the session acts on: a message with a problem is refused whatever else it has.
+        let outcome = |r: Option<ReceivedData>, used: usize| {
+            r.map(|d| match d.problem {
+                Some(problem) => (used, Err(problem)),
+                None => (used, Ok((d.body, d.received_headers))),
+            })
+        };
+        for round in 0..3000 {
+            let mut input = Vec::new();
+            for _ in 0..next() % 24 {
+                input.extend_from_slice(pieces[(next() % 8) as usize]);
+            }
+            input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+            let bare = if round % 2 == 0 {
+                BareLineEndings::Reject
+            } else {
+                BareLineEndings::Normalize
+            };
+            let (used, data) = DataReceiver::new(limits(bare)).push(&input);
+            let whole = outcome(data, used);
+            assert!(whole.is_some(), "CRLF.CRLF ends {input:?}");
+
+            let mut split = DataReceiver::new(limits(bare));
+            let (mut offset, mut got) = (0, None);
+            while offset < input.len() && got.is_none() {
+                let n = 1 + (next() as usize % (input.len() - offset).min(9));
+                let (used, data) = split.push(&input[offset..offset + n]);
+                offset += used;
+                got = outcome(data, offset);
+            }
+            assert_eq!(
+                got,
+                whole,
+                "{:?} in random pieces",
+                String::from_utf8_lossy(&input)
+            );
+
+            let mut bytes = DataReceiver::new(limits(bare));
+            let (mut offset, mut got) = (0, None);
+            while got.is_none() {
+                let (used, data) = bytes.push(&input[offset..offset + 1]);
+                offset += used;
+                got = outcome(data, offset);
+            }
+            assert_eq!(
+                got,
+                whole,
+                "{:?} byte by byte",
+                String::from_utf8_lossy(&input)
+            );
+        }
     }
 }
