@@ -71,6 +71,24 @@ struct Locked {
     listing: Vec<(i64, u64)>,
     /// Messages read ahead and not yet sent.
     ahead: std::collections::HashMap<i64, Vec<u8>>,
+    /// The batch after `ahead`, being read while `ahead` is sent.
+    next: Option<Prefetch>,
+}
+
+/// An entry id and what RETR sends for it.
+type Whole = (i64, Vec<u8>);
+
+/// A read-ahead batch being read in the background; aborted when dropped.
+struct Prefetch {
+    first: i64,
+    len: usize,
+    task: tokio::task::JoinHandle<pochta_store::Result<Vec<Whole>>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Pending output beyond this is written before the next message is added.
@@ -375,6 +393,7 @@ impl Server {
                 |entries| entries.iter().map(|e| (e.id, e.pop3_size as u64)).collect(),
             ),
             ahead: Default::default(),
+            next: None,
         });
         match listed {
             Ok(entries) => LoginResult::Ok(
@@ -450,35 +469,60 @@ impl Server {
 
     /// `entry_id`'s whole text if it is small enough to read ahead: from what was read with an
     /// earlier message, or read now together with the small messages listed after it (up to
-    /// `read_ahead_bytes`). None: read it in pieces (or it is gone).
+    /// `read_ahead_bytes`). None: read it in pieces (or it is gone). Whenever a batch is taken,
+    /// the one after it is read in the background, so a client fetching one message at a time
+    /// does not wait for the store between batches.
     async fn read_ahead(&self, l: &mut Locked, entry_id: i64) -> anyhow::Result<Option<Vec<u8>>> {
         if let Some(whole) = l.ahead.remove(&entry_id) {
             return Ok(Some(whole));
         }
-        let small = |size: u64| size < self.chunk as u64 && size <= self.read_ahead;
         let Some(at) = l.listing.iter().position(|(id, _)| *id == entry_id) else {
             return Ok(None);
         };
-        if !small(l.listing[at].1) {
-            return Ok(None);
+        let (batch, len) = match l.next.take() {
+            Some(mut next) if next.first == entry_id => ((&mut next.task).await??, next.len),
+            _ => {
+                let ids = self.batch_at(l, at);
+                if ids.is_empty() {
+                    return Ok(None);
+                }
+                let batch = self
+                    .store
+                    .maildrop_entries_whole(l.account_id, &ids)
+                    .await?;
+                (batch, ids.len())
+            }
+        };
+        l.ahead.clear();
+        l.ahead.extend(batch);
+        // The listing is fixed at login and only this session deletes (at QUIT), so the batch
+        // after this one can be read now.
+        let ids = self.batch_at(l, at + len);
+        if let Some(&first) = ids.first() {
+            let (store, account_id, len) = (self.store.clone(), l.account_id, ids.len());
+            let read = async move { store.maildrop_entries_whole(account_id, &ids).await };
+            l.next = Some(Prefetch {
+                first,
+                len,
+                task: tokio::spawn(read.in_current_span()),
+            });
         }
+        Ok(l.ahead.remove(&entry_id))
+    }
+
+    /// The ids of the read-ahead batch that starts at listing position `at`: the small
+    /// messages from there, up to `read_ahead_bytes` in all (none if the first is not small).
+    fn batch_at(&self, l: &Locked, at: usize) -> Vec<i64> {
+        let small = |size: u64| size < self.chunk as u64 && size <= self.read_ahead;
         let mut ids = Vec::new();
         let mut budget = self.read_ahead;
-        for (id, size) in &l.listing[at..] {
+        for (id, size) in l.listing.get(at..).unwrap_or_default() {
             if !small(*size) || *size > budget || ids.len() >= 256 {
                 break;
             }
             budget -= size;
             ids.push(*id);
         }
-        l.ahead.clear();
-        for (id, whole) in self
-            .store
-            .maildrop_entries_whole(l.account_id, &ids)
-            .await?
-        {
-            l.ahead.insert(id, whole);
-        }
-        Ok(l.ahead.remove(&entry_id))
+        ids
     }
 }
