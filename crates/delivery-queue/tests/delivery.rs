@@ -20,12 +20,7 @@ async fn setup() -> (TestDb, i64) {
         .add_domain("example.org", DomainRole::Local)
         .await
         .unwrap();
-    let hash = pochta_auth::hash_password("pw").unwrap();
-    let id = db
-        .store()
-        .add_account(&MailboxAddress::parse(ALICE).unwrap(), &hash)
-        .await
-        .unwrap();
+    let id = db.add_account(ALICE, "pw").await.unwrap();
     (db, id)
 }
 
@@ -35,12 +30,9 @@ async fn start_queue(db: &TestDb, grpc: SocketAddr, extra: &str) -> ServiceProce
         db.url(),
         free_addr()
     );
-    let mut queue = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
-    queue
-        .wait_healthy(grpc, Duration::from_secs(20))
+    ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
         .await
-        .unwrap();
-    queue
+        .unwrap()
 }
 
 /// Enqueues one message straight into the store, as an ingress would.
@@ -97,16 +89,13 @@ async fn mail_accepted_by_ingress_is_delivered_to_the_maildrop_on_notify() {
          hostname = \"mx.test\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\nsubmissions_listen = []\n",
         db.url()
     );
-    let mut ingress = ServiceProcess::start(
+    let _ingress = ServiceProcess::start_healthy(
         &workspace_binary("smtp-ingress").unwrap(),
         &ingress_config,
-        &[],
+        ingress_grpc,
     )
+    .await
     .unwrap();
-    ingress
-        .wait_healthy(ingress_grpc, Duration::from_secs(20))
-        .await
-        .unwrap();
 
     let script = r#"
 import smtplib, sys

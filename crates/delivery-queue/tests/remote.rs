@@ -40,12 +40,10 @@ async fn receiver() -> (TestDb, TestCerts, ServiceProcess, SocketAddr) {
         certs.tls_section(),
         free_addr()
     );
-    let mut ingress =
-        ServiceProcess::start(&workspace_binary("smtp-ingress").unwrap(), &config, &[]).unwrap();
-    ingress
-        .wait_healthy(grpc, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let ingress =
+        ServiceProcess::start_healthy(&workspace_binary("smtp-ingress").unwrap(), &config, grpc)
+            .await
+            .unwrap();
     (db, certs, ingress, mx)
 }
 
@@ -57,17 +55,13 @@ async fn start_queue(db: &TestDb, queue: &str) -> ServiceProcess {
         "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\n{queue}\n",
         db.url()
     );
-    let mut process = ServiceProcess::start(
+    ServiceProcess::start_healthy(
         Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
         &config,
-        &[],
+        grpc,
     )
-    .unwrap();
-    process
-        .wait_healthy(grpc, Duration::from_secs(20))
-        .await
-        .unwrap();
-    process
+    .await
+    .unwrap()
 }
 
 async fn sender_queue(db: &TestDb, routes: &str) -> ServiceProcess {
@@ -439,16 +433,13 @@ async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
         db.url(),
         mx.port()
     );
-    let mut queue = ServiceProcess::start(
+    let _queue = ServiceProcess::start_healthy(
         Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
         &config,
-        &[],
+        grpc,
     )
+    .await
     .unwrap();
-    queue
-        .wait_healthy(grpc, Duration::from_secs(20))
-        .await
-        .unwrap();
     let id = enqueue(
         db.store(),
         vec![

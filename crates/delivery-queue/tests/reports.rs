@@ -26,25 +26,15 @@ async fn setup(extra: &str) -> Setup {
         .add_domain("example.org", DomainRole::Local)
         .await
         .unwrap();
-    let hash = pochta_auth::hash_password("pw").unwrap();
-    let alice = db
-        .store()
-        .add_account(&MailboxAddress::parse("alice@example.org").unwrap(), &hash)
-        .await
-        .unwrap();
-    db.store()
-        .add_account(&MailboxAddress::parse("carol@example.org").unwrap(), &hash)
-        .await
-        .unwrap();
+    let alice = db.add_account("alice@example.org", "pw").await.unwrap();
+    db.add_account("carol@example.org", "pw").await.unwrap();
     let grpc = free_addr();
     let config = format!(
         "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\nsmarthost = \"{}\"\n{extra}\n",
         db.url(),
         free_addr()
     );
-    let mut queue = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
-    queue
-        .wait_healthy(grpc, Duration::from_secs(20))
+    let queue = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
         .await
         .unwrap();
     Setup {

@@ -394,34 +394,18 @@ mod tests {
             let whole = outcome(data, used);
             assert!(whole.is_some(), "CRLF.CRLF ends {input:?}");
 
-            let mut split = DataReceiver::new(limits(bare));
-            let (mut offset, mut got) = (0, None);
-            while offset < input.len() && got.is_none() {
-                let n = 1 + (next() as usize % (input.len() - offset).min(9));
-                let (used, data) = split.push(&input[offset..offset + n]);
-                offset += used;
-                got = outcome(data, offset);
+            for (how, max_piece) in [("in random pieces", 9), ("byte by byte", 1)] {
+                let mut r = DataReceiver::new(limits(bare));
+                let (mut offset, mut got) = (0, None);
+                while offset < input.len() && got.is_none() {
+                    let n = 1 + (next() as usize % (input.len() - offset).min(max_piece));
+                    let (used, data) = r.push(&input[offset..offset + n]);
+                    offset += used;
+                    got = outcome(data, offset);
+                }
+                let input = String::from_utf8_lossy(&input);
+                assert_eq!(got, whole, "{input:?} {how}");
             }
-            assert_eq!(
-                got,
-                whole,
-                "{:?} in random pieces",
-                String::from_utf8_lossy(&input)
-            );
-
-            let mut bytes = DataReceiver::new(limits(bare));
-            let (mut offset, mut got) = (0, None);
-            while got.is_none() {
-                let (used, data) = bytes.push(&input[offset..offset + 1]);
-                offset += used;
-                got = outcome(data, offset);
-            }
-            assert_eq!(
-                got,
-                whole,
-                "{:?} byte by byte",
-                String::from_utf8_lossy(&input)
-            );
         }
     }
 }

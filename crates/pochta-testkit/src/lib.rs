@@ -15,7 +15,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use pochta_store::{Store, StoreOptions};
+use pochta_store::{MailboxAddress, Store, StoreOptions};
 use rand::Rng;
 
 /// Prefix of every database the harness creates; names end in the creating process's pid.
@@ -94,6 +94,14 @@ impl TestDb {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Adds an account of a domain already added, with an argon2id hash of `password`;
+    /// returns its id.
+    pub async fn add_account(&self, address: &str, password: &str) -> anyhow::Result<i64> {
+        let address = MailboxAddress::parse(address)?;
+        let hash = pochta_auth::hash_password(password)?;
+        Ok(self.store.add_account(&address, &hash).await?)
     }
 
     /// A second, independent pool on the same database (another "replica").
@@ -273,6 +281,18 @@ impl ServiceProcess {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Starts `binary` as `start` does (no extra environment) and waits up to 20 s for its
+    /// gRPC health at `grpc` to report SERVING.
+    pub async fn start_healthy(
+        binary: &Path,
+        config_toml: &str,
+        grpc: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let mut process = Self::start(binary, config_toml, &[])?;
+        process.wait_healthy(grpc, Duration::from_secs(20)).await?;
+        Ok(process)
     }
 
     /// Polls gRPC health at `addr` until it reports SERVING, failing early if the process exits.

@@ -264,16 +264,13 @@ async fn health_reports_serving_and_unreachable() {
     let db = TestDb::new().await.unwrap();
     let grpc = pochta_testkit::free_addr();
     let binary = pochta_testkit::workspace_binary("pop3-access").unwrap();
-    let mut service = pochta_testkit::ServiceProcess::start(
+    let service = pochta_testkit::ServiceProcess::start_healthy(
         &binary,
         &pochta_testkit::service_config(db.url(), "pop3", grpc),
-        &[],
+        grpc,
     )
+    .await
     .unwrap();
-    service
-        .wait_healthy(grpc, std::time::Duration::from_secs(20))
-        .await
-        .unwrap();
     let out = ok(&db, &["health", &grpc.to_string()], "");
     assert!(out.contains("SERVING"), "{out}");
     drop(service);

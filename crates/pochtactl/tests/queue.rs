@@ -66,16 +66,13 @@ async fn list_show_hold_release_retry_delete() {
         .await
         .unwrap();
     let grpc = free_addr();
-    let mut queue = ServiceProcess::start(
+    let _queue = ServiceProcess::start_healthy(
         &workspace_binary("delivery-queue").unwrap(),
         &service_config(db.url(), "queue", grpc),
-        &[],
+        grpc,
     )
+    .await
     .unwrap();
-    queue
-        .wait_healthy(grpc, Duration::from_secs(20))
-        .await
-        .unwrap();
     let url = format!("http://{grpc}");
 
     // The queue attempts them once (nothing local) and defers them with a reason.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pochta_store::{DomainRole, MailboxAddress};
+use pochta_store::DomainRole;
 use pochta_testkit::{ServiceProcess, TestCerts, TestDb, free_addr, python, workspace_binary};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_pop3-access");
@@ -35,8 +35,9 @@ async fn start_pop3(
         db.url(),
         certs.tls_section()
     );
-    let mut p = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
-    p.wait_healthy(grpc, Duration::from_secs(20)).await.unwrap();
+    let p = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
+        .await
+        .unwrap();
     (p, pop3, pop3s)
 }
 
@@ -47,41 +48,30 @@ async fn stack(messages: &[&str], pop3_extra: &str) -> Stack {
         .add_domain("example.org", DomainRole::Local)
         .await
         .unwrap();
-    let hash = pochta_auth::hash_password(PW).unwrap();
-    let account = db
-        .store()
-        .add_account(&MailboxAddress::parse(ALICE).unwrap(), &hash)
-        .await
-        .unwrap();
+    let account = db.add_account(ALICE, PW).await.unwrap();
     let certs = TestCerts::generate().unwrap();
 
     let queue_grpc = free_addr();
-    let mut queue = ServiceProcess::start(
+    let queue = ServiceProcess::start_healthy(
         &workspace_binary("delivery-queue").unwrap(),
         &pochta_testkit::service_config(db.url(), "queue", queue_grpc),
-        &[],
+        queue_grpc,
     )
+    .await
     .unwrap();
-    queue
-        .wait_healthy(queue_grpc, Duration::from_secs(20))
-        .await
-        .unwrap();
     let (ingress_grpc, mx) = (free_addr(), free_addr());
     let ingress_config = format!(
         "[store]\nurl = \"{}\"\n\n[smtp]\ngrpc_listen = \"{ingress_grpc}\"\nqueue_endpoint = \"http://{queue_grpc}\"\n\
          hostname = \"mx.test\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\nsubmissions_listen = []\n",
         db.url()
     );
-    let mut ingress = ServiceProcess::start(
+    let ingress = ServiceProcess::start_healthy(
         &workspace_binary("smtp-ingress").unwrap(),
         &ingress_config,
-        &[],
+        ingress_grpc,
     )
+    .await
     .unwrap();
-    ingress
-        .wait_healthy(ingress_grpc, Duration::from_secs(20))
-        .await
-        .unwrap();
     let (pop, pop3, pop3s) = start_pop3(&db, &certs, pop3_extra).await;
 
     let script = r#"
@@ -170,20 +160,17 @@ print("UIDL", " ".join(u.decode().split()[1] for u in p.uidl()[1]))
 p.quit()
 "#;
 
-fn from_hex(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 fn parse_retr(out: &str) -> (Vec<(usize, Vec<u8>)>, String) {
     let msgs = out
         .lines()
         .filter_map(|l| l.strip_prefix("MSG "))
         .map(|l| {
             let (size, hex) = l.split_once(' ').unwrap();
-            (size.parse().unwrap(), from_hex(hex))
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            (size.parse().unwrap(), bytes)
         })
         .collect();
     let uidl = out
@@ -460,14 +447,8 @@ async fn background_read_ahead_serves_any_order_byte_exact() {
     )
     .await
     .unwrap();
-    let got: Vec<(usize, Vec<u8>)> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("MSG "))
-        .map(|l| {
-            let (n, hex) = l.split_once(' ').unwrap();
-            (n.parse().unwrap(), from_hex(hex))
-        })
-        .collect();
+    // `MSG n hex` lines, parsed as RETR_ALL's `MSG size hex`.
+    let (got, _) = parse_retr(&out);
     assert_eq!(got.len(), order.split(',').count(), "{out}");
     for (n, bytes) in &got {
         assert_eq!(bytes, &expected[n - 1], "message {n}: RETR is byte-exact");

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use pochta_store::{DomainRole, MailboxAddress};
+use pochta_store::DomainRole;
 use pochta_testkit::{ServiceProcess, TestDb, free_addr, grpc_health};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -18,19 +18,16 @@ async fn server(extra: &str) -> (TestDb, ServiceProcess, SocketAddr, SocketAddr)
         .add_domain("example.org", DomainRole::Local)
         .await
         .unwrap();
-    let hash = pochta_auth::hash_password("pw").unwrap();
-    db.store()
-        .add_account(&MailboxAddress::parse("alice@example.org").unwrap(), &hash)
-        .await
-        .unwrap();
+    db.add_account("alice@example.org", "pw").await.unwrap();
     let (grpc, pop3) = (free_addr(), free_addr());
     let config = format!(
         "[store]\nurl = \"{}\"\nmax_connections = 4\n\n[pop3]\ngrpc_listen = \"{grpc}\"\npop3_listen = [\"{pop3}\"]\n\
          pop3s_listen = []\nplaintext_auth = \"loopback\"\nmax_errors = 1000\n{extra}\n",
         db.url()
     );
-    let mut p = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
-    p.wait_healthy(grpc, Duration::from_secs(20)).await.unwrap();
+    let p = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
+        .await
+        .unwrap();
     (db, p, pop3, grpc)
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use pochta_store::{DomainRole, MailboxAddress, RecipientState};
+use pochta_store::{DomainRole, RecipientState};
 use pochta_testkit::{ServiceProcess, TestCerts, TestDb, free_addr, python};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_smtp-ingress");
@@ -35,11 +35,7 @@ async fn stack(extra_smtp: &str) -> Stack {
         .add_domain("backup.example", DomainRole::Hold)
         .await
         .unwrap();
-    let hash = pochta_auth::hash_password(ALICE_PW).unwrap();
-    store
-        .add_account(&MailboxAddress::parse(ALICE).unwrap(), &hash)
-        .await
-        .unwrap();
+    db.add_account(ALICE, ALICE_PW).await.unwrap();
     let certs = TestCerts::generate().unwrap();
     let queue = free_addr();
     let (mx, submission, submissions) = (free_addr(), free_addr(), free_addr());
@@ -78,9 +74,7 @@ async fn start_ingress(
         db.url(),
         certs.tls_section()
     );
-    let mut ingress = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
-    ingress
-        .wait_healthy(grpc, Duration::from_secs(20))
+    let ingress = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
         .await
         .unwrap();
     (ingress, grpc)
@@ -507,16 +501,13 @@ async fn etrn_is_answered_by_the_queue() {
     );
 
     let queue_binary = pochta_testkit::workspace_binary("delivery-queue").unwrap();
-    let mut queue = ServiceProcess::start(
+    let _queue = ServiceProcess::start_healthy(
         &queue_binary,
         &pochta_testkit::service_config(s.db.url(), "queue", s.queue),
-        &[],
+        s.queue,
     )
+    .await
     .unwrap();
-    queue
-        .wait_healthy(s.queue, Duration::from_secs(20))
-        .await
-        .unwrap();
     let out = python(
         ETRN,
         &[

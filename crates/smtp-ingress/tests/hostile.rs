@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use pochta_store::{DomainRole, MailboxAddress};
+use pochta_store::DomainRole;
 use pochta_testkit::{ServiceProcess, TestDb, free_addr, grpc_health};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,11 +26,7 @@ async fn server(extra_smtp: &str) -> Server {
         .add_domain("example.org", DomainRole::Local)
         .await
         .unwrap();
-    let hash = pochta_auth::hash_password("pw").unwrap();
-    db.store()
-        .add_account(&MailboxAddress::parse("alice@example.org").unwrap(), &hash)
-        .await
-        .unwrap();
+    db.add_account("alice@example.org", "pw").await.unwrap();
     let (mx, grpc) = (free_addr(), free_addr());
     let config = format!(
         "[store]\nurl = \"{}\"\nmax_connections = 4\n\n[smtp]\ngrpc_listen = \"{grpc}\"\n\
@@ -39,9 +35,7 @@ async fn server(extra_smtp: &str) -> Server {
         db.url(),
         free_addr()
     );
-    let mut process = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
-    process
-        .wait_healthy(grpc, Duration::from_secs(20))
+    let process = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
         .await
         .unwrap();
     Server {

@@ -2,7 +2,6 @@
 //! and implicit-TLS submissions, with AUTH.
 
 use std::path::Path;
-use std::time::Duration;
 
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -31,9 +30,7 @@ async fn lettre_over_plain_starttls_and_implicit_tls() {
         .add_domain("example.org", DomainRole::Local)
         .await
         .unwrap();
-    let hash = pochta_auth::hash_password("lettre-pw").unwrap();
-    db.store()
-        .add_account(&MailboxAddress::parse("alice@example.org").unwrap(), &hash)
+    db.add_account("alice@example.org", "lettre-pw")
         .await
         .unwrap();
     let certs = TestCerts::generate().unwrap();
@@ -46,9 +43,7 @@ async fn lettre_over_plain_starttls_and_implicit_tls() {
         certs.tls_section(),
         free_addr()
     );
-    let mut ingress = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
-    ingress
-        .wait_healthy(grpc, Duration::from_secs(20))
+    let _ingress = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
         .await
         .unwrap();
 
@@ -158,9 +153,7 @@ async fn concurrent_sessions_each_get_their_own_committed_message() {
         db.url(),
         free_addr()
     );
-    let mut ingress = ServiceProcess::start(Path::new(BINARY), &config, &[]).unwrap();
-    ingress
-        .wait_healthy(grpc, Duration::from_secs(20))
+    let _ingress = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
         .await
         .unwrap();
 
