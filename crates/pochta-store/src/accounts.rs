@@ -127,30 +127,16 @@ impl Store {
     }
 
     /// The domain's role and the account of `address`, in one round trip (every RCPT and every
-    /// local delivery asks).
+    /// local delivery asks): the one-address case of `lookup_recipients`.
     pub async fn lookup_recipient(&self, address: &MailboxAddress) -> Result<RecipientLookup> {
-        let row: Option<(String, Option<i64>, Option<bool>)> = sqlx::query_as(
-            "SELECT d.role, a.id, a.disabled FROM domains d
-             LEFT JOIN accounts a ON a.domain = d.name AND lower(a.local_part) = lower($2)
-             WHERE d.name = $1",
-        )
-        .bind(&address.domain)
-        .bind(&address.local_part)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some((role, id, disabled)) = row else {
-            return Ok(RecipientLookup::default());
-        };
-        Ok(RecipientLookup {
-            role: Some(DomainRole::try_from(role)?),
-            account: id.map(|id| LocalAccount {
-                id,
-                disabled: disabled.unwrap_or(false),
-            }),
-        })
+        let mut found = self
+            .lookup_recipients(std::slice::from_ref(address))
+            .await?;
+        Ok(found.pop().unwrap_or_default())
     }
 
-    /// `lookup_recipient` for many addresses in one query; the answers are in input order.
+    /// The domain's role and the account of each address, in one query; the answers are in
+    /// input order.
     pub async fn lookup_recipients(
         &self,
         addresses: &[MailboxAddress],

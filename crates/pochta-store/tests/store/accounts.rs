@@ -1,9 +1,21 @@
-use pochta_store::{DomainRole, StoreError};
+use pochta_store::{DomainRole, Store, StoreError};
 use pochta_testkit::TestDb;
 
 use crate::addr;
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+/// example.org (local) and backup.example (hold).
+async fn local_and_hold_domains(store: &Store) {
+    store
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    store
+        .add_domain("backup.example", DomainRole::Hold)
+        .await
+        .unwrap();
+}
 
 #[tokio::test]
 async fn domains_add_list_role_remove() {
@@ -64,14 +76,7 @@ async fn domains_add_list_role_remove() {
 async fn accounts_lifecycle() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
-    store
-        .add_domain("example.org", DomainRole::Local)
-        .await
-        .unwrap();
-    store
-        .add_domain("backup.example", DomainRole::Hold)
-        .await
-        .unwrap();
+    local_and_hold_domains(store).await;
 
     let id = store
         .add_account(&addr("Alice@example.org"), HASH)
@@ -170,14 +175,7 @@ async fn accounts_lifecycle() {
 async fn recipients_are_looked_up_together_in_input_order() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
-    store
-        .add_domain("example.org", DomainRole::Local)
-        .await
-        .unwrap();
-    store
-        .add_domain("backup.example", DomainRole::Hold)
-        .await
-        .unwrap();
+    local_and_hold_domains(store).await;
     let alice = store
         .add_account(&addr("Alice@example.org"), HASH)
         .await
