@@ -180,11 +180,12 @@ async fn dot_body<R: AsyncBufRead + Unpin>(r: &mut R) -> anyhow::Result<usize> {
                 break;
             };
             let piece = &rest[..=nl];
-            let end = match (line, piece) {
-                (Line::Start, b".\n" | b".\r\n") | (Line::Dot(1), b"\n" | b"\r\n") => true,
-                (Line::Dot(2), b"\n") => true,
-                _ => false,
-            };
+            let end = matches!(
+                (line, piece),
+                (Line::Start, b".\n" | b".\r\n")
+                    | (Line::Dot(1), b"\n" | b"\r\n")
+                    | (Line::Dot(2), b"\n")
+            );
             pos += piece.len();
             if end {
                 // The terminator's octets seen in earlier buffers were counted as body.
