@@ -35,9 +35,9 @@ async fn start_queue(db: &TestDb, grpc: SocketAddr, extra: &str) -> ServiceProce
         .unwrap()
 }
 
-/// Enqueues one message straight into the store, as an ingress would.
-async fn enqueue(store: &Store, recipients: &[&str], body: &str) -> QueueId {
-    let envelope = NewEnvelope {
+/// An envelope from bob@remote.test to `recipients`, held (waiting for a release) or due.
+fn envelope_to(recipients: &[&str], held: bool) -> NewEnvelope {
+    NewEnvelope {
         queue_id: QueueId::generate(),
         reverse_path: "bob@remote.test".into(),
         envid: None,
@@ -56,10 +56,15 @@ async fn enqueue(store: &Store, recipients: &[&str], body: &str) -> QueueId {
                 address: MailboxAddress::parse(r).unwrap(),
                 orcpt: None,
                 notify: None,
-                held: false,
+                held,
             })
             .collect(),
-    };
+    }
+}
+
+/// Enqueues one message straight into the store, as an ingress would.
+async fn enqueue(store: &Store, recipients: &[&str], body: &str) -> QueueId {
+    let envelope = envelope_to(recipients, false);
     store.enqueue(&envelope, body.as_bytes()).await.unwrap();
     envelope.queue_id
 }
@@ -205,20 +210,27 @@ async fn remote_recipients_wait_with_a_diagnostic() {
 /// takes over, and every message lands in the maildrop exactly once.
 #[tokio::test]
 async fn a_replica_killed_mid_burst_loses_nothing_and_duplicates_nothing() {
-    const MESSAGES: usize = 600;
+    const MESSAGES: usize = 2000;
     let (db, account) = setup().await;
-    for i in 0..MESSAGES {
-        enqueue(
-            db.store(),
-            &[ALICE],
-            &format!("Subject: burst {i}\r\n\r\nx\r\n"),
-        )
-        .await;
+    let store = db.store();
+    // Held until both replicas run, so the burst cannot be over before the second one starts.
+    let envelopes: Vec<NewEnvelope> = (0..MESSAGES).map(|_| envelope_to(&[ALICE], true)).collect();
+    let bodies: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("Subject: burst {i}\r\n\r\nx\r\n"))
+        .collect();
+    let batch: Vec<(&NewEnvelope, &[u8])> = envelopes
+        .iter()
+        .zip(&bodies)
+        .map(|(e, b)| (e, b.as_bytes()))
+        .collect();
+    for part in batch.chunks(250) {
+        store.enqueue_many(part).await.unwrap();
     }
     let tuning = "lease_secs = 2\nscan_interval_secs = 1\nbatch_size = 8\nworkers = 2";
     let doomed = start_queue(&db, free_addr(), tuning).await;
     let _survivor = start_queue(&db, free_addr(), tuning).await;
-    let store = db.store();
+    let released = store.release_domain("example.org", false).await.unwrap();
+    assert_eq!(released.recipients, MESSAGES as u64);
     eventually(Duration::from_secs(30), "some deliveries", || async {
         store.maildrop_entries(account).await.unwrap().len() >= 40
     })

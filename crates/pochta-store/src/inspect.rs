@@ -1,5 +1,6 @@
 //! Read-only views for operators, metrics and tests.
 
+use crate::content::join;
 use crate::{
     AttemptRecord, EnvelopeDetail, QueueDepth, RecipientDetail, RecipientState, Result, Store,
     StoreCounts,
@@ -48,14 +49,23 @@ impl Store {
         })
     }
 
-    /// A message's content as stored (what the queue delivers).
+    /// A message's content as stored (what the queue delivers), or None if there is no such
+    /// message.
     pub async fn message_content(&self, message_id: i64) -> Result<Option<Vec<u8>>> {
-        Ok(
-            sqlx::query_scalar("SELECT content FROM messages WHERE id = $1")
-                .bind(message_id)
-                .fetch_optional(&self.pool)
-                .await?,
+        let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT m.size, c.data FROM messages m
+             LEFT JOIN message_chunks c ON c.message_id = m.id
+             WHERE m.id = $1
+             ORDER BY c.seq",
         )
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(&(size, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let chunks = rows.into_iter().filter_map(|(_, data)| data);
+        Ok(Some(join(message_id, Vec::new(), chunks, size as usize)?))
     }
 
     /// One envelope by queue id, with its recipients and their attempt histories (oldest first).

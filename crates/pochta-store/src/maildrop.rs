@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
+use crate::content::{CHUNK, join, slice};
 use crate::queue::enqueue_on;
 use crate::{
     LocalDelivery, MaildropDelivery, MaildropEntry, NewEnvelope, Result, Store, StoreError, secs,
@@ -97,21 +98,33 @@ impl Store {
         account_id: i64,
         entry_id: i64,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        Ok(sqlx::query_as(
-            "SELECT e.header_prefix, m.content FROM maildrop_entries e
-             JOIN messages m ON m.id = e.message_id
-             WHERE e.account_id = $1 AND e.id = $2",
+        let rows: Vec<(Vec<u8>, i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT e.header_prefix, e.message_id, m.size, c.data
+             FROM maildrop_entries e JOIN messages m ON m.id = e.message_id
+             LEFT JOIN message_chunks c ON c.message_id = e.message_id
+             WHERE e.account_id = $1 AND e.id = $2
+             ORDER BY c.seq",
         )
         .bind(account_id)
         .bind(entry_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some((prefix, message_id, size, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let (prefix, message_id, size) = (prefix.clone(), *message_id, *size as usize);
+        let content = join(
+            message_id,
+            Vec::new(),
+            rows.into_iter().filter_map(|r| r.3),
+            size,
+        )?;
+        Ok(Some((prefix, content)))
     }
 
     /// Octets `[offset, offset + len)` of what RETR sends for an entry (its header prefix, then
-    /// the message), or None if the entry is not in that maildrop. Only the requested part of
-    /// the content is read (content is stored uncompressed out of line), so a large message is
-    /// streamed in pieces rather than held whole.
+    /// the message), or None if the entry is not in that maildrop. Only the content chunks the
+    /// range touches are read, so a large message is streamed in pieces rather than held whole.
     pub async fn maildrop_entry_part(
         &self,
         account_id: i64,
@@ -119,42 +132,67 @@ impl Store {
         offset: i64,
         len: i64,
     ) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar(
-            "WITH want AS (SELECT $3::int AS off, $4::int AS len)
-             SELECT CASE WHEN off < octet_length(e.header_prefix)
-                         THEN substring(e.header_prefix FROM off + 1 FOR len) ELSE ''::bytea END
-                 || CASE WHEN off + len > octet_length(e.header_prefix)
-                         THEN substring(m.content
-                                        FROM greatest(off - octet_length(e.header_prefix), 0) + 1
-                                        FOR len - greatest(octet_length(e.header_prefix) - off, 0))
-                         ELSE ''::bytea END
-             FROM want, maildrop_entries e JOIN messages m ON m.id = e.message_id
-             WHERE e.account_id = $1 AND e.id = $2",
+        // The range in content offsets is [offset - prefix length, offset + len - prefix length).
+        let rows: Vec<(Vec<u8>, Option<i32>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT e.header_prefix, c.seq, c.data
+             FROM maildrop_entries e
+             LEFT JOIN message_chunks c ON c.message_id = e.message_id
+                 AND c.seq >= greatest($3 - octet_length(e.header_prefix), 0) / $5
+                 AND c.seq::int8 * $5 < $3 + $4 - octet_length(e.header_prefix)
+             WHERE e.account_id = $1 AND e.id = $2
+             ORDER BY c.seq",
         )
         .bind(account_id)
         .bind(entry_id)
         .bind(offset)
         .bind(len)
-        .fetch_optional(&self.pool)
-        .await?)
+        .bind(CHUNK as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some((prefix, _, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let prefix = prefix.clone();
+        let chunks = rows
+            .into_iter()
+            .filter_map(|(_, seq, data)| Some((seq?, data?)));
+        Ok(Some(slice(
+            &prefix,
+            chunks,
+            offset.max(0) as usize,
+            len.max(0) as usize,
+        )))
     }
 
     /// What RETR sends (header prefix, then the message) for several entries of a maildrop at
-    /// once; entries not in it are left out.
+    /// once, in entry order; entries not in it are left out.
     pub async fn maildrop_entries_whole(
         &self,
         account_id: i64,
         entry_ids: &[i64],
     ) -> Result<Vec<(i64, Vec<u8>)>> {
-        Ok(sqlx::query_as(
-            "SELECT e.id, e.header_prefix || m.content
-             FROM maildrop_entries e JOIN messages m ON m.id = e.message_id
-             WHERE e.account_id = $1 AND e.id = ANY($2)",
+        // One row per chunk, in order; the entry's own columns repeat on each (they are small).
+        let rows: Vec<(i64, i64, i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT e.id, e.message_id, e.pop3_size, e.header_prefix, c.data
+             FROM maildrop_entries e
+             LEFT JOIN message_chunks c ON c.message_id = e.message_id
+             WHERE e.account_id = $1 AND e.id = ANY($2)
+             ORDER BY e.id, c.seq",
         )
         .bind(account_id)
         .bind(entry_ids)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        let mut entries = Vec::new();
+        let mut rows = rows.into_iter().peekable();
+        while let Some((id, message_id, pop3_size, prefix, first)) = rows.next() {
+            let mut chunks: Vec<Vec<u8>> = first.into_iter().collect();
+            while let Some((_, _, _, _, data)) = rows.next_if(|r| r.0 == id) {
+                chunks.extend(data);
+            }
+            entries.push((id, join(message_id, prefix, chunks, pop3_size as usize)?));
+        }
+        Ok(entries)
     }
 
     /// POP3 UPDATE state (RFC 1939 6): deletes the marked entries and releases the lock, in one

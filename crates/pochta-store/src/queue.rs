@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
+use crate::content::Chunks;
 use crate::{
     AttemptOutcome, AttemptReport, ClaimedRecipient, Collected, Enqueued, NewEnvelope, Released,
     Result, Store, StoreError, secs,
@@ -178,14 +179,20 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        let messages = sqlx::query(
-            "DELETE FROM messages m
-             WHERE NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.message_id = m.id)
-               AND NOT EXISTS (SELECT 1 FROM maildrop_entries me WHERE me.message_id = m.id)",
+        let messages: i64 = sqlx::query_scalar(
+            "WITH gone AS (
+                 DELETE FROM messages m
+                 WHERE NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.message_id = m.id)
+                   AND NOT EXISTS (SELECT 1 FROM maildrop_entries me WHERE me.message_id = m.id)
+                 RETURNING id
+             ), chunks AS (
+                 DELETE FROM message_chunks WHERE message_id IN (SELECT id FROM gone)
+             )
+             SELECT count(*) FROM gone",
         )
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .fetch_one(&self.pool)
+        .await?;
+        let messages = messages as u64;
         Ok(Collected {
             envelopes,
             messages,
@@ -212,6 +219,8 @@ pub(crate) async fn enqueue_many_on(
         return Err(StoreError::NoRecipients);
     }
     let contents: Vec<&[u8]> = batch.iter().map(|(_, c)| *c).collect();
+    let sizes: Vec<i64> = contents.iter().map(|c| c.len() as i64).collect();
+    let chunks = Chunks::of(&contents);
     let envelopes = || batch.iter().map(|(e, _)| *e);
     let queue_ids: Vec<&str> = envelopes().map(|e| e.queue_id.as_str()).collect();
     let reverse_paths: Vec<&str> = envelopes().map(|e| e.reverse_path.as_str()).collect();
@@ -240,19 +249,26 @@ pub(crate) async fn enqueue_many_on(
         .map(|(_, r)| if r.held { "held" } else { "queued" })
         .collect();
     // One statement, so the whole batch is stored or none of it. The message ids are drawn
-    // first (a volatile CTE is evaluated once), so each envelope gets its own content.
+    // first (a volatile CTE is evaluated once), so each envelope gets its own content; chunk
+    // rows find their message by its place in the batch.
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "WITH input AS (
                  SELECT i.*, nextval(pg_get_serial_sequence('messages', 'id')) AS message_id
-                 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $6::text[], $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[],
                      $12::text[], $13::float8[])
-                     WITH ORDINALITY AS i (content, queue_id, reverse_path, envid, ret, body,
+                     WITH ORDINALITY AS i (size, queue_id, reverse_path, envid, ret, body,
                          smtputf8, client_address, client_helo, auth_user, received_by,
                          traceparent, lifetime, n)
              ), m AS (
-                 INSERT INTO messages (id, content, size) OVERRIDING SYSTEM VALUE
-                 SELECT message_id, content, octet_length(content) FROM input ORDER BY n
+                 INSERT INTO messages (id, size) OVERRIDING SYSTEM VALUE
+                 SELECT message_id, size FROM input ORDER BY n
+             ), c AS (
+                 INSERT INTO message_chunks (message_id, seq, data)
+                 SELECT input.message_id, c.seq, c.data
+                 FROM unnest($20::int8[], $21::int4[], $22::bytea[]) AS c (n, seq, data)
+                 JOIN input ON input.n = c.n
+                 ORDER BY c.n, c.seq
              ), e AS (
                  INSERT INTO envelopes (queue_id, message_id, reverse_path, envid, ret, body,
                      smtputf8, client_address, client_helo, auth_user, received_by, traceparent,
@@ -273,7 +289,7 @@ pub(crate) async fn enqueue_many_on(
              )
              SELECT queue_id, id, message_id FROM e",
     )
-    .bind(&contents)
+    .bind(&sizes)
     .bind(&queue_ids)
     .bind(&reverse_paths)
     .bind(&envids)
@@ -292,6 +308,9 @@ pub(crate) async fn enqueue_many_on(
     .bind(&orcpts)
     .bind(&notifies)
     .bind(&states)
+    .bind(&chunks.owners)
+    .bind(&chunks.seqs)
+    .bind(&chunks.data)
     .fetch_all(&mut *conn)
     .await?;
     let mut ids: std::collections::HashMap<String, Enqueued> = rows

@@ -6,7 +6,7 @@ use pochta_store::{
 };
 use pochta_testkit::TestDb;
 
-use crate::{CONTENT, addr, enqueue_n};
+use crate::{CONTENT, addr, enqueue_n, envelope, recipient};
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 const PREFIX: &[u8] = b"Return-Path: <sender@example.net>\r\nDelivered-To: user0@example.org\r\n";
@@ -113,6 +113,88 @@ async fn entries_are_read_in_parts_across_the_prefix_boundary() {
             .unwrap()
             .is_none()
     );
+}
+
+/// A message of several chunks: whole, in parts of every awkward size (around the chunk
+/// size, across the prefix and chunk boundaries), and in a batch beside a small one.
+#[tokio::test]
+async fn large_content_reads_back_whole_and_in_parts() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    let large: Vec<u8> = (0..3 * 8000 + 17).map(|i| (i * 13 % 256) as u8).collect();
+    let env = envelope(vec![recipient("user0@example.org")]);
+    let stored = store.enqueue(&env, &large).await.unwrap();
+    enqueue_n(store, 1).await;
+    let mut entries = Vec::new();
+    for claimed in store.claim_due("w", 10, TTL).await.unwrap() {
+        match store
+            .deliver_to_maildrop("w", claimed.recipient_id, account, PREFIX)
+            .await
+            .unwrap()
+        {
+            LocalDelivery::Delivered { entry_id, .. } => entries.push(entry_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        store
+            .message_content(stored.message_id)
+            .await
+            .unwrap()
+            .unwrap(),
+        large
+    );
+    let entry = store.maildrop_entries(account).await.unwrap();
+    let large_entry = entry
+        .iter()
+        .find(|e| e.pop3_size as usize == PREFIX.len() + large.len());
+    let large_entry = large_entry.expect("the large entry").id;
+    let (prefix, content) = store
+        .maildrop_entry_content(account, large_entry)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((prefix.as_slice(), content == large), (PREFIX, true));
+
+    let whole = [PREFIX, &large].concat();
+    for piece in [1000, 7999, 8000, 8001, PREFIX.len() + 8000, whole.len() + 1] {
+        let mut read = Vec::new();
+        loop {
+            let part = store
+                .maildrop_entry_part(account, large_entry, read.len() as i64, piece as i64)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(part.len() <= piece);
+            if part.is_empty() {
+                break;
+            }
+            read.extend(part);
+        }
+        assert!(read == whole, "pieces of {piece}");
+    }
+
+    let batch = store
+        .maildrop_entries_whole(account, &entries)
+        .await
+        .unwrap();
+    let mut expected: Vec<(i64, Vec<u8>)> = Vec::new();
+    for id in &entries {
+        let (p, c) = store
+            .maildrop_entry_content(account, *id)
+            .await
+            .unwrap()
+            .unwrap();
+        expected.push((*id, [p, c].concat()));
+    }
+    expected.sort();
+    assert_eq!(batch.len(), 2);
+    assert!(
+        batch == expected,
+        "the batch holds each entry whole, in entry order"
+    );
+    assert!(batch.iter().any(|(_, text)| *text == whole));
 }
 
 #[tokio::test]
