@@ -54,7 +54,7 @@ pub enum StoreError {
     LeaseLost(i64),
     #[error("the maildrop lock of account {0} is not held by this session")]
     LockNotHeld(i64),
-    #[error("content of message {message_id} is {found} octets, the store recorded {expected}")]
+    #[error("message {message_id}: {found} octets of content read where {expected} were recorded")]
     ContentDamaged {
         message_id: i64,
         expected: usize,

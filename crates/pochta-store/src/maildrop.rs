@@ -98,28 +98,14 @@ impl Store {
         account_id: i64,
         entry_id: i64,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let rows: Vec<(Vec<u8>, i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT e.header_prefix, e.message_id, m.size, c.data
-             FROM maildrop_entries e JOIN messages m ON m.id = e.message_id
-             LEFT JOIN message_chunks c ON c.message_id = e.message_id
-             WHERE e.account_id = $1 AND e.id = $2
-             ORDER BY c.seq",
-        )
-        .bind(account_id)
-        .bind(entry_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let Some((prefix, message_id, size, _)) = rows.first() else {
+        let rows = self.entry_chunks(account_id, &[entry_id]).await?;
+        let Some(first) = rows.first() else {
             return Ok(None);
         };
-        let (prefix, message_id, size) = (prefix.clone(), *message_id, *size as usize);
-        let content = join(
-            message_id,
-            Vec::new(),
-            rows.into_iter().filter_map(|r| r.3),
-            size,
-        )?;
-        Ok(Some((prefix, content)))
+        let (prefix, message_id) = (first.header_prefix.clone(), first.message_id);
+        let size = (first.pop3_size as usize).saturating_sub(prefix.len());
+        let chunks = rows.into_iter().filter_map(|r| r.data);
+        Ok(Some((prefix, join(message_id, Vec::new(), chunks, size)?)))
     }
 
     /// Octets `[offset, offset + len)` of what RETR sends for an entry (its header prefix, then
@@ -133,7 +119,7 @@ impl Store {
         len: i64,
     ) -> Result<Option<Vec<u8>>> {
         // The range in content offsets is [offset - prefix length, offset + len - prefix length).
-        let rows: Vec<(Vec<u8>, Option<i32>, Option<Vec<u8>>)> = sqlx::query_as(
+        let rows: Vec<PartChunk> = sqlx::query_as(
             "SELECT e.header_prefix, c.seq, c.data
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id
@@ -149,13 +135,11 @@ impl Store {
         .bind(CHUNK as i64)
         .fetch_all(&self.pool)
         .await?;
-        let Some((prefix, _, _)) = rows.first() else {
+        let Some(first) = rows.first() else {
             return Ok(None);
         };
-        let prefix = prefix.clone();
-        let chunks = rows
-            .into_iter()
-            .filter_map(|(_, seq, data)| Some((seq?, data?)));
+        let prefix = first.header_prefix.clone();
+        let chunks = rows.into_iter().filter_map(|r| Some((r.seq?, r.data?)));
         Ok(Some(slice(
             &prefix,
             chunks,
@@ -171,8 +155,31 @@ impl Store {
         account_id: i64,
         entry_ids: &[i64],
     ) -> Result<Vec<(i64, Vec<u8>)>> {
-        // One row per chunk, in order; the entry's own columns repeat on each (they are small).
-        let rows: Vec<(i64, i64, i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        let rows = self.entry_chunks(account_id, entry_ids).await?;
+        let mut entries = Vec::new();
+        let mut rows = rows.into_iter().peekable();
+        while let Some(first) = rows.next() {
+            let id = first.id;
+            let mut chunks: Vec<Vec<u8>> = first.data.into_iter().collect();
+            while let Some(next) = rows.next_if(|r| r.id == id) {
+                chunks.extend(next.data);
+            }
+            let text = join(
+                first.message_id,
+                first.header_prefix,
+                chunks,
+                first.pop3_size as usize,
+            )?;
+            entries.push((id, text));
+        }
+        Ok(entries)
+    }
+
+    /// The content chunks of some entries of a maildrop, in entry then chunk order, each row
+    /// with its entry's own (small) columns; an entry with empty content has one row without
+    /// data.
+    async fn entry_chunks(&self, account_id: i64, entry_ids: &[i64]) -> Result<Vec<EntryChunk>> {
+        Ok(sqlx::query_as(
             "SELECT e.id, e.message_id, e.pop3_size, e.header_prefix, c.data
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id
@@ -182,17 +189,7 @@ impl Store {
         .bind(account_id)
         .bind(entry_ids)
         .fetch_all(&self.pool)
-        .await?;
-        let mut entries = Vec::new();
-        let mut rows = rows.into_iter().peekable();
-        while let Some((id, message_id, pop3_size, prefix, first)) = rows.next() {
-            let mut chunks: Vec<Vec<u8>> = first.into_iter().collect();
-            while let Some((_, _, _, _, data)) = rows.next_if(|r| r.0 == id) {
-                chunks.extend(data);
-            }
-            entries.push((id, join(message_id, prefix, chunks, pop3_size as usize)?));
-        }
-        Ok(entries)
+        .await?)
     }
 
     /// POP3 UPDATE state (RFC 1939 6): deletes the marked entries and releases the lock, in one
@@ -273,6 +270,25 @@ impl Store {
             .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// A row of `Store::entry_chunks`.
+#[derive(sqlx::FromRow)]
+struct EntryChunk {
+    id: i64,
+    message_id: i64,
+    pop3_size: i64,
+    header_prefix: Vec<u8>,
+    data: Option<Vec<u8>>,
+}
+
+/// A row of `Store::maildrop_entry_part`: the entry's prefix and one chunk its range touches
+/// (none: seq and data are NULL).
+#[derive(sqlx::FromRow)]
+struct PartChunk {
+    header_prefix: Vec<u8>,
+    seq: Option<i32>,
+    data: Option<Vec<u8>>,
 }
 
 /// `Store::deliver_to_maildrop` on a given connection (or transaction).
