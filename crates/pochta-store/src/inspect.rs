@@ -9,12 +9,13 @@ use crate::{
 impl Store {
     /// Row counts, recipients per state.
     pub async fn counts(&self) -> Result<StoreCounts> {
-        let (messages, envelopes, maildrop_entries): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM envelopes),
-                    (SELECT count(*) FROM maildrop_entries)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let (messages, message_chunks, envelopes, maildrop_entries): (i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM message_chunks),
+                        (SELECT count(*) FROM envelopes), (SELECT count(*) FROM maildrop_entries)",
+            )
+            .fetch_one(&self.pool)
+            .await?;
         let by_state: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM recipients GROUP BY state ORDER BY state")
                 .fetch_all(&self.pool)
@@ -25,6 +26,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         Ok(StoreCounts {
             messages,
+            message_chunks,
             envelopes,
             maildrop_entries,
             recipients,

@@ -486,6 +486,8 @@ pub struct Collected {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StoreCounts {
     pub messages: i64,
+    /// Rows of message content (`message_chunks`).
+    pub message_chunks: i64,
     pub envelopes: i64,
     pub maildrop_entries: i64,
     /// Recipients per state; states with none are absent.

@@ -400,6 +400,7 @@ async fn garbage_collection_keeps_live_and_delivered_content() {
         .await
         .unwrap();
     assert_eq!((kept.envelopes, kept.messages), (0, 0));
+    assert_eq!(store.counts().await.unwrap().message_chunks, 2);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let collected = store
         .collect_garbage(Duration::from_millis(10))
@@ -410,6 +411,10 @@ async fn garbage_collection_keeps_live_and_delivered_content() {
     assert_eq!(
         (counts.envelopes, counts.messages, counts.recipients_total()),
         (1, 1, 1)
+    );
+    assert_eq!(
+        counts.message_chunks, 1,
+        "the collected message's content went with it"
     );
 }
 
