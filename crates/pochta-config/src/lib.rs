@@ -444,8 +444,9 @@ pub struct Pop3Config {
     /// RETR reads messages from the store in pieces of this many octets.
     pub retrieve_chunk_bytes: u32,
     /// RETR of a message smaller than a chunk also reads the following ones (up to this many
-    /// octets in all) in the same query, as clients fetch in order; the batch after it is read
-    /// in the background meanwhile, so a session holds up to twice this. 0 disables.
+    /// octets in all) in the same query, as clients fetch in order; the two batches after it
+    /// are read in the background meanwhile, so a session holds up to three times this.
+    /// 0 disables.
     pub read_ahead_bytes: u32,
 }
 

@@ -71,8 +71,8 @@ struct Locked {
     listing: Vec<(i64, u64)>,
     /// Messages read ahead and not yet sent.
     ahead: std::collections::HashMap<i64, Vec<u8>>,
-    /// The batch after `ahead`, being read while `ahead` is sent.
-    next: Option<Prefetch>,
+    /// The batches after `ahead`, in listing order, being read while `ahead` is sent.
+    next: std::collections::VecDeque<Prefetch>,
 }
 
 /// An entry id and what RETR sends for it.
@@ -81,6 +81,8 @@ type Whole = (i64, Vec<u8>);
 /// A read-ahead batch being read in the background; aborted when dropped.
 struct Prefetch {
     first: i64,
+    /// Where the batch starts in the listing, and how many entries it holds.
+    at: usize,
     len: usize,
     task: tokio::task::JoinHandle<pochta_store::Result<Vec<Whole>>>,
 }
@@ -90,6 +92,9 @@ impl Drop for Prefetch {
         self.task.abort();
     }
 }
+
+/// Read-ahead batches read in the background at once, beyond the one being sent.
+const PREFETCH_DEPTH: usize = 2;
 
 /// Pending output beyond this is written before the next message is added.
 const FLUSH_BYTES: usize = 256 * 1024;
@@ -393,7 +398,7 @@ impl Server {
                 |entries| entries.iter().map(|e| (e.id, e.pop3_size as u64)).collect(),
             ),
             ahead: Default::default(),
-            next: None,
+            next: Default::default(),
         });
         match listed {
             Ok(entries) => LoginResult::Ok(
@@ -470,8 +475,8 @@ impl Server {
     /// `entry_id`'s whole text if it is small enough to read ahead: from what was read with an
     /// earlier message, or read now together with the small messages listed after it (up to
     /// `read_ahead_bytes`). None: read it in pieces (or it is gone). Whenever a batch is taken,
-    /// the one after it is read in the background, so a client fetching one message at a time
-    /// does not wait for the store between batches.
+    /// the ones after it are read in the background, so a client does not wait for the store
+    /// between batches.
     async fn read_ahead(&self, l: &mut Locked, entry_id: i64) -> anyhow::Result<Option<Vec<u8>>> {
         if let Some(whole) = l.ahead.remove(&entry_id) {
             return Ok(Some(whole));
@@ -479,9 +484,11 @@ impl Server {
         let Some(at) = l.listing.iter().position(|(id, _)| *id == entry_id) else {
             return Ok(None);
         };
-        let (batch, len) = match l.next.take() {
+        let (batch, len) = match l.next.pop_front() {
             Some(mut next) if next.first == entry_id => ((&mut next.task).await??, next.len),
             _ => {
+                // A jump (or the first RETR): what was being read is for elsewhere.
+                l.next.clear();
                 let ids = self.batch_at(l, at);
                 if ids.is_empty() {
                     return Ok(None);
@@ -495,17 +502,22 @@ impl Server {
         };
         l.ahead.clear();
         l.ahead.extend(batch);
-        // The listing is fixed at login and only this session deletes (at QUIT), so the batch
-        // after this one can be read now.
-        let ids = self.batch_at(l, at + len);
-        if let Some(&first) = ids.first() {
+        // The listing is fixed at login and only this session deletes (at QUIT), so the
+        // batches after this one can be read now, PREFETCH_DEPTH of them at once (on their
+        // own connections), so reading overlaps both sending and each other.
+        let mut from = l.next.back().map_or(at + len, |p| p.at + p.len);
+        while l.next.len() < PREFETCH_DEPTH {
+            let ids = self.batch_at(l, from);
+            let Some(&first) = ids.first() else { break };
             let (store, account_id, len) = (self.store.clone(), l.account_id, ids.len());
             let read = async move { store.maildrop_entries_whole(account_id, &ids).await };
-            l.next = Some(Prefetch {
+            l.next.push_back(Prefetch {
                 first,
+                at: from,
                 len,
                 task: tokio::spawn(read.in_current_span()),
             });
+            from += len;
         }
         Ok(l.ahead.remove(&entry_id))
     }
