@@ -80,7 +80,6 @@ type Whole = (i64, Vec<u8>);
 
 /// A read-ahead batch being read in the background; aborted when dropped.
 struct Prefetch {
-    first: i64,
     /// Where the batch starts in the listing, and how many entries it holds.
     at: usize,
     len: usize,
@@ -485,7 +484,7 @@ impl Server {
             return Ok(None);
         };
         let (batch, len) = match l.next.pop_front() {
-            Some(mut next) if next.first == entry_id => ((&mut next.task).await??, next.len),
+            Some(mut next) if next.at == at => ((&mut next.task).await??, next.len),
             _ => {
                 // A jump (or the first RETR): what was being read is for elsewhere.
                 l.next.clear();
@@ -508,11 +507,12 @@ impl Server {
         let mut from = l.next.back().map_or(at + len, |p| p.at + p.len);
         while l.next.len() < PREFETCH_DEPTH {
             let ids = self.batch_at(l, from);
-            let Some(&first) = ids.first() else { break };
+            if ids.is_empty() {
+                break;
+            }
             let (store, account_id, len) = (self.store.clone(), l.account_id, ids.len());
             let read = async move { store.maildrop_entries_whole(account_id, &ids).await };
             l.next.push_back(Prefetch {
-                first,
                 at: from,
                 len,
                 task: tokio::spawn(read.in_current_span()),

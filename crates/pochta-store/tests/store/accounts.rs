@@ -21,14 +21,7 @@ async fn local_and_hold_domains(store: &Store) {
 async fn domains_add_list_role_remove() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
-    store
-        .add_domain("example.org", DomainRole::Local)
-        .await
-        .unwrap();
-    store
-        .add_domain("backup.example", DomainRole::Hold)
-        .await
-        .unwrap();
+    local_and_hold_domains(store).await;
     assert!(matches!(
         store.add_domain("example.org", DomainRole::Relay).await,
         Err(StoreError::DomainExists(d)) if d == "example.org"
