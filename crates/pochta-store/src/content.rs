@@ -59,6 +59,13 @@ pub(crate) fn slice(
     out
 }
 
+/// Puts chunk rows in order (by `key`: entry, then seq). Done here rather than by ORDER BY:
+/// PostgreSQL would sort the rows with their data, copying every chunk (a large message in
+/// work_mem or on disk); here only the row handles move, and rows mostly arrive in order.
+pub(crate) fn in_chunk_order<R, K: Ord>(rows: &mut [R], key: impl FnMut(&R) -> K) {
+    rows.sort_by_key(key);
+}
+
 /// Joins a message's chunks (in seq order) after `prefix`, checking the result is the
 /// `expected` length the store recorded: a missing or extra chunk is an error, not a
 /// silently shortened message.

@@ -1,6 +1,6 @@
 //! Read-only views for operators, metrics and tests.
 
-use crate::content::join;
+use crate::content::{in_chunk_order, join};
 use crate::{
     AttemptRecord, EnvelopeDetail, QueueDepth, RecipientDetail, RecipientState, Result, Store,
     StoreCounts,
@@ -54,19 +54,19 @@ impl Store {
     /// A message's content as stored (what the queue delivers), or None if there is no such
     /// message.
     pub async fn message_content(&self, message_id: i64) -> Result<Option<Vec<u8>>> {
-        let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT m.size, c.data FROM messages m
+        let mut rows: Vec<(i64, Option<i32>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT m.size, c.seq, c.data FROM messages m
              LEFT JOIN message_chunks c ON c.message_id = m.id
-             WHERE m.id = $1
-             ORDER BY c.seq",
+             WHERE m.id = $1",
         )
         .bind(message_id)
         .fetch_all(&self.pool)
         .await?;
-        let Some(&(size, _)) = rows.first() else {
+        in_chunk_order(&mut rows, |r| r.1);
+        let Some(&(size, ..)) = rows.first() else {
             return Ok(None);
         };
-        let chunks = rows.into_iter().filter_map(|(_, data)| data);
+        let chunks = rows.into_iter().filter_map(|(.., data)| data);
         Ok(Some(join(message_id, Vec::new(), chunks, size as usize)?))
     }
 

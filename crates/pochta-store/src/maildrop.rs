@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
-use crate::content::{CHUNK, join, slice};
+use crate::content::{CHUNK, in_chunk_order, join, slice};
 use crate::queue::enqueue_on;
 use crate::{
     LocalDelivery, MaildropDelivery, MaildropEntry, NewEnvelope, Result, Store, StoreError, secs,
@@ -119,14 +119,13 @@ impl Store {
         len: i64,
     ) -> Result<Option<Vec<u8>>> {
         // The range in content offsets is [offset - prefix length, offset + len - prefix length).
-        let rows: Vec<PartChunk> = sqlx::query_as(
+        let mut rows: Vec<PartChunk> = sqlx::query_as(
             "SELECT e.header_prefix, c.seq, c.data
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id
                  AND c.seq >= greatest($3 - octet_length(e.header_prefix), 0) / $5
                  AND c.seq::int8 * $5 < $3 + $4 - octet_length(e.header_prefix)
-             WHERE e.account_id = $1 AND e.id = $2
-             ORDER BY c.seq",
+             WHERE e.account_id = $1 AND e.id = $2",
         )
         .bind(account_id)
         .bind(entry_id)
@@ -135,6 +134,7 @@ impl Store {
         .bind(CHUNK as i64)
         .fetch_all(&self.pool)
         .await?;
+        in_chunk_order(&mut rows, |r| r.seq);
         let Some(first) = rows.first() else {
             return Ok(None);
         };
@@ -179,17 +179,18 @@ impl Store {
     /// with its entry's own (small) columns; an entry with empty content has one row without
     /// data.
     async fn entry_chunks(&self, account_id: i64, entry_ids: &[i64]) -> Result<Vec<EntryChunk>> {
-        Ok(sqlx::query_as(
-            "SELECT e.id, e.message_id, e.pop3_size, e.header_prefix, c.data
+        let mut rows: Vec<EntryChunk> = sqlx::query_as(
+            "SELECT e.id, e.message_id, e.pop3_size, e.header_prefix, c.seq, c.data
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id
-             WHERE e.account_id = $1 AND e.id = ANY($2)
-             ORDER BY e.id, c.seq",
+             WHERE e.account_id = $1 AND e.id = ANY($2)",
         )
         .bind(account_id)
         .bind(entry_ids)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        in_chunk_order(&mut rows, |r| (r.id, r.seq));
+        Ok(rows)
     }
 
     /// POP3 UPDATE state (RFC 1939 6): deletes the marked entries and releases the lock, in one
@@ -279,6 +280,7 @@ struct EntryChunk {
     message_id: i64,
     pop3_size: i64,
     header_prefix: Vec<u8>,
+    seq: Option<i32>,
     data: Option<Vec<u8>>,
 }
 

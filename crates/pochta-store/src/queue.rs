@@ -250,7 +250,8 @@ pub(crate) async fn enqueue_many_on(
         .collect();
     // One statement, so the whole batch is stored or none of it. The message ids are drawn
     // first (a volatile CTE is evaluated once), so each envelope gets its own content; chunk
-    // rows find their message by its place in the batch.
+    // rows find their message by its place in the batch. They are not sorted (a sort would
+    // copy every chunk): readers order chunks themselves.
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "WITH input AS (
                  SELECT i.*, nextval(pg_get_serial_sequence('messages', 'id')) AS message_id
@@ -268,7 +269,6 @@ pub(crate) async fn enqueue_many_on(
                  SELECT input.message_id, c.seq, c.data
                  FROM unnest($20::int8[], $21::int4[], $22::bytea[]) AS c (n, seq, data)
                  JOIN input ON input.n = c.n
-                 ORDER BY c.n, c.seq
              ), e AS (
                  INSERT INTO envelopes (queue_id, message_id, reverse_path, envid, ret, body,
                      smtputf8, client_address, client_helo, auth_user, received_by, traceparent,

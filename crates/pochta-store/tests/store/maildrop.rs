@@ -117,11 +117,9 @@ async fn entries_are_read_in_parts_across_the_prefix_boundary() {
 
 /// A message of several chunks: whole, in parts of every awkward size (around the chunk
 /// size, across the prefix and chunk boundaries), and in a batch beside a small one.
-#[tokio::test]
-async fn large_content_reads_back_whole_and_in_parts() {
-    let db = TestDb::new().await.unwrap();
-    let store = db.store();
-    let account = with_account(store).await;
+/// A message of three full chunks and a short one, and a small one, delivered to user0:
+/// the large message's content and id, and both entries.
+async fn large_and_small_delivered(store: &Store, account: i64) -> (Vec<u8>, i64, Vec<i64>) {
     let large: Vec<u8> = (0..3 * 8000 + 17).map(|i| (i * 13 % 256) as u8).collect();
     let env = envelope(vec![recipient("user0@example.org")]);
     let stored = store.enqueue(&env, &large).await.unwrap();
@@ -137,14 +135,68 @@ async fn large_content_reads_back_whole_and_in_parts() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(
-        store
-            .message_content(stored.message_id)
-            .await
-            .unwrap()
-            .unwrap(),
-        large
+    (large, stored.message_id, entries)
+}
+
+#[tokio::test]
+async fn large_content_reads_back_whole_and_in_parts() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    let (large, message_id, entries) = large_and_small_delivered(store, account).await;
+    assert_reads_back(store, account, &large, message_id, &entries).await;
+}
+
+/// The store reads chunk rows without ORDER BY (it orders them itself): with a message's
+/// first chunk rewritten, so it lies after the others in the table, and index scans off, so
+/// rows come in table order, every reader still returns the content in order.
+#[tokio::test]
+async fn content_reads_back_in_order_whatever_order_rows_come_in() {
+    let db = TestDb::new().await.unwrap();
+    let account = with_account(db.store()).await;
+    let (large, message_id, entries) = large_and_small_delivered(db.store(), account).await;
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("UPDATE message_chunks SET data = data WHERE message_id = $1 AND seq = 0")
+        .bind(message_id)
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "DO $$ DECLARE s text; BEGIN
+             FOREACH s IN ARRAY ARRAY['enable_indexscan', 'enable_indexonlyscan',
+                 'enable_bitmapscan'] LOOP
+                 EXECUTE format('ALTER DATABASE %I SET %s = off', current_database(), s);
+             END LOOP;
+         END $$",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    // New connections take the settings; the table order is what they will see.
+    let store = db.connect().await.unwrap();
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let seqs: Vec<i32> = sqlx::query_scalar("SELECT seq FROM message_chunks WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_all(&raw)
+        .await
+        .unwrap();
+    assert!(
+        seqs.len() == 4 && !seqs.is_sorted(),
+        "the rows come out of seq order: {seqs:?}"
     );
+    assert_reads_back(&store, account, &large, message_id, &entries).await;
+}
+
+/// Every way of reading the large message of `large_and_small_delivered` gives it back.
+async fn assert_reads_back(
+    store: &Store,
+    account: i64,
+    large: &[u8],
+    message_id: i64,
+    entries: &[i64],
+) {
+    let content = store.message_content(message_id).await.unwrap().unwrap();
+    assert!(content == large, "message_content");
     let entry = store.maildrop_entries(account).await.unwrap();
     let large_entry = entry
         .iter()
@@ -157,7 +209,7 @@ async fn large_content_reads_back_whole_and_in_parts() {
         .unwrap();
     assert_eq!((prefix.as_slice(), content == large), (PREFIX, true));
 
-    let whole = [PREFIX, &large].concat();
+    let whole = [PREFIX, large].concat();
     for piece in [1000, 7999, 8000, 8001, PREFIX.len() + 8000, whole.len() + 1] {
         let mut read = Vec::new();
         loop {
@@ -176,11 +228,11 @@ async fn large_content_reads_back_whole_and_in_parts() {
     }
 
     let batch = store
-        .maildrop_entries_whole(account, &entries)
+        .maildrop_entries_whole(account, entries)
         .await
         .unwrap();
     let mut expected: Vec<(i64, Vec<u8>)> = Vec::new();
-    for id in &entries {
+    for id in entries {
         let (p, c) = store
             .maildrop_entry_content(account, *id)
             .await
