@@ -115,8 +115,6 @@ async fn entries_are_read_in_parts_across_the_prefix_boundary() {
     );
 }
 
-/// A message of several chunks: whole, in parts of every awkward size (around the chunk
-/// size, across the prefix and chunk boundaries), and in a batch beside a small one.
 /// A message of three full chunks and a short one, and a small one, delivered to user0:
 /// the large message's content and id, and both entries.
 async fn large_and_small_delivered(store: &Store, account: i64) -> (Vec<u8>, i64, Vec<i64>) {
@@ -138,6 +136,8 @@ async fn large_and_small_delivered(store: &Store, account: i64) -> (Vec<u8>, i64
     (large, stored.message_id, entries)
 }
 
+/// A message of several chunks: whole, in parts of every awkward size (around the chunk
+/// size, across the prefix and chunk boundaries), and in a batch beside a small one.
 #[tokio::test]
 async fn large_content_reads_back_whole_and_in_parts() {
     let db = TestDb::new().await.unwrap();
@@ -187,7 +187,8 @@ async fn content_reads_back_in_order_whatever_order_rows_come_in() {
     assert_reads_back(&store, account, &large, message_id, &entries).await;
 }
 
-/// Every way of reading the large message of `large_and_small_delivered` gives it back.
+/// Every way of reading the large message of `large_and_small_delivered` gives it back:
+/// whole, in pieces, and in a read-ahead batch.
 async fn assert_reads_back(
     store: &Store,
     account: i64,
