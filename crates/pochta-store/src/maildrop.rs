@@ -160,10 +160,8 @@ impl Store {
         let mut rows = rows.into_iter().peekable();
         while let Some(first) = rows.next() {
             let id = first.id;
-            let mut chunks: Vec<Vec<u8>> = first.data.into_iter().collect();
-            while let Some(next) = rows.next_if(|r| r.id == id) {
-                chunks.extend(next.data);
-            }
+            let rest = std::iter::from_fn(|| rows.next_if(|r| r.id == id));
+            let chunks = first.data.into_iter().chain(rest.filter_map(|r| r.data));
             let text = join(
                 first.message_id,
                 first.header_prefix,
