@@ -243,6 +243,11 @@ pub struct SmtpConfig {
     /// How long a successful password check is remembered, so repeated logins skip argon2id
     /// (a password change takes effect at once). 0 disables.
     pub auth_cache_secs: u64,
+    /// How long an accepted recipient (an enabled local account, a hold or relay domain) is
+    /// remembered, so RCPT needs no store query. Only acceptances are kept: a new account is
+    /// accepted at once; a removed or disabled one may still be accepted this long, and its
+    /// mail then fails at delivery with a report (5.1.1 / 5.2.1). 0 disables.
+    pub recipient_cache_secs: u64,
     /// Group commit: messages whose DATA ends while a commit is in flight are stored together
     /// in the next one. At most this many commits run at once per process; all but the first
     /// only while `commit_parallel_bytes` of content wait (large messages) ...
@@ -289,6 +294,7 @@ impl Default for SmtpConfig {
             auth_max_failures: 5,
             auth_failure_window_secs: 300,
             auth_cache_secs: 300,
+            recipient_cache_secs: 30,
             commit_writers: 2,
             commit_parallel_bytes: 256 * 1024,
             commit_batch_messages: 64,

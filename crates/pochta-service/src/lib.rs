@@ -12,6 +12,7 @@
 //! }
 //! ```
 
+pub mod cache;
 pub mod conn;
 pub mod limits;
 pub mod listen;

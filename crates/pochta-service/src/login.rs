@@ -8,15 +8,14 @@
 //! password: changing the password changes the PHC string and so misses the cache at once, and
 //! the account (disabled or not, its current hash) is always read from the store.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use blake2::digest::{KeyInit, Mac};
 
 use pochta_store::{AccountCredentials, MailboxAddress, Store};
 
+use crate::cache::TtlCache;
 use crate::limits::FailureLimiter;
 
 #[derive(Debug)]
@@ -38,12 +37,10 @@ pub struct Authenticator {
     verified: VerifiedCache,
 }
 
-/// Recently verified credentials: MAC → when the entry expires.
+/// Recently verified credentials, by MAC.
 struct VerifiedCache {
     key: [u8; 32],
-    ttl: Duration,
-    max_entries: usize,
-    entries: Mutex<HashMap<[u8; 32], Instant>>,
+    entries: TtlCache<[u8; 32], ()>,
 }
 
 impl VerifiedCache {
@@ -56,30 +53,6 @@ impl VerifiedCache {
             mac.update(part.as_bytes());
         }
         mac.finalize().into_bytes().into()
-    }
-
-    fn contains(&self, mac: &[u8; 32], now: Instant) -> bool {
-        !self.ttl.is_zero()
-            && self
-                .entries
-                .lock()
-                .expect("cache lock")
-                .get(mac)
-                .is_some_and(|expires| *expires > now)
-    }
-
-    fn insert(&self, mac: [u8; 32], now: Instant) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut entries = self.entries.lock().expect("cache lock");
-        if entries.len() >= self.max_entries {
-            entries.retain(|_, expires| *expires > now);
-            if entries.len() >= self.max_entries {
-                entries.clear();
-            }
-        }
-        entries.insert(mac, now + self.ttl);
     }
 }
 
@@ -101,9 +74,7 @@ impl Authenticator {
             dummy_hash: pochta_auth::hash_password(&secret)?,
             verified: VerifiedCache {
                 key: rand::rng().random(),
-                ttl: cache_ttl,
-                max_entries: 100_000,
-                entries: Mutex::new(HashMap::new()),
+                entries: TtlCache::new(cache_ttl, 100_000),
             },
         })
     }
@@ -127,19 +98,20 @@ impl Authenticator {
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |a| a.password_hash.clone());
         let mac = self.verified.mac(username, &hash, &password);
-        let matches = if account.is_some() && self.verified.contains(&mac, Instant::now()) {
-            true
-        } else {
-            let matches = tokio::task::spawn_blocking(move || {
-                pochta_auth::verify_password(&password, &hash).unwrap_or(false)
-            })
-            .await
-            .unwrap_or(false);
-            if matches && account.is_some() {
-                self.verified.insert(mac, Instant::now());
-            }
-            matches
-        };
+        let matches =
+            if account.is_some() && self.verified.entries.get(&mac, Instant::now()).is_some() {
+                true
+            } else {
+                let matches = tokio::task::spawn_blocking(move || {
+                    pochta_auth::verify_password(&password, &hash).unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false);
+                if matches && account.is_some() {
+                    self.verified.entries.insert(mac, (), Instant::now());
+                }
+                matches
+            };
         match account {
             Some(account) if matches && !account.disabled => LoginOutcome::Success(account),
             _ => {
@@ -159,7 +131,7 @@ impl Authenticator {
 impl Authenticator {
     /// Remembered verifications (for tests and diagnostics).
     pub fn cached_logins(&self) -> usize {
-        self.verified.entries.lock().expect("cache lock").len()
+        self.verified.entries.len()
     }
 }
 

@@ -3,20 +3,22 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::commit::{GroupCommit, Limits};
 use pochta_config::{Cidr, Config};
 use pochta_proto::queue::v1::queue_client::QueueClient;
 use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
 use pochta_proto::queue::v1::{NotifyRequest, StartDomainDeliveryRequest};
+use pochta_service::cache::TtlCache;
 use pochta_service::login::{Authenticator, LoginOutcome};
 use pochta_smtp::received::{ReceivedBy, received_header};
 use pochta_smtp::{
     AuthResult, Credentials, EtrnResult, Mailbox, Message, RecipientVerdict, StoreResult,
 };
 use pochta_store::{
-    BodyType, DomainRole, MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, Ret, Store,
+    BodyType, DomainRole, MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId,
+    RecipientLookup, Ret, Store,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -39,7 +41,29 @@ pub struct Actions {
     trusted: Vec<Cidr>,
     lifetime: Duration,
     logins: Authenticator,
+    /// Recent acceptances by recipient address (`recipient_cache_secs`): a RCPT already
+    /// accepted costs no store query.
+    accepted_recipients: TtlCache<Mailbox, RecipientVerdict>,
 }
+
+/// The RCPT verdict for what the store knows of the address; `may_relay`: the client is
+/// authenticated or trusted.
+fn recipient_policy(found: RecipientLookup, may_relay: bool) -> RecipientVerdict {
+    match found.role {
+        Some(DomainRole::Local) => match found.account {
+            Some(account) if account.disabled => RecipientVerdict::Disabled,
+            Some(_) => RecipientVerdict::Accept { held: false },
+            None => RecipientVerdict::NoSuchUser,
+        },
+        Some(DomainRole::Hold) => RecipientVerdict::Accept { held: true },
+        Some(DomainRole::Relay) => RecipientVerdict::Accept { held: false },
+        None if may_relay => RecipientVerdict::Accept { held: false },
+        None => RecipientVerdict::RelayDenied,
+    }
+}
+
+/// At most this many remembered recipients per process (a few MB).
+const RECIPIENT_CACHE_ENTRIES: usize = 50_000;
 
 impl Actions {
     pub fn new(config: &Config, store: Store, hostname: String) -> anyhow::Result<Arc<Self>> {
@@ -74,6 +98,10 @@ impl Actions {
                 Duration::from_millis(config.smtp.auth_failure_delay_ms),
                 Duration::from_secs(config.smtp.auth_cache_secs),
             )?,
+            accepted_recipients: TtlCache::new(
+                Duration::from_secs(config.smtp.recipient_cache_secs),
+                RECIPIENT_CACHE_ENTRIES,
+            ),
             store,
         }))
     }
@@ -84,12 +112,17 @@ impl Actions {
 
     /// RCPT policy: local accounts must exist; hold and relay domains accept anything; any
     /// other domain only from authenticated users or trusted networks (no open relay).
+    /// Acceptances for our own domains are remembered a while; refusals never are, and
+    /// neither is relaying, which depends on the client.
     pub async fn verify_recipient(
         &self,
         recipient: &Mailbox,
         authenticated: bool,
         client: IpAddr,
     ) -> RecipientVerdict {
+        if let Some(verdict) = self.accepted_recipients.get(recipient, Instant::now()) {
+            return verdict;
+        }
         let address = MailboxAddress {
             local_part: recipient.local_part.clone(),
             domain: recipient.domain.clone(),
@@ -101,19 +134,12 @@ impl Actions {
                 return RecipientVerdict::TemporaryFailure;
             }
         };
-        match found.role {
-            Some(DomainRole::Local) => match found.account {
-                Some(account) if account.disabled => RecipientVerdict::Disabled,
-                Some(_) => RecipientVerdict::Accept { held: false },
-                None => RecipientVerdict::NoSuchUser,
-            },
-            Some(DomainRole::Hold) => RecipientVerdict::Accept { held: true },
-            Some(DomainRole::Relay) => RecipientVerdict::Accept { held: false },
-            None if authenticated || self.is_trusted(client) => {
-                RecipientVerdict::Accept { held: false }
-            }
-            None => RecipientVerdict::RelayDenied,
+        let verdict = recipient_policy(found, authenticated || self.is_trusted(client));
+        if found.role.is_some() && matches!(verdict, RecipientVerdict::Accept { .. }) {
+            self.accepted_recipients
+                .insert(recipient.clone(), verdict, Instant::now());
         }
+        verdict
     }
 
     /// AUTH, through the login rules SMTP and POP3 share.

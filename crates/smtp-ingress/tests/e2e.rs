@@ -229,6 +229,60 @@ async fn mx_refuses_unknown_users_and_relaying() {
     );
 }
 
+/// One RCPT per address given, in one MX transaction that is then reset; prints each reply.
+const RCPT_ONLY: &str = r#"
+import smtplib, sys
+port, rcpts = int(sys.argv[1]), sys.argv[2].split(",")
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20)
+s.ehlo()
+s.mail("bob@remote.test")
+for r in rcpts:
+    code, resp = s.rcpt(r)
+    print("RCPT", r, code, resp.decode())
+s.rset()
+s.quit()
+"#;
+
+async fn rcpt_replies(s: &Stack, rcpts: &str) -> String {
+    python(RCPT_ONLY, &[&Stack::port(s.mx), rcpts]).await.unwrap()
+}
+
+#[tokio::test]
+async fn accepted_recipients_are_remembered_refusals_never() {
+    let s = stack("recipient_cache_secs = 3600").await;
+    let out = rcpt_replies(&s, "alice@example.org,newbie@example.org").await;
+    assert!(out.contains("RCPT alice@example.org 250"), "{out}");
+    assert!(out.contains("RCPT newbie@example.org 550 5.1.1"), "{out}");
+
+    let alice = pochta_store::MailboxAddress::parse(ALICE).unwrap();
+    s.db.store()
+        .set_account_disabled(&alice, true)
+        .await
+        .unwrap();
+    s.db.add_account("newbie@example.org", "pw").await.unwrap();
+    let out = rcpt_replies(&s, "alice@example.org,newbie@example.org").await;
+    // Alice's acceptance is remembered (her mail would fail at delivery, with a report); the
+    // refusal of a new account was not, so it is accepted at once.
+    assert!(out.contains("RCPT alice@example.org 250"), "{out}");
+    assert!(out.contains("RCPT newbie@example.org 250"), "{out}");
+}
+
+#[tokio::test]
+async fn without_the_recipient_cache_a_disabled_account_is_refused_at_once() {
+    let s = stack("recipient_cache_secs = 0").await;
+    let out = rcpt_replies(&s, "alice@example.org,carol@backup.example").await;
+    assert!(out.contains("RCPT alice@example.org 250"), "{out}");
+    let alice = pochta_store::MailboxAddress::parse(ALICE).unwrap();
+    s.db.store()
+        .set_account_disabled(&alice, true)
+        .await
+        .unwrap();
+    s.db.store().remove_domain("backup.example").await.unwrap();
+    let out = rcpt_replies(&s, "alice@example.org,carol@backup.example").await;
+    assert!(out.contains("RCPT alice@example.org 550 5.2.1"), "{out}");
+    assert!(out.contains("RCPT carol@backup.example 554 5.7.1"), "{out}");
+}
+
 /// STARTTLS on submission, then AUTH PLAIN; relaying to a foreign domain is allowed then.
 const SUBMIT_STARTTLS: &str = r#"
 import smtplib, ssl, sys
