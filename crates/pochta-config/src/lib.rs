@@ -248,6 +248,9 @@ pub struct SmtpConfig {
     /// accepted at once; a removed or disabled one may still be accepted this long, and its
     /// mail then fails at delivery with a report (5.1.1 / 5.2.1). 0 disables.
     pub recipient_cache_secs: u64,
+    /// At most one Notify of new mail to the queue per this interval (the first after a quiet
+    /// spell goes at once; the rest wait and go together). 0: one per round trip.
+    pub notify_interval_ms: u64,
     /// Group commit: messages whose DATA ends while a commit is in flight are stored together
     /// in the next one. At most this many commits run at once per process; all but the first
     /// only while `commit_parallel_bytes` of content wait (large messages) ...
@@ -295,6 +298,7 @@ impl Default for SmtpConfig {
             auth_failure_window_secs: 300,
             auth_cache_secs: 300,
             recipient_cache_secs: 30,
+            notify_interval_ms: 20,
             commit_writers: 2,
             commit_parallel_bytes: 256 * 1024,
             commit_batch_messages: 64,

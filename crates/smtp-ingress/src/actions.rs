@@ -75,7 +75,11 @@ impl Actions {
             pochta_telemetry::grpc::inject_trace_context;
         let queue = QueueClient::with_interceptor(channel, inject);
         let (new_envelopes, arrivals) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(notify_queue(queue.clone(), arrivals));
+        tokio::spawn(notify_queue(
+            queue.clone(),
+            arrivals,
+            Duration::from_millis(config.smtp.notify_interval_ms),
+        ));
         Ok(Arc::new(Actions {
             hostname,
             queue,
@@ -265,17 +269,22 @@ impl Actions {
     }
 }
 
-/// Tells the queue about new envelopes, one Notify at a time: the envelopes accepted while a
-/// Notify is in flight go together in the next one, so the queue gets one request per round
-/// trip from this process, however fast mail arrives, instead of one per message. The ids
-/// only inform the queue's log (it claims from the store), so beyond `MAX_IDS` they are
-/// dropped: a queue that is down cannot make them pile up here.
+/// Tells the queue about new envelopes, one Notify at a time and at most one per `interval`:
+/// the first envelope after a quiet spell is told at once, and those accepted meanwhile go
+/// together in the next Notify, so under load the queue gets a few requests a second from
+/// this process instead of one per message (it gathers a batch for `claim_delay_ms` after a
+/// wake-up anyway). The ids only inform the queue's log (it claims from the store), so beyond
+/// `MAX_IDS` they are dropped: a queue that is down cannot make them pile up here.
 async fn notify_queue(
     mut queue: Queue,
     mut arrivals: tokio::sync::mpsc::UnboundedReceiver<String>,
+    interval: Duration,
 ) {
     const MAX_IDS: usize = 1000;
+    let mut next_notify = tokio::time::Instant::now();
     while let Some(first) = arrivals.recv().await {
+        tokio::time::sleep_until(next_notify).await;
+        next_notify = tokio::time::Instant::now() + interval;
         let mut queue_ids = vec![first];
         while let Ok(id) = arrivals.try_recv() {
             if queue_ids.len() < MAX_IDS {

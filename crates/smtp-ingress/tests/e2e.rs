@@ -4,7 +4,17 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pochta_proto::queue::v1::queue_server::{Queue, QueueServer};
+use pochta_proto::queue::v1::{
+    AdminRequest, AdminResponse, DeleteRequest, ListEntriesRequest, ListEntriesResponse,
+    NotifyRequest, NotifyResponse, ShowEntryRequest, ShowEntryResponse, StartDomainDeliveryRequest,
+    StartDomainDeliveryResponse,
+};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
 
 use pochta_store::{DomainRole, RecipientState};
 use pochta_testkit::{ServiceProcess, TestCerts, TestDb, free_addr, python};
@@ -244,7 +254,9 @@ s.quit()
 "#;
 
 async fn rcpt_replies(s: &Stack, rcpts: &str) -> String {
-    python(RCPT_ONLY, &[&Stack::port(s.mx), rcpts]).await.unwrap()
+    python(RCPT_ONLY, &[&Stack::port(s.mx), rcpts])
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -660,4 +672,120 @@ print("UNSOLICITED", code, text.decode())
         out.contains("UNSOLICITED 421 4.3.2 mx.test Service shutting down"),
         "{out}"
     );
+}
+
+/// A stand-in for the queue's gRPC service that records each Notify and when it came; the
+/// other calls are not needed here.
+type QueueResult<T> = Result<Response<T>, Status>;
+
+#[derive(Clone, Default)]
+struct NotifyRecorder(Arc<Mutex<Vec<Notified>>>);
+
+/// When a Notify came and the queue ids it carried.
+type Notified = (Instant, Vec<String>);
+
+impl NotifyRecorder {
+    fn seen(&self) -> Vec<Notified> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` Notify requests have come (or fails after 20 s).
+    async fn wait_for(&self, n: usize) -> Vec<Notified> {
+        for _ in 0..200 {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("only {:?} Notify requests came", self.seen());
+    }
+}
+
+#[tonic::async_trait]
+impl Queue for NotifyRecorder {
+    async fn notify(&self, request: Request<NotifyRequest>) -> QueueResult<NotifyResponse> {
+        let ids = request.into_inner().queue_ids;
+        self.0.lock().unwrap().push((Instant::now(), ids));
+        Ok(Response::new(NotifyResponse {}))
+    }
+    async fn start_domain_delivery(
+        &self,
+        _: Request<StartDomainDeliveryRequest>,
+    ) -> QueueResult<StartDomainDeliveryResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn list_entries(
+        &self,
+        _: Request<ListEntriesRequest>,
+    ) -> QueueResult<ListEntriesResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn show_entry(&self, _: Request<ShowEntryRequest>) -> QueueResult<ShowEntryResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn retry_now(&self, _: Request<AdminRequest>) -> QueueResult<AdminResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn hold(&self, _: Request<AdminRequest>) -> QueueResult<AdminResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn release(&self, _: Request<AdminRequest>) -> QueueResult<AdminResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
+    async fn delete(&self, _: Request<DeleteRequest>) -> QueueResult<AdminResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
+}
+
+/// Sends `count` messages to Alice in one MX session; prints each DATA reply.
+const SEND_MANY: &str = r#"
+import smtplib, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20)
+s.ehlo()
+for i in range(count):
+    code, resp = s.mail("bob@remote.test")
+    assert code == 250, (code, resp)
+    code, resp = s.rcpt("alice@example.org")
+    assert code == 250, (code, resp)
+    code, resp = s.data(b"Subject: %d\r\n\r\nx\r\n" % i)
+    print("DATA", code, resp.decode())
+s.quit()
+"#;
+
+fn queue_ids(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with("DATA 250"))
+        .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_queue_is_told_of_new_mail_at_once_then_at_most_once_per_interval() {
+    let s = stack("notify_interval_ms = 3000").await;
+    let recorder = NotifyRecorder::default();
+    // Listening before any mail comes: a Notify that finds no queue is not retried.
+    let listener = tokio::net::TcpListener::bind(s.queue).await.unwrap();
+    let server = tonic::transport::Server::builder()
+        .add_service(QueueServer::new(recorder.clone()))
+        .serve_with_incoming(TcpIncoming::from(listener));
+    tokio::spawn(server);
+
+    // A first message after a quiet spell: told at once, alone.
+    let first = queue_ids(&python(SEND_MANY, &[&Stack::port(s.mx), "1"]).await.unwrap());
+    let seen = recorder.wait_for(1).await;
+    assert_eq!(seen[0].1, first);
+    // Three more straight after: they wait for the interval and go together.
+    let more = queue_ids(&python(SEND_MANY, &[&Stack::port(s.mx), "3"]).await.unwrap());
+    assert_eq!(more.len(), 3, "all accepted");
+    let seen = recorder.wait_for(2).await;
+    assert_eq!(seen[1].1, more, "one Notify for the three");
+    assert!(
+        seen[1].0 - seen[0].0 >= Duration::from_millis(2900),
+        "not before the interval: {:?}",
+        seen[1].0 - seen[0].0
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(recorder.seen().len(), 2, "nothing else was sent");
 }
