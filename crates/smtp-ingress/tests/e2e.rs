@@ -259,6 +259,14 @@ async fn rcpt_replies(s: &Stack, rcpts: &str) -> String {
         .unwrap()
 }
 
+async fn disable_alice(s: &Stack) {
+    let alice = pochta_store::MailboxAddress::parse(ALICE).unwrap();
+    s.db.store()
+        .set_account_disabled(&alice, true)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn accepted_recipients_are_remembered_refusals_never() {
     let s = stack("recipient_cache_secs = 3600").await;
@@ -266,11 +274,7 @@ async fn accepted_recipients_are_remembered_refusals_never() {
     assert!(out.contains("RCPT alice@example.org 250"), "{out}");
     assert!(out.contains("RCPT newbie@example.org 550 5.1.1"), "{out}");
 
-    let alice = pochta_store::MailboxAddress::parse(ALICE).unwrap();
-    s.db.store()
-        .set_account_disabled(&alice, true)
-        .await
-        .unwrap();
+    disable_alice(&s).await;
     s.db.add_account("newbie@example.org", "pw").await.unwrap();
     let out = rcpt_replies(&s, "alice@example.org,newbie@example.org").await;
     // Alice's acceptance is remembered (her mail would fail at delivery, with a report); the
@@ -284,11 +288,7 @@ async fn without_the_recipient_cache_a_disabled_account_is_refused_at_once() {
     let s = stack("recipient_cache_secs = 0").await;
     let out = rcpt_replies(&s, "alice@example.org,carol@backup.example").await;
     assert!(out.contains("RCPT alice@example.org 250"), "{out}");
-    let alice = pochta_store::MailboxAddress::parse(ALICE).unwrap();
-    s.db.store()
-        .set_account_disabled(&alice, true)
-        .await
-        .unwrap();
+    disable_alice(&s).await;
     s.db.store().remove_domain("backup.example").await.unwrap();
     let out = rcpt_replies(&s, "alice@example.org,carol@backup.example").await;
     assert!(out.contains("RCPT alice@example.org 550 5.2.1"), "{out}");
