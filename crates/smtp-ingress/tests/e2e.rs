@@ -130,12 +130,20 @@ print("DATA", code, resp.decode())
 s.quit()
 "#;
 
+/// The queue ids of every accepted message in a script's output, in order.
+fn queue_ids(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with("DATA 250"))
+        .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+/// The queue id of the first accepted message.
 fn queue_id(out: &str) -> String {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("DATA 250"))
-        .unwrap_or_else(|| panic!("not accepted:\n{out}"));
-    line.rsplit(' ').next().unwrap().to_owned()
+    queue_ids(out)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("not accepted:\n{out}"))
 }
 
 #[tokio::test]
@@ -753,13 +761,6 @@ for i in range(count):
     print("DATA", code, resp.decode())
 s.quit()
 "#;
-
-fn queue_ids(out: &str) -> Vec<String> {
-    out.lines()
-        .filter(|l| l.starts_with("DATA 250"))
-        .map(|l| l.rsplit(' ').next().unwrap().to_owned())
-        .collect()
-}
 
 #[tokio::test]
 async fn the_queue_is_told_of_new_mail_at_once_then_at_most_once_per_interval() {
