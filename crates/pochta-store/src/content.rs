@@ -34,6 +34,13 @@ impl<'a> Chunks<'a> {
         }
         chunks
     }
+
+    /// About the octets the three arrays take as statement parameters (binary array format:
+    /// a length before each element), to size the buffer they are encoded into.
+    pub fn encoded_len(&self) -> usize {
+        let data: usize = self.data.iter().map(|d| d.len()).sum();
+        data + self.data.len() * (4 + (4 + 8) + (4 + 4)) + 3 * 64
+    }
 }
 
 /// Octets `[from, from + len)` of `prefix` followed by a content of which `chunks` (seq and

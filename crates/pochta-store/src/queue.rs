@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgConnection};
 
 use crate::content::Chunks;
 use crate::{
@@ -250,9 +251,42 @@ pub(crate) async fn enqueue_many_on(
         .collect();
     // One statement, so the whole batch is stored or none of it. The message ids are drawn
     // first (a volatile CTE is evaluated once), so each envelope gets its own content; chunk
-    // rows find their message by its place in the batch. They are not sorted (a sort would
-    // copy every chunk): readers order chunks themselves.
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+    // rows find their message by its place in the batch, an index into the array of the new
+    // ids. The chunk arrays are unnested in the select list, so rows stream into the INSERT:
+    // unnest in FROM with a join copied every chunk into a tuplestore and a hash table first
+    // (18 % of the statement's time for 8 × 100 KiB, pgbench). They are not sorted (a sort
+    // would copy every chunk too): readers order chunks themselves.
+    // The arguments' buffer is sized up front: grown by doubling, it would copy the content
+    // several times over before the statement is sent.
+    let mut args = PgArguments::default();
+    args.reserve(22, chunks.encoded_len() + 1024 * batch.len());
+    for add in [
+        args.add(&sizes),
+        args.add(&queue_ids),
+        args.add(&reverse_paths),
+        args.add(&envids),
+        args.add(&rets),
+        args.add(&bodies),
+        args.add(&smtputf8s),
+        args.add(&clients),
+        args.add(&helos),
+        args.add(&auth_users),
+        args.add(&received_bys),
+        args.add(&traceparents),
+        args.add(&lifetimes),
+        args.add(&rcpt_queue_ids),
+        args.add(&addresses),
+        args.add(&domains),
+        args.add(&orcpts),
+        args.add(&notifies),
+        args.add(&states),
+        args.add(&chunks.owners),
+        args.add(&chunks.seqs),
+        args.add(&chunks.data),
+    ] {
+        add.map_err(sqlx::Error::Encode)?;
+    }
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as_with(
         "WITH input AS (
                  SELECT i.*, nextval(pg_get_serial_sequence('messages', 'id')) AS message_id
                  FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -266,9 +300,9 @@ pub(crate) async fn enqueue_many_on(
                  SELECT message_id, size FROM input ORDER BY n
              ), c AS (
                  INSERT INTO message_chunks (message_id, seq, data)
-                 SELECT input.message_id, c.seq, c.data
-                 FROM unnest($20::int8[], $21::int4[], $22::bytea[]) AS c (n, seq, data)
-                 JOIN input ON input.n = c.n
+                 SELECT (SELECT array_agg(message_id ORDER BY n) FROM input)[n], seq, data
+                 FROM (SELECT unnest($20::int8[]) AS n, unnest($21::int4[]) AS seq,
+                           unnest($22::bytea[]) AS data) AS c
              ), e AS (
                  INSERT INTO envelopes (queue_id, message_id, reverse_path, envid, ret, body,
                      smtputf8, client_address, client_helo, auth_user, received_by, traceparent,
@@ -288,29 +322,8 @@ pub(crate) async fn enqueue_many_on(
                  ORDER BY a.n
              )
              SELECT queue_id, id, message_id FROM e",
+        args,
     )
-    .bind(&sizes)
-    .bind(&queue_ids)
-    .bind(&reverse_paths)
-    .bind(&envids)
-    .bind(&rets)
-    .bind(&bodies)
-    .bind(&smtputf8s)
-    .bind(&clients)
-    .bind(&helos)
-    .bind(&auth_users)
-    .bind(&received_bys)
-    .bind(&traceparents)
-    .bind(&lifetimes)
-    .bind(&rcpt_queue_ids)
-    .bind(&addresses)
-    .bind(&domains)
-    .bind(&orcpts)
-    .bind(&notifies)
-    .bind(&states)
-    .bind(&chunks.owners)
-    .bind(&chunks.seqs)
-    .bind(&chunks.data)
     .fetch_all(&mut *conn)
     .await?;
     let mut ids: std::collections::HashMap<String, Enqueued> = rows

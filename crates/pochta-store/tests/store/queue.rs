@@ -495,8 +495,17 @@ async fn enqueue_many_keeps_each_envelope_with_its_own_content_and_recipients() 
             )
         })
         .collect();
+    // Several chunk rows each (8,000 octets a row), of different counts and letters, so a
+    // chunk stored under another message's id would show.
     let contents: Vec<Vec<u8>> = (1..=3)
-        .map(|n| format!("Subject: message {n}\r\n\r\n{}\r\n", "x".repeat(n * 1000)).into_bytes())
+        .map(|n| {
+            let letter = char::from(b'a' + n as u8).to_string();
+            format!(
+                "Subject: message {n}\r\n\r\n{}\r\n",
+                letter.repeat(n * 9000)
+            )
+            .into_bytes()
+        })
         .collect();
     let batch: Vec<_> = envelopes
         .iter()
