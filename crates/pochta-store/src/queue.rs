@@ -254,8 +254,8 @@ pub(crate) async fn enqueue_many_on(
     // rows find their message by its place in the batch, an index into the array of the new
     // ids. The chunk arrays are unnested in the select list, so rows stream into the INSERT:
     // unnest in FROM with a join copied every chunk into a tuplestore and a hash table first
-    // (18 % of the statement's time for 8 × 100 KiB, pgbench). They are not sorted (a sort
-    // would copy every chunk too): readers order chunks themselves.
+    // (8 × 100 KiB in one statement: 7.0 ms of server time before, 5.7 ms after). They are
+    // not sorted (a sort would copy every chunk too): readers order chunks themselves.
     // The arguments' buffer is sized up front: grown by doubling, it would copy the content
     // several times over before the statement is sent.
     let mut args = PgArguments::default();
