@@ -2,6 +2,7 @@
 //! human-readable part, a `message/delivery-status` part and the returned message or its header.
 
 use chrono::{DateTime, Utc};
+use pochta_mail::Orcpt;
 
 /// RFC 3464 2.3.3 Action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,7 +14,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
@@ -34,8 +35,7 @@ impl Action {
 /// One recipient's part of a report (RFC 3464 2.3).
 #[derive(Debug, Clone)]
 pub struct RecipientReport {
-    /// ORCPT as given on RCPT (`type;xtext`).
-    pub orcpt: Option<String>,
+    pub orcpt: Option<Orcpt>,
     pub final_recipient: String,
     pub action: Action,
     /// Enhanced status code, e.g. `5.1.1`.
@@ -73,18 +73,6 @@ pub fn header_section(message: &[u8]) -> &[u8] {
     match message.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(i) => &message[..i + 4],
         None => message,
-    }
-}
-
-/// Decodes the address in an ORCPT value `type;xtext` to `type;address` (RFC 3464 2.3.1).
-fn original_recipient(orcpt: &str) -> String {
-    match orcpt.split_once(';') {
-        Some((kind, xtext)) => {
-            let address =
-                pochta_smtp::command::xtext_decode(xtext).unwrap_or_else(|| xtext.to_owned());
-            format!("{kind};{address}")
-        }
-        None => orcpt.to_owned(),
     }
 }
 
@@ -164,7 +152,7 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         if let Some(orcpt) = &r.orcpt {
             out.push_str(&format!(
                 "Original-Recipient: {}\r\n",
-                field(&original_recipient(orcpt))
+                field(&orcpt.decoded())
             ));
         }
         out.push_str(&format!(
@@ -231,7 +219,7 @@ mod tests {
 
     fn failed(address: &str) -> RecipientReport {
         RecipientReport {
-            orcpt: Some("rfc822;a+2Bb@example.org".into()),
+            orcpt: Some("rfc822;a+2Bb@example.org".parse().unwrap()),
             final_recipient: address.into(),
             action: Action::Failed,
             status: "5.1.1".into(),

@@ -11,8 +11,11 @@ mod depth;
 mod dsn;
 mod gc;
 mod grpc;
+mod local;
 mod mx;
 mod remote;
+mod report;
+mod route;
 mod worker;
 
 use std::process::ExitCode;
@@ -33,29 +36,29 @@ fn main() -> ExitCode {
                 .hostname
                 .clone()
                 .unwrap_or_else(|| host.trim().to_owned());
-            let outbound = worker::Outbound {
-                routes: queue.routes.clone(),
-                smarthost: queue.smarthost.clone(),
-                tls: tls_policy(queue.outbound_tls),
-                tls_by_domain: queue
-                    .outbound_tls_domains
-                    .iter()
-                    .map(|(domain, policy)| (domain.to_ascii_lowercase(), tls_policy(*policy)))
-                    .collect(),
-                pool: Arc::new(remote::Pool::new(
-                    Duration::from_secs(queue.connection_reuse_secs),
-                    queue.connection_reuse_max_messages,
-                )),
-                connector: remote::tls_connector()?,
-                connect_timeout: Duration::from_secs(queue.connect_timeout_secs),
-                reply_timeout: Duration::from_secs(queue.reply_timeout_secs),
-                resolver: mx::resolver(&queue.dns_servers)?,
-                mx_port: queue.mx_port,
-                per_destination: queue.max_connections_per_destination as usize,
-                slots: Default::default(),
-            };
             let settings = Arc::new(worker::Settings {
-                outbound,
+                router: route::Router {
+                    routes: queue.routes.clone(),
+                    smarthost: queue.smarthost.clone(),
+                    tls: queue.outbound_tls,
+                    tls_by_domain: queue
+                        .outbound_tls_domains
+                        .iter()
+                        .map(|(domain, policy)| (domain.to_ascii_lowercase(), *policy))
+                        .collect(),
+                    resolver: mx::resolver(&queue.dns_servers)?,
+                    mx_port: queue.mx_port,
+                },
+                dialer: remote::Dialer::new(
+                    remote::tls_connector()?,
+                    Duration::from_secs(queue.connect_timeout_secs),
+                    Duration::from_secs(queue.reply_timeout_secs),
+                    Arc::new(remote::Pool::new(
+                        Duration::from_secs(queue.connection_reuse_secs),
+                        queue.connection_reuse_max_messages,
+                    )),
+                    queue.max_connections_per_destination as usize,
+                ),
                 hostname,
                 lifetime: Duration::from_secs(queue.message_lifetime_secs),
                 dsn_max_full_bytes: queue.dsn_max_full_bytes as usize,
@@ -76,17 +79,19 @@ fn main() -> ExitCode {
                     max: Duration::from_secs(queue.retry_max_delay_secs),
                 },
             });
-            let pool = settings.outbound.pool.clone();
+            let pool = settings.dialer.pool.clone();
             let wake = worker::Wake::new();
+            let metrics = Arc::new(worker::Metrics::new());
             let workers: Vec<_> = (0..queue.workers)
                 .map(|i| {
-                    tokio::spawn(worker::run(
+                    let worker = worker::Worker::new(
                         ctx.store.clone(),
                         settings.clone(),
+                        metrics.clone(),
                         wake.clone(),
-                        ctx.shutdown.clone(),
                         i,
-                    ))
+                    );
+                    tokio::spawn(worker.run(ctx.shutdown.clone()))
                 })
                 .collect();
             tracing::info!(workers = queue.workers, owner = %settings.owner, "delivery workers started");
@@ -126,13 +131,4 @@ fn main() -> ExitCode {
             served
         },
     )
-}
-
-fn tls_policy(policy: pochta_config::OutboundTls) -> pochta_smtp::client::TlsPolicy {
-    use pochta_smtp::client::TlsPolicy;
-    match policy {
-        pochta_config::OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
-        pochta_config::OutboundTls::Required => TlsPolicy::Required,
-        pochta_config::OutboundTls::Never => TlsPolicy::Never,
-    }
 }

@@ -1,8 +1,11 @@
-//! Remote delivery: SMTP connections to a route's servers, each driving a
-//! `pochta_smtp::client::ClientSession` for one message and its recipients at a time. A
-//! connection that ends a message cleanly waits a short while in the `Pool` for the next
+//! Remote delivery: a message's remote recipients handed to their destination's servers over
+//! SMTP, one transaction per destination and TLS policy, each connection driving a
+//! `pochta_smtp::client::ClientSession`.
+//!
+//! A connection that ends a message cleanly waits a short while in the `Pool` for the next
 //! message to the same server (and TLS policy), which saves the connection set-up, greeting,
-//! EHLO and TLS handshake.
+//! EHLO and TLS handshake. At most `per_destination` connections per destination are open at
+//! once in this process.
 //!
 //! TLS is opportunistic by default (RFC 7435): the server's certificate is not verified,
 //! because MX hosts' names are not authenticated by plain DNS anyway; it protects against
@@ -13,14 +16,166 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pochta_smtp::client::{ClientOutput, ClientSession, Outgoing, RecipientOutcome, TlsPolicy};
+use pochta_mail::TlsPolicy;
+use pochta_service::conn::Conn;
+use pochta_smtp::client::{
+    ClientOutput, ClientSession, Outgoing, OutgoingRecipient, RecipientOutcome, dot_stuffed,
+};
+use pochta_store::{AttemptReport, ClaimedRecipient};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
+use tracing::Instrument;
+
+use crate::mx;
+use crate::report::{Attempt, Verdict};
+use crate::route::{Candidate, Destination};
+use crate::worker::Worker;
+
+/// A recipient being attempted, with its attempt span.
+type Attempting<'a> = (&'a ClaimedRecipient, tracing::Span);
+
+impl Worker {
+    /// Hands the remote recipients of one envelope to their destinations' servers and returns
+    /// how each attempt ended.
+    pub async fn deliver_remote<'a>(&self, remote: Vec<Attempting<'a>>) -> Vec<Attempt<'a>> {
+        let router = &self.settings.router;
+        let mut by_destination: Vec<((Destination, TlsPolicy), Vec<Attempting>)> = Vec::new();
+        for (r, span) in remote {
+            let key = (
+                router.destination(&r.address.domain),
+                router.tls_policy(&r.address.domain),
+            );
+            match by_destination.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, list)) => list.push((r, span)),
+                None => by_destination.push((key, vec![(r, span)])),
+            }
+        }
+        let mut attempts = Vec::new();
+        for ((destination, tls), recipients) in by_destination {
+            attempts.extend(self.send_to(&destination, tls, recipients).await);
+        }
+        attempts
+    }
+
+    /// One transaction with `destination`: its servers in turn until one takes the connection
+    /// (RFC 5321 5.1).
+    async fn send_to<'a>(
+        &self,
+        destination: &Destination,
+        tls: TlsPolicy,
+        recipients: Vec<Attempting<'a>>,
+    ) -> Vec<Attempt<'a>> {
+        let all_end = |verdict, status: &str, why: &str| -> Vec<Attempt<'a>> {
+            recipients
+                .iter()
+                .map(|(r, span)| Attempt::local(r, span.clone(), verdict, status, why))
+                .collect()
+        };
+        let candidates = match self.settings.router.candidates(destination).await {
+            Ok(candidates) => candidates,
+            Err(mx::Resolution::NoMail { status, why }) => {
+                return all_end(Verdict::Failed, status, &why);
+            }
+            Err(mx::Resolution::TryLater(why)) => return all_end(Verdict::Deferred, "4.4.3", &why),
+            Err(mx::Resolution::Hosts(_)) => {
+                return all_end(Verdict::Deferred, "4.4.3", "no mail host could be found");
+            }
+        };
+        let first = recipients[0].0;
+        let message = match self.store.message_content(first.message_id).await {
+            Ok(Some(m)) => m,
+            other => {
+                tracing::error!(queue_id = %first.queue_id, "message content unavailable: {other:?}");
+                return all_end(Verdict::Deferred, "4.3.0", "message content unavailable");
+            }
+        };
+        let outgoing = Outgoing {
+            helo_name: self.settings.hostname.clone(),
+            reverse_path: first.reverse_path.clone(),
+            envid: first.envid.clone(),
+            ret: first.ret,
+            body: first.body,
+            smtputf8: first.smtputf8,
+            size: message.len(),
+            recipients: recipients
+                .iter()
+                .map(|(r, _)| OutgoingRecipient {
+                    address: r.address.clone(),
+                    notify: r.notify,
+                    orcpt: r.orcpt.clone(),
+                })
+                .collect(),
+            tls,
+        };
+        let dialer = &self.settings.dialer;
+        let _slot = dialer.slot(destination).await;
+        let mut result = Err(String::new());
+        let mut remote_mta = String::new();
+        for candidate in &candidates {
+            let span = tracing::info_span!("queue.remote", host = %candidate.host,
+                address = %candidate.address, recipients = recipients.len());
+            remote_mta = format!("{} ({})", candidate.host, candidate.address);
+            // The leases are renewed meanwhile by the loop that claimed the batch.
+            result = dialer
+                .deliver(candidate, outgoing.clone(), &message)
+                .instrument(span)
+                .await;
+            match &result {
+                Ok(_) => break,
+                Err(why) => tracing::info!("{why}; trying the next host if any"),
+            }
+        }
+        match result {
+            Ok(outcomes) => recipients
+                .into_iter()
+                .zip(outcomes)
+                .map(|((r, span), outcome)| attempt_of(r, span, outcome, &remote_mta))
+                .collect(),
+            Err(why) => all_end(Verdict::Deferred, "4.4.1", &why),
+        }
+    }
+}
+
+/// What the remote server's answer makes of one recipient's attempt.
+fn attempt_of<'a>(
+    r: &'a ClaimedRecipient,
+    span: tracing::Span,
+    outcome: RecipientOutcome,
+    remote_mta: &str,
+) -> Attempt<'a> {
+    let (verdict, reply) = match outcome {
+        RecipientOutcome::Accepted { reply, dsn: true } => (Verdict::Delivered, reply),
+        // Handed to a server without DSN: `relayed` (RFC 3461 5.2.2).
+        RecipientOutcome::Accepted { reply, dsn: false } => (Verdict::Relayed, reply),
+        RecipientOutcome::Rejected(reply) => (Verdict::Failed, reply),
+        RecipientOutcome::Deferred(reply) => (Verdict::Deferred, reply),
+    };
+    let default_status = match verdict {
+        Verdict::Failed => "5.0.0",
+        Verdict::Deferred => "4.0.0",
+        _ => "2.0.0",
+    };
+    Attempt {
+        r,
+        span,
+        verdict,
+        report: AttemptReport {
+            remote_mta: Some(remote_mta.to_owned()),
+            reply_code: Some(reply.code).filter(|c| (200..600).contains(c)),
+            status: Some(
+                reply
+                    .status
+                    .clone()
+                    .unwrap_or_else(|| default_status.into()),
+            ),
+            diagnostic: reply.to_diagnostic(),
+        },
+    }
+}
 
 /// Accepts any certificate: encryption without authentication (opportunistic TLS).
 #[derive(Debug)]
@@ -81,47 +236,153 @@ pub fn tls_connector() -> anyhow::Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only while STARTTLS replaces the plain stream.
-    Gone,
-}
-
-impl Stream {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
-            Stream::Gone => Ok(0),
-        }
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.write_all(bytes).await,
-            Stream::Tls(s) => {
-                s.write_all(bytes).await?;
-                s.flush().await
-            }
-            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
-        }
-    }
-}
-
-pub struct Target<'a> {
-    /// The server's name (for TLS and diagnostics).
-    pub host: &'a str,
-    /// Where to connect: `ip:port` or `host:port`.
-    pub address: String,
+/// How remote servers are reached: timeouts, TLS, idle connections kept for reuse, and the
+/// limit of connections per destination.
+pub struct Dialer {
+    pub connector: TlsConnector,
     pub connect_timeout: Duration,
     pub reply_timeout: Duration,
-    pub tls: &'a TlsConnector,
+    pub pool: Arc<Pool>,
+    pub per_destination: usize,
+    /// One semaphore per destination in use (they are small; never pruned).
+    slots: Mutex<HashMap<Destination, Arc<Semaphore>>>,
+}
+
+impl Dialer {
+    pub fn new(
+        connector: TlsConnector,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+        pool: Arc<Pool>,
+        per_destination: usize,
+    ) -> Self {
+        Dialer {
+            connector,
+            connect_timeout,
+            reply_timeout,
+            pool,
+            per_destination,
+            slots: Mutex::default(),
+        }
+    }
+
+    /// Waits for a free connection slot to `destination`.
+    async fn slot(&self, destination: &Destination) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut slots = self.slots.lock().expect("slots lock");
+            slots
+                .entry(destination.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_destination)))
+                .clone()
+        };
+        semaphore.acquire_owned().await.ok()
+    }
+
+    /// Delivers `message` to the recipients in `outgoing` at `server`, over an idle connection
+    /// to it when there is one that still works, else a new one; returns each recipient's
+    /// outcome, or why no connection could be made (so the next server can be tried). Trouble
+    /// after connecting defers the recipients without an outcome yet.
+    async fn deliver(
+        &self,
+        server: &Candidate,
+        outgoing: Outgoing,
+        message: &[u8],
+    ) -> Result<Vec<RecipientOutcome>, String> {
+        let key = (server.address.clone(), outgoing.tls);
+        while let Some(mut connection) = self.pool.take(&key) {
+            connection.session.next_message(outgoing.clone());
+            let outcomes = self.converse(&mut connection, server, message).await;
+            if connection.session.stale() {
+                tracing::debug!(address = %server.address, "idle connection no longer usable");
+                continue;
+            }
+            self.pool.put(key, connection).await;
+            return Ok(outcomes);
+        }
+        let mut connection = self.connect(server, outgoing).await?;
+        let outcomes = self.converse(&mut connection, server, message).await;
+        self.pool.put(key, connection).await;
+        Ok(outcomes)
+    }
+
+    async fn connect(&self, server: &Candidate, outgoing: Outgoing) -> Result<Connection, String> {
+        let address = &server.address;
+        let connected = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address));
+        match connected.await {
+            Ok(Ok(tcp)) => Ok(Connection {
+                conn: Conn::Plain(tcp),
+                session: ClientSession::new(outgoing),
+                messages: 0,
+            }),
+            Ok(Err(e)) => Err(format!("connecting to {} ({address}): {e}", server.host)),
+            Err(_) => Err(format!(
+                "connecting to {} ({address}): timed out",
+                server.host
+            )),
+        }
+    }
+
+    /// Runs the session until the current message's outcomes are known.
+    async fn converse(
+        &self,
+        connection: &mut Connection,
+        server: &Candidate,
+        message: &[u8],
+    ) -> Vec<RecipientOutcome> {
+        connection.messages += 1;
+        let address = &server.address;
+        let (conn, session) = (&mut connection.conn, &mut connection.session);
+        let mut buf = vec![0u8; 8192];
+        loop {
+            while let Some(output) = session.poll() {
+                let result = match output {
+                    ClientOutput::Send(bytes) => conn.write_all(&bytes).await,
+                    ClientOutput::SendMessage => conn
+                        .write_all(&dot_stuffed(message))
+                        .await
+                        .map(|()| session.message_sent()),
+                    ClientOutput::StartTls => {
+                        let name = ServerName::try_from(server.host.clone())
+                            .unwrap_or_else(|_| ServerName::try_from("localhost").expect("valid"));
+                        let handshake = conn.connect_tls(&self.connector, name);
+                        match tokio::time::timeout(self.reply_timeout, handshake).await {
+                            Ok(Ok(())) => {
+                                session.tls_established();
+                                Ok(())
+                            }
+                            Ok(Err(e)) => {
+                                return lost(
+                                    session,
+                                    &format!("TLS handshake with {address}: {e}"),
+                                );
+                            }
+                            Err(_) => {
+                                return lost(
+                                    session,
+                                    &format!("TLS handshake with {address}: timed out"),
+                                );
+                            }
+                        }
+                    }
+                    ClientOutput::Done(outcomes) => return outcomes,
+                };
+                if let Err(e) = result {
+                    return lost(session, &format!("writing to {address}: {e}"));
+                }
+            }
+            match tokio::time::timeout(self.reply_timeout, conn.read(&mut buf)).await {
+                Ok(Ok(0)) => return lost(session, &format!("{address} closed the connection")),
+                Ok(Ok(n)) => session.feed(&buf[..n]),
+                Ok(Err(e)) => return lost(session, &format!("reading from {address}: {e}")),
+                Err(_) => return lost(session, &format!("{address} did not answer in time")),
+            }
+        }
+    }
 }
 
 /// An open SMTP session with one server.
 pub struct Connection {
-    stream: Stream,
+    conn: Conn,
     session: ClientSession,
     messages: u32,
 }
@@ -132,10 +393,19 @@ impl Connection {
         self.session.quit();
         while let Some(output) = self.session.poll() {
             if let ClientOutput::Send(bytes) = output
-                && self.stream.write_all(&bytes).await.is_err()
+                && self.conn.write_all(&bytes).await.is_err()
             {
                 return;
             }
+        }
+    }
+}
+
+fn lost(session: &mut ClientSession, why: &str) -> Vec<RecipientOutcome> {
+    session.connection_lost(why);
+    loop {
+        if let Some(ClientOutput::Done(outcomes)) = session.poll() {
+            return outcomes;
         }
     }
 }
@@ -219,138 +489,4 @@ impl Pool {
             connection.close().await;
         }
     }
-}
-
-/// Delivers `message` to the recipients in `outgoing` at `target`, over an idle connection to
-/// it when there is one that still works, else a new one; returns each recipient's outcome, or
-/// why no connection could be made (so the next host can be tried). Trouble after connecting
-/// defers the recipients without an outcome yet.
-pub async fn deliver(
-    pool: &Arc<Pool>,
-    target: &Target<'_>,
-    outgoing: Outgoing,
-    message: &[u8],
-) -> Result<Vec<RecipientOutcome>, String> {
-    let key = (target.address.clone(), outgoing.tls);
-    while let Some(mut connection) = pool.take(&key) {
-        connection.session.next_message(outgoing.clone());
-        let outcomes = connection.converse(target, message).await;
-        if connection.session.stale() {
-            tracing::debug!(address = %target.address, "idle connection no longer usable");
-            continue;
-        }
-        pool.put(key, connection).await;
-        return Ok(outcomes);
-    }
-    let mut connection = connect(target, outgoing).await?;
-    let outcomes = connection.converse(target, message).await;
-    pool.put(key, connection).await;
-    Ok(outcomes)
-}
-
-async fn connect(target: &Target<'_>, outgoing: Outgoing) -> Result<Connection, String> {
-    let address = &target.address;
-    let connected = tokio::time::timeout(target.connect_timeout, TcpStream::connect(address)).await;
-    match connected {
-        Ok(Ok(tcp)) => Ok(Connection {
-            stream: Stream::Plain(tcp),
-            session: ClientSession::new(outgoing),
-            messages: 0,
-        }),
-        Ok(Err(e)) => Err(format!("connecting to {} ({address}): {e}", target.host)),
-        Err(_) => Err(format!(
-            "connecting to {} ({address}): timed out",
-            target.host
-        )),
-    }
-}
-
-impl Connection {
-    /// Runs the session until the current message's outcomes are known.
-    async fn converse(&mut self, target: &Target<'_>, message: &[u8]) -> Vec<RecipientOutcome> {
-        self.messages += 1;
-        let address = &target.address;
-        let (stream, session) = (&mut self.stream, &mut self.session);
-        let mut buf = vec![0u8; 8192];
-        loop {
-            while let Some(output) = session.poll() {
-                let result = match output {
-                    ClientOutput::Send(bytes) => stream.write_all(&bytes).await,
-                    ClientOutput::SendMessage => send_message(stream, message)
-                        .await
-                        .map(|()| session.message_sent()),
-                    ClientOutput::StartTls => {
-                        let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Gone) else {
-                            return lost(session, "STARTTLS twice");
-                        };
-                        let name =
-                            ServerName::try_from(target.host.to_owned()).unwrap_or_else(|_| {
-                                ServerName::try_from("localhost").expect("a valid name")
-                            });
-                        match tokio::time::timeout(
-                            target.reply_timeout,
-                            target.tls.connect(name, tcp),
-                        )
-                        .await
-                        {
-                            Ok(Ok(tls)) => {
-                                *stream = Stream::Tls(Box::new(tls));
-                                session.tls_established();
-                                Ok(())
-                            }
-                            Ok(Err(e)) => {
-                                return lost(
-                                    session,
-                                    &format!("TLS handshake with {address}: {e}"),
-                                );
-                            }
-                            Err(_) => {
-                                return lost(
-                                    session,
-                                    &format!("TLS handshake with {address}: timed out"),
-                                );
-                            }
-                        }
-                    }
-                    ClientOutput::Done(outcomes) => return outcomes,
-                };
-                if let Err(e) = result {
-                    return lost(session, &format!("writing to {address}: {e}"));
-                }
-            }
-            match tokio::time::timeout(target.reply_timeout, stream.read(&mut buf)).await {
-                Ok(Ok(0)) => return lost(session, &format!("{address} closed the connection")),
-                Ok(Ok(n)) => session.feed(&buf[..n]),
-                Ok(Err(e)) => return lost(session, &format!("reading from {address}: {e}")),
-                Err(_) => return lost(session, &format!("{address} did not answer in time")),
-            }
-        }
-    }
-}
-
-fn lost(session: &mut ClientSession, why: &str) -> Vec<RecipientOutcome> {
-    session.connection_lost(why);
-    loop {
-        if let Some(ClientOutput::Done(outcomes)) = session.poll() {
-            return outcomes;
-        }
-    }
-}
-
-/// The message text, dot-stuffed (RFC 5321 4.5.2), then `.` CRLF.
-async fn send_message(stream: &mut Stream, message: &[u8]) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
-    let mut at_line_start = true;
-    for &b in message {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !message.is_empty() && !message.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    stream.write_all(&out).await
 }

@@ -4,22 +4,19 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pochta_store::{
-    DomainRole, MailboxAddress, NewEnvelope, NewRecipient, QueueId, RecipientState, Store,
+use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
+use pochta_testkit::{
+    SIGKILL, ServiceProcess, TestDb, envelope, free_addr, python, recipient, until,
+    workspace_binary,
 };
-use pochta_testkit::{SIGKILL, ServiceProcess, TestDb, free_addr, python, workspace_binary};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_delivery-queue");
 const ALICE: &str = "alice@example.org";
 
 async fn setup() -> (TestDb, i64) {
     let db = TestDb::new().await.unwrap();
-    db.store()
-        .add_domain("example.org", DomainRole::Local)
-        .await
-        .unwrap();
     let id = db.add_account(ALICE, "pw").await.unwrap();
     (db, id)
 }
@@ -37,29 +34,14 @@ async fn start_queue(db: &TestDb, grpc: SocketAddr, extra: &str) -> ServiceProce
 
 /// An envelope from bob@remote.test to `recipients`, held (waiting for a release) or due.
 fn envelope_to(recipients: &[&str], held: bool) -> NewEnvelope {
-    NewEnvelope {
-        queue_id: QueueId::generate(),
-        reverse_path: "bob@remote.test".into(),
-        envid: None,
-        ret: None,
-        body: None,
-        smtputf8: false,
-        client_address: None,
-        client_helo: None,
-        auth_user: None,
-        received_by: None,
-        traceparent: None,
-        lifetime: Duration::from_secs(3600),
-        recipients: recipients
-            .iter()
-            .map(|r| NewRecipient {
-                address: MailboxAddress::parse(r).unwrap(),
-                orcpt: None,
-                notify: None,
-                held,
-            })
-            .collect(),
-    }
+    let recipients = recipients
+        .iter()
+        .map(|r| NewRecipient {
+            held,
+            ..recipient(r)
+        })
+        .collect();
+    envelope("bob@remote.test", recipients)
 }
 
 /// Enqueues one message straight into the store, as an ingress would.
@@ -67,19 +49,6 @@ async fn enqueue(store: &Store, recipients: &[&str], body: &str) -> QueueId {
     let envelope = envelope_to(recipients, false);
     store.enqueue(&envelope, body.as_bytes()).await.unwrap();
     envelope.queue_id
-}
-
-/// Polls until `done` holds, for up to `timeout`.
-async fn eventually<F, Fut>(timeout: Duration, what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -110,7 +79,7 @@ s.quit()
 "#;
     python(script, &[&mx.port().to_string()]).await.unwrap();
     let store = db.store();
-    eventually(Duration::from_secs(10), "delivery", || async {
+    until("delivery", Duration::from_secs(10), async || {
         store.maildrop_entries(account).await.unwrap().len() == 1
     })
     .await;
@@ -144,12 +113,12 @@ async fn mail_committed_while_the_queue_was_down_is_found_by_the_scan() {
     }
     let _queue = start_queue(&db, free_addr(), "scan_interval_secs = 1").await;
     let store = db.store();
-    eventually(Duration::from_secs(10), "five deliveries", || async {
+    until("five deliveries", Duration::from_secs(10), async || {
         store.maildrop_entries(account).await.unwrap().len() == 5
     })
     .await;
     let id = enqueue(store, &[ALICE], "Subject: later\r\n\r\nx\r\n").await;
-    eventually(Duration::from_secs(10), "the later one", || async {
+    until("the later one", Duration::from_secs(10), async || {
         store.maildrop_entries(account).await.unwrap().len() == 6
     })
     .await;
@@ -173,7 +142,7 @@ async fn remote_recipients_wait_with_a_diagnostic() {
     .await;
     let _queue = start_queue(&db, free_addr(), "scan_interval_secs = 1").await;
     let store = db.store();
-    eventually(Duration::from_secs(10), "two attempts", || async {
+    until("two attempts", Duration::from_secs(10), async || {
         let d = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
         d.recipients.iter().all(|r| r.attempts == 1)
     })
@@ -231,7 +200,7 @@ async fn a_replica_killed_mid_burst_loses_nothing_and_duplicates_nothing() {
     let _survivor = start_queue(&db, free_addr(), tuning).await;
     let released = store.release_domain("example.org", false).await.unwrap();
     assert_eq!(released.recipients, MESSAGES as u64);
-    eventually(Duration::from_secs(30), "some deliveries", || async {
+    until("some deliveries", Duration::from_secs(30), async || {
         store.maildrop_entries(account).await.unwrap().len() >= 40
     })
     .await;
@@ -242,10 +211,10 @@ async fn a_replica_killed_mid_burst_loses_nothing_and_duplicates_nothing() {
         "the burst was over before the kill ({killed_at})"
     );
 
-    eventually(
-        Duration::from_secs(60),
+    until(
         "every message delivered",
-        || async {
+        Duration::from_secs(60),
+        async || {
             store
                 .counts()
                 .await
@@ -275,10 +244,10 @@ async fn garbage_collection_runs_periodically() {
     )
     .await;
     let store = db.store();
-    eventually(
-        Duration::from_secs(10),
+    until(
         "delivery and the envelope's collection",
-        || async {
+        Duration::from_secs(10),
+        async || {
             let c = store.counts().await.unwrap();
             c.maildrop_entries == 1 && c.envelopes == 0
         },
@@ -303,10 +272,10 @@ async fn garbage_collection_runs_periodically() {
             .unwrap(),
         1
     );
-    eventually(
-        Duration::from_secs(10),
+    until(
         "the content's collection",
-        || async { store.counts().await.unwrap().messages == 0 },
+        Duration::from_secs(10),
+        async || store.counts().await.unwrap().messages == 0,
     )
     .await;
 }

@@ -5,32 +5,25 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mail_parser::MessageParser;
-use pochta_store::{
-    DomainRole, MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, RecipientState, Ret,
-    Store,
+use pochta_mail::Ret;
+use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
+use pochta_testkit::{
+    ServiceProcess, TestCerts, TestDb, envelope, free_addr, recipient, until, until_attempted,
+    workspace_binary,
 };
-use pochta_testkit::{ServiceProcess, TestCerts, TestDb, free_addr, workspace_binary};
 
 const BODY: &[u8] = b"Received: from x\r\nSubject: far away\r\n\r\n.dot line\r\nbody\r\n";
 
-async fn account(store: &Store, domain: &str, address: &str) -> i64 {
-    if store.domain_role(domain).await.unwrap().is_none() {
-        store.add_domain(domain, DomainRole::Local).await.unwrap();
-    }
-    let hash = pochta_auth::hash_password("pw").unwrap();
-    store
-        .add_account(&MailboxAddress::parse(address).unwrap(), &hash)
-        .await
-        .unwrap()
-}
+/// How long the tests wait for something to happen.
+const WAIT: Duration = Duration::from_secs(15);
 
 /// The receiving side: an ingress with its own database, offering STARTTLS and DSN.
 async fn receiver() -> (TestDb, TestCerts, ServiceProcess, SocketAddr) {
     let db = TestDb::new().await.unwrap();
-    account(db.store(), "remote.test", "friend@remote.test").await;
+    db.add_account("friend@remote.test", "pw").await.unwrap();
     let certs = TestCerts::generate().unwrap();
     let (grpc, mx) = (free_addr(), free_addr());
     let config = format!(
@@ -76,46 +69,27 @@ async fn sender_queue(db: &TestDb, routes: &str) -> ServiceProcess {
 
 fn rcpt(address: &str, notify: &str) -> NewRecipient {
     NewRecipient {
-        address: MailboxAddress::parse(address).unwrap(),
-        orcpt: Some(format!("rfc822;{address}")),
-        notify: Some(notify.parse::<Notify>().unwrap()),
-        held: false,
+        orcpt: Some(format!("rfc822;{address}").parse().unwrap()),
+        notify: Some(notify.parse().unwrap()),
+        ..recipient(address)
     }
 }
 
 async fn enqueue(store: &Store, recipients: Vec<NewRecipient>) -> QueueId {
     let envelope = NewEnvelope {
-        queue_id: QueueId::generate(),
-        reverse_path: "alice@example.org".into(),
         envid: Some("ENV 7".into()),
         ret: Some(Ret::Hdrs),
-        body: None,
-        smtputf8: false,
-        client_address: None,
-        client_helo: None,
-        auth_user: None,
-        received_by: None,
-        traceparent: None,
-        lifetime: Duration::from_secs(3600),
-        recipients,
+        ..envelope("alice@example.org", recipients)
     };
     store.enqueue(&envelope, BODY).await.unwrap();
     envelope.queue_id
-}
-
-async fn until<F: AsyncFnMut() -> bool>(what: &str, mut done: F) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
 async fn delivers_over_a_static_route_with_dsn_parameters_and_reports_rejections() {
     let (remote_db, _certs, _ingress, mx) = receiver().await;
     let db = TestDb::new().await.unwrap();
-    let alice = account(db.store(), "example.org", "alice@example.org").await;
+    let alice = db.add_account("alice@example.org", "pw").await.unwrap();
     let _queue = sender_queue(
         &db,
         &format!("\"remote.test\" = \"127.0.0.1:{}\"", mx.port()),
@@ -131,14 +105,7 @@ async fn delivers_over_a_static_route_with_dsn_parameters_and_reports_rejections
     .await;
 
     let store = db.store();
-    until("both attempted", async || {
-        let d = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
-        d.recipients
-            .iter()
-            .all(|r| r.state != RecipientState::Queued)
-    })
-    .await;
-    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    let detail = until_attempted(store, &id).await;
     let friend = &detail.recipients[0];
     assert_eq!(
         friend.state,
@@ -159,7 +126,7 @@ async fn delivers_over_a_static_route_with_dsn_parameters_and_reports_rejections
 
     // What arrived on the other side: the same text, DSN parameters passed on, over TLS.
     let remote = remote_db.store();
-    until("arrival", async || {
+    until("arrival", WAIT, async || {
         remote.counts().await.unwrap().envelopes == 1
     })
     .await;
@@ -198,7 +165,7 @@ async fn delivers_over_a_static_route_with_dsn_parameters_and_reports_rejections
     );
 
     // The rejection comes back to Alice with the remote's words.
-    until("the failure report", async || {
+    until("the failure report", WAIT, async || {
         store.maildrop_entries(alice).await.unwrap().len() == 1
     })
     .await;
@@ -225,7 +192,7 @@ async fn delivers_over_a_static_route_with_dsn_parameters_and_reports_rejections
 #[tokio::test]
 async fn an_unreachable_route_defers_with_the_reason() {
     let db = TestDb::new().await.unwrap();
-    account(db.store(), "example.org", "alice@example.org").await;
+    db.add_account("alice@example.org", "pw").await.unwrap();
     let dead = free_addr();
     let _queue = sender_queue(
         &db,
@@ -234,7 +201,7 @@ async fn an_unreachable_route_defers_with_the_reason() {
     .await;
     let id = enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
     let store = db.store();
-    until("an attempt", async || {
+    until("an attempt", WAIT, async || {
         store
             .envelope_detail(id.as_str())
             .await
@@ -271,7 +238,7 @@ async fn an_unreachable_route_defers_with_the_reason() {
 #[tokio::test]
 async fn a_server_without_dsn_makes_the_recipient_relayed() {
     let db = TestDb::new().await.unwrap();
-    let alice = account(db.store(), "example.org", "alice@example.org").await;
+    let alice = db.add_account("alice@example.org", "pw").await.unwrap();
     let port = free_addr().port();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("received");
@@ -289,7 +256,7 @@ asyncore.loop()
     let _queue = sender_queue(&db, &format!("\"remote.test\" = \"127.0.0.1:{port}\"")).await;
     let id = enqueue(db.store(), vec![rcpt("friend@remote.test", "SUCCESS")]).await;
     let store = db.store();
-    until("relayed", async || {
+    until("relayed", WAIT, async || {
         store
             .envelope_detail(id.as_str())
             .await
@@ -305,7 +272,7 @@ asyncore.loop()
     // one dropped.
     let expected = "alice@example.org\nfriend@remote.test\nReceived: from x\nSubject: far away\n\n.dot line\nbody";
     assert_eq!(String::from_utf8_lossy(&received), expected);
-    until("the relayed report", async || {
+    until("the relayed report", WAIT, async || {
         store.maildrop_entries(alice).await.unwrap().len() == 1
     })
     .await;
@@ -411,7 +378,10 @@ fn answer(query: &[u8], records: &[(&'static str, Rec)]) -> Option<Vec<u8>> {
 #[tokio::test]
 async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
     let (remote_db, _certs, _ingress, mx) = receiver().await;
-    account(remote_db.store(), "implicit.test", "someone@implicit.test").await;
+    remote_db
+        .add_account("someone@implicit.test", "pw")
+        .await
+        .unwrap();
     let dns = dns_server(vec![
         // The preferred host has no server on our port (127.0.0.2): the second one takes it.
         ("remote.test", Rec::Mx(10, "mx1.remote.test")),
@@ -425,7 +395,7 @@ async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
     ])
     .await;
     let db = TestDb::new().await.unwrap();
-    let alice = account(db.store(), "example.org", "alice@example.org").await;
+    let alice = db.add_account("alice@example.org", "pw").await.unwrap();
     let grpc = free_addr();
     let config = format!(
         "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\n\
@@ -451,14 +421,7 @@ async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
     )
     .await;
     let store = db.store();
-    until("all four attempted", async || {
-        let d = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
-        d.recipients
-            .iter()
-            .all(|r| r.state != RecipientState::Queued)
-    })
-    .await;
-    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    let detail = until_attempted(store, &id).await;
     let by = |a: &str| {
         detail
             .recipients
@@ -493,7 +456,7 @@ async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
         2,
         "two deliveries to the remote"
     );
-    until("the failure report", async || {
+    until("the failure report", WAIT, async || {
         store.maildrop_entries(alice).await.unwrap().len() == 1
     })
     .await;
@@ -505,7 +468,7 @@ async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
 #[tokio::test]
 async fn a_4xx_is_retried_and_a_slow_delivery_keeps_its_lease() {
     let db = TestDb::new().await.unwrap();
-    account(db.store(), "example.org", "alice@example.org").await;
+    db.add_account("alice@example.org", "pw").await.unwrap();
     let port = free_addr().port();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("received");
@@ -632,7 +595,7 @@ async fn sink(delay: Duration, close_after_message: bool) -> (SocketAddr, Arc<Si
 #[tokio::test]
 async fn a_slow_delivery_does_not_let_the_rest_of_its_batch_expire() {
     let db = TestDb::new().await.unwrap();
-    account(db.store(), "example.org", "alice@example.org").await;
+    db.add_account("alice@example.org", "pw").await.unwrap();
     let port = free_addr().port();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("received");
@@ -657,7 +620,7 @@ asyncore.loop()
     );
     let _claimer = start_queue(&db, &queue).await;
     // The first replica claims both at start-up; only then does the second one start.
-    until("both envelopes claimed", async || {
+    until("both envelopes claimed", WAIT, async || {
         let mut leased = 0;
         for id in [&first, &second] {
             let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
@@ -693,7 +656,7 @@ async fn python_server(script: &str, port: u16, out: &Path) -> tokio::process::C
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    until("the python server", async || {
+    until("the python server", WAIT, async || {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
@@ -704,7 +667,7 @@ async fn python_server(script: &str, port: u16, out: &Path) -> tokio::process::C
 
 /// Waits until the first recipient of envelope `id` is relayed.
 async fn until_relayed_recipient(store: &Store, id: &QueueId) {
-    until("the delivery", async || {
+    until("the delivery", WAIT, async || {
         store
             .envelope_detail(id.as_str())
             .await
@@ -723,7 +686,7 @@ async fn serial_queue(db: &TestDb, extra: &str) -> ServiceProcess {
 }
 
 async fn until_relayed(store: &Store, n: i64) {
-    until("every message relayed", async || {
+    until("every message relayed", WAIT, async || {
         store
             .counts()
             .await
@@ -738,7 +701,7 @@ async fn until_relayed(store: &Store, n: i64) {
 async fn connections_per_destination_are_limited() {
     let (sink, stats) = sink(Duration::from_millis(400), false).await;
     let db = TestDb::new().await.unwrap();
-    account(db.store(), "example.org", "alice@example.org").await;
+    db.add_account("alice@example.org", "pw").await.unwrap();
     let _queue = start_queue(
         &db,
         &format!(
@@ -762,7 +725,7 @@ async fn connections_per_destination_are_limited() {
 async fn messages_to_one_server_share_a_connection() {
     let (sink, stats) = sink(Duration::ZERO, false).await;
     let db = TestDb::new().await.unwrap();
-    account(db.store(), "example.org", "alice@example.org").await;
+    db.add_account("alice@example.org", "pw").await.unwrap();
     for _ in 0..5 {
         enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
     }
@@ -784,7 +747,7 @@ async fn messages_to_one_server_share_a_connection() {
 async fn a_dropped_idle_connection_is_replaced_without_deferring() {
     let (sink, stats) = sink(Duration::ZERO, true).await;
     let db = TestDb::new().await.unwrap();
-    account(db.store(), "example.org", "alice@example.org").await;
+    db.add_account("alice@example.org", "pw").await.unwrap();
     let ids = [
         enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await,
         enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await,
@@ -815,7 +778,7 @@ async fn a_dropped_idle_connection_is_replaced_without_deferring() {
 async fn tls_can_be_required_for_one_domain() {
     let (sink, _stats) = sink(Duration::ZERO, false).await;
     let db = TestDb::new().await.unwrap();
-    account(db.store(), "example.org", "alice@example.org").await;
+    db.add_account("alice@example.org", "pw").await.unwrap();
     let id = enqueue(
         db.store(),
         vec![
@@ -833,7 +796,7 @@ async fn tls_can_be_required_for_one_domain() {
     )
     .await;
     let store = db.store();
-    until("both attempted", async || {
+    until("both attempted", WAIT, async || {
         store
             .envelope_detail(id.as_str())
             .await

@@ -5,11 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mail_parser::{MessageParser, MimeHeaders};
-use pochta_store::{
-    DomainRole, MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, RecipientState, Ret,
-    Store,
-};
-use pochta_testkit::{ServiceProcess, TestDb, free_addr};
+use pochta_mail::Ret;
+use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
+use pochta_testkit::{ServiceProcess, TestDb, envelope, free_addr, recipient};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_delivery-queue");
 
@@ -22,10 +20,6 @@ struct Setup {
 
 async fn setup(extra: &str) -> Setup {
     let db = TestDb::new().await.unwrap();
-    db.store()
-        .add_domain("example.org", DomainRole::Local)
-        .await
-        .unwrap();
     let alice = db.add_account("alice@example.org", "pw").await.unwrap();
     db.add_account("carol@example.org", "pw").await.unwrap();
     let grpc = free_addr();
@@ -47,10 +41,9 @@ async fn setup(extra: &str) -> Setup {
 
 fn rcpt(address: &str, notify: Option<&str>) -> NewRecipient {
     NewRecipient {
-        address: MailboxAddress::parse(address).unwrap(),
-        orcpt: Some(format!("rfc822;{address}")),
-        notify: notify.map(|n| n.parse::<Notify>().unwrap()),
-        held: false,
+        orcpt: Some(format!("rfc822;{address}").parse().unwrap()),
+        notify: notify.map(|n| n.parse().unwrap()),
+        ..recipient(address)
     }
 }
 
@@ -62,19 +55,10 @@ async fn enqueue(
     lifetime: Duration,
 ) -> QueueId {
     let envelope = NewEnvelope {
-        queue_id: QueueId::generate(),
-        reverse_path: sender.into(),
         envid: Some("ENV-42".into()),
         ret,
-        body: None,
-        smtputf8: false,
-        client_address: None,
-        client_helo: None,
-        auth_user: None,
-        received_by: None,
-        traceparent: None,
         lifetime,
-        recipients,
+        ..envelope(sender, recipients)
     };
     store
         .enqueue(

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pochta_store::{DomainRole, MailboxAddress};
 use pochta_testkit::{ServiceProcess, TestCerts, TestDb, free_addr, workspace_binary};
 
 async fn bench(args: &[&str]) -> serde_json::Value {
@@ -32,16 +31,8 @@ async fn start(binary: &str, config: String, grpc: SocketAddr) -> ServiceProcess
 async fn every_workload_runs_against_pochta() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
-    store
-        .add_domain("example.test", DomainRole::Local)
-        .await
-        .unwrap();
-    let hash = pochta_auth::hash_password("pw").unwrap();
     for user in ["bench0@example.test", "bench1@example.test"] {
-        store
-            .add_account(&MailboxAddress::parse(user).unwrap(), &hash)
-            .await
-            .unwrap();
+        db.add_account(user, "pw").await.unwrap();
     }
     let certs = TestCerts::generate().unwrap();
     let base = format!(

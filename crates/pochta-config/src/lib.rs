@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use pochta_mail::{BareLineEndings, TlsPolicy};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration. Each service uses the sections it needs.
@@ -94,16 +95,6 @@ pub struct TlsConfig {
     pub cert_path: Option<PathBuf>,
     /// PEM private key.
     pub key_path: Option<PathBuf>,
-}
-
-/// What a bare LF or CR in message text gets (SMTP smuggling defence, RFC 5321 2.3.8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BareLineEndings {
-    /// The message is refused with 550 5.6.0.
-    Reject,
-    /// Bare LF and CR become CRLF in the stored message (they still never end DATA).
-    Normalize,
 }
 
 /// Where passwords may cross an unencrypted connection.
@@ -359,10 +350,10 @@ pub struct QueueConfig {
     /// The port of MX hosts (25; another only for tests).
     pub mx_port: u16,
     /// STARTTLS towards remote servers: opportunistic (when offered), required, or never.
-    pub outbound_tls: OutboundTls,
+    pub outbound_tls: TlsPolicy,
     /// `outbound_tls` for particular recipient domains; a key `.example.com` covers the
     /// subdomains of example.com (e.g. `"partner.example" = "required"`).
-    pub outbound_tls_domains: std::collections::BTreeMap<String, OutboundTls>,
+    pub outbound_tls_domains: std::collections::BTreeMap<String, TlsPolicy>,
     /// A connection that delivered a message stays open this long for the next message to the
     /// same server; 0 closes it at once.
     pub connection_reuse_secs: u64,
@@ -374,15 +365,6 @@ pub struct QueueConfig {
     pub max_connections_per_destination: u32,
     /// Waiting for any one reply of a remote server (RFC 5321 4.5.3.2: minutes).
     pub reply_timeout_secs: u64,
-}
-
-/// STARTTLS policy for outbound SMTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutboundTls {
-    Opportunistic,
-    Required,
-    Never,
 }
 
 impl Default for QueueConfig {
@@ -408,7 +390,7 @@ impl Default for QueueConfig {
             smarthost: None,
             dns_servers: Vec::new(),
             mx_port: 25,
-            outbound_tls: OutboundTls::Opportunistic,
+            outbound_tls: TlsPolicy::Opportunistic,
             outbound_tls_domains: Default::default(),
             connection_reuse_secs: 2,
             connection_reuse_max_messages: 100,
@@ -625,7 +607,7 @@ impl Config {
             return invalid("smtp.max_message_size", "must be below 2 GiB");
         }
         if let Some(name) = &smtp.hostname
-            && !pochta_names::is_domain_name(name)
+            && !pochta_mail::is_domain_name(name)
         {
             return invalid("smtp.hostname", "must be a host name");
         }
@@ -636,7 +618,7 @@ impl Config {
             );
         }
         for (domain, target) in &self.queue.routes {
-            if !pochta_names::is_domain_name(domain)
+            if !pochta_mail::is_domain_name(domain)
                 || target
                     .rsplit_once(':')
                     .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
@@ -652,12 +634,12 @@ impl Config {
             return invalid("queue.smarthost", "must be host:port");
         }
         if let Some(name) = &self.queue.hostname
-            && !pochta_names::is_domain_name(name)
+            && !pochta_mail::is_domain_name(name)
         {
             return invalid("queue.hostname", "must be a host name");
         }
         if let Some(name) = &smtp.postmaster_domain
-            && !pochta_names::is_domain_name(name)
+            && !pochta_mail::is_domain_name(name)
         {
             return invalid("smtp.postmaster_domain", "must be a domain name");
         }

@@ -1,14 +1,16 @@
-//! A client connection, plain or TLS, that STARTTLS (SMTP) or STLS (POP3) upgrades in place.
+//! A connection, plain or TLS, that STARTTLS (SMTP, either side) or STLS (POP3) upgrades in
+//! place.
 
 use std::io;
 
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 pub enum Conn {
     Plain(TcpStream),
+    /// The server or the client side of a TLS session.
     Tls(Box<TlsStream<TcpStream>>),
     /// Only while an upgrade is in progress (or after it failed).
     Gone,
@@ -42,13 +44,36 @@ impl Conn {
         };
     }
 
-    /// The TLS handshake on a plain connection (implicit TLS, or after STARTTLS).
-    pub async fn upgrade(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
-        let Conn::Plain(tcp) = std::mem::replace(self, Conn::Gone) else {
-            return Err(io::Error::other("not a plain connection"));
-        };
-        let tls = acceptor.accept(tcp).await?;
-        *self = Conn::Tls(Box::new(tls));
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Conn::Tls(_))
+    }
+
+    /// The server side of the TLS handshake on a plain connection (implicit TLS, or after
+    /// STARTTLS / STLS).
+    pub async fn accept_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+        let tcp = self.take_plain()?;
+        *self = Conn::Tls(Box::new(acceptor.accept(tcp).await?.into()));
         Ok(())
+    }
+
+    /// The client side of the TLS handshake with `server` (after the server's 220 to STARTTLS).
+    pub async fn connect_tls(
+        &mut self,
+        connector: &TlsConnector,
+        server: ServerName<'static>,
+    ) -> io::Result<()> {
+        let tcp = self.take_plain()?;
+        *self = Conn::Tls(Box::new(connector.connect(server, tcp).await?.into()));
+        Ok(())
+    }
+
+    fn take_plain(&mut self) -> io::Result<TcpStream> {
+        match std::mem::replace(self, Conn::Gone) {
+            Conn::Plain(tcp) => Ok(tcp),
+            other => {
+                *self = other;
+                Err(io::Error::other("not a plain connection"))
+            }
+        }
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use blake2::digest::{KeyInit, Mac};
 
-use pochta_store::{AccountCredentials, MailboxAddress, Store};
+use pochta_mail::Mailbox;
+use pochta_store::{AccountCredentials, Store};
 
 use crate::cache::TtlCache;
 use crate::limits::FailureLimiter;
@@ -84,7 +85,7 @@ impl Authenticator {
         if self.failures.is_blocked(client, Instant::now()) {
             return LoginOutcome::RateLimited;
         }
-        let account = match MailboxAddress::parse(username) {
+        let account = match Mailbox::parse(username) {
             Ok(address) => match self.store.account_credentials(&address).await {
                 Ok(account) => account,
                 Err(e) => {

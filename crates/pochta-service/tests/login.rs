@@ -4,8 +4,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use pochta_mail::Mailbox;
 use pochta_service::login::{Authenticator, LoginOutcome};
-use pochta_store::{DomainRole, MailboxAddress};
+use pochta_store::DomainRole;
 use pochta_testkit::TestDb;
 
 const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -36,7 +37,7 @@ async fn cached_logins_follow_password_changes_and_disabling() {
         .add_domain("example.test", DomainRole::Local)
         .await
         .unwrap();
-    let alice = MailboxAddress::parse("alice@example.test").unwrap();
+    let alice = Mailbox::parse("alice@example.test").unwrap();
     store
         .add_account(&alice, &pochta_auth::hash_password("old").unwrap())
         .await

@@ -11,8 +11,7 @@
 
 use std::collections::VecDeque;
 
-use crate::command::xtext_encode;
-use crate::{Notify, Ret};
+use pochta_mail::{Body, Mailbox, Notify, Orcpt, Ret, TlsPolicy, xtext_encode};
 
 /// A reply from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,31 +33,22 @@ impl ServerReply {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TlsPolicy {
-    /// STARTTLS when offered, plaintext otherwise (RFC 7435 opportunistic security).
-    Opportunistic,
-    /// Defer rather than send without TLS.
-    Required,
-    Never,
-}
-
 #[derive(Debug, Clone)]
 pub struct OutgoingRecipient {
-    pub address: String,
+    pub address: Mailbox,
     pub notify: Option<Notify>,
-    pub orcpt: Option<String>,
+    pub orcpt: Option<Orcpt>,
 }
 
 /// The envelope to send.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub helo_name: String,
-    /// Empty for `<>`.
-    pub reverse_path: String,
+    /// None for `<>`.
+    pub reverse_path: Option<Mailbox>,
     pub envid: Option<String>,
     pub ret: Option<Ret>,
-    pub eight_bit: bool,
+    pub body: Option<Body>,
     pub smtputf8: bool,
     pub size: usize,
     pub recipients: Vec<OutgoingRecipient>,
@@ -473,11 +463,14 @@ impl ClientSession {
                 text: "the message needs SMTPUTF8, which the server does not offer".into(),
             }));
         }
-        let mut mail = format!("MAIL FROM:<{}>", self.out.reverse_path);
+        let mut mail = match &self.out.reverse_path {
+            Some(sender) => format!("MAIL FROM:<{sender}>"),
+            None => "MAIL FROM:<>".to_owned(),
+        };
         if self.ext.size.is_some() {
             mail.push_str(&format!(" SIZE={}", self.out.size));
         }
-        if self.out.eight_bit && self.ext.eight_bit {
+        if self.out.body == Some(Body::EightBitMime) && self.ext.eight_bit {
             mail.push_str(" BODY=8BITMIME");
         }
         if self.out.smtputf8 {
@@ -485,11 +478,7 @@ impl ClientSession {
         }
         if self.ext.dsn {
             if let Some(ret) = self.out.ret {
-                mail.push_str(if ret == Ret::Full {
-                    " RET=FULL"
-                } else {
-                    " RET=HDRS"
-                });
+                mail.push_str(&format!(" RET={ret}"));
             }
             if let Some(envid) = &self.out.envid {
                 mail.push_str(&format!(" ENVID={}", xtext_encode(envid)));
@@ -510,7 +499,7 @@ impl ClientSession {
         let mut line = format!("RCPT TO:<{}>", r.address);
         if self.ext.dsn {
             if let Some(n) = r.notify {
-                line.push_str(&format!(" NOTIFY={}", n.to_text()));
+                line.push_str(&format!(" NOTIFY={n}"));
             }
             if let Some(orcpt) = &r.orcpt {
                 line.push_str(&format!(" ORCPT={orcpt}"));
@@ -519,6 +508,25 @@ impl ClientSession {
         line.push_str("\r\n");
         self.send(Expect::Rcpt(i), &line);
     }
+}
+
+/// What `SendMessage` sends: the message text dot-stuffed (RFC 5321 4.5.2), a CRLF if it does
+/// not end with one, and the final `.` CRLF.
+pub fn dot_stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
+    let mut at_line_start = true;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !message.is_empty() && !message.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
 }
 
 /// A negative reply turned temporary (for policy deferrals).
@@ -536,22 +544,22 @@ mod tests {
     fn outgoing(recipients: &[&str], tls: TlsPolicy) -> Outgoing {
         Outgoing {
             helo_name: "mx.example.org".into(),
-            reverse_path: "bob@example.org".into(),
+            reverse_path: Some(Mailbox::parse("bob@example.org").unwrap()),
             envid: Some("E 1".into()),
             ret: Some(Ret::Hdrs),
-            eight_bit: true,
+            body: Some(Body::EightBitMime),
             smtputf8: false,
             size: 1000,
             recipients: recipients
                 .iter()
                 .map(|a| OutgoingRecipient {
-                    address: (*a).into(),
+                    address: Mailbox::parse(a).unwrap(),
                     notify: Some(Notify {
                         success: true,
                         failure: true,
                         delay: false,
                     }),
-                    orcpt: Some(format!("rfc822;{a}")),
+                    orcpt: Some(format!("rfc822;{a}").parse().unwrap()),
                 })
                 .collect(),
             tls,
@@ -754,7 +762,7 @@ mod tests {
             &["b@remote.example", "c@remote.example"],
             TlsPolicy::Opportunistic,
         );
-        second.reverse_path = String::new();
+        second.reverse_path = None;
         c.next_message(second);
         assert_eq!(step(&mut c, "").0, "RSET\r\n", "the probe goes alone");
         let (sent, _) = step(&mut c, "250 2.0.0 Ok\r\n");

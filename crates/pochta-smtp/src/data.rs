@@ -4,12 +4,7 @@
 //! the message for rejection (the SMTP smuggling defence), or, by configuration, it is
 //! normalised to CRLF in the stored text. Leading dots are unstuffed.
 
-/// What to do with a bare LF or CR in message text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BareLineEndings {
-    Reject,
-    Normalize,
-}
+use pochta_mail::BareLineEndings;
 
 /// Limits and policy for one message.
 #[derive(Debug, Clone, Copy)]

@@ -8,8 +8,7 @@ pub mod received;
 pub mod reply;
 pub mod server;
 
-pub use command::{Body, MailFrom, Mailbox, Notify, RcptTo, Ret};
-pub use data::BareLineEndings;
+pub use command::{MailFrom, RcptTo};
 pub use reply::Reply;
 pub use server::{
     AcceptedRecipient, AuthResult, ConnectionPolicy, Credentials, EtrnResult, Message, Output,

@@ -64,8 +64,9 @@ pub fn received_header(message: &Message, by: ReceivedBy<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{MailFrom, Mailbox, RcptTo};
+    use crate::command::{MailFrom, RcptTo};
     use crate::server::AcceptedRecipient;
+    use pochta_mail::Mailbox;
 
     fn message(recipients: usize) -> Message {
         Message {

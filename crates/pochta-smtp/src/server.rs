@@ -11,8 +11,10 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::command::{self, Command, MailFrom, Mailbox, ParseContext, RcptTo};
-use crate::data::{BareLineEndings, DataLimits, DataProblem, DataReceiver, ReceivedData};
+use pochta_mail::{BareLineEndings, Mailbox};
+
+use crate::command::{self, Command, MailFrom, ParseContext, RcptTo};
+use crate::data::{DataLimits, DataProblem, DataReceiver, ReceivedData};
 use crate::reply::Reply;
 
 /// RFC 5321 4.5.3.1.4: command line, including CRLF.
@@ -553,7 +555,7 @@ impl Session {
                     if !t
                         .recipients
                         .iter()
-                        .any(|r| same_mailbox(&r.rcpt.recipient, &rcpt.recipient))
+                        .any(|r| r.rcpt.recipient.is_same(&rcpt.recipient))
                     {
                         t.recipients.push(AcceptedRecipient { rcpt, held });
                     }
@@ -840,12 +842,5 @@ impl Session {
 /// Whether `user` (an account address) may send as `sender`: the same mailbox, local part
 /// compared case-insensitively (as accounts are).
 fn owns(user: &str, sender: &Mailbox) -> bool {
-    match command::parse_mailbox(user, true) {
-        Some(account) => same_mailbox(&account, sender),
-        None => false,
-    }
-}
-
-fn same_mailbox(a: &Mailbox, b: &Mailbox) -> bool {
-    a.domain == b.domain && a.local_part.to_lowercase() == b.local_part.to_lowercase()
+    Mailbox::parse(user).is_ok_and(|account| account.is_same(sender))
 }

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use pochta_mail::BareLineEndings;
 use pochta_smtp::{
-    AuthResult, BareLineEndings, ConnectionPolicy, Credentials, EtrnResult, Message, Output,
-    RecipientVerdict, Session, SessionConfig, StoreResult,
+    AuthResult, ConnectionPolicy, Credentials, EtrnResult, Message, Output, RecipientVerdict,
+    Session, SessionConfig, StoreResult,
 };
 
 fn config() -> SessionConfig {
@@ -203,7 +204,7 @@ fn a_whole_transaction() {
     assert_eq!(m.recipients.len(), 1);
     assert!(m.recipients[0].held);
     assert_eq!(
-        m.recipients[0].rcpt.orcpt.as_deref(),
+        m.recipients[0].rcpt.orcpt.as_ref().map(|o| o.as_str()),
         Some("rfc822;a@example.org")
     );
     assert!(c.take().is_empty(), "no reply before the message is stored");

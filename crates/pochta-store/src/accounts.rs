@@ -1,8 +1,10 @@
 //! Domains and accounts.
 
+use pochta_mail::Mailbox;
+
 use crate::{
-    Account, AccountCredentials, Domain, DomainRole, LocalAccount, MailboxAddress, RecipientLookup,
-    Result, Store, StoreError,
+    Account, AccountCredentials, Domain, DomainRole, LocalAccount, RecipientLookup, Result, Store,
+    StoreError,
 };
 
 impl Store {
@@ -66,7 +68,7 @@ impl Store {
     }
 
     /// Adds an account to a local domain. `password_hash` is an argon2id PHC string.
-    pub async fn add_account(&self, address: &MailboxAddress, password_hash: &str) -> Result<i64> {
+    pub async fn add_account(&self, address: &Mailbox, password_hash: &str) -> Result<i64> {
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO accounts (domain, local_part, password_hash)
              SELECT name, $2, $3 FROM domains WHERE name = $1 AND role = 'local'
@@ -114,7 +116,7 @@ impl Store {
     /// What a login checks. The local part matches case-insensitively.
     pub async fn account_credentials(
         &self,
-        address: &MailboxAddress,
+        address: &Mailbox,
     ) -> Result<Option<AccountCredentials>> {
         Ok(sqlx::query_as::<_, AccountCredentials>(
             "SELECT id, local_part, domain, password_hash, disabled FROM accounts
@@ -128,7 +130,7 @@ impl Store {
 
     /// The domain's role and the account of `address`, in one round trip (every RCPT and every
     /// local delivery asks): the one-address case of `lookup_recipients`.
-    pub async fn lookup_recipient(&self, address: &MailboxAddress) -> Result<RecipientLookup> {
+    pub async fn lookup_recipient(&self, address: &Mailbox) -> Result<RecipientLookup> {
         let mut found = self
             .lookup_recipients(std::slice::from_ref(address))
             .await?;
@@ -137,10 +139,7 @@ impl Store {
 
     /// The domain's role and the account of each address, in one query; the answers are in
     /// input order.
-    pub async fn lookup_recipients(
-        &self,
-        addresses: &[MailboxAddress],
-    ) -> Result<Vec<RecipientLookup>> {
+    pub async fn lookup_recipients(&self, addresses: &[Mailbox]) -> Result<Vec<RecipientLookup>> {
         let domains: Vec<&str> = addresses.iter().map(|a| a.domain.as_str()).collect();
         let locals: Vec<&str> = addresses.iter().map(|a| a.local_part.as_str()).collect();
         let rows: Vec<(Option<String>, Option<i64>, Option<bool>)> = sqlx::query_as(
@@ -167,7 +166,7 @@ impl Store {
             .collect()
     }
 
-    pub async fn set_password(&self, address: &MailboxAddress, password_hash: &str) -> Result<()> {
+    pub async fn set_password(&self, address: &Mailbox, password_hash: &str) -> Result<()> {
         let done = sqlx::query(
             "UPDATE accounts SET password_hash = $3, updated_at = now()
              WHERE domain = $1 AND lower(local_part) = lower($2)",
@@ -180,11 +179,7 @@ impl Store {
         Self::one_account(done.rows_affected(), address)
     }
 
-    pub async fn set_account_disabled(
-        &self,
-        address: &MailboxAddress,
-        disabled: bool,
-    ) -> Result<()> {
+    pub async fn set_account_disabled(&self, address: &Mailbox, disabled: bool) -> Result<()> {
         let done = sqlx::query(
             "UPDATE accounts SET disabled = $3, updated_at = now()
              WHERE domain = $1 AND lower(local_part) = lower($2)",
@@ -198,7 +193,7 @@ impl Store {
     }
 
     /// Removes an account with its maildrop.
-    pub async fn remove_account(&self, address: &MailboxAddress) -> Result<()> {
+    pub async fn remove_account(&self, address: &Mailbox) -> Result<()> {
         let done =
             sqlx::query("DELETE FROM accounts WHERE domain = $1 AND lower(local_part) = lower($2)")
                 .bind(&address.domain)
@@ -208,7 +203,7 @@ impl Store {
         Self::one_account(done.rows_affected(), address)
     }
 
-    fn one_account(rows: u64, address: &MailboxAddress) -> Result<()> {
+    fn one_account(rows: u64, address: &Mailbox) -> Result<()> {
         if rows == 1 {
             Ok(())
         } else {

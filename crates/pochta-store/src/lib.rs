@@ -61,7 +61,7 @@ pub enum StoreError {
         found: usize,
     },
     #[error("stored value is invalid: {0}")]
-    InvalidValue(#[from] UnknownValue),
+    InvalidValue(#[from] pochta_mail::InvalidValue),
 }
 
 impl StoreError {

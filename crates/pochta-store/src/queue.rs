@@ -6,11 +6,74 @@ use std::time::Duration;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgConnection};
 
+use chrono::{DateTime, Utc};
+use pochta_mail::{Mailbox, Orcpt};
+
 use crate::content::Chunks;
 use crate::{
     AttemptOutcome, AttemptReport, ClaimedRecipient, Collected, Enqueued, NewEnvelope, Released,
     Result, Store, StoreError, secs,
 };
+
+/// A claimed recipient as its row holds it.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    recipient_id: i64,
+    envelope_id: i64,
+    queue_id: String,
+    message_id: i64,
+    address: String,
+    orcpt: Option<String>,
+    notify: Option<String>,
+    attempts: i32,
+    reverse_path: String,
+    envid: Option<String>,
+    ret: Option<String>,
+    body: Option<String>,
+    smtputf8: bool,
+    arrived_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    traceparent: Option<String>,
+    lease_expires_at: DateTime<Utc>,
+    delay_reported: bool,
+    cancelled: bool,
+}
+
+impl ClaimedRow {
+    /// The row's texts as the values they were written from. The schema's CHECKs admit only
+    /// what those values print as; should a text not parse anyway, it reads as absent rather
+    /// than failing the claim (one bad row must not stop every delivery).
+    fn typed(self) -> ClaimedRecipient {
+        fn parsed<T: std::str::FromStr>(text: Option<String>) -> Option<T> {
+            text.and_then(|t| t.parse().ok())
+        }
+        let address = Mailbox::from_stored(&self.address).unwrap_or_else(|| Mailbox {
+            local_part: self.address.clone(),
+            domain: String::new(),
+        });
+        ClaimedRecipient {
+            recipient_id: self.recipient_id,
+            envelope_id: self.envelope_id,
+            queue_id: self.queue_id,
+            message_id: self.message_id,
+            address,
+            orcpt: parsed::<Orcpt>(self.orcpt),
+            notify: parsed(self.notify),
+            attempts: self.attempts,
+            reverse_path: Mailbox::from_stored(&self.reverse_path),
+            envid: self.envid,
+            ret: parsed(self.ret),
+            body: parsed(self.body),
+            smtputf8: self.smtputf8,
+            arrived_at: self.arrived_at,
+            expires_at: self.expires_at,
+            traceparent: self.traceparent,
+            lease_expires_at: self.lease_expires_at,
+            delay_reported: self.delay_reported,
+            cancelled: self.cancelled,
+        }
+    }
+}
 
 impl Store {
     /// Commits a whole accepted transaction (content, envelope, every recipient) in one
@@ -39,7 +102,7 @@ impl Store {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedRecipient>> {
-        Ok(sqlx::query_as::<_, ClaimedRecipient>(
+        let rows = sqlx::query_as::<_, ClaimedRow>(
             "WITH locked AS (
                  SELECT e.id FROM recipients r JOIN envelopes e ON e.id = r.envelope_id
                  WHERE r.state = 'queued' AND r.next_attempt_at <= now()
@@ -62,7 +125,7 @@ impl Store {
              FROM due, envelopes e
              WHERE r.id = due.id AND e.id = r.envelope_id
              RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
-                 r.domain, r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
+                 r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
                  e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at,
                  r.delay_reported, r.cancelled",
         )
@@ -70,7 +133,8 @@ impl Store {
         .bind(owner)
         .bind(secs(lease))
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows.into_iter().map(ClaimedRow::typed).collect())
     }
 
     /// Extends `owner`'s leases on these recipients during a long delivery. Returns how many
@@ -224,7 +288,15 @@ pub(crate) async fn enqueue_many_on(
     let chunks = Chunks::of(&contents);
     let envelopes = || batch.iter().map(|(e, _)| *e);
     let queue_ids: Vec<&str> = envelopes().map(|e| e.queue_id.as_str()).collect();
-    let reverse_paths: Vec<&str> = envelopes().map(|e| e.reverse_path.as_str()).collect();
+    // The null reverse-path `<>` is stored as ''.
+    let reverse_paths: Vec<String> = envelopes()
+        .map(|e| {
+            e.reverse_path
+                .as_ref()
+                .map(Mailbox::address)
+                .unwrap_or_default()
+        })
+        .collect();
     let envids: Vec<Option<&str>> = envelopes().map(|e| e.envid.as_deref()).collect();
     let rets: Vec<Option<&str>> = envelopes().map(|e| e.ret.map(|r| r.as_str())).collect();
     let bodies: Vec<Option<&str>> = envelopes().map(|e| e.body.map(|b| b.as_str())).collect();
@@ -242,9 +314,11 @@ pub(crate) async fn enqueue_many_on(
     let rcpt_queue_ids: Vec<&str> = rcpts().map(|(e, _)| e.queue_id.as_str()).collect();
     let addresses: Vec<String> = rcpts().map(|(_, r)| r.address.to_string()).collect();
     let domains: Vec<&str> = rcpts().map(|(_, r)| r.address.domain.as_str()).collect();
-    let orcpts: Vec<Option<&str>> = rcpts().map(|(_, r)| r.orcpt.as_deref()).collect();
+    let orcpts: Vec<Option<&str>> = rcpts()
+        .map(|(_, r)| r.orcpt.as_ref().map(Orcpt::as_str))
+        .collect();
     let notifies: Vec<Option<String>> = rcpts()
-        .map(|(_, r)| r.notify.map(|n| n.to_text()))
+        .map(|(_, r)| r.notify.map(|n| n.to_string()))
         .collect();
     let states: Vec<&str> = rcpts()
         .map(|(_, r)| if r.held { "held" } else { "queued" })

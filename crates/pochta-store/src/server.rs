@@ -2,7 +2,9 @@
 
 use sqlx::AssertSqlSafe;
 
-use crate::{Result, Store, StoreError, UnknownValue};
+use pochta_mail::InvalidValue;
+
+use crate::{Result, Store, StoreError};
 
 /// Database names these helpers accept: they are spliced into SQL, so only `[a-z0-9_]`.
 fn checked_name(name: &str) -> Result<&str> {
@@ -14,10 +16,10 @@ fn checked_name(name: &str) -> Result<&str> {
     if ok {
         Ok(name)
     } else {
-        Err(StoreError::InvalidValue(UnknownValue {
-            kind: "database name",
-            value: name.to_owned(),
-        }))
+        Err(StoreError::InvalidValue(InvalidValue::new(
+            "database name",
+            name,
+        )))
     }
 }
 

@@ -26,18 +26,18 @@ macro_rules! text_enum {
         }
 
         impl FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, InvalidValue> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    other => Err(UnknownValue { kind: stringify!($name), value: other.to_owned() }),
+                    other => Err(InvalidValue::new(stringify!($name), other)),
                 }
             }
         }
 
         impl TryFrom<String> for $name {
-            type Error = UnknownValue;
-            fn try_from(s: String) -> Result<Self, UnknownValue> { s.parse() }
+            type Error = InvalidValue;
+            fn try_from(s: String) -> Result<Self, InvalidValue> { s.parse() }
         }
 
         impl fmt::Display for $name {
@@ -46,13 +46,7 @@ macro_rules! text_enum {
     };
 }
 
-/// A stored text that names no variant of the enum it was read as.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{value:?} is not a valid {kind}")]
-pub struct UnknownValue {
-    pub kind: &'static str,
-    pub value: String,
-}
+use pochta_mail::{Body, InvalidValue, Mailbox, Notify, Orcpt, Ret};
 
 text_enum! {
     /// What Pochta does with mail for a domain.
@@ -91,93 +85,6 @@ impl RecipientState {
     }
 }
 
-text_enum! {
-    /// RET on MAIL (RFC 3461 4.3): what a report returns of the message.
-    Ret {
-        Full = "FULL",
-        Hdrs = "HDRS",
-    }
-}
-
-text_enum! {
-    /// BODY on MAIL (RFC 6152, RFC 3030).
-    BodyType {
-        SevenBit = "7BIT",
-        EightBitMime = "8BITMIME",
-        BinaryMime = "BINARYMIME",
-    }
-}
-
-/// NOTIFY on RCPT (RFC 3461 4.1): which reports the sender wants. All false is `NEVER`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub struct Notify {
-    pub success: bool,
-    pub failure: bool,
-    pub delay: bool,
-}
-
-impl Notify {
-    pub const NEVER: Notify = Notify {
-        success: false,
-        failure: false,
-        delay: false,
-    };
-
-    /// The stored and wire form: `NEVER` or a comma list such as `SUCCESS,FAILURE`.
-    pub fn to_text(self) -> String {
-        if self == Notify::NEVER {
-            return "NEVER".into();
-        }
-        let mut parts = Vec::with_capacity(3);
-        if self.success {
-            parts.push("SUCCESS");
-        }
-        if self.failure {
-            parts.push("FAILURE");
-        }
-        if self.delay {
-            parts.push("DELAY");
-        }
-        parts.join(",")
-    }
-}
-
-impl FromStr for Notify {
-    type Err = UnknownValue;
-
-    /// Parses the RFC 3461 4.1 form, case-insensitively. `NEVER` may not be combined.
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        let bad = || UnknownValue {
-            kind: "Notify",
-            value: s.to_owned(),
-        };
-        if s.eq_ignore_ascii_case("NEVER") {
-            return Ok(Notify::NEVER);
-        }
-        let mut notify = Notify::NEVER;
-        for part in s.split(',') {
-            let flag = match part.to_ascii_uppercase().as_str() {
-                "SUCCESS" => &mut notify.success,
-                "FAILURE" => &mut notify.failure,
-                "DELAY" => &mut notify.delay,
-                _ => return Err(bad()),
-            };
-            if *flag {
-                return Err(bad());
-            }
-            *flag = true;
-        }
-        Ok(notify)
-    }
-}
-
-impl TryFrom<String> for Notify {
-    type Error = UnknownValue;
-    fn try_from(s: String) -> Result<Self, UnknownValue> {
-        s.parse()
-    }
-}
-
 /// The public id of an accepted transaction, as in `250 2.0.0 Ok: queued as <id>` and the
 /// `Received:` header. Made by the accepting ingress before it writes the message (the id is in
 /// the content), without asking the database: ten base-32 characters of milliseconds since the
@@ -209,19 +116,16 @@ impl QueueId {
 }
 
 impl FromStr for QueueId {
-    type Err = UnknownValue;
+    type Err = InvalidValue;
     /// Accepts what the schema accepts: 8 to 32 of `0-9A-Z`.
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         let ok = (8..=32).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
         if ok {
             Ok(QueueId(s.to_owned()))
         } else {
-            Err(UnknownValue {
-                kind: "QueueId",
-                value: s.to_owned(),
-            })
+            Err(InvalidValue::new("QueueId", s))
         }
     }
 }
@@ -231,45 +135,6 @@ impl fmt::Display for QueueId {
         f.write_str(&self.0)
     }
 }
-
-/// A mailbox address split at its last `@`: the local part as given, the domain lowercased.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct MailboxAddress {
-    pub local_part: String,
-    pub domain: String,
-}
-
-impl MailboxAddress {
-    /// Splits `local@domain`. Both halves must be non-empty and free of whitespace, control
-    /// characters and angle brackets; the domain must look like a host name.
-    pub fn parse(address: &str) -> Result<Self, UnknownValue> {
-        let bad = || UnknownValue {
-            kind: "MailboxAddress",
-            value: address.to_owned(),
-        };
-        let (local, domain) = address.rsplit_once('@').ok_or_else(bad)?;
-        let local_ok = !local.is_empty()
-            && local.len() <= 64
-            && !local
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
-        if !local_ok || !is_domain_name(domain) {
-            return Err(bad());
-        }
-        Ok(MailboxAddress {
-            local_part: local.to_owned(),
-            domain: domain.to_ascii_lowercase(),
-        })
-    }
-}
-
-impl fmt::Display for MailboxAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.local_part, self.domain)
-    }
-}
-
-pub use pochta_names::is_domain_name;
 
 /// A domain Pochta knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -328,9 +193,8 @@ pub struct AccountCredentials {
 /// One recipient of a transaction being enqueued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecipient {
-    pub address: MailboxAddress,
-    /// ORCPT as given on RCPT: `addr-type;xtext` (RFC 3461 4.2).
-    pub orcpt: Option<String>,
+    pub address: Mailbox,
+    pub orcpt: Option<Orcpt>,
     /// None when RCPT had no NOTIFY.
     pub notify: Option<Notify>,
     /// `Queued` (due now) or `Held` (a hold domain).
@@ -341,11 +205,12 @@ pub struct NewRecipient {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEnvelope {
     pub queue_id: QueueId,
-    /// The reverse-path without angle brackets; empty for `<>`.
-    pub reverse_path: String,
+    /// None for the null reverse-path `<>`.
+    pub reverse_path: Option<Mailbox>,
+    /// ENVID, decoded from xtext.
     pub envid: Option<String>,
     pub ret: Option<Ret>,
-    pub body: Option<BodyType>,
+    pub body: Option<Body>,
     pub smtputf8: bool,
     pub client_address: Option<std::net::IpAddr>,
     pub client_helo: Option<String>,
@@ -365,21 +230,22 @@ pub struct Enqueued {
 }
 
 /// A recipient leased to one worker, with what delivering it needs from its envelope.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedRecipient {
     pub recipient_id: i64,
     pub envelope_id: i64,
     pub queue_id: String,
     pub message_id: i64,
-    pub address: String,
-    pub domain: String,
-    pub orcpt: Option<String>,
-    pub notify: Option<String>,
+    pub address: Mailbox,
+    pub orcpt: Option<Orcpt>,
+    /// None when RCPT had no NOTIFY (`Notify::DEFAULT` applies).
+    pub notify: Option<Notify>,
     pub attempts: i32,
-    pub reverse_path: String,
+    /// None for the null reverse-path `<>` (nothing may be reported to it).
+    pub reverse_path: Option<Mailbox>,
     pub envid: Option<String>,
-    pub ret: Option<String>,
-    pub body: Option<String>,
+    pub ret: Option<Ret>,
+    pub body: Option<Body>,
     pub smtputf8: bool,
     pub arrived_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -389,6 +255,13 @@ pub struct ClaimedRecipient {
     pub delay_reported: bool,
     /// Deleted by an administrator who asked for a report: fail it, with the report.
     pub cancelled: bool,
+}
+
+impl ClaimedRecipient {
+    /// The reports this recipient's sender asked for.
+    pub fn notify(&self) -> Notify {
+        self.notify.unwrap_or(Notify::DEFAULT)
+    }
 }
 
 /// How a delivery attempt ended for one recipient.

@@ -15,7 +15,11 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use pochta_store::{MailboxAddress, Store, StoreOptions};
+use pochta_mail::Mailbox;
+use pochta_store::{
+    DomainRole, EnvelopeDetail, NewEnvelope, NewRecipient, QueueId, RecipientState, Store,
+    StoreOptions,
+};
 use rand::Rng;
 
 /// Prefix of every database the harness creates; names end in the creating process's pid.
@@ -96,12 +100,10 @@ impl TestDb {
         &self.store
     }
 
-    /// Adds an account of a domain already added, with an argon2id hash of `password`;
-    /// returns its id.
+    /// Adds an account with an argon2id hash of `password` (and its domain, as a local one,
+    /// if it is not there yet); returns its id.
     pub async fn add_account(&self, address: &str, password: &str) -> anyhow::Result<i64> {
-        let address = MailboxAddress::parse(address)?;
-        let hash = pochta_auth::hash_password(password)?;
-        Ok(self.store.add_account(&address, &hash).await?)
+        add_account(&self.store, address, password).await
     }
 
     /// A second, independent pool on the same database (another "replica").
@@ -128,6 +130,82 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// Adds an account to `store` with an argon2id hash of `password`, and its domain as a local
+/// domain if the store does not know it yet; returns the account's id.
+pub async fn add_account(store: &Store, address: &str, password: &str) -> anyhow::Result<i64> {
+    let address = Mailbox::parse(address)?;
+    if store.domain_role(&address.domain).await?.is_none() {
+        store.add_domain(&address.domain, DomainRole::Local).await?;
+    }
+    let hash = pochta_auth::hash_password(password)?;
+    Ok(store.add_account(&address, &hash).await?)
+}
+
+/// A recipient as an ingress enqueues it without DSN parameters: due now.
+pub fn recipient(address: &str) -> NewRecipient {
+    NewRecipient {
+        address: Mailbox::parse(address).expect("a valid test address"),
+        orcpt: None,
+        notify: None,
+        held: false,
+    }
+}
+
+/// An envelope from `sender` (`""` for `<>`) to `recipients`, without ESMTP parameters or
+/// client details, living an hour. Tests set what they need with struct update syntax.
+pub fn envelope(sender: &str, recipients: Vec<NewRecipient>) -> NewEnvelope {
+    NewEnvelope {
+        queue_id: QueueId::generate(),
+        reverse_path: (!sender.is_empty())
+            .then(|| Mailbox::parse(sender).expect("a valid test address")),
+        envid: None,
+        ret: None,
+        body: None,
+        smtputf8: false,
+        client_address: None,
+        client_helo: None,
+        auth_user: None,
+        received_by: None,
+        traceparent: None,
+        lifetime: Duration::from_secs(3600),
+        recipients,
+    }
+}
+
+/// Polls `done` every 50 ms until it holds; fails the test after `timeout`.
+pub async fn until<F: AsyncFnMut() -> bool>(what: &str, timeout: Duration, mut done: F) {
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (up to 15 s) until no recipient of envelope `queue_id` is queued any more, and
+/// returns the envelope as it is then.
+pub async fn until_attempted(store: &Store, queue_id: &QueueId) -> EnvelopeDetail {
+    let detail = async || {
+        store
+            .envelope_detail(queue_id.as_str())
+            .await
+            .expect("reading the envelope")
+            .expect("the envelope exists")
+    };
+    until(
+        "every recipient attempted",
+        Duration::from_secs(15),
+        async || {
+            detail()
+                .await
+                .recipients
+                .iter()
+                .all(|r| r.state != RecipientState::Queued)
+        },
+    )
+    .await;
+    detail().await
 }
 
 /// Drops test databases left by test processes that no longer run (killed before cleanup).

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use pochta_config::Config;
-use pochta_store::{DomainRole, MailboxAddress, Store, StoreOptions, is_domain_name};
+use pochta_mail::{Mailbox, is_domain_name};
+use pochta_store::{DomainRole, Store, StoreOptions};
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -222,8 +223,8 @@ fn domain_name(name: &str) -> anyhow::Result<String> {
     Ok(name)
 }
 
-fn mailbox(address: &str) -> anyhow::Result<MailboxAddress> {
-    MailboxAddress::parse(address)
+fn mailbox(address: &str) -> anyhow::Result<Mailbox> {
+    Mailbox::parse(address)
         .map_err(|_| anyhow::anyhow!("{address:?} is not a valid address (local-part@domain)"))
 }
 

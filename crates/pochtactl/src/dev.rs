@@ -12,7 +12,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use pochta_store::{DomainRole, MailboxAddress, Store, StoreError, StoreOptions};
+use pochta_mail::Mailbox;
+use pochta_store::{DomainRole, Store, StoreError, StoreOptions};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -202,7 +203,7 @@ async fn prepare_database(url: &str) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     }
     let hash = pochta_auth::hash_password(DEMO_PASSWORD)?;
-    let demo = MailboxAddress::parse(DEMO_USER)?;
+    let demo = Mailbox::parse(DEMO_USER)?;
     match store.add_account(&demo, &hash).await {
         Ok(_) | Err(StoreError::AccountExists(_)) => {}
         Err(e) => return Err(e.into()),

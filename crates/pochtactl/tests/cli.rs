@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use pochta_store::MailboxAddress;
+use pochta_mail::Mailbox;
 use pochta_testkit::TestDb;
 
 const POCHTACTL: &str = env!("CARGO_BIN_EXE_pochtactl");
@@ -150,7 +150,7 @@ async fn accounts() {
         &["account", "add", "alice@example.org", "--password-stdin"],
         "s3cret pass\n",
     );
-    let alice = MailboxAddress::parse("alice@example.org").unwrap();
+    let alice = Mailbox::parse("alice@example.org").unwrap();
     let creds = db
         .store()
         .account_credentials(&alice)

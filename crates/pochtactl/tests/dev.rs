@@ -88,7 +88,7 @@ async fn uses_database_url_and_seeds_the_demo_account() {
     let dir = tempfile::tempdir().unwrap();
     let (dev, addrs) = start_dev(&[("DATABASE_URL", db.url())], dir.path()).await;
     db.store().check_schema().await.unwrap();
-    let demo = pochta_store::MailboxAddress::parse("demo@example.test").unwrap();
+    let demo = pochta_mail::Mailbox::parse("demo@example.test").unwrap();
     let creds = db
         .store()
         .account_credentials(&demo)

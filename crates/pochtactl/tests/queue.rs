@@ -3,8 +3,10 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use pochta_store::{MailboxAddress, NewEnvelope, NewRecipient, QueueId, RecipientState};
-use pochta_testkit::{ServiceProcess, TestDb, free_addr, service_config, workspace_binary};
+use pochta_store::{NewEnvelope, RecipientState};
+use pochta_testkit::{
+    ServiceProcess, TestDb, envelope, free_addr, recipient, service_config, workspace_binary,
+};
 
 /// `pochtactl [--json] queue --queue URL args...`
 fn run(queue: &str, json: bool, args: &[&str]) -> Output {
@@ -37,30 +39,14 @@ fn ok_json(queue: &str, args: &[&str]) -> serde_json::Value {
 async fn list_show_hold_release_retry_delete() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
-    let id = QueueId::generate();
+    let recipients = ["a@far.example", "b@far.example", "c@other.example"];
     let envelope = NewEnvelope {
-        queue_id: id.clone(),
-        reverse_path: "bob@remote.test".into(),
         envid: Some("E1".into()),
-        ret: None,
-        body: None,
-        smtputf8: false,
         client_address: Some("192.0.2.9".parse().unwrap()),
         client_helo: Some("client.test".into()),
-        auth_user: None,
-        received_by: None,
-        traceparent: None,
-        lifetime: Duration::from_secs(3600),
-        recipients: ["a@far.example", "b@far.example", "c@other.example"]
-            .iter()
-            .map(|a| NewRecipient {
-                address: MailboxAddress::parse(a).unwrap(),
-                orcpt: None,
-                notify: None,
-                held: false,
-            })
-            .collect(),
+        ..envelope("bob@remote.test", recipients.map(recipient).into())
     };
+    let id = envelope.queue_id.clone();
     store
         .enqueue(&envelope, b"Subject: x\r\n\r\nx\r\n")
         .await

@@ -241,7 +241,7 @@ impl Server {
     ) {
         if kind == ListenerKind::Pop3s {
             let Some(tls) = &self.tls else { return };
-            match tokio::time::timeout(self.handshake_timeout, conn.upgrade(tls)).await {
+            match tokio::time::timeout(self.handshake_timeout, conn.accept_tls(tls)).await {
                 Ok(Ok(())) => tracing::Span::current().record("tls", true),
                 _ => return tracing::debug!("TLS handshake failed"),
             };
@@ -261,7 +261,8 @@ impl Server {
                             return;
                         }
                         let Some(tls) = &self.tls else { return };
-                        match tokio::time::timeout(self.handshake_timeout, conn.upgrade(tls)).await
+                        match tokio::time::timeout(self.handshake_timeout, conn.accept_tls(tls))
+                            .await
                         {
                             Ok(Ok(())) => {
                                 tracing::Span::current().record("tls", true);

@@ -7,19 +7,15 @@ use std::time::{Duration, Instant};
 
 use crate::commit::{GroupCommit, Limits};
 use pochta_config::{Cidr, Config};
+use pochta_mail::Mailbox;
 use pochta_proto::queue::v1::queue_client::QueueClient;
 use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
 use pochta_proto::queue::v1::{NotifyRequest, StartDomainDeliveryRequest};
 use pochta_service::cache::TtlCache;
 use pochta_service::login::{Authenticator, LoginOutcome};
 use pochta_smtp::received::{ReceivedBy, received_header};
-use pochta_smtp::{
-    AuthResult, Credentials, EtrnResult, Mailbox, Message, RecipientVerdict, StoreResult,
-};
-use pochta_store::{
-    BodyType, DomainRole, MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId,
-    RecipientLookup, Ret, Store,
-};
+use pochta_smtp::{AuthResult, Credentials, EtrnResult, Message, RecipientVerdict, StoreResult};
+use pochta_store::{DomainRole, NewEnvelope, NewRecipient, QueueId, RecipientLookup, Store};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -127,11 +123,7 @@ impl Actions {
         if let Some(verdict) = self.accepted_recipients.get(recipient, Instant::now()) {
             return verdict;
         }
-        let address = MailboxAddress {
-            local_part: recipient.local_part.clone(),
-            domain: recipient.domain.clone(),
-        };
-        let found = match self.store.lookup_recipient(&address).await {
+        let found = match self.store.lookup_recipient(recipient).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!("recipient lookup failed: {e}");
@@ -181,21 +173,10 @@ impl Actions {
         content.extend_from_slice(&message.body);
         let envelope = NewEnvelope {
             queue_id: queue_id.clone(),
-            reverse_path: message
-                .mail
-                .sender
-                .as_ref()
-                .map(Mailbox::address)
-                .unwrap_or_default(),
+            reverse_path: message.mail.sender.clone(),
             envid: message.mail.envid.clone(),
-            ret: message.mail.ret.map(|r| match r {
-                pochta_smtp::Ret::Full => Ret::Full,
-                pochta_smtp::Ret::Hdrs => Ret::Hdrs,
-            }),
-            body: message.mail.body.map(|b| match b {
-                pochta_smtp::Body::SevenBit => BodyType::SevenBit,
-                pochta_smtp::Body::EightBitMime => BodyType::EightBitMime,
-            }),
+            ret: message.mail.ret,
+            body: message.mail.body,
             smtputf8: message.mail.smtputf8,
             client_address: Some(client),
             client_helo: Some(message.helo.clone()),
@@ -207,16 +188,9 @@ impl Actions {
                 .recipients
                 .iter()
                 .map(|r| NewRecipient {
-                    address: MailboxAddress {
-                        local_part: r.rcpt.recipient.local_part.clone(),
-                        domain: r.rcpt.recipient.domain.clone(),
-                    },
+                    address: r.rcpt.recipient.clone(),
                     orcpt: r.rcpt.orcpt.clone(),
-                    notify: r.rcpt.notify.map(|n| Notify {
-                        success: n.success,
-                        failure: n.failure,
-                        delay: n.delay,
-                    }),
+                    notify: r.rcpt.notify,
                     held: r.held,
                 })
                 .collect(),

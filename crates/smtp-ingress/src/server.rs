@@ -102,12 +102,7 @@ impl Ingress {
                 max_message_size: smtp.max_message_size as usize,
                 max_recipients: smtp.max_recipients as usize,
                 max_received_headers: smtp.max_received_headers as usize,
-                bare_line_endings: match smtp.bare_line_endings {
-                    pochta_config::BareLineEndings::Reject => pochta_smtp::BareLineEndings::Reject,
-                    pochta_config::BareLineEndings::Normalize => {
-                        pochta_smtp::BareLineEndings::Normalize
-                    }
-                },
+                bare_line_endings: smtp.bare_line_endings,
                 max_errors: smtp.max_errors as usize,
                 postmaster_domain: smtp.postmaster_domain.clone(),
                 enforce_sender_ownership: smtp.enforce_sender_ownership,
@@ -210,7 +205,7 @@ impl Ingress {
     ) {
         if kind == ListenerKind::Submissions {
             let Some(tls) = &self.tls else { return };
-            match tokio::time::timeout(self.handshake_timeout, conn.upgrade(tls)).await {
+            match tokio::time::timeout(self.handshake_timeout, conn.accept_tls(tls)).await {
                 Ok(Ok(())) => tracing::Span::current().record("tls", true),
                 _ => return tracing::debug!("TLS handshake failed"),
             };
@@ -235,7 +230,8 @@ impl Ingress {
                             return;
                         }
                         let Some(tls) = &self.tls else { return };
-                        match tokio::time::timeout(self.handshake_timeout, conn.upgrade(tls)).await
+                        match tokio::time::timeout(self.handshake_timeout, conn.accept_tls(tls))
+                            .await
                         {
                             Ok(Ok(())) => {
                                 tracing::Span::current().record("tls", true);

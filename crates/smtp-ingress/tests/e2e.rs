@@ -268,7 +268,7 @@ async fn rcpt_replies(s: &Stack, rcpts: &str) -> String {
 }
 
 async fn disable_alice(s: &Stack) {
-    let alice = pochta_store::MailboxAddress::parse(ALICE).unwrap();
+    let alice = pochta_mail::Mailbox::parse(ALICE).unwrap();
     s.db.store()
         .set_account_disabled(&alice, true)
         .await

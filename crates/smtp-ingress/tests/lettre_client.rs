@@ -7,7 +7,8 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use pochta_store::{DomainRole, MailboxAddress};
+
+use pochta_store::DomainRole;
 use pochta_testkit::{ServiceProcess, TestCerts, TestDb, free_addr};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_smtp-ingress");
@@ -138,7 +139,7 @@ async fn concurrent_sessions_each_get_their_own_committed_message() {
     for i in 0..SESSIONS {
         store
             .add_account(
-                &MailboxAddress::parse(&format!("user{i}@example.org")).unwrap(),
+                &pochta_mail::Mailbox::parse(&format!("user{i}@example.org")).unwrap(),
                 &hash,
             )
             .await

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pochta_store::{DomainRole, MailboxAddress, Store};
+use pochta_store::Store;
 use pochta_testkit::{ServiceProcess, TestDb, free_addr, python, workspace_binary};
 use stack_tests::Receiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,17 +129,7 @@ async fn mail_through_the_balancer_is_delivered_traced_and_measured() {
     let (otlp, otlp_addr) = Receiver::start().await.unwrap();
     let db = TestDb::new().await.unwrap();
     let store: &Store = db.store();
-    store
-        .add_domain("example.org", DomainRole::Local)
-        .await
-        .unwrap();
-    let alice = store
-        .add_account(
-            &MailboxAddress::parse("alice@example.org").unwrap(),
-            &pochta_auth::hash_password("secret").unwrap(),
-        )
-        .await
-        .unwrap();
+    let alice = db.add_account("alice@example.org", "secret").await.unwrap();
     let base = format!(
         "[store]\nurl = \"{}\"\nmax_connections = 4\n\n{}",
         db.url(),

@@ -12,7 +12,7 @@ async fn list_filters_and_truncates() {
     let a = envelope(vec![recipient("x@one.example"), recipient("y@two.example")]);
     store.enqueue(&a, CONTENT).await.unwrap();
     let mut b = envelope(vec![recipient("z@two.example")]);
-    b.reverse_path = String::new();
+    b.reverse_path = None;
     store.enqueue(&b, CONTENT).await.unwrap();
 
     let all = QueueFilter::default();
@@ -236,7 +236,7 @@ async fn delete_with_report_cancels_and_depth_counts_the_waits() {
     let deferred = AttemptOutcome::Deferred {
         retry_after: Duration::from_secs(3600),
     };
-    for c in claimed.iter().filter(|c| c.domain == "one.example") {
+    for c in claimed.iter().filter(|c| c.address.domain == "one.example") {
         store
             .record_attempt("w", c.recipient_id, deferred, &AttemptReport::default())
             .await
@@ -264,7 +264,7 @@ async fn delete_with_report_cancels_and_depth_counts_the_waits() {
     // An attempt that was in flight and defers leaves a cancelled recipient due.
     let a = claimed
         .iter()
-        .find(|c| c.address == "a@one.example")
+        .find(|c| c.address.to_string() == "a@one.example")
         .unwrap();
     store
         .record_attempt("w", a.recipient_id, deferred, &AttemptReport::default())

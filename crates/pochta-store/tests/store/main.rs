@@ -8,40 +8,37 @@ mod schema;
 
 use std::time::Duration;
 
-use pochta_store::{MailboxAddress, NewEnvelope, NewRecipient, Notify, QueueId, Ret, Store};
+use pochta_mail::{Mailbox, Notify, Ret};
+use pochta_store::{NewEnvelope, NewRecipient, Store};
 
-pub fn addr(s: &str) -> MailboxAddress {
-    MailboxAddress::parse(s).unwrap()
+pub fn addr(s: &str) -> Mailbox {
+    Mailbox::parse(s).unwrap()
 }
 
+/// A recipient with every DSN parameter.
 pub fn recipient(address: &str) -> NewRecipient {
     NewRecipient {
-        address: addr(address),
-        orcpt: Some(format!("rfc822;{address}")),
+        orcpt: Some(format!("rfc822;{address}").parse().unwrap()),
         notify: Some(Notify {
             success: true,
             failure: true,
             delay: false,
         }),
-        held: false,
+        ..pochta_testkit::recipient(address)
     }
 }
 
+/// An envelope with every parameter and client detail set.
 pub fn envelope(recipients: Vec<NewRecipient>) -> NewEnvelope {
     NewEnvelope {
-        queue_id: QueueId::generate(),
-        reverse_path: "sender@example.net".into(),
         envid: Some("env-1".into()),
         ret: Some(Ret::Hdrs),
-        body: None,
-        smtputf8: false,
         client_address: Some("192.0.2.7".parse().unwrap()),
         client_helo: Some("client.example.net".into()),
-        auth_user: None,
         received_by: Some("mx.example.org".into()),
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         lifetime: Duration::from_secs(5 * 24 * 3600),
-        recipients,
+        ..pochta_testkit::envelope("sender@example.net", recipients)
     }
 }
 

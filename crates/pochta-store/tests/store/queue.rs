@@ -1,10 +1,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pochta_store::{AttemptOutcome, AttemptReport, MailboxAddress, RecipientState, StoreError};
+use pochta_mail::{Mailbox, Notify, Ret};
+use pochta_store::{AttemptOutcome, AttemptReport, RecipientState, StoreError};
 use pochta_testkit::TestDb;
 
-use crate::{CONTENT, enqueue_n, envelope, recipient};
+use crate::{CONTENT, addr, enqueue_n, envelope, recipient};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -23,7 +24,7 @@ async fn enqueue_stores_everything_given() {
     let store = db.store();
     let mut held = recipient("bob@backup.example");
     held.held = true;
-    held.notify = Some(pochta_store::Notify::NEVER);
+    held.notify = Some(Notify::NEVER);
     held.orcpt = None;
     let env = envelope(vec![recipient("alice@example.org"), held]);
     store.enqueue(&env, CONTENT).await.unwrap();
@@ -96,7 +97,7 @@ async fn enqueue_is_atomic() {
     // The second recipient breaks a constraint after the message and envelope rows were
     // written within the same statement: nothing at all may remain.
     let mut bad = recipient("x@example.org");
-    bad.address = MailboxAddress {
+    bad.address = Mailbox {
         local_part: String::new(),
         domain: "example.org".into(),
     };
@@ -192,12 +193,19 @@ async fn claim_returns_envelope_fields_and_skips_held_and_leased() {
     let claimed = store.claim_due("w1", 10, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 1, "the held recipient is not due");
     let c = &claimed[0];
-    assert_eq!(c.address, "alice@example.org");
-    assert_eq!(c.domain, "example.org");
+    assert_eq!(c.address, addr("alice@example.org"));
     assert_eq!(c.queue_id, env.queue_id.as_str());
-    assert_eq!(c.reverse_path, "sender@example.net");
-    assert_eq!(c.notify.as_deref(), Some("SUCCESS,FAILURE"));
-    assert_eq!(c.ret.as_deref(), Some("HDRS"));
+    assert_eq!(c.reverse_path, Some(addr("sender@example.net")));
+    assert_eq!(
+        c.notify.map(|n| n.to_string()).as_deref(),
+        Some("SUCCESS,FAILURE")
+    );
+    assert_eq!(
+        c.orcpt.as_ref().map(|o| o.as_str()),
+        Some("rfc822;alice@example.org")
+    );
+    assert_eq!(c.ret, Some(Ret::Hdrs));
+    assert_eq!(c.body, None);
     assert_eq!(c.attempts, 0);
     assert!(c.lease_expires_at > chrono::Utc::now() + chrono::Duration::seconds(50));
     assert!(
@@ -358,7 +366,7 @@ async fn etrn_release_makes_held_and_deferred_due() {
         .await
         .unwrap()
         .into_iter()
-        .map(|c| c.address)
+        .map(|c| c.address.to_string())
         .collect();
     assert_eq!(due.len(), 2);
     assert!(due.contains(&"a@backup.example".to_owned()));

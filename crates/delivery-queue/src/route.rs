@@ -1,0 +1,103 @@
+//! Routing: where a remote domain's mail goes (a static route, the smarthost, or its MX hosts
+//! from DNS, `mx.rs`), which servers to try in which order, and the STARTTLS policy for it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use pochta_mail::TlsPolicy;
+
+use crate::mx;
+
+/// Where a domain's mail goes: a configured `host:port`, or its MX hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Static(String),
+    Mx(String),
+}
+
+/// A server to try: its name (for TLS and diagnostics) and where to connect (`addr:port`, or
+/// `host:port` for a static route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub host: String,
+    pub address: String,
+}
+
+pub struct Router {
+    /// Static routes: recipient domain → `host:port`.
+    pub routes: BTreeMap<String, String>,
+    /// `host:port` for every other remote domain; None: MX lookup.
+    pub smarthost: Option<String>,
+    /// STARTTLS policy by recipient domain (`.example.com` for its subdomains), else `tls`.
+    pub tls_by_domain: BTreeMap<String, TlsPolicy>,
+    pub tls: TlsPolicy,
+    pub resolver: hickory_resolver::TokioResolver,
+    /// The port MX hosts are reached on (25).
+    pub mx_port: u16,
+}
+
+impl Router {
+    pub fn destination(&self, domain: &str) -> Destination {
+        match self.routes.get(domain).or(self.smarthost.as_ref()) {
+            Some(target) => Destination::Static(target.clone()),
+            None => Destination::Mx(domain.to_owned()),
+        }
+    }
+
+    /// The STARTTLS policy for mail to `domain`: its own, its nearest parent's (`.parent`
+    /// entries), or the default.
+    pub fn tls_policy(&self, domain: &str) -> TlsPolicy {
+        if let Some(policy) = self.tls_by_domain.get(domain) {
+            return *policy;
+        }
+        let mut rest = domain;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(policy) = self.tls_by_domain.get(&format!(".{parent}")) {
+                return *policy;
+            }
+            rest = parent;
+        }
+        self.tls
+    }
+
+    /// The servers to try, best first; or why there are none.
+    pub async fn candidates(
+        &self,
+        destination: &Destination,
+    ) -> Result<Vec<Candidate>, mx::Resolution> {
+        let domain = match destination {
+            Destination::Static(target) => {
+                let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
+                return Ok(vec![Candidate {
+                    host: host.trim_matches(['[', ']']).to_owned(),
+                    address: target.clone(),
+                }]);
+            }
+            Destination::Mx(domain) => domain,
+        };
+        let hosts = match mx::mail_hosts(&self.resolver, domain).await {
+            mx::Resolution::Hosts(hosts) => hosts,
+            other => return Err(other),
+        };
+        let mut candidates = Vec::new();
+        let mut problems = Vec::new();
+        for host in hosts {
+            match mx::addresses(&self.resolver, &host).await {
+                Ok(ips) => candidates.extend(ips.into_iter().map(|ip| Candidate {
+                    host: host.clone(),
+                    address: SocketAddr::new(ip, self.mx_port).to_string(),
+                })),
+                Err(why) => problems.push(why),
+            }
+        }
+        if candidates.is_empty() {
+            let why = if problems.is_empty() {
+                format!("no mail host of {domain} has an address")
+            } else {
+                problems.join("; ")
+            };
+            return Err(mx::Resolution::TryLater(why));
+        }
+        Ok(candidates)
+    }
+}

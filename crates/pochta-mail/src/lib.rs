@@ -1,0 +1,39 @@
+//! Pochta's mail vocabulary: the values every crate speaks of, defined once so the SMTP state
+//! machines, the store, the delivery queue and the configuration agree on what they mean.
+//!
+//! - `domain`: host name syntax (RFC 1035, RFC 1123);
+//! - `address`: `Mailbox`, a mailbox address and its RFC 5321 / RFC 6531 syntax;
+//! - `params`: the ESMTP and DSN envelope parameters (BODY, RET, ENVID, NOTIFY, ORCPT) and the
+//!   xtext encoding they travel in (RFC 3461, RFC 6152);
+//! - `policy`: transport policies that both a protocol state machine and the configuration
+//!   name (bare line endings in message text, STARTTLS towards other servers).
+//!
+//! Each type has exactly one parser; the store writes and reads back these types, never their
+//! text.
+
+pub mod address;
+pub mod domain;
+pub mod params;
+pub mod policy;
+
+pub use address::Mailbox;
+pub use domain::is_domain_name;
+pub use params::{Body, Notify, Orcpt, Ret, xtext_decode, xtext_encode};
+pub use policy::{BareLineEndings, TlsPolicy};
+
+/// A text that is not a valid value of the type it was parsed as.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a valid {kind}")]
+pub struct InvalidValue {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+impl InvalidValue {
+    pub fn new(kind: &'static str, value: impl Into<String>) -> Self {
+        InvalidValue {
+            kind,
+            value: value.into(),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Transport policies that a protocol state machine applies and the configuration names, one
+//! type each so no mapping stands between them.
+
+use serde::{Deserialize, Serialize};
+
+/// What a bare LF or CR in message text gets (SMTP smuggling defence, RFC 5321 2.3.8). Either
+/// way it never ends DATA: only CRLF.CRLF does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// The message is refused with 550 5.6.0.
+    Reject,
+    /// Bare LF and CR become CRLF in the stored message.
+    Normalize,
+}
+
+/// STARTTLS towards another server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// STARTTLS when offered, plaintext otherwise (RFC 7435 opportunistic security).
+    Opportunistic,
+    /// Defer rather than send without TLS.
+    Required,
+    /// Never STARTTLS.
+    Never,
+}
