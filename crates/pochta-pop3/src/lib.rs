@@ -6,5 +6,5 @@
 pub mod session;
 pub mod stuff;
 
-pub use session::{Credentials, Entry, LoginResult, Output, Policy, Session};
+pub use session::{Action, Credentials, Entry, LoginResult, Output, Policy, Session};
 pub use stuff::DotStuffer;

@@ -62,11 +62,12 @@ pub enum LoginResult {
     TemporaryFailure,
 }
 
+/// What the session wants done next; see `pochta_session`.
+pub type Output = pochta_session::Output<Action>;
+
+/// What the session asks of the world; each is answered through the method it names.
 #[derive(Debug)]
-pub enum Output {
-    Send(Vec<u8>),
-    /// Write what was sent, do the TLS handshake, then call `tls_established`.
-    StartTls,
+pub enum Action {
     /// Check the credentials, lock the maildrop and list it; answer with `login_result`.
     Login(Credentials),
     /// Send `+OK` and the message (`DotStuffer`), or report it missing; then `retrieved`.
@@ -76,11 +77,7 @@ pub enum Output {
         top_lines: Option<u64>,
     },
     /// QUIT in TRANSACTION: delete these entries and unlock; answer with `committed`.
-    Commit {
-        delete: Vec<i64>,
-    },
-    /// Write what was sent, then close.
-    Close,
+    Commit { delete: Vec<i64> },
 }
 
 #[derive(Debug)]
@@ -307,7 +304,8 @@ impl Session {
                     .map(|(e, _)| e.id)
                     .collect();
                 self.pending = Some(Pending::Commit);
-                self.out.push_back(Output::Commit { delete });
+                self.out
+                    .push_back(Output::Action(Action::Commit { delete }));
             }
             _ => self.close_with(ok("Pochta POP3 server signing off")),
         }
@@ -415,7 +413,8 @@ impl Session {
 
     fn login(&mut self, credentials: Credentials) {
         self.pending = Some(Pending::Login);
-        self.out.push_back(Output::Login(credentials));
+        self.out
+            .push_back(Output::Action(Action::Login(credentials)));
     }
 
     pub fn login_result(&mut self, result: LoginResult) {
@@ -512,11 +511,11 @@ impl Session {
                 Ok((_, e)) => {
                     let (entry_id, size) = (e.id, e.size);
                     self.pending = Some(Pending::Retrieve);
-                    self.out.push_back(Output::Retrieve {
+                    self.out.push_back(Output::Action(Action::Retrieve {
                         entry_id,
                         size,
                         top_lines: None,
-                    });
+                    }));
                 }
                 Err(e) => self.reply_err(&e),
             },
@@ -524,11 +523,11 @@ impl Session {
                 (Ok((_, e)), Some(lines)) => {
                     let (entry_id, size) = (e.id, e.size);
                     self.pending = Some(Pending::Retrieve);
-                    self.out.push_back(Output::Retrieve {
+                    self.out.push_back(Output::Action(Action::Retrieve {
                         entry_id,
                         size,
                         top_lines: Some(lines),
-                    });
+                    }));
                 }
                 (Err(e), _) => self.reply_err(&e),
                 _ => self.reply_err("Invalid line count"),
@@ -583,6 +582,35 @@ impl Session {
             ))),
             Err(()) => self.close_with(err("[SYS/TEMP] Some deleted messages were not removed")),
         }
+    }
+}
+
+impl pochta_session::Session for Session {
+    type Action = Action;
+
+    fn feed(&mut self, bytes: &[u8]) {
+        Session::feed(self, bytes)
+    }
+
+    fn poll(&mut self) -> Option<Output> {
+        Session::poll(self)
+    }
+
+    fn tls_established(&mut self) {
+        Session::tls_established(self)
+    }
+
+    fn timed_out(&mut self) {
+        Session::timed_out(self)
+    }
+
+    fn shutting_down(&mut self) {
+        Session::shutting_down(self)
+    }
+
+    /// Deletions happen only at QUIT: ending a session at any other moment loses nothing.
+    fn interruptible(&self) -> bool {
+        true
     }
 }
 

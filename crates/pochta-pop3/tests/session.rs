@@ -1,8 +1,9 @@
-//! The POP3 session driven like the I/O layer drives it, without sockets.
+//! The POP3 session driven as the connection driver drives it, without sockets.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use pochta_pop3::{Credentials, Entry, LoginResult, Output, Policy, Session};
+use pochta_pop3::{Action, Entry, LoginResult, Output, Policy, Session};
+use pochta_testkit::Script;
 
 const TLS: Policy = Policy {
     stls_available: true,
@@ -17,86 +18,34 @@ const PLAIN: Policy = Policy {
     max_errors: 10,
 };
 
-#[derive(Debug)]
-enum Action {
-    Tls,
-    Login(Credentials),
-    Retrieve(i64, u64, Option<u64>),
-    Commit(Vec<i64>),
-    Close,
+type Client = Script<Session>;
+
+/// A new session on `policy`, its greeting taken.
+fn client(policy: Policy) -> Client {
+    let mut c = Script::new(Session::new(policy));
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "+OK Pochta POP3 server ready\r\n");
+    c
 }
 
-struct Client {
-    session: Session,
-    sent: String,
-}
-
-impl Client {
-    fn new(policy: Policy) -> Self {
-        let mut c = Client {
-            session: Session::new(policy),
-            sent: String::new(),
-        };
-        assert!(c.drain().is_none());
-        assert_eq!(c.take(), "+OK Pochta POP3 server ready\r\n");
-        c
-    }
-
-    fn drain(&mut self) -> Option<Action> {
-        while let Some(out) = self.session.poll() {
-            return Some(match out {
-                Output::Send(b) => {
-                    self.sent.push_str(std::str::from_utf8(&b).unwrap());
-                    continue;
-                }
-                Output::StartTls => Action::Tls,
-                Output::Login(c) => Action::Login(c),
-                Output::Retrieve {
-                    entry_id,
-                    size,
-                    top_lines,
-                } => Action::Retrieve(entry_id, size, top_lines),
-                Output::Commit { delete } => Action::Commit(delete),
-                Output::Close => Action::Close,
-            });
-        }
-        None
-    }
-
-    fn send(&mut self, input: &str) -> Option<Action> {
-        self.session.feed(input.as_bytes());
-        self.drain()
-    }
-
-    fn take(&mut self) -> String {
-        std::mem::take(&mut self.sent)
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        let action = self.send(&format!("{line}\r\n"));
-        assert!(action.is_none(), "{line}: {action:?}");
-        self.take()
-    }
-
-    /// Logs in with USER/PASS to a maildrop of three messages.
-    fn logged_in() -> Self {
-        let mut c = Client::new(TLS);
-        assert_eq!(c.cmd("USER alice@example.org"), "+OK Send PASS\r\n");
-        let Some(Action::Login(creds)) = c.send("PASS secret words\r\n") else {
-            panic!()
-        };
-        assert_eq!(
-            (creds.username.as_str(), creds.password.as_str()),
-            ("alice@example.org", "secret words")
-        );
-        c.session.login_result(LoginResult::Ok(entries()));
-        assert!(c.drain().is_none());
-        assert_eq!(
-            c.take(),
-            "+OK Maildrop locked and ready, 3 messages (600 octets)\r\n"
-        );
-        c
-    }
+/// Logs in with USER/PASS to a maildrop of three messages.
+fn logged_in() -> Client {
+    let mut c = client(TLS);
+    assert_eq!(c.cmd("USER alice@example.org"), "+OK Send PASS\r\n");
+    let Some(Output::Action(Action::Login(creds))) = c.send("PASS secret words\r\n") else {
+        panic!()
+    };
+    assert_eq!(
+        (creds.username.as_str(), creds.password.as_str()),
+        ("alice@example.org", "secret words")
+    );
+    c.session.login_result(LoginResult::Ok(entries()));
+    assert!(c.drain().is_none());
+    assert_eq!(
+        c.take(),
+        "+OK Maildrop locked and ready, 3 messages (600 octets)\r\n"
+    );
+    c
 }
 
 fn entries() -> Vec<Entry> {
@@ -111,7 +60,7 @@ fn entries() -> Vec<Entry> {
 
 #[test]
 fn capa_depends_on_state_and_tls() {
-    let mut c = Client::new(PLAIN);
+    let mut c = client(PLAIN);
     let capa = c.cmd("CAPA");
     assert!(
         capa.starts_with("+OK Capability list follows\r\n") && capa.ends_with("\r\n.\r\n"),
@@ -133,7 +82,7 @@ fn capa_depends_on_state_and_tls() {
         !capa.contains("USER") && !capa.contains("SASL"),
         "no passwords in the clear: {capa}"
     );
-    let mut c = Client::new(TLS);
+    let mut c = client(TLS);
     let capa = c.cmd("CAPA");
     assert!(
         capa.contains("\r\nUSER\r\n")
@@ -145,7 +94,7 @@ fn capa_depends_on_state_and_tls() {
 
 #[test]
 fn plaintext_logins_need_tls() {
-    let mut c = Client::new(PLAIN);
+    let mut c = client(PLAIN);
     assert_eq!(
         c.cmd("USER alice"),
         "-ERR [AUTH] Plaintext login is disabled; use STLS first\r\n"
@@ -155,7 +104,7 @@ fn plaintext_logins_need_tls() {
         "-ERR [AUTH] Plaintext login is disabled; use STLS first\r\n"
     );
     assert_eq!(c.cmd("PASS x"), "-ERR USER first\r\n");
-    let mut loopback = Client::new(Policy {
+    let mut loopback = client(Policy {
         plaintext_auth: true,
         ..PLAIN
     });
@@ -164,10 +113,10 @@ fn plaintext_logins_need_tls() {
 
 #[test]
 fn stls_discards_pipelined_plaintext() {
-    let mut c = Client::new(PLAIN);
+    let mut c = client(PLAIN);
     assert!(matches!(
         c.send("STLS\r\nUSER injected\r\n"),
-        Some(Action::Tls)
+        Some(Output::StartTls)
     ));
     assert_eq!(c.take(), "+OK Begin TLS negotiation\r\n");
     c.session.tls_established();
@@ -175,7 +124,7 @@ fn stls_discards_pipelined_plaintext() {
     assert_eq!(c.take(), "", "the injected USER was dropped");
     assert_eq!(c.cmd("PASS x"), "-ERR USER first\r\n");
     assert_eq!(c.cmd("STLS"), "-ERR Already running TLS\r\n");
-    let mut no_tls = Client::new(Policy {
+    let mut no_tls = client(Policy {
         stls_available: false,
         ..PLAIN
     });
@@ -184,9 +133,12 @@ fn stls_discards_pipelined_plaintext() {
 
 #[test]
 fn login_failures() {
-    let mut c = Client::new(TLS);
+    let mut c = client(TLS);
     c.cmd("USER alice");
-    assert!(matches!(c.send("PASS bad\r\n"), Some(Action::Login(_))));
+    assert!(matches!(
+        c.send("PASS bad\r\n"),
+        Some(Output::Action(Action::Login(_)))
+    ));
     c.session.login_result(LoginResult::BadCredentials);
     c.drain();
     assert_eq!(c.take(), "-ERR [AUTH] Authentication failed\r\n");
@@ -214,7 +166,7 @@ fn login_failures() {
     c.cmd("USER alice");
     c.send("PASS bad\r\n");
     c.session.login_result(LoginResult::RateLimited);
-    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert!(matches!(c.drain(), Some(Output::Close)));
     assert_eq!(
         c.take(),
         "-ERR [AUTH] Too many failed logins; try again later\r\n"
@@ -223,13 +175,13 @@ fn login_failures() {
 
 #[test]
 fn auth_plain() {
-    let mut c = Client::new(TLS);
+    let mut c = client(TLS);
     assert_eq!(c.cmd("AUTH"), "+OK\r\nPLAIN\r\n.\r\n");
     assert_eq!(
         c.cmd("AUTH CRAM-MD5"),
         "-ERR Unsupported SASL mechanism\r\n"
     );
-    let Some(Action::Login(creds)) = c.send(&format!(
+    let Some(Output::Action(Action::Login(creds))) = c.send(&format!(
         "AUTH PLAIN {}\r\n",
         BASE64.encode("\0bob@example.org\0pw")
     )) else {
@@ -244,7 +196,7 @@ fn auth_plain() {
     assert_eq!(c.cmd("AUTH PLAIN"), "+ \r\n");
     assert_eq!(c.cmd("%%%"), "-ERR Invalid base64\r\n");
     assert_eq!(c.cmd("AUTH PLAIN"), "+ \r\n");
-    let Some(Action::Login(_)) = c.send(&format!(
+    let Some(Output::Action(Action::Login(_))) = c.send(&format!(
         "{}\r\n",
         BASE64.encode("bob@example.org\0bob@example.org\0pw")
     )) else {
@@ -257,7 +209,7 @@ fn auth_plain() {
         "+OK Maildrop locked and ready, 0 messages (0 octets)\r\n"
     );
     // Acting as another identity is refused.
-    let mut c = Client::new(TLS);
+    let mut c = client(TLS);
     assert_eq!(
         c.cmd(&format!("AUTH PLAIN {}", BASE64.encode("boss\0bob\0pw"))),
         "-ERR [AUTH] Authentication failed\r\n"
@@ -266,7 +218,7 @@ fn auth_plain() {
 
 #[test]
 fn transaction_commands_before_login_are_refused() {
-    let mut c = Client::new(TLS);
+    let mut c = client(TLS);
     for cmd in [
         "STAT", "LIST", "RETR 1", "DELE 1", "RSET", "TOP 1 1", "UIDL",
     ] {
@@ -285,7 +237,7 @@ fn transaction_commands_before_login_are_refused() {
 
 #[test]
 fn stat_list_uidl() {
-    let mut c = Client::logged_in();
+    let mut c = logged_in();
     assert_eq!(c.cmd("STAT"), "+OK 3 600\r\n");
     assert_eq!(
         c.cmd("LIST"),
@@ -316,7 +268,7 @@ fn stat_list_uidl() {
 
 #[test]
 fn dele_rset_and_deleted_messages() {
-    let mut c = Client::logged_in();
+    let mut c = logged_in();
     assert_eq!(c.cmd("DELE 2"), "+OK Message 2 deleted\r\n");
     assert_eq!(c.cmd("DELE 2"), "-ERR Message 2 is deleted\r\n");
     assert_eq!(c.cmd("STAT"), "+OK 2 400\r\n");
@@ -334,12 +286,12 @@ fn dele_rset_and_deleted_messages() {
     assert_eq!(c.cmd("STAT"), "+OK 3 600\r\n");
     c.cmd("DELE 1");
     c.cmd("DELE 3");
-    let Some(Action::Commit(ids)) = c.send("QUIT\r\n") else {
+    let Some(Output::Action(Action::Commit { delete: ids })) = c.send("QUIT\r\n") else {
         panic!()
     };
     assert_eq!(ids, [10, 30]);
     c.session.committed(Ok(2));
-    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert!(matches!(c.drain(), Some(Output::Close)));
     assert_eq!(
         c.take(),
         "+OK Pochta POP3 server signing off (2 messages deleted)\r\n"
@@ -348,11 +300,14 @@ fn dele_rset_and_deleted_messages() {
 
 #[test]
 fn failed_commit_says_so() {
-    let mut c = Client::logged_in();
+    let mut c = logged_in();
     c.cmd("DELE 1");
-    assert!(matches!(c.send("QUIT\r\n"), Some(Action::Commit(_))));
+    assert!(matches!(
+        c.send("QUIT\r\n"),
+        Some(Output::Action(Action::Commit { delete: _ }))
+    ));
     c.session.committed(Err(()));
-    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert!(matches!(c.drain(), Some(Output::Close)));
     assert_eq!(
         c.take(),
         "-ERR [SYS/TEMP] Some deleted messages were not removed\r\n"
@@ -361,22 +316,30 @@ fn failed_commit_says_so() {
 
 #[test]
 fn quit_before_login_deletes_nothing() {
-    let mut c = Client::new(TLS);
-    assert!(matches!(c.send("QUIT\r\n"), Some(Action::Close)));
+    let mut c = client(TLS);
+    assert!(matches!(c.send("QUIT\r\n"), Some(Output::Close)));
     assert_eq!(c.take(), "+OK Pochta POP3 server signing off\r\n");
 }
 
 #[test]
 fn retr_and_top_are_actions() {
-    let mut c = Client::logged_in();
+    let mut c = logged_in();
     assert!(matches!(
         c.send("RETR 3\r\n"),
-        Some(Action::Retrieve(30, 300, None))
+        Some(Output::Action(Action::Retrieve {
+            entry_id: 30,
+            size: 300,
+            top_lines: None
+        }))
     ));
     c.session.retrieved(true);
     assert!(matches!(
         c.send("TOP 1 5\r\n"),
-        Some(Action::Retrieve(10, 100, Some(5)))
+        Some(Output::Action(Action::Retrieve {
+            entry_id: 10,
+            size: 100,
+            top_lines: Some(5)
+        }))
     ));
     c.session.retrieved(false);
     assert!(c.drain().is_none());
@@ -388,9 +351,16 @@ fn retr_and_top_are_actions() {
 
 #[test]
 fn pipelined_commands_answer_in_order() {
-    let mut c = Client::logged_in();
+    let mut c = logged_in();
     let action = c.send("STAT\r\nRETR 1\r\nDELE 1\r\nSTAT\r\n");
-    assert!(matches!(action, Some(Action::Retrieve(10, 100, None))));
+    assert!(matches!(
+        action,
+        Some(Output::Action(Action::Retrieve {
+            entry_id: 10,
+            size: 100,
+            top_lines: None
+        }))
+    ));
     assert_eq!(
         c.take(),
         "+OK 3 600\r\n",
@@ -403,7 +373,7 @@ fn pipelined_commands_answer_in_order() {
 
 #[test]
 fn limits_timeouts_and_garbage() {
-    let mut c = Client::new(TLS);
+    let mut c = client(TLS);
     assert_eq!(
         c.cmd(&format!("USER {}", "a".repeat(300))),
         "-ERR Line too long\r\n"
@@ -415,11 +385,11 @@ fn limits_timeouts_and_garbage() {
     c.session.feed(b"\xff\xfe\r\n");
     c.drain();
     assert_eq!(c.take(), "-ERR Invalid characters in command\r\n");
-    let mut t = Client::logged_in();
+    let mut t = logged_in();
     t.cmd("DELE 1");
     t.session.timed_out();
     assert!(
-        matches!(t.drain(), Some(Action::Close)),
+        matches!(t.drain(), Some(Output::Close)),
         "no commit on timeout"
     );
     assert_eq!(
@@ -427,10 +397,10 @@ fn limits_timeouts_and_garbage() {
         "-ERR Timeout; closing connection, nothing deleted\r\n"
     );
 
-    let mut e = Client::new(TLS);
+    let mut e = client(TLS);
     let mut closed = false;
     for _ in 0..12 {
-        if let Some(Action::Close) = e.send("BOGUS\r\n") {
+        if let Some(Output::Close) = e.send("BOGUS\r\n") {
             closed = true;
             break;
         }

@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod conn;
+pub mod drive;
 pub mod limits;
 pub mod listen;
 pub mod login;

@@ -11,6 +11,6 @@ pub mod server;
 pub use command::{MailFrom, RcptTo};
 pub use reply::Reply;
 pub use server::{
-    AcceptedRecipient, AuthResult, ConnectionPolicy, Credentials, EtrnResult, Message, Output,
-    RecipientVerdict, Session, SessionConfig, StoreResult,
+    AcceptedRecipient, Action, AuthResult, ConnectionPolicy, Credentials, EtrnResult, Message,
+    Output, RecipientVerdict, Session, SessionConfig, StoreResult,
 };

@@ -90,12 +90,12 @@ pub struct Message {
     pub body: Vec<u8>,
 }
 
+/// What the session wants done next; see `pochta_session`.
+pub type Output = pochta_session::Output<Action>;
+
+/// What the session asks of the world; each is answered through the method it names.
 #[derive(Debug)]
-pub enum Output {
-    /// Bytes to write.
-    Send(Vec<u8>),
-    /// Write what was sent so far, then do the TLS handshake and call `tls_established`.
-    StartTls,
+pub enum Action {
     /// Decide on a recipient; answer with `recipient_verdict`.
     VerifyRecipient {
         recipient: Mailbox,
@@ -107,8 +107,6 @@ pub enum Output {
     StoreMessage(Box<Message>),
     /// Ask the queue to start delivery for a domain; answer with `etrn_result`.
     Etrn { domain: String, subdomains: bool },
-    /// Write what was sent, then close the connection.
-    Close,
 }
 
 /// What the I/O layer decided about a recipient.
@@ -444,7 +442,7 @@ impl Session {
                     self.send(sequence("ETRN not permitted during a mail transaction"));
                 } else {
                     self.pending = Some(Pending::Etrn(domain.clone()));
-                    self.out.push_back(Output::Etrn { domain, subdomains });
+                    self.out.push_back(Output::Action(Action::Etrn { domain, subdomains }));
                 }
             }
             Command::NotImplemented(verb) => self.send(Reply::new(502, "5.5.1", format!("{verb} not implemented"))),
@@ -536,10 +534,10 @@ impl Session {
         }
         let recipient = rcpt.recipient.clone();
         self.pending = Some(Pending::Recipient(rcpt));
-        self.out.push_back(Output::VerifyRecipient {
+        self.out.push_back(Output::Action(Action::VerifyRecipient {
             recipient,
             authenticated: self.user.is_some(),
-        });
+        }));
     }
 
     /// The I/O layer's decision on the outstanding recipient.
@@ -608,15 +606,16 @@ impl Session {
         }
         let greeting = self.greeting.clone().expect("DATA only after EHLO/HELO");
         self.pending = Some(Pending::Store);
-        self.out.push_back(Output::StoreMessage(Box::new(Message {
-            helo: greeting.name,
-            esmtp: greeting.esmtp,
-            tls: self.tls,
-            authenticated: self.user.clone(),
-            mail: transaction.mail,
-            recipients: transaction.recipients,
-            body: data.body,
-        })));
+        self.out
+            .push_back(Output::Action(Action::StoreMessage(Box::new(Message {
+                helo: greeting.name,
+                esmtp: greeting.esmtp,
+                tls: self.tls,
+                authenticated: self.user.clone(),
+                mail: transaction.mail,
+                recipients: transaction.recipients,
+                body: data.body,
+            }))));
     }
 
     /// The I/O layer committed the message (or could not).
@@ -778,7 +777,8 @@ impl Session {
             ));
         }
         self.pending = Some(Pending::Auth);
-        self.out.push_back(Output::Authenticate(credentials));
+        self.out
+            .push_back(Output::Action(Action::Authenticate(credentials)));
     }
 
     /// The I/O layer checked the credentials (after its failure delay, if they were wrong).
@@ -843,4 +843,36 @@ impl Session {
 /// compared case-insensitively (as accounts are).
 fn owns(user: &str, sender: &Mailbox) -> bool {
     Mailbox::parse(user).is_ok_and(|account| account.is_same(sender))
+}
+
+impl pochta_session::Session for Session {
+    type Action = Action;
+
+    fn feed(&mut self, bytes: &[u8]) {
+        Session::feed(self, bytes)
+    }
+
+    fn poll(&mut self) -> Option<Output> {
+        Session::poll(self)
+    }
+
+    fn tls_established(&mut self) {
+        Session::tls_established(self)
+    }
+
+    fn timed_out(&mut self) {
+        Session::timed_out(self)
+    }
+
+    fn shutting_down(&mut self) {
+        Session::shutting_down(self)
+    }
+
+    fn interruptible(&self) -> bool {
+        self.is_idle()
+    }
+
+    fn in_data(&self) -> bool {
+        Session::in_data(self)
+    }
 }

@@ -1,4 +1,4 @@
-//! The server session driven like the I/O layer drives it, without sockets.
+//! The server session driven as the connection driver drives it, without sockets.
 
 use std::sync::Arc;
 
@@ -6,9 +6,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use pochta_mail::BareLineEndings;
 use pochta_smtp::{
-    AuthResult, ConnectionPolicy, Credentials, EtrnResult, Message, Output, RecipientVerdict,
-    Session, SessionConfig, StoreResult,
+    Action, AuthResult, ConnectionPolicy, EtrnResult, Message, Output, RecipientVerdict, Session,
+    SessionConfig, StoreResult,
 };
+use pochta_testkit::Script;
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -31,81 +32,47 @@ const MX: ConnectionPolicy = ConnectionPolicy {
     plaintext_auth: false,
 };
 
-/// An action the session asked for.
-#[derive(Debug)]
-enum Action {
-    Tls,
-    Verify(String),
-    Auth(Credentials),
-    Store(Box<Message>),
-    Etrn(String, bool),
-    Close,
+type Client = Script<Session>;
+
+fn client(policy: ConnectionPolicy) -> Client {
+    client_with(config(), policy)
 }
 
-struct Client {
-    session: Session,
-    sent: String,
+/// A new session, its greeting taken.
+fn client_with(config: SessionConfig, policy: ConnectionPolicy) -> Client {
+    let mut c = Script::new(Session::new(Arc::new(config), policy));
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "220 mx.example.org ESMTP Pochta\r\n");
+    c
 }
 
-impl Client {
-    fn new(policy: ConnectionPolicy) -> Self {
-        Self::with_config(config(), policy)
-    }
-
-    fn with_config(config: SessionConfig, policy: ConnectionPolicy) -> Self {
-        let mut c = Client {
-            session: Session::new(Arc::new(config), policy),
-            sent: String::new(),
-        };
-        assert!(c.drain().is_none());
-        assert_eq!(c.take(), "220 mx.example.org ESMTP Pochta\r\n");
-        c
-    }
-
-    /// Polls until the session needs input or an action; returns the action, if any.
-    fn drain(&mut self) -> Option<Action> {
-        while let Some(out) = self.session.poll() {
-            let action = match out {
-                Output::Send(bytes) => {
-                    self.sent.push_str(std::str::from_utf8(&bytes).unwrap());
-                    continue;
-                }
-                Output::StartTls => Action::Tls,
-                Output::VerifyRecipient { recipient, .. } => Action::Verify(recipient.address()),
-                Output::Authenticate(c) => Action::Auth(c),
-                Output::StoreMessage(m) => Action::Store(m),
-                Output::Etrn { domain, subdomains } => Action::Etrn(domain, subdomains),
-                Output::Close => Action::Close,
-            };
-            return Some(action);
+/// The recipient `output` asks to verify, if it is that.
+fn verifying(output: &Option<Output>) -> Option<String> {
+    match output {
+        Some(Output::Action(Action::VerifyRecipient { recipient, .. })) => {
+            Some(recipient.address())
         }
-        None
+        _ => None,
     }
+}
 
-    fn send(&mut self, input: &str) -> Option<Action> {
-        self.session.feed(input.as_bytes());
-        self.drain()
-    }
-
-    fn take(&mut self) -> String {
-        std::mem::take(&mut self.sent)
-    }
-
-    /// Sends a command that needs no action and returns the reply.
-    fn cmd(&mut self, line: &str) -> String {
-        let action = self.send(&format!("{line}\r\n"));
-        assert!(action.is_none(), "{line}: unexpected {action:?}");
-        self.take()
-    }
-
+/// Steps of an SMTP conversation the tests repeat.
+trait Conversation {
     /// Accepts every recipient the session asks about until it needs input.
-    fn accept_all(&mut self, mut action: Option<Action>) -> Option<Action> {
-        while let Some(Action::Verify(_)) = action {
+    fn accept_all(&mut self, output: Option<Output>) -> Option<Output>;
+    fn ehlo(&mut self);
+    /// MAIL FROM and the recipients, each accepted.
+    fn transaction(&mut self, rcpts: &[&str]);
+}
+
+impl Conversation for Client {
+    fn accept_all(&mut self, mut output: Option<Output>) -> Option<Output> {
+        while verifying(&output).is_some() {
             self.session
                 .recipient_verdict(RecipientVerdict::Accept { held: false });
-            action = self.drain();
+            output = self.drain();
         }
-        action
+        output
     }
 
     fn ehlo(&mut self) {
@@ -121,11 +88,8 @@ impl Client {
             "250 2.1.0 Ok\r\n"
         );
         for r in rcpts {
-            let action = self.send(&format!("RCPT TO:<{r}>\r\n"));
-            assert!(
-                matches!(&action, Some(Action::Verify(a)) if a == r),
-                "{action:?}"
-            );
+            let output = self.send(&format!("RCPT TO:<{r}>\r\n"));
+            assert_eq!(verifying(&output).as_deref(), Some(*r), "{output:?}");
             self.session
                 .recipient_verdict(RecipientVerdict::Accept { held: false });
             assert!(self.drain().is_none());
@@ -134,16 +98,16 @@ impl Client {
     }
 }
 
-fn store(action: Option<Action>) -> Box<Message> {
-    match action {
-        Some(Action::Store(m)) => m,
+fn store(output: Option<Output>) -> Box<Message> {
+    match output {
+        Some(Output::Action(Action::StoreMessage(m))) => m,
         other => panic!("expected a message to store, got {other:?}"),
     }
 }
 
 #[test]
 fn ehlo_advertises_extensions() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     let reply = c.cmd("EHLO client.example");
     for keyword in [
         "PIPELINING",
@@ -163,7 +127,7 @@ fn ehlo_advertises_extensions() {
     assert!(!reply.contains("AUTH"), "no AUTH over plaintext: {reply}");
     assert!(reply.ends_with("250 HELP\r\n"));
 
-    let mut c = Client::new(ConnectionPolicy {
+    let mut c = client(ConnectionPolicy {
         plaintext_auth: true,
         starttls_available: false,
         ..MX
@@ -179,14 +143,14 @@ fn ehlo_advertises_extensions() {
 
 #[test]
 fn a_whole_transaction() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     c.ehlo();
     assert_eq!(
         c.cmd("MAIL FROM:<sender@example.net> SIZE=100 RET=HDRS ENVID=e1"),
         "250 2.1.0 Ok\r\n"
     );
     let action = c.send("RCPT TO:<a@example.org> NOTIFY=SUCCESS ORCPT=rfc822;a@example.org\r\n");
-    assert!(matches!(&action, Some(Action::Verify(a)) if a == "a@example.org"));
+    assert!(verifying(&action).as_deref() == Some("a@example.org"));
     c.session
         .recipient_verdict(RecipientVerdict::Accept { held: true });
     assert!(c.drain().is_none());
@@ -219,7 +183,7 @@ fn a_whole_transaction() {
 
 #[test]
 fn pipelined_commands_are_answered_in_order() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     let action = c.send("EHLO c\r\nMAIL FROM:<s@example.net>\r\nRCPT TO:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n");
     let action = c.accept_all(action);
     assert!(action.is_none());
@@ -236,13 +200,13 @@ fn pipelined_commands_are_answered_in_order() {
     c.session.store_result(StoreResult::Stored {
         queue_id: "Q".into(),
     });
-    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert!(matches!(c.drain(), Some(Output::Close)));
     assert_eq!(c.take(), "250 2.0.0 Ok: queued as Q\r\n221 2.0.0 Bye\r\n");
 }
 
 #[test]
 fn sequencing_errors() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     assert_eq!(
         c.cmd("MAIL FROM:<s@example.net>"),
         "503 5.5.1 Send EHLO/HELO first\r\n"
@@ -272,7 +236,7 @@ fn sequencing_errors() {
 
 #[test]
 fn simple_commands() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     assert_eq!(c.cmd("NOOP"), "250 2.0.0 Ok\r\n");
     assert_eq!(
         c.cmd("VRFY postmaster"),
@@ -285,14 +249,14 @@ fn simple_commands() {
         c.cmd("XYZZY"),
         "500 5.5.2 Syntax error: command unrecognized\r\n"
     );
-    assert!(matches!(c.send("QUIT\r\nNOOP\r\n"), Some(Action::Close)));
+    assert!(matches!(c.send("QUIT\r\nNOOP\r\n"), Some(Output::Close)));
     assert_eq!(c.take(), "221 2.0.0 Bye\r\n");
     assert!(c.session.is_closed());
 }
 
 #[test]
 fn recipient_verdicts_and_limits() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     c.ehlo();
     c.cmd("MAIL FROM:<s@example.net>");
     for (verdict, reply) in [
@@ -315,7 +279,7 @@ fn recipient_verdicts_and_limits() {
     ] {
         assert!(matches!(
             c.send("RCPT TO:<x@elsewhere.example>\r\n"),
-            Some(Action::Verify(_))
+            Some(Output::Action(Action::VerifyRecipient { .. }))
         ));
         c.session.recipient_verdict(verdict);
         assert!(c.drain().is_none());
@@ -341,7 +305,7 @@ fn recipient_verdicts_and_limits() {
 
 #[test]
 fn size_limits() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     c.ehlo();
     assert_eq!(
         c.cmd("MAIL FROM:<s@example.net> SIZE=1001"),
@@ -364,7 +328,7 @@ fn size_limits() {
 
 #[test]
 fn over_long_lines() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     let long = format!("NOOP {}\r\n", "x".repeat(600));
     assert_eq!(c.cmd(long.trim_end()), "500 5.5.2 Line too long\r\n");
     // An endless line is cut off once, then the next command works.
@@ -392,7 +356,7 @@ fn smuggling_attempts_are_rejected_whole() {
         "a\n.\r\nRSET\r\n",
         "a\r.\rRSET\r\n",
     ] {
-        let mut c = Client::new(MX);
+        let mut c = client(MX);
         c.ehlo();
         c.transaction(&["a@example.org"]);
         c.cmd("DATA");
@@ -408,7 +372,7 @@ fn smuggling_attempts_are_rejected_whole() {
 
 #[test]
 fn bare_line_endings_can_be_normalized() {
-    let mut c = Client::with_config(
+    let mut c = client_with(
         SessionConfig {
             bare_line_endings: BareLineEndings::Normalize,
             ..config()
@@ -424,7 +388,7 @@ fn bare_line_endings_can_be_normalized() {
 
 #[test]
 fn mail_loops_are_refused() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     c.ehlo();
     c.transaction(&["a@example.org"]);
     c.cmd("DATA");
@@ -440,12 +404,12 @@ fn mail_loops_are_refused() {
 
 #[test]
 fn starttls_discards_pipelined_plaintext_and_restarts() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     c.ehlo();
     // The injected MAIL must not be executed after the handshake.
     assert!(matches!(
         c.send("STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n"),
-        Some(Action::Tls)
+        Some(Output::StartTls)
     ));
     assert_eq!(c.take(), "220 2.0.0 Ready to start TLS\r\n");
     assert!(c.drain().is_none());
@@ -464,7 +428,7 @@ fn starttls_discards_pipelined_plaintext_and_restarts() {
     );
     assert_eq!(c.cmd("STARTTLS"), "503 5.5.1 Already running TLS\r\n");
 
-    let mut plain = Client::new(ConnectionPolicy {
+    let mut plain = client(ConnectionPolicy {
         starttls_available: false,
         ..MX
     });
@@ -480,7 +444,7 @@ fn plain(user: &str, pass: &str) -> String {
 
 /// A TLS session on the submission port.
 fn submission() -> Client {
-    let mut c = Client::new(ConnectionPolicy {
+    let mut c = client(ConnectionPolicy {
         implicit_tls: true,
         auth_required: true,
         ..MX
@@ -496,7 +460,7 @@ fn auth_plain_with_initial_response() {
         c.cmd("MAIL FROM:<a@example.org>"),
         "530 5.7.0 Authentication required\r\n"
     );
-    let Some(Action::Auth(creds)) =
+    let Some(Output::Action(Action::Authenticate(creds))) =
         c.send(&format!("AUTH PLAIN {}\r\n", plain("a@example.org", "pw")))
     else {
         panic!()
@@ -542,7 +506,7 @@ fn auth_plain_and_login_challenges() {
     assert_eq!(c.cmd("AUTH PLAIN"), "334 \r\n");
     assert!(matches!(
         c.send(&format!("{}\r\n", plain("a@example.org", "bad"))),
-        Some(Action::Auth(_))
+        Some(Output::Action(Action::Authenticate(_)))
     ));
     c.session.auth_result(AuthResult::Failure);
     assert!(c.drain().is_none());
@@ -553,7 +517,9 @@ fn auth_plain_and_login_challenges() {
         c.cmd(&BASE64.encode("a@example.org")),
         "334 UGFzc3dvcmQ6\r\n"
     );
-    let Some(Action::Auth(creds)) = c.send(&format!("{}\r\n", BASE64.encode("secret"))) else {
+    let Some(Output::Action(Action::Authenticate(creds))) =
+        c.send(&format!("{}\r\n", BASE64.encode("secret")))
+    else {
         panic!()
     };
     assert_eq!(
@@ -565,7 +531,7 @@ fn auth_plain_and_login_challenges() {
     assert_eq!(c.take(), "454 4.7.0 Temporary authentication failure\r\n");
 
     // LOGIN with the user name as initial response.
-    let Some(Action::Auth(_)) = ({
+    let Some(Output::Action(Action::Authenticate(_))) = ({
         assert_eq!(
             c.cmd(&format!("AUTH LOGIN {}", BASE64.encode("a@example.org"))),
             "334 UGFzc3dvcmQ6\r\n"
@@ -575,7 +541,7 @@ fn auth_plain_and_login_challenges() {
         panic!()
     };
     c.session.auth_result(AuthResult::RateLimited);
-    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert!(matches!(c.drain(), Some(Output::Close)));
     assert_eq!(
         c.take(),
         "421 4.7.0 Too many failed authentications; try again later\r\n"
@@ -603,7 +569,7 @@ fn auth_refusals() {
     );
 
     // Without TLS and without the plaintext exception: no AUTH, and submission says STARTTLS.
-    let mut c = Client::new(ConnectionPolicy {
+    let mut c = client(ConnectionPolicy {
         auth_required: true,
         ..MX
     });
@@ -617,14 +583,14 @@ fn auth_refusals() {
         "530 5.7.0 Must issue a STARTTLS command first\r\n"
     );
 
-    let mut c = Client::new(ConnectionPolicy {
+    let mut c = client(ConnectionPolicy {
         auth_enabled: false,
         ..MX
     });
     c.ehlo();
     assert_eq!(c.cmd("AUTH PLAIN"), "502 5.5.1 AUTH not available\r\n");
 
-    let mut c = Client::new(ConnectionPolicy {
+    let mut c = client(ConnectionPolicy {
         implicit_tls: true,
         ..MX
     });
@@ -639,7 +605,7 @@ fn auth_refusals() {
 
 #[test]
 fn etrn() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     assert_eq!(
         c.cmd("ETRN backup.example"),
         "503 5.5.1 Send EHLO/HELO first\r\n"
@@ -665,7 +631,7 @@ fn etrn() {
     ] {
         let action = c.send("ETRN @Backup.Example\r\n");
         assert!(
-            matches!(&action, Some(Action::Etrn(d, true)) if d == "backup.example"),
+            matches!(&action, Some(Output::Action(Action::Etrn { domain: d, subdomains: true })) if d == "backup.example"),
             "{action:?}"
         );
         c.session.etrn_result(result);
@@ -681,7 +647,7 @@ fn etrn() {
 
 #[test]
 fn utf8_recipients_need_smtputf8() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     c.ehlo();
     c.cmd("MAIL FROM:<s@example.net>");
     assert_eq!(
@@ -692,20 +658,20 @@ fn utf8_recipients_need_smtputf8() {
     c.cmd("MAIL FROM:<s@example.net> SMTPUTF8");
     assert!(matches!(
         c.send("RCPT TO:<пользователь@example.org>\r\n"),
-        Some(Action::Verify(_))
+        Some(Output::Action(Action::VerifyRecipient { .. }))
     ));
 }
 
 #[test]
 fn hostile_clients_are_cut_off() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     assert!(matches!(
         c.send("GET / HTTP/1.1\r\nHost: x\r\n"),
-        Some(Action::Close)
+        Some(Output::Close)
     ));
     assert_eq!(c.take(), "421 4.7.0 This is an SMTP server\r\n");
 
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     let mut action = None;
     for _ in 0..11 {
         action = c.send("BOGUS\r\n");
@@ -713,7 +679,7 @@ fn hostile_clients_are_cut_off() {
             break;
         }
     }
-    assert!(matches!(action, Some(Action::Close)));
+    assert!(matches!(action, Some(Output::Close)));
     assert!(
         c.take()
             .ends_with("421 4.7.0 Too many errors; closing connection\r\n")
@@ -723,17 +689,17 @@ fn hostile_clients_are_cut_off() {
 
 #[test]
 fn timeout_and_shutdown_close_with_421() {
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     c.session.timed_out();
-    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert!(matches!(c.drain(), Some(Output::Close)));
     assert_eq!(
         c.take(),
         "421 4.4.2 mx.example.org Timeout; closing connection\r\n"
     );
-    let mut c = Client::new(MX);
+    let mut c = client(MX);
     assert!(c.session.is_idle());
     c.session.shutting_down();
-    assert!(matches!(c.drain(), Some(Action::Close)));
+    assert!(matches!(c.drain(), Some(Output::Close)));
     assert_eq!(
         c.take(),
         "421 4.3.2 mx.example.org Service shutting down\r\n"
@@ -765,7 +731,7 @@ fn garbage_never_panics() {
         b"x",
     ];
     for _ in 0..300 {
-        let mut c = Client::new(ConnectionPolicy {
+        let mut c = client(ConnectionPolicy {
             plaintext_auth: true,
             ..MX
         });
@@ -774,16 +740,23 @@ fn garbage_never_panics() {
             c.session.feed(piece);
             while let Some(action) = c.drain() {
                 match action {
-                    Action::Verify(_) => c
+                    Output::Action(Action::VerifyRecipient { .. }) => c
                         .session
                         .recipient_verdict(RecipientVerdict::Accept { held: false }),
-                    Action::Auth(_) => c.session.auth_result(AuthResult::Failure),
-                    Action::Store(_) => c.session.store_result(StoreResult::Stored {
-                        queue_id: "Q".into(),
-                    }),
-                    Action::Etrn(..) => c.session.etrn_result(EtrnResult::NothingQueued),
-                    Action::Tls => c.session.tls_established(),
-                    Action::Close => break,
+                    Output::Action(Action::Authenticate(_)) => {
+                        c.session.auth_result(AuthResult::Failure)
+                    }
+                    Output::Action(Action::StoreMessage(_)) => {
+                        c.session.store_result(StoreResult::Stored {
+                            queue_id: "Q".into(),
+                        })
+                    }
+                    Output::Action(Action::Etrn { .. }) => {
+                        c.session.etrn_result(EtrnResult::NothingQueued)
+                    }
+                    Output::StartTls => c.session.tls_established(),
+                    Output::Close => break,
+                    Output::Send(_) => unreachable!("drain keeps what is sent"),
                 }
             }
             c.take();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use pochta_mail::Mailbox;
+use pochta_session::{Output, Session};
 use pochta_store::{
     DomainRole, EnvelopeDetail, NewEnvelope, NewRecipient, QueueId, RecipientState, Store,
     StoreOptions,
@@ -467,6 +468,60 @@ pub fn service_config(db_url: &str, section: &str, grpc: SocketAddr) -> String {
         ));
     }
     config
+}
+
+/// A sans-IO session driven the way the connection driver (`pochta_service::drive`) drives
+/// it, with no socket: input goes in whole, replies collect as text, and everything else the
+/// session asks for comes back to the test to answer.
+pub struct Script<S: Session> {
+    pub session: S,
+    sent: String,
+}
+
+impl<S: Session> Script<S>
+where
+    S::Action: std::fmt::Debug,
+{
+    pub fn new(session: S) -> Self {
+        Script {
+            session,
+            sent: String::new(),
+        }
+    }
+
+    /// Polls until the session needs input or asks for something other than sending bytes
+    /// (TLS, closing, an action), which it returns.
+    pub fn drain(&mut self) -> Option<Output<S::Action>> {
+        while let Some(output) = self.session.poll() {
+            match output {
+                Output::Send(bytes) => self.sent.push_str(&String::from_utf8_lossy(&bytes)),
+                other => return Some(other),
+            }
+        }
+        None
+    }
+
+    /// Feeds `input` and drains.
+    pub fn send(&mut self, input: &str) -> Option<Output<S::Action>> {
+        self.send_bytes(input.as_bytes())
+    }
+
+    pub fn send_bytes(&mut self, input: &[u8]) -> Option<Output<S::Action>> {
+        self.session.feed(input);
+        self.drain()
+    }
+
+    /// What the session sent since the last `take`.
+    pub fn take(&mut self) -> String {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Sends a command line that needs no action and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        let output = self.send(&format!("{line}\r\n"));
+        assert!(output.is_none(), "{line}: unexpected {output:?}");
+        self.take()
+    }
 }
 
 /// A test certificate authority and a server certificate it signed for `localhost` and

@@ -2,6 +2,7 @@
 //! offers STLS, port 995 is implicit TLS (RFC 8314). One session per maildrop across every
 //! replica; deletions only at QUIT.
 
+mod actions;
 mod server;
 
 use std::process::ExitCode;

@@ -1,27 +1,31 @@
-//! Listeners and the per-connection loop that drives a `pochta_pop3::Session`: logins (with
-//! the maildrop lock shared by every replica), streaming RETR/TOP from the store, QUIT's
-//! deletions, lock renewal, timeouts and limits. Any end of a session other than a successful
-//! QUIT releases the lock and deletes nothing (RFC 1939 6).
+//! Listeners, connection limits, and each connection's `pochta_pop3::Session` run by the
+//! shared driver (`pochta_service::drive`): this performs the session's actions (in
+//! `actions.rs`: login and the maildrop lock, RETR/TOP, QUIT's deletions) and renews the lock
+//! while the session lives. Any end of a session other than a successful QUIT releases the
+//! lock and deletes nothing (RFC 1939 6).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use pochta_config::{Config, PlaintextAuth};
-use pochta_pop3::{DotStuffer, Entry, LoginResult, Output, Policy, Session};
+use pochta_pop3::{Action, LoginResult, Policy, Session};
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
+use pochta_service::drive::{Ended, Handler, Io, Timeouts, drive};
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
-use pochta_service::login::{Authenticator, LoginOutcome};
+use pochta_service::login::Authenticator;
 use pochta_store::Store;
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
+
+use crate::actions::Locked;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
@@ -44,59 +48,26 @@ struct Metrics {
     retrievals: Counter<u64>,
 }
 
+/// Everything the connections of this process share.
 pub struct Server {
-    store: Store,
-    logins: Authenticator,
+    pub store: Store,
+    pub logins: Authenticator,
     tls: Option<TlsAcceptor>,
     limiter: ConnectionLimiter,
     proxy_peers: ProxyPeers,
     plaintext_auth: PlaintextAuth,
     max_errors: usize,
-    timeout: Duration,
-    handshake_timeout: Duration,
-    lock_ttl: Duration,
-    chunk: i64,
-    read_ahead: u64,
+    timeouts: Timeouts,
+    pub lock_ttl: Duration,
+    /// RETR reads large messages in pieces of this many octets.
+    pub chunk: i64,
+    /// Small messages are read ahead up to this many octets a batch.
+    pub read_ahead: u64,
     /// Makes lock owners unique per session.
-    owner_prefix: String,
-    sessions_started: AtomicU64,
+    pub owner_prefix: String,
+    pub sessions_started: AtomicU64,
     metrics: Metrics,
 }
-
-/// The maildrop this session has locked.
-struct Locked {
-    account_id: i64,
-    owner: String,
-    /// The maildrop as listed at login: entry ids and RETR sizes, in order.
-    listing: Vec<(i64, u64)>,
-    /// Messages read ahead and not yet sent.
-    ahead: std::collections::HashMap<i64, Vec<u8>>,
-    /// The batches after `ahead`, in listing order, being read while `ahead` is sent.
-    next: std::collections::VecDeque<Prefetch>,
-}
-
-/// An entry id and what RETR sends for it.
-type Whole = (i64, Vec<u8>);
-
-/// A read-ahead batch being read in the background; aborted when dropped.
-struct Prefetch {
-    /// Where the batch starts in the listing, and how many entries it holds.
-    at: usize,
-    len: usize,
-    task: tokio::task::JoinHandle<pochta_store::Result<Vec<Whole>>>,
-}
-
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Read-ahead batches read in the background at once, beyond the one being sent.
-const PREFETCH_DEPTH: usize = 2;
-
-/// Pending output beyond this is written before the next message is added.
-const FLUSH_BYTES: usize = 256 * 1024;
 
 impl Server {
     pub fn new(
@@ -127,8 +98,12 @@ impl Server {
             },
             plaintext_auth: pop3.plaintext_auth,
             max_errors: pop3.max_errors as usize,
-            timeout: Duration::from_secs(pop3.timeout_secs),
-            handshake_timeout: Duration::from_secs(pop3.tls_handshake_timeout_secs),
+            // POP3 has no data phase: one inactivity timeout (RFC 1939 3).
+            timeouts: Timeouts {
+                command: Duration::from_secs(pop3.timeout_secs),
+                data: Duration::from_secs(pop3.timeout_secs),
+                handshake: Duration::from_secs(pop3.tls_handshake_timeout_secs),
+            },
             lock_ttl: Duration::from_secs(pop3.lock_ttl_secs),
             chunk: i64::from(pop3.retrieve_chunk_bytes),
             read_ahead: u64::from(pop3.read_ahead_bytes),
@@ -204,11 +179,26 @@ impl Server {
         tokio::spawn(
             async move {
                 let _open = open;
-                let mut locked = None;
-                self.session(Conn::Plain(tcp), client, kind, shutdown, &mut locked)
-                    .await;
+                let session = Session::new(self.policy(kind, client));
+                let (tls, timeouts) = (self.tls.clone(), self.timeouts);
+                let mut connection = Connection {
+                    server: self.clone(),
+                    client,
+                    locked: None,
+                };
+                let ended = drive(
+                    Conn::Plain(tcp),
+                    session,
+                    &mut connection,
+                    tls.as_ref(),
+                    kind == ListenerKind::Pop3s,
+                    timeouts,
+                    &shutdown,
+                )
+                .await;
+                tracing::debug!(?ended, "session ended");
                 // Ended without a successful QUIT: release the maildrop, delete nothing.
-                if let Some(l) = locked
+                if let Some(l) = connection.locked
                     && let Err(e) = self.store.unlock_maildrop(l.account_id, &l.owner).await
                 {
                     tracing::warn!("releasing the maildrop lock failed (it will expire): {e}");
@@ -230,312 +220,82 @@ impl Server {
             max_errors: self.max_errors,
         }
     }
+}
 
-    async fn session(
-        &self,
-        mut conn: Conn,
-        client: IpAddr,
-        kind: ListenerKind,
-        shutdown: Shutdown,
-        locked: &mut Option<Locked>,
-    ) {
-        if kind == ListenerKind::Pop3s {
-            let Some(tls) = &self.tls else { return };
-            match tokio::time::timeout(self.handshake_timeout, conn.accept_tls(tls)).await {
-                Ok(Ok(())) => tracing::Span::current().record("tls", true),
-                _ => return tracing::debug!("TLS handshake failed"),
-            };
+/// One client's connection: what its session's actions are performed with, and the maildrop
+/// it has locked (from login until the session ends).
+pub struct Connection {
+    pub server: Arc<Server>,
+    pub client: IpAddr,
+    pub locked: Option<Locked>,
+}
+
+impl Handler<Session> for Connection {
+    async fn perform(
+        &mut self,
+        action: Action,
+        session: &mut Session,
+        io: &mut Io,
+    ) -> Result<(), Ended> {
+        match action {
+            Action::Login(credentials) => {
+                let result = self
+                    .login(&credentials.username, credentials.password)
+                    .await;
+                let name = match &result {
+                    LoginResult::Ok(_) => "ok",
+                    LoginResult::BadCredentials => "bad_credentials",
+                    LoginResult::InUse => "in_use",
+                    LoginResult::RateLimited => "rate_limited",
+                    LoginResult::TemporaryFailure => "temporary_failure",
+                };
+                let logins = &self.server.metrics.logins;
+                logins.add(1, &[KeyValue::new("result", name)]);
+                session.login_result(result);
+            }
+            Action::Retrieve {
+                entry_id,
+                size,
+                top_lines,
+            } => {
+                let sent = self
+                    .retrieve(io, entry_id, size, top_lines)
+                    .await
+                    .map_err(|e| Ended::Failed(format!("sending a message failed: {e}")))?;
+                if sent {
+                    self.server.metrics.retrievals.add(1, &[]);
+                }
+                session.retrieved(sent);
+            }
+            Action::Commit { delete } => session.committed(self.commit(&delete).await),
         }
-        let mut session = Session::new(self.policy(kind, client));
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut pending = Vec::new();
-        let mut renew = tokio::time::interval(self.lock_ttl / 3);
-        renew.tick().await;
-        let mut told_shutdown = false;
-        loop {
-            while let Some(output) = session.poll() {
-                match output {
-                    Output::Send(bytes) => pending.extend_from_slice(&bytes),
-                    Output::StartTls => {
-                        if conn.write_all(&std::mem::take(&mut pending)).await.is_err() {
-                            return;
-                        }
-                        let Some(tls) = &self.tls else { return };
-                        match tokio::time::timeout(self.handshake_timeout, conn.accept_tls(tls))
-                            .await
-                        {
-                            Ok(Ok(())) => {
-                                tracing::Span::current().record("tls", true);
-                                session.tls_established();
-                            }
-                            _ => return tracing::debug!("STLS handshake failed"),
-                        }
-                    }
-                    Output::Login(credentials) => {
-                        let result = self
-                            .login(&credentials.username, credentials.password, client, locked)
-                            .await;
-                        let name = match &result {
-                            LoginResult::Ok(_) => "ok",
-                            LoginResult::BadCredentials => "bad_credentials",
-                            LoginResult::InUse => "in_use",
-                            LoginResult::RateLimited => "rate_limited",
-                            LoginResult::TemporaryFailure => "temporary_failure",
-                        };
-                        self.metrics.logins.add(1, &[KeyValue::new("result", name)]);
-                        session.login_result(result);
-                    }
-                    Output::Retrieve {
-                        entry_id,
-                        size,
-                        top_lines,
-                    } => {
-                        let Some(l) = locked.as_mut() else { return };
-                        match self
-                            .retrieve(&mut conn, &mut pending, l, entry_id, size, top_lines)
-                            .await
-                        {
-                            Ok(sent) => {
-                                if sent {
-                                    self.metrics.retrievals.add(1, &[]);
-                                }
-                                session.retrieved(sent);
-                            }
-                            Err(e) => return tracing::debug!("sending a message failed: {e}"),
-                        }
-                    }
-                    Output::Commit { delete } => {
-                        let Some(l) = locked.as_ref() else { return };
-                        let result = self
-                            .store
-                            .delete_maildrop_entries_and_unlock(l.account_id, &l.owner, &delete)
-                            .await;
-                        match result {
-                            Ok(n) => {
-                                tracing::info!(deleted = n, "maildrop updated");
-                                *locked = None;
-                                session.committed(Ok(n));
-                            }
-                            Err(e) => {
-                                tracing::error!("QUIT could not delete: {e}");
-                                session.committed(Err(()));
-                            }
-                        }
-                    }
-                    Output::Close => {
-                        let _ = conn.write_all(&pending).await;
-                        conn.shutdown().await;
-                        return;
-                    }
-                }
-            }
-            if !pending.is_empty() && conn.write_all(&std::mem::take(&mut pending)).await.is_err() {
-                return;
-            }
-            tokio::select! {
-                read = tokio::time::timeout(self.timeout, conn.read(&mut buf)) => match read {
-                    Ok(Ok(0)) | Ok(Err(_)) => return,
-                    Ok(Ok(n)) => session.feed(&buf[..n]),
-                    Err(_) => session.timed_out(),
-                },
-                _ = renew.tick(), if locked.is_some() => {
-                    let l = locked.as_ref().expect("checked");
-                    match self.store.renew_maildrop_lock(l.account_id, &l.owner, self.lock_ttl).await {
-                        Ok(true) => {}
-                        // Another session may have the maildrop now: this one must not touch it.
-                        _ => {
-                            tracing::warn!("maildrop lock lost; ending the session");
-                            *locked = None;
-                            let _ = conn.write_all(b"-ERR [SYS/TEMP] Maildrop lock lost; nothing deleted\r\n").await;
-                            return;
-                        }
-                    }
-                }
-                _ = shutdown.wait(), if !told_shutdown => {
-                    told_shutdown = true;
-                    session.shutting_down();
-                }
-            }
-        }
+        Ok(())
     }
 
-    /// Checks the credentials, takes the maildrop lock and lists the maildrop.
-    async fn login(
-        &self,
-        username: &str,
-        password: String,
-        client: IpAddr,
-        locked: &mut Option<Locked>,
-    ) -> LoginResult {
-        let account = match self.logins.login(username, password, client).await {
-            LoginOutcome::Success(account) => account,
-            LoginOutcome::Failure => return LoginResult::BadCredentials,
-            LoginOutcome::RateLimited => return LoginResult::RateLimited,
-            LoginOutcome::TemporaryFailure => return LoginResult::TemporaryFailure,
+    /// The maildrop lock is renewed every third of its lifetime while the session lives.
+    fn duty_period(&self) -> Option<Duration> {
+        self.locked.as_ref().map(|_| self.server.lock_ttl / 3)
+    }
+
+    async fn duty(&mut self, io: &mut Io) -> Result<(), Ended> {
+        let Some(l) = &self.locked else {
+            return Ok(());
         };
-        let n = self.sessions_started.fetch_add(1, Ordering::Relaxed);
-        let owner = format!("{}:{n}", self.owner_prefix);
-        match self
-            .store
-            .lock_maildrop(account.id, &owner, self.lock_ttl)
+        let store = &self.server.store;
+        match store
+            .renew_maildrop_lock(l.account_id, &l.owner, self.server.lock_ttl)
             .await
         {
-            Ok(true) => {}
-            Ok(false) => return LoginResult::InUse,
-            Err(e) => {
-                tracing::error!("locking the maildrop failed: {e}");
-                return LoginResult::TemporaryFailure;
-            }
-        }
-        tracing::Span::current()
-            .record("user", format!("{}@{}", account.local_part, account.domain));
-        let listed = self.store.maildrop_entries(account.id).await;
-        *locked = Some(Locked {
-            account_id: account.id,
-            owner,
-            listing: listed.as_ref().map_or_else(
-                |_| Vec::new(),
-                |entries| entries.iter().map(|e| (e.id, e.pop3_size as u64)).collect(),
-            ),
-            ahead: Default::default(),
-            next: Default::default(),
-        });
-        match listed {
-            Ok(entries) => LoginResult::Ok(
-                entries
-                    .into_iter()
-                    .map(|e| Entry {
-                        id: e.id,
-                        uid: e.uid,
-                        size: e.pop3_size as u64,
-                    })
-                    .collect(),
-            ),
-            Err(e) => {
-                tracing::error!("listing the maildrop failed: {e}");
-                LoginResult::TemporaryFailure
-            }
-        }
-    }
-
-    /// Sends `+OK` and the message in pieces read from the store, dot-stuffed. Returns false
-    /// (and sends nothing) if the message is gone. A small message comes from the read-ahead,
-    /// and its text joins `pending` (written when it grows large or input is awaited), so
-    /// pipelined RETRs go out in few writes.
-    async fn retrieve(
-        &self,
-        conn: &mut Conn,
-        pending: &mut Vec<u8>,
-        l: &mut Locked,
-        entry_id: i64,
-        size: u64,
-        top_lines: Option<u64>,
-    ) -> anyhow::Result<bool> {
-        let mut stuffer = match top_lines {
-            Some(n) => DotStuffer::top(n),
-            None => DotStuffer::whole(),
-        };
-        if let Some(whole) = self.read_ahead(l, entry_id).await? {
-            if pending.len() >= FLUSH_BYTES {
-                conn.write_all(&std::mem::take(pending)).await?;
-            }
-            pending.extend_from_slice(&pochta_pop3::session::retrieve_ok(size));
-            stuffer.push(&whole, pending);
-            stuffer.finish(pending);
-            return Ok(true);
-        }
-        let account_id = l.account_id;
-        let first = self
-            .store
-            .maildrop_entry_part(account_id, entry_id, 0, self.chunk)
-            .await?;
-        let Some(mut piece) = first else {
-            return Ok(false);
-        };
-        pending.extend_from_slice(&pochta_pop3::session::retrieve_ok(size));
-        let mut offset = 0i64;
-        loop {
-            stuffer.push(&piece, pending);
-            offset += piece.len() as i64;
-            let last = (piece.len() as i64) < self.chunk || stuffer.is_done();
-            conn.write_all(&std::mem::take(pending)).await?;
-            if last {
-                break;
-            }
-            piece = self
-                .store
-                .maildrop_entry_part(account_id, entry_id, offset, self.chunk)
-                .await?
-                .unwrap_or_default();
-        }
-        stuffer.finish(pending);
-        Ok(true)
-    }
-
-    /// `entry_id`'s whole text if it is small enough to read ahead: from what was read with an
-    /// earlier message, or read now together with the small messages listed after it (up to
-    /// `read_ahead_bytes`). None: read it in pieces (or it is gone). Whenever a batch is taken,
-    /// the ones after it are read in the background, so a client does not wait for the store
-    /// between batches.
-    async fn read_ahead(&self, l: &mut Locked, entry_id: i64) -> anyhow::Result<Option<Vec<u8>>> {
-        if let Some(whole) = l.ahead.remove(&entry_id) {
-            return Ok(Some(whole));
-        }
-        let Some(at) = l.listing.iter().position(|(id, _)| *id == entry_id) else {
-            return Ok(None);
-        };
-        let (batch, len) = match l.next.pop_front() {
-            Some(mut next) if next.at == at => ((&mut next.task).await??, next.len),
+            Ok(true) => Ok(()),
+            // Another session may have the maildrop now: this one must not touch it.
             _ => {
-                // A jump (or the first RETR): what was being read is for elsewhere.
-                l.next.clear();
-                let ids = self.batch_at(l, at);
-                if ids.is_empty() {
-                    return Ok(None);
-                }
-                let batch = self
-                    .store
-                    .maildrop_entries_whole(l.account_id, &ids)
-                    .await?;
-                (batch, ids.len())
+                tracing::warn!("maildrop lock lost; ending the session");
+                self.locked = None;
+                io.out()
+                    .extend_from_slice(b"-ERR [SYS/TEMP] Maildrop lock lost; nothing deleted\r\n");
+                io.close().await;
+                Err(Ended::Failed("maildrop lock lost".into()))
             }
-        };
-        l.ahead.clear();
-        l.ahead.extend(batch);
-        // The listing is fixed at login and only this session deletes (at QUIT), so the
-        // batches after this one can be read now, PREFETCH_DEPTH of them at once (on their
-        // own connections), so reading overlaps both sending and each other.
-        let mut from = l.next.back().map_or(at + len, |p| p.at + p.len);
-        while l.next.len() < PREFETCH_DEPTH {
-            let ids = self.batch_at(l, from);
-            if ids.is_empty() {
-                break;
-            }
-            let (store, account_id, len) = (self.store.clone(), l.account_id, ids.len());
-            let read = async move { store.maildrop_entries_whole(account_id, &ids).await };
-            l.next.push_back(Prefetch {
-                at: from,
-                len,
-                task: tokio::spawn(read.in_current_span()),
-            });
-            from += len;
         }
-        Ok(l.ahead.remove(&entry_id))
-    }
-
-    /// The ids of the read-ahead batch that starts at listing position `at`: the small
-    /// messages from there, up to `read_ahead_bytes` in all (none if the first is not small).
-    fn batch_at(&self, l: &Locked, at: usize) -> Vec<i64> {
-        let small = |size: u64| size < self.chunk as u64 && size <= self.read_ahead;
-        let mut ids = Vec::new();
-        let mut budget = self.read_ahead;
-        for (id, size) in l.listing.get(at..).unwrap_or_default() {
-            if !small(*size) || *size > budget || ids.len() >= 256 {
-                break;
-            }
-            budget -= size;
-            ids.push(*id);
-        }
-        ids
     }
 }

@@ -1,5 +1,5 @@
-//! Listeners and the per-connection loop that drives a `pochta_smtp::Session`: it only moves
-//! bytes, performs the session's actions, and enforces timeouts and connection limits.
+//! Listeners, connection limits, and each connection's `pochta_smtp::Session` run by the
+//! shared driver (`pochta_service::drive`), which this performs the session's actions for.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,9 +10,10 @@ use opentelemetry::metrics::Counter;
 use pochta_config::{Config, PlaintextAuth};
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
+use pochta_service::drive::{Ended, Handler, Io, Timeouts, drive};
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
-use pochta_smtp::{ConnectionPolicy, Output, Session, SessionConfig};
+use pochta_smtp::{Action, ConnectionPolicy, Session, SessionConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -87,9 +88,7 @@ pub struct Ingress {
     limiter: ConnectionLimiter,
     proxy_peers: ProxyPeers,
     plaintext_auth: PlaintextAuth,
-    command_timeout: Duration,
-    data_timeout: Duration,
-    handshake_timeout: Duration,
+    timeouts: Timeouts,
     metrics: Metrics,
 }
 
@@ -118,9 +117,11 @@ impl Ingress {
                 header_timeout: Duration::from_secs(smtp.proxy_header_timeout_secs),
             },
             plaintext_auth: smtp.plaintext_auth,
-            command_timeout: Duration::from_secs(smtp.command_timeout_secs),
-            data_timeout: Duration::from_secs(smtp.data_timeout_secs),
-            handshake_timeout: Duration::from_secs(smtp.tls_handshake_timeout_secs),
+            timeouts: Timeouts {
+                command: Duration::from_secs(smtp.command_timeout_secs),
+                data: Duration::from_secs(smtp.data_timeout_secs),
+                handshake: Duration::from_secs(smtp.tls_handshake_timeout_secs),
+            },
             metrics: Metrics::new(),
         })
     }
@@ -190,129 +191,87 @@ impl Ingress {
         tokio::spawn(
             async move {
                 let _open = open;
-                self.session(Conn::Plain(tcp), client, kind, shutdown).await;
+                let session = Session::new(self.session.clone(), self.policy(kind, client));
+                let timeouts = self.timeouts;
+                let tls = self.tls.clone();
+                let mut connection = Connection {
+                    ingress: self,
+                    client,
+                };
+                let ended = drive(
+                    Conn::Plain(tcp),
+                    session,
+                    &mut connection,
+                    tls.as_ref(),
+                    kind == ListenerKind::Submissions,
+                    timeouts,
+                    &shutdown,
+                )
+                .await;
+                tracing::debug!(?ended, "session ended");
             }
             .instrument(span),
         );
     }
+}
 
-    async fn session(
-        &self,
-        mut conn: Conn,
-        client: IpAddr,
-        kind: ListenerKind,
-        shutdown: Shutdown,
-    ) {
-        if kind == ListenerKind::Submissions {
-            let Some(tls) = &self.tls else { return };
-            match tokio::time::timeout(self.handshake_timeout, conn.accept_tls(tls)).await {
-                Ok(Ok(())) => tracing::Span::current().record("tls", true),
-                _ => return tracing::debug!("TLS handshake failed"),
-            };
-        }
-        let mut session = Session::new(self.session.clone(), self.policy(kind, client));
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut pending_write = Vec::new();
-        let mut told_shutdown = false;
-        loop {
-            while let Some(output) = session.poll() {
-                match output {
-                    Output::Send(bytes) => {
-                        self.metrics.count_rejections(&bytes);
-                        pending_write.extend_from_slice(&bytes);
-                    }
-                    Output::StartTls => {
-                        if conn
-                            .write_all(&std::mem::take(&mut pending_write))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        let Some(tls) = &self.tls else { return };
-                        match tokio::time::timeout(self.handshake_timeout, conn.accept_tls(tls))
-                            .await
-                        {
-                            Ok(Ok(())) => {
-                                tracing::Span::current().record("tls", true);
-                                session.tls_established();
-                            }
-                            _ => return tracing::debug!("STARTTLS handshake failed"),
-                        }
-                    }
-                    Output::VerifyRecipient {
-                        recipient,
-                        authenticated,
-                    } => {
-                        let verdict = self
-                            .actions
-                            .verify_recipient(&recipient, authenticated, client)
-                            .await;
-                        session.recipient_verdict(verdict);
-                    }
-                    Output::Authenticate(credentials) => {
-                        let result = self.actions.authenticate(credentials, client).await;
-                        if let pochta_smtp::AuthResult::Success { user } = &result {
-                            tracing::Span::current().record("user", user.as_str());
-                        }
-                        session.auth_result(result);
-                    }
-                    Output::StoreMessage(message) => {
-                        let span = tracing::info_span!(
-                            "smtp.transaction",
-                            queue_id = tracing::field::Empty,
-                            size = message.body.len(),
-                            recipients = message.recipients.len()
-                        );
-                        let result = self
-                            .actions
-                            .store_message(&message, client)
-                            .instrument(span)
-                            .await;
-                        if matches!(result, pochta_smtp::StoreResult::Stored { .. }) {
-                            self.metrics.accepted.add(1, &[]);
-                            self.metrics
-                                .accepted_bytes
-                                .add(message.body.len() as u64, &[]);
-                        }
-                        session.store_result(result);
-                    }
-                    Output::Etrn { domain, subdomains } => {
-                        let result = self.actions.etrn(&domain, subdomains).await;
-                        session.etrn_result(result);
-                    }
-                    Output::Close => {
-                        let _ = conn.write_all(&pending_write).await;
-                        conn.shutdown().await;
-                        return;
-                    }
-                }
+/// One client's connection: what its session's actions are performed with.
+struct Connection {
+    ingress: Arc<Ingress>,
+    client: IpAddr,
+}
+
+impl Handler<Session> for Connection {
+    async fn perform(
+        &mut self,
+        action: Action,
+        session: &mut Session,
+        _io: &mut Io,
+    ) -> Result<(), Ended> {
+        let (actions, client) = (&self.ingress.actions, self.client);
+        match action {
+            Action::VerifyRecipient {
+                recipient,
+                authenticated,
+            } => {
+                let verdict = actions
+                    .verify_recipient(&recipient, authenticated, client)
+                    .await;
+                session.recipient_verdict(verdict);
             }
-            // The session wants input: send what is pending in one write (RFC 2920).
-            if !pending_write.is_empty()
-                && conn
-                    .write_all(&std::mem::take(&mut pending_write))
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-            let timeout = if session.in_data() {
-                self.data_timeout
-            } else {
-                self.command_timeout
-            };
-            tokio::select! {
-                read = tokio::time::timeout(timeout, conn.read(&mut buf)) => match read {
-                    Ok(Ok(0)) | Ok(Err(_)) => return,
-                    Ok(Ok(n)) => session.feed(&buf[..n]),
-                    Err(_) => session.timed_out(),
-                },
-                _ = shutdown.wait(), if session.is_idle() && !told_shutdown => {
-                    told_shutdown = true;
-                    session.shutting_down();
+            Action::Authenticate(credentials) => {
+                let result = actions.authenticate(credentials, client).await;
+                if let pochta_smtp::AuthResult::Success { user } = &result {
+                    tracing::Span::current().record("user", user.as_str());
                 }
+                session.auth_result(result);
+            }
+            Action::StoreMessage(message) => {
+                let span = tracing::info_span!(
+                    "smtp.transaction",
+                    queue_id = tracing::field::Empty,
+                    size = message.body.len(),
+                    recipients = message.recipients.len()
+                );
+                let result = actions
+                    .store_message(&message, client)
+                    .instrument(span)
+                    .await;
+                if matches!(result, pochta_smtp::StoreResult::Stored { .. }) {
+                    let metrics = &self.ingress.metrics;
+                    metrics.accepted.add(1, &[]);
+                    metrics.accepted_bytes.add(message.body.len() as u64, &[]);
+                }
+                session.store_result(result);
+            }
+            Action::Etrn { domain, subdomains } => {
+                session.etrn_result(actions.etrn(&domain, subdomains).await);
             }
         }
+        Ok(())
+    }
+
+    fn sending(&mut self, bytes: &[u8]) {
+        self.ingress.metrics.count_rejections(bytes);
     }
 }
