@@ -11,7 +11,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -231,12 +232,41 @@ fn small_pool() -> StoreOptions {
     }
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port on 127.0.0.1 for a server a test starts: free when handed out, never handed out
+/// twice in this process, and outside the kernel's ephemeral range, so no outgoing connection
+/// can take it as its source port before the server binds it. (Binding port 0 and passing the
+/// number on would race with both.) Each process starts at its own place in the range.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port")
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let (low, high) = test_port_range();
+    let span = u32::from(high - low);
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % span));
+    for _ in 0..span {
+        let port = low + (next.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {high}");
+}
+
+/// The ports below the kernel's ephemeral range (`ip_local_port_range`), or above it if that
+/// leaves more room.
+fn test_port_range() -> (u16, u16) {
+    let (start, end) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut numbers = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((numbers.next()??, numbers.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let below = (1024, start.max(1025));
+    let above = (end.saturating_add(1).min(65534), 65535);
+    if below.1 - below.0 >= above.1 - above.0 {
+        below
+    } else {
+        above
+    }
 }
 
 /// A loopback address on a free port.
@@ -619,6 +649,30 @@ pub async fn check_service_lifecycle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_unique_and_outside_the_ephemeral_range() {
+        let (low, high) = test_port_range();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let unique: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(unique.len(), ports.len(), "no port handed out twice");
+        assert!(ports.iter().all(|p| (low..high).contains(p)), "{ports:?}");
+        // The kernel never picks these for outgoing connections.
+        let outgoing = std::net::TcpStream::connect(
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap(),
+        )
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+        assert!(
+            !(low..high).contains(&outgoing),
+            "{outgoing} in {low}..{high}"
+        );
+    }
 
     #[test]
     fn replaces_database_name() {
