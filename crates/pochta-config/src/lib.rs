@@ -492,7 +492,9 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        extract(figment.merge(Env::prefixed("POCHTA_").split("__")))
+        // POCHTA_CONFIG names the file (`--config`); it is no key of the configuration.
+        let env = Env::prefixed("POCHTA_").split("__").ignore(&["config"]);
+        extract(figment.merge(env))
     }
 
     /// Parses TOML text over the defaults, without looking at the environment.

@@ -40,6 +40,33 @@ async fn bad_value_is_rejected_by_key() {
     assert!(out.to_lowercase().contains("telemetry.log_format"), "{out}");
 }
 
+/// `POCHTA_CONFIG` names the file, as `--config` does (the README's way for compose and
+/// systemd units), and is not read as a configuration key.
+#[tokio::test]
+async fn pochta_config_names_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pochta.toml");
+    std::fs::write(&path, "[smtp]\nhostname = \"from-the-file.example\"\n").unwrap();
+    let out = tokio::process::Command::new(binary())
+        .arg("--print-config")
+        .env("POCHTA_CONFIG", &path)
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("hostname = \"from-the-file.example\""), "{text}");
+
+    let missing = tokio::process::Command::new(binary())
+        .arg("--print-config")
+        .env("POCHTA_CONFIG", dir.path().join("nonexistent.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "a named file must exist");
+}
+
 #[tokio::test]
 async fn print_config_shows_precedence_and_redacts_secrets() {
     let file = "[store]\nurl = \"postgres://pochta:file-secret@db/pochta\"\nmax_connections = 5\n\
