@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pochta_proto::queue::v1::queue_server::QueueServer;
-use rand::Rng;
 
 fn main() -> ExitCode {
     pochta_service::run(
@@ -31,11 +30,7 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         |ctx| async move {
             let queue = ctx.config.queue.clone();
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            let hostname = queue
-                .hostname
-                .clone()
-                .unwrap_or_else(|| host.trim().to_owned());
+            let hostname = queue.hostname.clone().unwrap_or(ctx.hostname.clone());
             let settings = Arc::new(worker::Settings {
                 router: route::Router {
                     routes: queue.routes.clone(),
@@ -63,13 +58,7 @@ fn main() -> ExitCode {
                 lifetime: Duration::from_secs(queue.message_lifetime_secs),
                 dsn_max_full_bytes: queue.dsn_max_full_bytes as usize,
                 delay_report_after: Duration::from_secs(queue.delay_report_after_secs),
-                // Unique per process run, so a restarted replica never mistakes old leases for its own.
-                owner: format!(
-                    "{}:{}:{:08x}",
-                    host.trim(),
-                    std::process::id(),
-                    rand::rng().random::<u32>()
-                ),
+                owner: ctx.instance.clone(),
                 batch: queue.batch_size,
                 claim_delay: Duration::from_millis(queue.claim_delay_ms),
                 lease: Duration::from_secs(queue.lease_secs),

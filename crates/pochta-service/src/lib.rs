@@ -68,6 +68,12 @@ impl Shutdown {
 /// What a service's body gets to work with.
 pub struct ServiceContext {
     pub service: &'static str,
+    /// The machine's host name (the default for names the config leaves unset).
+    pub hostname: String,
+    /// `host:pid:random`, unique to this run of this process: what it owns in the store
+    /// (leases, locks) is named after it, so a restarted replica never takes a dead one's
+    /// claims for its own.
+    pub instance: String,
     pub config: Config,
     pub store: Store,
     pub health: HealthReporter,
@@ -180,8 +186,16 @@ where
         std::process::exit(130);
     });
 
+    let hostname = system_hostname();
+    let instance = format!(
+        "{hostname}:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     let ctx = ServiceContext {
         service,
+        hostname,
+        instance,
         config,
         store: store.clone(),
         health: health.clone(),
@@ -244,6 +258,15 @@ async fn watch_store_health(store: Store, health: HealthReporter, shutdown: Shut
             health.set_service_status("", status).await;
         }
     }
+}
+
+/// The kernel's host name, or `localhost` if it has none.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 async fn wait_for_signal() {

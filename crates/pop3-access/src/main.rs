@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             }
         }
         let grace = Duration::from_secs(pop3.shutdown_grace_secs);
-        let server = Server::new(&ctx.config, ctx.store.clone(), tls)?;
+        let server = Server::new(&ctx.config, ctx.store.clone(), tls, ctx.instance.clone())?;
         let pop3_task = tokio::spawn(server.serve(listeners, ctx.shutdown.clone(), grace));
         let grpc = ctx
             .serve_grpc(pop3.grpc_listen, tonic::service::Routes::default(), grace)

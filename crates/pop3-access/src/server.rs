@@ -20,7 +20,6 @@ use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
 use pochta_service::login::Authenticator;
 use pochta_store::Store;
-use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -70,14 +69,15 @@ pub struct Server {
 }
 
 impl Server {
+    /// `instance` names this process (`ServiceContext::instance`); lock owners extend it.
     pub fn new(
         config: &Config,
         store: Store,
         tls: Option<TlsAcceptor>,
+        instance: String,
     ) -> anyhow::Result<Arc<Self>> {
         let pop3 = &config.pop3;
         let meter = opentelemetry::global::meter("pop3-access");
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Ok(Arc::new(Server {
             logins: Authenticator::new(
                 store.clone(),
@@ -107,12 +107,7 @@ impl Server {
             lock_ttl: Duration::from_secs(pop3.lock_ttl_secs),
             chunk: i64::from(pop3.retrieve_chunk_bytes),
             read_ahead: u64::from(pop3.read_ahead_bytes),
-            owner_prefix: format!(
-                "{}:{}:{:08x}",
-                host.trim(),
-                std::process::id(),
-                rand::rng().random::<u32>()
-            ),
+            owner_prefix: instance,
             sessions_started: AtomicU64::new(0),
             metrics: Metrics {
                 sessions: meter

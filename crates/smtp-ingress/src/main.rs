@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                  smtp.submission_listen and smtp.submissions_listen"
                 );
             }
-            let hostname = smtp.hostname.clone().unwrap_or_else(system_hostname);
+            let hostname = smtp.hostname.clone().unwrap_or(ctx.hostname.clone());
             let actions = actions::Actions::new(&ctx.config, ctx.store.clone(), hostname)?;
             let mut listeners = Vec::new();
             for (addrs, kind) in [
@@ -54,12 +54,4 @@ fn main() -> ExitCode {
             grpc
         },
     )
-}
-
-fn system_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
