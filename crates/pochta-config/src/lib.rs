@@ -8,6 +8,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+mod validate;
+
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use pochta_mail::{BareLineEndings, TlsPolicy};
@@ -502,150 +504,14 @@ impl Config {
         extract(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
     }
 
-    /// Checks what types alone cannot.
+    /// Checks what types alone cannot, section by section.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
-        let url = &self.store.url;
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return invalid("store.url", "must start with postgres:// or postgresql://");
-        }
-        if self.store.max_connections == 0 {
-            return invalid("store.max_connections", "must be at least 1");
-        }
-        if self.store.acquire_timeout_secs == 0 {
-            return invalid("store.acquire_timeout_secs", "must be at least 1");
-        }
-        if let Some(endpoint) = &self.telemetry.otlp_endpoint
-            && !is_http_url(endpoint)
-        {
-            return invalid(
-                "telemetry.otlp_endpoint",
-                "must be an http:// or https:// URL",
-            );
-        }
-        if self.telemetry.metrics_interval_secs == 0 {
-            return invalid("telemetry.metrics_interval_secs", "must be at least 1");
-        }
-        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
-            return invalid("tls", "cert_path and key_path must be set together");
-        }
-        if !is_http_url(&self.smtp.queue_endpoint) {
-            return invalid("smtp.queue_endpoint", "must be an http:// or https:// URL");
-        }
-        let smtp = &self.smtp;
-        for (key, value) in [
-            ("smtp.max_message_size", smtp.max_message_size),
-            ("smtp.max_recipients", u64::from(smtp.max_recipients)),
-            ("smtp.max_errors", u64::from(smtp.max_errors)),
-            ("smtp.command_timeout_secs", smtp.command_timeout_secs),
-            ("smtp.data_timeout_secs", smtp.data_timeout_secs),
-            (
-                "smtp.tls_handshake_timeout_secs",
-                smtp.tls_handshake_timeout_secs,
-            ),
-            ("smtp.max_connections", u64::from(smtp.max_connections)),
-            (
-                "smtp.max_connections_per_ip",
-                u64::from(smtp.max_connections_per_ip),
-            ),
-            ("smtp.auth_max_failures", u64::from(smtp.auth_max_failures)),
-            ("smtp.commit_writers", u64::from(smtp.commit_writers)),
-            (
-                "smtp.commit_batch_messages",
-                u64::from(smtp.commit_batch_messages),
-            ),
-            (
-                "smtp.proxy_header_timeout_secs",
-                smtp.proxy_header_timeout_secs,
-            ),
-            (
-                "queue.message_lifetime_secs",
-                self.queue.message_lifetime_secs,
-            ),
-        ] {
-            if value == 0 {
-                return invalid(key, "must be at least 1");
-            }
-        }
-        let pop3 = &self.pop3;
-        for (key, value) in [
-            (
-                "pop3.tls_handshake_timeout_secs",
-                pop3.tls_handshake_timeout_secs,
-            ),
-            ("pop3.max_connections", u64::from(pop3.max_connections)),
-            (
-                "pop3.max_connections_per_ip",
-                u64::from(pop3.max_connections_per_ip),
-            ),
-            ("pop3.max_errors", u64::from(pop3.max_errors)),
-            ("pop3.auth_max_failures", u64::from(pop3.auth_max_failures)),
-            (
-                "pop3.proxy_header_timeout_secs",
-                pop3.proxy_header_timeout_secs,
-            ),
-            (
-                "pop3.retrieve_chunk_bytes",
-                u64::from(pop3.retrieve_chunk_bytes),
-            ),
-        ] {
-            if value == 0 {
-                return invalid(key, "must be at least 1");
-            }
-        }
-        if pop3.timeout_secs < 600 {
-            return invalid("pop3.timeout_secs", "must be at least 600 (RFC 1939 3)");
-        }
-        if pop3.lock_ttl_secs < 3 {
-            return invalid("pop3.lock_ttl_secs", "must be at least 3");
-        }
-        if smtp.max_recipients < 100 {
-            return invalid(
-                "smtp.max_recipients",
-                "must be at least 100 (RFC 5321 4.5.3.1.8)",
-            );
-        }
-        if smtp.max_message_size > i32::MAX as u64 {
-            return invalid("smtp.max_message_size", "must be below 2 GiB");
-        }
-        if let Some(name) = &smtp.hostname
-            && !pochta_mail::is_domain_name(name)
-        {
-            return invalid("smtp.hostname", "must be a host name");
-        }
-        if self.queue.retry_max_delay_secs < self.queue.retry_delay_secs {
-            return invalid(
-                "queue.retry_max_delay_secs",
-                "must be at least queue.retry_delay_secs",
-            );
-        }
-        for (domain, target) in &self.queue.routes {
-            if !pochta_mail::is_domain_name(domain)
-                || target
-                    .rsplit_once(':')
-                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                return invalid("queue.routes", "entries are \"domain\" = \"host:port\"");
-            }
-        }
-        if let Some(target) = &self.queue.smarthost
-            && target
-                .rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-        {
-            return invalid("queue.smarthost", "must be host:port");
-        }
-        if let Some(name) = &self.queue.hostname
-            && !pochta_mail::is_domain_name(name)
-        {
-            return invalid("queue.hostname", "must be a host name");
-        }
-        if let Some(name) = &smtp.postmaster_domain
-            && !pochta_mail::is_domain_name(name)
-        {
-            return invalid("smtp.postmaster_domain", "must be a domain name");
-        }
-        Ok(())
+        self.store.validate()?;
+        self.telemetry.validate()?;
+        self.tls.validate()?;
+        self.smtp.validate()?;
+        self.queue.validate()?;
+        self.pop3.validate()
     }
 
     /// The configuration with its secrets replaced, fit to print or log.

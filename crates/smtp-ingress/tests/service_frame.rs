@@ -56,7 +56,10 @@ async fn pochta_config_names_the_config_file() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("hostname = \"from-the-file.example\""), "{text}");
+    assert!(
+        text.contains("hostname = \"from-the-file.example\""),
+        "{text}"
+    );
 
     let missing = tokio::process::Command::new(binary())
         .arg("--print-config")

@@ -1,0 +1,179 @@
+//! What types alone cannot check, one function per section. Errors name the key in full
+//! (`smtp.max_errors`).
+
+use crate::{
+    ConfigError, Pop3Config, QueueConfig, SmtpConfig, StoreConfig, TelemetryConfig, TlsConfig,
+    is_http_url,
+};
+
+/// The error for `key`, which must be fully qualified (`smtp.max_errors`).
+fn invalid(key: &str, why: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid(format!("{key}: {why}")))
+}
+
+/// Each of `values` (fully qualified key, value) must be at least 1.
+fn at_least_one(values: &[(&str, u64)]) -> Result<(), ConfigError> {
+    match values.iter().find(|(_, value)| *value == 0) {
+        Some((key, _)) => invalid(key, "must be at least 1"),
+        None => Ok(()),
+    }
+}
+
+/// `host:port`, the form of routes and the smarthost.
+fn is_host_port(target: &str) -> bool {
+    target
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+}
+
+/// An optional name that, when set, must be a host name.
+fn host_name(key: &str, name: &Option<String>) -> Result<(), ConfigError> {
+    match name {
+        Some(name) if !pochta_mail::is_domain_name(name) => invalid(key, "must be a host name"),
+        _ => Ok(()),
+    }
+}
+
+impl StoreConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return invalid("store.url", "must start with postgres:// or postgresql://");
+        }
+        at_least_one(&[
+            ("store.max_connections", u64::from(self.max_connections)),
+            ("store.acquire_timeout_secs", self.acquire_timeout_secs),
+        ])
+    }
+}
+
+impl TelemetryConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !is_http_url(endpoint)
+        {
+            return invalid(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL",
+            );
+        }
+        at_least_one(&[(
+            "telemetry.metrics_interval_secs",
+            self.metrics_interval_secs,
+        )])
+    }
+}
+
+impl TlsConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.cert_path.is_some() != self.key_path.is_some() {
+            return invalid("tls", "cert_path and key_path must be set together");
+        }
+        Ok(())
+    }
+}
+
+impl SmtpConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !is_http_url(&self.queue_endpoint) {
+            return invalid("smtp.queue_endpoint", "must be an http:// or https:// URL");
+        }
+        at_least_one(&[
+            ("smtp.max_message_size", self.max_message_size),
+            ("smtp.max_recipients", u64::from(self.max_recipients)),
+            ("smtp.max_errors", u64::from(self.max_errors)),
+            ("smtp.command_timeout_secs", self.command_timeout_secs),
+            ("smtp.data_timeout_secs", self.data_timeout_secs),
+            (
+                "smtp.tls_handshake_timeout_secs",
+                self.tls_handshake_timeout_secs,
+            ),
+            ("smtp.max_connections", u64::from(self.max_connections)),
+            (
+                "smtp.max_connections_per_ip",
+                u64::from(self.max_connections_per_ip),
+            ),
+            ("smtp.auth_max_failures", u64::from(self.auth_max_failures)),
+            ("smtp.commit_writers", u64::from(self.commit_writers)),
+            (
+                "smtp.commit_batch_messages",
+                u64::from(self.commit_batch_messages),
+            ),
+            (
+                "smtp.proxy_header_timeout_secs",
+                self.proxy_header_timeout_secs,
+            ),
+        ])?;
+        if self.max_recipients < 100 {
+            return invalid(
+                "smtp.max_recipients",
+                "must be at least 100 (RFC 5321 4.5.3.1.8)",
+            );
+        }
+        if self.max_message_size > i32::MAX as u64 {
+            return invalid("smtp.max_message_size", "must be below 2 GiB");
+        }
+        host_name("smtp.hostname", &self.hostname)?;
+        match &self.postmaster_domain {
+            Some(name) if !pochta_mail::is_domain_name(name) => {
+                invalid("smtp.postmaster_domain", "must be a domain name")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl QueueConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one(&[("queue.message_lifetime_secs", self.message_lifetime_secs)])?;
+        if self.retry_max_delay_secs < self.retry_delay_secs {
+            return invalid(
+                "queue.retry_max_delay_secs",
+                "must be at least queue.retry_delay_secs",
+            );
+        }
+        for (domain, target) in &self.routes {
+            if !pochta_mail::is_domain_name(domain) || !is_host_port(target) {
+                return invalid("queue.routes", "entries are \"domain\" = \"host:port\"");
+            }
+        }
+        if let Some(target) = &self.smarthost
+            && !is_host_port(target)
+        {
+            return invalid("queue.smarthost", "must be host:port");
+        }
+        host_name("queue.hostname", &self.hostname)
+    }
+}
+
+impl Pop3Config {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one(&[
+            (
+                "pop3.tls_handshake_timeout_secs",
+                self.tls_handshake_timeout_secs,
+            ),
+            ("pop3.max_connections", u64::from(self.max_connections)),
+            (
+                "pop3.max_connections_per_ip",
+                u64::from(self.max_connections_per_ip),
+            ),
+            ("pop3.max_errors", u64::from(self.max_errors)),
+            ("pop3.auth_max_failures", u64::from(self.auth_max_failures)),
+            (
+                "pop3.proxy_header_timeout_secs",
+                self.proxy_header_timeout_secs,
+            ),
+            (
+                "pop3.retrieve_chunk_bytes",
+                u64::from(self.retrieve_chunk_bytes),
+            ),
+        ])?;
+        if self.timeout_secs < 600 {
+            return invalid("pop3.timeout_secs", "must be at least 600 (RFC 1939 3)");
+        }
+        if self.lock_ttl_secs < 3 {
+            return invalid("pop3.lock_ttl_secs", "must be at least 3");
+        }
+        Ok(())
+    }
+}
