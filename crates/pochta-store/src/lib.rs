@@ -107,8 +107,8 @@ impl Store {
         let connect = url
             .parse::<PgConnectOptions>()?
             .application_name(&options.application_name)
-            // Every statement here is a short OLTP one. JIT compiling only ever costs: on a
-            // misestimate (chunk rows before their first ANALYZE) it took 73 ms for a 1 ms read.
+            // Every statement here is a short OLTP one. JIT compiling only ever costs, most on a
+            // misestimate such as chunk rows before their first ANALYZE (bench/history.md, "JIT").
             .options([("jit", "off")]);
         // No ping before each use: it doubled the round trips of every query. A connection the
         // server dropped fails its next query (an error the caller already handles) and leaves
