@@ -105,10 +105,33 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     out.push_str("MIME-Version: 1.0\r\n");
     out.push_str(&format!("Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"));
     out.push_str("This is a MIME-encapsulated delivery status notification.\r\n\r\n");
-
     out.push_str(&format!(
         "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     ));
+    human_readable(report, &mut out);
+    out.push_str(&format!(
+        "--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+    ));
+    delivery_status(report, &mut out);
+
+    let mut bytes = out.into_bytes();
+    let (content_type, returned) = match report.ret {
+        Return::Full => ("message/rfc822", report.original),
+        Return::Headers => ("text/rfc822-headers", header_section(report.original)),
+    };
+    bytes.extend_from_slice(
+        format!("--{boundary}\r\nContent-Type: {content_type}\r\n\r\n").as_bytes(),
+    );
+    bytes.extend_from_slice(returned);
+    if !returned.ends_with(b"\r\n") {
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    bytes
+}
+
+/// The first part: what happened, in words.
+fn human_readable(report: &Report<'_>, out: &mut String) {
     out.push_str(&format!(
         "This is the mail system at {}.\r\n\r\n",
         report.reporting_mta
@@ -135,10 +158,10 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         }
     }
     out.push_str("\r\n");
+}
 
-    out.push_str(&format!(
-        "--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
-    ));
+/// The `message/delivery-status` part (RFC 3464 2): per-message fields, then per recipient.
+fn delivery_status(report: &Report<'_>, out: &mut String) {
     out.push_str(&format!("Reporting-MTA: dns; {}\r\n", report.reporting_mta));
     if let Some(envid) = report.envid {
         out.push_str(&format!("Original-Envelope-Id: {}\r\n", field(envid)));
@@ -175,21 +198,6 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         }
     }
     out.push_str("\r\n");
-
-    let mut bytes = out.into_bytes();
-    let (content_type, returned) = match report.ret {
-        Return::Full => ("message/rfc822", report.original),
-        Return::Headers => ("text/rfc822-headers", header_section(report.original)),
-    };
-    bytes.extend_from_slice(
-        format!("--{boundary}\r\nContent-Type: {content_type}\r\n\r\n").as_bytes(),
-    );
-    bytes.extend_from_slice(returned);
-    if !returned.ends_with(b"\r\n") {
-        bytes.extend_from_slice(b"\r\n");
-    }
-    bytes.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    bytes
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use mail_parser::MessageParser;
 use pochta_mail::Ret;
 use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
+use pochta_testkit::dns::{Record, dns_server};
 use pochta_testkit::{
     ServiceProcess, TestCerts, TestDb, envelope, free_addr, recipient, until, until_attempted,
     workspace_binary,
@@ -292,89 +293,6 @@ asyncore.loop()
     let _ = peer.kill().await;
 }
 
-/// A tiny authoritative DNS server over UDP for the test's zone: answers A and MX queries from
-/// `records`, NXDOMAIN for unknown names, an empty answer for known names without that type.
-async fn dns_server(records: Vec<(&'static str, Rec)>) -> SocketAddr {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        loop {
-            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            if let Some(reply) = answer(&buf[..n], &records) {
-                let _ = socket.send_to(&reply, peer).await;
-            }
-        }
-    });
-    addr
-}
-
-#[derive(Clone, Copy)]
-enum Rec {
-    Mx(u16, &'static str),
-    A([u8; 4]),
-}
-
-fn encode_name(name: &str, out: &mut Vec<u8>) {
-    for label in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-}
-
-fn answer(query: &[u8], records: &[(&'static str, Rec)]) -> Option<Vec<u8>> {
-    let mut i = 12;
-    let mut labels = Vec::new();
-    while *query.get(i)? != 0 {
-        let len = query[i] as usize;
-        labels.push(String::from_utf8_lossy(query.get(i + 1..i + 1 + len)?).to_ascii_lowercase());
-        i += len + 1;
-    }
-    let name = labels.join(".");
-    let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
-    let question_end = i + 5;
-    let known: Vec<Rec> = records
-        .iter()
-        .filter(|(n, _)| *n == name)
-        .map(|(_, r)| *r)
-        .collect();
-    let answers: Vec<Rec> = known
-        .iter()
-        .copied()
-        .filter(|r| matches!((r, qtype), (Rec::Mx(..), 15) | (Rec::A(_), 1)))
-        .collect();
-    let rcode = if known.is_empty() { 3 } else { 0 };
-    let mut out = query[..2].to_vec();
-    out.extend_from_slice(&(0x8400u16 | rcode).to_be_bytes());
-    out.extend_from_slice(&[0, 1]);
-    out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(&query[12..question_end]);
-    for rec in answers {
-        out.extend_from_slice(&[0xC0, 0x0C]);
-        let (rtype, rdata) = match rec {
-            Rec::Mx(preference, exchange) => {
-                let mut data = preference.to_be_bytes().to_vec();
-                encode_name(exchange, &mut data);
-                (15u16, data)
-            }
-            Rec::A(ip) => (1u16, ip.to_vec()),
-        };
-        out.extend_from_slice(&rtype.to_be_bytes());
-        out.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
-        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-        out.extend_from_slice(&rdata);
-    }
-    Some(out)
-}
-
 #[tokio::test]
 async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
     let (remote_db, _certs, _ingress, mx) = receiver().await;
@@ -384,14 +302,14 @@ async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
         .unwrap();
     let dns = dns_server(vec![
         // The preferred host has no server on our port (127.0.0.2): the second one takes it.
-        ("remote.test", Rec::Mx(10, "mx1.remote.test")),
-        ("remote.test", Rec::Mx(20, "mx2.remote.test")),
-        ("mx1.remote.test", Rec::A([127, 0, 0, 2])),
-        ("mx2.remote.test", Rec::A([127, 0, 0, 1])),
+        ("remote.test", Record::Mx(10, "mx1.remote.test")),
+        ("remote.test", Record::Mx(20, "mx2.remote.test")),
+        ("mx1.remote.test", Record::A([127, 0, 0, 2])),
+        ("mx2.remote.test", Record::A([127, 0, 0, 1])),
         // No MX: the domain's own address (RFC 5321 5.1).
-        ("implicit.test", Rec::A([127, 0, 0, 1])),
+        ("implicit.test", Record::A([127, 0, 0, 1])),
         // Null MX (RFC 7505).
-        ("nullmx.test", Rec::Mx(0, ".")),
+        ("nullmx.test", Record::Mx(0, ".")),
     ])
     .await;
     let db = TestDb::new().await.unwrap();

@@ -63,7 +63,7 @@ fn outgoing(recipients: &[&str]) -> Outgoing {
 struct Run {
     outcomes: Vec<RecipientOutcome>,
     /// What the server was asked to store.
-    stored: Vec<Box<Message>>,
+    stored: Vec<Message>,
     /// Each chunk of bytes the client wrote, in order.
     client_writes: Vec<String>,
     /// Both sides finished the TLS handshake.
@@ -95,7 +95,7 @@ fn pair(client: &mut ClientSession, server: &mut Session, message: &[u8]) -> Run
                     server.recipient_verdict(RecipientVerdict::Accept { held: false })
                 }
                 Output::Action(Action::StoreMessage(m)) => {
-                    run.stored.push(m);
+                    run.stored.push(*m);
                     server.store_result(StoreResult::Stored {
                         queue_id: "PAIRED".into(),
                     });

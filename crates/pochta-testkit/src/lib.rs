@@ -5,6 +5,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`; the URL must name a database the test user
 //! may connect to and create databases from.
 
+pub mod dns;
+
 pub use libc::{SIGINT, SIGKILL, SIGTERM};
 
 use std::io::{Read, Write};

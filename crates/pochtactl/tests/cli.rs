@@ -8,10 +8,11 @@ use pochta_testkit::TestDb;
 
 const POCHTACTL: &str = env!("CARGO_BIN_EXE_pochtactl");
 
-/// Runs pochtactl against `db` with `stdin` as its input.
-fn ctl(db: &TestDb, args: &[&str], stdin: &str) -> Output {
+/// Runs `pochtactl args` (words separated by single spaces) against `db` with `stdin` as its
+/// input.
+fn ctl(db: &TestDb, args: &str, stdin: &str) -> Output {
     let mut child = Command::new(POCHTACTL)
-        .args(args)
+        .args(args.split(' '))
         .env("DATABASE_URL", db.url())
         .env_remove("POCHTA_CONFIG")
         .stdin(Stdio::piped())
@@ -28,7 +29,7 @@ fn ctl(db: &TestDb, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn ok(db: &TestDb, args: &[&str], stdin: &str) -> String {
+fn ok(db: &TestDb, args: &str, stdin: &str) -> String {
     let out = ctl(db, args, stdin);
     assert!(
         out.status.success(),
@@ -39,7 +40,7 @@ fn ok(db: &TestDb, args: &[&str], stdin: &str) -> String {
 }
 
 /// Asserts exit code 1 and an error that mentions `expected`.
-fn fails(db: &TestDb, args: &[&str], stdin: &str, expected: &str) {
+fn fails(db: &TestDb, args: &str, stdin: &str, expected: &str) {
     let out = ctl(db, args, stdin);
     assert_eq!(
         out.status.code(),
@@ -65,14 +66,14 @@ fn text(out: &Output) -> String {
 #[tokio::test]
 async fn migrate_then_up_to_date() {
     let db = TestDb::empty().await.unwrap();
-    fails(&db, &["domain", "list"], "", "pochtactl migrate");
+    fails(&db, "domain list", "", "pochtactl migrate");
     let latest = pochta_store::Store::expected_schema_version();
-    let out = ok(&db, &["migrate"], "");
+    let out = ok(&db, "migrate", "");
     assert!(
         out.contains(&format!("migrated schema from version 0 to {latest}")),
         "{out}"
     );
-    let out = ok(&db, &["--json", "migrate"], "");
+    let out = ok(&db, "--json migrate", "");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (v["from_version"].as_i64(), v["to_version"].as_i64()),
@@ -84,29 +85,19 @@ async fn migrate_then_up_to_date() {
 #[tokio::test]
 async fn domains() {
     let db = TestDb::new().await.unwrap();
-    ok(&db, &["domain", "add", "Example.ORG."], "");
-    ok(
-        &db,
-        &["domain", "add", "backup.example", "--role", "hold"],
-        "",
-    );
-    fails(&db, &["domain", "add", "example.org"], "", "already exists");
-    fails(
-        &db,
-        &["domain", "add", "bad_domain!"],
-        "",
-        "not a valid domain name",
-    );
-    let out = ctl(&db, &["domain", "add", "x.example", "--role", "mirror"], "");
+    ok(&db, "domain add Example.ORG.", "");
+    ok(&db, "domain add backup.example --role hold", "");
+    fails(&db, "domain add example.org", "", "already exists");
+    fails(&db, "domain add bad_domain!", "", "not a valid domain name");
+    let out = ctl(&db, "domain add x.example --role mirror", "");
     assert_eq!(out.status.code(), Some(2), "usage error: {}", text(&out));
 
-    let listed = ok(&db, &["domain", "list"], "");
+    let listed = ok(&db, "domain list", "");
     assert!(
         listed.contains("example.org") && listed.contains("hold"),
         "{listed}"
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(&db, &["--json", "domain", "list"], "")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&ok(&db, "--json domain list", "")).unwrap();
     let names: Vec<_> = json
         .as_array()
         .unwrap()
@@ -126,28 +117,19 @@ async fn domains() {
         ]
     );
 
-    ok(&db, &["domain", "remove", "backup.example"], "");
-    fails(
-        &db,
-        &["domain", "remove", "backup.example"],
-        "",
-        "does not exist",
-    );
+    ok(&db, "domain remove backup.example", "");
+    fails(&db, "domain remove backup.example", "", "does not exist");
 }
 
 #[tokio::test]
 async fn accounts() {
     let db = TestDb::new().await.unwrap();
-    ok(&db, &["domain", "add", "example.org"], "");
-    ok(
-        &db,
-        &["domain", "add", "backup.example", "--role", "hold"],
-        "",
-    );
+    ok(&db, "domain add example.org", "");
+    ok(&db, "domain add backup.example --role hold", "");
 
     ok(
         &db,
-        &["account", "add", "alice@example.org", "--password-stdin"],
+        "account add alice@example.org --password-stdin",
         "s3cret pass\n",
     );
     let alice = Mailbox::parse("alice@example.org").unwrap();
@@ -164,49 +146,44 @@ async fn accounts() {
     // Bad input gets a clear error and exit code 1.
     fails(
         &db,
-        &["account", "add", "ALICE@example.org", "--password-stdin"],
+        "account add ALICE@example.org --password-stdin",
         "x\n",
         "already exists",
     );
     fails(
         &db,
-        &["account", "add", "bob@nowhere.example", "--password-stdin"],
+        "account add bob@nowhere.example --password-stdin",
         "x\n",
         "domain nowhere.example does not exist",
     );
     fails(
         &db,
-        &["account", "add", "bob@backup.example", "--password-stdin"],
+        "account add bob@backup.example --password-stdin",
         "x\n",
         "hold domain",
     );
     fails(
         &db,
-        &["account", "add", "bob@example.org", "--password-stdin"],
+        "account add bob@example.org --password-stdin",
         "\n",
         "empty",
     );
     fails(
         &db,
-        &["account", "add", "not-an-address", "--password-stdin"],
+        "account add not-an-address --password-stdin",
         "x\n",
         "not a valid address",
     );
     // Without a terminal, no prompt: the password must come on stdin, never on argv.
     fails(
         &db,
-        &["account", "add", "bob@example.org"],
+        "account add bob@example.org",
         "x\n",
         "--password-stdin",
     );
     fails(
         &db,
-        &[
-            "account",
-            "passwd",
-            "nobody@example.org",
-            "--password-stdin",
-        ],
+        "account passwd nobody@example.org --password-stdin",
         "x\n",
         "does not exist",
     );
@@ -214,7 +191,7 @@ async fn accounts() {
 
     ok(
         &db,
-        &["account", "passwd", "alice@example.org", "--password-stdin"],
+        "account passwd alice@example.org --password-stdin",
         "n3w\n",
     );
     let creds = db
@@ -225,17 +202,13 @@ async fn accounts() {
         .unwrap();
     assert!(pochta_auth::verify_password("n3w", &creds.password_hash).unwrap());
 
-    ok(&db, &["account", "disable", "alice@example.org"], "");
-    let list: serde_json::Value = serde_json::from_str(&ok(
-        &db,
-        &["--json", "account", "list", "--domain", "example.org"],
-        "",
-    ))
-    .unwrap();
+    ok(&db, "account disable alice@example.org", "");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&db, "--json account list --domain example.org", "")).unwrap();
     assert_eq!(list[0]["local_part"], "alice");
     assert_eq!(list[0]["disabled"], true);
     assert_eq!(list[0]["messages"], 0);
-    ok(&db, &["account", "enable", "alice@example.org"], "");
+    ok(&db, "account enable alice@example.org", "");
     assert!(
         !db.store()
             .account_credentials(&alice)
@@ -244,16 +217,16 @@ async fn accounts() {
             .unwrap()
             .disabled
     );
-    let human = ok(&db, &["account", "list"], "");
+    let human = ok(&db, "account list", "");
     assert!(
         human.contains("alice@example.org") && human.contains("active"),
         "{human}"
     );
 
-    ok(&db, &["account", "remove", "alice@example.org"], "");
+    ok(&db, "account remove alice@example.org", "");
     fails(
         &db,
-        &["account", "remove", "alice@example.org"],
+        "account remove alice@example.org",
         "",
         "does not exist",
     );
@@ -271,8 +244,8 @@ async fn health_reports_serving_and_unreachable() {
     )
     .await
     .unwrap();
-    let out = ok(&db, &["health", &grpc.to_string()], "");
+    let out = ok(&db, &format!("health {grpc}"), "");
     assert!(out.contains("SERVING"), "{out}");
     drop(service);
-    fails(&db, &["health", &grpc.to_string()], "", "asking");
+    fails(&db, &format!("health {grpc}"), "", "asking");
 }

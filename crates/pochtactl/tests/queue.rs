@@ -1,11 +1,11 @@
 //! `pochtactl queue` against the real delivery-queue (run with `cargo test --workspace`).
 
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pochta_store::{NewEnvelope, RecipientState};
+use pochta_store::{NewEnvelope, QueueId, RecipientState};
 use pochta_testkit::{
-    ServiceProcess, TestDb, envelope, free_addr, recipient, service_config, workspace_binary,
+    ServiceProcess, TestDb, envelope, free_addr, recipient, service_config, until, workspace_binary,
 };
 
 /// `pochtactl [--json] queue --queue URL args...`
@@ -35,10 +35,17 @@ fn ok_json(queue: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[tokio::test]
-async fn list_show_hold_release_retry_delete() {
+/// A queue holding one envelope from bob@remote.test, its three remote recipients attempted
+/// once and deferred (the smarthost does not answer).
+struct Deferred {
+    db: TestDb,
+    _queue: ServiceProcess,
+    url: String,
+    id: QueueId,
+}
+
+async fn deferred() -> Deferred {
     let db = TestDb::new().await.unwrap();
-    let store = db.store();
     let recipients = ["a@far.example", "b@far.example", "c@other.example"];
     let envelope = NewEnvelope {
         envid: Some("E1".into()),
@@ -46,44 +53,48 @@ async fn list_show_hold_release_retry_delete() {
         client_helo: Some("client.test".into()),
         ..envelope("bob@remote.test", recipients.map(recipient).into())
     };
-    let id = envelope.queue_id.clone();
+    let store = db.store();
     store
         .enqueue(&envelope, b"Subject: x\r\n\r\nx\r\n")
         .await
         .unwrap();
     let grpc = free_addr();
-    let _queue = ServiceProcess::start_healthy(
+    let queue = ServiceProcess::start_healthy(
         &workspace_binary("delivery-queue").unwrap(),
         &service_config(db.url(), "queue", grpc),
         grpc,
     )
     .await
     .unwrap();
-    let url = format!("http://{grpc}");
-
-    // The queue attempts them once (nothing local) and defers them with a reason.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store
-        .envelope_detail(id.as_str())
-        .await
-        .unwrap()
-        .unwrap()
-        .recipients
-        .iter()
-        .any(|r| r.attempts == 0)
-    {
-        assert!(Instant::now() < deadline, "not attempted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let id = envelope.queue_id;
+    until(
+        "every recipient attempted",
+        Duration::from_secs(10),
+        async || {
+            let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+            detail.recipients.iter().all(|r| r.attempts > 0)
+        },
+    )
+    .await;
+    Deferred {
+        db,
+        _queue: queue,
+        url: format!("http://{grpc}"),
+        id,
     }
+}
 
-    let list = ok_json(&url, &["list", "--domain", "far.example"]);
+#[tokio::test]
+async fn list_and_show() {
+    let Deferred { url, id, .. } = &deferred().await;
+    let list = ok_json(url, &["list", "--domain", "far.example"]);
     assert_eq!(list["entries"][0]["queue_id"], id.as_str());
     assert_eq!(
         list["entries"][0]["recipients"].as_array().unwrap().len(),
         3
     );
     assert_eq!(list["truncated"], false);
-    let shown = ok_json(&url, &["show", id.as_str()]);
+    let shown = ok_json(url, &["show", id.as_str()]);
     assert_eq!(shown["envid"], "E1");
     assert_eq!(shown["client_address"], "192.0.2.9");
     let history = &shown["recipients"][0]["history"][0];
@@ -95,71 +106,53 @@ async fn list_show_hold_release_retry_delete() {
             .contains("connecting to 127.0.0.1"),
         "{shown}"
     );
-    let human = String::from_utf8(ctl(&url, &["show", id.as_str()]).stdout).unwrap();
+    let human = String::from_utf8(ctl(url, &["show", id.as_str()]).stdout).unwrap();
     assert!(
         human.contains("a@far.example") && human.contains("4.4.1"),
         "{human}"
     );
+}
 
-    let dry = ok_json(&url, &["hold", "--domain", "far.example", "--dry-run"]);
+#[tokio::test]
+async fn hold_release_retry_delete_and_refusals() {
+    let Deferred { db, url, id, .. } = &deferred().await;
+    let store = db.store();
+    let held = async || {
+        let counts = store.counts().await.unwrap();
+        counts.recipients_in(RecipientState::Held)
+    };
+    let dry = ok_json(url, &["hold", "--domain", "far.example", "--dry-run"]);
     assert_eq!(
         (dry["recipients"].as_u64(), dry["messages"].as_u64()),
         (Some(2), Some(1))
     );
+    assert_eq!(held().await, 0);
     assert_eq!(
-        store
-            .counts()
-            .await
-            .unwrap()
-            .recipients_in(RecipientState::Held),
-        0
-    );
-    assert_eq!(
-        ok_json(&url, &["hold", "--domain", "far.example"])["recipients"],
+        ok_json(url, &["hold", "--domain", "far.example"])["recipients"],
         2
     );
+    assert_eq!(held().await, 2);
+    assert_eq!(ok_json(url, &["release", id.as_str()])["recipients"], 2);
+    let report_dry_run = ["delete", "--report", "--dry-run", "--domain", "far.example"];
+    assert_eq!(ok_json(url, &report_dry_run)["recipients"], 2);
     assert_eq!(
-        store
-            .counts()
-            .await
-            .unwrap()
-            .recipients_in(RecipientState::Held),
-        2
-    );
-    assert_eq!(ok_json(&url, &["release", id.as_str()])["recipients"], 2);
-    assert_eq!(
-        ok_json(
-            &url,
-            &["delete", "--report", "--dry-run", "--domain", "far.example"]
-        )["recipients"],
-        2
-    );
-    assert_eq!(
-        ok_json(&url, &["delete", "--domain", "other.example"])["recipients"],
+        ok_json(url, &["delete", "--domain", "other.example"])["recipients"],
         1
     );
-    assert_eq!(
-        store
-            .envelope_detail(id.as_str())
-            .await
-            .unwrap()
-            .unwrap()
-            .recipients
-            .len(),
-        2
-    );
-    let retried = ok_json(&url, &["retry", "--all", "--dry-run"]);
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    assert_eq!(detail.recipients.len(), 2);
+    let retried = ok_json(url, &["retry", "--all", "--dry-run"]);
     assert!(retried["recipients"].as_u64().unwrap() <= 2);
 
     // Refusals: no target named, unknown entry, bad state.
-    let out = ctl(&url, &["hold"]);
+    let out = ctl(url, &["hold"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("name a queue id or a filter"));
-    let out = ctl(&url, &["show", "NOSUCHQUEUEID"]);
+    let out = ctl(url, &["show", "NOSUCHQUEUEID"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no queue entry NOSUCHQUEUEID"));
     assert_eq!(
-        ctl(&url, &["list", "--state", "lost"]).status.code(),
+        ctl(url, &["list", "--state", "lost"]).status.code(),
         Some(2)
     );
     let down = ctl(&format!("http://{}", free_addr()), &["list"]);

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pochta_store::Store;
-use pochta_testkit::{ServiceProcess, TestDb, free_addr, python, workspace_binary};
+use pochta_testkit::{ServiceProcess, TestDb, free_addr, python, until, workspace_binary};
 use stack_tests::Receiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -70,12 +70,77 @@ async fn start(binary: &str, config: String, grpc: SocketAddr) -> ServiceProcess
     process
 }
 
-async fn until<F: AsyncFnMut() -> bool>(what: &str, timeout: Duration, mut done: F) {
-    let deadline = Instant::now() + timeout;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// The stack's processes, as compose runs them.
+struct Topology {
+    _queues: Vec<ServiceProcess>,
+    _ingresses: Vec<ServiceProcess>,
+    _pop3_access: ServiceProcess,
+    /// The ingresses' MX listeners.
+    mx: Vec<SocketAddr>,
+    pop3: SocketAddr,
+}
+
+/// Two queues, three ingresses (each told one queue, accepting PROXY headers from 127.0.0.1
+/// and relaying for 127.0.0.3) and a POP3 server, all configured with `base`.
+async fn topology(base: &str) -> Topology {
+    let mut queues = Vec::new();
+    let mut queue_grpc = Vec::new();
+    for i in 1..=2 {
+        let grpc = free_addr();
+        let config = format!(
+            "{base}[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"queue-{i}.test\"\nsmarthost = \"{}\"\n",
+            free_addr()
+        );
+        queues.push(start("delivery-queue", config, grpc).await);
+        queue_grpc.push(grpc);
     }
+    let mut ingresses = Vec::new();
+    let mut mx = Vec::new();
+    for i in 1..=3 {
+        let (grpc, listen) = (free_addr(), free_addr());
+        let config = format!(
+            "{base}[smtp]\ngrpc_listen = \"{grpc}\"\nqueue_endpoint = \"http://{}\"\nhostname = \"ingress-{i}.test\"\n\
+             mx_listen = [\"{listen}\"]\nsubmission_listen = []\nsubmissions_listen = []\n\
+             proxy_protocol_from = [\"127.0.0.1/32\"]\ntrusted_networks = [\"127.0.0.3/32\"]\n",
+            queue_grpc[i % 2]
+        );
+        ingresses.push(start("smtp-ingress", config, grpc).await);
+        mx.push(listen);
+    }
+    let (pop3_grpc, pop3) = (free_addr(), free_addr());
+    let pop3_access = start(
+        "pop3-access",
+        format!(
+            "{base}[pop3]\ngrpc_listen = \"{pop3_grpc}\"\npop3_listen = [\"{pop3}\"]\npop3s_listen = []\nplaintext_auth = \"loopback\"\n"
+        ),
+        pop3_grpc,
+    )
+    .await;
+    Topology {
+        _queues: queues,
+        _ingresses: ingresses,
+        _pop3_access: pop3_access,
+        mx,
+        pop3,
+    }
+}
+
+/// A trace in which a queue's delivery span is the child of an ingress's SMTP transaction.
+fn has_joined_trace(otlp: &Receiver) -> bool {
+    let spans = otlp.spans();
+    spans
+        .iter()
+        .filter(|s| s.service == "smtp-ingress" && s.name == "smtp.transaction")
+        .any(|t| {
+            spans.iter().any(|d| {
+                d.service == "delivery-queue"
+                    && d.name == "queue.delivery"
+                    && d.trace_id == t.trace_id
+                    && d.parent_span_id == t.span_id
+                    && d.attribute("queue_id").is_some()
+                    && d.attribute("queue_id") == t.attribute("queue_id")
+            })
+        })
 }
 
 const SEND: &str = r#"
@@ -136,41 +201,10 @@ async fn mail_through_the_balancer_is_delivered_traced_and_measured() {
         telemetry(otlp_addr)
     );
 
-    let mut queues = Vec::new();
-    let mut queue_grpc = Vec::new();
-    for i in 1..=2 {
-        let grpc = free_addr();
-        let config = format!(
-            "{base}[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"queue-{i}.test\"\nsmarthost = \"{}\"\n",
-            free_addr()
-        );
-        queues.push(start("delivery-queue", config, grpc).await);
-        queue_grpc.push(grpc);
-    }
-    let mut ingresses = Vec::new();
-    let mut mx = Vec::new();
-    for i in 1..=3 {
-        let (grpc, listen) = (free_addr(), free_addr());
-        let config = format!(
-            "{base}[smtp]\ngrpc_listen = \"{grpc}\"\nqueue_endpoint = \"http://{}\"\nhostname = \"ingress-{i}.test\"\n\
-             mx_listen = [\"{listen}\"]\nsubmission_listen = []\nsubmissions_listen = []\n\
-             proxy_protocol_from = [\"127.0.0.1/32\"]\ntrusted_networks = [\"127.0.0.3/32\"]\n",
-            queue_grpc[i % 2]
-        );
-        ingresses.push(start("smtp-ingress", config, grpc).await);
-        mx.push(listen);
-    }
-    let (pop3_grpc, pop3) = (free_addr(), free_addr());
-    let _pop3_access = start(
-        "pop3-access",
-        format!(
-            "{base}[pop3]\ngrpc_listen = \"{pop3_grpc}\"\npop3_listen = [\"{pop3}\"]\npop3s_listen = []\nplaintext_auth = \"loopback\"\n"
-        ),
-        pop3_grpc,
-    )
-    .await;
+    let stack = topology(&base).await;
+    let (mx, pop3) = (&stack.mx, stack.pop3);
     let balancer = free_addr();
-    let _haproxy = Haproxy::start(balancer, &mx).await;
+    let _haproxy = Haproxy::start(balancer, mx).await;
     let (host, port) = (balancer.ip().to_string(), balancer.port().to_string());
 
     // Six messages through the balancer, from 127.0.0.2.
@@ -239,26 +273,10 @@ async fn mail_through_the_balancer_is_delivered_traced_and_measured() {
     assert!(direct.starts_with(b"220 ingress-1.test"), "{direct:?}");
 
     // One trace joins the SMTP transaction in an ingress and the delivery in a queue.
-    until(
-        "a joined trace in the OTLP receiver",
-        Duration::from_secs(30),
-        async || {
-            let spans = otlp.spans();
-            spans
-                .iter()
-                .filter(|s| s.service == "smtp-ingress" && s.name == "smtp.transaction")
-                .any(|t| {
-                    spans.iter().any(|d| {
-                        d.service == "delivery-queue"
-                            && d.name == "queue.delivery"
-                            && d.trace_id == t.trace_id
-                            && d.parent_span_id == t.span_id
-                            && d.attribute("queue_id").is_some()
-                            && d.attribute("queue_id") == t.attribute("queue_id")
-                    })
-                })
-        },
-    )
+    let trace = "a joined trace in the OTLP receiver";
+    until(trace, Duration::from_secs(30), async || {
+        has_joined_trace(&otlp)
+    })
     .await;
 
     // Metrics from every service.
@@ -274,6 +292,4 @@ async fn mail_through_the_balancer_is_delivered_traced_and_measured() {
         },
     )
     .await;
-    drop(queues);
-    drop(ingresses);
 }

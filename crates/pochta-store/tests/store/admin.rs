@@ -1,6 +1,8 @@
 use std::time::Duration;
 
-use pochta_store::{AttemptOutcome, AttemptReport, QueueAction, QueueFilter, RecipientState};
+use pochta_store::{
+    AttemptOutcome, AttemptReport, QueueAction, QueueFilter, RecipientState, Store,
+};
 use pochta_testkit::TestDb;
 
 use crate::{CONTENT, envelope, recipient};
@@ -74,6 +76,28 @@ async fn list_filters_and_truncates() {
     );
 }
 
+/// Recipients of `domain`.
+fn in_domain(domain: &str) -> QueueFilter {
+    QueueFilter {
+        recipient_domain: Some(domain.into()),
+        ..Default::default()
+    }
+}
+
+/// How many recipients `action` touches (or would, with `dry_run`).
+async fn touched(store: &Store, filter: &QueueFilter, action: QueueAction, dry_run: bool) -> u64 {
+    store
+        .admin_queue(filter, action, dry_run)
+        .await
+        .unwrap()
+        .recipients
+}
+
+async fn claimable(store: &Store) -> usize {
+    let claimed = store.claim_due("w", 10, Duration::from_secs(60)).await;
+    claimed.unwrap().len()
+}
+
 #[tokio::test]
 async fn hold_release_retry_delete_with_dry_runs() {
     let db = TestDb::new().await.unwrap();
@@ -84,54 +108,25 @@ async fn hold_release_retry_delete_with_dry_runs() {
         recipient("c@two.example"),
     ]);
     store.enqueue(&env, CONTENT).await.unwrap();
-    let one = QueueFilter {
-        recipient_domain: Some("one.example".into()),
-        ..Default::default()
-    };
+    let one = in_domain("one.example");
 
     let dry = store
         .admin_queue(&one, QueueAction::Hold, true)
         .await
         .unwrap();
     assert_eq!((dry.recipients, dry.messages), (2, 1));
-    assert_eq!(
-        store
-            .counts()
-            .await
-            .unwrap()
-            .recipients_in(RecipientState::Held),
-        0,
-        "dry run changes nothing"
-    );
     let held = store
-        .admin_queue(&one, QueueAction::Hold, false)
+        .counts()
         .await
-        .unwrap();
-    assert_eq!(held.recipients, 2);
-    assert_eq!(
-        store
-            .claim_due("w", 10, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .len(),
-        1,
-        "held ones are not due"
-    );
-    assert_eq!(
-        store
-            .admin_queue(&one, QueueAction::Hold, false)
-            .await
-            .unwrap()
-            .recipients,
-        0,
-        "already held"
-    );
+        .unwrap()
+        .recipients_in(RecipientState::Held);
+    assert_eq!(held, 0, "dry run changes nothing");
+    assert_eq!(touched(store, &one, QueueAction::Hold, false).await, 2);
+    assert_eq!(claimable(store).await, 1, "held ones are not due");
+    let again = touched(store, &one, QueueAction::Hold, false).await;
+    assert_eq!(again, 0, "already held");
 
-    let released = store
-        .admin_queue(&one, QueueAction::Release, false)
-        .await
-        .unwrap();
-    assert_eq!(released.recipients, 2);
+    assert_eq!(touched(store, &one, QueueAction::Release, false).await, 2);
     let claimed = store
         .claim_due("w", 10, Duration::from_secs(60))
         .await
@@ -156,36 +151,17 @@ async fn hold_release_retry_delete_with_dry_runs() {
         ..Default::default()
     };
     assert_eq!(
-        store
-            .admin_queue(&everything, QueueAction::RetryNow, true)
-            .await
-            .unwrap()
-            .recipients,
+        touched(store, &everything, QueueAction::RetryNow, true).await,
         2
     );
     assert_eq!(
-        store
-            .admin_queue(&everything, QueueAction::RetryNow, false)
-            .await
-            .unwrap()
-            .recipients,
+        touched(store, &everything, QueueAction::RetryNow, false).await,
         2
     );
-    assert_eq!(
-        store
-            .claim_due("w2", 10, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(claimable(store).await, 2);
 
-    let two = QueueFilter {
-        recipient_domain: Some("two.example".into()),
-        ..Default::default()
-    };
     let deleted = store
-        .admin_queue(&two, QueueAction::Delete, false)
+        .admin_queue(&in_domain("two.example"), QueueAction::Delete, false)
         .await
         .unwrap();
     assert_eq!((deleted.recipients, deleted.messages), (1, 1));
