@@ -143,20 +143,6 @@ impl Session {
         session
     }
 
-    pub fn feed(&mut self, bytes: &[u8]) {
-        if !self.closed {
-            self.input.extend_from_slice(bytes);
-        }
-    }
-
-    /// The next output, or None when the session needs more input or an action's result.
-    pub fn poll(&mut self) -> Option<Output> {
-        if self.out.is_empty() && self.pending.is_none() && !self.closed {
-            self.process();
-        }
-        self.out.pop_front()
-    }
-
     pub fn is_closed(&self) -> bool {
         self.closed && self.out.is_empty()
     }
@@ -169,15 +155,6 @@ impl Session {
 
     pub fn tls_active(&self) -> bool {
         self.tls
-    }
-
-    /// RFC 1939 3: an inactivity timeout ends the session without entering UPDATE.
-    pub fn timed_out(&mut self) {
-        self.close_with(err("Timeout; closing connection, nothing deleted"));
-    }
-
-    pub fn shutting_down(&mut self) {
-        self.close_with(err("[SYS/TEMP] Server shutting down, nothing deleted"));
     }
 
     fn write(&mut self, bytes: Vec<u8>) {
@@ -324,14 +301,6 @@ impl Session {
             self.pending = Some(Pending::Tls);
             self.out.push_back(Output::StartTls);
         }
-    }
-
-    pub fn tls_established(&mut self) {
-        if self.pending == Some(Pending::Tls) {
-            self.pending = None;
-        }
-        self.tls = true;
-        self.input.clear();
     }
 
     fn user(&mut self, name: &str) {
@@ -589,23 +558,34 @@ impl pochta_session::Session for Session {
     type Action = Action;
 
     fn feed(&mut self, bytes: &[u8]) {
-        Session::feed(self, bytes)
+        if !self.closed {
+            self.input.extend_from_slice(bytes);
+        }
     }
 
+    /// The next output, or None when the session needs more input or an action's result.
     fn poll(&mut self) -> Option<Output> {
-        Session::poll(self)
+        if self.out.is_empty() && self.pending.is_none() && !self.closed {
+            self.process();
+        }
+        self.out.pop_front()
     }
 
     fn tls_established(&mut self) {
-        Session::tls_established(self)
+        if self.pending == Some(Pending::Tls) {
+            self.pending = None;
+        }
+        self.tls = true;
+        self.input.clear();
     }
 
+    /// RFC 1939 3: an inactivity timeout ends the session without entering UPDATE.
     fn timed_out(&mut self) {
-        Session::timed_out(self)
+        self.close_with(err("Timeout; closing connection, nothing deleted"));
     }
 
     fn shutting_down(&mut self) {
-        Session::shutting_down(self)
+        self.close_with(err("[SYS/TEMP] Server shutting down, nothing deleted"));
     }
 
     /// Deletions happen only at QUIT: ending a session at any other moment loses nothing.

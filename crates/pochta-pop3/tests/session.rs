@@ -3,6 +3,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use pochta_pop3::{Action, Entry, LoginResult, Output, Policy, Session};
+use pochta_session::Session as _;
 use pochta_testkit::Script;
 
 const TLS: Policy = Policy {

@@ -30,19 +30,19 @@ impl ProxyPeers {
     }
 }
 
-/// Held by a session for as long as it is open: its connection slot, and what tells the
+/// Held by a session's task for as long as it runs: its connection slot, and what tells the
 /// drain that it has ended (dropping it is what counts).
 #[derive(Debug)]
-pub struct Open {
+struct Open {
     _alive: mpsc::Sender<()>,
     _slot: ConnectionGuard,
 }
 
-/// Runs `start` for every accepted connection within `limiter`'s limits (it should spawn the
-/// session and keep `Open` alive in it) until shutdown; then waits up to `grace` for the
-/// sessions to end. A refused connection gets the line `refusal` gives for its listener kind
-/// (None: closed without a word, e.g. on an implicit-TLS port), then is closed.
-pub async fn serve<K, R, F>(
+/// Spawns the session `start` makes of every accepted connection within `limiter`'s limits
+/// until shutdown; then waits up to `grace` for the sessions to end. A refused connection gets
+/// the line `refusal` gives for its listener kind (None: closed without a word, e.g. on an
+/// implicit-TLS port), then is closed.
+pub async fn serve<K, R, F, S>(
     listeners: Vec<(TcpListener, K)>,
     shutdown: Shutdown,
     grace: Duration,
@@ -53,7 +53,8 @@ pub async fn serve<K, R, F>(
 ) where
     K: Copy + Send + 'static,
     R: Fn(Refusal, K) -> Option<&'static str> + Send + Sync + 'static,
-    F: Fn(TcpStream, SocketAddr, K, Open) + Send + Sync + 'static,
+    F: Fn(TcpStream, SocketAddr, K) -> S + Send + Sync + 'static,
+    S: Future<Output = ()> + Send + 'static,
 {
     let admission = Arc::new(Admission {
         limiter,
@@ -117,22 +118,26 @@ struct Admission<R, F> {
 }
 
 impl<R, F> Admission<R, F> {
-    fn admit<K>(&self, tcp: TcpStream, client: SocketAddr, kind: K, open: &mpsc::Sender<()>)
+    fn admit<K, S>(&self, tcp: TcpStream, client: SocketAddr, kind: K, open: &mpsc::Sender<()>)
     where
         K: Copy + Send + 'static,
         R: Fn(Refusal, K) -> Option<&'static str>,
-        F: Fn(TcpStream, SocketAddr, K, Open),
+        F: Fn(TcpStream, SocketAddr, K) -> S,
+        S: Future<Output = ()> + Send + 'static,
     {
         match self.limiter.try_acquire(client.ip()) {
-            Ok(slot) => (self.start)(
-                tcp,
-                client,
-                kind,
-                Open {
+            Ok(slot) => {
+                let open = Open {
                     _alive: open.clone(),
                     _slot: slot,
-                },
-            ),
+                };
+                let _ = tcp.set_nodelay(true);
+                let session = (self.start)(tcp, client, kind);
+                tokio::spawn(async move {
+                    let _open = open;
+                    session.await;
+                });
+            }
             Err(refused) => {
                 tracing::warn!(client = %client.ip(), ?refused, "connection refused");
                 let line = (self.refusal)(refused, kind);

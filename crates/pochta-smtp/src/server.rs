@@ -214,21 +214,6 @@ impl Session {
         session
     }
 
-    /// Bytes read from the client.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        if !self.closed {
-            self.input.extend_from_slice(bytes);
-        }
-    }
-
-    /// The next output, or None when the session needs more input or an action's result.
-    pub fn poll(&mut self) -> Option<Output> {
-        if self.out.is_empty() && self.pending.is_none() && !self.closed {
-            self.process();
-        }
-        self.out.pop_front()
-    }
-
     pub fn is_closed(&self) -> bool {
         self.closed && self.out.is_empty()
     }
@@ -249,24 +234,6 @@ impl Session {
 
     pub fn authenticated_user(&self) -> Option<&str> {
         self.user.as_deref()
-    }
-
-    /// The client was silent too long (RFC 5321 4.5.3.2).
-    pub fn timed_out(&mut self) {
-        self.close_with(Reply::new(
-            421,
-            "4.4.2",
-            format!("{} Timeout; closing connection", self.config.hostname),
-        ));
-    }
-
-    /// The server is shutting down: say so and close (call when idle or out of time).
-    pub fn shutting_down(&mut self) {
-        self.close_with(Reply::new(
-            421,
-            "4.3.2",
-            format!("{} Service shutting down", self.config.hostname),
-        ));
     }
 
     fn close_with(&mut self, reply: Reply) {
@@ -635,18 +602,6 @@ impl Session {
         });
     }
 
-    /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 4.2).
-    pub fn tls_established(&mut self) {
-        if matches!(self.pending, Some(Pending::Tls)) {
-            self.pending = None;
-        }
-        self.tls = true;
-        self.greeting = None;
-        self.user = None;
-        self.transaction = None;
-        self.input.clear();
-    }
-
     /// The queue's answer to ETRN (RFC 1985 5).
     pub fn etrn_result(&mut self, result: EtrnResult) {
         let Some(Pending::Etrn(domain)) = self.pending.take() else {
@@ -687,24 +642,49 @@ fn owns(user: &str, sender: &Mailbox) -> bool {
 impl pochta_session::Session for Session {
     type Action = Action;
 
+    /// Bytes read from the client.
     fn feed(&mut self, bytes: &[u8]) {
-        Session::feed(self, bytes)
+        if !self.closed {
+            self.input.extend_from_slice(bytes);
+        }
     }
 
+    /// The next output, or None when the session needs more input or an action's result.
     fn poll(&mut self) -> Option<Output> {
-        Session::poll(self)
+        if self.out.is_empty() && self.pending.is_none() && !self.closed {
+            self.process();
+        }
+        self.out.pop_front()
     }
 
+    /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 4.2).
     fn tls_established(&mut self) {
-        Session::tls_established(self)
+        if matches!(self.pending, Some(Pending::Tls)) {
+            self.pending = None;
+        }
+        self.tls = true;
+        self.greeting = None;
+        self.user = None;
+        self.transaction = None;
+        self.input.clear();
     }
 
+    /// The client was silent too long (RFC 5321 4.5.3.2).
     fn timed_out(&mut self) {
-        Session::timed_out(self)
+        self.close_with(Reply::new(
+            421,
+            "4.4.2",
+            format!("{} Timeout; closing connection", self.config.hostname),
+        ));
     }
 
+    /// The server is shutting down: say so and close (call when idle or out of time).
     fn shutting_down(&mut self) {
-        Session::shutting_down(self)
+        self.close_with(Reply::new(
+            421,
+            "4.3.2",
+            format!("{} Service shutting down", self.config.hostname),
+        ));
     }
 
     fn interruptible(&self) -> bool {

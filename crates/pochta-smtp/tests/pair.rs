@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use pochta_mail::{BareLineEndings, Body, Mailbox, Notify, Ret, TlsPolicy, xtext_encode};
+use pochta_session::Session as _;
 use pochta_smtp::client::{
     ClientOutput, ClientSession, Outgoing, OutgoingRecipient, RecipientOutcome, dot_stuffed,
 };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use pochta_mail::BareLineEndings;
+use pochta_session::Session as _;
 use pochta_smtp::{
     Action, AuthResult, ConnectionPolicy, EtrnResult, Message, Output, RecipientVerdict, Session,
     SessionConfig, StoreResult,

@@ -152,55 +152,51 @@ impl Server {
             self.limiter.clone(),
             self.proxy_peers.clone(),
             refusal,
-            move |tcp, peer, kind, open| self.clone().start(tcp, peer, kind, stop.clone(), open),
+            move |tcp, peer, kind| self.clone().session(tcp, peer, kind, stop.clone()),
         )
         .await;
     }
 
-    fn start(
+    /// One client's session, from its admission to its end.
+    fn session(
         self: Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
         kind: ListenerKind,
         shutdown: Shutdown,
-        open: pochta_service::listen::Open,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let client = peer.ip();
-        let _ = tcp.set_nodelay(true);
         self.metrics
             .sessions
             .add(1, &[KeyValue::new("listener", kind.name())]);
         let span = tracing::info_span!("pop3.session", %client, listener = kind.name(), tls = tracing::field::Empty, user = tracing::field::Empty);
-        tokio::spawn(
-            async move {
-                let _open = open;
-                let session = Session::new(self.policy(kind, client));
-                let (tls, timeouts) = (self.tls.clone(), self.timeouts);
-                let mut connection = Connection {
-                    server: self.clone(),
-                    client,
-                    locked: None,
-                };
-                let ended = drive(
-                    Conn::Plain(tcp),
-                    session,
-                    &mut connection,
-                    tls.as_ref(),
-                    kind == ListenerKind::Pop3s,
-                    timeouts,
-                    &shutdown,
-                )
-                .await;
-                tracing::debug!(?ended, "session ended");
-                // Ended without a successful QUIT: release the maildrop, delete nothing.
-                if let Some(l) = connection.locked
-                    && let Err(e) = self.store.unlock_maildrop(l.account_id, &l.owner).await
-                {
-                    tracing::warn!("releasing the maildrop lock failed (it will expire): {e}");
-                }
+        async move {
+            let session = Session::new(self.policy(kind, client));
+            let (tls, timeouts) = (self.tls.clone(), self.timeouts);
+            let mut connection = Connection {
+                server: self.clone(),
+                client,
+                locked: None,
+            };
+            let ended = drive(
+                Conn::Plain(tcp),
+                session,
+                &mut connection,
+                tls.as_ref(),
+                kind == ListenerKind::Pop3s,
+                timeouts,
+                &shutdown,
+            )
+            .await;
+            tracing::debug!(?ended, "session ended");
+            // Ended without a successful QUIT: release the maildrop, delete nothing.
+            if let Some(l) = connection.locked
+                && let Err(e) = self.store.unlock_maildrop(l.account_id, &l.owner).await
+            {
+                tracing::warn!("releasing the maildrop lock failed (it will expire): {e}");
             }
-            .instrument(span),
-        );
+        }
+        .instrument(span)
     }
 
     fn policy(&self, kind: ListenerKind, client: IpAddr) -> Policy {

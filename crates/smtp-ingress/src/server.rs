@@ -169,49 +169,45 @@ impl Ingress {
             self.limiter.clone(),
             self.proxy_peers.clone(),
             refusal,
-            move |tcp, peer, kind, open| self.clone().start(tcp, peer, kind, stop.clone(), open),
+            move |tcp, peer, kind| self.clone().session(tcp, peer, kind, stop.clone()),
         )
         .await;
     }
 
-    fn start(
+    /// One client's session, from its admission to its end.
+    fn session(
         self: Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
         kind: ListenerKind,
         shutdown: Shutdown,
-        open: pochta_service::listen::Open,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let client = peer.ip();
-        let _ = tcp.set_nodelay(true);
         self.metrics
             .sessions
             .add(1, &[KeyValue::new("listener", kind.name())]);
         let span = tracing::info_span!("smtp.session", %client, listener = kind.name(), tls = tracing::field::Empty, user = tracing::field::Empty);
-        tokio::spawn(
-            async move {
-                let _open = open;
-                let session = Session::new(self.session.clone(), self.policy(kind, client));
-                let timeouts = self.timeouts;
-                let tls = self.tls.clone();
-                let mut connection = Connection {
-                    ingress: self,
-                    client,
-                };
-                let ended = drive(
-                    Conn::Plain(tcp),
-                    session,
-                    &mut connection,
-                    tls.as_ref(),
-                    kind == ListenerKind::Submissions,
-                    timeouts,
-                    &shutdown,
-                )
-                .await;
-                tracing::debug!(?ended, "session ended");
-            }
-            .instrument(span),
-        );
+        async move {
+            let session = Session::new(self.session.clone(), self.policy(kind, client));
+            let timeouts = self.timeouts;
+            let tls = self.tls.clone();
+            let mut connection = Connection {
+                ingress: self,
+                client,
+            };
+            let ended = drive(
+                Conn::Plain(tcp),
+                session,
+                &mut connection,
+                tls.as_ref(),
+                kind == ListenerKind::Submissions,
+                timeouts,
+                &shutdown,
+            )
+            .await;
+            tracing::debug!(?ended, "session ended");
+        }
+        .instrument(span)
     }
 }
 
