@@ -12,11 +12,17 @@ use pochta_mail::Ret;
 use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
 use pochta_testkit::dns::{Record, dns_server};
 use pochta_testkit::{
-    ServiceProcess, TestCerts, TestDb, envelope, free_addr, recipient, until, until_attempted,
-    workspace_binary,
+    ServiceProcess, TestCerts, TestDb, envelope, free_addr, maildrop, recipient, until,
+    until_attempted, workspace_binary,
 };
 
 const BODY: &[u8] = b"Received: from x\r\nSubject: far away\r\n\r\n.dot line\r\nbody\r\n";
+
+/// The `message/delivery-status` part of a report, as mail-parser finds it.
+fn delivery_status(report: &[u8]) -> String {
+    let parsed = MessageParser::default().parse(report).unwrap();
+    String::from_utf8_lossy(parsed.parts[2].contents()).into_owned()
+}
 
 /// How long the tests wait for something to happen.
 const WAIT: Duration = Duration::from_secs(15);
@@ -166,18 +172,7 @@ async fn delivers_over_a_static_route_with_dsn_parameters_and_reports_rejections
     );
 
     // The rejection comes back to Alice with the remote's words.
-    until("the failure report", WAIT, async || {
-        store.maildrop_entries(alice).await.unwrap().len() == 1
-    })
-    .await;
-    let entry = store.maildrop_entries(alice).await.unwrap()[0].id;
-    let (_, report) = store
-        .maildrop_entry_content(alice, entry)
-        .await
-        .unwrap()
-        .unwrap();
-    let parsed = MessageParser::default().parse(&report).unwrap();
-    let status = String::from_utf8_lossy(parsed.parts[2].contents()).into_owned();
+    let status = delivery_status(&maildrop(store, alice, 1).await[0]);
     for needle in [
         "Final-Recipient: rfc822; nobody@remote.test",
         "Action: failed",
@@ -273,18 +268,7 @@ asyncore.loop()
     // one dropped.
     let expected = "alice@example.org\nfriend@remote.test\nReceived: from x\nSubject: far away\n\n.dot line\nbody";
     assert_eq!(String::from_utf8_lossy(&received), expected);
-    until("the relayed report", WAIT, async || {
-        store.maildrop_entries(alice).await.unwrap().len() == 1
-    })
-    .await;
-    let entry = store.maildrop_entries(alice).await.unwrap()[0].id;
-    let (_, report) = store
-        .maildrop_entry_content(alice, entry)
-        .await
-        .unwrap()
-        .unwrap();
-    let parsed = MessageParser::default().parse(&report).unwrap();
-    let status = String::from_utf8_lossy(parsed.parts[2].contents()).into_owned();
+    let status = delivery_status(&maildrop(store, alice, 1).await[0]);
     assert!(
         status.contains("Action: relayed")
             && status.contains("Final-Recipient: rfc822; friend@remote.test"),

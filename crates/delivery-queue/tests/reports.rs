@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mail_parser::{MessageParser, MimeHeaders};
 use pochta_mail::Ret;
 use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
-use pochta_testkit::{ServiceProcess, TestDb, envelope, free_addr, recipient};
+use pochta_testkit::{ServiceProcess, TestDb, envelope, free_addr, maildrop, recipient};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_delivery-queue");
 
@@ -68,28 +68,6 @@ async fn enqueue(
         .await
         .unwrap();
     envelope.queue_id
-}
-
-/// Waits for `n` entries in the maildrop and returns their full text (prefix + content).
-async fn maildrop(store: &Store, account: i64, n: usize) -> Vec<Vec<u8>> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let entries = store.maildrop_entries(account).await.unwrap();
-        if entries.len() >= n {
-            let mut all = Vec::new();
-            for e in entries {
-                let (prefix, content) = store
-                    .maildrop_entry_content(account, e.id)
-                    .await
-                    .unwrap()
-                    .unwrap();
-                all.push([prefix, content].concat());
-            }
-            return all;
-        }
-        assert!(Instant::now() < deadline, "{n} messages did not arrive");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn status_part(report: &[u8]) -> (String, String, String) {

@@ -502,6 +502,29 @@ pub fn service_config(db_url: &str, section: &str, grpc: SocketAddr) -> String {
     config
 }
 
+/// Waits (up to 15 s) for `n` entries in `account`'s maildrop and returns the full text of
+/// each (the delivery's header prefix and the content), in delivery order.
+pub async fn maildrop(store: &Store, account: i64, n: usize) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let entries = store.maildrop_entries(account).await.unwrap();
+        if entries.len() >= n {
+            let mut all = Vec::new();
+            for e in entries {
+                let (prefix, content) = store
+                    .maildrop_entry_content(account, e.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                all.push([prefix, content].concat());
+            }
+            return all;
+        }
+        assert!(Instant::now() < deadline, "{n} messages did not arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A sans-IO session driven the way the connection driver (`pochta_service::drive`) drives
 /// it, with no socket: input goes in whole, replies collect as text, and everything else the
 /// session asks for comes back to the test to answer.
