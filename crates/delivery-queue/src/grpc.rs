@@ -15,16 +15,16 @@ use pochta_proto::queue::v1::{
 use pochta_store::{DomainRole, QueueAction, QueueFilter, RecipientState, Store};
 use tonic::{Request, Response, Status};
 
-use crate::worker::Wake;
+use crate::worker::Wakes;
 
 pub struct QueueService {
     store: Store,
-    wake: Wake,
+    wakes: Wakes,
 }
 
 impl QueueService {
-    pub fn new(store: Store, wake: Wake) -> Self {
-        QueueService { store, wake }
+    pub fn new(store: Store, wakes: Wakes) -> Self {
+        QueueService { store, wakes }
     }
 }
 
@@ -41,7 +41,7 @@ impl Queue for QueueService {
     ) -> Result<Response<NotifyResponse>, Status> {
         let ids = request.into_inner().queue_ids;
         tracing::debug!(count = ids.len(), "notified of new envelopes");
-        self.wake.wake();
+        self.wakes.both();
         Ok(Response::new(NotifyResponse {}))
     }
 
@@ -73,7 +73,7 @@ impl Queue for QueueService {
             .await
             .map_err(internal)?;
         tracing::info!(%domain, recipients = released.recipients, messages = released.messages, "ETRN");
-        self.wake.wake();
+        self.wakes.both();
         if released.recipients == 0 {
             outcome(Outcome::NothingQueued, 0, 0)
         } else {
@@ -246,7 +246,7 @@ impl QueueService {
                 action,
                 QueueAction::RetryNow | QueueAction::Release | QueueAction::DeleteWithReport
             ) {
-                self.wake.wake();
+                self.wakes.both();
             }
         }
         Ok(Response::new(AdminResponse {

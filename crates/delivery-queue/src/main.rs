@@ -16,6 +16,7 @@ mod mx;
 mod remote;
 mod report;
 mod route;
+mod watchdog;
 mod worker;
 
 use std::process::ExitCode;
@@ -46,8 +47,13 @@ fn main() -> ExitCode {
                 },
                 dialer: remote::Dialer::new(
                     remote::tls_connector()?,
-                    Duration::from_secs(queue.connect_timeout_secs),
-                    Duration::from_secs(queue.reply_timeout_secs),
+                    remote::DialTimeouts {
+                        connect: Duration::from_secs(queue.connect_timeout_secs),
+                        reply: Duration::from_secs(queue.reply_timeout_secs),
+                        write: Duration::from_secs(queue.write_timeout_secs),
+                        transaction: Duration::from_secs(queue.transaction_timeout_secs),
+                        slot_wait: Duration::from_secs(queue.slot_wait_secs),
+                    },
                     Arc::new(remote::Pool::new(
                         Duration::from_secs(queue.connection_reuse_secs),
                         queue.connection_reuse_max_messages,
@@ -69,21 +75,30 @@ fn main() -> ExitCode {
                 },
             });
             let pool = settings.dialer.pool.clone();
-            let wake = worker::Wake::new();
+            let wakes = worker::Wakes::new();
             let metrics = Arc::new(worker::Metrics::new());
-            let workers: Vec<_> = (0..queue.workers)
-                .map(|i| {
+            let start: watchdog::Start = {
+                let (store, settings, wakes) = (ctx.store.clone(), settings.clone(), wakes.clone());
+                let shutdown = ctx.shutdown.clone();
+                Box::new(move |class, index| {
                     let worker = worker::Worker::new(
-                        ctx.store.clone(),
+                        store.clone(),
+                        class,
                         settings.clone(),
                         metrics.clone(),
-                        wake.clone(),
-                        i,
+                        wakes.clone(),
+                        index,
                     );
-                    tokio::spawn(worker.run(ctx.shutdown.clone()))
+                    let state = worker.state.clone();
+                    (state, tokio::spawn(worker.run(shutdown.clone())))
                 })
-                .collect();
-            tracing::info!(workers = queue.workers, owner = %settings.owner, "delivery workers started");
+            };
+            // A batch past its deadline, and a margin for the store calls around it.
+            let stuck_after = worker::Worker::batch_deadline(&settings) + Duration::from_secs(30);
+            let loops =
+                watchdog::Watchdog::start(queue.workers, queue.remote_workers, stuck_after, start);
+            let loops = tokio::spawn(loops.run(ctx.health.clone(), ctx.shutdown.clone()));
+            tracing::info!(local = queue.workers, remote = queue.remote_workers, owner = %settings.owner, "delivery loops started");
             let gc = tokio::spawn(gc::run(
                 ctx.store.clone(),
                 Duration::from_secs(queue.gc_interval_secs),
@@ -96,7 +111,7 @@ fn main() -> ExitCode {
                 ctx.shutdown.clone(),
             ));
             let grace = Duration::from_secs(queue.shutdown_grace_secs);
-            let service = grpc::QueueService::new(ctx.store.clone(), wake);
+            let service = grpc::QueueService::new(ctx.store.clone(), wakes);
             let served = ctx
                 .serve_grpc(
                     queue.grpc_listen,
@@ -107,7 +122,7 @@ fn main() -> ExitCode {
             let finished = async {
                 let _ = gc.await;
                 let _ = depth.await;
-                for w in workers {
+                for w in loops.await.unwrap_or_default() {
                     let _ = w.await;
                 }
             };

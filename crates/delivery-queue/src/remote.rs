@@ -54,11 +54,17 @@ impl Worker {
                 None => by_destination.push((key, vec![(r, span)])),
             }
         }
-        let mut attempts = Vec::new();
-        for ((destination, tls), recipients) in by_destination {
-            attempts.extend(self.send_to(&destination, tls, recipients).await);
-        }
-        attempts
+        // Each destination at once: a slow one holds up only its own recipients.
+        let sends = by_destination
+            .into_iter()
+            .map(|((destination, tls), recipients)| async move {
+                self.send_to(&destination, tls, recipients).await
+            });
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// One transaction with `destination`: its servers in turn until one takes the connection
@@ -112,30 +118,50 @@ impl Worker {
             tls,
         };
         let dialer = &self.settings.dialer;
-        let _slot = dialer.slot(destination).await;
-        let mut result = Err(String::new());
-        let mut remote_mta = String::new();
-        for candidate in &candidates {
-            let span = tracing::info_span!("queue.remote", host = %candidate.host,
-                address = %candidate.address, recipients = recipients.len());
-            remote_mta = format!("{} ({})", candidate.host, candidate.address);
-            // The leases are renewed meanwhile by the loop that claimed the batch.
-            result = dialer
-                .deliver(candidate, outgoing.clone(), &message)
-                .instrument(span)
-                .await;
-            match &result {
-                Ok(_) => break,
-                Err(why) => tracing::info!("{why}; trying the next host if any"),
+        let Some(_slot) = dialer.slot(destination).await else {
+            let why = format!(
+                "no connection to {destination} free within {} s (at most {} at once)",
+                dialer.slot_wait.as_secs(),
+                dialer.per_destination
+            );
+            return all_end(Verdict::Deferred, "4.4.5", &why);
+        };
+        // Each server in turn until one takes the connection (RFC 5321 5.1), all within the
+        // transaction deadline: past it, every recipient still waiting is deferred.
+        let mut remote_mta = destination.to_string();
+        let attempt = async {
+            let mut result = Err(String::new());
+            for candidate in &candidates {
+                let span = tracing::info_span!("queue.remote", host = %candidate.host,
+                    address = %candidate.address, recipients = recipients.len());
+                remote_mta = format!("{} ({})", candidate.host, candidate.address);
+                // The leases are renewed meanwhile by the loop that claimed the batch.
+                result = dialer
+                    .deliver(candidate, outgoing.clone(), &message)
+                    .instrument(span)
+                    .await;
+                match &result {
+                    Ok(_) => break,
+                    Err(why) => tracing::info!("{why}; trying the next host if any"),
+                }
             }
-        }
+            result
+        };
+        let result = tokio::time::timeout(dialer.transaction_timeout, attempt).await;
         match result {
-            Ok(outcomes) => recipients
+            Ok(Ok(outcomes)) => recipients
                 .into_iter()
                 .zip(outcomes)
                 .map(|((r, span), outcome)| attempt_of(r, span, outcome, &remote_mta))
                 .collect(),
-            Err(why) => all_end(Verdict::Deferred, "4.4.1", &why),
+            Ok(Err(why)) => all_end(Verdict::Deferred, "4.4.1", &why),
+            Err(_) => {
+                let why = format!(
+                    "the delivery to {remote_mta} did not finish within {} s",
+                    dialer.transaction_timeout.as_secs()
+                );
+                all_end(Verdict::Deferred, "4.4.2", &why)
+            }
         }
     }
 }
@@ -241,32 +267,51 @@ pub fn tls_connector() -> anyhow::Result<TlsConnector> {
 pub struct Dialer {
     pub connector: TlsConnector,
     pub connect_timeout: Duration,
+    /// For each reply, and for the TLS handshake.
     pub reply_timeout: Duration,
+    /// For a write to make progress.
+    pub write_timeout: Duration,
+    /// For one whole delivery, from taking a connection to the outcomes.
+    pub transaction_timeout: Duration,
+    /// For a connection slot to the destination.
+    pub slot_wait: Duration,
     pub pool: Arc<Pool>,
     pub per_destination: usize,
     /// One semaphore per destination in use (they are small; never pruned).
     slots: Mutex<HashMap<Destination, Arc<Semaphore>>>,
 }
 
+/// `Dialer`'s timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct DialTimeouts {
+    pub connect: Duration,
+    pub reply: Duration,
+    pub write: Duration,
+    pub transaction: Duration,
+    pub slot_wait: Duration,
+}
+
 impl Dialer {
     pub fn new(
         connector: TlsConnector,
-        connect_timeout: Duration,
-        reply_timeout: Duration,
+        timeouts: DialTimeouts,
         pool: Arc<Pool>,
         per_destination: usize,
     ) -> Self {
         Dialer {
             connector,
-            connect_timeout,
-            reply_timeout,
+            connect_timeout: timeouts.connect,
+            reply_timeout: timeouts.reply,
+            write_timeout: timeouts.write,
+            transaction_timeout: timeouts.transaction,
+            slot_wait: timeouts.slot_wait,
             pool,
             per_destination,
             slots: Mutex::default(),
         }
     }
 
-    /// Waits for a free connection slot to `destination`.
+    /// Waits up to `slot_wait` for a free connection slot to `destination`.
     async fn slot(&self, destination: &Destination) -> Option<OwnedSemaphorePermit> {
         let semaphore = {
             let mut slots = self.slots.lock().expect("slots lock");
@@ -275,7 +320,23 @@ impl Dialer {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_destination)))
                 .clone()
         };
-        semaphore.acquire_owned().await.ok()
+        tokio::time::timeout(self.slot_wait, semaphore.acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Writes `bytes` in pieces, each within the write timeout (a server that stops reading
+    /// is given up on).
+    async fn write(&self, conn: &mut Conn, bytes: &[u8]) -> std::io::Result<()> {
+        for piece in bytes.chunks(64 * 1024) {
+            tokio::time::timeout(self.write_timeout, conn.write_all(piece))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "the server does not read")
+                })??;
+        }
+        Ok(())
     }
 
     /// Delivers `message` to the recipients in `outgoing` at `server`, over an idle connection
@@ -336,9 +397,9 @@ impl Dialer {
         loop {
             while let Some(output) = session.poll() {
                 let result = match output {
-                    ClientOutput::Send(bytes) => conn.write_all(&bytes).await,
-                    ClientOutput::SendMessage => conn
-                        .write_all(&dot_stuffed(message))
+                    ClientOutput::Send(bytes) => self.write(conn, &bytes).await,
+                    ClientOutput::SendMessage => self
+                        .write(conn, &dot_stuffed(message))
                         .await
                         .map(|()| session.message_sent()),
                     ClientOutput::StartTls => {
@@ -380,6 +441,9 @@ impl Dialer {
     }
 }
 
+/// How long the QUIT that ends a connection may take to write.
+const QUIT_WRITE: Duration = Duration::from_secs(5);
+
 /// An open SMTP session with one server.
 pub struct Connection {
     conn: Conn,
@@ -388,14 +452,16 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Ends the session politely (QUIT, not waiting for the answer).
+    /// Ends the session politely (QUIT, not waiting for the answer, and not waiting long for
+    /// a server that does not read either).
     async fn close(mut self) {
         self.session.quit();
         while let Some(output) = self.session.poll() {
-            if let ClientOutput::Send(bytes) = output
-                && self.conn.write_all(&bytes).await.is_err()
-            {
-                return;
+            if let ClientOutput::Send(bytes) = output {
+                let write = self.conn.write_all(&bytes);
+                if !matches!(tokio::time::timeout(QUIT_WRITE, write).await, Ok(Ok(()))) {
+                    return;
+                }
             }
         }
     }

@@ -8,9 +8,10 @@
 //! reported to the null sender `<>` (RFC 3461 6.2).
 
 use chrono::Utc;
-use pochta_mail::{Body, Mailbox};
+use pochta_mail::{Body, Disposition, Mailbox};
 use pochta_store::{
-    AttemptOutcome, AttemptReport, ClaimedRecipient, NewEnvelope, NewRecipient, QueueId, StoreError,
+    AttemptOutcome, AttemptReport, ClaimedRecipient, DomainRole, NewEnvelope, NewRecipient,
+    QueueId, StoreError,
 };
 use rand::Rng;
 
@@ -164,7 +165,7 @@ impl Worker {
                     if let (Some(_), Some(action)) = (&report, notice) {
                         self.metrics.reported(action.as_str());
                         // The report is new mail: deliver it without waiting for the scan.
-                        self.wake.wake();
+                        self.wakes.both();
                     }
                     if notice.is_some() {
                         tracing::info!(queue_id = %first.r.queue_id, recipients = attempts.len(),
@@ -240,6 +241,15 @@ impl Worker {
             _ if original.len() > settings.dsn_max_full_bytes => Return::Headers,
             _ => Return::Full,
         };
+        // The report goes to the local or the remote loops like any mail to its recipient
+        // (if the lookup fails, the remote loops deliver it locally all the same).
+        let local = match self.store.lookup_recipient(to).await {
+            Ok(found) => found.role == Some(DomainRole::Local),
+            Err(e) => {
+                tracing::warn!("looking up where a report goes failed: {e}");
+                false
+            }
+        };
         let queue_id = QueueId::generate();
         let content = dsn::build(&Report {
             reporting_mta: &settings.hostname,
@@ -269,7 +279,11 @@ impl Worker {
                 address: Mailbox::clone(to),
                 orcpt: None,
                 notify: None,
-                held: false,
+                disposition: if local {
+                    Disposition::Local
+                } else {
+                    Disposition::Remote
+                },
             }],
         };
         Some((envelope, content))

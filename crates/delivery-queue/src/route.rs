@@ -15,6 +15,15 @@ pub enum Destination {
     Mx(String),
 }
 
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Static(target) => write!(f, "{target}"),
+            Destination::Mx(domain) => write!(f, "the mail hosts of {domain}"),
+        }
+    }
+}
+
 /// A server to try: its name (for TLS and diagnostics) and where to connect (`addr:port`, or
 /// `host:port` for a static route).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,22 +1,24 @@
 //! Delivery loops: claim due recipients with leases, attempt each envelope's recipients, and
 //! record the results with the reports they owe.
 //!
-//! A claimed batch goes first through the batched local path (`local.rs`: the plain local
-//! recipients of the whole batch in one statement); the rest is attempted envelope by envelope:
+//! Local loops claim the recipients of local domains, remote loops the others, so a slow
+//! remote server never holds up local delivery. A claimed batch goes first through the
+//! batched local path (`local.rs`: the plain local recipients of the whole batch in one
+//! statement); the rest is attempted envelope by envelope:
 //! expired and cancelled recipients fail, local ones are delivered one at a time (`local.rs`),
 //! remote ones are handed to their destination's servers (`remote.rs`, routed by `route.rs`),
 //! and what came of each is recorded with its report (`report.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 use pochta_service::Shutdown;
-use pochta_store::{ClaimedRecipient, RecipientLookup, Store};
+use pochta_store::{Claim, ClaimedRecipient, RecipientLookup, Store};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -79,6 +81,61 @@ impl Backoff {
         let full = self.first.saturating_mul(1 << doublings).min(self.max);
         full.mul_f64(jitter.clamp(0.5, 1.0))
             .max(Duration::from_secs(1).min(full))
+    }
+}
+
+/// The wake-ups of the two kinds of loop.
+#[derive(Clone)]
+pub struct Wakes {
+    pub local: Wake,
+    pub remote: Wake,
+}
+
+impl Wakes {
+    pub fn new() -> Self {
+        Wakes {
+            local: Wake::new(),
+            remote: Wake::new(),
+        }
+    }
+
+    pub fn both(&self) {
+        self.local.wake();
+        self.remote.wake();
+    }
+
+    fn of(&self, class: Claim) -> &Wake {
+        match class {
+            Claim::Local => &self.local,
+            Claim::Remote => &self.remote,
+        }
+    }
+}
+
+/// What a delivery loop is doing, for the watchdog (`health.rs`).
+#[derive(Debug, Default)]
+pub struct LoopState {
+    /// When the batch in hand was claimed (milliseconds since the Unix epoch); 0 when idle.
+    busy_since_ms: AtomicI64,
+}
+
+impl LoopState {
+    /// How long the loop has been on its current batch; None when idle.
+    pub fn busy_for(&self) -> Option<Duration> {
+        let since = self.busy_since_ms.load(Ordering::Relaxed);
+        (since != 0).then(|| {
+            let now = Utc::now().timestamp_millis();
+            Duration::from_millis(u64::try_from(now - since).unwrap_or(0))
+        })
+    }
+
+    pub(crate) fn set_busy(&self, busy: bool) {
+        let value = if busy {
+            Utc::now().timestamp_millis().max(1)
+        } else {
+            0
+        };
+        self.busy_since_ms.store(value, Ordering::Relaxed);
     }
 }
 
@@ -153,11 +210,14 @@ impl Metrics {
 /// One delivery loop and the handles its steps share.
 pub struct Worker {
     pub store: Store,
-    /// The lease owner: the process's owner name and this loop's index.
+    /// The lease owner: the process's owner name, the loop's kind and its index.
     pub owner: String,
+    /// Which recipients it claims.
+    pub class: Claim,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
-    pub wake: Wake,
+    pub wakes: Wakes,
+    pub state: Arc<LoopState>,
 }
 
 /// Recipient lookups already made in this pass, by recipient id.
@@ -166,19 +226,34 @@ pub type Known = HashMap<i64, RecipientLookup>;
 impl Worker {
     pub fn new(
         store: Store,
+        class: Claim,
         settings: Arc<Settings>,
         metrics: Arc<Metrics>,
-        wake: Wake,
+        wakes: Wakes,
         index: u32,
     ) -> Self {
-        let owner = format!("{}/{index}", settings.owner);
+        let kind = match class {
+            Claim::Local => "local",
+            Claim::Remote => "remote",
+        };
+        let owner = format!("{}/{kind}{index}", settings.owner);
         Worker {
             store,
             owner,
+            class,
             settings,
             metrics,
-            wake,
+            wakes,
+            state: Arc::default(),
         }
+    }
+
+    /// The longest one batch may take: every remote transaction is bounded by the slot wait
+    /// and the transaction deadline (a batch's destinations are served at once), local work
+    /// by the store's own timeouts; a lease is added for the store calls around them. Leases
+    /// are renewed for no longer than this, and the watchdog calls a loop stuck past it.
+    pub fn batch_deadline(settings: &Settings) -> Duration {
+        settings.dialer.slot_wait + settings.dialer.transaction_timeout + settings.lease
     }
 
     /// Claims and delivers until shutdown: at once at start-up; then after a full batch (more
@@ -186,12 +261,13 @@ impl Worker {
     /// the scan interval.
     pub async fn run(self, shutdown: Shutdown) {
         let settings = self.settings.clone();
+        let wake = self.wakes.of(self.class).clone();
         let mut claim_now = true;
         while !shutdown.is_started() {
             if !claim_now {
                 tokio::select! {
                     _ = shutdown.wait() => return,
-                    _ = self.wake.woken() => {
+                    _ = wake.woken() => {
                         // Gather what else arrives into the same batch.
                         tokio::select! {
                             _ = shutdown.wait() => return,
@@ -201,10 +277,10 @@ impl Worker {
                     _ = tokio::time::sleep(settings.scan_interval) => {}
                 }
             }
-            self.wake.claiming();
+            wake.claiming();
             let claimed = match self
                 .store
-                .claim_due(&self.owner, settings.batch, settings.lease)
+                .claim_due(&self.owner, self.class, settings.batch, settings.lease)
                 .await
             {
                 Ok(claimed) => claimed,
@@ -221,12 +297,17 @@ impl Worker {
             claim_now = claimed.len() >= settings.batch as usize;
             if claim_now {
                 // Probably more is due: another loop can take the next batch meanwhile.
-                self.wake.wake();
+                wake.wake();
             }
-            // A claimed batch is finished even during shutdown: each delivery is short, and a
-            // recipient left leased would wait for its lease to expire.
+            if claimed.is_empty() {
+                continue;
+            }
+            // A claimed batch is finished even during shutdown: each delivery is bounded, and
+            // a recipient left leased would wait for its lease to expire.
+            self.state.set_busy(true);
             let ids = claimed.iter().map(|r| r.recipient_id).collect();
             self.renewing(ids, self.deliver_batch(claimed)).await;
+            self.state.set_busy(false);
         }
     }
 
@@ -241,18 +322,20 @@ impl Worker {
     }
 
     /// Runs `work` while renewing this loop's leases on `ids` every third of the lease time:
-    /// the batch's envelopes are delivered one after another, and a slow remote server early
-    /// in the batch must not let the later leases expire (another replica would deliver the
-    /// same mail again). Recipients that finish meanwhile simply drop out of the renewal.
+    /// a slow remote server must not let the batch's other leases expire (another replica
+    /// would deliver the same mail again). Recipients that finish meanwhile simply drop out of
+    /// the renewal. Leases are renewed for at most `batch_deadline`: past it something is
+    /// wrong with this loop, and another replica may take the recipients over.
     async fn renewing<T>(&self, ids: Vec<i64>, work: impl Future<Output = T>) -> T {
         let lease = self.settings.lease;
+        let stop_renewing = tokio::time::Instant::now() + Self::batch_deadline(&self.settings);
         let mut renew = tokio::time::interval(lease / 3);
         renew.tick().await;
         tokio::pin!(work);
         loop {
             tokio::select! {
                 done = &mut work => return done,
-                _ = renew.tick() => {
+                _ = renew.tick(), if tokio::time::Instant::now() < stop_renewing => {
                     if let Err(e) = self.store.renew_leases(&self.owner, &ids, lease).await {
                         tracing::warn!("renewing leases failed: {e}");
                     }
@@ -270,6 +353,7 @@ impl Worker {
     ) -> Vec<Attempt<'a>> {
         let mut attempts = Vec::new();
         let mut remote = Vec::new();
+        let mut not_local = Vec::new();
         for r in group {
             let span = attempt_span(r);
             if r.cancelled {
@@ -289,7 +373,7 @@ impl Worker {
                         self.metrics.attempted(r, result);
                         if reported {
                             self.metrics.reported("delivered");
-                            self.wake.wake();
+                            self.wakes.both();
                         }
                     }
                     Delivered::Failed(status, why) => {
@@ -298,8 +382,19 @@ impl Worker {
                     Delivered::Deferred(status, why) => {
                         attempts.push(Attempt::local(r, span, Verdict::Deferred, status, &why))
                     }
+                    // A local loop never talks to remote servers: the recipient goes to
+                    // the remote loops (its domain stopped being local since acceptance).
+                    Delivered::NotLocal if self.class == Claim::Local => {
+                        not_local.push(r.recipient_id)
+                    }
                     Delivered::NotLocal => remote.push((r, span)),
                 }
+            }
+        }
+        if !not_local.is_empty() {
+            match self.store.hand_to_remote(&self.owner, &not_local).await {
+                Ok(_) => self.wakes.remote.wake(),
+                Err(e) => tracing::warn!("handing recipients to remote delivery failed: {e}"),
             }
         }
         attempts.extend(self.deliver_remote(remote).await);

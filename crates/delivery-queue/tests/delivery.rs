@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use pochta_mail::Disposition;
 use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
 use pochta_testkit::{
     SIGKILL, ServiceProcess, TestDb, envelope, free_addr, python, recipient, until,
@@ -32,21 +33,31 @@ async fn start_queue(db: &TestDb, grpc: SocketAddr, extra: &str) -> ServiceProce
         .unwrap()
 }
 
-/// An envelope from bob@remote.test to `recipients`, held (waiting for a release) or due.
-fn envelope_to(recipients: &[&str], held: bool) -> NewEnvelope {
+/// An envelope from bob@remote.test to `recipients`, local, remote or held (waiting for a
+/// release).
+fn envelope_to(recipients: &[&str], disposition: Disposition) -> NewEnvelope {
     let recipients = recipients
         .iter()
         .map(|r| NewRecipient {
-            held,
+            disposition,
             ..recipient(r)
         })
         .collect();
     envelope("bob@remote.test", recipients)
 }
 
-/// Enqueues one message straight into the store, as an ingress would.
+/// Enqueues one message for local recipients straight into the store, as an ingress would.
 async fn enqueue(store: &Store, recipients: &[&str], body: &str) -> QueueId {
-    let envelope = envelope_to(recipients, false);
+    enqueue_as(store, recipients, Disposition::Local, body).await
+}
+
+async fn enqueue_as(
+    store: &Store,
+    recipients: &[&str],
+    disposition: Disposition,
+    body: &str,
+) -> QueueId {
+    let envelope = envelope_to(recipients, disposition);
     store.enqueue(&envelope, body.as_bytes()).await.unwrap();
     envelope.queue_id
 }
@@ -134,9 +145,10 @@ async fn mail_committed_while_the_queue_was_down_is_found_by_the_scan() {
 #[tokio::test]
 async fn remote_recipients_wait_with_a_diagnostic() {
     let (db, _) = setup().await;
-    let id = enqueue(
+    let id = enqueue_as(
         db.store(),
         &["friend@elsewhere.test", "pal@elsewhere.test"],
+        Disposition::Remote,
         "Subject: x\r\n\r\nx\r\n",
     )
     .await;
@@ -183,7 +195,9 @@ async fn a_replica_killed_mid_burst_loses_nothing_and_duplicates_nothing() {
     let (db, account) = setup().await;
     let store = db.store();
     // Held until both replicas run, so the burst cannot be over before the second one starts.
-    let envelopes: Vec<NewEnvelope> = (0..MESSAGES).map(|_| envelope_to(&[ALICE], true)).collect();
+    let envelopes: Vec<NewEnvelope> = (0..MESSAGES)
+        .map(|_| envelope_to(&[ALICE], Disposition::Hold))
+        .collect();
     let bodies: Vec<String> = (0..MESSAGES)
         .map(|i| format!("Subject: burst {i}\r\n\r\nx\r\n"))
         .collect();

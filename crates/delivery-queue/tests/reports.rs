@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use mail_parser::{MessageParser, MimeHeaders};
 use pochta_mail::Ret;
 use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
-use pochta_testkit::{ServiceProcess, TestDb, envelope, free_addr, maildrop, recipient};
+use pochta_testkit::{
+    ServiceProcess, TestDb, envelope, free_addr, local_recipient, maildrop, recipient,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_delivery-queue");
 
@@ -39,11 +41,18 @@ async fn setup(extra: &str) -> Setup {
     }
 }
 
+/// A recipient with ORCPT and `notify`; local if it is in example.org, this file's local
+/// domain.
 fn rcpt(address: &str, notify: Option<&str>) -> NewRecipient {
+    let base = if address.ends_with("@example.org") {
+        local_recipient(address)
+    } else {
+        recipient(address)
+    };
     NewRecipient {
         orcpt: Some(format!("rfc822;{address}").parse().unwrap()),
         notify: notify.map(|n| n.parse().unwrap()),
-        ..recipient(address)
+        ..base
     }
 }
 

@@ -208,8 +208,11 @@ pub struct SmtpConfig {
     pub max_recipients: u32,
     /// More Received headers than this is a loop (554 5.4.6).
     pub max_received_headers: u32,
-    /// Error replies before the session is closed.
+    /// Error replies (4xx or 5xx) before the session is closed with 421.
     pub max_errors: u32,
+    /// Commands before the session is closed with 421 (a client repeating NOOP, RSET or ETRN
+    /// without end).
+    pub max_commands: u32,
     pub bare_line_endings: BareLineEndings,
     /// Waiting for a command (RFC 5321 4.5.3.2.7: at least 5 minutes).
     pub command_timeout_secs: u64,
@@ -217,8 +220,22 @@ pub struct SmtpConfig {
     pub data_timeout_secs: u64,
     /// TLS handshake, after connect or STARTTLS.
     pub tls_handshake_timeout_secs: u64,
+    /// How long a write to a client may make no progress (a client that does not read).
+    pub write_timeout_secs: u64,
+    /// The longest a session may last; it is then closed with 421 at its next command.
+    pub max_session_secs: u64,
+    /// Message text held in memory by all sessions of this process together; beyond it,
+    /// sessions receiving DATA are not read from until others finish (back-pressure).
+    pub max_data_memory_bytes: u64,
     pub max_connections: u32,
+    /// Per client address; IPv6 clients are counted per network (see `ipv6_limit_prefix`).
     pub max_connections_per_ip: u32,
+    /// IPv6 clients count as one for every per-address limit when they share this many
+    /// leading bits (64: a /64 is one subscriber's network).
+    pub ipv6_limit_prefix: u8,
+    /// Password checks (argon2id, ~19 MiB each) running at once in this process; more wait
+    /// (up to 10 s, then a temporary failure).
+    pub max_password_checks: u32,
     /// Load balancers whose connections start with a PROXY protocol v2 header naming the
     /// real client (which limits, relay decisions and Received then use). Only these: from
     /// anyone else a header would let the client pick its own address. Empty: none.
@@ -273,12 +290,18 @@ impl Default for SmtpConfig {
             max_recipients: 1000,
             max_received_headers: 50,
             max_errors: 20,
+            max_commands: 10_000,
             bare_line_endings: BareLineEndings::Reject,
             command_timeout_secs: 300,
             data_timeout_secs: 300,
             tls_handshake_timeout_secs: 30,
+            write_timeout_secs: 120,
+            max_session_secs: 3600,
+            max_data_memory_bytes: 512 * 1024 * 1024,
             max_connections: 1000,
             max_connections_per_ip: 20,
+            ipv6_limit_prefix: 64,
+            max_password_checks: 4,
             proxy_protocol_from: Vec::new(),
             proxy_header_timeout_secs: 10,
             trusted_networks: vec![
@@ -312,8 +335,12 @@ pub struct QueueConfig {
     pub shutdown_grace_secs: u64,
     /// How long a message may stay queued before it expires (set when it is accepted).
     pub message_lifetime_secs: u64,
-    /// Delivery loops in this process; each claims its own batches.
+    /// Local delivery loops in this process (recipients of local domains); each claims its
+    /// own batches.
     pub workers: u32,
+    /// Remote delivery loops (every other recipient), apart from the local ones so that a
+    /// slow remote server never holds up local delivery.
+    pub remote_workers: u32,
     /// Recipients claimed at once by one worker.
     pub batch_size: u32,
     /// After a wake-up, a loop waits this long before claiming, so that mail arriving
@@ -367,6 +394,16 @@ pub struct QueueConfig {
     pub max_connections_per_destination: u32,
     /// Waiting for any one reply of a remote server (RFC 5321 4.5.3.2: minutes).
     pub reply_timeout_secs: u64,
+    /// How long a write to a remote server may make no progress (RFC 5321 4.5.3.2.5: 3
+    /// minutes per data block).
+    pub write_timeout_secs: u64,
+    /// The whole of one delivery to a remote server, from the connection (or taking an idle
+    /// one) to the last recipient's outcome: past it the recipients are deferred, so a server
+    /// that answers one byte at a time holds a connection slot no longer than this.
+    pub transaction_timeout_secs: u64,
+    /// How long a delivery waits for one of `max_connections_per_destination` slots before it
+    /// is deferred (4.4.5): a stuck destination costs its own slots, never the others'.
+    pub slot_wait_secs: u64,
 }
 
 impl Default for QueueConfig {
@@ -376,6 +413,7 @@ impl Default for QueueConfig {
             shutdown_grace_secs: 30,
             message_lifetime_secs: 5 * 24 * 3600,
             workers: 8,
+            remote_workers: 8,
             batch_size: 32,
             claim_delay_ms: 50,
             lease_secs: 300,
@@ -399,6 +437,9 @@ impl Default for QueueConfig {
             connect_timeout_secs: 30,
             max_connections_per_destination: 2,
             reply_timeout_secs: 300,
+            write_timeout_secs: 180,
+            transaction_timeout_secs: 600,
+            slot_wait_secs: 60,
         }
     }
 }
@@ -418,14 +459,27 @@ pub struct Pop3Config {
     /// Inactivity timeout (RFC 1939 3: at least 10 minutes).
     pub timeout_secs: u64,
     pub tls_handshake_timeout_secs: u64,
+    /// How long a write to a client may make no progress (a client that does not read).
+    pub write_timeout_secs: u64,
+    /// The longest a session may last; it is then closed at its next command (nothing is
+    /// deleted: that happens only at QUIT).
+    pub max_session_secs: u64,
     pub max_connections: u32,
+    /// Per client address; IPv6 clients are counted per network (`ipv6_limit_prefix`).
     pub max_connections_per_ip: u32,
+    /// As in `[smtp]`: IPv6 clients sharing this many leading bits count as one.
+    pub ipv6_limit_prefix: u8,
+    /// As in `[smtp]`: argon2id checks at once in this process.
+    pub max_password_checks: u32,
     /// Load balancers whose connections start with a PROXY protocol v2 header (as in
     /// `[smtp]`). Empty: none.
     pub proxy_protocol_from: Vec<Cidr>,
     pub proxy_header_timeout_secs: u64,
     /// Error replies before the session is closed.
     pub max_errors: u32,
+    /// Commands before the session is closed (a maildrop of 50,000 messages retrieved and
+    /// deleted takes about 100,000).
+    pub max_commands: u32,
     pub plaintext_auth: PlaintextAuth,
     pub auth_failure_delay_ms: u64,
     pub auth_max_failures: u32,
@@ -454,11 +508,16 @@ impl Default for Pop3Config {
             pop3s_listen: any(995),
             timeout_secs: 600,
             tls_handshake_timeout_secs: 30,
+            write_timeout_secs: 120,
+            max_session_secs: 4 * 3600,
             max_connections: 1000,
             max_connections_per_ip: 20,
+            ipv6_limit_prefix: 64,
+            max_password_checks: 4,
             proxy_protocol_from: Vec::new(),
             proxy_header_timeout_secs: 10,
             max_errors: 20,
+            max_commands: 200_000,
             plaintext_auth: PlaintextAuth::Never,
             auth_failure_delay_ms: 1000,
             auth_max_failures: 5,

@@ -26,6 +26,15 @@ fn is_host_port(target: &str) -> bool {
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
 }
 
+/// The prefix length IPv6 clients are grouped by for limits: 1 to 128.
+fn ipv6_prefix(key: &str, prefix: u8) -> Result<(), ConfigError> {
+    if (1..=128).contains(&prefix) {
+        Ok(())
+    } else {
+        invalid(key, "must be from 1 to 128")
+    }
+}
+
 /// An optional name that, when set, must be a host name.
 fn host_name(key: &str, name: &Option<String>) -> Result<(), ConfigError> {
     match name {
@@ -81,6 +90,14 @@ impl SmtpConfig {
             ("smtp.max_message_size", self.max_message_size),
             ("smtp.max_recipients", u64::from(self.max_recipients)),
             ("smtp.max_errors", u64::from(self.max_errors)),
+            ("smtp.max_commands", u64::from(self.max_commands)),
+            ("smtp.write_timeout_secs", self.write_timeout_secs),
+            ("smtp.max_session_secs", self.max_session_secs),
+            ("smtp.max_data_memory_bytes", self.max_data_memory_bytes),
+            (
+                "smtp.max_password_checks",
+                u64::from(self.max_password_checks),
+            ),
             ("smtp.command_timeout_secs", self.command_timeout_secs),
             ("smtp.data_timeout_secs", self.data_timeout_secs),
             (
@@ -112,6 +129,7 @@ impl SmtpConfig {
         if self.max_message_size > i32::MAX as u64 {
             return invalid("smtp.max_message_size", "must be below 2 GiB");
         }
+        ipv6_prefix("smtp.ipv6_limit_prefix", self.ipv6_limit_prefix)?;
         host_name("smtp.hostname", &self.hostname)?;
         match &self.postmaster_domain {
             Some(name) if !pochta_mail::is_domain_name(name) => {
@@ -124,7 +142,23 @@ impl SmtpConfig {
 
 impl QueueConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        at_least_one(&[("queue.message_lifetime_secs", self.message_lifetime_secs)])?;
+        at_least_one(&[
+            ("queue.message_lifetime_secs", self.message_lifetime_secs),
+            ("queue.workers", u64::from(self.workers)),
+            ("queue.remote_workers", u64::from(self.remote_workers)),
+            ("queue.connect_timeout_secs", self.connect_timeout_secs),
+            ("queue.reply_timeout_secs", self.reply_timeout_secs),
+            ("queue.write_timeout_secs", self.write_timeout_secs),
+            (
+                "queue.transaction_timeout_secs",
+                self.transaction_timeout_secs,
+            ),
+            ("queue.slot_wait_secs", self.slot_wait_secs),
+            (
+                "queue.max_connections_per_destination",
+                u64::from(self.max_connections_per_destination),
+            ),
+        ])?;
         if self.retry_max_delay_secs < self.retry_delay_secs {
             return invalid(
                 "queue.retry_max_delay_secs",
@@ -158,6 +192,13 @@ impl Pop3Config {
                 u64::from(self.max_connections_per_ip),
             ),
             ("pop3.max_errors", u64::from(self.max_errors)),
+            ("pop3.max_commands", u64::from(self.max_commands)),
+            ("pop3.write_timeout_secs", self.write_timeout_secs),
+            ("pop3.max_session_secs", self.max_session_secs),
+            (
+                "pop3.max_password_checks",
+                u64::from(self.max_password_checks),
+            ),
             ("pop3.auth_max_failures", u64::from(self.auth_max_failures)),
             (
                 "pop3.proxy_header_timeout_secs",
@@ -174,6 +215,6 @@ impl Pop3Config {
         if self.lock_ttl_secs < 3 {
             return invalid("pop3.lock_ttl_secs", "must be at least 3");
         }
-        Ok(())
+        ipv6_prefix("pop3.ipv6_limit_prefix", self.ipv6_limit_prefix)
     }
 }

@@ -5,8 +5,9 @@
 //! - `address`: `Mailbox`, a mailbox address and its RFC 5321 / RFC 6531 syntax;
 //! - `params`: the ESMTP and DSN envelope parameters (BODY, RET, ENVID, NOTIFY, ORCPT) and the
 //!   xtext encoding they travel in (RFC 3461, RFC 6152);
-//! - `policy`: transport policies that both a protocol state machine and the configuration
-//!   name (bare line endings in message text, STARTTLS towards other servers).
+//! - `policy`: decisions that a protocol state machine, the store and the configuration share
+//!   (bare line endings in message text, where an accepted recipient's mail goes, STARTTLS
+//!   towards other servers).
 //!
 //! Each type has exactly one parser; the store writes and reads back these types, never their
 //! text.
@@ -19,7 +20,7 @@ pub mod policy;
 pub use address::Mailbox;
 pub use domain::is_domain_name;
 pub use params::{Body, Notify, Orcpt, Ret, xtext_decode, xtext_encode};
-pub use policy::{BareLineEndings, TlsPolicy};
+pub use policy::{BareLineEndings, Disposition, TlsPolicy};
 
 /// A text that is not a valid value of the type it was parsed as.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

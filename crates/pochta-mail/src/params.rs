@@ -184,7 +184,9 @@ impl fmt::Display for Orcpt {
 }
 
 /// Decodes xtext (RFC 3461 4): printable ASCII except `+` and `=`, with `+XX` hex escapes
-/// (upper-case hex digits). None if it is not xtext or does not decode to UTF-8.
+/// (upper-case hex digits). None if it is not xtext, or does not decode to UTF-8 text free of
+/// control characters (an ENVID or ORCPT is text: `+00` must not smuggle a NUL or a line
+/// break into the store, a log or a report).
 pub fn xtext_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -208,7 +210,9 @@ pub fn xtext_decode(s: &str) -> Option<String> {
             _ => return None,
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out)
+        .ok()
+        .filter(|text| !text.chars().any(char::is_control))
 }
 
 /// Encodes text as xtext (RFC 3461 4).

@@ -14,6 +14,18 @@ pub enum BareLineEndings {
     Normalize,
 }
 
+/// Where an accepted recipient's mail goes, as decided when it is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Disposition {
+    /// Into a maildrop here (a local domain): the local delivery loops take it.
+    Local,
+    /// To another server (a relay domain, or relaying for a trusted or authenticated client):
+    /// the remote delivery loops take it.
+    Remote,
+    /// Kept until the domain asks for it with ETRN (a hold domain), then delivered remotely.
+    Hold,
+}
+
 /// STARTTLS towards another server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,6 +13,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 pub const MAX_COMMAND_LINE: usize = 255;
 /// SASL responses can be longer (RFC 5034 4).
 pub const MAX_SASL_LINE: usize = 4096;
+/// Input is not processed further while this many octets of responses wait to be taken.
+pub const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
 /// What the listener knows about one connection.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,6 +27,9 @@ pub struct Policy {
     pub plaintext_auth: bool,
     /// Error replies before the session is closed.
     pub max_errors: usize,
+    /// Commands before the session is closed (a loop of NOOP or LIST gets no more of the
+    /// server's time).
+    pub max_commands: usize,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -109,6 +114,7 @@ pub struct Session {
     out: VecDeque<Output>,
     pending: Option<Pending>,
     errors: usize,
+    commands: usize,
     discarding_line: bool,
     closed: bool,
 }
@@ -136,6 +142,7 @@ impl Session {
             out: VecDeque::new(),
             pending: None,
             errors: 0,
+            commands: 0,
             discarding_line: false,
             closed: false,
         };
@@ -186,8 +193,13 @@ impl Session {
         self.tls || self.policy.plaintext_auth
     }
 
+    /// Responses wait to be taken beyond `MAX_PENDING_OUTPUT`.
+    fn output_full(&self) -> bool {
+        matches!(self.out.back(), Some(Output::Send(bytes)) if bytes.len() >= MAX_PENDING_OUTPUT)
+    }
+
     fn process(&mut self) {
-        while self.pending.is_none() && !self.closed {
+        while self.pending.is_none() && !self.closed && !self.output_full() {
             let limit = if matches!(self.state, State::AuthPlain) {
                 MAX_SASL_LINE
             } else {
@@ -214,6 +226,11 @@ impl Session {
             if line.len() + 2 > limit {
                 self.reply_err("Line too long");
                 continue;
+            }
+            self.commands += 1;
+            if self.commands > self.policy.max_commands {
+                self.close_with(err("Too many commands; closing connection"));
+                return;
             }
             if matches!(self.state, State::AuthPlain) {
                 self.state = State::Authorization { user: None };

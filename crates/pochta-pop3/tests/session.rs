@@ -11,12 +11,14 @@ const TLS: Policy = Policy {
     implicit_tls: true,
     plaintext_auth: false,
     max_errors: 10,
+    max_commands: 1000,
 };
 const PLAIN: Policy = Policy {
     stls_available: true,
     implicit_tls: false,
     plaintext_auth: false,
     max_errors: 10,
+    max_commands: 1000,
 };
 
 type Client = Script<Session>;

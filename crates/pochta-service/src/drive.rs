@@ -1,14 +1,23 @@
 //! The connection driver: runs a sans-IO `pochta_session::Session` over a client connection,
 //! the way `rustls::Connection::complete_io` drives rustls's state machine. Written once for
-//! the SMTP and the POP3 server, so what bounds a session (timeouts, TLS handshakes, the
-//! shutdown notice) is decided in one place.
+//! the SMTP and the POP3 server, so what bounds a session is decided in one place:
 //!
-//! The loop: poll the session until it needs input; write what it sent (in one write, so
-//! pipelined replies coalesce); perform each action through the service's `Handler`; read
-//! with the session's timeout, or do the service's periodic duty, or tell an interruptible
-//! session about shutdown.
+//! - a read timeout (longer while message content is received), a write timeout (no progress
+//!   for that long: the client does not read), a TLS handshake timeout, and a maximum age;
+//! - output is written before the session is given more input, and at most `FLUSH_AT`
+//!   octets of it wait at any time (the sessions themselves stop consuming input while
+//!   their own output waits);
+//! - a process-wide budget of message content held in memory (`MemoryBudget`): past it,
+//!   sessions receiving content are read from one at a time, oldest first.
+//!
+//! The loop: poll the session until it needs input; perform each action through the
+//! service's `Handler`; write what is pending in one write (pipelined replies coalesce); then
+//! read, or do the service's periodic duty, or tell an interruptible session about shutdown.
 
+use std::collections::BTreeSet;
 use std::io;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pochta_session::{Output, Session};
@@ -17,6 +26,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Shutdown;
 use crate::conn::Conn;
+
+/// Pending output beyond this is written before the session is polled again.
+pub const FLUSH_AT: usize = 256 * 1024;
+
+/// Writes go out in pieces of this size, each within the write timeout.
+const WRITE_PIECE: usize = 64 * 1024;
 
 /// How long the driver waits for the client.
 #[derive(Debug, Clone, Copy)]
@@ -27,19 +42,35 @@ pub struct Timeouts {
     pub data: Duration,
     /// For a TLS handshake.
     pub handshake: Duration,
+    /// For a write to make progress.
+    pub write: Duration,
+    /// The longest a session may last: past it, it is told it timed out when it next waits
+    /// for input.
+    pub session: Duration,
+}
+
+/// How a service's sessions are run.
+pub struct Driver<'a> {
+    pub tls: Option<&'a TlsAcceptor>,
+    pub timeouts: Timeouts,
+    /// Shared by every session of the process; None: no limit.
+    pub memory: Option<&'a MemoryBudget>,
+    pub shutdown: &'a Shutdown,
 }
 
 /// The connection as actions see it: the stream, and output not yet written.
 pub struct Io {
     conn: Conn,
     out: Vec<u8>,
+    write_timeout: Duration,
 }
 
 impl Io {
-    pub fn new(conn: Conn) -> Self {
+    pub fn new(conn: Conn, write_timeout: Duration) -> Self {
         Io {
             conn,
             out: Vec::new(),
+            write_timeout,
         }
     }
 
@@ -49,19 +80,24 @@ impl Io {
         &mut self.out
     }
 
-    /// Writes the pending output.
+    /// Writes the pending output; fails if a piece of it makes no progress within the write
+    /// timeout.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.conn.write_all(&self.out).await?;
-            self.out.clear();
+        for piece in self.out.chunks(WRITE_PIECE) {
+            tokio::time::timeout(self.write_timeout, self.conn.write_all(piece))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "the client does not read")
+                })??;
         }
+        self.out.clear();
         Ok(())
     }
 
     /// Writes the pending output, then closes the connection.
     pub async fn close(&mut self) {
         let _ = self.flush().await;
-        self.conn.shutdown().await;
+        let _ = tokio::time::timeout(self.write_timeout, self.conn.shutdown()).await;
     }
 
     /// The server side of a TLS handshake, within `timeout`.
@@ -118,87 +154,124 @@ pub trait Handler<S: Session> {
     }
 }
 
-/// Runs `session` over `conn` until it ends: TLS from the first byte when `implicit_tls`.
-pub async fn drive<S, A>(
-    conn: Conn,
-    mut session: S,
-    actions: &mut A,
-    tls: Option<&TlsAcceptor>,
-    implicit_tls: bool,
-    timeouts: Timeouts,
-    shutdown: &Shutdown,
-) -> Ended
-where
-    S: Session,
-    A: Handler<S>,
-{
-    let mut io = Io::new(conn);
-    if implicit_tls && let Err(ended) = io.accept_tls(tls, timeouts.handshake).await {
-        return ended;
+impl Driver<'_> {
+    /// Runs `session` over `conn` until it ends: TLS from the first byte when `implicit_tls`.
+    pub async fn drive<S, H>(
+        &self,
+        conn: Conn,
+        mut session: S,
+        implicit_tls: bool,
+        handler: &mut H,
+    ) -> Ended
+    where
+        S: Session,
+        H: Handler<S>,
+    {
+        let timeouts = self.timeouts;
+        let mut io = Io::new(conn, timeouts.write);
+        if implicit_tls && let Err(ended) = io.accept_tls(self.tls, timeouts.handshake).await {
+            return ended;
+        }
+        let too_old = Instant::now() + timeouts.session;
+        let mut share = self.memory.map(Share::new);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut told_shutdown = false;
+        let mut duty: Option<Interval> = None;
+        loop {
+            while let Some(output) = session.poll() {
+                match output {
+                    Output::Send(bytes) => {
+                        handler.sending(&bytes);
+                        io.out.extend_from_slice(&bytes);
+                        if io.out.len() >= FLUSH_AT
+                            && let Err(e) = io.flush().await
+                        {
+                            return Ended::Failed(format!("writing: {e}"));
+                        }
+                    }
+                    Output::StartTls => {
+                        if let Err(e) = io.flush().await {
+                            return Ended::Failed(format!("writing: {e}"));
+                        }
+                        if let Err(ended) = io.accept_tls(self.tls, timeouts.handshake).await {
+                            return ended;
+                        }
+                        session.tls_established();
+                    }
+                    Output::Close => {
+                        io.close().await;
+                        return Ended::Closed;
+                    }
+                    Output::Action(action) => {
+                        if let Err(ended) = handler.perform(action, &mut session, &mut io).await {
+                            return ended;
+                        }
+                    }
+                }
+            }
+            // The session wants input: send what is pending in one write (RFC 2920).
+            if let Err(e) = io.flush().await {
+                return Ended::Failed(format!("writing: {e}"));
+            }
+            match (handler.duty_period(), &duty) {
+                (Some(period), None) => {
+                    duty = Some(tokio::time::interval_at(Instant::now() + period, period))
+                }
+                (None, Some(_)) => duty = None,
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= too_old {
+                session.timed_out();
+                continue;
+            }
+            let wait = if session.in_data() {
+                timeouts.data
+            } else {
+                timeouts.command
+            };
+            let wait = wait.min(too_old - now);
+            if let Some(share) = &mut share {
+                share.hold(session.buffered_bytes(), session.in_data());
+            }
+            tokio::select! {
+                read = read_within(&mut io.conn, &mut buf, wait, share.as_ref()) => match read {
+                    Ok(Some(0)) => return Ended::PeerClosed,
+                    Ok(Some(n)) => session.feed(&buf[..n]),
+                    Ok(None) => session.timed_out(),
+                    Err(e) => return Ended::Failed(format!("reading: {e}")),
+                },
+                _ = tick(&mut duty) => {
+                    if let Err(ended) = handler.duty(&mut io).await {
+                        return ended;
+                    }
+                }
+                _ = self.shutdown.wait(), if session.interruptible() && !told_shutdown => {
+                    told_shutdown = true;
+                    session.shutting_down();
+                }
+            }
+        }
     }
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut told_shutdown = false;
-    let mut duty: Option<Interval> = None;
-    loop {
-        while let Some(output) = session.poll() {
-            match output {
-                Output::Send(bytes) => {
-                    actions.sending(&bytes);
-                    io.out.extend_from_slice(&bytes);
-                }
-                Output::StartTls => {
-                    if let Err(e) = io.flush().await {
-                        return Ended::Failed(format!("writing: {e}"));
-                    }
-                    if let Err(ended) = io.accept_tls(tls, timeouts.handshake).await {
-                        return ended;
-                    }
-                    session.tls_established();
-                }
-                Output::Close => {
-                    io.close().await;
-                    return Ended::Closed;
-                }
-                Output::Action(action) => {
-                    if let Err(ended) = actions.perform(action, &mut session, &mut io).await {
-                        return ended;
-                    }
-                }
-            }
+}
+
+/// A read within `wait`, once the memory budget lets this session read: Some(octets read),
+/// or None if `wait` passed first.
+async fn read_within(
+    conn: &mut Conn,
+    buf: &mut [u8],
+    wait: Duration,
+    share: Option<&Share<'_>>,
+) -> io::Result<Option<usize>> {
+    let read = async {
+        if let Some(share) = share {
+            share.turn().await;
         }
-        // The session wants input: send what is pending in one write (RFC 2920).
-        if let Err(e) = io.flush().await {
-            return Ended::Failed(format!("writing: {e}"));
-        }
-        match (actions.duty_period(), &duty) {
-            (Some(period), None) => {
-                duty = Some(tokio::time::interval_at(Instant::now() + period, period))
-            }
-            (None, Some(_)) => duty = None,
-            _ => {}
-        }
-        let timeout = if session.in_data() {
-            timeouts.data
-        } else {
-            timeouts.command
-        };
-        tokio::select! {
-            read = tokio::time::timeout(timeout, io.conn.read(&mut buf)) => match read {
-                Ok(Ok(0)) => return Ended::PeerClosed,
-                Ok(Ok(n)) => session.feed(&buf[..n]),
-                Ok(Err(e)) => return Ended::Failed(format!("reading: {e}")),
-                Err(_) => session.timed_out(),
-            },
-            _ = tick(&mut duty) => {
-                if let Err(ended) = actions.duty(&mut io).await {
-                    return ended;
-                }
-            }
-            _ = shutdown.wait(), if session.interruptible() && !told_shutdown => {
-                told_shutdown = true;
-                session.shutting_down();
-            }
-        }
+        conn.read(buf).await
+    };
+    match tokio::time::timeout(wait, read).await {
+        Ok(read) => read.map(Some),
+        Err(_) => Ok(None),
     }
 }
 
@@ -209,5 +282,162 @@ async fn tick(duty: &mut Option<Interval>) {
             interval.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// Octets of client input that all sessions of a process hold in memory, against a limit.
+/// Within the limit every session reads freely. Past it, of the sessions receiving message
+/// content only the one that began receiving first may read on: it is the next to finish and
+/// give its octets back, so someone always makes progress, and the memory held stays within
+/// the limit plus what that one session adds (at most a message).
+pub struct MemoryBudget {
+    limit: usize,
+    state: Mutex<BudgetState>,
+    next_ticket: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    used: usize,
+    /// Sessions receiving message content, by when they began.
+    receiving: BTreeSet<u64>,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: usize) -> Self {
+        MemoryBudget {
+            limit,
+            state: Mutex::default(),
+            next_ticket: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Octets held now by every session.
+    pub fn used(&self) -> usize {
+        self.state.lock().expect("budget lock").used
+    }
+}
+
+/// One session's part of a `MemoryBudget`, given back when dropped.
+struct Share<'a> {
+    budget: &'a MemoryBudget,
+    held: usize,
+    /// While the session receives message content: its place in line.
+    ticket: Option<u64>,
+}
+
+impl<'a> Share<'a> {
+    fn new(budget: &'a MemoryBudget) -> Self {
+        Share {
+            budget,
+            held: 0,
+            ticket: None,
+        }
+    }
+
+    /// The session now holds `octets`, and is or is not receiving message content.
+    fn hold(&mut self, octets: usize, receiving: bool) {
+        let mut state = self.budget.state.lock().expect("budget lock");
+        state.used = state.used - self.held + octets;
+        let freed = octets < self.held;
+        self.held = octets;
+        match (receiving, self.ticket) {
+            (true, None) => {
+                let ticket = self.budget.next_ticket.fetch_add(1, Ordering::Relaxed);
+                state.receiving.insert(ticket);
+                self.ticket = Some(ticket);
+            }
+            (false, Some(ticket)) => {
+                state.receiving.remove(&ticket);
+                self.ticket = None;
+            }
+            _ => {}
+        }
+        drop(state);
+        if freed || !receiving {
+            self.budget.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until this session may read: always when it receives no message content or the
+    /// budget has room; otherwise only when it is first in line.
+    async fn turn(&self) {
+        let Some(ticket) = self.ticket else {
+            return;
+        };
+        loop {
+            let changed = self.budget.changed.notified();
+            {
+                let state = self.budget.state.lock().expect("budget lock");
+                if state.used <= self.budget.limit
+                    || state.receiving.first().is_none_or(|first| *first == ticket)
+                {
+                    return;
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        self.hold(0, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn past_the_budget_only_the_first_receiver_reads() {
+        let budget = MemoryBudget::new(100);
+        let (mut a, mut b) = (Share::new(&budget), Share::new(&budget));
+        a.hold(60, true);
+        b.hold(30, true);
+        assert_eq!(budget.used(), 90);
+        // Within the limit both read.
+        tokio::time::timeout(Duration::from_millis(50), b.turn())
+            .await
+            .expect("room");
+        b.hold(50, true);
+        assert_eq!(budget.used(), 110);
+        tokio::time::timeout(Duration::from_millis(50), a.turn())
+            .await
+            .expect("a began first: it may read on");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), b.turn())
+                .await
+                .is_err(),
+            "b waits"
+        );
+        // a finishes its message and gives its octets back: b may read again.
+        let waiter = async { b.turn().await };
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            a.hold(0, false);
+        };
+        tokio::time::timeout(Duration::from_secs(1), async {
+            tokio::join!(waiter, release)
+        })
+        .await
+        .expect("b's turn comes");
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn sessions_not_receiving_content_always_read() {
+        let budget = MemoryBudget::new(10);
+        let mut big = Share::new(&budget);
+        big.hold(1000, true);
+        let mut commands = Share::new(&budget);
+        commands.hold(5, false);
+        tokio::time::timeout(Duration::from_millis(50), commands.turn())
+            .await
+            .expect("a session between messages reads its commands");
     }
 }

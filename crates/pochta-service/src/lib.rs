@@ -25,6 +25,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -76,7 +77,7 @@ pub struct ServiceContext {
     pub instance: String,
     pub config: Config,
     pub store: Store,
-    pub health: HealthReporter,
+    pub health: Health,
     pub shutdown: Shutdown,
 }
 
@@ -93,7 +94,9 @@ impl ServiceContext {
         let incoming = tonic::transport::server::TcpIncoming::bind(addr)
             .with_context(|| format!("binding the gRPC listener on {addr}"))?;
         tracing::info!(local = %incoming.local_addr()?, "gRPC listening");
-        let health = HealthServer::new(HealthService::from_health_reporter(self.health.clone()));
+        let health = HealthServer::new(HealthService::from_health_reporter(
+            self.health.reporter.clone(),
+        ));
         let shutdown = self.shutdown.clone();
         let server = tonic::transport::Server::builder()
             .trace_fn(pochta_telemetry::grpc::server_span)
@@ -170,7 +173,7 @@ where
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let shutdown = Shutdown { rx: stop_rx };
-    let health = HealthReporter::new();
+    let health = Health::new();
     tokio::spawn(watch_store_health(
         store.clone(),
         health.clone(),
@@ -202,9 +205,7 @@ where
         shutdown,
     };
     let result = body(ctx).await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    health.stopping().await;
     store.close().await;
     tracing::info!("stopped");
     result
@@ -236,9 +237,61 @@ async fn connect_store(service: &str, config: &Config) -> anyhow::Result<Store> 
     }
 }
 
+/// The service's health as `grpc.health.v1` reports it: SERVING while every condition a part
+/// of the service watches holds (the store answers, the delivery loops are alive...).
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    /// The conditions that do not hold now.
+    failing: Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            reporter: HealthReporter::new(),
+            failing: Arc::default(),
+        }
+    }
+
+    /// `condition` holds (`ok`) or not; the reported status follows.
+    pub async fn set(&self, condition: &'static str, ok: bool) {
+        let (changed, serving) = {
+            let mut failing = self.failing.lock().expect("health lock");
+            let changed = if ok {
+                failing.remove(condition)
+            } else {
+                failing.insert(condition)
+            };
+            (changed, failing.is_empty())
+        };
+        if changed {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::warn!(condition, ok, ?status, "health changed");
+            self.reporter.set_service_status("", status).await;
+        }
+    }
+
+    /// Whether every condition holds now.
+    pub fn is_serving(&self) -> bool {
+        self.failing.lock().expect("health lock").is_empty()
+    }
+
+    /// NOT_SERVING from now on: the service is stopping.
+    async fn stopping(&self) {
+        self.failing.lock().expect("health lock").insert("stopping");
+        self.reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    }
+}
+
 /// Reports NOT_SERVING while the store does not answer, so orchestrators stop routing to us.
-async fn watch_store_health(store: Store, health: HealthReporter, shutdown: Shutdown) {
-    let mut serving = true;
+async fn watch_store_health(store: Store, health: Health, shutdown: Shutdown) {
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
@@ -247,15 +300,8 @@ async fn watch_store_health(store: Store, health: HealthReporter, shutdown: Shut
         let ok = tokio::time::timeout(Duration::from_secs(3), store.ping())
             .await
             .is_ok_and(|r| r.is_ok());
-        if ok != serving && !shutdown.is_started() {
-            serving = ok;
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            tracing::warn!(?status, "store health changed");
-            health.set_service_status("", status).await;
+        if !shutdown.is_started() {
+            health.set("store", ok).await;
         }
     }
 }

@@ -6,12 +6,31 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// What per-address limits count a client as: an IPv4 address, or the IPv6 network of the
+/// first `v6_prefix` bits (one subscriber typically has a whole /64, so counting single IPv6
+/// addresses would give it 2^64 allowances). IPv4-mapped IPv6 addresses count as IPv4.
+pub fn client_network(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(v6_prefix.min(128)))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        },
+    }
+}
+
 /// Counts open connections; `try_acquire` hands out a guard that gives the slot back on drop.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimiter {
     inner: Arc<Mutex<Connections>>,
     max_total: usize,
     max_per_ip: usize,
+    v6_prefix: u8,
 }
 
 #[derive(Debug, Default)]
@@ -34,15 +53,18 @@ pub struct ConnectionGuard {
 }
 
 impl ConnectionLimiter {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+    /// At most `max_total` connections, and `max_per_ip` per client network (`client_network`).
+    pub fn new(max_total: usize, max_per_ip: usize, v6_prefix: u8) -> Self {
         ConnectionLimiter {
             inner: Arc::default(),
             max_total,
             max_per_ip,
+            v6_prefix,
         }
     }
 
     pub fn try_acquire(&self, ip: IpAddr) -> Result<ConnectionGuard, Refusal> {
+        let ip = client_network(ip, self.v6_prefix);
         let mut c = self.inner.lock().expect("limiter lock");
         if c.total >= self.max_total {
             return Err(Refusal::TooManyConnections);
@@ -77,25 +99,28 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Failed authentications per address within a window.
+/// Failed authentications per client network (`client_network`) within a window.
 #[derive(Debug, Clone)]
 pub struct FailureLimiter {
     inner: Arc<Mutex<HashMap<IpAddr, Vec<Instant>>>>,
     max_failures: usize,
     window: Duration,
+    v6_prefix: u8,
 }
 
 impl FailureLimiter {
-    pub fn new(max_failures: usize, window: Duration) -> Self {
+    pub fn new(max_failures: usize, window: Duration, v6_prefix: u8) -> Self {
         FailureLimiter {
             inner: Arc::default(),
             max_failures,
             window,
+            v6_prefix,
         }
     }
 
     /// True when `ip` has used up its failures in the window.
     pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = client_network(ip, self.v6_prefix);
         let mut map = self.inner.lock().expect("limiter lock");
         let Some(times) = map.get_mut(&ip) else {
             return false;
@@ -110,6 +135,7 @@ impl FailureLimiter {
 
     /// Records a failure; returns true when `ip` is now blocked.
     pub fn record_failure(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = client_network(ip, self.v6_prefix);
         let mut map = self.inner.lock().expect("limiter lock");
         // Bound memory under a flood of addresses: forget everything that has aged out.
         if map.len() > 100_000 {
@@ -132,7 +158,7 @@ mod tests {
 
     #[test]
     fn connection_limits() {
-        let limiter = ConnectionLimiter::new(3, 2);
+        let limiter = ConnectionLimiter::new(3, 2, 64);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let a1 = limiter.try_acquire(a).unwrap();
@@ -153,7 +179,7 @@ mod tests {
 
     #[test]
     fn failures_block_within_the_window_only() {
-        let limiter = FailureLimiter::new(3, Duration::from_secs(60));
+        let limiter = FailureLimiter::new(3, Duration::from_secs(60), 64);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
         assert!(!limiter.record_failure(ip, t0));
@@ -165,6 +191,39 @@ mod tests {
         assert!(
             !limiter.is_blocked(ip, t0 + Duration::from_secs(62)),
             "aged out"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_network() {
+        let limiter = ConnectionLimiter::new(100, 2, 64);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = limiter.try_acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = limiter.try_acquire(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            limiter.try_acquire(ip("2001:db8:1:2:abcd::1")).unwrap_err(),
+            Refusal::TooManyFromAddress,
+            "the same /64"
+        );
+        assert!(
+            limiter.try_acquire(ip("2001:db8:1:3::1")).is_ok(),
+            "another /64"
+        );
+        assert_eq!(
+            client_network(ip("::ffff:192.0.2.7"), 64),
+            ip("192.0.2.7"),
+            "IPv4-mapped counts as IPv4"
+        );
+        assert_eq!(client_network(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(client_network(ip("2001:db8::1"), 32), ip("2001:db8::"));
+
+        let failures = FailureLimiter::new(2, Duration::from_secs(60), 64);
+        let t0 = Instant::now();
+        failures.record_failure(ip("2001:db8:5::1"), t0);
+        assert!(failures.record_failure(ip("2001:db8:5::2"), t0));
+        assert!(
+            failures.is_blocked(ip("2001:db8:5::3"), t0),
+            "blocked as a network"
         );
     }
 }

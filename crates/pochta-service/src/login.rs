@@ -28,10 +28,31 @@ pub enum LoginOutcome {
     TemporaryFailure,
 }
 
+/// The rules of password logins, from a service's configuration section.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginRules {
+    /// Failed logins per client network within `failure_window` before it is refused.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    /// How long a failure waits before it is answered.
+    pub failure_delay: Duration,
+    /// How long a successful verification is remembered (zero: never).
+    pub cache_ttl: Duration,
+    /// IPv6 clients sharing this many leading bits count as one (`limits::client_network`).
+    pub ipv6_prefix: u8,
+    /// argon2id verifications running at once (each takes ~19 MiB and a core for a while).
+    pub max_checks: usize,
+    /// How long a login waits for one of `max_checks` before it fails temporarily.
+    pub check_wait: Duration,
+}
+
 pub struct Authenticator {
     store: Store,
     failures: FailureLimiter,
     failure_delay: Duration,
+    /// Permits for argon2id verifications.
+    checks: tokio::sync::Semaphore,
+    check_wait: Duration,
     /// A hash of a random secret, verified when the account does not exist so that a missing
     /// account takes as long to refuse as a wrong password (no user enumeration by timing).
     dummy_hash: String,
@@ -58,24 +79,23 @@ impl VerifiedCache {
 }
 
 impl Authenticator {
-    /// `cache_ttl`: how long a successful verification is remembered (zero: never).
-    pub fn new(
-        store: Store,
-        max_failures: u32,
-        window: Duration,
-        failure_delay: Duration,
-        cache_ttl: Duration,
-    ) -> anyhow::Result<Self> {
+    pub fn new(store: Store, rules: LoginRules) -> anyhow::Result<Self> {
         use rand::Rng;
         let secret: String = std::iter::repeat_with(rand_char).take(32).collect();
         Ok(Authenticator {
             store,
-            failures: FailureLimiter::new(max_failures as usize, window),
-            failure_delay,
+            failures: FailureLimiter::new(
+                rules.max_failures as usize,
+                rules.failure_window,
+                rules.ipv6_prefix,
+            ),
+            failure_delay: rules.failure_delay,
+            checks: tokio::sync::Semaphore::new(rules.max_checks.max(1)),
+            check_wait: rules.check_wait,
             dummy_hash: pochta_auth::hash_password(&secret)?,
             verified: VerifiedCache {
                 key: rand::rng().random(),
-                entries: TtlCache::new(cache_ttl, 100_000),
+                entries: TtlCache::new(rules.cache_ttl, 100_000),
             },
         })
     }
@@ -103,6 +123,12 @@ impl Authenticator {
             if account.is_some() && self.verified.entries.get(&mac, Instant::now()).is_some() {
                 true
             } else {
+                let Ok(Ok(_permit)) =
+                    tokio::time::timeout(self.check_wait, self.checks.acquire()).await
+                else {
+                    tracing::warn!(%client, "too many password checks at once; try later");
+                    return LoginOutcome::TemporaryFailure;
+                };
                 let matches = tokio::task::spawn_blocking(move || {
                     pochta_auth::verify_password(&password, &hash).unwrap_or(false)
                 })

@@ -52,4 +52,10 @@ pub trait Session {
     fn in_data(&self) -> bool {
         false
     }
+
+    /// Octets of client input the session holds in memory (unprocessed input, a message
+    /// being received), for a process-wide memory budget.
+    fn buffered_bytes(&self) -> usize {
+        0
+    }
 }

@@ -144,25 +144,48 @@ pub struct ClientSession {
     stale: bool,
 }
 
-fn parse_reply(lines: &[String]) -> ServerReply {
-    let code = lines
-        .last()
-        .and_then(|l| l.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+/// The longest reply line accepted (RFC 5321 4.5.3.1.5 asks servers for at most 512 octets;
+/// some send longer texts, so this is lenient, and still bounded).
+pub const MAX_REPLY_LINE: usize = 2048;
+/// The most lines one reply may have.
+pub const MAX_REPLY_LINES: usize = 100;
+/// A reply's text is cut to this many characters (it is stored and reported).
+pub const MAX_REPLY_TEXT: usize = 1000;
+
+/// The code of a reply line (RFC 5321 4.2: three digits, the first 2-5, the second 0-5,
+/// then a space, a hyphen or the end of the line), or None if the line is not a reply line.
+fn reply_code(line: &str) -> Option<u16> {
+    let b = line.as_bytes();
+    let valid = b.len() >= 3
+        && (b'2'..=b'5').contains(&b[0])
+        && (b'0'..=b'5').contains(&b[1])
+        && b[2].is_ascii_digit()
+        && matches!(b.get(3), None | Some(b' ' | b'-'));
+    valid.then(|| {
+        u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0')
+    })
+}
+
+/// An enhanced status code (RFC 3463 2): class 2, 4 or 5, then two numbers of 1-3 digits.
+fn is_status_code(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A reply's lines (each a valid reply line with the same code) as one `ServerReply`. The
+/// text is the remote's words, so it is cleaned before anything stores or reports it: control
+/// characters become spaces and it is cut to `MAX_REPLY_TEXT` characters.
+fn parse_reply(code: u16, lines: &[String]) -> ServerReply {
     let texts: Vec<&str> = lines.iter().map(|l| l.get(4..).unwrap_or("")).collect();
     let first = texts.first().copied().unwrap_or("");
     let status = first
         .split_whitespace()
         .next()
-        .filter(|s| {
-            let parts: Vec<&str> = s.split('.').collect();
-            parts.len() == 3
-                && matches!(parts[0], "2" | "4" | "5")
-                && parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        })
+        .filter(|s| is_status_code(s))
         .map(str::to_owned);
     let mut text = texts.join(" ");
     if let Some(s) = &status {
@@ -172,6 +195,11 @@ fn parse_reply(lines: &[String]) -> ServerReply {
             .trim_start()
             .to_owned();
     }
+    let text = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REPLY_TEXT)
+        .collect();
     ServerReply { code, status, text }
 }
 
@@ -281,27 +309,61 @@ impl ClientSession {
 
     fn process(&mut self) {
         while self.outputs.is_empty() && !self.finished {
-            let Some(nl) = self.input.iter().position(|&b| b == b'\n') else {
+            let Some(nl) = memchr::memchr(b'\n', &self.input) else {
+                if self.input.len() > MAX_REPLY_LINE {
+                    self.protocol_error("a reply line longer than 2048 octets");
+                }
                 return;
             };
+            if nl >= MAX_REPLY_LINE {
+                return self.protocol_error("a reply line longer than 2048 octets");
+            }
             let raw: Vec<u8> = self.input.drain(..=nl).collect();
             let line = String::from_utf8_lossy(&raw)
                 .trim_end_matches(['\r', '\n'])
                 .to_owned();
+            let Some(code) = reply_code(&line) else {
+                return self.protocol_error("a malformed reply line");
+            };
+            if self
+                .lines
+                .first()
+                .and_then(|l| reply_code(l))
+                .is_some_and(|first| first != code)
+            {
+                return self.protocol_error("a multi-line reply with different codes");
+            }
             let last = line.as_bytes().get(3) != Some(&b'-');
             self.lines.push(line);
-            if self.lines.len() > 100 {
-                return self.connection_lost("reply too long");
+            if self.lines.len() > MAX_REPLY_LINES {
+                return self.protocol_error("a reply of more than 100 lines");
             }
             if last {
                 let lines = std::mem::take(&mut self.lines);
-                let reply = parse_reply(&lines);
+                let reply = parse_reply(code, &lines);
                 match self.expect.pop_front() {
                     Some(expect) => self.reply(expect, reply, &lines),
                     None => self.connection_lost("unexpected reply"),
                 }
             }
         }
+    }
+
+    /// The server broke the protocol: the connection is given up and every recipient without
+    /// an outcome is deferred.
+    fn protocol_error(&mut self, what: &str) {
+        if self.expect.front() == Some(&Expect::Reset) {
+            self.stale = true;
+        }
+        self.broken = true;
+        self.input.clear();
+        self.lines.clear();
+        let reply = ServerReply {
+            code: 421,
+            status: Some("4.5.0".into()),
+            text: format!("protocol error: the server sent {what}"),
+        };
+        self.finish_all(RecipientOutcome::Deferred(reply));
     }
 
     /// Ends the transaction: every recipient still without an outcome gets `outcome`.

@@ -163,12 +163,18 @@ fn parse_etrn(arg: &str) -> Result<Command, Reply> {
 /// Splits `FROM:<path> params` after the keyword; tolerates one space after the colon.
 fn split_path<'a>(rest: &'a str, keyword: &str) -> Result<(&'a str, &'a str), Reply> {
     let rest = rest.trim_start();
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // `get` rather than indexing: the text after the verb may have a multi-byte character
+    // where the keyword would end.
+    let Some(rest) = rest
+        .get(..keyword.len())
+        .filter(|head| head.eq_ignore_ascii_case(keyword))
+        .and_then(|_| rest.get(keyword.len()..))
+    else {
         return Err(syntax(&format!(
             "Syntax error: expected {keyword}<address>"
         )));
-    }
-    let rest = rest[keyword.len()..].trim_start_matches(' ');
+    };
+    let rest = rest.trim_start_matches(' ');
     if !rest.starts_with('<') {
         return Err(syntax(
             "Syntax error: the address must be in angle brackets",
@@ -447,6 +453,37 @@ mod tests {
             panic!()
         };
         assert_eq!(m.sender.unwrap().local_part, "\"john doe\"");
+    }
+
+    #[test]
+    fn a_multi_byte_character_where_a_keyword_ends_is_refused_not_panicked_on() {
+        for line in [
+            "MAIL FROMé:<a@b.example>",
+            "MAIL FRé:<a@b.example>",
+            "MAIL é",
+            "MAIL FROM:é",
+            "RCPT TOé:<a@b.example>",
+            "RCPT Té",
+            "RCPT TO:<é",
+        ] {
+            assert_eq!(code(line), (501, Some("5.5.4")), "{line}");
+        }
+    }
+
+    #[test]
+    fn envid_and_orcpt_may_not_decode_to_control_characters() {
+        assert_eq!(
+            code("MAIL FROM:<u@example.org> ENVID=+00"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("MAIL FROM:<u@example.org> ENVID=a+0D+0Ab"),
+            (501, Some("5.5.4"))
+        );
+        assert_eq!(
+            code("RCPT TO:<b@example.org> ORCPT=rfc822;b+00@example.org"),
+            (501, Some("5.5.4"))
+        );
     }
 
     #[test]

@@ -65,6 +65,11 @@ impl DataReceiver {
         }
     }
 
+    /// Octets held in memory so far (the text and the current line).
+    pub fn buffered(&self) -> usize {
+        self.body.len() + self.line.len()
+    }
+
     /// Consumes input; returns how many bytes were used and, once CRLF.CRLF was seen, the
     /// message. Bytes after the end belong to the next command (pipelining).
     pub fn push(&mut self, input: &[u8]) -> (usize, Option<ReceivedData>) {

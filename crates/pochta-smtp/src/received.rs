@@ -85,7 +85,7 @@ mod tests {
                         notify: None,
                         orcpt: None,
                     },
-                    held: false,
+                    disposition: pochta_mail::Disposition::Local,
                 })
                 .collect(),
             body: Vec::new(),

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use pochta_mail::{BareLineEndings, Mailbox};
+use pochta_mail::{BareLineEndings, Disposition, Mailbox};
 
 use crate::command::{self, Command, MailFrom, ParseContext, RcptTo};
 use crate::data::{DataLimits, DataProblem, DataReceiver, ReceivedData};
@@ -20,6 +20,9 @@ mod auth;
 pub const MAX_COMMAND_LINE: usize = 512;
 /// RFC 4954 4: an AUTH exchange line may be up to 12288 octets.
 pub const MAX_AUTH_LINE: usize = 12288;
+/// Input is not processed further while this many octets of replies wait to be taken: a
+/// client that pipelines without reading makes the session wait, not grow.
+pub const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
 /// Server-wide settings.
 #[derive(Debug, Clone)]
@@ -29,8 +32,11 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     pub max_received_headers: usize,
     pub bare_line_endings: BareLineEndings,
-    /// After this many error replies the session is closed with 421.
+    /// After this many error replies (4xx or 5xx) the session is closed with 421.
     pub max_errors: usize,
+    /// After this many commands the session is closed with 421: a client repeating NOOP,
+    /// RSET or ETRN forever gets no more of the server's time.
+    pub max_commands: usize,
     pub postmaster_domain: Option<String>,
     /// An authenticated user may use only its own address as the sender (RFC 6409 6.1).
     pub enforce_sender_ownership: bool,
@@ -72,8 +78,8 @@ impl std::fmt::Debug for Credentials {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptedRecipient {
     pub rcpt: RcptTo,
-    /// A hold domain's recipient: kept until ETRN.
-    pub held: bool,
+    /// Where its mail goes.
+    pub disposition: Disposition,
 }
 
 /// A complete transaction to commit before answering 250.
@@ -111,7 +117,7 @@ pub enum Action {
 /// What the I/O layer decided about a recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecipientVerdict {
-    Accept { held: bool },
+    Accept(Disposition),
     NoSuchUser,
     Disabled,
     RelayDenied,
@@ -187,6 +193,7 @@ pub struct Session {
     user: Option<String>,
     transaction: Option<Transaction>,
     errors: usize,
+    commands: usize,
     discarding_line: bool,
     closed: bool,
 }
@@ -207,6 +214,7 @@ impl Session {
             user: None,
             transaction: None,
             errors: 0,
+            commands: 0,
             discarding_line: false,
             closed: false,
         };
@@ -245,9 +253,18 @@ impl Session {
         }
     }
 
-    /// Queues a reply, counting errors: too many and the session ends.
+    /// Octets of input and message text the session holds in memory.
+    pub fn buffered_bytes(&self) -> usize {
+        let data = match &self.phase {
+            Phase::Data(receiver) => receiver.buffered(),
+            _ => 0,
+        };
+        self.input.len() + data
+    }
+
+    /// Queues a reply, counting errors of either class: too many and the session ends.
     fn send(&mut self, reply: Reply) {
-        if reply.code >= 500 {
+        if reply.code >= 400 {
             self.errors += 1;
         }
         self.write(&reply);
@@ -269,8 +286,14 @@ impl Session {
         }
     }
 
+    /// Replies wait to be taken beyond `MAX_PENDING_OUTPUT`.
+    fn output_full(&self) -> bool {
+        self.out.len() >= 64
+            || matches!(self.out.back(), Some(Output::Send(bytes)) if bytes.len() >= MAX_PENDING_OUTPUT)
+    }
+
     fn process(&mut self) {
-        while self.pending.is_none() && !self.closed && self.out.len() < 64 {
+        while self.pending.is_none() && !self.closed && !self.output_full() {
             if let Phase::Data(receiver) = &mut self.phase {
                 let (used, done) = receiver.push(&self.input);
                 self.input.drain(..used);
@@ -334,6 +357,14 @@ impl Session {
     }
 
     fn command_line(&mut self, line: &[u8]) {
+        self.commands += 1;
+        if self.commands > self.config.max_commands {
+            return self.close_with(Reply::new(
+                421,
+                "4.7.0",
+                "Too many commands; closing connection",
+            ));
+        }
         // Another protocol talking to us (e.g. HTTP through a proxy): stop at once.
         let verb = line.split(|&b| b == b' ').next().unwrap_or_default();
         if [&b"GET"[..], b"POST", b"HEAD", b"PUT", b"CONNECT"]
@@ -513,7 +544,7 @@ impl Session {
             return;
         };
         let reply = match verdict {
-            RecipientVerdict::Accept { held } => {
+            RecipientVerdict::Accept(disposition) => {
                 if let Some(t) = &mut self.transaction {
                     // A repeated recipient is accepted once (one delivery, one DSN).
                     if !t
@@ -521,7 +552,7 @@ impl Session {
                         .iter()
                         .any(|r| r.rcpt.recipient.is_same(&rcpt.recipient))
                     {
-                        t.recipients.push(AcceptedRecipient { rcpt, held });
+                        t.recipients.push(AcceptedRecipient { rcpt, disposition });
                     }
                 }
                 Reply::new(250, "2.1.5", "Ok")
@@ -693,5 +724,9 @@ impl pochta_session::Session for Session {
 
     fn in_data(&self) -> bool {
         Session::in_data(self)
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        Session::buffered_bytes(self)
     }
 }

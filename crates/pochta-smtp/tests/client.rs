@@ -294,3 +294,69 @@ fn a_stale_connection_is_reported_and_broken_ones_are_not_reused() {
     step(&mut closing, "421 4.3.2 shutting down\r\n");
     assert!(!closing.reusable());
 }
+
+/// What a hostile or broken server gets: its connection is given up, every recipient
+/// deferred, and nothing it said reaches the store uncleaned.
+#[test]
+fn malformed_replies_are_protocol_errors_that_defer() {
+    let deferred_with = |out: Option<ClientOutput>| match out {
+        Some(ClientOutput::Done(outcomes)) => match &outcomes[0] {
+            RecipientOutcome::Deferred(r) => r.clone(),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    for (greeting, why) in [
+        ("999 what\r\n", "malformed"),
+        ("2x0 hello\r\n", "malformed"),
+        ("220hello\r\n", "malformed"),
+        ("220-a\r\n250 b\r\n", "different codes"),
+    ] {
+        let mut c = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+        let r = deferred_with(step(&mut c, greeting).1);
+        assert_eq!(r.status.as_deref(), Some("4.5.0"), "{greeting:?}");
+        assert!(r.text.contains(why), "{greeting:?}: {}", r.text);
+        assert!(!c.reusable());
+    }
+    // A line that never ends is cut at the limit, not buffered without end.
+    let mut c = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+    c.feed(b"220-");
+    for _ in 0..100 {
+        c.feed(&[b'x'; 100]);
+    }
+    let r = deferred_with(c.poll());
+    assert!(r.text.contains("longer than 2048"), "{}", r.text);
+    // Too many lines.
+    let mut c = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+    let many = "220-x\r\n".repeat(101);
+    assert!(
+        deferred_with(step(&mut c, &many).1)
+            .text
+            .contains("more than 100 lines")
+    );
+}
+
+#[test]
+fn reply_texts_are_cleaned_and_bounded() {
+    let mut c = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+    step(&mut c, "220 r\r\n");
+    step(&mut c, "250 r\r\n");
+    let text = format!("550 5.1.1 no\0such\x1buser {}\r\n", "y".repeat(1500));
+    let (_, out) = step(&mut c, &text);
+    let Some(ClientOutput::Done(outcomes)) = out else {
+        panic!("{out:?}")
+    };
+    let RecipientOutcome::Rejected(reply) = &outcomes[0] else {
+        panic!("{outcomes:?}")
+    };
+    assert!(reply.text.starts_with("no such user yyy"), "{}", reply.text);
+    assert!(!reply.text.chars().any(char::is_control));
+    assert_eq!(reply.text.chars().count(), 1000);
+    // An enhanced status code with over-long parts is no status code.
+    let mut c = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Never));
+    let (_, out) = step(&mut c, "554 5.1234.1 go away\r\n");
+    let Some(ClientOutput::Done(outcomes)) = out else {
+        panic!()
+    };
+    assert!(matches!(&outcomes[0], RecipientOutcome::Rejected(r) if r.status.is_none()));
+}

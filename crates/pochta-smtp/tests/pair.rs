@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use pochta_mail::Disposition;
 use pochta_mail::{BareLineEndings, Body, Mailbox, Notify, Ret, TlsPolicy, xtext_encode};
 use pochta_session::Session as _;
 use pochta_smtp::client::{
@@ -25,6 +26,7 @@ fn server(max_message_size: usize) -> Session {
         max_received_headers: 50,
         bare_line_endings: BareLineEndings::Reject,
         max_errors: 10,
+        max_commands: 1000,
         postmaster_domain: None,
         enforce_sender_ownership: true,
     };
@@ -93,7 +95,7 @@ fn pair(client: &mut ClientSession, server: &mut Session, message: &[u8]) -> Run
                 }
                 Output::Close => {}
                 Output::Action(Action::VerifyRecipient { .. }) => {
-                    server.recipient_verdict(RecipientVerdict::Accept { held: false })
+                    server.recipient_verdict(RecipientVerdict::Accept(Disposition::Local))
                 }
                 Output::Action(Action::StoreMessage(m)) => {
                     run.stored.push(*m);

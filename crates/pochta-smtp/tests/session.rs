@@ -5,6 +5,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use pochta_mail::BareLineEndings;
+use pochta_mail::Disposition;
 use pochta_session::Session as _;
 use pochta_smtp::{
     Action, AuthResult, ConnectionPolicy, EtrnResult, Message, Output, RecipientVerdict, Session,
@@ -20,6 +21,7 @@ fn config() -> SessionConfig {
         max_received_headers: 2,
         bare_line_endings: BareLineEndings::Reject,
         max_errors: 10,
+        max_commands: 1000,
         postmaster_domain: Some("example.org".into()),
         enforce_sender_ownership: true,
     }
@@ -70,7 +72,7 @@ impl Conversation for Client {
     fn accept_all(&mut self, mut output: Option<Output>) -> Option<Output> {
         while verifying(&output).is_some() {
             self.session
-                .recipient_verdict(RecipientVerdict::Accept { held: false });
+                .recipient_verdict(RecipientVerdict::Accept(Disposition::Local));
             output = self.drain();
         }
         output
@@ -92,7 +94,7 @@ impl Conversation for Client {
             let output = self.send(&format!("RCPT TO:<{r}>\r\n"));
             assert_eq!(verifying(&output).as_deref(), Some(*r), "{output:?}");
             self.session
-                .recipient_verdict(RecipientVerdict::Accept { held: false });
+                .recipient_verdict(RecipientVerdict::Accept(Disposition::Local));
             assert!(self.drain().is_none());
             assert_eq!(self.take(), "250 2.1.5 Ok\r\n");
         }
@@ -153,7 +155,7 @@ fn a_whole_transaction() {
     let action = c.send("RCPT TO:<a@example.org> NOTIFY=SUCCESS ORCPT=rfc822;a@example.org\r\n");
     assert!(verifying(&action).as_deref() == Some("a@example.org"));
     c.session
-        .recipient_verdict(RecipientVerdict::Accept { held: true });
+        .recipient_verdict(RecipientVerdict::Accept(Disposition::Hold));
     assert!(c.drain().is_none());
     assert_eq!(c.take(), "250 2.1.5 Ok\r\n");
     assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
@@ -167,7 +169,7 @@ fn a_whole_transaction() {
     );
     assert_eq!(m.mail.envid.as_deref(), Some("e1"));
     assert_eq!(m.recipients.len(), 1);
-    assert!(m.recipients[0].held);
+    assert_eq!(m.recipients[0].disposition, Disposition::Hold);
     assert_eq!(
         m.recipients[0].rcpt.orcpt.as_ref().map(|o| o.as_str()),
         Some("rfc822;a@example.org")
@@ -743,7 +745,7 @@ fn garbage_never_panics() {
                 match action {
                     Output::Action(Action::VerifyRecipient { .. }) => c
                         .session
-                        .recipient_verdict(RecipientVerdict::Accept { held: false }),
+                        .recipient_verdict(RecipientVerdict::Accept(Disposition::Local)),
                     Output::Action(Action::Authenticate(_)) => {
                         c.session.auth_result(AuthResult::Failure)
                     }

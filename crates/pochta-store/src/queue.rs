@@ -7,12 +7,12 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgConnection};
 
 use chrono::{DateTime, Utc};
-use pochta_mail::{Mailbox, Orcpt};
+use pochta_mail::{Disposition, Mailbox, Orcpt};
 
 use crate::content::Chunks;
 use crate::{
-    AttemptOutcome, AttemptReport, ClaimedRecipient, Collected, Enqueued, NewEnvelope, Released,
-    Result, Store, StoreError, secs,
+    AttemptOutcome, AttemptReport, Claim, ClaimedRecipient, Collected, Enqueued, NewEnvelope,
+    Released, Result, Store, StoreError, secs,
 };
 
 /// A claimed recipient as its row holds it.
@@ -90,22 +90,29 @@ impl Store {
         enqueue_many_on(&mut *self.pool.acquire().await?, batch).await
     }
 
-    /// Leases due recipients to `owner` for `lease`, whole envelopes at a time: the envelopes
-    /// of the `limit` most overdue recipients are locked (skipping any another claimer is
-    /// locking, never waiting), and every due recipient of each is leased, so one worker sees
-    /// all of a message's due recipients together (one report per message). Any number of queue
-    /// replicas can claim at once and no two get the same recipient; a lease that expired (its
-    /// worker died) is claimable again.
+    /// Leases due recipients of one `class` (local or remote) to `owner` for `lease`, whole
+    /// envelopes at a time: the envelopes of the `limit` most overdue recipients are locked
+    /// (skipping any another claimer is locking, never waiting), and every due recipient of
+    /// the class in each is leased, so one worker sees all of a message's due recipients of
+    /// the class together (one report per message and class). Any number of queue replicas can
+    /// claim at once and no two get the same recipient; a lease that expired (its worker died)
+    /// is claimable again.
     pub async fn claim_due(
         &self,
         owner: &str,
+        class: Claim,
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedRecipient>> {
-        let rows = sqlx::query_as::<_, ClaimedRow>(
+        // The class is spelled out, not a parameter, so each query matches its partial index.
+        let class = match class {
+            Claim::Local => "r.local",
+            Claim::Remote => "NOT r.local",
+        };
+        let sql = format!(
             "WITH locked AS (
                  SELECT e.id FROM recipients r JOIN envelopes e ON e.id = r.envelope_id
-                 WHERE r.state = 'queued' AND r.next_attempt_at <= now()
+                 WHERE r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
                    AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())
                  ORDER BY r.next_attempt_at
                  LIMIT $1
@@ -116,7 +123,7 @@ impl Store {
                  -- changed: skipped, never waited for (a delivery must not wait on a claim).
                  SELECT r.id FROM recipients r
                  WHERE r.envelope_id IN (SELECT id FROM locked)
-                   AND r.state = 'queued' AND r.next_attempt_at <= now()
+                   AND r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
                    AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())
                  FOR UPDATE OF r SKIP LOCKED
              )
@@ -127,14 +134,30 @@ impl Store {
              RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
                  r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
                  e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at,
-                 r.delay_reported, r.cancelled",
-        )
-        .bind(i64::from(limit))
-        .bind(owner)
-        .bind(secs(lease))
-        .fetch_all(&self.pool)
-        .await?;
+                 r.delay_reported, r.cancelled"
+        );
+        let rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .bind(owner)
+            .bind(secs(lease))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(ClaimedRow::typed).collect())
+    }
+
+    /// Gives recipients `owner` holds to the remote delivery loops, due now: their domain has
+    /// stopped being local since they were accepted.
+    pub async fn hand_to_remote(&self, owner: &str, recipient_ids: &[i64]) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE recipients SET local = false, lease_owner = NULL, lease_expires_at = NULL,
+                 next_attempt_at = now()
+             WHERE id = ANY($1) AND lease_owner = $2 AND state = 'queued'",
+        )
+        .bind(recipient_ids)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Extends `owner`'s leases on these recipients during a long delivery. Returns how many
@@ -321,7 +344,13 @@ pub(crate) async fn enqueue_many_on(
         .map(|(_, r)| r.notify.map(|n| n.to_string()))
         .collect();
     let states: Vec<&str> = rcpts()
-        .map(|(_, r)| if r.held { "held" } else { "queued" })
+        .map(|(_, r)| match r.disposition {
+            Disposition::Hold => "held",
+            Disposition::Local | Disposition::Remote => "queued",
+        })
+        .collect();
+    let locals: Vec<bool> = rcpts()
+        .map(|(_, r)| r.disposition == Disposition::Local)
         .collect();
     // One statement, so the whole batch is stored or none of it. The message ids are drawn
     // first (a volatile CTE is evaluated once), so each envelope gets its own content; chunk
@@ -330,10 +359,10 @@ pub(crate) async fn enqueue_many_on(
     // unnest in FROM with a join copied every chunk into a tuplestore and a hash table first
     // (measured in bench/history.md, "chunk rows streamed"). They are not sorted (a sort
     // would copy every chunk too): readers order chunks themselves.
-    // The arguments' buffer (22 parameters, mostly the chunks' octets) is sized up front:
+    // The arguments' buffer (23 parameters, mostly the chunks' octets) is sized up front:
     // grown by doubling, it would copy the content several times over before it is sent.
     let mut args = PgArguments::default();
-    args.reserve(22, chunks.encoded_len() + 1024 * batch.len());
+    args.reserve(23, chunks.encoded_len() + 1024 * batch.len());
     for add in [
         args.add(&sizes),
         args.add(&queue_ids),
@@ -357,6 +386,7 @@ pub(crate) async fn enqueue_many_on(
         args.add(&chunks.owners),
         args.add(&chunks.seqs),
         args.add(&chunks.data),
+        args.add(&locals),
     ] {
         add.map_err(sqlx::Error::Encode)?;
     }
@@ -387,11 +417,12 @@ pub(crate) async fn enqueue_many_on(
                  FROM input ORDER BY n
                  RETURNING queue_id, id, message_id
              ), r AS (
-                 INSERT INTO recipients (envelope_id, address, domain, orcpt, notify, state)
-                 SELECT e.id, a.address, a.domain, a.orcpt, a.notify, a.state
+                 INSERT INTO recipients (envelope_id, address, domain, orcpt, notify, state, local)
+                 SELECT e.id, a.address, a.domain, a.orcpt, a.notify, a.state, a.local
                  FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
-                     $19::text[])
-                     WITH ORDINALITY AS a (queue_id, address, domain, orcpt, notify, state, n)
+                     $19::text[], $23::bool[])
+                     WITH ORDINALITY AS a (queue_id, address, domain, orcpt, notify, state, local,
+                         n)
                  JOIN e ON e.queue_id = a.queue_id
                  ORDER BY a.n
              )
@@ -421,6 +452,18 @@ pub(crate) async fn enqueue_many_on(
                 )))
             })
         })
+        .collect()
+}
+
+/// The longest text kept from an attempt's report (it may come from a remote server).
+const MAX_REPORT_TEXT: usize = 2000;
+
+/// `text` as a text column can hold it: PostgreSQL refuses NUL in text (a remote server's
+/// reply must never make recording its attempt fail), and length is bounded.
+fn storable(text: &str) -> String {
+    text.chars()
+        .filter(|c| *c != '\0')
+        .take(MAX_REPORT_TEXT)
         .collect()
 }
 
@@ -460,10 +503,15 @@ pub(crate) async fn record_attempt_on(
     .bind(owner)
     .bind(outcome.state().as_str())
     .bind(retry_after)
-    .bind(report.reply_code.map(i32::from))
-    .bind(report.status.as_deref())
-    .bind(&report.diagnostic)
-    .bind(report.remote_mta.as_deref())
+    .bind(
+        report
+            .reply_code
+            .filter(|c| (200..600).contains(c))
+            .map(i32::from),
+    )
+    .bind(report.status.as_deref().map(storable))
+    .bind(storable(&report.diagnostic))
+    .bind(report.remote_mta.as_deref().map(storable))
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 1 {

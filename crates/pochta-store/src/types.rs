@@ -46,7 +46,7 @@ macro_rules! text_enum {
     };
 }
 
-use pochta_mail::{Body, InvalidValue, Mailbox, Notify, Orcpt, Ret};
+use pochta_mail::{Body, Disposition, InvalidValue, Mailbox, Notify, Orcpt, Ret};
 
 text_enum! {
     /// What Pochta does with mail for a domain.
@@ -197,8 +197,17 @@ pub struct NewRecipient {
     pub orcpt: Option<Orcpt>,
     /// None when RCPT had no NOTIFY.
     pub notify: Option<Notify>,
-    /// `Queued` (due now) or `Held` (a hold domain).
-    pub held: bool,
+    /// Local and remote recipients are queued, due now, for their kind of delivery loop
+    /// (`Claim`); a hold domain's are held.
+    pub disposition: Disposition,
+}
+
+/// Which recipients a delivery loop claims: local ones (maildrops here) or remote ones (SMTP
+/// to other servers). Kept apart so a slow remote server never holds up local delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Local,
+    Remote,
 }
 
 /// A whole accepted transaction: the envelope and its recipients. The content goes beside it.

@@ -18,7 +18,7 @@ use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use pochta_mail::Mailbox;
+use pochta_mail::{Disposition, Mailbox};
 use pochta_session::{Output, Session};
 use pochta_store::{
     DomainRole, EnvelopeDetail, NewEnvelope, NewRecipient, QueueId, RecipientState, Store,
@@ -147,13 +147,22 @@ pub async fn add_account(store: &Store, address: &str, password: &str) -> anyhow
     Ok(store.add_account(&address, &hash).await?)
 }
 
-/// A recipient as an ingress enqueues it without DSN parameters: due now.
+/// A recipient as an ingress enqueues it without DSN parameters: due now, for the remote
+/// delivery loops (`local_recipient` for a local domain's).
 pub fn recipient(address: &str) -> NewRecipient {
     NewRecipient {
         address: Mailbox::parse(address).expect("a valid test address"),
         orcpt: None,
         notify: None,
-        held: false,
+        disposition: Disposition::Remote,
+    }
+}
+
+/// A local domain's recipient without DSN parameters: due now, for the local delivery loops.
+pub fn local_recipient(address: &str) -> NewRecipient {
+    NewRecipient {
+        disposition: Disposition::Local,
+        ..recipient(address)
     }
 }
 

@@ -15,10 +15,10 @@ use pochta_config::{Config, PlaintextAuth};
 use pochta_pop3::{Action, LoginResult, Policy, Session};
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
-use pochta_service::drive::{Ended, Handler, Io, Timeouts, drive};
+use pochta_service::drive::{Driver, Ended, Handler, Io, Timeouts};
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
-use pochta_service::login::Authenticator;
+use pochta_service::login::{Authenticator, LoginRules};
 use pochta_store::Store;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -56,6 +56,7 @@ pub struct Server {
     proxy_peers: ProxyPeers,
     plaintext_auth: PlaintextAuth,
     max_errors: usize,
+    max_commands: usize,
     timeouts: Timeouts,
     pub lock_ttl: Duration,
     /// RETR reads large messages in pieces of this many octets.
@@ -81,16 +82,22 @@ impl Server {
         Ok(Arc::new(Server {
             logins: Authenticator::new(
                 store.clone(),
-                pop3.auth_max_failures,
-                Duration::from_secs(pop3.auth_failure_window_secs),
-                Duration::from_millis(pop3.auth_failure_delay_ms),
-                Duration::from_secs(pop3.auth_cache_secs),
+                LoginRules {
+                    max_failures: pop3.auth_max_failures,
+                    failure_window: Duration::from_secs(pop3.auth_failure_window_secs),
+                    failure_delay: Duration::from_millis(pop3.auth_failure_delay_ms),
+                    cache_ttl: Duration::from_secs(pop3.auth_cache_secs),
+                    ipv6_prefix: pop3.ipv6_limit_prefix,
+                    max_checks: pop3.max_password_checks as usize,
+                    check_wait: Duration::from_secs(10),
+                },
             )?,
             store,
             tls,
             limiter: ConnectionLimiter::new(
                 pop3.max_connections as usize,
                 pop3.max_connections_per_ip as usize,
+                pop3.ipv6_limit_prefix,
             ),
             proxy_peers: ProxyPeers {
                 trusted: pop3.proxy_protocol_from.clone(),
@@ -98,11 +105,14 @@ impl Server {
             },
             plaintext_auth: pop3.plaintext_auth,
             max_errors: pop3.max_errors as usize,
+            max_commands: pop3.max_commands as usize,
             // POP3 has no data phase: one inactivity timeout (RFC 1939 3).
             timeouts: Timeouts {
                 command: Duration::from_secs(pop3.timeout_secs),
                 data: Duration::from_secs(pop3.timeout_secs),
                 handshake: Duration::from_secs(pop3.tls_handshake_timeout_secs),
+                write: Duration::from_secs(pop3.write_timeout_secs),
+                session: Duration::from_secs(pop3.max_session_secs),
             },
             lock_ttl: Duration::from_secs(pop3.lock_ttl_secs),
             chunk: i64::from(pop3.retrieve_chunk_bytes),
@@ -172,22 +182,21 @@ impl Server {
         let span = tracing::info_span!("pop3.session", %client, listener = kind.name(), tls = tracing::field::Empty, user = tracing::field::Empty);
         async move {
             let session = Session::new(self.policy(kind, client));
-            let (tls, timeouts) = (self.tls.clone(), self.timeouts);
+            let driver = Driver {
+                tls: self.tls.as_ref(),
+                timeouts: self.timeouts,
+                memory: None,
+                shutdown: &shutdown,
+            };
             let mut connection = Connection {
                 server: self.clone(),
                 client,
                 locked: None,
             };
-            let ended = drive(
-                Conn::Plain(tcp),
-                session,
-                &mut connection,
-                tls.as_ref(),
-                kind == ListenerKind::Pop3s,
-                timeouts,
-                &shutdown,
-            )
-            .await;
+            let implicit_tls = kind == ListenerKind::Pop3s;
+            let ended = driver
+                .drive(Conn::Plain(tcp), session, implicit_tls, &mut connection)
+                .await;
             tracing::debug!(?ended, "session ended");
             // Ended without a successful QUIT: release the maildrop, delete nothing.
             if let Some(l) = connection.locked
@@ -209,6 +218,7 @@ impl Server {
                 PlaintextAuth::Always => true,
             },
             max_errors: self.max_errors,
+            max_commands: self.max_commands,
         }
     }
 }

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use crate::commit::{GroupCommit, Limits};
 use pochta_config::{Cidr, Config};
-use pochta_mail::Mailbox;
+use pochta_mail::{Disposition, Mailbox};
 use pochta_proto::queue::v1::queue_client::QueueClient;
 use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
 use pochta_proto::queue::v1::{NotifyRequest, StartDomainDeliveryRequest};
 use pochta_service::cache::TtlCache;
-use pochta_service::login::{Authenticator, LoginOutcome};
+use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
 use pochta_smtp::received::{ReceivedBy, received_header};
 use pochta_smtp::{AuthResult, Credentials, EtrnResult, Message, RecipientVerdict, StoreResult};
 use pochta_store::{DomainRole, NewEnvelope, NewRecipient, QueueId, RecipientLookup, Store};
@@ -48,12 +48,12 @@ fn recipient_policy(found: RecipientLookup, may_relay: bool) -> RecipientVerdict
     match found.role {
         Some(DomainRole::Local) => match found.account {
             Some(account) if account.disabled => RecipientVerdict::Disabled,
-            Some(_) => RecipientVerdict::Accept { held: false },
+            Some(_) => RecipientVerdict::Accept(Disposition::Local),
             None => RecipientVerdict::NoSuchUser,
         },
-        Some(DomainRole::Hold) => RecipientVerdict::Accept { held: true },
-        Some(DomainRole::Relay) => RecipientVerdict::Accept { held: false },
-        None if may_relay => RecipientVerdict::Accept { held: false },
+        Some(DomainRole::Hold) => RecipientVerdict::Accept(Disposition::Hold),
+        Some(DomainRole::Relay) => RecipientVerdict::Accept(Disposition::Remote),
+        None if may_relay => RecipientVerdict::Accept(Disposition::Remote),
         None => RecipientVerdict::RelayDenied,
     }
 }
@@ -93,10 +93,15 @@ impl Actions {
             lifetime: Duration::from_secs(config.queue.message_lifetime_secs),
             logins: Authenticator::new(
                 store.clone(),
-                config.smtp.auth_max_failures,
-                Duration::from_secs(config.smtp.auth_failure_window_secs),
-                Duration::from_millis(config.smtp.auth_failure_delay_ms),
-                Duration::from_secs(config.smtp.auth_cache_secs),
+                LoginRules {
+                    max_failures: config.smtp.auth_max_failures,
+                    failure_window: Duration::from_secs(config.smtp.auth_failure_window_secs),
+                    failure_delay: Duration::from_millis(config.smtp.auth_failure_delay_ms),
+                    cache_ttl: Duration::from_secs(config.smtp.auth_cache_secs),
+                    ipv6_prefix: config.smtp.ipv6_limit_prefix,
+                    max_checks: config.smtp.max_password_checks as usize,
+                    check_wait: Duration::from_secs(10),
+                },
             )?,
             accepted_recipients: TtlCache::new(
                 Duration::from_secs(config.smtp.recipient_cache_secs),
@@ -191,7 +196,7 @@ impl Actions {
                     address: r.rcpt.recipient.clone(),
                     orcpt: r.rcpt.orcpt.clone(),
                     notify: r.rcpt.notify,
-                    held: r.held,
+                    disposition: r.disposition,
                 })
                 .collect(),
         };

@@ -10,7 +10,7 @@ use opentelemetry::metrics::Counter;
 use pochta_config::{Config, PlaintextAuth};
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
-use pochta_service::drive::{Ended, Handler, Io, Timeouts, drive};
+use pochta_service::drive::{Driver, Ended, Handler, Io, MemoryBudget, Timeouts};
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
 use pochta_smtp::{Action, ConnectionPolicy, Session, SessionConfig};
@@ -89,6 +89,8 @@ pub struct Ingress {
     proxy_peers: ProxyPeers,
     plaintext_auth: PlaintextAuth,
     timeouts: Timeouts,
+    /// Message text held in memory by every session together.
+    memory: MemoryBudget,
     metrics: Metrics,
 }
 
@@ -103,6 +105,7 @@ impl Ingress {
                 max_received_headers: smtp.max_received_headers as usize,
                 bare_line_endings: smtp.bare_line_endings,
                 max_errors: smtp.max_errors as usize,
+                max_commands: smtp.max_commands as usize,
                 postmaster_domain: smtp.postmaster_domain.clone(),
                 enforce_sender_ownership: smtp.enforce_sender_ownership,
             }),
@@ -111,6 +114,7 @@ impl Ingress {
             limiter: ConnectionLimiter::new(
                 smtp.max_connections as usize,
                 smtp.max_connections_per_ip as usize,
+                smtp.ipv6_limit_prefix,
             ),
             proxy_peers: ProxyPeers {
                 trusted: smtp.proxy_protocol_from.clone(),
@@ -121,7 +125,10 @@ impl Ingress {
                 command: Duration::from_secs(smtp.command_timeout_secs),
                 data: Duration::from_secs(smtp.data_timeout_secs),
                 handshake: Duration::from_secs(smtp.tls_handshake_timeout_secs),
+                write: Duration::from_secs(smtp.write_timeout_secs),
+                session: Duration::from_secs(smtp.max_session_secs),
             },
+            memory: MemoryBudget::new(smtp.max_data_memory_bytes as usize),
             metrics: Metrics::new(),
         })
     }
@@ -189,22 +196,21 @@ impl Ingress {
         let span = tracing::info_span!("smtp.session", %client, listener = kind.name(), tls = tracing::field::Empty, user = tracing::field::Empty);
         async move {
             let session = Session::new(self.session.clone(), self.policy(kind, client));
-            let timeouts = self.timeouts;
-            let tls = self.tls.clone();
+            let ingress = self.clone();
+            let driver = Driver {
+                tls: ingress.tls.as_ref(),
+                timeouts: ingress.timeouts,
+                memory: Some(&ingress.memory),
+                shutdown: &shutdown,
+            };
             let mut connection = Connection {
                 ingress: self,
                 client,
             };
-            let ended = drive(
-                Conn::Plain(tcp),
-                session,
-                &mut connection,
-                tls.as_ref(),
-                kind == ListenerKind::Submissions,
-                timeouts,
-                &shutdown,
-            )
-            .await;
+            let implicit_tls = kind == ListenerKind::Submissions;
+            let ended = driver
+                .drive(Conn::Plain(tcp), session, implicit_tls, &mut connection)
+                .await;
             tracing::debug!(?ended, "session ended");
         }
         .instrument(span)

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use pochta_store::{
-    AttemptOutcome, AttemptReport, QueueAction, QueueFilter, RecipientState, Store,
+    AttemptOutcome, AttemptReport, Claim, QueueAction, QueueFilter, RecipientState, Store,
 };
 use pochta_testkit::TestDb;
 
@@ -94,7 +94,9 @@ async fn touched(store: &Store, filter: &QueueFilter, action: QueueAction, dry_r
 }
 
 async fn claimable(store: &Store) -> usize {
-    let claimed = store.claim_due("w", 10, Duration::from_secs(60)).await;
+    let claimed = store
+        .claim_due("w", Claim::Remote, 10, Duration::from_secs(60))
+        .await;
     claimed.unwrap().len()
 }
 
@@ -128,7 +130,7 @@ async fn hold_release_retry_delete_with_dry_runs() {
 
     assert_eq!(touched(store, &one, QueueAction::Release, false).await, 2);
     let claimed = store
-        .claim_due("w", 10, Duration::from_secs(60))
+        .claim_due("w", Claim::Remote, 10, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);
@@ -193,7 +195,7 @@ async fn delete_with_report_cancels_and_depth_counts_the_waits() {
     assert_eq!((depth.due, depth.deferred, depth.held), (3, 0, 0));
 
     let claimed = store
-        .claim_due("w", 10, Duration::from_secs(60))
+        .claim_due("w", Claim::Remote, 10, Duration::from_secs(60))
         .await
         .unwrap();
     assert!(claimed.iter().all(|c| !c.cancelled));
@@ -231,7 +233,7 @@ async fn delete_with_report_cancels_and_depth_counts_the_waits() {
         .unwrap();
     assert_eq!((cancelled.recipients, cancelled.messages), (3, 1));
     let claimed = store
-        .claim_due("w", 10, Duration::from_secs(60))
+        .claim_due("w", Claim::Remote, 10, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 3, "held and deferred alike are due at once");
@@ -247,7 +249,7 @@ async fn delete_with_report_cancels_and_depth_counts_the_waits() {
         .await
         .unwrap();
     let again = store
-        .claim_due("w2", 10, Duration::from_secs(60))
+        .claim_due("w2", Claim::Remote, 10, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(again.len(), 1);

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use pochta_store::{
-    DomainRole, LocalDelivery, MaildropDelivery, RecipientState, Store, StoreError,
+    Claim, DomainRole, LocalDelivery, MaildropDelivery, RecipientState, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -29,7 +29,7 @@ async fn queued_recipients(store: &Store, n: usize) -> Vec<i64> {
         enqueue_n(store, 1).await;
     }
     store
-        .claim_due("w", 100, Duration::from_secs(60))
+        .claim_due("w", Claim::Remote, 100, Duration::from_secs(60))
         .await
         .unwrap()
         .into_iter()
@@ -123,7 +123,7 @@ async fn large_and_small_delivered(store: &Store, account: i64) -> (Vec<u8>, i64
     let stored = store.enqueue(&env, &large).await.unwrap();
     enqueue_n(store, 1).await;
     let mut entries = Vec::new();
-    for claimed in store.claim_due("w", 10, TTL).await.unwrap() {
+    for claimed in store.claim_due("w", Claim::Remote, 10, TTL).await.unwrap() {
         match store
             .deliver_to_maildrop("w", claimed.recipient_id, account, PREFIX)
             .await

@@ -1,8 +1,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pochta_mail::{Mailbox, Notify, Ret};
-use pochta_store::{AttemptOutcome, AttemptReport, RecipientState, StoreError};
+use pochta_mail::{Disposition, Mailbox, Notify, Ret};
+use pochta_store::{AttemptOutcome, AttemptReport, Claim, RecipientState, StoreError};
 use pochta_testkit::TestDb;
 
 use crate::{CONTENT, addr, enqueue_n, envelope, recipient};
@@ -23,7 +23,7 @@ async fn enqueue_stores_everything_given() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
     let mut held = recipient("bob@backup.example");
-    held.held = true;
+    held.disposition = Disposition::Hold;
     held.notify = Some(Notify::NEVER);
     held.orcpt = None;
     let env = envelope(vec![recipient("alice@example.org"), held]);
@@ -141,7 +141,10 @@ async fn concurrent_claimers_never_share_a_recipient() {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let claimed = store.claim_due(worker, 7, LEASE).await.unwrap();
+                let claimed = store
+                    .claim_due(worker, Claim::Remote, 7, LEASE)
+                    .await
+                    .unwrap();
                 if claimed.is_empty() {
                     break;
                 }
@@ -173,10 +176,16 @@ async fn an_envelopes_due_recipients_are_claimed_together() {
     let a = enqueue_n(store, 5).await;
     let b = enqueue_n(store, 3).await;
     // A limit of 1 still brings all five recipients of the first envelope.
-    let first = store.claim_due("w1", 1, LEASE).await.unwrap();
+    let first = store
+        .claim_due("w1", Claim::Remote, 1, LEASE)
+        .await
+        .unwrap();
     assert_eq!(first.len(), 5);
     assert!(first.iter().all(|c| c.queue_id == a.queue_id.as_str()));
-    let second = store.claim_due("w2", 1, LEASE).await.unwrap();
+    let second = store
+        .claim_due("w2", Claim::Remote, 1, LEASE)
+        .await
+        .unwrap();
     assert_eq!(second.len(), 3);
     assert!(second.iter().all(|c| c.queue_id == b.queue_id.as_str()));
 }
@@ -186,11 +195,14 @@ async fn claim_returns_envelope_fields_and_skips_held_and_leased() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
     let mut held = recipient("bob@backup.example");
-    held.held = true;
+    held.disposition = Disposition::Hold;
     let env = envelope(vec![recipient("alice@example.org"), held]);
     store.enqueue(&env, CONTENT).await.unwrap();
 
-    let claimed = store.claim_due("w1", 10, LEASE).await.unwrap();
+    let claimed = store
+        .claim_due("w1", Claim::Remote, 10, LEASE)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1, "the held recipient is not due");
     let c = &claimed[0];
     assert_eq!(c.address, addr("alice@example.org"));
@@ -209,7 +221,11 @@ async fn claim_returns_envelope_fields_and_skips_held_and_leased() {
     assert_eq!(c.attempts, 0);
     assert!(c.lease_expires_at > chrono::Utc::now() + chrono::Duration::seconds(50));
     assert!(
-        store.claim_due("w2", 10, LEASE).await.unwrap().is_empty(),
+        store
+            .claim_due("w2", Claim::Remote, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
         "leased"
     );
 
@@ -227,14 +243,23 @@ async fn expired_lease_is_claimable_again_and_the_old_owner_loses_it() {
     let store = db.store();
     enqueue_n(store, 1).await;
     let first = store
-        .claim_due("dead", 10, Duration::from_millis(300))
+        .claim_due("dead", Claim::Remote, 10, Duration::from_millis(300))
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
-    assert!(store.claim_due("live", 10, LEASE).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_due("live", Claim::Remote, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let second = store.claim_due("live", 10, LEASE).await.unwrap();
+    let second = store
+        .claim_due("live", Claim::Remote, 10, LEASE)
+        .await
+        .unwrap();
     assert_eq!(second.len(), 1);
     let id = second[0].recipient_id;
     assert_eq!(id, first[0].recipient_id);
@@ -265,7 +290,10 @@ async fn attempts_are_recorded_with_history() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
     let env = enqueue_n(store, 2).await;
-    let claimed = store.claim_due("w", 10, LEASE).await.unwrap();
+    let claimed = store
+        .claim_due("w", Claim::Remote, 10, LEASE)
+        .await
+        .unwrap();
     let (a, b) = (claimed[0].recipient_id, claimed[1].recipient_id);
 
     let deferred = AttemptOutcome::Deferred {
@@ -285,7 +313,11 @@ async fn attempts_are_recorded_with_history() {
         .await
         .unwrap();
     assert!(
-        store.claim_due("w", 10, LEASE).await.unwrap().is_empty(),
+        store
+            .claim_due("w", Claim::Remote, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
         "deferred is not due"
     );
 
@@ -322,7 +354,7 @@ async fn etrn_release_makes_held_and_deferred_due() {
     let store = db.store();
     let held_at = |a: &str| {
         let mut r = recipient(a);
-        r.held = true;
+        r.disposition = Disposition::Hold;
         r
     };
     store
@@ -344,7 +376,10 @@ async fn etrn_release_makes_held_and_deferred_due() {
         .enqueue(&envelope(vec![recipient("d@backup.example")]), CONTENT)
         .await
         .unwrap();
-    let claimed = store.claim_due("w", 10, LEASE).await.unwrap();
+    let claimed = store
+        .claim_due("w", Claim::Remote, 10, LEASE)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     let deferred = AttemptOutcome::Deferred {
         retry_after: Duration::from_secs(3600),
@@ -362,7 +397,7 @@ async fn etrn_release_makes_held_and_deferred_due() {
     let exact = store.release_domain("BACKUP.example", false).await.unwrap();
     assert_eq!((exact.recipients, exact.messages), (2, 2));
     let due: Vec<_> = store
-        .claim_due("w", 10, LEASE)
+        .claim_due("w", Claim::Remote, 10, LEASE)
         .await
         .unwrap()
         .into_iter()
@@ -391,7 +426,7 @@ async fn garbage_collection_keeps_live_and_delivered_content() {
     let store = db.store();
     enqueue_n(store, 1).await; // stays live
     enqueue_n(store, 1).await; // will finish
-    let claimed = store.claim_due("w", 1, LEASE).await.unwrap();
+    let claimed = store.claim_due("w", Claim::Remote, 1, LEASE).await.unwrap();
     store
         .record_attempt(
             "w",
@@ -431,7 +466,10 @@ async fn attempts_and_their_report_commit_together_or_not_at_all() {
     let db = TestDb::new().await.unwrap();
     let store = db.store();
     enqueue_n(store, 2).await;
-    let claimed = store.claim_due("w", 10, LEASE).await.unwrap();
+    let claimed = store
+        .claim_due("w", Claim::Remote, 10, LEASE)
+        .await
+        .unwrap();
     let (a, b) = (claimed[0].recipient_id, claimed[1].recipient_id);
     let failed = report(550, "5.1.1", "no such user");
     let dsn = envelope(vec![recipient("sender@example.net")]);
@@ -455,7 +493,10 @@ async fn attempts_and_their_report_commit_together_or_not_at_all() {
             .await
             .is_ok()
     );
-    other.claim_due("thief", 10, LEASE).await.unwrap();
+    other
+        .claim_due("thief", Claim::Remote, 10, LEASE)
+        .await
+        .unwrap();
     assert!(matches!(
         store.record_attempts_with_report("w", &attempts, Some((&dsn, b"report\r\n")), false).await,
         Err(StoreError::LeaseLost(id)) if id == b
