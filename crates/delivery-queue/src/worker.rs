@@ -312,12 +312,24 @@ impl Worker {
     }
 
     /// Delivers one claimed batch: its plain local recipients together, then the rest
-    /// envelope by envelope.
+    /// envelope by envelope: one after another in a local loop (store calls only), all at once
+    /// in a remote loop, so a slow destination holds up none of the batch's other envelopes.
     async fn deliver_batch(&self, claimed: Vec<ClaimedRecipient>) {
         let (rest, known) = self.deliver_local_together(claimed).await;
-        for group in by_envelope(rest) {
-            let attempts = self.attempt_envelope(&known, &group).await;
+        let groups = by_envelope(rest);
+        let deliveries = groups.iter().map(|group| async {
+            let attempts = self.attempt_envelope(&known, group).await;
             self.record(attempts).await;
+        });
+        match self.class {
+            Claim::Local => {
+                for delivery in deliveries {
+                    delivery.await;
+                }
+            }
+            Claim::Remote => {
+                futures_util::future::join_all(deliveries).await;
+            }
         }
     }
 
