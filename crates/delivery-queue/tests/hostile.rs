@@ -204,11 +204,19 @@ async fn a_trickling_server_does_not_hold_up_local_mail() {
     let store = q.db.store();
     for i in 0..12 {
         let to = format!("victim{i}@trickle.test");
-        enqueue(store, &envelope("bob@example.net", vec![recipient(&to)]), b"x\r\n").await;
+        enqueue(
+            store,
+            &envelope("bob@example.net", vec![recipient(&to)]),
+            b"x\r\n",
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = Instant::now();
-    let local = envelope("bob@example.net", vec![local_recipient("alice@example.org")]);
+    let local = envelope(
+        "bob@example.net",
+        vec![local_recipient("alice@example.org")],
+    );
     enqueue(store, &local, b"Subject: meanwhile\r\n\r\nhi\r\n").await;
     maildrop(store, q.alice, 1).await;
     assert!(
@@ -217,10 +225,14 @@ async fn a_trickling_server_does_not_hold_up_local_mail() {
         sent.elapsed()
     );
     // Every trickled recipient is deferred within the deadline (and the slot waits).
-    until("every trickled recipient attempted", Duration::from_secs(20), async || {
-        let counts = store.counts().await.unwrap();
-        counts.recipients_in(RecipientState::Queued) == 12 && deferred_all(store).await
-    })
+    until(
+        "every trickled recipient attempted",
+        Duration::from_secs(20),
+        async || {
+            let counts = store.counts().await.unwrap();
+            counts.recipients_in(RecipientState::Queued) == 12 && deferred_all(store).await
+        },
+    )
     .await;
     assert!(
         seen.connections.load(Ordering::SeqCst) <= 2 * 2,
@@ -231,7 +243,10 @@ async fn a_trickling_server_does_not_hold_up_local_mail() {
 
 /// True when no queued recipient is leased any more and each was attempted.
 async fn deferred_all(store: &Store) -> bool {
-    let (list, _) = store.list_envelopes(&Default::default(), 100).await.unwrap();
+    let (list, _) = store
+        .list_envelopes(&Default::default(), 100)
+        .await
+        .unwrap();
     list.iter()
         .flat_map(|e| &e.recipients)
         .filter(|r| r.state == RecipientState::Queued)
@@ -275,10 +290,16 @@ async fn hostile_servers_defer_within_the_deadline_and_leave_no_trace_in_memory(
         enqueue(store, &e, body).await;
         ids.push((domain, e.queue_id));
     }
-    let local = envelope("bob@example.net", vec![local_recipient("alice@example.org")]);
+    let local = envelope(
+        "bob@example.net",
+        vec![local_recipient("alice@example.org")],
+    );
     enqueue(store, &local, b"Subject: meanwhile\r\n\r\nhi\r\n").await;
     maildrop(store, q.alice, 1).await;
-    assert!(started.elapsed() < Duration::from_secs(5), "local mail at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "local mail at once"
+    );
 
     for (domain, id) in &ids {
         until(domain, Duration::from_secs(20), async || {
@@ -291,8 +312,7 @@ async fn hostile_servers_defer_within_the_deadline_and_leave_no_trace_in_memory(
         let first = &r.history[0];
         let diagnostic = first.diagnostic.clone();
         assert!(
-            first.attempted_at - d.arrived_at
-                < chrono::Duration::seconds(DEADLINE_SECS as i64 + 5),
+            first.attempted_at - d.arrived_at < chrono::Duration::seconds(DEADLINE_SECS as i64 + 5),
             "{domain}: attempted within the deadline"
         );
         assert!(!diagnostic.contains('\0'), "{domain}: {diagnostic:?}");
@@ -323,7 +343,10 @@ async fn hostile_servers_defer_within_the_deadline_and_leave_no_trace_in_memory(
             stats.connections.load(Ordering::SeqCst),
             stats.data_commands.load(Ordering::SeqCst),
         );
-        assert!(data <= connections, "{domain}: one DATA per attempt at most");
+        assert!(
+            data <= connections,
+            "{domain}: one DATA per attempt at most"
+        );
     }
     let grown = rss_kib(q.process.pid()).saturating_sub(rss_before);
     assert!(grown < 64 * 1024, "the queue grew by {grown} KiB");

@@ -154,3 +154,86 @@ async fn a_long_session_keeps_its_lock() {
     assert!(first.cmd("QUIT").await.starts_with("+OK"));
     assert!(second.login().await.starts_with("+OK"));
 }
+
+/// A client that pipelines without reading is cut off by the write timeout; its maildrop
+/// lock goes with it, so the next session gets in.
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off_and_its_lock_released() {
+    let (_db, process, pop3, _) = server("write_timeout_secs = 1\nmax_commands = 100000000").await;
+    let mut greedy = Client::connect(pop3).await;
+    assert!(greedy.login().await.starts_with("+OK"));
+    let noops = b"NOOP\r\n".repeat(2 << 20);
+    let _ = tokio::time::timeout(Duration::from_secs(15), greedy.write.write_all(&noops)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut next = Client::connect(pop3).await;
+    assert!(
+        next.login().await.starts_with("+OK Maildrop locked"),
+        "the cut-off session released its lock"
+    );
+    assert!(!process.output().contains("panicked"));
+}
+
+/// A session that lasts past `max_session_secs` ends at its next wait for input, deleting
+/// nothing.
+#[tokio::test]
+async fn a_trickling_client_is_cut_off_at_the_session_age() {
+    let (_db, _process, pop3, _) = server("max_session_secs = 2").await;
+    let mut c = Client::connect(pop3).await;
+    assert!(c.login().await.starts_with("+OK"));
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    for byte in b"NOOP\r\n".iter().cycle().take(60) {
+        if c.write.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if *byte == b'\n' {
+            last = c.line().await;
+            if last.starts_with("-ERR") {
+                break;
+            }
+        }
+    }
+    // The timeout may have come while a command was half sent (then our write failed).
+    while !last.starts_with("-ERR") && !last.is_empty() {
+        last = c.line().await;
+    }
+    assert!(last.starts_with("-ERR Timeout"), "{last}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn endless_commands_are_cut_off() {
+    let (_db, _process, pop3, _) = server("max_commands = 100").await;
+    let mut c = Client::connect(pop3).await;
+    c.write.write_all(&b"NOOP\r\n".repeat(150)).await.unwrap();
+    // Before login NOOP is an error (counted, max_errors = 1000 here): 100 of them, then the end.
+    for _ in 0..100 {
+        assert!(c.line().await.starts_with("-ERR"));
+    }
+    assert_eq!(c.line().await, "-ERR Too many commands; closing connection");
+}
+
+#[tokio::test]
+async fn utf8_everywhere_gets_err() {
+    let (_db, process, pop3, grpc) = server("").await;
+    let mut c = Client::connect(pop3).await;
+    for line in ["USÉR x", "USER ёжик", "PASS пароль", "AUTH PLAIN é", "É"] {
+        let reply = c.cmd(line).await;
+        assert!(
+            reply.starts_with("-ERR") || reply.starts_with("+OK"),
+            "{line}: {reply}"
+        );
+    }
+    let mut d = Client::connect(pop3).await;
+    assert!(d.login().await.starts_with("+OK"));
+    for line in ["RETR é", "TOP 1 é", "LIST ١", "DELE ½", "UIDL 𝟙"] {
+        assert!(d.cmd(line).await.starts_with("-ERR"), "{line}");
+    }
+    assert!(grpc_health(grpc).await.unwrap());
+    assert!(!process.output().contains("panicked"));
+}

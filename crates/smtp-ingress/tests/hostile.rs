@@ -339,3 +339,198 @@ async fn random_garbage_does_not_hurt() {
         s.process.output()
     );
 }
+
+/// A client that pipelines commands and never reads its replies is cut off by the write
+/// timeout, and holds nothing; another client is served meanwhile.
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off() {
+    let s = server("write_timeout_secs = 1\nmax_commands = 10000000\n").await;
+    let mut greedy = TcpStream::connect(s.mx).await.unwrap();
+    let writer = {
+        let noops = b"NOOP\r\n".repeat(1 << 20);
+        let (_, mut write) = greedy.split();
+        async move {
+            // Blocks once the server stops reading; fails once it has cut us off.
+            let _ = write.write_all(&noops).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    assert_still_serving(&s).await;
+    // Whatever the server had sent, then the end: it closed its side.
+    let mut sink = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), greedy.read_to_end(&mut sink)).await;
+    assert!(ended.is_ok(), "the server still holds the session");
+    assert!(!s.process.output().contains("panicked"));
+}
+
+/// A client that sends a byte now and then never times out on a read, but its session ends
+/// at `max_session_secs`.
+#[tokio::test]
+async fn a_trickling_client_is_cut_off_at_the_session_age() {
+    let s = server("max_session_secs = 2\ncommand_timeout_secs = 5\n").await;
+    let mut c = Raw::connect(s.mx).await;
+    let started = std::time::Instant::now();
+    let trickle = async {
+        for byte in b"NOOP\r\n".iter().cycle() {
+            if c.stream.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if started.elapsed() > Duration::from_secs(10) {
+                return;
+            }
+        }
+    };
+    trickle.await;
+    let mut rest = String::new();
+    let _ = c.stream.read_to_string(&mut rest).await;
+    let all = String::from_utf8_lossy(&c.buf).into_owned() + &rest;
+    assert!(all.contains("421 4.4.2 mx.test Timeout"), "{all}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+}
+
+/// Multi-byte UTF-8 in every place of every command: proper replies, never a panic.
+#[tokio::test]
+async fn utf8_everywhere_gets_proper_replies() {
+    let s = server("max_errors = 1000\n").await;
+    let mut c = Raw::connect(s.mx).await;
+    for line in [
+        "EHLO ёжик.example",
+        "MAIL FROMé:<a@b.example>",
+        "MAIL FRé:<a@b.example>",
+        "MAIL FROM:<é@b.example>",
+        "MAIL FROM:<a@b.example> ENVIDé=1",
+        "MAIL FROM:<a@b.example> SMTPUTF8 BODY=é",
+        "RCPT TOé:<alice@example.org>",
+        "RCPT TO:<é@example.org> NOTIFY=é",
+        "DATA é",
+        "AUTH é",
+        "ETRN é",
+        "ETRN @é",
+        "VRFY é",
+        "é",
+        "EHLO é é",
+        "NOOP é",
+    ] {
+        let reply = c.cmd(line).await;
+        let code = reply.get(..3).unwrap_or_default();
+        assert!(
+            [
+                "250", "252", "500", "501", "502", "503", "504", "530", "538", "555"
+            ]
+            .contains(&code),
+            "{line:?}: {reply:?}"
+        );
+    }
+    assert_still_serving(&s).await;
+    assert!(
+        !s.process.output().contains("panicked"),
+        "{}",
+        s.process.output()
+    );
+}
+
+/// NOOP, RSET or ETRN without end: the command budget ends the session, and repeated
+/// temporary failures count as errors.
+#[tokio::test]
+async fn endless_commands_and_temporary_failures_are_cut_off() {
+    let s = server("max_commands = 100\n").await;
+    let mut c = Raw::connect(s.mx).await;
+    c.send(&b"RSET\r\n".repeat(150)).await;
+    for _ in 0..100 {
+        assert!(c.reply().await.starts_with("250"));
+    }
+    let last = c.reply().await;
+    assert!(last.starts_with("421 4.7.0 Too many commands"), "{last}");
+    assert!(c.closed().await);
+
+    // ETRN with the queue unreachable answers 458: each counts toward max_errors (20).
+    let mut e = Raw::connect(s.mx).await;
+    e.cmd("EHLO x").await;
+    let mut closed_by = String::new();
+    for _ in 0..30 {
+        let reply = e.cmd("ETRN example.org").await;
+        if reply.contains("421") {
+            closed_by = reply;
+            break;
+        }
+        assert!(reply.starts_with("458"), "{reply}");
+    }
+    assert!(
+        closed_by.contains("421 4.7.0 Too many errors"),
+        "{closed_by:?}"
+    );
+}
+
+/// A thousand connections from one address: all beyond its limit are refused, and a client
+/// at another address is served normally meanwhile.
+#[tokio::test]
+async fn a_thousand_connections_from_one_address_leave_room_for_others() {
+    let s = server("max_connections_per_ip = 50\nmax_connections = 2000\n").await;
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1000 {
+        let mut tcp = TcpStream::connect(s.mx).await.unwrap();
+        let mut first = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut first))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if first[..n].starts_with(b"421 4.7.0 Too many connections from your address") {
+            refused += 1;
+        } else {
+            assert!(first[..n].starts_with(b"220"), "{:?}", &first[..n]);
+            open.push(tcp);
+        }
+    }
+    assert_eq!((open.len(), refused), (50, 950));
+    // Another address, at the same time.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(s.mx).await.unwrap();
+    let mut other = Raw {
+        stream,
+        buf: Vec::new(),
+    };
+    assert!(other.reply().await.starts_with("220 mx.test"));
+    assert!(
+        other
+            .cmd("EHLO other.test")
+            .await
+            .starts_with("250-mx.test")
+    );
+}
+
+/// Message text in memory is bounded for all sessions together: past the budget, sessions in
+/// DATA are read one at a time, and every one still finishes (no deadlock).
+#[tokio::test]
+async fn the_data_memory_budget_applies_back_pressure_and_everyone_finishes() {
+    let s = server("max_data_memory_bytes = 60000\n").await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let mx = s.mx;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Raw::connect(mx).await;
+            c.cmd("EHLO x").await;
+            c.cmd("MAIL FROM:<a@b.test>").await;
+            c.cmd("RCPT TO:<alice@example.org>").await;
+            assert!(c.cmd("DATA").await.starts_with("354"));
+            c.send(format!("Subject: {i}\r\n\r\n").as_bytes()).await;
+            for _ in 0..45 {
+                c.send(&[vec![b'z'; 998], b"\r\n".to_vec()].concat()).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c.send(b".\r\n").await;
+            c.reply().await
+        }));
+    }
+    for t in tasks {
+        let reply = t.await.unwrap();
+        assert!(reply.starts_with("250 2.0.0 Ok: queued"), "{reply}");
+    }
+    assert_eq!(stored(&s).await, 4);
+}
