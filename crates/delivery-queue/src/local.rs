@@ -8,8 +8,8 @@ use pochta_store::{
     ClaimedRecipient, DomainRole, LocalDelivery, MaildropDelivery, RecipientLookup, StoreError,
 };
 
-use crate::dsn::{Action, RecipientReport};
 use crate::worker::{Known, Worker, attempt_span};
+use pochta_smtp::dsn::{Action, RecipientReport};
 
 /// How one local attempt ended.
 pub enum Delivered {

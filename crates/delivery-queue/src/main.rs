@@ -8,7 +8,6 @@
 //! smarthost or their domain's MX hosts.
 
 mod depth;
-mod dsn;
 mod gc;
 mod grpc;
 mod local;

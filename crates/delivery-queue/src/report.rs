@@ -15,8 +15,8 @@ use pochta_store::{
 };
 use rand::Rng;
 
-use crate::dsn::{self, Action, RecipientReport, Report, Return};
 use crate::worker::Worker;
+use pochta_smtp::dsn::{self, Action, RecipientReport, Report, Return};
 
 /// How an attempt ended for one recipient, before it is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -517,7 +517,7 @@ asyncore.loop()
     let first = enqueue(store, vec![rcpt("one@remote.test", "NEVER")]).await;
     let second = enqueue(store, vec![rcpt("two@remote.test", "NEVER")]).await;
     let queue = format!(
-        "workers = 1\nbatch_size = 8\nlease_secs = 3\nscan_interval_secs = 1\n\
+        "remote_workers = 1\nbatch_size = 8\nlease_secs = 3\nscan_interval_secs = 1\n\
          [queue.routes]\n\"remote.test\" = \"127.0.0.1:{port}\"\n"
     );
     let _claimer = start_queue(&db, &queue).await;
@@ -582,9 +582,9 @@ async fn until_relayed_recipient(store: &Store, id: &QueueId) {
     .await;
 }
 
-/// A queue with one worker taking one envelope at a time, and `extra` configuration.
+/// A queue with one remote loop taking one envelope at a time, and `extra` configuration.
 async fn serial_queue(db: &TestDb, extra: &str) -> ServiceProcess {
-    start_queue(db, &format!("workers = 1\nbatch_size = 1\n{extra}")).await
+    start_queue(db, &format!("remote_workers = 1\nbatch_size = 1\n{extra}")).await
 }
 
 async fn until_relayed(store: &Store, n: i64) {
@@ -607,7 +607,7 @@ async fn connections_per_destination_are_limited() {
     let _queue = start_queue(
         &db,
         &format!(
-            "workers = 4\nbatch_size = 1\nmax_connections_per_destination = 1\n\n\
+            "remote_workers = 4\nbatch_size = 1\nmax_connections_per_destination = 1\n\n\
              [queue.routes]\n\"remote.test\" = \"{sink}\""
         ),
     )

@@ -11,6 +11,8 @@
 //! The same contract lets tests drive a session with no socket at all
 //! (`pochta_testkit::Script`).
 
+pub mod proxy;
+
 /// What a session wants done next.
 #[derive(Debug)]
 pub enum Output<A> {

@@ -76,30 +76,69 @@ pub fn header_section(message: &[u8]) -> &[u8] {
     }
 }
 
-/// Replaces CR and LF in a value going into a header field.
+/// A value going into a header field or a report line: control characters (CR and LF above
+/// all, which would start a field of the value's choosing) become spaces.
 fn field(value: &str) -> String {
-    value.replace(['\r', '\n'], " ")
+    value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The MIME boundary (RFC 2046 5.1.1): made of the report's id and the reporting MTA, in the
+/// characters a boundary may use, and occurring in none of the `parts` (a diagnostic or a
+/// returned message that contained it would break the report's structure; some parsers look
+/// for it anywhere, not only at the start of a line).
+fn boundary(report: &Report<'_>, parts: &[&[u8]]) -> String {
+    let base: String = format!("{}/{}", report.id, report.reporting_mta)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-'))
+        .take(60)
+        .collect();
+    let base = if base.is_empty() {
+        "report".to_owned()
+    } else {
+        base
+    };
+    let mut boundary = base.clone();
+    let mut n = 0u32;
+    let occurs = |b: &str| {
+        let delimiter = format!("--{b}");
+        parts
+            .iter()
+            .any(|p| memchr::memmem::find(p, delimiter.as_bytes()).is_some())
+    };
+    while occurs(&boundary) {
+        n += 1;
+        boundary = format!("{base}={n}");
+    }
+    boundary
 }
 
 /// The whole report message, CRLF line ends.
 pub fn build(report: &Report<'_>) -> Vec<u8> {
-    let boundary = format!("{}/{}", report.id, report.reporting_mta);
+    let (content_type, returned) = match report.ret {
+        Return::Full => ("message/rfc822", report.original),
+        Return::Headers => ("text/rfc822-headers", header_section(report.original)),
+    };
+    let mut human = String::new();
+    human_readable(report, &mut human);
+    let mut status = String::new();
+    delivery_status(report, &mut status);
+    let boundary = boundary(report, &[human.as_bytes(), status.as_bytes(), returned]);
+    let (reporting_mta, id) = (field(report.reporting_mta), field(report.id));
     let action = report
         .recipients
         .first()
         .map_or(Action::Failed, |r| r.action);
     let mut out = String::new();
     out.push_str(&format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n",
-        report.reporting_mta
+        "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n"
     ));
-    out.push_str(&format!("To: <{}>\r\n", report.to));
+    out.push_str(&format!("To: <{}>\r\n", field(report.to)));
     out.push_str(&format!("Subject: {}\r\n", action.subject()));
     out.push_str(&format!("Date: {}\r\n", report.date.to_rfc2822()));
-    out.push_str(&format!(
-        "Message-ID: <{}@{}>\r\n",
-        report.id, report.reporting_mta
-    ));
+    out.push_str(&format!("Message-ID: <{id}@{reporting_mta}>\r\n"));
     // RFC 3834: automatic replies must not be answered automatically.
     out.push_str("Auto-Submitted: auto-replied\r\n");
     out.push_str("MIME-Version: 1.0\r\n");
@@ -108,17 +147,13 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     out.push_str(&format!(
         "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     ));
-    human_readable(report, &mut out);
+    out.push_str(&human);
     out.push_str(&format!(
         "--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
     ));
-    delivery_status(report, &mut out);
+    out.push_str(&status);
 
     let mut bytes = out.into_bytes();
-    let (content_type, returned) = match report.ret {
-        Return::Full => ("message/rfc822", report.original),
-        Return::Headers => ("text/rfc822-headers", header_section(report.original)),
-    };
     bytes.extend_from_slice(
         format!("--{boundary}\r\nContent-Type: {content_type}\r\n\r\n").as_bytes(),
     );
@@ -134,7 +169,7 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
 fn human_readable(report: &Report<'_>, out: &mut String) {
     out.push_str(&format!(
         "This is the mail system at {}.\r\n\r\n",
-        report.reporting_mta
+        field(report.reporting_mta)
     ));
     for r in report.recipients {
         let what = match r.action {
@@ -162,7 +197,10 @@ fn human_readable(report: &Report<'_>, out: &mut String) {
 
 /// The `message/delivery-status` part (RFC 3464 2): per-message fields, then per recipient.
 fn delivery_status(report: &Report<'_>, out: &mut String) {
-    out.push_str(&format!("Reporting-MTA: dns; {}\r\n", report.reporting_mta));
+    out.push_str(&format!(
+        "Reporting-MTA: dns; {}\r\n",
+        field(report.reporting_mta)
+    ));
     if let Some(envid) = report.envid {
         out.push_str(&format!("Original-Envelope-Id: {}\r\n", field(envid)));
     }
@@ -183,7 +221,7 @@ fn delivery_status(report: &Report<'_>, out: &mut String) {
             field(&r.final_recipient)
         ));
         out.push_str(&format!("Action: {}\r\n", r.action.as_str()));
-        out.push_str(&format!("Status: {}\r\n", r.status));
+        out.push_str(&format!("Status: {}\r\n", field(&r.status)));
         if let Some(mta) = &r.remote_mta {
             out.push_str(&format!("Remote-MTA: dns; {}\r\n", field(mta)));
         }

@@ -1,0 +1,124 @@
+//! Parsers of text and headers: the PROXY v2 header, xtext, and the DSN builder.
+
+use chrono::{TimeZone, Utc};
+use mail_parser::{MessageParser, MimeHeaders};
+use pochta_mail::{xtext_decode, xtext_encode};
+use pochta_session::proxy::{self, FIXED_LEN, Header};
+use pochta_smtp::dsn::{self, Action, RecipientReport, Report, Return};
+
+use crate::input::Input;
+
+/// The PROXY v2 parser on any header. Oracle: a proxied source is only ever taken from a
+/// header with the signature, version 2 and the PROXY command.
+pub fn proxy_header(data: &[u8]) {
+    let mut fixed = [0u8; FIXED_LEN];
+    let n = data.len().min(FIXED_LEN);
+    fixed[..n].copy_from_slice(&data[..n]);
+    let rest = &data[n..];
+    if let Ok(len) = proxy::remaining_len(&fixed) {
+        assert_eq!(len, usize::from(u16::from_be_bytes([fixed[14], fixed[15]])));
+    }
+    if let Ok(Header::Proxied { .. }) = proxy::parse(&fixed, rest) {
+        assert_eq!(fixed[..12], proxy::SIGNATURE);
+        assert_eq!(fixed[12], 0x21);
+    }
+}
+
+/// xtext both ways. Oracles: what decodes is text without control characters, and encodes
+/// back to something that decodes to it again; any text without control characters survives
+/// encoding and decoding.
+pub fn xtext(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Some(decoded) = xtext_decode(&text) {
+        assert!(!decoded.chars().any(char::is_control), "{decoded:?}");
+        assert_eq!(
+            xtext_decode(&xtext_encode(&decoded)).as_deref(),
+            Some(&*decoded)
+        );
+    }
+    let encoded = xtext_encode(&text);
+    assert!(encoded.bytes().all(|b| (b'!'..=b'~').contains(&b)));
+    let back = xtext_decode(&encoded);
+    if text.chars().any(char::is_control) {
+        assert_eq!(back, None);
+    } else {
+        assert_eq!(back.as_deref(), Some(&*text));
+    }
+}
+
+/// The DSN builder on any values and any returned message. Oracles: the report parses
+/// (mail-parser) as a `multipart/report` whose status part has exactly one
+/// `Final-Recipient` and one `Action` per recipient and only field lines, whatever the values
+/// held (no injected fields or lines).
+pub fn dsn_report(data: &[u8]) {
+    let mut input = Input::new(data);
+    let (reporting_mta, to, id) = (input.text(), input.text(), input.text());
+    let envid = input.bool().then(|| input.text());
+    let recipients: Vec<RecipientReport> = (0..input.choose(4) + 1)
+        .map(|_| RecipientReport {
+            orcpt: input.text().parse().ok(),
+            final_recipient: input.text(),
+            action: [
+                Action::Failed,
+                Action::Delayed,
+                Action::Delivered,
+                Action::Relayed,
+            ][input.choose(4)],
+            status: input.text(),
+            remote_mta: input.bool().then(|| input.text()),
+            diagnostic: input.bool().then(|| input.text()),
+            last_attempt: Some(Utc.timestamp_opt(1_700_000_000, 0).unwrap()),
+            will_retry_until: None,
+        })
+        .collect();
+    let ret = if input.bool() {
+        Return::Full
+    } else {
+        Return::Headers
+    };
+    let original = input.rest();
+    let when = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    let report = dsn::build(&Report {
+        reporting_mta: &reporting_mta,
+        to: &to,
+        envid: envid.as_deref(),
+        arrival: when,
+        date: when,
+        id: &id,
+        recipients: &recipients,
+        original,
+        ret,
+    });
+    let message = MessageParser::default()
+        .parse(&report)
+        .expect("a report always parses");
+    let root = message.content_type().expect("a content type");
+    assert_eq!(
+        (root.ctype(), root.subtype()),
+        ("multipart", Some("report")),
+        "{}",
+        String::from_utf8_lossy(&report)
+    );
+    let status_part = message
+        .parts
+        .iter()
+        .find(|p| {
+            p.content_type()
+                .is_some_and(|c| c.ctype() == "message" && c.subtype() == Some("delivery-status"))
+        })
+        .expect("a delivery-status part");
+    let status = String::from_utf8_lossy(status_part.contents());
+    let lines: Vec<&str> = status.split("\r\n").collect();
+    let count = |field: &str| lines.iter().filter(|l| l.starts_with(field)).count();
+    assert_eq!(count("Final-Recipient: "), recipients.len(), "{status}");
+    assert_eq!(count("Action: "), recipients.len(), "{status}");
+    for line in &lines {
+        let is_field = line.split_once(": ").is_some_and(|(name, _)| {
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+        assert!(
+            line.is_empty() || is_field,
+            "not a field: {line:?}\n{status}"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! The fuzz targets' invariants as property tests in the normal test suite: random bytes, and
+//! inputs built from the protocols' own words (multi-byte UTF-8 included) so that short runs
+//! still reach deep states.
+
+use pochta_fuzz::{
+    data_receiver, dsn_report, pop3_session, proxy_header, smtp_client, smtp_server, xtext,
+};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+/// Words of SMTP sessions, with the characters that once broke a parser.
+fn smtp_word() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "EHLO x\r\n",
+        "HELO x\r\n",
+        "MAIL FROM:<a@b.example>",
+        "MAIL FROMé:<a@b>",
+        "RCPT TO:<c@example.org>",
+        " NOTIFY=SUCCESS,DELAY",
+        " ORCPT=rfc822;x+40y",
+        " ENVID=+00",
+        " SIZE=99",
+        " BODY=8BITMIME",
+        " SMTPUTF8",
+        "DATA\r\n",
+        "BDAT 3 LAST\r\n",
+        "AUTH PLAIN AGEAYg==\r\n",
+        "AUTH LOGIN\r\n",
+        "STARTTLS\r\n",
+        "ETRN @example.org\r\n",
+        "RSET\r\n",
+        "NOOP\r\n",
+        "QUIT\r\n",
+        "\r\n",
+        "\n",
+        "\r",
+        ".\r\n",
+        ".",
+        "é",
+        "ёжик",
+        "\u{0}",
+        ">",
+        "<",
+        "@",
+        "\"",
+    ])
+}
+
+/// Replies of SMTP servers, good and bad.
+fn reply_word() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "220 hello\r\n",
+        "250-x\r\n",
+        "250-PIPELINING\r\n",
+        "250-DSN\r\n",
+        "250-SIZE 10\r\n",
+        "250-STARTTLS\r\n",
+        "250 OK\r\n",
+        "250 2.1.5 ok\r\n",
+        "354 go\r\n",
+        "421 4.4.2 bye\r\n",
+        "451 4.3.0 later\r\n",
+        "550 5.1.1 no\r\n",
+        "999 what\r\n",
+        "2",
+        "\r\n",
+        "\n",
+        "é",
+        "\u{0}",
+    ])
+}
+
+fn joined(choices: Vec<u8>, words: Vec<&'static str>) -> Vec<u8> {
+    let mut data = choices;
+    for w in words {
+        data.extend_from_slice(w.as_bytes());
+    }
+    data
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn smtp_server_on_bytes(data in vec(any::<u8>(), 0..2048)) {
+        smtp_server(&data);
+    }
+
+    #[test]
+    fn smtp_server_on_command_soup(choices in vec(any::<u8>(), 16), words in vec(smtp_word(), 0..80)) {
+        smtp_server(&joined(choices, words));
+    }
+
+    #[test]
+    fn smtp_client_on_bytes(data in vec(any::<u8>(), 0..2048)) {
+        smtp_client(&data);
+    }
+
+    #[test]
+    fn smtp_client_on_reply_soup(choices in vec(any::<u8>(), 24), words in vec(reply_word(), 0..60)) {
+        smtp_client(&joined(choices, words));
+    }
+
+    #[test]
+    fn data_ends_exactly_at_the_first_crlf_dot_crlf(
+        cuts in vec(any::<u8>(), 9),
+        words in vec(prop::sample::select(vec!["\r\n", ".", "\n", "\r", "ab", "é", ".\r\n", "\r\n.\r\n"]), 0..200),
+    ) {
+        data_receiver(&joined(cuts, words));
+    }
+
+    #[test]
+    fn pop3_session_on_bytes(data in vec(any::<u8>(), 0..2048)) {
+        pop3_session(&data);
+    }
+
+    #[test]
+    fn pop3_session_on_command_soup(
+        choices in vec(any::<u8>(), 16),
+        words in vec(prop::sample::select(vec![
+            "USER a\r\n", "PASS b\r\n", "AUTH PLAIN AGEAYg==\r\n", "STLS\r\n", "CAPA\r\n",
+            "STAT\r\n", "LIST\r\n", "UIDL 1\r\n", "RETR 2\r\n", "TOP 1 3\r\n", "DELE 1\r\n",
+            "RSET\r\n", "NOOP\r\n", "QUIT\r\n", "RETR é\r\n", "é", "\r\n", "\n",
+        ]), 0..80),
+    ) {
+        pop3_session(&joined(choices, words));
+    }
+
+    #[test]
+    fn proxy_header_on_bytes(data in vec(any::<u8>(), 0..128)) {
+        proxy_header(&data);
+    }
+
+    #[test]
+    fn xtext_on_bytes(data in vec(any::<u8>(), 0..64)) {
+        xtext(&data);
+    }
+
+    #[test]
+    fn xtext_on_escapes(words in vec(prop::sample::select(vec!["+00", "+2B", "+C3+A9", "+0A", "a", "=", "+", "é", " "]), 0..20)) {
+        xtext(&joined(Vec::new(), words));
+    }
+
+    #[test]
+    fn dsn_report_on_bytes(data in vec(any::<u8>(), 0..2048)) {
+        dsn_report(&data);
+    }
+}
