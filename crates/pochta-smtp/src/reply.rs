@@ -40,7 +40,9 @@ impl Reply {
         self.code < 400
     }
 
-    /// The reply as sent: `250-first\r\n250 last\r\n`, the enhanced code on every line.
+    /// The reply as sent: `250-first\r\n250 last\r\n`, the enhanced code on every line. A
+    /// control character in a line's text (it may echo what a client sent) goes out as a
+    /// space: a reply never carries a line break or a NUL of someone else's making.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = String::new();
         let last = self.lines.len().saturating_sub(1);
@@ -50,7 +52,7 @@ impl Reply {
             if let Some(enhanced) = self.enhanced {
                 let _ = write!(out, "{enhanced} ");
             }
-            out.push_str(line);
+            out.extend(line.chars().map(|c| if c.is_control() { ' ' } else { c }));
             out.push_str("\r\n");
         }
         if self.lines.is_empty() {
