@@ -145,6 +145,11 @@ impl QueueConfig {
         at_least_one(&[
             ("queue.message_lifetime_secs", self.message_lifetime_secs),
             ("queue.workers", u64::from(self.workers)),
+            ("queue.batch_size", u64::from(self.batch_size)),
+            ("queue.scan_interval_secs", self.scan_interval_secs),
+            ("queue.gc_interval_secs", self.gc_interval_secs),
+            ("queue.depth_interval_secs", self.depth_interval_secs),
+            ("queue.retry_delay_secs", self.retry_delay_secs),
             ("queue.remote_workers", u64::from(self.remote_workers)),
             ("queue.connect_timeout_secs", self.connect_timeout_secs),
             ("queue.reply_timeout_secs", self.reply_timeout_secs),
@@ -159,6 +164,10 @@ impl QueueConfig {
                 u64::from(self.max_connections_per_destination),
             ),
         ])?;
+        // Leases are renewed every third of their lifetime.
+        if self.lease_secs < 3 {
+            return invalid("queue.lease_secs", "must be at least 3");
+        }
         if self.retry_max_delay_secs < self.retry_delay_secs {
             return invalid(
                 "queue.retry_max_delay_secs",

@@ -74,3 +74,38 @@ fn redacted_toml_round_trips_without_the_secret() {
     assert_eq!(back.store.url, "postgres://pochta:********@db/pochta");
     assert_eq!(back.telemetry, c.telemetry);
 }
+
+/// Values that would make a service spin (a zero interval), panic (a zero renewal period) or
+/// do nothing at all are refused by name.
+#[test]
+fn values_that_would_spin_or_panic_are_refused() {
+    for (section, key) in [
+        ("queue", "lease_secs"),
+        ("queue", "batch_size"),
+        ("queue", "gc_interval_secs"),
+        ("queue", "scan_interval_secs"),
+        ("queue", "depth_interval_secs"),
+        ("queue", "retry_delay_secs"),
+        ("queue", "workers"),
+        ("queue", "remote_workers"),
+        ("queue", "transaction_timeout_secs"),
+        ("queue", "slot_wait_secs"),
+        ("queue", "write_timeout_secs"),
+        ("queue", "max_connections_per_destination"),
+        ("smtp", "max_commands"),
+        ("smtp", "write_timeout_secs"),
+        ("smtp", "max_session_secs"),
+        ("smtp", "max_data_memory_bytes"),
+        ("smtp", "max_password_checks"),
+        ("pop3", "max_commands"),
+        ("pop3", "write_timeout_secs"),
+        ("pop3", "max_session_secs"),
+        ("pop3", "max_password_checks"),
+    ] {
+        let message = invalid(&format!("[{section}]\n{key} = 0\n"));
+        assert!(message.contains(&format!("{section}.{key}")), "{key}: {message}");
+    }
+    assert!(invalid("[queue]\nlease_secs = 2\n").contains("queue.lease_secs"));
+    assert!(invalid("[smtp]\nipv6_limit_prefix = 0\n").contains("smtp.ipv6_limit_prefix"));
+    assert!(invalid("[pop3]\nipv6_limit_prefix = 129\n").contains("pop3.ipv6_limit_prefix"));
+}
