@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                         .collect(),
                     resolver: mx::resolver(&queue.dns_servers)?,
                     mx_port: queue.mx_port,
+                    denied: queue.denied_networks.clone(),
                 },
                 dialer: remote::Dialer::new(
                     remote::tls_connector()?,

@@ -236,7 +236,13 @@ impl Worker {
                 Vec::new()
             }
         };
+        // Only a failure report returns the whole message (RET=FULL or no RET). Success and
+        // delay reports return the header alone (RFC 3461 4.3 lets the MTA choose): anyone may
+        // ask for them with a forged MAIL FROM, and a report carrying the full message would
+        // deliver any content to that victim under this server's name.
+        let failure = recipients.iter().all(|r| r.action == Action::Failed);
         let ret = match first.ret {
+            _ if !failure => Return::Headers,
             Some(pochta_mail::Ret::Hdrs) => Return::Headers,
             _ if original.len() > settings.dsn_max_full_bytes => Return::Headers,
             _ => Return::Full,

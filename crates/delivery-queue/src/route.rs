@@ -1,9 +1,12 @@
 //! Routing: where a remote domain's mail goes (a static route, the smarthost, or its MX hosts
 //! from DNS, `mx.rs`), which servers to try in which order, and the STARTTLS policy for it.
+//! Addresses DNS gives in internal networks are never tried: an MX record pointing at
+//! 127.0.0.1 must not make the queue deliver to the host's own services.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use pochta_config::Cidr;
 use pochta_mail::TlsPolicy;
 
 use crate::mx;
@@ -43,6 +46,8 @@ pub struct Router {
     pub resolver: hickory_resolver::TokioResolver,
     /// The port MX hosts are reached on (25).
     pub mx_port: u16,
+    /// Addresses from DNS in these networks are never connected to.
+    pub denied: Vec<Cidr>,
 }
 
 impl Router {
@@ -90,14 +95,33 @@ impl Router {
         };
         let mut candidates = Vec::new();
         let mut problems = Vec::new();
+        let mut denied = Vec::new();
         for host in hosts {
             match mx::addresses(&self.resolver, &host).await {
-                Ok(ips) => candidates.extend(ips.into_iter().map(|ip| Candidate {
-                    host: host.clone(),
-                    address: SocketAddr::new(ip, self.mx_port).to_string(),
-                })),
+                Ok(ips) => {
+                    for ip in ips {
+                        if self.denied.iter().any(|net| net.contains(ip)) {
+                            denied.push(format!("{host} ({ip})"));
+                            continue;
+                        }
+                        candidates.push(Candidate {
+                            host: host.clone(),
+                            address: SocketAddr::new(ip, self.mx_port).to_string(),
+                        });
+                    }
+                }
                 Err(why) => problems.push(why),
             }
+        }
+        if candidates.is_empty() && !denied.is_empty() && problems.is_empty() {
+            // RFC 3463 X.4.4: unable to route.
+            return Err(mx::Resolution::NoMail {
+                status: "5.4.4",
+                why: format!(
+                    "the mail hosts of {domain} are in networks delivery is refused to: {}",
+                    denied.join(", ")
+                ),
+            });
         }
         if candidates.is_empty() {
             let why = if problems.is_empty() {

@@ -301,7 +301,7 @@ async fn mx_lookup_order_fallback_implicit_nxdomain_and_null_mx() {
     let grpc = free_addr();
     let config = format!(
         "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\n\
-         dns_servers = [\"{dns}\"]\nmx_port = {}\n",
+         dns_servers = [\"{dns}\"]\nmx_port = {}\ndenied_networks = []\n",
         db.url(),
         mx.port()
     );
@@ -723,4 +723,51 @@ async fn tls_can_be_required_for_one_domain() {
             .contains("does not offer STARTTLS"),
         "{secure:?}"
     );
+}
+
+/// An MX (or the domain's own address) in an internal network is never connected to: the
+/// recipient fails with 5.4.4 and the failure report, and the internal server sees nothing.
+/// A static route to the same address is the operator's choice and is used.
+#[tokio::test]
+async fn mx_hosts_in_internal_networks_are_refused() {
+    let (sink, stats) = sink(Duration::ZERO, false).await;
+    let dns = dns_server(vec![
+        ("internal.test", Record::Mx(10, "mx.internal.test")),
+        ("mx.internal.test", Record::A([127, 0, 0, 1])),
+        ("private.test", Record::A([10, 1, 2, 3])),
+    ])
+    .await;
+    let db = TestDb::new().await.unwrap();
+    let alice = db.add_account("alice@example.org", "pw").await.unwrap();
+    let _queue = start_queue(
+        &db,
+        &format!(
+            "scan_interval_secs = 1\ndns_servers = [\"{dns}\"]\nmx_port = {}\n\n\
+             [queue.routes]\n\"routed.test\" = \"{sink}\"\n",
+            sink.port()
+        ),
+    )
+    .await;
+    let id = enqueue(
+        db.store(),
+        vec![
+            rcpt("a@internal.test", "FAILURE"),
+            rcpt("b@private.test", "FAILURE"),
+            rcpt("c@routed.test", "NEVER"),
+        ],
+    )
+    .await;
+    let detail = until_attempted(db.store(), &id).await;
+    for r in &detail.recipients[..2] {
+        assert_eq!(r.state, RecipientState::Failed, "{r:?}");
+        assert_eq!(r.last_status.as_deref(), Some("5.4.4"), "{r:?}");
+        assert!(
+            r.last_diagnostic.as_deref().unwrap().contains("refused"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(detail.recipients[2].state, RecipientState::Relayed);
+    assert_eq!(stats.messages.load(Ordering::SeqCst), 1, "only the routed one");
+    let status = delivery_status(&maildrop(db.store(), alice, 1).await[0]);
+    assert!(status.contains("Status: 5.4.4"), "{status}");
 }

@@ -275,8 +275,12 @@ async fn one_delay_report_per_message_and_only_once() {
     )
     .await;
     let reports = maildrop(store, s.alice, 1).await;
-    let (subject, status, _) = status_part(&reports[0]);
+    let (subject, status, returned) = status_part(&reports[0]);
     assert_eq!(subject, "Delayed Mail (still being retried)");
+    assert_eq!(
+        returned, "text/rfc822-headers",
+        "a delay report returns the header only, whatever RET says"
+    );
     for needle in [
         "Final-Recipient: rfc822; x@far.test",
         "Final-Recipient: rfc822; y@far.test",
@@ -378,4 +382,26 @@ async fn deleting_with_a_report_fails_the_recipients_and_tells_the_sender() {
         1,
         "one report"
     );
+}
+
+/// A success report returns the header only even with RET=FULL: anyone can ask for it with a
+/// forged MAIL FROM, and a full copy would let them deliver any content to that victim in a
+/// report of this server's (report reflection).
+#[tokio::test]
+async fn a_success_report_never_returns_the_whole_message() {
+    let s = setup("").await;
+    let store = s.db.store();
+    enqueue(
+        store,
+        "alice@example.org",
+        vec![rcpt("carol@example.org", Some("SUCCESS"))],
+        Some(Ret::Full),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let reports = maildrop(store, s.alice, 1).await;
+    let (subject, _, returned) = status_part(&reports[0]);
+    assert_eq!(subject, "Successful Mail Delivery Report");
+    assert_eq!(returned, "text/rfc822-headers");
+    assert!(!String::from_utf8_lossy(&reports[0]).contains("the original body"));
 }

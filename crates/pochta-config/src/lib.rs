@@ -378,6 +378,12 @@ pub struct QueueConfig {
     pub dns_servers: Vec<SocketAddr>,
     /// The port of MX hosts (25; another only for tests).
     pub mx_port: u16,
+    /// Addresses found through DNS (MX hosts and their A/AAAA records) in these networks are
+    /// never connected to: an MX pointing at loopback or a private network must not make the
+    /// queue talk to the host's own or internal services. Static routes and the smarthost are
+    /// exempt (the operator named them). Default: loopback, private, link-local, unique-local,
+    /// shared, multicast, reserved and unspecified ranges.
+    pub denied_networks: Vec<Cidr>,
     /// STARTTLS towards remote servers: opportunistic (when offered), required, or never.
     pub outbound_tls: TlsPolicy,
     /// `outbound_tls` for particular recipient domains; a key `.example.com` covers the
@@ -406,6 +412,33 @@ pub struct QueueConfig {
     pub slot_wait_secs: u64,
 }
 
+/// Networks no MX answer may lead to (RFC 6890's special-purpose ranges that are not
+/// globally reachable, documentation ranges included).
+pub const INTERNAL_NETWORKS: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001:db8::/32",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
@@ -430,6 +463,10 @@ impl Default for QueueConfig {
             smarthost: None,
             dns_servers: Vec::new(),
             mx_port: 25,
+            denied_networks: INTERNAL_NETWORKS
+                .iter()
+                .map(|n| n.parse().expect("a valid network"))
+                .collect(),
             outbound_tls: TlsPolicy::Opportunistic,
             outbound_tls_domains: Default::default(),
             connection_reuse_secs: 2,
