@@ -1,6 +1,7 @@
-//! Periodic garbage collection: finished envelopes past their retention, and message content
-//! that neither an envelope nor a maildrop entry holds any more (e.g. after POP3 deleted it).
-//! Replicas may run it at the same time: the deletes are idempotent.
+//! Periodic housekeeping: held mail past its lifetime is made due (the next claim expires it
+//! with its report), then garbage collection of finished envelopes past their retention and
+//! of message content that neither an envelope nor a maildrop entry holds any more (e.g.
+//! after POP3 deleted it). Replicas may run it at the same time: every step is idempotent.
 
 use std::time::Duration;
 
@@ -12,6 +13,14 @@ pub async fn run(store: Store, interval: Duration, retention: Duration, shutdown
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+        match store.expire_held().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                recipients = n,
+                "held mail past its lifetime made due to expire"
+            ),
+            Err(e) => tracing::warn!("expiring held mail failed (retried next interval): {e}"),
         }
         match store.collect_garbage(retention).await {
             Ok(c) if c.envelopes + c.messages > 0 => {

@@ -209,7 +209,8 @@ async fn a_replica_killed_mid_burst_loses_nothing_and_duplicates_nothing() {
     for part in batch.chunks(250) {
         store.enqueue_many(part).await.unwrap();
     }
-    let tuning = "lease_secs = 3\nscan_interval_secs = 1\nbatch_size = 8\nworkers = 2\nremote_workers = 2";
+    let tuning =
+        "lease_secs = 3\nscan_interval_secs = 1\nbatch_size = 8\nworkers = 2\nremote_workers = 2";
     let doomed = start_queue(&db, free_addr(), tuning).await;
     let _survivor = start_queue(&db, free_addr(), tuning).await;
     let released = store.release_domain("example.org", false).await.unwrap();

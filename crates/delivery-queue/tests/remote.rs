@@ -767,7 +767,11 @@ async fn mx_hosts_in_internal_networks_are_refused() {
         );
     }
     assert_eq!(detail.recipients[2].state, RecipientState::Relayed);
-    assert_eq!(stats.messages.load(Ordering::SeqCst), 1, "only the routed one");
+    assert_eq!(
+        stats.messages.load(Ordering::SeqCst),
+        1,
+        "only the routed one"
+    );
     let status = delivery_status(&maildrop(db.store(), alice, 1).await[0]);
     assert!(status.contains("Status: 5.4.4"), "{status}");
 }

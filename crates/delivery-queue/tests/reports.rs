@@ -405,3 +405,36 @@ async fn a_success_report_never_returns_the_whole_message() {
     assert_eq!(returned, "text/rfc822-headers");
     assert!(!String::from_utf8_lossy(&reports[0]).contains("the original body"));
 }
+
+/// Held mail (a hold domain's, waiting for ETRN) expires like queued mail: past its lifetime
+/// it fails with 4.4.7 and the sender gets the report.
+#[tokio::test]
+async fn held_mail_expires() {
+    let s = setup("gc_interval_secs = 1").await;
+    let store = s.db.store();
+    store
+        .add_domain("backup.test", pochta_store::DomainRole::Hold)
+        .await
+        .unwrap();
+    let held = NewRecipient {
+        disposition: pochta_mail::Disposition::Hold,
+        ..rcpt("someone@backup.test", None)
+    };
+    let id = enqueue(
+        store,
+        "alice@example.org",
+        vec![held],
+        None,
+        Duration::from_secs(1),
+    )
+    .await;
+    let reports = maildrop(store, s.alice, 1).await;
+    let (_, status, _) = status_part(&reports[0]);
+    assert!(
+        status.contains("Final-Recipient: rfc822; someone@backup.test")
+            && status.contains("Status: 4.4.7"),
+        "{status}"
+    );
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    assert_eq!(detail.recipients[0].state, RecipientState::Expired);
+}

@@ -269,8 +269,14 @@ pub struct SmtpConfig {
     /// ... each with at most this many messages and (beyond the first) this many octets.
     pub commit_batch_messages: u32,
     pub commit_batch_bytes: u64,
+    /// ETRN requests per client address (IPv6: per network) a minute; more get 458 without
+    /// asking the queue.
+    pub etrn_per_minute: u32,
     /// An authenticated user may send only as its own address.
     pub enforce_sender_ownership: bool,
+    /// An authenticated user may use the null reverse-path `<>` (it could then send mail no
+    /// bounce would come back to); refused by default, like any address it does not own.
+    pub submission_null_sender: bool,
     /// `RCPT TO:<postmaster>` (no domain) goes to postmaster at this domain.
     pub postmaster_domain: Option<String>,
 }
@@ -319,7 +325,9 @@ impl Default for SmtpConfig {
             commit_parallel_bytes: 256 * 1024,
             commit_batch_messages: 64,
             commit_batch_bytes: 16 * 1024 * 1024,
+            etrn_per_minute: 10,
             enforce_sender_ownership: true,
+            submission_null_sender: false,
             postmaster_domain: None,
         }
     }

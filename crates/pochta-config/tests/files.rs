@@ -103,7 +103,10 @@ fn values_that_would_spin_or_panic_are_refused() {
         ("pop3", "max_password_checks"),
     ] {
         let message = invalid(&format!("[{section}]\n{key} = 0\n"));
-        assert!(message.contains(&format!("{section}.{key}")), "{key}: {message}");
+        assert!(
+            message.contains(&format!("{section}.{key}")),
+            "{key}: {message}"
+        );
     }
     assert!(invalid("[queue]\nlease_secs = 2\n").contains("queue.lease_secs"));
     assert!(invalid("[smtp]\nipv6_limit_prefix = 0\n").contains("smtp.ipv6_limit_prefix"));

@@ -55,6 +55,7 @@ pub fn smtp_server(data: &[u8]) {
         max_commands: 500,
         postmaster_domain: input.bool().then(|| "example.org".to_owned()),
         enforce_sender_ownership: input.bool(),
+        submission_null_sender: input.bool(),
     };
     let policy = ConnectionPolicy {
         starttls_available: input.bool(),

@@ -1,5 +1,5 @@
-//! Limits on clients: concurrent connections (overall and per address) and failed logins per
-//! address in a sliding window. Shared by the SMTP and POP3 servers.
+//! Limits on clients: concurrent connections (overall and per address) and events (failed
+//! logins, ETRN) per address in a sliding window. Shared by the SMTP and POP3 servers.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -99,18 +99,20 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Failed authentications per client network (`client_network`) within a window.
+/// Events (failed logins, ETRN requests) per client network (`client_network`) within a
+/// sliding window: once `max` of them fall in the window, the client is blocked until some
+/// age out.
 #[derive(Debug, Clone)]
-pub struct FailureLimiter {
+pub struct WindowLimiter {
     inner: Arc<Mutex<HashMap<IpAddr, Vec<Instant>>>>,
     max_failures: usize,
     window: Duration,
     v6_prefix: u8,
 }
 
-impl FailureLimiter {
+impl WindowLimiter {
     pub fn new(max_failures: usize, window: Duration, v6_prefix: u8) -> Self {
-        FailureLimiter {
+        WindowLimiter {
             inner: Arc::default(),
             max_failures,
             window,
@@ -133,8 +135,8 @@ impl FailureLimiter {
         times.len() >= self.max_failures
     }
 
-    /// Records a failure; returns true when `ip` is now blocked.
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) -> bool {
+    /// Records an event; returns true when `ip` is now blocked.
+    pub fn record(&self, ip: IpAddr, now: Instant) -> bool {
         let ip = client_network(ip, self.v6_prefix);
         let mut map = self.inner.lock().expect("limiter lock");
         // Bound memory under a flood of addresses: forget everything that has aged out.
@@ -179,13 +181,13 @@ mod tests {
 
     #[test]
     fn failures_block_within_the_window_only() {
-        let limiter = FailureLimiter::new(3, Duration::from_secs(60), 64);
+        let limiter = WindowLimiter::new(3, Duration::from_secs(60), 64);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
-        assert!(!limiter.record_failure(ip, t0));
-        assert!(!limiter.record_failure(ip, t0 + Duration::from_secs(1)));
+        assert!(!limiter.record(ip, t0));
+        assert!(!limiter.record(ip, t0 + Duration::from_secs(1)));
         assert!(!limiter.is_blocked(ip, t0 + Duration::from_secs(2)));
-        assert!(limiter.record_failure(ip, t0 + Duration::from_secs(2)));
+        assert!(limiter.record(ip, t0 + Duration::from_secs(2)));
         assert!(limiter.is_blocked(ip, t0 + Duration::from_secs(3)));
         assert!(!limiter.is_blocked("192.0.2.9".parse().unwrap(), t0));
         assert!(
@@ -217,10 +219,10 @@ mod tests {
         assert_eq!(client_network(ip("2001:db8::1"), 128), ip("2001:db8::1"));
         assert_eq!(client_network(ip("2001:db8::1"), 32), ip("2001:db8::"));
 
-        let failures = FailureLimiter::new(2, Duration::from_secs(60), 64);
+        let failures = WindowLimiter::new(2, Duration::from_secs(60), 64);
         let t0 = Instant::now();
-        failures.record_failure(ip("2001:db8:5::1"), t0);
-        assert!(failures.record_failure(ip("2001:db8:5::2"), t0));
+        failures.record(ip("2001:db8:5::1"), t0);
+        assert!(failures.record(ip("2001:db8:5::2"), t0));
         assert!(
             failures.is_blocked(ip("2001:db8:5::3"), t0),
             "blocked as a network"

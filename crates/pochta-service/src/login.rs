@@ -17,7 +17,7 @@ use pochta_mail::Mailbox;
 use pochta_store::{AccountCredentials, Store};
 
 use crate::cache::TtlCache;
-use crate::limits::FailureLimiter;
+use crate::limits::WindowLimiter;
 
 #[derive(Debug)]
 pub enum LoginOutcome {
@@ -48,7 +48,7 @@ pub struct LoginRules {
 
 pub struct Authenticator {
     store: Store,
-    failures: FailureLimiter,
+    failures: WindowLimiter,
     failure_delay: Duration,
     /// Permits for argon2id verifications.
     checks: tokio::sync::Semaphore,
@@ -84,7 +84,7 @@ impl Authenticator {
         let secret: String = std::iter::repeat_with(rand_char).take(32).collect();
         Ok(Authenticator {
             store,
-            failures: FailureLimiter::new(
+            failures: WindowLimiter::new(
                 rules.max_failures as usize,
                 rules.failure_window,
                 rules.ipv6_prefix,
@@ -142,7 +142,7 @@ impl Authenticator {
         match account {
             Some(account) if matches && !account.disabled => LoginOutcome::Success(account),
             _ => {
-                let blocked = self.failures.record_failure(client, Instant::now());
+                let blocked = self.failures.record(client, Instant::now());
                 tracing::warn!(%client, user = %username, "login failed");
                 tokio::time::sleep(self.failure_delay).await;
                 if blocked {

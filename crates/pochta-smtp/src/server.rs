@@ -40,6 +40,9 @@ pub struct SessionConfig {
     pub postmaster_domain: Option<String>,
     /// An authenticated user may use only its own address as the sender (RFC 6409 6.1).
     pub enforce_sender_ownership: bool,
+    /// An authenticated user may use the null reverse-path `<>`: no bounce would come back
+    /// for such mail, so it is refused unless allowed.
+    pub submission_null_sender: bool,
 }
 
 /// What the listener knows about one connection.
@@ -143,10 +146,14 @@ pub enum StoreResult {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EtrnResult {
-    Started { messages: u64 },
+    Started {
+        messages: u64,
+    },
     NothingQueued,
     NotAllowed,
     Unavailable,
+    /// Too many ETRN requests from this client: the queue was not asked.
+    RateLimited,
 }
 
 #[derive(Debug)]
@@ -508,6 +515,13 @@ impl Session {
                 format!("Sender address rejected: not owned by user {user}"),
             ));
         }
+        if self.user.is_some() && mail.sender.is_none() && !self.config.submission_null_sender {
+            return self.send(Reply::new(
+                553,
+                "5.7.1",
+                "Sender address rejected: the null sender is not allowed for submission",
+            ));
+        }
         self.transaction = Some(Transaction {
             mail,
             recipients: Vec::new(),
@@ -659,6 +673,13 @@ impl Session {
                 458,
                 "4.3.0",
                 format!("Unable to queue messages for node {domain}"),
+            ),
+            EtrnResult::RateLimited => Reply::new(
+                458,
+                "4.7.0",
+                format!(
+                    "Unable to queue messages for node {domain}: too many ETRN requests, try later"
+                ),
             ),
         });
     }

@@ -29,6 +29,7 @@ fn server(max_message_size: usize) -> Session {
         max_commands: 1000,
         postmaster_domain: None,
         enforce_sender_ownership: true,
+        submission_null_sender: false,
     };
     let policy = ConnectionPolicy {
         starttls_available: true,

@@ -24,6 +24,7 @@ fn config() -> SessionConfig {
         max_commands: 1000,
         postmaster_domain: Some("example.org".into()),
         enforce_sender_ownership: true,
+        submission_null_sender: false,
     }
 }
 
@@ -494,6 +495,52 @@ fn auth_plain_with_initial_response() {
     );
     assert_eq!(c.cmd("MAIL FROM:<A@Example.org>"), "250 2.1.0 Ok\r\n");
     assert_eq!(c.cmd("AUTH PLAIN"), "503 5.5.1 Already authenticated\r\n");
+}
+
+/// Logs `user` in on a submission session made with `config`.
+fn logged_in(config: SessionConfig, user: &str) -> Client {
+    let mut c = client_with(
+        config,
+        ConnectionPolicy {
+            implicit_tls: true,
+            auth_required: true,
+            ..MX
+        },
+    );
+    c.ehlo();
+    let Some(Output::Action(Action::Authenticate(_))) =
+        c.send(&format!("AUTH PLAIN {}\r\n", plain(user, "pw")))
+    else {
+        panic!()
+    };
+    c.session
+        .auth_result(AuthResult::Success { user: user.into() });
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "235 2.7.0 Authentication successful\r\n");
+    c
+}
+
+/// A logged-in user may not send from `<>` (no bounce would come back) unless allowed; an
+/// unauthenticated MX peer always may (RFC 5321 4.5.5).
+#[test]
+fn null_sender_on_submission_only_when_allowed() {
+    let mut c = logged_in(config(), "a@example.org");
+    assert_eq!(
+        c.cmd("MAIL FROM:<>"),
+        "553 5.7.1 Sender address rejected: the null sender is not allowed for submission\r\n"
+    );
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+
+    let allowed = SessionConfig {
+        submission_null_sender: true,
+        ..config()
+    };
+    let mut c = logged_in(allowed, "a@example.org");
+    assert_eq!(c.cmd("MAIL FROM:<>"), "250 2.1.0 Ok\r\n");
+
+    let mut mx = client(MX);
+    mx.ehlo();
+    assert_eq!(mx.cmd("MAIL FROM:<>"), "250 2.1.0 Ok\r\n");
 }
 
 #[test]

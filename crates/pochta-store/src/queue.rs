@@ -252,6 +252,19 @@ impl Store {
         })
     }
 
+    /// Makes held recipients past their envelope's lifetime due, so the next claim expires
+    /// them with the report they owe (held mail expires like queued mail). Returns how many.
+    pub async fn expire_held(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE recipients r SET state = 'queued', next_attempt_at = now()
+             FROM envelopes e
+             WHERE e.id = r.envelope_id AND r.state = 'held' AND e.expires_at <= now()",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Removes envelopes whose recipients all finished more than `retention` ago, then message
     /// content that neither an envelope nor a maildrop entry references any more.
     pub async fn collect_garbage(&self, retention: Duration) -> Result<Collected> {

@@ -12,6 +12,7 @@ use pochta_proto::queue::v1::queue_client::QueueClient;
 use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
 use pochta_proto::queue::v1::{NotifyRequest, StartDomainDeliveryRequest};
 use pochta_service::cache::TtlCache;
+use pochta_service::limits::WindowLimiter;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
 use pochta_smtp::received::{ReceivedBy, received_header};
 use pochta_smtp::{AuthResult, Credentials, EtrnResult, Message, RecipientVerdict, StoreResult};
@@ -37,6 +38,8 @@ pub struct Actions {
     trusted: Vec<Cidr>,
     lifetime: Duration,
     logins: Authenticator,
+    /// ETRN requests per client network in the last minute.
+    etrn_requests: WindowLimiter,
     /// Recent acceptances by recipient address (`recipient_cache_secs`): a RCPT already
     /// accepted costs no store query.
     accepted_recipients: TtlCache<Mailbox, RecipientVerdict>,
@@ -103,6 +106,11 @@ impl Actions {
                     check_wait: Duration::from_secs(10),
                 },
             )?,
+            etrn_requests: WindowLimiter::new(
+                config.smtp.etrn_per_minute as usize,
+                Duration::from_secs(60),
+                config.smtp.ipv6_limit_prefix,
+            ),
             accepted_recipients: TtlCache::new(
                 Duration::from_secs(config.smtp.recipient_cache_secs),
                 RECIPIENT_CACHE_ENTRIES,
@@ -223,7 +231,13 @@ impl Actions {
     }
 
     /// ETRN, answered by the queue.
-    pub async fn etrn(&self, domain: &str, subdomains: bool) -> EtrnResult {
+    pub async fn etrn(&self, domain: &str, subdomains: bool, client: IpAddr) -> EtrnResult {
+        // Each ETRN costs the queue a store query: a client gets a few a minute.
+        let now = Instant::now();
+        if self.etrn_requests.is_blocked(client, now) {
+            return EtrnResult::RateLimited;
+        }
+        self.etrn_requests.record(client, now);
         let request = StartDomainDeliveryRequest {
             domain: domain.to_owned(),
             include_subdomains: subdomains,

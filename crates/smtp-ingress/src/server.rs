@@ -108,6 +108,7 @@ impl Ingress {
                 max_commands: smtp.max_commands as usize,
                 postmaster_domain: smtp.postmaster_domain.clone(),
                 enforce_sender_ownership: smtp.enforce_sender_ownership,
+                submission_null_sender: smtp.submission_null_sender,
             }),
             actions,
             tls,
@@ -267,7 +268,7 @@ impl Handler<Session> for Connection {
                 session.store_result(result);
             }
             Action::Etrn { domain, subdomains } => {
-                session.etrn_result(actions.etrn(&domain, subdomains).await);
+                session.etrn_result(actions.etrn(&domain, subdomains, client).await);
             }
         }
         Ok(())

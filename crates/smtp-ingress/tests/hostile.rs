@@ -466,6 +466,37 @@ async fn endless_commands_and_temporary_failures_are_cut_off() {
     );
 }
 
+/// ETRN costs the queue a store query: past `etrn_per_minute` a client gets 458 without the
+/// queue being asked, on any connection, while another address is still served.
+#[tokio::test]
+async fn etrn_is_rate_limited_per_client() {
+    let s = server("etrn_per_minute = 3\n").await;
+    let mut c = Raw::connect(s.mx).await;
+    c.cmd("EHLO x").await;
+    for _ in 0..3 {
+        let reply = c.cmd("ETRN example.org").await;
+        assert!(
+            reply.starts_with("458 4.3.0"),
+            "the queue was asked: {reply}"
+        );
+    }
+    let limited = "458 4.7.0 Unable to queue messages for node example.org: too many ETRN requests";
+    assert!(c.cmd("ETRN example.org").await.starts_with(limited));
+    let mut again = Raw::connect(s.mx).await;
+    again.cmd("EHLO x").await;
+    assert!(again.cmd("ETRN example.org").await.starts_with(limited));
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = Raw {
+        stream: socket.connect(s.mx).await.unwrap(),
+        buf: Vec::new(),
+    };
+    assert!(other.reply().await.starts_with("220"));
+    other.cmd("EHLO y").await;
+    assert!(other.cmd("ETRN example.org").await.starts_with("458 4.3.0"));
+}
+
 /// A thousand connections from one address: all beyond its limit are refused, and a client
 /// at another address is served normally meanwhile.
 #[tokio::test]
