@@ -277,6 +277,16 @@ pub struct SmtpConfig {
     /// An authenticated user may use the null reverse-path `<>` (it could then send mail no
     /// bounce would come back to); refused by default, like any address it does not own.
     pub submission_null_sender: bool,
+    /// Recipients per message for an authenticated user (a compromised account's reach).
+    pub submission_max_recipients: u32,
+    /// Messages an authenticated user may submit an hour and a day, counted in the store
+    /// across every ingress replica; beyond them MAIL gets 450 4.7.1. 0: no limit.
+    pub sender_messages_per_hour: u32,
+    pub sender_messages_per_day: u32,
+    /// Mail that may wait (queued or held) for one hold or relay domain; beyond either, its
+    /// recipients get 452 4.3.1 until the backlog drains. 0: no limit.
+    pub domain_backlog_messages: u64,
+    pub domain_backlog_bytes: u64,
     /// `RCPT TO:<postmaster>` (no domain) goes to postmaster at this domain.
     pub postmaster_domain: Option<String>,
 }
@@ -328,6 +338,11 @@ impl Default for SmtpConfig {
             etrn_per_minute: 10,
             enforce_sender_ownership: true,
             submission_null_sender: false,
+            submission_max_recipients: 100,
+            sender_messages_per_hour: 300,
+            sender_messages_per_day: 2000,
+            domain_backlog_messages: 10_000,
+            domain_backlog_bytes: 2 * 1024 * 1024 * 1024,
             postmaster_domain: None,
         }
     }

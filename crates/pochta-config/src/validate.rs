@@ -92,6 +92,10 @@ impl SmtpConfig {
             ("smtp.max_errors", u64::from(self.max_errors)),
             ("smtp.max_commands", u64::from(self.max_commands)),
             ("smtp.etrn_per_minute", u64::from(self.etrn_per_minute)),
+            (
+                "smtp.submission_max_recipients",
+                u64::from(self.submission_max_recipients),
+            ),
             ("smtp.write_timeout_secs", self.write_timeout_secs),
             ("smtp.max_session_secs", self.max_session_secs),
             ("smtp.max_data_memory_bytes", self.max_data_memory_bytes),

@@ -9,8 +9,8 @@ use pochta_smtp::client::{
 };
 use pochta_smtp::data::{DataLimits, DataReceiver};
 use pochta_smtp::{
-    Action, AuthResult, ConnectionPolicy, EtrnResult, RecipientVerdict, Session, SessionConfig,
-    StoreResult,
+    Action, AuthResult, ConnectionPolicy, EtrnResult, RecipientVerdict, SenderVerdict, Session,
+    SessionConfig, StoreResult,
 };
 
 use crate::input::Input;
@@ -45,6 +45,7 @@ pub fn smtp_server(data: &[u8]) {
         hostname: "mx.example.org".into(),
         max_message_size: 4096,
         max_recipients: 5,
+        submission_max_recipients: 3,
         max_received_headers: 3,
         bare_line_endings: if input.bool() {
             BareLineEndings::Reject
@@ -85,13 +86,14 @@ pub fn smtp_server(data: &[u8]) {
 
 fn answer_smtp(session: &mut Session, action: Action, input: &mut Input) {
     match action {
-        Action::VerifyRecipient { .. } => session.recipient_verdict(match input.choose(7) {
+        Action::VerifyRecipient { .. } => session.recipient_verdict(match input.choose(8) {
             0 => RecipientVerdict::Accept(Disposition::Local),
             1 => RecipientVerdict::Accept(Disposition::Remote),
             2 => RecipientVerdict::Accept(Disposition::Hold),
             3 => RecipientVerdict::NoSuchUser,
             4 => RecipientVerdict::Disabled,
             5 => RecipientVerdict::RelayDenied,
+            6 => RecipientVerdict::DomainBacklogFull,
             _ => RecipientVerdict::TemporaryFailure,
         }),
         Action::Authenticate(credentials) => session.auth_result(match input.choose(4) {
@@ -120,6 +122,11 @@ fn answer_smtp(session: &mut Session, action: Action, input: &mut Input) {
             1 => EtrnResult::NothingQueued,
             2 => EtrnResult::NotAllowed,
             _ => EtrnResult::Unavailable,
+        }),
+        Action::VerifySender { .. } => session.sender_verdict(match input.choose(3) {
+            0 => SenderVerdict::Accept,
+            1 => SenderVerdict::RateLimited("too many".into()),
+            _ => SenderVerdict::TemporaryFailure,
         }),
     }
 }

@@ -16,5 +16,5 @@ pub use command::{MailFrom, RcptTo};
 pub use reply::Reply;
 pub use server::{
     AcceptedRecipient, Action, AuthResult, ConnectionPolicy, Credentials, EtrnResult, Message,
-    Output, RecipientVerdict, Session, SessionConfig, StoreResult,
+    Output, RecipientVerdict, SenderVerdict, Session, SessionConfig, StoreResult,
 };

@@ -30,6 +30,8 @@ pub struct SessionConfig {
     pub hostname: String,
     pub max_message_size: usize,
     pub max_recipients: usize,
+    /// Recipients per message for an authenticated user (at most `max_recipients`).
+    pub submission_max_recipients: usize,
     pub max_received_headers: usize,
     pub bare_line_endings: BareLineEndings,
     /// After this many error replies (4xx or 5xx) the session is closed with 421.
@@ -115,6 +117,18 @@ pub enum Action {
     StoreMessage(Box<Message>),
     /// Ask the queue to start delivery for a domain; answer with `etrn_result`.
     Etrn { domain: String, subdomains: bool },
+    /// May this authenticated user send another message now (its sending rate)? Answer with
+    /// `sender_verdict`.
+    VerifySender { user: String },
+}
+
+/// What the I/O layer decided about an authenticated user's next message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderVerdict {
+    Accept,
+    /// Over a sending limit; the text says which.
+    RateLimited(String),
+    TemporaryFailure,
 }
 
 /// What the I/O layer decided about a recipient.
@@ -124,6 +138,8 @@ pub enum RecipientVerdict {
     NoSuchUser,
     Disabled,
     RelayDenied,
+    /// Too much mail already waits for this (hold or relay) domain.
+    DomainBacklogFull,
     TemporaryFailure,
 }
 
@@ -167,6 +183,7 @@ enum Phase {
 
 #[derive(Debug)]
 enum Pending {
+    Sender(MailFrom),
     Recipient(RcptTo),
     Auth,
     Store,
@@ -522,6 +539,17 @@ impl Session {
                 "Sender address rejected: the null sender is not allowed for submission",
             ));
         }
+        if let Some(user) = &self.user {
+            let user = user.clone();
+            self.pending = Some(Pending::Sender(mail));
+            self.out
+                .push_back(Output::Action(Action::VerifySender { user }));
+            return;
+        }
+        self.start_transaction(mail);
+    }
+
+    fn start_transaction(&mut self, mail: MailFrom) {
         self.transaction = Some(Transaction {
             mail,
             recipients: Vec::new(),
@@ -529,11 +557,39 @@ impl Session {
         self.send(Reply::new(250, "2.1.0", "Ok"));
     }
 
+    /// The I/O layer's decision on the authenticated user's sending rate.
+    pub fn sender_verdict(&mut self, verdict: SenderVerdict) {
+        let Some(Pending::Sender(mail)) = self.pending.take() else {
+            debug_assert!(false, "no sender is being verified");
+            return;
+        };
+        match verdict {
+            SenderVerdict::Accept => self.start_transaction(mail),
+            SenderVerdict::RateLimited(why) => self.send(Reply::new(
+                450,
+                "4.7.1",
+                format!("Sending rate limit exceeded: {why}; try again later"),
+            )),
+            SenderVerdict::TemporaryFailure => self.send(Reply::new(
+                451,
+                "4.3.0",
+                "Temporary failure checking the sending rate; try again later",
+            )),
+        }
+    }
+
     fn rcpt(&mut self, rcpt: RcptTo) {
         let Some(transaction) = &self.transaction else {
             return self.send(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
         };
-        if transaction.recipients.len() >= self.config.max_recipients {
+        let max_recipients = if self.user.is_some() {
+            self.config
+                .submission_max_recipients
+                .min(self.config.max_recipients)
+        } else {
+            self.config.max_recipients
+        };
+        if transaction.recipients.len() >= max_recipients {
             return self.send(Reply::new(452, "4.5.3", "Too many recipients"));
         }
         if rcpt.recipient.is_utf8() && !transaction.mail.smtputf8 {
@@ -576,6 +632,11 @@ impl Session {
             }
             RecipientVerdict::Disabled => Reply::new(550, "5.2.1", "Recipient mailbox is disabled"),
             RecipientVerdict::RelayDenied => Reply::new(554, "5.7.1", "Relay access denied"),
+            RecipientVerdict::DomainBacklogFull => Reply::new(
+                452,
+                "4.3.1",
+                "Too much mail is waiting for this domain; try again later",
+            ),
             RecipientVerdict::TemporaryFailure => Reply::new(
                 451,
                 "4.3.0",

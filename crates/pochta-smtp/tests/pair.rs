@@ -23,6 +23,7 @@ fn server(max_message_size: usize) -> Session {
         hostname: "mx.example.org".into(),
         max_message_size,
         max_recipients: 100,
+        submission_max_recipients: 100,
         max_received_headers: 50,
         bare_line_endings: BareLineEndings::Reject,
         max_errors: 10,

@@ -8,8 +8,8 @@ use pochta_mail::BareLineEndings;
 use pochta_mail::Disposition;
 use pochta_session::Session as _;
 use pochta_smtp::{
-    Action, AuthResult, ConnectionPolicy, EtrnResult, Message, Output, RecipientVerdict, Session,
-    SessionConfig, StoreResult,
+    Action, AuthResult, ConnectionPolicy, EtrnResult, Message, Output, RecipientVerdict,
+    SenderVerdict, Session, SessionConfig, StoreResult,
 };
 use pochta_testkit::Script;
 
@@ -18,6 +18,7 @@ fn config() -> SessionConfig {
         hostname: "mx.example.org".into(),
         max_message_size: 1000,
         max_recipients: 3,
+        submission_max_recipients: 3,
         max_received_headers: 2,
         bare_line_endings: BareLineEndings::Reject,
         max_errors: 10,
@@ -493,7 +494,13 @@ fn auth_plain_with_initial_response() {
         c.cmd("MAIL FROM:<other@example.org>"),
         "553 5.7.1 Sender address rejected: not owned by user a@example.org\r\n"
     );
-    assert_eq!(c.cmd("MAIL FROM:<A@Example.org>"), "250 2.1.0 Ok\r\n");
+    assert!(matches!(
+        c.send("MAIL FROM:<A@Example.org>\r\n"),
+        Some(Output::Action(Action::VerifySender { .. }))
+    ));
+    c.session.sender_verdict(SenderVerdict::Accept);
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "250 2.1.0 Ok\r\n");
     assert_eq!(c.cmd("AUTH PLAIN"), "503 5.5.1 Already authenticated\r\n");
 }
 
@@ -520,6 +527,59 @@ fn logged_in(config: SessionConfig, user: &str) -> Client {
     c
 }
 
+/// An authenticated MAIL waits for the sending-rate verdict; pipelined commands behind it wait
+/// too, and a refusal leaves no transaction for them.
+#[test]
+fn an_authenticated_sender_is_checked_against_its_sending_limits() {
+    let mut c = logged_in(config(), "a@example.org");
+    let Some(Output::Action(Action::VerifySender { user })) =
+        c.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
+    else {
+        panic!("no sender check")
+    };
+    assert_eq!(user, "a@example.org");
+    c.session.sender_verdict(SenderVerdict::RateLimited(
+        "300 messages in the last hour".into(),
+    ));
+    assert!(c.drain().is_none());
+    assert_eq!(
+        c.take(),
+        "450 4.7.1 Sending rate limit exceeded: 300 messages in the last hour; try again later\r\n\
+         503 5.5.1 Need MAIL before RCPT\r\n"
+    );
+    assert!(matches!(
+        c.send("MAIL FROM:<a@example.org>\r\n"),
+        Some(Output::Action(Action::VerifySender { .. }))
+    ));
+    c.session.sender_verdict(SenderVerdict::TemporaryFailure);
+    assert!(c.drain().is_none());
+    assert!(c.take().starts_with("451 4.3.0"));
+    // Recipients per message: submission_max_recipients (here 2) for a logged-in user.
+    let mut c = logged_in(
+        SessionConfig {
+            submission_max_recipients: 2,
+            ..config()
+        },
+        "a@example.org",
+    );
+    c.send("MAIL FROM:<a@example.org>\r\n");
+    c.session.sender_verdict(SenderVerdict::Accept);
+    c.drain();
+    c.take();
+    for (i, rcpt) in ["x@e.example", "y@e.example"].iter().enumerate() {
+        let output = c.send(&format!("RCPT TO:<{rcpt}>\r\n"));
+        assert_eq!(verifying(&output).as_deref(), Some(*rcpt), "{i}");
+        c.session
+            .recipient_verdict(RecipientVerdict::Accept(Disposition::Remote));
+        assert!(c.drain().is_none());
+        assert_eq!(c.take(), "250 2.1.5 Ok\r\n");
+    }
+    assert_eq!(
+        c.cmd("RCPT TO:<z@e.example>"),
+        "452 4.5.3 Too many recipients\r\n"
+    );
+}
+
 /// A logged-in user may not send from `<>` (no bounce would come back) unless allowed; an
 /// unauthenticated MX peer always may (RFC 5321 4.5.5).
 #[test]
@@ -529,14 +589,23 @@ fn null_sender_on_submission_only_when_allowed() {
         c.cmd("MAIL FROM:<>"),
         "553 5.7.1 Sender address rejected: the null sender is not allowed for submission\r\n"
     );
-    assert_eq!(c.cmd("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    assert!(matches!(
+        c.send("MAIL FROM:<a@example.org>\r\n"),
+        Some(Output::Action(Action::VerifySender { .. }))
+    ));
+    c.session.sender_verdict(SenderVerdict::Accept);
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "250 2.1.0 Ok\r\n");
 
     let allowed = SessionConfig {
         submission_null_sender: true,
         ..config()
     };
     let mut c = logged_in(allowed, "a@example.org");
-    assert_eq!(c.cmd("MAIL FROM:<>"), "250 2.1.0 Ok\r\n");
+    assert!(matches!(
+        c.send("MAIL FROM:<>\r\n"),
+        Some(Output::Action(Action::VerifySender { .. }))
+    ));
 
     let mut mx = client(MX);
     mx.ehlo();
@@ -803,6 +872,9 @@ fn garbage_never_panics() {
                     }
                     Output::Action(Action::Etrn { .. }) => {
                         c.session.etrn_result(EtrnResult::NothingQueued)
+                    }
+                    Output::Action(Action::VerifySender { .. }) => {
+                        c.session.sender_verdict(SenderVerdict::Accept)
                     }
                     Output::StartTls => c.session.tls_established(),
                     Output::Close => break,

@@ -12,6 +12,7 @@ mod maildrop;
 mod queue;
 mod server;
 mod types;
+mod usage;
 
 use std::time::Duration;
 

@@ -266,11 +266,13 @@ impl Store {
     }
 
     /// Removes envelopes whose recipients all finished more than `retention` ago, then message
-    /// content that neither an envelope nor a maildrop entry references any more.
+    /// content that neither an envelope nor a maildrop entry references any more. An
+    /// authenticated sender's envelopes stay at least a day: its sending limits count them.
     pub async fn collect_garbage(&self, retention: Duration) -> Result<Collected> {
         let envelopes = sqlx::query(
             "DELETE FROM envelopes e
              WHERE e.arrived_at < now() - $1 * interval '1 second'
+               AND (e.auth_user IS NULL OR e.arrived_at < now() - interval '1 day')
                AND NOT EXISTS (
                    SELECT 1 FROM recipients r
                    WHERE r.envelope_id = e.id

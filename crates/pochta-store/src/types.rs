@@ -322,6 +322,20 @@ pub struct QueueDepth {
     pub held: i64,
 }
 
+/// An authenticated sender's recent messages (sending limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SenderUsage {
+    pub last_hour: u64,
+    pub last_day: u64,
+}
+
+/// Mail waiting (queued or held) for one domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DomainBacklog {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
 /// What ETRN (or an admin release) made due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Released {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::commit::{GroupCommit, Limits};
+use crate::sending_limits::SendingLimits;
 use pochta_config::{Cidr, Config};
 use pochta_mail::{Disposition, Mailbox};
 use pochta_proto::queue::v1::queue_client::QueueClient;
@@ -15,7 +16,9 @@ use pochta_service::cache::TtlCache;
 use pochta_service::limits::WindowLimiter;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
 use pochta_smtp::received::{ReceivedBy, received_header};
-use pochta_smtp::{AuthResult, Credentials, EtrnResult, Message, RecipientVerdict, StoreResult};
+use pochta_smtp::{
+    AuthResult, Credentials, EtrnResult, Message, RecipientVerdict, SenderVerdict, StoreResult,
+};
 use pochta_store::{DomainRole, NewEnvelope, NewRecipient, QueueId, RecipientLookup, Store};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -43,6 +46,7 @@ pub struct Actions {
     /// Recent acceptances by recipient address (`recipient_cache_secs`): a RCPT already
     /// accepted costs no store query.
     accepted_recipients: TtlCache<Mailbox, RecipientVerdict>,
+    sending_limits: SendingLimits,
 }
 
 /// The RCPT verdict for what the store knows of the address; `may_relay`: the client is
@@ -115,6 +119,7 @@ impl Actions {
                 Duration::from_secs(config.smtp.recipient_cache_secs),
                 RECIPIENT_CACHE_ENTRIES,
             ),
+            sending_limits: SendingLimits::new(&config.smtp),
             store,
         }))
     }
@@ -123,32 +128,56 @@ impl Actions {
         self.trusted.iter().any(|net| net.contains(ip))
     }
 
-    /// RCPT policy: local accounts must exist; hold and relay domains accept anything; any
-    /// other domain only from authenticated users or trusted networks (no open relay).
-    /// Acceptances for our own domains are remembered a while; refusals never are, and
-    /// neither is relaying, which depends on the client.
+    /// RCPT policy: local accounts must exist; hold and relay domains accept anything while
+    /// their backlog has room; any other domain only from authenticated users or trusted
+    /// networks (no open relay). Acceptances for our own domains are remembered a while;
+    /// refusals never are, and neither is relaying, which depends on the client.
     pub async fn verify_recipient(
         &self,
         recipient: &Mailbox,
         authenticated: bool,
         client: IpAddr,
     ) -> RecipientVerdict {
-        if let Some(verdict) = self.accepted_recipients.get(recipient, Instant::now()) {
-            return verdict;
-        }
-        let found = match self.store.lookup_recipient(recipient).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!("recipient lookup failed: {e}");
-                return RecipientVerdict::TemporaryFailure;
+        let verdict = match self.accepted_recipients.get(recipient, Instant::now()) {
+            Some(verdict) => verdict,
+            None => {
+                let found = match self.store.lookup_recipient(recipient).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::error!("recipient lookup failed: {e}");
+                        return RecipientVerdict::TemporaryFailure;
+                    }
+                };
+                let verdict = recipient_policy(found, authenticated || self.is_trusted(client));
+                if found.role.is_none() {
+                    return verdict;
+                }
+                if matches!(verdict, RecipientVerdict::Accept(_)) {
+                    self.accepted_recipients
+                        .insert(recipient.clone(), verdict, Instant::now());
+                }
+                verdict
             }
         };
-        let verdict = recipient_policy(found, authenticated || self.is_trusted(client));
-        if found.role.is_some() && matches!(verdict, RecipientVerdict::Accept { .. }) {
-            self.accepted_recipients
-                .insert(recipient.clone(), verdict, Instant::now());
+        // Remembered or not, an acceptance for a hold or relay domain (the only ones held
+        // or sent on from a domain of ours) needs room in that domain's backlog.
+        if let RecipientVerdict::Accept(Disposition::Hold | Disposition::Remote) = verdict {
+            return match self
+                .sending_limits
+                .domain_has_room(&self.store, &recipient.domain)
+                .await
+            {
+                Some(true) => verdict,
+                Some(false) => RecipientVerdict::DomainBacklogFull,
+                None => RecipientVerdict::TemporaryFailure,
+            };
         }
         verdict
+    }
+
+    /// May the authenticated `user` start another message (its sending limits)?
+    pub async fn verify_sender(&self, user: &str) -> SenderVerdict {
+        self.sending_limits.check_sender(&self.store, user).await
     }
 
     /// AUTH, through the login rules SMTP and POP3 share.

@@ -4,6 +4,7 @@
 
 mod actions;
 mod commit;
+mod sending_limits;
 mod server;
 
 use std::process::ExitCode;

@@ -102,6 +102,7 @@ impl Ingress {
                 hostname: actions.hostname.clone(),
                 max_message_size: smtp.max_message_size as usize,
                 max_recipients: smtp.max_recipients as usize,
+                submission_max_recipients: smtp.submission_max_recipients as usize,
                 max_received_headers: smtp.max_received_headers as usize,
                 bare_line_endings: smtp.bare_line_endings,
                 max_errors: smtp.max_errors as usize,
@@ -269,6 +270,9 @@ impl Handler<Session> for Connection {
             }
             Action::Etrn { domain, subdomains } => {
                 session.etrn_result(actions.etrn(&domain, subdomains, client).await);
+            }
+            Action::VerifySender { user } => {
+                session.sender_verdict(actions.verify_sender(&user).await);
             }
         }
         Ok(())

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use pochta_mail::{Disposition, Mailbox, Notify, Ret};
-use pochta_store::{AttemptOutcome, AttemptReport, Claim, RecipientState, StoreError};
+use pochta_store::{AttemptOutcome, AttemptReport, Claim, NewEnvelope, RecipientState, StoreError};
 use pochta_testkit::TestDb;
 
 use crate::{CONTENT, addr, enqueue_n, envelope, recipient};
@@ -623,4 +623,81 @@ async fn enqueue_many_stores_all_or_nothing() {
             .await,
         Err(StoreError::NoRecipients)
     ));
+}
+
+/// What the ingress's sending limits read: a sender's recent envelopes (kept by garbage
+/// collection for a day whatever the retention) and the live mail per domain.
+#[tokio::test]
+async fn sender_usage_and_domain_backlog() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    for recipients in [
+        vec!["a@backup.example"],
+        vec!["b@backup.example", "c@elsewhere.example"],
+    ] {
+        let env = NewEnvelope {
+            auth_user: Some("alice@example.org".into()),
+            ..envelope(recipients.iter().map(|r| recipient(r)).collect())
+        };
+        store.enqueue(&env, CONTENT).await.unwrap();
+    }
+    let usage = store.sender_usage("alice@example.org").await.unwrap();
+    assert_eq!((usage.last_hour, usage.last_day), (2, 2));
+    assert_eq!(
+        store
+            .sender_usage("bob@example.org")
+            .await
+            .unwrap()
+            .last_day,
+        0
+    );
+    let backlog = store.domain_backlog("backup.example").await.unwrap();
+    assert_eq!(
+        (backlog.messages, backlog.bytes),
+        (2, 2 * CONTENT.len() as u64)
+    );
+    assert_eq!(
+        store
+            .domain_backlog("elsewhere.example")
+            .await
+            .unwrap()
+            .messages,
+        1
+    );
+
+    // Finished, past a short retention: the mail leaves the backlog but still counts for
+    // its sender.
+    let claimed = store
+        .claim_due("w", Claim::Remote, 10, LEASE)
+        .await
+        .unwrap();
+    for r in &claimed {
+        store
+            .record_attempt(
+                "w",
+                r.recipient_id,
+                AttemptOutcome::Delivered,
+                &report(250, "2.0.0", "ok"),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.domain_backlog("backup.example").await.unwrap(),
+        Default::default()
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let collected = store
+        .collect_garbage(Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(collected.envelopes, 0);
+    assert_eq!(
+        store
+            .sender_usage("alice@example.org")
+            .await
+            .unwrap()
+            .last_day,
+        2
+    );
 }
