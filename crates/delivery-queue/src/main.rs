@@ -7,6 +7,7 @@
 //! collected after its retention. Remote recipients go over SMTP to a static route, the
 //! smarthost or their domain's MX hosts.
 
+mod admin;
 mod depth;
 mod gc;
 mod grpc;
@@ -22,6 +23,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pochta_proto::queue::v1::queue_admin_server::QueueAdminServer;
 use pochta_proto::queue::v1::queue_server::QueueServer;
 
 fn main() -> ExitCode {
@@ -30,6 +32,13 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         |ctx| async move {
             let queue = ctx.config.queue.clone();
+            let token = match &queue.admin_token_file {
+                Some(path) => admin::AdminToken::new(Some(pochta_config::read_admin_token(path)?)),
+                None => {
+                    tracing::warn!("no queue.admin_token_file: the admin API is disabled");
+                    admin::AdminToken::new(None)
+                }
+            };
             let hostname = queue.hostname.clone().unwrap_or(ctx.hostname.clone());
             let settings = Arc::new(worker::Settings {
                 router: route::Router {
@@ -111,14 +120,13 @@ fn main() -> ExitCode {
                 ctx.shutdown.clone(),
             ));
             let grace = Duration::from_secs(queue.shutdown_grace_secs);
-            let service = grpc::QueueService::new(ctx.store.clone(), wakes);
-            let served = ctx
-                .serve_grpc(
-                    queue.grpc_listen,
-                    tonic::service::Routes::new(QueueServer::new(service)),
-                    grace,
-                )
-                .await;
+            let service = grpc::QueueService::new(ctx.store.clone(), wakes.clone());
+            let admin = QueueAdminServer::with_interceptor(
+                admin::AdminService::new(ctx.store.clone(), wakes),
+                token,
+            );
+            let routes = tonic::service::Routes::new(QueueServer::new(service)).add_service(admin);
+            let served = ctx.serve_grpc(queue.grpc_listen, routes, grace).await;
             let finished = async {
                 let _ = gc.await;
                 let _ = depth.await;

@@ -26,9 +26,10 @@ async fn setup(extra: &str) -> Setup {
     db.add_account("carol@example.org", "pw").await.unwrap();
     let grpc = free_addr();
     let config = format!(
-        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\nsmarthost = \"{}\"\n{extra}\n",
+        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"mx.example.org\"\nsmarthost = \"{}\"\nadmin_token_file = \"{}\"\n{extra}\n",
         db.url(),
-        free_addr()
+        free_addr(),
+        pochta_testkit::admin_token_file().display()
     );
     let queue = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
         .await
@@ -313,7 +314,7 @@ async fn one_delay_report_per_message_and_only_once() {
 
 #[tokio::test]
 async fn deleting_with_a_report_fails_the_recipients_and_tells_the_sender() {
-    use pochta_proto::queue::v1::{DeleteRequest, Filter, queue_client::QueueClient};
+    use pochta_proto::queue::v1::{DeleteRequest, Filter, queue_admin_client::QueueAdminClient};
     let s = setup("").await;
     let store = s.db.store();
     let id = enqueue(
@@ -340,21 +341,22 @@ async fn deleting_with_a_report_fails_the_recipients_and_tells_the_sender() {
         assert!(Instant::now() < deadline, "not attempted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut client = QueueClient::connect(format!("http://{}", s.grpc))
+    let mut client = QueueAdminClient::connect(format!("http://{}", s.grpc))
         .await
         .unwrap();
-    let deleted = client
-        .delete(DeleteRequest {
-            filter: Some(Filter {
-                queue_id: id.as_str().into(),
-                ..Default::default()
-            }),
-            dry_run: false,
-            send_report: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut request = tonic::Request::new(DeleteRequest {
+        filter: Some(Filter {
+            queue_id: id.as_str().into(),
+            ..Default::default()
+        }),
+        dry_run: false,
+        send_report: true,
+    });
+    let bearer = format!("Bearer {}", pochta_testkit::ADMIN_TOKEN);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    let deleted = client.delete(request).await.unwrap().into_inner();
     assert_eq!((deleted.recipients, deleted.messages), (2, 1));
 
     let reports = maildrop(store, s.alice, 1).await;

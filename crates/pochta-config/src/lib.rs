@@ -354,6 +354,9 @@ impl Default for SmtpConfig {
 pub struct QueueConfig {
     /// gRPC endpoint: the queue service and health.
     pub grpc_listen: SocketAddr,
+    /// The file holding the bearer token every admin call (`pochtactl queue`) must carry; the
+    /// same file is where pochtactl reads it. Unset: the admin API answers nobody.
+    pub admin_token_file: Option<PathBuf>,
     /// How long in-flight deliveries get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
     /// How long a message may stay queued before it expires (set when it is accepted).
@@ -482,6 +485,7 @@ impl Default for QueueConfig {
             depth_interval_secs: 15,
             hostname: None,
             dsn_max_full_bytes: 1024 * 1024,
+            admin_token_file: None,
             routes: Default::default(),
             smarthost: None,
             dns_servers: Vec::new(),
@@ -654,6 +658,22 @@ fn extract(figment: Figment) -> Result<Config, ConfigError> {
     })?;
     config.validate()?;
     Ok(config)
+}
+
+/// The admin bearer token from `path`: one line of at least 32 visible ASCII characters (it
+/// travels in a gRPC header), surrounding whitespace ignored.
+pub fn read_admin_token(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("admin token file {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid(format!(
+            "admin token file {}: the token must be at least 32 visible ASCII characters \
+             (e.g. `openssl rand -hex 32`)",
+            path.display()
+        )));
+    }
+    Ok(token.to_owned())
 }
 
 fn is_http_url(s: &str) -> bool {

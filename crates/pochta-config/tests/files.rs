@@ -8,12 +8,13 @@ fn shipped_example_is_valid_and_documents_the_defaults() {
     let parsed = Config::from_toml_str(example).unwrap();
     let mut expected = Config::default();
     // The example points at the compose stack's database, listens on all interfaces and
-    // takes PROXY headers from the stack's haproxy.
+    // takes PROXY headers from the stack's haproxy; the admin token is compose's secret.
     expected.store.url = "postgres://pochta@postgres:5432/pochta".into();
     expected.smtp.grpc_listen = "0.0.0.0:7101".parse().unwrap();
     expected.smtp.queue_endpoint = "http://delivery-queue:7100".into();
     expected.smtp.proxy_protocol_from = vec!["172.28.0.10/32".parse().unwrap()];
     expected.queue.grpc_listen = "0.0.0.0:7100".parse().unwrap();
+    expected.queue.admin_token_file = Some("/run/secrets/admin_token".into());
     expected.pop3.grpc_listen = "0.0.0.0:7102".parse().unwrap();
     expected.tls.cert_path = Some("/etc/pochta/tls/cert.pem".into());
     expected.tls.key_path = Some("/etc/pochta/tls/key.pem".into());

@@ -10,6 +10,7 @@ mod content;
 mod inspect;
 mod maildrop;
 mod queue;
+mod roles;
 mod server;
 mod types;
 mod usage;
@@ -20,6 +21,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use roles::ServiceRoles;
 pub use types::*;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

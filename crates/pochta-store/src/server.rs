@@ -6,8 +6,9 @@ use pochta_mail::InvalidValue;
 
 use crate::{Result, Store, StoreError};
 
-/// Database names these helpers accept: they are spliced into SQL, so only `[a-z0-9_]`.
-fn checked_name(name: &str) -> Result<&str> {
+/// Database and role names these helpers accept: they are spliced into SQL, so only
+/// `[a-z0-9_]`. `what` names the kind in the error.
+pub(crate) fn checked_name<'a>(what: &'static str, name: &'a str) -> Result<&'a str> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -16,17 +17,14 @@ fn checked_name(name: &str) -> Result<&str> {
     if ok {
         Ok(name)
     } else {
-        Err(StoreError::InvalidValue(InvalidValue::new(
-            "database name",
-            name,
-        )))
+        Err(StoreError::InvalidValue(InvalidValue::new(what, name)))
     }
 }
 
 impl Store {
     /// `CREATE DATABASE name`.
     pub async fn create_database(&self, name: &str) -> Result<()> {
-        let sql = format!("CREATE DATABASE {}", checked_name(name)?);
+        let sql = format!("CREATE DATABASE {}", checked_name("database name", name)?);
         sqlx::query(AssertSqlSafe(sql)).execute(&self.pool).await?;
         Ok(())
     }
@@ -35,7 +33,7 @@ impl Store {
     pub async fn drop_database(&self, name: &str) -> Result<()> {
         let sql = format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            checked_name(name)?
+            checked_name("database name", name)?
         );
         sqlx::query(AssertSqlSafe(sql)).execute(&self.pool).await?;
         Ok(())

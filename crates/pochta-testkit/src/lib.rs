@@ -50,6 +50,28 @@ fn with_database(url: &str, database: &str) -> String {
     format!("{base}/{database}{query}")
 }
 
+/// `url` logging in as `role` (no password: the test server trusts local connections).
+fn with_user(url: &str, role: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[scheme_end..];
+    let host_start = rest
+        .find('@')
+        .filter(|at| rest.find('/').is_none_or(|slash| at < &slash))
+        .map_or(0, |at| at + 1);
+    format!("{}{role}@{}", &url[..scheme_end], &rest[host_start..])
+}
+
+/// The test server's service roles are `pochta_test_ingress` and so on.
+pub const TEST_ROLE_PREFIX: &str = "pochta_test";
+
+/// Where each service connects when it runs with its least-privilege role.
+#[derive(Debug, Clone)]
+pub struct ServiceUrls {
+    pub ingress: String,
+    pub queue: String,
+    pub pop3: String,
+}
+
 /// A database of its own for one test, migrated to the current schema, dropped on drop.
 pub struct TestDb {
     name: String,
@@ -96,6 +118,11 @@ impl TestDb {
         &self.url
     }
 
+    /// This database's URL logging in as `role`.
+    pub fn url_as(&self, role: &str) -> String {
+        with_user(&self.url, role)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -108,6 +135,21 @@ impl TestDb {
     /// if it is not there yet); returns its id.
     pub async fn add_account(&self, address: &str, password: &str) -> anyhow::Result<i64> {
         add_account(&self.store, address, password).await
+    }
+
+    /// The services' least-privilege roles (created on the server when missing, shared by
+    /// every test) granted on this database, and the URLs that log in as them.
+    pub async fn service_roles(&self) -> anyhow::Result<ServiceUrls> {
+        let roles = pochta_store::ServiceRoles::with_prefix(TEST_ROLE_PREFIX);
+        for role in [&roles.ingress, &roles.queue, &roles.pop3] {
+            self.store.ensure_login_role(role).await?;
+        }
+        self.store.grant_service_roles(&roles).await?;
+        Ok(ServiceUrls {
+            ingress: self.url_as(&roles.ingress),
+            queue: self.url_as(&roles.queue),
+            pop3: self.url_as(&roles.pop3),
+        })
     }
 
     /// A second, independent pool on the same database (another "replica").
@@ -482,10 +524,28 @@ pub async fn grpc_health(addr: SocketAddr) -> anyhow::Result<bool> {
     Ok(reply.into_inner().status == ServingStatus::Serving as i32)
 }
 
+/// The admin token every queue `service_config` starts is configured with.
+pub const ADMIN_TOKEN: &str = "pochta-test-admin-token-0123456789abcdef";
+
+/// A file holding `ADMIN_TOKEN` (written once, atomically, so concurrent test processes
+/// never read it half-written).
+pub fn admin_token_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = std::env::temp_dir();
+        let path = dir.join("pochta-test-admin-token");
+        let partial = dir.join(format!("pochta-test-admin-token.{}", std::process::id()));
+        std::fs::write(&partial, ADMIN_TOKEN).expect("writing the admin token file");
+        std::fs::rename(&partial, &path).expect("placing the admin token file");
+        path
+    })
+}
+
 /// A minimal configuration for one service against `db`, its gRPC endpoint on `grpc`.
 /// `section` is the service's config section (`smtp`, `queue` or `pop3`); for `smtp` the MX
 /// listener is on a free port and the TLS-only listeners are off; likewise for `pop3`; for
-/// `queue` remote mail goes to an unused port (deferred, whatever this machine's DNS does).
+/// `queue` remote mail goes to an unused port (deferred, whatever this machine's DNS does) and
+/// admin calls need `ADMIN_TOKEN`.
 pub fn service_config(db_url: &str, section: &str, grpc: SocketAddr) -> String {
     let mut config = format!(
         "[store]\nurl = \"{db_url}\"\nmax_connections = 4\nconnect_retry_secs = 0\n\n\
@@ -494,7 +554,11 @@ pub fn service_config(db_url: &str, section: &str, grpc: SocketAddr) -> String {
     if section == "queue" {
         // Remote mail goes to a port nobody listens on: a fast, deterministic deferral that
         // never depends on this machine's DNS.
-        config.push_str(&format!("smarthost = \"{}\"\n", free_addr()));
+        config.push_str(&format!(
+            "smarthost = \"{}\"\nadmin_token_file = \"{}\"\n",
+            free_addr(),
+            admin_token_file().display()
+        ));
     }
     if section == "pop3" {
         config.push_str(&format!(

@@ -94,17 +94,35 @@ impl Admin {
         }
     }
 
-    pub async fn migrate(&self) -> anyhow::Result<()> {
+    /// Migrates, then grants `roles` their privileges when given.
+    pub async fn migrate(&self, roles: Option<pochta_store::ServiceRoles>) -> anyhow::Result<()> {
         let before = self.store.schema_version().await?;
         self.store.migrate().await?;
         let after = self.store.schema_version().await?;
-        self.say(json!({"from_version": before, "to_version": after}), || {
-            if before == after {
-                format!("schema is up to date (version {after})")
-            } else {
-                format!("migrated schema from version {before} to {after}")
-            }
-        });
+        if let Some(roles) = &roles {
+            self.store
+                .grant_service_roles(roles)
+                .await
+                .context("granting the service roles (do they exist?)")?;
+        }
+        let granted = roles.as_ref().map(|r| [&r.ingress, &r.queue, &r.pop3]);
+        self.say(
+            json!({"from_version": before, "to_version": after, "granted_roles": granted}),
+            || {
+                let schema = if before == after {
+                    format!("schema is up to date (version {after})")
+                } else {
+                    format!("migrated schema from version {before} to {after}")
+                };
+                match granted {
+                    Some(roles) => format!(
+                        "{schema}; privileges granted to {}",
+                        roles.map(|r| r.as_str()).join(", ")
+                    ),
+                    None => schema,
+                }
+            },
+        );
         Ok(())
     }
 

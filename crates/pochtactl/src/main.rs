@@ -34,7 +34,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Apply the store's schema migrations (safe to run again, and from several hosts).
-    Migrate,
+    Migrate {
+        /// Then give the services' database roles (PREFIX_ingress, PREFIX_queue, PREFIX_pop3,
+        /// which must exist) exactly the privileges each needs, and nothing more.
+        #[arg(long)]
+        grant_roles: bool,
+        #[arg(long, value_name = "PREFIX", default_value = "pochta")]
+        role_prefix: String,
+    },
     /// Domains Pochta receives mail for.
     #[command(subcommand)]
     Domain(admin::DomainCommand),
@@ -71,7 +78,17 @@ fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Health { address } => admin::health(&address, json).await,
             Command::Queue(args) => queue::run(args, config, json).await,
-            Command::Migrate => admin::Admin::connect(config, json).await?.migrate().await,
+            Command::Migrate {
+                grant_roles,
+                role_prefix,
+            } => {
+                let roles =
+                    grant_roles.then(|| pochta_store::ServiceRoles::with_prefix(&role_prefix));
+                admin::Admin::connect(config, json)
+                    .await?
+                    .migrate(roles)
+                    .await
+            }
             Command::Domain(command) => {
                 admin::Admin::connect(config, json)
                     .await?

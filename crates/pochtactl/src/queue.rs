@@ -2,12 +2,14 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use pochta_proto::queue::v1::queue_client::QueueClient;
+use pochta_proto::queue::v1::queue_admin_client::QueueAdminClient;
 use pochta_proto::queue::v1::{
     AdminRequest, DeleteRequest, EntryDetail, Filter, ListEntriesRequest, RecipientState,
     ShowEntryRequest,
 };
 use serde_json::json;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 #[derive(Debug, Args)]
@@ -15,6 +17,9 @@ pub struct QueueArgs {
     /// delivery-queue's gRPC endpoint; by default `smtp.queue_endpoint` from the config.
     #[arg(long, value_name = "URL")]
     queue: Option<String>,
+    /// The file with the admin token; by default `queue.admin_token_file` from the config.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: QueueCommand,
 }
@@ -112,26 +117,56 @@ impl FilterArgs {
     }
 }
 
+/// Puts the admin token on every call.
+#[derive(Clone)]
+struct BearerToken(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type AdminClient = QueueAdminClient<InterceptedService<Channel, BearerToken>>;
+
 pub async fn run(
     args: QueueArgs,
     config_file: Option<&std::path::Path>,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    let endpoint = match args.queue {
-        Some(url) => url,
-        None => {
-            pochta_config::Config::load(config_file)?
-                .smtp
-                .queue_endpoint
+    let (endpoint, token_file) = match (args.queue, args.token_file) {
+        (Some(endpoint), Some(token_file)) => (endpoint, token_file),
+        (endpoint, token_file) => {
+            let config = pochta_config::Config::load(config_file)?;
+            let token_file = match token_file {
+                Some(path) => path,
+                None => config
+                    .queue
+                    .admin_token_file
+                    .context("no admin token: pass --token-file or set queue.admin_token_file")?,
+            };
+            (endpoint.unwrap_or(config.smtp.queue_endpoint), token_file)
         }
     };
+    let token = pochta_config::read_admin_token(&token_file)?;
+    let bearer = BearerToken(
+        format!("Bearer {token}")
+            .parse()
+            .context("the admin token is not a valid header value")?,
+    );
     let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
         .with_context(|| format!("{endpoint:?} is not a valid URL"))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| format!("connecting to delivery-queue at {endpoint}"))?;
-    let mut client = QueueClient::new(channel);
+    let mut client = QueueAdminClient::with_interceptor(channel, bearer);
     let status = |e: tonic::Status| anyhow::anyhow!("{}", e.message());
     match args.command {
         QueueCommand::List { filter, limit } => {
@@ -213,7 +248,7 @@ pub async fn run(
 }
 
 async fn change_entries(
-    client: &mut QueueClient<Channel>,
+    client: &mut AdminClient,
     change: Change,
     verb: &str,
     report: bool,

@@ -82,6 +82,41 @@ async fn migrate_then_up_to_date() {
     db.store().check_schema().await.unwrap();
 }
 
+/// `migrate --grant-roles`: the services' roles get their privileges; roles that do not exist
+/// are an error that says so.
+#[tokio::test]
+async fn migrate_grants_the_service_roles() {
+    let db = TestDb::empty().await.unwrap();
+    let prefix = pochta_testkit::TEST_ROLE_PREFIX;
+    let roles = pochta_store::ServiceRoles::with_prefix(prefix);
+    for role in [&roles.ingress, &roles.queue, &roles.pop3] {
+        db.store().ensure_login_role(role).await.unwrap();
+    }
+    fails(
+        &db,
+        "migrate --grant-roles --role-prefix no_such_roles",
+        "",
+        "do they exist?",
+    );
+    let out = ok(
+        &db,
+        &format!("migrate --grant-roles --role-prefix {prefix}"),
+        "",
+    );
+    assert!(
+        out.contains(&format!("privileges granted to {}", roles.ingress)),
+        "{out}"
+    );
+    let url = db
+        .url()
+        .replacen("postgres@", &format!("{}@", roles.pop3), 1);
+    let pop3 = pochta_store::Store::connect(&url, &Default::default())
+        .await
+        .unwrap();
+    pop3.maildrop_entries(1).await.unwrap();
+    assert!(pop3.counts().await.is_err(), "POP3 may not read the queue");
+}
+
 #[tokio::test]
 async fn domains() {
     let db = TestDb::new().await.unwrap();

@@ -96,6 +96,18 @@ async fn uses_database_url_and_seeds_the_demo_account() {
         .unwrap()
         .unwrap();
     assert!(pochta_auth::verify_password("demo", &creds.password_hash).unwrap());
+    // The generated config carries an admin token pochtactl finds by itself.
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_pochtactl"))
+        .arg("--config")
+        .arg(dir.path().join("pochta.toml"))
+        .args(["queue", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
     stop_and_check(dev, &addrs).await;
     assert!(
         !dir.path().join("postgres").exists(),

@@ -1,21 +1,28 @@
 //! `pochtactl queue` against the real delivery-queue (run with `cargo test --workspace`).
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use pochta_store::{NewEnvelope, QueueId, RecipientState};
 use pochta_testkit::{
-    ServiceProcess, TestDb, envelope, free_addr, recipient, service_config, until, workspace_binary,
+    ServiceProcess, TestDb, admin_token_file, envelope, free_addr, recipient, service_config,
+    until, workspace_binary,
 };
 
-/// `pochtactl [--json] queue --queue URL args...`
+/// `pochtactl [--json] queue --queue URL --token-file F args...`
 fn run(queue: &str, json: bool, args: &[&str]) -> Output {
+    run_with_token(queue, json, admin_token_file(), args)
+}
+
+fn run_with_token(queue: &str, json: bool, token_file: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pochtactl"));
     if json {
         command.arg("--json");
     }
     command
-        .args(["queue", "--queue", queue])
+        .args(["queue", "--queue", queue, "--token-file"])
+        .arg(token_file)
         .args(args)
         .output()
         .unwrap()
@@ -158,4 +165,58 @@ async fn hold_release_retry_delete_and_refusals() {
     let down = ctl(&format!("http://{}", free_addr()), &["list"]);
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("connecting to delivery-queue"));
+}
+
+/// The admin calls need the token: without it, or with another, nothing is read or changed;
+/// a queue without a token file configured answers no admin call at all.
+#[tokio::test]
+async fn admin_calls_need_the_token() {
+    let Deferred { db, url, id, .. } = &deferred().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "x".repeat(40)).unwrap();
+    for args in [&["list"][..], &["show", id.as_str()], &["delete", "--all"]] {
+        let out = run_with_token(url, false, &wrong, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("a valid admin token is required"),
+            "{stderr}"
+        );
+    }
+    let short = dir.path().join("short");
+    std::fs::write(&short, "too-short").unwrap();
+    let out = run_with_token(url, false, &short, &["list"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32 visible ASCII characters"));
+    let detail = db
+        .store()
+        .envelope_detail(id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        detail
+            .recipients
+            .iter()
+            .all(|r| r.state == RecipientState::Queued)
+    );
+
+    // Without a token file the admin API is off, while the ingress's calls still work.
+    let grpc = free_addr();
+    let config =
+        service_config(db.url(), "queue", grpc).replace("admin_token_file", "# admin_token_file");
+    let _queue =
+        ServiceProcess::start_healthy(&workspace_binary("delivery-queue").unwrap(), &config, grpc)
+            .await
+            .unwrap();
+    let out = run(&format!("http://{grpc}"), false, &["list"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the admin API is disabled"));
+    let mut queue =
+        pochta_proto::queue::v1::queue_client::QueueClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+    queue
+        .notify(pochta_proto::queue::v1::NotifyRequest { queue_ids: vec![] })
+        .await
+        .unwrap();
 }

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use pochta_proto::queue::v1::queue_server::{Queue, QueueServer};
 use pochta_proto::queue::v1::{
-    AdminRequest, AdminResponse, DeleteRequest, ListEntriesRequest, ListEntriesResponse,
-    NotifyRequest, NotifyResponse, ShowEntryRequest, ShowEntryResponse, StartDomainDeliveryRequest,
-    StartDomainDeliveryResponse,
+    NotifyRequest, NotifyResponse, StartDomainDeliveryRequest, StartDomainDeliveryResponse,
 };
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -721,27 +719,6 @@ impl Queue for NotifyRecorder {
         &self,
         _: Request<StartDomainDeliveryRequest>,
     ) -> QueueResult<StartDomainDeliveryResponse> {
-        Err(Status::unimplemented("not in this test"))
-    }
-    async fn list_entries(
-        &self,
-        _: Request<ListEntriesRequest>,
-    ) -> QueueResult<ListEntriesResponse> {
-        Err(Status::unimplemented("not in this test"))
-    }
-    async fn show_entry(&self, _: Request<ShowEntryRequest>) -> QueueResult<ShowEntryResponse> {
-        Err(Status::unimplemented("not in this test"))
-    }
-    async fn retry_now(&self, _: Request<AdminRequest>) -> QueueResult<AdminResponse> {
-        Err(Status::unimplemented("not in this test"))
-    }
-    async fn hold(&self, _: Request<AdminRequest>) -> QueueResult<AdminResponse> {
-        Err(Status::unimplemented("not in this test"))
-    }
-    async fn release(&self, _: Request<AdminRequest>) -> QueueResult<AdminResponse> {
-        Err(Status::unimplemented("not in this test"))
-    }
-    async fn delete(&self, _: Request<DeleteRequest>) -> QueueResult<AdminResponse> {
         Err(Status::unimplemented("not in this test"))
     }
 }

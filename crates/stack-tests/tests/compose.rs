@@ -20,10 +20,22 @@ fn yaml(path: &str) -> Value {
     serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Runs a tool from the repository root; panics with its output unless it succeeds.
+/// The secrets compose refuses to start without (`deploy/make-secrets` writes them to .env).
+const SECRETS: [&str; 6] = [
+    "POCHTA_PG_SUPERUSER_PASSWORD",
+    "POCHTA_DB_PASSWORD",
+    "POCHTA_INGRESS_DB_PASSWORD",
+    "POCHTA_QUEUE_DB_PASSWORD",
+    "POCHTA_POP3_DB_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+];
+
+/// Runs a tool from the repository root, with each secret set to `secret-NAME`; panics with
+/// its output unless it succeeds.
 fn tool(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
+        .envs(SECRETS.map(|name| (name, format!("secret-{name}"))))
         .current_dir(root())
         .output()
         .unwrap_or_else(|e| panic!("{program} must be installed (see .ci/run): {e}"));
@@ -140,6 +152,91 @@ fn services_start_in_order_and_report_health() {
             "{name}"
         );
     }
+}
+
+/// No default passwords: without each secret compose refuses to start, and every service logs
+/// in to PostgreSQL with its own role and password; only the queue and pochtactl see the admin
+/// token, where the config says it is.
+#[test]
+fn secrets_are_required_and_each_service_has_its_own_role() {
+    for missing in SECRETS {
+        let out = Command::new("docker-compose")
+            .args(["-f", "docker-compose.yml", "config"])
+            .envs(
+                SECRETS
+                    .iter()
+                    .filter(|name| **name != missing)
+                    .map(|name| (*name, "x")),
+            )
+            .env_remove(missing)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "compose started without {missing}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("run deploy/make-secrets"),
+            "{missing}: {stderr}"
+        );
+    }
+    let compose = compose();
+    let url = |name: &str| {
+        service(&compose, name)["environment"]["POCHTA_STORE__URL"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no store URL"))
+            .to_owned()
+    };
+    for (name, role, secret) in [
+        (
+            "smtp-ingress",
+            "pochta_ingress",
+            "POCHTA_INGRESS_DB_PASSWORD",
+        ),
+        ("delivery-queue", "pochta_queue", "POCHTA_QUEUE_DB_PASSWORD"),
+        ("pop3-access", "pochta_pop3", "POCHTA_POP3_DB_PASSWORD"),
+        ("migrate", "pochta", "POCHTA_DB_PASSWORD"),
+        ("pochtactl", "pochta", "POCHTA_DB_PASSWORD"),
+    ] {
+        assert_eq!(
+            url(name),
+            format!("postgres://{role}:secret-{secret}@postgres:5432/pochta"),
+            "{name}"
+        );
+    }
+    let migrate: Vec<&str> = service(&compose, "migrate")["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(migrate, ["pochtactl", "migrate", "--grant-roles"]);
+    // The roles the grants name are the ones the init script creates.
+    let init = read("deploy/postgres/init-roles.sh");
+    let roles = pochta_store::ServiceRoles::default();
+    for role in ["pochta", &roles.ingress, &roles.queue, &roles.pop3] {
+        assert!(
+            init.contains(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER")),
+            "{role}"
+        );
+    }
+    tool("sh", &["-n", "deploy/postgres/init-roles.sh"]);
+    tool("sh", &["-n", "deploy/make-secrets"]);
+
+    let with_token: Vec<&str> = POCHTA_SERVICES
+        .iter()
+        .chain(&["migrate", "pochtactl"])
+        .copied()
+        .filter(|name| !service(&compose, name)["secrets"].is_null())
+        .collect();
+    assert_eq!(with_token, ["delivery-queue", "pochtactl"]);
+    assert_eq!(
+        stack_config().queue.admin_token_file.as_deref(),
+        Some(Path::new("/run/secrets/admin_token"))
+    );
+    assert!(
+        !read("docker-compose.yml").contains(":-"),
+        "no variable falls back to a default"
+    );
 }
 
 #[test]

@@ -4,12 +4,15 @@
 //!
 //! Clients connect from 127.0.0.2 and 127.0.0.3 while HAProxy reaches the ingresses from
 //! 127.0.0.1, so the address the ingress uses shows whether the PROXY header was honoured.
+//! Each service logs in with its own least-privilege database role, as deployed.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pochta_store::Store;
-use pochta_testkit::{ServiceProcess, TestDb, free_addr, python, until, workspace_binary};
+use pochta_testkit::{
+    ServiceProcess, ServiceUrls, TestDb, free_addr, python, until, workspace_binary,
+};
 use stack_tests::Receiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -80,15 +83,22 @@ struct Topology {
     pop3: SocketAddr,
 }
 
+/// The `[store]` section for a service logging in at `url`.
+fn store_section(url: &str) -> String {
+    format!("[store]\nurl = \"{url}\"\nmax_connections = 4\n\n")
+}
+
 /// Two queues, three ingresses (each told one queue, accepting PROXY headers from 127.0.0.1
-/// and relaying for 127.0.0.3) and a POP3 server, all configured with `base`.
-async fn topology(base: &str) -> Topology {
+/// and relaying for 127.0.0.3) and a POP3 server, each with its database role's URL and
+/// `common` configuration.
+async fn topology(urls: &ServiceUrls, common: &str) -> Topology {
     let mut queues = Vec::new();
     let mut queue_grpc = Vec::new();
     for i in 1..=2 {
         let grpc = free_addr();
         let config = format!(
-            "{base}[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"queue-{i}.test\"\nsmarthost = \"{}\"\n",
+            "{}{common}[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\nhostname = \"queue-{i}.test\"\nsmarthost = \"{}\"\n",
+            store_section(&urls.queue),
             free_addr()
         );
         queues.push(start("delivery-queue", config, grpc).await);
@@ -99,9 +109,10 @@ async fn topology(base: &str) -> Topology {
     for i in 1..=3 {
         let (grpc, listen) = (free_addr(), free_addr());
         let config = format!(
-            "{base}[smtp]\ngrpc_listen = \"{grpc}\"\nqueue_endpoint = \"http://{}\"\nhostname = \"ingress-{i}.test\"\n\
+            "{}{common}[smtp]\ngrpc_listen = \"{grpc}\"\nqueue_endpoint = \"http://{}\"\nhostname = \"ingress-{i}.test\"\n\
              mx_listen = [\"{listen}\"]\nsubmission_listen = []\nsubmissions_listen = []\n\
              proxy_protocol_from = [\"127.0.0.1/32\"]\ntrusted_networks = [\"127.0.0.3/32\"]\n",
+            store_section(&urls.ingress),
             queue_grpc[i % 2]
         );
         ingresses.push(start("smtp-ingress", config, grpc).await);
@@ -111,7 +122,8 @@ async fn topology(base: &str) -> Topology {
     let pop3_access = start(
         "pop3-access",
         format!(
-            "{base}[pop3]\ngrpc_listen = \"{pop3_grpc}\"\npop3_listen = [\"{pop3}\"]\npop3s_listen = []\nplaintext_auth = \"loopback\"\n"
+            "{}{common}[pop3]\ngrpc_listen = \"{pop3_grpc}\"\npop3_listen = [\"{pop3}\"]\npop3s_listen = []\nplaintext_auth = \"loopback\"\n",
+            store_section(&urls.pop3)
         ),
         pop3_grpc,
     )
@@ -195,13 +207,8 @@ async fn mail_through_the_balancer_is_delivered_traced_and_measured() {
     let db = TestDb::new().await.unwrap();
     let store: &Store = db.store();
     let alice = db.add_account("alice@example.org", "secret").await.unwrap();
-    let base = format!(
-        "[store]\nurl = \"{}\"\nmax_connections = 4\n\n{}",
-        db.url(),
-        telemetry(otlp_addr)
-    );
-
-    let stack = topology(&base).await;
+    let urls = db.service_roles().await.unwrap();
+    let stack = topology(&urls, &telemetry(otlp_addr)).await;
     let (mx, pop3) = (&stack.mx, stack.pop3);
     let balancer = free_addr();
     let _haproxy = Haproxy::start(balancer, mx).await;

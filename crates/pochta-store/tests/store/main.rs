@@ -4,6 +4,7 @@ mod accounts;
 mod admin;
 mod maildrop;
 mod queue;
+mod roles;
 mod schema;
 
 use std::time::Duration;
