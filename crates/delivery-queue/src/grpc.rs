@@ -1,6 +1,7 @@
 //! The `pochta.queue.v1.Queue` service, which the ingress calls: Notify and
 //! StartDomainDelivery (ETRN) wake the workers. The operator's calls are in `admin`.
 
+use pochta_mail::Untrusted;
 use pochta_proto::queue::v1::queue_server::Queue;
 use pochta_proto::queue::v1::start_domain_delivery_response::Outcome;
 use pochta_proto::queue::v1::{
@@ -58,7 +59,7 @@ impl Queue for QueueService {
             }))
         };
         if !matches!(role, Some(DomainRole::Hold | DomainRole::Relay)) {
-            tracing::info!(%domain, "ETRN refused: not a hold or relay domain");
+            tracing::info!(domain = %Untrusted(&domain), "ETRN refused: not a hold or relay domain");
             return outcome(Outcome::NotAllowed, 0, 0);
         }
         let released = self
@@ -66,7 +67,7 @@ impl Queue for QueueService {
             .release_domain(&domain, request.include_subdomains)
             .await
             .map_err(internal)?;
-        tracing::info!(%domain, recipients = released.recipients, messages = released.messages, "ETRN");
+        tracing::info!(domain = %Untrusted(&domain), recipients = released.recipients, messages = released.messages, "ETRN");
         self.wakes.both();
         if released.recipients == 0 {
             outcome(Outcome::NothingQueued, 0, 0)

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pochta_mail::TlsPolicy;
+use pochta_mail::{TlsPolicy, Untrusted};
 use pochta_service::conn::Conn;
 use pochta_smtp::client::{
     ClientOutput, ClientSession, Outgoing, OutgoingRecipient, RecipientOutcome, dot_stuffed,
@@ -132,7 +132,7 @@ impl Worker {
         let attempt = async {
             let mut result = Err(String::new());
             for candidate in &candidates {
-                let span = tracing::info_span!("queue.remote", host = %candidate.host,
+                let span = tracing::info_span!("queue.remote", host = %Untrusted(&candidate.host),
                     address = %candidate.address, recipients = recipients.len());
                 remote_mta = format!("{} ({})", candidate.host, candidate.address);
                 // The leases are renewed meanwhile by the loop that claimed the batch.

@@ -8,7 +8,7 @@
 //! reported to the null sender `<>` (RFC 3461 6.2).
 
 use chrono::Utc;
-use pochta_mail::{Body, Disposition, Mailbox};
+use pochta_mail::{Body, Disposition, Mailbox, Untrusted};
 use pochta_store::{
     AttemptOutcome, AttemptReport, ClaimedRecipient, DomainRole, NewEnvelope, NewRecipient,
     QueueId, StoreError,
@@ -209,7 +209,7 @@ impl Worker {
     fn finished(&self, a: &Attempt, result: &'static str) {
         if a.verdict == Verdict::Deferred {
             tracing::info!(parent: &a.span, status = ?a.report.status,
-                diagnostic = %a.report.diagnostic, "deferred");
+                diagnostic = %Untrusted(&a.report.diagnostic), "deferred");
         }
         a.span.record("result", result);
         self.metrics.attempted(a.r, result);

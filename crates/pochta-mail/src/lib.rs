@@ -7,7 +7,8 @@
 //!   xtext encoding they travel in (RFC 3461, RFC 6152);
 //! - `policy`: decisions that a protocol state machine, the store and the configuration share
 //!   (bare line endings in message text, where an accepted recipient's mail goes, STARTTLS
-//!   towards other servers).
+//!   towards other servers);
+//! - `untrusted`: how text from outside is shown to an operator (logs, `pochtactl`).
 //!
 //! Each type has exactly one parser; the store writes and reads back these types, never their
 //! text.
@@ -16,11 +17,13 @@ pub mod address;
 pub mod domain;
 pub mod params;
 pub mod policy;
+pub mod untrusted;
 
 pub use address::Mailbox;
 pub use domain::is_domain_name;
 pub use params::{Body, Notify, Orcpt, Ret, xtext_decode, xtext_encode};
 pub use policy::{BareLineEndings, Disposition, TlsPolicy};
+pub use untrusted::Untrusted;
 
 /// A text that is not a valid value of the type it was parsed as.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use blake2::digest::{KeyInit, Mac};
 
-use pochta_mail::Mailbox;
+use pochta_mail::{Mailbox, Untrusted};
 use pochta_store::{AccountCredentials, Store};
 
 use crate::cache::TtlCache;
@@ -143,7 +143,7 @@ impl Authenticator {
             Some(account) if matches && !account.disabled => LoginOutcome::Success(account),
             _ => {
                 let blocked = self.failures.record(client, Instant::now());
-                tracing::warn!(%client, user = %username, "login failed");
+                tracing::warn!(%client, user = %Untrusted(&username), "login failed");
                 tokio::time::sleep(self.failure_delay).await;
                 if blocked {
                     LoginOutcome::RateLimited

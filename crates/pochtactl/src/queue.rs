@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use pochta_mail::Untrusted;
 use pochta_proto::queue::v1::queue_admin_client::QueueAdminClient;
 use pochta_proto::queue::v1::{
     AdminRequest, DeleteRequest, EntryDetail, Filter, ListEntriesRequest, RecipientState,
@@ -201,19 +202,19 @@ pub async fn run(
                 for e in &reply.entries {
                     println!(
                         "{:<22} {:<19} {:>9}  {}",
-                        e.queue_id,
+                        Untrusted(&e.queue_id).to_string(),
                         time(&e.arrived_at),
                         e.size,
-                        e.sender
+                        Untrusted(&e.sender)
                     );
                     for r in &e.recipients {
                         println!(
                             "    {:<40} {:<9} tries {:<3} next {}  {}",
-                            r.address,
+                            Untrusted(&r.address).to_string(),
                             state_name(r.state),
                             r.attempts,
                             time(&r.next_attempt_at),
-                            r.last_status
+                            Untrusted(&r.last_status)
                         );
                     }
                 }
@@ -322,8 +323,10 @@ fn show(e: &EntryDetail, as_json: bool) {
         );
         return;
     }
-    println!("queue id     {}", e.queue_id);
-    println!("sender       {}", e.sender);
+    // Everything below came from clients, remote servers or DNS: shown escaped.
+    let u = Untrusted;
+    println!("queue id     {}", u(&e.queue_id));
+    println!("sender       {}", u(&e.sender));
     println!("size         {} octets", e.size);
     println!(
         "arrived      {}   expires {}",
@@ -332,23 +335,23 @@ fn show(e: &EntryDetail, as_json: bool) {
     );
     println!(
         "client       {} (HELO {}){}",
-        e.client_address,
-        e.client_helo,
+        u(&e.client_address),
+        u(&e.client_helo),
         if e.authenticated_user.is_empty() {
             String::new()
         } else {
-            format!(", user {}", e.authenticated_user)
+            format!(", user {}", u(&e.authenticated_user))
         }
     );
     println!(
         "dsn          ENVID {:?} RET {:?} BODY {:?} SMTPUTF8 {}",
         e.envid, e.ret, e.body, e.smtputf8
     );
-    println!("trace        {}", e.traceparent);
+    println!("trace        {}", u(&e.traceparent));
     for r in &e.recipients {
         println!(
             "\n  {}  {}  (attempts {}, next {})",
-            r.address,
+            u(&r.address),
             state_name(r.state),
             r.attempts,
             time(&r.next_attempt_at)
@@ -367,9 +370,9 @@ fn show(e: &EntryDetail, as_json: bool) {
                 time(&a.at),
                 state_name(a.result),
                 code,
-                a.status,
-                a.diagnostic,
-                a.remote_mta
+                u(&a.status),
+                u(&a.diagnostic),
+                u(&a.remote_mta)
             );
         }
     }

@@ -57,7 +57,8 @@ async fn deferred() -> Deferred {
     let envelope = NewEnvelope {
         envid: Some("E1".into()),
         client_address: Some("192.0.2.9".parse().unwrap()),
-        client_helo: Some("client.test".into()),
+        // A client's HELO may say anything: it must not forge output or drive the terminal.
+        client_helo: Some("client.test\x1b[2J\r\nqueue id     FORGED\u{202e}".into()),
         ..envelope("bob@remote.test", recipients.map(recipient).into())
     };
     let store = db.store();
@@ -117,6 +118,15 @@ async fn list_and_show() {
     assert!(
         human.contains("a@far.example") && human.contains("4.4.1"),
         "{human}"
+    );
+    assert!(
+        human.contains("(HELO client.test\\u{1b}[2J\\u{d}\\u{a}queue id     FORGED\\u{202e})"),
+        "{human}"
+    );
+    assert!(!human.contains('\x1b') && !human.contains('\r') && !human.contains('\u{202e}'));
+    assert_eq!(
+        human.lines().filter(|l| l.starts_with("queue id")).count(),
+        1
     );
 }
 

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use pochta_config::SmtpConfig;
+use pochta_mail::Untrusted;
 use pochta_service::cache::TtlCache;
 use pochta_smtp::SenderVerdict;
 use pochta_store::{DomainBacklog, Store};
@@ -53,7 +54,7 @@ impl SendingLimits {
         } else {
             return SenderVerdict::Accept;
         };
-        tracing::warn!(user = %user.escape_debug(), "{why}: sending limit reached");
+        tracing::warn!(user = %Untrusted(user), "{why}: sending limit reached");
         SenderVerdict::RateLimited(why)
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pochta_store::DomainRole;
-use pochta_testkit::{ServiceProcess, TestDb, free_addr, grpc_health};
+use pochta_testkit::{ServiceProcess, TestDb, free_addr, grpc_health, until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -464,6 +464,36 @@ async fn endless_commands_and_temporary_failures_are_cut_off() {
         closed_by.contains("421 4.7.0 Too many errors"),
         "{closed_by:?}"
     );
+}
+
+/// A user name is the client's text, and AUTH PLAIN carries any octets: logged, it must not
+/// forge a log line or reach the terminal raw.
+#[tokio::test]
+async fn a_user_name_cannot_forge_log_lines() {
+    let s = server("plaintext_auth = \"loopback\"\nauth_failure_delay_ms = 0\n").await;
+    let mut c = Raw::connect(s.mx).await;
+    c.cmd("EHLO x").await;
+    // "\0bob\r\n2026-12-05T00:00:00.000000Z  INFO forged: login ok\x1b[2J\0pw"
+    let reply = c
+        .cmd("AUTH PLAIN AGJvYg0KMjAyNi0xMi0wNVQwMDowMDowMC4wMDAwMDBaICBJTkZPIGZvcmdlZDogbG9naW4gb2sbWzJKAHB3")
+        .await;
+    assert!(reply.starts_with("535"), "{reply}");
+    until(
+        "the failure in the log",
+        Duration::from_secs(10),
+        async || s.process.output().contains("login failed"),
+    )
+    .await;
+    let log = s.process.output();
+    assert!(
+        log.contains(r"bob\u{d}\u{a}2026-12-05T00:00:00.000000Z  INFO forged: login ok\u{1b}[2J"),
+        "{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-05T00:00:00")),
+        "{log}"
+    );
+    assert!(!log.contains('\x1b'), "{log}");
 }
 
 /// ETRN costs the queue a store query: past `etrn_per_minute` a client gets 458 without the
