@@ -143,7 +143,7 @@ impl Authenticator {
             Some(account) if matches && !account.disabled => LoginOutcome::Success(account),
             _ => {
                 let blocked = self.failures.record(client, Instant::now());
-                tracing::warn!(%client, user = %Untrusted(&username), "login failed");
+                tracing::warn!(%client, user = %Untrusted(username), "login failed");
                 tokio::time::sleep(self.failure_delay).await;
                 if blocked {
                     LoginOutcome::RateLimited
