@@ -9,12 +9,15 @@ use pochta_service::drive::Io;
 use pochta_service::login::LoginOutcome;
 use tracing::Instrument;
 
+use crate::lock::LockKeeper;
 use crate::server::{Connection, Server};
 
 /// The maildrop this session has locked.
 pub struct Locked {
     pub account_id: i64,
     pub owner: String,
+    /// Renews the lock while the session lives.
+    pub keeper: LockKeeper,
     /// The maildrop as listed at login: entry ids and RETR sizes, in order.
     listing: Vec<(i64, u64)>,
     /// Messages read ahead and not yet sent.
@@ -75,6 +78,12 @@ impl Connection {
         let listed = server.store.maildrop_entries(account.id).await;
         self.locked = Some(Locked {
             account_id: account.id,
+            keeper: LockKeeper::start(
+                server.store.clone(),
+                account.id,
+                owner.clone(),
+                server.lock_ttl,
+            ),
             owner,
             listing: listed.as_ref().map_or_else(
                 |_| Vec::new(),

@@ -3,6 +3,7 @@
 //! replica; deletions only at QUIT.
 
 mod actions;
+mod lock;
 mod server;
 
 use std::process::ExitCode;

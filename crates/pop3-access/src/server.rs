@@ -1,8 +1,8 @@
 //! Listeners, connection limits, and each connection's `pochta_pop3::Session` run by the
 //! shared driver (`pochta_service::drive`): this performs the session's actions (in
-//! `actions.rs`: login and the maildrop lock, RETR/TOP, QUIT's deletions) and renews the lock
-//! while the session lives. Any end of a session other than a successful QUIT releases the
-//! lock and deletes nothing (RFC 1939 6).
+//! `actions.rs`: login and the maildrop lock, RETR/TOP, QUIT's deletions; the lock is kept
+//! alive by `lock.rs` while the session lives). Any end of a session other than a successful
+//! QUIT releases the lock and deletes nothing (RFC 1939 6).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -223,6 +223,9 @@ impl Server {
     }
 }
 
+/// How often a session waiting for input checks that its maildrop lock still holds.
+const LOCK_CHECK: Duration = Duration::from_secs(1);
+
 /// One client's connection: what its session's actions are performed with, and the maildrop
 /// it has locked (from login until the session ends).
 pub struct Connection {
@@ -273,30 +276,22 @@ impl Handler<Session> for Connection {
         Ok(())
     }
 
-    /// The maildrop lock is renewed every third of its lifetime while the session lives.
+    /// While the session waits for input, it ends if its maildrop lock was lost (the lock is
+    /// renewed by its `LockKeeper`, whatever the session is doing).
     fn duty_period(&self) -> Option<Duration> {
-        self.locked.as_ref().map(|_| self.server.lock_ttl / 3)
+        self.locked.as_ref().map(|_| LOCK_CHECK)
     }
 
     async fn duty(&mut self, io: &mut Io) -> Result<(), Ended> {
-        let Some(l) = &self.locked else {
+        if !self.locked.as_ref().is_some_and(|l| l.keeper.lost()) {
             return Ok(());
-        };
-        let store = &self.server.store;
-        match store
-            .renew_maildrop_lock(l.account_id, &l.owner, self.server.lock_ttl)
-            .await
-        {
-            Ok(true) => Ok(()),
-            // Another session may have the maildrop now: this one must not touch it.
-            _ => {
-                tracing::warn!("maildrop lock lost; ending the session");
-                self.locked = None;
-                io.out()
-                    .extend_from_slice(b"-ERR [SYS/TEMP] Maildrop lock lost; nothing deleted\r\n");
-                io.close().await;
-                Err(Ended::Failed("maildrop lock lost".into()))
-            }
         }
+        // Another session may have the maildrop now: this one must not touch it.
+        tracing::warn!("maildrop lock lost; ending the session");
+        self.locked = None;
+        io.out()
+            .extend_from_slice(b"-ERR [SYS/TEMP] Maildrop lock lost; nothing deleted\r\n");
+        io.close().await;
+        Err(Ended::Failed("maildrop lock lost".into()))
     }
 }

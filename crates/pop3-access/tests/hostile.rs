@@ -237,3 +237,74 @@ async fn utf8_everywhere_gets_err() {
     assert!(grpc_health(grpc).await.unwrap());
     assert!(!process.output().contains("panicked"));
 }
+
+/// A RETR that outlasts the lock's TTL (a big message to a slow reader) keeps the lock: it is
+/// renewed whatever the session is doing, so no other session gets the maildrop meanwhile and
+/// QUIT's deletion still applies.
+#[tokio::test]
+async fn a_retr_longer_than_the_lock_ttl_keeps_the_lock() {
+    let (db, _process, pop3, _) = server("lock_ttl_secs = 3").await;
+    let store = db.store();
+    let account = store.list_accounts(None).await.unwrap()[0].id;
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    big.extend(
+        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(250_000),
+    );
+    let envelope = pochta_testkit::envelope(
+        "bob@remote.test",
+        vec![pochta_testkit::local_recipient("alice@example.org")],
+    );
+    store.enqueue(&envelope, &big).await.unwrap();
+    let claimed = store
+        .claim_due("t", pochta_store::Claim::Local, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .deliver_to_maildrop("t", claimed[0].recipient_id, account, b"")
+        .await
+        .unwrap();
+
+    // A slow reader with a small receive buffer: the 16 MB RETR takes several seconds.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (read, write) = socket.connect(pop3).await.unwrap().into_split();
+    let mut slow = Client {
+        lines: BufReader::new(read).lines(),
+        write,
+    };
+    assert!(slow.line().await.starts_with("+OK"));
+    assert!(slow.login().await.starts_with("+OK"));
+    slow.write.write_all(b"RETR 1\r\n").await.unwrap();
+    let reading = tokio::spawn(async move {
+        let mut octets = 0usize;
+        loop {
+            let line = slow.line().await;
+            if line == "." {
+                break;
+            }
+            octets += line.len() + 2;
+            if octets % (64 * 1024) < 70 {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        (slow, octets)
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !reading.is_finished(),
+        "the RETR ended too soon to test anything"
+    );
+    let mut other = Client::connect(pop3).await;
+    assert_eq!(
+        other.login().await,
+        "-ERR [IN-USE] Maildrop is locked by another session"
+    );
+    let (mut slow, octets) = reading.await.unwrap();
+    assert!(octets > big.len(), "{octets}");
+    assert!(slow.cmd("DELE 1").await.starts_with("+OK"));
+    assert!(
+        slow.cmd("QUIT").await.starts_with("+OK"),
+        "the lock was still ours"
+    );
+    assert!(store.maildrop_entries(account).await.unwrap().is_empty());
+}
