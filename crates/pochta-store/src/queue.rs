@@ -90,6 +90,17 @@ impl Store {
         enqueue_many_on(&mut *self.pool.acquire().await?, batch).await
     }
 
+    /// Which of `queue_ids` are stored: after a commit whose outcome is unknown (the
+    /// connection was lost after COMMIT was sent), the ingress asks before it answers.
+    pub async fn stored_queue_ids(&self, queue_ids: &[&str]) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT queue_id FROM envelopes WHERE queue_id = ANY($1)")
+                .bind(queue_ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Leases due recipients of one `class` (local or remote) to `owner` for `lease`, whole
     /// envelopes at a time: the envelopes of the `limit` most overdue recipients are locked
     /// (skipping any another claimer is locking, never waiting), and every due recipient of

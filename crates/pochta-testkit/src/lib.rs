@@ -6,6 +6,7 @@
 //! may connect to and create databases from.
 
 pub mod dns;
+pub mod pg_proxy;
 
 pub use libc::{SIGINT, SIGKILL, SIGTERM};
 
@@ -48,6 +49,15 @@ fn with_database(url: &str, database: &str) -> String {
         None => base,
     };
     format!("{base}/{database}{query}")
+}
+
+/// Where `host:port` is in `url`: after the user (if any), up to the database.
+fn host_span(url: &str) -> (usize, usize) {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[scheme_end..];
+    let path = rest.find('/').unwrap_or(rest.len());
+    let start = rest[..path].rfind('@').map_or(0, |at| at + 1);
+    (scheme_end + start, scheme_end + path)
 }
 
 /// `url` logging in as `role` (no password: the test server trusts local connections).
@@ -116,6 +126,28 @@ impl TestDb {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The server's `host:port`, as this database's URL names it.
+    pub fn server_addr(&self) -> anyhow::Result<SocketAddr> {
+        let (start, end) = host_span(&self.url);
+        use std::net::ToSocketAddrs as _;
+        self.url[start..end]
+            .to_socket_addrs()?
+            .next()
+            .context("the database URL names no address")
+    }
+
+    /// This database's URL through `addr` (a proxy in front of the server), without TLS so
+    /// the proxy sees the wire protocol.
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let (start, end) = host_span(&self.url);
+        let joiner = if self.url.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{addr}{}{joiner}sslmode=disable",
+            &self.url[..start],
+            &self.url[end..]
+        )
     }
 
     /// This database's URL logging in as `role`.

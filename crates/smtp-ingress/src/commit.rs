@@ -9,6 +9,7 @@
 //! message is committed (invariant 1).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pochta_store::{NewEnvelope, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,36 +147,77 @@ fn gather(
     batch
 }
 
-/// Commits the batch and tells each session. If the batch fails as a whole (nothing of it was
-/// stored: it is one statement), each message is tried alone, so one bad message or a
-/// transient error cannot fail the others without their own try.
+/// How long the ingress keeps asking the store whether a failed commit was stored after all
+/// (the store may be coming back from a restart or a failover meanwhile).
+const OUTCOME_WAIT: Duration = Duration::from_secs(15);
+
+/// Commits the batch and tells each session. If the batch fails as a whole (it is one
+/// statement), the store is asked which of its messages are there anyway: a connection lost
+/// after PostgreSQL committed but before it answered leaves the outcome unknown, and a 451
+/// then would make the client send the message again. Those found are acknowledged; each of
+/// the others is tried alone, so one bad message or a transient error cannot fail the rest.
 async fn write(store: &Store, batch: Vec<Job>) {
     let items: Vec<(&NewEnvelope, &[u8])> = batch
         .iter()
         .map(|job| (&job.envelope, job.content.as_slice()))
         .collect();
-    match store.enqueue_many(&items).await {
-        Ok(_) => {
-            for job in batch {
-                let _ = job.done.send(Ok(()));
+    let Err(e) = store.enqueue_many(&items).await else {
+        for job in batch {
+            let _ = job.done.send(Ok(()));
+        }
+        return;
+    };
+    tracing::warn!(messages = batch.len(), "a group commit failed: {e}");
+    let Some(stored) = stored_anyway(store, &batch).await else {
+        for job in batch {
+            let _ = job
+                .done
+                .send(Err(format!("{e} (whether it was stored is unknown)")));
+        }
+        return;
+    };
+    let alone = batch.len() == 1;
+    for (job, stored) in batch.into_iter().zip(stored) {
+        let result = if stored {
+            tracing::info!(queue_id = %job.envelope.queue_id, "stored although the commit failed");
+            Ok(())
+        } else if alone {
+            Err(e.to_string())
+        } else {
+            commit_alone(store, &job).await
+        };
+        let _ = job.done.send(result);
+    }
+}
+
+/// One message after its batch failed, with the same question if it fails too.
+async fn commit_alone(store: &Store, job: &Job) -> Result<(), String> {
+    let Err(e) = store.enqueue(&job.envelope, &job.content).await else {
+        return Ok(());
+    };
+    match stored_anyway(store, std::slice::from_ref(job)).await {
+        Some(stored) if stored[0] => Ok(()),
+        Some(_) => Err(e.to_string()),
+        None => Err(format!("{e} (whether it was stored is unknown)")),
+    }
+}
+
+/// Whether each job's envelope is in the store; None if the store does not answer within
+/// `OUTCOME_WAIT` (then the sessions answer 451 and a client's retry may duplicate a message
+/// that was in fact stored: said in the log).
+async fn stored_anyway(store: &Store, jobs: &[Job]) -> Option<Vec<bool>> {
+    let ids: Vec<&str> = jobs.iter().map(|j| j.envelope.queue_id.as_str()).collect();
+    let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
+    loop {
+        match store.stored_queue_ids(&ids).await {
+            Ok(found) => return Some(ids.iter().map(|id| found.iter().any(|f| f == id)).collect()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("asking whether a failed commit was stored: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-        }
-        Err(e) if batch.len() == 1 => {
-            let job = batch.into_iter().next().expect("one job");
-            let _ = job.done.send(Err(e.to_string()));
-        }
-        Err(e) => {
-            tracing::warn!(
-                messages = batch.len(),
-                "a group commit failed, storing its messages one by one: {e}"
-            );
-            for job in batch {
-                let result = store
-                    .enqueue(&job.envelope, &job.content)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                let _ = job.done.send(result);
+            Err(e) => {
+                tracing::error!(queue_ids = ?ids, "a failed commit's outcome is unknown: {e}");
+                return None;
             }
         }
     }
