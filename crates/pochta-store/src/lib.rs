@@ -7,6 +7,7 @@
 mod accounts;
 mod admin;
 mod content;
+mod failover;
 mod inspect;
 mod maildrop;
 mod queue;
@@ -102,27 +103,62 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// With several servers in the URL: keeps the pool on the writable one (`failover`).
+    _watcher: Option<std::sync::Arc<failover::Watcher>>,
 }
 
 impl Store {
-    /// Connects a pool (at least one connection is opened, so a wrong URL fails here).
+    /// Connects a pool (at least one connection is opened, so a wrong URL fails here). A URL
+    /// naming several hosts (libpq style) connects to the one that takes writes and follows
+    /// it after a failover.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
-        let connect = url
-            .parse::<PgConnectOptions>()?
-            .application_name(&options.application_name)
-            // Every statement here is a short OLTP one. JIT compiling only ever costs, most on a
-            // misestimate such as chunk rows before their first ANALYZE (bench/history.md, "JIT").
-            .options([("jit", "off")]);
+        let candidates = failover::host_urls(url)
+            .iter()
+            .map(|url| {
+                Ok(url
+                    .parse::<PgConnectOptions>()?
+                    .application_name(&options.application_name)
+                    // Every statement here is a short OLTP one. JIT compiling only ever costs,
+                    // most on a misestimate such as chunk rows before their first ANALYZE
+                    // (bench/history.md, "JIT").
+                    .options([("jit", "off")]))
+            })
+            .collect::<Result<Vec<_>>>()?;
         // No ping before each use: it doubled the round trips of every query. A connection the
         // server dropped fails its next query (an error the caller already handles) and leaves
         // the pool.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            .test_before_acquire(false)
-            .connect_with(connect)
+            .test_before_acquire(false);
+        if let [single] = candidates.as_slice() {
+            let pool = pool.connect_with(single.clone()).await?;
+            return Ok(Store {
+                pool,
+                _watcher: None,
+            });
+        }
+        let primary = failover::writable(&candidates).await?;
+        let pool = pool
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    match failover::is_writable(conn).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(sqlx::Error::Protocol(
+                            "the server is read-only (a standby)".into(),
+                        )),
+                        Err(StoreError::Database(e)) => Err(e),
+                        Err(e) => Err(sqlx::Error::Protocol(e.to_string())),
+                    }
+                })
+            })
+            .connect_with(primary)
             .await?;
-        Ok(Store { pool })
+        let watcher = failover::watch(pool.clone(), candidates);
+        Ok(Store {
+            pool,
+            _watcher: Some(std::sync::Arc::new(watcher)),
+        })
     }
 
     /// Applies the embedded migrations not yet applied. Safe to run from several processes at

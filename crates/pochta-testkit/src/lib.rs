@@ -5,6 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`; the URL must name a database the test user
 //! may connect to and create databases from.
 
+pub mod cluster;
 pub mod dns;
 pub mod pg_proxy;
 

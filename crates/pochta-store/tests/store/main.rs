@@ -2,6 +2,7 @@
 
 mod accounts;
 mod admin;
+mod failover;
 mod maildrop;
 mod queue;
 mod roles;
