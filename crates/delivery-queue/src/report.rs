@@ -7,6 +7,8 @@
 //! that asked for DELAY get one `delayed` report after `delay_report_after`. Nothing is ever
 //! reported to the null sender `<>` (RFC 3461 6.2).
 
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
 use pochta_mail::{Body, Disposition, Mailbox, Untrusted};
 use pochta_store::{
@@ -125,13 +127,17 @@ impl Worker {
 
     /// Records `attempts` in one transaction with the `notice` report about them, if any is
     /// owed. A recipient whose lease was lost (another worker has it now) is left out and the
-    /// others recorded again.
+    /// others recorded again. While the store does not answer, recording is tried again for as
+    /// long as a lease lasts: giving up would have the attempts made again, and a remote server
+    /// that already took a message would get it twice.
     async fn record_with_report(
         &self,
         mut attempts: Vec<Attempt<'_>>,
         notice: Option<Action>,
         jitter: f64,
     ) {
+        let mut first_failure: Option<Instant> = None;
+        let mut pause = Duration::from_millis(200);
         while let Some(first) = attempts.first() {
             let reported: Vec<RecipientReport> = match notice {
                 Some(Action::Failed) => attempts
@@ -179,6 +185,14 @@ impl Worker {
                         self.finished(a, "lease_lost");
                     }
                     attempts = rest;
+                }
+                Err(e)
+                    if first_failure.get_or_insert_with(Instant::now).elapsed()
+                        < self.settings.lease =>
+                {
+                    tracing::warn!("recording attempts failed: {e}; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
                     tracing::error!(
