@@ -10,7 +10,7 @@
 //! was lost may appear at most once. Remote duplicates (a queue killed after the remote's 250,
 //! before recording it) are counted, not forbidden: SMTP between servers is at-least-once.
 //!
-//! Bounded for CI; `POCHTA_FAULT_MESSAGES=3000 cargo test -p stack-tests --test faults --
+//! Bounded for CI; `FAULT_SUITE_MESSAGES=3000 cargo test -p stack-tests --test faults --
 //! --nocapture` runs the long form and prints each scenario's counts.
 
 mod ledger;
@@ -31,9 +31,9 @@ use pochta_testkit::{
     SIGKILL, ServiceProcess, TestDb, free_addr, grpc_health, until, workspace_binary,
 };
 
-/// Messages per scenario: `POCHTA_FAULT_MESSAGES`, else `default`.
+/// Messages per scenario: `FAULT_SUITE_MESSAGES`, else `default`.
 fn messages(default: u64) -> u64 {
-    std::env::var("POCHTA_FAULT_MESSAGES")
+    std::env::var("FAULT_SUITE_MESSAGES")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(default)
@@ -277,7 +277,7 @@ async fn services_killed_at_random_under_load_lose_and_duplicate_nothing() {
     let sink = sink::start(ledger.clone()).await;
     // Killed queues' recipients are taken over after 3 s.
     let mut stack = stack(&urls, sink, 3).await;
-    let seed = std::env::var("POCHTA_FAULT_SEED")
+    let seed = std::env::var("FAULT_SUITE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x9E37_79B9_7F4A_7C15u64);
