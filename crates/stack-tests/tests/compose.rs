@@ -478,3 +478,46 @@ fn the_image_builds_in_stages_and_runs_unprivileged() {
         "the target dir stays out of the context"
     );
 }
+
+/// The compose stack's database set-up, run for real on a private cluster: the init script
+/// creates the owner and the service roles (passwords with quotes in them survive), the owner
+/// migrates and grants, each service role can then check the schema, and the owner cannot
+/// create databases or roles (no superuser powers).
+#[tokio::test]
+async fn the_init_script_and_the_grants_work_on_a_real_server() {
+    let cluster = pochta_testkit::cluster::Cluster::start_new(false).unwrap();
+    let out = Command::new("sh")
+        .arg("deploy/postgres/init-roles.sh")
+        .current_dir(root())
+        .env("POSTGRES_USER", "postgres")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", cluster.port.to_string())
+        .env("POCHTA_DB_PASSWORD", "it's \"owner\"")
+        .env("POCHTA_INGRESS_DB_PASSWORD", "a'b")
+        .env("POCHTA_QUEUE_DB_PASSWORD", "c;d")
+        .env("POCHTA_POP3_DB_PASSWORD", "e\\f")
+        .output()
+        .expect("psql (Debian: postgresql-client) must be installed");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = |role: &str| format!("postgres://{role}@127.0.0.1:{}/pochta", cluster.port);
+    let options = pochta_store::StoreOptions::default();
+    let owner = pochta_store::Store::connect(&url("pochta"), &options)
+        .await
+        .unwrap();
+    owner.migrate().await.unwrap();
+    let roles = pochta_store::ServiceRoles::default();
+    owner.grant_service_roles(&roles).await.unwrap();
+    for role in [&roles.ingress, &roles.queue, &roles.pop3] {
+        let store = pochta_store::Store::connect(&url(role), &options)
+            .await
+            .unwrap();
+        store.check_schema().await.unwrap();
+    }
+    assert!(owner.create_database("another").await.is_err());
+    assert!(owner.ensure_login_role("intruder").await.is_err());
+}
