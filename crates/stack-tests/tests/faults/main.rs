@@ -357,52 +357,72 @@ async fn all_serving(stack: &Stack) {
     }
 }
 
+/// The stack of the store scenarios: every service at `url` (the store is the only fault, so
+/// leases are long: outcomes are recorded once the store is back, not delivered again).
+struct OnStore {
+    ledger: Ledger,
+    stack: Stack,
+    watcher: Store,
+    messages: u64,
+}
+
+impl OnStore {
+    async fn start(url: &str) -> OnStore {
+        let urls = Urls {
+            ingress: url.to_owned(),
+            queue: url.to_owned(),
+            pop3: url.to_owned(),
+        };
+        let ledger = Ledger::default();
+        let sink = sink::start(ledger.clone()).await;
+        let stack = stack(&urls, sink, 120).await;
+        let watcher = Store::connect(url, &StoreOptions::default()).await.unwrap();
+        OnStore {
+            ledger,
+            stack,
+            watcher,
+            messages: messages(900),
+        }
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            mx: self.stack.mx.clone(),
+            pop3: self.stack.pop3,
+            store: &self.watcher,
+            messages: self.messages,
+        }
+    }
+
+    /// Waits until `share` of the messages are acknowledged.
+    async fn acknowledged(&self, share: f64) {
+        let enough = (self.messages as f64 * share) as usize;
+        until(
+            "a share of the load acknowledged",
+            Duration::from_secs(120),
+            async || self.ledger.acknowledged_count() >= enough,
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn postgresql_restarted_under_load_loses_nothing() {
     let cluster = Cluster::start_new(false).unwrap();
-    let url = private_store(&cluster).await;
-    let urls = Urls {
-        ingress: url.clone(),
-        queue: url.clone(),
-        pop3: url.clone(),
-    };
-    let ledger = Ledger::default();
-    let sink = sink::start(ledger.clone()).await;
-    // Outcomes are recorded once the store is back (within the lease), not redelivered.
-    let stack = stack(&urls, sink, 120).await;
-    let watcher = Store::connect(&url, &StoreOptions::default())
-        .await
-        .unwrap();
-    let messages = messages(900);
-    let target = Target {
-        mx: stack.mx.clone(),
-        pop3: stack.pop3,
-        store: &watcher,
-        messages,
-    };
+    let on = OnStore::start(&private_store(&cluster).await).await;
     let done = Arc::new(AtomicBool::new(false));
     let faults = async {
-        for (mode, at) in [(StopMode::Fast, 3), (StopMode::Immediate, 2)] {
-            let enough = (messages / at) as usize;
-            until(
-                "a share of the load acknowledged",
-                Duration::from_secs(120),
-                async || ledger.acknowledged_count() >= enough,
-            )
-            .await;
+        for (mode, share) in [(StopMode::Fast, 0.33), (StopMode::Immediate, 0.66)] {
+            on.acknowledged(share).await;
             cluster.stop(mode).unwrap();
-            probe_while_down(&stack).await;
+            probe_while_down(&on.stack).await;
             cluster.start().unwrap();
-            all_serving(&stack).await;
+            all_serving(&on.stack).await;
         }
     };
-    let (report, ()) = run(target, &ledger, done, faults).await;
-    judge(
-        "PostgreSQL restarted (fast, then immediate)",
-        &report,
-        &stack,
-        false,
-    );
+    let (report, ()) = run(on.target(), &on.ledger, done, faults).await;
+    let scenario = "PostgreSQL restarted (fast, then immediate)";
+    judge(scenario, &report, &on.stack, false);
 }
 
 #[tokio::test]
@@ -414,42 +434,15 @@ async fn the_store_fails_over_to_a_synchronous_standby_under_load() {
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/pochta?target_session_attrs=read-write",
         primary.port, standby.port
     );
-    let urls = Urls {
-        ingress: url.clone(),
-        queue: url.clone(),
-        pop3: url.clone(),
-    };
-    let ledger = Ledger::default();
-    let sink = sink::start(ledger.clone()).await;
-    // Outcomes are recorded once the store is back (within the lease), not redelivered.
-    let stack = stack(&urls, sink, 120).await;
-    let watcher = Store::connect(&url, &StoreOptions::default())
-        .await
-        .unwrap();
-    let messages = messages(900);
-    let target = Target {
-        mx: stack.mx.clone(),
-        pop3: stack.pop3,
-        store: &watcher,
-        messages,
-    };
+    let on = OnStore::start(&url).await;
     let done = Arc::new(AtomicBool::new(false));
     let faults = async {
-        until(
-            "half the load acknowledged",
-            Duration::from_secs(120),
-            async || ledger.acknowledged_count() >= (messages / 2) as usize,
-        )
-        .await;
+        on.acknowledged(0.5).await;
         primary.stop(StopMode::Immediate).unwrap();
         standby.promote().unwrap();
-        all_serving(&stack).await;
+        all_serving(&on.stack).await;
     };
-    let (report, ()) = run(target, &ledger, done, faults).await;
-    judge(
-        "the primary killed, the standby promoted",
-        &report,
-        &stack,
-        false,
-    );
+    let (report, ()) = run(on.target(), &on.ledger, done, faults).await;
+    let scenario = "the primary killed, the standby promoted";
+    judge(scenario, &report, &on.stack, false);
 }
