@@ -23,8 +23,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pochta_config::QueueConfig;
 use pochta_proto::queue::v1::queue_admin_server::QueueAdminServer;
 use pochta_proto::queue::v1::queue_server::QueueServer;
+use pochta_service::ServiceContext;
 
 fn main() -> ExitCode {
     pochta_service::run(
@@ -39,50 +41,7 @@ fn main() -> ExitCode {
                     admin::AdminToken::new(None)
                 }
             };
-            let hostname = queue.hostname.clone().unwrap_or(ctx.hostname.clone());
-            let settings = Arc::new(worker::Settings {
-                router: route::Router {
-                    routes: queue.routes.clone(),
-                    smarthost: queue.smarthost.clone(),
-                    tls: queue.outbound_tls,
-                    tls_by_domain: queue
-                        .outbound_tls_domains
-                        .iter()
-                        .map(|(domain, policy)| (domain.to_ascii_lowercase(), *policy))
-                        .collect(),
-                    resolver: mx::resolver(&queue.dns_servers)?,
-                    mx_port: queue.mx_port,
-                    denied: queue.denied_networks.clone(),
-                },
-                dialer: remote::Dialer::new(
-                    remote::tls_connector()?,
-                    remote::DialTimeouts {
-                        connect: Duration::from_secs(queue.connect_timeout_secs),
-                        reply: Duration::from_secs(queue.reply_timeout_secs),
-                        write: Duration::from_secs(queue.write_timeout_secs),
-                        transaction: Duration::from_secs(queue.transaction_timeout_secs),
-                        slot_wait: Duration::from_secs(queue.slot_wait_secs),
-                    },
-                    Arc::new(remote::Pool::new(
-                        Duration::from_secs(queue.connection_reuse_secs),
-                        queue.connection_reuse_max_messages,
-                    )),
-                    queue.max_connections_per_destination as usize,
-                ),
-                hostname,
-                lifetime: Duration::from_secs(queue.message_lifetime_secs),
-                dsn_max_full_bytes: queue.dsn_max_full_bytes as usize,
-                delay_report_after: Duration::from_secs(queue.delay_report_after_secs),
-                owner: ctx.instance.clone(),
-                batch: queue.batch_size,
-                claim_delay: Duration::from_millis(queue.claim_delay_ms),
-                lease: Duration::from_secs(queue.lease_secs),
-                scan_interval: Duration::from_secs(queue.scan_interval_secs),
-                retry: worker::Backoff {
-                    first: Duration::from_secs(queue.retry_delay_secs),
-                    max: Duration::from_secs(queue.retry_max_delay_secs),
-                },
-            });
+            let settings = settings(&queue, &ctx)?;
             let pool = settings.dialer.pool.clone();
             let wakes = worker::Wakes::new();
             let metrics = Arc::new(worker::Metrics::new());
@@ -143,4 +102,51 @@ fn main() -> ExitCode {
             served
         },
     )
+}
+
+/// The delivery loops' settings from the `[queue]` section.
+fn settings(queue: &QueueConfig, ctx: &ServiceContext) -> anyhow::Result<Arc<worker::Settings>> {
+    Ok(Arc::new(worker::Settings {
+        router: route::Router {
+            routes: queue.routes.clone(),
+            smarthost: queue.smarthost.clone(),
+            tls: queue.outbound_tls,
+            tls_by_domain: queue
+                .outbound_tls_domains
+                .iter()
+                .map(|(domain, policy)| (domain.to_ascii_lowercase(), *policy))
+                .collect(),
+            resolver: mx::resolver(&queue.dns_servers)?,
+            mx_port: queue.mx_port,
+            denied: queue.denied_networks.clone(),
+        },
+        dialer: remote::Dialer::new(
+            remote::tls_connector()?,
+            remote::DialTimeouts {
+                connect: Duration::from_secs(queue.connect_timeout_secs),
+                reply: Duration::from_secs(queue.reply_timeout_secs),
+                write: Duration::from_secs(queue.write_timeout_secs),
+                transaction: Duration::from_secs(queue.transaction_timeout_secs),
+                slot_wait: Duration::from_secs(queue.slot_wait_secs),
+            },
+            Arc::new(remote::Pool::new(
+                Duration::from_secs(queue.connection_reuse_secs),
+                queue.connection_reuse_max_messages,
+            )),
+            queue.max_connections_per_destination as usize,
+        ),
+        hostname: queue.hostname.clone().unwrap_or(ctx.hostname.clone()),
+        lifetime: Duration::from_secs(queue.message_lifetime_secs),
+        dsn_max_full_bytes: queue.dsn_max_full_bytes as usize,
+        delay_report_after: Duration::from_secs(queue.delay_report_after_secs),
+        owner: ctx.instance.clone(),
+        batch: queue.batch_size,
+        claim_delay: Duration::from_millis(queue.claim_delay_ms),
+        lease: Duration::from_secs(queue.lease_secs),
+        scan_interval: Duration::from_secs(queue.scan_interval_secs),
+        retry: worker::Backoff {
+            first: Duration::from_secs(queue.retry_delay_secs),
+            max: Duration::from_secs(queue.retry_max_delay_secs),
+        },
+    }))
 }

@@ -136,12 +136,13 @@ impl tonic::service::Interceptor for BearerToken {
 
 type AdminClient = QueueAdminClient<InterceptedService<Channel, BearerToken>>;
 
-pub async fn run(
-    args: QueueArgs,
+/// The admin client: the endpoint and token file from the arguments, else from the config.
+async fn connect(
+    queue: Option<String>,
+    token_file: Option<std::path::PathBuf>,
     config_file: Option<&std::path::Path>,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let (endpoint, token_file) = match (args.queue, args.token_file) {
+) -> anyhow::Result<AdminClient> {
+    let (endpoint, token_file) = match (queue, token_file) {
         (Some(endpoint), Some(token_file)) => (endpoint, token_file),
         (endpoint, token_file) => {
             let config = pochta_config::Config::load(config_file)?;
@@ -167,7 +168,15 @@ pub async fn run(
         .connect()
         .await
         .with_context(|| format!("connecting to delivery-queue at {endpoint}"))?;
-    let mut client = QueueAdminClient::with_interceptor(channel, bearer);
+    Ok(QueueAdminClient::with_interceptor(channel, bearer))
+}
+
+pub async fn run(
+    args: QueueArgs,
+    config_file: Option<&std::path::Path>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let mut client = connect(args.queue, args.token_file, config_file).await?;
     let status = |e: tonic::Status| anyhow::anyhow!("{}", e.message());
     match args.command {
         QueueCommand::List { filter, limit } => {

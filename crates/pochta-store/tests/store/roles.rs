@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
+use pochta_mail::Disposition;
 use pochta_store::{
-    AttemptOutcome, AttemptReport, Claim, DomainRole, Store, StoreError, StoreOptions,
+    AttemptOutcome, AttemptReport, Claim, DomainRole, NewRecipient, Store, StoreError, StoreOptions,
 };
 use pochta_testkit::TestDb;
 
 use crate::{CONTENT, addr, envelope, recipient};
+
+const LEASE: Duration = Duration::from_secs(60);
 
 fn denied<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>) {
     match result {
@@ -18,77 +21,88 @@ fn denied<T: std::fmt::Debug>(what: &str, result: Result<T, StoreError>) {
     }
 }
 
-async fn connect(url: &str) -> Store {
-    Store::connect(url, &StoreOptions::default()).await.unwrap()
+/// A database with Alice's account, the roles granted on it; the owner's store, Alice's
+/// account id, and a store logged in as each role (ingress, queue, POP3).
+struct Roles {
+    db: TestDb,
+    alice: i64,
+    ingress: Store,
+    queue: Store,
+    pop3: Store,
 }
 
-#[tokio::test]
-async fn each_service_role_may_do_its_work_and_nothing_else() {
+async fn roles() -> Roles {
     let db = TestDb::new().await.unwrap();
-    let owner = db.store();
     let alice = db.add_account("alice@example.org", "pw").await.unwrap();
     let urls = db.service_roles().await.unwrap();
-    let (ingress, queue, pop3) = (
-        connect(&urls.ingress).await,
-        connect(&urls.queue).await,
-        connect(&urls.pop3).await,
-    );
-    for store in [&ingress, &queue, &pop3] {
+    let connect = async |url: &str| Store::connect(url, &StoreOptions::default()).await.unwrap();
+    let r = Roles {
+        ingress: connect(&urls.ingress).await,
+        queue: connect(&urls.queue).await,
+        pop3: connect(&urls.pop3).await,
+        db,
+        alice,
+    };
+    for store in [&r.ingress, &r.queue, &r.pop3] {
         store.check_schema().await.unwrap();
     }
+    r
+}
 
-    // The ingress: looks up recipients, counts, adds mail. Nothing else.
-    let mail = envelope(vec![pochta_store::NewRecipient {
-        disposition: pochta_mail::Disposition::Local,
+/// A message for Alice, as the ingress stores it.
+fn for_alice() -> pochta_store::NewEnvelope {
+    envelope(vec![NewRecipient {
+        disposition: Disposition::Local,
         ..recipient("alice@example.org")
-    }]);
+    }])
+}
+
+/// The ingress looks up recipients, counts, adds mail; it changes and deletes nothing.
+#[tokio::test]
+async fn the_ingress_role_adds_mail_and_nothing_else() {
+    let Roles { ingress, alice, .. } = &roles().await;
     ingress
         .lookup_recipient(&addr("alice@example.org"))
         .await
         .unwrap();
     ingress.sender_usage("alice@example.org").await.unwrap();
     ingress.domain_backlog("example.org").await.unwrap();
+    let mail = for_alice();
     ingress.enqueue(&mail, CONTENT).await.unwrap();
+    let stored = ingress.stored_queue_ids(&[mail.queue_id.as_str()]).await;
+    assert_eq!(stored.unwrap().len(), 1);
     denied(
-        "ingress claims",
-        ingress
-            .claim_due("i", Claim::Local, 1, Duration::from_secs(60))
-            .await,
+        "claims",
+        ingress.claim_due("i", Claim::Local, 1, LEASE).await,
     );
+    let deletes = ingress.delete_maildrop_entries_and_unlock(*alice, "i", &[1]);
+    denied("deletes maildrops", deletes.await);
     denied(
-        "ingress deletes maildrops",
-        ingress
-            .delete_maildrop_entries_and_unlock(alice, "i", &[1])
-            .await,
-    );
-    denied(
-        "ingress collects garbage",
+        "collects garbage",
         ingress.collect_garbage(Duration::ZERO).await,
     );
-    denied(
-        "ingress adds domains",
-        ingress.add_domain("evil.example", DomainRole::Relay).await,
-    );
+    let domain = ingress.add_domain("evil.example", DomainRole::Relay);
+    denied("adds domains", domain.await);
+}
 
-    // The queue: claims, delivers into the maildrop, records, collects garbage.
-    let claimed = queue
-        .claim_due("q", Claim::Local, 10, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 1);
+/// The queue claims, delivers into maildrops, records, collects garbage; it cannot delete
+/// maildrop entries, take POP3 locks or change accounts.
+#[tokio::test]
+async fn the_queue_role_works_the_queue_and_nothing_else() {
+    let Roles {
+        db, queue, alice, ..
+    } = &roles().await;
+    db.store().enqueue(&for_alice(), CONTENT).await.unwrap();
+    let claimed = queue.claim_due("q", Claim::Local, 10, LEASE).await.unwrap();
+    let prefix = b"Delivered-To: alice@example.org\r\n";
     queue
-        .deliver_to_maildrop(
-            "q",
-            claimed[0].recipient_id,
-            alice,
-            b"Delivered-To: alice@example.org\r\n",
-        )
+        .deliver_to_maildrop("q", claimed[0].recipient_id, *alice, prefix)
         .await
         .unwrap();
     let remote = envelope(vec![recipient("bob@elsewhere.example")]);
-    owner.enqueue(&remote, CONTENT).await.unwrap();
+    db.store().enqueue(&remote, CONTENT).await.unwrap();
     let claimed = queue
-        .claim_due("q", Claim::Remote, 10, Duration::from_secs(60))
+        .claim_due("q", Claim::Remote, 10, LEASE)
         .await
         .unwrap();
     let report = AttemptReport {
@@ -97,72 +111,53 @@ async fn each_service_role_may_do_its_work_and_nothing_else() {
         status: Some("4.4.1".into()),
         diagnostic: "no answer".into(),
     };
-    queue
-        .record_attempt(
-            "q",
-            claimed[0].recipient_id,
-            AttemptOutcome::Deferred {
-                retry_after: Duration::from_secs(60),
-            },
-            &report,
-        )
-        .await
-        .unwrap();
+    let deferred = AttemptOutcome::Deferred {
+        retry_after: Duration::from_secs(60),
+    };
+    let recorded = queue.record_attempt("q", claimed[0].recipient_id, deferred, &report);
+    recorded.await.unwrap();
     queue
         .collect_garbage(Duration::from_secs(3600))
         .await
         .unwrap();
+    let deletes = queue.delete_maildrop_entries_and_unlock(*alice, "q", &[1]);
+    denied("deletes maildrops", deletes.await);
     denied(
-        "queue deletes maildrops",
-        queue
-            .delete_maildrop_entries_and_unlock(alice, "q", &[1])
-            .await,
+        "takes POP3 locks",
+        queue.lock_maildrop(*alice, "q", LEASE).await,
     );
-    denied(
-        "queue takes POP3 locks",
-        queue
-            .lock_maildrop(alice, "q", Duration::from_secs(60))
-            .await,
-    );
-    denied(
-        "queue changes accounts",
-        queue
-            .set_account_disabled(&addr("alice@example.org"), true)
-            .await,
-    );
+    let alice_address = addr("alice@example.org");
+    let disable = queue.set_account_disabled(&alice_address, true);
+    denied("changes accounts", disable.await);
+}
 
-    // POP3: locks, lists, reads, deletes its maildrop. Never the queue.
-    assert!(
-        pop3.lock_maildrop(alice, "p", Duration::from_secs(60))
-            .await
-            .unwrap()
-    );
-    let entries = pop3.maildrop_entries(alice).await.unwrap();
+/// POP3 locks, lists, reads and deletes its maildrop; it never sees the queue.
+#[tokio::test]
+async fn the_pop3_role_serves_maildrops_and_nothing_else() {
+    let Roles {
+        db, pop3, alice, ..
+    } = &roles().await;
+    let store = db.store();
+    let mail = for_alice();
+    store.enqueue(&mail, CONTENT).await.unwrap();
+    let claimed = store.claim_due("q", Claim::Local, 1, LEASE).await.unwrap();
+    store
+        .deliver_to_maildrop("q", claimed[0].recipient_id, *alice, b"")
+        .await
+        .unwrap();
+    assert!(pop3.lock_maildrop(*alice, "p", LEASE).await.unwrap());
+    let entries = pop3.maildrop_entries(*alice).await.unwrap();
     assert_eq!(entries.len(), 1);
-    assert!(
-        pop3.maildrop_entry_content(alice, entries[0].id)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert_eq!(
-        pop3.delete_maildrop_entries_and_unlock(alice, "p", &[entries[0].id])
-            .await
-            .unwrap(),
-        1
-    );
+    let content = pop3.maildrop_entry_content(*alice, entries[0].id).await;
+    assert!(content.unwrap().is_some());
+    let ids = [entries[0].id];
+    let deleted = pop3.delete_maildrop_entries_and_unlock(*alice, "p", &ids);
+    assert_eq!(deleted.await.unwrap(), 1);
     denied(
-        "POP3 reads the queue",
+        "reads the queue",
         pop3.envelope_detail(mail.queue_id.as_str()).await,
     );
-    denied(
-        "POP3 claims",
-        pop3.claim_due("p", Claim::Remote, 1, Duration::from_secs(60))
-            .await,
-    );
-    denied(
-        "POP3 adds mail",
-        pop3.enqueue(&envelope(vec![recipient("x@example.org")]), CONTENT)
-            .await,
-    );
+    denied("claims", pop3.claim_due("p", Claim::Remote, 1, LEASE).await);
+    let other = envelope(vec![recipient("x@example.org")]);
+    denied("adds mail", pop3.enqueue(&other, CONTENT).await);
 }
