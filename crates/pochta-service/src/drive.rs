@@ -338,10 +338,16 @@ impl<'a> Share<'a> {
     }
 
     /// The session now holds `octets`, and is or is not receiving message content.
+    /// Called before every read, so it costs nothing when nothing changed (a session between
+    /// messages, reading commands), and wakes the waiting sessions only when octets were given
+    /// back or the line moved.
     fn hold(&mut self, octets: usize, receiving: bool) {
+        if octets == self.held && receiving == self.ticket.is_some() {
+            return;
+        }
         let mut state = self.budget.state.lock().expect("budget lock");
         state.used = state.used - self.held + octets;
-        let freed = octets < self.held;
+        let mut wake = octets < self.held;
         self.held = octets;
         match (receiving, self.ticket) {
             (true, None) => {
@@ -352,11 +358,12 @@ impl<'a> Share<'a> {
             (false, Some(ticket)) => {
                 state.receiving.remove(&ticket);
                 self.ticket = None;
+                wake = true;
             }
             _ => {}
         }
         drop(state);
-        if freed || !receiving {
+        if wake {
             self.budget.changed.notify_waiters();
         }
     }

@@ -132,10 +132,14 @@ impl Store {
                  -- Re-checked against the latest row versions: a recipient another claimer
                  -- leased meanwhile is left out. One locked right now is being delivered or
                  -- changed: skipped, never waited for (a delivery must not wait on a claim).
+                 -- The conditions are one IS TRUE test, which no index matches, so the
+                 -- recipients are found through their envelopes: matched to the partial due
+                 -- index, whose statistics lag behind a growing backlog, they made PostgreSQL
+                 -- scan the whole backlog once per locked envelope (bench/history.md).
                  SELECT r.id FROM recipients r
                  WHERE r.envelope_id IN (SELECT id FROM locked)
-                   AND r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
-                   AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())
+                   AND (r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
+                        AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())) IS TRUE
                  FOR UPDATE OF r SKIP LOCKED
              )
              UPDATE recipients r
