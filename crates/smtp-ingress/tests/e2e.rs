@@ -301,6 +301,75 @@ async fn without_the_recipient_cache_a_disabled_account_is_refused_at_once() {
     assert!(out.contains("RCPT carol@backup.example 554 5.7.1"), "{out}");
 }
 
+/// A maildrop at its quota refuses new mail at RCPT with 452 4.2.2 (temporary: the owner may
+/// make room), and a POP3 deletion makes room at once.
+#[tokio::test]
+async fn a_full_maildrop_is_refused_at_rcpt_until_deletions_make_room() {
+    let s = stack("recipient_cache_secs = 0").await;
+    let out = python(
+        SEND_PLAIN,
+        &[
+            &Stack::port(s.mx),
+            "bob@remote.test",
+            ALICE,
+            "Subject: fills it\r\n\r\nx\r\n",
+        ],
+    )
+    .await
+    .unwrap();
+    queue_id(&out);
+    // Delivered as the queue would, then the quota set to exactly what the maildrop holds.
+    let store = s.db.store();
+    let claimed = store
+        .claim_due(
+            "test",
+            pochta_store::Claim::Local,
+            10,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let alice = pochta_mail::Mailbox::parse(ALICE).unwrap();
+    let account = store
+        .lookup_recipient(&alice)
+        .await
+        .unwrap()
+        .account
+        .unwrap()
+        .id;
+    store
+        .deliver_to_maildrop("test", claimed[0].recipient_id, account, b"")
+        .await
+        .unwrap();
+    let held: i64 = store
+        .maildrop_entries(account)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.pop3_size)
+        .sum();
+    store.set_quota(&alice, Some(held)).await.unwrap();
+    let out = rcpt_replies(&s, ALICE).await;
+    assert!(
+        out.contains("RCPT alice@example.org 452 4.2.2 Recipient mailbox is full"),
+        "{out}"
+    );
+
+    let entries = store.maildrop_entries(account).await.unwrap();
+    assert!(
+        store
+            .lock_maildrop(account, "pop3", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    store
+        .delete_maildrop_entries_and_unlock(account, "pop3", &[entries[0].id])
+        .await
+        .unwrap();
+    let out = rcpt_replies(&s, ALICE).await;
+    assert!(out.contains("RCPT alice@example.org 250"), "{out}");
+}
+
 /// STARTTLS on submission, then AUTH PLAIN; relaying to a foreign domain is allowed then.
 const SUBMIT_STARTTLS: &str = r#"
 import smtplib, ssl, sys
