@@ -210,3 +210,52 @@ async fn recipients_are_looked_up_together_in_input_order() {
         (Some(DomainRole::Hold), None)
     );
 }
+
+/// RFC 5233 subaddressing: `user+tag` reaches `user` when no account has that whole name; an
+/// account that does is matched exactly; with the delimiter off only exact names match.
+#[tokio::test]
+async fn subaddresses_reach_their_account_after_exact_names() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    local_and_hold_domains(store).await;
+    let alice = store
+        .add_account(&addr("alice@example.org"), HASH)
+        .await
+        .unwrap();
+    let lists = store
+        .add_account(&addr("alice+lists@example.org"), HASH)
+        .await
+        .unwrap();
+    let account = async |store: &Store, address: &str| {
+        let found = store.lookup_recipient(&addr(address)).await.unwrap();
+        found.account.map(|a| a.id)
+    };
+    assert_eq!(account(store, "alice+news@example.org").await, Some(alice));
+    assert_eq!(
+        account(store, "Alice+News+More@example.org").await,
+        Some(alice)
+    );
+    assert_eq!(account(store, "alice+@example.org").await, Some(alice));
+    assert_eq!(
+        account(store, "ALICE+LISTS@example.org").await,
+        Some(lists),
+        "exact first"
+    );
+    assert_eq!(account(store, "bob+news@example.org").await, None);
+    assert_eq!(account(store, "+news@example.org").await, None);
+    assert_eq!(account(store, "alice-news@example.org").await, None);
+
+    let dash = |delimiter: &str| pochta_store::StoreOptions {
+        recipient_delimiter: delimiter.into(),
+        ..Default::default()
+    };
+    let with_dash = Store::connect(db.url(), &dash("-")).await.unwrap();
+    assert_eq!(
+        account(&with_dash, "alice-news@example.org").await,
+        Some(alice)
+    );
+    assert_eq!(account(&with_dash, "alice+news@example.org").await, None);
+    let off = Store::connect(db.url(), &dash("")).await.unwrap();
+    assert_eq!(account(&off, "alice+news@example.org").await, None);
+    assert_eq!(account(&off, "alice@example.org").await, Some(alice));
+}
