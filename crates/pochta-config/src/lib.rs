@@ -25,25 +25,6 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub queue: QueueConfig,
     pub pop3: Pop3Config,
-    pub addresses: AddressesConfig,
-}
-
-/// `[addresses]`: how a recipient address finds its account (the ingress at RCPT and the
-/// queue at delivery ask the same way).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AddressesConfig {
-    /// Subaddressing (RFC 5233): `user+tag@domain` reaches `user` when no account is named
-    /// `user+tag` itself. "" turns it off.
-    pub recipient_delimiter: String,
-}
-
-impl Default for AddressesConfig {
-    fn default() -> Self {
-        AddressesConfig {
-            recipient_delimiter: "+".into(),
-        }
-    }
 }
 
 /// `[store]`: the PostgreSQL message store.
@@ -653,8 +634,7 @@ impl Config {
         self.tls.validate()?;
         self.smtp.validate()?;
         self.queue.validate()?;
-        self.pop3.validate()?;
-        self.addresses.validate()
+        self.pop3.validate()
     }
 
     /// The configuration with its secrets replaced, fit to print or log.
@@ -773,19 +753,6 @@ mod tests {
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
         assert_eq!(net.to_string(), "192.0.2.0/24");
-    }
-
-    #[test]
-    fn the_recipient_delimiter_is_a_short_printable_string_without_at() {
-        let with = |d: &str| AddressesConfig {
-            recipient_delimiter: d.into(),
-        };
-        for good in ["+", "-", "", "++"] {
-            assert!(with(good).validate().is_ok(), "{good:?}");
-        }
-        for bad in ["@", " ", "\r", "+@", "\"", "12345678901234567"] {
-            assert!(with(bad).validate().is_err(), "{bad:?}");
-        }
     }
 
     #[test]

@@ -218,7 +218,6 @@ async fn connect_store(service: &str, config: &Config) -> anyhow::Result<Store> 
         max_connections: config.store.max_connections,
         acquire_timeout: Duration::from_secs(config.store.acquire_timeout_secs),
         application_name: service.to_owned(),
-        recipient_delimiter: config.addresses.recipient_delimiter.clone(),
     };
     let deadline = Instant::now() + Duration::from_secs(config.store.connect_retry_secs);
     let mut delay = Duration::from_millis(200);

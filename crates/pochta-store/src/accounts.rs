@@ -136,8 +136,7 @@ impl Store {
     }
 
     /// The domain's role and the account of `address`, in one round trip (every RCPT and every
-    /// local delivery asks): the one-address case of `lookup_recipients`. With subaddressing
-    /// on, `user+tag` finds `user` unless an account is named `user+tag` itself.
+    /// local delivery asks): the one-address case of `lookup_recipients`.
     pub async fn lookup_recipient(&self, address: &Mailbox) -> Result<RecipientLookup> {
         let mut found = self
             .lookup_recipients(std::slice::from_ref(address))
@@ -156,21 +155,11 @@ impl Store {
             "SELECT d.role, a.id, a.disabled, a.used_bytes >= a.quota_bytes
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (domain, local_part, n)
              LEFT JOIN domains d ON d.name = q.domain
-             -- The account named by the whole local part, else (RFC 5233 subaddressing) by
-             -- the part before the delimiter; split_part with '' keeps the whole.
-             LEFT JOIN LATERAL (
-                 SELECT a.* FROM accounts a
-                 WHERE a.domain = d.name
-                   AND lower(a.local_part) IN (lower(q.local_part),
-                                               lower(split_part(q.local_part, $3, 1)))
-                 ORDER BY lower(a.local_part) = lower(q.local_part) DESC
-                 LIMIT 1
-             ) a ON true
+             LEFT JOIN accounts a ON a.domain = d.name AND lower(a.local_part) = lower(q.local_part)
              ORDER BY q.n",
         )
         .bind(&domains)
         .bind(&locals)
-        .bind(&*self.recipient_delimiter)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()

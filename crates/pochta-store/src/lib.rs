@@ -87,9 +87,6 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// `application_name` the server shows in `pg_stat_activity`.
     pub application_name: String,
-    /// Subaddressing (RFC 5233): an address whose local part has no account of its own
-    /// reaches the account named by the part before this delimiter. "" turns it off.
-    pub recipient_delimiter: String,
 }
 
 impl Default for StoreOptions {
@@ -98,7 +95,6 @@ impl Default for StoreOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(10),
             application_name: "pochta".into(),
-            recipient_delimiter: "+".into(),
         }
     }
 }
@@ -109,8 +105,6 @@ pub struct Store {
     pool: PgPool,
     /// With several servers in the URL: keeps the pool on the writable one (`failover`).
     _watcher: Option<std::sync::Arc<failover::Watcher>>,
-    /// `StoreOptions::recipient_delimiter`.
-    recipient_delimiter: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -142,7 +136,6 @@ impl Store {
             return Ok(Store {
                 pool,
                 _watcher: None,
-                recipient_delimiter: options.recipient_delimiter.as_str().into(),
             });
         }
         let primary = failover::writable(&candidates).await?;
@@ -165,7 +158,6 @@ impl Store {
         Ok(Store {
             pool,
             _watcher: Some(std::sync::Arc::new(watcher)),
-            recipient_delimiter: options.recipient_delimiter.as_str().into(),
         })
     }
 
