@@ -201,8 +201,7 @@ impl Worker {
                     reported: false,
                 }
             }
-            // RFC 3463 3.3 (X.2.2, mailbox full): retried until the queue lifetime ends, then
-            // failed as 5.2.2.
+            // RFC 3463 4.2.2: retried until the queue lifetime ends, then failed as 5.2.2.
             LocalDelivery::OverQuota => Delivered::Deferred(
                 QUOTA_STATUS,
                 "452 4.2.2 mailbox full: over its quota".into(),
