@@ -7,13 +7,6 @@ use crate::{
     StoreError,
 };
 
-/// An account setting the operator changes, with its new value.
-enum Setting<'a> {
-    PasswordHash(&'a str),
-    Quota(Option<i64>),
-    Disabled(bool),
-}
-
 impl Store {
     /// Adds a domain. `name` must already be lowercase ASCII (`is_domain_name`).
     pub async fn add_domain(&self, name: &str, role: DomainRole) -> Result<Domain> {
@@ -177,44 +170,44 @@ impl Store {
     }
 
     pub async fn set_password(&self, address: &Mailbox, password_hash: &str) -> Result<()> {
-        self.set_on_account(address, Setting::PasswordHash(password_hash))
-            .await
+        let done = sqlx::query(
+            "UPDATE accounts SET password_hash = $3, updated_at = now()
+             WHERE domain = $1 AND lower(local_part) = lower($2)",
+        )
+        .bind(&address.domain)
+        .bind(&address.local_part)
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await?;
+        Self::one_account(done.rows_affected(), address)
     }
 
     /// Sets or removes (None) the quota of an account's maildrop, in octets as POP3 STAT
     /// counts them. Mail already in the maildrop stays; a maildrop over its new quota takes
     /// nothing more until POP3 deletions bring it under.
     pub async fn set_quota(&self, address: &Mailbox, quota_bytes: Option<i64>) -> Result<()> {
-        self.set_on_account(address, Setting::Quota(quota_bytes))
-            .await
+        let done = sqlx::query(
+            "UPDATE accounts SET quota_bytes = $3, updated_at = now()
+             WHERE domain = $1 AND lower(local_part) = lower($2)",
+        )
+        .bind(&address.domain)
+        .bind(&address.local_part)
+        .bind(quota_bytes)
+        .execute(&self.pool)
+        .await?;
+        Self::one_account(done.rows_affected(), address)
     }
 
     pub async fn set_account_disabled(&self, address: &Mailbox, disabled: bool) -> Result<()> {
-        self.set_on_account(address, Setting::Disabled(disabled))
-            .await
-    }
-
-    /// Changes one setting of the account at `address` (its local part matched
-    /// case-insensitively); an unknown account is an error.
-    async fn set_on_account(&self, address: &Mailbox, setting: Setting<'_>) -> Result<()> {
-        let column = match setting {
-            Setting::PasswordHash(_) => "password_hash",
-            Setting::Quota(_) => "quota_bytes",
-            Setting::Disabled(_) => "disabled",
-        };
-        let sql = format!(
-            "UPDATE accounts SET {column} = $3, updated_at = now()
-             WHERE domain = $1 AND lower(local_part) = lower($2)"
-        );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&address.domain)
-            .bind(&address.local_part);
-        let query = match setting {
-            Setting::PasswordHash(hash) => query.bind(hash),
-            Setting::Quota(quota) => query.bind(quota),
-            Setting::Disabled(disabled) => query.bind(disabled),
-        };
-        let done = query.execute(&self.pool).await?;
+        let done = sqlx::query(
+            "UPDATE accounts SET disabled = $3, updated_at = now()
+             WHERE domain = $1 AND lower(local_part) = lower($2)",
+        )
+        .bind(&address.domain)
+        .bind(&address.local_part)
+        .bind(disabled)
+        .execute(&self.pool)
+        .await?;
         Self::one_account(done.rows_affected(), address)
     }
 

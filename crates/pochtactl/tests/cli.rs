@@ -258,22 +258,6 @@ async fn accounts() {
         "{human}"
     );
 
-    ok(&db, "account quota alice@example.org 2M", "");
-    let list: serde_json::Value =
-        serde_json::from_str(&ok(&db, "--json account list", "")).unwrap();
-    assert_eq!(list[0]["quota_bytes"], 2 << 20);
-    ok(&db, "account quota alice@example.org none", "");
-    let list: serde_json::Value =
-        serde_json::from_str(&ok(&db, "--json account list", "")).unwrap();
-    assert!(list[0]["quota_bytes"].is_null());
-    fails(&db, "account quota alice@example.org 2T", "", "unit");
-    fails(
-        &db,
-        "account quota nobody@example.org 1",
-        "",
-        "does not exist",
-    );
-
     ok(&db, "account remove alice@example.org", "");
     fails(
         &db,
