@@ -1,6 +1,5 @@
-//! The queue depth gauge (recipients due, deferred and held) and the maildrop usage gauges
-//! (octets in maildrops, accounts at their quota), read from the store every interval. Every
-//! replica reports the same shared numbers (dashboards take the maximum).
+//! The queue depth gauge: recipients due, deferred and held, read from the store every
+//! interval. Every replica reports the same shared numbers (dashboards take the maximum).
 
 use std::time::Duration;
 
@@ -13,24 +12,7 @@ pub async fn run(store: Store, interval: Duration, shutdown: Shutdown) {
         .i64_gauge("pochta.queue.depth")
         .with_description("Recipients waiting in the queue, by state (due, deferred, held)")
         .build();
-    let meter = opentelemetry::global::meter("delivery-queue");
-    let maildrop_bytes = meter
-        .i64_gauge("pochta.maildrop.bytes")
-        .with_unit("By")
-        .with_description("Octets in all maildrops, as POP3 STAT counts them")
-        .build();
-    let full = meter
-        .i64_gauge("pochta.maildrop.full")
-        .with_description("Accounts whose maildrop holds its quota or more")
-        .build();
     loop {
-        match store.maildrop_usage().await {
-            Ok((bytes, accounts)) => {
-                maildrop_bytes.record(bytes, &[]);
-                full.record(accounts, &[]);
-            }
-            Err(e) => tracing::warn!("reading the maildrop usage failed: {e}"),
-        }
         match store.queue_depth().await {
             Ok(depth) => {
                 for (state, n) in [

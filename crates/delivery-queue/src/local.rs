@@ -1,8 +1,7 @@
 //! Local delivery: into the maildrop of an account, exactly once (the store refuses a second
 //! entry for one recipient). A local recipient whose account is gone or disabled fails
-//! (5.1.1 / 5.2.1). A maildrop at its quota defers the delivery (4.2.2), which fails as 5.2.2
-//! when the queue lifetime ends. With NOTIFY=SUCCESS the `delivered` report is enqueued in the
-//! same transaction as the delivery.
+//! (5.1.1 / 5.2.1). With NOTIFY=SUCCESS the `delivered` report is enqueued in the same
+//! transaction as the delivery.
 
 use chrono::Utc;
 use pochta_store::{
@@ -11,10 +10,6 @@ use pochta_store::{
 
 use crate::worker::{Known, Worker, attempt_span};
 use pochta_smtp::dsn::{Action, RecipientReport};
-
-/// The status of a deferral for a full maildrop: a recipient whose last attempt ended so
-/// fails with 5.2.2 when the queue lifetime ends.
-pub const QUOTA_STATUS: &str = "4.2.2";
 
 /// How one local attempt ended.
 pub enum Delivered {
@@ -86,7 +81,7 @@ impl Worker {
             .await
         {
             Ok(results) => {
-                for ((span, r), result) in local.into_iter().zip(results) {
+                for ((span, r), result) in local.iter().zip(results) {
                     let result = match result {
                         LocalDelivery::Delivered { entry_id, .. } => {
                             span.in_scope(|| tracing::info!(entry_id, "delivered to maildrop"));
@@ -96,15 +91,9 @@ impl Worker {
                             span.in_scope(|| tracing::info!("already delivered by another worker"));
                             "already_final"
                         }
-                        // Deferred, with its record and any delay report, on the per-envelope
-                        // path (where the maildrop may have room again).
-                        LocalDelivery::OverQuota => {
-                            rest.push(r);
-                            continue;
-                        }
                     };
                     span.record("result", result);
-                    self.metrics.attempted(&r, result);
+                    self.metrics.attempted(r, result);
                 }
             }
             Err(e) => {
@@ -201,11 +190,6 @@ impl Worker {
                     reported: false,
                 }
             }
-            // RFC 3463 4.2.2: retried until the queue lifetime ends, then failed as 5.2.2.
-            LocalDelivery::OverQuota => Delivered::Deferred(
-                QUOTA_STATUS,
-                "452 4.2.2 mailbox full: over its quota".into(),
-            ),
         })
     }
 }

@@ -8,7 +8,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 use pochta_mail::Ret;
 use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
 use pochta_testkit::{
-    ServiceProcess, TestDb, envelope, free_addr, local_recipient, maildrop, recipient, until,
+    ServiceProcess, TestDb, envelope, free_addr, local_recipient, maildrop, recipient,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_delivery-queue");
@@ -256,52 +256,6 @@ async fn expired_mail_is_reported_and_reports_are_never_reported() {
         "the <> message failed"
     );
     assert_eq!(counts.envelopes, 3, "two messages and exactly one report");
-}
-
-/// A maildrop at its quota defers local delivery (4.2.2) for as long as the message may wait;
-/// then the recipient fails as 5.2.2 (RFC 3463: mailbox full), and the sender's report says so.
-#[tokio::test]
-async fn a_full_maildrop_defers_then_fails_as_mailbox_full() {
-    let s = setup("retry_delay_secs = 1").await;
-    let store = s.db.store();
-    let carol = "carol@example.org".parse().unwrap();
-    store.set_quota(&carol, Some(10)).await.unwrap();
-    let id = enqueue(
-        store,
-        "alice@example.org",
-        vec![rcpt("carol@example.org", None)],
-        None,
-        Duration::from_secs(3),
-    )
-    .await;
-    let detail = async || {
-        let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
-        detail.recipients[0].clone()
-    };
-    until(
-        "a deferral for the quota",
-        Duration::from_secs(10),
-        async || detail().await.last_status.as_deref() == Some("4.2.2"),
-    )
-    .await;
-    assert_eq!(detail().await.state, RecipientState::Queued);
-    let reports = maildrop(store, s.alice, 1).await;
-    let (_, status, _) = status_part(&reports[0]);
-    assert!(
-        status.contains("Final-Recipient: rfc822; carol@example.org")
-            && status.contains("Action: failed")
-            && status.contains("Status: 5.2.2"),
-        "{status}"
-    );
-    assert_eq!(detail().await.state, RecipientState::Expired);
-    let carol_id = store
-        .lookup_recipient(&carol)
-        .await
-        .unwrap()
-        .account
-        .unwrap()
-        .id;
-    assert!(store.maildrop_entries(carol_id).await.unwrap().is_empty());
 }
 
 #[tokio::test]

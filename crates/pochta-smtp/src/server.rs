@@ -492,10 +492,6 @@ impl Session {
                 "4.3.1",
                 "Too much mail is waiting for this domain; try again later",
             ),
-            // RFC 3463 X.2.2; temporary, as the owner may make room (RFC 5321 4.5.3.1.10).
-            RecipientVerdict::MailboxFull => {
-                Reply::new(452, "4.2.2", "Recipient mailbox is full; try again later")
-            }
             RecipientVerdict::TemporaryFailure => Reply::new(
                 451,
                 "4.3.0",

@@ -280,10 +280,6 @@ fn recipient_verdicts_and_limits() {
             "554 5.7.1 Relay access denied\r\n",
         ),
         (
-            RecipientVerdict::MailboxFull,
-            "452 4.2.2 Recipient mailbox is full; try again later\r\n",
-        ),
-        (
             RecipientVerdict::TemporaryFailure,
             "451 4.3.0 Temporary failure verifying the recipient; try again later\r\n",
         ),

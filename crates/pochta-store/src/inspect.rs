@@ -51,17 +51,6 @@ impl Store {
         })
     }
 
-    /// Octets in all maildrops, and how many accounts hold their quota or more.
-    pub async fn maildrop_usage(&self) -> Result<(i64, i64)> {
-        Ok(sqlx::query_as(
-            "SELECT coalesce(sum(used_bytes), 0)::bigint,
-                    count(*) FILTER (WHERE used_bytes >= quota_bytes)
-             FROM accounts",
-        )
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     /// A message's content as stored (what the queue delivers), or None if there is no such
     /// message.
     pub async fn message_content(&self, message_id: i64) -> Result<Option<Vec<u8>>> {

@@ -18,8 +18,6 @@ impl Store {
     /// `maildrop_entries.recipient_id` is UNIQUE, so a second call for the same recipient, from
     /// this worker or a replica that took over an expired lease, writes nothing and returns
     /// `AlreadyFinal`. `header_prefix` is the per-delivery `Return-Path:`/`Delivered-To:` block.
-    /// An entry that would take the maildrop past its quota is not written (`OverQuota`); the
-    /// account's usage grows by what was written, in the same statement.
     pub async fn deliver_to_maildrop(
         &self,
         worker: &str,
@@ -193,9 +191,8 @@ impl Store {
         Ok(rows)
     }
 
-    /// POP3 UPDATE state (RFC 1939 6): deletes the marked entries, gives their octets back to
-    /// the account's quota and releases the lock, in one statement, only while `owner` holds
-    /// the maildrop lock. Returns how many were deleted.
+    /// POP3 UPDATE state (RFC 1939 6): deletes the marked entries and releases the lock, in one
+    /// statement, only while `owner` holds the maildrop lock. Returns how many were deleted.
     pub async fn delete_maildrop_entries_and_unlock(
         &self,
         account_id: i64,
@@ -209,13 +206,7 @@ impl Store {
              ), gone AS (
                  DELETE FROM maildrop_entries
                  WHERE account_id IN (SELECT account_id FROM lock) AND id = ANY($3)
-                 RETURNING id, pop3_size
-             ), usage AS (
-                 -- The space is free at once for new mail (quotas).
-                 UPDATE accounts
-                 SET used_bytes = greatest(used_bytes - (SELECT coalesce(sum(pop3_size), 0)
-                                                         FROM gone), 0)
-                 WHERE id IN (SELECT account_id FROM lock)
+                 RETURNING id
              )
              SELECT (SELECT count(*) FROM lock), (SELECT count(*) FROM gone)",
         )
@@ -328,7 +319,7 @@ async fn deliver_many_on(
     account_ids: &[i64],
     prefixes: &[&[u8]],
 ) -> Result<Vec<LocalDelivery>> {
-    let rows: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(
         "WITH wanted AS (
                  SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[])
                      AS w (recipient_id, account_id, header_prefix)
@@ -340,51 +331,28 @@ async fn deliver_many_on(
                  WHERE r.state = 'queued'
                  ORDER BY r.id
                  FOR UPDATE OF r
-             ), account AS (
-                 -- Locked (in id order) for the usage added below: the latest usage counts.
-                 SELECT a.id, a.quota_bytes, a.used_bytes FROM accounts a
-                 WHERE a.id IN (SELECT account_id FROM r)
-                 ORDER BY a.id
-                 FOR NO KEY UPDATE
-             ), sized AS (
-                 SELECT r.*, octet_length(r.header_prefix) + m.size AS size
-                 FROM r JOIN messages m ON m.id = r.message_id
-             ), fits AS (
-                 -- Within the quota, the batch's own earlier entries counted (RFC 3463 X.2.2).
-                 SELECT s.* FROM (
-                     SELECT s.*, sum(s.size) OVER (PARTITION BY s.account_id ORDER BY s.id)
-                         AS running
-                     FROM sized s
-                 ) s JOIN account a ON a.id = s.account_id
-                 WHERE a.quota_bytes IS NULL OR a.used_bytes + s.running <= a.quota_bytes
              ), entry AS (
                  INSERT INTO maildrop_entries (account_id, message_id, recipient_id,
                      header_prefix, pop3_size)
-                 SELECT account_id, message_id, id, header_prefix, size
-                 FROM fits
-                 ORDER BY id
+                 SELECT r.account_id, m.id, r.id, r.header_prefix,
+                     octet_length(r.header_prefix) + m.size
+                 FROM r JOIN messages m ON m.id = r.message_id
+                 ORDER BY r.id
                  ON CONFLICT (recipient_id) DO NOTHING
-                 RETURNING recipient_id, id, uid, account_id, pop3_size
-             ), usage AS (
-                 UPDATE accounts a SET used_bytes = a.used_bytes + added.bytes
-                 FROM (SELECT account_id, sum(pop3_size) AS bytes FROM entry
-                       GROUP BY account_id) added
-                 WHERE a.id = added.account_id
+                 RETURNING recipient_id, id, uid
              ), done AS (
                  UPDATE recipients SET state = 'delivered', attempts = attempts + 1,
                      last_attempt_at = now(), finished_at = now(),
                      last_reply_code = NULL, last_status = '2.0.0',
                      last_diagnostic = 'delivered to maildrop', last_remote_mta = NULL,
                      lease_owner = NULL, lease_expires_at = NULL
-                 FROM fits WHERE recipients.id = fits.id
+                 FROM r WHERE recipients.id = r.id
                  RETURNING recipients.id
              ), history AS (
                  INSERT INTO delivery_attempts (recipient_id, worker, status, diagnostic, result)
                  SELECT id, $4, '2.0.0', 'delivered to maildrop', 'delivered' FROM done
              )
-             SELECT recipient_id, id, uid FROM entry
-             UNION ALL
-             SELECT id, NULL, NULL FROM r WHERE id NOT IN (SELECT id FROM fits)",
+             SELECT recipient_id, id, uid FROM entry",
     )
     .bind(recipient_ids)
     .bind(account_ids)
@@ -392,18 +360,15 @@ async fn deliver_many_on(
     .bind(worker)
     .fetch_all(&mut *conn)
     .await?;
-    let mut results: std::collections::HashMap<i64, LocalDelivery> = rows
+    let mut delivered: std::collections::HashMap<i64, (i64, String)> = rows
         .into_iter()
-        .map(|(recipient_id, entry_id, uid)| {
-            let result = match (entry_id, uid) {
-                (Some(entry_id), Some(uid)) => LocalDelivery::Delivered { entry_id, uid },
-                _ => LocalDelivery::OverQuota,
-            };
-            (recipient_id, result)
-        })
+        .map(|(recipient_id, entry_id, uid)| (recipient_id, (entry_id, uid)))
         .collect();
     Ok(recipient_ids
         .iter()
-        .map(|id| results.remove(id).unwrap_or(LocalDelivery::AlreadyFinal))
+        .map(|id| match delivered.remove(id) {
+            Some((entry_id, uid)) => LocalDelivery::Delivered { entry_id, uid },
+            None => LocalDelivery::AlreadyFinal,
+        })
         .collect())
 }

@@ -37,7 +37,6 @@ struct ClaimedRow {
     lease_expires_at: DateTime<Utc>,
     delay_reported: bool,
     cancelled: bool,
-    last_status: Option<String>,
 }
 
 impl ClaimedRow {
@@ -72,7 +71,6 @@ impl ClaimedRow {
             lease_expires_at: self.lease_expires_at,
             delay_reported: self.delay_reported,
             cancelled: self.cancelled,
-            last_status: self.last_status,
         }
     }
 }
@@ -151,7 +149,7 @@ impl Store {
              RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
                  r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
                  e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at,
-                 r.delay_reported, r.cancelled, r.last_status"
+                 r.delay_reported, r.cancelled"
         );
         let rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(sql))
             .bind(i64::from(limit))

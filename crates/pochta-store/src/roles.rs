@@ -53,8 +53,6 @@ const INGRESS: Grants = &[
 
 const QUEUE: Grants = &[
     ("SELECT", "_sqlx_migrations, domains, accounts"),
-    // A maildrop's usage grows with each local delivery (quotas).
-    ("UPDATE (used_bytes)", "accounts"),
     (
         "SELECT, INSERT, UPDATE, DELETE",
         "messages, message_chunks, envelopes, recipients, delivery_attempts",
@@ -72,8 +70,6 @@ const POP3: Grants = &[
         "_sqlx_migrations, domains, accounts, messages, message_chunks",
     ),
     ("SELECT, DELETE", "maildrop_entries"),
-    // Deletions give their octets back (quotas).
-    ("UPDATE (used_bytes)", "accounts"),
     ("SELECT, INSERT, UPDATE, DELETE", "maildrop_locks"),
 ];
 

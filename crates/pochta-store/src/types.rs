@@ -178,8 +178,6 @@ pub struct RecipientLookup {
 pub struct LocalAccount {
     pub id: i64,
     pub disabled: bool,
-    /// Its maildrop holds its quota or more (RFC 3463 X.2.2).
-    pub full: bool,
 }
 
 /// What a login needs to know about an account.
@@ -266,8 +264,6 @@ pub struct ClaimedRecipient {
     pub delay_reported: bool,
     /// Deleted by an administrator who asked for a report: fail it, with the report.
     pub cancelled: bool,
-    /// The enhanced status of the last attempt (`4.2.2`: the maildrop was full).
-    pub last_status: Option<String>,
 }
 
 impl ClaimedRecipient {
@@ -355,9 +351,6 @@ pub enum LocalDelivery {
     /// The recipient was not live any more (already delivered, or finished otherwise): nothing
     /// was written. This is what makes a repeated delivery harmless.
     AlreadyFinal,
-    /// The entry would take the maildrop past its quota: nothing was written, the recipient
-    /// is still live.
-    OverQuota,
 }
 
 /// One local delivery of a batch: a live recipient, the account whose maildrop receives it,

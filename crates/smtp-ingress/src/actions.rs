@@ -55,7 +55,6 @@ fn recipient_policy(found: RecipientLookup, may_relay: bool) -> RecipientVerdict
     match found.role {
         Some(DomainRole::Local) => match found.account {
             Some(account) if account.disabled => RecipientVerdict::Disabled,
-            Some(account) if account.full => RecipientVerdict::MailboxFull,
             Some(_) => RecipientVerdict::Accept(Disposition::Local),
             None => RecipientVerdict::NoSuchUser,
         },

@@ -129,8 +129,6 @@ async fn the_queue_role_works_the_queue_and_nothing_else() {
     let alice_address = addr("alice@example.org");
     let disable = queue.set_account_disabled(&alice_address, true);
     denied("changes accounts", disable.await);
-    let quota = queue.set_quota(&alice_address, Some(1));
-    denied("sets quotas", quota.await);
 }
 
 /// POP3 locks, lists, reads and deletes its maildrop; it never sees the queue.
