@@ -155,4 +155,30 @@ mod tests {
             ["postgres://u@h:5432/db"]
         );
     }
+
+    /// A configured URL is operator input: odd ones split without panicking, a password with
+    /// `@` or `,` stays whole, and empty hosts come out as URLs that fail to parse (an error
+    /// at start-up, not a connection somewhere unintended).
+    #[test]
+    fn odd_urls_split_safely() {
+        assert_eq!(
+            host_urls("postgres://u:p@s,s@a,b/db"),
+            ["postgres://u:p@s,s@a/db", "postgres://u:p@s,s@b/db"]
+        );
+        for odd in [
+            "",
+            "postgres://",
+            "postgres://,",
+            "x",
+            "postgres://u@a,,b/db?",
+            "?,@/",
+        ] {
+            for url in host_urls(odd) {
+                let _ = url.parse::<PgConnectOptions>();
+            }
+        }
+        let empty = host_urls("postgres://u@a,/db");
+        assert_eq!(empty, ["postgres://u@a/db", "postgres://u@/db"]);
+        assert!(empty[1].parse::<PgConnectOptions>().is_err());
+    }
 }

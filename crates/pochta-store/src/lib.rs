@@ -23,6 +23,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use roles::ServiceRoles;
+pub use server::{postgres_programs, running_as_root};
 pub use types::*;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

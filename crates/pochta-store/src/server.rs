@@ -1,4 +1,7 @@
-//! Server-level statements for tooling (test harness, `pochtactl dev`): databases, not mail.
+//! Server-level statements for tooling (test harness, `pochtactl dev`): databases, not mail;
+//! and where this machine keeps the PostgreSQL programs those tools start servers with.
+
+use std::path::PathBuf;
 
 use sqlx::AssertSqlSafe;
 
@@ -19,6 +22,42 @@ pub(crate) fn checked_name<'a>(what: &'static str, name: &'a str) -> Result<&'a 
     } else {
         Err(StoreError::InvalidValue(InvalidValue::new(what, name)))
     }
+}
+
+/// The folder holding every one of the PostgreSQL programs `tools` (`initdb`, `postgres`, ...):
+/// the first on the PATH, else Debian's newest `/usr/lib/postgresql/<version>/bin`.
+pub fn postgres_programs(tools: &[&str]) -> Option<PathBuf> {
+    let complete = |dir: &PathBuf| tools.iter().all(|tool| dir.join(tool).is_file());
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).find(|dir| complete(dir)));
+    if on_path.is_some() {
+        return on_path;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            complete(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, dir)| dir)
+}
+
+/// Whether this process runs as root (PostgreSQL's programs then run as `postgres`: they
+/// refuse root).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
 }
 
 impl Store {

@@ -83,7 +83,7 @@ impl Cluster {
 
     fn empty() -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
-        let as_postgres = is_root();
+        let as_postgres = pochta_store::running_as_root();
         // The postgres user must reach the folder.
         std::fs::set_permissions(
             dir.path(),
@@ -202,44 +202,8 @@ fn path(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("a non-UTF-8 path")
 }
 
-/// Whether `dir` holds every server tool the clusters use.
-fn complete(dir: &Path) -> bool {
-    ["initdb", "pg_ctl", "pg_basebackup", "postgres"]
-        .iter()
-        .all(|tool| dir.join(tool).is_file())
-}
-
 /// The newest PostgreSQL server binaries: on the PATH, else under /usr/lib/postgresql.
 fn bin_dir() -> anyhow::Result<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).find(|dir| complete(dir)));
-    if let Some(dir) = on_path {
-        return Ok(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            complete(&bin).then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map(|(_, dir)| dir)
+    pochta_store::postgres_programs(&["initdb", "pg_ctl", "pg_basebackup", "postgres"])
         .context("no PostgreSQL server binaries (Debian: postgresql)")
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
 }

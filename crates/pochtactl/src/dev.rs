@@ -243,27 +243,7 @@ async fn prepare_database(url: &str) -> anyhow::Result<()> {
 /// The folder holding `initdb` and `postgres`: on PATH, else Debian's newest
 /// `/usr/lib/postgresql/<version>/bin`.
 fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
-    });
-    if let Some(dir) = on_path {
-        return Ok(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("postgres").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map(|(_, dir)| dir)
+    pochta_store::postgres_programs(&["initdb", "postgres"])
         .context("no PostgreSQL server binaries found (install postgresql, or set DATABASE_URL)")
 }
 
@@ -304,7 +284,7 @@ fn die_with_parent(command: &mut Command, signal: i32) {
 async fn start_private_postgres(data_dir: &Path, port: u16) -> anyhow::Result<(String, Child)> {
     let bin = postgres_bin_dir()?;
     let cluster = data_dir.join("postgres");
-    let as_postgres = is_root();
+    let as_postgres = pochta_store::running_as_root();
     if !cluster.join("PG_VERSION").is_file() {
         eprintln!(
             "pochta dev: creating a PostgreSQL cluster in {}",
@@ -391,17 +371,6 @@ async fn start_private_postgres(data_dir: &Path, port: u16) -> anyhow::Result<(S
         format!("postgres://postgres@127.0.0.1:{port}/pochta"),
         child,
     ))
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
 }
 
 async fn wait_healthy(name: &str, child: &mut Child, addr: SocketAddr) -> anyhow::Result<()> {

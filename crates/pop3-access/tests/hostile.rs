@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use pochta_store::DomainRole;
 use pochta_testkit::{ServiceProcess, TestDb, free_addr, grpc_health};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -14,10 +13,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_pop3-access");
 
 async fn server(extra: &str) -> (TestDb, ServiceProcess, SocketAddr, SocketAddr) {
     let db = TestDb::new().await.unwrap();
-    db.store()
-        .add_domain("example.org", DomainRole::Local)
-        .await
-        .unwrap();
+    // add_account adds example.org as a local domain.
     db.add_account("alice@example.org", "pw").await.unwrap();
     let (grpc, pop3) = (free_addr(), free_addr());
     let config = format!(

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-use pochta_store::DomainRole;
 use pochta_testkit::pg_proxy::CuttingProxy;
 use pochta_testkit::{ServiceProcess, TestDb, free_addr, python};
 
@@ -30,10 +29,7 @@ s.quit()
 #[tokio::test]
 async fn a_commit_whose_answer_was_lost_is_acknowledged_once() {
     let db = TestDb::new().await.unwrap();
-    db.store()
-        .add_domain("example.org", DomainRole::Local)
-        .await
-        .unwrap();
+    // add_account adds example.org as a local domain.
     db.add_account("alice@example.org", "pw").await.unwrap();
     let proxy = CuttingProxy::start(db.server_addr().unwrap())
         .await

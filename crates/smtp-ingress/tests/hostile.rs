@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use pochta_store::DomainRole;
 use pochta_testkit::{ServiceProcess, TestDb, free_addr, grpc_health, until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,10 +21,7 @@ struct Server {
 
 async fn server(extra_smtp: &str) -> Server {
     let db = TestDb::new().await.unwrap();
-    db.store()
-        .add_domain("example.org", DomainRole::Local)
-        .await
-        .unwrap();
+    // add_account adds example.org as a local domain.
     db.add_account("alice@example.org", "pw").await.unwrap();
     let (mx, grpc) = (free_addr(), free_addr());
     let config = format!(

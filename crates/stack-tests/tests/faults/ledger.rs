@@ -56,27 +56,20 @@ pub struct Ledger(Arc<Mutex<Inner>>);
 
 impl Ledger {
     pub fn acknowledged(&self, token: u64) {
-        self.0.lock().unwrap().sent.entry(token).or_default().acks += 1;
+        self.count(token, |sent| &mut sent.acks);
     }
 
     pub fn unanswered(&self, token: u64) {
-        self.0
-            .lock()
-            .unwrap()
-            .sent
-            .entry(token)
-            .or_default()
-            .unanswered += 1;
+        self.count(token, |sent| &mut sent.unanswered);
     }
 
     pub fn refused(&self, token: u64) {
-        self.0
-            .lock()
-            .unwrap()
-            .sent
-            .entry(token)
-            .or_default()
-            .refused += 1;
+        self.count(token, |sent| &mut sent.refused);
+    }
+
+    /// One more of what `counter` picks out of the message's attempts.
+    fn count(&self, token: u64, counter: fn(&mut Sent) -> &mut u32) {
+        *counter(self.0.lock().unwrap().sent.entry(token).or_default()) += 1;
     }
 
     pub fn delivered_locally(&self, token: u64, uid: &str) {
