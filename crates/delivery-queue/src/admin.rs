@@ -260,6 +260,7 @@ fn filter(filter: Option<Filter>) -> Result<QueueFilter, Status> {
             Ok(ProtoState::Relayed) => Ok(RecipientState::Relayed),
             Ok(ProtoState::Failed) => Ok(RecipientState::Failed),
             Ok(ProtoState::Expired) => Ok(RecipientState::Expired),
+            Ok(ProtoState::Expanded) => Ok(RecipientState::Expanded),
             _ => Err(Status::invalid_argument(format!(
                 "unknown recipient state {s}"
             ))),
@@ -283,6 +284,7 @@ fn state(s: RecipientState) -> ProtoState {
         RecipientState::Relayed => ProtoState::Relayed,
         RecipientState::Failed => ProtoState::Failed,
         RecipientState::Expired => ProtoState::Expired,
+        RecipientState::Expanded => ProtoState::Expanded,
     }
 }
 

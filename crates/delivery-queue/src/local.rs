@@ -2,10 +2,17 @@
 //! entry for one recipient). A local recipient whose account is gone or disabled fails
 //! (5.1.1 / 5.2.1). With NOTIFY=SUCCESS the `delivered` report is enqueued in the same
 //! transaction as the delivery.
+//!
+//! An address that is not an account's own name is resolved (`Store::resolve_recipient`):
+//! `user+tag` and a domain alias's addresses go straight into the account's maildrop; an
+//! alias, postmaster@ or the catch-all is expanded into a recipient of its own for each
+//! final address, once (`Store::expand_recipient`).
 
 use chrono::Utc;
+use pochta_mail::Mailbox;
 use pochta_store::{
-    ClaimedRecipient, DomainRole, LocalDelivery, MaildropDelivery, RecipientLookup, StoreError,
+    AttemptReport, ClaimedRecipient, DomainRole, LocalAccount, LocalDelivery, MaildropDelivery,
+    RecipientLookup, Resolved, StoreError,
 };
 
 use crate::worker::{Known, Worker, attempt_span};
@@ -13,11 +20,11 @@ use pochta_smtp::dsn::{Action, RecipientReport};
 
 /// How one local attempt ended.
 pub enum Delivered {
-    /// Delivered, or left to another worker: the result for spans and metrics, and whether
-    /// a `delivered` report was sent.
+    /// Delivered, expanded, or left to another worker: the result for spans and metrics,
+    /// and the action of the report sent with it, if any.
     Done {
         result: &'static str,
-        reported: bool,
+        reported: Option<Action>,
     },
     /// A permanent failure: status and diagnostic.
     Failed(&'static str, String),
@@ -133,21 +140,33 @@ impl Worker {
             return Ok(Delivered::NotLocal);
         }
         let account = match found.account {
-            Some(account) if account.disabled => {
-                return Ok(Delivered::Failed(
-                    "5.2.1",
-                    "550 5.2.1 mailbox disabled".into(),
-                ));
-            }
             Some(account) => account,
-            // The account went away after the mail was accepted.
             None => {
-                return Ok(Delivered::Failed(
-                    "5.1.1",
-                    "550 5.1.1 no such user here".into(),
-                ));
+                let rules = &self.settings.addresses;
+                match self
+                    .store
+                    .resolve_recipient(&r.address, rules)
+                    .await?
+                    .resolved
+                {
+                    Resolved::Account { id, disabled, .. } => LocalAccount { id, disabled },
+                    Resolved::Forward { targets, .. } => return self.expand(r, targets).await,
+                    // The account went away after the mail was accepted.
+                    Resolved::Unknown => {
+                        return Ok(Delivered::Failed(
+                            "5.1.1",
+                            "550 5.1.1 no such user here".into(),
+                        ));
+                    }
+                }
             }
         };
+        if account.disabled {
+            return Ok(Delivered::Failed(
+                "5.2.1",
+                "550 5.2.1 mailbox disabled".into(),
+            ));
+        }
         let report = if r.notify().success {
             let delivered = RecipientReport {
                 orcpt: r.orcpt.clone(),
@@ -180,26 +199,123 @@ impl Worker {
                 tracing::info!(entry_id, report = report.is_some(), "delivered to maildrop");
                 Delivered::Done {
                     result: "delivered",
-                    reported: report.is_some(),
+                    reported: report.is_some().then_some(Action::Delivered),
                 }
             }
             LocalDelivery::AlreadyFinal => {
                 tracing::info!("already delivered by another worker");
                 Delivered::Done {
                     result: "already_final",
-                    reported: false,
+                    reported: None,
                 }
             }
         })
     }
 }
 
-/// RFC 5321 4.4: the final delivery adds Return-Path (<> for the null sender).
+impl Worker {
+    /// An alias recipient becomes a recipient for each final address of `targets`. One
+    /// final address inherits NOTIFY and ORCPT as they are; with several, a sender who asked
+    /// for SUCCESS gets an `expanded` report now and none from the targets (RFC 3461 6.2.7.3,
+    /// as Postfix does).
+    async fn expand(
+        &self,
+        r: &ClaimedRecipient,
+        targets: Vec<Mailbox>,
+    ) -> Result<Delivered, StoreError> {
+        let rules = &self.settings.addresses;
+        let expansion = match self.store.expand(&r.address, targets, rules).await {
+            Ok(expansion) => expansion,
+            Err(e @ (StoreError::AliasTooDeep { .. } | StoreError::AliasTooWide { .. })) => {
+                return Ok(Delivered::Failed("5.4.6", format!("550 5.4.6 {e}")));
+            }
+            Err(e) => return Err(e),
+        };
+        if expansion.targets.is_empty() {
+            let why = if expansion.looped {
+                "550 5.4.6 alias loop: every address it stands for leads back to it"
+            } else {
+                "550 5.1.1 the alias has no addresses"
+            };
+            return Ok(Delivered::Failed(&why[4..9], why.into()));
+        }
+        let several = expansion.targets.len() > 1;
+        let mut notify = r.notify;
+        let report = if several && r.notify().success {
+            let mut rest = r.notify();
+            rest.success = false;
+            notify = Some(rest);
+            let expanded = RecipientReport {
+                orcpt: r.orcpt.clone(),
+                final_recipient: r.address.to_string(),
+                action: Action::Expanded,
+                status: "2.0.0".into(),
+                remote_mta: None,
+                diagnostic: None,
+                last_attempt: Some(Utc::now()),
+                will_retry_until: None,
+            };
+            self.report_message(r, &[expanded]).await
+        } else {
+            None
+        };
+        let attempt = AttemptReport {
+            remote_mta: None,
+            reply_code: None,
+            status: Some("2.0.0".into()),
+            diagnostic: format!(
+                "expanded to {}",
+                expansion
+                    .targets
+                    .iter()
+                    .map(|(t, _)| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let with = report.as_ref().map(|(e, c)| (e, c.as_slice()));
+        match self
+            .store
+            .expand_recipient(
+                &self.owner,
+                r.recipient_id,
+                &expansion.targets,
+                notify,
+                &attempt,
+                with,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost(_)) => {
+                return Ok(Delivered::Done {
+                    result: "already_final",
+                    reported: None,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(targets = expansion.targets.len(), "expanded");
+        // The new recipients are due now, in either kind of loop.
+        self.wakes.both();
+        Ok(Delivered::Done {
+            result: "expanded",
+            reported: report.is_some().then_some(Action::Expanded),
+        })
+    }
+}
+
+/// RFC 5321 4.4: the final delivery adds Return-Path (<> for the null sender). A target of an
+/// alias also gets X-Original-To: the address the sender gave (as Postfix writes it).
 fn header_prefix(r: &ClaimedRecipient) -> String {
     let sender = r.reverse_path.as_ref().map(|m| m.to_string());
-    format!(
+    let mut prefix = format!(
         "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
         sender.unwrap_or_default(),
         r.address
-    )
+    );
+    if let Some(original) = &r.original_address {
+        prefix.push_str(&format!("X-Original-To: {original}\r\n"));
+    }
+    prefix
 }

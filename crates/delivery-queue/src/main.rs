@@ -148,5 +148,6 @@ fn settings(queue: &QueueConfig, ctx: &ServiceContext) -> anyhow::Result<Arc<wor
             first: Duration::from_secs(queue.retry_delay_secs),
             max: Duration::from_secs(queue.retry_max_delay_secs),
         },
+        addresses: ctx.config.addresses.rules(),
     }))
 }

@@ -68,7 +68,7 @@ impl<'a> Attempt<'a> {
         let default_status = match action {
             Action::Failed => "5.0.0",
             Action::Delayed => "4.0.0",
-            Action::Delivered | Action::Relayed => "2.0.0",
+            Action::Delivered | Action::Relayed | Action::Expanded => "2.0.0",
         };
         RecipientReport {
             orcpt: self.r.orcpt.clone(),

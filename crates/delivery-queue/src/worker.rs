@@ -18,7 +18,7 @@ use chrono::Utc;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 use pochta_service::Shutdown;
-use pochta_store::{Claim, ClaimedRecipient, RecipientLookup, Store};
+use pochta_store::{AddressRules, Claim, ClaimedRecipient, RecipientLookup, Store};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -159,6 +159,8 @@ pub struct Settings {
     pub lease: Duration,
     pub scan_interval: Duration,
     pub retry: Backoff,
+    /// How addresses that are not an account's own name resolve.
+    pub addresses: AddressRules,
 }
 
 pub struct Metrics {
@@ -383,8 +385,8 @@ impl Worker {
                     Delivered::Done { result, reported } => {
                         span.record("result", result);
                         self.metrics.attempted(r, result);
-                        if reported {
-                            self.metrics.reported("delivered");
+                        if let Some(action) = reported {
+                            self.metrics.reported(action.as_str());
                             self.wakes.both();
                         }
                     }

@@ -62,45 +62,62 @@ async fn enqueue_as(
     envelope.queue_id
 }
 
-#[tokio::test]
-async fn mail_accepted_by_ingress_is_delivered_to_the_maildrop_on_notify() {
-    let (db, account) = setup().await;
-    let queue_grpc = free_addr();
-    // A long scan interval: delivery within the test's patience proves the Notify wake-up.
-    let _queue = start_queue(&db, queue_grpc, "scan_interval_secs = 3600").await;
+/// An ingress (MX only) that notifies the queue at `queue_grpc`; its MX address.
+async fn start_ingress(db: &TestDb, queue_grpc: SocketAddr) -> (ServiceProcess, SocketAddr) {
     let (ingress_grpc, mx) = (free_addr(), free_addr());
     let ingress_config = format!(
         "[store]\nurl = \"{}\"\n\n[smtp]\ngrpc_listen = \"{ingress_grpc}\"\nqueue_endpoint = \"http://{queue_grpc}\"\n\
          hostname = \"mx.test\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\nsubmissions_listen = []\n",
         db.url()
     );
-    let _ingress = ServiceProcess::start_healthy(
+    let ingress = ServiceProcess::start_healthy(
         &workspace_binary("smtp-ingress").unwrap(),
         &ingress_config,
         ingress_grpc,
     )
     .await
     .unwrap();
+    (ingress, mx)
+}
 
+/// Sends one message from bob@remote.test to `to` with Python's smtplib.
+async fn send(mx: SocketAddr, to: &str, header: &str) {
     let script = r#"
 import smtplib, sys
 s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
-s.sendmail("bob@remote.test", ["alice@example.org"], b"Subject: to the maildrop\r\n\r\nhello\r\n")
+s.sendmail("bob@remote.test", [sys.argv[2]], sys.argv[3].encode() + b"\r\n\r\nhello\r\n")
 s.quit()
 "#;
-    python(script, &[&mx.port().to_string()]).await.unwrap();
-    let store = db.store();
+    python(script, &[&mx.port().to_string(), to, header])
+        .await
+        .unwrap();
+}
+
+/// Waits for the account's maildrop to hold one entry: its POP3 size, prefix and content.
+async fn only_entry(store: &Store, account: i64) -> (i64, Vec<u8>, Vec<u8>) {
     until("delivery", Duration::from_secs(10), async || {
         store.maildrop_entries(account).await.unwrap().len() == 1
     })
     .await;
-
     let entry = &store.maildrop_entries(account).await.unwrap()[0];
     let (prefix, content) = store
         .maildrop_entry_content(account, entry.id)
         .await
         .unwrap()
         .unwrap();
+    (entry.pop3_size, prefix, content)
+}
+
+#[tokio::test]
+async fn mail_accepted_by_ingress_is_delivered_to_the_maildrop_on_notify() {
+    let (db, account) = setup().await;
+    let queue_grpc = free_addr();
+    // A long scan interval: delivery within the test's patience proves the Notify wake-up.
+    let _queue = start_queue(&db, queue_grpc, "scan_interval_secs = 3600").await;
+    let (_ingress, mx) = start_ingress(&db, queue_grpc).await;
+    send(mx, "alice@example.org", "Subject: to the maildrop").await;
+    let store = db.store();
+    let (size, prefix, content) = only_entry(store, account).await;
     assert_eq!(
         prefix,
         b"Return-Path: <bob@remote.test>\r\nDelivered-To: alice@example.org\r\n"
@@ -111,9 +128,35 @@ s.quit()
             && text.ends_with("Subject: to the maildrop\r\n\r\nhello\r\n"),
         "{text}"
     );
-    assert_eq!(entry.pop3_size as usize, prefix.len() + content.len());
+    assert_eq!(size as usize, prefix.len() + content.len());
     let counts = store.counts().await.unwrap();
     assert_eq!(counts.recipients_in(RecipientState::Delivered), 1);
+}
+
+/// RFC 5233: mail for alice+news is accepted and delivered into Alice's maildrop, its
+/// Delivered-To the address as sent; a tag on an unknown user is still refused.
+#[tokio::test]
+async fn a_subaddress_is_delivered_to_its_account() {
+    let (db, account) = setup().await;
+    let queue_grpc = free_addr();
+    let _queue = start_queue(&db, queue_grpc, "").await;
+    let (_ingress, mx) = start_ingress(&db, queue_grpc).await;
+    send(mx, "alice+news@example.org", "Subject: tagged").await;
+    let (_, prefix, _) = only_entry(db.store(), account).await;
+    assert_eq!(
+        prefix,
+        b"Return-Path: <bob@remote.test>\r\nDelivered-To: alice+news@example.org\r\n"
+    );
+    let refused = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+s.ehlo()
+s.mail("bob@remote.test")
+print(s.rcpt("nobody+news@example.org")[0])
+s.quit()
+"#;
+    let out = python(refused, &[&mx.port().to_string()]).await.unwrap();
+    assert_eq!(out.trim(), "550");
 }
 
 #[tokio::test]

@@ -25,6 +25,43 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub queue: QueueConfig,
     pub pop3: Pop3Config,
+    pub addresses: AddressesConfig,
+}
+
+/// `[addresses]`: how a recipient address resolves beyond an exact account (the ingress at
+/// RCPT and the queue at delivery ask the same way).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AddressesConfig {
+    /// Subaddressing (RFC 5233): each of these characters ends the name part of a local part,
+    /// so `user+tag@domain` reaches `user` when nothing is named `user+tag` itself. "" turns
+    /// it off.
+    pub recipient_delimiter: String,
+    /// Aliases of aliases are followed this many levels deep; deeper fails the recipient.
+    pub max_alias_depth: u32,
+    /// One recipient expands to at most this many final addresses.
+    pub max_alias_targets: u32,
+}
+
+impl AddressesConfig {
+    /// The rules the ingress, the queue and pochtactl resolve addresses by.
+    pub fn rules(&self) -> pochta_mail::AddressRules {
+        pochta_mail::AddressRules {
+            delimiters: self.recipient_delimiter.clone(),
+            max_depth: self.max_alias_depth as usize,
+            max_targets: self.max_alias_targets as usize,
+        }
+    }
+}
+
+impl Default for AddressesConfig {
+    fn default() -> Self {
+        AddressesConfig {
+            recipient_delimiter: "+".into(),
+            max_alias_depth: 8,
+            max_alias_targets: 1000,
+        }
+    }
 }
 
 /// `[store]`: the PostgreSQL message store.
@@ -634,7 +671,8 @@ impl Config {
         self.tls.validate()?;
         self.smtp.validate()?;
         self.queue.validate()?;
-        self.pop3.validate()
+        self.pop3.validate()?;
+        self.addresses.validate()
     }
 
     /// The configuration with its secrets replaced, fit to print or log.
@@ -753,6 +791,20 @@ mod tests {
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
         assert_eq!(net.to_string(), "192.0.2.0/24");
+    }
+
+    #[test]
+    fn the_recipient_delimiter_is_a_short_printable_string_without_at() {
+        let with = |d: &str| AddressesConfig {
+            recipient_delimiter: d.into(),
+            ..AddressesConfig::default()
+        };
+        for good in ["+", "-", "", "++"] {
+            assert!(with(good).validate().is_ok(), "{good:?}");
+        }
+        for bad in ["@", " ", "\r", "+@", "\"", "12345678901234567"] {
+            assert!(with(bad).validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! (`smtp.max_errors`).
 
 use crate::{
-    ConfigError, Pop3Config, QueueConfig, SmtpConfig, StoreConfig, TelemetryConfig, TlsConfig,
-    is_http_url,
+    AddressesConfig, ConfigError, Pop3Config, QueueConfig, SmtpConfig, StoreConfig,
+    TelemetryConfig, TlsConfig, is_http_url,
 };
 
 /// The error for `key`, which must be fully qualified (`smtp.max_errors`).
@@ -40,6 +40,28 @@ fn host_name(key: &str, name: &Option<String>) -> Result<(), ConfigError> {
     match name {
         Some(name) if !pochta_mail::is_domain_name(name) => invalid(key, "must be a host name"),
         _ => Ok(()),
+    }
+}
+
+impl AddressesConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.recipient_delimiter;
+        // It is cut out of local parts (RFC 5322 atext: printable, no specials like '@' or '"').
+        if d.len() > 16
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"@\"\\".contains(&b))
+        {
+            return invalid(
+                "addresses.recipient_delimiter",
+                "must be up to 16 printable ASCII characters other than @, \" and \\",
+            );
+        }
+        at_least_one(&[
+            ("addresses.max_alias_depth", self.max_alias_depth.into()),
+            ("addresses.max_alias_targets", self.max_alias_targets.into()),
+        ])?;
+        Ok(())
     }
 }
 

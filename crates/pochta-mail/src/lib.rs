@@ -7,7 +7,7 @@
 //!   xtext encoding they travel in (RFC 3461, RFC 6152);
 //! - `policy`: decisions that a protocol state machine, the store and the configuration share
 //!   (bare line endings in message text, where an accepted recipient's mail goes, STARTTLS
-//!   towards other servers);
+//!   towards other servers, how addresses resolve beyond accounts);
 //! - `untrusted`: how text from outside is shown to an operator (logs, `pochtactl`).
 //!
 //! Each type has exactly one parser; the store writes and reads back these types, never their
@@ -22,7 +22,7 @@ pub mod untrusted;
 pub use address::Mailbox;
 pub use domain::is_domain_name;
 pub use params::{Body, Notify, Orcpt, Ret, xtext_decode, xtext_encode};
-pub use policy::{BareLineEndings, Disposition, TlsPolicy};
+pub use policy::{AddressRules, BareLineEndings, Disposition, TlsPolicy};
 pub use untrusted::Untrusted;
 
 /// A text that is not a valid value of the type it was parsed as.

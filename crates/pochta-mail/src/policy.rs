@@ -37,3 +37,34 @@ pub enum TlsPolicy {
     /// Never STARTTLS.
     Never,
 }
+
+/// How addresses resolve beyond an exact account (`[addresses]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressRules {
+    /// Subaddressing (RFC 5233): each of these characters ends the part of a local part that
+    /// names the account or alias (`user+tag` reaches `user`); empty: off.
+    pub delimiters: String,
+    /// Aliases of aliases are followed this many levels deep at most.
+    pub max_depth: usize,
+    /// One recipient expands to at most this many final addresses.
+    pub max_targets: usize,
+}
+
+impl Default for AddressRules {
+    fn default() -> Self {
+        AddressRules {
+            delimiters: "+".into(),
+            max_depth: 8,
+            max_targets: 1000,
+        }
+    }
+}
+
+impl AddressRules {
+    /// The part of `local_part` that names an account or alias when it is a subaddress: what
+    /// comes before its first delimiter, if there is one with something before it.
+    pub fn subaddress_base<'a>(&self, local_part: &'a str) -> Option<&'a str> {
+        let at = local_part.find(|c| self.delimiters.contains(c))?;
+        (at > 0).then(|| &local_part[..at])
+    }
+}

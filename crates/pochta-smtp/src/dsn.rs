@@ -11,6 +11,8 @@ pub enum Action {
     Delayed,
     Delivered,
     Relayed,
+    /// Delivered to an alias that forwards it to several addresses (RFC 3464 2.3.3).
+    Expanded,
 }
 
 impl Action {
@@ -20,6 +22,7 @@ impl Action {
             Action::Delayed => "delayed",
             Action::Delivered => "delivered",
             Action::Relayed => "relayed",
+            Action::Expanded => "expanded",
         }
     }
 
@@ -27,7 +30,9 @@ impl Action {
         match self {
             Action::Failed => "Undelivered Mail Returned to Sender",
             Action::Delayed => "Delayed Mail (still being retried)",
-            Action::Delivered | Action::Relayed => "Successful Mail Delivery Report",
+            Action::Delivered | Action::Relayed | Action::Expanded => {
+                "Successful Mail Delivery Report"
+            }
         }
     }
 }
@@ -177,6 +182,7 @@ fn human_readable(report: &Report<'_>, out: &mut String) {
             Action::Delayed => "has not been delivered yet; delivery is being retried",
             Action::Delivered => "was delivered",
             Action::Relayed => "was handed to a server that does not send delivery reports",
+            Action::Expanded => "was delivered to an alias that forwards it to several addresses",
         };
         out.push_str(&format!(
             "Your message to <{}> {what}.\r\n",

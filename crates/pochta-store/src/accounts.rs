@@ -7,31 +7,44 @@ use crate::{
     StoreError,
 };
 
+/// Inserts a domain row.
+pub(crate) async fn insert_domain(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    role: DomainRole,
+) -> Result<Domain> {
+    sqlx::query_as::<_, Domain>(
+        "INSERT INTO domains (name, role) VALUES ($1, $2)
+         RETURNING name, role, postmaster, catch_all, alias_of, created_at",
+    )
+    .bind(name)
+    .bind(role.as_str())
+    .fetch_one(conn)
+    .await
+    .map_err(|e| {
+        if StoreError::is_unique_violation(&e) {
+            StoreError::DomainExists(name.to_owned())
+        } else {
+            e.into()
+        }
+    })
+}
+
 impl Store {
-    /// Adds a domain. `name` must already be lowercase ASCII (`is_domain_name`).
+    /// Adds a domain. `name` must already be lowercase ASCII (`is_domain_name`). A local
+    /// domain added this way has no postmaster yet (`add_local_domain` gives it one).
     pub async fn add_domain(&self, name: &str, role: DomainRole) -> Result<Domain> {
-        sqlx::query_as::<_, Domain>(
-            "INSERT INTO domains (name, role) VALUES ($1, $2) RETURNING name, role, created_at",
-        )
-        .bind(name)
-        .bind(role.as_str())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| {
-            if StoreError::is_unique_violation(&e) {
-                StoreError::DomainExists(name.to_owned())
-            } else {
-                e.into()
-            }
-        })
+        let mut conn = self.pool.acquire().await?;
+        insert_domain(&mut conn, name, role).await
     }
 
     pub async fn list_domains(&self) -> Result<Vec<Domain>> {
-        Ok(
-            sqlx::query_as::<_, Domain>("SELECT name, role, created_at FROM domains ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_as::<_, Domain>(
+            "SELECT name, role, postmaster, catch_all, alias_of, created_at FROM domains
+                 ORDER BY name",
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The role of a domain, or None when Pochta does not know it.
@@ -71,7 +84,8 @@ impl Store {
     pub async fn add_account(&self, address: &Mailbox, password_hash: &str) -> Result<i64> {
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO accounts (domain, local_part, password_hash)
-             SELECT name, $2, $3 FROM domains WHERE name = $1 AND role = 'local'
+             SELECT name, $2, $3 FROM domains
+             WHERE name = $1 AND role = 'local' AND alias_of IS NULL
              RETURNING id",
         )
         .bind(&address.domain)
@@ -91,6 +105,17 @@ impl Store {
         }
         match self.domain_role(&address.domain).await? {
             None => Err(StoreError::UnknownDomain(address.domain.clone())),
+            Some(DomainRole::Local) => {
+                let of: Option<String> =
+                    sqlx::query_scalar("SELECT alias_of FROM domains WHERE name = $1")
+                        .bind(&address.domain)
+                        .fetch_one(&self.pool)
+                        .await?;
+                Err(StoreError::DomainIsAlias {
+                    domain: address.domain.clone(),
+                    of: of.unwrap_or_default(),
+                })
+            }
             Some(role) => Err(StoreError::DomainNotLocal {
                 domain: address.domain.clone(),
                 role,

@@ -5,6 +5,7 @@
 //! clocks agree on leases and due times.
 
 mod accounts;
+mod addresses;
 mod admin;
 mod content;
 mod failover;
@@ -49,6 +50,16 @@ pub enum StoreError {
     DomainNotLocal { domain: String, role: DomainRole },
     #[error("domain {domain} still has {accounts} account(s); remove them first")]
     DomainInUse { domain: String, accounts: i64 },
+    #[error("domain {domain} is an alias of {of}: its addresses live there")]
+    DomainIsAlias { domain: String, of: String },
+    #[error("alias {0} does not exist")]
+    UnknownAlias(String),
+    #[error("refused: {0}")]
+    AliasLoop(String),
+    #[error("{address} leads through more than {depth} levels of aliases")]
+    AliasTooDeep { address: String, depth: usize },
+    #[error("{address} expands to more than {max} addresses")]
+    AliasTooWide { address: String, max: usize },
     #[error("account {0} already exists")]
     AccountExists(String),
     #[error("account {0} does not exist")]

@@ -40,7 +40,7 @@ impl Default for ServiceRoles {
 type Grants = &'static [(&'static str, &'static str)];
 
 const INGRESS: Grants = &[
-    ("SELECT", "_sqlx_migrations, domains, accounts"),
+    ("SELECT", "_sqlx_migrations, domains, accounts, aliases"),
     (
         "SELECT, INSERT",
         "messages, message_chunks, envelopes, recipients",
@@ -52,7 +52,7 @@ const INGRESS: Grants = &[
 ];
 
 const QUEUE: Grants = &[
-    ("SELECT", "_sqlx_migrations, domains, accounts"),
+    ("SELECT", "_sqlx_migrations, domains, accounts, aliases"),
     (
         "SELECT, INSERT, UPDATE, DELETE",
         "messages, message_chunks, envelopes, recipients, delivery_attempts",

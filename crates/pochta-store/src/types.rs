@@ -46,6 +46,7 @@ macro_rules! text_enum {
     };
 }
 
+pub use pochta_mail::AddressRules;
 use pochta_mail::{Body, Disposition, InvalidValue, Mailbox, Notify, Orcpt, Ret};
 
 text_enum! {
@@ -75,6 +76,8 @@ text_enum! {
         Failed = "failed",
         /// Gave up after the queue lifetime.
         Expired = "expired",
+        /// An alias, replaced by a recipient row for each of its final addresses.
+        Expanded = "expanded",
     }
 }
 
@@ -142,7 +145,78 @@ pub struct Domain {
     pub name: String,
     #[sqlx(try_from = "String")]
     pub role: DomainRole,
+    /// Where postmaster@ and abuse@ go (local domains; RFC 5321 4.5.1, RFC 2142).
+    pub postmaster: Option<String>,
+    /// Where addresses that match nothing else go; None: refused.
+    pub catch_all: Option<String>,
+    /// A domain alias: every address here is the same local part at that domain.
+    pub alias_of: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// One target of an alias.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AliasTarget {
+    pub local_part: String,
+    pub domain: String,
+    pub target: String,
+}
+
+impl AliasTarget {
+    pub fn alias(&self) -> String {
+        format!("{}@{}", self.local_part, self.domain)
+    }
+}
+
+/// What one address of a domain of ours stands for, one level deep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// The account that gets mail for it.
+    Account {
+        id: i64,
+        /// The account's own address (the recipient may be `user+tag` or in a domain alias).
+        address: Mailbox,
+        disabled: bool,
+        via: Via,
+    },
+    /// Addresses it stands for, each to be resolved in turn.
+    Forward { targets: Vec<Mailbox>, via: Via },
+    /// Nothing here has this address.
+    Unknown,
+}
+
+/// Which rule resolved an address, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// An account or alias with this very name.
+    Exact,
+    /// postmaster@ or abuse@: the domain's postmaster address.
+    Postmaster,
+    /// `user+tag`: the account or alias `user` (RFC 5233).
+    Subaddress,
+    /// The domain's catch-all address.
+    CatchAll,
+}
+
+/// An address with its domain's role (None: not a domain of ours) and, in a local domain,
+/// what it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub role: Option<DomainRole>,
+    /// `Resolved::Unknown` for addresses outside local domains.
+    pub resolved: Resolved,
+}
+
+/// Where one recipient's mail finally goes, after every alias is followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expansion {
+    /// Each address once (case-insensitively), in the order found, with how it is delivered.
+    pub targets: Vec<(Mailbox, Disposition)>,
+    /// Every address met on the way, the start included (lowercase), to find loops.
+    pub visited: Vec<String>,
+    /// Some path led back to an address already met (that path is dropped).
+    pub looped: bool,
 }
 
 /// A mail account, without its password hash.
@@ -264,6 +338,8 @@ pub struct ClaimedRecipient {
     pub delay_reported: bool,
     /// Deleted by an administrator who asked for a report: fail it, with the report.
     pub cancelled: bool,
+    /// For a target of an alias: the address the sender gave.
+    pub original_address: Option<Mailbox>,
 }
 
 impl ClaimedRecipient {
@@ -286,6 +362,8 @@ pub enum AttemptOutcome {
     Expired,
     /// Try again after this long.
     Deferred { retry_after: std::time::Duration },
+    /// An alias: its final addresses are recipients of their own now.
+    Expanded,
 }
 
 impl AttemptOutcome {
@@ -296,6 +374,7 @@ impl AttemptOutcome {
             AttemptOutcome::Failed => RecipientState::Failed,
             AttemptOutcome::Expired => RecipientState::Expired,
             AttemptOutcome::Deferred { .. } => RecipientState::Queued,
+            AttemptOutcome::Expanded => RecipientState::Expanded,
         }
     }
 }

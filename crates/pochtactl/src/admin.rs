@@ -15,18 +15,58 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 #[derive(Debug, Subcommand)]
 pub enum DomainCommand {
-    /// Add a domain.
+    /// Add a domain. A local one needs --postmaster (or is a domain alias, --alias-of).
     Add {
         name: String,
         /// local: maildrops here; hold: backup MX, kept until ETRN; relay: accepted from anyone
         /// and forwarded (we are its MX or gateway).
         #[arg(long, default_value = "local", value_parser = parse_role)]
         role: DomainRole,
+        /// Where postmaster@ and abuse@ of the domain go (RFC 5321 4.5.1, RFC 2142); it may
+        /// be an account added afterwards.
+        #[arg(long, value_name = "ADDRESS")]
+        postmaster: Option<String>,
+        /// Make it a domain alias: every address at NAME is the same local part at DOMAIN.
+        #[arg(long, value_name = "DOMAIN", conflicts_with = "postmaster")]
+        alias_of: Option<String>,
     },
     /// List domains.
     List,
     /// Remove a domain that has no accounts.
     Remove { name: String },
+    /// Change where postmaster@ and abuse@ of a local domain go.
+    Postmaster { name: String, address: String },
+    /// Send mail for unknown addresses of a local domain to ADDRESS (applied after exact
+    /// names, postmaster and subaddresses); --off refuses them again (the default).
+    CatchAll {
+        name: String,
+        #[arg(required_unless_present = "off")]
+        address: Option<String>,
+        #[arg(long, conflicts_with = "address")]
+        off: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasCommand {
+    /// Add targets to an alias (creating it): local accounts, other aliases or addresses
+    /// elsewhere. Refused if it would lead back to itself, or an account has its name.
+    Add {
+        alias: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Remove one target of an alias, or the whole alias.
+    Remove {
+        alias: String,
+        target: Option<String>,
+    },
+    /// List aliases and their targets.
+    List {
+        /// Only this domain's aliases.
+        #[arg(long)]
+        domain: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +108,8 @@ fn parse_role(s: &str) -> Result<DomainRole, String> {
 pub struct Admin {
     store: Store,
     json: bool,
+    /// `[addresses]`: loops and depth are checked as delivery will follow them.
+    rules: pochta_store::AddressRules,
 }
 
 impl Admin {
@@ -82,7 +124,11 @@ impl Admin {
         let store = Store::connect(&config.store.url, &options)
             .await
             .with_context(|| format!("connecting to the store at {url}"))?;
-        Ok(Admin { store, json })
+        Ok(Admin {
+            store,
+            json,
+            rules: config.addresses.rules(),
+        })
     }
 
     /// Prints a JSON value, or the human text.
@@ -129,27 +175,138 @@ impl Admin {
     pub async fn domain(&self, command: DomainCommand) -> anyhow::Result<()> {
         self.store.check_schema().await?;
         match command {
-            DomainCommand::Add { name, role } => {
+            DomainCommand::Add {
+                name,
+                role,
+                postmaster,
+                alias_of,
+            } => {
                 let name = domain_name(&name)?;
-                let domain = self.store.add_domain(&name, role).await?;
-                self.say(json!(domain), || format!("added {role} domain {name}"));
+                match (role, postmaster, alias_of) {
+                    (DomainRole::Local, Some(postmaster), None) => {
+                        let postmaster = mailbox(&postmaster)?;
+                        self.store.add_local_domain(&name, &postmaster).await?;
+                    }
+                    (DomainRole::Local, None, Some(of)) => {
+                        self.store
+                            .add_domain_alias(&name, &domain_name(&of)?)
+                            .await?
+                    }
+                    (DomainRole::Local, _, _) => bail!(
+                        "a local domain needs --postmaster ADDRESS (where postmaster@{name} and abuse@{name} go), or --alias-of DOMAIN"
+                    ),
+                    (role, None, None) => {
+                        self.store.add_domain(&name, role).await?;
+                    }
+                    (role, _, _) => {
+                        bail!("--postmaster and --alias-of are for local domains, not {role} ones")
+                    }
+                }
+                self.say(json!({"added": name, "role": role}), || {
+                    format!("added {role} domain {name}")
+                });
             }
             DomainCommand::List => {
                 let domains = self.store.list_domains().await?;
                 self.say(json!(domains), || {
-                    let mut out = format!("{:<40} {:<6} CREATED", "DOMAIN", "ROLE");
+                    let mut out =
+                        format!("{:<32} {:<6} {:<16} DELIVERS", "DOMAIN", "ROLE", "CREATED");
                     for d in &domains {
                         let created = d.created_at.format("%Y-%m-%d %H:%M");
-                        out.push_str(&format!("\n{:<40} {:<6} {created}", d.name, d.role));
+                        let mut notes = Vec::new();
+                        if let Some(of) = &d.alias_of {
+                            notes.push(format!("alias of {of}"));
+                        }
+                        if let Some(p) = &d.postmaster {
+                            notes.push(format!("postmaster -> {p}"));
+                        }
+                        if let Some(c) = &d.catch_all {
+                            notes.push(format!("catch-all -> {c}"));
+                        }
+                        out.push_str(&format!(
+                            "\n{:<32} {:<6} {created:<16} {}",
+                            d.name,
+                            d.role,
+                            notes.join(", ")
+                        ));
                     }
                     out
                 });
+            }
+            DomainCommand::Postmaster { name, address } => {
+                let name = domain_name(&name)?;
+                let address = mailbox(&address)?;
+                self.store
+                    .set_postmaster(&name, &address, &self.rules)
+                    .await?;
+                self.say(
+                    json!({"domain": name, "postmaster": address.to_string()}),
+                    || format!("postmaster@{name} and abuse@{name} go to {address}"),
+                );
+            }
+            DomainCommand::CatchAll { name, address, .. } => {
+                let name = domain_name(&name)?;
+                let address = address.as_deref().map(mailbox).transpose()?;
+                self.store
+                    .set_catch_all(&name, address.as_ref(), &self.rules)
+                    .await?;
+                let shown = address.as_ref().map(|a| a.to_string());
+                self.say(
+                    json!({"domain": name, "catch_all": shown}),
+                    || match shown {
+                        Some(a) => format!("unknown addresses of {name} go to {a}"),
+                        None => format!("unknown addresses of {name} are refused"),
+                    },
+                );
             }
             DomainCommand::Remove { name } => {
                 let name = domain_name(&name)?;
                 self.store.remove_domain(&name).await?;
                 self.say(json!({"removed": name}), || {
                     format!("removed domain {name}")
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn alias(&self, command: AliasCommand) -> anyhow::Result<()> {
+        self.store.check_schema().await?;
+        match command {
+            AliasCommand::Add { alias, targets } => {
+                let alias = mailbox(&alias)?;
+                let targets = targets
+                    .iter()
+                    .map(|t| mailbox(t))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                self.store.add_alias(&alias, &targets, &self.rules).await?;
+                let shown: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+                self.say(json!({"alias": alias.to_string(), "added": shown}), || {
+                    format!("{alias} -> {}", shown.join(", "))
+                });
+            }
+            AliasCommand::Remove { alias, target } => {
+                let alias = mailbox(&alias)?;
+                let target = target.as_deref().map(mailbox).transpose()?;
+                self.store.remove_alias(&alias, target.as_ref()).await?;
+                let shown = target.as_ref().map(|t| t.to_string());
+                self.say(
+                    json!({"alias": alias.to_string(), "removed": shown}),
+                    || match shown {
+                        Some(t) => format!("{alias} no longer goes to {t}"),
+                        None => format!("removed alias {alias}"),
+                    },
+                );
+            }
+            AliasCommand::List { domain } => {
+                let domain = domain.as_deref().map(domain_name).transpose()?;
+                let aliases = self.store.list_aliases(domain.as_deref()).await?;
+                self.say(json!(aliases), || {
+                    let mut out = format!("{:<40} TARGET", "ALIAS");
+                    for a in &aliases {
+                        out.push_str(&format!("\n{:<40} {}", a.alias(), a.target));
+                    }
+                    out
                 });
             }
         }

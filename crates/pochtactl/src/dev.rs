@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use pochta_mail::Mailbox;
-use pochta_store::{DomainRole, Store, StoreError, StoreOptions};
+use pochta_store::{Store, StoreError, StoreOptions};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -68,8 +68,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let result = async {
         prepare_database(&database_url).await?;
         let mut services = Vec::new();
-        let ports = grpc_ports(args.base_port)?;
-        let mail = mail_ports(args.base_port)?;
+        let (ports, mail) = service_ports(args.base_port)?;
         let tls = dev_certificate(&data_dir)?;
         let token = dev_admin_token(&data_dir)?;
         let config_path = data_dir.join("pochta.toml");
@@ -117,26 +116,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     result
 }
 
-/// Ports for the three services: consecutive from `base`, or free ones for 0.
-fn grpc_ports(base: u16) -> anyhow::Result<Vec<u16>> {
+/// The three services' gRPC ports (consecutive from `base`), and the SMTP MX, submission,
+/// submissions, POP3 and POP3S ports; with `base` 0, all free and all different.
+fn service_ports(base: u16) -> anyhow::Result<(Vec<u16>, [u16; 5])> {
     if base == 0 {
-        return SERVICES.iter().map(|_| free_port()).collect();
+        let mut free = free_ports(SERVICES.len() + 5)?;
+        let mail = free.split_off(SERVICES.len());
+        return Ok((free, [mail[0], mail[1], mail[2], mail[3], mail[4]]));
     }
-    Ok((0..SERVICES.len() as u16).map(|i| base + i).collect())
-}
-
-/// SMTP MX, submission, submissions, then POP3 and POP3S ports.
-fn mail_ports(base: u16) -> anyhow::Result<[u16; 5]> {
-    if base == 0 {
-        return Ok([
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-        ]);
-    }
-    Ok([2525, 2587, 2465, 2110, 2995])
+    let grpc = (0..SERVICES.len() as u16).map(|i| base + i).collect();
+    Ok((grpc, [2525, 2587, 2465, 2110, 2995]))
 }
 
 /// A self-signed certificate for localhost, made once and kept in the data folder.
@@ -173,7 +162,16 @@ fn dev_admin_token(data_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct free ports: every listener is held until all are chosen (the kernel may
+/// otherwise hand a port just let go to the next bind, and two services would collide).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 fn dev_config(
@@ -226,12 +224,12 @@ async fn prepare_database(url: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {}", pochta_config::redact_url_password(url)))?;
     store.migrate().await?;
-    match store.add_domain(DEMO_DOMAIN, DomainRole::Local).await {
+    let demo = Mailbox::parse(DEMO_USER)?;
+    match store.add_local_domain(DEMO_DOMAIN, &demo).await {
         Ok(_) | Err(StoreError::DomainExists(_)) => {}
         Err(e) => return Err(e.into()),
     }
     let hash = pochta_auth::hash_password(DEMO_PASSWORD)?;
-    let demo = Mailbox::parse(DEMO_USER)?;
     match store.add_account(&demo, &hash).await {
         Ok(_) | Err(StoreError::AccountExists(_)) => {}
         Err(e) => return Err(e.into()),

@@ -48,6 +48,9 @@ enum Command {
     /// Mail accounts of local domains.
     #[command(subcommand)]
     Account(admin::AccountCommand),
+    /// Aliases: addresses that stand for other addresses, here or elsewhere.
+    #[command(subcommand)]
+    Alias(admin::AliasCommand),
     /// The delivery queue: list, show, retry, hold, release, delete (over gRPC).
     Queue(queue::QueueArgs),
     /// Ask a service's gRPC health endpoint; exit 0 only when it is SERVING.
@@ -99,6 +102,12 @@ fn main() -> ExitCode {
                 admin::Admin::connect(config, json)
                     .await?
                     .account(command)
+                    .await
+            }
+            Command::Alias(command) => {
+                admin::Admin::connect(config, json)
+                    .await?
+                    .alias(command)
                     .await
             }
         }

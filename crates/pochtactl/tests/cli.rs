@@ -120,16 +120,34 @@ async fn migrate_grants_the_service_roles() {
 #[tokio::test]
 async fn domains() {
     let db = TestDb::new().await.unwrap();
-    ok(&db, "domain add Example.ORG.", "");
+    fails(&db, "domain add example.org", "", "needs --postmaster");
+    ok(
+        &db,
+        "domain add Example.ORG. --postmaster admin@example.org",
+        "",
+    );
     ok(&db, "domain add backup.example --role hold", "");
-    fails(&db, "domain add example.org", "", "already exists");
+    fails(
+        &db,
+        "domain add relay.example --role relay --postmaster a@relay.example",
+        "",
+        "for local domains",
+    );
+    fails(
+        &db,
+        "domain add example.org --postmaster admin@example.org",
+        "",
+        "already exists",
+    );
     fails(&db, "domain add bad_domain!", "", "not a valid domain name");
     let out = ctl(&db, "domain add x.example --role mirror", "");
     assert_eq!(out.status.code(), Some(2), "usage error: {}", text(&out));
 
     let listed = ok(&db, "domain list", "");
     assert!(
-        listed.contains("example.org") && listed.contains("hold"),
+        listed.contains("example.org")
+            && listed.contains("hold")
+            && listed.contains("postmaster -> admin@example.org"),
         "{listed}"
     );
     let json: serde_json::Value = serde_json::from_str(&ok(&db, "--json domain list", "")).unwrap();
@@ -157,9 +175,124 @@ async fn domains() {
 }
 
 #[tokio::test]
+async fn aliases_catch_all_postmaster_and_domain_aliases() {
+    let db = TestDb::new().await.unwrap();
+    ok(
+        &db,
+        "domain add example.org --postmaster admin@example.org",
+        "",
+    );
+    for name in ["alice", "bob", "admin"] {
+        ok(
+            &db,
+            &format!("account add {name}@example.org --password-stdin"),
+            "pw\n",
+        );
+    }
+    ok(
+        &db,
+        "alias add team@example.org alice@example.org bob@example.org",
+        "",
+    );
+    ok(
+        &db,
+        "alias add all@example.org team@example.org friend@elsewhere.example",
+        "",
+    );
+    // Loops, an account's name, a bad address and an unknown domain are refused clearly.
+    fails(
+        &db,
+        "alias add team@example.org all@example.org",
+        "",
+        "reach itself again",
+    );
+    fails(
+        &db,
+        "alias add alice@example.org bob@example.org",
+        "",
+        "account alice@example.org already exists",
+    );
+    fails(
+        &db,
+        "alias add x@example.org not-an-address",
+        "",
+        "not a valid address",
+    );
+    fails(
+        &db,
+        "alias add x@nowhere.example alice@example.org",
+        "",
+        "does not exist",
+    );
+    let out = ctl(&db, "alias add lonely@example.org", "");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a target is required: {}",
+        text(&out)
+    );
+
+    let listed = ok(&db, "alias list --domain example.org", "");
+    for line in [
+        "team@example.org",
+        "alice@example.org",
+        "friend@elsewhere.example",
+    ] {
+        assert!(listed.contains(line), "{line}: {listed}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&ok(&db, "--json alias list", "")).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 4);
+    ok(
+        &db,
+        "alias remove all@example.org friend@elsewhere.example",
+        "",
+    );
+    ok(&db, "alias remove team@example.org", "");
+    fails(&db, "alias remove team@example.org", "", "does not exist");
+
+    // The postmaster can change but not point at itself; the catch-all needs a real target.
+    ok(&db, "domain postmaster example.org bob@example.org", "");
+    fails(
+        &db,
+        "domain postmaster example.org abuse@example.org",
+        "",
+        "postmaster itself",
+    );
+    fails(
+        &db,
+        "domain catch-all example.org ghost@example.org",
+        "",
+        "neither",
+    );
+    ok(&db, "domain catch-all example.org bob@example.org", "");
+    let listed = ok(&db, "domain list", "");
+    assert!(
+        listed.contains("postmaster -> bob@example.org")
+            && listed.contains("catch-all -> bob@example.org"),
+        "{listed}"
+    );
+    ok(&db, "domain catch-all example.org --off", "");
+    assert!(!ok(&db, "domain list", "").contains("catch-all"));
+
+    // A domain alias: no accounts of its own.
+    ok(&db, "domain add example.net --alias-of example.org", "");
+    assert!(ok(&db, "domain list", "").contains("alias of example.org"));
+    fails(
+        &db,
+        "account add carol@example.net --password-stdin",
+        "pw\n",
+        "alias of example.org",
+    );
+}
+
+#[tokio::test]
 async fn accounts() {
     let db = TestDb::new().await.unwrap();
-    ok(&db, "domain add example.org", "");
+    ok(
+        &db,
+        "domain add example.org --postmaster alice@example.org",
+        "",
+    );
     ok(&db, "domain add backup.example --role hold", "");
 
     ok(

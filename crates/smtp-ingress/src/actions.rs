@@ -19,7 +19,9 @@ use pochta_smtp::received::{ReceivedBy, received_header};
 use pochta_smtp::{
     AuthResult, Credentials, EtrnResult, Message, RecipientVerdict, SenderVerdict, StoreResult,
 };
-use pochta_store::{DomainRole, NewEnvelope, NewRecipient, QueueId, RecipientLookup, Store};
+use pochta_store::{
+    AddressRules, DomainRole, NewEnvelope, NewRecipient, QueueId, Resolution, Resolved, Store,
+};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -47,16 +49,20 @@ pub struct Actions {
     /// accepted costs no store query.
     accepted_recipients: TtlCache<Mailbox, RecipientVerdict>,
     sending_limits: SendingLimits,
+    /// How addresses that are not an account's own name resolve.
+    addresses: AddressRules,
 }
 
 /// The RCPT verdict for what the store knows of the address; `may_relay`: the client is
-/// authenticated or trusted.
-fn recipient_policy(found: RecipientLookup, may_relay: bool) -> RecipientVerdict {
+/// authenticated or trusted. An alias is accepted as it is; the queue expands it.
+fn recipient_policy(found: &Resolution, may_relay: bool) -> RecipientVerdict {
     match found.role {
-        Some(DomainRole::Local) => match found.account {
-            Some(account) if account.disabled => RecipientVerdict::Disabled,
-            Some(_) => RecipientVerdict::Accept(Disposition::Local),
-            None => RecipientVerdict::NoSuchUser,
+        Some(DomainRole::Local) => match found.resolved {
+            Resolved::Account { disabled: true, .. } => RecipientVerdict::Disabled,
+            Resolved::Account { .. } | Resolved::Forward { .. } => {
+                RecipientVerdict::Accept(Disposition::Local)
+            }
+            Resolved::Unknown => RecipientVerdict::NoSuchUser,
         },
         Some(DomainRole::Hold) => RecipientVerdict::Accept(Disposition::Hold),
         Some(DomainRole::Relay) => RecipientVerdict::Accept(Disposition::Remote),
@@ -120,6 +126,7 @@ impl Actions {
                 RECIPIENT_CACHE_ENTRIES,
             ),
             sending_limits: SendingLimits::new(&config.smtp),
+            addresses: config.addresses.rules(),
             store,
         }))
     }
@@ -141,14 +148,18 @@ impl Actions {
         let verdict = match self.accepted_recipients.get(recipient, Instant::now()) {
             Some(verdict) => verdict,
             None => {
-                let found = match self.store.lookup_recipient(recipient).await {
+                let found = match self
+                    .store
+                    .resolve_recipient(recipient, &self.addresses)
+                    .await
+                {
                     Ok(found) => found,
                     Err(e) => {
                         tracing::error!("recipient lookup failed: {e}");
                         return RecipientVerdict::TemporaryFailure;
                     }
                 };
-                let verdict = recipient_policy(found, authenticated || self.is_trusted(client));
+                let verdict = recipient_policy(&found, authenticated || self.is_trusted(client));
                 if found.role.is_none() {
                     return verdict;
                 }

@@ -1,6 +1,7 @@
 //! The store against the real PostgreSQL: one fresh database per test.
 
 mod accounts;
+mod addresses;
 mod admin;
 mod failover;
 mod maildrop;
