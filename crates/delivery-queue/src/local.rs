@@ -1,7 +1,9 @@
 //! Local delivery: into the maildrop of an account, exactly once (the store refuses a second
 //! entry for one recipient). A local recipient whose account is gone or disabled fails
 //! (5.1.1 / 5.2.1). With NOTIFY=SUCCESS the `delivered` report is enqueued in the same
-//! transaction as the delivery.
+//! transaction as the delivery. An account with a quota is delivered to on its own, under
+//! its row lock: an entry that does not fit defers (4.2.2) and fails as 5.2.2 when the queue
+//! lifetime ends; a message larger than the whole quota fails at once (5.2.3).
 //!
 //! An address that is not an account's own name is resolved (`Store::resolve_recipient`):
 //! `user+tag` and a domain alias's addresses go straight into the account's maildrop; an
@@ -16,6 +18,10 @@ use pochta_store::{
 };
 
 use crate::worker::{Known, Worker, attempt_span};
+
+/// The status of a deferral for a full maildrop: a recipient whose last attempt ended so
+/// fails with 5.2.2 when the queue lifetime ends (RFC 3463 X.2.2).
+pub const QUOTA_STATUS: &str = "4.2.2";
 use pochta_smtp::dsn::{Action, RecipientReport};
 
 /// How one local attempt ended.
@@ -65,7 +71,11 @@ impl Worker {
         let mut deliveries = Vec::new();
         for (r, found) in candidates.into_iter().zip(lookups) {
             match found.account {
-                Some(account) if found.role == Some(DomainRole::Local) && !account.disabled => {
+                Some(account)
+                    if found.role == Some(DomainRole::Local)
+                        && !account.disabled
+                        && account.quota_bytes.is_none() =>
+                {
                     deliveries.push(MaildropDelivery {
                         recipient_id: r.recipient_id,
                         account_id: account.id,
@@ -98,6 +108,8 @@ impl Worker {
                             span.in_scope(|| tracing::info!("already delivered by another worker"));
                             "already_final"
                         }
+                        // Not from this statement (only accounts without a quota come here).
+                        LocalDelivery::OverQuota { .. } => "over_quota",
                     };
                     span.record("result", result);
                     self.metrics.attempted(r, result);
@@ -149,7 +161,17 @@ impl Worker {
                     .await?
                     .resolved
                 {
-                    Resolved::Account { id, disabled, .. } => LocalAccount { id, disabled },
+                    Resolved::Account {
+                        id,
+                        disabled,
+                        has_quota,
+                        ..
+                    } => LocalAccount {
+                        id,
+                        disabled,
+                        // Read again under the account's lock when it delivers.
+                        quota_bytes: has_quota.then_some(0),
+                    },
                     Resolved::Forward { targets, .. } => return self.expand(r, targets).await,
                     // The account went away after the mail was accepted.
                     Resolved::Unknown => {
@@ -191,6 +213,7 @@ impl Worker {
                 r.recipient_id,
                 account.id,
                 prefix.as_bytes(),
+                account.quota_bytes.is_some(),
                 with,
             )
             .await?;
@@ -209,6 +232,20 @@ impl Worker {
                     reported: None,
                 }
             }
+            // RFC 3463 X.2.3: no amount of waiting makes it fit.
+            LocalDelivery::OverQuota { quota, size, .. } if size > quota => Delivered::Failed(
+                "5.2.3",
+                format!(
+                    "552 5.2.3 the message ({size} octets) is larger than the mailbox quota ({quota})"
+                ),
+            ),
+            // RFC 3463 X.2.2: retried until the queue lifetime ends, then failed as 5.2.2.
+            LocalDelivery::OverQuota { used, quota, size } => Delivered::Deferred(
+                QUOTA_STATUS,
+                format!(
+                    "452 4.2.2 mailbox full: {used} of {quota} octets used, {size} more needed"
+                ),
+            ),
         })
     }
 }

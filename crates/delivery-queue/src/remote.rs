@@ -402,6 +402,16 @@ impl Dialer {
                         .write(conn, &dot_stuffed(message))
                         .await
                         .map(|()| session.message_sent()),
+                    ClientOutput::SendMessageChunked => {
+                        let command = format!("BDAT {} LAST\r\n", message.len());
+                        match self.write(conn, command.as_bytes()).await {
+                            Ok(()) => self
+                                .write(conn, message)
+                                .await
+                                .map(|()| session.message_sent()),
+                            Err(e) => Err(e),
+                        }
+                    }
                     ClientOutput::StartTls => {
                         let name = ServerName::try_from(server.host.clone())
                             .unwrap_or_else(|_| ServerName::try_from("localhost").expect("valid"));

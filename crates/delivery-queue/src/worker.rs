@@ -22,7 +22,7 @@ use pochta_store::{AddressRules, Claim, ClaimedRecipient, RecipientLookup, Store
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::local::Delivered;
+use crate::local::{Delivered, QUOTA_STATUS};
 use crate::remote::Dialer;
 use crate::report::{Attempt, Verdict};
 use crate::route::Router;
@@ -373,6 +373,9 @@ impl Worker {
             if r.cancelled {
                 let why = "deleted from the queue by the postmaster";
                 attempts.push(Attempt::local(r, span, Verdict::Failed, "5.0.0", why));
+            } else if r.expires_at <= Utc::now() && r.last_status.as_deref() == Some(QUOTA_STATUS) {
+                let why = "mailbox full: over its quota for the whole queue lifetime";
+                attempts.push(Attempt::local(r, span, Verdict::Expired, "5.2.2", why));
             } else if r.expires_at <= Utc::now() {
                 let why = "message expired: not delivered within the queue lifetime";
                 attempts.push(Attempt::local(r, span, Verdict::Expired, "4.4.7", why));

@@ -8,7 +8,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 use pochta_mail::Ret;
 use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
 use pochta_testkit::{
-    ServiceProcess, TestDb, envelope, free_addr, local_recipient, maildrop, recipient,
+    ServiceProcess, TestDb, envelope, free_addr, local_recipient, maildrop, recipient, until,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_delivery-queue");
@@ -256,6 +256,84 @@ async fn expired_mail_is_reported_and_reports_are_never_reported() {
         "the <> message failed"
     );
     assert_eq!(counts.envelopes, 3, "two messages and exactly one report");
+}
+
+/// A maildrop at its quota defers local delivery (4.2.2) for as long as the message may wait;
+/// then the recipient fails as 5.2.2 (RFC 3463: mailbox full), and the sender's report says so.
+/// A message larger than the whole quota fails at once (5.2.3).
+#[tokio::test]
+async fn a_full_maildrop_defers_then_fails_as_mailbox_full() {
+    let s = setup("retry_delay_secs = 1").await;
+    let store = s.db.store();
+    let carol = "carol@example.org".parse().unwrap();
+    let carol_id = store
+        .lookup_recipient(&carol)
+        .await
+        .unwrap()
+        .account
+        .unwrap()
+        .id;
+    // One message in Carol's maildrop, then a quota of exactly what it holds: full.
+    let day = Duration::from_secs(86_400);
+    enqueue(
+        store,
+        "alice@example.org",
+        vec![rcpt("carol@example.org", None)],
+        None,
+        day,
+    )
+    .await;
+    let held = maildrop(store, carol_id, 1).await[0].len() as i64;
+    store.set_quota(&carol, Some(held)).await.unwrap();
+
+    let id = enqueue(
+        store,
+        "alice@example.org",
+        vec![rcpt("carol@example.org", None)],
+        None,
+        Duration::from_secs(3),
+    )
+    .await;
+    let detail = async || {
+        let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+        detail.recipients[0].clone()
+    };
+    until(
+        "a deferral for the quota",
+        Duration::from_secs(10),
+        async || detail().await.last_status.as_deref() == Some("4.2.2"),
+    )
+    .await;
+    assert_eq!(detail().await.state, RecipientState::Queued);
+    let reports = maildrop(store, s.alice, 1).await;
+    let (_, status, _) = status_part(&reports[0]);
+    assert!(
+        status.contains("Final-Recipient: rfc822; carol@example.org")
+            && status.contains("Action: failed")
+            && status.contains("Status: 5.2.2"),
+        "{status}"
+    );
+    assert_eq!(detail().await.state, RecipientState::Expired);
+    assert_eq!(store.maildrop_entries(carol_id).await.unwrap().len(), 1);
+
+    // Larger than the quota itself: no waiting, 5.2.3 at once.
+    store.set_quota(&carol, Some(10)).await.unwrap();
+    enqueue(
+        store,
+        "alice@example.org",
+        vec![rcpt("carol@example.org", None)],
+        None,
+        day,
+    )
+    .await;
+    let reports = maildrop(store, s.alice, 2).await;
+    let texts: Vec<String> = reports.iter().map(|r| status_part(r).1).collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("Status: 5.2.3") && t.contains("Action: failed")),
+        "{texts:?}"
+    );
 }
 
 #[tokio::test]

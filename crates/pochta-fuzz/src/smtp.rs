@@ -86,7 +86,7 @@ pub fn smtp_server(data: &[u8]) {
 
 fn answer_smtp(session: &mut Session, action: Action, input: &mut Input) {
     match action {
-        Action::VerifyRecipient { .. } => session.recipient_verdict(match input.choose(8) {
+        Action::VerifyRecipient { .. } => session.recipient_verdict(match input.choose(9) {
             0 => RecipientVerdict::Accept(Disposition::Local),
             1 => RecipientVerdict::Accept(Disposition::Remote),
             2 => RecipientVerdict::Accept(Disposition::Hold),
@@ -94,6 +94,7 @@ fn answer_smtp(session: &mut Session, action: Action, input: &mut Input) {
             4 => RecipientVerdict::Disabled,
             5 => RecipientVerdict::RelayDenied,
             6 => RecipientVerdict::DomainBacklogFull,
+            7 => RecipientVerdict::MailboxFull,
             _ => RecipientVerdict::TemporaryFailure,
         }),
         Action::Authenticate(credentials) => session.auth_result(match input.choose(4) {
@@ -182,7 +183,9 @@ pub fn smtp_client(data: &[u8]) {
                         client.connection_lost("handshake failed")
                     }
                 }
-                ClientOutput::SendMessage => client.message_sent(),
+                ClientOutput::SendMessage | ClientOutput::SendMessageChunked => {
+                    client.message_sent()
+                }
                 ClientOutput::Done(outcomes) => done = Some(outcomes),
             }
         }

@@ -4,8 +4,9 @@
 //! Replies in (`feed`), outputs out (`poll`): commands to send, the STARTTLS handshake, the
 //! message text, and finally the outcome of every recipient. EHLO falls back to HELO;
 //! STARTTLS is used when offered (opportunistic) or demanded; PIPELINING sends MAIL, the RCPTs
-//! and DATA in one write; SIZE is declared and honoured; DSN parameters (RFC 3461) are passed
-//! on only when the server offers DSN. After a message, the caller either `quit`s or, when the
+//! and DATA in one write; with CHUNKING (RFC 3030) the text goes as it is in one `BDAT n LAST`
+//! once a recipient is accepted, instead of DATA and dot-stuffing; SIZE is declared and
+//! honoured; DSN parameters (RFC 3461) are passed on only when the server offers DSN. After a message, the caller either `quit`s or, when the
 //! session is `reusable`, sends the `next_message` (after an RSET that also probes whether the
 //! idle connection still works: if it does not, the session is `stale` and nothing was sent).
 
@@ -74,6 +75,8 @@ pub enum ClientOutput {
     StartTls,
     /// Send the message text, dot-stuffed, and the final `.` CRLF.
     SendMessage,
+    /// Send `BDAT <length> LAST` CRLF and the message text as it is (RFC 3030).
+    SendMessageChunked,
     /// Every recipient's outcome, in order. Then `quit` (or `next_message` if `reusable`).
     Done(Vec<RecipientOutcome>),
 }
@@ -99,6 +102,7 @@ struct Extensions {
     dsn: bool,
     eight_bit: bool,
     smtputf8: bool,
+    chunking: bool,
 }
 
 impl Extensions {
@@ -117,6 +121,7 @@ impl Extensions {
                 Some("DSN") => ext.dsn = true,
                 Some("8BITMIME") => ext.eight_bit = true,
                 Some("SMTPUTF8") => ext.smtputf8 = true,
+                Some("CHUNKING") => ext.chunking = true,
                 _ => {}
             }
         }
@@ -473,10 +478,18 @@ impl ClientSession {
         } else {
             self.outcomes[i] = Some(RecipientOutcome::Deferred(reply));
         }
-        if !self.ext.pipelining {
-            if i + 1 < self.out.recipients.len() {
-                self.send_rcpt(i + 1);
-            } else if self.accepted_any {
+        let last = i + 1 == self.out.recipients.len();
+        if !self.ext.pipelining && !last {
+            self.send_rcpt(i + 1);
+        } else if last && self.ext.chunking {
+            // BDAT is not pipelined: its text would be sent even if no recipient took it.
+            if self.accepted_any {
+                self.outputs.push_back(ClientOutput::SendMessageChunked);
+            } else {
+                self.finish_all(no_recipient_accepted());
+            }
+        } else if last && !self.ext.pipelining {
+            if self.accepted_any {
                 self.send(Expect::Data, "DATA\r\n");
             } else {
                 self.finish_all(no_recipient_accepted());
@@ -548,7 +561,9 @@ impl ClientSession {
             for i in 0..self.out.recipients.len() {
                 self.send_rcpt(i);
             }
-            self.send(Expect::Data, "DATA\r\n");
+            if !self.ext.chunking {
+                self.send(Expect::Data, "DATA\r\n");
+            }
         }
     }
 

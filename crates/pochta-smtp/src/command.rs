@@ -48,7 +48,12 @@ pub enum Command {
         domain: String,
         subdomains: bool,
     },
-    /// BDAT without CHUNKING advertised, and other known but unsupported verbs.
+    /// RFC 3030: `BDAT size [LAST]`; `size` octets of message text follow the command line.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    /// Known but unsupported verbs.
     NotImplemented(String),
 }
 
@@ -126,15 +131,34 @@ pub fn parse(line: &[u8], ctx: ParseContext<'_>) -> Result<Command, Reply> {
             })
         }
         "ETRN" => parse_etrn(arg),
-        "BDAT" | "BURL" | "ATRN" | "TURN" | "SEND" | "SOML" | "SAML" => {
-            Ok(Command::NotImplemented(verb))
-        }
+        "BDAT" => parse_bdat(arg),
+        "BURL" | "ATRN" | "TURN" | "SEND" | "SOML" | "SAML" => Ok(Command::NotImplemented(verb)),
         _ => Err(Reply::new(
             500,
             "5.5.2",
             "Syntax error: command unrecognized",
         )),
     }
+}
+
+/// `BDAT chunk-size [LAST]` (RFC 3030 2: chunk-size is 1*DIGIT).
+fn parse_bdat(arg: &str) -> Result<Command, Reply> {
+    let bad = || syntax("Syntax error: BDAT <size> [LAST]");
+    let mut words = arg.split(' ');
+    let size = words.next().unwrap_or_default();
+    if size.is_empty() || size.len() > 19 || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let size = size.parse().map_err(|_| bad())?;
+    let last = match words.next() {
+        None => false,
+        Some(word) if word.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(bad()),
+    };
+    if words.next().is_some() {
+        return Err(bad());
+    }
+    Ok(Command::Bdat { size, last })
 }
 
 /// `ETRN domain`, `ETRN @domain` (subdomains too); `#queue` names are not supported (RFC 1985).
@@ -421,7 +445,10 @@ mod tests {
         assert_eq!(code("NOOP \u{1}"), (500, Some("5.5.2")));
         assert_eq!(
             cmd("BDAT 10 LAST").unwrap(),
-            Command::NotImplemented("BDAT".into())
+            Command::Bdat {
+                size: 10,
+                last: true
+            }
         );
     }
 

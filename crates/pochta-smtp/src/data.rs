@@ -1,8 +1,10 @@
-//! Receiving the message text after DATA (RFC 5321 4.1.1.4, 4.5.2).
+//! Receiving the message text after DATA (RFC 5321 4.1.1.4, 4.5.2), or in BDAT chunks
+//! (RFC 3030).
 //!
-//! Only CRLF.CRLF ends the data. A bare LF or bare CR is never a line end: by default it marks
-//! the message for rejection (the SMTP smuggling defence), or, by configuration, it is
-//! normalised to CRLF in the stored text. Leading dots are unstuffed.
+//! After DATA only CRLF.CRLF ends the data, and leading dots are unstuffed; BDAT chunks are
+//! taken as they are and the last chunk ends the message. Either way a bare LF or bare CR is
+//! never a line end: by default it marks the message for rejection (the SMTP smuggling
+//! defence), or, by configuration, it is normalised to CRLF in the stored text.
 
 use pochta_mail::BareLineEndings;
 
@@ -40,6 +42,8 @@ pub struct DataReceiver {
     received_headers: usize,
     size: usize,
     problem: Option<DataProblem>,
+    /// BDAT: no dot-stuffing and no terminator.
+    chunked: bool,
 }
 
 /// The outcome of a finished DATA.
@@ -62,7 +66,41 @@ impl DataReceiver {
             received_headers: 0,
             size: 0,
             problem: None,
+            chunked: false,
         }
+    }
+
+    /// A receiver for BDAT chunks: `push_chunk` each, then `finish_chunks`.
+    pub fn chunked(limits: DataLimits) -> Self {
+        DataReceiver {
+            chunked: true,
+            ..DataReceiver::new(limits)
+        }
+    }
+
+    /// The problem found so far, if any.
+    pub fn problem(&self) -> Option<DataProblem> {
+        self.problem
+    }
+
+    /// Consumes all of `chunk` (BDAT text: no terminator, no dot-stuffing). A line may span
+    /// chunks.
+    pub fn push_chunk(&mut self, chunk: &[u8]) {
+        debug_assert!(self.chunked);
+        let (used, done) = self.push(chunk);
+        debug_assert!(used == chunk.len() && done.is_none());
+    }
+
+    /// The message after its LAST chunk. A last line without CRLF gets one (RFC 5322 text
+    /// ends in CRLF; a bare CR there is a bare line ending like any other).
+    pub fn finish_chunks(&mut self) -> ReceivedData {
+        let tail = std::mem::take(&mut self.line);
+        if !tail.is_empty() || self.line_flushed {
+            let mut line = tail;
+            line.extend_from_slice(b"\r\n");
+            self.end_line(&line);
+        }
+        self.finish()
     }
 
     /// Octets held in memory so far (the text and the current line).
@@ -112,7 +150,7 @@ impl DataReceiver {
 
     /// One raw line ending in LF (the LF included). True if it ends the data.
     fn end_line(&mut self, line: &[u8]) -> bool {
-        if line == b".\r\n" && self.after_crlf && !self.line_flushed {
+        if !self.chunked && line == b".\r\n" && self.after_crlf && !self.line_flushed {
             return true;
         }
         self.after_crlf = line.ends_with(b"\r\n");
@@ -142,8 +180,8 @@ impl DataReceiver {
     /// One raw line ending in LF (the LF included), from its start.
     fn complete_line(&mut self, raw: &[u8]) {
         let mut line = raw;
-        // Dot-unstuffing (RFC 5321 4.5.2).
-        if line.first() == Some(&b'.') {
+        // Dot-unstuffing (RFC 5321 4.5.2); BDAT text is not stuffed (RFC 3030 2).
+        if !self.chunked && line.first() == Some(&b'.') {
             line = &line[1..];
         }
         if raw.len() > self.limits.max_line {

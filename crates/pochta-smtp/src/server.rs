@@ -31,9 +31,18 @@ pub const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 enum Phase {
     Command,
     Data(Box<DataReceiver>),
+    /// The octets of a BDAT chunk (RFC 3030): `remaining` more to read, then the reply.
+    /// With `refusal`, the chunk is read and thrown away and that is the reply.
+    Chunk {
+        remaining: u64,
+        last: bool,
+        refusal: Option<Reply>,
+    },
     AuthPlain,
     AuthLoginUser,
-    AuthLoginPassword { username: String },
+    AuthLoginPassword {
+        username: String,
+    },
 }
 
 #[derive(Debug)]
@@ -56,6 +65,8 @@ struct Greeting {
 struct Transaction {
     mail: MailFrom,
     recipients: Vec<AcceptedRecipient>,
+    /// The text of the BDAT chunks so far, once the first has come.
+    chunks: Option<Box<DataReceiver>>,
 }
 
 /// One SMTP session.
@@ -107,7 +118,7 @@ impl Session {
 
     /// True while message text is being received (a longer timeout applies).
     pub fn in_data(&self) -> bool {
-        matches!(self.phase, Phase::Data(_))
+        matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. })
     }
 
     /// True between transactions: nothing would be lost by closing now.
@@ -138,6 +149,12 @@ impl Session {
             Phase::Data(receiver) => receiver.buffered(),
             _ => 0,
         };
+        let chunks = self
+            .transaction
+            .as_ref()
+            .and_then(|t| t.chunks.as_ref())
+            .map_or(0, |c| c.buffered());
+        let data = data + chunks;
         self.input.len() + data
     }
 
@@ -173,6 +190,29 @@ impl Session {
 
     fn process(&mut self) {
         while self.pending.is_none() && !self.closed && !self.output_full() {
+            if let Phase::Chunk {
+                remaining, refusal, ..
+            } = &mut self.phase
+            {
+                let take = self
+                    .input
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                *remaining -= take as u64;
+                let done = *remaining == 0;
+                // Straight from the input into the message (a refused chunk is dropped).
+                if refusal.is_none()
+                    && let Some(chunks) = self.transaction.as_mut().and_then(|t| t.chunks.as_mut())
+                {
+                    chunks.push_chunk(&self.input[..take]);
+                }
+                self.input.drain(..take);
+                if !done {
+                    return;
+                }
+                self.chunk_end();
+                continue;
+            }
             if let Phase::Data(receiver) = &mut self.phase {
                 let (used, done) = receiver.push(&self.input);
                 self.input.drain(..used);
@@ -216,7 +256,7 @@ impl Session {
                 Phase::AuthPlain => self.auth_plain_response(&line),
                 Phase::AuthLoginUser => self.auth_login_user(&line),
                 Phase::AuthLoginPassword { username } => self.auth_login_password(&line, username),
-                Phase::Data(_) => unreachable!("handled above"),
+                Phase::Data(_) | Phase::Chunk { .. } => unreachable!("handled above"),
             }
         }
     }
@@ -275,15 +315,13 @@ impl Session {
             }
             Command::Mail(mail) => self.mail(mail),
             Command::Rcpt(rcpt) => self.rcpt(rcpt),
+            Command::Bdat { size, last } => self.bdat(size, last),
             Command::Data => match &self.transaction {
                 None => self.send(sequence("Need MAIL command")),
                 Some(t) if t.recipients.is_empty() => self.send(Reply::new(554, "5.5.1", "No valid recipients")),
+                Some(t) if t.chunks.is_some() => self.send(sequence("DATA may not follow BDAT")),
                 Some(_) => {
-                    self.phase = Phase::Data(Box::new(DataReceiver::new(DataLimits {
-                        max_size: self.config.max_message_size,
-                        max_line: 1000,
-                        bare_line_endings: self.config.bare_line_endings,
-                    })));
+                    self.phase = Phase::Data(Box::new(DataReceiver::new(self.data_limits())));
                     self.send(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
                 }
             },
@@ -295,7 +333,7 @@ impl Session {
             Command::Quit => self.close_with(Reply::new(221, "2.0.0", "Bye")),
             Command::Vrfy => self.send(Reply::new(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")),
             Command::Expn => self.send(Reply::new(502, "5.5.1", "EXPN not available")),
-            Command::Help => self.send(Reply::new(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH ETRN (RFC 5321)")),
+            Command::Help => self.send(Reply::new(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH ETRN (RFC 5321)")),
             Command::StartTls => {
                 if self.tls {
                     self.send(sequence("Already running TLS"));
@@ -335,6 +373,7 @@ impl Session {
             "DSN".into(),
             "ETRN".into(),
             "SMTPUTF8".into(),
+            "CHUNKING".into(),
         ];
         if self.policy.starttls_available && !self.tls {
             lines.push("STARTTLS".into());
@@ -408,6 +447,7 @@ impl Session {
         self.transaction = Some(Transaction {
             mail,
             recipients: Vec::new(),
+            chunks: None,
         });
         self.send(Reply::new(250, "2.1.0", "Ok"));
     }
@@ -492,6 +532,10 @@ impl Session {
                 "4.3.1",
                 "Too much mail is waiting for this domain; try again later",
             ),
+            // RFC 3463 X.2.2; temporary, as the owner may make room (RFC 5321 4.5.3.1.10).
+            RecipientVerdict::MailboxFull => {
+                Reply::new(452, "4.2.2", "Recipient mailbox is full; try again later")
+            }
             RecipientVerdict::TemporaryFailure => Reply::new(
                 451,
                 "4.3.0",
@@ -499,6 +543,60 @@ impl Session {
             ),
         };
         self.send(reply);
+    }
+
+    /// BDAT (RFC 3030 2): the chunk's octets are read whatever the answer, which comes after
+    /// them; a refused chunk is thrown away.
+    fn bdat(&mut self, size: u64, last: bool) {
+        let refusal = match &self.transaction {
+            None => Some(Reply::new(503, "5.5.1", "Need MAIL command")),
+            Some(t) if t.recipients.is_empty() => {
+                Some(Reply::new(554, "5.5.1", "No valid recipients"))
+            }
+            Some(_) => None,
+        };
+        if refusal.is_none() {
+            let limits = self.data_limits();
+            let transaction = self.transaction.as_mut().expect("checked above");
+            transaction
+                .chunks
+                .get_or_insert_with(|| Box::new(DataReceiver::chunked(limits)));
+        }
+        self.phase = Phase::Chunk {
+            remaining: size,
+            last,
+            refusal,
+        };
+    }
+
+    fn data_limits(&self) -> DataLimits {
+        DataLimits {
+            max_size: self.config.max_message_size,
+            max_line: 1000,
+            bare_line_endings: self.config.bare_line_endings,
+        }
+    }
+
+    /// The whole chunk is in: its reply, or with LAST the message.
+    fn chunk_end(&mut self) {
+        let Phase::Chunk { last, refusal, .. } = std::mem::replace(&mut self.phase, Phase::Command)
+        else {
+            unreachable!("only after a chunk")
+        };
+        if let Some(reply) = refusal {
+            return self.send(reply);
+        }
+        let chunks = self
+            .transaction
+            .as_mut()
+            .and_then(|t| t.chunks.as_mut())
+            .expect("a chunk of a transaction");
+        // Too big already: the transaction ends here, not after more chunks.
+        if chunks.problem() == Some(DataProblem::TooBig) || last {
+            let data = chunks.finish_chunks();
+            return self.finish_data(data);
+        }
+        self.send(Reply::new(250, "2.0.0", "Chunk received"));
     }
 
     fn finish_data(&mut self, data: ReceivedData) {

@@ -78,6 +78,17 @@ struct Run {
 /// Runs `client` against `server` until the client has its outcomes. The server accepts every
 /// recipient and stores every message.
 fn pair(client: &mut ClientSession, server: &mut Session, message: &[u8]) -> Run {
+    pair_hiding(client, server, message, None)
+}
+
+/// `pair`, with the server's EHLO line for `hidden` (an extension) taken out on the way to
+/// the client: a server without it, as far as the client can tell.
+fn pair_hiding(
+    client: &mut ClientSession,
+    server: &mut Session,
+    message: &[u8],
+    hidden: Option<&str>,
+) -> Run {
     let mut run = Run {
         outcomes: Vec::new(),
         stored: Vec::new(),
@@ -108,6 +119,11 @@ fn pair(client: &mut ClientSession, server: &mut Session, message: &[u8]) -> Run
                 Output::Action(other) => panic!("unexpected {other:?}"),
             }
         }
+        if let Some(keyword) = hidden {
+            let line = format!("250-{keyword}\r\n");
+            let text = String::from_utf8(to_client).unwrap();
+            to_client = text.replace(&line, "").into_bytes();
+        }
         client.feed(&to_client);
         let mut to_server = Vec::new();
         while let Some(output) = client.poll() {
@@ -125,6 +141,13 @@ fn pair(client: &mut ClientSession, server: &mut Session, message: &[u8]) -> Run
                     to_server.extend(dot_stuffed(message));
                     client.message_sent();
                 }
+                ClientOutput::SendMessageChunked => {
+                    let command = format!("BDAT {} LAST\r\n", message.len());
+                    run.client_writes.push(command.clone());
+                    to_server.extend(command.into_bytes());
+                    to_server.extend(message);
+                    client.message_sent();
+                }
                 ClientOutput::Done(outcomes) => {
                     run.outcomes = outcomes;
                     return run;
@@ -136,13 +159,22 @@ fn pair(client: &mut ClientSession, server: &mut Session, message: &[u8]) -> Run
     panic!("the pair did not finish");
 }
 
+/// Both ways the text can go: BDAT (the server offers CHUNKING) and DATA with dot-stuffing
+/// (the client is shown a server without it).
 #[test]
 fn every_shared_extension_round_trips() {
+    for hidden in [None, Some("CHUNKING")] {
+        round_trip(hidden);
+    }
+}
+
+fn round_trip(hidden: Option<&str>) {
     let recipients = ["a@example.org", "b@example.org", "c@example.org"];
-    let run = pair(
+    let run = pair_hiding(
         &mut ClientSession::new(outgoing(&recipients)),
         &mut server(10_000),
         MESSAGE,
+        hidden,
     );
     assert!(run.tls, "STARTTLS was offered and used");
     assert_eq!(run.outcomes.len(), 3);
@@ -157,7 +189,7 @@ fn every_shared_extension_round_trips() {
     };
     assert_eq!(
         message.body, MESSAGE,
-        "dot-stuffed and unstuffed, byte for byte"
+        "as it is in BDAT, or dot-stuffed and unstuffed: byte for byte ({hidden:?} hidden)"
     );
     assert!(message.tls && message.esmtp);
     let mail = &message.mail;
@@ -182,14 +214,21 @@ fn every_shared_extension_round_trips() {
             format!("rfc822;{address}")
         );
     }
-    // PIPELINING: after the handshake and EHLO, MAIL, every RCPT and DATA in one write.
+    // PIPELINING: after the handshake and EHLO, MAIL, every RCPT and DATA in one write; with
+    // CHUNKING, BDAT only once a recipient was accepted.
     let transaction = run
         .client_writes
         .iter()
-        .find(|w| w.starts_with("MAIL FROM:"))
+        .position(|w| w.starts_with("MAIL FROM:"))
         .unwrap();
-    assert_eq!(transaction.matches("RCPT TO:").count(), 3, "{transaction}");
-    assert!(transaction.ends_with("DATA\r\n"), "{transaction}");
+    let writes = &run.client_writes[transaction..];
+    assert_eq!(writes[0].matches("RCPT TO:").count(), 3, "{writes:?}");
+    if hidden.is_some() {
+        assert!(writes[0].ends_with("DATA\r\n"), "{writes:?}");
+    } else {
+        assert!(!writes[0].contains("\r\nDATA\r\n"), "no DATA: {writes:?}");
+        assert_eq!(writes[1], format!("BDAT {} LAST\r\n", MESSAGE.len()));
+    }
 }
 
 #[test]

@@ -198,7 +198,7 @@ fn pipelined_commands_are_answered_in_order() {
     let codes: Vec<&str> = replies.lines().map(|l| &l[..4]).collect();
     assert_eq!(
         codes.iter().filter(|c| c.starts_with("250-")).count(),
-        9,
+        10,
         "{replies}"
     );
     assert!(replies.ends_with("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"), "{replies}");
@@ -251,7 +251,10 @@ fn simple_commands() {
     );
     assert_eq!(c.cmd("EXPN list"), "502 5.5.1 EXPN not available\r\n");
     assert!(c.cmd("HELP").starts_with("214 2.0.0 "));
-    assert_eq!(c.cmd("BDAT 1 LAST"), "502 5.5.1 BDAT not implemented\r\n");
+    assert_eq!(
+        c.cmd("BURL imap://x LAST"),
+        "502 5.5.1 BURL not implemented\r\n"
+    );
     assert_eq!(
         c.cmd("XYZZY"),
         "500 5.5.2 Syntax error: command unrecognized\r\n"
@@ -278,6 +281,10 @@ fn recipient_verdicts_and_limits() {
         (
             RecipientVerdict::RelayDenied,
             "554 5.7.1 Relay access denied\r\n",
+        ),
+        (
+            RecipientVerdict::MailboxFull,
+            "452 4.2.2 Recipient mailbox is full; try again later\r\n",
         ),
         (
             RecipientVerdict::TemporaryFailure,
@@ -886,4 +893,104 @@ fn garbage_never_panics() {
             c.take();
         }
     }
+}
+
+/// Sends `input` as it is (no CRLF added) and returns the replies.
+fn raw(c: &mut Client, input: &str) -> String {
+    let output = c.send(input);
+    assert!(output.is_none(), "{input:?}: unexpected {output:?}");
+    c.take()
+}
+
+/// RFC 3030: BDAT chunks, of any size and split anywhere, make one message byte for byte (no
+/// dot-stuffing, no terminator); BDAT 0 LAST ends it; DATA and BDAT mix in one session.
+#[test]
+fn bdat_chunks_make_one_message() {
+    let mut c = client(MX);
+    let ehlo = c.cmd("EHLO client.example");
+    assert!(ehlo.contains("250-CHUNKING\r\n"), "{ehlo}");
+    c.transaction(&["a@example.org"]);
+    assert_eq!(
+        raw(&mut c, "BDAT 9\r\nSubject: "),
+        "250 2.0.0 Chunk received\r\n"
+    );
+    // A chunk split across reads, a line across chunks, a leading dot kept as it is.
+    assert_eq!(raw(&mut c, "BDAT 12\r\nhi\r\n"), "");
+    assert_eq!(raw(&mut c, "\r\n.dot"), "");
+    assert_eq!(raw(&mut c, "\r\n"), "250 2.0.0 Chunk received\r\n");
+    let m = store(c.send("BDAT 0 LAST\r\n"));
+    assert_eq!(m.body, b"Subject: hi\r\n\r\n.dot\r\n");
+    c.session.store_result(StoreResult::Stored {
+        queue_id: "Q1".into(),
+    });
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "250 2.0.0 Ok: queued as Q1\r\n");
+
+    // Pipelined: both chunks (a CRLF split between them) and the next command in one read.
+    c.transaction(&["b@example.org"]);
+    let m = store(c.send("BDAT 3\r\nab\rBDAT 4 LAST\r\n\nc\r\nNOOP\r\n"));
+    assert_eq!(c.take(), "250 2.0.0 Chunk received\r\n");
+    assert_eq!(m.body, b"ab\r\nc\r\n");
+    c.session.store_result(StoreResult::TemporaryFailure);
+    assert!(c.drain().is_none());
+    let replies = c.take();
+    assert!(
+        replies.starts_with("451 4.3.0") && replies.ends_with("250 2.0.0 Ok\r\n"),
+        "{replies}"
+    );
+    c.transaction(&["c@example.org"]);
+    c.cmd("DATA");
+    assert_eq!(store(c.send("plain\r\n.\r\n")).body, b"plain\r\n");
+}
+
+/// A refused chunk is read whole and thrown away, never run as commands; DATA may not follow
+/// BDAT; a message past the size limit ends at the chunk that crosses it.
+#[test]
+fn bdat_refusals_consume_the_chunk() {
+    let mut c = client(MX);
+    c.ehlo();
+    assert_eq!(
+        raw(&mut c, "BDAT 6\r\nQUIT\r\n"),
+        "503 5.5.1 Need MAIL command\r\n"
+    );
+    assert!(!c.session.is_closed(), "the chunk's QUIT was not a command");
+    assert_eq!(c.cmd("MAIL FROM:<s@example.net>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(
+        raw(&mut c, "BDAT 3 LAST\r\nx\r\n"),
+        "554 5.5.1 No valid recipients\r\n"
+    );
+    c.cmd("RSET");
+    c.transaction(&["a@example.org"]);
+    assert_eq!(
+        raw(&mut c, "BDAT 3\r\nab\n"),
+        "250 2.0.0 Chunk received\r\n"
+    );
+    assert_eq!(c.cmd("DATA"), "503 5.5.1 DATA may not follow BDAT\r\n");
+    assert_eq!(
+        raw(&mut c, "BDAT 3 LAST\r\nc\r\n"),
+        "550 5.6.0 Message has a bare LF or CR; lines must end with CRLF (RFC 5321 2.3.8)\r\n"
+    );
+    for bad in ["BDAT", "BDAT x", "BDAT -1", "BDAT 5 LATER", "BDAT 5 LAST x"] {
+        assert_eq!(&c.cmd(bad)[..9], "501 5.5.4", "{bad}");
+    }
+
+    // 1000 octets at most: the second chunk crosses it; the next chunk has no transaction.
+    let mut c = client(MX);
+    c.ehlo();
+    c.transaction(&["a@example.org"]);
+    let line = format!("{}\r\n", "x".repeat(598));
+    assert_eq!(
+        raw(&mut c, &format!("BDAT 600\r\n{line}")),
+        "250 2.0.0 Chunk received\r\n"
+    );
+    assert_eq!(
+        raw(&mut c, &format!("BDAT 600\r\n{line}")),
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    );
+    assert_eq!(
+        raw(&mut c, &format!("BDAT 600 LAST\r\n{line}")),
+        "503 5.5.1 Need MAIL command\r\n"
+    );
+    c.transaction(&["a@example.org"]);
+    assert_eq!(store(c.send("BDAT 5 LAST\r\nlast!")).body, b"last!\r\n");
 }

@@ -167,8 +167,9 @@ impl Store {
     pub async fn lookup_recipients(&self, addresses: &[Mailbox]) -> Result<Vec<RecipientLookup>> {
         let domains: Vec<&str> = addresses.iter().map(|a| a.domain.as_str()).collect();
         let locals: Vec<&str> = addresses.iter().map(|a| a.local_part.as_str()).collect();
-        let rows: Vec<(Option<String>, Option<i64>, Option<bool>)> = sqlx::query_as(
-            "SELECT d.role, a.id, a.disabled
+        type Row = (Option<String>, Option<i64>, Option<bool>, Option<i64>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT d.role, a.id, a.disabled, a.quota_bytes
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q (domain, local_part, n)
              LEFT JOIN domains d ON d.name = q.domain
              LEFT JOIN accounts a ON a.domain = d.name AND lower(a.local_part) = lower(q.local_part)
@@ -179,12 +180,13 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(role, id, disabled)| {
+            .map(|(role, id, disabled, quota_bytes)| {
                 Ok(RecipientLookup {
                     role: role.map(DomainRole::try_from).transpose()?,
                     account: id.map(|id| LocalAccount {
                         id,
                         disabled: disabled.unwrap_or(false),
+                        quota_bytes,
                     }),
                 })
             })
@@ -199,6 +201,22 @@ impl Store {
         .bind(&address.domain)
         .bind(&address.local_part)
         .bind(password_hash)
+        .execute(&self.pool)
+        .await?;
+        Self::one_account(done.rows_affected(), address)
+    }
+
+    /// Sets or removes (None) the quota of an account's maildrop, in octets as POP3 STAT
+    /// counts them. Mail already in the maildrop stays; a maildrop over its new quota takes
+    /// nothing more until POP3 deletions bring it under.
+    pub async fn set_quota(&self, address: &Mailbox, quota_bytes: Option<i64>) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE accounts SET quota_bytes = $3, updated_at = now()
+             WHERE domain = $1 AND lower(local_part) = lower($2)",
+        )
+        .bind(&address.domain)
+        .bind(&address.local_part)
+        .bind(quota_bytes)
         .execute(&self.pool)
         .await?;
         Self::one_account(done.rows_affected(), address)

@@ -25,10 +25,14 @@ struct ResolveRow {
     account_id: Option<i64>,
     account_local: Option<String>,
     account_disabled: Option<bool>,
+    account_quota: Option<i64>,
+    account_full: Option<bool>,
     alias_targets: Option<Vec<String>>,
     base_id: Option<i64>,
     base_local: Option<String>,
     base_disabled: Option<bool>,
+    base_quota: Option<i64>,
+    base_full: Option<bool>,
     base_targets: Option<Vec<String>>,
 }
 
@@ -42,13 +46,20 @@ fn mailboxes(texts: Vec<String>) -> Vec<Mailbox> {
 impl ResolveRow {
     fn resolved(self, local_part: &str) -> Resolved {
         let home = self.home.unwrap_or_default();
-        let account = |id, local: Option<String>, disabled: Option<bool>, via| Resolved::Account {
+        let account = |id,
+                       local: Option<String>,
+                       disabled: Option<bool>,
+                       quota: Option<i64>,
+                       full: Option<bool>,
+                       via| Resolved::Account {
             id,
             address: Mailbox {
                 local_part: local.unwrap_or_default(),
                 domain: home.clone(),
             },
             disabled: disabled.unwrap_or(false),
+            has_quota: quota.is_some(),
+            full: full.unwrap_or(false),
             via,
         };
         let forward = |targets: Vec<String>, via| Resolved::Forward {
@@ -56,7 +67,14 @@ impl ResolveRow {
             via,
         };
         if let Some(id) = self.account_id {
-            return account(id, self.account_local, self.account_disabled, Via::Exact);
+            return account(
+                id,
+                self.account_local,
+                self.account_disabled,
+                self.account_quota,
+                self.account_full,
+                Via::Exact,
+            );
         }
         if let Some(targets) = self.alias_targets {
             return forward(targets, Via::Exact);
@@ -66,7 +84,14 @@ impl ResolveRow {
             return forward(vec![postmaster], Via::Postmaster);
         }
         if let Some(id) = self.base_id {
-            return account(id, self.base_local, self.base_disabled, Via::Subaddress);
+            return account(
+                id,
+                self.base_local,
+                self.base_disabled,
+                self.base_quota,
+                self.base_full,
+                Via::Subaddress,
+            );
         }
         if let Some(targets) = self.base_targets {
             return forward(targets, Via::Subaddress);
@@ -89,10 +114,20 @@ impl Store {
         let row: Option<ResolveRow> = sqlx::query_as(
             "SELECT d.role, h.name AS home, h.postmaster, h.catch_all,
                     a.id AS account_id, a.local_part AS account_local,
-                    a.disabled AS account_disabled,
+                    a.disabled AS account_disabled, a.quota_bytes AS account_quota,
+                    -- Only an account with a quota has its maildrop summed (CASE is lazy).
+                    CASE WHEN a.quota_bytes IS NOT NULL THEN
+                        (SELECT coalesce(sum(e.pop3_size), 0) FROM maildrop_entries e
+                         WHERE e.account_id = a.id) >= a.quota_bytes
+                    END AS account_full,
                     (SELECT array_agg(t.target ORDER BY t.id) FROM aliases t
                      WHERE t.domain = h.name AND lower(t.local_part) = lower($2)) AS alias_targets,
                     b.id AS base_id, b.local_part AS base_local, b.disabled AS base_disabled,
+                    b.quota_bytes AS base_quota,
+                    CASE WHEN b.quota_bytes IS NOT NULL THEN
+                        (SELECT coalesce(sum(e.pop3_size), 0) FROM maildrop_entries e
+                         WHERE e.account_id = b.id) >= b.quota_bytes
+                    END AS base_full,
                     (SELECT array_agg(t.target ORDER BY t.id) FROM aliases t
                      WHERE t.domain = h.name AND lower(t.local_part) = lower($3)) AS base_targets
              FROM domains d

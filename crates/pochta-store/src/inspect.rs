@@ -51,6 +51,21 @@ impl Store {
         })
     }
 
+    /// Octets in the maildrops of accounts with a quota (as POP3 STAT counts them), and how
+    /// many of those maildrops hold their quota or more. Accounts without a quota are not
+    /// summed: on a large store that would read every entry.
+    pub async fn quota_usage(&self) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT coalesce(sum(u.used), 0)::bigint, count(*) FILTER (WHERE u.used >= u.quota)
+             FROM (SELECT a.quota_bytes AS quota,
+                          (SELECT coalesce(sum(e.pop3_size), 0) FROM maildrop_entries e
+                           WHERE e.account_id = a.id) AS used
+                   FROM accounts a WHERE a.quota_bytes IS NOT NULL) u",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// A message's content as stored (what the queue delivers), or None if there is no such
     /// message.
     pub async fn message_content(&self, message_id: i64) -> Result<Option<Vec<u8>>> {

@@ -58,23 +58,36 @@ impl Store {
 
     /// Local delivery and, in the same transaction, the report it owes (NOTIFY=SUCCESS): a
     /// crash can neither lose the report nor send it for a delivery that did not happen.
+    ///
+    /// With `has_quota` (the account has one, as its lookup said), the account row is locked and
+    /// its quota read again, and an entry that would take the maildrop past it is not written
+    /// (`OverQuota`): deliveries to one account with a quota take turns, and what they count is
+    /// what POP3 STAT reports. Accounts without a quota never wait for each other (and the batch
+    /// statement, `deliver_many_to_maildrops`, is only for them).
     pub async fn deliver_to_maildrop_with_report(
         &self,
         worker: &str,
         recipient_id: i64,
         account_id: i64,
         header_prefix: &[u8],
+        has_quota: bool,
         report: Option<(&NewEnvelope, &[u8])>,
     ) -> Result<LocalDelivery> {
-        let Some((envelope, content)) = report else {
+        if !has_quota && report.is_none() {
             // One statement is atomic on its own: no transaction round trips.
             return self
                 .deliver_to_maildrop(worker, recipient_id, account_id, header_prefix)
                 .await;
-        };
+        }
         let mut tx = self.pool.begin().await?;
+        if has_quota
+            && let Some(over) =
+                over_quota_on(&mut tx, recipient_id, account_id, header_prefix).await?
+        {
+            return Ok(over);
+        }
         let delivery = deliver_on(&mut tx, worker, recipient_id, account_id, header_prefix).await?;
-        if let LocalDelivery::Delivered { .. } = &delivery {
+        if let (LocalDelivery::Delivered { .. }, Some((envelope, content))) = (&delivery, report) {
             enqueue_on(&mut tx, envelope, content).await?;
         }
         tx.commit().await?;
@@ -292,6 +305,38 @@ struct PartChunk {
 }
 
 /// `Store::deliver_to_maildrop` on a given connection (or transaction).
+/// In a transaction: locks the account row, and says `OverQuota` if the recipient's message
+/// with `header_prefix` would take the maildrop past the account's quota (read under the lock).
+async fn over_quota_on(
+    conn: &mut PgConnection,
+    recipient_id: i64,
+    account_id: i64,
+    header_prefix: &[u8],
+) -> Result<Option<LocalDelivery>> {
+    let row: Option<(Option<i64>, i64, Option<i64>)> = sqlx::query_as(
+        "WITH a AS (SELECT quota_bytes FROM accounts WHERE id = $1 FOR UPDATE)
+         SELECT a.quota_bytes,
+                (SELECT coalesce(sum(pop3_size), 0)::bigint FROM maildrop_entries
+                 WHERE account_id = $1),
+                (SELECT m.size FROM recipients r
+                 JOIN envelopes e ON e.id = r.envelope_id
+                 JOIN messages m ON m.id = e.message_id
+                 WHERE r.id = $2)
+         FROM a",
+    )
+    .bind(account_id)
+    .bind(recipient_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some((Some(quota), used, Some(size))) => {
+            let size = size + header_prefix.len() as i64;
+            (used + size > quota).then_some(LocalDelivery::OverQuota { used, quota, size })
+        }
+        _ => None,
+    })
+}
+
 async fn deliver_on(
     conn: &mut PgConnection,
     worker: &str,

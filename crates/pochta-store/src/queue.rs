@@ -37,6 +37,7 @@ struct ClaimedRow {
     lease_expires_at: DateTime<Utc>,
     delay_reported: bool,
     cancelled: bool,
+    last_status: Option<String>,
     original_address: Option<String>,
 }
 
@@ -72,6 +73,7 @@ impl ClaimedRow {
             lease_expires_at: self.lease_expires_at,
             delay_reported: self.delay_reported,
             cancelled: self.cancelled,
+            last_status: self.last_status,
             original_address: self
                 .original_address
                 .as_deref()
@@ -154,7 +156,7 @@ impl Store {
              RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
                  r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
                  e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at,
-                 r.delay_reported, r.cancelled, r.original_address"
+                 r.delay_reported, r.cancelled, r.last_status, r.original_address"
         );
         let rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(sql))
             .bind(i64::from(limit))

@@ -41,6 +41,8 @@ type Grants = &'static [(&'static str, &'static str)];
 
 const INGRESS: Grants = &[
     ("SELECT", "_sqlx_migrations, domains, accounts, aliases"),
+    // RCPT asks whether a maildrop is at its quota: sizes only, never content or headers.
+    ("SELECT (account_id, pop3_size)", "maildrop_entries"),
     (
         "SELECT, INSERT",
         "messages, message_chunks, envelopes, recipients",

@@ -177,6 +177,10 @@ pub enum Resolved {
         /// The account's own address (the recipient may be `user+tag` or in a domain alias).
         address: Mailbox,
         disabled: bool,
+        /// It has a quota (whether mail is accepted for it depends on its usage).
+        has_quota: bool,
+        /// Its maildrop holds its quota or more (RFC 3463 X.2.2).
+        full: bool,
         via: Via,
     },
     /// Addresses it stands for, each to be resolved in turn.
@@ -252,6 +256,8 @@ pub struct RecipientLookup {
 pub struct LocalAccount {
     pub id: i64,
     pub disabled: bool,
+    /// The most its maildrop may hold, in octets as POP3 STAT counts them.
+    pub quota_bytes: Option<i64>,
 }
 
 /// What a login needs to know about an account.
@@ -338,6 +344,8 @@ pub struct ClaimedRecipient {
     pub delay_reported: bool,
     /// Deleted by an administrator who asked for a report: fail it, with the report.
     pub cancelled: bool,
+    /// The enhanced status of the last attempt (`4.2.2`: the maildrop was full).
+    pub last_status: Option<String>,
     /// For a target of an alias: the address the sender gave.
     pub original_address: Option<Mailbox>,
 }
@@ -430,6 +438,9 @@ pub enum LocalDelivery {
     /// The recipient was not live any more (already delivered, or finished otherwise): nothing
     /// was written. This is what makes a repeated delivery harmless.
     AlreadyFinal,
+    /// The entry (`size` octets) would take the maildrop (`used` octets) past its quota:
+    /// nothing was written, the recipient is still live.
+    OverQuota { used: i64, quota: i64, size: i64 },
 }
 
 /// One local delivery of a batch: a live recipient, the account whose maildrop receives it,

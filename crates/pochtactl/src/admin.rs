@@ -97,6 +97,35 @@ pub enum AccountCommand {
     Disable { address: String },
     /// Allow a disabled account again.
     Enable { address: String },
+    /// Set the most a maildrop may hold, in octets as POP3 STAT counts them (a number, or with
+    /// K, M or G for 1024, 1024² or 1024³), or `none`. Past it, RCPT answers 452 4.2.2 and
+    /// delivery waits for room until the message expires (5.2.2).
+    Quota { address: String, quota: String },
+}
+
+/// A quota as given to `account quota`: None for `none`.
+fn parse_quota(s: &str) -> anyhow::Result<Option<i64>> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+        _ => (s, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => bail!("quota {s:?}: the unit must be K, M or G"),
+    };
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| anyhow::anyhow!("quota {s:?}: expected a number of octets or `none`"))?;
+    n.checked_mul(1 << shift)
+        .filter(|q| *q >= 0)
+        .map(Some)
+        .ok_or_else(|| anyhow::anyhow!("quota {s:?} is out of range"))
 }
 
 fn parse_role(s: &str) -> Result<DomainRole, String> {
@@ -347,13 +376,14 @@ impl Admin {
                 let accounts = self.store.list_accounts(domain.as_deref()).await?;
                 self.say(json!(accounts), || {
                     let mut out = format!(
-                        "{:<48} {:<8} {:>8} {:>12}",
-                        "ACCOUNT", "STATUS", "MESSAGES", "BYTES"
+                        "{:<48} {:<8} {:>8} {:>12} {:>12}",
+                        "ACCOUNT", "STATUS", "MESSAGES", "BYTES", "QUOTA"
                     );
                     for a in &accounts {
                         let status = if a.disabled { "disabled" } else { "active" };
+                        let quota = a.quota_bytes.map_or("none".into(), |q| q.to_string());
                         out.push_str(&format!(
-                            "\n{:<48} {status:<8} {:>8} {:>12}",
+                            "\n{:<48} {status:<8} {:>8} {:>12} {quota:>12}",
                             a.address(),
                             a.messages,
                             a.bytes
@@ -371,6 +401,18 @@ impl Admin {
             }
             AccountCommand::Disable { address } => self.set_disabled(&address, true).await?,
             AccountCommand::Enable { address } => self.set_disabled(&address, false).await?,
+            AccountCommand::Quota { address, quota } => {
+                let address = mailbox(&address)?;
+                let quota = parse_quota(&quota)?;
+                self.store.set_quota(&address, quota).await?;
+                self.say(
+                    json!({"address": address.to_string(), "quota_bytes": quota}),
+                    || match quota {
+                        Some(q) => format!("the maildrop of {address} may hold {q} octets"),
+                        None => format!("the maildrop of {address} has no quota"),
+                    },
+                );
+            }
         }
         Ok(())
     }
@@ -466,4 +508,23 @@ async fn check_health(uri: String) -> anyhow::Result<ServingStatus> {
         .await?
         .into_inner();
     Ok(ServingStatus::try_from(reply.status).unwrap_or(ServingStatus::Unknown))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_quota;
+
+    #[test]
+    fn quotas_are_octets_with_binary_units() {
+        assert_eq!(parse_quota("none").unwrap(), None);
+        assert_eq!(parse_quota("NONE").unwrap(), None);
+        assert_eq!(parse_quota("1000").unwrap(), Some(1000));
+        assert_eq!(parse_quota("0").unwrap(), Some(0));
+        assert_eq!(parse_quota("2k").unwrap(), Some(2048));
+        assert_eq!(parse_quota("5M").unwrap(), Some(5 << 20));
+        assert_eq!(parse_quota("1G").unwrap(), Some(1 << 30));
+        for bad in ["", "G", "-1", "1.5M", "12T", "ten", "99999999999G"] {
+            assert!(parse_quota(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -59,6 +59,7 @@ fn recipient_policy(found: &Resolution, may_relay: bool) -> RecipientVerdict {
     match found.role {
         Some(DomainRole::Local) => match found.resolved {
             Resolved::Account { disabled: true, .. } => RecipientVerdict::Disabled,
+            Resolved::Account { full: true, .. } => RecipientVerdict::MailboxFull,
             Resolved::Account { .. } | Resolved::Forward { .. } => {
                 RecipientVerdict::Accept(Disposition::Local)
             }
@@ -163,7 +164,15 @@ impl Actions {
                 if found.role.is_none() {
                     return verdict;
                 }
-                if matches!(verdict, RecipientVerdict::Accept(_)) {
+                // An account with a quota is asked again each time: it may fill up.
+                let has_quota = matches!(
+                    found.resolved,
+                    Resolved::Account {
+                        has_quota: true,
+                        ..
+                    }
+                );
+                if matches!(verdict, RecipientVerdict::Accept(_)) && !has_quota {
                     self.accepted_recipients
                         .insert(recipient.clone(), verdict, Instant::now());
                 }

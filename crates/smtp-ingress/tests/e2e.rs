@@ -301,6 +301,75 @@ async fn without_the_recipient_cache_a_disabled_account_is_refused_at_once() {
     assert!(out.contains("RCPT carol@backup.example 554 5.7.1"), "{out}");
 }
 
+/// A maildrop at its quota refuses new mail at RCPT with 452 4.2.2 (temporary: the owner may
+/// make room), and a POP3 deletion makes room at once.
+#[tokio::test]
+async fn a_full_maildrop_is_refused_at_rcpt_until_deletions_make_room() {
+    let s = stack("recipient_cache_secs = 0").await;
+    let out = python(
+        SEND_PLAIN,
+        &[
+            &Stack::port(s.mx),
+            "bob@remote.test",
+            ALICE,
+            "Subject: fills it\r\n\r\nx\r\n",
+        ],
+    )
+    .await
+    .unwrap();
+    queue_id(&out);
+    // Delivered as the queue would, then the quota set to exactly what the maildrop holds.
+    let store = s.db.store();
+    let claimed = store
+        .claim_due(
+            "test",
+            pochta_store::Claim::Local,
+            10,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let alice = pochta_mail::Mailbox::parse(ALICE).unwrap();
+    let account = store
+        .lookup_recipient(&alice)
+        .await
+        .unwrap()
+        .account
+        .unwrap()
+        .id;
+    store
+        .deliver_to_maildrop("test", claimed[0].recipient_id, account, b"")
+        .await
+        .unwrap();
+    let held: i64 = store
+        .maildrop_entries(account)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.pop3_size)
+        .sum();
+    store.set_quota(&alice, Some(held)).await.unwrap();
+    let out = rcpt_replies(&s, ALICE).await;
+    assert!(
+        out.contains("RCPT alice@example.org 452 4.2.2 Recipient mailbox is full"),
+        "{out}"
+    );
+
+    let entries = store.maildrop_entries(account).await.unwrap();
+    assert!(
+        store
+            .lock_maildrop(account, "pop3", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    store
+        .delete_maildrop_entries_and_unlock(account, "pop3", &[entries[0].id])
+        .await
+        .unwrap();
+    let out = rcpt_replies(&s, ALICE).await;
+    assert!(out.contains("RCPT alice@example.org 250"), "{out}");
+}
+
 /// STARTTLS on submission, then AUTH PLAIN; relaying to a foreign domain is allowed then.
 const SUBMIT_STARTTLS: &str = r#"
 import smtplib, ssl, sys
@@ -766,4 +835,55 @@ async fn the_queue_is_told_of_new_mail_at_once_then_at_most_once_per_interval() 
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(recorder.seen().len(), 2, "nothing else was sent");
+}
+
+/// BDAT by hand over smtplib's connection (no Python client speaks CHUNKING itself): three
+/// chunks (a CRLF split between two, a leading dot, 8-bit text), a LAST of size 0, then DATA in
+/// the same session. Each message is stored byte for byte after the Received header.
+const BDAT_THEN_DATA: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="client.test", timeout=20)
+s.ehlo()
+assert s.has_extn("chunking"), s.esmtp_features
+def bdat(chunk, last=False):
+    s.send(b"BDAT %d%s\r\n" % (len(chunk), b" LAST" if last else b"") + chunk)
+    return s.getreply()
+assert s.mail("bob@remote.test", ["BODY=8BITMIME"])[0] == 250
+assert s.rcpt(sys.argv[2])[0] == 250
+assert bdat(b"Subject: chunked\r\n\r\n.dot line\r") == (250, b"2.0.0 Chunk received")
+assert bdat("\n\u00e9t\u00e9\r\n".encode()) == (250, b"2.0.0 Chunk received")
+code, resp = bdat(b"", True)
+print("BDAT", code, resp.decode())
+assert s.mail("bob@remote.test")[0] == 250
+assert s.rcpt(sys.argv[2])[0] == 250
+code, resp = s.data(b"Subject: plain\r\n\r\n.stuffed\r\n")
+print("DATA", code, resp.decode())
+s.quit()
+"#;
+
+#[tokio::test]
+async fn bdat_and_data_in_one_session_are_stored_byte_for_byte() {
+    let s = stack("").await;
+    let out = python(BDAT_THEN_DATA, &[&Stack::port(s.mx), ALICE])
+        .await
+        .unwrap();
+    let ids: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("BDAT 250") || l.starts_with("DATA 250"))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{out}");
+    let expected: [&[u8]; 2] = [
+        "Subject: chunked\r\n\r\n.dot line\r\n\u{e9}t\u{e9}\r\n".as_bytes(),
+        b"Subject: plain\r\n\r\n.stuffed\r\n",
+    ];
+    for (id, body) in ids.iter().zip(expected) {
+        let content = s.content(id).await;
+        let (received, rest) = content.split_at(content.len() - body.len());
+        assert_eq!(rest, body, "{}", String::from_utf8_lossy(&content));
+        assert!(
+            received.starts_with(b"Received: ") && !rest.starts_with(b"Received: "),
+            "one Received header, then the text as sent"
+        );
+    }
 }

@@ -121,6 +121,8 @@ pub enum RecipientVerdict {
     RelayDenied,
     /// Too much mail already waits for this (hold or relay) domain.
     DomainBacklogFull,
+    /// The recipient's maildrop holds its quota.
+    MailboxFull,
     TemporaryFailure,
 }
 

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use pochta_store::{
-    Claim, DomainRole, LocalDelivery, MaildropDelivery, RecipientState, Store, StoreError,
+    Claim, DomainRole, LocalDelivery, MaildropDelivery, RecipientState, Resolved, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -456,7 +456,7 @@ async fn batched_deliveries_write_each_recipient_once() {
     assert_eq!(counts.maildrop_entries, 3);
     let entry_ids = [&first[0], &first[1], &second[1]].map(|d| match d {
         LocalDelivery::Delivered { entry_id, .. } => *entry_id,
-        LocalDelivery::AlreadyFinal => unreachable!(),
+        other => panic!("delivered expected: {other:?}"),
     });
     for (n, entry_id) in entry_ids.into_iter().enumerate() {
         let (prefix, content) = store
@@ -467,4 +467,97 @@ async fn batched_deliveries_write_each_recipient_once() {
         assert_eq!(prefix, format!("Delivered-To: copy{n}\r\n").into_bytes());
         assert_eq!(content, CONTENT);
     }
+}
+
+/// Octets a maildrop holds as POP3 STAT counts them, and whether RCPT would find it full.
+async fn usage(store: &Store, account: i64) -> (i64, bool) {
+    let stat = store.maildrop_entries(account).await.unwrap();
+    let found = store
+        .resolve_recipient(&addr("user0@example.org"), &Default::default())
+        .await
+        .unwrap();
+    let Resolved::Account { full, .. } = found.resolved else {
+        panic!("an account: {found:?}");
+    };
+    (stat.iter().map(|e| e.pop3_size).sum(), full)
+}
+
+/// One delivery the way the queue makes it for an account with a quota.
+async fn deliver_checked(store: &Store, recipient: i64, account: i64) -> LocalDelivery {
+    store
+        .deliver_to_maildrop_with_report("w", recipient, account, PREFIX, true, None)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_quota_stops_delivery_at_the_octet_and_deletions_free_it() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    let entry = (PREFIX.len() + CONTENT.len()) as i64;
+    // Room for two entries and a bit: the third does not fit.
+    store
+        .set_quota(&addr("user0@example.org"), Some(2 * entry + 10))
+        .await
+        .unwrap();
+    let rids = queued_recipients(store, 3).await;
+    for &rid in &rids[..2] {
+        assert!(matches!(
+            deliver_checked(store, rid, account).await,
+            LocalDelivery::Delivered { .. }
+        ));
+    }
+    assert_eq!(
+        deliver_checked(store, rids[2], account).await,
+        LocalDelivery::OverQuota {
+            used: 2 * entry,
+            quota: 2 * entry + 10,
+            size: entry
+        }
+    );
+    assert_eq!(usage(store, account).await, (2 * entry, false));
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.recipients_in(RecipientState::Delivered), 2);
+    assert_eq!(
+        counts.recipients_in(RecipientState::Queued),
+        1,
+        "over quota: nothing written, still live"
+    );
+
+    // With the quota at exactly three entries it fits, and the maildrop is then full for RCPT.
+    store
+        .set_quota(&addr("user0@example.org"), Some(3 * entry))
+        .await
+        .unwrap();
+    assert!(matches!(
+        deliver_checked(store, rids[2], account).await,
+        LocalDelivery::Delivered { .. }
+    ));
+    assert_eq!(usage(store, account).await, (3 * entry, true));
+    assert_eq!(store.quota_usage().await.unwrap(), (3 * entry, 1));
+
+    // POP3 deletes one at QUIT: its octets are free at once.
+    let entries = store.maildrop_entries(account).await.unwrap();
+    assert!(store.lock_maildrop(account, "p", TTL).await.unwrap());
+    let first = [entries[0].id];
+    let deleted = store.delete_maildrop_entries_and_unlock(account, "p", &first);
+    assert_eq!(deleted.await.unwrap(), 1);
+    assert_eq!(usage(store, account).await, (2 * entry, false));
+    assert_eq!(store.quota_usage().await.unwrap(), (2 * entry, 0));
+
+    // Without a quota nothing is refused and nothing is counted.
+    store
+        .set_quota(&addr("user0@example.org"), None)
+        .await
+        .unwrap();
+    let more = queued_recipients(store, 1).await[0];
+    assert!(matches!(
+        deliver_checked(store, more, account).await,
+        LocalDelivery::Delivered { .. }
+    ));
+    assert_eq!(usage(store, account).await, (3 * entry, false));
+    assert_eq!(store.quota_usage().await.unwrap(), (0, 0));
+    let unknown = store.set_quota(&addr("nobody@example.org"), Some(1)).await;
+    assert!(unknown.is_err(), "no such account");
 }
