@@ -41,7 +41,8 @@ fn main() -> ExitCode {
                     admin::AdminToken::new(None)
                 }
             };
-            let settings = settings(&queue, &ctx)?;
+            let srs = ctx.store.srs_key().await?;
+            let settings = settings(&queue, &ctx, srs)?;
             let pool = settings.dialer.pool.clone();
             let wakes = worker::Wakes::new();
             let metrics = Arc::new(worker::Metrics::new());
@@ -105,7 +106,11 @@ fn main() -> ExitCode {
 }
 
 /// The delivery loops' settings from the `[queue]` section.
-fn settings(queue: &QueueConfig, ctx: &ServiceContext) -> anyhow::Result<Arc<worker::Settings>> {
+fn settings(
+    queue: &QueueConfig,
+    ctx: &ServiceContext,
+    srs: pochta_mail::SrsKey,
+) -> anyhow::Result<Arc<worker::Settings>> {
     Ok(Arc::new(worker::Settings {
         router: route::Router {
             routes: queue.routes.clone(),
@@ -148,6 +153,9 @@ fn settings(queue: &QueueConfig, ctx: &ServiceContext) -> anyhow::Result<Arc<wor
             first: Duration::from_secs(queue.retry_delay_secs),
             max: Duration::from_secs(queue.retry_max_delay_secs),
         },
-        addresses: ctx.config.addresses.rules(),
+        addresses: pochta_mail::AddressRules {
+            srs: Some(srs),
+            ..ctx.config.addresses.rules()
+        },
     }))
 }

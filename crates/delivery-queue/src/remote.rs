@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pochta_mail::{TlsPolicy, Untrusted};
+use pochta_mail::{Mailbox, TlsPolicy, Untrusted};
 use pochta_service::conn::Conn;
 use pochta_smtp::client::{
     ClientOutput, ClientSession, Outgoing, OutgoingRecipient, RecipientOutcome, dot_stuffed,
@@ -43,11 +43,13 @@ impl Worker {
     /// how each attempt ended.
     pub async fn deliver_remote<'a>(&self, remote: Vec<Attempting<'a>>) -> Vec<Attempt<'a>> {
         let router = &self.settings.router;
-        let mut by_destination: Vec<((Destination, TlsPolicy), Vec<Attempting>)> = Vec::new();
+        type Key = (Destination, TlsPolicy, Option<Mailbox>);
+        let mut by_destination: Vec<(Key, Vec<Attempting>)> = Vec::new();
         for (r, span) in remote {
             let key = (
                 router.destination(&r.address.domain),
                 router.tls_policy(&r.address.domain),
+                self.reverse_path(r),
             );
             match by_destination.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, list)) => list.push((r, span)),
@@ -55,11 +57,12 @@ impl Worker {
             }
         }
         // Each destination at once: a slow one holds up only its own recipients.
-        let sends = by_destination
-            .into_iter()
-            .map(|((destination, tls), recipients)| async move {
-                self.send_to(&destination, tls, recipients).await
-            });
+        let sends =
+            by_destination
+                .into_iter()
+                .map(|((destination, tls, sender), recipients)| async move {
+                    self.send_to(&destination, tls, sender, recipients).await
+                });
         futures_util::future::join_all(sends)
             .await
             .into_iter()
@@ -67,12 +70,28 @@ impl Worker {
             .collect()
     }
 
-    /// One transaction with `destination`: its servers in turn until one takes the connection
-    /// (RFC 5321 5.1).
+    /// The reverse-path `r` is sent with: the envelope's, or for mail forwarded by an alias
+    /// here, that sender rewritten into the alias's domain (SRS) so that SPF at the next hop
+    /// checks us, and a bounce comes back here to be sent on. The null sender stays null.
+    fn reverse_path(&self, r: &ClaimedRecipient) -> Option<Mailbox> {
+        let sender = r.reverse_path.as_ref()?;
+        let (Some(alias), Some(key)) = (&r.original_address, &self.settings.addresses.srs) else {
+            return Some(sender.clone());
+        };
+        let today = chrono::Utc::now().timestamp().max(0) as u64 / 86_400;
+        Some(
+            key.forward(sender, &alias.domain, today)
+                .unwrap_or_else(|| sender.clone()),
+        )
+    }
+
+    /// One transaction with `destination` from `sender`: its servers in turn until one takes
+    /// the connection (RFC 5321 5.1).
     async fn send_to<'a>(
         &self,
         destination: &Destination,
         tls: TlsPolicy,
+        sender: Option<Mailbox>,
         recipients: Vec<Attempting<'a>>,
     ) -> Vec<Attempt<'a>> {
         let all_end = |verdict, status: &str, why: &str| -> Vec<Attempt<'a>> {
@@ -101,7 +120,7 @@ impl Worker {
         };
         let outgoing = Outgoing {
             helo_name: self.settings.hostname.clone(),
-            reverse_path: first.reverse_path.clone(),
+            reverse_path: sender,
             envid: first.envid.clone(),
             ret: first.ret,
             body: first.body,

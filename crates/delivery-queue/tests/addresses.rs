@@ -263,3 +263,98 @@ async fn aliases_postmaster_subaddresses_and_the_catch_all_deliver_once_each() {
     // all@ (team@ within it is followed, not queued), postmaster@, abuse@ and carol@.
     assert_eq!(counts.recipients_in(RecipientState::Expanded), 4);
 }
+
+/// SRS: mail forwarded by an alias leaves with its sender rewritten into the alias's domain;
+/// a bounce to that address comes back through this system to the original sender; a forged
+/// one is refused at RCPT.
+#[tokio::test]
+async fn forwarded_mail_is_sent_with_srs_and_its_bounce_finds_the_sender() {
+    // Elsewhere: remote.test (the alias's target) and third.test (the original sender).
+    let remote_db = TestDb::new().await.unwrap();
+    let friend = remote_db
+        .add_account("friend@remote.test", "pw")
+        .await
+        .unwrap();
+    let sender = remote_db
+        .add_account("sender@third.test", "pw")
+        .await
+        .unwrap();
+    let remote_grpc = free_addr();
+    let _remote_queue = queue(&remote_db, remote_grpc, "").await;
+    let (_remote_ingress, remote_mx) = ingress(&remote_db, "mx.remote.test", remote_grpc).await;
+
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    store
+        .add_local_domain("example.org", &addr("admin@example.org"))
+        .await
+        .unwrap();
+    store
+        .add_alias(
+            &addr("fwd@example.org"),
+            &[addr("friend@remote.test")],
+            &AddressRules::default(),
+        )
+        .await
+        .unwrap();
+    let grpc = free_addr();
+    let port = remote_mx.port();
+    let _queue = queue(
+        &db,
+        grpc,
+        &format!(
+            "hostname = \"mx.example.org\"\n\n[queue.routes]\n\"remote.test\" = \"127.0.0.1:{port}\"\n\"third.test\" = \"127.0.0.1:{port}\""
+        ),
+    )
+    .await;
+    let (_ingress, mx) = ingress(&db, "mx.example.org", grpc).await;
+
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+s.ehlo()
+s.mail(sys.argv[2])
+code = s.rcpt(sys.argv[3])[0]
+print(code)
+if code == 250:
+    s.data(("Subject: " + sys.argv[4] + "\r\n\r\nhello\r\n").encode())
+s.quit()
+"#;
+    let send = async |from: &str, to: &str, subject: &str| {
+        let port = mx.port().to_string();
+        python(script, &[&port, from, to, subject]).await.unwrap()
+    };
+    assert_eq!(
+        send("sender@third.test", "fwd@example.org", "forwarded")
+            .await
+            .trim(),
+        "250"
+    );
+
+    // It arrives elsewhere from an SRS address of example.org.
+    let remote = remote_db.store();
+    let arrived = String::from_utf8_lossy(&maildrop(remote, friend, 1).await[0]).to_string();
+    assert!(arrived.contains("Subject: forwarded"));
+    let srs = arrived
+        .strip_prefix("Return-Path: <")
+        .and_then(|rest| rest.split_once('>'))
+        .map(|(path, _)| path.to_owned())
+        .unwrap_or_default();
+    assert!(
+        srs.starts_with("SRS0=") && srs.ends_with("=third.test=sender@example.org"),
+        "{srs}"
+    );
+
+    // The bounce, as the next hop would send it: to the SRS address, from <>.
+    assert_eq!(send("", &srs, "bounced").await.trim(), "250");
+    let back = String::from_utf8_lossy(&maildrop(remote, sender, 1).await[0]).to_string();
+    assert!(
+        back.starts_with("Return-Path: <>\r\nDelivered-To: sender@third.test\r\n")
+            && back.contains("Subject: bounced"),
+        "{back}"
+    );
+    // A forged SRS address (a hash this key did not make) is nobody here.
+    let forged = format!("SRS0=AAAAAA={}", &srs[12..]);
+    assert_ne!(forged, srs);
+    assert_eq!(send("", &forged, "forged").await.trim(), "550");
+}

@@ -41,15 +41,21 @@ pub struct AddressesConfig {
     pub max_alias_depth: u32,
     /// One recipient expands to at most this many final addresses.
     pub max_alias_targets: u32,
+    /// A bounce to an SRS address (the rewritten sender of forwarded mail) is taken back this
+    /// many days after the mail was forwarded.
+    pub srs_max_age_days: u32,
 }
 
 impl AddressesConfig {
-    /// The rules the ingress, the queue and pochtactl resolve addresses by.
+    /// The rules the ingress, the queue and pochtactl resolve addresses by (the SRS key is
+    /// the store's: `Store::srs_key`).
     pub fn rules(&self) -> pochta_mail::AddressRules {
         pochta_mail::AddressRules {
             delimiters: self.recipient_delimiter.clone(),
             max_depth: self.max_alias_depth as usize,
             max_targets: self.max_alias_targets as usize,
+            srs: None,
+            srs_max_age_days: self.srs_max_age_days.into(),
         }
     }
 }
@@ -60,6 +66,7 @@ impl Default for AddressesConfig {
             recipient_delimiter: "+".into(),
             max_alias_depth: 8,
             max_alias_targets: 1000,
+            srs_max_age_days: 21,
         }
     }
 }

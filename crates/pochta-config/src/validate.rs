@@ -60,6 +60,7 @@ impl AddressesConfig {
         at_least_one(&[
             ("addresses.max_alias_depth", self.max_alias_depth.into()),
             ("addresses.max_alias_targets", self.max_alias_targets.into()),
+            ("addresses.srs_max_age_days", self.srs_max_age_days.into()),
         ])?;
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! - `policy`: decisions that a protocol state machine, the store and the configuration share
 //!   (bare line endings in message text, where an accepted recipient's mail goes, STARTTLS
 //!   towards other servers, how addresses resolve beyond accounts);
+//! - `srs`: the Sender Rewriting Scheme for forwarded mail;
 //! - `untrusted`: how text from outside is shown to an operator (logs, `pochtactl`).
 //!
 //! Each type has exactly one parser; the store writes and reads back these types, never their
@@ -17,12 +18,14 @@ pub mod address;
 pub mod domain;
 pub mod params;
 pub mod policy;
+pub mod srs;
 pub mod untrusted;
 
 pub use address::Mailbox;
 pub use domain::is_domain_name;
 pub use params::{Body, Notify, Orcpt, Ret, xtext_decode, xtext_encode};
 pub use policy::{AddressRules, BareLineEndings, Disposition, TlsPolicy};
+pub use srs::SrsKey;
 pub use untrusted::Untrusted;
 
 /// A text that is not a valid value of the type it was parsed as.

@@ -39,7 +39,7 @@ pub enum TlsPolicy {
 }
 
 /// How addresses resolve beyond an exact account (`[addresses]` in the configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AddressRules {
     /// Subaddressing (RFC 5233): each of these characters ends the part of a local part that
     /// names the account or alias (`user+tag` reaches `user`); empty: off.
@@ -48,6 +48,11 @@ pub struct AddressRules {
     pub max_depth: usize,
     /// One recipient expands to at most this many final addresses.
     pub max_targets: usize,
+    /// The key forwarded mail's senders are rewritten with, and bounces to them checked by
+    /// (SRS); None: forwarded mail keeps its sender, and SRS addresses are unknown.
+    pub srs: Option<crate::SrsKey>,
+    /// An SRS address is taken back this many days after it was made.
+    pub srs_max_age_days: u64,
 }
 
 impl Default for AddressRules {
@@ -56,6 +61,8 @@ impl Default for AddressRules {
             delimiters: "+".into(),
             max_depth: 8,
             max_targets: 1000,
+            srs: None,
+            srs_max_age_days: 21,
         }
     }
 }

@@ -39,3 +39,12 @@ ALTER TABLE recipients ADD COLUMN original_address text;
 ALTER TABLE delivery_attempts DROP CONSTRAINT delivery_attempts_result_check;
 ALTER TABLE delivery_attempts ADD CONSTRAINT delivery_attempts_result_check CHECK (result IN
     ('queued', 'delivered', 'relayed', 'failed', 'expired', 'expanded'));
+
+-- Settings every service shares. srs_secret: the key of SRS addresses (forwarded mail's
+-- rewritten senders), made here once: 244 random bits from gen_random_uuid (a strong source).
+CREATE TABLE settings (
+    name   text PRIMARY KEY,
+    value  text NOT NULL
+);
+INSERT INTO settings (name, value)
+VALUES ('srs_secret', replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));

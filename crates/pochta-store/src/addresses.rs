@@ -148,10 +148,33 @@ impl Store {
             });
         };
         let role = DomainRole::try_from(row.role.clone())?;
-        let resolved = match role {
+        let mut resolved = match role {
             DomainRole::Local => row.resolved(&address.local_part),
             _ => Resolved::Unknown,
         };
+        // A bounce to the rewritten sender of mail forwarded from here goes to the original
+        // sender; a forged or expired one is unknown, whatever the catch-all says.
+        if let Some(key) = &rules.srs
+            && role == DomainRole::Local
+            && pochta_mail::srs::is_srs(&address.local_part)
+            && matches!(
+                resolved,
+                Resolved::Unknown
+                    | Resolved::Forward {
+                        via: Via::CatchAll,
+                        ..
+                    }
+            )
+        {
+            let today = chrono::Utc::now().timestamp().max(0) as u64 / 86_400;
+            resolved = match key.reverse(address, today, rules.srs_max_age_days) {
+                Ok(sender) => Resolved::Forward {
+                    targets: vec![sender],
+                    via: Via::Srs,
+                },
+                Err(_) => Resolved::Unknown,
+            };
+        }
         Ok(Resolution {
             role: Some(role),
             resolved,
@@ -231,6 +254,15 @@ impl Store {
             level = next;
         }
         Ok(expansion)
+    }
+
+    /// The key of SRS addresses, made once by the schema and shared by every service.
+    pub async fn srs_key(&self) -> Result<pochta_mail::SrsKey> {
+        let secret: String =
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = 'srs_secret'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(pochta_mail::SrsKey::new(secret.as_bytes()))
     }
 
     /// Adds targets to an alias (creating it). Refused when an account has the alias's

@@ -40,7 +40,10 @@ impl Default for ServiceRoles {
 type Grants = &'static [(&'static str, &'static str)];
 
 const INGRESS: Grants = &[
-    ("SELECT", "_sqlx_migrations, domains, accounts, aliases"),
+    (
+        "SELECT",
+        "_sqlx_migrations, domains, accounts, aliases, settings",
+    ),
     // RCPT asks whether a maildrop is at its quota: sizes only, never content or headers.
     ("SELECT (account_id, pop3_size)", "maildrop_entries"),
     (
@@ -54,7 +57,10 @@ const INGRESS: Grants = &[
 ];
 
 const QUEUE: Grants = &[
-    ("SELECT", "_sqlx_migrations, domains, accounts, aliases"),
+    (
+        "SELECT",
+        "_sqlx_migrations, domains, accounts, aliases, settings",
+    ),
     (
         "SELECT, INSERT, UPDATE, DELETE",
         "messages, message_chunks, envelopes, recipients, delivery_attempts",

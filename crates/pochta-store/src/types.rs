@@ -201,6 +201,8 @@ pub enum Via {
     Subaddress,
     /// The domain's catch-all address.
     CatchAll,
+    /// An SRS address this system made for forwarded mail: the original sender.
+    Srs,
 }
 
 /// An address with its domain's role (None: not a domain of ours) and, in a local domain,

@@ -76,7 +76,12 @@ fn recipient_policy(found: &Resolution, may_relay: bool) -> RecipientVerdict {
 const RECIPIENT_CACHE_ENTRIES: usize = 50_000;
 
 impl Actions {
-    pub fn new(config: &Config, store: Store, hostname: String) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        hostname: String,
+        srs: pochta_mail::SrsKey,
+    ) -> anyhow::Result<Arc<Self>> {
         let channel = tonic::transport::Endpoint::from_shared(config.smtp.queue_endpoint.clone())?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
@@ -127,7 +132,10 @@ impl Actions {
                 RECIPIENT_CACHE_ENTRIES,
             ),
             sending_limits: SendingLimits::new(&config.smtp),
-            addresses: config.addresses.rules(),
+            addresses: AddressRules {
+                srs: Some(srs),
+                ..config.addresses.rules()
+            },
             store,
         }))
     }

@@ -30,7 +30,8 @@ fn main() -> ExitCode {
                 );
             }
             let hostname = smtp.hostname.clone().unwrap_or(ctx.hostname.clone());
-            let actions = actions::Actions::new(&ctx.config, ctx.store.clone(), hostname)?;
+            let srs = ctx.store.srs_key().await?;
+            let actions = actions::Actions::new(&ctx.config, ctx.store.clone(), hostname, srs)?;
             let mut listeners = Vec::new();
             for (addrs, kind) in [
                 (&smtp.mx_listen, ListenerKind::Mx),
