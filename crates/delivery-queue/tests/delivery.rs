@@ -337,3 +337,48 @@ async fn garbage_collection_runs_periodically() {
     )
     .await;
 }
+
+/// RFC 3030 through the whole system: a message sent in BDAT chunks (the last of size 0) and
+/// one sent with DATA in the same session reach the maildrop byte for byte.
+#[tokio::test]
+async fn bdat_and_data_messages_reach_the_maildrop_byte_for_byte() {
+    let (db, account) = setup().await;
+    let queue_grpc = free_addr();
+    let _queue = start_queue(&db, queue_grpc, "").await;
+    let (_ingress, mx) = start_ingress(&db, queue_grpc).await;
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+s.ehlo()
+assert s.has_extn("chunking")
+s.mail("bob@remote.test")
+s.rcpt("alice@example.org")
+for chunk, last in [(b"Subject: one\r\n\r\n.first", b""), (b" line\r\n", b""), (b"", b" LAST")]:
+    s.send(b"BDAT %d%s\r\n" % (len(chunk), last) + chunk)
+    assert s.getreply()[0] == 250
+s.sendmail("bob@remote.test", ["alice@example.org"], b"Subject: two\r\n\r\nsecond\r\n")
+s.quit()
+"#;
+    python(script, &[&mx.port().to_string()]).await.unwrap();
+    let store = db.store();
+    let mut bodies: Vec<Vec<u8>> = pochta_testkit::maildrop(store, account, 2)
+        .await
+        .into_iter()
+        .map(|m| {
+            // After the delivery's prefix and the ingress's Received header (its lines
+            // continue with a tab): the text as sent.
+            let text = String::from_utf8(m).unwrap();
+            let at = text.find("\r\nSubject: ").expect("the text") + 2;
+            assert!(text[..at].contains("Received: from"), "{text}");
+            text[at..].as_bytes().to_vec()
+        })
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            b"Subject: one\r\n\r\n.first line\r\n".to_vec(),
+            b"Subject: two\r\n\r\nsecond\r\n".to_vec()
+        ]
+    );
+}
