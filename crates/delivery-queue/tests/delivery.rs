@@ -370,7 +370,7 @@ s.quit()
             let text = String::from_utf8(m).unwrap();
             let at = text.find("\r\nSubject: ").expect("the text") + 2;
             assert!(text[..at].contains("Received: from"), "{text}");
-            text[at..].as_bytes().to_vec()
+            text.as_bytes()[at..].to_vec()
         })
         .collect();
     bodies.sort();

@@ -66,15 +66,23 @@ impl Store {
             Ok(done) if done.rows_affected() == 1 => Ok(()),
             Ok(_) => Err(StoreError::UnknownDomain(name.to_owned())),
             Err(e) if StoreError::is_foreign_key_violation(&e) => {
-                let accounts: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM accounts WHERE domain = $1")
-                        .bind(name)
-                        .fetch_one(&self.pool)
-                        .await?;
-                Err(StoreError::DomainInUse {
-                    domain: name.to_owned(),
-                    accounts,
-                })
+                let (accounts, aliased_by): (i64, Option<String>) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM accounts WHERE domain = $1),
+                            (SELECT min(name) FROM domains WHERE alias_of = $1)",
+                )
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
+                match aliased_by {
+                    Some(by) => Err(StoreError::DomainAliased {
+                        domain: name.to_owned(),
+                        by,
+                    }),
+                    _ => Err(StoreError::DomainInUse {
+                        domain: name.to_owned(),
+                        accounts,
+                    }),
+                }
             }
             Err(e) => Err(e.into()),
         }

@@ -50,6 +50,8 @@ pub enum StoreError {
     DomainNotLocal { domain: String, role: DomainRole },
     #[error("domain {domain} still has {accounts} account(s); remove them first")]
     DomainInUse { domain: String, accounts: i64 },
+    #[error("domain {by} is an alias of {domain}; remove it first")]
+    DomainAliased { domain: String, by: String },
     #[error("domain {domain} is an alias of {of}: its addresses live there")]
     DomainIsAlias { domain: String, of: String },
     #[error("alias {0} does not exist")]

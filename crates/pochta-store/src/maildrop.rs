@@ -37,7 +37,8 @@ impl Store {
 
     /// Many local deliveries in one statement (one commit), each exactly once as in
     /// `deliver_to_maildrop`; the results are in input order. The statement is atomic: on an
-    /// error nothing is delivered and every recipient is still live.
+    /// error nothing is delivered and every recipient is still live. It does not look at
+    /// quotas: accounts with one are delivered to by `deliver_to_maildrop_with_report`.
     pub async fn deliver_many_to_maildrops(
         &self,
         worker: &str,

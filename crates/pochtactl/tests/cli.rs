@@ -279,6 +279,12 @@ async fn aliases_catch_all_postmaster_and_domain_aliases() {
     assert!(ok(&db, "domain list", "").contains("alias of example.org"));
     fails(
         &db,
+        "domain remove example.org",
+        "",
+        "example.net is an alias of example.org",
+    );
+    fails(
+        &db,
         "account add carol@example.net --password-stdin",
         "pw\n",
         "alias of example.org",
