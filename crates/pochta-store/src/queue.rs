@@ -122,42 +122,7 @@ impl Store {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedRecipient>> {
-        // The class is spelled out, not a parameter, so each query matches its partial index.
-        let class = match class {
-            Claim::Local => "r.local",
-            Claim::Remote => "NOT r.local",
-        };
-        let sql = format!(
-            "WITH locked AS (
-                 SELECT e.id FROM recipients r JOIN envelopes e ON e.id = r.envelope_id
-                 WHERE r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
-                   AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())
-                 ORDER BY r.next_attempt_at
-                 LIMIT $1
-                 FOR NO KEY UPDATE OF e SKIP LOCKED
-             ), due AS (
-                 -- Re-checked against the latest row versions: a recipient another claimer
-                 -- leased meanwhile is left out. One locked right now is being delivered or
-                 -- changed: skipped, never waited for (a delivery must not wait on a claim).
-                 -- The conditions are one IS TRUE test, which no index matches, so the
-                 -- recipients are found through their envelopes: matched to the partial due
-                 -- index, whose statistics lag behind a growing backlog, they made PostgreSQL
-                 -- scan the whole backlog once per locked envelope (bench/history.md).
-                 SELECT r.id FROM recipients r
-                 WHERE r.envelope_id IN (SELECT id FROM locked)
-                   AND (r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
-                        AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())) IS TRUE
-                 FOR UPDATE OF r SKIP LOCKED
-             )
-             UPDATE recipients r
-             SET lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second'
-             FROM due, envelopes e
-             WHERE r.id = due.id AND e.id = r.envelope_id
-             RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
-                 r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
-                 e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at,
-                 r.delay_reported, r.cancelled, r.last_status, r.original_address"
-        );
+        let sql = claim_statement(class);
         let rows = sqlx::query_as::<_, ClaimedRow>(sqlx::AssertSqlSafe(sql))
             .bind(i64::from(limit))
             .bind(owner)
@@ -165,6 +130,25 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(ClaimedRow::typed).collect())
+    }
+
+    /// How PostgreSQL runs one claim of `class` now (EXPLAIN ANALYZE, BUFFERS), in a
+    /// transaction that is rolled back: nothing is leased. For tests and diagnosis of a large
+    /// backlog (the plan must not grow with deferred mail).
+    pub async fn explain_claim(&self, class: Claim, limit: u32) -> Result<String> {
+        let sql = format!(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) {}",
+            claim_statement(class)
+        );
+        let mut tx = self.pool.begin().await?;
+        let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .bind("explain")
+            .bind(60.0f64)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        Ok(lines.join("\n"))
     }
 
     /// Gives recipients `owner` holds to the remote delivery loops, due now: their domain has
@@ -505,6 +489,49 @@ fn storable(text: &str) -> String {
 }
 
 /// `Store::record_attempt` on a given connection (or transaction).
+/// The claim statement of `claim_due` for one class ($1 limit, $2 owner, $3 lease seconds).
+fn claim_statement(class: Claim) -> String {
+    // The class is spelled out, not a parameter, so each query matches its partial index.
+    let class = match class {
+        Claim::Local => "r.local",
+        Claim::Remote => "NOT r.local",
+    };
+    format!(
+        "WITH locked AS (
+             SELECT e.id FROM recipients r JOIN envelopes e ON e.id = r.envelope_id
+             WHERE r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
+               AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())
+             ORDER BY r.next_attempt_at
+             LIMIT $1
+             FOR NO KEY UPDATE OF e SKIP LOCKED
+         ), due AS (
+             -- Re-checked against the latest row versions: a recipient another claimer
+             -- leased meanwhile is left out. One locked right now is being delivered or
+             -- changed: skipped, never waited for (a delivery must not wait on a claim).
+             -- The conditions are one IS TRUE test, which no index matches, and the
+             -- envelopes an array: the recipients are found through the envelope index
+             -- whatever the statistics say. Matched to the partial due index, whose
+             -- statistics lag behind a growing backlog, the conditions made PostgreSQL scan
+             -- the whole backlog once per locked envelope; as a semi-join against `locked`,
+             -- with column statistics older than the backlog, it read the whole table once
+             -- per claim (bench/history.md; the test a_deferred_backlog_costs_nothing_...).
+             SELECT r.id FROM recipients r
+             WHERE r.envelope_id = ANY (ARRAY (SELECT id FROM locked))
+               AND (r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
+                    AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())) IS TRUE
+             FOR UPDATE OF r SKIP LOCKED
+         )
+         UPDATE recipients r
+         SET lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second'
+         FROM due, envelopes e
+         WHERE r.id = due.id AND e.id = r.envelope_id
+         RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
+             r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
+             e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at,
+             r.delay_reported, r.cancelled, r.last_status, r.original_address"
+    )
+}
+
 pub(crate) async fn record_attempt_on(
     conn: &mut PgConnection,
     owner: &str,

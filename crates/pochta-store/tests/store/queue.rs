@@ -701,3 +701,84 @@ async fn sender_usage_and_domain_backlog() {
         2
     );
 }
+
+/// Issue 24: 100,000 deferred recipients cost nothing per claim of due mail. The claim finds
+/// due mail through the partial due index, whose range ends at now(): a backlog due later is
+/// never read. Checked on the plan PostgreSQL runs (its buffers), once the dead row versions
+/// of the deferrals are vacuumed (as autovacuum does), with the column statistics of an empty
+/// queue (a backlog that grew since the last ANALYZE) and then with fresh ones.
+#[tokio::test]
+async fn a_deferred_backlog_costs_nothing_per_claim() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("ANALYZE").execute(&pool).await.unwrap();
+    // 10,000 messages of 10 local recipients each, in batches, then all deferred an hour.
+    for batch in 0..10 {
+        let envelopes: Vec<NewEnvelope> = (0..1000)
+            .map(|m| {
+                envelope(
+                    (0..10)
+                        .map(|r| pochta_store::NewRecipient {
+                            disposition: Disposition::Local,
+                            ..recipient(&format!("u{batch}x{m}x{r}@example.org"))
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let batch: Vec<(&NewEnvelope, &[u8])> = envelopes.iter().map(|e| (e, CONTENT)).collect();
+        store.enqueue_many(&batch).await.unwrap();
+    }
+    sqlx::query("UPDATE recipients SET next_attempt_at = now() + interval '1 hour', attempts = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Stale statistics first (as after a burst), then fresh ones; and a few due messages.
+    for analyze in [false, true] {
+        let vacuum = if analyze {
+            "VACUUM ANALYZE recipients"
+        } else {
+            "VACUUM recipients"
+        };
+        sqlx::query(vacuum).execute(&pool).await.unwrap();
+        enqueue_local(store, 5).await;
+        let plan = store.explain_claim(Claim::Local, 64).await.unwrap();
+        let buffers: u64 = plan
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Buffers: shared "))
+            .take(1)
+            .flat_map(|b| b.split(' '))
+            .filter_map(|kv| kv.split_once('=').and_then(|(_, n)| n.parse::<u64>().ok()))
+            .sum();
+        let pages: i64 = sqlx::query_scalar("SELECT pg_relation_size('recipients') / 8192")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(pages > 1000, "the backlog is large: {pages} pages");
+        assert!(
+            buffers < 500,
+            "a claim read {buffers} buffers (table: {pages} pages), analyzed: {analyze}:\n{plan}"
+        );
+        assert!(plan.contains("recipients_due_local_idx"), "{plan}");
+        let claimed = store.claim_due("w", Claim::Local, 64, LEASE).await.unwrap();
+        assert_eq!(claimed.len(), 5, "the due ones, and only they");
+        let ids: Vec<i64> = claimed.iter().map(|r| r.recipient_id).collect();
+        sqlx::query("DELETE FROM recipients WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// `n` messages with one due local recipient each.
+async fn enqueue_local(store: &pochta_store::Store, n: usize) {
+    for i in 0..n {
+        let due = pochta_store::NewRecipient {
+            disposition: Disposition::Local,
+            ..recipient(&format!("due{i}@example.org"))
+        };
+        store.enqueue(&envelope(vec![due]), CONTENT).await.unwrap();
+    }
+}
