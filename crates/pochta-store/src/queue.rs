@@ -508,18 +508,20 @@ fn claim_statement(class: Claim) -> String {
              -- Re-checked against the latest row versions: a recipient another claimer
              -- leased meanwhile is left out. One locked right now is being delivered or
              -- changed: skipped, never waited for (a delivery must not wait on a claim).
-             -- The conditions are one IS TRUE test, which no index matches, and the
-             -- envelopes an array: the recipients are found through the envelope index
+             -- The conditions are one IS TRUE test, which no index matches, asked of each
+             -- locked envelope's recipients: they are found through the envelope index
              -- whatever the statistics say. Matched to the partial due index, whose
              -- statistics lag behind a growing backlog, the conditions made PostgreSQL scan
              -- the whole backlog once per locked envelope; as a semi-join against `locked`,
              -- with column statistics older than the backlog, it read the whole table once
              -- per claim (bench/history.md; the test a_deferred_backlog_costs_nothing_...).
-             SELECT r.id FROM recipients r
-             WHERE r.envelope_id = ANY (ARRAY (SELECT id FROM locked))
-               AND (r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
-                    AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())) IS TRUE
-             FOR UPDATE OF r SKIP LOCKED
+             SELECT d.id FROM locked l, LATERAL (
+                 SELECT r.id FROM recipients r
+                 WHERE r.envelope_id = l.id
+                   AND (r.state = 'queued' AND {class} AND r.next_attempt_at <= now()
+                        AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= now())) IS TRUE
+                 FOR UPDATE OF r SKIP LOCKED
+             ) d
          )
          UPDATE recipients r
          SET lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second'
