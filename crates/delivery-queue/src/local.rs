@@ -18,11 +18,11 @@ use pochta_store::{
 };
 
 use crate::worker::{Known, Worker, attempt_span};
+use pochta_smtp::dsn::{Action, RecipientReport};
 
 /// The status of a deferral for a full maildrop: a recipient whose last attempt ended so
 /// fails with 5.2.2 when the queue lifetime ends (RFC 3463 X.2.2).
 pub const QUOTA_STATUS: &str = "4.2.2";
-use pochta_smtp::dsn::{Action, RecipientReport};
 
 /// How one local attempt ended.
 pub enum Delivered {
@@ -269,12 +269,15 @@ impl Worker {
             Err(e) => return Err(e),
         };
         if expansion.targets.is_empty() {
-            let why = if expansion.looped {
-                "550 5.4.6 alias loop: every address it stands for leads back to it"
+            let (status, why) = if expansion.looped {
+                (
+                    "5.4.6",
+                    "550 5.4.6 alias loop: every address it stands for leads back to it",
+                )
             } else {
-                "550 5.1.1 the alias has no addresses"
+                ("5.1.1", "550 5.1.1 the alias has no addresses")
             };
-            return Ok(Delivered::Failed(&why[4..9], why.into()));
+            return Ok(Delivered::Failed(status, why.into()));
         }
         let several = expansion.targets.len() > 1;
         let mut notify = r.notify;
