@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pochta_config::QueueConfig;
+use pochta_mail::TlsPolicy;
 use pochta_proto::queue::v1::queue_admin_server::QueueAdminServer;
 use pochta_proto::queue::v1::queue_server::QueueServer;
 use pochta_service::ServiceContext;
@@ -127,6 +128,14 @@ fn settings(
         },
         dialer: remote::Dialer::new(
             remote::tls_connector()?,
+            // Loaded only when some destination asks for verified TLS.
+            (queue.outbound_tls == TlsPolicy::Verify
+                || queue
+                    .outbound_tls_domains
+                    .values()
+                    .any(|p| *p == TlsPolicy::Verify))
+            .then(|| remote::verifying_connector(&queue.tls_ca_file))
+            .transpose()?,
             remote::DialTimeouts {
                 connect: Duration::from_secs(queue.connect_timeout_secs),
                 reply: Duration::from_secs(queue.reply_timeout_secs),

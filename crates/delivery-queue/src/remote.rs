@@ -281,10 +281,32 @@ pub fn tls_connector() -> anyhow::Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// A connector that verifies the server's certificate and name against the roots in
+/// `ca_file` (PEM), for `TlsPolicy::Verify`.
+pub fn verifying_connector(ca_file: &std::path::Path) -> anyhow::Result<TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("queue.tls_ca_file {}: {e}", ca_file.display()))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        anyhow::bail!("queue.tls_ca_file {}: no certificates", ca_file.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 /// How remote servers are reached: timeouts, TLS, idle connections kept for reuse, and the
 /// limit of connections per destination.
 pub struct Dialer {
     pub connector: TlsConnector,
+    /// For `TlsPolicy::Verify`: checks the certificate against `queue.tls_ca_file`.
+    pub verifying: Option<TlsConnector>,
     pub connect_timeout: Duration,
     /// For each reply, and for the TLS handshake.
     pub reply_timeout: Duration,
@@ -313,12 +335,14 @@ pub struct DialTimeouts {
 impl Dialer {
     pub fn new(
         connector: TlsConnector,
+        verifying: Option<TlsConnector>,
         timeouts: DialTimeouts,
         pool: Arc<Pool>,
         per_destination: usize,
     ) -> Self {
         Dialer {
             connector,
+            verifying,
             connect_timeout: timeouts.connect,
             reply_timeout: timeouts.reply,
             write_timeout: timeouts.write,
@@ -432,9 +456,28 @@ impl Dialer {
                         }
                     }
                     ClientOutput::StartTls => {
-                        let name = ServerName::try_from(server.host.clone())
-                            .unwrap_or_else(|_| ServerName::try_from("localhost").expect("valid"));
-                        let handshake = conn.connect_tls(&self.connector, name);
+                        let verify = session.tls_policy() == TlsPolicy::Verify;
+                        let name = match ServerName::try_from(server.host.clone()) {
+                            Ok(name) => name,
+                            Err(_) if verify => {
+                                return lost(
+                                    session,
+                                    &format!("{} is no name a certificate can verify", server.host),
+                                );
+                            }
+                            Err(_) => ServerName::try_from("localhost").expect("valid"),
+                        };
+                        let connector = match (&self.verifying, verify) {
+                            (_, false) => &self.connector,
+                            (Some(verifying), true) => verifying,
+                            (None, true) => {
+                                return lost(
+                                    session,
+                                    "TLS must verify, but no trusted roots are loaded (queue.tls_ca_file)",
+                                );
+                            }
+                        };
+                        let handshake = conn.connect_tls(connector, name);
                         match tokio::time::timeout(self.reply_timeout, handshake).await {
                             Ok(Ok(())) => {
                                 session.tls_established();

@@ -775,3 +775,46 @@ async fn mx_hosts_in_internal_networks_are_refused() {
     let status = delivery_status(&maildrop(db.store(), alice, 1).await[0]);
     assert!(status.contains("Status: 5.4.4"), "{status}");
 }
+
+/// `verify`: delivered over TLS whose certificate the configured roots trust (the test CA
+/// signed the receiver's certificate for 127.0.0.1); deferred when they do not (another CA),
+/// with the reason.
+#[tokio::test]
+async fn verified_tls_needs_a_certificate_the_roots_trust() {
+    let (_remote_db, certs, _ingress, mx) = receiver().await;
+    let stranger = TestCerts::generate().unwrap();
+    for (trusted, ca) in [(true, &certs.ca_path), (false, &stranger.ca_path)] {
+        let db = TestDb::new().await.unwrap();
+        db.add_account("alice@example.org", "pw").await.unwrap();
+        let id = enqueue(db.store(), vec![rcpt("friend@remote.test", "FAILURE")]).await;
+        let _queue = start_queue(
+            &db,
+            &format!(
+                "scan_interval_secs = 1\nhostname = \"mx.example.org\"\ntls_ca_file = \"{}\"\n\n\
+                 [queue.routes]\n\"remote.test\" = \"127.0.0.1:{}\"\n\n\
+                 [queue.outbound_tls_domains]\n\"remote.test\" = \"verify\"\n",
+                ca.display(),
+                mx.port()
+            ),
+        )
+        .await;
+        let store = db.store();
+        until("an attempt", WAIT, async || {
+            let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+            detail.recipients[0].attempts == 1
+        })
+        .await;
+        let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+        let friend = &detail.recipients[0];
+        if trusted {
+            assert_eq!(friend.state, RecipientState::Delivered, "{friend:?}");
+        } else {
+            assert_eq!(friend.state, RecipientState::Queued, "{friend:?}");
+            let why = friend.last_diagnostic.as_deref().unwrap_or_default();
+            assert!(
+                why.contains("TLS handshake") && why.contains("certificate"),
+                "{friend:?}"
+            );
+        }
+    }
+}

@@ -454,8 +454,11 @@ pub struct QueueConfig {
     /// exempt (the operator named them). Default: loopback, private, link-local, unique-local,
     /// shared, multicast, reserved and unspecified ranges.
     pub denied_networks: Vec<Cidr>,
-    /// STARTTLS towards remote servers: opportunistic (when offered), required, or never.
+    /// STARTTLS towards remote servers: opportunistic (when offered), required, verify
+    /// (required, with a certificate that verifies against `tls_ca_file`), or never.
     pub outbound_tls: TlsPolicy,
+    /// The roots `verify` trusts (PEM): the system's bundle unless set.
+    pub tls_ca_file: std::path::PathBuf,
     /// `outbound_tls` for particular recipient domains; a key `.example.com` covers the
     /// subdomains of example.com (e.g. `"partner.example" = "required"`).
     pub outbound_tls_domains: std::collections::BTreeMap<String, TlsPolicy>,
@@ -539,6 +542,7 @@ impl Default for QueueConfig {
                 .map(|n| n.parse().expect("a valid network"))
                 .collect(),
             outbound_tls: TlsPolicy::Opportunistic,
+            tls_ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
             outbound_tls_domains: Default::default(),
             connection_reuse_secs: 2,
             connection_reuse_max_messages: 100,

@@ -158,8 +158,9 @@ fn outgoing(input: &mut Input) -> Outgoing {
         tls: [
             TlsPolicy::Opportunistic,
             TlsPolicy::Required,
+            TlsPolicy::Verify,
             TlsPolicy::Never,
-        ][input.choose(3)],
+        ][input.choose(4)],
     }
 }
 

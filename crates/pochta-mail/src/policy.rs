@@ -34,8 +34,19 @@ pub enum TlsPolicy {
     Opportunistic,
     /// Defer rather than send without TLS.
     Required,
+    /// Defer rather than send without TLS whose certificate verifies: signed by a trusted
+    /// root (`queue.tls_ca_file`) and naming the server (its MX host name, or the host or IP
+    /// address of a route or the smarthost).
+    Verify,
     /// Never STARTTLS.
     Never,
+}
+
+impl TlsPolicy {
+    /// Mail is deferred rather than sent without TLS.
+    pub fn requires_tls(self) -> bool {
+        matches!(self, TlsPolicy::Required | TlsPolicy::Verify)
+    }
 }
 
 /// How addresses resolve beyond an exact account (`[addresses]` in the configuration).

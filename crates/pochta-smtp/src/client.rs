@@ -293,6 +293,11 @@ impl ClientSession {
         self.send(Expect::Ehlo, &format!("EHLO {}\r\n", self.out.helo_name));
     }
 
+    /// The STARTTLS policy of the current message.
+    pub fn tls_policy(&self) -> TlsPolicy {
+        self.out.tls
+    }
+
     /// The message text went out; the final reply is awaited.
     pub fn message_sent(&mut self) {
         self.expect.push_back(Expect::Message);
@@ -431,7 +436,7 @@ impl ClientSession {
             }
             Expect::Helo => self.transaction_failed(reply),
             Expect::StartTls if reply.code == 220 => self.outputs.push_back(ClientOutput::StartTls),
-            Expect::StartTls if self.out.tls == TlsPolicy::Required => {
+            Expect::StartTls if self.out.tls.requires_tls() => {
                 self.transaction_failed(defer_reply(reply))
             }
             Expect::StartTls => self.begin_transaction(),
@@ -502,7 +507,7 @@ impl ClientSession {
         if !self.tls && self.ext.starttls && policy != TlsPolicy::Never {
             return self.send(Expect::StartTls, "STARTTLS\r\n");
         }
-        if !self.tls && policy == TlsPolicy::Required {
+        if !self.tls && policy.requires_tls() {
             return self.finish_all(RecipientOutcome::Deferred(ServerReply {
                 code: 421,
                 status: Some("4.7.10".into()),

@@ -144,16 +144,20 @@ fn starttls_when_offered_and_required() {
         "no second STARTTLS"
     );
 
-    let mut required = ClientSession::new(outgoing(&["a@remote.example"], TlsPolicy::Required));
-    step(&mut required, "220 r\r\n");
-    let (sent, out) = step(&mut required, "250 r\r\n");
-    assert_eq!(sent, "");
-    assert!(
-        matches!(out, Some(ClientOutput::Done(o)) if matches!(&o[0], RecipientOutcome::Deferred(r) if r.status.as_deref() == Some("4.7.10")))
-    );
-    assert!(!required.reusable(), "no transaction was possible");
-    required.quit();
-    assert_eq!(step(&mut required, "").0, "QUIT\r\n");
+    // Required and verify both defer when the server offers no STARTTLS.
+    for policy in [TlsPolicy::Required, TlsPolicy::Verify] {
+        let mut required = ClientSession::new(outgoing(&["a@remote.example"], policy));
+        assert_eq!(required.tls_policy(), policy);
+        step(&mut required, "220 r\r\n");
+        let (sent, out) = step(&mut required, "250 r\r\n");
+        assert_eq!(sent, "");
+        assert!(
+            matches!(out, Some(ClientOutput::Done(o)) if matches!(&o[0], RecipientOutcome::Deferred(r) if r.status.as_deref() == Some("4.7.10")))
+        );
+        assert!(!required.reusable(), "no transaction was possible");
+        required.quit();
+        assert_eq!(step(&mut required, "").0, "QUIT\r\n");
+    }
 }
 
 #[test]
