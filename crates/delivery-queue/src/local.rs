@@ -74,7 +74,7 @@ impl Worker {
                 Some(account)
                     if found.role == Some(DomainRole::Local)
                         && !account.disabled
-                        && account.quota_bytes.is_none() =>
+                        && !account.has_quota =>
                 {
                     deliveries.push(MaildropDelivery {
                         recipient_id: r.recipient_id,
@@ -169,8 +169,7 @@ impl Worker {
                     } => LocalAccount {
                         id,
                         disabled,
-                        // Read again under the account's lock when it delivers.
-                        quota_bytes: has_quota.then_some(0),
+                        has_quota,
                     },
                     Resolved::Forward { targets, .. } => return self.expand(r, targets).await,
                     // The account went away after the mail was accepted.
@@ -213,7 +212,7 @@ impl Worker {
                 r.recipient_id,
                 account.id,
                 prefix.as_bytes(),
-                account.quota_bytes.is_some(),
+                account.has_quota,
                 with,
             )
             .await?;

@@ -78,7 +78,7 @@ impl Worker {
         let (Some(alias), Some(key)) = (&r.original_address, &self.settings.addresses.srs) else {
             return Some(sender.clone());
         };
-        let today = chrono::Utc::now().timestamp().max(0) as u64 / 86_400;
+        let today = pochta_mail::srs::day(chrono::Utc::now().timestamp());
         Some(
             key.forward(sender, &alias.domain, today)
                 .unwrap_or_else(|| sender.clone()),
@@ -625,6 +625,33 @@ impl Pool {
         };
         for connection in all {
             connection.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verifying_connector;
+
+    /// A roots file that is missing, not PEM, or holds no certificate stops the start with
+    /// the setting's name, rather than leaving `verify` to trust nothing in silence.
+    #[test]
+    fn bad_roots_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for file in [missing, empty, garbage] {
+            let Err(e) = verifying_connector(&file) else {
+                panic!("{} was accepted", file.display());
+            };
+            assert!(e.to_string().contains("queue.tls_ca_file"), "{e}");
         }
     }
 }

@@ -101,53 +101,81 @@ async fn subjects(store: &Store, account: i64, n: usize) -> Vec<(String, String)
     got
 }
 
-#[tokio::test]
-async fn aliases_postmaster_subaddresses_and_the_catch_all_deliver_once_each() {
-    // Elsewhere: remote.test, with its own store, ingress and queue.
-    let remote_db = TestDb::new().await.unwrap();
-    let friend = remote_db
-        .add_account("friend@remote.test", "pw")
-        .await
-        .unwrap();
-    let sender = remote_db
-        .add_account("sender@remote.test", "pw")
-        .await
-        .unwrap();
-    let remote_grpc = free_addr();
-    let _remote_queue = queue(&remote_db, remote_grpc, "").await;
-    let (_remote_ingress, remote_mx) = ingress(&remote_db, "mx.remote.test", remote_grpc).await;
+/// Another mail system: its own store with `accounts`, a queue and an MX ingress (the
+/// processes live as long as the returned value). The accounts' ids in order, and the MX.
+struct Elsewhere {
+    db: TestDb,
+    accounts: Vec<i64>,
+    mx: SocketAddr,
+    _processes: (ServiceProcess, ServiceProcess),
+}
 
-    // Here: example.org, postmaster admin@, an alias, and mail for remote.test routed there.
+async fn elsewhere(accounts: &[&str]) -> Elsewhere {
     let db = TestDb::new().await.unwrap();
-    let store = db.store();
-    store
+    let mut ids = Vec::new();
+    for account in accounts {
+        ids.push(db.add_account(account, "pw").await.unwrap());
+    }
+    let grpc = free_addr();
+    let queue = queue(&db, grpc, "").await;
+    let (ingress, mx) = ingress(&db, "mx.remote.test", grpc).await;
+    Elsewhere {
+        db,
+        accounts: ids,
+        mx,
+        _processes: (queue, ingress),
+    }
+}
+
+/// The local system: example.org with postmaster admin@ and `accounts`, and `aliases`.
+async fn here(accounts: &[&str], aliases: &[(&str, &[&str])]) -> (TestDb, Vec<i64>) {
+    let db = TestDb::new().await.unwrap();
+    db.store()
         .add_local_domain("example.org", &addr("admin@example.org"))
         .await
         .unwrap();
-    let alice = db.add_account("alice@example.org", "pw").await.unwrap();
-    let bob = db.add_account("bob@example.org", "pw").await.unwrap();
-    let admin = db.add_account("admin@example.org", "pw").await.unwrap();
+    let mut ids = Vec::new();
+    for account in accounts {
+        ids.push(db.add_account(account, "pw").await.unwrap());
+    }
+    for (alias, targets) in aliases {
+        let targets: Vec<Mailbox> = targets.iter().map(|t| addr(t)).collect();
+        db.store()
+            .add_alias(&addr(alias), &targets, &AddressRules::default())
+            .await
+            .unwrap();
+    }
+    (db, ids)
+}
+
+#[tokio::test]
+async fn aliases_postmaster_subaddresses_and_the_catch_all_deliver_once_each() {
+    // Elsewhere: remote.test, with its own store, ingress and queue.
+    let other = elsewhere(&["friend@remote.test", "sender@remote.test"]).await;
+    let (friend, sender, remote_mx) = (other.accounts[0], other.accounts[1], other.mx);
+
+    // Here: example.org, postmaster admin@, aliases, and mail for remote.test routed there.
+    let (db, ids) = here(
+        &["alice@example.org", "bob@example.org", "admin@example.org"],
+        &[
+            (
+                "team@example.org",
+                &["alice@example.org", "bob@example.org"],
+            ),
+            (
+                "all@example.org",
+                &[
+                    "team@example.org",
+                    "Alice@example.org",
+                    "friend@remote.test",
+                ],
+            ),
+        ],
+    )
+    .await;
+    let (alice, bob, admin) = (ids[0], ids[1], ids[2]);
+    let store = db.store();
     let rules = AddressRules::default();
-    store
-        .add_alias(
-            &addr("team@example.org"),
-            &[addr("alice@example.org"), addr("bob@example.org")],
-            &rules,
-        )
-        .await
-        .unwrap();
-    store
-        .add_alias(
-            &addr("all@example.org"),
-            &[
-                addr("team@example.org"),
-                addr("Alice@example.org"),
-                addr("friend@remote.test"),
-            ],
-            &rules,
-        )
-        .await
-        .unwrap();
     let grpc = free_addr();
     let _queue = queue(
         &db,
@@ -232,7 +260,7 @@ async fn aliases_postmaster_subaddresses_and_the_catch_all_deliver_once_each() {
             "Return-Path: <sender@remote.test>|Delivered-To: admin@example.org|X-Original-To: postmaster@example.org".into()
         )]
     );
-    let remote = remote_db.store();
+    let remote = other.db.store();
     let arrived = maildrop(remote, friend, 1).await;
     assert!(
         String::from_utf8_lossy(&arrived[0]).contains("Subject: to all"),
@@ -270,33 +298,9 @@ async fn aliases_postmaster_subaddresses_and_the_catch_all_deliver_once_each() {
 #[tokio::test]
 async fn forwarded_mail_is_sent_with_srs_and_its_bounce_finds_the_sender() {
     // Elsewhere: remote.test (the alias's target) and third.test (the original sender).
-    let remote_db = TestDb::new().await.unwrap();
-    let friend = remote_db
-        .add_account("friend@remote.test", "pw")
-        .await
-        .unwrap();
-    let sender = remote_db
-        .add_account("sender@third.test", "pw")
-        .await
-        .unwrap();
-    let remote_grpc = free_addr();
-    let _remote_queue = queue(&remote_db, remote_grpc, "").await;
-    let (_remote_ingress, remote_mx) = ingress(&remote_db, "mx.remote.test", remote_grpc).await;
-
-    let db = TestDb::new().await.unwrap();
-    let store = db.store();
-    store
-        .add_local_domain("example.org", &addr("admin@example.org"))
-        .await
-        .unwrap();
-    store
-        .add_alias(
-            &addr("fwd@example.org"),
-            &[addr("friend@remote.test")],
-            &AddressRules::default(),
-        )
-        .await
-        .unwrap();
+    let other = elsewhere(&["friend@remote.test", "sender@third.test"]).await;
+    let (friend, sender, remote_mx) = (other.accounts[0], other.accounts[1], other.mx);
+    let (db, _) = here(&[], &[("fwd@example.org", &["friend@remote.test"])]).await;
     let grpc = free_addr();
     let port = remote_mx.port();
     let _queue = queue(
@@ -332,7 +336,7 @@ s.quit()
     );
 
     // It arrives elsewhere from an SRS address of example.org.
-    let remote = remote_db.store();
+    let remote = other.db.store();
     let arrived = String::from_utf8_lossy(&maildrop(remote, friend, 1).await[0]).to_string();
     assert!(arrived.contains("Subject: forwarded"));
     let srs = arrived

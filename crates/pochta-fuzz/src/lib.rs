@@ -15,7 +15,7 @@ mod text;
 
 pub use pop3::pop3_session;
 pub use smtp::{data_receiver, smtp_client, smtp_server};
-pub use text::{dsn_report, proxy_header, xtext};
+pub use text::{dsn_report, proxy_header, srs, xtext};
 
 /// A harness: arbitrary bytes in, a panic when an invariant breaks.
 pub type Harness = fn(&[u8]);
@@ -28,5 +28,6 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("pop3_session", pop3_session),
     ("proxy_header", proxy_header),
     ("xtext", xtext),
+    ("srs", srs),
     ("dsn_report", dsn_report),
 ];

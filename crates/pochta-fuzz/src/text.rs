@@ -1,8 +1,9 @@
-//! Parsers of text and headers: the PROXY v2 header, xtext, and the DSN builder.
+//! Parsers of text and headers: the PROXY v2 header, xtext, SRS addresses, and the DSN
+//! builder.
 
 use chrono::{TimeZone, Utc};
 use mail_parser::{MessageParser, MimeHeaders};
-use pochta_mail::{xtext_decode, xtext_encode};
+use pochta_mail::{Mailbox, SrsKey, xtext_decode, xtext_encode};
 use pochta_session::proxy::{self, FIXED_LEN, Header};
 use pochta_smtp::dsn::{self, Action, RecipientReport, Report, Return};
 
@@ -43,6 +44,31 @@ pub fn xtext(data: &[u8]) {
         assert_eq!(back, None);
     } else {
         assert_eq!(back.as_deref(), Some(&*text));
+    }
+}
+
+/// SRS addresses from a recipient (network text), and senders forwarded. Oracles: what is
+/// taken back is a sender that forwards and comes back as itself; any sender forwarded the
+/// same day comes back as itself (case aside); nothing panics.
+pub fn srs(data: &[u8]) {
+    let mut input = Input::new(data);
+    let key = SrsKey::new(input.text().as_bytes());
+    let day = u64::from(input.byte()) * 256 + u64::from(input.byte());
+    let Ok(address) = Mailbox::parse(&input.text()) else {
+        return;
+    };
+    let same = |a: &Mailbox, b: &Mailbox| a.to_string().eq_ignore_ascii_case(&b.to_string());
+    if let Ok(original) = key.reverse(&address, day, 21)
+        && let Some(again) = key.forward(&original, &address.domain, day)
+    {
+        assert!(same(&key.reverse(&again, day, 21).unwrap(), &original));
+    }
+    if let Some(rewritten) = key.forward(&address, "forwarder.example", day) {
+        assert!(pochta_mail::srs::is_srs(&rewritten.local_part));
+        let back = key
+            .reverse(&rewritten, day, 21)
+            .expect("made by this key today");
+        assert!(same(&back, &address), "{back} is not {address}");
     }
 }
 

@@ -104,6 +104,11 @@ impl SrsKey {
     }
 }
 
+/// The day SRS timestamps count in: days since the Unix epoch of `unix_secs`.
+pub fn day(unix_secs: i64) -> u64 {
+    unix_secs.max(0) as u64 / 86_400
+}
+
 /// Whether a local part has the SRS0 form (it may still be forged).
 pub fn is_srs(local_part: &str) -> bool {
     local_part

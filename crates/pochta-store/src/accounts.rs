@@ -194,7 +194,7 @@ impl Store {
                     account: id.map(|id| LocalAccount {
                         id,
                         disabled: disabled.unwrap_or(false),
-                        quota_bytes,
+                        has_quota: quota_bytes.is_some(),
                     }),
                 })
             })
@@ -202,44 +202,43 @@ impl Store {
     }
 
     pub async fn set_password(&self, address: &Mailbox, password_hash: &str) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE accounts SET password_hash = $3, updated_at = now()
-             WHERE domain = $1 AND lower(local_part) = lower($2)",
-        )
-        .bind(&address.domain)
-        .bind(&address.local_part)
-        .bind(password_hash)
-        .execute(&self.pool)
-        .await?;
-        Self::one_account(done.rows_affected(), address)
+        self.update_account(address, "password_hash = $3", password_hash)
+            .await
     }
 
     /// Sets or removes (None) the quota of an account's maildrop, in octets as POP3 STAT
     /// counts them. Mail already in the maildrop stays; a maildrop over its new quota takes
     /// nothing more until POP3 deletions bring it under.
     pub async fn set_quota(&self, address: &Mailbox, quota_bytes: Option<i64>) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE accounts SET quota_bytes = $3, updated_at = now()
-             WHERE domain = $1 AND lower(local_part) = lower($2)",
-        )
-        .bind(&address.domain)
-        .bind(&address.local_part)
-        .bind(quota_bytes)
-        .execute(&self.pool)
-        .await?;
-        Self::one_account(done.rows_affected(), address)
+        self.update_account(address, "quota_bytes = $3", quota_bytes)
+            .await
     }
 
     pub async fn set_account_disabled(&self, address: &Mailbox, disabled: bool) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE accounts SET disabled = $3, updated_at = now()
-             WHERE domain = $1 AND lower(local_part) = lower($2)",
-        )
-        .bind(&address.domain)
-        .bind(&address.local_part)
-        .bind(disabled)
-        .execute(&self.pool)
-        .await?;
+        self.update_account(address, "disabled = $3", disabled)
+            .await
+    }
+
+    /// One operator setting of the account `address` (`set`: `column = $3`), as `value`.
+    async fn update_account<'a, T>(
+        &self,
+        address: &Mailbox,
+        set: &'static str,
+        value: T,
+    ) -> Result<()>
+    where
+        T: 'a + Send + sqlx::Encode<'a, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        let sql = format!(
+            "UPDATE accounts SET {set}, updated_at = now()
+             WHERE domain = $1 AND lower(local_part) = lower($2)"
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&address.domain)
+            .bind(&address.local_part)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
         Self::one_account(done.rows_affected(), address)
     }
 

@@ -166,7 +166,7 @@ impl Store {
                     }
             )
         {
-            let today = chrono::Utc::now().timestamp().max(0) as u64 / 86_400;
+            let today = pochta_mail::srs::day(chrono::Utc::now().timestamp());
             resolved = match key.reverse(address, today, rules.srs_max_age_days) {
                 Ok(sender) => Resolved::Forward {
                     targets: vec![sender],

@@ -258,8 +258,8 @@ pub struct RecipientLookup {
 pub struct LocalAccount {
     pub id: i64,
     pub disabled: bool,
-    /// The most its maildrop may hold, in octets as POP3 STAT counts them.
-    pub quota_bytes: Option<i64>,
+    /// It has a quota: it is delivered to on its own, its usage checked under its lock.
+    pub has_quota: bool,
 }
 
 /// What a login needs to know about an account.
