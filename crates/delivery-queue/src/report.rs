@@ -283,6 +283,7 @@ impl Worker {
             ret,
         });
         let envelope = NewEnvelope {
+            quarantine: None,
             queue_id,
             reverse_path: None,
             envid: None,

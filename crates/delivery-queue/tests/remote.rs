@@ -84,6 +84,7 @@ fn rcpt(address: &str, notify: &str) -> NewRecipient {
 
 async fn enqueue(store: &Store, recipients: Vec<NewRecipient>) -> QueueId {
     let envelope = NewEnvelope {
+        quarantine: None,
         envid: Some("ENV 7".into()),
         ret: Some(Ret::Hdrs),
         ..envelope("alice@example.org", recipients)

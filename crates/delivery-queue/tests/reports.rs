@@ -65,6 +65,7 @@ async fn enqueue(
     lifetime: Duration,
 ) -> QueueId {
     let envelope = NewEnvelope {
+        quarantine: None,
         envid: Some("ENV-42".into()),
         ret,
         lifetime,

@@ -26,6 +26,81 @@ pub struct Config {
     pub queue: QueueConfig,
     pub pop3: Pop3Config,
     pub addresses: AddressesConfig,
+    pub mail_auth: MailAuthConfig,
+}
+
+/// `[mail_auth]`: DKIM signing of submitted mail, and SPF, DKIM, ARC and DMARC checks of
+/// mail arriving from other servers (the ingress).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailAuthConfig {
+    /// Sign mail from authenticated users and trusted networks whose From: domain has an
+    /// active key (`pochtactl dkim generate`).
+    pub sign: bool,
+    /// Check mail from unauthenticated, untrusted clients and put the results in an
+    /// Authentication-Results header (RFC 8601).
+    pub check_inbound: bool,
+    /// The authserv-id of that header; the SMTP host name if unset. Incoming headers that
+    /// claim it are removed first.
+    pub authserv_id: Option<String>,
+    /// DNS servers for the checks; empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// One DNS query waits at most this long.
+    pub dns_timeout_ms: u64,
+    /// All checks of one message end within this (the client waits for them after DATA);
+    /// what is unfinished then is reported as temperror.
+    pub check_timeout_ms: u64,
+    /// DNS answers are remembered (up to their TTL) for this many names per kind.
+    pub dns_cache_entries: u32,
+    /// What a DMARC failure does for mail to our domains: `enforce` follows the sender
+    /// domain's policy (p=reject: 550 5.7.1 at the end of DATA; p=quarantine: accepted and
+    /// marked), `monitor` only records the result in the header.
+    pub dmarc: DmarcAction,
+    /// `dmarc` for particular recipient domains (e.g. `"lists.example" = "monitor"`). With
+    /// recipients in several domains, the strictest applies to the message.
+    pub dmarc_domains: std::collections::BTreeMap<String, DmarcAction>,
+    /// Signing keys are read from the store again after this many seconds (how soon a
+    /// `pochtactl dkim rotate` takes effect).
+    pub key_cache_secs: u64,
+}
+
+/// How a DMARC failure of incoming mail is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcAction {
+    Monitor,
+    Enforce,
+}
+
+impl MailAuthConfig {
+    /// The action for a message with recipients in these domains: the strictest.
+    pub fn dmarc_action<'a>(&self, domains: impl IntoIterator<Item = &'a str>) -> DmarcAction {
+        domains
+            .into_iter()
+            .map(|d| {
+                let d = d.to_ascii_lowercase();
+                self.dmarc_domains.get(&d).copied().unwrap_or(self.dmarc)
+            })
+            .max()
+            .unwrap_or(self.dmarc)
+    }
+}
+
+impl Default for MailAuthConfig {
+    fn default() -> Self {
+        MailAuthConfig {
+            sign: true,
+            check_inbound: true,
+            authserv_id: None,
+            dns_servers: Vec::new(),
+            dns_timeout_ms: 3_000,
+            check_timeout_ms: 10_000,
+            dns_cache_entries: 10_000,
+            dmarc: DmarcAction::Enforce,
+            dmarc_domains: Default::default(),
+            key_cache_secs: 60,
+        }
+    }
 }
 
 /// `[addresses]`: how a recipient address resolves beyond an exact account (the ingress at
@@ -683,7 +758,8 @@ impl Config {
         self.smtp.validate()?;
         self.queue.validate()?;
         self.pop3.validate()?;
-        self.addresses.validate()
+        self.addresses.validate()?;
+        self.mail_auth.validate(self.smtp.command_timeout_secs)
     }
 
     /// The configuration with its secrets replaced, fit to print or log.

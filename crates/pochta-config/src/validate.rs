@@ -2,7 +2,7 @@
 //! (`smtp.max_errors`).
 
 use crate::{
-    AddressesConfig, ConfigError, Pop3Config, QueueConfig, SmtpConfig, StoreConfig,
+    AddressesConfig, ConfigError, MailAuthConfig, Pop3Config, QueueConfig, SmtpConfig, StoreConfig,
     TelemetryConfig, TlsConfig, is_http_url,
 };
 
@@ -62,6 +62,36 @@ impl AddressesConfig {
             ("addresses.max_alias_targets", self.max_alias_targets.into()),
             ("addresses.srs_max_age_days", self.srs_max_age_days.into()),
         ])?;
+        Ok(())
+    }
+}
+
+impl MailAuthConfig {
+    pub(crate) fn validate(&self, command_timeout_secs: u64) -> Result<(), ConfigError> {
+        host_name("mail_auth.authserv_id", &self.authserv_id)?;
+        at_least_one(&[
+            ("mail_auth.dns_timeout_ms", self.dns_timeout_ms),
+            ("mail_auth.check_timeout_ms", self.check_timeout_ms),
+            ("mail_auth.dns_cache_entries", self.dns_cache_entries.into()),
+            ("mail_auth.key_cache_secs", self.key_cache_secs),
+        ])?;
+        // The client waits for the checks after its final dot; it must not give up first.
+        if self.check_timeout_ms >= command_timeout_secs.saturating_mul(1000) {
+            return invalid(
+                "mail_auth.check_timeout_ms",
+                "must be shorter than smtp.command_timeout_secs",
+            );
+        }
+        if let Some(domain) = self
+            .dmarc_domains
+            .keys()
+            .find(|d| !pochta_mail::is_domain_name(d))
+        {
+            return invalid(
+                "mail_auth.dmarc_domains",
+                &format!("{domain:?} is not a domain name"),
+            );
+        }
         Ok(())
     }
 }

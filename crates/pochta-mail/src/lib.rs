@@ -2,6 +2,7 @@
 //! machines, the store, the delivery queue and the configuration agree on what they mean.
 //!
 //! - `domain`: host name syntax (RFC 1035, RFC 1123);
+//! - `headers`: a message's header fields, and removing forged Authentication-Results;
 //! - `address`: `Mailbox`, a mailbox address and its RFC 5321 / RFC 6531 syntax;
 //! - `params`: the ESMTP and DSN envelope parameters (BODY, RET, ENVID, NOTIFY, ORCPT) and the
 //!   xtext encoding they travel in (RFC 3461, RFC 6152);
@@ -16,6 +17,7 @@
 
 pub mod address;
 pub mod domain;
+pub mod headers;
 pub mod params;
 pub mod policy;
 pub mod srs;

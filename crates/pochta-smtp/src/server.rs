@@ -658,6 +658,7 @@ impl Session {
                 "4.3.0",
                 "Temporary failure storing the message; try again later",
             ),
+            StoreResult::PolicyRejected { reason } => Reply::new(550, "5.7.1", reason),
         });
     }
 

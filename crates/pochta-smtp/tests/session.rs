@@ -994,3 +994,25 @@ fn bdat_refusals_consume_the_chunk() {
     c.transaction(&["a@example.org"]);
     assert_eq!(store(c.send("BDAT 5 LAST\r\nlast!")).body, b"last!\r\n");
 }
+
+/// A message the sender domain's policy refuses (DMARC p=reject) gets 550 5.7.1 with the
+/// reason, and the session goes on to its next transaction.
+#[test]
+fn a_policy_refusal_ends_the_transaction_with_550() {
+    let mut c = client(MX);
+    c.ehlo();
+    c.transaction(&["a@example.org"]);
+    c.cmd("DATA");
+    store(c.send("From: x@forged.example\r\n\r\nhi\r\n.\r\n"));
+    c.session.store_result(StoreResult::PolicyRejected {
+        reason: "Rejected by the DMARC policy of forged.example".into(),
+    });
+    assert!(c.drain().is_none());
+    assert_eq!(
+        c.take(),
+        "550 5.7.1 Rejected by the DMARC policy of forged.example\r\n"
+    );
+    c.transaction(&["b@example.org"]);
+    c.cmd("DATA");
+    assert_eq!(store(c.send("next\r\n.\r\n")).body, b"next\r\n");
+}

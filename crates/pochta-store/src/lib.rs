@@ -8,6 +8,7 @@ mod accounts;
 mod addresses;
 mod admin;
 mod content;
+mod dkim;
 mod failover;
 mod inspect;
 mod maildrop;
@@ -23,6 +24,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_selector};
 pub use roles::ServiceRoles;
 pub use server::{postgres_programs, running_as_root};
 pub use types::*;
@@ -78,6 +80,8 @@ pub enum StoreError {
         expected: usize,
         found: usize,
     },
+    #[error("{0}")]
+    DkimKey(String),
     #[error("stored value is invalid: {0}")]
     InvalidValue(#[from] pochta_mail::InvalidValue),
 }

@@ -353,6 +353,7 @@ pub(crate) async fn enqueue_many_on(
     let received_bys: Vec<Option<&str>> = envelopes().map(|e| e.received_by.as_deref()).collect();
     let traceparents: Vec<Option<&str>> = envelopes().map(|e| e.traceparent.as_deref()).collect();
     let lifetimes: Vec<f64> = envelopes().map(|e| secs(e.lifetime)).collect();
+    let quarantines: Vec<Option<&str>> = envelopes().map(|e| e.quarantine.as_deref()).collect();
     // Recipients flattened, each with its envelope's queue id.
     let rcpts = || envelopes().flat_map(|e| e.recipients.iter().map(move |r| (e, r)));
     let rcpt_queue_ids: Vec<&str> = rcpts().map(|(e, _)| e.queue_id.as_str()).collect();
@@ -380,10 +381,10 @@ pub(crate) async fn enqueue_many_on(
     // unnest in FROM with a join copied every chunk into a tuplestore and a hash table first
     // (measured in bench/history.md, "chunk rows streamed"). They are not sorted (a sort
     // would copy every chunk too): readers order chunks themselves.
-    // The arguments' buffer (23 parameters, mostly the chunks' octets) is sized up front:
+    // The arguments' buffer (24 parameters, mostly the chunks' octets) is sized up front:
     // grown by doubling, it would copy the content several times over before it is sent.
     let mut args = PgArguments::default();
-    args.reserve(23, chunks.encoded_len() + 1024 * batch.len());
+    args.reserve(24, chunks.encoded_len() + 1024 * batch.len());
     for add in [
         args.add(&sizes),
         args.add(&queue_ids),
@@ -408,6 +409,7 @@ pub(crate) async fn enqueue_many_on(
         args.add(&chunks.seqs),
         args.add(&chunks.data),
         args.add(&locals),
+        args.add(&quarantines),
     ] {
         add.map_err(sqlx::Error::Encode)?;
     }
@@ -416,13 +418,13 @@ pub(crate) async fn enqueue_many_on(
                  SELECT i.*, nextval(pg_get_serial_sequence('messages', 'id')) AS message_id
                  FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $6::text[], $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[],
-                     $12::text[], $13::float8[])
+                     $12::text[], $13::float8[], $24::text[])
                      WITH ORDINALITY AS i (size, queue_id, reverse_path, envid, ret, body,
                          smtputf8, client_address, client_helo, auth_user, received_by,
-                         traceparent, lifetime, n)
+                         traceparent, lifetime, quarantine, n)
              ), m AS (
-                 INSERT INTO messages (id, size) OVERRIDING SYSTEM VALUE
-                 SELECT message_id, size FROM input ORDER BY n
+                 INSERT INTO messages (id, size, quarantine) OVERRIDING SYSTEM VALUE
+                 SELECT message_id, size, quarantine FROM input ORDER BY n
              ), c AS (
                  INSERT INTO message_chunks (message_id, seq, data)
                  SELECT (SELECT array_agg(message_id ORDER BY n) FROM input)[n], seq, data

@@ -42,7 +42,7 @@ type Grants = &'static [(&'static str, &'static str)];
 const INGRESS: Grants = &[
     (
         "SELECT",
-        "_sqlx_migrations, domains, accounts, aliases, settings",
+        "_sqlx_migrations, domains, accounts, aliases, settings, dkim_keys",
     ),
     // RCPT asks whether a maildrop is at its quota: sizes only, never content or headers.
     ("SELECT (account_id, pop3_size)", "maildrop_entries"),

@@ -62,6 +62,26 @@ text_enum! {
 }
 
 text_enum! {
+    /// The signature algorithm of a key (RFC 8463 adds Ed25519 to RFC 6376's RSA).
+    DkimAlgorithm {
+        Ed25519 = "ed25519",
+        Rsa = "rsa",
+    }
+}
+
+text_enum! {
+    /// Where a key is in its life.
+    DkimKeyState {
+        /// Published (or about to be), not yet signing: `rotate_dkim_key` activates it.
+        Pending = "pending",
+        /// Signs the domain's mail; one per domain and algorithm.
+        Active = "active",
+        /// No longer signs; its record stays published until mail signed with it is read.
+        Retired = "retired",
+    }
+}
+
+text_enum! {
     /// Where a recipient is in its delivery.
     RecipientState {
         /// Waiting for its next attempt.
@@ -311,6 +331,8 @@ pub struct NewEnvelope {
     /// How long the queue may try before the recipients expire.
     pub lifetime: std::time::Duration,
     pub recipients: Vec<NewRecipient>,
+    /// Why the message is quarantined (a DMARC quarantine policy); None for ordinary mail.
+    pub quarantine: Option<String>,
 }
 
 /// Ids of an enqueued transaction.

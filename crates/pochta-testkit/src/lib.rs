@@ -246,6 +246,7 @@ pub fn local_recipient(address: &str) -> NewRecipient {
 /// client details, living an hour. Tests set what they need with struct update syntax.
 pub fn envelope(sender: &str, recipients: Vec<NewRecipient>) -> NewEnvelope {
     NewEnvelope {
+        quarantine: None,
         queue_id: QueueId::generate(),
         reverse_path: (!sender.is_empty())
             .then(|| Mailbox::parse(sender).expect("a valid test address")),

@@ -4,11 +4,12 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::dkim::DkimCommand;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use pochta_config::Config;
 use pochta_mail::{Mailbox, is_domain_name};
-use pochta_store::{DomainRole, Store, StoreOptions};
+use pochta_store::{DkimKeyState, DomainRole, Store, StoreOptions};
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -44,6 +45,14 @@ pub enum DomainCommand {
         address: Option<String>,
         #[arg(long, conflicts_with = "address")]
         off: bool,
+    },
+    /// Print the DNS records a local domain should publish: MX, SPF, DKIM (its keys),
+    /// DMARC, MTA-STS and TLS reporting, with the MTA-STS policy file.
+    Records {
+        name: String,
+        /// The host that receives the domain's mail; smtp.hostname by default.
+        #[arg(long, value_name = "HOST")]
+        mx: Option<String>,
     },
 }
 
@@ -139,6 +148,8 @@ pub struct Admin {
     json: bool,
     /// `[addresses]`: loops and depth are checked as delivery will follow them.
     rules: pochta_store::AddressRules,
+    /// `smtp.hostname`: the MX host `domain records` names unless told another.
+    mx_host: Option<String>,
 }
 
 impl Admin {
@@ -157,6 +168,7 @@ impl Admin {
             store,
             json,
             rules: config.addresses.rules(),
+            mx_host: config.smtp.hostname.clone(),
         })
     }
 
@@ -293,6 +305,107 @@ impl Admin {
                 self.store.remove_domain(&name).await?;
                 self.say(json!({"removed": name}), || {
                     format!("removed domain {name}")
+                });
+            }
+            DomainCommand::Records { name, mx } => {
+                let name = domain_name(&name)?;
+                let Some(mx) = mx.or_else(|| self.mx_host.clone()) else {
+                    bail!(
+                        "give the host that receives {name}'s mail with --mx (or set smtp.hostname)"
+                    );
+                };
+                if !is_domain_name(&mx) {
+                    bail!("--mx {mx:?} is not a host name");
+                }
+                let keys = self.store.list_dkim_keys(Some(&name)).await?;
+                let text = crate::dkim::domain_records(&name, &mx, &keys);
+                self.say(json!({"domain": name, "zone": text}), || text.clone());
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn dkim(&self, command: DkimCommand) -> anyhow::Result<()> {
+        self.store.check_schema().await?;
+        match command {
+            DkimCommand::Generate {
+                domain,
+                algorithm,
+                selector,
+                bits,
+            } => {
+                let domain = domain_name(&domain)?;
+                let key = crate::dkim::new_key(&domain, algorithm, selector, bits)?;
+                let state = self.store.add_dkim_key(&key).await?;
+                let name = crate::dkim::record_name(&domain, &key.selector);
+                let text = crate::dkim::record_text(algorithm, &key.public_key);
+                self.say(
+                    json!({"domain": domain, "selector": key.selector, "algorithm": algorithm,
+                           "state": state, "record_name": name, "record": text}),
+                    || {
+                        let when = match state {
+                            DkimKeyState::Active => "it signs mail now: publish this record at once",
+                            _ => "publish this record, wait for it to spread, then `pochtactl dkim rotate`",
+                        };
+                        format!(
+                            "{algorithm} key {} for {domain} ({state}; {when})\n{}",
+                            key.selector,
+                            crate::dkim::zone_txt(&name, &text)
+                        )
+                    },
+                );
+            }
+            DkimCommand::Rotate { domain, algorithm } => {
+                let domain = domain_name(&domain)?;
+                let rotation = self.store.rotate_dkim_key(&domain, algorithm).await?;
+                self.say(
+                    json!({"domain": domain, "active": rotation.active, "retired": rotation.retired}),
+                    || match &rotation.retired {
+                        Some(old) => format!(
+                            "{domain} now signs with {}; keep {old}'s record published a few days, then `pochtactl dkim remove {domain} {old}`",
+                            rotation.active
+                        ),
+                        None => format!("{domain} now signs with {}", rotation.active),
+                    },
+                );
+            }
+            DkimCommand::List { domain } => {
+                let domain = domain.as_deref().map(domain_name).transpose()?;
+                let keys = self.store.list_dkim_keys(domain.as_deref()).await?;
+                let shown: Vec<serde_json::Value> = keys
+                    .iter()
+                    .map(|k| {
+                        json!({"domain": k.domain, "selector": k.selector,
+                               "algorithm": k.algorithm, "state": k.state,
+                               "created_at": k.created_at, "changed_at": k.changed_at,
+                               "record_name": crate::dkim::record_name(&k.domain, &k.selector),
+                               "record": crate::dkim::record_text(k.algorithm, &k.public_key)})
+                    })
+                    .collect();
+                self.say(json!(shown), || {
+                    let mut out = format!(
+                        "{:<30} {:<20} {:<8} {:<8} CREATED",
+                        "DOMAIN", "SELECTOR", "ALG", "STATE"
+                    );
+                    for k in &keys {
+                        out.push_str(&format!(
+                            "\n{:<30} {:<20} {:<8} {:<8} {}\n  {}",
+                            k.domain,
+                            k.selector,
+                            k.algorithm.as_str(),
+                            k.state.as_str(),
+                            k.created_at.format("%Y-%m-%d %H:%M"),
+                            crate::dkim::zone_line(k)
+                        ));
+                    }
+                    out
+                });
+            }
+            DkimCommand::Remove { domain, selector } => {
+                let domain = domain_name(&domain)?;
+                self.store.remove_dkim_key(&domain, &selector).await?;
+                self.say(json!({"domain": domain, "removed": selector}), || {
+                    format!("removed key {selector} of {domain}; its record can leave DNS")
                 });
             }
         }

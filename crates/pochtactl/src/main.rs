@@ -5,6 +5,7 @@
 
 mod admin;
 mod dev;
+mod dkim;
 mod queue;
 
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ enum Command {
     /// Mail accounts of local domains.
     #[command(subcommand)]
     Account(admin::AccountCommand),
+    /// DKIM signing keys of local domains: generate, rotate, list, remove.
+    #[command(subcommand)]
+    Dkim(dkim::DkimCommand),
     /// Aliases: addresses that stand for other addresses, here or elsewhere.
     #[command(subcommand)]
     Alias(admin::AliasCommand),
@@ -102,6 +106,12 @@ fn main() -> ExitCode {
                 admin::Admin::connect(config, json)
                     .await?
                     .account(command)
+                    .await
+            }
+            Command::Dkim(command) => {
+                admin::Admin::connect(config, json)
+                    .await?
+                    .dkim(command)
                     .await
             }
             Command::Alias(command) => {

@@ -55,6 +55,7 @@ async fn deferred() -> Deferred {
     let db = TestDb::new().await.unwrap();
     let recipients = ["a@far.example", "b@far.example", "c@other.example"];
     let envelope = NewEnvelope {
+        quarantine: None,
         envid: Some("E1".into()),
         client_address: Some("192.0.2.9".parse().unwrap()),
         // A client's HELO may say anything: it must not forge output or drive the terminal.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::commit::{GroupCommit, Limits};
+use crate::mail_auth::{MailAuth, Verdict};
 use crate::sending_limits::SendingLimits;
 use pochta_config::{Cidr, Config};
 use pochta_mail::{Disposition, Mailbox};
@@ -51,6 +52,8 @@ pub struct Actions {
     sending_limits: SendingLimits,
     /// How addresses that are not an account's own name resolve.
     addresses: AddressRules,
+    /// DKIM signing of our users' mail, and the checks of mail from elsewhere.
+    mail_auth: MailAuth,
 }
 
 /// The RCPT verdict for what the store knows of the address; `may_relay`: the client is
@@ -96,6 +99,7 @@ impl Actions {
             Duration::from_millis(config.smtp.notify_interval_ms),
         ));
         Ok(Arc::new(Actions {
+            mail_auth: MailAuth::new(&config.mail_auth, &hostname, store.clone())?,
             hostname,
             queue,
             new_envelopes,
@@ -226,7 +230,44 @@ impl Actions {
 
     /// Prepends the Received header and commits the whole transaction; only then may the
     /// session answer 250. Then tells the queue, without letting a failure there matter.
+    /// Mail from elsewhere is checked first (and may be refused by its domain's DMARC
+    /// policy); mail from our users and trusted networks is signed. Either way, header
+    /// fields claiming to be our own authentication results are removed (RFC 8601 5).
     pub async fn store_message(&self, message: &Message, client: IpAddr) -> StoreResult {
+        let from_elsewhere = message.authenticated.is_none() && !self.is_trusted(client);
+        let stripped = pochta_mail::headers::remove_authentication_results(
+            &message.body,
+            self.mail_auth.authserv_id(),
+        );
+        let text = stripped.as_deref().unwrap_or(&message.body);
+        let mut quarantine = None;
+        let top = if from_elsewhere && self.mail_auth.checks() {
+            let domains = message
+                .recipients
+                .iter()
+                .map(|r| r.rcpt.recipient.domain.as_str());
+            match self
+                .mail_auth
+                .check(message, client, &message.body, domains)
+                .await
+            {
+                Verdict::Reject { reason } => {
+                    tracing::info!("refused: {reason}");
+                    return StoreResult::PolicyRejected { reason };
+                }
+                Verdict::Accept {
+                    header,
+                    quarantine: why,
+                } => {
+                    quarantine = why;
+                    header
+                }
+            }
+        } else if !from_elsewhere && self.mail_auth.signs() {
+            self.mail_auth.signatures(text).await
+        } else {
+            String::new()
+        };
         let queue_id = QueueId::generate();
         tracing::Span::current().record("queue_id", queue_id.as_str());
         let received = received_header(
@@ -238,10 +279,12 @@ impl Actions {
                 date: chrono::Utc::now(),
             },
         );
-        let mut content = Vec::with_capacity(received.len() + message.body.len());
+        let mut content = Vec::with_capacity(top.len() + received.len() + text.len());
+        content.extend_from_slice(top.as_bytes());
         content.extend_from_slice(received.as_bytes());
-        content.extend_from_slice(&message.body);
+        content.extend_from_slice(text);
         let envelope = NewEnvelope {
+            quarantine,
             queue_id: queue_id.clone(),
             reverse_path: message.mail.sender.clone(),
             envid: message.mail.envid.clone(),

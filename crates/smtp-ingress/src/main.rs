@@ -4,6 +4,7 @@
 
 mod actions;
 mod commit;
+mod mail_auth;
 mod sending_limits;
 mod server;
 

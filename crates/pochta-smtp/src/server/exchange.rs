@@ -139,8 +139,15 @@ pub enum AuthResult {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreResult {
-    Stored { queue_id: String },
+    Stored {
+        queue_id: String,
+    },
     TemporaryFailure,
+    /// Refused by the sender domain's published policy (DMARC p=reject, RFC 7489 6.7):
+    /// 550 5.7.1 with this reason.
+    PolicyRejected {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,6 +34,7 @@ pub fn recipient(address: &str) -> NewRecipient {
 /// An envelope with every parameter and client detail set.
 pub fn envelope(recipients: Vec<NewRecipient>) -> NewEnvelope {
     NewEnvelope {
+        quarantine: None,
         envid: Some("env-1".into()),
         ret: Some(Ret::Hdrs),
         client_address: Some("192.0.2.7".parse().unwrap()),

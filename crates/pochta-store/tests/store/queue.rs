@@ -636,6 +636,7 @@ async fn sender_usage_and_domain_backlog() {
         vec!["b@backup.example", "c@elsewhere.example"],
     ] {
         let env = NewEnvelope {
+            quarantine: None,
             auth_user: Some("alice@example.org".into()),
             ..envelope(recipients.iter().map(|r| recipient(r)).collect())
         };

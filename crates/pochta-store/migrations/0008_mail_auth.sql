@@ -1,0 +1,22 @@
+-- DKIM signing keys (RFC 6376; Ed25519 by RFC 8463). A domain signs with its active key of
+-- each algorithm; a pending key is published in DNS ahead of a rotation, and a retired one
+-- stays listed (its record must stay published a while) until it is removed. The private
+-- key is PKCS#8 DER; the public key is what the DNS record's p= carries.
+CREATE TABLE dkim_keys (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    domain      text NOT NULL REFERENCES domains (name) ON DELETE CASCADE,
+    selector    text NOT NULL,
+    algorithm   text NOT NULL CHECK (algorithm IN ('ed25519', 'rsa')),
+    private_key bytea NOT NULL,
+    public_key  bytea NOT NULL,
+    state       text NOT NULL CHECK (state IN ('pending', 'active', 'retired')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    changed_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (domain, selector)
+);
+CREATE UNIQUE INDEX dkim_keys_one_active ON dkim_keys (domain, algorithm) WHERE state = 'active';
+CREATE UNIQUE INDEX dkim_keys_one_pending ON dkim_keys (domain, algorithm) WHERE state = 'pending';
+
+-- Why an accepted message is quarantined (a DMARC quarantine policy), for the access
+-- services to file it apart; NULL for ordinary mail.
+ALTER TABLE messages ADD COLUMN quarantine text;
