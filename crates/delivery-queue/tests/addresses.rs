@@ -28,7 +28,7 @@ async fn ingress(
     let config = format!(
         "[store]\nurl = \"{}\"\n\n[smtp]\ngrpc_listen = \"{grpc}\"\nqueue_endpoint = \"http://{queue_grpc}\"\n\
          hostname = \"{hostname}\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\nsubmissions_listen = []\n\
-         trusted_networks = []\n",
+         trusted_networks = []\n\n[mail_auth]\ncheck_inbound = false\n",
         db.url()
     );
     let process =

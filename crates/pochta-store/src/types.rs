@@ -538,6 +538,8 @@ pub struct EnvelopeDetail {
     pub traceparent: Option<String>,
     pub arrived_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// Why its message is quarantined (a DMARC quarantine policy), if it is.
+    pub quarantine: Option<String>,
 }
 
 /// One recipient as the admin sees it.

@@ -1,10 +1,10 @@
 //! A DNS server for tests: the queue resolves MX and address records through it, so routing
-//! is tested without the machine's resolver.
+//! is tested without the machine's resolver; the ingress reads SPF, DKIM and DMARC records.
 
 use std::net::SocketAddr;
 
 /// Starts a tiny authoritative DNS server over UDP on loopback for a test's zone and returns
-/// its address: it answers A and MX queries from `records`, NXDOMAIN for unknown names, and an
+/// its address: it answers A, MX and TXT queries from `records`, NXDOMAIN for unknown names, and an
 /// empty answer for known names without records of the type asked for.
 pub async fn dns_server(records: Vec<(&'static str, Record)>) -> SocketAddr {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -28,6 +28,8 @@ pub async fn dns_server(records: Vec<(&'static str, Record)>) -> SocketAddr {
 pub enum Record {
     Mx(u16, &'static str),
     A([u8; 4]),
+    /// Text, sent as strings of at most 255 octets (RFC 1035 3.3.14).
+    Txt(&'static str),
 }
 
 fn encode_name(name: &str, out: &mut Vec<u8>) {
@@ -61,7 +63,12 @@ fn answer(query: &[u8], records: &[(&'static str, Record)]) -> Option<Vec<u8>> {
     let answers: Vec<Record> = known
         .iter()
         .copied()
-        .filter(|r| matches!((r, qtype), (Record::Mx(..), 15) | (Record::A(_), 1)))
+        .filter(|r| {
+            matches!(
+                (r, qtype),
+                (Record::Mx(..), 15) | (Record::A(_), 1) | (Record::Txt(_), 16)
+            )
+        })
         .collect();
     let rcode = if known.is_empty() { 3 } else { 0 };
     let mut out = query[..2].to_vec();
@@ -79,6 +86,14 @@ fn answer(query: &[u8], records: &[(&'static str, Record)]) -> Option<Vec<u8>> {
                 (15u16, data)
             }
             Record::A(ip) => (1u16, ip.to_vec()),
+            Record::Txt(text) => {
+                let mut data = Vec::new();
+                for string in text.as_bytes().chunks(255) {
+                    data.push(string.len() as u8);
+                    data.extend_from_slice(string);
+                }
+                (16u16, data)
+            }
         };
         out.extend_from_slice(&rtype.to_be_bytes());
         out.extend_from_slice(&[0, 1, 0, 0, 0, 60]);

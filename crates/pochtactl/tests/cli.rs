@@ -423,3 +423,84 @@ async fn health_reports_serving_and_unreachable() {
     drop(service);
     fails(&db, &format!("health {grpc}"), "", "asking");
 }
+
+/// `dkim generate` prints the record to publish; `domain records` prints every record a
+/// domain needs, its DKIM keys among them; the errors say what to do.
+#[tokio::test]
+async fn dkim_keys_and_the_records_a_domain_publishes() {
+    let db = TestDb::new().await.unwrap();
+    ok(&db, "migrate", "");
+    ok(
+        &db,
+        "domain add example.org --postmaster pm@example.org",
+        "",
+    );
+    let made = ok(
+        &db,
+        "dkim generate example.org --algorithm ed25519 --selector s1",
+        "",
+    );
+    assert!(
+        made.starts_with("ed25519 key s1 for example.org (active; it signs mail now"),
+        "{made}"
+    );
+    let record_line = made.lines().nth(1).unwrap();
+    assert!(
+        record_line.starts_with("s1._domainkey.example.org. IN TXT \"v=DKIM1; k=ed25519; p="),
+        "{made}"
+    );
+    let made = ok(&db, "dkim generate example.org --selector r1", "");
+    let rsa_line = made.lines().nth(1).unwrap();
+    // A 2048-bit key's record is longer than one DNS string holds: it is split.
+    assert!(rsa_line.contains("\" \""), "{rsa_line}");
+    let pending = ok(&db, "dkim generate example.org --selector r2", "");
+    assert!(
+        pending.contains("(pending; publish this record"),
+        "{pending}"
+    );
+    fails(
+        &db,
+        "dkim generate example.org --selector r3",
+        "",
+        "already has a pending rsa key",
+    );
+    let small = ctl(&db, "dkim generate example.org --bits 1024", "");
+    assert_eq!(small.status.code(), Some(2), "a usage error");
+    assert!(text(&small).contains("1024 is not in 2048..=4096"));
+    fails(
+        &db,
+        "dkim generate nowhere.example",
+        "",
+        "domain nowhere.example does not exist",
+    );
+    fails(
+        &db,
+        "dkim remove example.org s1",
+        "",
+        "rotate to another key first",
+    );
+
+    let records = ok(&db, "domain records example.org --mx mx.example.org", "");
+    for expected in [
+        "example.org. IN MX 10 mx.example.org.",
+        "example.org. IN TXT \"v=spf1 mx -all\"",
+        record_line,
+        rsa_line,
+        "; rsa key, pending",
+        "_dmarc.example.org. IN TXT \"v=DMARC1; p=none; rua=mailto:postmaster@example.org\"",
+        "_mta-sts.example.org. IN TXT \"v=STSv1; id=",
+        "_smtp._tls.example.org. IN TXT \"v=TLSRPTv1; rua=mailto:postmaster@example.org\"",
+        ";   mx: mx.example.org",
+    ] {
+        assert!(records.contains(expected), "{expected:?} in\n{records}");
+    }
+    fails(&db, "domain records example.org", "", "--mx");
+    let list = ok(&db, "dkim list", "");
+    assert_eq!(
+        list.lines()
+            .filter(|l| l.starts_with("example.org "))
+            .count(),
+        3,
+        "{list}"
+    );
+}

@@ -3,6 +3,7 @@
 mod accounts;
 mod addresses;
 mod admin;
+mod dkim;
 mod failover;
 mod maildrop;
 mod queue;
