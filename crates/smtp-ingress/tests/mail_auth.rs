@@ -65,7 +65,7 @@ print(" ".join(verify(i) for i in range(count)))
 
 struct Stack {
     db: TestDb,
-    ingress: ServiceProcess,
+    _ingress: ServiceProcess,
     mx: SocketAddr,
     submission: SocketAddr,
     dns: SocketAddr,
@@ -183,7 +183,7 @@ async fn stack(sender_record: &str) -> Stack {
         .unwrap();
     Stack {
         db,
-        ingress,
+        _ingress: ingress,
         mx,
         submission,
         dns,
