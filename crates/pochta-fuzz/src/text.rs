@@ -148,3 +148,35 @@ pub fn dsn_report(data: &[u8]) {
         );
     }
 }
+
+/// Taking forged Authentication-Results out of any message for any authserv-id. Oracles:
+/// what is left is the message less whole header fields, each of which claimed the id; no
+/// field left in the header section claims it; whatever follows the header section is
+/// untouched; a message without such fields is not copied.
+pub fn auth_results(data: &[u8]) {
+    use pochta_mail::headers::{authserv_id, header_fields, remove_authentication_results};
+    let mut input = Input::new(data);
+    let id = input.text();
+    let message = input.rest();
+    let claims =
+        |field: &[u8]| authserv_id(field).is_some_and(|f| f.eq_ignore_ascii_case(id.as_bytes()));
+    let fields: Vec<_> = header_fields(message).collect();
+    let header_end = fields.last().map_or(0, |f| f.end);
+    let Some(kept) = remove_authentication_results(message, &id) else {
+        assert!(!fields.iter().any(|f| claims(&message[f.clone()])));
+        return;
+    };
+    let mut expected = Vec::new();
+    for f in &fields {
+        if !claims(&message[f.clone()]) {
+            expected.extend_from_slice(&message[f.clone()]);
+        }
+    }
+    expected.extend_from_slice(&message[header_end..]);
+    assert_eq!(kept, expected);
+    assert!(kept.len() < message.len());
+    assert!(
+        !header_fields(&kept).any(|f| claims(&kept[f])),
+        "a claim survived"
+    );
+}

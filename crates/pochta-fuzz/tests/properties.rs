@@ -3,7 +3,8 @@
 //! still reach deep states.
 
 use pochta_fuzz::{
-    data_receiver, dsn_report, pop3_session, proxy_header, smtp_client, smtp_server, xtext,
+    auth_results, data_receiver, dsn_report, pop3_session, proxy_header, smtp_client, smtp_server,
+    xtext,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -129,6 +130,17 @@ proptest! {
     #[test]
     fn proxy_header_on_bytes(data in vec(any::<u8>(), 0..128)) {
         proxy_header(&data);
+    }
+
+    #[test]
+    fn auth_results_on_header_soup(
+        words in vec(prop::sample::select(vec![
+            "Authentication-Results:", " mx.test;", " MX.TEST", "(c)", "(\\)", "\"mx.test\"",
+            " other;", "\r\n", "\n", "\r\n\t", " ", "X: y\r\n", "\r\n\r\n", "é", ":",
+        ]), 0..60),
+    ) {
+        // The authserv-id, length first, then the message.
+        auth_results(&joined(b"\x07mx.test".to_vec(), words));
     }
 
     #[test]

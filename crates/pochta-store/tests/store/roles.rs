@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use pochta_mail::Disposition;
 use pochta_store::{
-    AttemptOutcome, AttemptReport, Claim, DomainRole, NewRecipient, Store, StoreError, StoreOptions,
+    AttemptOutcome, AttemptReport, Claim, DkimAlgorithm, DomainRole, NewRecipient, Store,
+    StoreError, StoreOptions,
 };
 use pochta_testkit::TestDb;
 
@@ -83,6 +84,10 @@ async fn the_ingress_role_adds_mail_and_nothing_else() {
     );
     let domain = ingress.add_domain("evil.example", DomainRole::Relay);
     denied("adds domains", domain.await);
+    // It reads the signing keys it signs with, and cannot make or rotate them.
+    ingress.dkim_signing_keys("example.org").await.unwrap();
+    let rotation = ingress.rotate_dkim_key("example.org", DkimAlgorithm::Rsa);
+    denied("rotates keys", rotation.await);
 }
 
 /// The queue claims, delivers into maildrops, records, collects garbage; it cannot delete
@@ -129,6 +134,10 @@ async fn the_queue_role_works_the_queue_and_nothing_else() {
     let alice_address = addr("alice@example.org");
     let disable = queue.set_account_disabled(&alice_address, true);
     denied("changes accounts", disable.await);
+    denied(
+        "reads signing keys",
+        queue.dkim_signing_keys("example.org").await,
+    );
 }
 
 /// POP3 locks, lists, reads and deletes its maildrop; it never sees the queue.
@@ -158,6 +167,10 @@ async fn the_pop3_role_serves_maildrops_and_nothing_else() {
         pop3.envelope_detail(mail.queue_id.as_str()).await,
     );
     denied("claims", pop3.claim_due("p", Claim::Remote, 1, LEASE).await);
+    denied(
+        "reads signing keys",
+        pop3.dkim_signing_keys("example.org").await,
+    );
     let other = envelope(vec![recipient("x@example.org")]);
     denied("adds mail", pop3.enqueue(&other, CONTENT).await);
 }
