@@ -12,6 +12,7 @@ mod depth;
 mod gc;
 mod grpc;
 mod local;
+mod mta_sts;
 mod mx;
 mod remote;
 mod report;
@@ -112,7 +113,28 @@ fn settings(
     ctx: &ServiceContext,
     srs: pochta_mail::SrsKey,
 ) -> anyhow::Result<Arc<worker::Settings>> {
+    let resolver = mx::resolver(&queue.dns_servers)?;
+    // The roots are loaded when something verifies: MTA-STS, or a `verify` policy.
+    let verifying = (queue.mta_sts
+        || queue.outbound_tls == TlsPolicy::Verify
+        || queue
+            .outbound_tls_domains
+            .values()
+            .any(|p| *p == TlsPolicy::Verify))
+    .then(|| remote::verifying_connector(&queue.tls_ca_file))
+    .transpose()?;
+    let mta_sts = match (&verifying, queue.mta_sts) {
+        (Some(https), true) => Some(mta_sts::MtaSts::new(
+            resolver.clone(),
+            https.clone(),
+            queue.mta_sts_port,
+            Duration::from_secs(queue.mta_sts_timeout_secs),
+            ctx.store.clone(),
+        )),
+        _ => None,
+    };
     Ok(Arc::new(worker::Settings {
+        mta_sts,
         router: route::Router {
             routes: queue.routes.clone(),
             smarthost: queue.smarthost.clone(),
@@ -122,20 +144,13 @@ fn settings(
                 .iter()
                 .map(|(domain, policy)| (domain.to_ascii_lowercase(), *policy))
                 .collect(),
-            resolver: mx::resolver(&queue.dns_servers)?,
+            resolver,
             mx_port: queue.mx_port,
             denied: queue.denied_networks.clone(),
         },
         dialer: remote::Dialer::new(
             remote::tls_connector()?,
-            // Loaded only when some destination asks for verified TLS.
-            (queue.outbound_tls == TlsPolicy::Verify
-                || queue
-                    .outbound_tls_domains
-                    .values()
-                    .any(|p| *p == TlsPolicy::Verify))
-            .then(|| remote::verifying_connector(&queue.tls_ca_file))
-            .transpose()?,
+            verifying,
             remote::DialTimeouts {
                 connect: Duration::from_secs(queue.connect_timeout_secs),
                 reply: Duration::from_secs(queue.reply_timeout_secs),

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pochta_mail::mta_sts::{StsMode, StsPolicy};
 use pochta_mail::{Mailbox, TlsPolicy, Untrusted};
 use pochta_service::conn::Conn;
 use pochta_smtp::client::{
@@ -43,26 +44,38 @@ impl Worker {
     /// how each attempt ended.
     pub async fn deliver_remote<'a>(&self, remote: Vec<Attempting<'a>>) -> Vec<Attempt<'a>> {
         let router = &self.settings.router;
-        type Key = (Destination, TlsPolicy, Option<Mailbox>);
+        type Key = (
+            Destination,
+            TlsPolicy,
+            Option<Mailbox>,
+            Option<Arc<StsPolicy>>,
+        );
         let mut by_destination: Vec<(Key, Vec<Attempting>)> = Vec::new();
         for (r, span) in remote {
-            let key = (
-                router.destination(&r.address.domain),
-                router.tls_policy(&r.address.domain),
-                self.reverse_path(r),
-            );
+            let destination = router.destination(&r.address.domain);
+            // An MTA-STS policy in force (RFC 8461 5) asks for verified TLS, whatever the
+            // configured policy; static routes and the smarthost are the operator's choice.
+            let sts = match (&destination, &self.settings.mta_sts) {
+                (Destination::Mx(domain), Some(mta_sts)) => mta_sts.policy(domain).await,
+                _ => None,
+            };
+            let tls = match sts.as_deref() {
+                Some(p) if p.mode == StsMode::Enforce => TlsPolicy::Verify,
+                _ => router.tls_policy(&r.address.domain),
+            };
+            let key = (destination, tls, self.reverse_path(r), sts);
             match by_destination.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, list)) => list.push((r, span)),
                 None => by_destination.push((key, vec![(r, span)])),
             }
         }
         // Each destination at once: a slow one holds up only its own recipients.
-        let sends =
-            by_destination
-                .into_iter()
-                .map(|((destination, tls, sender), recipients)| async move {
-                    self.send_to(&destination, tls, sender, recipients).await
-                });
+        let sends = by_destination.into_iter().map(
+            |((destination, tls, sender, sts), recipients)| async move {
+                self.send_to(&destination, tls, sender, sts.as_deref(), recipients)
+                    .await
+            },
+        );
         futures_util::future::join_all(sends)
             .await
             .into_iter()
@@ -92,6 +105,7 @@ impl Worker {
         destination: &Destination,
         tls: TlsPolicy,
         sender: Option<Mailbox>,
+        sts: Option<&StsPolicy>,
         recipients: Vec<Attempting<'a>>,
     ) -> Vec<Attempt<'a>> {
         let all_end = |verdict, status: &str, why: &str| -> Vec<Attempt<'a>> {
@@ -109,6 +123,13 @@ impl Worker {
             Err(mx::Resolution::Hosts(_)) => {
                 return all_end(Verdict::Deferred, "4.4.3", "no mail host could be found");
             }
+        };
+        let candidates = match sts {
+            Some(policy) => match sts_candidates(destination, policy, candidates) {
+                Ok(allowed) => allowed,
+                Err(why) => return all_end(Verdict::Deferred, "4.7.5", &why),
+            },
+            None => candidates,
         };
         let first = recipients[0].0;
         let message = match self.store.message_content(first.message_id).await {
@@ -183,6 +204,31 @@ impl Worker {
             }
         }
     }
+}
+
+/// The MX hosts an MTA-STS policy lets mail go to (RFC 8461 4.1): under `enforce` only the
+/// listed ones, and none listed defers the mail; under `testing` all, the mismatch logged.
+fn sts_candidates(
+    destination: &Destination,
+    policy: &StsPolicy,
+    candidates: Vec<Candidate>,
+) -> Result<Vec<Candidate>, String> {
+    let (allowed, refused): (Vec<Candidate>, Vec<Candidate>) = candidates
+        .into_iter()
+        .partition(|c| policy.allows_mx(&c.host));
+    if refused.is_empty() || policy.mode != StsMode::Enforce {
+        if !refused.is_empty() {
+            tracing::warn!(%destination, "MTA-STS (testing): MX hosts outside the policy");
+        }
+        return Ok(allowed.into_iter().chain(refused).collect());
+    }
+    if allowed.is_empty() {
+        return Err(format!(
+            "{destination}: none is one the domain's MTA-STS policy lists ({})",
+            policy.mx.join(", ")
+        ));
+    }
+    Ok(allowed)
 }
 
 /// What the remote server's answer makes of one recipient's attempt.

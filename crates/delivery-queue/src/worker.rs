@@ -145,6 +145,8 @@ pub struct Settings {
     pub owner: String,
     /// Where remote mail goes.
     pub router: Router,
+    /// The MTA-STS policies of recipient domains (`queue.mta_sts`).
+    pub mta_sts: Option<crate::mta_sts::MtaSts>,
     /// How remote servers are reached.
     pub dialer: Dialer,
     /// Reporting-MTA of delivery reports, and the EHLO name.

@@ -42,6 +42,10 @@ pub struct SmtpArgs {
     /// Recipient; `{n}` is replaced by the connection's number (0-based).
     #[arg(long, default_value = "bench@example.test")]
     pub to: String,
+    /// Send this message (CRLF line ends), the same every time, instead of generated ones
+    /// (e.g. one that carries a DKIM signature); --size does not apply.
+    #[arg(long, value_name = "FILE")]
+    pub message: Option<std::path::PathBuf>,
 }
 
 /// What one run measured.
@@ -62,6 +66,23 @@ pub struct SmtpResult {
 pub struct Progress {
     pub done: AtomicU64,
     pub failed: AtomicU64,
+}
+
+/// `text` as DATA sends it: lines starting with a dot get another (RFC 5321 4.5.2), then
+/// the end of data.
+fn data_text(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 16);
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
 }
 
 /// A message of about `size` octets: a header naming it, then 76-character lines.
@@ -138,13 +159,20 @@ async fn session(
     let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{to}>\r\nDATA\r\n", args.from);
     let (mail, rest) = envelope.split_once("\r\n").expect("three lines");
     let (rcpt, _) = rest.split_once("\r\n").expect("two lines");
+    let fixed = match &args.message {
+        Some(path) => Some(data_text(&std::fs::read(path)?)),
+        None => None,
+    };
     for m in 0..args.messages {
-        let text = message(
-            args.size,
-            &args.from,
-            &to,
-            &format!("{index}.{m}.{}", start.elapsed().as_nanos()),
-        );
+        let text = match &fixed {
+            Some(text) => text.clone(),
+            None => message(
+                args.size,
+                &args.from,
+                &to,
+                &format!("{index}.{m}.{}", start.elapsed().as_nanos()),
+            ),
+        };
         let replies = if args.pipelining {
             conn.write(envelope.as_bytes()).await?;
             [
@@ -222,6 +250,15 @@ pub async fn run(args: &SmtpArgs, progress: Arc<Progress>) -> SmtpResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_given_message_is_dot_stuffed_and_ended() {
+        assert_eq!(
+            data_text(b"A: b\r\n\r\n.x\r\nend"),
+            b"A: b\r\n\r\n..x\r\nend\r\n.\r\n"
+        );
+        assert_eq!(data_text(b""), b".\r\n");
+    }
 
     #[test]
     fn messages_have_the_asked_size_and_end_the_data() {

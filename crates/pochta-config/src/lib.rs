@@ -534,6 +534,15 @@ pub struct QueueConfig {
     pub outbound_tls: TlsPolicy,
     /// The roots `verify` trusts (PEM): the system's bundle unless set.
     pub tls_ca_file: std::path::PathBuf,
+    /// MTA-STS (RFC 8461): a recipient domain's published policy is fetched over HTTPS,
+    /// kept in the store for its max_age and followed: `enforce` sends only to the MX hosts
+    /// it lists, over TLS whose certificate verifies against `tls_ca_file`, else defers;
+    /// `testing` is logged and delivers as before. Static routes and the smarthost are exempt.
+    pub mta_sts: bool,
+    /// The HTTPS port policies are fetched from (443; another only for tests).
+    pub mta_sts_port: u16,
+    /// One policy fetch (connection, TLS, request and answer) ends within this.
+    pub mta_sts_timeout_secs: u64,
     /// `outbound_tls` for particular recipient domains; a key `.example.com` covers the
     /// subdomains of example.com (e.g. `"partner.example" = "required"`).
     pub outbound_tls_domains: std::collections::BTreeMap<String, TlsPolicy>,
@@ -618,6 +627,9 @@ impl Default for QueueConfig {
                 .collect(),
             outbound_tls: TlsPolicy::Opportunistic,
             tls_ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
+            mta_sts: true,
+            mta_sts_port: 443,
+            mta_sts_timeout_secs: 10,
             outbound_tls_domains: Default::default(),
             connection_reuse_secs: 2,
             connection_reuse_max_messages: 100,

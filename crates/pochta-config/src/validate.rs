@@ -210,6 +210,8 @@ impl QueueConfig {
             ("queue.retry_delay_secs", self.retry_delay_secs),
             ("queue.remote_workers", u64::from(self.remote_workers)),
             ("queue.connect_timeout_secs", self.connect_timeout_secs),
+            ("queue.mta_sts_timeout_secs", self.mta_sts_timeout_secs),
+            ("queue.mta_sts_port", u64::from(self.mta_sts_port)),
             ("queue.reply_timeout_secs", self.reply_timeout_secs),
             ("queue.write_timeout_secs", self.write_timeout_secs),
             (

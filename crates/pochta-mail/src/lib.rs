@@ -3,6 +3,7 @@
 //!
 //! - `domain`: host name syntax (RFC 1035, RFC 1123);
 //! - `headers`: a message's header fields, and removing forged Authentication-Results;
+//! - `mta_sts`: MTA-STS records and policies, and which MX hosts a policy allows;
 //! - `address`: `Mailbox`, a mailbox address and its RFC 5321 / RFC 6531 syntax;
 //! - `params`: the ESMTP and DSN envelope parameters (BODY, RET, ENVID, NOTIFY, ORCPT) and the
 //!   xtext encoding they travel in (RFC 3461, RFC 6152);
@@ -18,6 +19,7 @@
 pub mod address;
 pub mod domain;
 pub mod headers;
+pub mod mta_sts;
 pub mod params;
 pub mod policy;
 pub mod srs;

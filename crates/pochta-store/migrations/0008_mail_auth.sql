@@ -20,3 +20,16 @@ CREATE UNIQUE INDEX dkim_keys_one_pending ON dkim_keys (domain, algorithm) WHERE
 -- Why an accepted message is quarantined (a DMARC quarantine policy), for the access
 -- services to file it apart; NULL for ordinary mail.
 ALTER TABLE messages ADD COLUMN quarantine text;
+
+-- MTA-STS policies of recipient domains (RFC 8461 5.1), fetched by the queue and kept for
+-- their max_age, shared by every replica and kept across restarts: a policy once seen keeps
+-- protecting the domain even while an attacker hides its DNS record or web server.
+CREATE TABLE mta_sts_policies (
+    domain      text PRIMARY KEY,
+    policy_id   text NOT NULL,
+    mode        text NOT NULL CHECK (mode IN ('enforce', 'testing', 'none')),
+    mx          text[] NOT NULL,
+    max_age     bigint NOT NULL,
+    fetched_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);

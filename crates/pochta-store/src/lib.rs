@@ -12,6 +12,7 @@ mod dkim;
 mod failover;
 mod inspect;
 mod maildrop;
+mod mta_sts;
 mod queue;
 mod roles;
 mod server;
@@ -25,6 +26,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_selector};
+pub use mta_sts::CachedStsPolicy;
 pub use roles::ServiceRoles;
 pub use server::{postgres_programs, running_as_root};
 pub use types::*;

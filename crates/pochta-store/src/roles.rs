@@ -66,6 +66,7 @@ const QUEUE: Grants = &[
         "messages, message_chunks, envelopes, recipients, delivery_attempts",
     ),
     ("SELECT, INSERT", "maildrop_entries"),
+    ("SELECT, INSERT, UPDATE", "mta_sts_policies"),
     (
         "USAGE",
         "SEQUENCE messages_id_seq, envelopes_id_seq, recipients_id_seq",

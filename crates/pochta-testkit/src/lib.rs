@@ -449,7 +449,13 @@ pub struct TestCerts {
 }
 
 impl TestCerts {
+    /// A CA and a certificate it signed for `localhost` and `127.0.0.1`.
     pub fn generate() -> anyhow::Result<Self> {
+        Self::generate_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// A CA and a certificate it signed for `names`.
+    pub fn generate_for(names: &[&str]) -> anyhow::Result<Self> {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -459,7 +465,7 @@ impl TestCerts {
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
         let leaf_key = KeyPair::generate()?;
         let leaf_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         let leaf = leaf_params.signed_by(&leaf_key, &ca)?;
         let dir = tempfile::tempdir()?;
         let write = |name: &str, pem: String| -> anyhow::Result<PathBuf> {

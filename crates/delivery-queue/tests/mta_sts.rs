@@ -1,0 +1,292 @@
+//! MTA-STS (RFC 8461) with the real queue binary: policies published through the test DNS
+//! server and served over HTTPS by the test, mail delivered to a real ingress whose
+//! certificate names some MX hosts and not others.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pochta_mail::mta_sts::StsMode;
+use pochta_store::{NewRecipient, QueueId, RecipientState, Store};
+use pochta_testkit::dns::{Record, dns_server};
+use pochta_testkit::{
+    ServiceProcess, TestCerts, TestDb, envelope, free_addr, recipient, until, workspace_binary,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The domains of the test, each with its MX host on loopback and its policy.
+const POLICIES: &[(&str, &str)] = &[
+    // The receiver's certificate names mx.good.test: delivered.
+    ("good.test", "mode: enforce\nmx: mx.good.test\n"),
+    // Listed, but the certificate does not name it: deferred.
+    ("wrongcert.test", "mode: enforce\nmx: *.wrongcert.test\n"),
+    // The MX host is not one the policy lists: deferred without connecting.
+    ("unlisted.test", "mode: enforce\nmx: mx.elsewhere.test\n"),
+    // Testing only: delivered as without a policy.
+    ("testing.test", "mode: testing\nmx: mx.elsewhere.test\n"),
+];
+
+/// Serves each domain's policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt (by the
+/// Host header) until dropped; counts the requests.
+async fn policy_server(
+    certs: &TestCerts,
+) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certs.cert_path)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&certs.key_path).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let host = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("host:"))
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default();
+                let policy = POLICIES.iter().find(|(domain, _)| {
+                    head.starts_with("get /.well-known/mta-sts.txt ")
+                        && host == format!("mta-sts.{domain}")
+                });
+                let response = match policy {
+                    Some((_, rules)) => {
+                        let body = format!("version: STSv1\r\n{rules}max_age: 86400\r\n");
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                             Connection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
+                };
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, fetches, task)
+}
+
+/// The receiving ingress: accounts in every test domain, a certificate for mx.good.test.
+async fn receiver(certs: &TestCerts) -> (TestDb, ServiceProcess, SocketAddr) {
+    let db = TestDb::new().await.unwrap();
+    for (domain, _) in POLICIES {
+        db.add_account(&format!("friend@{domain}"), "pw")
+            .await
+            .unwrap();
+    }
+    let (grpc, mx) = (free_addr(), free_addr());
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n{}\n[smtp]\ngrpc_listen = \"{grpc}\"\nqueue_endpoint = \"http://{}\"\n\
+         hostname = \"mx.good.test\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\n\
+         submissions_listen = []\n\n[mail_auth]\ncheck_inbound = false\n",
+        db.url(),
+        certs.tls_section(),
+        free_addr()
+    );
+    let ingress =
+        ServiceProcess::start_healthy(&workspace_binary("smtp-ingress").unwrap(), &config, grpc)
+            .await
+            .unwrap();
+    (db, ingress, mx)
+}
+
+async fn start_queue(db: &TestDb, settings: &str) -> ServiceProcess {
+    let grpc = free_addr();
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n[queue]\ngrpc_listen = \"{grpc}\"\nscan_interval_secs = 1\n\
+         hostname = \"mx.example.org\"\ndenied_networks = []\n{settings}\n",
+        db.url()
+    );
+    ServiceProcess::start_healthy(
+        Path::new(env!("CARGO_BIN_EXE_delivery-queue")),
+        &config,
+        grpc,
+    )
+    .await
+    .unwrap()
+}
+
+async fn send(store: &Store, domains: &[&str]) -> QueueId {
+    let recipients: Vec<NewRecipient> = domains
+        .iter()
+        .map(|d| recipient(&format!("friend@{d}")))
+        .collect();
+    let envelope = envelope("alice@example.org", recipients);
+    store
+        .enqueue(&envelope, b"Subject: sts\r\n\r\nhi\r\n")
+        .await
+        .unwrap();
+    envelope.queue_id
+}
+
+/// (state, last diagnostic) of each recipient once all have been tried.
+async fn outcomes(store: &Store, id: &QueueId, n: usize) -> Vec<(RecipientState, String)> {
+    until("every recipient tried", WAIT, async || {
+        let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+        detail.recipients.iter().filter(|r| r.attempts > 0).count() == n
+    })
+    .await;
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    detail
+        .recipients
+        .iter()
+        .map(|r| (r.state, r.last_diagnostic.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate() {
+    let mx_certs = TestCerts::generate_for(&["mx.good.test"]).unwrap();
+    let web_names: Vec<String> = POLICIES
+        .iter()
+        .map(|(d, _)| format!("mta-sts.{d}"))
+        .collect();
+    let web_names: Vec<&str> = web_names.iter().map(String::as_str).collect();
+    let web_certs = TestCerts::generate_for(&web_names).unwrap();
+    // One roots file trusting both CAs.
+    let roots = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        roots.path(),
+        [
+            std::fs::read(&mx_certs.ca_path).unwrap(),
+            std::fs::read(&web_certs.ca_path).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let (remote_db, _ingress, mx) = receiver(&mx_certs).await;
+    let (web, fetches, web_task) = policy_server(&web_certs).await;
+    let mut zone = Vec::new();
+    for (domain, _) in POLICIES {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let mx_host = leak(format!("mx.{domain}"));
+        zone.extend([
+            (*domain, Record::Mx(10, mx_host)),
+            (mx_host, Record::A([127, 0, 0, 1])),
+            (
+                leak(format!("_mta-sts.{domain}")),
+                Record::Txt("v=STSv1; id=20261206;"),
+            ),
+            (leak(format!("mta-sts.{domain}")), Record::A([127, 0, 0, 1])),
+        ]);
+    }
+    // A domain without a policy is delivered as before (opportunistic TLS).
+    zone.extend([
+        ("plain.test", Record::Mx(10, "mx.plain.test")),
+        ("mx.plain.test", Record::A([127, 0, 0, 1])),
+    ]);
+    let dns = dns_server(zone).await;
+    let db = TestDb::new().await.unwrap();
+    db.add_account("alice@example.org", "pw").await.unwrap();
+    remote_db
+        .add_account("friend@plain.test", "pw")
+        .await
+        .unwrap();
+    let settings = format!(
+        "dns_servers = [\"{dns}\"]\nmx_port = {}\nmta_sts_port = {}\ntls_ca_file = \"{}\"\n",
+        mx.port(),
+        web.port(),
+        roots.path().display()
+    );
+    let queue = start_queue(&db, &settings).await;
+    let store = db.store();
+    let domains = [
+        "good.test",
+        "wrongcert.test",
+        "unlisted.test",
+        "testing.test",
+        "plain.test",
+    ];
+    let id = send(store, &domains).await;
+    let results = outcomes(store, &id, domains.len()).await;
+    assert_eq!(results[0].0, RecipientState::Delivered, "good: {results:?}");
+    assert_eq!(
+        results[1].0,
+        RecipientState::Queued,
+        "wrongcert: {results:?}"
+    );
+    assert!(
+        results[1].1.contains("TLS handshake") && results[1].1.contains("certificate"),
+        "wrongcert: {results:?}"
+    );
+    assert_eq!(
+        results[2].0,
+        RecipientState::Queued,
+        "unlisted: {results:?}"
+    );
+    assert!(
+        results[2].1.contains(
+            "of unlisted.test: none is one the domain's MTA-STS policy lists (mx.elsewhere.test)"
+        ),
+        "unlisted: {results:?}"
+    );
+    assert_eq!(
+        results[3].0,
+        RecipientState::Delivered,
+        "testing: {results:?}"
+    );
+    assert_eq!(
+        results[4].0,
+        RecipientState::Delivered,
+        "plain: {results:?}"
+    );
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    let unlisted = &detail.recipients[2];
+    assert_eq!(unlisted.last_status.as_deref(), Some("4.7.5"));
+
+    // Each policy was fetched once and is kept in the store for its max_age.
+    assert_eq!(fetches.load(Ordering::SeqCst), POLICIES.len());
+    let cached = store.mta_sts_policy("good.test").await.unwrap().unwrap();
+    assert_eq!(cached.policy_id, "20261206");
+    assert_eq!(cached.policy.mode, StsMode::Enforce);
+    assert_eq!(cached.policy.mx, ["mx.good.test"]);
+    assert!(cached.expires_in_secs > 86_000, "{cached:?}");
+
+    // With the web server gone, a restarted queue still enforces the cached policies.
+    web_task.abort();
+    drop(queue);
+    let _queue = start_queue(&db, &settings).await;
+    let id = send(store, &["wrongcert.test", "good.test"]).await;
+    let results = outcomes(store, &id, 2).await;
+    assert_eq!(results[0].0, RecipientState::Queued, "{results:?}");
+    assert!(results[0].1.contains("certificate"), "{results:?}");
+    assert_eq!(results[1].0, RecipientState::Delivered, "{results:?}");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        POLICIES.len(),
+        "nothing fetched again"
+    );
+}
