@@ -51,6 +51,7 @@ impl Worker {
             Option<Arc<StsPolicy>>,
         );
         let mut by_destination: Vec<(Key, Vec<Attempting>)> = Vec::new();
+        let mut unprotected = Vec::new();
         for (r, span) in remote {
             let destination = router.destination(&r.address.domain);
             // An MTA-STS policy in force (RFC 8461 5) asks for verified TLS, whatever the
@@ -59,9 +60,23 @@ impl Worker {
                 (Destination::Mx(domain), Some(mta_sts)) => mta_sts.policy(domain).await,
                 _ => None,
             };
-            let tls = match sts.as_deref() {
-                Some(p) if p.mode == StsMode::Enforce => TlsPolicy::Verify,
-                _ => router.tls_policy(&r.address.domain),
+            let enforced = sts.as_deref().is_some_and(|p| p.mode == StsMode::Enforce);
+            // REQUIRETLS (RFC 8689 4.2.1): the MX hosts must come from a protected lookup
+            // (DNSSEC, which this queue does not validate yet, or an enforced MTA-STS policy)
+            // and the certificate must verify; else the message fails rather than go plainly.
+            if r.requiretls && matches!(destination, Destination::Mx(_)) && !enforced {
+                let why = format!(
+                    "the message requires TLS on every hop (REQUIRETLS) and the mail hosts of {} \
+                     are not protected by an enforced MTA-STS policy",
+                    r.address.domain
+                );
+                unprotected.push(Attempt::local(r, span, Verdict::Failed, "5.7.10", &why));
+                continue;
+            }
+            let tls = if enforced || r.requiretls {
+                TlsPolicy::Verify
+            } else {
+                router.tls_policy(&r.address.domain)
             };
             let key = (destination, tls, self.reverse_path(r), sts);
             match by_destination.iter_mut().find(|(k, _)| *k == key) {
@@ -80,6 +95,7 @@ impl Worker {
             .await
             .into_iter()
             .flatten()
+            .chain(unprotected)
             .collect()
     }
 
@@ -156,6 +172,7 @@ impl Worker {
                 })
                 .collect(),
             tls,
+            requiretls: first.requiretls,
         };
         let dialer = &self.settings.dialer;
         let Some(_slot) = dialer.slot(destination).await else {

@@ -255,8 +255,11 @@ impl Worker {
         // ask for them with a forged MAIL FROM, and a report carrying the full message would
         // deliver any content to that victim under this server's name.
         let failure = recipients.iter().all(|r| r.action == Action::Failed);
+        // A REQUIRETLS message's text must not leave in a report that may travel less
+        // protected than it did (RFC 8689 5): the header only, and the report asks for
+        // REQUIRETLS itself.
         let ret = match first.ret {
-            _ if !failure => Return::Headers,
+            _ if !failure || first.requiretls => Return::Headers,
             Some(pochta_mail::Ret::Hdrs) => Return::Headers,
             _ if original.len() > settings.dsn_max_full_bytes => Return::Headers,
             _ => Return::Full,
@@ -284,6 +287,7 @@ impl Worker {
         });
         let envelope = NewEnvelope {
             quarantine: None,
+            requiretls: first.requiretls,
             queue_id,
             reverse_path: None,
             envid: None,

@@ -85,6 +85,7 @@ fn rcpt(address: &str, notify: &str) -> NewRecipient {
 async fn enqueue(store: &Store, recipients: Vec<NewRecipient>) -> QueueId {
     let envelope = NewEnvelope {
         quarantine: None,
+        requiretls: false,
         envid: Some("ENV 7".into()),
         ret: Some(Ret::Hdrs),
         ..envelope("alice@example.org", recipients)
@@ -818,4 +819,100 @@ async fn verified_tls_needs_a_certificate_the_roots_trust() {
             );
         }
     }
+}
+
+/// REQUIRETLS (RFC 8689): the message goes only over verified TLS to a server that offers
+/// REQUIRETLS, which receives the parameter; a server without STARTTLS, or MX hosts that no
+/// enforced MTA-STS policy protects, fail it with 5.7.10, and the report returns the header
+/// only.
+#[tokio::test]
+async fn requiretls_goes_only_over_verified_tls_or_fails_with_a_report() {
+    let (remote_db, certs, _ingress, mx) = receiver().await;
+    // A second receiver without TLS: no STARTTLS offered.
+    let plain_db = TestDb::new().await.unwrap();
+    plain_db
+        .add_account("friend@plain.test", "pw")
+        .await
+        .unwrap();
+    let (grpc, plain_mx) = (free_addr(), free_addr());
+    let config = format!(
+        "[store]\nurl = \"{}\"\n\n[smtp]\ngrpc_listen = \"{grpc}\"\nqueue_endpoint = \"http://{}\"\n\
+         mx_listen = [\"{plain_mx}\"]\nsubmission_listen = []\nsubmissions_listen = []\n",
+        plain_db.url(),
+        free_addr()
+    );
+    let _plain =
+        ServiceProcess::start_healthy(&workspace_binary("smtp-ingress").unwrap(), &config, grpc)
+            .await
+            .unwrap();
+    let db = TestDb::new().await.unwrap();
+    let alice = db.add_account("alice@example.org", "pw").await.unwrap();
+    let _queue = start_queue(
+        &db,
+        &format!(
+            "scan_interval_secs = 1\nhostname = \"mx.example.org\"\ntls_ca_file = \"{}\"\n\n\
+             [queue.routes]\n\"remote.test\" = \"127.0.0.1:{}\"\n\"plain.test\" = \"127.0.0.1:{}\"\n",
+            certs.ca_path.display(),
+            mx.port(),
+            plain_mx.port()
+        ),
+    )
+    .await;
+    let envelope = NewEnvelope {
+        requiretls: true,
+        ..envelope(
+            "alice@example.org",
+            vec![
+                rcpt("friend@remote.test", "FAILURE"),
+                rcpt("friend@plain.test", "FAILURE"),
+                rcpt("someone@unprotected.test", "FAILURE"),
+            ],
+        )
+    };
+    db.store().enqueue(&envelope, BODY).await.unwrap();
+    let detail = until_attempted(db.store(), &envelope.queue_id).await;
+    let states: Vec<_> = detail
+        .recipients
+        .iter()
+        .map(|r| (r.state, r.last_status.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(states[0].0, RecipientState::Delivered, "{detail:?}");
+    for failed in &detail.recipients[1..] {
+        assert_eq!(failed.state, RecipientState::Failed, "{failed:?}");
+        assert_eq!(failed.last_status.as_deref(), Some("5.7.10"), "{failed:?}");
+    }
+    let why = |i: usize| {
+        detail.recipients[i]
+            .last_diagnostic
+            .clone()
+            .unwrap_or_default()
+    };
+    assert!(why(1).contains("does not offer STARTTLS"), "{}", why(1));
+    assert!(
+        why(2).contains("not protected by an enforced MTA-STS policy"),
+        "{}",
+        why(2)
+    );
+
+    // The receiver took it with REQUIRETLS, over TLS.
+    let remote = remote_db.store();
+    until("arrival", WAIT, async || {
+        remote.counts().await.unwrap().envelopes == 1
+    })
+    .await;
+    let (arrived, _) = remote.list_envelopes(&Default::default(), 1).await.unwrap();
+    let arrived = remote
+        .envelope_detail(&arrived[0].queue_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(arrived.requiretls, "{arrived:?}");
+
+    // One report for the two failures, with the header of the message and not its body.
+    let report = &maildrop(db.store(), alice, 1).await[0];
+    let status = delivery_status(report);
+    assert!(status.contains("Status: 5.7.10"), "{status}");
+    let text = String::from_utf8_lossy(report);
+    assert!(text.contains("Subject: far away"), "{text}");
+    assert!(!text.contains(".dot line"), "the body stays out: {text}");
 }

@@ -66,6 +66,7 @@ async fn enqueue(
 ) -> QueueId {
     let envelope = NewEnvelope {
         quarantine: None,
+        requiretls: false,
         envid: Some("ENV-42".into()),
         ret,
         lifetime,

@@ -15,7 +15,7 @@ mod text;
 
 pub use pop3::pop3_session;
 pub use smtp::{data_receiver, smtp_client, smtp_server};
-pub use text::{auth_results, dsn_report, proxy_header, srs, xtext};
+pub use text::{auth_results, dsn_report, mta_sts, proxy_header, srs, xtext};
 
 /// A harness: arbitrary bytes in, a panic when an invariant breaks.
 pub type Harness = fn(&[u8]);
@@ -30,5 +30,6 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("xtext", xtext),
     ("srs", srs),
     ("auth_results", auth_results),
+    ("mta_sts", mta_sts),
     ("dsn_report", dsn_report),
 ];

@@ -161,16 +161,19 @@ fn outgoing(input: &mut Input) -> Outgoing {
             TlsPolicy::Verify,
             TlsPolicy::Never,
         ][input.choose(4)],
+        requiretls: input.bool(),
     }
 }
 
 /// The client session fed a remote server's replies. Oracles: each message ends in exactly
-/// one `Done` with one outcome per recipient, no text it keeps has a control character, and
-/// a further message is started only on a reusable connection.
+/// one `Done` with one outcome per recipient, no text it keeps has a control character, a
+/// further message is started only on a reusable connection, and a REQUIRETLS message is
+/// never accepted over a connection without TLS.
 pub fn smtp_client(data: &[u8]) {
     let mut input = Input::new(data);
     let mut out = outgoing(&mut input);
     let mut client = ClientSession::new(out.clone());
+    let mut tls = false;
     loop {
         let mut done = None;
         while let Some(output) = client.poll() {
@@ -179,6 +182,7 @@ pub fn smtp_client(data: &[u8]) {
                 ClientOutput::Send(bytes) => assert!(bytes.ends_with(b"\r\n")),
                 ClientOutput::StartTls => {
                     if input.bool() {
+                        tls = true;
                         client.tls_established()
                     } else {
                         client.connection_lost("handshake failed")
@@ -200,6 +204,11 @@ pub fn smtp_client(data: &[u8]) {
                 };
                 assert!(!reply.text.chars().any(char::is_control), "{reply:?}");
                 assert!((200..600).contains(&reply.code), "{reply:?}");
+                let accepted = matches!(outcome, RecipientOutcome::Accepted { .. });
+                assert!(
+                    !(accepted && out.requiretls && !tls),
+                    "REQUIRETLS without TLS"
+                );
             }
             if !(client.reusable() && input.bool()) {
                 return;

@@ -180,3 +180,31 @@ pub fn auth_results(data: &[u8]) {
         "a claim survived"
     );
 }
+
+/// An MTA-STS record and policy file as a remote domain may serve them (RFC 8461), and a
+/// host name checked against the policy. Oracles: an id is 1 to 32 letters and digits; a
+/// policy that parses has a max_age within the limit, valid MX patterns, and MX patterns
+/// unless its mode is none; a listed name is always allowed.
+pub fn mta_sts(data: &[u8]) {
+    use pochta_mail::mta_sts::{MAX_AGE_LIMIT, StsMode, parse_policy, record_id};
+    let mut input = Input::new(data);
+    let record = input.text();
+    let host = input.text();
+    let policy = String::from_utf8_lossy(input.rest()).into_owned();
+    if let Some(id) = record_id(&record) {
+        assert!((1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+    let Ok(policy) = parse_policy(&policy) else {
+        return;
+    };
+    assert!(policy.max_age <= MAX_AGE_LIMIT);
+    assert!(policy.mode == StsMode::None || !policy.mx.is_empty());
+    for pattern in &policy.mx {
+        let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+        assert!(pochta_mail::is_domain_name(name), "{pattern}");
+        if !pattern.starts_with("*.") {
+            assert!(policy.allows_mx(pattern));
+        }
+    }
+    let _ = policy.allows_mx(&host);
+}

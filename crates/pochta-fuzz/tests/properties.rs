@@ -3,8 +3,8 @@
 //! still reach deep states.
 
 use pochta_fuzz::{
-    auth_results, data_receiver, dsn_report, pop3_session, proxy_header, smtp_client, smtp_server,
-    xtext,
+    auth_results, data_receiver, dsn_report, mta_sts, pop3_session, proxy_header, smtp_client,
+    smtp_server, xtext,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -141,6 +141,18 @@ proptest! {
     ) {
         // The authserv-id, length first, then the message.
         auth_results(&joined(b"\x07mx.test".to_vec(), words));
+    }
+
+    #[test]
+    fn mta_sts_on_policy_soup(
+        words in vec(prop::sample::select(vec![
+            "version: STSv1\n", "mode: enforce\n", "mode: testing\n", "mode: none\n",
+            "mx: mail.example.com\n", "mx: *.example.net\n", "mx: *.\n", "mx: é\n",
+            "max_age: 86400\n", "max_age: 99999999999\n", "\r\n", ":", " ", "x",
+        ]), 0..30),
+    ) {
+        // A record, the host mx1.example.net, then the policy file.
+        mta_sts(&joined(b"\x0cv=STSv1;id=a\x0fmx1.example.net".to_vec(), words));
     }
 
     #[test]

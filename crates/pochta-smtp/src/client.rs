@@ -54,6 +54,9 @@ pub struct Outgoing {
     pub size: usize,
     pub recipients: Vec<OutgoingRecipient>,
     pub tls: TlsPolicy,
+    /// REQUIRETLS (RFC 8689): sent only over TLS to a server that offers REQUIRETLS, and
+    /// passed on; otherwise every recipient fails (5.7.10). The caller sets `tls` to verify.
+    pub requiretls: bool,
 }
 
 /// What became of one recipient.
@@ -103,6 +106,7 @@ struct Extensions {
     eight_bit: bool,
     smtputf8: bool,
     chunking: bool,
+    requiretls: bool,
 }
 
 impl Extensions {
@@ -122,6 +126,7 @@ impl Extensions {
                 Some("8BITMIME") => ext.eight_bit = true,
                 Some("SMTPUTF8") => ext.smtputf8 = true,
                 Some("CHUNKING") => ext.chunking = true,
+                Some("REQUIRETLS") => ext.requiretls = true,
                 _ => {}
             }
         }
@@ -507,6 +512,11 @@ impl ClientSession {
         if !self.tls && self.ext.starttls && policy != TlsPolicy::Never {
             return self.send(Expect::StartTls, "STARTTLS\r\n");
         }
+        if !self.tls && self.out.requiretls {
+            return self.finish_all(RecipientOutcome::Rejected(requiretls_unmet(
+                "the server does not offer STARTTLS",
+            )));
+        }
         if !self.tls && policy.requires_tls() {
             return self.finish_all(RecipientOutcome::Deferred(ServerReply {
                 code: 421,
@@ -532,6 +542,11 @@ impl ClientSession {
                 ),
             }));
         }
+        if self.out.requiretls && !self.ext.requiretls {
+            return self.finish_all(RecipientOutcome::Rejected(requiretls_unmet(
+                "the server does not offer REQUIRETLS",
+            )));
+        }
         if self.out.smtputf8 && !self.ext.smtputf8 {
             return self.finish_all(RecipientOutcome::Rejected(ServerReply {
                 code: 553,
@@ -551,6 +566,9 @@ impl ClientSession {
         }
         if self.out.smtputf8 {
             mail.push_str(" SMTPUTF8");
+        }
+        if self.out.requiretls {
+            mail.push_str(" REQUIRETLS");
         }
         if self.ext.dsn {
             if let Some(ret) = self.out.ret {
@@ -585,6 +603,15 @@ impl ClientSession {
         }
         line.push_str("\r\n");
         self.send(Expect::Rcpt(i), &line);
+    }
+}
+
+/// The failure of a REQUIRETLS message that cannot go on with its protection (RFC 8689 4.2.1).
+fn requiretls_unmet(why: &str) -> ServerReply {
+    ServerReply {
+        code: 550,
+        status: Some("5.7.10".into()),
+        text: format!("the message requires TLS on every hop (REQUIRETLS) and {why}"),
     }
 }
 

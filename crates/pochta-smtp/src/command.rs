@@ -13,6 +13,8 @@ pub struct MailFrom {
     pub size: Option<u64>,
     pub body: Option<Body>,
     pub smtputf8: bool,
+    /// REQUIRETLS (RFC 8689): the message must travel over verified TLS on every hop.
+    pub requiretls: bool,
     pub ret: Option<Ret>,
     /// ENVID, decoded from xtext.
     pub envid: Option<String>,
@@ -288,6 +290,12 @@ fn parse_mail<'a>(rest: &'a str, ctx: ParseContext<'_>) -> Result<MailFrom, Repl
                     return Err(syntax("Syntax error: SMTPUTF8 takes no value"));
                 }
                 mail.smtputf8 = true;
+            }
+            "REQUIRETLS" => {
+                if value.is_some() {
+                    return Err(syntax("Syntax error: REQUIRETLS takes no value"));
+                }
+                mail.requiretls = true;
             }
             "RET" => {
                 mail.ret = Some(

@@ -378,6 +378,10 @@ impl Session {
         if self.policy.starttls_available && !self.tls {
             lines.push("STARTTLS".into());
         }
+        // RFC 8689 4.1: only where the session itself is protected by TLS.
+        if self.tls {
+            lines.push("REQUIRETLS".into());
+        }
         if self.auth_usable() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
@@ -405,6 +409,13 @@ impl Session {
                 ));
             }
             return self.send(Reply::new(530, "5.7.0", "Authentication required"));
+        }
+        if mail.requiretls && !self.tls {
+            return self.send(Reply::new(
+                530,
+                "5.7.10",
+                "REQUIRETLS needs a TLS session (RFC 8689)",
+            ));
         }
         if mail
             .size

@@ -27,6 +27,7 @@ fn outgoing(recipients: &[&str], tls: TlsPolicy) -> Outgoing {
             })
             .collect(),
         tls,
+        requiretls: false,
     }
 }
 
@@ -363,4 +364,62 @@ fn reply_texts_are_cleaned_and_bounded() {
         panic!()
     };
     assert!(matches!(&outcomes[0], RecipientOutcome::Rejected(r) if r.status.is_none()));
+}
+
+/// A REQUIRETLS message (RFC 8689 4.2.1) goes only over TLS to a server that offers
+/// REQUIRETLS, with the parameter passed on; otherwise every recipient fails with 5.7.10.
+#[test]
+fn requiretls_needs_tls_and_a_server_that_offers_it() {
+    let requiring = || {
+        ClientSession::new(Outgoing {
+            requiretls: true,
+            ..outgoing(&["a@remote.example", "b@remote.example"], TlsPolicy::Verify)
+        })
+    };
+    let failed = |out: Option<ClientOutput>, why: &str| {
+        let Some(ClientOutput::Done(outcomes)) = out else {
+            panic!("expected the outcomes, got {out:?}");
+        };
+        assert_eq!(outcomes.len(), 2);
+        for o in outcomes {
+            let RecipientOutcome::Rejected(reply) = o else {
+                panic!("expected a failure, got {o:?}");
+            };
+            assert_eq!((reply.code, reply.status.as_deref()), (550, Some("5.7.10")));
+            assert!(reply.text.contains(why), "{reply:?}");
+        }
+    };
+    // No STARTTLS: nothing is sent.
+    let mut c = requiring();
+    step(&mut c, "220 r\r\n");
+    let (sent, out) = step(&mut c, "250 r\r\n");
+    assert_eq!(sent, "");
+    failed(out, "does not offer STARTTLS");
+
+    // TLS, but no REQUIRETLS: no MAIL is sent.
+    let mut c = requiring();
+    step(&mut c, "220 r\r\n");
+    step(&mut c, "250-r\r\n250 STARTTLS\r\n");
+    step(&mut c, "220 go\r\n");
+    c.tls_established();
+    step(&mut c, "");
+    let (sent, out) = step(&mut c, EHLO_FULL);
+    assert_eq!(sent, "");
+    failed(out, "does not offer REQUIRETLS");
+
+    // Both: MAIL carries REQUIRETLS.
+    let mut c = requiring();
+    step(&mut c, "220 r\r\n");
+    step(&mut c, "250-r\r\n250 STARTTLS\r\n");
+    step(&mut c, "220 go\r\n");
+    c.tls_established();
+    step(&mut c, "");
+    let (sent, _) = step(
+        &mut c,
+        &EHLO_FULL.replace("250 ENHANCED", "250-REQUIRETLS\r\n250 ENHANCED"),
+    );
+    assert!(
+        sent.starts_with("MAIL FROM:<bob@example.org> SIZE=1000 BODY=8BITMIME REQUIRETLS RET=HDRS"),
+        "{sent}"
+    );
 }

@@ -61,6 +61,7 @@ fn outgoing(recipients: &[&str]) -> Outgoing {
             })
             .collect(),
         tls: TlsPolicy::Opportunistic,
+        requiretls: false,
     }
 }
 

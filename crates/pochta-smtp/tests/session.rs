@@ -1016,3 +1016,34 @@ fn a_policy_refusal_ends_the_transaction_with_550() {
     c.cmd("DATA");
     assert_eq!(store(c.send("next\r\n.\r\n")).body, b"next\r\n");
 }
+
+/// REQUIRETLS (RFC 8689 4.1) is offered only over TLS, refused without it, and kept with
+/// the message when given.
+#[test]
+fn requiretls_is_offered_and_taken_only_over_tls() {
+    let mut c = client(MX);
+    assert!(!c.cmd("EHLO client.example").contains("REQUIRETLS"));
+    assert_eq!(
+        c.cmd("MAIL FROM:<s@example.net> REQUIRETLS"),
+        "530 5.7.10 REQUIRETLS needs a TLS session (RFC 8689)\r\n"
+    );
+    assert!(matches!(c.send("STARTTLS\r\n"), Some(Output::StartTls)));
+    c.take();
+    c.session.tls_established();
+    assert!(c.drain().is_none());
+    assert!(c.cmd("EHLO client.example").contains("250-REQUIRETLS\r\n"));
+    assert_eq!(
+        c.cmd("MAIL FROM:<s@example.net> REQUIRETLS=yes"),
+        "501 5.5.4 Syntax error: REQUIRETLS takes no value\r\n"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<s@example.net> REQUIRETLS"),
+        "250 2.1.0 Ok\r\n"
+    );
+    let output = c.send("RCPT TO:<a@example.org>\r\n");
+    assert!(c.accept_all(output).is_none());
+    c.take();
+    c.cmd("DATA");
+    let m = store(c.send("hi\r\n.\r\n"));
+    assert!(m.mail.requiretls && m.tls);
+}

@@ -33,3 +33,6 @@ CREATE TABLE mta_sts_policies (
     fetched_at  timestamptz NOT NULL DEFAULT now(),
     expires_at  timestamptz NOT NULL
 );
+
+-- REQUIRETLS (RFC 8689): the sender asked that every hop be verified TLS.
+ALTER TABLE envelopes ADD COLUMN requiretls boolean NOT NULL DEFAULT false;

@@ -234,6 +234,15 @@ impl Store {
             .collect()
     }
 
+    /// The domains whose mail is signed now (those with an active key).
+    pub async fn dkim_signing_domains(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT DISTINCT domain FROM dkim_keys WHERE state = 'active'")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(d,)| d).collect())
+    }
+
     /// The keys `domain`'s mail is signed with now (at most one per algorithm).
     pub async fn dkim_signing_keys(&self, domain: &str) -> Result<Vec<DkimSigningKey>> {
         let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(

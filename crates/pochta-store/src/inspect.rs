@@ -91,7 +91,7 @@ impl Store {
             "SELECT e.id, e.queue_id, e.message_id, m.size, e.reverse_path, e.envid, e.ret, e.body,
                     e.smtputf8, host(e.client_address) AS client_address, e.client_helo,
                     e.auth_user, e.received_by, e.traceparent, e.arrived_at, e.expires_at,
-                    m.quarantine
+                    m.quarantine, e.requiretls
              FROM envelopes e JOIN messages m ON m.id = e.message_id
              WHERE e.queue_id = $1",
         )

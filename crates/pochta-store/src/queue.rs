@@ -31,6 +31,7 @@ struct ClaimedRow {
     ret: Option<String>,
     body: Option<String>,
     smtputf8: bool,
+    requiretls: bool,
     arrived_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     traceparent: Option<String>,
@@ -67,6 +68,7 @@ impl ClaimedRow {
             ret: parsed(self.ret),
             body: parsed(self.body),
             smtputf8: self.smtputf8,
+            requiretls: self.requiretls,
             arrived_at: self.arrived_at,
             expires_at: self.expires_at,
             traceparent: self.traceparent,
@@ -345,6 +347,7 @@ pub(crate) async fn enqueue_many_on(
     let rets: Vec<Option<&str>> = envelopes().map(|e| e.ret.map(|r| r.as_str())).collect();
     let bodies: Vec<Option<&str>> = envelopes().map(|e| e.body.map(|b| b.as_str())).collect();
     let smtputf8s: Vec<bool> = envelopes().map(|e| e.smtputf8).collect();
+    let requiretlss: Vec<bool> = envelopes().map(|e| e.requiretls).collect();
     let clients: Vec<Option<String>> = envelopes()
         .map(|e| e.client_address.map(|a| a.to_string()))
         .collect();
@@ -381,10 +384,10 @@ pub(crate) async fn enqueue_many_on(
     // unnest in FROM with a join copied every chunk into a tuplestore and a hash table first
     // (measured in bench/history.md, "chunk rows streamed"). They are not sorted (a sort
     // would copy every chunk too): readers order chunks themselves.
-    // The arguments' buffer (24 parameters, mostly the chunks' octets) is sized up front:
+    // The arguments' buffer (25 parameters, mostly the chunks' octets) is sized up front:
     // grown by doubling, it would copy the content several times over before it is sent.
     let mut args = PgArguments::default();
-    args.reserve(24, chunks.encoded_len() + 1024 * batch.len());
+    args.reserve(25, chunks.encoded_len() + 1024 * batch.len());
     for add in [
         args.add(&sizes),
         args.add(&queue_ids),
@@ -410,6 +413,7 @@ pub(crate) async fn enqueue_many_on(
         args.add(&chunks.data),
         args.add(&locals),
         args.add(&quarantines),
+        args.add(&requiretlss),
     ] {
         add.map_err(sqlx::Error::Encode)?;
     }
@@ -418,10 +422,10 @@ pub(crate) async fn enqueue_many_on(
                  SELECT i.*, nextval(pg_get_serial_sequence('messages', 'id')) AS message_id
                  FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $6::text[], $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[],
-                     $12::text[], $13::float8[], $24::text[])
+                     $12::text[], $13::float8[], $24::text[], $25::bool[])
                      WITH ORDINALITY AS i (size, queue_id, reverse_path, envid, ret, body,
                          smtputf8, client_address, client_helo, auth_user, received_by,
-                         traceparent, lifetime, quarantine, n)
+                         traceparent, lifetime, quarantine, requiretls, n)
              ), m AS (
                  INSERT INTO messages (id, size, quarantine) OVERRIDING SYSTEM VALUE
                  SELECT message_id, size, quarantine FROM input ORDER BY n
@@ -433,10 +437,10 @@ pub(crate) async fn enqueue_many_on(
              ), e AS (
                  INSERT INTO envelopes (queue_id, message_id, reverse_path, envid, ret, body,
                      smtputf8, client_address, client_helo, auth_user, received_by, traceparent,
-                     expires_at)
+                     expires_at, requiretls)
                  SELECT queue_id, message_id, reverse_path, envid, ret, body, smtputf8,
                      client_address::inet, client_helo, auth_user, received_by, traceparent,
-                     now() + lifetime * interval '1 second'
+                     now() + lifetime * interval '1 second', requiretls
                  FROM input ORDER BY n
                  RETURNING queue_id, id, message_id
              ), r AS (
@@ -531,7 +535,8 @@ fn claim_statement(class: Claim) -> String {
          WHERE r.id = due.id AND e.id = r.envelope_id
          RETURNING r.id AS recipient_id, r.envelope_id, e.queue_id, e.message_id, r.address,
              r.orcpt, r.notify, r.attempts, e.reverse_path, e.envid, e.ret, e.body,
-             e.smtputf8, e.arrived_at, e.expires_at, e.traceparent, r.lease_expires_at,
+             e.smtputf8, e.requiretls, e.arrived_at, e.expires_at, e.traceparent,
+             r.lease_expires_at,
              r.delay_reported, r.cancelled, r.last_status, r.original_address"
     )
 }

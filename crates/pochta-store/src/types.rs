@@ -333,6 +333,8 @@ pub struct NewEnvelope {
     pub recipients: Vec<NewRecipient>,
     /// Why the message is quarantined (a DMARC quarantine policy); None for ordinary mail.
     pub quarantine: Option<String>,
+    /// REQUIRETLS (RFC 8689): every hop must be verified TLS.
+    pub requiretls: bool,
 }
 
 /// Ids of an enqueued transaction.
@@ -360,6 +362,8 @@ pub struct ClaimedRecipient {
     pub ret: Option<Ret>,
     pub body: Option<Body>,
     pub smtputf8: bool,
+    /// REQUIRETLS (RFC 8689): only over verified TLS to a server that offers REQUIRETLS.
+    pub requiretls: bool,
     pub arrived_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub traceparent: Option<String>,
@@ -540,6 +544,8 @@ pub struct EnvelopeDetail {
     pub expires_at: DateTime<Utc>,
     /// Why its message is quarantined (a DMARC quarantine policy), if it is.
     pub quarantine: Option<String>,
+    /// REQUIRETLS (RFC 8689) was asked for.
+    pub requiretls: bool,
 }
 
 /// One recipient as the admin sees it.

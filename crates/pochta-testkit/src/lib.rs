@@ -247,6 +247,7 @@ pub fn local_recipient(address: &str) -> NewRecipient {
 pub fn envelope(sender: &str, recipients: Vec<NewRecipient>) -> NewEnvelope {
     NewEnvelope {
         quarantine: None,
+        requiretls: false,
         queue_id: QueueId::generate(),
         reverse_path: (!sender.is_empty())
             .then(|| Mailbox::parse(sender).expect("a valid test address")),

@@ -56,6 +56,7 @@ async fn deferred() -> Deferred {
     let recipients = ["a@far.example", "b@far.example", "c@other.example"];
     let envelope = NewEnvelope {
         quarantine: None,
+        requiretls: false,
         envid: Some("E1".into()),
         client_address: Some("192.0.2.9".parse().unwrap()),
         // A client's HELO may say anything: it must not forge output or drive the terminal.

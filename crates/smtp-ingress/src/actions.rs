@@ -285,6 +285,7 @@ impl Actions {
         content.extend_from_slice(text);
         let envelope = NewEnvelope {
             quarantine,
+            requiretls: message.mail.requiretls,
             queue_id: queue_id.clone(),
             reverse_path: message.mail.sender.clone(),
             envid: message.mail.envid.clone(),

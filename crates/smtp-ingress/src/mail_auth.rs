@@ -7,7 +7,7 @@
 //! decision itself (`dmarc_disposition`) is a pure function, tested without DNS.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -108,6 +108,9 @@ pub struct MailAuth {
     dns: MessageAuthenticator,
     caches: DnsCaches,
     store: Store,
+    /// The domains that have an active key, for `key_cache_secs`: a message from any other
+    /// domain (and every message, where no domain has keys) costs no parsing at all.
+    signing_domains: TtlCache<(), Arc<HashSet<String>>>,
     /// Each domain's active keys, parsed, for `key_cache_secs` (a rotation shows within it).
     signers: TtlCache<String, Arc<[Signer]>>,
     results: Counter<u64>,
@@ -134,6 +137,7 @@ impl MailAuth {
                 ptr: DnsCache::new(entries),
             },
             store,
+            signing_domains: TtlCache::new(Duration::from_secs(config.key_cache_secs), 1),
             signers: TtlCache::new(Duration::from_secs(config.key_cache_secs), 10_000),
             results: meter
                 .u64_counter("pochta.mail_auth.results")
@@ -159,7 +163,25 @@ impl MailAuth {
     /// active key of its From: domain; empty when the domain has none. A store error leaves
     /// the message unsigned rather than refusing it (logged).
     pub async fn signatures(&self, content: &[u8]) -> String {
-        let Some(domain) = from_domain(content) else {
+        let domains = match self.signing_domains.get(&(), Instant::now()) {
+            Some(domains) => domains,
+            None => match self.store.dkim_signing_domains().await {
+                Ok(domains) => {
+                    let domains = Arc::new(domains.into_iter().collect::<HashSet<_>>());
+                    self.signing_domains
+                        .insert((), domains.clone(), Instant::now());
+                    domains
+                }
+                Err(e) => {
+                    tracing::error!("reading the signing domains failed; sent unsigned: {e}");
+                    return String::new();
+                }
+            },
+        };
+        if domains.is_empty() {
+            return String::new();
+        }
+        let Some(domain) = from_domain(content).filter(|d| domains.contains(d)) else {
             return String::new();
         };
         let signers = match self.signers.get(&domain, Instant::now()) {
@@ -390,9 +412,18 @@ fn dkim_word(result: &DkimResult) -> &'static str {
     }
 }
 
-/// The domain of the message's From: field (its first mailbox), lower-cased.
+/// The domain of the message's From: field (its first mailbox), lower-cased. Only that
+/// field is parsed (mail-parser, for its comments, quoting and encodings).
 fn from_domain(content: &[u8]) -> Option<String> {
-    let headers = mail_parser::MessageParser::new().parse_headers(content)?;
+    let field = pochta_mail::headers::header_fields(content).find(|f| {
+        content[f.clone()]
+            .split(|b| *b == b':')
+            .next()
+            .is_some_and(|name| name.trim_ascii().eq_ignore_ascii_case(b"from"))
+    })?;
+    let mut only_from = content[field].to_vec();
+    only_from.extend_from_slice(b"\r\n");
+    let headers = mail_parser::MessageParser::new().parse_headers(&only_from)?;
     let address = headers.from()?.first()?.address()?;
     let (_, domain) = address.rsplit_once('@')?;
     (!domain.is_empty()).then(|| domain.to_ascii_lowercase())

@@ -36,6 +36,7 @@ pub fn recipient(address: &str) -> NewRecipient {
 pub fn envelope(recipients: Vec<NewRecipient>) -> NewEnvelope {
     NewEnvelope {
         quarantine: None,
+        requiretls: false,
         envid: Some("env-1".into()),
         ret: Some(Ret::Hdrs),
         client_address: Some("192.0.2.7".parse().unwrap()),

@@ -637,6 +637,7 @@ async fn sender_usage_and_domain_backlog() {
     ] {
         let env = NewEnvelope {
             quarantine: None,
+            requiretls: false,
             auth_user: Some("alice@example.org".into()),
             ..envelope(recipients.iter().map(|r| recipient(r)).collect())
         };
