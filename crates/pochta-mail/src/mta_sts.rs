@@ -97,7 +97,8 @@ pub fn parse_policy(text: &str) -> Result<StsPolicy, String> {
                 max_age = Some(age);
             }
             "mx" => {
-                let pattern = value.to_ascii_lowercase();
+                // Compared as host names are: without case or a final dot.
+                let pattern = value.trim_end_matches('.').to_ascii_lowercase();
                 let name = pattern.strip_prefix("*.").unwrap_or(&pattern);
                 if !crate::is_domain_name(name) {
                     return Err(format!("mx {value:?} is not a host name pattern"));
@@ -216,6 +217,9 @@ mod tests {
         assert!(policy.allows_mx("mail.example.com"));
         assert!(policy.allows_mx("MAIL.Example.com."));
         assert!(policy.allows_mx("mx1.example.net"));
+        let dotted =
+            parse_policy("version: STSv1\nmode: enforce\nmx: Mail.Example.com.\nmax_age: 1\n");
+        assert!(dotted.unwrap().allows_mx("mail.example.com"));
         assert!(!policy.allows_mx("example.net"));
         assert!(!policy.allows_mx("a.b.example.net"));
         assert!(!policy.allows_mx("other.example.com"));
