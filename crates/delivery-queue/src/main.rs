@@ -17,6 +17,7 @@ mod mx;
 mod remote;
 mod report;
 mod route;
+mod tls_report;
 mod watchdog;
 mod worker;
 
@@ -81,6 +82,22 @@ fn main() -> ExitCode {
                 Duration::from_secs(queue.depth_interval_secs.max(1)),
                 ctx.shutdown.clone(),
             ));
+            let tls_reports = queue.tls_reports.then(|| {
+                tokio::spawn(
+                    tls_report::Reporter {
+                        store: ctx.store.clone(),
+                        resolver: settings.router.resolver.clone(),
+                        period: Duration::from_secs(queue.tls_report_period_secs),
+                        hostname: settings.hostname.clone(),
+                        organization: queue
+                            .tls_report_organization
+                            .clone()
+                            .unwrap_or_else(|| settings.hostname.clone()),
+                        lifetime: settings.lifetime,
+                    }
+                    .run(ctx.shutdown.clone()),
+                )
+            });
             let grace = Duration::from_secs(queue.shutdown_grace_secs);
             let service = grpc::QueueService::new(ctx.store.clone(), wakes.clone());
             let admin = QueueAdminServer::with_interceptor(
@@ -92,6 +109,9 @@ fn main() -> ExitCode {
             let finished = async {
                 let _ = gc.await;
                 let _ = depth.await;
+                if let Some(reports) = tls_reports {
+                    let _ = reports.await;
+                }
                 for w in loops.await.unwrap_or_default() {
                     let _ = w.await;
                 }
@@ -135,6 +155,7 @@ fn settings(
     };
     Ok(Arc::new(worker::Settings {
         mta_sts,
+        tls_report_period: queue.tls_reports.then_some(queue.tls_report_period_secs),
         router: route::Router {
             routes: queue.routes.clone(),
             smarthost: queue.smarthost.clone(),

@@ -114,6 +114,30 @@ impl Worker {
         )
     }
 
+    /// Counts one TLS session with an MX host of `domain` for its TLS report (RFC 8460).
+    async fn count_tls_session(
+        &self,
+        domain: &str,
+        sts: Option<&StsPolicy>,
+        mx_host: &str,
+        result: &str,
+    ) {
+        let Some(period) = self.settings.tls_report_period else {
+            return;
+        };
+        let (policy_type, policy_string) = match sts {
+            Some(policy) => ("sts", policy.lines()),
+            None => ("no-policy-found", Vec::new()),
+        };
+        let counted = self
+            .store
+            .record_tls_result(domain, policy_type, &policy_string, mx_host, result, period)
+            .await;
+        if let Err(e) = counted {
+            tracing::warn!(%domain, "counting a TLS session for its report failed: {e}");
+        }
+    }
+
     /// One transaction with `destination` from `sender`: its servers in turn until one takes
     /// the connection (RFC 5321 5.1).
     async fn send_to<'a>(
@@ -193,10 +217,15 @@ impl Worker {
                     address = %candidate.address, recipients = recipients.len());
                 remote_mta = format!("{} ({})", candidate.host, candidate.address);
                 // The leases are renewed meanwhile by the loop that claimed the batch.
-                result = dialer
+                let tls;
+                (result, tls) = dialer
                     .deliver(candidate, outgoing.clone(), &message)
                     .instrument(span)
                     .await;
+                if let (Destination::Mx(domain), Some(tls)) = (destination, tls) {
+                    self.count_tls_session(domain, sts, &candidate.host, tls)
+                        .await;
+                }
                 match &result {
                     Ok(_) => break,
                     Err(why) => tracing::info!("{why}; trying the next host if any"),
@@ -220,6 +249,23 @@ impl Worker {
                 all_end(Verdict::Deferred, "4.4.2", &why)
             }
         }
+    }
+}
+
+/// The RFC 8460 result type of a failed TLS handshake.
+fn tls_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => "certificate-host-mismatch",
+        Some(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "certificate-expired",
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            "certificate-not-trusted"
+        }
+        _ => "validation-failure",
     }
 }
 
@@ -449,12 +495,14 @@ impl Dialer {
     /// to it when there is one that still works, else a new one; returns each recipient's
     /// outcome, or why no connection could be made (so the next server can be tried). Trouble
     /// after connecting defers the recipients without an outcome yet.
+    /// With the outcomes comes how TLS went on a new connection (for TLS reporting): a
+    /// reused one was counted when it was made.
     async fn deliver(
         &self,
         server: &Candidate,
         outgoing: Outgoing,
         message: &[u8],
-    ) -> Result<Vec<RecipientOutcome>, String> {
+    ) -> (Result<Vec<RecipientOutcome>, String>, Option<&'static str>) {
         let key = (server.address.clone(), outgoing.tls);
         while let Some(mut connection) = self.pool.take(&key) {
             connection.session.next_message(outgoing.clone());
@@ -464,12 +512,21 @@ impl Dialer {
                 continue;
             }
             self.pool.put(key, connection).await;
-            return Ok(outcomes);
+            return (Ok(outcomes), None);
         }
-        let mut connection = self.connect(server, outgoing).await?;
+        let mut connection = match self.connect(server, outgoing).await {
+            Ok(connection) => connection,
+            Err(why) => return (Err(why), None),
+        };
         let outcomes = self.converse(&mut connection, server, message).await;
+        let tls = connection.tls_result.or_else(|| {
+            connection
+                .session
+                .starttls_missing()
+                .then_some("starttls-not-supported")
+        });
         self.pool.put(key, connection).await;
-        Ok(outcomes)
+        (Ok(outcomes), tls)
     }
 
     async fn connect(&self, server: &Candidate, outgoing: Outgoing) -> Result<Connection, String> {
@@ -480,6 +537,7 @@ impl Dialer {
                 conn: Conn::Plain(tcp),
                 session: ClientSession::new(outgoing),
                 messages: 0,
+                tls_result: None,
             }),
             Ok(Err(e)) => Err(format!("connecting to {} ({address}): {e}", server.host)),
             Err(_) => Err(format!(
@@ -543,10 +601,12 @@ impl Dialer {
                         let handshake = conn.connect_tls(connector, name);
                         match tokio::time::timeout(self.reply_timeout, handshake).await {
                             Ok(Ok(())) => {
+                                connection.tls_result = Some("success");
                                 session.tls_established();
                                 Ok(())
                             }
                             Ok(Err(e)) => {
+                                connection.tls_result = Some(tls_failure(&e));
                                 return lost(
                                     session,
                                     &format!("TLS handshake with {address}: {e}"),
@@ -584,6 +644,8 @@ pub struct Connection {
     conn: Conn,
     session: ClientSession,
     messages: u32,
+    /// How its TLS handshake went: `success` or an RFC 8460 result type; None if none ran.
+    tls_result: Option<&'static str>,
 }
 
 impl Connection {

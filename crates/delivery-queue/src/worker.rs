@@ -147,6 +147,8 @@ pub struct Settings {
     pub router: Router,
     /// The MTA-STS policies of recipient domains (`queue.mta_sts`).
     pub mta_sts: Option<crate::mta_sts::MtaSts>,
+    /// TLS reporting's period in seconds (`queue.tls_report_period_secs`), if it is on.
+    pub tls_report_period: Option<u64>,
     /// How remote servers are reached.
     pub dialer: Dialer,
     /// Reporting-MTA of delivery reports, and the EHLO name.

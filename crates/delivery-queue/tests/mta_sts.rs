@@ -1,6 +1,7 @@
-//! MTA-STS (RFC 8461) with the real queue binary: policies published through the test DNS
-//! server and served over HTTPS by the test, mail delivered to a real ingress whose
-//! certificate names some MX hosts and not others.
+//! MTA-STS (RFC 8461) and TLS reporting (RFC 8460) with the real queue binary: policies
+//! published through the test DNS server and served over HTTPS by the test, mail delivered to
+//! a real ingress whose certificate names some MX hosts and not others, and the reports of
+//! those sessions mailed to the address the domains' `_smtp._tls` records name.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,7 +13,8 @@ use pochta_mail::mta_sts::StsMode;
 use pochta_store::{NewRecipient, QueueId, RecipientState, Store};
 use pochta_testkit::dns::{Record, dns_server};
 use pochta_testkit::{
-    ServiceProcess, TestCerts, TestDb, envelope, free_addr, recipient, until, workspace_binary,
+    ServiceProcess, TestCerts, TestDb, envelope, free_addr, maildrop, recipient, until,
+    workspace_binary,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -168,7 +170,7 @@ async fn outcomes(store: &Store, id: &QueueId, n: usize) -> Vec<(RecipientState,
 }
 
 #[tokio::test]
-async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate() {
+async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_is_reported() {
     let mx_certs = TestCerts::generate_for(&["mx.good.test"]).unwrap();
     let web_names: Vec<String> = POLICIES
         .iter()
@@ -203,6 +205,14 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate() {
             (leak(format!("mta-sts.{domain}")), Record::A([127, 0, 0, 1])),
         ]);
     }
+    // Two domains ask for TLS reports, to an address of the sending side.
+    for domain in ["good.test", "wrongcert.test"] {
+        let name: &'static str = Box::leak(format!("_smtp._tls.{domain}").into_boxed_str());
+        zone.push((
+            name,
+            Record::Txt("v=TLSRPTv1; rua=mailto:tlsrpt@example.org"),
+        ));
+    }
     // A domain without a policy is delivered as before (opportunistic TLS).
     zone.extend([
         ("plain.test", Record::Mx(10, "mx.plain.test")),
@@ -211,12 +221,14 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate() {
     let dns = dns_server(zone).await;
     let db = TestDb::new().await.unwrap();
     db.add_account("alice@example.org", "pw").await.unwrap();
+    let reports_to = db.add_account("tlsrpt@example.org", "pw").await.unwrap();
     remote_db
         .add_account("friend@plain.test", "pw")
         .await
         .unwrap();
     let settings = format!(
-        "dns_servers = [\"{dns}\"]\nmx_port = {}\nmta_sts_port = {}\ntls_ca_file = \"{}\"\n",
+        "dns_servers = [\"{dns}\"]\nmx_port = {}\nmta_sts_port = {}\ntls_ca_file = \"{}\"\n\
+         tls_report_period_secs = 2\n",
         mx.port(),
         web.port(),
         roots.path().display()
@@ -275,6 +287,32 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate() {
     assert_eq!(cached.policy.mx, ["mx.good.test"]);
     assert!(cached.expires_in_secs > 86_000, "{cached:?}");
 
+    // The TLS reports: one per domain that asked, with its sessions by result.
+    let reports: Vec<serde_json::Value> = maildrop(store, reports_to, 2)
+        .await
+        .iter()
+        .map(|m| tls_report(m))
+        .collect();
+    let of = |domain: &str| {
+        reports
+            .iter()
+            .find(|r| r["policies"][0]["policy"]["policy-domain"] == domain)
+            .unwrap_or_else(|| panic!("no report for {domain}: {reports:?}"))
+    };
+    let good = &of("good.test")["policies"][0];
+    assert_eq!(good["policy"]["policy-type"], "sts");
+    assert_eq!(good["policy"]["mx-host"][0], "mx.good.test");
+    assert_eq!(good["summary"]["total-successful-session-count"], 1);
+    assert_eq!(good["summary"]["total-failure-session-count"], 0);
+    let wrong = &of("wrongcert.test")["policies"][0];
+    assert_eq!(wrong["summary"]["total-successful-session-count"], 0);
+    let failure = &wrong["failure-details"][0];
+    assert_eq!(
+        failure["result-type"], "certificate-host-mismatch",
+        "{wrong}"
+    );
+    assert_eq!(failure["receiving-mx-hostname"], "mx.wrongcert.test");
+
     // With the web server gone, a restarted queue still enforces the cached policies.
     web_task.abort();
     drop(queue);
@@ -289,4 +327,27 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate() {
         POLICIES.len(),
         "nothing fetched again"
     );
+}
+
+/// The JSON of a TLS report mail: its `application/tlsrpt+gzip` part, unzipped.
+fn tls_report(message: &[u8]) -> serde_json::Value {
+    let parsed = mail_parser::MessageParser::default()
+        .parse(message)
+        .unwrap();
+    assert!(
+        parsed
+            .header_raw("TLS-Report-Submitter")
+            .is_some_and(|h| h.trim() == "mx.example.org")
+    );
+    let part = parsed
+        .attachments()
+        .find(|a| mail_parser::MimeHeaders::is_content_type(*a, "application", "tlsrpt+gzip"))
+        .expect("the report attachment");
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(part.contents()),
+        &mut json,
+    )
+    .unwrap();
+    serde_json::from_slice(&json).unwrap()
 }

@@ -543,6 +543,14 @@ pub struct QueueConfig {
     pub mta_sts_port: u16,
     /// One policy fetch (connection, TLS, request and answer) ends within this.
     pub mta_sts_timeout_secs: u64,
+    /// TLS reporting (RFC 8460): outbound TLS sessions with MX hosts are counted per
+    /// recipient domain, and each period's counts are mailed to the addresses a domain's
+    /// `_smtp._tls` record names (mailto: only).
+    pub tls_reports: bool,
+    /// The reporting period: a day (86400), as RFC 8460 asks; shorter only for tests.
+    pub tls_report_period_secs: u64,
+    /// The organization the reports name as their submitter; the host name if unset.
+    pub tls_report_organization: Option<String>,
     /// `outbound_tls` for particular recipient domains; a key `.example.com` covers the
     /// subdomains of example.com (e.g. `"partner.example" = "required"`).
     pub outbound_tls_domains: std::collections::BTreeMap<String, TlsPolicy>,
@@ -630,6 +638,9 @@ impl Default for QueueConfig {
             mta_sts: true,
             mta_sts_port: 443,
             mta_sts_timeout_secs: 10,
+            tls_reports: true,
+            tls_report_period_secs: 86_400,
+            tls_report_organization: None,
             outbound_tls_domains: Default::default(),
             connection_reuse_secs: 2,
             connection_reuse_max_messages: 100,

@@ -212,6 +212,7 @@ impl QueueConfig {
             ("queue.connect_timeout_secs", self.connect_timeout_secs),
             ("queue.mta_sts_timeout_secs", self.mta_sts_timeout_secs),
             ("queue.mta_sts_port", u64::from(self.mta_sts_port)),
+            ("queue.tls_report_period_secs", self.tls_report_period_secs),
             ("queue.reply_timeout_secs", self.reply_timeout_secs),
             ("queue.write_timeout_secs", self.write_timeout_secs),
             (

@@ -120,6 +120,17 @@ pub fn parse_policy(text: &str) -> Result<StsPolicy, String> {
 }
 
 impl StsPolicy {
+    /// The policy as its file's lines (what a TLS report quotes as its policy-string).
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            "version: STSv1".to_owned(),
+            format!("mode: {}", self.mode.as_str()),
+        ];
+        lines.extend(self.mx.iter().map(|mx| format!("mx: {mx}")));
+        lines.push(format!("max_age: {}", self.max_age));
+        lines
+    }
+
     /// Whether `host` (an MX host name) is one the policy lists (RFC 8461 4.1): equal, or
     /// for `*.name`, `name` with exactly one more label in front. Case and a final dot do
     /// not matter.

@@ -152,6 +152,8 @@ pub struct ClientSession {
     broken: bool,
     /// The RSET before a further message failed: nothing of it was sent.
     stale: bool,
+    /// See `starttls_missing`.
+    starttls_missing: bool,
 }
 
 /// The longest reply line accepted (RFC 5321 4.5.3.1.5 asks servers for at most 512 octets;
@@ -230,6 +232,7 @@ impl ClientSession {
             ready: false,
             broken: false,
             stale: false,
+            starttls_missing: false,
         }
     }
 
@@ -301,6 +304,12 @@ impl ClientSession {
     /// The STARTTLS policy of the current message.
     pub fn tls_policy(&self) -> TlsPolicy {
         self.out.tls
+    }
+
+    /// The server answered the greeting without offering STARTTLS (or refused it), and no
+    /// TLS is in use: what TLS reporting counts as `starttls-not-supported` (RFC 8460).
+    pub fn starttls_missing(&self) -> bool {
+        self.starttls_missing && !self.tls
     }
 
     /// The message text went out; the final reply is awaited.
@@ -442,9 +451,13 @@ impl ClientSession {
             Expect::Helo => self.transaction_failed(reply),
             Expect::StartTls if reply.code == 220 => self.outputs.push_back(ClientOutput::StartTls),
             Expect::StartTls if self.out.tls.requires_tls() => {
+                self.starttls_missing = true;
                 self.transaction_failed(defer_reply(reply))
             }
-            Expect::StartTls => self.begin_transaction(),
+            Expect::StartTls => {
+                self.starttls_missing = true;
+                self.begin_transaction()
+            }
             Expect::Mail if reply.code != 250 => {
                 if !self.expect.is_empty() {
                     // Pipelined RCPT and DATA replies are still to come.
@@ -509,6 +522,9 @@ impl ClientSession {
 
     fn after_hello(&mut self) {
         let policy = self.out.tls;
+        if !self.tls && !self.ext.starttls {
+            self.starttls_missing = true;
+        }
         if !self.tls && self.ext.starttls && policy != TlsPolicy::Never {
             return self.send(Expect::StartTls, "STARTTLS\r\n");
         }

@@ -36,3 +36,24 @@ CREATE TABLE mta_sts_policies (
 
 -- REQUIRETLS (RFC 8689): the sender asked that every hop be verified TLS.
 ALTER TABLE envelopes ADD COLUMN requiretls boolean NOT NULL DEFAULT false;
+
+-- TLS reporting (RFC 8460): outbound TLS sessions to each recipient domain's MX hosts,
+-- counted per reporting period, policy, MX host and result ('success' or an RFC 8460 result
+-- type), until the period's report is taken; and which periods' reports were taken, so one
+-- replica sends each.
+CREATE TABLE tls_report_results (
+    period_start  timestamptz NOT NULL,
+    domain        text NOT NULL,
+    policy_type   text NOT NULL CHECK (policy_type IN ('sts', 'no-policy-found')),
+    policy_string text[] NOT NULL,
+    mx_host       text NOT NULL,
+    result        text NOT NULL,
+    sessions      bigint NOT NULL,
+    PRIMARY KEY (period_start, domain, policy_type, mx_host, result)
+);
+CREATE TABLE tls_reports_taken (
+    period_start  timestamptz NOT NULL,
+    domain        text NOT NULL,
+    taken_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (period_start, domain)
+);

@@ -16,6 +16,7 @@ mod mta_sts;
 mod queue;
 mod roles;
 mod server;
+mod tls_reports;
 mod types;
 mod usage;
 
@@ -29,6 +30,7 @@ pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_se
 pub use mta_sts::CachedStsPolicy;
 pub use roles::ServiceRoles;
 pub use server::{postgres_programs, running_as_root};
+pub use tls_reports::{TlsReportPeriod, TlsResultCount};
 pub use types::*;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

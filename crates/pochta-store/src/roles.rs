@@ -68,6 +68,10 @@ const QUEUE: Grants = &[
     ("SELECT, INSERT", "maildrop_entries"),
     ("SELECT, INSERT, UPDATE", "mta_sts_policies"),
     (
+        "SELECT, INSERT, UPDATE, DELETE",
+        "tls_report_results, tls_reports_taken",
+    ),
+    (
         "USAGE",
         "SEQUENCE messages_id_seq, envelopes_id_seq, recipients_id_seq",
     ),

@@ -9,6 +9,7 @@ mod maildrop;
 mod queue;
 mod roles;
 mod schema;
+mod tls_reports;
 
 use std::time::Duration;
 
