@@ -47,8 +47,9 @@ pub struct MailAuthConfig {
     pub dns_servers: Vec<SocketAddr>,
     /// One DNS query waits at most this long.
     pub dns_timeout_ms: u64,
-    /// All checks of one message end within this (the client waits for them after DATA);
-    /// what is unfinished then is reported as temperror.
+    /// All checks of one message end within this, and never later than
+    /// `smtp.command_timeout_secs` (the client waits for them after DATA); what is
+    /// unfinished then is reported as temperror.
     pub check_timeout_ms: u64,
     /// DNS answers are remembered (up to their TTL) for this many names per kind.
     pub dns_cache_entries: u32,
@@ -782,7 +783,7 @@ impl Config {
         self.queue.validate()?;
         self.pop3.validate()?;
         self.addresses.validate()?;
-        self.mail_auth.validate(self.smtp.command_timeout_secs)
+        self.mail_auth.validate()
     }
 
     /// The configuration with its secrets replaced, fit to print or log.

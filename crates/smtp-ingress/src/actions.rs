@@ -99,7 +99,12 @@ impl Actions {
             Duration::from_millis(config.smtp.notify_interval_ms),
         ));
         Ok(Arc::new(Actions {
-            mail_auth: MailAuth::new(&config.mail_auth, &hostname, store.clone())?,
+            mail_auth: MailAuth::new(
+                &config.mail_auth,
+                Duration::from_secs(config.smtp.command_timeout_secs),
+                &hostname,
+                store.clone(),
+            )?,
             hostname,
             queue,
             new_envelopes,

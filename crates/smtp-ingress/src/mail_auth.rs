@@ -114,10 +114,17 @@ pub struct MailAuth {
     /// Each domain's active keys, parsed, for `key_cache_secs` (a rotation shows within it).
     signers: TtlCache<String, Arc<[Signer]>>,
     results: Counter<u64>,
+    /// `check_timeout_ms`, but never past the session's command timeout.
+    check_limit: Duration,
 }
 
 impl MailAuth {
-    pub fn new(config: &MailAuthConfig, hostname: &str, store: Store) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &MailAuthConfig,
+        command_timeout: Duration,
+        hostname: &str,
+        store: Store,
+    ) -> anyhow::Result<Self> {
         let meter = opentelemetry::global::meter("smtp-ingress");
         let entries = config.dns_cache_entries as usize;
         Ok(MailAuth {
@@ -143,6 +150,7 @@ impl MailAuth {
                 .u64_counter("pochta.mail_auth.results")
                 .with_description("Authentication results of arriving mail, by method and result")
                 .build(),
+            check_limit: Duration::from_millis(config.check_timeout_ms).min(command_timeout),
             config: config.clone(),
         })
     }
@@ -236,7 +244,7 @@ impl MailAuth {
         recipient_domains: impl IntoIterator<Item = &'a str>,
     ) -> Verdict {
         let action = self.config.dmarc_action(recipient_domains);
-        let limit = Duration::from_millis(self.config.check_timeout_ms);
+        let limit = self.check_limit;
         match tokio::time::timeout(limit, self.evaluate(message, client, content, action)).await {
             Ok(verdict) => verdict,
             Err(_) => {
