@@ -147,7 +147,7 @@ impl MailAuth {
             signing_domains: TtlCache::new(Duration::from_secs(config.key_cache_secs), 1),
             signers: TtlCache::new(Duration::from_secs(config.key_cache_secs), 10_000),
             results: meter
-                .u64_counter("pochta.mail_auth.results")
+                .u64_counter("pochta.smtp.authentication.results")
                 .with_description("Authentication results of arriving mail, by method and result")
                 .build(),
             check_limit: Duration::from_millis(config.check_timeout_ms).min(command_timeout),

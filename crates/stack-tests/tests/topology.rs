@@ -231,8 +231,13 @@ async fn mail_through_the_balancer_is_delivered_traced_and_measured() {
             .unwrap()
             .unwrap();
         let text = String::from_utf8(content).unwrap();
+        // The real client address, not the balancer's, in the Received header and in the
+        // authentication checks above it (SPF was asked about 127.0.0.2).
+        let (checks, received) = text.split_once("\r\nReceived: ").unwrap();
         assert!(
-            text.starts_with("Received: from client.test ([127.0.0.2])"),
+            received.starts_with("from client.test ([127.0.0.2])")
+                && checks.starts_with("Authentication-Results: ingress-")
+                && checks.contains("smtp.remote-ip=127.0.0.2"),
             "the real client address, not the balancer's: {text}"
         );
         let by = text.split("\tby ").nth(1).unwrap();
