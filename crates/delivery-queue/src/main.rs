@@ -11,6 +11,7 @@ mod admin;
 mod depth;
 mod gc;
 mod grpc;
+mod https;
 mod local;
 mod mta_sts;
 mod mx;
@@ -87,6 +88,7 @@ fn main() -> ExitCode {
                     tls_report::Reporter {
                         store: ctx.store.clone(),
                         resolver: settings.router.resolver.clone(),
+                        https: settings.https.clone(),
                         period: Duration::from_secs(queue.tls_report_period_secs),
                         hostname: settings.hostname.clone(),
                         organization: queue
@@ -143,7 +145,11 @@ fn settings(
             .any(|p| *p == TlsPolicy::Verify))
     .then(|| remote::verifying_connector(&queue.tls_ca_file))
     .transpose()?;
-    let mta_sts = match (&verifying, queue.mta_sts) {
+    let https = verifying.as_ref().map(|connector| https::Https {
+        resolver: resolver.clone(),
+        connector: connector.clone(),
+    });
+    let mta_sts = match (&https, queue.mta_sts) {
         (Some(https), true) => Some(mta_sts::MtaSts::new(
             resolver.clone(),
             https.clone(),
@@ -154,6 +160,7 @@ fn settings(
         _ => None,
     };
     Ok(Arc::new(worker::Settings {
+        https,
         mta_sts,
         tls_report_period: queue.tls_reports.then_some(queue.tls_report_period_secs),
         router: route::Router {

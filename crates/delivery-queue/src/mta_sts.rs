@@ -8,19 +8,17 @@
 //! them is the attack the cache defends against. Answers are remembered in the process for
 //! a minute so a busy destination costs no lookups per delivery.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hickory_resolver::TokioResolver;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use pochta_mail::mta_sts::{StsMode, StsPolicy, parse_policy, record_id};
 use pochta_service::cache::TtlCache;
 use pochta_store::Store;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::ServerName;
+
+use crate::https::Https;
 
 /// The largest policy file read (RFC 8461 3.3 suggests 64 KiB).
 const MAX_POLICY_BYTES: usize = 64 * 1024;
@@ -31,8 +29,7 @@ const REMEMBER: Duration = Duration::from_secs(60);
 
 pub struct MtaSts {
     resolver: TokioResolver,
-    /// Verifies the policy server's certificate (the roots of `queue.tls_ca_file`).
-    https: TlsConnector,
+    https: Https,
     port: u16,
     timeout: Duration,
     store: Store,
@@ -42,7 +39,7 @@ pub struct MtaSts {
 impl MtaSts {
     pub fn new(
         resolver: TokioResolver,
-        https: TlsConnector,
+        https: Https,
         port: u16,
         timeout: Duration,
         store: Store,
@@ -135,43 +132,16 @@ impl MtaSts {
     /// GET the policy file over HTTPS (3.3): a 200 answer only, no redirects followed.
     async fn fetch(&self, domain: &str) -> Result<StsPolicy, String> {
         let host = format!("mta-sts.{domain}");
-        let ip = self
-            .resolver
-            .lookup_ip(format!("{host}.").as_str())
-            .await
-            .map_err(|e| format!("{host}: {e}"))?
-            .iter()
-            .next()
-            .ok_or_else(|| format!("{host} has no address"))?;
-        let tcp = tokio::net::TcpStream::connect(SocketAddr::new(ip, self.port))
-            .await
-            .map_err(|e| format!("connecting to {host}: {e}"))?;
-        let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
-        let tls = self
-            .https
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {host}: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP with {host}: {e}"))?;
-        tokio::spawn(connection);
         let request = http::Request::get("/.well-known/mta-sts.txt")
-            .header(http::header::HOST, &host)
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("HTTP with {host}: {e}"))?;
-        if response.status() != http::StatusCode::OK {
-            return Err(format!("{host} answered {}", response.status()));
+        let (status, body) = self
+            .https
+            .send(&host, self.port, request, MAX_POLICY_BYTES)
+            .await?;
+        if status != http::StatusCode::OK {
+            return Err(format!("{host} answered {status}"));
         }
-        let body = Limited::new(response.into_body(), MAX_POLICY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the policy from {host}: {e}"))?
-            .to_bytes();
         let text =
             std::str::from_utf8(&body).map_err(|_| format!("{host}: the policy is not text"))?;
         parse_policy(text).map_err(|e| format!("{host}: {e}"))

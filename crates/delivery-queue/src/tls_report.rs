@@ -1,8 +1,9 @@
 //! TLS reports (RFC 8460): the outbound TLS sessions the remote loops counted per recipient
 //! domain (`Store::record_tls_result`) are, once their period has ended, sent as one report
-//! per domain to the `mailto:` addresses of its `_smtp._tls` TXT record: JSON (4.4),
-//! gzipped, in a `multipart/report; report-type="tlsrpt"` message (5.3). One replica takes
-//! each period (`Store::take_tls_reports`); a domain without a record gets none.
+//! per domain to the addresses of its `_smtp._tls` TXT record: JSON (4.4), gzipped, mailed
+//! to `mailto:` ones in a `multipart/report; report-type="tlsrpt"` message (5.3) and posted
+//! to `https:` ones (5.4). One replica takes each period (`Store::take_tls_reports`); a
+//! domain without a record gets none.
 
 use std::io::Write;
 use std::time::Duration;
@@ -14,9 +15,13 @@ use pochta_service::Shutdown;
 use pochta_store::{DomainRole, NewEnvelope, NewRecipient, QueueId, Store, TlsReportPeriod};
 use serde_json::json;
 
+use crate::https::Https;
+
 pub struct Reporter {
     pub store: Store,
     pub resolver: TokioResolver,
+    /// For `https:` addresses (None: the roots are not loaded, and they are skipped).
+    pub https: Option<Https>,
     pub period: Duration,
     /// The submitter's host name (Reporting-MTA of the reports).
     pub hostname: String,
@@ -48,7 +53,7 @@ impl Reporter {
 
     async fn send(&self, period: &TlsReportPeriod) {
         let domain = &period.domain;
-        let Some(addresses) = self.report_addresses(domain).await else {
+        let Some((addresses, urls)) = self.report_addresses(domain).await else {
             return;
         };
         let report_id = format!(
@@ -58,6 +63,12 @@ impl Reporter {
             self.hostname
         );
         let json = report_json(period, &self.organization, &self.hostname, &report_id);
+        for url in &urls {
+            self.post(domain, url, &json).await;
+        }
+        if addresses.is_empty() {
+            return;
+        }
         let message = match report_message(period, &self.hostname, &report_id, &json) {
             Ok(message) => message,
             Err(e) => {
@@ -106,9 +117,37 @@ impl Reporter {
         }
     }
 
-    /// The `mailto:` addresses of the domain's `_smtp._tls` record (RFC 8460 3), if it has
-    /// exactly one record; `https:` ones are not used.
-    async fn report_addresses(&self, domain: &str) -> Option<Vec<Mailbox>> {
+    /// Posts the gzipped report to an `https:` address (RFC 8460 5.4): any 2xx is taken.
+    async fn post(&self, domain: &str, url: &HttpsUrl, json: &str) {
+        let Some(https) = &self.https else {
+            tracing::info!(%domain, "TLS report not posted: no roots loaded (queue.tls_ca_file)");
+            return;
+        };
+        let body = match gzip(json) {
+            Ok(body) => body,
+            Err(e) => return tracing::warn!(%domain, "compressing the TLS report failed: {e}"),
+        };
+        let request = http::Request::post(url.path.as_str())
+            .header(http::header::CONTENT_TYPE, "application/tlsrpt+gzip")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return tracing::warn!(%domain, "TLS report request: {e}"),
+        };
+        match https.send(&url.host, url.port, request, 64 * 1024).await {
+            Ok((status, _)) if status.is_success() => {
+                tracing::info!(%domain, host = %url.host, "TLS report posted")
+            }
+            Ok((status, _)) => {
+                tracing::warn!(%domain, host = %url.host, "TLS report refused: {status}")
+            }
+            Err(e) => tracing::warn!(%domain, "posting the TLS report failed: {e}"),
+        }
+    }
+
+    /// The `mailto:` and `https:` addresses of the domain's `_smtp._tls` record (RFC 8460
+    /// 3), if it has exactly one record.
+    async fn report_addresses(&self, domain: &str) -> Option<(Vec<Mailbox>, Vec<HttpsUrl>)> {
         let name = format!("_smtp._tls.{domain}.");
         let lookup = self.resolver.txt_lookup(name.as_str()).await.ok()?;
         let records: Vec<String> = lookup
@@ -131,18 +170,57 @@ impl Reporter {
         let [record] = records.as_slice() else {
             return None;
         };
-        let addresses = rua_mailto(record);
-        (!addresses.is_empty()).then_some(addresses)
+        let (addresses, urls) = (rua_mailto(record), rua_https(record));
+        (!addresses.is_empty() || !urls.is_empty()).then_some((addresses, urls))
     }
 }
 
-/// The mailboxes of a TLSRPT record's `rua=` (RFC 8460 3: comma-separated URIs).
-fn rua_mailto(record: &str) -> Vec<Mailbox> {
+/// An `https:` report address: host, port (443 unless given) and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HttpsUrl {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+/// The `https:` URIs of a TLSRPT record's `rua=`.
+fn rua_https(record: &str) -> Vec<HttpsUrl> {
+    rua(record)
+        .filter_map(|uri| uri.strip_prefix("https://"))
+        .filter_map(|rest| {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((host, port)) => (host, port.parse().ok()?),
+                None => (authority, 443),
+            };
+            pochta_mail::is_domain_name(host).then(|| HttpsUrl {
+                host: host.to_ascii_lowercase(),
+                port,
+                path: format!("/{path}"),
+            })
+        })
+        .collect()
+}
+
+/// The URIs of a TLSRPT record's `rua=` (RFC 8460 3: comma-separated).
+fn rua(record: &str) -> impl Iterator<Item = &str> {
     record
         .split(';')
         .filter_map(|field| field.trim().strip_prefix("rua="))
         .flat_map(|uris| uris.split(','))
-        .filter_map(|uri| uri.trim().strip_prefix("mailto:"))
+        .map(str::trim)
+}
+
+fn gzip(json: &str) -> std::io::Result<Vec<u8>> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json.as_bytes())?;
+    gz.finish()
+}
+
+/// The mailboxes of a TLSRPT record's `rua=` (RFC 8460 3: comma-separated URIs).
+fn rua_mailto(record: &str) -> Vec<Mailbox> {
+    rua(record)
+        .filter_map(|uri| uri.strip_prefix("mailto:"))
         .filter_map(|address| Mailbox::parse(address.split('?').next()?).ok())
         .collect()
 }
@@ -238,9 +316,7 @@ fn report_message(
     report_id: &str,
     json: &str,
 ) -> std::io::Result<Vec<u8>> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(json.as_bytes())?;
-    let compressed = gz.finish()?;
+    let compressed = gzip(json)?;
     use base64::Engine;
     let encoded = base64::engine::general_purpose::STANDARD.encode(compressed);
     let mut lines = String::new();
@@ -298,6 +374,25 @@ mod tests {
         let found: Vec<String> = found.iter().map(|m| m.to_string()).collect();
         assert_eq!(found, ["a@example.org", "b@example.net"]);
         assert!(rua_mailto("v=TLSRPTv1; rua=https://r.example/x").is_empty());
+        let urls = rua_https(
+            "v=TLSRPTv1;rua=mailto:a@b.example,https://R.example/x/y, https://r.example:8443",
+        );
+        assert_eq!(
+            urls,
+            [
+                HttpsUrl {
+                    host: "r.example".into(),
+                    port: 443,
+                    path: "/x/y".into()
+                },
+                HttpsUrl {
+                    host: "r.example".into(),
+                    port: 8443,
+                    path: "/".into()
+                },
+            ]
+        );
+        assert!(rua_https("v=TLSRPTv1; rua=https://bad host/").is_empty());
     }
 
     #[test]

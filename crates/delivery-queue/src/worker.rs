@@ -145,6 +145,8 @@ pub struct Settings {
     pub owner: String,
     /// Where remote mail goes.
     pub router: Router,
+    /// HTTPS with verified certificates, when roots are loaded (MTA-STS, TLS reports).
+    pub https: Option<crate::https::Https>,
     /// The MTA-STS policies of recipient domains (`queue.mta_sts`).
     pub mta_sts: Option<crate::mta_sts::MtaSts>,
     /// TLS reporting's period in seconds (`queue.tls_report_period_secs`), if it is on.

@@ -34,11 +34,18 @@ const POLICIES: &[(&str, &str)] = &[
     ("testing.test", "mode: testing\nmx: mx.elsewhere.test\n"),
 ];
 
+/// What the test's web server saw: policy fetches counted, TLS reports posted to /tlsrpt.
+#[derive(Default)]
+struct WebLog {
+    fetches: AtomicUsize,
+    posted: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
 /// Serves each domain's policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt (by the
-/// Host header) until dropped; counts the requests.
+/// Host header) and takes TLS reports posted to /tlsrpt, until aborted.
 async fn policy_server(
     certs: &TestCerts,
-) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+) -> (SocketAddr, Arc<WebLog>, tokio::task::JoinHandle<()>) {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certs.cert_path)
         .unwrap()
         .map(Result::unwrap)
@@ -51,8 +58,8 @@ async fn policy_server(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let counter = fetches.clone();
+    let log = Arc::new(WebLog::default());
+    let counter = log.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -71,8 +78,31 @@ async fn policy_server(
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                counter.fetch_add(1, Ordering::SeqCst);
+                let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let mut body = head.split_off(end);
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if head.starts_with("post /tlsrpt ") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or(0);
+                    while body.len() < length {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => body.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if head.contains("content-type: application/tlsrpt+gzip") {
+                        counter.posted.lock().unwrap().push(body);
+                    }
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    let _ = tls.shutdown().await;
+                    return;
+                }
+                counter.fetches.fetch_add(1, Ordering::SeqCst);
                 let host = head
                     .lines()
                     .find_map(|l| l.strip_prefix("host:"))
@@ -98,7 +128,7 @@ async fn policy_server(
             });
         }
     });
-    (addr, fetches, task)
+    (addr, log, task)
 }
 
 /// The receiving ingress: accounts in every test domain, a certificate for mx.good.test.
@@ -190,7 +220,7 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
     )
     .unwrap();
     let (remote_db, _ingress, mx) = receiver(&mx_certs).await;
-    let (web, fetches, web_task) = policy_server(&web_certs).await;
+    let (web, web_log, web_task) = policy_server(&web_certs).await;
     let mut zone = Vec::new();
     for (domain, _) in POLICIES {
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
@@ -213,6 +243,15 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
             Record::Txt("v=TLSRPTv1; rua=mailto:tlsrpt@example.org"),
         ));
     }
+    // One asks for its reports over HTTPS, from the test's web server.
+    let posted_to: &'static str = Box::leak(
+        format!(
+            "v=TLSRPTv1; rua=https://mta-sts.testing.test:{}/tlsrpt",
+            web.port()
+        )
+        .into_boxed_str(),
+    );
+    zone.push(("_smtp._tls.testing.test", Record::Txt(posted_to)));
     // A domain without a policy is delivered as before (opportunistic TLS).
     zone.extend([
         ("plain.test", Record::Mx(10, "mx.plain.test")),
@@ -280,7 +319,7 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
     assert_eq!(unlisted.last_status.as_deref(), Some("4.7.5"));
 
     // Each policy was fetched once and is kept in the store for its max_age.
-    assert_eq!(fetches.load(Ordering::SeqCst), POLICIES.len());
+    assert_eq!(web_log.fetches.load(Ordering::SeqCst), POLICIES.len());
     let cached = store.mta_sts_policy("good.test").await.unwrap().unwrap();
     assert_eq!(cached.policy_id, "20261206");
     assert_eq!(cached.policy.mode, StsMode::Enforce);
@@ -313,6 +352,23 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
     );
     assert_eq!(failure["receiving-mx-hostname"], "mx.wrongcert.test");
 
+    // The domain that asked for HTTPS got its report posted (a success, under its policy).
+    until("a report posted", WAIT, async || {
+        !web_log.posted.lock().unwrap().is_empty()
+    })
+    .await;
+    let posted = web_log.posted.lock().unwrap()[0].clone();
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&posted[..]), &mut json).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let testing = &report["policies"][0];
+    assert_eq!(
+        testing["policy"]["policy-domain"], "testing.test",
+        "{report}"
+    );
+    assert_eq!(testing["policy"]["policy-string"][1], "mode: testing");
+    assert_eq!(testing["summary"]["total-successful-session-count"], 1);
+
     // With the web server gone, a restarted queue still enforces the cached policies.
     web_task.abort();
     drop(queue);
@@ -323,7 +379,7 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
     assert!(results[0].1.contains("certificate"), "{results:?}");
     assert_eq!(results[1].0, RecipientState::Delivered, "{results:?}");
     assert_eq!(
-        fetches.load(Ordering::SeqCst),
+        web_log.fetches.load(Ordering::SeqCst),
         POLICIES.len(),
         "nothing fetched again"
     );

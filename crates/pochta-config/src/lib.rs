@@ -545,8 +545,8 @@ pub struct QueueConfig {
     /// One policy fetch (connection, TLS, request and answer) ends within this.
     pub mta_sts_timeout_secs: u64,
     /// TLS reporting (RFC 8460): outbound TLS sessions with MX hosts are counted per
-    /// recipient domain, and each period's counts are mailed to the addresses a domain's
-    /// `_smtp._tls` record names (mailto: only).
+    /// recipient domain, and each period's counts are sent to the addresses a domain's
+    /// `_smtp._tls` record names (mailed to mailto:, posted to https:).
     pub tls_reports: bool,
     /// The reporting period: a day (86400), as RFC 8460 asks; shorter only for tests.
     pub tls_report_period_secs: u64,
