@@ -165,10 +165,23 @@ impl Worker {
             }
         };
         let candidates = match sts {
-            Some(policy) => match sts_candidates(destination, policy, candidates) {
-                Ok(allowed) => allowed,
-                Err(why) => return all_end(Verdict::Deferred, "4.7.5", &why),
-            },
+            Some(policy) => {
+                let mut hosts: Vec<String> = candidates.iter().map(|c| c.host.clone()).collect();
+                hosts.dedup();
+                match sts_candidates(destination, policy, candidates) {
+                    Ok(allowed) => allowed,
+                    Err(why) => {
+                        // Counted for the TLS report as a session that could not be made.
+                        if let Destination::Mx(domain) = destination {
+                            for host in &hosts {
+                                self.count_tls_session(domain, sts, host, "validation-failure")
+                                    .await;
+                            }
+                        }
+                        return all_end(Verdict::Deferred, "4.7.5", &why);
+                    }
+                }
+            }
             None => candidates,
         };
         let first = recipients[0].0;

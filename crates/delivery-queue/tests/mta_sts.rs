@@ -235,8 +235,8 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
             (leak(format!("mta-sts.{domain}")), Record::A([127, 0, 0, 1])),
         ]);
     }
-    // Two domains ask for TLS reports, to an address of the sending side.
-    for domain in ["good.test", "wrongcert.test"] {
+    // Three domains ask for TLS reports, to an address of the sending side.
+    for domain in ["good.test", "wrongcert.test", "unlisted.test"] {
         let name: &'static str = Box::leak(format!("_smtp._tls.{domain}").into_boxed_str());
         zone.push((
             name,
@@ -327,7 +327,7 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
     assert!(cached.expires_in_secs > 86_000, "{cached:?}");
 
     // The TLS reports: one per domain that asked, with its sessions by result.
-    let reports: Vec<serde_json::Value> = maildrop(store, reports_to, 2)
+    let reports: Vec<serde_json::Value> = maildrop(store, reports_to, 3)
         .await
         .iter()
         .map(|m| tls_report(m))
@@ -351,6 +351,16 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
         "{wrong}"
     );
     assert_eq!(failure["receiving-mx-hostname"], "mx.wrongcert.test");
+    // An MX host outside the policy is a session that could not be made.
+    let unlisted = &of("unlisted.test")["policies"][0];
+    assert_eq!(
+        unlisted["failure-details"][0]["result-type"],
+        "validation-failure"
+    );
+    assert_eq!(
+        unlisted["failure-details"][0]["receiving-mx-hostname"],
+        "mx.unlisted.test"
+    );
 
     // The domain that asked for HTTPS got its report posted (a success, under its policy).
     until("a report posted", WAIT, async || {
