@@ -106,23 +106,12 @@ impl MtaSts {
 
     /// The policy id of the domain's `_mta-sts` record, if it has exactly one (3.1).
     async fn record(&self, domain: &str) -> Option<String> {
-        let name = format!("_mta-sts.{domain}.");
-        let lookup = self.resolver.txt_lookup(name.as_str()).await.ok()?;
-        let ids: Vec<String> = lookup
-            .answers()
-            .iter()
-            .filter_map(|record| {
-                let hickory_resolver::proto::rr::RData::TXT(txt) = &record.data else {
-                    return None;
-                };
-                let text: Vec<u8> = txt
-                    .txt_data
-                    .iter()
-                    .flat_map(|s| s.iter().copied())
-                    .collect();
-                record_id(std::str::from_utf8(&text).ok()?)
-            })
-            .collect();
+        let ids: Vec<String> =
+            crate::mx::txt_records(&self.resolver, &format!("_mta-sts.{domain}"))
+                .await
+                .iter()
+                .filter_map(|text| record_id(text))
+                .collect();
         match ids.as_slice() {
             [id] => Some(id.clone()),
             _ => None,

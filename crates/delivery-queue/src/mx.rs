@@ -106,3 +106,26 @@ pub async fn addresses(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAdd
         Err(e) => Err(format!("address lookup for {host} failed: {e}")),
     }
 }
+
+/// The texts of the TXT records at `name` (each record's strings joined, RFC 7208 3.3), or
+/// none when the lookup fails or finds nothing.
+pub async fn txt_records(resolver: &TokioResolver, name: &str) -> Vec<String> {
+    let Ok(lookup) = resolver.txt_lookup(format!("{name}.").as_str()).await else {
+        return Vec::new();
+    };
+    lookup
+        .answers()
+        .iter()
+        .filter_map(|record| {
+            let RData::TXT(txt) = &record.data else {
+                return None;
+            };
+            let text: Vec<u8> = txt
+                .txt_data
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect();
+            String::from_utf8(text).ok()
+        })
+        .collect()
+}

@@ -148,25 +148,12 @@ impl Reporter {
     /// The `mailto:` and `https:` addresses of the domain's `_smtp._tls` record (RFC 8460
     /// 3), if it has exactly one record.
     async fn report_addresses(&self, domain: &str) -> Option<(Vec<Mailbox>, Vec<HttpsUrl>)> {
-        let name = format!("_smtp._tls.{domain}.");
-        let lookup = self.resolver.txt_lookup(name.as_str()).await.ok()?;
-        let records: Vec<String> = lookup
-            .answers()
-            .iter()
-            .filter_map(|record| {
-                let hickory_resolver::proto::rr::RData::TXT(txt) = &record.data else {
-                    return None;
-                };
-                let text: Vec<u8> = txt
-                    .txt_data
-                    .iter()
-                    .flat_map(|s| s.iter().copied())
-                    .collect();
-                String::from_utf8(text)
-                    .ok()
-                    .filter(|t| t.trim_start().starts_with("v=TLSRPTv1"))
-            })
-            .collect();
+        let records: Vec<String> =
+            crate::mx::txt_records(&self.resolver, &format!("_smtp._tls.{domain}"))
+                .await
+                .into_iter()
+                .filter(|t| t.trim_start().starts_with("v=TLSRPTv1"))
+                .collect();
         let [record] = records.as_slice() else {
             return None;
         };

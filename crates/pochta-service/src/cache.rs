@@ -24,7 +24,11 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
     }
 
     /// The value stored for `key`, unless it expired by `now`.
-    pub fn get(&self, key: &K, now: Instant) -> Option<V> {
+    pub fn get<Q>(&self, key: &Q, now: Instant) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if self.ttl.is_zero() {
             return None;
         }
@@ -35,8 +39,24 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
             .map(|(value, _)| value.clone())
     }
 
+    /// Forgets `key`, returning what was stored for it.
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut entries = self.entries.lock().expect("cache lock");
+        entries.remove(key).map(|(value, _)| value)
+    }
+
     /// Keeps `value` for `key` until `now + ttl`.
     pub fn insert(&self, key: K, value: V, now: Instant) {
+        self.insert_until(key, value, now + self.ttl, now);
+    }
+
+    /// Keeps `value` for `key` until `expires` (an answer with its own lifetime, such as a
+    /// DNS record's TTL), whatever the cache's `ttl`.
+    pub fn insert_until(&self, key: K, value: V, expires: Instant, now: Instant) {
         if self.ttl.is_zero() || self.max_entries == 0 {
             return;
         }
@@ -47,7 +67,7 @@ impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
                 entries.clear();
             }
         }
-        entries.insert(key, (value, now + self.ttl));
+        entries.insert(key, (value, expires));
     }
 
     /// Entries held, expired or not (for tests and diagnostics).

@@ -7,10 +7,10 @@
 //! decision itself (`dmarc_disposition`) is a pure function, tested without DNS.
 
 use std::borrow::Borrow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -484,19 +484,13 @@ fn authenticator(
     )?)
 }
 
-/// A bounded map of DNS answers, each until its TTL: when full, expired answers go first,
-/// and if none has expired, all of them (a simple bound; the cache refills in a moment).
-struct DnsCache<K, V> {
-    entries: Mutex<HashMap<K, (V, Instant)>>,
-    capacity: usize,
-}
+/// DNS answers, each kept until its own TTL (`TtlCache::insert_until`), bounded in number.
+struct DnsCache<K, V>(TtlCache<K, V>);
 
 impl<K: Hash + Eq, V: Clone> DnsCache<K, V> {
     fn new(capacity: usize) -> Self {
-        DnsCache {
-            entries: Mutex::new(HashMap::new()),
-            capacity,
-        }
+        // The cache's own ttl only has to be non-zero: every answer brings its lifetime.
+        DnsCache(TtlCache::new(Duration::from_secs(1), capacity))
     }
 }
 
@@ -506,11 +500,7 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for DnsCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(name)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(value, _)| value.clone())
+        self.0.get(name, Instant::now())
     }
 
     fn remove<Q>(&self, name: &Q) -> Option<V>
@@ -518,20 +508,11 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for DnsCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(name).map(|(value, _)| value)
+        self.0.remove(name)
     }
 
     fn insert(&self, key: K, value: V, valid_until: Instant) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity {
-            let now = Instant::now();
-            entries.retain(|_, (_, until)| *until > now);
-            if entries.len() >= self.capacity {
-                entries.clear();
-            }
-        }
-        entries.insert(key, (value, valid_until));
+        self.0.insert_until(key, value, valid_until, Instant::now());
     }
 }
 
