@@ -135,7 +135,11 @@ fn settings(
     ctx: &ServiceContext,
     srs: pochta_mail::SrsKey,
 ) -> anyhow::Result<Arc<worker::Settings>> {
-    let resolver = mx::resolver(&queue.dns_servers)?;
+    let trust_anchors = queue
+        .dane
+        .then(|| mx::trust_anchors(queue.dnssec_trust_anchor.as_deref()))
+        .transpose()?;
+    let resolver = mx::resolver(&queue.dns_servers, trust_anchors)?;
     // The roots are loaded when something verifies: MTA-STS, or a `verify` policy.
     let verifying = (queue.mta_sts
         || queue.outbound_tls == TlsPolicy::Verify
@@ -175,6 +179,7 @@ fn settings(
             resolver,
             mx_port: queue.mx_port,
             denied: queue.denied_networks.clone(),
+            dane: queue.dane,
         },
         dialer: remote::Dialer::new(
             remote::tls_connector()?,

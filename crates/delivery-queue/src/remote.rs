@@ -9,7 +9,10 @@
 //!
 //! TLS is opportunistic by default (RFC 7435): the server's certificate is not verified,
 //! because MX hosts' names are not authenticated by plain DNS anyway; it protects against
-//! passive eavesdropping, and `outbound_tls = "required"` refuses plaintext.
+//! passive eavesdropping, and `outbound_tls = "required"` refuses plaintext. Where the
+//! domain publishes protection, it wins over that default: DANE for an MX host with
+//! DNSSEC-proven TLSA records (the certificate must match them, RFC 7672), else an enforced
+//! MTA-STS policy (verified WebPKI certificate, listed MX hosts, RFC 8461).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +36,7 @@ use tracing::Instrument;
 
 use crate::mx;
 use crate::report::{Attempt, Verdict};
-use crate::route::{Candidate, Destination};
+use crate::route::{Candidate, DaneTls, Destination};
 use crate::worker::Worker;
 
 /// A recipient being attempted, with its attempt span.
@@ -62,12 +65,17 @@ impl Worker {
             };
             let enforced = sts.as_deref().is_some_and(|p| p.mode == StsMode::Enforce);
             // REQUIRETLS (RFC 8689 4.2.1): the MX hosts must come from a protected lookup
-            // (DNSSEC, which this queue does not validate yet, or an enforced MTA-STS policy)
-            // and the certificate must verify; else the message fails rather than go plainly.
-            if r.requiretls && matches!(destination, Destination::Mx(_)) && !enforced {
+            // (DNSSEC with DANE, checked per host once they are known, or an enforced
+            // MTA-STS policy) and the certificate must verify; else the message fails
+            // rather than go plainly.
+            if r.requiretls
+                && matches!(destination, Destination::Mx(_))
+                && !enforced
+                && !router.dane
+            {
                 let why = format!(
                     "the message requires TLS on every hop (REQUIRETLS) and the mail hosts of {} \
-                     are not protected by an enforced MTA-STS policy",
+                     are not protected by an enforced MTA-STS policy (DANE is off)",
                     r.address.domain
                 );
                 unprotected.push(Attempt::local(r, span, Verdict::Failed, "5.7.10", &why));
@@ -115,19 +123,23 @@ impl Worker {
     }
 
     /// Counts one TLS session with an MX host of `domain` for its TLS report (RFC 8460).
+    /// The policy is the host's DANE records when it has them (they decided its TLS), else
+    /// the domain's MTA-STS policy.
     async fn count_tls_session(
         &self,
         domain: &str,
         sts: Option<&StsPolicy>,
-        mx_host: &str,
+        server: &Candidate,
         result: &str,
     ) {
         let Some(period) = self.settings.tls_report_period else {
             return;
         };
-        let (policy_type, policy_string) = match sts {
-            Some(policy) => ("sts", policy.lines()),
-            None => ("no-policy-found", Vec::new()),
+        let mx_host = server.host.as_str();
+        let (policy_type, policy_string) = match (&server.dane, sts) {
+            (Some(dane), _) => ("tlsa", dane.lines()),
+            (None, Some(policy)) => ("sts", policy.lines()),
+            (None, None) => ("no-policy-found", Vec::new()),
         };
         let counted = self
             .store
@@ -160,14 +172,14 @@ impl Worker {
                 return all_end(Verdict::Failed, status, &why);
             }
             Err(mx::Resolution::TryLater(why)) => return all_end(Verdict::Deferred, "4.4.3", &why),
-            Err(mx::Resolution::Hosts(_)) => {
+            Err(mx::Resolution::Hosts { .. }) => {
                 return all_end(Verdict::Deferred, "4.4.3", "no mail host could be found");
             }
         };
         let candidates = match sts {
             Some(policy) => {
-                let mut hosts: Vec<String> = candidates.iter().map(|c| c.host.clone()).collect();
-                hosts.dedup();
+                let mut hosts = candidates.clone();
+                hosts.dedup_by(|a, b| a.host == b.host);
                 match sts_candidates(destination, policy, candidates) {
                     Ok(allowed) => allowed,
                     Err(why) => {
@@ -185,6 +197,26 @@ impl Worker {
             None => candidates,
         };
         let first = recipients[0].0;
+        let enforced = sts.is_some_and(|p| p.mode == StsMode::Enforce);
+        // REQUIRETLS without an enforced MTA-STS policy: only hosts DANE authenticates
+        // (RFC 8689 4.2.1), else the message fails rather than go less protected.
+        let candidates =
+            if first.requiretls && !enforced && matches!(destination, Destination::Mx(_)) {
+                let authenticated: Vec<Candidate> = candidates
+                    .into_iter()
+                    .filter(|c| matches!(c.dane.as_deref(), Some(DaneTls::Authenticate(_))))
+                    .collect();
+                if authenticated.is_empty() {
+                    let why = format!(
+                        "the message requires TLS on every hop (REQUIRETLS) and no mail host of \
+                     {destination} is protected by DANE or an enforced MTA-STS policy"
+                    );
+                    return all_end(Verdict::Failed, "5.7.10", &why);
+                }
+                authenticated
+            } else {
+                candidates
+            };
         let message = match self.store.message_content(first.message_id).await {
             Ok(Some(m)) => m,
             other => {
@@ -229,15 +261,16 @@ impl Worker {
                 let span = tracing::info_span!("queue.remote", host = %Untrusted(&candidate.host),
                     address = %candidate.address, recipients = recipients.len());
                 remote_mta = format!("{} ({})", candidate.host, candidate.address);
+                let mut outgoing = outgoing.clone();
+                outgoing.tls = dane_tls_policy(candidate, outgoing.tls);
                 // The leases are renewed meanwhile by the loop that claimed the batch.
                 let tls;
                 (result, tls) = dialer
-                    .deliver(candidate, outgoing.clone(), &message)
+                    .deliver(candidate, outgoing, &message)
                     .instrument(span)
                     .await;
                 if let (Destination::Mx(domain), Some(tls)) = (destination, tls) {
-                    self.count_tls_session(domain, sts, &candidate.host, tls)
-                        .await;
+                    self.count_tls_session(domain, sts, candidate, tls).await;
                 }
                 match &result {
                     Ok(_) => break,
@@ -265,10 +298,27 @@ impl Worker {
     }
 }
 
+/// The STARTTLS policy with one server: DANE records make TLS required (RFC 7672 2.2), and
+/// usable ones make it verified (against the records, see `DaneVerifier`). An operator's
+/// `never` for the domain stands.
+fn dane_tls_policy(server: &Candidate, policy: TlsPolicy) -> TlsPolicy {
+    match (server.dane.as_deref(), policy) {
+        (_, TlsPolicy::Never) | (None, _) => policy,
+        (Some(DaneTls::Authenticate(_)), _) => TlsPolicy::Verify,
+        (Some(DaneTls::EncryptOnly(_)), TlsPolicy::Opportunistic) => TlsPolicy::Required,
+        (Some(DaneTls::EncryptOnly(_)), _) => policy,
+    }
+}
+
 /// The RFC 8460 result type of a failed TLS handshake.
 fn tls_failure(e: &std::io::Error) -> &'static str {
     use rustls::{CertificateError, Error};
     match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::Other(other)))
+            if other.0.downcast_ref::<TlsaMismatch>().is_some() =>
+        {
+            "tlsa-invalid"
+        }
         Some(Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         )) => "certificate-host-mismatch",
@@ -289,9 +339,11 @@ fn sts_candidates(
     policy: &StsPolicy,
     candidates: Vec<Candidate>,
 ) -> Result<Vec<Candidate>, String> {
-    let (allowed, refused): (Vec<Candidate>, Vec<Candidate>) = candidates
-        .into_iter()
-        .partition(|c| policy.allows_mx(&c.host));
+    // A host DANE authenticates is exempt: DANE comes first (RFC 8461 2).
+    let (allowed, refused): (Vec<Candidate>, Vec<Candidate>) =
+        candidates.into_iter().partition(|c| {
+            matches!(c.dane.as_deref(), Some(DaneTls::Authenticate(_))) || policy.allows_mx(&c.host)
+        });
     if refused.is_empty() || policy.mode != StsMode::Enforce {
         if !refused.is_empty() {
             tracing::warn!(%destination, "MTA-STS (testing): MX hosts outside the policy");
@@ -391,6 +443,117 @@ impl ServerCertVerifier for Opportunistic {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// The certificate matched none of the host's DANE records. (rustls shows it with Debug.)
+struct TlsaMismatch;
+
+impl std::fmt::Display for TlsaMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the certificate matches none of the host's TLSA records (DANE)")
+    }
+}
+
+impl std::fmt::Debug for TlsaMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for TlsaMismatch {}
+
+/// Checks a server's certificate against its usable TLSA records (RFC 7672 3.1): DANE-EE
+/// matches the server's own certificate or key, with no name or date checks; DANE-TA
+/// matches a certificate of the chain it sent, which then anchors the usual path validation
+/// of the rest, host name included.
+#[derive(Debug)]
+struct DaneVerifier {
+    records: Vec<pochta_mail::dane::Tlsa>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for DaneVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use pochta_mail::dane::{DANE_EE, DANE_TA};
+        let mut anchored_failure = None;
+        for record in &self.records {
+            if record.usage == DANE_EE && record.matches(end_entity) {
+                return Ok(ServerCertVerified::assertion());
+            }
+            if record.usage != DANE_TA {
+                continue;
+            }
+            for anchor in intermediates.iter().filter(|c| record.matches(c)) {
+                let mut roots = rustls::RootCertStore::empty();
+                if roots.add(anchor.clone()).is_err() {
+                    continue;
+                }
+                let verified = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    self.provider.clone(),
+                )
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?
+                .verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    server_name,
+                    ocsp_response,
+                    now,
+                );
+                match verified {
+                    Ok(verified) => return Ok(verified),
+                    Err(e) => anchored_failure = Some(e),
+                }
+            }
+        }
+        Err(anchored_failure.unwrap_or_else(|| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(TlsaMismatch),
+            )))
+        }))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Opportunistic(self.provider.clone()).verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Opportunistic(self.provider.clone()).verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        Opportunistic(self.provider.clone()).supported_verify_schemes()
+    }
+}
+
+/// A connector that authenticates the server by its TLSA records.
+fn dane_connector(records: Vec<pochta_mail::dane::Tlsa>) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(DaneVerifier { records, provider }))
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
 }
 
 pub fn tls_connector() -> anyhow::Result<TlsConnector> {
@@ -516,7 +679,7 @@ impl Dialer {
         outgoing: Outgoing,
         message: &[u8],
     ) -> (Result<Vec<RecipientOutcome>, String>, Option<&'static str>) {
-        let key = (server.address.clone(), outgoing.tls);
+        let key = (server.address.clone(), outgoing.tls, server.dane.is_some());
         while let Some(mut connection) = self.pool.take(&key) {
             connection.session.next_message(outgoing.clone());
             let outcomes = self.converse(&mut connection, server, message).await;
@@ -601,10 +764,15 @@ impl Dialer {
                             }
                             Err(_) => ServerName::try_from("localhost").expect("valid"),
                         };
-                        let connector = match (&self.verifying, verify) {
-                            (_, false) => &self.connector,
-                            (Some(verifying), true) => verifying,
-                            (None, true) => {
+                        let dane;
+                        let connector = match (&server.dane.as_deref(), &self.verifying, verify) {
+                            (Some(DaneTls::Authenticate(records)), _, true) => {
+                                dane = dane_connector(records.clone());
+                                &dane
+                            }
+                            (_, _, false) => &self.connector,
+                            (_, Some(verifying), true) => verifying,
+                            (_, None, true) => {
                                 return lost(
                                     session,
                                     "TLS must verify, but no trusted roots are loaded (queue.tls_ca_file)",
@@ -686,7 +854,8 @@ fn lost(session: &mut ClientSession, why: &str) -> Vec<RecipientOutcome> {
     }
 }
 
-type PoolKey = (String, TlsPolicy);
+/// Server address, TLS policy, and whether DANE decided the TLS.
+type PoolKey = (String, TlsPolicy, bool);
 
 /// Idle connections, by server address and TLS policy, each for at most `idle_time`, and
 /// for at most `max_messages` messages in all.
@@ -769,7 +938,60 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use super::verifying_connector;
+    use super::*;
+
+    fn candidate(host: &str, dane: Option<DaneTls>) -> Candidate {
+        Candidate {
+            host: host.into(),
+            address: "192.0.2.1:25".into(),
+            dane: dane.map(Arc::new),
+        }
+    }
+
+    fn record(usage: u8) -> pochta_mail::dane::Tlsa {
+        pochta_mail::dane::Tlsa {
+            usage,
+            selector: 1,
+            matching: 1,
+            data: vec![7; 32],
+        }
+    }
+
+    /// DANE comes before MTA-STS (RFC 8461 2): a host DANE authenticates is tried although
+    /// the enforced policy does not list it; one whose records are all unusable is not.
+    #[test]
+    fn dane_authenticated_hosts_are_exempt_from_the_mta_sts_host_list() {
+        let policy = StsPolicy {
+            mode: StsMode::Enforce,
+            mx: vec!["mx.listed.test".into()],
+            max_age: 86_400,
+        };
+        let destination = Destination::Mx("example.test".into());
+        let candidates = vec![
+            candidate("mx.unlisted.test", None),
+            candidate("mx.dane.test", Some(DaneTls::Authenticate(vec![record(3)]))),
+            candidate("mx.pkix.test", Some(DaneTls::EncryptOnly(vec![record(1)]))),
+            candidate("mx.listed.test", None),
+        ];
+        let allowed = sts_candidates(&destination, &policy, candidates).unwrap();
+        let hosts: Vec<&str> = allowed.iter().map(|c| c.host.as_str()).collect();
+        assert_eq!(hosts, ["mx.dane.test", "mx.listed.test"]);
+    }
+
+    /// Proven TLSA records make TLS required, usable ones verified; `never` stands.
+    #[test]
+    fn dane_raises_the_tls_policy_of_its_hosts() {
+        let authenticated = candidate("a", Some(DaneTls::Authenticate(vec![record(3)])));
+        let encrypted = candidate("b", Some(DaneTls::EncryptOnly(vec![record(0)])));
+        let plain = candidate("c", None);
+        use TlsPolicy::*;
+        assert_eq!(dane_tls_policy(&authenticated, Opportunistic), Verify);
+        assert_eq!(dane_tls_policy(&authenticated, Required), Verify);
+        assert_eq!(dane_tls_policy(&authenticated, Never), Never);
+        assert_eq!(dane_tls_policy(&encrypted, Opportunistic), Required);
+        assert_eq!(dane_tls_policy(&encrypted, Verify), Verify);
+        assert_eq!(dane_tls_policy(&plain, Opportunistic), Opportunistic);
+    }
 
     /// A roots file that is missing, not PEM, or holds no certificate stops the start with
     /// the setting's name, rather than leaving `verify` to trust nothing in silence.

@@ -2,12 +2,16 @@
 //! from DNS, `mx.rs`), which servers to try in which order, and the STARTTLS policy for it.
 //! Addresses DNS gives in internal networks are never tried: an MX record pointing at
 //! 127.0.0.1 must not make the queue deliver to the host's own services.
+//! With DANE on, each MX host reached through DNSSEC-proven records is also asked for its
+//! TLSA records, which then decide its TLS (RFC 7672).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use pochta_config::Cidr;
 use pochta_mail::TlsPolicy;
+use pochta_mail::dane::Tlsa;
 
 use crate::mx;
 
@@ -27,12 +31,39 @@ impl std::fmt::Display for Destination {
     }
 }
 
-/// A server to try: its name (for TLS and diagnostics) and where to connect (`addr:port`, or
-/// `host:port` for a static route).
+/// A server to try: its name (for TLS and diagnostics), where to connect (`addr:port`, or
+/// `host:port` for a static route), and what DANE asks of its TLS, if anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub host: String,
     pub address: String,
+    pub dane: Option<Arc<DaneTls>>,
+}
+
+/// What DANE asks of the TLS with one MX host whose TLSA records DNSSEC proved (RFC 7672 2.2).
+#[derive(Debug, PartialEq, Eq)]
+pub enum DaneTls {
+    /// TLS whose certificate matches one of these usable records.
+    Authenticate(Vec<Tlsa>),
+    /// The records are proven but none is usable: TLS, without authentication.
+    EncryptOnly(Vec<Tlsa>),
+}
+
+impl DaneTls {
+    fn from_records(records: Vec<Tlsa>) -> Self {
+        let usable: Vec<Tlsa> = records.iter().filter(|r| r.usable()).cloned().collect();
+        if usable.is_empty() {
+            DaneTls::EncryptOnly(records)
+        } else {
+            DaneTls::Authenticate(usable)
+        }
+    }
+
+    /// The records, as TLS reports list the policy (RFC 8460 4.4, policy-type `tlsa`).
+    pub fn lines(&self) -> Vec<String> {
+        let (DaneTls::Authenticate(records) | DaneTls::EncryptOnly(records)) = self;
+        records.iter().map(Tlsa::to_text).collect()
+    }
 }
 
 pub struct Router {
@@ -48,6 +79,8 @@ pub struct Router {
     pub mx_port: u16,
     /// Addresses from DNS in these networks are never connected to.
     pub denied: Vec<Cidr>,
+    /// DANE (`queue.dane`): `resolver` validates, and TLSA records are looked up.
+    pub dane: bool,
 }
 
 impl Router {
@@ -85,12 +118,13 @@ impl Router {
                 return Ok(vec![Candidate {
                     host: host.trim_matches(['[', ']']).to_owned(),
                     address: target.clone(),
+                    dane: None,
                 }]);
             }
             Destination::Mx(domain) => domain,
         };
-        let hosts = match mx::mail_hosts(&self.resolver, domain).await {
-            mx::Resolution::Hosts(hosts) => hosts,
+        let (hosts, mx_secure) = match mx::mail_hosts(&self.resolver, domain).await {
+            mx::Resolution::Hosts { hosts, secure } => (hosts, secure),
             other => return Err(other),
         };
         let mut candidates = Vec::new();
@@ -98,7 +132,20 @@ impl Router {
         let mut denied = Vec::new();
         for host in hosts {
             match mx::addresses(&self.resolver, &host).await {
-                Ok(ips) => {
+                Ok((ips, addresses_secure)) => {
+                    // RFC 7672 2.2: TLSA records count only for a host reached through
+                    // proven MX and address records; a failed TLSA lookup rules it out.
+                    let dane = if self.dane && mx_secure && addresses_secure {
+                        match mx::tlsa_records(&self.resolver, &host).await {
+                            Ok(records) => records.map(|r| Arc::new(DaneTls::from_records(r))),
+                            Err(why) => {
+                                problems.push(why);
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     for ip in ips {
                         if self.denied.iter().any(|net| net.contains(ip)) {
                             denied.push(format!("{host} ({ip})"));
@@ -107,6 +154,7 @@ impl Router {
                         candidates.push(Candidate {
                             host: host.clone(),
                             address: SocketAddr::new(ip, self.mx_port).to_string(),
+                            dane: dane.clone(),
                         });
                     }
                 }

@@ -264,8 +264,11 @@ fn report_json(
                 "policy-type": policy_type,
                 "policy-domain": period.domain,
             });
-            if policy_type == "sts" {
+            // The policy itself: the MTA-STS policy's lines, or the host's TLSA records.
+            if policy_type != "no-policy-found" {
                 policy["policy-string"] = json!(policy_string);
+            }
+            if policy_type == "sts" {
                 let mx: Vec<&str> = policy_string
                     .iter()
                     .filter_map(|l| l.strip_prefix("mx: "))

@@ -544,6 +544,14 @@ pub struct QueueConfig {
     pub mta_sts_port: u16,
     /// One policy fetch (connection, TLS, request and answer) ends within this.
     pub mta_sts_timeout_secs: u64,
+    /// DANE (RFC 7672): DNS answers are validated with DNSSEC in this process, bogus ones
+    /// refused, and an MX host whose TLSA records validate is sent to only over TLS whose
+    /// certificate matches them (before MTA-STS, RFC 8461 2). Off by default: every lookup
+    /// then asks for signatures and chains of keys, and a path to the DNS that strips them
+    /// (some forwarders do) would make every remote domain's answers bogus.
+    pub dane: bool,
+    /// DNSKEY records (zone-file lines) trusted as DNSSEC anchors; unset: the IANA root keys.
+    pub dnssec_trust_anchor: Option<std::path::PathBuf>,
     /// TLS reporting (RFC 8460): outbound TLS sessions with MX hosts are counted per
     /// recipient domain, and each period's counts are sent to the addresses a domain's
     /// `_smtp._tls` record names (mailed to mailto:, posted to https:).
@@ -639,6 +647,8 @@ impl Default for QueueConfig {
             mta_sts: true,
             mta_sts_port: 443,
             mta_sts_timeout_secs: 10,
+            dane: false,
+            dnssec_trust_anchor: None,
             tls_reports: true,
             tls_report_period_secs: 86_400,
             tls_report_organization: None,

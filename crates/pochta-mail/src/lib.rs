@@ -1,6 +1,8 @@
 //! Pochta's mail vocabulary: the values every crate speaks of, defined once so the SMTP state
 //! machines, the store, the delivery queue and the configuration agree on what they mean.
 //!
+//! - `dane`: which TLSA records an SMTP client uses and whether a certificate matches one
+//!   (RFC 7672);
 //! - `domain`: host name syntax (RFC 1035, RFC 1123);
 //! - `headers`: a message's header fields, and removing forged Authentication-Results;
 //! - `mta_sts`: MTA-STS records and policies, and which MX hosts a policy allows;
@@ -17,6 +19,7 @@
 //! text.
 
 pub mod address;
+pub mod dane;
 pub mod domain;
 pub mod headers;
 pub mod mta_sts;

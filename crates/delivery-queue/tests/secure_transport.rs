@@ -1,7 +1,9 @@
-//! MTA-STS (RFC 8461) and TLS reporting (RFC 8460) with the real queue binary: policies
-//! published through the test DNS server and served over HTTPS by the test, mail delivered to
-//! a real ingress whose certificate names some MX hosts and not others, and the reports of
-//! those sessions mailed to the address the domains' `_smtp._tls` records name.
+//! The policies that protect outbound TLS, with the real queue binary: MTA-STS (RFC 8461),
+//! policies published through the test DNS server and served over HTTPS by the test; DANE
+//! (RFC 7672), TLSA records in a DNSSEC-signed test zone the queue validates. Mail goes to a
+//! real ingress whose certificate names some MX hosts and not others, and the TLS reports
+//! (RFC 8460) of those sessions are mailed to the address the domains' `_smtp._tls` records
+//! name.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pochta_mail::mta_sts::StsMode;
-use pochta_store::{NewRecipient, QueueId, RecipientState, Store};
-use pochta_testkit::dns::{Record, dns_server};
+use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
+use pochta_testkit::dns::{Record, dns_server, signed_dns_server};
 use pochta_testkit::{
     ServiceProcess, TestCerts, TestDb, envelope, free_addr, maildrop, recipient, until,
     workspace_binary,
@@ -131,10 +133,10 @@ async fn policy_server(
     (addr, log, task)
 }
 
-/// The receiving ingress: accounts in every test domain, a certificate for mx.good.test.
-async fn receiver(certs: &TestCerts) -> (TestDb, ServiceProcess, SocketAddr) {
+/// The receiving ingress: accounts in every test domain, the certificate of `tls_section`.
+async fn receiver(tls_section: &str, domains: &[&str]) -> (TestDb, ServiceProcess, SocketAddr) {
     let db = TestDb::new().await.unwrap();
-    for (domain, _) in POLICIES {
+    for domain in domains {
         db.add_account(&format!("friend@{domain}"), "pw")
             .await
             .unwrap();
@@ -145,7 +147,7 @@ async fn receiver(certs: &TestCerts) -> (TestDb, ServiceProcess, SocketAddr) {
          hostname = \"mx.good.test\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\n\
          submissions_listen = []\n\n[mail_auth]\ncheck_inbound = false\n",
         db.url(),
-        certs.tls_section(),
+        tls_section,
         free_addr()
     );
     let ingress =
@@ -172,11 +174,18 @@ async fn start_queue(db: &TestDb, settings: &str) -> ServiceProcess {
 }
 
 async fn send(store: &Store, domains: &[&str]) -> QueueId {
+    send_requiring_tls(store, domains, false).await
+}
+
+async fn send_requiring_tls(store: &Store, domains: &[&str], requiretls: bool) -> QueueId {
     let recipients: Vec<NewRecipient> = domains
         .iter()
         .map(|d| recipient(&format!("friend@{d}")))
         .collect();
-    let envelope = envelope("alice@example.org", recipients);
+    let envelope = NewEnvelope {
+        requiretls,
+        ..envelope("alice@example.org", recipients)
+    };
     store
         .enqueue(&envelope, b"Subject: sts\r\n\r\nhi\r\n")
         .await
@@ -219,7 +228,8 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
         .concat(),
     )
     .unwrap();
-    let (remote_db, _ingress, mx) = receiver(&mx_certs).await;
+    let domains: Vec<&str> = POLICIES.iter().map(|(d, _)| *d).collect();
+    let (remote_db, _ingress, mx) = receiver(&mx_certs.tls_section(), &domains).await;
     let (web, web_log, web_task) = policy_server(&web_certs).await;
     let mut zone = Vec::new();
     for (domain, _) in POLICIES {
@@ -416,4 +426,260 @@ fn tls_report(message: &[u8]) -> serde_json::Value {
     )
     .unwrap();
     serde_json::from_slice(&json).unwrap()
+}
+
+/// The DER of the first certificate in a PEM file.
+fn first_certificate(pem: &Path) -> Vec<u8> {
+    CertificateDer::pem_file_iter(pem)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+/// A plain SMTP server on 127.0.0.2 at `port` that offers no STARTTLS; counts messages.
+async fn plaintext_server(port: u16) -> Arc<AtomicUsize> {
+    use tokio::io::AsyncBufReadExt;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.2", port))
+        .await
+        .unwrap();
+    let messages = Arc::new(AtomicUsize::new(0));
+    let counted = messages.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = tcp.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                let _ = write.write_all(b"220 plain\r\n").await;
+                let mut in_data = false;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = match (in_data, line.as_str()) {
+                        (true, ".") => {
+                            in_data = false;
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            b"250 ok\r\n"
+                        }
+                        (true, _) => continue,
+                        (false, "DATA") => {
+                            in_data = true;
+                            b"354 go\r\n"
+                        }
+                        (false, "QUIT") => break,
+                        _ => b"250 ok\r\n",
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    messages
+}
+
+/// DANE: MX hosts whose TLSA records DNSSEC proves get mail only over TLS matching them
+/// (DANE-EE by the key, DANE-TA by the CA that must also name the host); a mismatch, a server
+/// without STARTTLS, or a bogus TLSA answer defers. Hosts without TLSA records, or in a zone
+/// proven unsigned, get opportunistic TLS as before; REQUIRETLS goes to DANE hosts and fails
+/// without them. TLS reports name the TLSA records as the policy.
+#[tokio::test]
+async fn dane_hosts_get_mail_only_over_tls_matching_their_tlsa_records() {
+    let certs = TestCerts::generate_for(&["mx.ta.test"]).unwrap();
+    let leaf = first_certificate(&certs.cert_path);
+    let ca = first_certificate(&certs.ca_path);
+    let leaf_key = sha256(pochta_mail::dane::subject_public_key_info(&leaf).unwrap());
+    // The chain the receiver sends includes its CA, as DANE-TA needs (RFC 7671 5.2.2).
+    let chain = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        chain.path(),
+        [
+            std::fs::read(&certs.cert_path).unwrap(),
+            std::fs::read(&certs.ca_path).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let tls_section = format!(
+        "[tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+        chain.path().display(),
+        certs.key_path.display()
+    );
+    let domains = [
+        "ee.test",
+        "ta.test",
+        "wrongkey.test",
+        "taname.test",
+        "notls.test",
+        "nodane.test",
+        "insecure.test",
+        "bogus.test",
+    ];
+    let (remote_db, _ingress, mx) = receiver(&tls_section, &domains).await;
+    let plaintext = plaintext_server(mx.port()).await;
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let mut zone = Vec::new();
+    for domain in domains {
+        let host = leak(format!("mx.{domain}"));
+        let ip = if domain == "notls.test" {
+            [127, 0, 0, 2]
+        } else {
+            [127, 0, 0, 1]
+        };
+        zone.extend([(domain, Record::Mx(10, host)), (host, Record::A(ip))]);
+    }
+    let tlsa = |domain: &str, usage, data: &Vec<u8>| {
+        (
+            leak(format!("_25._tcp.mx.{domain}")),
+            Record::Tlsa(usage, 1, 1, data.clone()),
+        )
+    };
+    let ca_digest = sha256(&ca);
+    zone.extend([
+        tlsa("ee.test", 3, &leaf_key),
+        (
+            "_25._tcp.mx.ta.test",
+            Record::Tlsa(2, 0, 1, ca_digest.clone()),
+        ),
+        tlsa("wrongkey.test", 3, &vec![0xAA; 32]),
+        ("_25._tcp.mx.taname.test", Record::Tlsa(2, 0, 1, ca_digest)),
+        tlsa("notls.test", 3, &leaf_key),
+        // Unproven (an unsigned zone): not DANE, whatever it says.
+        tlsa("insecure.test", 3, &vec![0xAA; 32]),
+        tlsa("bogus.test", 3, &leaf_key),
+        (
+            "_smtp._tls.ee.test",
+            Record::Txt("v=TLSRPTv1; rua=mailto:tlsrpt@example.org"),
+        ),
+        (
+            "_smtp._tls.wrongkey.test",
+            Record::Txt("v=TLSRPTv1; rua=mailto:tlsrpt@example.org"),
+        ),
+    ]);
+    let dns = signed_dns_server(zone, &["_25._tcp.mx.bogus.test"], &["insecure.test"]).await;
+    let anchor = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(anchor.path(), &dns.trust_anchor).unwrap();
+
+    let db = TestDb::new().await.unwrap();
+    db.add_account("alice@example.org", "pw").await.unwrap();
+    let reports_to = db.add_account("tlsrpt@example.org", "pw").await.unwrap();
+    let settings = format!(
+        "dns_servers = [\"{}\"]\nmx_port = {}\ndane = true\ndnssec_trust_anchor = \"{}\"\n\
+         mta_sts = false\ntls_report_period_secs = 2\n",
+        dns.addr,
+        mx.port(),
+        anchor.path().display()
+    );
+    let _queue = start_queue(&db, &settings).await;
+    let store = db.store();
+    let id = send(store, &domains).await;
+    let results = outcomes(store, &id, domains.len()).await;
+    let of = |domain: &str| {
+        let at = domains.iter().position(|d| *d == domain).unwrap();
+        results[at].clone()
+    };
+    for delivered in ["ee.test", "ta.test", "nodane.test", "insecure.test"] {
+        assert_eq!(
+            of(delivered).0,
+            RecipientState::Delivered,
+            "{delivered}: {results:?}"
+        );
+    }
+    for deferred in ["wrongkey.test", "taname.test", "notls.test", "bogus.test"] {
+        assert_eq!(
+            of(deferred).0,
+            RecipientState::Queued,
+            "{deferred}: {results:?}"
+        );
+    }
+    assert!(
+        of("wrongkey.test").1.contains("TLSA records"),
+        "{results:?}"
+    );
+    assert!(
+        of("taname.test").1.contains("not valid for name"),
+        "{results:?}"
+    );
+    assert!(
+        of("notls.test").1.contains("does not offer STARTTLS"),
+        "{results:?}"
+    );
+    assert!(of("bogus.test").1.contains("TLSA lookup"), "{results:?}");
+    assert_eq!(
+        plaintext.load(Ordering::SeqCst),
+        0,
+        "nothing went in plaintext"
+    );
+
+    // REQUIRETLS is satisfied by DANE (RFC 8689 4.2.1), and fails where it is missing.
+    let id = send_requiring_tls(store, &["ee.test", "nodane.test"], true).await;
+    let results = outcomes(store, &id, 2).await;
+    assert_eq!(results[0].0, RecipientState::Delivered, "{results:?}");
+    assert_eq!(results[1].0, RecipientState::Failed, "{results:?}");
+    assert!(results[1].1.contains("DANE"), "{results:?}");
+
+    // Every delivery went over TLS: four domains, and the REQUIRETLS message.
+    let remote = remote_db.store();
+    until("arrivals", WAIT, async || {
+        remote.counts().await.unwrap().envelopes == 5
+    })
+    .await;
+    let (arrived, _) = remote
+        .list_envelopes(&Default::default(), 10)
+        .await
+        .unwrap();
+    for envelope in arrived {
+        let detail = remote
+            .envelope_detail(&envelope.queue_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let message = remote
+            .message_content(detail.message_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&message);
+        assert!(text.contains(" with ESMTPS"), "{text}");
+    }
+
+    // The TLS reports name the TLSA records as the policy.
+    let reports: Vec<serde_json::Value> = maildrop(store, reports_to, 2)
+        .await
+        .iter()
+        .map(|m| tls_report(m))
+        .collect();
+    let policy_of = |domain: &str| {
+        reports
+            .iter()
+            .find(|r| r["policies"][0]["policy"]["policy-domain"] == domain)
+            .unwrap_or_else(|| panic!("no report for {domain}: {reports:?}"))["policies"][0]
+            .clone()
+    };
+    let ee = policy_of("ee.test");
+    assert_eq!(ee["policy"]["policy-type"], "tlsa", "{ee}");
+    let record = format!(
+        "3 1 1 {}",
+        leaf_key
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    assert_eq!(ee["policy"]["policy-string"][0], record.as_str(), "{ee}");
+    assert!(
+        ee["summary"]["total-successful-session-count"].as_u64() >= Some(1),
+        "{ee}"
+    );
+    let wrong = policy_of("wrongkey.test");
+    assert_eq!(
+        wrong["failure-details"][0]["result-type"], "tlsa-invalid",
+        "{wrong}"
+    );
 }
