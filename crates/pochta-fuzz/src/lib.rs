@@ -8,11 +8,13 @@
 //! panics when an invariant breaks: a panic inside the code under test is a finding as much
 //! as a failed oracle.
 
+mod dane;
 mod input;
 mod pop3;
 mod smtp;
 mod text;
 
+pub use dane::dane_certificate;
 pub use pop3::pop3_session;
 pub use smtp::{data_receiver, smtp_client, smtp_server};
 pub use text::{auth_results, dsn_report, mta_sts, proxy_header, srs, xtext};
@@ -32,4 +34,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("auth_results", auth_results),
     ("mta_sts", mta_sts),
     ("dsn_report", dsn_report),
+    ("dane_certificate", dane_certificate),
 ];
