@@ -176,6 +176,28 @@ impl Worker {
                 return all_end(Verdict::Deferred, "4.4.3", "no mail host could be found");
             }
         };
+        let first = recipients[0].0;
+        let message = match self.store.message_content(first.message_id).await {
+            Ok(Some(m)) => m,
+            other => {
+                tracing::error!(queue_id = %first.queue_id, "message content unavailable: {other:?}");
+                return all_end(Verdict::Deferred, "4.3.0", "message content unavailable");
+            }
+        };
+        // `TLS-Required: No` (RFC 8689 5): the sender asks that the domain's policies (MTA-STS,
+        // DANE) not stop this message; the configured policy still applies. REQUIRETLS wins.
+        let (tls, sts, candidates) = match destination {
+            Destination::Mx(domain)
+                if !first.requiretls && pochta_mail::headers::tls_required_no(&message) =>
+            {
+                let unprotected = candidates
+                    .into_iter()
+                    .map(|c| Candidate { dane: None, ..c })
+                    .collect();
+                (self.settings.router.tls_policy(domain), None, unprotected)
+            }
+            _ => (tls, sts, candidates),
+        };
         let candidates = match sts {
             Some(policy) => {
                 let mut hosts = candidates.clone();
@@ -196,7 +218,6 @@ impl Worker {
             }
             None => candidates,
         };
-        let first = recipients[0].0;
         let enforced = sts.is_some_and(|p| p.mode == StsMode::Enforce);
         // REQUIRETLS without an enforced MTA-STS policy: only hosts DANE authenticates
         // (RFC 8689 4.2.1), else the message fails rather than go less protected.
@@ -217,13 +238,6 @@ impl Worker {
             } else {
                 candidates
             };
-        let message = match self.store.message_content(first.message_id).await {
-            Ok(Some(m)) => m,
-            other => {
-                tracing::error!(queue_id = %first.queue_id, "message content unavailable: {other:?}");
-                return all_end(Verdict::Deferred, "4.3.0", "message content unavailable");
-            }
-        };
         let outgoing = Outgoing {
             helo_name: self.settings.hostname.clone(),
             reverse_path: sender,

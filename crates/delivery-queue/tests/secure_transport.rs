@@ -489,7 +489,8 @@ async fn plaintext_server(port: u16) -> Arc<AtomicUsize> {
 /// (DANE-EE by the key, DANE-TA by the CA that must also name the host); a mismatch, a server
 /// without STARTTLS, or a bogus TLSA answer defers. Hosts without TLSA records, or in a zone
 /// proven unsigned, get opportunistic TLS as before; REQUIRETLS goes to DANE hosts and fails
-/// without them. TLS reports name the TLSA records as the policy.
+/// without them. TLS reports name the TLSA records as the policy. A message whose sender
+/// wrote `TLS-Required: No` goes despite a mismatch.
 #[tokio::test]
 async fn dane_hosts_get_mail_only_over_tls_matching_their_tlsa_records() {
     let certs = TestCerts::generate_for(&["mx.ta.test"]).unwrap();
@@ -682,4 +683,17 @@ async fn dane_hosts_get_mail_only_over_tls_matching_their_tlsa_records() {
         wrong["failure-details"][0]["result-type"], "tlsa-invalid",
         "{wrong}"
     );
+
+    // `TLS-Required: No` (RFC 8689 5): the sender waives the domain's DANE records, and the
+    // message goes with opportunistic TLS although the key does not match.
+    let waived = envelope("alice@example.org", vec![recipient("friend@wrongkey.test")]);
+    store
+        .enqueue(
+            &waived,
+            b"TLS-Required: No\r\nSubject: waived\r\n\r\nhi\r\n",
+        )
+        .await
+        .unwrap();
+    let results = outcomes(store, &waived.queue_id, 1).await;
+    assert_eq!(results[0].0, RecipientState::Delivered, "{results:?}");
 }

@@ -1,5 +1,6 @@
-//! The header section of a message (RFC 5322 2.2): its fields, and taking out the
-//! Authentication-Results fields that claim to come from us (RFC 8601 5).
+//! The header section of a message (RFC 5322 2.2): its fields, taking out the
+//! Authentication-Results fields that claim to come from us (RFC 8601 5), and the sender's
+//! `TLS-Required: No` (RFC 8689 5).
 
 /// The byte ranges of the header fields of `message`, each with its folded continuation
 /// lines and line end. Ends at the empty line that ends the section, or at the end.
@@ -24,6 +25,19 @@ pub fn header_fields(message: &[u8]) -> impl Iterator<Item = std::ops::Range<usi
         }
         at = end;
         Some(start..end)
+    })
+}
+
+/// Whether the message carries `TLS-Required: No` (RFC 8689 5): its sender asks that the
+/// recipient domain's TLS policies (MTA-STS, DANE) not stop its delivery.
+pub fn tls_required_no(message: &[u8]) -> bool {
+    header_fields(message).any(|range| {
+        let field = &message[range];
+        let Some(colon) = memchr::memchr(b':', field) else {
+            return false;
+        };
+        let (name, value) = (&field[..colon], &field[colon + 1..]);
+        name.eq_ignore_ascii_case(b"TLS-Required") && value.trim_ascii().eq_ignore_ascii_case(b"No")
     })
 }
 
@@ -103,6 +117,17 @@ pub fn remove_authentication_results(message: &[u8], authserv_id_of_ours: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_required_no_is_found_in_the_header_only() {
+        assert!(tls_required_no(
+            b"Subject: a\r\nTLS-Required: No\r\n\r\nbody\r\n"
+        ));
+        assert!(tls_required_no(b"tls-required:\r\n  no  \r\n\r\n"));
+        assert!(!tls_required_no(b"TLS-Required: Yes\r\n\r\n"));
+        assert!(!tls_required_no(b"X-TLS-Required: No\r\n\r\n"));
+        assert!(!tls_required_no(b"Subject: a\r\n\r\nTLS-Required: No\r\n"));
+    }
 
     const MESSAGE: &[u8] = b"Received: from a\r\n\tby b\r\n\
         Authentication-Results: mx.example.org; spf=pass\r\n\
