@@ -174,6 +174,7 @@ async fn retrievable(e: &E2eArgs, users: &[String]) -> anyhow::Result<u64> {
                 user: user.clone(),
                 password: e.pop3_password.clone(),
                 pipelining: false,
+                depth: 1,
                 stls: None,
                 tls_name: None,
             };
@@ -310,7 +311,7 @@ async fn run_pop3(args: &pop3::Pop3Args, as_json: bool) -> anyhow::Result<()> {
             "{}",
             json!({
                 "workload": "pop3", "target": args.target, "sessions": args.sessions,
-                "pipelining": args.pipelining, "stls": args.stls.is_some(),
+                "pipelining": args.pipelining, "depth": args.depth, "stls": args.stls.is_some(),
                 "retrieved": result.retrieved, "octets": result.octets,
                 "seconds": result.elapsed.as_secs_f64(), "retrievals_per_sec": per_sec,
                 "mb_per_sec": mb_per_sec, "login_latency": logins.to_json(), "errors": result.errors,

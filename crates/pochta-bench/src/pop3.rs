@@ -23,9 +23,13 @@ pub struct Pop3Args {
     pub user: String,
     #[arg(long)]
     pub password: String,
-    /// Send every RETR at once (RFC 2449 PIPELINING).
+    /// Send every RETR at once (RFC 2449 PIPELINING); the same as `--depth 0`.
     #[arg(long)]
     pub pipelining: bool,
+    /// RETRs in flight at a time: 1 waits for each message before asking for the next, N
+    /// keeps N asked for (a pipelining client's window), 0 sends them all at once.
+    #[arg(long, default_value_t = 1)]
+    pub depth: usize,
     /// STLS first (RFC 2595), trusting the CA certificates in this PEM file.
     #[arg(long, value_name = "CA_PEM")]
     pub stls: Option<std::path::PathBuf>,
@@ -100,21 +104,24 @@ async fn session(
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("bad STAT reply {stat:?}"))?;
     let mut octets = 0u64;
-    if args.pipelining {
-        let commands: String = (1..=n).map(|i| format!("RETR {i}\r\n")).collect();
-        conn.write(commands.as_bytes()).await?;
-        for _ in 1..=n {
-            conn.pop3_status().await?;
-            octets += conn.pop3_body().await? as u64;
-            progress.done.fetch_add(1, Ordering::Relaxed);
+    let depth = match (args.pipelining, args.depth) {
+        (true, _) | (false, 0) => n,
+        (false, depth) => depth as u64,
+    };
+    // Keep `depth` RETRs asked for: one more each time a message has come in.
+    let mut asked = 0u64;
+    let ask = |from: u64, to: u64| -> String {
+        (from + 1..=to).map(|i| format!("RETR {i}\r\n")).collect()
+    };
+    for received in 0..n {
+        if asked < n && asked < received + depth {
+            let to = n.min(received + depth);
+            conn.write(ask(asked, to).as_bytes()).await?;
+            asked = to;
         }
-    } else {
-        for i in 1..=n {
-            conn.write(format!("RETR {i}\r\n").as_bytes()).await?;
-            conn.pop3_status().await?;
-            octets += conn.pop3_body().await? as u64;
-            progress.done.fetch_add(1, Ordering::Relaxed);
-        }
+        conn.pop3_status().await?;
+        octets += conn.pop3_body().await? as u64;
+        progress.done.fetch_add(1, Ordering::Relaxed);
     }
     // RSET first: nothing is marked, but a QUIT must never delete what a benchmark read.
     conn.write(b"RSET\r\nQUIT\r\n").await?;
