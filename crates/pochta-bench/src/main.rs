@@ -175,6 +175,7 @@ async fn retrievable(e: &E2eArgs, users: &[String]) -> anyhow::Result<u64> {
                 password: e.pop3_password.clone(),
                 pipelining: false,
                 depth: 1,
+                delete: false,
                 stls: None,
                 tls_name: None,
             };

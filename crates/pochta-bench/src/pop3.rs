@@ -30,6 +30,10 @@ pub struct Pop3Args {
     /// keeps N asked for (a pipelining client's window), 0 sends them all at once.
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
+    /// Delete each message after retrieving it (DELE, committed by QUIT), as a client that
+    /// does not leave mail on the server does.
+    #[arg(long)]
+    pub delete: bool,
     /// STLS first (RFC 2595), trusting the CA certificates in this PEM file.
     #[arg(long, value_name = "CA_PEM")]
     pub stls: Option<std::path::PathBuf>,
@@ -122,6 +126,16 @@ async fn session(
         conn.pop3_status().await?;
         octets += conn.pop3_body().await? as u64;
         progress.done.fetch_add(1, Ordering::Relaxed);
+    }
+    if args.delete {
+        let commands: String = (1..=n).map(|i| format!("DELE {i}\r\n")).collect();
+        conn.write(commands.as_bytes()).await?;
+        for _ in 1..=n {
+            conn.pop3_status().await?;
+        }
+        conn.write(b"QUIT\r\n").await?;
+        conn.pop3_status().await.context("QUIT (the deletions)")?;
+        return Ok((n, octets, login_time));
     }
     // RSET first: nothing is marked, but a QUIT must never delete what a benchmark read.
     conn.write(b"RSET\r\nQUIT\r\n").await?;

@@ -46,6 +46,10 @@ pub struct SmtpArgs {
     /// (e.g. one that carries a DKIM signature); --size does not apply.
     #[arg(long, value_name = "FILE")]
     pub message: Option<std::path::PathBuf>,
+    /// Messages per second over all connections, evenly paced (a steady load, as a soak
+    /// test wants); unset: each connection sends as fast as the server answers.
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 /// What one run measured.
@@ -163,7 +167,16 @@ async fn session(
         Some(path) => Some(data_text(&std::fs::read(path)?)),
         None => None,
     };
+    // With a rate, connection `index` sends its message m at start + (m + index / n) / r * n.
+    let pace = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|rate| Duration::from_secs_f64(args.connections as f64 / rate));
     for m in 0..args.messages {
+        if let Some(every) = pace {
+            let offset = every.mul_f64(m as f64 + index as f64 / args.connections as f64);
+            tokio::time::sleep_until((start + offset).into()).await;
+        }
         let text = match &fixed {
             Some(text) => text.clone(),
             None => message(
