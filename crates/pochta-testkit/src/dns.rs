@@ -10,6 +10,12 @@ use std::net::SocketAddr;
 /// its address: it answers A, MX and TXT queries from `records`, NXDOMAIN for unknown names, and an
 /// empty answer for known names without records of the type asked for.
 pub async fn dns_server(records: Vec<(&'static str, Record)>) -> SocketAddr {
+    serve(move |query| answer(query, &records)).await
+}
+
+/// Binds a UDP socket on loopback and answers each query datagram with `respond`'s reply
+/// (none: no answer), until the runtime ends; returns the socket's address.
+async fn serve(respond: impl Fn(&[u8]) -> Option<Vec<u8>> + Send + 'static) -> SocketAddr {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
@@ -18,7 +24,7 @@ pub async fn dns_server(records: Vec<(&'static str, Record)>) -> SocketAddr {
             let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
                 return;
             };
-            if let Some(reply) = answer(&buf[..n], &records) {
+            if let Some(reply) = respond(&buf[..n]) {
                 let _ = socket.send_to(&reply, peer).await;
             }
         }
@@ -362,18 +368,6 @@ pub async fn signed_dns_server(
         unsigned_zones,
         unsigned: child,
     };
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        loop {
-            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            if let Some(reply) = zone.answer(&buf[..n]) {
-                let _ = socket.send_to(&reply, peer).await;
-            }
-        }
-    });
+    let addr = serve(move |query| zone.answer(query)).await;
     SignedDns { addr, trust_anchor }
 }
