@@ -1,7 +1,8 @@
 //! Periodic housekeeping: held mail past its lifetime is made due (the next claim expires it
-//! with its report), then garbage collection of finished envelopes past their retention and
-//! of message content that neither an envelope nor a maildrop entry holds any more (e.g.
-//! after POP3 deleted it). Replicas may run it at the same time: every step is idempotent.
+//! with its report), then garbage collection: message content nothing can read any more (its
+//! recipients finished and no maildrop holds it, e.g. after POP3 deleted it) at once, finished
+//! envelopes past their retention and then the message rows nothing references. Replicas may
+//! run it at the same time: every step is idempotent.
 
 use std::time::Duration;
 
@@ -23,8 +24,9 @@ pub async fn run(store: Store, interval: Duration, retention: Duration, shutdown
             Err(e) => tracing::warn!("expiring held mail failed (retried next interval): {e}"),
         }
         match store.collect_garbage(retention).await {
-            Ok(c) if c.envelopes + c.messages > 0 => {
+            Ok(c) if c.contents + c.envelopes + c.messages > 0 => {
                 tracing::info!(
+                    contents = c.contents,
                     envelopes = c.envelopes,
                     messages = c.messages,
                     "garbage collected"

@@ -504,10 +504,10 @@ pub struct QueueConfig {
     /// A recipient with NOTIFY=DELAY still undelivered this long after arrival gets one delay
     /// report.
     pub delay_report_after_secs: u64,
-    /// Finished envelopes stay this long (for `pochtactl queue show`), then are collected with
-    /// any content no maildrop holds.
+    /// Finished envelopes stay this long (for `pochtactl queue show`), without their content:
+    /// that goes at the first collection after nothing can read it.
     pub retention_secs: u64,
-    /// How often garbage collection runs.
+    /// How often garbage collection runs (and so how long unreadable content may stay).
     pub gc_interval_secs: u64,
     /// How often the queue depth metric is read from the store.
     pub depth_interval_secs: u64,

@@ -67,12 +67,12 @@ impl Store {
     }
 
     /// A message's content as stored (what the queue delivers), or None if there is no such
-    /// message.
+    /// message or garbage collection has freed its content.
     pub async fn message_content(&self, message_id: i64) -> Result<Option<Vec<u8>>> {
         let mut rows: Vec<(i64, Option<i32>, Option<Vec<u8>>)> = sqlx::query_as(
             "SELECT m.size, c.seq, c.data FROM messages m
              LEFT JOIN message_chunks c ON c.message_id = m.id
-             WHERE m.id = $1",
+             WHERE m.id = $1 AND m.content_collected_at IS NULL",
         )
         .bind(message_id)
         .fetch_all(&self.pool)

@@ -492,6 +492,8 @@ pub struct MaildropEntry {
 /// What garbage collection removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Collected {
+    /// Messages whose content was freed (the row stays while an envelope references it).
+    pub contents: u64,
     pub envelopes: u64,
     pub messages: u64,
 }

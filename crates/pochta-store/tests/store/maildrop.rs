@@ -2,7 +2,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use pochta_store::{
-    Claim, DomainRole, LocalDelivery, MaildropDelivery, RecipientState, Resolved, Store, StoreError,
+    AttemptOutcome, AttemptReport, Claim, Collected, DomainRole, LocalDelivery, MaildropDelivery,
+    RecipientState, Resolved, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -397,7 +398,7 @@ async fn removed_account_takes_its_maildrop_and_content_is_collected() {
         .collect_garbage(Duration::from_millis(10))
         .await
         .unwrap();
-    assert_eq!((gc.envelopes, gc.messages), (1, 0));
+    assert_eq!((gc.contents, gc.envelopes, gc.messages), (0, 1, 0));
     assert_eq!(store.maildrop_entries(account).await.unwrap().len(), 1);
 
     store
@@ -408,8 +409,83 @@ async fn removed_account_takes_its_maildrop_and_content_is_collected() {
         .collect_garbage(Duration::from_millis(10))
         .await
         .unwrap();
-    assert_eq!(gc.messages, 1);
-    assert_eq!(store.counts().await.unwrap().messages, 0);
+    assert_eq!((gc.contents, gc.messages), (1, 1));
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.messages, counts.message_chunks), (0, 0));
+}
+
+/// Content goes as soon as nothing can read it (every recipient finished, no maildrop entry),
+/// long before the envelope's retention ends; the envelope stays for `queue show`.
+#[tokio::test]
+async fn content_is_freed_once_finished_and_deleted_while_the_envelope_stays() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    let env = enqueue_n(store, 2).await;
+    let claimed = store.claim_due("w", Claim::Remote, 10, TTL).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let retention = Duration::from_secs(3600);
+    let collect = || store.collect_garbage(retention);
+
+    // One recipient in the maildrop, the other still in flight: nothing goes.
+    store
+        .deliver_to_maildrop("w", claimed[0].recipient_id, account, PREFIX)
+        .await
+        .unwrap();
+    assert_eq!(collect().await.unwrap(), Collected::default());
+
+    // Both finished, but the maildrop still holds it.
+    let relayed = AttemptReport {
+        remote_mta: Some("mx.example.net [192.0.2.1]:25".into()),
+        reply_code: Some(250),
+        status: Some("2.0.0".into()),
+        diagnostic: "ok".into(),
+    };
+    store
+        .record_attempt(
+            "w",
+            claimed[1].recipient_id,
+            AttemptOutcome::Relayed,
+            &relayed,
+        )
+        .await
+        .unwrap();
+    assert_eq!(collect().await.unwrap(), Collected::default());
+    let entries = store.maildrop_entries(account).await.unwrap();
+    let (_, content) = store
+        .maildrop_entry_content(account, entries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(content, CONTENT);
+
+    // The reader deletes it: the content goes at the next collection, the envelope stays.
+    assert!(store.lock_maildrop(account, "s1", TTL).await.unwrap());
+    let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+    store
+        .delete_maildrop_entries_and_unlock(account, "s1", &ids)
+        .await
+        .unwrap();
+    let gc = collect().await.unwrap();
+    assert_eq!((gc.contents, gc.envelopes, gc.messages), (1, 0, 0));
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (counts.envelopes, counts.messages, counts.message_chunks),
+        (1, 1, 0)
+    );
+    let detail = store
+        .envelope_detail(env.queue_id.as_str())
+        .await
+        .unwrap()
+        .expect("the envelope stays for its retention");
+    assert_eq!(detail.size as usize, CONTENT.len(), "the size is kept");
+    assert_eq!(detail.recipients.len(), 2);
+    assert_eq!(
+        store.message_content(detail.message_id).await.unwrap(),
+        None
+    );
+    // Idempotent: nothing more to free.
+    assert_eq!(collect().await.unwrap(), Collected::default());
 }
 
 #[tokio::test]

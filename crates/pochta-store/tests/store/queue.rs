@@ -437,19 +437,24 @@ async fn garbage_collection_keeps_live_and_delivered_content() {
         .await
         .unwrap();
 
-    // Within the retention period nothing goes.
+    // Within the retention period the envelope stays, but the finished message's content
+    // goes at once: nothing will read it again.
     let kept = store
         .collect_garbage(Duration::from_secs(3600))
         .await
         .unwrap();
-    assert_eq!((kept.envelopes, kept.messages), (0, 0));
-    assert_eq!(store.counts().await.unwrap().message_chunks, 2);
+    assert_eq!((kept.contents, kept.envelopes, kept.messages), (1, 0, 0));
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.envelopes, counts.message_chunks), (2, 1));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let collected = store
         .collect_garbage(Duration::from_millis(10))
         .await
         .unwrap();
-    assert_eq!((collected.envelopes, collected.messages), (1, 1));
+    assert_eq!(
+        (collected.contents, collected.envelopes, collected.messages),
+        (0, 1, 1)
+    );
     let counts = store.counts().await.unwrap();
     assert_eq!(
         (counts.envelopes, counts.messages, counts.recipients_total()),
@@ -457,7 +462,7 @@ async fn garbage_collection_keeps_live_and_delivered_content() {
     );
     assert_eq!(
         counts.message_chunks, 1,
-        "the collected message's content went with it"
+        "the live message keeps its content"
     );
 }
 
