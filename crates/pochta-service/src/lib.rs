@@ -1,6 +1,6 @@
 //! What every Pochta service binary does around its own work: read arguments and configuration,
-//! start telemetry, connect to the store and check its schema, serve gRPC health, and turn
-//! SIGTERM/SIGINT into a graceful shutdown.
+//! start telemetry, connect to the store and check its schema, serve gRPC health, turn
+//! SIGTERM/SIGINT into a graceful shutdown, and make the allocator give large blocks back.
 //!
 //! ```no_run
 //! fn main() -> std::process::ExitCode {
@@ -18,6 +18,7 @@ pub mod drive;
 pub mod limits;
 pub mod listen;
 pub mod login;
+pub mod memory;
 pub mod proxy;
 pub mod tls;
 
@@ -123,6 +124,7 @@ where
     F: FnOnce(ServiceContext) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let returns_large_blocks = memory::return_large_blocks();
     let args = ServiceArgs::parse();
     let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
@@ -147,6 +149,9 @@ where
     };
     let result = runtime.block_on(async move {
         let telemetry = pochta_telemetry::init(service, version, &config.telemetry)?;
+        if !returns_large_blocks {
+            tracing::warn!("the allocator refused its threshold; large blocks may stay resident");
+        }
         let result = serve(service, config, body).await;
         if let Err(e) = &result {
             tracing::error!("{e:#}");
