@@ -144,13 +144,6 @@ async fn behave(mut tcp: TcpStream, evil: Evil, seen: Arc<Seen>) {
     }
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 struct Queue {
     db: TestDb,
     process: ServiceProcess,
@@ -274,7 +267,7 @@ async fn hostile_servers_defer_within_the_deadline_and_leave_no_trace_in_memory(
     }
     let q = queue("", &routes).await;
     let store = q.db.store();
-    let rss_before = rss_kib(q.process.pid());
+    let rss_before = q.process.resident_kib();
     // A message large enough that a server which stops reading blocks the queue's writes.
     let big = format!("Subject: big\r\n\r\n{}", "y".repeat(998) + "\r\n").repeat(16_000);
     let started = Instant::now();
@@ -348,7 +341,7 @@ async fn hostile_servers_defer_within_the_deadline_and_leave_no_trace_in_memory(
             "{domain}: one DATA per attempt at most"
         );
     }
-    let grown = rss_kib(q.process.pid()).saturating_sub(rss_before);
+    let grown = q.process.resident_kib().saturating_sub(rss_before);
     assert!(grown < 64 * 1024, "the queue grew by {grown} KiB");
     assert!(grpc_health(q.grpc).await.unwrap(), "still serving");
     assert!(

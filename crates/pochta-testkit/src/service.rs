@@ -89,6 +89,18 @@ impl ServiceProcess {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// The process's resident memory in KiB (VmRSS), for tests that bound it.
+    pub fn resident_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the process's status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("a VmRSS line");
+        let kib = line.split_whitespace().nth(1).expect("a VmRSS value");
+        kib.parse().expect("VmRSS in KiB")
+    }
+
     /// Everything the process wrote so far.
     pub fn output(&self) -> String {
         let mut text = String::new();

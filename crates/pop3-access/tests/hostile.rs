@@ -305,18 +305,6 @@ async fn a_retr_longer_than_the_lock_ttl_keeps_the_lock() {
     assert!(store.maildrop_entries(account).await.unwrap().is_empty());
 }
 
-/// Resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        / 1024
-}
-
 /// Every login verifies an argon2id hash in a 19 MiB block on a blocking thread; the blocks go
 /// back to the system afterwards instead of staying with each thread's allocator arena (which
 /// held 531 MiB after 26 logins).
@@ -328,7 +316,7 @@ async fn password_checks_give_their_memory_back() {
     for user in &users {
         db.add_account(user, "pw").await.unwrap();
     }
-    let before = rss_mib(process.pid());
+    let before = process.resident_kib() / 1024;
     let mut sessions = tokio::task::JoinSet::new();
     for user in users {
         sessions.spawn(async move {
@@ -342,7 +330,7 @@ async fn password_checks_give_their_memory_back() {
     while let Some(done) = sessions.join_next().await {
         done.unwrap();
     }
-    let after = rss_mib(process.pid());
+    let after = process.resident_kib() / 1024;
     // 32 checks of 19 MiB each, four at a time: what stays must be far below even one
     // thread's worth of kept blocks.
     assert!(

@@ -2,12 +2,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use pochta_store::{
-    AttemptOutcome, AttemptReport, Claim, Collected, DomainRole, LocalDelivery, MaildropDelivery,
-    RecipientState, Resolved, Store, StoreError,
+    AttemptOutcome, Claim, Collected, DomainRole, LocalDelivery, MaildropDelivery, RecipientState,
+    Resolved, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
-use crate::{CONTENT, addr, enqueue_n, envelope, recipient};
+use crate::{CONTENT, addr, enqueue_n, envelope, recipient, report};
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 const PREFIX: &[u8] = b"Return-Path: <sender@example.net>\r\nDelivered-To: user0@example.org\r\n";
@@ -435,12 +435,7 @@ async fn content_is_freed_once_finished_and_deleted_while_the_envelope_stays() {
     assert_eq!(collect().await.unwrap(), Collected::default());
 
     // Both finished, but the maildrop still holds it.
-    let relayed = AttemptReport {
-        remote_mta: Some("mx.example.net [192.0.2.1]:25".into()),
-        reply_code: Some(250),
-        status: Some("2.0.0".into()),
-        diagnostic: "ok".into(),
-    };
+    let relayed = report(250, "2.0.0", "ok");
     store
         .record_attempt(
             "w",

@@ -14,7 +14,7 @@ mod tls_reports;
 use std::time::Duration;
 
 use pochta_mail::{Mailbox, Notify, Ret};
-use pochta_store::{NewEnvelope, NewRecipient, Store};
+use pochta_store::{AttemptReport, NewEnvelope, NewRecipient, Store};
 
 pub fn addr(s: &str) -> Mailbox {
     Mailbox::parse(s).unwrap()
@@ -60,4 +60,14 @@ pub async fn enqueue_n(store: &Store, n: usize) -> NewEnvelope {
     );
     store.enqueue(&env, CONTENT).await.unwrap();
     env
+}
+
+/// What a remote server answered to one attempt.
+pub fn report(code: u16, status: &str, text: &str) -> AttemptReport {
+    AttemptReport {
+        remote_mta: Some("mx.example.org [192.0.2.1]:25".into()),
+        reply_code: Some(code),
+        status: Some(status.into()),
+        diagnostic: text.into(),
+    }
 }

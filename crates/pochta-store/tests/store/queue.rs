@@ -2,21 +2,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use pochta_mail::{Disposition, Mailbox, Notify, Ret};
-use pochta_store::{AttemptOutcome, AttemptReport, Claim, NewEnvelope, RecipientState, StoreError};
+use pochta_store::{AttemptOutcome, Claim, NewEnvelope, RecipientState, StoreError};
 use pochta_testkit::TestDb;
 
-use crate::{CONTENT, addr, enqueue_n, envelope, recipient};
+use crate::{CONTENT, addr, enqueue_n, envelope, recipient, report};
 
 const LEASE: Duration = Duration::from_secs(60);
-
-fn report(code: u16, status: &str, text: &str) -> AttemptReport {
-    AttemptReport {
-        remote_mta: Some("mx.example.org [192.0.2.1]:25".into()),
-        reply_code: Some(code),
-        status: Some(status.into()),
-        diagnostic: text.into(),
-    }
-}
 
 #[tokio::test]
 async fn enqueue_stores_everything_given() {
