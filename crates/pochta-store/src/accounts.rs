@@ -91,10 +91,15 @@ impl Store {
     /// Adds an account to a local domain. `password_hash` is an argon2id PHC string.
     pub async fn add_account(&self, address: &Mailbox, password_hash: &str) -> Result<i64> {
         let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO accounts (domain, local_part, password_hash)
-             SELECT name, $2, $3 FROM domains
-             WHERE name = $1 AND role = 'local' AND alias_of IS NULL
-             RETURNING id",
+            "WITH account AS (
+                 INSERT INTO accounts (domain, local_part, password_hash)
+                 SELECT name, $2, $3 FROM domains
+                 WHERE name = $1 AND role = 'local' AND alias_of IS NULL
+                 RETURNING id
+             ), inbox AS (
+                 INSERT INTO mailboxes (account_id, name) SELECT id, 'INBOX' FROM account
+             )
+             SELECT id FROM account",
         )
         .bind(&address.domain)
         .bind(&address.local_part)

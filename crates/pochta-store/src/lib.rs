@@ -11,6 +11,7 @@ mod content;
 mod dkim;
 mod failover;
 mod inspect;
+mod mailboxes;
 mod maildrop;
 mod mta_sts;
 mod queue;
@@ -27,6 +28,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_selector};
+pub use mailboxes::{
+    FlagChange, FlagsStored, MAILBOX_CHANNEL, MailboxCounts, MailboxInfo, MailboxMessage, Placed,
+    SPECIAL_MAILBOXES,
+};
 pub use mta_sts::CachedStsPolicy;
 pub use roles::ServiceRoles;
 pub use server::{postgres_programs, running_as_root};
@@ -76,6 +81,10 @@ pub enum StoreError {
     NoRecipients,
     #[error("recipient {0} is no longer leased by this worker")]
     LeaseLost(i64),
+    #[error("mailbox {0} already exists")]
+    MailboxExists(String),
+    #[error("mailbox {0} does not exist")]
+    UnknownMailbox(String),
     #[error("the maildrop lock of account {0} is not held by this session")]
     LockNotHeld(i64),
     #[error("message {message_id}: {found} octets of content read where {expected} were recorded")]

@@ -95,11 +95,13 @@ impl Store {
         Ok(delivery)
     }
 
-    /// The entries of a maildrop, oldest first: the snapshot a POP3 session works on.
+    /// The entries of a maildrop (the account's INBOX), oldest first: the snapshot a POP3
+    /// session works on.
     pub async fn maildrop_entries(&self, account_id: i64) -> Result<Vec<MaildropEntry>> {
         Ok(sqlx::query_as::<_, MaildropEntry>(
-            "SELECT id, uid, pop3_size, delivered_at FROM maildrop_entries
-             WHERE account_id = $1 ORDER BY id",
+            "SELECT e.id, e.uid, e.pop3_size, e.delivered_at
+             FROM mailboxes m JOIN maildrop_entries e ON e.mailbox_id = m.id
+             WHERE m.account_id = $1 AND m.name = 'INBOX' ORDER BY e.imap_uid",
         )
         .bind(account_id)
         .fetch_all(&self.pool)
@@ -213,7 +215,7 @@ impl Store {
         owner: &str,
         entry_ids: &[i64],
     ) -> Result<u64> {
-        let (locked, deleted): (i64, i64) = sqlx::query_as(
+        let (locked, deleted, _): (i64, i64, i64) = sqlx::query_as(
             "WITH lock AS (
                  DELETE FROM maildrop_locks WHERE account_id = $1 AND owner = $2
                  RETURNING account_id
@@ -221,12 +223,20 @@ impl Store {
                  DELETE FROM maildrop_entries
                  WHERE account_id IN (SELECT account_id FROM lock) AND id = ANY($3)
                  RETURNING id
+             ), inbox AS (
+                 -- An expunge for IMAP sessions of this INBOX (RFC 7162: a new mod-sequence).
+                 UPDATE mailboxes SET highest_modseq = highest_modseq + 1
+                 WHERE account_id IN (SELECT account_id FROM lock) AND name = 'INBOX'
+                   AND EXISTS (SELECT 1 FROM gone)
+                 RETURNING id
              )
-             SELECT (SELECT count(*) FROM lock), (SELECT count(*) FROM gone)",
+             SELECT (SELECT count(*) FROM lock), (SELECT count(*) FROM gone),
+                    (SELECT count(pg_notify($4, id::text)) FROM inbox)",
         )
         .bind(account_id)
         .bind(owner)
         .bind(entry_ids)
+        .bind(crate::MAILBOX_CHANNEL)
         .fetch_one(&self.pool)
         .await?;
         if locked == 1 {
@@ -377,12 +387,30 @@ async fn deliver_many_on(
                  WHERE r.state = 'queued'
                  ORDER BY r.id
                  FOR UPDATE OF r
+             ), inbox AS (
+                 -- Each INBOX's UIDs are taken under its row lock, so they rise in commit
+                 -- order; the rows are locked in id order, so two batches cannot deadlock.
+                 SELECT id, account_id FROM mailboxes
+                 WHERE account_id IN (SELECT account_id FROM r) AND name = 'INBOX'
+                 ORDER BY id
+                 FOR UPDATE
+             ), taken AS (
+                 UPDATE mailboxes m SET uid_next = m.uid_next + n.count,
+                     highest_modseq = m.highest_modseq + 1
+                 FROM inbox i,
+                     (SELECT account_id, count(*) FROM r GROUP BY account_id) n
+                 WHERE m.id = i.id AND n.account_id = i.account_id
+                 RETURNING m.id, m.account_id, m.uid_next - n.count AS first_uid,
+                     m.highest_modseq
              ), entry AS (
                  INSERT INTO maildrop_entries (account_id, message_id, recipient_id,
-                     header_prefix, pop3_size)
+                     header_prefix, pop3_size, mailbox_id, imap_uid, modseq)
                  SELECT r.account_id, m.id, r.id, r.header_prefix,
-                     octet_length(r.header_prefix) + m.size
+                     octet_length(r.header_prefix) + m.size, t.id,
+                     t.first_uid - 1 + row_number() OVER (PARTITION BY r.account_id ORDER BY r.id),
+                     t.highest_modseq
                  FROM r JOIN messages m ON m.id = r.message_id
+                 JOIN taken t ON t.account_id = r.account_id
                  ORDER BY r.id
                  ON CONFLICT (recipient_id) DO NOTHING
                  RETURNING recipient_id, id, uid
@@ -397,13 +425,17 @@ async fn deliver_many_on(
              ), history AS (
                  INSERT INTO delivery_attempts (recipient_id, worker, status, diagnostic, result)
                  SELECT id, $4, '2.0.0', 'delivered to maildrop', 'delivered' FROM done
+             ), announced AS (
+                 -- Wakes IMAP sessions idling in these INBOXes, at commit.
+                 SELECT count(pg_notify($5, id::text)) FROM taken
              )
-             SELECT recipient_id, id, uid FROM entry",
+             SELECT recipient_id, id, uid FROM entry, announced",
     )
     .bind(recipient_ids)
     .bind(account_ids)
     .bind(prefixes)
     .bind(worker)
+    .bind(crate::MAILBOX_CHANNEL)
     .fetch_all(&mut *conn)
     .await?;
     let mut delivered: std::collections::HashMap<i64, (i64, String)> = rows

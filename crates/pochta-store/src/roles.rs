@@ -66,6 +66,8 @@ const QUEUE: Grants = &[
         "messages, message_chunks, envelopes, recipients, delivery_attempts",
     ),
     ("SELECT, INSERT", "maildrop_entries"),
+    // Local delivery takes UIDs from the INBOX row (uid_next, highest_modseq).
+    ("SELECT, UPDATE", "mailboxes"),
     ("SELECT, INSERT, UPDATE", "mta_sts_policies"),
     (
         "SELECT, INSERT, UPDATE, DELETE",
@@ -83,6 +85,8 @@ const POP3: Grants = &[
         "_sqlx_migrations, domains, accounts, messages, message_chunks",
     ),
     ("SELECT, DELETE", "maildrop_entries"),
+    // A POP3 deletion is an expunge for IMAP: it raises the INBOX's highest_modseq.
+    ("SELECT, UPDATE", "mailboxes"),
     ("SELECT, INSERT, UPDATE, DELETE", "maildrop_locks"),
 ];
 

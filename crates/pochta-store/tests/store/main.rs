@@ -5,6 +5,7 @@ mod addresses;
 mod admin;
 mod dkim;
 mod failover;
+mod mailboxes;
 mod maildrop;
 mod queue;
 mod roles;

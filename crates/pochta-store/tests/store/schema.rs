@@ -53,3 +53,80 @@ async fn content_written_before_chunking_reads_back_after_the_migration() {
         assert!(read == content, "message of {} octets", content.len());
     }
 }
+
+/// Migration 11 puts every existing maildrop into its account's INBOX: each entry keeps its
+/// POP3 UIDL and gets an IMAP UID in delivery order; UIDNEXT follows the last.
+#[tokio::test]
+async fn maildrops_become_inboxes_keeping_their_pop3_uids() {
+    let db = TestDb::empty().await.unwrap();
+    let store = db.store();
+    store.migrate_to(10).await.unwrap();
+    let old = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    sqlx::query("INSERT INTO domains (name, role) VALUES ('example.org', 'local')")
+        .execute(&old)
+        .await
+        .unwrap();
+    let mut accounts = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO accounts (domain, local_part, password_hash)
+             VALUES ('example.org', $1, $2) RETURNING id",
+        )
+        .bind(name)
+        .bind(hash)
+        .fetch_one(&old)
+        .await
+        .unwrap();
+        accounts.push(id);
+    }
+    let message: i64 = sqlx::query_scalar("INSERT INTO messages (size) VALUES (0) RETURNING id")
+        .fetch_one(&old)
+        .await
+        .unwrap();
+    // Alice and Bob's entries interleaved; Carol has none.
+    let mut uidls = vec![Vec::new(), Vec::new()];
+    for i in 0..5 {
+        let owner = i % 2;
+        let uidl: String = sqlx::query_scalar(
+            "INSERT INTO maildrop_entries (account_id, message_id, header_prefix, pop3_size)
+             VALUES ($1, $2, '', 0) RETURNING uid",
+        )
+        .bind(accounts[owner])
+        .bind(message)
+        .fetch_one(&old)
+        .await
+        .unwrap();
+        uidls[owner].push(uidl);
+    }
+    old.close().await;
+
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+    for (owner, expected) in uidls.iter().enumerate() {
+        let pop3: Vec<String> = store
+            .maildrop_entries(accounts[owner])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.uid)
+            .collect();
+        assert_eq!(&pop3, expected, "POP3 UIDLs kept, in order");
+        let inbox = store
+            .mailbox(accounts[owner], "INBOX")
+            .await
+            .unwrap()
+            .unwrap();
+        let uids: Vec<i64> = store
+            .mailbox_messages(inbox.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.uid)
+            .collect();
+        assert_eq!(uids, (1..=expected.len() as i64).collect::<Vec<_>>());
+        assert_eq!(inbox.uid_next, expected.len() as i64 + 1);
+    }
+    let carol = store.mailbox(accounts[2], "INBOX").await.unwrap().unwrap();
+    assert_eq!(carol.uid_next, 1);
+}

@@ -1,0 +1,517 @@
+//! IMAP mailboxes (migration 0011): the folders of an account, the messages in each with their
+//! UIDs, flags and mod-sequences, and the changes IMAP makes to them. INBOX is the maildrop POP3
+//! sees; content is shared, so a copy or move never copies a message's octets.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::content::Chunks;
+use crate::{Result, Store, StoreError};
+
+/// The PostgreSQL channel a change to a mailbox is announced on; the payload is the
+/// mailbox id. imap-access listens on it (one connection per process) to wake idle sessions.
+pub const MAILBOX_CHANNEL: &str = "pochta_mailbox";
+
+/// The folders every account gets at its first IMAP login, with their special use (RFC 6154).
+pub const SPECIAL_MAILBOXES: [(&str, &str); 4] = [
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+];
+
+/// One mailbox of an account.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MailboxInfo {
+    pub id: i64,
+    pub name: String,
+    pub special_use: Option<String>,
+    pub subscribed: bool,
+    pub uid_validity: i64,
+    pub uid_next: i64,
+    pub highest_modseq: i64,
+}
+
+/// One message in a mailbox, without its content.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MailboxMessage {
+    /// The maildrop entry (the id content reads take).
+    pub entry_id: i64,
+    pub uid: i64,
+    pub flags: Vec<String>,
+    pub modseq: i64,
+    /// RFC822.SIZE: the octets FETCH BODY[] sends.
+    pub size: i64,
+    pub internal_date: DateTime<Utc>,
+}
+
+/// What STATUS reports about a mailbox (RFC 9051 6.3.11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
+pub struct MailboxCounts {
+    pub messages: i64,
+    pub unseen: i64,
+    pub deleted: i64,
+    pub size: i64,
+}
+
+/// How STORE changes flags (RFC 9051 6.4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagChange {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// What a flag change did: the messages it changed (with their new flags and mod-sequence),
+/// and the UIDs it left alone because they changed after UNCHANGEDSINCE (RFC 7162 3.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FlagsStored {
+    pub changed: Vec<MailboxMessage>,
+    pub modified: Vec<i64>,
+}
+
+/// Where an appended or copied message went (RFC 4315 APPENDUID / COPYUID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub uid_validity: i64,
+    /// (source UID, new UID) for a copy; (0, new UID) for an append.
+    pub uids: Vec<(i64, i64)>,
+}
+
+const MAILBOX_COLUMNS: &str =
+    "id, name, special_use, subscribed, uid_validity, uid_next, highest_modseq";
+/// Over `maildrop_entries e`.
+const MESSAGE_COLUMNS: &str = "e.id AS entry_id, e.imap_uid AS uid, e.flags, e.modseq, \
+     e.pop3_size AS size, e.delivered_at AS internal_date";
+
+impl Store {
+    /// Makes INBOX and each special-use folder the account has none for (at IMAP login; one
+    /// the user deleted comes back, as with Dovecot's auto-created folders).
+    pub async fn ensure_default_mailboxes(&self, account_id: i64) -> Result<()> {
+        let names: Vec<&str> = SPECIAL_MAILBOXES.iter().map(|(n, _)| *n).collect();
+        let uses: Vec<&str> = SPECIAL_MAILBOXES.iter().map(|(_, u)| *u).collect();
+        sqlx::query(
+            "INSERT INTO mailboxes (account_id, name, special_use)
+             SELECT $1, name, special_use FROM (
+                 SELECT 'INBOX' AS name, NULL AS special_use
+                 UNION ALL SELECT * FROM unnest($2::text[], $3::text[])) AS d
+             WHERE NOT EXISTS (SELECT 1 FROM mailboxes m WHERE m.account_id = $1
+                               AND (m.name = d.name OR m.special_use = d.special_use))
+             ON CONFLICT (account_id, name) DO NOTHING",
+        )
+        .bind(account_id)
+        .bind(&names)
+        .bind(&uses)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The mailboxes of an account, by name.
+    pub async fn list_mailboxes(&self, account_id: i64) -> Result<Vec<MailboxInfo>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = $1 ORDER BY name"
+        )))
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One mailbox of an account by its exact name, or None.
+    pub async fn mailbox(&self, account_id: i64, name: &str) -> Result<Option<MailboxInfo>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE account_id = $1 AND name = $2"
+        )))
+        .bind(account_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A mailbox as it is now, by id (its UIDNEXT and HIGHESTMODSEQ move), or None if deleted.
+    pub async fn mailbox_by_id(&self, mailbox_id: i64) -> Result<Option<MailboxInfo>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = $1"
+        )))
+        .bind(mailbox_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Message, unseen and deleted counts and total size of a mailbox.
+    pub async fn mailbox_counts(&self, mailbox_id: i64) -> Result<MailboxCounts> {
+        Ok(sqlx::query_as(
+            "SELECT count(*) AS messages,
+                    count(*) FILTER (WHERE NOT '\\Seen' = ANY (flags)) AS unseen,
+                    count(*) FILTER (WHERE '\\Deleted' = ANY (flags)) AS deleted,
+                    coalesce(sum(pop3_size), 0)::bigint AS size
+             FROM maildrop_entries WHERE mailbox_id = $1",
+        )
+        .bind(mailbox_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Every message of a mailbox in UID order: the snapshot SELECT starts from.
+    pub async fn mailbox_messages(&self, mailbox_id: i64) -> Result<Vec<MailboxMessage>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM maildrop_entries e WHERE mailbox_id = $1
+             ORDER BY imap_uid"
+        )))
+        .bind(mailbox_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// What changed in a mailbox since a session last looked: the messages whose mod-sequence
+    /// is above `since_modseq` (new or with new flags), and the UIDs of all messages now there
+    /// up to `known_uid_max` (those missing from the session's view were expunged).
+    pub async fn mailbox_changes(
+        &self,
+        mailbox_id: i64,
+        since_modseq: i64,
+        known_uid_max: i64,
+    ) -> Result<(Vec<MailboxMessage>, Vec<i64>)> {
+        let changed = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM maildrop_entries e
+             WHERE mailbox_id = $1 AND modseq > $2 ORDER BY imap_uid"
+        )))
+        .bind(mailbox_id)
+        .bind(since_modseq)
+        .fetch_all(&self.pool)
+        .await?;
+        let present = sqlx::query_scalar(
+            "SELECT imap_uid FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid <= $2
+             ORDER BY imap_uid",
+        )
+        .bind(mailbox_id)
+        .bind(known_uid_max)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((changed, present))
+    }
+
+    /// Makes a mailbox; `MailboxExists` if the account has one of that name.
+    pub async fn create_mailbox(
+        &self,
+        account_id: i64,
+        name: &str,
+        special_use: Option<&str>,
+    ) -> Result<MailboxInfo> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO mailboxes (account_id, name, special_use) VALUES ($1, $2, $3)
+             RETURNING {MAILBOX_COLUMNS}"
+        )))
+        .bind(account_id)
+        .bind(name)
+        .bind(special_use)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::MailboxExists(name.to_owned())
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    /// Deletes a mailbox and the messages in it. False if there is none of that name.
+    pub async fn delete_mailbox(&self, account_id: i64, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM mailboxes WHERE account_id = $1 AND name = $2")
+            .bind(account_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Renames a mailbox and its children (`from/...` becomes `to/...`), keeping their
+    /// messages and UIDVALIDITY. False if `from` does not exist; `MailboxExists` if a new
+    /// name is taken. INBOX is not renamed this way (`move_all_messages` empties it instead).
+    pub async fn rename_mailbox(&self, account_id: i64, from: &str, to: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE mailboxes SET name = $3 || substr(name, length($2) + 1)
+             WHERE account_id = $1 AND (name = $2 OR starts_with(name, $2 || '/'))",
+        )
+        .bind(account_id)
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::MailboxExists(to.to_owned())
+            } else {
+                StoreError::from(e)
+            }
+        })?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// SUBSCRIBE / UNSUBSCRIBE. False if there is no mailbox of that name.
+    pub async fn set_subscribed(&self, account_id: i64, name: &str, on: bool) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE mailboxes SET subscribed = $3 WHERE account_id = $1 AND name = $2")
+                .bind(account_id)
+                .bind(name)
+                .bind(on)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// STORE: changes the flags of the messages with these UIDs, giving each one it changed
+    /// the mailbox's next mod-sequence. With `unchanged_since`, a message whose mod-sequence
+    /// is above it is left alone and reported (RFC 7162 3.1.3).
+    pub async fn store_flags(
+        &self,
+        mailbox_id: i64,
+        uids: &[i64],
+        change: FlagChange,
+        flags: &[String],
+        unchanged_since: Option<i64>,
+    ) -> Result<FlagsStored> {
+        let mut tx = self.pool.begin().await?;
+        let modseq = bump_modseq(&mut tx, mailbox_id).await?;
+        let changed: Vec<MailboxMessage> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH target AS (
+                 SELECT id, CASE $3
+                     WHEN 'add' THEN ARRAY(SELECT DISTINCT f FROM unnest(flags || $4) f ORDER BY f)
+                     WHEN 'remove' THEN ARRAY(SELECT f FROM unnest(flags) f
+                                              WHERE NOT f = ANY ($4) ORDER BY f)
+                     ELSE ARRAY(SELECT DISTINCT f FROM unnest($4::text[]) f ORDER BY f)
+                 END AS new_flags
+                 FROM maildrop_entries
+                 WHERE mailbox_id = $1 AND imap_uid = ANY ($2)
+                   AND ($6::int8 IS NULL OR modseq <= $6)
+             )
+             UPDATE maildrop_entries e SET flags = t.new_flags, modseq = $5
+             FROM target t
+             WHERE e.id = t.id AND e.flags IS DISTINCT FROM t.new_flags
+             RETURNING {MESSAGE_COLUMNS}"
+        )))
+        .bind(mailbox_id)
+        .bind(uids)
+        .bind(match change {
+            FlagChange::Add => "add",
+            FlagChange::Remove => "remove",
+            FlagChange::Replace => "replace",
+        })
+        .bind(flags)
+        .bind(modseq)
+        .bind(unchanged_since)
+        .fetch_all(&mut *tx)
+        .await?;
+        let modified = match unchanged_since {
+            Some(since) => {
+                sqlx::query_scalar(
+                    "SELECT imap_uid FROM maildrop_entries
+                     WHERE mailbox_id = $1 AND imap_uid = ANY ($2) AND modseq > $3 AND modseq <> $4
+                     ORDER BY imap_uid",
+                )
+                .bind(mailbox_id)
+                .bind(uids)
+                .bind(since)
+                .bind(modseq)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => Vec::new(),
+        };
+        if changed.is_empty() {
+            // Nothing changed: the mod-sequence taken is given back.
+            tx.rollback().await?;
+        } else {
+            notify(&mut tx, mailbox_id).await?;
+            tx.commit().await?;
+        }
+        let mut changed = changed;
+        changed.sort_by_key(|m| m.uid);
+        Ok(FlagsStored { changed, modified })
+    }
+
+    /// EXPUNGE / UID EXPUNGE: removes the messages flagged `\Deleted` (of `uids` only, if
+    /// given). Returns the UIDs removed, ascending.
+    pub async fn expunge(&self, mailbox_id: i64, uids: Option<&[i64]>) -> Result<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let mut gone: Vec<i64> = sqlx::query_scalar(
+            "DELETE FROM maildrop_entries
+             WHERE mailbox_id = $1 AND '\\Deleted' = ANY (flags)
+               AND ($2::int8[] IS NULL OR imap_uid = ANY ($2))
+             RETURNING imap_uid",
+        )
+        .bind(mailbox_id)
+        .bind(uids)
+        .fetch_all(&mut *tx)
+        .await?;
+        if gone.is_empty() {
+            tx.rollback().await?;
+            return Ok(gone);
+        }
+        bump_modseq(&mut tx, mailbox_id).await?;
+        notify(&mut tx, mailbox_id).await?;
+        tx.commit().await?;
+        gone.sort_unstable();
+        Ok(gone)
+    }
+
+    /// COPY (and with `remove_source`, MOVE, RFC 6851): puts the messages with these UIDs into
+    /// another mailbox of the same account, flags kept, content shared. Atomic: all or none.
+    pub async fn copy_messages(
+        &self,
+        from_mailbox: i64,
+        uids: &[i64],
+        to_mailbox: i64,
+        remove_source: bool,
+    ) -> Result<Placed> {
+        let mut tx = self.pool.begin().await?;
+        // Both rows locked in id order: two copies between the same mailboxes cannot deadlock.
+        let locked: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, account_id, uid_validity FROM mailboxes
+             WHERE id IN ($1, $2) ORDER BY id FOR UPDATE",
+        )
+        .bind(from_mailbox)
+        .bind(to_mailbox)
+        .fetch_all(&mut *tx)
+        .await?;
+        let target = locked.iter().find(|(id, _, _)| *id == to_mailbox);
+        let (Some(&(_, account_id, uid_validity)), true) = (
+            target,
+            locked
+                .iter()
+                .all(|(_, a, _)| Some(a) == target.map(|t| &t.1))
+                && locked.len() == 2,
+        ) else {
+            return Err(StoreError::UnknownMailbox(to_mailbox.to_string()));
+        };
+        // FOR SHARE: a source deleted meanwhile (POP3, another session) is not copied, and
+        // the garbage collector cannot free content a committed copy still points at.
+        let sources: Vec<i64> = sqlx::query_scalar(
+            "SELECT imap_uid FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid = ANY ($2)
+             ORDER BY imap_uid FOR SHARE",
+        )
+        .bind(from_mailbox)
+        .bind(uids)
+        .fetch_all(&mut *tx)
+        .await?;
+        if sources.is_empty() {
+            tx.rollback().await?;
+            return Ok(Placed {
+                uid_validity,
+                uids: Vec::new(),
+            });
+        }
+        let (first_uid, modseq): (i64, i64) = sqlx::query_as(
+            "UPDATE mailboxes SET uid_next = uid_next + $2, highest_modseq = highest_modseq + 1
+             WHERE id = $1 RETURNING uid_next - $2, highest_modseq",
+        )
+        .bind(to_mailbox)
+        .bind(sources.len() as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO maildrop_entries (account_id, message_id, header_prefix, pop3_size,
+                 delivered_at, mailbox_id, imap_uid, flags, modseq)
+             SELECT $4, message_id, header_prefix, pop3_size, delivered_at, $3,
+                 $5 - 1 + row_number() OVER (ORDER BY imap_uid), flags, $6
+             FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid = ANY ($2)",
+        )
+        .bind(from_mailbox)
+        .bind(&sources)
+        .bind(to_mailbox)
+        .bind(account_id)
+        .bind(first_uid)
+        .bind(modseq)
+        .execute(&mut *tx)
+        .await?;
+        if remove_source {
+            sqlx::query(
+                "DELETE FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid = ANY ($2)",
+            )
+            .bind(from_mailbox)
+            .bind(&sources)
+            .execute(&mut *tx)
+            .await?;
+            bump_modseq(&mut tx, from_mailbox).await?;
+            notify(&mut tx, from_mailbox).await?;
+        }
+        notify(&mut tx, to_mailbox).await?;
+        tx.commit().await?;
+        let uids = sources.into_iter().zip(first_uid..).collect();
+        Ok(Placed { uid_validity, uids })
+    }
+
+    /// APPEND: stores a new message in a mailbox with these flags and internal date.
+    pub async fn append_message(
+        &self,
+        mailbox_id: i64,
+        content: &[u8],
+        flags: &[String],
+        internal_date: Option<DateTime<Utc>>,
+    ) -> Result<Placed> {
+        let chunks = Chunks::of(&[content]);
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "WITH box AS (
+                 UPDATE mailboxes SET uid_next = uid_next + 1,
+                     highest_modseq = highest_modseq + 1
+                 WHERE id = $1
+                 RETURNING account_id, uid_next - 1 AS uid, highest_modseq, uid_validity
+             ), message AS (
+                 INSERT INTO messages (size) SELECT $2 FROM box RETURNING id
+             ), chunks AS (
+                 INSERT INTO message_chunks (message_id, seq, data)
+                 SELECT m.id, c.seq, c.data FROM message m,
+                     unnest($3::int4[], $4::bytea[]) AS c (seq, data)
+             ), entry AS (
+                 INSERT INTO maildrop_entries (account_id, message_id, header_prefix, pop3_size,
+                     delivered_at, mailbox_id, imap_uid, flags, modseq)
+                 SELECT b.account_id, m.id, ''::bytea, $2, coalesce($6, now()), $1, b.uid,
+                     ARRAY(SELECT DISTINCT f FROM unnest($5::text[]) f ORDER BY f),
+                     b.highest_modseq
+                 FROM box b, message m
+             )
+             SELECT uid_validity, uid FROM box",
+        )
+        .bind(mailbox_id)
+        .bind(content.len() as i64)
+        .bind(&chunks.seqs)
+        .bind(&chunks.data)
+        .bind(flags)
+        .bind(internal_date)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((uid_validity, uid)) = row else {
+            return Err(StoreError::UnknownMailbox(mailbox_id.to_string()));
+        };
+        notify(&mut tx, mailbox_id).await?;
+        tx.commit().await?;
+        Ok(Placed {
+            uid_validity,
+            uids: vec![(0, uid)],
+        })
+    }
+}
+
+/// Locks a mailbox and takes its next mod-sequence.
+async fn bump_modseq(conn: &mut PgConnection, mailbox_id: i64) -> Result<i64> {
+    sqlx::query_scalar(
+        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1
+         RETURNING highest_modseq",
+    )
+    .bind(mailbox_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::UnknownMailbox(mailbox_id.to_string()))
+}
+
+/// Announces a change to a mailbox at commit (`MAILBOX_CHANNEL`).
+async fn notify(conn: &mut PgConnection, mailbox_id: i64) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(MAILBOX_CHANNEL)
+        .bind(mailbox_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! IMAP mailboxes over the maildrop: UIDs, flags, mod-sequences, copy, move, append, expunge,
+//! and how POP3 and local delivery see them.
+
+use std::time::Duration;
+
+use pochta_store::{
+    Claim, DomainRole, FlagChange, LocalDelivery, MaildropDelivery, SPECIAL_MAILBOXES, Store,
+    StoreError,
+};
+use pochta_testkit::TestDb;
+
+use crate::{CONTENT, addr, enqueue_n};
+
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+const PREFIX: &[u8] = b"Delivered-To: user0@example.org\r\n";
+
+async fn account(store: &Store) -> i64 {
+    store
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    store
+        .add_account(&addr("user0@example.org"), HASH)
+        .await
+        .unwrap()
+}
+
+/// Delivers `n` new messages into user0's INBOX in one batch.
+async fn deliver(store: &Store, account_id: i64, n: usize) {
+    for _ in 0..n {
+        enqueue_n(store, 1).await;
+    }
+    let claimed = store
+        .claim_due("w", Claim::Remote, 1000, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let batch: Vec<MaildropDelivery> = claimed
+        .iter()
+        .map(|c| MaildropDelivery {
+            recipient_id: c.recipient_id,
+            account_id,
+            header_prefix: PREFIX.to_vec(),
+        })
+        .collect();
+    let done = store.deliver_many_to_maildrops("w", &batch).await.unwrap();
+    assert!(
+        done.iter()
+            .all(|d| matches!(d, LocalDelivery::Delivered { .. }))
+    );
+}
+
+fn flags(list: &[&str]) -> Vec<String> {
+    list.iter().map(|f| f.to_string()).collect()
+}
+
+#[tokio::test]
+async fn delivery_gives_inbox_messages_rising_uids_and_a_new_modseq() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    let before = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    assert_eq!((before.uid_next, before.highest_modseq), (1, 1));
+
+    deliver(store, account, 3).await;
+    deliver(store, account, 2).await;
+
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    assert_eq!(inbox.uid_validity, before.uid_validity);
+    assert_eq!(inbox.uid_next, 6);
+    assert_eq!(inbox.highest_modseq, 3, "one new mod-sequence per batch");
+    let messages = store.mailbox_messages(inbox.id).await.unwrap();
+    let uids: Vec<i64> = messages.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [1, 2, 3, 4, 5]);
+    assert!(messages.iter().all(|m| m.flags.is_empty()));
+    assert_eq!(messages[4].modseq, 3);
+    assert_eq!(
+        messages[0].size as usize,
+        PREFIX.len() + CONTENT.len(),
+        "RFC822.SIZE is what POP3 RETR sends"
+    );
+    // POP3 lists the same messages, in the same order.
+    let pop3: Vec<i64> = store
+        .maildrop_entries(account)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let imap: Vec<i64> = messages.iter().map(|m| m.entry_id).collect();
+    assert_eq!(pop3, imap);
+}
+
+#[tokio::test]
+async fn flags_change_with_a_modseq_and_unchangedsince_guards_them() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    deliver(store, account, 3).await;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+
+    let seen = store
+        .store_flags(
+            inbox.id,
+            &[1, 2],
+            FlagChange::Add,
+            &flags(&["\\Seen", "work"]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen.changed.len(), 2);
+    assert_eq!(seen.changed[0].flags, flags(&["\\Seen", "work"]));
+    let modseq = seen.changed[0].modseq;
+    assert!(modseq > inbox.highest_modseq);
+
+    // Adding flags a message already has changes nothing and takes no mod-sequence.
+    let again = store
+        .store_flags(inbox.id, &[1], FlagChange::Add, &flags(&["\\Seen"]), None)
+        .await
+        .unwrap();
+    assert!(again.changed.is_empty());
+    let now = store.mailbox_by_id(inbox.id).await.unwrap().unwrap();
+    assert_eq!(now.highest_modseq, modseq);
+
+    // UNCHANGEDSINCE below message 1's mod-sequence: 1 is refused, 3 is changed.
+    let guarded = store
+        .store_flags(
+            inbox.id,
+            &[1, 3],
+            FlagChange::Replace,
+            &flags(&["\\Flagged"]),
+            Some(modseq - 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(guarded.modified, [1]);
+    assert_eq!(guarded.changed.len(), 1);
+    assert_eq!(guarded.changed[0].uid, 3);
+    assert_eq!(guarded.changed[0].flags, flags(&["\\Flagged"]));
+
+    let removed = store
+        .store_flags(
+            inbox.id,
+            &[1, 2],
+            FlagChange::Remove,
+            &flags(&["work"]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        removed
+            .changed
+            .iter()
+            .all(|m| m.flags == flags(&["\\Seen"]))
+    );
+    let counts = store.mailbox_counts(inbox.id).await.unwrap();
+    assert_eq!((counts.messages, counts.unseen, counts.deleted), (3, 1, 0));
+
+    // What a session that knew the mailbox at `modseq` is told about.
+    let (changed, present) = store.mailbox_changes(inbox.id, modseq, 3).await.unwrap();
+    let changed: Vec<i64> = changed.iter().map(|m| m.uid).collect();
+    assert_eq!(changed, [1, 2, 3]);
+    assert_eq!(present, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn expunge_removes_only_deleted_messages_and_pop3_no_longer_lists_them() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    deliver(store, account, 4).await;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    store
+        .store_flags(
+            inbox.id,
+            &[2, 3, 4],
+            FlagChange::Add,
+            &flags(&["\\Deleted"]),
+            None,
+        )
+        .await
+        .unwrap();
+
+    // UID EXPUNGE of 1:3 leaves 4, deleted but outside the set.
+    assert_eq!(
+        store.expunge(inbox.id, Some(&[1, 2, 3])).await.unwrap(),
+        [2, 3]
+    );
+    assert_eq!(store.expunge(inbox.id, None).await.unwrap(), [4]);
+    assert!(store.expunge(inbox.id, None).await.unwrap().is_empty());
+    assert_eq!(store.maildrop_entries(account).await.unwrap().len(), 1);
+    let (_, present) = store.mailbox_changes(inbox.id, 0, 4).await.unwrap();
+    assert_eq!(present, [1]);
+}
+
+#[tokio::test]
+async fn a_pop3_deletion_is_an_expunge_with_a_new_modseq() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    deliver(store, account, 2).await;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let entries = store.maildrop_entries(account).await.unwrap();
+    assert!(
+        store
+            .lock_maildrop(account, "p", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let deleted = store
+        .delete_maildrop_entries_and_unlock(account, "p", &[entries[0].id])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let after = store.mailbox_by_id(inbox.id).await.unwrap().unwrap();
+    assert_eq!(after.highest_modseq, inbox.highest_modseq + 1);
+    let (_, present) = store.mailbox_changes(inbox.id, 0, 2).await.unwrap();
+    assert_eq!(present, [2]);
+}
+
+#[tokio::test]
+async fn copy_and_move_share_content_and_give_new_uids() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    deliver(store, account, 3).await;
+    store.ensure_default_mailboxes(account).await.unwrap();
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let trash = store.mailbox(account, "Trash").await.unwrap().unwrap();
+    assert_eq!(trash.special_use.as_deref(), Some("\\Trash"));
+    store
+        .store_flags(
+            inbox.id,
+            &[2],
+            FlagChange::Add,
+            &flags(&["\\Flagged"]),
+            None,
+        )
+        .await
+        .unwrap();
+    let chunks_before = store.counts().await.unwrap();
+
+    let copied = store
+        .copy_messages(inbox.id, &[2, 3, 99], trash.id, false)
+        .await
+        .unwrap();
+    assert_eq!(copied.uid_validity, trash.uid_validity);
+    assert_eq!(copied.uids, [(2, 1), (3, 2)], "missing UIDs are skipped");
+    let moved = store
+        .copy_messages(inbox.id, &[1], trash.id, true)
+        .await
+        .unwrap();
+    assert_eq!(moved.uids, [(1, 3)]);
+
+    let in_trash = store.mailbox_messages(trash.id).await.unwrap();
+    assert_eq!(in_trash.len(), 3);
+    assert_eq!(
+        in_trash[0].flags,
+        flags(&["\\Flagged"]),
+        "flags travel with a copy"
+    );
+    let inbox_uids: Vec<i64> = store
+        .mailbox_messages(inbox.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    assert_eq!(inbox_uids, [2, 3]);
+    // POP3 sees INBOX only.
+    assert_eq!(store.maildrop_entries(account).await.unwrap().len(), 2);
+    // No content was copied; the copy reads the same octets.
+    let after = store.counts().await.unwrap();
+    assert_eq!(after.messages, chunks_before.messages);
+    let whole = store
+        .maildrop_entries_whole(account, &[in_trash[2].entry_id])
+        .await
+        .unwrap();
+    assert_eq!(whole[0].1, [PREFIX, CONTENT].concat());
+}
+
+#[tokio::test]
+async fn append_stores_content_flags_and_date() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    store.ensure_default_mailboxes(account).await.unwrap();
+    let sent = store.mailbox(account, "Sent").await.unwrap().unwrap();
+    let big: Vec<u8> = (0..20_000u32)
+        .map(|i| b"abcdefgh\r\n"[i as usize % 10])
+        .collect();
+    let date = "2025-03-04T05:06:07Z".parse().unwrap();
+
+    let placed = store
+        .append_message(sent.id, &big, &flags(&["\\Seen", "\\Seen"]), Some(date))
+        .await
+        .unwrap();
+    assert_eq!(placed.uids, [(0, 1)]);
+    assert_eq!(placed.uid_validity, sent.uid_validity);
+    let messages = store.mailbox_messages(sent.id).await.unwrap();
+    assert_eq!(messages[0].flags, flags(&["\\Seen"]));
+    assert_eq!(messages[0].internal_date, date);
+    assert_eq!(messages[0].size, big.len() as i64);
+    let whole = store
+        .maildrop_entries_whole(account, &[messages[0].entry_id])
+        .await
+        .unwrap();
+    assert_eq!(whole[0].1, big);
+
+    let missing = store.append_message(-1, b"x", &[], None).await;
+    assert!(matches!(missing, Err(StoreError::UnknownMailbox(_))));
+}
+
+#[tokio::test]
+async fn mailboxes_are_made_renamed_subscribed_and_deleted() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    store.ensure_default_mailboxes(account).await.unwrap();
+    store.ensure_default_mailboxes(account).await.unwrap();
+    let names: Vec<String> = store
+        .list_mailboxes(account)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    let mut expected: Vec<String> = SPECIAL_MAILBOXES
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    expected.push("INBOX".into());
+    expected.sort();
+    assert_eq!(names, expected);
+
+    let work = store.create_mailbox(account, "Work", None).await.unwrap();
+    store
+        .create_mailbox(account, "Work/2026", None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_mailbox(account, "Work", None).await,
+        Err(StoreError::MailboxExists(_))
+    ));
+    assert!(store.rename_mailbox(account, "Work", "Jobs").await.unwrap());
+    let jobs = store.mailbox(account, "Jobs").await.unwrap().unwrap();
+    assert_eq!((jobs.id, jobs.uid_validity), (work.id, work.uid_validity));
+    assert!(store.mailbox(account, "Jobs/2026").await.unwrap().is_some());
+    assert!(matches!(
+        store.rename_mailbox(account, "Jobs", "Sent").await,
+        Err(StoreError::MailboxExists(_))
+    ));
+    assert!(!store.rename_mailbox(account, "Nothing", "X").await.unwrap());
+
+    assert!(store.set_subscribed(account, "Jobs", false).await.unwrap());
+    assert!(
+        !store
+            .mailbox(account, "Jobs")
+            .await
+            .unwrap()
+            .unwrap()
+            .subscribed
+    );
+
+    // Made again after deletion, a mailbox has a new UIDVALIDITY.
+    assert!(store.delete_mailbox(account, "Jobs/2026").await.unwrap());
+    let again = store
+        .create_mailbox(account, "Jobs/2026", None)
+        .await
+        .unwrap();
+    assert!(again.uid_validity > jobs.uid_validity);
+    // Deleting the Trash comes back at the next login.
+    assert!(store.delete_mailbox(account, "Trash").await.unwrap());
+    store.ensure_default_mailboxes(account).await.unwrap();
+    assert!(store.mailbox(account, "Trash").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_to_one_inbox_never_share_a_uid() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    for _ in 0..40 {
+        enqueue_n(store, 1).await;
+    }
+    let claimed = store
+        .claim_due("w", Claim::Remote, 1000, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let tasks = claimed.chunks(5).map(|batch| {
+        let store = store.clone();
+        let batch: Vec<MaildropDelivery> = batch
+            .iter()
+            .map(|c| MaildropDelivery {
+                recipient_id: c.recipient_id,
+                account_id: account,
+                header_prefix: PREFIX.to_vec(),
+            })
+            .collect();
+        tokio::spawn(async move { store.deliver_many_to_maildrops("w", &batch).await })
+    });
+    for task in tasks.collect::<Vec<_>>() {
+        task.await.unwrap().unwrap();
+    }
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let uids: Vec<i64> = store
+        .mailbox_messages(inbox.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    assert_eq!(uids, (1..=40).collect::<Vec<i64>>());
+    assert_eq!(inbox.uid_next, 41);
+}
