@@ -29,8 +29,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_selector};
 pub use mailboxes::{
-    FlagChange, FlagsStored, MAILBOX_CHANNEL, MailboxCounts, MailboxInfo, MailboxMessage, Placed,
-    SPECIAL_MAILBOXES,
+    FlagChange, FlagsStored, MAILBOX_CHANNEL, MailboxChange, MailboxChanges, MailboxCounts,
+    MailboxInfo, MailboxMessage, Placed, SPECIAL_MAILBOXES,
 };
 pub use mta_sts::CachedStsPolicy;
 pub use roles::ServiceRoles;

@@ -1,9 +1,13 @@
 //! IMAP mailboxes (migration 0011): the folders of an account, the messages in each with their
 //! UIDs, flags and mod-sequences, and the changes IMAP makes to them. INBOX is the maildrop POP3
 //! sees; content is shared, so a copy or move never copies a message's octets.
+//!
+//! Lock order, so that no two of these can deadlock: mailbox rows first (in id order when
+//! there are two), then their entries. Local delivery and POP3's QUIT keep the same order.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+use sqlx::postgres::PgListener;
 
 use crate::content::Chunks;
 use crate::{Result, Store, StoreError};
@@ -84,7 +88,46 @@ const MAILBOX_COLUMNS: &str =
 const MESSAGE_COLUMNS: &str = "e.id AS entry_id, e.imap_uid AS uid, e.flags, e.modseq, \
      e.pop3_size AS size, e.delivered_at AS internal_date";
 
+/// What a process's listening connection heard (`Store::listen_for_mailbox_changes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxChange {
+    /// This mailbox changed (a delivery, an expunge, flags, a copy or append into it).
+    Changed(i64),
+    /// The connection was lost and made again: changes in between were not heard, so every
+    /// session must look at its mailbox again.
+    Missed,
+}
+
+/// One process's LISTEN connection on `MAILBOX_CHANNEL` (not one per session: a process
+/// passes what it hears to its own sessions).
+pub struct MailboxChanges {
+    listener: PgListener,
+}
+
+impl MailboxChanges {
+    /// Waits for the next change. A notification whose payload is not a mailbox id (none of
+    /// ours) is skipped.
+    pub async fn next(&mut self) -> Result<MailboxChange> {
+        loop {
+            let Some(heard) = self.listener.try_recv().await? else {
+                return Ok(MailboxChange::Missed);
+            };
+            if let Ok(id) = heard.payload().parse() {
+                return Ok(MailboxChange::Changed(id));
+            }
+        }
+    }
+}
+
 impl Store {
+    /// Opens the process's listening connection for mailbox changes (its own connection,
+    /// beside the pool; made again by `MailboxChanges::next` when lost).
+    pub async fn listen_for_mailbox_changes(&self) -> Result<MailboxChanges> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(MAILBOX_CHANNEL).await?;
+        Ok(MailboxChanges { listener })
+    }
+
     /// Makes INBOX and each special-use folder the account has none for (at IMAP login; one
     /// the user deleted comes back, as with Dovecot's auto-created folders).
     pub async fn ensure_default_mailboxes(&self, account_id: i64) -> Result<()> {
@@ -335,6 +378,7 @@ impl Store {
     /// given). Returns the UIDs removed, ascending.
     pub async fn expunge(&self, mailbox_id: i64, uids: Option<&[i64]>) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
+        bump_modseq(&mut tx, mailbox_id).await?;
         let mut gone: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM maildrop_entries
              WHERE mailbox_id = $1 AND '\\Deleted' = ANY (flags)
@@ -346,10 +390,10 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         if gone.is_empty() {
+            // Nothing expunged: the mod-sequence taken is given back.
             tx.rollback().await?;
             return Ok(gone);
         }
-        bump_modseq(&mut tx, mailbox_id).await?;
         notify(&mut tx, mailbox_id).await?;
         tx.commit().await?;
         gone.sort_unstable();
@@ -385,11 +429,12 @@ impl Store {
         ) else {
             return Err(StoreError::UnknownMailbox(to_mailbox.to_string()));
         };
-        // FOR SHARE: a source deleted meanwhile (POP3, another session) is not copied, and
-        // the garbage collector cannot free content a committed copy still points at.
+        // FOR KEY SHARE: a source deleted meanwhile (POP3, another session) is not copied,
+        // and the garbage collector cannot free content a committed copy still points at;
+        // flag changes are not held up.
         let sources: Vec<i64> = sqlx::query_scalar(
             "SELECT imap_uid FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid = ANY ($2)
-             ORDER BY imap_uid FOR SHARE",
+             ORDER BY imap_uid FOR KEY SHARE",
         )
         .bind(from_mailbox)
         .bind(uids)

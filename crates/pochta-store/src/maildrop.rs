@@ -219,15 +219,17 @@ impl Store {
             "WITH lock AS (
                  DELETE FROM maildrop_locks WHERE account_id = $1 AND owner = $2
                  RETURNING account_id
-             ), gone AS (
-                 DELETE FROM maildrop_entries
-                 WHERE account_id IN (SELECT account_id FROM lock) AND id = ANY($3)
-                 RETURNING id
              ), inbox AS (
                  -- An expunge for IMAP sessions of this INBOX (RFC 7162: a new mod-sequence).
+                 -- Its row is locked before the entries (the store's lock order): the
+                 -- deletion below waits for this row.
                  UPDATE mailboxes SET highest_modseq = highest_modseq + 1
                  WHERE account_id IN (SELECT account_id FROM lock) AND name = 'INBOX'
-                   AND EXISTS (SELECT 1 FROM gone)
+                   AND cardinality($3::int8[]) > 0
+                 RETURNING id
+             ), gone AS (
+                 DELETE FROM maildrop_entries
+                 WHERE mailbox_id IN (SELECT id FROM inbox) AND id = ANY($3)
                  RETURNING id
              )
              SELECT (SELECT count(*) FROM lock), (SELECT count(*) FROM gone),

@@ -414,3 +414,107 @@ async fn concurrent_deliveries_to_one_inbox_never_share_a_uid() {
     assert_eq!(uids, (1..=40).collect::<Vec<i64>>());
     assert_eq!(inbox.uid_next, 41);
 }
+
+/// Every change an IMAP session must hear about is announced with its mailbox's id: a local
+/// delivery, a flag change, a copy, an expunge, and a POP3 deletion.
+#[tokio::test]
+async fn changes_are_announced_to_listeners_with_the_mailbox_id() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    store.ensure_default_mailboxes(account).await.unwrap();
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let trash = store.mailbox(account, "Trash").await.unwrap().unwrap();
+    let mut changes = store.listen_for_mailbox_changes().await.unwrap();
+    let mut heard = async || {
+        let next = tokio::time::timeout(Duration::from_secs(10), changes.next());
+        next.await.expect("a change is announced").unwrap()
+    };
+    use pochta_store::MailboxChange::Changed;
+
+    deliver(store, account, 2).await;
+    assert_eq!(heard().await, Changed(inbox.id));
+    store
+        .store_flags(
+            inbox.id,
+            &[1],
+            FlagChange::Add,
+            &flags(&["\\Deleted"]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(heard().await, Changed(inbox.id));
+    store
+        .copy_messages(inbox.id, &[2], trash.id, false)
+        .await
+        .unwrap();
+    assert_eq!(heard().await, Changed(trash.id));
+    store.expunge(inbox.id, None).await.unwrap();
+    assert_eq!(heard().await, Changed(inbox.id));
+    let left = store.maildrop_entries(account).await.unwrap();
+    store
+        .lock_maildrop(account, "p", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .delete_maildrop_entries_and_unlock(account, "p", &[left[0].id])
+        .await
+        .unwrap();
+    assert_eq!(heard().await, Changed(inbox.id));
+}
+
+/// Copies, flag changes, expunges and a POP3 QUIT on the same messages at once: each takes
+/// the mailbox rows before the entries, so none of them fails with a deadlock, and a copy
+/// either got a message before its deletion or does not have it.
+#[tokio::test]
+async fn copy_flags_expunge_and_pop3_quit_at_once_never_deadlock() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    store.ensure_default_mailboxes(account).await.unwrap();
+    let trash = store.mailbox(account, "Trash").await.unwrap().unwrap().id;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap().id;
+    for round in 0..10 {
+        deliver(store, account, 8).await;
+        let uids: Vec<i64> = store
+            .mailbox_messages(inbox)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.uid)
+            .collect();
+        let entries: Vec<i64> = store
+            .maildrop_entries(account)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        let owner = format!("p{round}");
+        assert!(
+            store
+                .lock_maildrop(account, &owner, Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
+        let (u1, u2, u3) = (uids.clone(), uids.clone(), uids.clone());
+        let copy = tokio::spawn(async move { s1.copy_messages(inbox, &u1, trash, false).await });
+        let flag = tokio::spawn(async move {
+            let deleted = ["\\Deleted".to_string()];
+            s2.store_flags(inbox, &u2, FlagChange::Add, &deleted, None)
+                .await
+        });
+        let expunge = tokio::spawn(async move { s3.expunge(inbox, Some(&u3)).await });
+        let quit = tokio::spawn(async move {
+            s4.delete_maildrop_entries_and_unlock(account, &owner, &entries)
+                .await
+        });
+        copy.await.unwrap().unwrap();
+        flag.await.unwrap().unwrap();
+        expunge.await.unwrap().unwrap();
+        quit.await.unwrap().unwrap();
+        assert!(store.mailbox_messages(inbox).await.unwrap().is_empty());
+    }
+}
