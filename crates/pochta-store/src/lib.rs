@@ -85,6 +85,8 @@ pub enum StoreError {
     MailboxExists(String),
     #[error("mailbox {0} does not exist")]
     UnknownMailbox(String),
+    #[error("INBOX cannot be deleted or renamed")]
+    InboxFixed,
     #[error("the maildrop lock of account {0} is not held by this session")]
     LockNotHeld(i64),
     #[error("message {message_id}: {found} octets of content read where {expected} were recorded")]

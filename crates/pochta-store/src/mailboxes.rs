@@ -259,8 +259,12 @@ impl Store {
         })
     }
 
-    /// Deletes a mailbox and the messages in it. False if there is none of that name.
+    /// Deletes a mailbox and the messages in it. False if there is none of that name. INBOX
+    /// is never deleted (RFC 9051 6.3.5; local delivery needs it).
     pub async fn delete_mailbox(&self, account_id: i64, name: &str) -> Result<bool> {
+        if name == "INBOX" {
+            return Err(StoreError::InboxFixed);
+        }
         let done = sqlx::query("DELETE FROM mailboxes WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
@@ -271,8 +275,12 @@ impl Store {
 
     /// Renames a mailbox and its children (`from/...` becomes `to/...`), keeping their
     /// messages and UIDVALIDITY. False if `from` does not exist; `MailboxExists` if a new
-    /// name is taken. INBOX is not renamed this way (`move_all_messages` empties it instead).
+    /// name is taken. INBOX is never renamed (RFC 9051 6.3.6 moves its messages instead, which
+    /// `copy_messages` does).
     pub async fn rename_mailbox(&self, account_id: i64, from: &str, to: &str) -> Result<bool> {
+        if from == "INBOX" || to == "INBOX" {
+            return Err(StoreError::InboxFixed);
+        }
         let done = sqlx::query(
             "UPDATE mailboxes SET name = $3 || substr(name, length($2) + 1)
              WHERE account_id = $1 AND (name = $2 OR starts_with(name, $2 || '/'))",

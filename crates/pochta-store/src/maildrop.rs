@@ -423,6 +423,9 @@ async fn deliver_many_on(
                      last_diagnostic = 'delivered to maildrop', last_remote_mta = NULL,
                      lease_owner = NULL, lease_expires_at = NULL
                  FROM r WHERE recipients.id = r.id
+                     -- Never delivered without an entry: every account has an INBOX (made
+                     -- with it, never deleted or renamed), and one without stays queued.
+                     AND r.account_id IN (SELECT account_id FROM taken)
                  RETURNING recipients.id
              ), history AS (
                  INSERT INTO delivery_attempts (recipient_id, worker, status, diagnostic, result)

@@ -352,6 +352,14 @@ async fn mailboxes_are_made_renamed_subscribed_and_deleted() {
         Err(StoreError::MailboxExists(_))
     ));
     assert!(!store.rename_mailbox(account, "Nothing", "X").await.unwrap());
+    // INBOX stays: local delivery needs it.
+    for refused in [
+        store.rename_mailbox(account, "INBOX", "Old").await,
+        store.rename_mailbox(account, "Jobs", "INBOX").await,
+        store.delete_mailbox(account, "INBOX").await,
+    ] {
+        assert!(matches!(refused, Err(StoreError::InboxFixed)), "{refused:?}");
+    }
 
     assert!(store.set_subscribed(account, "Jobs", false).await.unwrap());
     assert!(
@@ -517,4 +525,34 @@ async fn copy_flags_expunge_and_pop3_quit_at_once_never_deadlock() {
         quit.await.unwrap().unwrap();
         assert!(store.mailbox_messages(inbox).await.unwrap().is_empty());
     }
+}
+
+/// Should an account ever lack its INBOX, local delivery leaves its mail queued rather than
+/// marking it delivered with no entry.
+#[tokio::test]
+async fn without_an_inbox_mail_stays_queued_not_lost() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("DELETE FROM mailboxes WHERE account_id = $1")
+        .bind(account)
+        .execute(&raw)
+        .await
+        .unwrap();
+    enqueue_n(store, 1).await;
+    let claimed = store
+        .claim_due("w", Claim::Remote, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let delivery = MaildropDelivery {
+        recipient_id: claimed[0].recipient_id,
+        account_id: account,
+        header_prefix: PREFIX.to_vec(),
+    };
+    let done = store.deliver_many_to_maildrops("w", &[delivery]).await.unwrap();
+    assert_eq!(done, [LocalDelivery::AlreadyFinal]);
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.maildrop_entries, 0);
+    assert_eq!(counts.recipients_in(pochta_store::RecipientState::Queued), 1);
 }

@@ -1,0 +1,450 @@
+//! FETCH (RFC 9051 6.4.5, 7.5.2): the data items of one message, from its metadata and, when
+//! an item needs them, its octets. Sections are cut from the stored octets as they are (a
+//! client gets back exactly what was delivered); MIME structure comes from `mail-parser`.
+
+use std::num::NonZeroU32;
+
+use imap_next::imap_types::core::{AString, IString, Literal, NString, Quoted};
+use imap_next::imap_types::datetime::DateTime;
+use imap_next::imap_types::envelope::{Address, Envelope};
+use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName, Section};
+use imap_next::imap_types::flag::{Flag, FlagFetch};
+use mail_parser::{HeaderName, HeaderValue, MessageParser, PartType};
+
+use crate::view::{Message, nonzero};
+
+/// Does any item need the message's octets?
+pub(crate) fn needs_content(items: &[MessageDataItemName<'_>]) -> bool {
+    items.iter().any(|i| {
+        matches!(
+            i,
+            MessageDataItemName::BodyExt { .. }
+                | MessageDataItemName::Rfc822
+                | MessageDataItemName::Rfc822Header
+                | MessageDataItemName::Rfc822Text
+                | MessageDataItemName::Envelope
+                | MessageDataItemName::Body
+                | MessageDataItemName::BodyStructure
+        )
+    })
+}
+
+/// Does fetching these items set `\Seen` (RFC 9051 6.4.5: BODY[...] and RFC822 do)?
+pub(crate) fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
+    items.iter().any(|i| {
+        matches!(
+            i,
+            MessageDataItemName::BodyExt { peek: false, .. }
+                | MessageDataItemName::Rfc822
+                | MessageDataItemName::Rfc822Text
+        )
+    })
+}
+
+/// Items this server does not answer yet: the command gets a NO rather than a wrong answer.
+pub(crate) fn unsupported(items: &[MessageDataItemName<'_>]) -> Option<&'static str> {
+    items.iter().find_map(|i| match i {
+        MessageDataItemName::Body | MessageDataItemName::BodyStructure => Some("BODYSTRUCTURE"),
+        MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
+            Some("BINARY")
+        }
+        _ => None,
+    })
+}
+
+/// FLAGS and UID, as an unsolicited FETCH tells a flag change (with MODSEQ under CONDSTORE).
+pub(crate) fn flag_items(m: &Message, with_modseq: bool) -> Vec<MessageDataItem<'static>> {
+    let mut items = vec![
+        MessageDataItem::Flags(flags(&m.flags)),
+        MessageDataItem::Uid(nonzero(m.uid)),
+    ];
+    if with_modseq && let Some(modseq) = std::num::NonZeroU64::new(m.modseq) {
+        items.push(MessageDataItem::ModSeq(modseq));
+    }
+    items
+}
+
+pub(crate) fn flags(list: &[String]) -> Vec<FlagFetch<'static>> {
+    list.iter()
+        .filter_map(|f| Flag::try_from(f.as_str()).ok())
+        .map(|f| FlagFetch::Flag(imap_next::imap_types::IntoStatic::into_static(f)))
+        .collect()
+}
+
+/// The data items of one message. `content` is its octets when `needs_content` said so. A UID
+/// FETCH always includes UID (RFC 9051 6.4.9).
+pub(crate) fn items(
+    m: &Message,
+    names: &[MessageDataItemName<'_>],
+    content: Option<&[u8]>,
+    with_uid: bool,
+    with_modseq: bool,
+) -> Vec<MessageDataItem<'static>> {
+    let content = content.unwrap_or_default();
+    let mut out = Vec::with_capacity(names.len() + 1);
+    if with_uid && !names.contains(&MessageDataItemName::Uid) {
+        out.push(MessageDataItem::Uid(nonzero(m.uid)));
+    }
+    if with_modseq
+        && !names.contains(&MessageDataItemName::ModSeq)
+        && let Some(modseq) = std::num::NonZeroU64::new(m.modseq)
+    {
+        out.push(MessageDataItem::ModSeq(modseq));
+    }
+    for name in names {
+        let item = match name {
+            MessageDataItemName::Uid => MessageDataItem::Uid(nonzero(m.uid)),
+            MessageDataItemName::Flags => MessageDataItem::Flags(flags(&m.flags)),
+            MessageDataItemName::InternalDate => {
+                let date = m.internal_date.fixed_offset();
+                MessageDataItem::InternalDate(DateTime::unvalidated(date))
+            }
+            MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(m.size),
+            MessageDataItemName::ModSeq => match std::num::NonZeroU64::new(m.modseq) {
+                Some(modseq) => MessageDataItem::ModSeq(modseq),
+                None => continue,
+            },
+            MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(nstring(content.to_vec())),
+            MessageDataItemName::Rfc822Header => {
+                let (header, _) = split(content);
+                MessageDataItem::Rfc822Header(nstring(header.to_vec()))
+            }
+            MessageDataItemName::Rfc822Text => {
+                let (_, text) = split(content);
+                MessageDataItem::Rfc822Text(nstring(text.to_vec()))
+            }
+            MessageDataItemName::Envelope => MessageDataItem::Envelope(envelope(content)),
+            MessageDataItemName::BodyExt {
+                section,
+                partial,
+                peek: _,
+            } => {
+                let whole = section_octets(content, section.as_ref()).unwrap_or_default();
+                let (origin, data) = match partial {
+                    Some((start, len)) => {
+                        let from = (*start as usize).min(whole.len());
+                        let to = from.saturating_add(len.get() as usize).min(whole.len());
+                        (Some(*start), whole[from..to].to_vec())
+                    }
+                    None => (None, whole),
+                };
+                MessageDataItem::BodyExt {
+                    section: section
+                        .clone()
+                        .map(imap_next::imap_types::IntoStatic::into_static),
+                    origin,
+                    data: nstring(data),
+                }
+            }
+            // `unsupported` keeps these from reaching here.
+            MessageDataItemName::Body
+            | MessageDataItemName::BodyStructure
+            | MessageDataItemName::Binary { .. }
+            | MessageDataItemName::BinarySize { .. } => continue,
+        };
+        out.push(item);
+    }
+    out
+}
+
+/// Octets as an IMAP string: a literal (any octet but NUL); NULs, which a literal cannot carry,
+/// become spaces rather than failing the whole response.
+fn nstring(mut data: Vec<u8>) -> NString<'static> {
+    for b in data.iter_mut().filter(|b| **b == 0) {
+        *b = b' ';
+    }
+    match Literal::try_from(data) {
+        Ok(literal) => NString(Some(IString::Literal(literal))),
+        Err(_) => NString(None),
+    }
+}
+
+/// A header block (with its blank line) and the text after it.
+fn split(octets: &[u8]) -> (&[u8], &[u8]) {
+    if octets.starts_with(b"\r\n") {
+        return (&octets[..2], &octets[2..]);
+    }
+    match memchr::memmem::find(octets, b"\r\n\r\n") {
+        Some(at) => octets.split_at(at + 4),
+        None => (octets, &[]),
+    }
+}
+
+/// The header lines (unfolded fields kept as they are) whose names are (or, with `not`, are
+/// not) among `names`, then the blank line.
+fn header_fields(header: &[u8], names: &[AString<'_>], not: bool) -> Vec<u8> {
+    let wanted = |field: &[u8]| {
+        let name = field.split(|&b| b == b':').next().unwrap_or_default();
+        let name = name.trim_ascii();
+        names.iter().any(|n| n.as_ref().eq_ignore_ascii_case(name)) != not
+    };
+    let mut out = Vec::new();
+    let mut field_start = 0;
+    let lines: Vec<(usize, usize)> = line_spans(header);
+    for (i, &(start, end)) in lines.iter().enumerate() {
+        let continues = lines
+            .get(i + 1)
+            .is_some_and(|&(s, _)| matches!(header.get(s), Some(b' ' | b'\t')));
+        if start == end - 2 && end == header.len() {
+            break;
+        }
+        if !matches!(header.get(start), Some(b' ' | b'\t')) {
+            field_start = start;
+        }
+        if !continues {
+            let field = &header[field_start..end];
+            if !field.trim_ascii().is_empty() && wanted(field) {
+                out.extend_from_slice(field);
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Each line's [start, end) including its CRLF.
+fn line_spans(octets: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut start = 0;
+    for at in memchr::memchr_iter(b'\n', octets) {
+        spans.push((start, at + 1));
+        start = at + 1;
+    }
+    if start < octets.len() {
+        spans.push((start, octets.len()));
+    }
+    spans
+}
+
+/// The octets of a section (RFC 9051 6.4.5); None for a part the message does not have.
+fn section_octets(content: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
+    let Some(section) = section else {
+        return Some(content.to_vec());
+    };
+    let (part, what) = match section {
+        Section::Part(part) => (Some(part), What::Body),
+        Section::Header(part) => (part.as_ref(), What::Header),
+        Section::HeaderFields(part, names) => (part.as_ref(), What::Fields(names.as_ref(), false)),
+        Section::HeaderFieldsNot(part, names) => {
+            (part.as_ref(), What::Fields(names.as_ref(), true))
+        }
+        Section::Text(part) => (part.as_ref(), What::Text),
+        Section::Mime(part) => (Some(part), What::Mime),
+    };
+    // The message (or the message/rfc822 part) the header and text sections are of.
+    let octets = match part {
+        None => content.to_vec(),
+        Some(part) => {
+            let path: Vec<NonZeroU32> = part.0.as_ref().to_vec();
+            let (header, body) = locate(content, &path)?;
+            match what {
+                What::Body => return Some(body),
+                What::Mime => return Some(header),
+                // HEADER/TEXT of a part: of the message that part holds.
+                _ => body,
+            }
+        }
+    };
+    let (header, text) = split(&octets);
+    Some(match what {
+        What::Header => header.to_vec(),
+        What::Text => text.to_vec(),
+        What::Fields(names, not) => header_fields(header, names, not),
+        What::Body | What::Mime => octets,
+    })
+}
+
+enum What<'s, 'a> {
+    Body,
+    Header,
+    Text,
+    Fields(&'s [AString<'a>], bool),
+    Mime,
+}
+
+/// The MIME header and body octets of a part by its IMAP part number (RFC 9051 6.4.5): in a
+/// message that is not multipart, part 1 is its body; a message/rfc822 part's parts number
+/// on from it.
+fn locate(content: &[u8], path: &[NonZeroU32]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let message = MessageParser::new().parse(content)?;
+    let mut id = 0usize;
+    let mut current = &message;
+    let mut found: Option<(Vec<u8>, Vec<u8>)> = None;
+    for (depth, n) in path.iter().enumerate() {
+        let n = n.get() as usize;
+        let part = current.parts.get(id)?;
+        let child = match &part.body {
+            PartType::Multipart(children) => *children.get(n - 1)? as usize,
+            // A single-part message (or nested message) has part 1 only: its body.
+            _ if n == 1 && (depth == 0 || found.is_some()) => id,
+            _ => return None,
+        };
+        let part = current.parts.get(child)?;
+        let raw = current.raw_message.as_ref();
+        let (h, b, e) = (
+            part.offset_header as usize,
+            part.offset_body as usize,
+            part.offset_end as usize,
+        );
+        let header = raw.get(h..b)?.to_vec();
+        let body = raw.get(b..e)?.to_vec();
+        found = Some((header, body));
+        match &part.body {
+            PartType::Message(nested) if depth + 1 < path.len() => {
+                current = nested;
+                id = 0;
+            }
+            _ => id = child,
+        }
+    }
+    found
+}
+
+/// ENVELOPE (RFC 9051 7.5.2): header fields as they are in the message, addresses parsed.
+fn envelope(content: &[u8]) -> Envelope<'static> {
+    let (header, _) = split(content);
+    let parsed = MessageParser::new().parse_headers(header);
+    let raw = |name: &str| -> NString<'static> {
+        let value = parsed.as_ref().and_then(|m| {
+            m.parts.first()?.headers.iter().find_map(|h| {
+                h.name
+                    .as_str()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| header.get(h.offset_start as usize..h.offset_end as usize))
+                    .flatten()
+            })
+        });
+        match value {
+            Some(v) => text(String::from_utf8_lossy(v).trim()),
+            None => NString(None),
+        }
+    };
+    let addresses = |name: HeaderName<'static>| -> Vec<Address<'static>> {
+        let Some(m) = parsed.as_ref() else {
+            return Vec::new();
+        };
+        let Some(value) = m.parts.first().and_then(|p| {
+            p.headers
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| &h.value)
+        }) else {
+            return Vec::new();
+        };
+        let HeaderValue::Address(address) = value else {
+            return Vec::new();
+        };
+        address
+            .iter()
+            .map(|a| {
+                let (mailbox, host) = match a.address.as_deref().and_then(|s| s.rsplit_once('@')) {
+                    Some((l, d)) => (text(l), text(d)),
+                    None => (text(a.address.as_deref().unwrap_or_default()), NString(None)),
+                };
+                Address {
+                    name: a.name.as_deref().map_or(NString(None), text),
+                    adl: NString(None),
+                    mailbox,
+                    host,
+                }
+            })
+            .collect()
+    };
+    let from = addresses(HeaderName::From);
+    let or_from = |list: Vec<Address<'static>>| if list.is_empty() { from.clone() } else { list };
+    Envelope {
+        date: raw("Date"),
+        subject: raw("Subject"),
+        sender: or_from(addresses(HeaderName::Sender)),
+        reply_to: or_from(addresses(HeaderName::ReplyTo)),
+        from: from.clone(),
+        to: addresses(HeaderName::To),
+        cc: addresses(HeaderName::Cc),
+        bcc: addresses(HeaderName::Bcc),
+        in_reply_to: raw("In-Reply-To"),
+        message_id: raw("Message-ID"),
+    }
+}
+
+/// A string quoted where it can be, a literal where not.
+fn text(s: &str) -> NString<'static> {
+    match Quoted::try_from(s.to_owned()) {
+        Ok(q) => NString(Some(IString::Quoted(q))),
+        Err(_) => nstring(s.as_bytes().to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_next::imap_types::fetch::Part;
+
+    const MAIL: &[u8] = b"Return-Path: <a@example.net>\r\nFrom: Ann <a@example.net>\r\n\
+Subject: Hello\r\n there\r\nTo: b@example.org, \"C D\" <c@example.org>\r\n\
+Content-Type: multipart/mixed; boundary=XX\r\n\r\npreamble\r\n--XX\r\n\
+Content-Type: text/plain\r\n\r\nfirst part\r\n--XX\r\nContent-Type: text/html\r\n\r\n\
+<p>second</p>\r\n--XX--\r\n";
+
+    fn names(s: &[&str]) -> Vec<AString<'static>> {
+        s.iter()
+            .map(|n| AString::try_from(n.to_string()).unwrap())
+            .collect()
+    }
+
+    fn part(path: &[u32]) -> Part {
+        let path: Vec<NonZeroU32> = path.iter().map(|&n| NonZeroU32::new(n).unwrap()).collect();
+        Part(path.try_into().unwrap())
+    }
+
+    #[test]
+    fn header_and_text_split_at_the_first_blank_line() {
+        let header = section_octets(MAIL, Some(&Section::Header(None))).unwrap();
+        assert!(header.ends_with(b"boundary=XX\r\n\r\n"));
+        let text = section_octets(MAIL, Some(&Section::Text(None))).unwrap();
+        assert_eq!([header, text].concat(), MAIL);
+    }
+
+    #[test]
+    fn header_fields_keep_folded_lines_and_match_names_in_any_case() {
+        let wanted = names(&["subject", "TO"]);
+        let fields = Section::HeaderFields(None, wanted.clone().try_into().unwrap());
+        let got = section_octets(MAIL, Some(&fields)).unwrap();
+        assert_eq!(
+            got,
+            b"Subject: Hello\r\n there\r\nTo: b@example.org, \"C D\" <c@example.org>\r\n\r\n"
+        );
+        let not = Section::HeaderFieldsNot(None, wanted.try_into().unwrap());
+        let got = String::from_utf8(section_octets(MAIL, Some(&not)).unwrap()).unwrap();
+        assert!(got.starts_with("Return-Path: <a@example.net>\r\nFrom: Ann"));
+        assert!(!got.contains("Subject"));
+        assert!(got.ends_with("boundary=XX\r\n\r\n"));
+    }
+
+    #[test]
+    fn parts_are_numbered_as_imap_numbers_them() {
+        let first = section_octets(MAIL, Some(&Section::Part(part(&[1])))).unwrap();
+        assert_eq!(first, b"first part");
+        let second = section_octets(MAIL, Some(&Section::Part(part(&[2])))).unwrap();
+        assert_eq!(second, b"<p>second</p>");
+        let mime = section_octets(MAIL, Some(&Section::Mime(part(&[2])))).unwrap();
+        assert_eq!(mime, b"Content-Type: text/html\r\n\r\n");
+        assert_eq!(section_octets(MAIL, Some(&Section::Part(part(&[3])))), None);
+        let single = b"Subject: x\r\n\r\nbody\r\n";
+        let body = section_octets(single, Some(&Section::Part(part(&[1])))).unwrap();
+        assert_eq!(body, b"body\r\n");
+    }
+
+    #[test]
+    fn the_envelope_carries_raw_fields_and_parsed_addresses() {
+        let e = envelope(MAIL);
+        assert_eq!(e.subject, text("Hello\r\n there"));
+        assert_eq!(e.from.len(), 1);
+        assert_eq!(e.from[0].name, text("Ann"));
+        assert_eq!(e.from[0].mailbox, text("a"));
+        assert_eq!(e.from[0].host, text("example.net"));
+        assert_eq!(e.sender, e.from, "Sender defaults to From");
+        assert_eq!(e.to.len(), 2);
+        assert_eq!(e.to[1].name, text("C D"));
+        assert_eq!(e.message_id, NString(None));
+    }
+}

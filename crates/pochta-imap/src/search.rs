@@ -1,0 +1,175 @@
+//! SEARCH (RFC 9051 6.4.4): search keys evaluated over the view and, for keys about header
+//! fields or text, the message's octets. Strings match as case-insensitive substrings of the
+//! octets as stored (encoded words and transfer encodings are not decoded).
+
+use chrono::{NaiveDate, Utc};
+use imap_next::imap_types::search::SearchKey;
+
+use crate::view::{Message, View};
+
+/// Nesting deeper than this (NOT, OR, parentheses) is refused rather than evaluated.
+pub const MAX_DEPTH: usize = 32;
+
+/// Does evaluating the key need message octets? None: nested too deep.
+pub(crate) fn needs_content(key: &SearchKey<'_>, depth: usize) -> Option<bool> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    Some(match key {
+        SearchKey::And(keys) => {
+            let mut any = false;
+            for k in keys.as_ref() {
+                any |= needs_content(k, depth + 1)?;
+            }
+            any
+        }
+        SearchKey::Not(k) => needs_content(k, depth + 1)?,
+        SearchKey::Or(a, b) => needs_content(a, depth + 1)? | needs_content(b, depth + 1)?,
+        SearchKey::Bcc(_)
+        | SearchKey::Body(_)
+        | SearchKey::Cc(_)
+        | SearchKey::From(_)
+        | SearchKey::Header(..)
+        | SearchKey::SentBefore(_)
+        | SearchKey::SentOn(_)
+        | SearchKey::SentSince(_)
+        | SearchKey::Subject(_)
+        | SearchKey::Text(_)
+        | SearchKey::To(_) => true,
+        _ => false,
+    })
+}
+
+/// Does the message at `place` match? `content` is its octets when `needs_content` said so.
+pub(crate) fn matches(
+    key: &SearchKey<'_>,
+    view: &View,
+    place: usize,
+    content: Option<&[u8]>,
+) -> bool {
+    let m: &Message = &view.messages[place];
+    let content = content.unwrap_or_default();
+    let date = |d: &NaiveDate| *d;
+    let internal = m.internal_date.with_timezone(&Utc).date_naive();
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().all(|k| matches(k, view, place, Some(content))),
+        SearchKey::Not(k) => !matches(k, view, place, Some(content)),
+        SearchKey::Or(a, b) => {
+            matches(a, view, place, Some(content)) || matches(b, view, place, Some(content))
+        }
+        SearchKey::SequenceSet(set) => view
+            .resolve(set, false)
+            .is_ok_and(|places| places.binary_search(&place).is_ok()),
+        SearchKey::Uid(set) => view
+            .resolve(set, true)
+            .is_ok_and(|places| places.binary_search(&place).is_ok()),
+        SearchKey::All => true,
+        SearchKey::Answered => m.has("\\Answered"),
+        SearchKey::Deleted => m.has("\\Deleted"),
+        SearchKey::Draft => m.has("\\Draft"),
+        SearchKey::Flagged => m.has("\\Flagged"),
+        SearchKey::Seen => m.has("\\Seen"),
+        SearchKey::Unanswered => !m.has("\\Answered"),
+        SearchKey::Undeleted => !m.has("\\Deleted"),
+        SearchKey::Undraft => !m.has("\\Draft"),
+        SearchKey::Unflagged => !m.has("\\Flagged"),
+        SearchKey::Unseen => !m.has("\\Seen"),
+        SearchKey::Keyword(k) => m.has(k.as_ref()),
+        SearchKey::Unkeyword(k) => !m.has(k.as_ref()),
+        // No session is ever told of a message as \Recent (RFC 9051 drops it).
+        SearchKey::New | SearchKey::Recent => false,
+        SearchKey::Old => true,
+        SearchKey::Larger(n) => m.size > *n,
+        SearchKey::Smaller(n) => m.size < *n,
+        SearchKey::Before(d) => internal < date(d.as_ref()),
+        SearchKey::On(d) => internal == date(d.as_ref()),
+        SearchKey::Since(d) => internal >= date(d.as_ref()),
+        SearchKey::SentBefore(d) => sent(content).is_some_and(|s| s < date(d.as_ref())),
+        SearchKey::SentOn(d) => sent(content).is_some_and(|s| s == date(d.as_ref())),
+        SearchKey::SentSince(d) => sent(content).is_some_and(|s| s >= date(d.as_ref())),
+        SearchKey::Bcc(s) => field_contains(content, b"Bcc", s.as_ref()),
+        SearchKey::Cc(s) => field_contains(content, b"Cc", s.as_ref()),
+        SearchKey::From(s) => field_contains(content, b"From", s.as_ref()),
+        SearchKey::To(s) => field_contains(content, b"To", s.as_ref()),
+        SearchKey::Subject(s) => field_contains(content, b"Subject", s.as_ref()),
+        SearchKey::Header(name, s) => field_contains(content, name.as_ref(), s.as_ref()),
+        SearchKey::Body(s) => contains(body(content), s.as_ref()),
+        SearchKey::Text(s) => contains(content, s.as_ref()),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+fn body(content: &[u8]) -> &[u8] {
+    match memchr::memmem::find(content, b"\r\n\r\n") {
+        Some(at) => &content[at + 4..],
+        None => &[],
+    }
+}
+
+/// Case-insensitive (ASCII) substring; the empty string is in everything.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let needle = needle.to_ascii_lowercase();
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(&needle))
+}
+
+/// Does a header field of this name contain `needle` (RFC 9051: HEADER with an empty string
+/// matches every message that has the field)?
+fn field_contains(content: &[u8], name: &[u8], needle: &[u8]) -> bool {
+    let header = match memchr::memmem::find(content, b"\r\n\r\n") {
+        Some(at) => &content[..at + 2],
+        None => content,
+    };
+    let mut found = false;
+    let mut current: Option<bool> = None;
+    let mut value = Vec::new();
+    let mut finish = |matched: Option<bool>, value: &mut Vec<u8>| {
+        if matched == Some(true) && contains(value, needle) {
+            found = true;
+        }
+        value.clear();
+    };
+    for line in header.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            value.extend_from_slice(line);
+            continue;
+        }
+        finish(current, &mut value);
+        current = line.iter().position(|&b| b == b':').map(|colon| {
+            value.extend_from_slice(&line[colon + 1..]);
+            line[..colon].trim_ascii().eq_ignore_ascii_case(name)
+        });
+    }
+    finish(current, &mut value);
+    found
+}
+
+/// The Date: header's day (RFC 9051 6.4.4, SENTBEFORE etc.).
+fn sent(content: &[u8]) -> Option<NaiveDate> {
+    let parsed = mail_parser::MessageParser::new().parse_headers(content)?;
+    let date = parsed.date()?;
+    NaiveDate::from_ymd_opt(date.year as i32, date.month as u32, date.day as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields_match_by_name_and_substring_across_folds() {
+        let mail = b"From: Ann <ann@example.net>\r\nSubject: Quarterly\r\n report\r\n\r\nBody text\r\n";
+        assert!(field_contains(mail, b"subject", b"REPORT"));
+        assert!(field_contains(mail, b"From", b"ann@"));
+        assert!(!field_contains(mail, b"To", b""));
+        assert!(field_contains(mail, b"From", b""));
+        assert!(!field_contains(mail, b"Subject", b"Body"));
+        assert!(contains(body(mail), b"body TEXT"));
+        assert!(!contains(body(mail), b"Quarterly"));
+    }
+}

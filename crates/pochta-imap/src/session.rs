@@ -1,0 +1,1687 @@
+//! One IMAP connection's server side (RFC 9051 3: not authenticated, authenticated, selected,
+//! logout). Bytes go into `imap-next`'s server, which yields whole commands (literals
+//! included, with their continuation requests) and serialises what is enqueued; this decides
+//! each command, answering at once or after an `Action` the world performs.
+
+use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroU64};
+
+use chrono::{DateTime, Utc};
+use imap_next::imap_types::IntoStatic;
+use imap_next::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_next::imap_types::command::{Command, CommandBody, SelectParameter};
+use imap_next::imap_types::extensions::uidplus::UidSet;
+use imap_next::imap_types::core::{Atom, Charset, Tag, Vec1};
+use imap_next::imap_types::extensions::enable::CapabilityEnable;
+use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
+use imap_next::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
+use imap_next::imap_types::mailbox::Mailbox;
+use imap_next::imap_types::response::{
+    Capability, Code, CommandContinuationRequest, Data, Greeting, Status,
+};
+use imap_next::imap_types::search::SearchKey;
+use imap_next::imap_types::sequence::SequenceSet;
+use imap_next::imap_types::status::{StatusDataItem, StatusDataItemName};
+use imap_next::server::{Error as ServerError, Event, Options, Server};
+use imap_next::{Interrupt, Io, State as _};
+use pochta_session::Output;
+
+use crate::fetch;
+use crate::names::{self, DELIMITER};
+use crate::search;
+use crate::view::{Changes, MailboxSummary, Message, View, fetch_data, nonzero};
+
+/// What a session may do, decided per connection.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// STARTTLS is offered (a certificate is configured, the connection is not yet TLS).
+    pub starttls_available: bool,
+    /// The connection is TLS from its first octet (port 993).
+    pub implicit_tls: bool,
+    /// LOGIN and AUTHENTICATE PLAIN are allowed without TLS on this connection.
+    pub plaintext_auth: bool,
+    /// Bad commands tolerated before the connection is closed.
+    pub max_errors: usize,
+    /// Largest literal accepted (APPEND's message included).
+    pub max_literal: u32,
+    /// Message octets asked for in one `Request::Contents`.
+    pub read_batch_bytes: u64,
+}
+
+/// How a mailbox operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    NoSuchMailbox,
+    AlreadyExists,
+    /// Refused for a reason the client is told (INBOX cannot be deleted, ...).
+    Refused(String),
+    /// The store failed: try again later.
+    Temporary,
+}
+
+/// Message, unseen and deleted counts and total size of a mailbox (STATUS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub messages: u32,
+    pub unseen: u32,
+    pub deleted: u32,
+    pub size: u64,
+}
+
+/// How STORE changes flags.
+pub use imap_next::imap_types::flag::StoreType as FlagChange;
+
+/// What the session needs from the world.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Mailboxes,
+    Select {
+        name: String,
+    },
+    Status {
+        name: String,
+    },
+    Create {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Subscribe {
+        name: String,
+        on: bool,
+    },
+    Append {
+        name: String,
+        content: Vec<u8>,
+        flags: Vec<String>,
+        date: Option<DateTime<Utc>>,
+    },
+    /// The octets of these messages (as FETCH BODY[] sends them).
+    Contents {
+        entry_ids: Vec<i64>,
+    },
+    StoreFlags {
+        mailbox_id: i64,
+        uids: Vec<u32>,
+        change: FlagChange,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    },
+    Expunge {
+        mailbox_id: i64,
+        uids: Option<Vec<u32>>,
+    },
+    Copy {
+        mailbox_id: i64,
+        uids: Vec<u32>,
+        to: String,
+        remove: bool,
+    },
+    Changes {
+        mailbox_id: i64,
+        since_modseq: u64,
+        known_uid_max: u32,
+    },
+}
+
+/// The world's answer to a `Request` (the variant matching it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Mailboxes(Result<Vec<MailboxSummary>, Failure>),
+    Selected(Result<(MailboxSummary, Vec<Message>), Failure>),
+    Status(Result<(MailboxSummary, Counts), Failure>),
+    Done(Result<(), Failure>),
+    /// UIDVALIDITY of the target and (source UID, new UID) pairs; (0, new) for an append.
+    Placed(Result<(u32, Vec<(u32, u32)>), Failure>),
+    Contents(Result<HashMap<i64, Vec<u8>>, Failure>),
+    Flags(Result<(Vec<Message>, Vec<u32>), Failure>),
+    Expunged(Result<Vec<u32>, Failure>),
+    Changes(Result<Changes, Failure>),
+}
+
+/// The outcome of a login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginResult {
+    Ok,
+    BadCredentials,
+    RateLimited,
+    TemporaryFailure,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Check the credentials; answer with `Session::login_result`.
+    Login { username: String, password: String },
+    /// Answer with `Session::answer`.
+    Run(Request),
+}
+
+enum State {
+    NotAuthenticated,
+    Authenticated,
+    Selected(View),
+    Logout,
+}
+
+/// A FETCH or SEARCH reading message octets batch by batch.
+struct Reading {
+    places: Vec<usize>,
+    next: usize,
+    /// SEARCH: the places that matched so far.
+    matched: Vec<usize>,
+}
+
+enum Pending {
+    Login { tag: Tag<'static>, sasl: bool },
+    List { tag: Tag<'static>, pattern: String, lsub: bool },
+    Select { tag: Tag<'static>, read_only: bool },
+    Status { tag: Tag<'static>, items: Vec<StatusDataItemName> },
+    Done { tag: Tag<'static>, what: &'static str },
+    Append { tag: Tag<'static> },
+    FetchSeen { fetch: FetchJob },
+    Fetch { fetch: FetchJob, reading: Reading },
+    Search { tag: Tag<'static>, uid: bool, key: SearchKey<'static>, reading: Reading },
+    Store { tag: Tag<'static>, uid: bool, silent: bool, places: Vec<usize> },
+    Expunge { tag: Tag<'static>, close: bool },
+    Copy { tag: Tag<'static>, remove: bool },
+    Sync { tag: Option<Tag<'static>> },
+}
+
+struct FetchJob {
+    tag: Tag<'static>,
+    uid: bool,
+    items: Vec<MessageDataItemName<'static>>,
+    places: Vec<usize>,
+    /// Places whose \Seen this FETCH set: their FLAGS are sent too.
+    seen_now: Vec<usize>,
+}
+
+pub struct Session {
+    server: Server,
+    policy: Policy,
+    tls: bool,
+    state: State,
+    pending: Option<Pending>,
+    action: Option<Action>,
+    errors: usize,
+    condstore: bool,
+    idling: Option<Tag<'static>>,
+    starttls: bool,
+    closing: bool,
+    closed: bool,
+}
+
+fn status_ok(tag: Tag<'static>, code: Option<Code<'static>>, text: &str) -> Status<'static> {
+    Status::ok(Some(tag), code, text.to_owned()).unwrap_or_else(|_| plain_ok())
+}
+
+fn status_no(tag: Tag<'static>, code: Option<Code<'static>>, text: &str) -> Status<'static> {
+    Status::no(Some(tag), code, text.to_owned())
+        .unwrap_or_else(|_| Status::no(None, None, "failed").expect("valid text"))
+}
+
+fn status_bad(tag: Option<Tag<'static>>, text: &str) -> Status<'static> {
+    Status::bad(tag, None, text.to_owned())
+        .unwrap_or_else(|_| Status::bad(None, None, "bad").expect("valid text"))
+}
+
+fn plain_ok() -> Status<'static> {
+    Status::ok(None, None, "ok").expect("valid text")
+}
+
+fn atom(s: &str) -> Atom<'static> {
+    Atom::try_from(s.to_owned()).unwrap_or_else(|_| Atom::unvalidated("X"))
+}
+
+fn mailbox(name: &str) -> Mailbox<'static> {
+    if name == "INBOX" {
+        return Mailbox::Inbox;
+    }
+    Mailbox::try_from(name.to_owned()).unwrap_or(Mailbox::Inbox)
+}
+
+fn flag_strings(flags: &[Flag<'_>]) -> Vec<String> {
+    flags.iter().map(|f| f.to_string()).collect()
+}
+
+/// The flags every mailbox allows (RFC 9051 7.1: PERMANENTFLAGS), `\*`: keywords too.
+const SYSTEM_FLAGS: [Flag<'static>; 5] = [
+    Flag::Answered,
+    Flag::Flagged,
+    Flag::Deleted,
+    Flag::Seen,
+    Flag::Draft,
+];
+
+impl Session {
+    pub fn new(policy: Policy) -> Self {
+        let greeting = Greeting::ok(None, "Pochta IMAP ready").expect("valid greeting");
+        let tls = policy.implicit_tls;
+        Session {
+            server: Server::new(Self::options(&policy), greeting),
+            policy,
+            tls,
+            state: State::NotAuthenticated,
+            pending: None,
+            action: None,
+            errors: 0,
+            condstore: false,
+            idling: None,
+            starttls: false,
+            closing: false,
+            closed: false,
+        }
+    }
+
+    fn options(policy: &Policy) -> Options {
+        let mut options = Options::default();
+        options.max_literal_size = policy.max_literal;
+        options.max_command_size = policy.max_literal.saturating_add(64 * 1024);
+        options.crlf_relaxed = true;
+        options
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn tls_active(&self) -> bool {
+        self.tls
+    }
+
+    /// The selected mailbox and how far the view knows it, for the world to look for changes
+    /// (`Request::Changes`, answered by `apply_changes`). None: nothing selected, or a command
+    /// is under way.
+    pub fn watching(&self) -> Option<(i64, u64, u32)> {
+        match (&self.state, &self.pending) {
+            (State::Selected(view), None) => Some((
+                view.mailbox.id,
+                view.mailbox.highest_modseq,
+                view.highest_uid(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Changes found while the session waited for input (or idled): told to the client now.
+    pub fn apply_changes(&mut self, changes: Changes) {
+        if self.pending.is_some() {
+            return;
+        }
+        let condstore = self.condstore;
+        if let State::Selected(view) = &mut self.state {
+            if changes.mailbox.is_none() {
+                self.server.enqueue_status(
+                    Status::bye(None, "Selected mailbox was deleted").expect("valid text"),
+                );
+                self.closing = true;
+                return;
+            }
+            for data in view.apply(changes, condstore) {
+                self.server.enqueue_data(data);
+            }
+        }
+    }
+
+    fn capabilities(&self) -> Vec<Capability<'static>> {
+        let mut caps = vec![Capability::Imap4Rev1];
+        match self.state {
+            State::NotAuthenticated => {
+                if self.policy.starttls_available && !self.tls {
+                    caps.push(Capability::StartTls);
+                }
+                if self.tls || self.policy.plaintext_auth {
+                    caps.push(Capability::Auth(AuthMechanism::Plain));
+                    caps.push(Capability::SaslIr);
+                } else {
+                    caps.push(Capability::LoginDisabled);
+                }
+            }
+            _ => {
+                caps.extend([
+                    Capability::Enable,
+                    Capability::Idle,
+                    Capability::Namespace,
+                    Capability::Id,
+                    Capability::Unselect,
+                    Capability::UidPlus,
+                    Capability::Move,
+                    Capability::CondStore,
+                    Capability::from(atom("SPECIAL-USE")),
+                ]);
+            }
+        }
+        caps.extend([Capability::LiteralPlus]);
+        caps
+    }
+
+    fn capability_code(&self) -> Option<Code<'static>> {
+        Vec1::try_from(self.capabilities()).ok().map(Code::Capability)
+    }
+
+    fn tagged(&mut self, status: Status<'static>) {
+        self.server.enqueue_status(status);
+    }
+
+    fn ok(&mut self, tag: Tag<'static>, text: &str) {
+        self.tagged(status_ok(tag, None, text));
+    }
+
+    fn no(&mut self, tag: Tag<'static>, text: &str) {
+        self.tagged(status_no(tag, None, text));
+    }
+
+    fn bad(&mut self, tag: Option<Tag<'static>>, text: &str) {
+        self.errors += 1;
+        self.tagged(status_bad(tag, text));
+        if self.errors >= self.policy.max_errors {
+            self.tagged(Status::bye(None, "Too many errors").expect("valid text"));
+            self.closing = true;
+        }
+    }
+
+    fn run(&mut self, pending: Pending, request: Request) {
+        self.pending = Some(pending);
+        self.action = Some(Action::Run(request));
+    }
+
+    fn failure(&mut self, tag: Tag<'static>, failure: Failure) {
+        let status = match failure {
+            Failure::NoSuchMailbox => status_no(tag, Some(Code::TryCreate), "No such mailbox"),
+            Failure::AlreadyExists => status_no(
+                tag,
+                Some(Code::Other(
+                    imap_next::imap_types::response::CodeOther::unvalidated(
+                        b"ALREADYEXISTS".as_slice(),
+                    ),
+                )),
+                "Mailbox already exists",
+            ),
+            Failure::Refused(why) => status_no(tag, None, &why),
+            Failure::Temporary => status_no(
+                tag,
+                Some(Code::Other(
+                    imap_next::imap_types::response::CodeOther::unvalidated(
+                        b"UNAVAILABLE".as_slice(),
+                    ),
+                )),
+                "Temporary failure, try again",
+            ),
+        };
+        self.tagged(status);
+    }
+
+    /// A command, in the state it arrived in.
+    fn command(&mut self, command: Command<'static>) {
+        let Command { tag, body } = command;
+        if matches!(self.state, State::Logout) {
+            return;
+        }
+        match body {
+            CommandBody::Capability => {
+                if let Ok(caps) = Vec1::try_from(self.capabilities()) {
+                    self.server.enqueue_data(Data::Capability(caps));
+                }
+                self.ok(tag, "CAPABILITY completed");
+            }
+            CommandBody::Noop | CommandBody::Check => self.sync(Some(tag)),
+            CommandBody::Logout => {
+                self.server
+                    .enqueue_status(Status::bye(None, "Logging out").expect("valid text"));
+                self.ok(tag, "LOGOUT completed");
+                self.state = State::Logout;
+                self.closing = true;
+            }
+            CommandBody::StartTLS => {
+                if !matches!(self.state, State::NotAuthenticated) {
+                    self.bad(Some(tag), "Already authenticated");
+                } else if self.tls || !self.policy.starttls_available {
+                    self.bad(Some(tag), "TLS is not available here");
+                } else {
+                    self.ok(tag, "Begin TLS negotiation now");
+                    self.starttls = true;
+                }
+            }
+            CommandBody::Login { username, password } => {
+                if !matches!(self.state, State::NotAuthenticated) {
+                    return self.bad(Some(tag), "Already authenticated");
+                }
+                if !(self.tls || self.policy.plaintext_auth) {
+                    let code = Code::Other(
+                        imap_next::imap_types::response::CodeOther::unvalidated(
+                            b"PRIVACYREQUIRED".as_slice(),
+                        ),
+                    );
+                    return self.tagged(status_no(tag, Some(code), "Use TLS first"));
+                }
+                let username = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let password =
+                    String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                self.pending = Some(Pending::Login { tag, sasl: false });
+                self.action = Some(Action::Login { username, password });
+            }
+            CommandBody::Enable { capabilities } => {
+                if matches!(self.state, State::NotAuthenticated) {
+                    return self.bad(Some(tag), "Log in first");
+                }
+                let mut enabled = Vec::new();
+                for cap in capabilities.into_inner() {
+                    if cap == CapabilityEnable::CondStore {
+                        self.condstore = true;
+                        enabled.push(cap);
+                    }
+                }
+                self.server.enqueue_data(Data::Enabled {
+                    capabilities: enabled,
+                });
+                self.ok(tag, "ENABLE completed");
+            }
+            CommandBody::Id { .. } => {
+                self.server.enqueue_data(Data::Id {
+                    parameters: Some(vec![(
+                        "name".try_into().expect("valid"),
+                        "Pochta".try_into().expect("valid"),
+                    )]),
+                });
+                self.ok(tag, "ID completed");
+            }
+            body if matches!(self.state, State::NotAuthenticated) => {
+                let _ = body;
+                self.bad(Some(tag), "Log in first")
+            }
+            CommandBody::Namespace => {
+                use imap_next::imap_types::extensions::namespace::{Namespace, Namespaces};
+                let personal: Namespaces<'static> = vec![Namespace {
+                    prefix: "".try_into().expect("valid"),
+                    delimiter: Some(DELIMITER.try_into().expect("valid")),
+                    extensions: vec![],
+                }];
+                self.server.enqueue_data(Data::Namespace {
+                    personal,
+                    other: vec![],
+                    shared: vec![],
+                });
+                self.ok(tag, "NAMESPACE completed");
+            }
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(tag, &reference, &mailbox_wildcard, false),
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(tag, &reference, &mailbox_wildcard, true),
+            CommandBody::Create { mailbox } => match names::mailbox_name(&mailbox) {
+                Some(name) if name == "INBOX" => {
+                    self.failure(tag, Failure::AlreadyExists);
+                }
+                Some(name) => self.run(
+                    Pending::Done {
+                        tag,
+                        what: "CREATE",
+                    },
+                    Request::Create { name },
+                ),
+                None => self.bad(Some(tag), "Invalid mailbox name"),
+            },
+            CommandBody::Delete { mailbox } => match names::mailbox_name(&mailbox) {
+                Some(name) if name == "INBOX" => {
+                    self.failure(tag, Failure::Refused("INBOX cannot be deleted".into()))
+                }
+                Some(name) => self.run(
+                    Pending::Done {
+                        tag,
+                        what: "DELETE",
+                    },
+                    Request::Delete { name },
+                ),
+                None => self.failure(tag, Failure::NoSuchMailbox),
+            },
+            CommandBody::Rename { from, to } => {
+                match (names::mailbox_name(&from), names::mailbox_name(&to)) {
+                    (Some(f), Some(t)) if f == "INBOX" || t == "INBOX" => self.failure(
+                        tag,
+                        Failure::Refused("Renaming INBOX is not supported".into()),
+                    ),
+                    (Some(from), Some(to)) => self.run(
+                        Pending::Done {
+                            tag,
+                            what: "RENAME",
+                        },
+                        Request::Rename { from, to },
+                    ),
+                    _ => self.bad(Some(tag), "Invalid mailbox name"),
+                }
+            }
+            CommandBody::Subscribe { mailbox } | CommandBody::Unsubscribe { mailbox }
+                if names::mailbox_name(&mailbox).is_none() =>
+            {
+                self.bad(Some(tag), "Invalid mailbox name")
+            }
+            CommandBody::Subscribe { mailbox } => self.run(
+                Pending::Done {
+                    tag,
+                    what: "SUBSCRIBE",
+                },
+                Request::Subscribe {
+                    name: names::mailbox_name(&mailbox).unwrap_or_default(),
+                    on: true,
+                },
+            ),
+            CommandBody::Unsubscribe { mailbox } => self.run(
+                Pending::Done {
+                    tag,
+                    what: "UNSUBSCRIBE",
+                },
+                Request::Subscribe {
+                    name: names::mailbox_name(&mailbox).unwrap_or_default(),
+                    on: false,
+                },
+            ),
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select(tag, &mailbox, &parameters, false),
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select(tag, &mailbox, &parameters, true),
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => match names::mailbox_name(&mailbox) {
+                Some(name) => self.run(
+                    Pending::Status {
+                        tag,
+                        items: item_names.into_owned(),
+                    },
+                    Request::Status { name },
+                ),
+                None => self.failure(tag, Failure::NoSuchMailbox),
+            },
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                let Some(name) = names::mailbox_name(&mailbox) else {
+                    return self.failure(tag, Failure::NoSuchMailbox);
+                };
+                let content = match message {
+                    imap_next::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => {
+                        l.into_inner().into_owned()
+                    }
+                    imap_next::imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => {
+                        l.data.into_owned()
+                    }
+                };
+                let date = date.map(|d| d.as_ref().with_timezone(&Utc));
+                self.run(
+                    Pending::Append { tag },
+                    Request::Append {
+                        name,
+                        content,
+                        flags: flag_strings(&flags),
+                        date,
+                    },
+                );
+            }
+            body if !matches!(self.state, State::Selected(_)) => {
+                let _ = body;
+                self.bad(Some(tag), "No mailbox selected")
+            }
+            CommandBody::Unselect => {
+                self.state = State::Authenticated;
+                self.ok(tag, "UNSELECT completed");
+            }
+            CommandBody::Close => {
+                let (id, read_only) = self.view().map_or((0, true), |v| (v.mailbox.id, v.read_only));
+                if read_only {
+                    self.state = State::Authenticated;
+                    self.ok(tag, "CLOSE completed");
+                } else {
+                    self.run(
+                        Pending::Expunge { tag, close: true },
+                        Request::Expunge {
+                            mailbox_id: id,
+                            uids: None,
+                        },
+                    );
+                }
+            }
+            CommandBody::Expunge => self.expunge(tag, None),
+            CommandBody::ExpungeUid { sequence_set } => self.expunge(tag, Some(sequence_set)),
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                modifiers,
+            } => self.fetch(tag, &sequence_set, macro_or_item_names, uid, &modifiers),
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                modifiers,
+            } => self.store(tag, &sequence_set, kind, response, &flags, uid, &modifiers),
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(tag, &sequence_set, &mailbox, uid, false),
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(tag, &sequence_set, &mailbox, uid, true),
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => self.search(tag, charset, criteria, uid),
+            _ => self.bad(Some(tag), "Command not supported"),
+        }
+    }
+
+    fn view(&self) -> Option<&View> {
+        match &self.state {
+            State::Selected(view) => Some(view),
+            _ => None,
+        }
+    }
+
+    fn view_mut(&mut self) -> Option<&mut View> {
+        match &mut self.state {
+            State::Selected(view) => Some(view),
+            _ => None,
+        }
+    }
+
+    /// NOOP, CHECK: tells what changed in the selected mailbox, then completes.
+    fn sync(&mut self, tag: Option<Tag<'static>>) {
+        match self.watching_now() {
+            Some((mailbox_id, since_modseq, known_uid_max)) => self.run(
+                Pending::Sync { tag },
+                Request::Changes {
+                    mailbox_id,
+                    since_modseq,
+                    known_uid_max,
+                },
+            ),
+            None => {
+                if let Some(tag) = tag {
+                    self.ok(tag, "NOOP completed");
+                }
+            }
+        }
+    }
+
+    fn watching_now(&self) -> Option<(i64, u64, u32)> {
+        self.view().map(|v| (v.mailbox.id, v.mailbox.highest_modseq, v.highest_uid()))
+    }
+
+    fn list(
+        &mut self,
+        tag: Tag<'static>,
+        reference: &Mailbox<'_>,
+        pattern: &imap_next::imap_types::mailbox::ListMailbox<'_>,
+        lsub: bool,
+    ) {
+        let reference = match reference {
+            Mailbox::Inbox => "INBOX".to_owned(),
+            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+        };
+        let pattern = String::from_utf8_lossy(&names::list_text(pattern)).into_owned();
+        if pattern.is_empty() {
+            // The hierarchy delimiter and root (RFC 9051 6.3.9).
+            self.server.enqueue_data(Data::List {
+                items: vec![FlagNameAttribute::Noselect],
+                delimiter: DELIMITER.try_into().ok(),
+                mailbox: Mailbox::try_from("").unwrap_or(Mailbox::Inbox),
+            });
+            return self.ok(tag, "LIST completed");
+        }
+        let pattern = format!("{reference}{pattern}");
+        self.run(Pending::List { tag, pattern, lsub }, Request::Mailboxes);
+    }
+
+    fn select(
+        &mut self,
+        tag: Tag<'static>,
+        mailbox: &Mailbox<'_>,
+        parameters: &[SelectParameter],
+        read_only: bool,
+    ) {
+        if matches!(self.state, State::Selected(_)) {
+            // RFC 7162 3.2.11 / RFC 9051 7.1: the old mailbox is closed first.
+            self.server.enqueue_status(
+                Status::ok(None, Some(Code::Closed), "Previous mailbox closed")
+                    .expect("valid text"),
+            );
+            self.state = State::Authenticated;
+        }
+        if parameters.contains(&SelectParameter::CondStore) {
+            self.condstore = true;
+        }
+        match names::mailbox_name(mailbox) {
+            Some(name) => self.run(Pending::Select { tag, read_only }, Request::Select { name }),
+            None => self.failure(tag, Failure::NoSuchMailbox),
+        }
+    }
+
+    fn expunge(&mut self, tag: Tag<'static>, set: Option<SequenceSet>) {
+        let Some(view) = self.view() else { return };
+        if view.read_only {
+            return self.no(tag, "Mailbox is read-only");
+        }
+        let uids = match set {
+            None => None,
+            Some(set) => match view.resolve(&set, true) {
+                Ok(places) => Some(places.iter().map(|&p| view.messages[p].uid).collect()),
+                Err(_) => return self.bad(Some(tag), "Invalid UID set"),
+            },
+        };
+        let mailbox_id = view.mailbox.id;
+        self.run(
+            Pending::Expunge { tag, close: false },
+            Request::Expunge { mailbox_id, uids },
+        );
+    }
+
+    fn fetch(
+        &mut self,
+        tag: Tag<'static>,
+        set: &SequenceSet,
+        names: MacroOrMessageDataItemNames<'static>,
+        uid: bool,
+        modifiers: &[imap_next::imap_types::command::FetchModifier],
+    ) {
+        let Some(view) = self.view() else { return };
+        let mut items = match names {
+            MacroOrMessageDataItemNames::Macro(m) => m
+                .expand()
+                .into_iter()
+                .map(IntoStatic::into_static)
+                .collect(),
+            MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
+        };
+        if let Some(what) = fetch::unsupported(&items) {
+            return self.no(tag, &format!("{what} is not supported yet"));
+        }
+        let mut places = match view.resolve(set, uid) {
+            Ok(places) => places,
+            Err(_) => return self.bad(Some(tag), "Invalid message set"),
+        };
+        let mut changed_since = false;
+        for modifier in modifiers {
+            if let imap_next::imap_types::command::FetchModifier::ChangedSince(since) = modifier {
+                places.retain(|&p| view.messages[p].modseq > since.get());
+                changed_since = true;
+                if !items.contains(&MessageDataItemName::ModSeq) {
+                    items.push(MessageDataItemName::ModSeq);
+                }
+            }
+        }
+        let read_only = view.read_only;
+        let mailbox_id = view.mailbox.id;
+        let unseen: Vec<u32> = places
+            .iter()
+            .map(|&p| &view.messages[p])
+            .filter(|m| !m.has("\\Seen"))
+            .map(|m| m.uid)
+            .collect();
+        // RFC 7162 3.1.4.1: CHANGEDSINCE enables CONDSTORE.
+        self.condstore |= changed_since;
+        let job = FetchJob {
+            tag,
+            uid,
+            items,
+            places,
+            seen_now: Vec::new(),
+        };
+        if fetch::sets_seen(&job.items) && !read_only && !unseen.is_empty() {
+            return self.run(
+                Pending::FetchSeen { fetch: job },
+                Request::StoreFlags {
+                    mailbox_id,
+                    uids: unseen,
+                    change: StoreType::Add,
+                    flags: vec!["\\Seen".into()],
+                    unchanged_since: None,
+                },
+            );
+        }
+        self.fetch_read(job);
+    }
+
+    /// Sends what needs no octets, or asks for the next batch of octets.
+    fn fetch_read(&mut self, job: FetchJob) {
+        if !fetch::needs_content(&job.items) {
+            self.fetch_send(&job, &job.places, &HashMap::new());
+            return self.ok(job.tag, "FETCH completed");
+        }
+        let reading = Reading {
+            places: job.places.clone(),
+            next: 0,
+            matched: Vec::new(),
+        };
+        self.fetch_next(job, reading);
+    }
+
+    fn fetch_next(&mut self, job: FetchJob, mut reading: Reading) {
+        let Some(view) = self.view() else { return };
+        let batch = next_batch(view, &reading, self.policy.read_batch_bytes);
+        if batch.is_empty() {
+            return self.ok(job.tag, "FETCH completed");
+        }
+        let entry_ids = batch.iter().map(|&p| view.messages[p].entry_id).collect();
+        reading.next += batch.len();
+        self.run(
+            Pending::Fetch {
+                fetch: job,
+                reading,
+            },
+            Request::Contents { entry_ids },
+        );
+    }
+
+    fn fetch_send(&mut self, job: &FetchJob, places: &[usize], contents: &HashMap<i64, Vec<u8>>) {
+        let condstore = self.condstore;
+        let Some(view) = self.view() else { return };
+        let mut out = Vec::with_capacity(places.len());
+        for &place in places {
+            let m = &view.messages[place];
+            let content = contents.get(&m.entry_id).map(Vec::as_slice);
+            if fetch::needs_content(&job.items) && content.is_none() {
+                // Expunged elsewhere since the view last looked: nothing to send.
+                continue;
+            }
+            let mut items = fetch::items(m, &job.items, content, job.uid, condstore);
+            if job.seen_now.contains(&place) && !job.items.contains(&MessageDataItemName::Flags)
+            {
+                items.push(imap_next::imap_types::fetch::MessageDataItem::Flags(
+                    fetch::flags(&m.flags),
+                ));
+            }
+            out.push(fetch_data(place, items));
+        }
+        for data in out {
+            self.server.enqueue_data(data);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        tag: Tag<'static>,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+        modifiers: &[imap_next::imap_types::command::StoreModifier],
+    ) {
+        let Some(view) = self.view() else { return };
+        if view.read_only {
+            return self.no(tag, "Mailbox is read-only");
+        }
+        let places = match view.resolve(set, uid) {
+            Ok(places) => places,
+            Err(_) => return self.bad(Some(tag), "Invalid message set"),
+        };
+        let unchanged_since = modifiers.iter().find_map(|m| match m {
+            imap_next::imap_types::command::StoreModifier::UnchangedSince(n) => Some(*n),
+        });
+        let uids = places.iter().map(|&p| view.messages[p].uid).collect();
+        let mailbox_id = view.mailbox.id;
+        self.run(
+            Pending::Store {
+                tag,
+                uid,
+                silent: response == StoreResponse::Silent,
+                places,
+            },
+            Request::StoreFlags {
+                mailbox_id,
+                uids,
+                change: kind,
+                flags: flag_strings(flags),
+                unchanged_since,
+            },
+        );
+    }
+
+    fn copy(
+        &mut self,
+        tag: Tag<'static>,
+        set: &SequenceSet,
+        target: &Mailbox<'_>,
+        uid: bool,
+        remove: bool,
+    ) {
+        let Some(view) = self.view() else { return };
+        if remove && view.read_only {
+            return self.no(tag, "Mailbox is read-only");
+        }
+        let places = match view.resolve(set, uid) {
+            Ok(places) => places,
+            Err(_) => return self.bad(Some(tag), "Invalid message set"),
+        };
+        let Some(to) = names::mailbox_name(target) else {
+            return self.failure(tag, Failure::NoSuchMailbox);
+        };
+        let uids = places.iter().map(|&p| view.messages[p].uid).collect();
+        let mailbox_id = view.mailbox.id;
+        self.run(
+            Pending::Copy { tag, remove },
+            Request::Copy {
+                mailbox_id,
+                uids,
+                to,
+                remove,
+            },
+        );
+    }
+
+    fn search(
+        &mut self,
+        tag: Tag<'static>,
+        charset: Option<Charset<'static>>,
+        criteria: Vec1<SearchKey<'static>>,
+        uid: bool,
+    ) {
+        if let Some(charset) = charset {
+            let name = charset.as_ref().to_ascii_uppercase();
+            if name != "UTF-8" && name != "US-ASCII" {
+                let code = Code::badcharset(vec![
+                    Charset::try_from("UTF-8").expect("valid"),
+                    Charset::try_from("US-ASCII").expect("valid"),
+                ]);
+                return self.tagged(status_no(tag, Some(code), "Unsupported charset"));
+            }
+        }
+        let key = SearchKey::And(criteria);
+        let Some(needs_content) = search::needs_content(&key, 0) else {
+            return self.bad(Some(tag), "Search keys nested too deep");
+        };
+        let Some(view) = self.view() else { return };
+        let places: Vec<usize> = (0..view.messages.len()).collect();
+        let reading = Reading {
+            places,
+            next: 0,
+            matched: Vec::new(),
+        };
+        if !needs_content {
+            let matched: Vec<usize> = reading
+                .places
+                .iter()
+                .copied()
+                .filter(|&p| search::matches(&key, view, p, None))
+                .collect();
+            return self.search_done(tag, uid, &matched);
+        }
+        self.search_next(tag, uid, key, reading);
+    }
+
+    fn search_next(&mut self, tag: Tag<'static>, uid: bool, key: SearchKey<'static>, mut reading: Reading) {
+        let Some(view) = self.view() else { return };
+        let batch = next_batch(view, &reading, self.policy.read_batch_bytes);
+        if batch.is_empty() {
+            let matched = std::mem::take(&mut reading.matched);
+            return self.search_done(tag, uid, &matched);
+        }
+        let entry_ids = batch.iter().map(|&p| view.messages[p].entry_id).collect();
+        reading.next += batch.len();
+        self.run(
+            Pending::Search {
+                tag,
+                uid,
+                key,
+                reading,
+            },
+            Request::Contents { entry_ids },
+        );
+    }
+
+    fn search_done(&mut self, tag: Tag<'static>, uid: bool, matched: &[usize]) {
+        let Some(view) = self.view() else { return };
+        let numbers: Vec<NonZeroU32> = matched
+            .iter()
+            .map(|&p| {
+                if uid {
+                    nonzero(view.messages[p].uid)
+                } else {
+                    nonzero(p as u32 + 1)
+                }
+            })
+            .collect();
+        let modseq = if self.condstore {
+            matched
+                .iter()
+                .map(|&p| view.messages[p].modseq)
+                .max()
+                .and_then(NonZeroU64::new)
+        } else {
+            None
+        };
+        self.server.enqueue_data(Data::Search(numbers, modseq));
+        self.ok(tag, "SEARCH completed");
+    }
+
+    /// The world's answer to the session's last `Action::Run`.
+    pub fn answer(&mut self, answer: Answer) {
+        let Some(pending) = self.pending.take() else {
+            debug_assert!(false, "no request is pending");
+            return;
+        };
+        match (pending, answer) {
+            (Pending::List { tag, pattern, lsub }, Answer::Mailboxes(Ok(mailboxes))) => {
+                for m in &mailboxes {
+                    if (lsub && !m.subscribed) || !names::matches(&pattern, &m.name) {
+                        continue;
+                    }
+                    let prefix = format!("{}{DELIMITER}", m.name);
+                    let children = mailboxes.iter().any(|c| c.name.starts_with(&prefix));
+                    let mut items = vec![FlagNameAttribute::from(atom(if children {
+                        "HasChildren"
+                    } else {
+                        "HasNoChildren"
+                    }))];
+                    if let Some(special) = &m.special_use {
+                        items.push(FlagNameAttribute::from(atom(
+                            special.trim_start_matches('\\'),
+                        )));
+                    }
+                    if !lsub && m.subscribed {
+                        items.push(FlagNameAttribute::from(atom("Subscribed")));
+                    }
+                    let data = if lsub {
+                        Data::Lsub {
+                            items,
+                            delimiter: DELIMITER.try_into().ok(),
+                            mailbox: mailbox(&m.name),
+                        }
+                    } else {
+                        Data::List {
+                            items,
+                            delimiter: DELIMITER.try_into().ok(),
+                            mailbox: mailbox(&m.name),
+                        }
+                    };
+                    self.server.enqueue_data(data);
+                }
+                self.ok(tag, if lsub { "LSUB completed" } else { "LIST completed" });
+            }
+            (Pending::Select { tag, read_only }, Answer::Selected(Ok((summary, messages)))) => {
+                self.server.enqueue_data(Data::Flags(SYSTEM_FLAGS.to_vec()));
+                self.server
+                    .enqueue_data(Data::Exists(messages.len() as u32));
+                self.server.enqueue_data(Data::Recent(0));
+                let mut permanent: Vec<FlagPerm<'static>> =
+                    SYSTEM_FLAGS.iter().cloned().map(FlagPerm::Flag).collect();
+                permanent.push(FlagPerm::Asterisk);
+                let codes = [
+                    Some(Code::PermanentFlags(if read_only { vec![] } else { permanent })),
+                    Some(Code::UidValidity(nonzero(summary.uid_validity))),
+                    Some(Code::UidNext(nonzero(summary.uid_next))),
+                    NonZeroU64::new(summary.highest_modseq)
+                        .filter(|_| self.condstore)
+                        .map(Code::HighestModSeq),
+                ];
+                for code in codes.into_iter().flatten() {
+                    self.server.enqueue_status(
+                        Status::ok(None, Some(code), "ok").expect("valid text"),
+                    );
+                }
+                let code = if read_only {
+                    Code::ReadOnly
+                } else {
+                    Code::ReadWrite
+                };
+                self.state = State::Selected(View {
+                    mailbox: summary,
+                    read_only,
+                    messages,
+                });
+                self.tagged(status_ok(tag, Some(code), "SELECT completed"));
+            }
+            (Pending::Status { tag, items }, Answer::Status(Ok((summary, counts)))) => {
+                let data: Vec<StatusDataItem> = items
+                    .iter()
+                    .filter_map(|item| {
+                        Some(match item {
+                            StatusDataItemName::Messages => StatusDataItem::Messages(counts.messages),
+                            StatusDataItemName::Recent => StatusDataItem::Recent(0),
+                            StatusDataItemName::UidNext => {
+                                StatusDataItem::UidNext(nonzero(summary.uid_next))
+                            }
+                            StatusDataItemName::UidValidity => {
+                                StatusDataItem::UidValidity(nonzero(summary.uid_validity))
+                            }
+                            StatusDataItemName::Unseen => StatusDataItem::Unseen(counts.unseen),
+                            StatusDataItemName::Deleted => StatusDataItem::Deleted(counts.deleted),
+                            StatusDataItemName::DeletedStorage => {
+                                StatusDataItem::DeletedStorage(counts.size)
+                            }
+                            StatusDataItemName::HighestModSeq => {
+                                StatusDataItem::HighestModSeq(summary.highest_modseq)
+                            }
+                            #[allow(unreachable_patterns)]
+                            _ => return None,
+                        })
+                    })
+                    .collect();
+                self.server.enqueue_data(Data::Status {
+                    mailbox: mailbox(&summary.name),
+                    items: data.into(),
+                });
+                self.ok(tag, "STATUS completed");
+            }
+            (Pending::Done { tag, what }, Answer::Done(Ok(()))) => {
+                self.ok(tag, &format!("{what} completed"));
+            }
+            (Pending::Append { tag }, Answer::Placed(Ok((validity, uids)))) => {
+                let code = uids.first().map(|&(_, uid)| Code::AppendUid {
+                    uid_validity: nonzero(validity),
+                    uid: nonzero(uid),
+                });
+                self.tagged(status_ok(tag, code, "APPEND completed"));
+            }
+            (Pending::FetchSeen { mut fetch }, Answer::Flags(Ok((changed, _)))) => {
+                if let Some(view) = self.view_mut() {
+                    for m in changed {
+                        if let Some(i) = view.index_of_uid(m.uid) {
+                            fetch.seen_now.push(i);
+                            view.messages[i] = m;
+                        }
+                    }
+                }
+                self.fetch_read(fetch);
+            }
+            (Pending::Fetch { fetch, reading }, Answer::Contents(Ok(contents))) => {
+                let done = &reading.places[..reading.next];
+                let batch: Vec<usize> = done
+                    .iter()
+                    .copied()
+                    .filter(|p| {
+                        self.view()
+                            .is_some_and(|v| contents.contains_key(&v.messages[*p].entry_id))
+                    })
+                    .collect();
+                self.fetch_send(&fetch, &batch, &contents);
+                // Only this batch's places are in `contents`; earlier ones were sent before.
+                self.fetch_next(fetch, reading);
+            }
+            (
+                Pending::Search {
+                    tag,
+                    uid,
+                    key,
+                    mut reading,
+                },
+                Answer::Contents(Ok(contents)),
+            ) => {
+                if let Some(view) = self.view() {
+                    for (&place, content) in reading
+                        .places
+                        .iter()
+                        .filter_map(|p| Some((p, contents.get(&view.messages[*p].entry_id)?)))
+                    {
+                        if search::matches(&key, view, place, Some(content)) {
+                            reading.matched.push(place);
+                        }
+                    }
+                }
+                reading.matched.sort_unstable();
+                reading.matched.dedup();
+                self.search_next(tag, uid, key, reading);
+            }
+            (
+                Pending::Store {
+                    tag,
+                    uid,
+                    silent,
+                    places,
+                },
+                Answer::Flags(Ok((changed, modified))),
+            ) => {
+                let condstore = self.condstore;
+                let mut out = Vec::new();
+                if let Some(view) = self.view_mut() {
+                    for m in changed {
+                        if let Some(i) = view.index_of_uid(m.uid) {
+                            view.messages[i] = m;
+                        }
+                    }
+                    if !silent {
+                        for &p in &places {
+                            let refused = modified.contains(&view.messages[p].uid);
+                            if !refused {
+                                let m = &view.messages[p];
+                                let mut items =
+                                    vec![imap_next::imap_types::fetch::MessageDataItem::Flags(
+                                        fetch::flags(&m.flags),
+                                    )];
+                                if uid {
+                                    items.push(imap_next::imap_types::fetch::MessageDataItem::Uid(
+                                        nonzero(m.uid),
+                                    ));
+                                }
+                                if condstore && let Some(ms) = NonZeroU64::new(m.modseq) {
+                                    items.push(
+                                        imap_next::imap_types::fetch::MessageDataItem::ModSeq(ms),
+                                    );
+                                }
+                                out.push(fetch_data(p, items));
+                            }
+                        }
+                    }
+                }
+                for data in out {
+                    self.server.enqueue_data(data);
+                }
+                let code = if modified.is_empty() {
+                    None
+                } else {
+                    uid_set(&modified).map(Code::Modified)
+                };
+                self.tagged(status_ok(tag, code, "STORE completed"));
+            }
+            (Pending::Expunge { tag, close }, Answer::Expunged(Ok(uids))) => {
+                if close {
+                    self.state = State::Authenticated;
+                    return self.ok(tag, "CLOSE completed");
+                }
+                self.tell_expunged(&uids);
+                self.ok(tag, "EXPUNGE completed");
+            }
+            (Pending::Copy { tag, remove }, Answer::Placed(Ok((validity, pairs)))) => {
+                let code = match (
+                    uid_plus_set(pairs.iter().map(|p| p.0)),
+                    uid_plus_set(pairs.iter().map(|p| p.1)),
+                ) {
+                    (Some(source), Some(destination)) => Some(Code::CopyUid {
+                        uid_validity: nonzero(validity),
+                        source,
+                        destination,
+                    }),
+                    _ => None,
+                };
+                if remove {
+                    if let Some(code) = code {
+                        self.server
+                            .enqueue_status(Status::ok(None, Some(code), "moved").expect("valid"));
+                    }
+                    let gone: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+                    self.tell_expunged(&gone);
+                    self.ok(tag, "MOVE completed");
+                } else {
+                    self.tagged(status_ok(tag, code, "COPY completed"));
+                }
+            }
+            (Pending::Sync { tag }, Answer::Changes(Ok(changes))) => {
+                self.apply_changes(changes);
+                if let Some(tag) = tag {
+                    self.ok(tag, "NOOP completed");
+                }
+            }
+            (pending, Answer::Changes(Err(failure)) | Answer::Done(Err(failure))
+                | Answer::Mailboxes(Err(failure)) | Answer::Selected(Err(failure))
+                | Answer::Status(Err(failure)) | Answer::Placed(Err(failure))
+                | Answer::Contents(Err(failure)) | Answer::Flags(Err(failure))
+                | Answer::Expunged(Err(failure))) => {
+                if let Some(tag) = pending.tag() {
+                    self.failure(tag, failure);
+                }
+            }
+            (pending, answer) => {
+                debug_assert!(false, "answer {answer:?} does not match the request");
+                if let Some(tag) = pending.tag() {
+                    self.failure(tag, Failure::Temporary);
+                }
+            }
+        }
+    }
+
+    /// EXPUNGE responses for messages gone from the view, highest number first.
+    fn tell_expunged(&mut self, uids: &[u32]) {
+        let mut out = Vec::new();
+        if let Some(view) = self.view_mut() {
+            let mut places: Vec<usize> = uids.iter().filter_map(|u| view.index_of_uid(*u)).collect();
+            places.sort_unstable_by(|a, b| b.cmp(a));
+            for p in places {
+                view.messages.remove(p);
+                out.push(Data::Expunge(nonzero(p as u32 + 1)));
+            }
+        }
+        for data in out {
+            self.server.enqueue_data(data);
+        }
+    }
+
+    /// The outcome of `Action::Login`.
+    pub fn login_result(&mut self, result: LoginResult) {
+        let Some(Pending::Login { tag, sasl }) = self.pending.take() else {
+            debug_assert!(false, "no login is pending");
+            return;
+        };
+        let status = match result {
+            LoginResult::Ok => {
+                self.state = State::Authenticated;
+                status_ok(tag, self.capability_code(), "Logged in")
+            }
+            LoginResult::BadCredentials => {
+                let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
+                    b"AUTHENTICATIONFAILED".as_slice(),
+                ));
+                status_no(tag, Some(code), "Authentication failed")
+            }
+            LoginResult::RateLimited => {
+                let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
+                    b"LIMIT".as_slice(),
+                ));
+                status_no(tag, Some(code), "Too many failed logins, try later")
+            }
+            LoginResult::TemporaryFailure => {
+                let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
+                    b"UNAVAILABLE".as_slice(),
+                ));
+                status_no(tag, Some(code), "Temporary failure, try again")
+            }
+        };
+        if sasl {
+            if let Err(status) = self.server.authenticate_finish(status) {
+                self.tagged(status);
+            }
+        } else {
+            self.tagged(status);
+        }
+    }
+
+    fn authenticate(
+        &mut self,
+        tag: Tag<'static>,
+        mechanism: AuthMechanism<'static>,
+        initial: Option<Vec<u8>>,
+    ) {
+        let refuse = |s: &mut Self, status: Status<'static>| {
+            if let Err(status) = s.server.authenticate_finish(status) {
+                s.tagged(status);
+            }
+        };
+        if !matches!(self.state, State::NotAuthenticated) {
+            self.errors += 1;
+            return refuse(self, status_bad(Some(tag), "Already authenticated"));
+        }
+        if !(self.tls || self.policy.plaintext_auth) {
+            let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
+                b"PRIVACYREQUIRED".as_slice(),
+            ));
+            return refuse(self, status_no(tag, Some(code), "Use TLS first"));
+        }
+        if mechanism != AuthMechanism::Plain {
+            return refuse(self, status_no(tag, None, "Unsupported mechanism"));
+        }
+        match initial {
+            Some(response) => self.plain(tag, &response),
+            None => {
+                self.pending = Some(Pending::Login { tag, sasl: true });
+                let _ = self
+                    .server
+                    .authenticate_continue(CommandContinuationRequest::base64(Vec::new()));
+            }
+        }
+    }
+
+    /// SASL PLAIN (RFC 4616): [authzid] NUL authcid NUL passwd; an authzid other than the
+    /// authcid is refused.
+    fn plain(&mut self, tag: Tag<'static>, response: &[u8]) {
+        let mut fields = response.split(|&b| b == 0);
+        let (authz, authc, password) = (fields.next(), fields.next(), fields.next());
+        let parsed = match (authz, authc, password, fields.next()) {
+            (Some(z), Some(c), Some(p), None) if z.is_empty() || z == c => Some((c, p)),
+            _ => None,
+        };
+        match parsed {
+            Some((user, password)) => {
+                self.pending = Some(Pending::Login { tag, sasl: true });
+                self.action = Some(Action::Login {
+                    username: String::from_utf8_lossy(user).into_owned(),
+                    password: String::from_utf8_lossy(password).into_owned(),
+                });
+            }
+            None => {
+                self.errors += 1;
+                let status = status_bad(Some(tag), "Malformed PLAIN response");
+                if let Err(status) = self.server.authenticate_finish(status) {
+                    self.tagged(status);
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::GreetingSent { .. } | Event::ResponseSent { .. } => {}
+            Event::CommandReceived { command } => self.command(command),
+            Event::CommandAuthenticateReceived {
+                command_authenticate,
+            } => {
+                let initial = command_authenticate
+                    .initial_response
+                    .map(|r| r.declassify().to_vec());
+                self.authenticate(
+                    command_authenticate.tag,
+                    command_authenticate.mechanism,
+                    initial,
+                );
+            }
+            Event::AuthenticateDataReceived { authenticate_data } => {
+                let Some(Pending::Login { tag, sasl: true }) = self.pending.take() else {
+                    return;
+                };
+                match authenticate_data {
+                    AuthenticateData::Continue(data) => self.plain(tag, &data.declassify().to_vec()),
+                    AuthenticateData::Cancel => {
+                        let status = status_bad(Some(tag), "Authentication cancelled");
+                        if let Err(status) = self.server.authenticate_finish(status) {
+                            self.tagged(status);
+                        }
+                    }
+                }
+            }
+            Event::IdleCommandReceived { tag } => {
+                if matches!(self.state, State::NotAuthenticated | State::Logout) {
+                    self.errors += 1;
+                    let _ = self.server.idle_reject(status_bad(Some(tag), "Log in first"));
+                } else {
+                    let idling = CommandContinuationRequest::basic(None, "idling")
+                        .expect("valid text");
+                    let _ = self.server.idle_accept(idling);
+                    self.idling = Some(tag);
+                }
+            }
+            Event::IdleDoneReceived => {
+                if let Some(tag) = self.idling.take() {
+                    self.ok(tag, "IDLE terminated");
+                }
+            }
+        }
+    }
+
+    fn malformed(&mut self, error: ServerError) {
+        match error {
+            ServerError::ExpectedCrlfGotLf { discarded_bytes }
+            | ServerError::MalformedMessage { discarded_bytes } => {
+                let bytes = discarded_bytes.declassify();
+                let tag = bytes
+                    .split(|&b| b == b' ')
+                    .next()
+                    .and_then(|t| Tag::try_from(t).ok())
+                    .map(IntoStatic::into_static);
+                self.bad(tag, "Syntax error");
+            }
+            // imap-next has already answered the literal with a tagged BAD.
+            ServerError::LiteralTooLong { .. } => self.errors += 1,
+            ServerError::CommandTooLong { .. } => {
+                self.tagged(Status::bye(None, "Command too long").expect("valid text"));
+                self.closing = true;
+            }
+        }
+    }
+}
+
+impl Pending {
+    fn tag(self) -> Option<Tag<'static>> {
+        Some(match self {
+            Pending::Login { tag, .. }
+            | Pending::List { tag, .. }
+            | Pending::Select { tag, .. }
+            | Pending::Status { tag, .. }
+            | Pending::Done { tag, .. }
+            | Pending::Append { tag }
+            | Pending::Search { tag, .. }
+            | Pending::Store { tag, .. }
+            | Pending::Expunge { tag, .. }
+            | Pending::Copy { tag, .. } => tag,
+            Pending::FetchSeen { fetch } | Pending::Fetch { fetch, .. } => fetch.tag,
+            Pending::Sync { tag } => return tag,
+        })
+    }
+}
+
+/// The next places to read: at least one, then as many as fit `budget` octets (256 at most).
+fn next_batch(view: &View, reading: &Reading, budget: u64) -> Vec<usize> {
+    let mut batch = Vec::new();
+    let mut used = 0u64;
+    for &place in &reading.places[reading.next..] {
+        let size = u64::from(view.messages[place].size);
+        if !batch.is_empty() && (used + size > budget || batch.len() >= 256) {
+            break;
+        }
+        used += size;
+        batch.push(place);
+    }
+    batch
+}
+
+/// Ascending runs of consecutive values: [1, 2, 3, 7] is [(1, 3), (7, 7)].
+fn runs(values: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
+    let mut sorted: Vec<u32> = values.into_iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for v in sorted {
+        match runs.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(v) => *end = v,
+            _ => runs.push((v, v)),
+        }
+    }
+    runs
+}
+
+/// UIDs as a sequence set ("1:3,7"), for MODIFIED.
+fn uid_set(uids: &[u32]) -> Option<SequenceSet> {
+    let text: Vec<String> = runs(uids.iter().copied())
+        .into_iter()
+        .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}:{b}") })
+        .collect();
+    SequenceSet::try_from(text.join(",").as_str()).ok()
+}
+
+/// UIDs as COPYUID's set (RFC 4315), in the order given: source and destination sets list
+/// their UIDs in corresponding order.
+fn uid_plus_set(uids: impl IntoIterator<Item = u32>) -> Option<UidSet> {
+    use imap_next::imap_types::extensions::uidplus::UidElement;
+    let elements: Vec<UidElement> = runs(uids)
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                UidElement::Single(nonzero(a))
+            } else {
+                UidElement::Range(nonzero(a), nonzero(b))
+            }
+        })
+        .collect();
+    Vec1::try_from(elements).ok().map(UidSet)
+}
+
+impl pochta_session::Session for Session {
+    type Action = Action;
+
+    fn feed(&mut self, bytes: &[u8]) {
+        self.server.enqueue_input(bytes);
+    }
+
+    fn poll(&mut self) -> Option<Output<Action>> {
+        if let Some(action) = self.action.take() {
+            return Some(Output::Action(action));
+        }
+        if self.pending.is_some() || self.closed {
+            return None;
+        }
+        loop {
+            if self.starttls && !self.closing {
+                // The OK has been handed out; nothing after STARTTLS is read in the clear.
+                self.starttls = false;
+                return Some(Output::StartTls);
+            }
+            match self.server.next() {
+                Ok(event) => {
+                    self.event(event);
+                    if let Some(action) = self.action.take() {
+                        return Some(Output::Action(action));
+                    }
+                }
+                Err(Interrupt::Io(Io::Output(bytes))) => return Some(Output::Send(bytes)),
+                Err(Interrupt::Io(Io::NeedMoreInput)) => {
+                    if self.closing {
+                        self.closed = true;
+                        return Some(Output::Close);
+                    }
+                    return None;
+                }
+                Err(Interrupt::Error(error)) => self.malformed(error),
+            }
+        }
+    }
+
+    fn tls_established(&mut self) {
+        self.tls = true;
+        // A fresh parser: anything the client sent after STARTTLS in the clear is dropped
+        // (RFC 9051 6.2.1), and no greeting goes out again.
+        let greeting = Greeting::ok(None, "unused").expect("valid greeting");
+        self.server = Server::new(Self::options(&self.policy), greeting);
+        loop {
+            match self.server.next() {
+                Ok(Event::GreetingSent { .. }) | Err(Interrupt::Io(Io::NeedMoreInput)) => break,
+                Ok(_) | Err(Interrupt::Io(Io::Output(_))) => {}
+                Err(Interrupt::Error(_)) => break,
+            }
+        }
+    }
+
+    fn timed_out(&mut self) {
+        self.server.enqueue_status(
+            Status::bye(None, "Autologout; idle for too long").expect("valid text"),
+        );
+        self.closing = true;
+    }
+
+    fn shutting_down(&mut self) {
+        self.server
+            .enqueue_status(Status::bye(None, "Server shutting down").expect("valid text"));
+        self.closing = true;
+    }
+
+    fn interruptible(&self) -> bool {
+        self.pending.is_none()
+    }
+}
