@@ -25,6 +25,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub queue: QueueConfig,
     pub pop3: Pop3Config,
+    pub imap: ImapConfig,
     pub addresses: AddressesConfig,
     pub mail_auth: MailAuthConfig,
 }
@@ -751,6 +752,84 @@ impl Default for Pop3Config {
     }
 }
 
+/// `[imap]`: imap-access.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImapConfig {
+    /// gRPC health endpoint.
+    pub grpc_listen: SocketAddr,
+    /// How long in-flight sessions get to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// IMAP listeners (RFC 9051), with STARTTLS when TLS is configured. Empty disables.
+    pub imap_listen: Vec<SocketAddr>,
+    /// IMAPS listeners (RFC 8314): implicit TLS.
+    pub imaps_listen: Vec<SocketAddr>,
+    /// Inactivity timeout, IDLE included (RFC 9051 5.4: at least 30 minutes).
+    pub timeout_secs: u64,
+    pub tls_handshake_timeout_secs: u64,
+    /// How long a write to a client may make no progress (a client that does not read).
+    pub write_timeout_secs: u64,
+    /// The longest a session may last.
+    pub max_session_secs: u64,
+    pub max_connections: u32,
+    /// Per client address; IPv6 clients are counted per network (`ipv6_limit_prefix`).
+    pub max_connections_per_ip: u32,
+    /// As in `[smtp]`: IPv6 clients sharing this many leading bits count as one.
+    pub ipv6_limit_prefix: u8,
+    /// As in `[smtp]`: argon2id checks at once in this process.
+    pub max_password_checks: u32,
+    /// Load balancers whose connections start with a PROXY protocol v2 header (as in
+    /// `[smtp]`). Empty: none.
+    pub proxy_protocol_from: Vec<Cidr>,
+    pub proxy_header_timeout_secs: u64,
+    /// Bad commands before the session is closed.
+    pub max_errors: u32,
+    pub plaintext_auth: PlaintextAuth,
+    pub auth_failure_delay_ms: u64,
+    pub auth_max_failures: u32,
+    pub auth_failure_window_secs: u64,
+    /// As in `[pop3]`: how long a successful password check is remembered. 0 disables.
+    pub auth_cache_secs: u64,
+    /// Largest literal a client may send (APPEND's message included), in octets.
+    pub max_literal_bytes: u32,
+    /// FETCH and SEARCH read message octets from the store in batches of about this many.
+    pub read_batch_bytes: u32,
+    /// How often a session waiting for input looks whether its mailbox changed (after a
+    /// change was announced; an idle session costs nothing between changes).
+    pub change_check_ms: u64,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        let any = |port| vec![SocketAddr::from(([0, 0, 0, 0], port))];
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7103)),
+            shutdown_grace_secs: 30,
+            imap_listen: any(143),
+            imaps_listen: any(993),
+            timeout_secs: 1800,
+            tls_handshake_timeout_secs: 30,
+            write_timeout_secs: 120,
+            max_session_secs: 24 * 3600,
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
+            ipv6_limit_prefix: 64,
+            max_password_checks: 4,
+            proxy_protocol_from: Vec::new(),
+            proxy_header_timeout_secs: 10,
+            max_errors: 20,
+            plaintext_auth: PlaintextAuth::Never,
+            auth_failure_delay_ms: 1000,
+            auth_max_failures: 5,
+            auth_failure_window_secs: 300,
+            auth_cache_secs: 300,
+            max_literal_bytes: 50 * 1024 * 1024,
+            read_batch_bytes: 1024 * 1024,
+            change_check_ms: 250,
+        }
+    }
+}
+
 /// Why a configuration could not be loaded. The message names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -792,6 +871,7 @@ impl Config {
         self.smtp.validate()?;
         self.queue.validate()?;
         self.pop3.validate()?;
+        self.imap.validate()?;
         self.addresses.validate()?;
         self.mail_auth.validate()
     }

@@ -2,8 +2,8 @@
 //! (`smtp.max_errors`).
 
 use crate::{
-    AddressesConfig, ConfigError, MailAuthConfig, Pop3Config, QueueConfig, SmtpConfig, StoreConfig,
-    TelemetryConfig, TlsConfig, is_http_url,
+    AddressesConfig, ConfigError, ImapConfig, MailAuthConfig, Pop3Config, QueueConfig, SmtpConfig,
+    StoreConfig, TelemetryConfig, TlsConfig, is_http_url,
 };
 
 /// The error for `key`, which must be fully qualified (`smtp.max_errors`).
@@ -279,5 +279,40 @@ impl Pop3Config {
             return invalid("pop3.lock_ttl_secs", "must be at least 3");
         }
         ipv6_prefix("pop3.ipv6_limit_prefix", self.ipv6_limit_prefix)
+    }
+}
+
+impl ImapConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one(&[
+            (
+                "imap.tls_handshake_timeout_secs",
+                self.tls_handshake_timeout_secs,
+            ),
+            ("imap.max_connections", u64::from(self.max_connections)),
+            (
+                "imap.max_connections_per_ip",
+                u64::from(self.max_connections_per_ip),
+            ),
+            ("imap.max_errors", u64::from(self.max_errors)),
+            ("imap.write_timeout_secs", self.write_timeout_secs),
+            ("imap.max_session_secs", self.max_session_secs),
+            (
+                "imap.max_password_checks",
+                u64::from(self.max_password_checks),
+            ),
+            ("imap.auth_max_failures", u64::from(self.auth_max_failures)),
+            (
+                "imap.proxy_header_timeout_secs",
+                self.proxy_header_timeout_secs,
+            ),
+            ("imap.max_literal_bytes", u64::from(self.max_literal_bytes)),
+            ("imap.read_batch_bytes", u64::from(self.read_batch_bytes)),
+            ("imap.change_check_ms", self.change_check_ms),
+        ])?;
+        if self.timeout_secs < 1800 {
+            return invalid("imap.timeout_secs", "must be at least 1800 (RFC 9051 5.4)");
+        }
+        ipv6_prefix("imap.ipv6_limit_prefix", self.ipv6_limit_prefix)
     }
 }

@@ -16,6 +16,7 @@ fn shipped_example_is_valid_and_documents_the_defaults() {
     expected.queue.grpc_listen = "0.0.0.0:7100".parse().unwrap();
     expected.queue.admin_token_file = Some("/run/secrets/admin_token".into());
     expected.pop3.grpc_listen = "0.0.0.0:7102".parse().unwrap();
+    expected.imap.grpc_listen = "0.0.0.0:7103".parse().unwrap();
     expected.tls.cert_path = Some("/etc/pochta/tls/cert.pem".into());
     expected.tls.key_path = Some("/etc/pochta/tls/key.pem".into());
     assert_eq!(parsed, expected);

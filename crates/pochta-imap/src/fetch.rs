@@ -323,12 +323,11 @@ fn envelope(content: &[u8]) -> Envelope<'static> {
         let Some(m) = parsed.as_ref() else {
             return Vec::new();
         };
-        let Some(value) = m.parts.first().and_then(|p| {
-            p.headers
-                .iter()
-                .find(|h| h.name == name)
-                .map(|h| &h.value)
-        }) else {
+        let Some(value) = m
+            .parts
+            .first()
+            .and_then(|p| p.headers.iter().find(|h| h.name == name).map(|h| &h.value))
+        else {
             return Vec::new();
         };
         let HeaderValue::Address(address) = value else {
@@ -339,7 +338,10 @@ fn envelope(content: &[u8]) -> Envelope<'static> {
             .map(|a| {
                 let (mailbox, host) = match a.address.as_deref().and_then(|s| s.rsplit_once('@')) {
                     Some((l, d)) => (text(l), text(d)),
-                    None => (text(a.address.as_deref().unwrap_or_default()), NString(None)),
+                    None => (
+                        text(a.address.as_deref().unwrap_or_default()),
+                        NString(None),
+                    ),
                 };
                 Address {
                     name: a.name.as_deref().map_or(NString(None), text),

@@ -10,7 +10,7 @@ mod search;
 mod session;
 mod view;
 
-pub use names::{DELIMITER, matches as list_matches, mailbox_name};
+pub use names::{DELIMITER, mailbox_name, matches as list_matches};
 pub use session::{Action, Answer, Failure, Policy, Request, Session};
 pub use view::{Changes, MailboxSummary, Message};
 

@@ -52,7 +52,10 @@ pub(crate) fn matches(
     let date = |d: &NaiveDate| *d;
     let internal = m.internal_date.with_timezone(&Utc).date_naive();
     match key {
-        SearchKey::And(keys) => keys.as_ref().iter().all(|k| matches(k, view, place, Some(content))),
+        SearchKey::And(keys) => keys
+            .as_ref()
+            .iter()
+            .all(|k| matches(k, view, place, Some(content))),
         SearchKey::Not(k) => !matches(k, view, place, Some(content)),
         SearchKey::Or(a, b) => {
             matches(a, view, place, Some(content)) || matches(b, view, place, Some(content))
@@ -163,7 +166,8 @@ mod tests {
 
     #[test]
     fn header_fields_match_by_name_and_substring_across_folds() {
-        let mail = b"From: Ann <ann@example.net>\r\nSubject: Quarterly\r\n report\r\n\r\nBody text\r\n";
+        let mail =
+            b"From: Ann <ann@example.net>\r\nSubject: Quarterly\r\n report\r\n\r\nBody text\r\n";
         assert!(field_contains(mail, b"subject", b"REPORT"));
         assert!(field_contains(mail, b"From", b"ann@"));
         assert!(!field_contains(mail, b"To", b""));

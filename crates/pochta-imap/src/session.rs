@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use imap_next::imap_types::IntoStatic;
 use imap_next::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_next::imap_types::command::{Command, CommandBody, SelectParameter};
-use imap_next::imap_types::extensions::uidplus::UidSet;
 use imap_next::imap_types::core::{Atom, Charset, Tag, Vec1};
 use imap_next::imap_types::extensions::enable::CapabilityEnable;
+use imap_next::imap_types::extensions::uidplus::UidSet;
 use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
 use imap_next::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
 use imap_next::imap_types::mailbox::Mailbox;
@@ -177,19 +177,60 @@ struct Reading {
 }
 
 enum Pending {
-    Login { tag: Tag<'static>, sasl: bool },
-    List { tag: Tag<'static>, pattern: String, lsub: bool },
-    Select { tag: Tag<'static>, read_only: bool },
-    Status { tag: Tag<'static>, items: Vec<StatusDataItemName> },
-    Done { tag: Tag<'static>, what: &'static str },
-    Append { tag: Tag<'static> },
-    FetchSeen { fetch: FetchJob },
-    Fetch { fetch: FetchJob, reading: Reading },
-    Search { tag: Tag<'static>, uid: bool, key: SearchKey<'static>, reading: Reading },
-    Store { tag: Tag<'static>, uid: bool, silent: bool, places: Vec<usize> },
-    Expunge { tag: Tag<'static>, close: bool },
-    Copy { tag: Tag<'static>, remove: bool },
-    Sync { tag: Option<Tag<'static>> },
+    Login {
+        tag: Tag<'static>,
+        sasl: bool,
+    },
+    List {
+        tag: Tag<'static>,
+        pattern: String,
+        lsub: bool,
+    },
+    Select {
+        tag: Tag<'static>,
+        read_only: bool,
+    },
+    Status {
+        tag: Tag<'static>,
+        items: Vec<StatusDataItemName>,
+    },
+    Done {
+        tag: Tag<'static>,
+        what: &'static str,
+    },
+    Append {
+        tag: Tag<'static>,
+    },
+    FetchSeen {
+        fetch: FetchJob,
+    },
+    Fetch {
+        fetch: FetchJob,
+        reading: Reading,
+    },
+    Search {
+        tag: Tag<'static>,
+        uid: bool,
+        key: SearchKey<'static>,
+        reading: Reading,
+    },
+    Store {
+        tag: Tag<'static>,
+        uid: bool,
+        silent: bool,
+        places: Vec<usize>,
+    },
+    Expunge {
+        tag: Tag<'static>,
+        close: bool,
+    },
+    Copy {
+        tag: Tag<'static>,
+        remove: bool,
+    },
+    Sync {
+        tag: Option<Tag<'static>>,
+    },
 }
 
 struct FetchJob {
@@ -361,7 +402,9 @@ impl Session {
     }
 
     fn capability_code(&self) -> Option<Code<'static>> {
-        Vec1::try_from(self.capabilities()).ok().map(Code::Capability)
+        Vec1::try_from(self.capabilities())
+            .ok()
+            .map(Code::Capability)
     }
 
     fn tagged(&mut self, status: Status<'static>) {
@@ -452,16 +495,14 @@ impl Session {
                     return self.bad(Some(tag), "Already authenticated");
                 }
                 if !(self.tls || self.policy.plaintext_auth) {
-                    let code = Code::Other(
-                        imap_next::imap_types::response::CodeOther::unvalidated(
+                    let code =
+                        Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
                             b"PRIVACYREQUIRED".as_slice(),
-                        ),
-                    );
+                        ));
                     return self.tagged(status_no(tag, Some(code), "Use TLS first"));
                 }
                 let username = String::from_utf8_lossy(username.as_ref()).into_owned();
-                let password =
-                    String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                let password = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
                 self.pending = Some(Pending::Login { tag, sasl: false });
                 self.action = Some(Action::Login { username, password });
             }
@@ -641,7 +682,9 @@ impl Session {
                 self.ok(tag, "UNSELECT completed");
             }
             CommandBody::Close => {
-                let (id, read_only) = self.view().map_or((0, true), |v| (v.mailbox.id, v.read_only));
+                let (id, read_only) = self
+                    .view()
+                    .map_or((0, true), |v| (v.mailbox.id, v.read_only));
                 if read_only {
                     self.state = State::Authenticated;
                     self.ok(tag, "CLOSE completed");
@@ -724,7 +767,8 @@ impl Session {
     }
 
     fn watching_now(&self) -> Option<(i64, u64, u32)> {
-        self.view().map(|v| (v.mailbox.id, v.mailbox.highest_modseq, v.highest_uid()))
+        self.view()
+            .map(|v| (v.mailbox.id, v.mailbox.highest_modseq, v.highest_uid()))
     }
 
     fn list(
@@ -904,8 +948,7 @@ impl Session {
                 continue;
             }
             let mut items = fetch::items(m, &job.items, content, job.uid, condstore);
-            if job.seen_now.contains(&place) && !job.items.contains(&MessageDataItemName::Flags)
-            {
+            if job.seen_now.contains(&place) && !job.items.contains(&MessageDataItemName::Flags) {
                 items.push(imap_next::imap_types::fetch::MessageDataItem::Flags(
                     fetch::flags(&m.flags),
                 ));
@@ -1030,7 +1073,13 @@ impl Session {
         self.search_next(tag, uid, key, reading);
     }
 
-    fn search_next(&mut self, tag: Tag<'static>, uid: bool, key: SearchKey<'static>, mut reading: Reading) {
+    fn search_next(
+        &mut self,
+        tag: Tag<'static>,
+        uid: bool,
+        key: SearchKey<'static>,
+        mut reading: Reading,
+    ) {
         let Some(view) = self.view() else { return };
         let batch = next_batch(view, &reading, self.policy.read_batch_bytes);
         if batch.is_empty() {
@@ -1117,7 +1166,14 @@ impl Session {
                     };
                     self.server.enqueue_data(data);
                 }
-                self.ok(tag, if lsub { "LSUB completed" } else { "LIST completed" });
+                self.ok(
+                    tag,
+                    if lsub {
+                        "LSUB completed"
+                    } else {
+                        "LIST completed"
+                    },
+                );
             }
             (Pending::Select { tag, read_only }, Answer::Selected(Ok((summary, messages)))) => {
                 self.server.enqueue_data(Data::Flags(SYSTEM_FLAGS.to_vec()));
@@ -1128,7 +1184,11 @@ impl Session {
                     SYSTEM_FLAGS.iter().cloned().map(FlagPerm::Flag).collect();
                 permanent.push(FlagPerm::Asterisk);
                 let codes = [
-                    Some(Code::PermanentFlags(if read_only { vec![] } else { permanent })),
+                    Some(Code::PermanentFlags(if read_only {
+                        vec![]
+                    } else {
+                        permanent
+                    })),
                     Some(Code::UidValidity(nonzero(summary.uid_validity))),
                     Some(Code::UidNext(nonzero(summary.uid_next))),
                     NonZeroU64::new(summary.highest_modseq)
@@ -1136,9 +1196,8 @@ impl Session {
                         .map(Code::HighestModSeq),
                 ];
                 for code in codes.into_iter().flatten() {
-                    self.server.enqueue_status(
-                        Status::ok(None, Some(code), "ok").expect("valid text"),
-                    );
+                    self.server
+                        .enqueue_status(Status::ok(None, Some(code), "ok").expect("valid text"));
                 }
                 let code = if read_only {
                     Code::ReadOnly
@@ -1157,7 +1216,9 @@ impl Session {
                     .iter()
                     .filter_map(|item| {
                         Some(match item {
-                            StatusDataItemName::Messages => StatusDataItem::Messages(counts.messages),
+                            StatusDataItemName::Messages => {
+                                StatusDataItem::Messages(counts.messages)
+                            }
                             StatusDataItemName::Recent => StatusDataItem::Recent(0),
                             StatusDataItemName::UidNext => {
                                 StatusDataItem::UidNext(nonzero(summary.uid_next))
@@ -1332,11 +1393,18 @@ impl Session {
                     self.ok(tag, "NOOP completed");
                 }
             }
-            (pending, Answer::Changes(Err(failure)) | Answer::Done(Err(failure))
-                | Answer::Mailboxes(Err(failure)) | Answer::Selected(Err(failure))
-                | Answer::Status(Err(failure)) | Answer::Placed(Err(failure))
-                | Answer::Contents(Err(failure)) | Answer::Flags(Err(failure))
-                | Answer::Expunged(Err(failure))) => {
+            (
+                pending,
+                Answer::Changes(Err(failure))
+                | Answer::Done(Err(failure))
+                | Answer::Mailboxes(Err(failure))
+                | Answer::Selected(Err(failure))
+                | Answer::Status(Err(failure))
+                | Answer::Placed(Err(failure))
+                | Answer::Contents(Err(failure))
+                | Answer::Flags(Err(failure))
+                | Answer::Expunged(Err(failure)),
+            ) => {
                 if let Some(tag) = pending.tag() {
                     self.failure(tag, failure);
                 }
@@ -1354,7 +1422,8 @@ impl Session {
     fn tell_expunged(&mut self, uids: &[u32]) {
         let mut out = Vec::new();
         if let Some(view) = self.view_mut() {
-            let mut places: Vec<usize> = uids.iter().filter_map(|u| view.index_of_uid(*u)).collect();
+            let mut places: Vec<usize> =
+                uids.iter().filter_map(|u| view.index_of_uid(*u)).collect();
             places.sort_unstable_by(|a, b| b.cmp(a));
             for p in places {
                 view.messages.remove(p);
@@ -1488,7 +1557,9 @@ impl Session {
                     return;
                 };
                 match authenticate_data {
-                    AuthenticateData::Continue(data) => self.plain(tag, &data.declassify().to_vec()),
+                    AuthenticateData::Continue(data) => {
+                        self.plain(tag, &data.declassify().to_vec())
+                    }
                     AuthenticateData::Cancel => {
                         let status = status_bad(Some(tag), "Authentication cancelled");
                         if let Err(status) = self.server.authenticate_finish(status) {
@@ -1500,10 +1571,12 @@ impl Session {
             Event::IdleCommandReceived { tag } => {
                 if matches!(self.state, State::NotAuthenticated | State::Logout) {
                     self.errors += 1;
-                    let _ = self.server.idle_reject(status_bad(Some(tag), "Log in first"));
+                    let _ = self
+                        .server
+                        .idle_reject(status_bad(Some(tag), "Log in first"));
                 } else {
-                    let idling = CommandContinuationRequest::basic(None, "idling")
-                        .expect("valid text");
+                    let idling =
+                        CommandContinuationRequest::basic(None, "idling").expect("valid text");
                     let _ = self.server.idle_accept(idling);
                     self.idling = Some(tag);
                 }
@@ -1591,7 +1664,13 @@ fn runs(values: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
 fn uid_set(uids: &[u32]) -> Option<SequenceSet> {
     let text: Vec<String> = runs(uids.iter().copied())
         .into_iter()
-        .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}:{b}") })
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}:{b}")
+            }
+        })
         .collect();
     SequenceSet::try_from(text.join(",").as_str()).ok()
 }

@@ -148,8 +148,13 @@ pub trait Handler<S: Session> {
         None
     }
 
-    /// A periodic duty, e.g. renewing a lock. An error ends the session.
-    fn duty(&mut self, _io: &mut Io) -> impl Future<Output = Result<(), Ended>> + Send {
+    /// A periodic duty, e.g. renewing a lock, or telling the session of changes made
+    /// elsewhere (what it sends goes out before the next read). An error ends the session.
+    fn duty(
+        &mut self,
+        _session: &mut S,
+        _io: &mut Io,
+    ) -> impl Future<Output = Result<(), Ended>> + Send {
         async { Ok(()) }
     }
 }
@@ -177,6 +182,8 @@ impl Driver<'_> {
         let mut buf = vec![0u8; 16 * 1024];
         let mut told_shutdown = false;
         let mut duty: Option<Interval> = None;
+        // The read timeout runs from the client's last input, not from the last duty.
+        let mut heard_at = Instant::now();
         loop {
             while let Some(output) = session.poll() {
                 match output {
@@ -230,19 +237,28 @@ impl Driver<'_> {
             } else {
                 timeouts.command
             };
-            let wait = wait.min(too_old - now);
+            if now >= heard_at + wait {
+                heard_at = now;
+                session.timed_out();
+                continue;
+            }
+            let wait = (heard_at + wait - now).min(too_old - now);
             if let Some(share) = &mut share {
                 share.hold(session.buffered_bytes(), session.in_data());
             }
             tokio::select! {
                 read = read_within(&mut io.conn, &mut buf, wait, share.as_ref()) => match read {
                     Ok(Some(0)) => return Ended::PeerClosed,
-                    Ok(Some(n)) => session.feed(&buf[..n]),
-                    Ok(None) => session.timed_out(),
+                    Ok(Some(n)) => {
+                        heard_at = Instant::now();
+                        session.feed(&buf[..n]);
+                    }
+                    // Both deadlines are checked above, before the next read.
+                    Ok(None) => {}
                     Err(e) => return Ended::Failed(format!("reading: {e}")),
                 },
                 _ = tick(&mut duty) => {
-                    if let Err(ended) = handler.duty(&mut io).await {
+                    if let Err(ended) = handler.duty(&mut session, &mut io).await {
                         return ended;
                     }
                 }
@@ -398,6 +414,81 @@ impl Drop for Share<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Says nothing; closes once told it timed out.
+    struct Quiet {
+        timed_out: bool,
+    }
+
+    impl Session for Quiet {
+        type Action = ();
+        fn feed(&mut self, _: &[u8]) {}
+        fn poll(&mut self) -> Option<Output<()>> {
+            self.timed_out.then_some(Output::Close)
+        }
+        fn tls_established(&mut self) {}
+        fn timed_out(&mut self) {
+            self.timed_out = true;
+        }
+        fn shutting_down(&mut self) {}
+        fn interruptible(&self) -> bool {
+            false
+        }
+    }
+
+    /// A duty every 10 ms, as a session holding a lock or watching a mailbox has.
+    struct Dutiful {
+        duties: u32,
+    }
+
+    impl Handler<Quiet> for Dutiful {
+        async fn perform(&mut self, _: (), _: &mut Quiet, _: &mut Io) -> Result<(), Ended> {
+            Ok(())
+        }
+        fn duty_period(&self) -> Option<Duration> {
+            Some(Duration::from_millis(10))
+        }
+        async fn duty(&mut self, _: &mut Quiet, _: &mut Io) -> Result<(), Ended> {
+            self.duties += 1;
+            Ok(())
+        }
+    }
+
+    /// A silent client times out although the session's duty runs many times meanwhile: the
+    /// read timeout counts from the client's last input, not from the last duty.
+    #[tokio::test]
+    async fn duties_do_not_keep_a_silent_client_alive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        let shutdown = Shutdown { rx };
+        let driver = Driver {
+            tls: None,
+            timeouts: Timeouts {
+                command: Duration::from_millis(300),
+                data: Duration::from_millis(300),
+                handshake: Duration::from_secs(1),
+                write: Duration::from_secs(1),
+                session: Duration::from_secs(3600),
+            },
+            memory: None,
+            shutdown: &shutdown,
+        };
+        let mut handler = Dutiful { duties: 0 };
+        let session = Quiet { timed_out: false };
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            driver.drive(Conn::Plain(server), session, false, &mut handler),
+        )
+        .await
+        .expect("the session timed out");
+        assert!(matches!(ended, Ended::Closed), "{ended:?}");
+        assert!(handler.duties >= 5, "{} duties", handler.duties);
+        drop(client);
+    }
 
     #[tokio::test]
     async fn past_the_budget_only_the_first_receiver_reads() {

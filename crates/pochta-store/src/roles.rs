@@ -2,34 +2,42 @@
 //! its queries need. The ingress adds mail and reads accounts, never changes or deletes
 //! anything; the queue works the queue and adds maildrop entries but cannot delete them or
 //! touch POP3 locks; POP3 reads and deletes maildrop entries and keeps its locks but cannot
-//! see the queue. Only the owner (`pochtactl migrate`) changes the schema or manages accounts.
+//! see the queue; IMAP works the mailboxes and their entries, and adds content only by APPEND.
+//! Only the owner (`pochtactl migrate`) changes the schema or manages accounts.
 
 use sqlx::AssertSqlSafe;
 
 use crate::server::checked_name;
 use crate::{Result, Store};
 
-/// The database roles of the three services.
+/// The database roles of the four services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceRoles {
     pub ingress: String,
     pub queue: String,
     pub pop3: String,
+    pub imap: String,
 }
 
 impl ServiceRoles {
-    /// `{prefix}_ingress`, `{prefix}_queue`, `{prefix}_pop3`.
+    /// `{prefix}_ingress`, `{prefix}_queue`, `{prefix}_pop3`, `{prefix}_imap`.
     pub fn with_prefix(prefix: &str) -> Self {
         ServiceRoles {
             ingress: format!("{prefix}_ingress"),
             queue: format!("{prefix}_queue"),
             pop3: format!("{prefix}_pop3"),
+            imap: format!("{prefix}_imap"),
         }
+    }
+
+    /// Every role, for creating and checking them.
+    pub fn all(&self) -> [&str; 4] {
+        [&self.ingress, &self.queue, &self.pop3, &self.imap]
     }
 }
 
 impl Default for ServiceRoles {
-    /// `pochta_ingress`, `pochta_queue`, `pochta_pop3`.
+    /// `pochta_ingress`, `pochta_queue`, `pochta_pop3`, `pochta_imap`.
     fn default() -> Self {
         Self::with_prefix("pochta")
     }
@@ -90,6 +98,23 @@ const POP3: Grants = &[
     ("SELECT, INSERT, UPDATE, DELETE", "maildrop_locks"),
 ];
 
+const IMAP: Grants = &[
+    (
+        "SELECT",
+        "_sqlx_migrations, domains, accounts, messages, message_chunks",
+    ),
+    // APPEND makes a message: its row and chunks.
+    ("INSERT", "messages, message_chunks"),
+    (
+        "USAGE",
+        "SEQUENCE messages_id_seq, mailbox_uid_validity_seq",
+    ),
+    (
+        "SELECT, INSERT, UPDATE, DELETE",
+        "mailboxes, maildrop_entries",
+    ),
+];
+
 impl Store {
     /// Gives each service role exactly its privileges on the current schema, first taking
     /// away whatever it had, in one transaction. Run after every migration (new tables start
@@ -100,6 +125,7 @@ impl Store {
             (&roles.ingress, INGRESS),
             (&roles.queue, QUEUE),
             (&roles.pop3, POP3),
+            (&roles.imap, IMAP),
         ] {
             let role = checked_name("role name", role)?;
             let mut statements = vec![

@@ -82,6 +82,7 @@ pub struct ServiceUrls {
     pub ingress: String,
     pub queue: String,
     pub pop3: String,
+    pub imap: String,
 }
 
 /// A database of its own for one test, migrated to the current schema, dropped on drop.
@@ -175,7 +176,7 @@ impl TestDb {
     /// every test) granted on this database, and the URLs that log in as them.
     pub async fn service_roles(&self) -> anyhow::Result<ServiceUrls> {
         let roles = pochta_store::ServiceRoles::with_prefix(TEST_ROLE_PREFIX);
-        for role in [&roles.ingress, &roles.queue, &roles.pop3] {
+        for role in roles.all() {
             self.store.ensure_login_role(role).await?;
         }
         self.store.grant_service_roles(&roles).await?;
@@ -183,6 +184,7 @@ impl TestDb {
             ingress: self.url_as(&roles.ingress),
             queue: self.url_as(&roles.queue),
             pop3: self.url_as(&roles.pop3),
+            imap: self.url_as(&roles.imap),
         })
     }
 

@@ -192,7 +192,7 @@ impl Admin {
                 .await
                 .context("granting the service roles (do they exist?)")?;
         }
-        let granted = roles.as_ref().map(|r| [&r.ingress, &r.queue, &r.pop3]);
+        let granted = roles.as_ref().map(|r| r.all());
         self.say(
             json!({"from_version": before, "to_version": after, "granted_roles": granted}),
             || {

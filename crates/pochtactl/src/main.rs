@@ -37,7 +37,7 @@ enum Command {
     /// Apply the store's schema migrations (safe to run again, and from several hosts).
     Migrate {
         /// Then give the services' database roles (PREFIX_ingress, PREFIX_queue, PREFIX_pop3,
-        /// which must exist) exactly the privileges each needs, and nothing more.
+        /// PREFIX_imap, which must exist) exactly the privileges each needs, and nothing more.
         #[arg(long)]
         grant_roles: bool,
         #[arg(long, value_name = "PREFIX", default_value = "pochta")]

@@ -282,7 +282,7 @@ impl Handler<Session> for Connection {
         self.locked.as_ref().map(|_| LOCK_CHECK)
     }
 
-    async fn duty(&mut self, io: &mut Io) -> Result<(), Ended> {
+    async fn duty(&mut self, _session: &mut Session, io: &mut Io) -> Result<(), Ended> {
         if !self.locked.as_ref().is_some_and(|l| l.keeper.lost()) {
             return Ok(());
         }

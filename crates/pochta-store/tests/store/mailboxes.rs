@@ -358,7 +358,10 @@ async fn mailboxes_are_made_renamed_subscribed_and_deleted() {
         store.rename_mailbox(account, "Jobs", "INBOX").await,
         store.delete_mailbox(account, "INBOX").await,
     ] {
-        assert!(matches!(refused, Err(StoreError::InboxFixed)), "{refused:?}");
+        assert!(
+            matches!(refused, Err(StoreError::InboxFixed)),
+            "{refused:?}"
+        );
     }
 
     assert!(store.set_subscribed(account, "Jobs", false).await.unwrap());
@@ -550,9 +553,15 @@ async fn without_an_inbox_mail_stays_queued_not_lost() {
         account_id: account,
         header_prefix: PREFIX.to_vec(),
     };
-    let done = store.deliver_many_to_maildrops("w", &[delivery]).await.unwrap();
+    let done = store
+        .deliver_many_to_maildrops("w", &[delivery])
+        .await
+        .unwrap();
     assert_eq!(done, [LocalDelivery::AlreadyFinal]);
     let counts = store.counts().await.unwrap();
     assert_eq!(counts.maildrop_entries, 0);
-    assert_eq!(counts.recipients_in(pochta_store::RecipientState::Queued), 1);
+    assert_eq!(
+        counts.recipients_in(pochta_store::RecipientState::Queued),
+        1
+    );
 }

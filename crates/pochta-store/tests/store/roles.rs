@@ -30,6 +30,7 @@ struct Roles {
     ingress: Store,
     queue: Store,
     pop3: Store,
+    imap: Store,
 }
 
 async fn roles() -> Roles {
@@ -41,10 +42,11 @@ async fn roles() -> Roles {
         ingress: connect(&urls.ingress).await,
         queue: connect(&urls.queue).await,
         pop3: connect(&urls.pop3).await,
+        imap: connect(&urls.imap).await,
         db,
         alice,
     };
-    for store in [&r.ingress, &r.queue, &r.pop3] {
+    for store in [&r.ingress, &r.queue, &r.pop3, &r.imap] {
         store.check_schema().await.unwrap();
     }
     r
@@ -173,4 +175,64 @@ async fn the_pop3_role_serves_maildrops_and_nothing_else() {
     );
     let other = envelope(vec![recipient("x@example.org")]);
     denied("adds mail", pop3.enqueue(&other, CONTENT).await);
+}
+
+/// IMAP works the account's mailboxes: makes them, appends, copies, flags, expunges; it never
+/// sees the queue and cannot take POP3's lock.
+#[tokio::test]
+async fn the_imap_role_works_mailboxes_and_nothing_else() {
+    let Roles {
+        db, imap, alice, ..
+    } = &roles().await;
+    let store = db.store();
+    let mail = for_alice();
+    store.enqueue(&mail, CONTENT).await.unwrap();
+    let claimed = store.claim_due("q", Claim::Local, 1, LEASE).await.unwrap();
+    store
+        .deliver_to_maildrop("q", claimed[0].recipient_id, *alice, b"")
+        .await
+        .unwrap();
+    imap.ensure_default_mailboxes(*alice).await.unwrap();
+    let inbox = imap.mailbox(*alice, "INBOX").await.unwrap().unwrap();
+    let work = imap.create_mailbox(*alice, "Work", None).await.unwrap();
+    let seen = ["\\Seen".to_string()];
+    let flagged = imap.store_flags(inbox.id, &[1], pochta_store::FlagChange::Add, &seen, None);
+    assert_eq!(flagged.await.unwrap().changed.len(), 1);
+    imap.copy_messages(inbox.id, &[1], work.id, true)
+        .await
+        .unwrap();
+    imap.append_message(work.id, CONTENT, &[], None)
+        .await
+        .unwrap();
+    let entries = imap.mailbox_messages(work.id).await.unwrap();
+    let ids: Vec<i64> = entries.iter().map(|e| e.entry_id).collect();
+    assert_eq!(
+        imap.maildrop_entries_whole(*alice, &ids)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    imap.store_flags(
+        work.id,
+        &[1, 2],
+        pochta_store::FlagChange::Add,
+        &["\\Deleted".into()],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(imap.expunge(work.id, None).await.unwrap(), [1, 2]);
+    assert!(imap.delete_mailbox(*alice, "Work").await.unwrap());
+    denied(
+        "reads the queue",
+        imap.envelope_detail(mail.queue_id.as_str()).await,
+    );
+    denied("claims", imap.claim_due("i", Claim::Remote, 1, LEASE).await);
+    denied(
+        "takes POP3 locks",
+        imap.lock_maildrop(*alice, "i", LEASE).await,
+    );
+    let other = envelope(vec![recipient("x@example.org")]);
+    denied("adds queued mail", imap.enqueue(&other, CONTENT).await);
 }
