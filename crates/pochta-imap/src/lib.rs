@@ -11,7 +11,9 @@ mod session;
 mod view;
 
 pub use names::{DELIMITER, mailbox_name, matches as list_matches};
-pub use session::{Action, Answer, Failure, Policy, Request, Session};
+pub use session::{
+    Action, Answer, Counts, Failure, FlagChange, LoginResult, Policy, Request, Session,
+};
 pub use view::{Changes, MailboxSummary, Message};
 
 pub use imap_next::imap_types;

@@ -252,7 +252,9 @@ pub struct Session {
     errors: usize,
     condstore: bool,
     idling: Option<Tag<'static>>,
+    /// STARTTLS answered OK; once that OK is out, the handshake.
     starttls: bool,
+    starttls_ready: bool,
     closing: bool,
     closed: bool,
 }
@@ -314,6 +316,7 @@ impl Session {
             condstore: false,
             idling: None,
             starttls: false,
+            starttls_ready: false,
             closing: false,
             closed: false,
         }
@@ -347,6 +350,11 @@ impl Session {
             )),
             _ => None,
         }
+    }
+
+    /// The selected mailbox's id, whatever the session is doing.
+    pub fn selected(&self) -> Option<i64> {
+        self.view().map(|v| v.mailbox.id)
     }
 
     /// Changes found while the session waited for input (or idled): told to the client now.
@@ -1707,9 +1715,9 @@ impl pochta_session::Session for Session {
             return None;
         }
         loop {
-            if self.starttls && !self.closing {
+            if self.starttls_ready {
                 // The OK has been handed out; nothing after STARTTLS is read in the clear.
-                self.starttls = false;
+                self.starttls_ready = false;
                 return Some(Output::StartTls);
             }
             match self.server.next() {
@@ -1719,7 +1727,11 @@ impl pochta_session::Session for Session {
                         return Some(Output::Action(action));
                     }
                 }
-                Err(Interrupt::Io(Io::Output(bytes))) => return Some(Output::Send(bytes)),
+                Err(Interrupt::Io(Io::Output(bytes))) => {
+                    // STARTTLS's OK is the last thing queued: the handshake comes next.
+                    self.starttls_ready = std::mem::take(&mut self.starttls);
+                    return Some(Output::Send(bytes));
+                }
                 Err(Interrupt::Io(Io::NeedMoreInput)) => {
                     if self.closing {
                         self.closed = true;

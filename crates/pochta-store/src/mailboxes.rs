@@ -234,21 +234,32 @@ impl Store {
         Ok((changed, present))
     }
 
-    /// Makes a mailbox; `MailboxExists` if the account has one of that name.
+    /// Makes a mailbox, and the levels above it that do not exist yet (RFC 9051 6.3.4: "a/b"
+    /// makes "a" too); `MailboxExists` if the account has one of that name.
     pub async fn create_mailbox(
         &self,
         account_id: i64,
         name: &str,
         special_use: Option<&str>,
     ) -> Result<MailboxInfo> {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let parents: Vec<&str> = name.match_indices('/').map(|(at, _)| &name[..at]).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO mailboxes (account_id, name) SELECT $1, unnest($2::text[])
+             ON CONFLICT (account_id, name) DO NOTHING",
+        )
+        .bind(account_id)
+        .bind(&parents)
+        .execute(&mut *tx)
+        .await?;
+        let made = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "INSERT INTO mailboxes (account_id, name, special_use) VALUES ($1, $2, $3)
              RETURNING {MAILBOX_COLUMNS}"
         )))
         .bind(account_id)
         .bind(name)
         .bind(special_use)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
             if StoreError::is_unique_violation(&e) {
@@ -256,7 +267,9 @@ impl Store {
             } else {
                 e.into()
             }
-        })
+        })?;
+        tx.commit().await?;
+        Ok(made)
     }
 
     /// Deletes a mailbox and the messages in it. False if there is none of that name. INBOX

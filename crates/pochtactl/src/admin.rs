@@ -202,10 +202,7 @@ impl Admin {
                     format!("migrated schema from version {before} to {after}")
                 };
                 match granted {
-                    Some(roles) => format!(
-                        "{schema}; privileges granted to {}",
-                        roles.map(|r| r.as_str()).join(", ")
-                    ),
+                    Some(roles) => format!("{schema}; privileges granted to {}", roles.join(", ")),
                     None => schema,
                 }
             },

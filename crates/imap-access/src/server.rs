@@ -1,0 +1,593 @@
+//! Listeners, connection limits, and each connection's `pochta_imap::Session` run by the
+//! shared driver (`pochta_service::drive`): this logs in, answers the session's requests
+//! from the store, and, while the session waits for input, tells it of changes the store
+//! announced for its mailbox (`watch.rs`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
+use pochta_config::{Config, PlaintextAuth};
+use pochta_imap::{
+    Action, Answer, Changes, Failure, FlagChange, LoginResult, MailboxSummary, Message, Policy,
+    Request, Session,
+};
+use pochta_service::Shutdown;
+use pochta_service::conn::Conn;
+use pochta_service::drive::{Driver, Ended, Handler, Io, Timeouts};
+use pochta_service::limits::{ConnectionLimiter, Refusal};
+use pochta_service::listen::ProxyPeers;
+use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
+use pochta_store::{MailboxInfo, MailboxMessage, Store, StoreError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::watch::{MailboxWatch, Seen};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Imap,
+    Imaps,
+}
+
+impl ListenerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Imap => "imap",
+            ListenerKind::Imaps => "imaps",
+        }
+    }
+}
+
+struct Metrics {
+    sessions: Counter<u64>,
+    logins: Counter<u64>,
+    commands: Counter<u64>,
+}
+
+/// Everything the connections of this process share.
+pub struct Server {
+    store: Store,
+    logins: Authenticator,
+    tls: Option<TlsAcceptor>,
+    limiter: ConnectionLimiter,
+    proxy_peers: ProxyPeers,
+    plaintext_auth: PlaintextAuth,
+    max_errors: usize,
+    max_literal: u32,
+    read_batch_bytes: u64,
+    change_check: Duration,
+    timeouts: Timeouts,
+    watch: Arc<MailboxWatch>,
+    metrics: Metrics,
+}
+
+impl Server {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        tls: Option<TlsAcceptor>,
+        watch: Arc<MailboxWatch>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let imap = &config.imap;
+        let meter = opentelemetry::global::meter("imap-access");
+        Ok(Arc::new(Server {
+            logins: Authenticator::new(
+                store.clone(),
+                LoginRules {
+                    max_failures: imap.auth_max_failures,
+                    failure_window: Duration::from_secs(imap.auth_failure_window_secs),
+                    failure_delay: Duration::from_millis(imap.auth_failure_delay_ms),
+                    cache_ttl: Duration::from_secs(imap.auth_cache_secs),
+                    ipv6_prefix: imap.ipv6_limit_prefix,
+                    max_checks: imap.max_password_checks as usize,
+                    check_wait: Duration::from_secs(10),
+                },
+            )?,
+            store,
+            tls,
+            limiter: ConnectionLimiter::new(
+                imap.max_connections as usize,
+                imap.max_connections_per_ip as usize,
+                imap.ipv6_limit_prefix,
+            ),
+            proxy_peers: ProxyPeers {
+                trusted: imap.proxy_protocol_from.clone(),
+                header_timeout: Duration::from_secs(imap.proxy_header_timeout_secs),
+            },
+            plaintext_auth: imap.plaintext_auth,
+            max_errors: imap.max_errors as usize,
+            max_literal: imap.max_literal_bytes,
+            read_batch_bytes: u64::from(imap.read_batch_bytes),
+            change_check: Duration::from_millis(imap.change_check_ms),
+            // One inactivity timeout: a literal is part of its command.
+            timeouts: Timeouts {
+                command: Duration::from_secs(imap.timeout_secs),
+                data: Duration::from_secs(imap.timeout_secs),
+                handshake: Duration::from_secs(imap.tls_handshake_timeout_secs),
+                write: Duration::from_secs(imap.write_timeout_secs),
+                session: Duration::from_secs(imap.max_session_secs),
+            },
+            watch,
+            metrics: Metrics {
+                sessions: meter
+                    .u64_counter("pochta.imap.sessions")
+                    .with_description("IMAP sessions opened")
+                    .build(),
+                logins: meter
+                    .u64_counter("pochta.imap.logins")
+                    .with_description("IMAP logins, by result")
+                    .build(),
+                commands: meter
+                    .u64_counter("pochta.imap.store_requests")
+                    .with_description("IMAP requests answered from the store, by kind")
+                    .build(),
+            },
+        }))
+    }
+
+    /// Accepts on every listener until shutdown, then gives open sessions `grace` to end.
+    pub async fn serve(
+        self: Arc<Self>,
+        listeners: Vec<(TcpListener, ListenerKind)>,
+        shutdown: Shutdown,
+        grace: Duration,
+    ) {
+        let stop = shutdown.clone();
+        let refusal = |refused, kind| {
+            let line = match refused {
+                Refusal::TooManyConnections => "* BYE [UNAVAILABLE] Too many connections\r\n",
+                Refusal::TooManyFromAddress => {
+                    "* BYE [UNAVAILABLE] Too many connections from your address\r\n"
+                }
+            };
+            // Nothing in the clear on the implicit-TLS port.
+            (kind == ListenerKind::Imap).then_some(line)
+        };
+        pochta_service::listen::serve(
+            listeners,
+            shutdown,
+            grace,
+            self.limiter.clone(),
+            self.proxy_peers.clone(),
+            refusal,
+            move |tcp, peer, kind| self.clone().session(tcp, peer, kind, stop.clone()),
+        )
+        .await;
+    }
+
+    fn session(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        kind: ListenerKind,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let client = peer.ip();
+        self.metrics
+            .sessions
+            .add(1, &[KeyValue::new("listener", kind.name())]);
+        let span = tracing::info_span!("imap.session", %client, listener = kind.name(), user = tracing::field::Empty);
+        async move {
+            let session = Session::new(self.policy(kind, client));
+            let driver = Driver {
+                tls: self.tls.as_ref(),
+                timeouts: self.timeouts,
+                memory: None,
+                shutdown: &shutdown,
+            };
+            let mut connection = Connection {
+                server: self.clone(),
+                client,
+                account_id: None,
+                watching: None,
+            };
+            let ended = driver
+                .drive(
+                    Conn::Plain(tcp),
+                    session,
+                    kind == ListenerKind::Imaps,
+                    &mut connection,
+                )
+                .await;
+            connection.unwatch();
+            tracing::debug!(?ended, "session ended");
+        }
+        .instrument(span)
+    }
+
+    fn policy(&self, kind: ListenerKind, client: IpAddr) -> Policy {
+        Policy {
+            starttls_available: self.tls.is_some() && kind == ListenerKind::Imap,
+            implicit_tls: kind == ListenerKind::Imaps,
+            plaintext_auth: match self.plaintext_auth {
+                PlaintextAuth::Never => false,
+                PlaintextAuth::Loopback => client.is_loopback(),
+                PlaintextAuth::Always => true,
+            },
+            max_errors: self.max_errors,
+            max_literal: self.max_literal,
+            read_batch_bytes: self.read_batch_bytes,
+        }
+    }
+}
+
+/// One client's connection: its account once logged in, and the mailbox it watches.
+pub struct Connection {
+    server: Arc<Server>,
+    client: IpAddr,
+    account_id: Option<i64>,
+    watching: Option<(i64, Seen)>,
+}
+
+impl Connection {
+    fn unwatch(&mut self) {
+        if let Some((id, _)) = self.watching.take() {
+            self.server.watch.unwatch(id);
+        }
+    }
+
+    async fn login(&mut self, username: &str, password: String) -> LoginResult {
+        let server = &self.server;
+        let account = match server.logins.login(username, password, self.client).await {
+            LoginOutcome::Success(account) => account,
+            LoginOutcome::Failure => return LoginResult::BadCredentials,
+            LoginOutcome::RateLimited => return LoginResult::RateLimited,
+            LoginOutcome::TemporaryFailure => return LoginResult::TemporaryFailure,
+        };
+        if let Err(e) = server.store.ensure_default_mailboxes(account.id).await {
+            tracing::error!("making the default mailboxes failed: {e}");
+            return LoginResult::TemporaryFailure;
+        }
+        tracing::Span::current()
+            .record("user", format!("{}@{}", account.local_part, account.domain));
+        self.account_id = Some(account.id);
+        LoginResult::Ok
+    }
+
+    async fn run(&mut self, request: Request) -> Answer {
+        let Some(account) = self.account_id else {
+            // The session asks only once logged in.
+            return Answer::Done(Err(Failure::Temporary));
+        };
+        let store = &self.server.store;
+        let kind = request_kind(&request);
+        self.server
+            .metrics
+            .commands
+            .add(1, &[KeyValue::new("request", kind)]);
+        match request {
+            Request::Mailboxes => Answer::Mailboxes(
+                store
+                    .list_mailboxes(account)
+                    .await
+                    .map(|list| list.into_iter().map(summary).collect())
+                    .map_err(failure),
+            ),
+            Request::Select { name } => Answer::Selected(self.select(account, &name).await),
+            Request::Status { name } => Answer::Status(
+                async {
+                    let mailbox = store
+                        .mailbox(account, &name)
+                        .await?
+                        .ok_or(StoreError::UnknownMailbox(name))?;
+                    let counts = store.mailbox_counts(mailbox.id).await?;
+                    Ok((
+                        summary(mailbox),
+                        pochta_imap::Counts {
+                            messages: clamp(counts.messages),
+                            unseen: clamp(counts.unseen),
+                            deleted: clamp(counts.deleted),
+                            size: counts.size.max(0) as u64,
+                        },
+                    ))
+                }
+                .await
+                .map_err(failure),
+            ),
+            Request::Create { name } => Answer::Done(
+                store
+                    .create_mailbox(account, &name, None)
+                    .await
+                    .map(drop)
+                    .map_err(failure),
+            ),
+            Request::Delete { name } => Answer::Done(found(
+                store.delete_mailbox(account, &name).await.map_err(failure),
+            )),
+            Request::Rename { from, to } => Answer::Done(found(
+                store
+                    .rename_mailbox(account, &from, &to)
+                    .await
+                    .map_err(failure),
+            )),
+            Request::Subscribe { name, on } => Answer::Done(found(
+                store
+                    .set_subscribed(account, &name, on)
+                    .await
+                    .map_err(failure),
+            )),
+            Request::Append {
+                name,
+                content,
+                flags,
+                date,
+            } => Answer::Placed(
+                async {
+                    let mailbox = store
+                        .mailbox(account, &name)
+                        .await?
+                        .ok_or(StoreError::UnknownMailbox(name))?;
+                    store
+                        .append_message(mailbox.id, &content, &flags, date)
+                        .await
+                }
+                .await
+                .map(placed)
+                .map_err(failure),
+            ),
+            Request::Contents { entry_ids } => Answer::Contents(
+                store
+                    .maildrop_entries_whole(account, &entry_ids)
+                    .await
+                    .map(|list| list.into_iter().collect::<HashMap<_, _>>())
+                    .map_err(failure),
+            ),
+            Request::StoreFlags {
+                mailbox_id,
+                uids,
+                change,
+                flags,
+                unchanged_since,
+            } => {
+                let uids: Vec<i64> = uids.into_iter().map(i64::from).collect();
+                let change = match change {
+                    FlagChange::Add => pochta_store::FlagChange::Add,
+                    FlagChange::Remove => pochta_store::FlagChange::Remove,
+                    FlagChange::Replace => pochta_store::FlagChange::Replace,
+                };
+                let since = unchanged_since.map(|n| n.min(i64::MAX as u64) as i64);
+                Answer::Flags(
+                    store
+                        .store_flags(mailbox_id, &uids, change, &flags, since)
+                        .await
+                        .map(|stored| {
+                            (
+                                stored.changed.into_iter().map(message).collect(),
+                                stored.modified.into_iter().map(clamp).collect(),
+                            )
+                        })
+                        .map_err(failure),
+                )
+            }
+            Request::Expunge { mailbox_id, uids } => {
+                let uids: Option<Vec<i64>> = uids.map(|u| u.into_iter().map(i64::from).collect());
+                Answer::Expunged(
+                    store
+                        .expunge(mailbox_id, uids.as_deref())
+                        .await
+                        .map(|gone| gone.into_iter().map(clamp).collect())
+                        .map_err(failure),
+                )
+            }
+            Request::Copy {
+                mailbox_id,
+                uids,
+                to,
+                remove,
+            } => {
+                let uids: Vec<i64> = uids.into_iter().map(i64::from).collect();
+                Answer::Placed(
+                    async {
+                        let target = store
+                            .mailbox(account, &to)
+                            .await?
+                            .ok_or(StoreError::UnknownMailbox(to))?;
+                        store
+                            .copy_messages(mailbox_id, &uids, target.id, remove)
+                            .await
+                    }
+                    .await
+                    .map(placed)
+                    .map_err(failure),
+                )
+            }
+            Request::Changes {
+                mailbox_id,
+                since_modseq,
+                known_uid_max,
+            } => Answer::Changes(changes(store, mailbox_id, since_modseq, known_uid_max).await),
+        }
+    }
+
+    /// SELECT: watches the mailbox before reading it, so no change in between goes unheard.
+    async fn select(
+        &mut self,
+        account: i64,
+        name: &str,
+    ) -> Result<(MailboxSummary, Vec<Message>), Failure> {
+        self.unwatch();
+        let store = &self.server.store;
+        let mailbox = store
+            .mailbox(account, name)
+            .await
+            .map_err(failure)?
+            .ok_or(Failure::NoSuchMailbox)?;
+        let seen = self.server.watch.watch(mailbox.id);
+        self.watching = Some((mailbox.id, seen));
+        let messages = store.mailbox_messages(mailbox.id).await.map_err(failure)?;
+        // Read after the messages: UIDNEXT and HIGHESTMODSEQ cover everything listed.
+        let mailbox = store
+            .mailbox_by_id(mailbox.id)
+            .await
+            .map_err(failure)?
+            .ok_or(Failure::NoSuchMailbox)?;
+        Ok((
+            summary(mailbox),
+            messages.into_iter().map(message).collect(),
+        ))
+    }
+}
+
+async fn changes(
+    store: &Store,
+    mailbox_id: i64,
+    since_modseq: u64,
+    known_uid_max: u32,
+) -> Result<Changes, Failure> {
+    let since = since_modseq.min(i64::MAX as u64) as i64;
+    let (changed, present) = store
+        .mailbox_changes(mailbox_id, since, i64::from(known_uid_max))
+        .await
+        .map_err(failure)?;
+    let mailbox = store.mailbox_by_id(mailbox_id).await.map_err(failure)?;
+    Ok(Changes {
+        mailbox: mailbox.map(summary),
+        changed: changed.into_iter().map(message).collect(),
+        present: present.into_iter().map(clamp).collect(),
+    })
+}
+
+fn request_kind(request: &Request) -> &'static str {
+    match request {
+        Request::Mailboxes => "list",
+        Request::Select { .. } => "select",
+        Request::Status { .. } => "status",
+        Request::Create { .. } => "create",
+        Request::Delete { .. } => "delete",
+        Request::Rename { .. } => "rename",
+        Request::Subscribe { .. } => "subscribe",
+        Request::Append { .. } => "append",
+        Request::Contents { .. } => "contents",
+        Request::StoreFlags { .. } => "store",
+        Request::Expunge { .. } => "expunge",
+        Request::Copy { .. } => "copy",
+        Request::Changes { .. } => "changes",
+    }
+}
+
+/// UIDs, counts and sizes are 32-bit in IMAP; the store's columns are checked to fit.
+fn clamp(n: i64) -> u32 {
+    n.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+fn summary(m: MailboxInfo) -> MailboxSummary {
+    MailboxSummary {
+        id: m.id,
+        name: m.name,
+        special_use: m.special_use,
+        subscribed: m.subscribed,
+        uid_validity: clamp(m.uid_validity),
+        uid_next: clamp(m.uid_next),
+        highest_modseq: m.highest_modseq.max(0) as u64,
+    }
+}
+
+fn message(m: MailboxMessage) -> Message {
+    Message {
+        entry_id: m.entry_id,
+        uid: clamp(m.uid),
+        flags: m.flags,
+        modseq: m.modseq.max(0) as u64,
+        size: clamp(m.size),
+        internal_date: m.internal_date,
+    }
+}
+
+fn placed(p: pochta_store::Placed) -> (u32, Vec<(u32, u32)>) {
+    (
+        clamp(p.uid_validity),
+        p.uids
+            .into_iter()
+            .map(|(a, b)| (clamp(a), clamp(b)))
+            .collect(),
+    )
+}
+
+fn found(done: Result<bool, Failure>) -> Result<(), Failure> {
+    match done {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Failure::NoSuchMailbox),
+        Err(e) => Err(e),
+    }
+}
+
+fn failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::UnknownMailbox(_) => Failure::NoSuchMailbox,
+        StoreError::MailboxExists(_) => Failure::AlreadyExists,
+        StoreError::InboxFixed => Failure::Refused("INBOX cannot be deleted or renamed".into()),
+        e => {
+            tracing::error!("store request failed: {e}");
+            Failure::Temporary
+        }
+    }
+}
+
+impl Handler<Session> for Connection {
+    async fn perform(
+        &mut self,
+        action: Action,
+        session: &mut Session,
+        _io: &mut Io,
+    ) -> Result<(), Ended> {
+        match action {
+            Action::Login { username, password } => {
+                let result = self.login(&username, password).await;
+                let name = match &result {
+                    LoginResult::Ok => "ok",
+                    LoginResult::BadCredentials => "bad_credentials",
+                    LoginResult::RateLimited => "rate_limited",
+                    LoginResult::TemporaryFailure => "temporary_failure",
+                };
+                let logins = &self.server.metrics.logins;
+                logins.add(1, &[KeyValue::new("result", name)]);
+                session.login_result(result);
+            }
+            Action::Run(request) => {
+                let answer = self.run(request).await;
+                session.answer(answer);
+                if session.selected() != self.watching.map(|(id, _)| id) {
+                    // Unselected, or the select failed.
+                    self.unwatch();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn duty_period(&self) -> Option<Duration> {
+        self.watching.map(|_| self.server.change_check)
+    }
+
+    /// Tells a session waiting for input (or idling) what changed in its mailbox, when a
+    /// change was announced since it last looked.
+    async fn duty(&mut self, session: &mut Session, _io: &mut Io) -> Result<(), Ended> {
+        let Some((id, seen)) = self.watching else {
+            return Ok(());
+        };
+        if session.selected() != Some(id) {
+            // UNSELECT, CLOSE or LOGOUT, which need nothing from the store.
+            self.unwatch();
+            return Ok(());
+        }
+        let Some((mailbox_id, since, known_max)) = session.watching() else {
+            return Ok(());
+        };
+        let now = self.server.watch.now(id);
+        if now == seen || mailbox_id != id {
+            return Ok(());
+        }
+        self.watching = Some((id, now));
+        match changes(&self.server.store, mailbox_id, since, known_max).await {
+            Ok(changes) => session.apply_changes(changes),
+            // Looked at again after the next announcement.
+            Err(_) => self.watching = Some((id, seen)),
+        }
+        Ok(())
+    }
+}

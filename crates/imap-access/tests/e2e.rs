@@ -1,0 +1,410 @@
+//! The whole path with the real binaries and independent clients: mail sent with smtplib is
+//! accepted by smtp-ingress, delivered by delivery-queue, and read with Python's imaplib (and
+//! imapclient) from imap-access over implicit TLS and STARTTLS; flags, APPEND, MOVE, EXPUNGE,
+//! IDLE across two replicas, and POP3 deleting under an IMAP session. Needs
+//! `cargo test --workspace` (the other services' binaries).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pochta_store::DomainRole;
+use pochta_testkit::{ServiceProcess, TestCerts, TestDb, free_addr, python, workspace_binary};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_imap-access");
+
+fn sha256_hex(octets: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, octets);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+const ALICE: &str = "alice@example.org";
+const PW: &str = "imap pass";
+
+struct Stack {
+    db: TestDb,
+    certs: TestCerts,
+    account: i64,
+    mx: SocketAddr,
+    /// Two imap-access replicas: (imap, imaps) each.
+    imap: Vec<(SocketAddr, SocketAddr)>,
+    pop3: SocketAddr,
+    _services: Vec<ServiceProcess>,
+}
+
+async fn start_imap(db: &TestDb, certs: &TestCerts) -> (ServiceProcess, SocketAddr, SocketAddr) {
+    let (grpc, imap, imaps) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "[store]\nurl = \"{}\"\nmax_connections = 4\n\n{}\n[imap]\ngrpc_listen = \"{grpc}\"\n\
+         imap_listen = [\"{imap}\"]\nimaps_listen = [\"{imaps}\"]\nplaintext_auth = \"never\"\n\
+         auth_failure_delay_ms = 50\n",
+        db.url(),
+        certs.tls_section()
+    );
+    let p = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
+        .await
+        .unwrap();
+    (p, imap, imaps)
+}
+
+async fn stack() -> Stack {
+    let db = TestDb::new().await.unwrap();
+    db.store()
+        .add_domain("example.org", DomainRole::Local)
+        .await
+        .unwrap();
+    let account = db.add_account(ALICE, PW).await.unwrap();
+    let certs = TestCerts::generate().unwrap();
+    let queue_grpc = free_addr();
+    let queue = ServiceProcess::start_healthy(
+        &workspace_binary("delivery-queue").unwrap(),
+        &pochta_testkit::service_config(db.url(), "queue", queue_grpc),
+        queue_grpc,
+    )
+    .await
+    .unwrap();
+    let (ingress_grpc, mx) = (free_addr(), free_addr());
+    let ingress_config = format!(
+        "[store]\nurl = \"{}\"\n\n[smtp]\ngrpc_listen = \"{ingress_grpc}\"\nqueue_endpoint = \"http://{queue_grpc}\"\n\
+         hostname = \"mx.test\"\nmx_listen = [\"{mx}\"]\nsubmission_listen = []\nsubmissions_listen = []\n",
+        db.url()
+    );
+    let ingress = ServiceProcess::start_healthy(
+        &workspace_binary("smtp-ingress").unwrap(),
+        &ingress_config,
+        ingress_grpc,
+    )
+    .await
+    .unwrap();
+    let (pop3_grpc, pop3) = (free_addr(), free_addr());
+    let pop3_config = format!(
+        "[store]\nurl = \"{}\"\n\n[pop3]\ngrpc_listen = \"{pop3_grpc}\"\npop3_listen = [\"{pop3}\"]\n\
+         pop3s_listen = []\nplaintext_auth = \"loopback\"\n",
+        db.url()
+    );
+    let pop = ServiceProcess::start_healthy(
+        &workspace_binary("pop3-access").unwrap(),
+        &pop3_config,
+        pop3_grpc,
+    )
+    .await
+    .unwrap();
+    let (first, imap1, imaps1) = start_imap(&db, &certs).await;
+    let (second, imap2, imaps2) = start_imap(&db, &certs).await;
+    Stack {
+        db,
+        certs,
+        account,
+        mx,
+        imap: vec![(imap1, imaps1), (imap2, imaps2)],
+        pop3,
+        _services: vec![queue, ingress, pop, first, second],
+    }
+}
+
+impl Stack {
+    /// Sends messages over SMTP and waits until the queue has delivered them all.
+    async fn send(&self, bodies: &[&str]) {
+        let before = self.inbox_len().await;
+        let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+for body in sys.argv[2:]:
+    if body.startswith("GENERATE:"):
+        _, lines = body.split(":")
+        body = "Subject: long\r\n\r\n" + "0123456789abcdef\r\n" * int(lines)
+    s.sendmail("bob@remote.test", ["alice@example.org"], body.encode("utf-8"), mail_options=["BODY=8BITMIME"])
+s.quit()
+"#;
+        let mut args = vec![self.mx.port().to_string()];
+        args.extend(bodies.iter().map(|b| b.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        python(script, &args).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.inbox_len().await < before + bodies.len() {
+            assert!(Instant::now() < deadline, "messages not delivered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn inbox_len(&self) -> usize {
+        let entries = self.db.store().maildrop_entries(self.account).await;
+        entries.unwrap().len()
+    }
+
+    /// Size and SHA-256 of what FETCH BODY[] must send for each INBOX message, in UID order.
+    async fn expected(&self) -> Vec<String> {
+        let store = self.db.store();
+        let ids: Vec<i64> = store
+            .maildrop_entries(self.account)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        let whole = store.maildrop_entries_whole(self.account, &ids).await;
+        whole
+            .unwrap()
+            .into_iter()
+            .map(|(_, text)| format!("{} {}", text.len(), sha256_hex(&text)))
+            .collect()
+    }
+
+    /// Runs a Python script with: imaps port, imap port, CA file, user, password, then `more`.
+    async fn client(&self, replica: usize, script: &str, more: &[&str]) -> String {
+        let (imap, imaps) = self.imap[replica];
+        let (imaps, imap) = (imaps.port().to_string(), imap.port().to_string());
+        let mut args = vec![
+            imaps.as_str(),
+            imap.as_str(),
+            self.certs.ca_path.to_str().unwrap(),
+            ALICE,
+            PW,
+        ];
+        args.extend_from_slice(more);
+        python(&format!("{PRELUDE}{script}"), &args).await.unwrap()
+    }
+}
+
+/// Connects over implicit TLS (`tls()`) or STARTTLS (`starttls()`), logged in.
+const PRELUDE: &str = r#"
+import imaplib, ssl, sys, time
+imaps_port, imap_port, ca, user, pw = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+more = sys.argv[6:]
+ctx = ssl.create_default_context(cafile=ca)
+def tls():
+    m = imaplib.IMAP4_SSL("localhost", imaps_port, ssl_context=ctx)
+    m.login(user, pw)
+    return m
+def starttls():
+    m = imaplib.IMAP4("localhost", imap_port)
+    m.starttls(ssl_context=ctx)
+    m.login(user, pw)
+    return m
+def check(result):
+    typ, data = result
+    assert typ == "OK", (typ, data)
+    return data
+"#;
+
+#[tokio::test]
+async fn mail_sent_over_smtp_is_fetched_byte_exact_over_both_tls_ports() {
+    let s = stack().await;
+    // The third is 360 KB, read from the store in several batches.
+    s.send(&[
+        "Subject: one\r\n\r\nfirst\r\n",
+        "Subject: two\r\n\r\nü second\r\n",
+        "GENERATE:20000",
+    ])
+    .await;
+    let script = r#"
+import hashlib
+for connect in (tls, starttls):
+    m = connect()
+    check(m.select("INBOX"))
+    data = check(m.uid("FETCH", "1:*", "(UID RFC822.SIZE BODY.PEEK[])"))
+    for item in data:
+        if isinstance(item, tuple):
+            body = item[1]
+            print(connect.__name__, "body", len(body), hashlib.sha256(body).hexdigest())
+    # PEEK left them unseen.
+    print(connect.__name__, "unseen", check(m.search(None, "UNSEEN"))[0].decode())
+    m.logout()
+"#;
+    let out = s.client(0, script, &[]).await;
+    let expected = s.expected().await;
+    for mode in ["tls", "starttls"] {
+        let got: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{mode} body ")))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(got, expected, "{mode}: size and SHA-256 of each message");
+        assert!(out.contains(&format!("{mode} unseen 1 2 3")), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn plaintext_login_is_refused_before_tls() {
+    let s = stack().await;
+    let script = r#"
+m = imaplib.IMAP4("localhost", imap_port)
+print(" ".join(m.capabilities))
+try:
+    m.login(user, pw)
+    print("logged in")
+except imaplib.IMAP4.error as e:
+    print("refused", e)
+"#;
+    let out = s.client(0, script, &[]).await;
+    assert!(
+        out.contains("STARTTLS") && out.contains("LOGINDISABLED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("refused") && out.contains("PRIVACYREQUIRED"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn flags_set_by_one_client_appear_in_another() {
+    let s = stack().await;
+    s.send(&["Subject: a\r\n\r\na\r\n", "Subject: b\r\n\r\nb\r\n"])
+        .await;
+    let script = r#"
+watcher = tls()
+check(watcher.select("INBOX"))
+setter = tls()
+check(setter.select("INBOX"))
+print("stored", check(setter.store("2", "+FLAGS", "(\\Flagged $Work)")))
+# Reading BODY[] (not PEEK) sets \Seen.
+check(setter.fetch("1", "(BODY[])"))
+deadline = time.time() + 10
+seen = b""
+while time.time() < deadline and (b"Flagged" not in seen or b"Seen" not in seen):
+    typ, data = watcher.noop()
+    seen += b" ".join(d for d in watcher.untagged_responses.pop("FETCH", []) if d)
+    time.sleep(0.1)
+print("watcher", seen.decode())
+print("flagged", check(watcher.search(None, "FLAGGED"))[0].decode())
+print("seen", check(watcher.search(None, "SEEN"))[0].decode())
+print("keyword", check(watcher.search(None, "KEYWORD", "$Work"))[0].decode())
+"#;
+    let out = s.client(0, script, &[]).await;
+    assert!(out.contains("\\Flagged"), "{out}");
+    let line = out.lines().find(|l| l.starts_with("watcher")).unwrap();
+    assert!(
+        line.contains("\\Flagged") && line.contains("\\Seen"),
+        "{out}"
+    );
+    assert!(out.contains("flagged 2\n"), "{out}");
+    assert!(out.contains("seen 1\n"), "{out}");
+    assert!(out.contains("keyword 2\n"), "{out}");
+}
+
+#[tokio::test]
+async fn append_to_sent_move_to_trash_and_expunge_with_imapclient() {
+    let s = stack().await;
+    s.send(&[
+        "Subject: keep\r\n\r\nkeep\r\n",
+        "Subject: junk\r\n\r\njunk\r\n",
+    ])
+    .await;
+    // imapclient, an independent client library, over implicit TLS.
+    let script = r#"
+from imapclient import IMAPClient
+c = IMAPClient("localhost", port=imaps_port, ssl=True, ssl_context=ctx)
+c.login(user, pw)
+folders = {name: flags for flags, _, name in c.list_folders()}
+print("folders", sorted(folders))
+print("sent-flags", [f.decode() for f in folders["Sent"]])
+appended = c.append("Sent", b"Subject: sent\r\n\r\nsent by me\r\n", flags=[b"\\Seen"])
+print("appended", appended.decode())
+c.select_folder("INBOX")
+moved = c.move([2], "Trash")
+print("inbox", c.search("ALL"))
+c.select_folder("Trash")
+print("trash", c.search("ALL"), c.fetch(c.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]))
+c.set_flags(c.search("ALL"), [b"\\Deleted"])
+print("expunged", c.expunge())
+print("trash-after", c.search("ALL"))
+c.select_folder("Sent", readonly=True)
+msgs = c.fetch(c.search("ALL"), ["FLAGS", "BODY.PEEK[]", "ENVELOPE"])
+for uid, data in msgs.items():
+    print("sent", uid, data[b"FLAGS"], data[b"BODY[]"], data[b"ENVELOPE"].subject)
+c.create_folder("Work/2026")
+c.rename_folder("Work", "Jobs")
+print("after-rename", sorted(name for _, _, name in c.list_folders()))
+c.delete_folder("Jobs/2026")
+c.logout()
+"#;
+    let out = s.client(0, script, &[]).await;
+    assert!(
+        out.contains("folders ['Drafts', 'INBOX', 'Junk', 'Sent', 'Trash']"),
+        "{out}"
+    );
+    assert!(out.contains("\\Sent"), "{out}");
+    assert!(out.contains("[APPENDUID"), "{out}");
+    assert!(out.contains("inbox [1]"), "{out}");
+    assert!(
+        out.contains("trash [1]") && out.contains("Subject: junk"),
+        "{out}"
+    );
+    assert!(out.contains("trash-after []"), "{out}");
+    assert!(
+        out.contains("sent 1 (b'\\\\Seen',) b'Subject: sent\\r\\n\\r\\nsent by me\\r\\n' b'sent'"),
+        "{out}"
+    );
+    assert!(out.contains("'Jobs', 'Jobs/2026'"), "{out}");
+    // The moved message left POP3's view with the INBOX; only "keep" is there.
+    assert_eq!(s.inbox_len().await, 1);
+}
+
+/// A client idling on one replica hears of mail the queue delivers, and of a deletion made
+/// over POP3, without asking.
+#[tokio::test]
+async fn idle_hears_deliveries_and_pop3_deletions_across_replicas() {
+    let s = stack().await;
+    s.send(&["Subject: first\r\n\r\nfirst\r\n"]).await;
+    let script = r#"
+m = tls()
+check(m.select("INBOX"))
+tag = m._new_tag().decode()
+m.send(f"{tag} IDLE\r\n".encode())
+assert m.readline().startswith(b"+"), "idling"
+print("idling", flush=True)
+heard = []
+deadline = time.time() + 20
+while time.time() < deadline and len(heard) < 2:
+    line = m.readline().decode().strip()
+    if line.endswith("EXISTS") or line.endswith("EXPUNGE"):
+        heard.append(line)
+        print("heard", line, round(time.time(), 3), flush=True)
+m.send(b"DONE\r\n")
+while not m.readline().decode().startswith(tag):
+    pass
+m.logout()
+"#;
+    let imaps = s.imap[1].1.port().to_string();
+    let imap = s.imap[1].0.port().to_string();
+    let ca = s.certs.ca_path.to_str().unwrap().to_owned();
+    let full = format!("{PRELUDE}{script}");
+    let mut child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(&full)
+        .args([imaps.as_str(), imap.as_str(), ca.as_str(), ALICE, PW])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(line, "idling");
+    // Delivered by the queue through replica-independent notification.
+    s.send(&["Subject: second\r\n\r\nsecond\r\n"]).await;
+    let heard = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("IDLE heard the delivery")
+        .unwrap()
+        .unwrap();
+    assert!(heard.contains("* 2 EXISTS"), "{heard}");
+    // POP3 deletes the first message at QUIT: the idling client is told it is gone.
+    let pop = r#"
+import poplib, sys
+p = poplib.POP3("127.0.0.1", int(sys.argv[1]))
+p.user(sys.argv[2]); p.pass_(sys.argv[3])
+p.dele(1)
+p.quit()
+"#;
+    python(pop, &[&s.pop3.port().to_string(), ALICE, PW])
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("IDLE heard the POP3 deletion")
+        .unwrap()
+        .unwrap();
+    assert!(heard.contains("* 1 EXPUNGE"), "{heard}");
+    let status = child.wait().await.unwrap();
+    assert!(status.success());
+}
