@@ -123,7 +123,7 @@ impl Server {
                     .with_description("IMAP logins, by result")
                     .build(),
                 commands: meter
-                    .u64_counter("pochta.imap.store_requests")
+                    .u64_counter("pochta.imap.requests")
                     .with_description("IMAP requests answered from the store, by kind")
                     .build(),
             },

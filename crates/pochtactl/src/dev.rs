@@ -20,20 +20,25 @@ use tokio::signal::unix::{SignalKind, signal};
 const DEMO_DOMAIN: &str = "example.test";
 const DEMO_USER: &str = "demo@example.test";
 const DEMO_PASSWORD: &str = "demo";
-const SERVICES: [(&str, &str); 3] = [
+const SERVICES: [(&str, &str); 4] = [
     ("delivery-queue", "queue"),
     ("smtp-ingress", "smtp"),
     ("pop3-access", "pop3"),
+    ("imap-access", "imap"),
 ];
+
+/// The mail listeners: SMTP MX, submission, submissions, POP3, POP3S, IMAP, IMAPS.
+const MAIL_PORTS: usize = 7;
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
     /// Folder for the private PostgreSQL cluster and the generated config.
     #[arg(long, default_value = ".pochta-dev")]
     data_dir: PathBuf,
-    /// First of the services' gRPC ports (queue, ingress, POP3 in that order); 0 picks free
-    /// ones for everything, SMTP and POP3 included. Otherwise SMTP listens on 2525 (MX), 2587
-    /// (submission) and 2465 (submissions), POP3 on 2110 and 2995 (implicit TLS).
+    /// First of the services' gRPC ports (queue, ingress, POP3, IMAP in that order); 0 picks
+    /// free ones for everything, the mail ports included. Otherwise SMTP listens on 2525 (MX),
+    /// 2587 (submission) and 2465 (submissions), POP3 on 2110 and 2995 (implicit TLS), IMAP on
+    /// 2143 and 2993 (implicit TLS).
     #[arg(long, default_value_t = 7100)]
     base_port: u16,
     /// Port of the private PostgreSQL; 0 picks a free one.
@@ -116,16 +121,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     result
 }
 
-/// The three services' gRPC ports (consecutive from `base`), and the SMTP MX, submission,
-/// submissions, POP3 and POP3S ports; with `base` 0, all free and all different.
-fn service_ports(base: u16) -> anyhow::Result<(Vec<u16>, [u16; 5])> {
+/// The services' gRPC ports (consecutive from `base`), and the mail ports (`MAIL_PORTS`);
+/// with `base` 0, all free and all different.
+fn service_ports(base: u16) -> anyhow::Result<(Vec<u16>, [u16; MAIL_PORTS])> {
     if base == 0 {
-        let mut free = free_ports(SERVICES.len() + 5)?;
+        let mut free = free_ports(SERVICES.len() + MAIL_PORTS)?;
         let mail = free.split_off(SERVICES.len());
-        return Ok((free, [mail[0], mail[1], mail[2], mail[3], mail[4]]));
+        let mail: [u16; MAIL_PORTS] = mail.try_into().expect("MAIL_PORTS ports");
+        return Ok((free, mail));
     }
     let grpc = (0..SERVICES.len() as u16).map(|i| base + i).collect();
-    Ok((grpc, [2525, 2587, 2465, 2110, 2995]))
+    Ok((grpc, [2525, 2587, 2465, 2110, 2995, 2143, 2993]))
 }
 
 /// A self-signed certificate for localhost, made once and kept in the data folder.
@@ -177,7 +183,7 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 fn dev_config(
     database_url: &str,
     ports: &[u16],
-    mail: &[u16; 5],
+    mail: &[u16; MAIL_PORTS],
     (cert, key): &(PathBuf, PathBuf),
     admin_token: &Path,
 ) -> String {
@@ -212,6 +218,13 @@ fn dev_config(
                 "pop3_listen = [\"127.0.0.1:{}\"]\npop3s_listen = [\"127.0.0.1:{}\"]\n\
                  plaintext_auth = \"loopback\"\n",
                 mail[3], mail[4]
+            ));
+        }
+        if *section == "imap" {
+            config.push_str(&format!(
+                "imap_listen = [\"127.0.0.1:{}\"]\nimaps_listen = [\"127.0.0.1:{}\"]\n\
+                 plaintext_auth = \"loopback\"\n",
+                mail[5], mail[6]
             ));
         }
     }
@@ -387,7 +400,11 @@ async fn wait_healthy(name: &str, child: &mut Child, addr: SocketAddr) -> anyhow
     }
 }
 
-fn print_banner(database_url: &str, services: &[(&str, Child, SocketAddr)], mail: &[u16; 5]) {
+fn print_banner(
+    database_url: &str,
+    services: &[(&str, Child, SocketAddr)],
+    mail: &[u16; MAIL_PORTS],
+) {
     let mut banner = String::from("pochta dev: the stack is up\n");
     let names = [
         "SMTP MX",
@@ -395,6 +412,8 @@ fn print_banner(database_url: &str, services: &[(&str, Child, SocketAddr)], mail
         "SMTP submissions",
         "POP3",
         "POP3S",
+        "IMAP",
+        "IMAPS",
     ];
     for (name, port) in names.iter().zip(mail) {
         banner.push_str(&format!("  {name:<16} 127.0.0.1:{port}\n"));

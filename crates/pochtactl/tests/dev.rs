@@ -13,6 +13,7 @@ async fn start_dev(
 ) -> (ServiceProcess, Vec<SocketAddr>) {
     // Only to make sure the service binaries were built beside pochtactl.
     workspace_binary("smtp-ingress").unwrap();
+    workspace_binary("imap-access").unwrap();
     let data = data_dir.to_str().unwrap();
     let mut dev = ServiceProcess::start_with_args(
         std::path::Path::new(env!("CARGO_BIN_EXE_pochtactl")),
@@ -34,7 +35,7 @@ async fn start_dev(
                 .filter_map(|l| l.split_once(" gRPC "))
                 .map(|(_, a)| a.trim().parse().unwrap())
                 .collect();
-            assert_eq!(addrs.len(), 3, "{out}");
+            assert_eq!(addrs.len(), 4, "{out}");
             assert!(out.contains("demo@example.test"), "{out}");
             return (dev, addrs);
         }

@@ -21,12 +21,13 @@ fn yaml(path: &str) -> Value {
 }
 
 /// The secrets compose refuses to start without (`deploy/make-secrets` writes them to .env).
-const SECRETS: [&str; 6] = [
+const SECRETS: [&str; 7] = [
     "POCHTA_PG_SUPERUSER_PASSWORD",
     "POCHTA_DB_PASSWORD",
     "POCHTA_INGRESS_DB_PASSWORD",
     "POCHTA_QUEUE_DB_PASSWORD",
     "POCHTA_POP3_DB_PASSWORD",
+    "POCHTA_IMAP_DB_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
 ];
 
@@ -87,7 +88,12 @@ fn published_ports(s: &Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-const POCHTA_SERVICES: [&str; 3] = ["smtp-ingress", "delivery-queue", "pop3-access"];
+const POCHTA_SERVICES: [&str; 4] = [
+    "smtp-ingress",
+    "delivery-queue",
+    "pop3-access",
+    "imap-access",
+];
 
 #[test]
 fn scalable_services_have_no_fixed_name_or_port() {
@@ -134,6 +140,7 @@ fn services_start_in_order_and_report_health() {
         ("smtp-ingress", config.smtp.grpc_listen),
         ("delivery-queue", config.queue.grpc_listen),
         ("pop3-access", config.pop3.grpc_listen),
+        ("imap-access", config.imap.grpc_listen),
     ] {
         let test: Vec<&str> = service(&compose, name)["healthcheck"]["test"]
             .as_sequence()
@@ -194,6 +201,7 @@ fn secrets_are_required_and_each_service_has_its_own_role() {
         ),
         ("delivery-queue", "pochta_queue", "POCHTA_QUEUE_DB_PASSWORD"),
         ("pop3-access", "pochta_pop3", "POCHTA_POP3_DB_PASSWORD"),
+        ("imap-access", "pochta_imap", "POCHTA_IMAP_DB_PASSWORD"),
         ("migrate", "pochta", "POCHTA_DB_PASSWORD"),
         ("pochtactl", "pochta", "POCHTA_DB_PASSWORD"),
     ] {
@@ -213,7 +221,7 @@ fn secrets_are_required_and_each_service_has_its_own_role() {
     // The roles the grants name are the ones the init script creates.
     let init = read("deploy/postgres/init-roles.sh");
     let roles = pochta_store::ServiceRoles::default();
-    for role in ["pochta", &roles.ingress, &roles.queue, &roles.pop3] {
+    for role in ["pochta"].into_iter().chain(roles.all()) {
         assert!(
             init.contains(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER")),
             "{role}"
@@ -247,6 +255,7 @@ fn shutdown_grace_fits_in_the_stop_period() {
         ("smtp-ingress", config.smtp.shutdown_grace_secs),
         ("delivery-queue", config.queue.shutdown_grace_secs),
         ("pop3-access", config.pop3.shutdown_grace_secs),
+        ("imap-access", config.imap.shutdown_grace_secs),
     ] {
         let period = service(&compose, name)["stop_grace_period"]
             .as_str()
@@ -374,7 +383,7 @@ fn instruments_in(text: &str) -> Vec<String> {
 /// Every string literal of the services' sources, joined.
 fn sources() -> String {
     let mut all = String::new();
-    for service in ["smtp-ingress", "delivery-queue", "pop3-access"] {
+    for service in POCHTA_SERVICES {
         let dir = root().join("crates").join(service).join("src");
         for entry in std::fs::read_dir(dir).unwrap() {
             all.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
@@ -496,6 +505,7 @@ async fn the_init_script_and_the_grants_work_on_a_real_server() {
         .env("POCHTA_INGRESS_DB_PASSWORD", "a'b")
         .env("POCHTA_QUEUE_DB_PASSWORD", "c;d")
         .env("POCHTA_POP3_DB_PASSWORD", "e\\f")
+        .env("POCHTA_IMAP_DB_PASSWORD", "g$h")
         .output()
         .expect("psql (Debian: postgresql-client) must be installed");
     assert!(
@@ -512,7 +522,7 @@ async fn the_init_script_and_the_grants_work_on_a_real_server() {
     owner.migrate().await.unwrap();
     let roles = pochta_store::ServiceRoles::default();
     owner.grant_service_roles(&roles).await.unwrap();
-    for role in [&roles.ingress, &roles.queue, &roles.pop3] {
+    for role in roles.all() {
         let store = pochta_store::Store::connect(&url(role), &options)
             .await
             .unwrap();
