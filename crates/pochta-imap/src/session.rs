@@ -252,6 +252,8 @@ pub struct Session {
     errors: usize,
     condstore: bool,
     idling: Option<Tag<'static>>,
+    /// AUTHENTICATE waiting for the client's response to its continuation.
+    sasl_tag: Option<Tag<'static>>,
     /// STARTTLS answered OK; once that OK is out, the handshake.
     starttls: bool,
     starttls_ready: bool,
@@ -315,6 +317,7 @@ impl Session {
             errors: 0,
             condstore: false,
             idling: None,
+            sasl_tag: None,
             starttls: false,
             starttls_ready: false,
             closing: false,
@@ -1509,7 +1512,7 @@ impl Session {
         match initial {
             Some(response) => self.plain(tag, &response),
             None => {
-                self.pending = Some(Pending::Login { tag, sasl: true });
+                self.sasl_tag = Some(tag);
                 let _ = self
                     .server
                     .authenticate_continue(CommandContinuationRequest::base64(Vec::new()));
@@ -1561,7 +1564,7 @@ impl Session {
                 );
             }
             Event::AuthenticateDataReceived { authenticate_data } => {
-                let Some(Pending::Login { tag, sasl: true }) = self.pending.take() else {
+                let Some(tag) = self.sasl_tag.take() else {
                     return;
                 };
                 match authenticate_data {

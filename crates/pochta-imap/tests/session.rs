@@ -1,0 +1,678 @@
+//! The IMAP session with no socket and no store: every command in the states it may and may
+//! not be used in, the requests it makes of the world, and what it sends for their answers.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use pochta_imap::{
+    Action, Answer, Changes, Counts, Failure, FlagChange, LoginResult, MailboxSummary, Message,
+    Policy, Request, Session,
+};
+use pochta_session::Output;
+use pochta_testkit::Script;
+
+type Client = Script<Session>;
+
+fn policy(plaintext: bool) -> Policy {
+    Policy {
+        starttls_available: true,
+        implicit_tls: false,
+        plaintext_auth: plaintext,
+        max_errors: 10,
+        max_literal: 1000,
+        read_batch_bytes: 250,
+    }
+}
+
+fn client(policy: Policy) -> Client {
+    let mut c = Script::new(Session::new(policy));
+    assert!(c.drain().is_none());
+    assert!(c.take().starts_with("* OK"), "greeting");
+    c
+}
+
+fn action(output: Option<Output<Action>>) -> Action {
+    match output {
+        Some(Output::Action(a)) => a,
+        other => panic!("expected an action, got {other:?}"),
+    }
+}
+
+fn request(output: Option<Output<Action>>) -> Request {
+    match action(output) {
+        Action::Run(r) => r,
+        other => panic!("expected a request, got {other:?}"),
+    }
+}
+
+/// Answers and drains; what was sent.
+fn answer(c: &mut Client, a: Answer) -> String {
+    c.session.answer(a);
+    assert!(c.drain().is_none());
+    c.take()
+}
+
+fn logged_in() -> Client {
+    let mut c = client(policy(true));
+    let login = action(c.send("a1 LOGIN alice@example.org secret\r\n"));
+    assert_eq!(
+        login,
+        Action::Login {
+            username: "alice@example.org".into(),
+            password: "secret".into()
+        }
+    );
+    c.session.login_result(LoginResult::Ok);
+    assert!(c.drain().is_none());
+    let out = c.take();
+    assert!(out.starts_with("a1 OK [CAPABILITY IMAP4REV1"), "{out}");
+    c
+}
+
+fn mailbox(id: i64, name: &str) -> MailboxSummary {
+    MailboxSummary {
+        id,
+        name: name.into(),
+        special_use: None,
+        subscribed: true,
+        uid_validity: 77,
+        uid_next: 10,
+        highest_modseq: 5,
+    }
+}
+
+fn message(uid: u32, flags: &[&str], size: u32) -> Message {
+    Message {
+        entry_id: uid as i64 * 100,
+        uid,
+        flags: flags.iter().map(|f| f.to_string()).collect(),
+        modseq: 3,
+        size,
+        internal_date: "2026-01-02T03:04:05Z".parse::<DateTime<Utc>>().unwrap(),
+    }
+}
+
+/// Logged in with INBOX selected: UIDs 2, 4 and 7 (7 is \Seen).
+fn selected(read_only: bool) -> Client {
+    let mut c = logged_in();
+    let verb = if read_only { "EXAMINE" } else { "SELECT" };
+    let r = request(c.send(&format!("s1 {verb} inbox\r\n")));
+    assert_eq!(
+        r,
+        Request::Select {
+            name: "INBOX".into()
+        }
+    );
+    let messages = vec![
+        message(2, &[], 100),
+        message(4, &["\\Flagged"], 200),
+        message(7, &["\\Seen"], 300),
+    ];
+    let out = answer(
+        &mut c,
+        Answer::Selected(Ok((mailbox(1, "INBOX"), messages))),
+    );
+    assert!(out.contains("* 3 EXISTS\r\n"), "{out}");
+    assert!(
+        out.contains("[UIDVALIDITY 77]") && out.contains("[UIDNEXT 10]"),
+        "{out}"
+    );
+    let code = if read_only { "READ-ONLY" } else { "READ-WRITE" };
+    assert!(out.contains(&format!("s1 OK [{code}]")), "{out}");
+    c
+}
+
+const MAIL: &[u8] = b"Subject: Hello\r\nFrom: a@example.net\r\n\r\nBody text\r\n";
+
+#[test]
+fn capabilities_follow_the_state_and_tls() {
+    let mut c = client(policy(false));
+    let out = c.cmd("c1 CAPABILITY");
+    assert!(
+        out.contains("STARTTLS") && out.contains("LOGINDISABLED"),
+        "{out}"
+    );
+    assert!(!out.contains("AUTH=PLAIN"), "{out}");
+    assert!(out.ends_with("c1 OK CAPABILITY completed\r\n"), "{out}");
+    let mut c = client(policy(true));
+    let out = c.cmd("c1 CAPABILITY");
+    assert!(
+        out.contains("AUTH=PLAIN") && out.contains("SASL-IR"),
+        "{out}"
+    );
+    assert!(!out.contains("IDLE"), "{out}");
+    let mut c = logged_in();
+    let out = c.cmd("c2 CAPABILITY");
+    for cap in [
+        "IDLE",
+        "MOVE",
+        "UIDPLUS",
+        "CONDSTORE",
+        "SPECIAL-USE",
+        "NAMESPACE",
+    ] {
+        assert!(out.contains(cap), "{cap}: {out}");
+    }
+}
+
+#[test]
+fn plaintext_login_needs_tls_and_starttls_drops_what_was_pipelined() {
+    let mut c = client(policy(false));
+    let out = c.cmd("a1 LOGIN alice secret");
+    assert!(out.starts_with("a1 NO [PRIVACYREQUIRED]"), "{out}");
+    // Everything after STARTTLS in the same packet is thrown away, not run after TLS.
+    let output = c.send("t1 STARTTLS\r\nt2 LOGIN alice secret\r\n");
+    assert!(matches!(output, Some(Output::StartTls)), "{output:?}");
+    assert_eq!(c.take(), "t1 OK Begin TLS negotiation now\r\n");
+    pochta_session::Session::tls_established(&mut c.session);
+    assert!(c.drain().is_none(), "the pipelined LOGIN is gone");
+    assert_eq!(c.take(), "", "no second greeting");
+    let out = c.cmd("c1 CAPABILITY");
+    assert!(
+        !out.contains("STARTTLS") && out.contains("AUTH=PLAIN"),
+        "{out}"
+    );
+    let out = c.cmd("t3 STARTTLS");
+    assert!(out.starts_with("t3 BAD"), "{out}");
+}
+
+#[test]
+fn login_failures_are_told_apart() {
+    for (result, code) in [
+        (LoginResult::BadCredentials, "[AUTHENTICATIONFAILED]"),
+        (LoginResult::RateLimited, "[LIMIT]"),
+        (LoginResult::TemporaryFailure, "[UNAVAILABLE]"),
+    ] {
+        let mut c = client(policy(true));
+        action(c.send("a1 LOGIN alice secret\r\n"));
+        c.session.login_result(result);
+        assert!(c.drain().is_none());
+        let out = c.take();
+        assert!(out.starts_with(&format!("a1 NO {code}")), "{out}");
+        // Still not logged in.
+        assert!(c.cmd("a2 LIST \"\" *").starts_with("a2 BAD"));
+    }
+}
+
+#[test]
+fn authenticate_plain_with_and_without_an_initial_response() {
+    use base64::Engine;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut c = client(policy(true));
+    let login = action(c.send(&format!(
+        "a1 AUTHENTICATE PLAIN {}\r\n",
+        b64(b"\0alice@example.org\0pw")
+    )));
+    assert!(matches!(login, Action::Login { ref username, .. } if username == "alice@example.org"));
+    c.session.login_result(LoginResult::Ok);
+    c.drain();
+    assert!(c.take().starts_with("a1 OK"));
+
+    let mut c = client(policy(true));
+    assert!(c.send("a1 AUTHENTICATE PLAIN\r\n").is_none());
+    assert_eq!(c.take(), "+ \r\n");
+    let login = action(c.send(&format!("{}\r\n", b64(b"bob\0bob\0pw"))));
+    assert!(matches!(login, Action::Login { ref password, .. } if password == "pw"));
+    c.session.login_result(LoginResult::BadCredentials);
+    c.drain();
+    assert!(c.take().starts_with("a1 NO [AUTHENTICATIONFAILED]"));
+
+    // Cancelled, or another identity than the one authenticated: refused.
+    assert!(c.send("a2 AUTHENTICATE PLAIN\r\n").is_none());
+    c.take();
+    assert!(c.send("*\r\n").is_none());
+    assert!(c.take().starts_with("a2 BAD"));
+    let out = c.cmd(&format!("a3 AUTHENTICATE PLAIN {}", b64(b"carol\0bob\0pw")));
+    assert!(out.starts_with("a3 BAD"), "{out}");
+    let out = c.cmd("a4 AUTHENTICATE CRAM-MD5");
+    assert!(out.starts_with("a4 NO"), "{out}");
+}
+
+#[test]
+fn commands_are_refused_in_the_wrong_state() {
+    let mut c = client(policy(true));
+    for cmd in [
+        "SELECT INBOX",
+        "LIST \"\" *",
+        "CREATE x",
+        "FETCH 1 FLAGS",
+        "NAMESPACE",
+    ] {
+        let out = c.cmd(&format!("x {cmd}"));
+        assert!(out.starts_with("x BAD"), "{cmd}: {out}");
+    }
+    let mut c = logged_in();
+    for cmd in [
+        "FETCH 1 FLAGS",
+        "STORE 1 +FLAGS (\\Seen)",
+        "EXPUNGE",
+        "CLOSE",
+        "SEARCH ALL",
+    ] {
+        let out = c.cmd(&format!("y {cmd}"));
+        assert!(out.starts_with("y BAD"), "{cmd}: {out}");
+    }
+    let out = c.cmd("z LOGIN a b");
+    assert!(out.starts_with("z BAD"), "{out}");
+}
+
+#[test]
+fn list_matches_patterns_and_shows_special_use() {
+    let mut c = logged_in();
+    let out = c.cmd("l1 LIST \"\" \"\"");
+    assert!(out.contains("* LIST (\\Noselect) \"/\" \"\""), "{out}");
+    assert_eq!(
+        request(c.send("l2 LIST \"\" \"%\"\r\n")),
+        Request::Mailboxes
+    );
+    let mut sent = mailbox(3, "Sent");
+    sent.special_use = Some("\\Sent".into());
+    let mut work = mailbox(4, "Work");
+    work.subscribed = false;
+    let list = vec![mailbox(1, "INBOX"), sent, work, mailbox(5, "Work/2026")];
+    let out = answer(&mut c, Answer::Mailboxes(Ok(list.clone())));
+    assert!(
+        out.contains("* LIST (\\HasNoChildren \\Sent \\Subscribed) \"/\" Sent"),
+        "{out}"
+    );
+    assert!(out.contains("* LIST (\\HasChildren) \"/\" Work"), "{out}");
+    assert!(out.contains("INBOX") && !out.contains("2026"), "{out}");
+    assert!(out.ends_with("l2 OK LIST completed\r\n"));
+    request(c.send("l3 LSUB \"\" \"*\"\r\n"));
+    let out = answer(&mut c, Answer::Mailboxes(Ok(list)));
+    assert!(
+        out.contains("* LSUB") && out.contains("Work/2026") && !out.contains(" Work\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn mailbox_management_asks_the_world_and_protects_inbox() {
+    let mut c = logged_in();
+    assert!(c.cmd("m1 CREATE INBOX").starts_with("m1 NO"));
+    assert!(c.cmd("m2 DELETE inbox").starts_with("m2 NO"));
+    assert!(c.cmd("m3 RENAME INBOX Old").starts_with("m3 NO"));
+    assert!(c.cmd("m4 CREATE \"a//b\"").starts_with("m4 BAD"));
+    assert_eq!(
+        request(c.send("m5 CREATE Work/2026\r\n")),
+        Request::Create {
+            name: "Work/2026".into()
+        }
+    );
+    assert_eq!(
+        answer(&mut c, Answer::Done(Err(Failure::AlreadyExists))),
+        "m5 NO [ALREADYEXISTS] Mailbox already exists\r\n"
+    );
+    assert_eq!(
+        request(c.send("m6 RENAME Work Jobs\r\n")),
+        Request::Rename {
+            from: "Work".into(),
+            to: "Jobs".into()
+        }
+    );
+    assert_eq!(
+        answer(&mut c, Answer::Done(Ok(()))),
+        "m6 OK RENAME completed\r\n"
+    );
+    assert_eq!(
+        request(c.send("m7 UNSUBSCRIBE Jobs\r\n")),
+        Request::Subscribe {
+            name: "Jobs".into(),
+            on: false
+        }
+    );
+    assert!(
+        answer(&mut c, Answer::Done(Err(Failure::NoSuchMailbox))).starts_with("m7 NO [TRYCREATE]")
+    );
+    assert_eq!(
+        request(c.send("m8 STATUS INBOX (MESSAGES UNSEEN UIDNEXT UIDVALIDITY)\r\n")),
+        Request::Status {
+            name: "INBOX".into()
+        }
+    );
+    let counts = Counts {
+        messages: 3,
+        unseen: 2,
+        deleted: 0,
+        size: 600,
+    };
+    let out = answer(&mut c, Answer::Status(Ok((mailbox(1, "INBOX"), counts))));
+    assert!(
+        out.starts_with("* STATUS INBOX (MESSAGES 3 UNSEEN 2 UIDNEXT 10 UIDVALIDITY 77)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn append_takes_a_literal_and_answers_appenduid() {
+    let mut c = logged_in();
+    // A synchronising literal gets its continuation first.
+    assert!(c.send("p1 APPEND Sent (\\Seen) {12}\r\n").is_none());
+    assert!(c.take().starts_with("+ "));
+    let r = request(c.send("Subject: x\r\n\r\n"));
+    assert_eq!(
+        r,
+        Request::Append {
+            name: "Sent".into(),
+            content: b"Subject: x\r\n".to_vec(),
+            flags: vec!["\\Seen".into()],
+            date: None,
+        }
+    );
+    let out = answer(&mut c, Answer::Placed(Ok((9, vec![(0, 4)]))));
+    assert_eq!(out, "p1 OK [APPENDUID 9 4] APPEND completed\r\n");
+    // LITERAL+: no continuation. Too large for max_literal: refused, nothing stored.
+    let r = request(c.send("p2 APPEND Drafts {5+}\r\nhello\r\n"));
+    assert!(matches!(r, Request::Append { ref content, .. } if content == b"hello"));
+    answer(&mut c, Answer::Placed(Err(Failure::NoSuchMailbox)));
+    let out = c.send("p3 APPEND Drafts {5000}\r\n");
+    assert!(out.is_none());
+    assert!(
+        c.take().starts_with("p3 BAD"),
+        "an oversized literal is refused before it is sent"
+    );
+}
+
+#[test]
+fn fetch_without_content_answers_at_once() {
+    let mut c = selected(false);
+    let out = c.cmd("f1 FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE)");
+    assert!(
+        out.contains("* 2 FETCH (FLAGS (\\Flagged) UID 4 RFC822.SIZE 200 INTERNALDATE \"02-Jan-2026 03:04:05 +0000\")"),
+        "{out}"
+    );
+    assert!(out.ends_with("f1 OK FETCH completed\r\n"));
+    // UID FETCH names what exists in the range and always includes UID.
+    let out = c.cmd("f2 UID FETCH 3:4294967295 FLAGS");
+    assert!(out.contains("* 2 FETCH (UID 4 FLAGS (\\Flagged))"), "{out}");
+    assert!(out.contains("* 3 FETCH (UID 7 FLAGS (\\Seen))"), "{out}");
+    assert!(!out.contains("* 1 FETCH"), "{out}");
+    assert!(
+        c.cmd("f3 FETCH 4 FLAGS").starts_with("f3 BAD"),
+        "no message 4"
+    );
+    assert!(c.cmd("f4 FETCH 1 BODYSTRUCTURE").starts_with("f4 NO"));
+}
+
+#[test]
+fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
+    let mut c = selected(false);
+    // PEEK: no flag change; the 250-octet batches hold one message, then another each.
+    let r = request(c.send("f1 FETCH 1:3 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"));
+    assert_eq!(
+        r,
+        Request::Contents {
+            entry_ids: vec![200]
+        }
+    );
+    let contents = |ids: &[i64]| -> HashMap<i64, Vec<u8>> {
+        ids.iter().map(|&id| (id, MAIL.to_vec())).collect()
+    };
+    c.session.answer(Answer::Contents(Ok(contents(&[200]))));
+    let r = request(c.drain());
+    assert_eq!(
+        r,
+        Request::Contents {
+            entry_ids: vec![400]
+        }
+    );
+    c.session.answer(Answer::Contents(Ok(contents(&[400]))));
+    let r = request(c.drain());
+    assert_eq!(
+        r,
+        Request::Contents {
+            entry_ids: vec![700]
+        }
+    );
+    // Message 3 was expunged elsewhere meanwhile: it is left out, not made up.
+    let out = answer(&mut c, Answer::Contents(Ok(HashMap::new())));
+    let field = "BODY[HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: Hello\r\n\r\n";
+    assert!(
+        out.starts_with(&format!("* 1 FETCH ({field})\r\n* 2 FETCH ({field})\r\n")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("* 3 FETCH") && !out.contains("FLAGS"),
+        "{out}"
+    );
+    assert!(out.ends_with("f1 OK FETCH completed\r\n"), "{out}");
+
+    // BODY[] (not PEEK) first sets \Seen on the unseen ones, then sends FLAGS with them.
+    let r = request(c.send("f2 FETCH 1 BODY[]\r\n"));
+    assert_eq!(
+        r,
+        Request::StoreFlags {
+            mailbox_id: 1,
+            uids: vec![2],
+            change: FlagChange::Add,
+            flags: vec!["\\Seen".into()],
+            unchanged_since: None
+        }
+    );
+    c.session.answer(Answer::Flags(Ok((
+        vec![message(2, &["\\Seen"], 100)],
+        vec![],
+    ))));
+    let r = request(c.drain());
+    assert_eq!(
+        r,
+        Request::Contents {
+            entry_ids: vec![200]
+        }
+    );
+    let out = answer(&mut c, Answer::Contents(Ok(contents(&[200]))));
+    let literal = format!("BODY[] {{{}}}\r\n", MAIL.len());
+    assert!(
+        out.starts_with("* 1 FETCH (") && out.contains(&literal),
+        "{out}"
+    );
+    assert!(out.contains("FLAGS (\\Seen)"), "{out}");
+    assert!(out.ends_with("f2 OK FETCH completed\r\n"), "{out}");
+}
+
+#[test]
+fn fetch_sections_and_partials() {
+    let mut c = selected(true);
+    let r = request(c.send("f1 FETCH 3 (BODY.PEEK[TEXT]<5.4> BODY.PEEK[HEADER] ENVELOPE)\r\n"));
+    assert_eq!(
+        r,
+        Request::Contents {
+            entry_ids: vec![700]
+        }
+    );
+    let out = answer(
+        &mut c,
+        Answer::Contents(Ok([(700, MAIL.to_vec())].into_iter().collect())),
+    );
+    assert!(out.contains("BODY[TEXT]<5> {4}\r\ntext"), "{out}");
+    assert!(
+        out.contains("BODY[HEADER] {39}\r\nSubject: Hello\r\nFrom: a@example.net\r\n\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ENVELOPE (NIL \"Hello\" ((NIL NIL \"a\" \"example.net\"))"),
+        "{out}"
+    );
+}
+
+#[test]
+fn store_changes_flags_and_reports_unchangedsince_conflicts() {
+    let mut c = selected(false);
+    let r = request(c.send("s1 STORE 1:2 +FLAGS (\\Deleted)\r\n"));
+    assert_eq!(
+        r,
+        Request::StoreFlags {
+            mailbox_id: 1,
+            uids: vec![2, 4],
+            change: FlagChange::Add,
+            flags: vec!["\\Deleted".into()],
+            unchanged_since: None
+        }
+    );
+    let changed = vec![
+        message(2, &["\\Deleted"], 100),
+        message(4, &["\\Deleted", "\\Flagged"], 200),
+    ];
+    let out = answer(&mut c, Answer::Flags(Ok((changed, vec![]))));
+    assert!(out.contains("* 1 FETCH (FLAGS (\\Deleted))"), "{out}");
+    assert!(
+        out.contains("* 2 FETCH (FLAGS (\\Deleted \\Flagged))"),
+        "{out}"
+    );
+    let r = request(c.send("s2 UID STORE 7 (UNCHANGEDSINCE 2) FLAGS.SILENT (\\Answered)\r\n"));
+    assert!(
+        matches!(
+            r,
+            Request::StoreFlags {
+                unchanged_since: Some(2),
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let out = answer(&mut c, Answer::Flags(Ok((vec![], vec![7]))));
+    assert_eq!(out, "s2 OK [MODIFIED 7] STORE completed\r\n");
+    // A read-only mailbox takes no changes.
+    let mut c = selected(true);
+    assert!(c.cmd("s3 STORE 1 +FLAGS (\\Seen)").starts_with("s3 NO"));
+    assert!(c.cmd("s4 EXPUNGE").starts_with("s4 NO"));
+}
+
+#[test]
+fn expunge_copy_and_move_renumber_the_view() {
+    let mut c = selected(false);
+    assert_eq!(
+        request(c.send("e1 EXPUNGE\r\n")),
+        Request::Expunge {
+            mailbox_id: 1,
+            uids: None
+        }
+    );
+    // UIDs 2 and 7 went: numbers sent highest first, so each is right when it arrives.
+    let out = answer(&mut c, Answer::Expunged(Ok(vec![2, 7])));
+    assert_eq!(
+        out,
+        "* 3 EXPUNGE\r\n* 1 EXPUNGE\r\ne1 OK EXPUNGE completed\r\n"
+    );
+    let out = c.cmd("e2 FETCH 1 UID");
+    assert!(out.contains("* 1 FETCH (UID 4)"), "{out}");
+
+    let r = request(c.send("c1 UID COPY 4 Trash\r\n"));
+    assert_eq!(
+        r,
+        Request::Copy {
+            mailbox_id: 1,
+            uids: vec![4],
+            to: "Trash".into(),
+            remove: false
+        }
+    );
+    let out = answer(&mut c, Answer::Placed(Ok((55, vec![(4, 12)]))));
+    assert_eq!(out, "c1 OK [COPYUID 55 4 12] COPY completed\r\n");
+    request(c.send("c2 MOVE 1 Trash\r\n"));
+    let out = answer(&mut c, Answer::Placed(Ok((55, vec![(4, 13)]))));
+    assert_eq!(
+        out,
+        "* OK [COPYUID 55 4 13] moved\r\n* 1 EXPUNGE\r\nc2 OK MOVE completed\r\n"
+    );
+    // The view is empty now: there is no message 1.
+    assert!(c.cmd("c3 COPY 1:* Trash").starts_with("c3 BAD"));
+}
+
+#[test]
+fn search_by_flags_at_once_and_by_text_through_the_content() {
+    let mut c = selected(false);
+    let out = c.cmd("q1 SEARCH UNSEEN");
+    assert!(out.starts_with("* SEARCH 1 2\r\n"), "{out}");
+    let out = c.cmd("q2 UID SEARCH OR FLAGGED SEEN");
+    assert!(out.starts_with("* SEARCH 4 7\r\n"), "{out}");
+    let out = c.cmd("q3 SEARCH NOT 2:3 LARGER 50");
+    assert!(out.starts_with("* SEARCH 1\r\n"), "{out}");
+    let out = c.cmd("q4 SEARCH CHARSET KOI8-R ALL");
+    assert!(out.starts_with("q4 NO [BADCHARSET"), "{out}");
+    let r = request(c.send("q5 SEARCH SUBJECT hello\r\n"));
+    assert_eq!(
+        r,
+        Request::Contents {
+            entry_ids: vec![200]
+        }
+    );
+    c.session
+        .answer(Answer::Contents(Ok([(200, MAIL.to_vec())].into())));
+    request(c.drain());
+    c.session.answer(Answer::Contents(Ok([(
+        400,
+        b"Subject: no\r\n\r\n".to_vec(),
+    )]
+    .into())));
+    request(c.drain());
+    let out = answer(&mut c, Answer::Contents(Ok([(700, MAIL.to_vec())].into())));
+    assert!(out.starts_with("* SEARCH 1 3\r\n"), "{out}");
+    // Nesting beyond the limit is refused, not recursed into.
+    let deep = format!("q6 SEARCH {}ALL{}", "NOT (".repeat(40), ")".repeat(40));
+    let out = c.cmd(&deep);
+    assert!(out.starts_with("q6 BAD") || out.contains("q6 BAD"), "{out}");
+}
+
+#[test]
+fn noop_and_idle_tell_changes_made_elsewhere() {
+    let mut c = selected(false);
+    let r = request(c.send("n1 NOOP\r\n"));
+    assert_eq!(
+        r,
+        Request::Changes {
+            mailbox_id: 1,
+            since_modseq: 5,
+            known_uid_max: 7
+        }
+    );
+    let changes = Changes {
+        mailbox: Some(mailbox(1, "INBOX")),
+        changed: vec![message(4, &[], 200), message(9, &[], 50)],
+        present: vec![4, 7],
+    };
+    let out = answer(&mut c, Answer::Changes(Ok(changes)));
+    assert_eq!(
+        out,
+        "* 1 EXPUNGE\r\n* 1 FETCH (FLAGS () UID 4)\r\n* 3 EXISTS\r\nn1 OK NOOP completed\r\n"
+    );
+    // IDLE: changes found by the world while idling go out at once; DONE ends it.
+    assert!(c.send("i1 IDLE\r\n").is_none());
+    assert_eq!(c.take(), "+ idling\r\n");
+    assert_eq!(c.session.watching(), Some((1, 5, 9)));
+    c.session.apply_changes(Changes {
+        mailbox: Some(mailbox(1, "INBOX")),
+        changed: vec![message(11, &[], 50)],
+        present: vec![4, 7, 9],
+    });
+    assert!(c.drain().is_none());
+    assert_eq!(c.take(), "* 4 EXISTS\r\n");
+    assert_eq!(c.cmd("DONE"), "i1 OK IDLE terminated\r\n");
+    let out = c.cmd("u1 UNSELECT");
+    assert_eq!(out, "u1 OK UNSELECT completed\r\n");
+    assert_eq!(c.session.watching(), None);
+}
+
+#[test]
+fn bad_input_gets_bad_and_too_much_of_it_ends_the_session() {
+    let mut c = logged_in();
+    for i in 0..9 {
+        let out = c.cmd(&format!("b{i} FROBNICATE"));
+        assert!(out.starts_with(&format!("b{i} BAD")), "{out}");
+    }
+    let output = c.send("no-space-after-tag\r\n");
+    assert!(matches!(output, Some(Output::Close)), "{output:?}");
+    let out = c.take();
+    assert!(
+        out.contains("BAD") && out.contains("* BYE Too many errors"),
+        "{out}"
+    );
+}
+
+#[test]
+fn logout_says_bye_then_closes() {
+    let mut c = logged_in();
+    let output = c.send("z1 LOGOUT\r\nz2 NOOP\r\n");
+    assert!(matches!(output, Some(Output::Close)), "{output:?}");
+    assert_eq!(c.take(), "* BYE Logging out\r\nz1 OK LOGOUT completed\r\n");
+}
