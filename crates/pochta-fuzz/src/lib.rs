@@ -9,12 +9,14 @@
 //! as a failed oracle.
 
 mod dane;
+mod imap;
 mod input;
 mod pop3;
 mod smtp;
 mod text;
 
 pub use dane::dane_certificate;
+pub use imap::imap_session;
 pub use pop3::pop3_session;
 pub use smtp::{data_receiver, smtp_client, smtp_server};
 pub use text::{auth_results, dsn_report, mta_sts, proxy_header, srs, xtext};
@@ -28,6 +30,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("smtp_client", smtp_client),
     ("data_receiver", data_receiver),
     ("pop3_session", pop3_session),
+    ("imap_session", imap_session),
     ("proxy_header", proxy_header),
     ("xtext", xtext),
     ("srs", srs),

@@ -3,8 +3,8 @@
 //! still reach deep states.
 
 use pochta_fuzz::{
-    auth_results, data_receiver, dsn_report, mta_sts, pop3_session, proxy_header, smtp_client,
-    smtp_server, xtext,
+    auth_results, data_receiver, dsn_report, imap_session, mta_sts, pop3_session, proxy_header,
+    smtp_client, smtp_server, xtext,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -125,6 +125,26 @@ proptest! {
         ]), 0..80),
     ) {
         pop3_session(&joined(choices, words));
+    }
+
+    #[test]
+    fn imap_session_on_bytes(data in vec(any::<u8>(), 0..2048)) {
+        imap_session(&data);
+    }
+
+    #[test]
+    fn imap_session_on_command_soup(
+        choices in vec(any::<u8>(), 16),
+        words in vec(prop::sample::select(vec![
+            "a LOGIN x y\r\n", "b AUTHENTICATE PLAIN AGEAYg==\r\n", "c STARTTLS\r\n",
+            "d SELECT INBOX\r\n", "e EXAMINE x\r\n", "f FETCH 1:* (FLAGS BODY.PEEK[1.MIME]<0.9>)\r\n",
+            "g UID STORE 1:* +FLAGS (\\Deleted)\r\n", "h UID SEARCH OR SEEN TEXT é\r\n",
+            "i UID MOVE 2 Trash\r\n", "j EXPUNGE\r\n", "k IDLE\r\n", "DONE\r\n",
+            "l APPEND x {3}\r\n", "m APPEND x {2+}\r\n", "abc", "n LIST \"\" *\r\n",
+            "o NOOP\r\n", "p LOGOUT\r\n", "q ENABLE CONDSTORE\r\n", "(", ")", "é", "\r\n", "\n",
+        ]), 0..80),
+    ) {
+        imap_session(&joined(choices, words));
     }
 
     #[test]

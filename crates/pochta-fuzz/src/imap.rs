@@ -1,0 +1,184 @@
+//! IMAP: the server session over imap-next.
+
+use std::collections::HashMap;
+
+use chrono::DateTime;
+use pochta_imap::{
+    Action, Answer, Changes, Counts, Failure, LoginResult, MailboxSummary, Message, Policy,
+    Request, Session,
+};
+use pochta_session::{Output, Session as _};
+
+use crate::input::Input;
+
+/// The session fed the input in pieces, its requests answered as the input says. Oracles: no
+/// output after `Close`; every message a request names (by entry or UID) is one the session
+/// was given; the session finishes what it is fed (polling ends).
+pub fn imap_session(data: &[u8]) {
+    let mut input = Input::new(data);
+    let policy = Policy {
+        starttls_available: input.bool(),
+        implicit_tls: input.bool(),
+        plaintext_auth: input.bool(),
+        max_errors: 50,
+        max_literal: 4096,
+        read_batch_bytes: 1 + u64::from(input.byte()) * 8,
+    };
+    let messages: Vec<Message> = (0..input.choose(6))
+        .map(|i| Message {
+            entry_id: 100 + i as i64,
+            uid: 1 + 2 * i as u32,
+            flags: match input.choose(3) {
+                0 => vec![],
+                1 => vec!["\\Seen".into()],
+                _ => vec!["\\Deleted".into(), "$Work".into()],
+            },
+            modseq: 1 + u64::from(input.byte()),
+            size: u32::from(input.byte()) * 4,
+            internal_date: DateTime::UNIX_EPOCH,
+        })
+        .collect();
+    let uids: Vec<u32> = messages.iter().map(|m| m.uid).collect();
+    let entries: Vec<i64> = messages.iter().map(|m| m.entry_id).collect();
+    let mailbox = MailboxSummary {
+        id: 1,
+        name: "INBOX".into(),
+        special_use: None,
+        subscribed: true,
+        uid_validity: 9,
+        uid_next: 20,
+        highest_modseq: 300,
+    };
+    let mut session = Session::new(policy);
+    let mut closed = false;
+    loop {
+        let mut polls = 0;
+        while let Some(output) = session.poll() {
+            polls += 1;
+            assert!(polls < 100_000, "the session does not settle");
+            assert!(!closed, "output after Close: {output:?}");
+            match output {
+                Output::Send(_) => {}
+                Output::StartTls => session.tls_established(),
+                Output::Close => closed = true,
+                Output::Action(Action::Login { .. }) => {
+                    session.login_result(match input.choose(4) {
+                        0 | 1 => LoginResult::Ok,
+                        2 => LoginResult::BadCredentials,
+                        _ => LoginResult::TemporaryFailure,
+                    })
+                }
+                Output::Action(Action::Run(request)) => {
+                    let answer = answer(&mut input, request, &mailbox, &messages, &uids, &entries);
+                    session.answer(answer);
+                }
+            }
+        }
+        if input.is_empty() {
+            return;
+        }
+        session.feed(input.piece(64));
+    }
+}
+
+fn failure(input: &mut Input<'_>) -> Failure {
+    match input.choose(3) {
+        0 => Failure::NoSuchMailbox,
+        1 => Failure::AlreadyExists,
+        _ => Failure::Temporary,
+    }
+}
+
+fn answer(
+    input: &mut Input<'_>,
+    request: Request,
+    mailbox: &MailboxSummary,
+    messages: &[Message],
+    uids: &[u32],
+    entries: &[i64],
+) -> Answer {
+    let fails = input.choose(8) == 0;
+    match request {
+        Request::Mailboxes => Answer::Mailboxes(Ok(vec![mailbox.clone()])),
+        Request::Select { .. } if fails => Answer::Selected(Err(failure(input))),
+        Request::Select { .. } => Answer::Selected(Ok((mailbox.clone(), messages.to_vec()))),
+        Request::Status { .. } => Answer::Status(Ok((mailbox.clone(), Counts::default()))),
+        Request::Create { .. }
+        | Request::Delete { .. }
+        | Request::Rename { .. }
+        | Request::Subscribe { .. } => {
+            Answer::Done(if fails { Err(failure(input)) } else { Ok(()) })
+        }
+        Request::Append { .. } => Answer::Placed(Ok((9, vec![(0, 21)]))),
+        Request::Contents { entry_ids } => {
+            assert!(
+                entry_ids.iter().all(|id| entries.contains(id)),
+                "{entry_ids:?}"
+            );
+            let mut contents = HashMap::new();
+            for id in entry_ids {
+                // Some are gone (expunged meanwhile).
+                if !input.bool() {
+                    contents.insert(id, input.piece(200).to_vec());
+                }
+            }
+            Answer::Contents(Ok(contents))
+        }
+        Request::StoreFlags { uids: asked, .. } => {
+            assert!(asked.iter().all(|u| uids.contains(u)), "{asked:?}");
+            let changed = messages
+                .iter()
+                .filter(|m| asked.contains(&m.uid) && input.bool())
+                .cloned()
+                .collect();
+            let modified = asked.into_iter().filter(|_| input.choose(4) == 0).collect();
+            Answer::Flags(Ok((changed, modified)))
+        }
+        Request::Expunge { uids: asked, .. } => {
+            if let Some(asked) = &asked {
+                assert!(asked.iter().all(|u| uids.contains(u)), "{asked:?}");
+            }
+            let gone = uids
+                .iter()
+                .copied()
+                .filter(|_| input.choose(3) == 0)
+                .collect();
+            Answer::Expunged(Ok(gone))
+        }
+        Request::Copy { uids: asked, .. } => {
+            assert!(asked.iter().all(|u| uids.contains(u)), "{asked:?}");
+            let placed = asked.iter().map(|&u| (u, u + 100)).collect();
+            Answer::Placed(if fails {
+                Err(failure(input))
+            } else {
+                Ok((9, placed))
+            })
+        }
+        Request::Changes { .. } => {
+            let present = uids
+                .iter()
+                .copied()
+                .filter(|_| input.choose(4) != 0)
+                .collect();
+            let mut changed: Vec<Message> =
+                messages.iter().filter(|_| input.bool()).cloned().collect();
+            if input.bool() {
+                let mut new = messages.first().cloned().unwrap_or_else(|| Message {
+                    entry_id: 999,
+                    uid: 1,
+                    flags: vec![],
+                    modseq: 1,
+                    size: 1,
+                    internal_date: DateTime::UNIX_EPOCH,
+                });
+                new.uid = 50;
+                changed.push(new);
+            }
+            Answer::Changes(Ok(Changes {
+                mailbox: (!fails).then(|| mailbox.clone()),
+                changed,
+                present,
+            }))
+        }
+    }
+}
