@@ -17,7 +17,7 @@ use pochta_imap::{
 };
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
-use pochta_service::drive::{Driver, Ended, Handler, Io, Timeouts};
+use pochta_service::drive::{Driver, Ended, Handler, Io, MemoryBudget, Timeouts};
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
@@ -62,6 +62,8 @@ pub struct Server {
     read_batch_bytes: u64,
     change_check: Duration,
     timeouts: Timeouts,
+    /// Client input all sessions hold (literals being received).
+    memory: MemoryBudget,
     watch: Arc<MailboxWatch>,
     metrics: Metrics,
 }
@@ -112,6 +114,7 @@ impl Server {
                 write: Duration::from_secs(imap.write_timeout_secs),
                 session: Duration::from_secs(imap.max_session_secs),
             },
+            memory: MemoryBudget::new(imap.max_input_memory_bytes as usize),
             watch,
             metrics: Metrics {
                 sessions: meter
@@ -177,7 +180,7 @@ impl Server {
             let driver = Driver {
                 tls: self.tls.as_ref(),
                 timeouts: self.timeouts,
-                memory: None,
+                memory: Some(&self.memory),
                 shutdown: &shutdown,
             };
             let mut connection = Connection {

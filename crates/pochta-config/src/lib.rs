@@ -792,6 +792,9 @@ pub struct ImapConfig {
     pub auth_cache_secs: u64,
     /// Largest literal a client may send (APPEND's message included), in octets.
     pub max_literal_bytes: u32,
+    /// Client input held in memory by all sessions together (commands being received, APPEND
+    /// literals above all); beyond it, only the session that began first reads on.
+    pub max_input_memory_bytes: u64,
     /// FETCH and SEARCH read message octets from the store in batches of about this many.
     pub read_batch_bytes: u32,
     /// How often a session waiting for input looks whether its mailbox changed (after a
@@ -824,6 +827,7 @@ impl Default for ImapConfig {
             auth_failure_window_secs: 300,
             auth_cache_secs: 300,
             max_literal_bytes: 50 * 1024 * 1024,
+            max_input_memory_bytes: 256 * 1024 * 1024,
             read_batch_bytes: 1024 * 1024,
             change_check_ms: 250,
         }

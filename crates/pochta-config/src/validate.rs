@@ -307,6 +307,7 @@ impl ImapConfig {
                 self.proxy_header_timeout_secs,
             ),
             ("imap.max_literal_bytes", u64::from(self.max_literal_bytes)),
+            ("imap.max_input_memory_bytes", self.max_input_memory_bytes),
             ("imap.read_batch_bytes", u64::from(self.read_batch_bytes)),
             ("imap.change_check_ms", self.change_check_ms),
         ])?;

@@ -259,6 +259,8 @@ pub struct Session {
     starttls_ready: bool,
     closing: bool,
     closed: bool,
+    /// Octets fed since the parser last took a whole command.
+    unparsed: usize,
 }
 
 fn status_ok(tag: Tag<'static>, code: Option<Code<'static>>, text: &str) -> Status<'static> {
@@ -322,6 +324,7 @@ impl Session {
             starttls_ready: false,
             closing: false,
             closed: false,
+            unparsed: 0,
         }
     }
 
@@ -330,6 +333,8 @@ impl Session {
         options.max_literal_size = policy.max_literal;
         options.max_command_size = policy.max_literal.saturating_add(64 * 1024);
         options.crlf_relaxed = true;
+        let _ = options.set_literal_accept_text("Ready for literal data".into());
+        let _ = options.set_literal_reject_text("Literal too large".into());
         options
     }
 
@@ -1707,6 +1712,7 @@ impl pochta_session::Session for Session {
     type Action = Action;
 
     fn feed(&mut self, bytes: &[u8]) {
+        self.unparsed = self.unparsed.saturating_add(bytes.len());
         self.server.enqueue_input(bytes);
     }
 
@@ -1725,6 +1731,13 @@ impl pochta_session::Session for Session {
             }
             match self.server.next() {
                 Ok(event) => {
+                    if !matches!(
+                        event,
+                        Event::ResponseSent { .. } | Event::GreetingSent { .. }
+                    ) {
+                        // A whole command (or line) was taken from the input.
+                        self.unparsed = 0;
+                    }
                     self.event(event);
                     if let Some(action) = self.action.take() {
                         return Some(Output::Action(action));
@@ -1742,7 +1755,10 @@ impl pochta_session::Session for Session {
                     }
                     return None;
                 }
-                Err(Interrupt::Error(error)) => self.malformed(error),
+                Err(Interrupt::Error(error)) => {
+                    self.unparsed = 0;
+                    self.malformed(error);
+                }
             }
         }
     }
@@ -1753,6 +1769,7 @@ impl pochta_session::Session for Session {
         // (RFC 9051 6.2.1), and no greeting goes out again.
         let greeting = Greeting::ok(None, "unused").expect("valid greeting");
         self.server = Server::new(Self::options(&self.policy), greeting);
+        self.unparsed = 0;
         loop {
             match self.server.next() {
                 Ok(Event::GreetingSent { .. }) | Err(Interrupt::Io(Io::NeedMoreInput)) => break,
@@ -1777,5 +1794,15 @@ impl pochta_session::Session for Session {
 
     fn interruptible(&self) -> bool {
         self.pending.is_none()
+    }
+
+    /// In the middle of a command (a literal being sent, above all).
+    fn in_data(&self) -> bool {
+        self.unparsed > 0
+    }
+
+    /// About what the parser holds: input since the last whole command.
+    fn buffered_bytes(&self) -> usize {
+        self.unparsed
     }
 }

@@ -1,0 +1,201 @@
+//! Hostile input and many sessions over real TCP against the real binary: over-long literals,
+//! literals announced and not sent, nesting deep enough to exhaust a recursive parser, bad
+//! syntax in bulk, and the memory thousands of idle sessions and half-sent literals take.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use pochta_testkit::{ServiceProcess, TestDb, free_addr, grpc_health};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_imap-access");
+
+async fn server(extra: &str) -> (TestDb, ServiceProcess, SocketAddr, SocketAddr) {
+    let db = TestDb::new().await.unwrap();
+    db.add_account("alice@example.org", "pw").await.unwrap();
+    let (grpc, imap) = (free_addr(), free_addr());
+    let config = format!(
+        "[store]\nurl = \"{}\"\nmax_connections = 4\n\n[imap]\ngrpc_listen = \"{grpc}\"\nimap_listen = [\"{imap}\"]\n\
+         imaps_listen = []\nplaintext_auth = \"loopback\"\nmax_errors = 1000\nmax_connections_per_ip = 5000\n{extra}\n",
+        db.url()
+    );
+    let p = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
+        .await
+        .unwrap();
+    (db, p, imap, grpc)
+}
+
+struct Client {
+    lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    write: OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let (read, write) = TcpStream::connect(addr).await.unwrap().into_split();
+        let mut c = Client {
+            lines: BufReader::new(read).lines(),
+            write,
+        };
+        assert!(c.line().await.starts_with("* OK"));
+        c
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
+            .await
+            .expect("a line within 20 s")
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.write.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a command; the lines up to and including its tagged reply.
+    async fn cmd(&mut self, line: &str) -> Vec<String> {
+        let tag = line.split(' ').next().unwrap().to_owned();
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.until(&tag).await
+    }
+
+    async fn until(&mut self, tag: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line().await;
+            let done = line.starts_with(&format!("{tag} ")) || line.is_empty();
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    }
+
+    async fn login(&mut self) {
+        let reply = self.cmd("l1 LOGIN alice@example.org pw").await;
+        assert!(reply.last().unwrap().starts_with("l1 OK"), "{reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_literals_and_bad_syntax_get_bad_and_the_session_goes_on() {
+    let (_db, process, imap, grpc) = server("max_literal_bytes = 4096").await;
+    let mut c = Client::connect(imap).await;
+    // A synchronising literal over the limit is refused before any of it is sent.
+    c.send(b"a1 LOGIN {99999999}\r\n").await;
+    let reply = c.line().await;
+    assert_eq!(reply, "a1 BAD Literal too large");
+    let reply = c.cmd("a2 NOOP").await;
+    assert_eq!(reply.last().unwrap(), "a2 OK NOOP completed");
+    for bad in [
+        "a3 FROB",
+        "a4 FETCH",
+        "a5 SELECT",
+        "a6 LOGIN \"unterminated",
+    ] {
+        let reply = c.cmd(bad).await;
+        assert!(reply.last().unwrap().contains("BAD"), "{bad}: {reply:?}");
+    }
+    // No tag to answer with: an untagged BAD.
+    c.send(b"(((\r\n").await;
+    assert_eq!(c.line().await, "* BAD Syntax error");
+    // A line longer than any command may be is refused too.
+    let long = format!("a7 NOOP {}", "x".repeat(100_000));
+    let reply = c.cmd(&long).await;
+    assert!(
+        reply.iter().any(|l| l.contains("BAD") || l.contains("BYE")),
+        "{reply:?}"
+    );
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(process);
+}
+
+#[tokio::test]
+async fn nesting_deep_enough_to_exhaust_a_recursive_parser_is_refused() {
+    let (_db, process, imap, grpc) = server("").await;
+    let mut c = Client::connect(imap).await;
+    c.login().await;
+    let reply = c.cmd("s1 SELECT INBOX").await;
+    assert!(reply.last().unwrap().starts_with("s1 OK"), "{reply:?}");
+    for depth in [40, 5_000, 30_000] {
+        let search = format!("q1 SEARCH {}ALL{}", "(".repeat(depth), ")".repeat(depth));
+        let reply = c.cmd(&search).await;
+        let last = reply.last().unwrap();
+        assert!(last.starts_with("q1 BAD"), "depth {depth}: {last}");
+        let not = format!("q2 SEARCH {}ALL", "NOT ".repeat(depth));
+        let reply = c.cmd(&not).await;
+        assert!(reply.last().unwrap().starts_with("q2 BAD"), "NOT x{depth}");
+    }
+    // A section path of many levels names no part: an empty answer, not a crash.
+    let path = vec!["1"; 2000].join(".");
+    let reply = c.cmd(&format!("f1 FETCH 1:* BODY.PEEK[{path}]")).await;
+    assert!(reply.last().unwrap().contains("f1 "), "{reply:?}");
+    assert!(grpc_health(grpc).await.unwrap(), "the server survived");
+    drop(process);
+}
+
+/// Literals announced and sent in part, by many clients at once, are held within the input
+/// memory budget: past it, the server stops reading from all but one.
+#[tokio::test]
+async fn half_sent_literals_stay_within_the_input_memory_budget() {
+    let (_db, process, imap, grpc) =
+        server("max_literal_bytes = 67108864\nmax_input_memory_bytes = 16777216").await;
+    let before = process.resident_kib();
+    let mut clients = Vec::new();
+    for i in 0..24 {
+        let mut c = Client::connect(imap).await;
+        c.login().await;
+        // LITERAL+: no continuation to wait for; 8 MiB of a 60 MiB message, then silence.
+        c.send(format!("a{i} APPEND INBOX {{62914560+}}\r\n").as_bytes())
+            .await;
+        let chunk = vec![b'x'; 1 << 20];
+        let writes = async {
+            for _ in 0..8 {
+                c.write.write_all(&chunk).await.unwrap();
+            }
+        };
+        // A client the server stopped reading from cannot write it all: that is the point.
+        let _ = tokio::time::timeout(Duration::from_secs(2), writes).await;
+        clients.push(c);
+    }
+    let grown = process.resident_kib().saturating_sub(before);
+    // 24 clients sent up to 192 MiB; the server holds about the 16 MiB budget plus one
+    // session's share (and what the parser copies): far below what was offered.
+    assert!(grown < 80 * 1024, "grew {grown} KiB");
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(clients);
+    drop(process);
+}
+
+/// Idle sessions cost little: a thousand logged-in clients idling in INBOX.
+#[tokio::test]
+async fn a_thousand_idle_sessions_take_little_memory() {
+    let (_db, process, imap, grpc) = server("max_connections = 2000").await;
+    let before = process.resident_kib();
+    let mut clients = Vec::new();
+    for i in 0..1000 {
+        let mut c = Client::connect(imap).await;
+        c.login().await;
+        let reply = c.cmd(&format!("s{i} SELECT INBOX")).await;
+        assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+        c.send(format!("i{i} IDLE\r\n").as_bytes()).await;
+        assert!(c.line().await.starts_with('+'));
+        clients.push(c);
+    }
+    let grown = process.resident_kib().saturating_sub(before);
+    // Under 30 KiB a session (10,000 of them: under 300 MB).
+    assert!(grown < 30 * 1000, "grew {grown} KiB for 1000 idle sessions");
+    // Every one still answers.
+    for (i, c) in clients.iter_mut().enumerate().step_by(97) {
+        c.send(b"DONE\r\n").await;
+        let reply = c.until(&format!("i{i}")).await;
+        assert!(reply.last().unwrap().contains("OK"), "{reply:?}");
+    }
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(clients);
+    drop(process);
+}
