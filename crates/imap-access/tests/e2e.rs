@@ -408,3 +408,147 @@ p.quit()
     let status = child.wait().await.unwrap();
     assert!(status.success());
 }
+
+/// mbsync (isync), a real client from Debian, syncs INBOX down to a maildir and back: a flag
+/// set and a message added on the near side reach the server.
+#[tokio::test]
+async fn mbsync_syncs_a_mailbox_both_ways() {
+    let s = stack().await;
+    s.send(&[
+        "Subject: one\r\n\r\nfirst\r\n",
+        "Subject: two\r\n\r\nsecond\r\n",
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mail = dir.path().join("mail");
+    std::fs::create_dir_all(&mail).unwrap();
+    let config = dir.path().join("mbsyncrc");
+    std::fs::write(
+        &config,
+        format!(
+            "IMAPAccount pochta\nHost localhost\nPort {port}\nUser {ALICE}\nPass \"{PW}\"\n\
+             SSLType IMAPS\nCertificateFile {ca}\n\n\
+             IMAPStore remote\nAccount pochta\n\n\
+             MaildirStore local\nPath {path}/\nInbox {path}/INBOX\nSubFolders Verbatim\n\n\
+             Channel sync\nFar :remote:\nNear :local:\nPatterns INBOX Sent\nCreate Both\n\
+             Expunge Both\nSync All\nSyncState *\n",
+            port = s.imap[0].1.port(),
+            ca = s.certs.ca_path.display(),
+            path = mail.display(),
+        ),
+    )
+    .unwrap();
+    let mbsync = || async {
+        let out = tokio::process::Command::new("mbsync")
+            .arg("-c")
+            .arg(&config)
+            .arg("-a")
+            .output()
+            .await
+            .expect("mbsync (Debian: isync) must be installed");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "mbsync failed:\n{text}");
+    };
+    mbsync().await;
+
+    // Down: both messages, octet for octet (the maildir keeps LF line ends).
+    let inbox = mail.join("INBOX");
+    let mut files: Vec<std::path::PathBuf> = ["new", "cur"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(inbox.join(sub)).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let store = s.db.store();
+    let ids: Vec<i64> = store
+        .maildrop_entries(s.account)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let mut expected: Vec<Vec<u8>> = store
+        .maildrop_entries_whole(s.account, &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, text)| {
+            String::from_utf8(text)
+                .unwrap()
+                .replace("\r\n", "\n")
+                .into_bytes()
+        })
+        .collect();
+    // mbsync marks what it copied with an X-TUID: header of its own.
+    let mut got: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            let kept: Vec<&str> = text
+                .split_inclusive('\n')
+                .filter(|l| !l.starts_with("X-TUID: "))
+                .collect();
+            kept.concat().into_bytes()
+        })
+        .collect();
+    expected.sort();
+    got.sort();
+    assert!(
+        got == expected,
+        "the maildir holds what the server has:\n{:?}\n{:?}",
+        got.iter()
+            .map(|g| String::from_utf8_lossy(g))
+            .collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|g| String::from_utf8_lossy(g))
+            .collect::<Vec<_>>()
+    );
+
+    // Up: the first message marked seen here, a new message in Sent.
+    let first = files
+        .iter()
+        .find(|f| std::fs::read_to_string(f).unwrap().contains("Subject: one"))
+        .unwrap();
+    let name = first.file_name().unwrap().to_str().unwrap().to_owned();
+    let base = name.split(":2,").next().unwrap();
+    std::fs::rename(first, inbox.join("cur").join(format!("{base}:2,S"))).unwrap();
+    let sent = mail.join("Sent");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(sent.join(sub)).unwrap();
+    }
+    std::fs::write(
+        sent.join("new").join("1700000000.1_1.localhost"),
+        "Subject: from mbsync\n\nwritten offline\n",
+    )
+    .unwrap();
+    mbsync().await;
+
+    let inbox_box = store.mailbox(s.account, "INBOX").await.unwrap().unwrap();
+    let messages = store.mailbox_messages(inbox_box.id).await.unwrap();
+    let seen: Vec<i64> = messages
+        .iter()
+        .filter(|m| m.flags.iter().any(|f| f == "\\Seen"))
+        .map(|m| m.uid)
+        .collect();
+    assert_eq!(seen, [1], "the flag set offline reached the server");
+    let sent_box = store.mailbox(s.account, "Sent").await.unwrap().unwrap();
+    let in_sent = store.mailbox_messages(sent_box.id).await.unwrap();
+    assert_eq!(in_sent.len(), 1);
+    let text = store
+        .maildrop_entries_whole(s.account, &[in_sent[0].entry_id])
+        .await
+        .unwrap();
+    // mbsync adds its X-TUID: header to what it uploads.
+    let appended = String::from_utf8(text[0].1.clone()).unwrap();
+    let kept: String = appended
+        .split_inclusive("\r\n")
+        .filter(|l| !l.starts_with("X-TUID: "))
+        .collect();
+    assert_eq!(kept, "Subject: from mbsync\r\n\r\nwritten offline\r\n");
+}

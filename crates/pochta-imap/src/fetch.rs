@@ -4,12 +4,16 @@
 
 use std::num::NonZeroU32;
 
+use imap_next::imap_types::body::{
+    BasicFields, Body, BodyStructure, Disposition, MultiPartExtensionData, SinglePartExtensionData,
+    SpecificFields,
+};
 use imap_next::imap_types::core::{AString, IString, Literal, NString, Quoted};
 use imap_next::imap_types::datetime::DateTime;
 use imap_next::imap_types::envelope::{Address, Envelope};
 use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName, Section};
 use imap_next::imap_types::flag::{Flag, FlagFetch};
-use mail_parser::{HeaderName, HeaderValue, MessageParser, PartType};
+use mail_parser::{HeaderName, HeaderValue, MessageParser, MimeHeaders, PartType};
 
 use crate::view::{Message, nonzero};
 
@@ -44,7 +48,6 @@ pub(crate) fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
 /// Items this server does not answer yet: the command gets a NO rather than a wrong answer.
 pub(crate) fn unsupported(items: &[MessageDataItemName<'_>]) -> Option<&'static str> {
     items.iter().find_map(|i| match i {
-        MessageDataItemName::Body | MessageDataItemName::BodyStructure => Some("BODYSTRUCTURE"),
         MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
             Some("BINARY")
         }
@@ -136,11 +139,14 @@ pub(crate) fn items(
                     data: nstring(data),
                 }
             }
+            MessageDataItemName::Body => MessageDataItem::Body(body_structure(content, false)),
+            MessageDataItemName::BodyStructure => {
+                MessageDataItem::BodyStructure(body_structure(content, true))
+            }
             // `unsupported` keeps these from reaching here.
-            MessageDataItemName::Body
-            | MessageDataItemName::BodyStructure
-            | MessageDataItemName::Binary { .. }
-            | MessageDataItemName::BinarySize { .. } => continue,
+            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
+                continue;
+            }
         };
         out.push(item);
     }
@@ -368,6 +374,152 @@ fn envelope(content: &[u8]) -> Envelope<'static> {
     }
 }
 
+/// Nested messages deeper than this are described as opaque parts.
+const MAX_NESTING: usize = 16;
+
+/// BODYSTRUCTURE (with `extended`) or BODY (RFC 9051 7.5.2) of a message's octets.
+fn body_structure(content: &[u8], extended: bool) -> BodyStructure<'static> {
+    match MessageParser::new().parse(content) {
+        Some(message) => part_structure(&message, 0, extended, 0),
+        // Not even a header: one text/plain part of the whole.
+        None => single(
+            basic_fields(None, content.len()),
+            SpecificFields::Text {
+                subtype: istring("PLAIN"),
+                number_of_lines: lines(content),
+            },
+            extended.then(|| SinglePartExtensionData {
+                md5: NString(None),
+                tail: None,
+            }),
+        ),
+    }
+}
+
+fn part_structure(
+    message: &mail_parser::Message<'_>,
+    id: usize,
+    extended: bool,
+    depth: usize,
+) -> BodyStructure<'static> {
+    let Some(part) = message.parts.get(id) else {
+        return body_structure(b"", extended);
+    };
+    let raw = message.raw_message.as_ref();
+    let body = raw
+        .get(part.offset_body as usize..part.offset_end as usize)
+        .unwrap_or_default();
+    let content_type = part.content_type();
+    let subtype = content_type
+        .and_then(|c| c.subtype())
+        .unwrap_or(match &part.body {
+            PartType::Multipart(_) => "mixed",
+            PartType::Html(_) => "html",
+            _ => "plain",
+        })
+        .to_ascii_uppercase();
+    let parameters = || -> Vec<(IString<'static>, IString<'static>)> {
+        content_type
+            .and_then(|c| c.attributes())
+            .unwrap_or_default()
+            .iter()
+            .map(|a| (istring(&a.name.to_ascii_uppercase()), istring(&a.value)))
+            .collect()
+    };
+    let disposition = || -> Option<Disposition<'static>> {
+        part.content_disposition().map(|d| Disposition {
+            disposition: Some((
+                istring(&d.ctype().to_ascii_uppercase()),
+                d.attributes()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| (istring(&a.name.to_ascii_uppercase()), istring(&a.value)))
+                    .collect(),
+            )),
+            tail: None,
+        })
+    };
+    if let PartType::Multipart(children) = &part.body
+        && depth < MAX_NESTING
+    {
+        let bodies: Vec<BodyStructure<'static>> = children
+            .iter()
+            .map(|&child| part_structure(message, child as usize, extended, depth + 1))
+            .collect();
+        if let Ok(bodies) = bodies.try_into() {
+            return BodyStructure::Multi {
+                bodies,
+                subtype: istring(&subtype),
+                extension_data: extended.then(|| MultiPartExtensionData {
+                    parameter_list: parameters(),
+                    tail: disposition(),
+                }),
+            };
+        }
+    }
+    let mut basic = basic_fields(Some(part), body.len());
+    basic.parameter_list = parameters();
+    let kind = content_type.map_or("TEXT".to_owned(), |c| c.ctype().to_ascii_uppercase());
+    let specific = match &part.body {
+        PartType::Message(nested) if depth < MAX_NESTING => SpecificFields::Message {
+            envelope: Box::new(envelope(body)),
+            body_structure: Box::new(part_structure(nested, 0, extended, depth + 1)),
+            number_of_lines: lines(body),
+        },
+        _ if kind == "TEXT" => SpecificFields::Text {
+            subtype: istring(&subtype),
+            number_of_lines: lines(body),
+        },
+        _ => SpecificFields::Basic {
+            r#type: istring(&kind),
+            subtype: istring(&subtype),
+        },
+    };
+    let extension = extended.then(|| SinglePartExtensionData {
+        md5: NString(None),
+        tail: disposition(),
+    });
+    single(basic, specific, extension)
+}
+
+fn single(
+    basic: BasicFields<'static>,
+    specific: SpecificFields<'static>,
+    extension_data: Option<SinglePartExtensionData<'static>>,
+) -> BodyStructure<'static> {
+    BodyStructure::Single {
+        body: Body { basic, specific },
+        extension_data,
+    }
+}
+
+fn basic_fields(part: Option<&mail_parser::MessagePart<'_>>, size: usize) -> BasicFields<'static> {
+    let header = |value: Option<&str>| value.map_or(NString(None), |v| text(v.trim()));
+    BasicFields {
+        parameter_list: Vec::new(),
+        id: header(part.and_then(|p| p.content_id())),
+        description: header(part.and_then(|p| p.content_description())),
+        content_transfer_encoding: istring(
+            &part
+                .and_then(|p| p.content_transfer_encoding())
+                .unwrap_or("7BIT")
+                .to_ascii_uppercase(),
+        ),
+        size: u32::try_from(size).unwrap_or(u32::MAX),
+    }
+}
+
+fn lines(octets: &[u8]) -> u32 {
+    u32::try_from(memchr::memchr_iter(b'\n', octets).count()).unwrap_or(u32::MAX)
+}
+
+fn istring(s: &str) -> IString<'static> {
+    match text(s).0 {
+        Some(string) => string,
+        None => IString::Quoted(Quoted::try_from(String::new()).expect("the empty string")),
+    }
+}
+
 /// A string quoted where it can be, a literal where not.
 fn text(s: &str) -> NString<'static> {
     match Quoted::try_from(s.to_owned()) {
@@ -434,6 +586,48 @@ Content-Type: text/plain\r\n\r\nfirst part\r\n--XX\r\nContent-Type: text/html\r\
         let single = b"Subject: x\r\n\r\nbody\r\n";
         let body = section_octets(single, Some(&Section::Part(part(&[1])))).unwrap();
         assert_eq!(body, b"body\r\n");
+    }
+
+    #[test]
+    fn bodystructure_describes_each_part() {
+        let BodyStructure::Multi {
+            bodies, subtype, ..
+        } = body_structure(MAIL, true)
+        else {
+            panic!("multipart");
+        };
+        assert_eq!(subtype, istring("MIXED"));
+        let parts: Vec<BodyStructure<'static>> = bodies.into_inner();
+        assert_eq!(parts.len(), 2);
+        let BodyStructure::Single { body, .. } = &parts[1] else {
+            panic!("single");
+        };
+        assert_eq!(
+            body.specific,
+            SpecificFields::Text {
+                subtype: istring("HTML"),
+                number_of_lines: 0
+            }
+        );
+        assert_eq!(body.basic.size, 13, "<p>second</p>");
+        assert_eq!(body.basic.content_transfer_encoding, istring("7BIT"));
+        // Not MIME at all: one text/plain part.
+        let plain = body_structure(b"Subject: x\r\n\r\nline\r\nline\r\n", false);
+        let BodyStructure::Single {
+            body,
+            extension_data,
+        } = plain
+        else {
+            panic!("single");
+        };
+        assert_eq!(extension_data, None);
+        assert!(matches!(
+            body.specific,
+            SpecificFields::Text {
+                number_of_lines: 2,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -391,7 +391,7 @@ fn fetch_without_content_answers_at_once() {
         c.cmd("f3 FETCH 4 FLAGS").starts_with("f3 BAD"),
         "no message 4"
     );
-    assert!(c.cmd("f4 FETCH 1 BODYSTRUCTURE").starts_with("f4 NO"));
+    assert!(c.cmd("f4 FETCH 1 BINARY[1]").starts_with("f4 NO"));
 }
 
 #[test]
@@ -473,7 +473,9 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
 #[test]
 fn fetch_sections_and_partials() {
     let mut c = selected(true);
-    let r = request(c.send("f1 FETCH 3 (BODY.PEEK[TEXT]<5.4> BODY.PEEK[HEADER] ENVELOPE)\r\n"));
+    let r = request(
+        c.send("f1 FETCH 3 (BODY.PEEK[TEXT]<5.4> BODY.PEEK[HEADER] ENVELOPE BODYSTRUCTURE)\r\n"),
+    );
     assert_eq!(
         r,
         Request::Contents {
@@ -491,6 +493,10 @@ fn fetch_sections_and_partials() {
     );
     assert!(
         out.contains("ENVELOPE (NIL \"Hello\" ((NIL NIL \"a\" \"example.net\"))"),
+        "{out}"
+    );
+    assert!(
+        out.contains("BODYSTRUCTURE (\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 11 1 NIL))"),
         "{out}"
     );
 }
