@@ -333,12 +333,17 @@ impl Connection {
                 .map(placed)
                 .map_err(failure),
             ),
-            Request::Contents { entry_ids } => Answer::Contents(
-                store
-                    .maildrop_entries_whole(account, &entry_ids)
-                    .await
-                    .map(|list| list.into_iter().collect::<HashMap<_, _>>())
-                    .map_err(failure),
+            Request::Contents {
+                entry_ids,
+                headers_only,
+            } => Answer::Contents(
+                if headers_only {
+                    store.maildrop_entries_headers(account, &entry_ids).await
+                } else {
+                    store.maildrop_entries_whole(account, &entry_ids).await
+                }
+                .map(|list| list.into_iter().collect::<HashMap<_, _>>())
+                .map_err(failure),
             ),
             Request::StoreFlags {
                 mailbox_id,

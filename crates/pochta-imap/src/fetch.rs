@@ -17,20 +17,36 @@ use mail_parser::{HeaderName, HeaderValue, MessageParser, MimeHeaders, PartType}
 
 use crate::view::{Message, nonzero};
 
-/// Does any item need the message's octets?
-pub(crate) fn needs_content(items: &[MessageDataItemName<'_>]) -> bool {
-    items.iter().any(|i| {
-        matches!(
-            i,
+/// What of a message's octets a command needs: none, its header block, or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Need {
+    Nothing,
+    Header,
+    Whole,
+}
+
+/// What the items need of the message's octets.
+pub(crate) fn needs_content(items: &[MessageDataItemName<'_>]) -> Need {
+    items
+        .iter()
+        .map(|i| match i {
+            MessageDataItemName::Rfc822Header | MessageDataItemName::Envelope => Need::Header,
+            MessageDataItemName::BodyExt {
+                section:
+                    Some(Section::Header(None))
+                    | Some(Section::HeaderFields(None, _))
+                    | Some(Section::HeaderFieldsNot(None, _)),
+                ..
+            } => Need::Header,
             MessageDataItemName::BodyExt { .. }
-                | MessageDataItemName::Rfc822
-                | MessageDataItemName::Rfc822Header
-                | MessageDataItemName::Rfc822Text
-                | MessageDataItemName::Envelope
-                | MessageDataItemName::Body
-                | MessageDataItemName::BodyStructure
-        )
-    })
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Text
+            | MessageDataItemName::Body
+            | MessageDataItemName::BodyStructure => Need::Whole,
+            _ => Need::Nothing,
+        })
+        .max()
+        .unwrap_or(Need::Nothing)
 }
 
 /// Does fetching these items set `\Seen` (RFC 9051 6.4.5: BODY[...] and RFC822 do)?

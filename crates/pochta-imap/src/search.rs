@@ -5,28 +5,29 @@
 use chrono::{NaiveDate, Utc};
 use imap_next::imap_types::search::SearchKey;
 
+use crate::fetch::Need;
 use crate::view::{Message, View};
 
 /// Nesting deeper than this (NOT, OR, parentheses) is refused rather than evaluated.
 pub const MAX_DEPTH: usize = 32;
 
-/// Does evaluating the key need message octets? None: nested too deep.
-pub(crate) fn needs_content(key: &SearchKey<'_>, depth: usize) -> Option<bool> {
+/// What evaluating the key needs of the message octets (header fields need only the header
+/// block). None: nested too deep.
+pub(crate) fn needs_content(key: &SearchKey<'_>, depth: usize) -> Option<Need> {
     if depth > MAX_DEPTH {
         return None;
     }
     Some(match key {
         SearchKey::And(keys) => {
-            let mut any = false;
+            let mut need = Need::Nothing;
             for k in keys.as_ref() {
-                any |= needs_content(k, depth + 1)?;
+                need = need.max(needs_content(k, depth + 1)?);
             }
-            any
+            need
         }
         SearchKey::Not(k) => needs_content(k, depth + 1)?,
-        SearchKey::Or(a, b) => needs_content(a, depth + 1)? | needs_content(b, depth + 1)?,
+        SearchKey::Or(a, b) => needs_content(a, depth + 1)?.max(needs_content(b, depth + 1)?),
         SearchKey::Bcc(_)
-        | SearchKey::Body(_)
         | SearchKey::Cc(_)
         | SearchKey::From(_)
         | SearchKey::Header(..)
@@ -34,9 +35,9 @@ pub(crate) fn needs_content(key: &SearchKey<'_>, depth: usize) -> Option<bool> {
         | SearchKey::SentOn(_)
         | SearchKey::SentSince(_)
         | SearchKey::Subject(_)
-        | SearchKey::Text(_)
-        | SearchKey::To(_) => true,
-        _ => false,
+        | SearchKey::To(_) => Need::Header,
+        SearchKey::Body(_) | SearchKey::Text(_) => Need::Whole,
+        _ => Need::Nothing,
     })
 }
 

@@ -101,9 +101,11 @@ pub enum Request {
         flags: Vec<String>,
         date: Option<DateTime<Utc>>,
     },
-    /// The octets of these messages (as FETCH BODY[] sends them).
+    /// The octets of these messages (as FETCH BODY[] sends them), or with `headers_only`
+    /// their header blocks only (through the empty line).
     Contents {
         entry_ids: Vec<i64>,
+        headers_only: bool,
     },
     StoreFlags {
         mailbox_id: i64,
@@ -172,6 +174,8 @@ enum State {
 struct Reading {
     places: Vec<usize>,
     next: usize,
+    /// Only the header blocks are needed.
+    headers_only: bool,
     /// SEARCH: the places that matched so far.
     matched: Vec<usize>,
 }
@@ -923,13 +927,15 @@ impl Session {
 
     /// Sends what needs no octets, or asks for the next batch of octets.
     fn fetch_read(&mut self, job: FetchJob) {
-        if !fetch::needs_content(&job.items) {
+        let need = fetch::needs_content(&job.items);
+        if need == fetch::Need::Nothing {
             self.fetch_send(&job, &job.places, &HashMap::new());
             return self.ok(job.tag, "FETCH completed");
         }
         let reading = Reading {
             places: job.places.clone(),
             next: 0,
+            headers_only: need == fetch::Need::Header,
             matched: Vec::new(),
         };
         self.fetch_next(job, reading);
@@ -943,12 +949,16 @@ impl Session {
         }
         let entry_ids = batch.iter().map(|&p| view.messages[p].entry_id).collect();
         reading.next += batch.len();
+        let headers_only = reading.headers_only;
         self.run(
             Pending::Fetch {
                 fetch: job,
                 reading,
             },
-            Request::Contents { entry_ids },
+            Request::Contents {
+                entry_ids,
+                headers_only,
+            },
         );
     }
 
@@ -959,7 +969,7 @@ impl Session {
         for &place in places {
             let m = &view.messages[place];
             let content = contents.get(&m.entry_id).map(Vec::as_slice);
-            if fetch::needs_content(&job.items) && content.is_none() {
+            if fetch::needs_content(&job.items) != fetch::Need::Nothing && content.is_none() {
                 // Expunged elsewhere since the view last looked: nothing to send.
                 continue;
             }
@@ -1067,7 +1077,7 @@ impl Session {
             }
         }
         let key = SearchKey::And(criteria);
-        let Some(needs_content) = search::needs_content(&key, 0) else {
+        let Some(need) = search::needs_content(&key, 0) else {
             return self.bad(Some(tag), "Search keys nested too deep");
         };
         let Some(view) = self.view() else { return };
@@ -1075,9 +1085,10 @@ impl Session {
         let reading = Reading {
             places,
             next: 0,
+            headers_only: need == fetch::Need::Header,
             matched: Vec::new(),
         };
-        if !needs_content {
+        if need == fetch::Need::Nothing {
             let matched: Vec<usize> = reading
                 .places
                 .iter()
@@ -1104,6 +1115,7 @@ impl Session {
         }
         let entry_ids = batch.iter().map(|&p| view.messages[p].entry_id).collect();
         reading.next += batch.len();
+        let headers_only = reading.headers_only;
         self.run(
             Pending::Search {
                 tag,
@@ -1111,7 +1123,10 @@ impl Session {
                 key,
                 reading,
             },
-            Request::Contents { entry_ids },
+            Request::Contents {
+                entry_ids,
+                headers_only,
+            },
         );
     }
 
@@ -1646,13 +1661,23 @@ impl Pending {
     }
 }
 
-/// The next places to read: at least one, then as many as fit `budget` octets (256 at most).
+/// A header block's size, guessed for batching (the store cuts it at its empty line).
+const HEADER_GUESS: u64 = 4096;
+
+/// The next places to read: at least one, then as many as fit `budget` octets (256 at most;
+/// 1,024 when only header blocks are read).
 fn next_batch(view: &View, reading: &Reading, budget: u64) -> Vec<usize> {
     let mut batch = Vec::new();
     let mut used = 0u64;
+    let most = if reading.headers_only { 1024 } else { 256 };
     for &place in &reading.places[reading.next..] {
         let size = u64::from(view.messages[place].size);
-        if !batch.is_empty() && (used + size > budget || batch.len() >= 256) {
+        let size = if reading.headers_only {
+            size.min(HEADER_GUESS)
+        } else {
+            size
+        };
+        if !batch.is_empty() && (used + size > budget || batch.len() >= most) {
             break;
         }
         used += size;

@@ -402,7 +402,8 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
     assert_eq!(
         r,
         Request::Contents {
-            entry_ids: vec![200]
+            entry_ids: vec![200],
+            headers_only: true
         }
     );
     let contents = |ids: &[i64]| -> HashMap<i64, Vec<u8>> {
@@ -413,7 +414,8 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
     assert_eq!(
         r,
         Request::Contents {
-            entry_ids: vec![400]
+            entry_ids: vec![400],
+            headers_only: true
         }
     );
     c.session.answer(Answer::Contents(Ok(contents(&[400]))));
@@ -421,7 +423,8 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
     assert_eq!(
         r,
         Request::Contents {
-            entry_ids: vec![700]
+            entry_ids: vec![700],
+            headers_only: true
         }
     );
     // Message 3 was expunged elsewhere meanwhile: it is left out, not made up.
@@ -457,7 +460,8 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
     assert_eq!(
         r,
         Request::Contents {
-            entry_ids: vec![200]
+            entry_ids: vec![200],
+            headers_only: false
         }
     );
     let out = answer(&mut c, Answer::Contents(Ok(contents(&[200]))));
@@ -479,7 +483,8 @@ fn fetch_sections_and_partials() {
     assert_eq!(
         r,
         Request::Contents {
-            entry_ids: vec![700]
+            entry_ids: vec![700],
+            headers_only: false
         }
     );
     let out = answer(
@@ -600,7 +605,8 @@ fn search_by_flags_at_once_and_by_text_through_the_content() {
     assert_eq!(
         r,
         Request::Contents {
-            entry_ids: vec![200]
+            entry_ids: vec![200],
+            headers_only: true
         }
     );
     c.session

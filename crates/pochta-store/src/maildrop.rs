@@ -189,6 +189,46 @@ impl Store {
         Ok(entries)
     }
 
+    /// The header block (through its empty line) of several entries of a maildrop: the
+    /// header prefix, then the content up to its first empty line, cut in the database so that
+    /// only headers cross the wire (SEARCH by header field, FETCH of header fields). An entry
+    /// whose header does not end within its first chunk comes whole. Entries not in the
+    /// maildrop are left out.
+    pub async fn maildrop_entries_headers(
+        &self,
+        account_id: i64,
+        entry_ids: &[i64],
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>, bool)> = sqlx::query_as(
+            "SELECT e.id, e.header_prefix,
+                    CASE WHEN h.at > 0 THEN substring(c.data FROM 1 FOR h.at + 3) ELSE c.data END,
+                    coalesce(h.at > 0
+                        OR e.pop3_size - octet_length(e.header_prefix) <= octet_length(c.data),
+                        true)
+             FROM maildrop_entries e
+             LEFT JOIN message_chunks c ON c.message_id = e.message_id AND c.seq = 0
+             CROSS JOIN LATERAL (SELECT position('\\x0d0a0d0a'::bytea IN c.data) AS at) h
+             WHERE e.account_id = $1 AND e.id = ANY($2)",
+        )
+        .bind(account_id)
+        .bind(entry_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut headers = Vec::with_capacity(rows.len());
+        let mut whole = Vec::new();
+        for (id, prefix, head, complete) in rows {
+            if complete {
+                headers.push((id, [prefix, head.unwrap_or_default()].concat()));
+            } else {
+                whole.push(id);
+            }
+        }
+        if !whole.is_empty() {
+            headers.extend(self.maildrop_entries_whole(account_id, &whole).await?);
+        }
+        Ok(headers)
+    }
+
     /// The content chunks of some entries of a maildrop, in entry then chunk order, each row
     /// with its entry's own (small) columns; an entry with empty content has one row without
     /// data.

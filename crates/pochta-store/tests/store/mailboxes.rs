@@ -565,3 +565,39 @@ async fn without_an_inbox_mail_stays_queued_not_lost() {
         1
     );
 }
+
+/// Header blocks are cut in the database at the first empty line, after the delivery prefix;
+/// a header longer than a chunk, and a message without an empty line, come whole.
+#[tokio::test]
+async fn header_blocks_are_read_without_the_body() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    deliver(store, account, 1).await;
+    store.ensure_default_mailboxes(account).await.unwrap();
+    let drafts = store.mailbox(account, "Drafts").await.unwrap().unwrap();
+    let long_header = format!("X-Long: {}\r\nSubject: s\r\n\r\nbody\r\n", "a".repeat(9000));
+    let no_blank_line = b"Subject: only a header\r\n".to_vec();
+    let big_body = [b"Subject: big\r\n\r\n".as_slice(), &vec![b'x'; 30_000]].concat();
+    for content in [long_header.as_bytes(), &no_blank_line, &big_body] {
+        store.append_message(drafts.id, content, &[], None).await.unwrap();
+    }
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let mut ids: Vec<i64> = Vec::new();
+    for mailbox in [inbox.id, drafts.id] {
+        let messages = store.mailbox_messages(mailbox).await.unwrap();
+        ids.extend(messages.iter().map(|m| m.entry_id));
+    }
+    let mut headers = store.maildrop_entries_headers(account, &ids).await.unwrap();
+    headers.sort();
+    let texts: Vec<Vec<u8>> = headers.into_iter().map(|(_, h)| h).collect();
+    let delivered = [PREFIX, CONTENT].concat();
+    let delivered_header = &delivered[..delivered.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4];
+    assert_eq!(texts[0], delivered_header, "prefix and header, no body");
+    assert_eq!(texts[1], long_header.as_bytes(), "longer than a chunk: whole");
+    assert_eq!(texts[2], no_blank_line, "no empty line: whole");
+    assert_eq!(texts[3], b"Subject: big\r\n\r\n", "30 KB of body left in the store");
+    // Another account's entries are not read.
+    let other = store.maildrop_entries_headers(account + 1, &ids).await.unwrap();
+    assert!(other.is_empty());
+}
