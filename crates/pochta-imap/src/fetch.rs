@@ -404,7 +404,7 @@ fn body_structure(content: &[u8], extended: bool) -> BodyStructure<'static> {
                 subtype: istring("PLAIN"),
                 number_of_lines: lines(content),
             },
-            extended.then(|| SinglePartExtensionData {
+            extended.then_some(SinglePartExtensionData {
                 md5: NString(None),
                 tail: None,
             }),

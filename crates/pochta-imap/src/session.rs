@@ -1005,9 +1005,10 @@ impl Session {
             Ok(places) => places,
             Err(_) => return self.bad(Some(tag), "Invalid message set"),
         };
-        let unchanged_since = modifiers.iter().find_map(|m| match m {
-            imap_next::imap_types::command::StoreModifier::UnchangedSince(n) => Some(*n),
+        let unchanged_since = modifiers.iter().map(|m| match m {
+            imap_next::imap_types::command::StoreModifier::UnchangedSince(n) => *n,
         });
+        let unchanged_since = unchanged_since.min();
         let uids = places.iter().map(|&p| view.messages[p].uid).collect();
         let mailbox_id = view.mailbox.id;
         self.run(
@@ -1589,7 +1590,7 @@ impl Session {
                 };
                 match authenticate_data {
                     AuthenticateData::Continue(data) => {
-                        self.plain(tag, &data.declassify().to_vec())
+                        self.plain(tag, data.declassify())
                     }
                     AuthenticateData::Cancel => {
                         let status = status_bad(Some(tag), "Authentication cancelled");

@@ -199,12 +199,13 @@ impl Store {
         account_id: i64,
         entry_ids: &[i64],
     ) -> Result<Vec<(i64, Vec<u8>)>> {
-        let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>, bool)> = sqlx::query_as(
+        let rows: Vec<HeaderBlock> = sqlx::query_as(
             "SELECT e.id, e.header_prefix,
-                    CASE WHEN h.at > 0 THEN substring(c.data FROM 1 FOR h.at + 3) ELSE c.data END,
+                    CASE WHEN h.at > 0 THEN substring(c.data FROM 1 FOR h.at + 3)
+                         ELSE c.data END AS head,
                     coalesce(h.at > 0
                         OR e.pop3_size - octet_length(e.header_prefix) <= octet_length(c.data),
-                        true)
+                        true) AS complete
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id AND c.seq = 0
              CROSS JOIN LATERAL (SELECT position('\\x0d0a0d0a'::bytea IN c.data) AS at) h
@@ -216,11 +217,12 @@ impl Store {
         .await?;
         let mut headers = Vec::with_capacity(rows.len());
         let mut whole = Vec::new();
-        for (id, prefix, head, complete) in rows {
-            if complete {
-                headers.push((id, [prefix, head.unwrap_or_default()].concat()));
+        for row in rows {
+            if row.complete {
+                let head = row.head.unwrap_or_default();
+                headers.push((row.id, [row.header_prefix, head].concat()));
             } else {
-                whole.push(id);
+                whole.push(row.id);
             }
         }
         if !whole.is_empty() {
@@ -335,6 +337,16 @@ impl Store {
             .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// A row of `Store::maildrop_entries_headers`: an entry's prefix and the start of its first
+/// chunk, through the header's empty line when `complete`.
+#[derive(sqlx::FromRow)]
+struct HeaderBlock {
+    id: i64,
+    header_prefix: Vec<u8>,
+    head: Option<Vec<u8>>,
+    complete: bool,
 }
 
 /// A row of `Store::entry_chunks`.

@@ -85,7 +85,7 @@ async fn maildrops_become_inboxes_keeping_their_pop3_uids() {
         .await
         .unwrap();
     // Alice and Bob's entries interleaved; Carol has none.
-    let mut uidls = vec![Vec::new(), Vec::new()];
+    let mut uidls = [Vec::new(), Vec::new()];
     for i in 0..5 {
         let owner = i % 2;
         let uidl: String = sqlx::query_scalar(
