@@ -1589,9 +1589,7 @@ impl Session {
                     return;
                 };
                 match authenticate_data {
-                    AuthenticateData::Continue(data) => {
-                        self.plain(tag, data.declassify())
-                    }
+                    AuthenticateData::Continue(data) => self.plain(tag, data.declassify()),
                     AuthenticateData::Cancel => {
                         let status = status_bad(Some(tag), "Authentication cancelled");
                         if let Err(status) = self.server.authenticate_finish(status) {

@@ -580,7 +580,10 @@ async fn header_blocks_are_read_without_the_body() {
     let no_blank_line = b"Subject: only a header\r\n".to_vec();
     let big_body = [b"Subject: big\r\n\r\n".as_slice(), &vec![b'x'; 30_000]].concat();
     for content in [long_header.as_bytes(), &no_blank_line, &big_body] {
-        store.append_message(drafts.id, content, &[], None).await.unwrap();
+        store
+            .append_message(drafts.id, content, &[], None)
+            .await
+            .unwrap();
     }
     let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
     let mut ids: Vec<i64> = Vec::new();
@@ -592,12 +595,23 @@ async fn header_blocks_are_read_without_the_body() {
     headers.sort();
     let texts: Vec<Vec<u8>> = headers.into_iter().map(|(_, h)| h).collect();
     let delivered = [PREFIX, CONTENT].concat();
-    let delivered_header = &delivered[..delivered.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4];
+    let delivered_header =
+        &delivered[..delivered.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4];
     assert_eq!(texts[0], delivered_header, "prefix and header, no body");
-    assert_eq!(texts[1], long_header.as_bytes(), "longer than a chunk: whole");
+    assert_eq!(
+        texts[1],
+        long_header.as_bytes(),
+        "longer than a chunk: whole"
+    );
     assert_eq!(texts[2], no_blank_line, "no empty line: whole");
-    assert_eq!(texts[3], b"Subject: big\r\n\r\n", "30 KB of body left in the store");
+    assert_eq!(
+        texts[3], b"Subject: big\r\n\r\n",
+        "30 KB of body left in the store"
+    );
     // Another account's entries are not read.
-    let other = store.maildrop_entries_headers(account + 1, &ids).await.unwrap();
+    let other = store
+        .maildrop_entries_headers(account + 1, &ids)
+        .await
+        .unwrap();
     assert!(other.is_empty());
 }
