@@ -333,6 +333,16 @@ impl Connection {
                 .map(placed)
                 .map_err(failure),
             ),
+            Request::Messages { mailbox_id, uids } => {
+                let uids: Vec<i64> = uids.into_iter().map(i64::from).collect();
+                Answer::Messages(
+                    store
+                        .mailbox_messages_by_uid(mailbox_id, &uids)
+                        .await
+                        .map(|list| list.into_iter().map(message).collect())
+                        .map_err(failure),
+                )
+            }
             Request::Contents {
                 entry_ids,
                 headers_only,
@@ -417,7 +427,7 @@ impl Connection {
         &mut self,
         account: i64,
         name: &str,
-    ) -> Result<(MailboxSummary, Vec<Message>), Failure> {
+    ) -> Result<(MailboxSummary, Vec<u32>), Failure> {
         self.unwatch();
         let store = &self.server.store;
         let mailbox = store
@@ -427,17 +437,21 @@ impl Connection {
             .ok_or(Failure::NoSuchMailbox)?;
         let seen = self.server.watch.watch(mailbox.id);
         self.watching = Some((mailbox.id, seen));
-        let messages = store.mailbox_messages(mailbox.id).await.map_err(failure)?;
-        // Read after the messages: UIDNEXT and HIGHESTMODSEQ cover everything listed.
-        let mailbox = store
-            .mailbox_by_id(mailbox.id)
+        // The mailbox row was read before the UIDs: whatever changes in between has a
+        // mod-sequence above the HIGHESTMODSEQ read, so the session's next look finds it.
+        let uids: Vec<u32> = store
+            .mailbox_uids(mailbox.id)
             .await
             .map_err(failure)?
-            .ok_or(Failure::NoSuchMailbox)?;
-        Ok((
-            summary(mailbox),
-            messages.into_iter().map(message).collect(),
-        ))
+            .into_iter()
+            .map(clamp)
+            .collect();
+        let mut summary = summary(mailbox);
+        // A message that arrived in between is listed: UIDNEXT lies above it.
+        if let Some(&last) = uids.last() {
+            summary.uid_next = summary.uid_next.max(last.saturating_add(1));
+        }
+        Ok((summary, uids))
     }
 }
 
@@ -470,6 +484,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Rename { .. } => "rename",
         Request::Subscribe { .. } => "subscribe",
         Request::Append { .. } => "append",
+        Request::Messages { .. } => "messages",
         Request::Contents { .. } => "contents",
         Request::StoreFlags { .. } => "store",
         Request::Expunge { .. } => "expunge",

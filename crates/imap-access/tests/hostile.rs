@@ -187,8 +187,9 @@ async fn a_thousand_idle_sessions_take_little_memory() {
         clients.push(c);
     }
     let grown = process.resident_kib().saturating_sub(before);
-    // Under 30 KiB a session (10,000 of them: under 300 MB).
-    assert!(grown < 30 * 1000, "grew {grown} KiB for 1000 idle sessions");
+    // About 30 KiB a session, most of it the connection's 16 KiB read buffer; the bound
+    // catches a session that starts holding more (say, its mailbox's messages).
+    assert!(grown < 40 * 1000, "grew {grown} KiB for 1000 idle sessions");
     // Every one still answers.
     for (i, c) in clients.iter_mut().enumerate().step_by(97) {
         c.send(b"DONE\r\n").await;

@@ -38,7 +38,10 @@ pub fn imap_session(data: &[u8]) {
             internal_date: DateTime::UNIX_EPOCH,
         })
         .collect();
-    let uids: Vec<u32> = messages.iter().map(|m| m.uid).collect();
+    // The messages' UIDs, and 50: a message `Changes` may announce.
+    let mut uids: Vec<u32> = messages.iter().map(|m| m.uid).collect();
+    let selected = uids.clone();
+    uids.push(NEW_UID);
     let entries: Vec<i64> = messages.iter().map(|m| m.entry_id).collect();
     let mailbox = MailboxSummary {
         id: 1,
@@ -69,7 +72,9 @@ pub fn imap_session(data: &[u8]) {
                     })
                 }
                 Output::Action(Action::Run(request)) => {
-                    let answer = answer(&mut input, request, &mailbox, &messages, &uids, &entries);
+                    let answer = answer(
+                        &mut input, request, &mailbox, &messages, &selected, &uids, &entries,
+                    );
                     session.answer(answer);
                 }
             }
@@ -89,11 +94,17 @@ fn failure(input: &mut Input<'_>) -> Failure {
     }
 }
 
+/// The UID of the message `Changes` may announce as new.
+const NEW_UID: u32 = 50;
+
+/// `selected`: the UIDs SELECT answers with; `uids`: every UID a request may name.
+#[allow(clippy::too_many_arguments)]
 fn answer(
     input: &mut Input<'_>,
     request: Request,
     mailbox: &MailboxSummary,
     messages: &[Message],
+    selected: &[u32],
     uids: &[u32],
     entries: &[i64],
 ) -> Answer {
@@ -101,7 +112,16 @@ fn answer(
     match request {
         Request::Mailboxes => Answer::Mailboxes(Ok(vec![mailbox.clone()])),
         Request::Select { .. } if fails => Answer::Selected(Err(failure(input))),
-        Request::Select { .. } => Answer::Selected(Ok((mailbox.clone(), messages.to_vec()))),
+        Request::Select { .. } => Answer::Selected(Ok((mailbox.clone(), selected.to_vec()))),
+        Request::Messages { uids: asked, .. } => {
+            assert!(asked.iter().all(|u| uids.contains(u)), "{asked:?}");
+            let known = messages
+                .iter()
+                .filter(|m| asked.contains(&m.uid) && input.choose(8) != 0)
+                .cloned()
+                .collect();
+            Answer::Messages(Ok(known))
+        }
         Request::Status { .. } => Answer::Status(Ok((mailbox.clone(), Counts::default()))),
         Request::Create { .. }
         | Request::Delete { .. }
@@ -171,7 +191,7 @@ fn answer(
                     size: 1,
                     internal_date: DateTime::UNIX_EPOCH,
                 });
-                new.uid = 50;
+                new.uid = NEW_UID;
                 changed.push(new);
             }
             Answer::Changes(Ok(Changes {

@@ -41,14 +41,15 @@ pub(crate) fn needs_content(key: &SearchKey<'_>, depth: usize) -> Option<Need> {
     })
 }
 
-/// Does the message at `place` match? `content` is its octets when `needs_content` said so.
+/// Does `m`, the message at `place`, match? `content` is its octets (or its header block)
+/// when `needs_content` said so.
 pub(crate) fn matches(
     key: &SearchKey<'_>,
     view: &View,
     place: usize,
+    m: &Message,
     content: Option<&[u8]>,
 ) -> bool {
-    let m: &Message = &view.messages[place];
     let content = content.unwrap_or_default();
     let date = |d: &NaiveDate| *d;
     let internal = m.internal_date.with_timezone(&Utc).date_naive();
@@ -56,10 +57,10 @@ pub(crate) fn matches(
         SearchKey::And(keys) => keys
             .as_ref()
             .iter()
-            .all(|k| matches(k, view, place, Some(content))),
-        SearchKey::Not(k) => !matches(k, view, place, Some(content)),
+            .all(|k| matches(k, view, place, m, Some(content))),
+        SearchKey::Not(k) => !matches(k, view, place, m, Some(content)),
         SearchKey::Or(a, b) => {
-            matches(a, view, place, Some(content)) || matches(b, view, place, Some(content))
+            matches(a, view, place, m, Some(content)) || matches(b, view, place, m, Some(content))
         }
         SearchKey::SequenceSet(set) => view
             .resolve(set, false)

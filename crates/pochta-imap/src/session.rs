@@ -101,6 +101,12 @@ pub enum Request {
         flags: Vec<String>,
         date: Option<DateTime<Utc>>,
     },
+    /// What the session keeps no copy of (flags, size, date, mod-sequence) for these UIDs of a
+    /// mailbox.
+    Messages {
+        mailbox_id: i64,
+        uids: Vec<u32>,
+    },
     /// The octets of these messages (as FETCH BODY[] sends them), or with `headers_only`
     /// their header blocks only (through the empty line).
     Contents {
@@ -135,7 +141,10 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     Mailboxes(Result<Vec<MailboxSummary>, Failure>),
-    Selected(Result<(MailboxSummary, Vec<Message>), Failure>),
+    /// The mailbox and its UIDs, ascending.
+    Selected(Result<(MailboxSummary, Vec<u32>), Failure>),
+    /// The messages asked for, in UID order (those gone are left out).
+    Messages(Result<Vec<Message>, Failure>),
     Status(Result<(MailboxSummary, Counts), Failure>),
     Done(Result<(), Failure>),
     /// UIDVALIDITY of the target and (source UID, new UID) pairs; (0, new) for an append.
@@ -170,14 +179,15 @@ enum State {
     Logout,
 }
 
-/// A FETCH or SEARCH reading message octets batch by batch.
+/// A FETCH or SEARCH reading message octets batch by batch: the messages (place in the view,
+/// and what the world said of it), and how far it has read.
 struct Reading {
-    places: Vec<usize>,
+    messages: Vec<(usize, Message)>,
     next: usize,
     /// Only the header blocks are needed.
     headers_only: bool,
-    /// SEARCH: the places that matched so far.
-    matched: Vec<usize>,
+    /// SEARCH: the messages that matched so far (place, UID, mod-sequence).
+    matched: Vec<(usize, u32, u64)>,
 }
 
 enum Pending {
@@ -205,12 +215,21 @@ enum Pending {
     Append {
         tag: Tag<'static>,
     },
+    FetchMeta {
+        fetch: FetchJob,
+    },
     FetchSeen {
         fetch: FetchJob,
     },
     Fetch {
         fetch: FetchJob,
         reading: Reading,
+    },
+    SearchMeta {
+        tag: Tag<'static>,
+        uid: bool,
+        key: SearchKey<'static>,
+        need: fetch::Need,
     },
     Search {
         tag: Tag<'static>,
@@ -222,7 +241,12 @@ enum Pending {
         tag: Tag<'static>,
         uid: bool,
         silent: bool,
-        places: Vec<usize>,
+        uids: Vec<u32>,
+    },
+    StoreReport {
+        tag: Tag<'static>,
+        uid: bool,
+        modified: Vec<u32>,
     },
     Expunge {
         tag: Tag<'static>,
@@ -241,9 +265,12 @@ struct FetchJob {
     tag: Tag<'static>,
     uid: bool,
     items: Vec<MessageDataItemName<'static>>,
-    places: Vec<usize>,
-    /// Places whose \Seen this FETCH set: their FLAGS are sent too.
-    seen_now: Vec<usize>,
+    /// The messages named (place in the view, what the world said of it).
+    messages: Vec<(usize, Message)>,
+    /// CHANGEDSINCE (RFC 7162 3.1.4): only messages changed after this.
+    changed_since: Option<u64>,
+    /// UIDs whose \Seen this FETCH set: their FLAGS are sent too.
+    seen_now: Vec<u32>,
 }
 
 pub struct Session {
@@ -848,7 +875,7 @@ impl Session {
         let uids = match set {
             None => None,
             Some(set) => match view.resolve(&set, true) {
-                Ok(places) => Some(places.iter().map(|&p| view.messages[p].uid).collect()),
+                Ok(places) => Some(view.uids_at(&places)),
                 Err(_) => return self.bad(Some(tag), "Invalid UID set"),
             },
         };
@@ -879,38 +906,55 @@ impl Session {
         if let Some(what) = fetch::unsupported(&items) {
             return self.no(tag, &format!("{what} is not supported yet"));
         }
-        let mut places = match view.resolve(set, uid) {
+        let places = match view.resolve(set, uid) {
             Ok(places) => places,
             Err(_) => return self.bad(Some(tag), "Invalid message set"),
         };
-        let mut changed_since = false;
+        let mut changed_since = None;
         for modifier in modifiers {
             if let imap_next::imap_types::command::FetchModifier::ChangedSince(since) = modifier {
-                places.retain(|&p| view.messages[p].modseq > since.get());
-                changed_since = true;
+                changed_since = Some(since.get());
                 if !items.contains(&MessageDataItemName::ModSeq) {
                     items.push(MessageDataItemName::ModSeq);
                 }
             }
         }
-        let read_only = view.read_only;
-        let mailbox_id = view.mailbox.id;
-        let unseen: Vec<u32> = places
-            .iter()
-            .map(|&p| &view.messages[p])
-            .filter(|m| !m.has("\\Seen"))
-            .map(|m| m.uid)
-            .collect();
+        let (mailbox_id, uids) = (view.mailbox.id, view.uids_at(&places));
         // RFC 7162 3.1.4.1: CHANGEDSINCE enables CONDSTORE.
-        self.condstore |= changed_since;
+        self.condstore |= changed_since.is_some();
+        if uids.is_empty() {
+            return self.ok(tag, "FETCH completed");
+        }
         let job = FetchJob {
             tag,
             uid,
             items,
-            places,
+            messages: Vec::new(),
+            changed_since,
             seen_now: Vec::new(),
         };
-        if fetch::sets_seen(&job.items) && !read_only && !unseen.is_empty() {
+        self.run(
+            Pending::FetchMeta { fetch: job },
+            Request::Messages { mailbox_id, uids },
+        );
+    }
+
+    /// The messages' metadata is in: set \Seen first if the items read bodies, then read.
+    fn fetch_known(&mut self, mut job: FetchJob, messages: Vec<Message>) {
+        let Some(view) = self.view() else { return };
+        job.messages = messages
+            .into_iter()
+            .filter(|m| job.changed_since.is_none_or(|since| m.modseq > since))
+            .filter_map(|m| Some((view.index_of_uid(m.uid)?, m)))
+            .collect();
+        let unseen: Vec<u32> = job
+            .messages
+            .iter()
+            .filter(|(_, m)| !m.has("\\Seen"))
+            .map(|(_, m)| m.uid)
+            .collect();
+        if fetch::sets_seen(&job.items) && !view.read_only && !unseen.is_empty() {
+            let mailbox_id = view.mailbox.id;
             return self.run(
                 Pending::FetchSeen { fetch: job },
                 Request::StoreFlags {
@@ -929,11 +973,12 @@ impl Session {
     fn fetch_read(&mut self, job: FetchJob) {
         let need = fetch::needs_content(&job.items);
         if need == fetch::Need::Nothing {
-            self.fetch_send(&job, &job.places, &HashMap::new());
+            let all: Vec<usize> = (0..job.messages.len()).collect();
+            self.fetch_send(&job, &all, &HashMap::new());
             return self.ok(job.tag, "FETCH completed");
         }
         let reading = Reading {
-            places: job.places.clone(),
+            messages: Vec::new(),
             next: 0,
             headers_only: need == fetch::Need::Header,
             matched: Vec::new(),
@@ -942,13 +987,17 @@ impl Session {
     }
 
     fn fetch_next(&mut self, job: FetchJob, mut reading: Reading) {
-        let Some(view) = self.view() else { return };
-        let batch = next_batch(view, &reading, self.policy.read_batch_bytes);
+        let batch = next_batch(
+            &job.messages,
+            reading.next,
+            reading.headers_only,
+            self.policy.read_batch_bytes,
+        );
         if batch.is_empty() {
             return self.ok(job.tag, "FETCH completed");
         }
-        let entry_ids = batch.iter().map(|&p| view.messages[p].entry_id).collect();
-        reading.next += batch.len();
+        let entry_ids = batch.clone().map(|i| job.messages[i].1.entry_id).collect();
+        reading.next = batch.end;
         let headers_only = reading.headers_only;
         self.run(
             Pending::Fetch {
@@ -962,24 +1011,25 @@ impl Session {
         );
     }
 
-    fn fetch_send(&mut self, job: &FetchJob, places: &[usize], contents: &HashMap<i64, Vec<u8>>) {
+    /// FETCH responses for these of the job's messages (indices into `job.messages`).
+    fn fetch_send(&mut self, job: &FetchJob, which: &[usize], contents: &HashMap<i64, Vec<u8>>) {
         let condstore = self.condstore;
-        let Some(view) = self.view() else { return };
-        let mut out = Vec::with_capacity(places.len());
-        for &place in places {
-            let m = &view.messages[place];
+        let needs_content = fetch::needs_content(&job.items) != fetch::Need::Nothing;
+        let mut out = Vec::with_capacity(which.len());
+        for &i in which {
+            let (place, m) = &job.messages[i];
             let content = contents.get(&m.entry_id).map(Vec::as_slice);
-            if fetch::needs_content(&job.items) != fetch::Need::Nothing && content.is_none() {
+            if needs_content && content.is_none() {
                 // Expunged elsewhere since the view last looked: nothing to send.
                 continue;
             }
             let mut items = fetch::items(m, &job.items, content, job.uid, condstore);
-            if job.seen_now.contains(&place) && !job.items.contains(&MessageDataItemName::Flags) {
+            if job.seen_now.contains(&m.uid) && !job.items.contains(&MessageDataItemName::Flags) {
                 items.push(imap_next::imap_types::fetch::MessageDataItem::Flags(
                     fetch::flags(&m.flags),
                 ));
             }
-            out.push(fetch_data(place, items));
+            out.push(fetch_data(*place, items));
         }
         for data in out {
             self.server.enqueue_data(data);
@@ -1009,14 +1059,14 @@ impl Session {
             imap_next::imap_types::command::StoreModifier::UnchangedSince(n) => *n,
         });
         let unchanged_since = unchanged_since.min();
-        let uids = places.iter().map(|&p| view.messages[p].uid).collect();
+        let uids = view.uids_at(&places);
         let mailbox_id = view.mailbox.id;
         self.run(
             Pending::Store {
                 tag,
                 uid,
                 silent: response == StoreResponse::Silent,
-                places,
+                uids: uids.clone(),
             },
             Request::StoreFlags {
                 mailbox_id,
@@ -1047,7 +1097,7 @@ impl Session {
         let Some(to) = names::mailbox_name(target) else {
             return self.failure(tag, Failure::NoSuchMailbox);
         };
-        let uids = places.iter().map(|&p| view.messages[p].uid).collect();
+        let uids = view.uids_at(&places);
         let mailbox_id = view.mailbox.id;
         self.run(
             Pending::Copy { tag, remove },
@@ -1082,19 +1132,46 @@ impl Session {
             return self.bad(Some(tag), "Search keys nested too deep");
         };
         let Some(view) = self.view() else { return };
-        let places: Vec<usize> = (0..view.messages.len()).collect();
+        if view.uids.is_empty() {
+            return self.search_done(tag, uid, &[]);
+        }
+        let (mailbox_id, uids) = (view.mailbox.id, view.uids.clone());
+        self.run(
+            Pending::SearchMeta {
+                tag,
+                uid,
+                key,
+                need,
+            },
+            Request::Messages { mailbox_id, uids },
+        );
+    }
+
+    /// The mailbox's metadata is in: search it, or read octets batch by batch first.
+    fn search_known(
+        &mut self,
+        tag: Tag<'static>,
+        uid: bool,
+        key: SearchKey<'static>,
+        need: fetch::Need,
+        messages: Vec<Message>,
+    ) {
+        let Some(view) = self.view() else { return };
         let reading = Reading {
-            places,
+            messages: messages
+                .into_iter()
+                .filter_map(|m| Some((view.index_of_uid(m.uid)?, m)))
+                .collect(),
             next: 0,
             headers_only: need == fetch::Need::Header,
             matched: Vec::new(),
         };
         if need == fetch::Need::Nothing {
-            let matched: Vec<usize> = reading
-                .places
+            let matched: Vec<(usize, u32, u64)> = reading
+                .messages
                 .iter()
-                .copied()
-                .filter(|&p| search::matches(&key, view, p, None))
+                .filter(|(place, m)| search::matches(&key, view, *place, m, None))
+                .map(|(place, m)| (*place, m.uid, m.modseq))
                 .collect();
             return self.search_done(tag, uid, &matched);
         }
@@ -1108,14 +1185,21 @@ impl Session {
         key: SearchKey<'static>,
         mut reading: Reading,
     ) {
-        let Some(view) = self.view() else { return };
-        let batch = next_batch(view, &reading, self.policy.read_batch_bytes);
+        let batch = next_batch(
+            &reading.messages,
+            reading.next,
+            reading.headers_only,
+            self.policy.read_batch_bytes,
+        );
         if batch.is_empty() {
             let matched = std::mem::take(&mut reading.matched);
             return self.search_done(tag, uid, &matched);
         }
-        let entry_ids = batch.iter().map(|&p| view.messages[p].entry_id).collect();
-        reading.next += batch.len();
+        let entry_ids = batch
+            .clone()
+            .map(|i| reading.messages[i].1.entry_id)
+            .collect();
+        reading.next = batch.end;
         let headers_only = reading.headers_only;
         self.run(
             Pending::Search {
@@ -1131,22 +1215,21 @@ impl Session {
         );
     }
 
-    fn search_done(&mut self, tag: Tag<'static>, uid: bool, matched: &[usize]) {
-        let Some(view) = self.view() else { return };
+    fn search_done(&mut self, tag: Tag<'static>, uid: bool, matched: &[(usize, u32, u64)]) {
         let numbers: Vec<NonZeroU32> = matched
             .iter()
-            .map(|&p| {
+            .map(|&(place, u, _)| {
                 if uid {
-                    nonzero(view.messages[p].uid)
+                    nonzero(u)
                 } else {
-                    nonzero(p as u32 + 1)
+                    nonzero(place as u32 + 1)
                 }
             })
             .collect();
         let modseq = if self.condstore {
             matched
                 .iter()
-                .map(|&p| view.messages[p].modseq)
+                .map(|&(_, _, modseq)| modseq)
                 .max()
                 .and_then(NonZeroU64::new)
         } else {
@@ -1207,10 +1290,9 @@ impl Session {
                     },
                 );
             }
-            (Pending::Select { tag, read_only }, Answer::Selected(Ok((summary, messages)))) => {
+            (Pending::Select { tag, read_only }, Answer::Selected(Ok((summary, uids)))) => {
                 self.server.enqueue_data(Data::Flags(SYSTEM_FLAGS.to_vec()));
-                self.server
-                    .enqueue_data(Data::Exists(messages.len() as u32));
+                self.server.enqueue_data(Data::Exists(uids.len() as u32));
                 self.server.enqueue_data(Data::Recent(0));
                 let mut permanent: Vec<FlagPerm<'static>> =
                     SYSTEM_FLAGS.iter().cloned().map(FlagPerm::Flag).collect();
@@ -1239,7 +1321,7 @@ impl Session {
                 self.state = State::Selected(View {
                     mailbox: summary,
                     read_only,
-                    messages,
+                    uids,
                 });
                 self.tagged(status_ok(tag, Some(code), "SELECT completed"));
             }
@@ -1287,31 +1369,37 @@ impl Session {
                 });
                 self.tagged(status_ok(tag, code, "APPEND completed"));
             }
+            (Pending::FetchMeta { fetch }, Answer::Messages(Ok(messages))) => {
+                self.fetch_known(fetch, messages);
+            }
             (Pending::FetchSeen { mut fetch }, Answer::Flags(Ok((changed, _)))) => {
-                if let Some(view) = self.view_mut() {
-                    for m in changed {
-                        if let Some(i) = view.index_of_uid(m.uid) {
-                            fetch.seen_now.push(i);
-                            view.messages[i] = m;
-                        }
+                for m in changed {
+                    if let Some((_, known)) =
+                        fetch.messages.iter_mut().find(|(_, k)| k.uid == m.uid)
+                    {
+                        fetch.seen_now.push(m.uid);
+                        *known = m;
                     }
                 }
                 self.fetch_read(fetch);
             }
             (Pending::Fetch { fetch, reading }, Answer::Contents(Ok(contents))) => {
-                let done = &reading.places[..reading.next];
-                let batch: Vec<usize> = done
-                    .iter()
-                    .copied()
-                    .filter(|p| {
-                        self.view()
-                            .is_some_and(|v| contents.contains_key(&v.messages[*p].entry_id))
-                    })
+                // This batch: the messages just before `reading.next` whose octets came.
+                let batch: Vec<usize> = (0..reading.next)
+                    .filter(|&i| contents.contains_key(&fetch.messages[i].1.entry_id))
                     .collect();
                 self.fetch_send(&fetch, &batch, &contents);
-                // Only this batch's places are in `contents`; earlier ones were sent before.
                 self.fetch_next(fetch, reading);
             }
+            (
+                Pending::SearchMeta {
+                    tag,
+                    uid,
+                    key,
+                    need,
+                },
+                Answer::Messages(Ok(messages)),
+            ) => self.search_known(tag, uid, key, need, messages),
             (
                 Pending::Search {
                     tag,
@@ -1322,13 +1410,11 @@ impl Session {
                 Answer::Contents(Ok(contents)),
             ) => {
                 if let Some(view) = self.view() {
-                    for (&place, content) in reading
-                        .places
-                        .iter()
-                        .filter_map(|p| Some((p, contents.get(&view.messages[*p].entry_id)?)))
-                    {
-                        if search::matches(&key, view, place, Some(content)) {
-                            reading.matched.push(place);
+                    for (place, m) in &reading.messages {
+                        if let Some(content) = contents.get(&m.entry_id)
+                            && search::matches(&key, view, *place, m, Some(content))
+                        {
+                            reading.matched.push((*place, m.uid, m.modseq));
                         }
                     }
                 }
@@ -1341,51 +1427,46 @@ impl Session {
                     tag,
                     uid,
                     silent,
-                    places,
+                    uids,
                 },
-                Answer::Flags(Ok((changed, modified))),
+                Answer::Flags(Ok((_, modified))),
             ) => {
+                let Some(view) = self.view().filter(|_| !silent) else {
+                    return self.store_done(tag, &modified);
+                };
+                // The flags now, of every message named (changed here or not).
+                let mailbox_id = view.mailbox.id;
+                self.run(
+                    Pending::StoreReport { tag, uid, modified },
+                    Request::Messages { mailbox_id, uids },
+                );
+            }
+            (Pending::StoreReport { tag, uid, modified }, Answer::Messages(Ok(messages))) => {
                 let condstore = self.condstore;
                 let mut out = Vec::new();
-                if let Some(view) = self.view_mut() {
-                    for m in changed {
-                        if let Some(i) = view.index_of_uid(m.uid) {
-                            view.messages[i] = m;
+                if let Some(view) = self.view() {
+                    for m in messages.iter().filter(|m| !modified.contains(&m.uid)) {
+                        let Some(place) = view.index_of_uid(m.uid) else {
+                            continue;
+                        };
+                        let mut items = vec![imap_next::imap_types::fetch::MessageDataItem::Flags(
+                            fetch::flags(&m.flags),
+                        )];
+                        if uid {
+                            items.push(imap_next::imap_types::fetch::MessageDataItem::Uid(
+                                nonzero(m.uid),
+                            ));
                         }
-                    }
-                    if !silent {
-                        for &p in &places {
-                            let refused = modified.contains(&view.messages[p].uid);
-                            if !refused {
-                                let m = &view.messages[p];
-                                let mut items =
-                                    vec![imap_next::imap_types::fetch::MessageDataItem::Flags(
-                                        fetch::flags(&m.flags),
-                                    )];
-                                if uid {
-                                    items.push(imap_next::imap_types::fetch::MessageDataItem::Uid(
-                                        nonzero(m.uid),
-                                    ));
-                                }
-                                if condstore && let Some(ms) = NonZeroU64::new(m.modseq) {
-                                    items.push(
-                                        imap_next::imap_types::fetch::MessageDataItem::ModSeq(ms),
-                                    );
-                                }
-                                out.push(fetch_data(p, items));
-                            }
+                        if condstore && let Some(ms) = NonZeroU64::new(m.modseq) {
+                            items.push(imap_next::imap_types::fetch::MessageDataItem::ModSeq(ms));
                         }
+                        out.push(fetch_data(place, items));
                     }
                 }
                 for data in out {
                     self.server.enqueue_data(data);
                 }
-                let code = if modified.is_empty() {
-                    None
-                } else {
-                    uid_set(&modified).map(Code::Modified)
-                };
-                self.tagged(status_ok(tag, code, "STORE completed"));
+                self.store_done(tag, &modified);
             }
             (Pending::Expunge { tag, close }, Answer::Expunged(Ok(uids))) => {
                 if close {
@@ -1435,7 +1516,8 @@ impl Session {
                 | Answer::Placed(Err(failure))
                 | Answer::Contents(Err(failure))
                 | Answer::Flags(Err(failure))
-                | Answer::Expunged(Err(failure)),
+                | Answer::Expunged(Err(failure))
+                | Answer::Messages(Err(failure)),
             ) => {
                 if let Some(tag) = pending.tag() {
                     self.failure(tag, failure);
@@ -1450,6 +1532,15 @@ impl Session {
         }
     }
 
+    fn store_done(&mut self, tag: Tag<'static>, modified: &[u32]) {
+        let code = if modified.is_empty() {
+            None
+        } else {
+            uid_set(modified).map(Code::Modified)
+        };
+        self.tagged(status_ok(tag, code, "STORE completed"));
+    }
+
     /// EXPUNGE responses for messages gone from the view, highest number first.
     fn tell_expunged(&mut self, uids: &[u32]) {
         let mut out = Vec::new();
@@ -1458,7 +1549,7 @@ impl Session {
                 uids.iter().filter_map(|u| view.index_of_uid(*u)).collect();
             places.sort_unstable_by(|a, b| b.cmp(a));
             for p in places {
-                view.messages.remove(p);
+                view.uids.remove(p);
                 out.push(Data::Expunge(nonzero(p as u32 + 1)));
             }
         }
@@ -1651,10 +1742,14 @@ impl Pending {
             | Pending::Done { tag, .. }
             | Pending::Append { tag }
             | Pending::Search { tag, .. }
+            | Pending::SearchMeta { tag, .. }
             | Pending::Store { tag, .. }
+            | Pending::StoreReport { tag, .. }
             | Pending::Expunge { tag, .. }
             | Pending::Copy { tag, .. } => tag,
-            Pending::FetchSeen { fetch } | Pending::Fetch { fetch, .. } => fetch.tag,
+            Pending::FetchMeta { fetch }
+            | Pending::FetchSeen { fetch }
+            | Pending::Fetch { fetch, .. } => fetch.tag,
             Pending::Sync { tag } => return tag,
         })
     }
@@ -1663,26 +1758,31 @@ impl Pending {
 /// A header block's size, guessed for batching (the store cuts it at its empty line).
 const HEADER_GUESS: u64 = 4096;
 
-/// The next places to read: at least one, then as many as fit `budget` octets (256 at most;
-/// 1,024 when only header blocks are read).
-fn next_batch(view: &View, reading: &Reading, budget: u64) -> Vec<usize> {
-    let mut batch = Vec::new();
+/// The next messages to read, from `next`: at least one, then as many as fit `budget` octets
+/// (256 at most; 1,024 when only header blocks are read).
+fn next_batch(
+    messages: &[(usize, Message)],
+    next: usize,
+    headers_only: bool,
+    budget: u64,
+) -> std::ops::Range<usize> {
+    let most = if headers_only { 1024 } else { 256 };
     let mut used = 0u64;
-    let most = if reading.headers_only { 1024 } else { 256 };
-    for &place in &reading.places[reading.next..] {
-        let size = u64::from(view.messages[place].size);
-        let size = if reading.headers_only {
+    let mut end = next;
+    for (_, m) in &messages[next.min(messages.len())..] {
+        let size = u64::from(m.size);
+        let size = if headers_only {
             size.min(HEADER_GUESS)
         } else {
             size
         };
-        if !batch.is_empty() && (used + size > budget || batch.len() >= most) {
+        if end > next && (used + size > budget || end - next >= most) {
             break;
         }
         used += size;
-        batch.push(place);
+        end += 1;
     }
-    batch
+    next..end
 }
 
 /// Ascending runs of consecutive values: [1, 2, 3, 7] is [(1, 3), (7, 7)].

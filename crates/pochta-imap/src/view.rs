@@ -53,12 +53,15 @@ pub struct Changes {
     pub present: Vec<u32>,
 }
 
-/// The selected mailbox.
+/// The selected mailbox: its UIDs only (four octets a message). Flags, sizes and dates are
+/// asked of the world when a command needs them, so an idle session on a large mailbox holds
+/// little.
 #[derive(Debug, Clone)]
 pub struct View {
     pub mailbox: MailboxSummary,
     pub read_only: bool,
-    pub messages: Vec<Message>,
+    /// Ascending; a message's sequence number is its place here plus one.
+    pub uids: Vec<u32>,
 }
 
 /// A sequence set that names messages that do not exist (RFC 9051 6.4.4: a BAD).
@@ -67,11 +70,11 @@ pub struct OutOfRange;
 
 impl View {
     pub fn highest_uid(&self) -> u32 {
-        self.messages.last().map_or(0, |m| m.uid)
+        self.uids.last().copied().unwrap_or(0)
     }
 
     pub fn index_of_uid(&self, uid: u32) -> Option<usize> {
-        self.messages.binary_search_by_key(&uid, |m| m.uid).ok()
+        self.uids.binary_search(&uid).ok()
     }
 
     /// The places of the messages a sequence set names, ascending, each once. UID sets name
@@ -79,7 +82,7 @@ impl View {
     /// Ranges are never walked number by number, so `1:4294967295` costs what the mailbox
     /// holds.
     pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, OutOfRange> {
-        let count = self.messages.len();
+        let count = self.uids.len();
         let mut places = Vec::new();
         for sequence in set.0.as_ref() {
             let (a, b) = match sequence {
@@ -92,8 +95,8 @@ impl View {
                     SeqOrUid::Asterisk => self.highest_uid(),
                 };
                 let (lo, hi) = (value(a).min(value(b)), value(a).max(value(b)));
-                let from = self.messages.partition_point(|m| m.uid < lo);
-                let to = self.messages.partition_point(|m| m.uid <= hi);
+                let from = self.uids.partition_point(|&u| u < lo);
+                let to = self.uids.partition_point(|&u| u <= hi);
                 places.extend(from..to);
                 // RFC 9051 6.4.9: "n:*" names the highest message even when n is above it.
                 if let (SeqOrUid::Value(_), SeqOrUid::Asterisk) | (SeqOrUid::Asterisk, _) = (a, b)
@@ -119,44 +122,41 @@ impl View {
         Ok(places)
     }
 
+    /// The UIDs at these places.
+    pub fn uids_at(&self, places: &[usize]) -> Vec<u32> {
+        places.iter().map(|&p| self.uids[p]).collect()
+    }
+
     /// Takes in changes and says what the client must be told (RFC 9051 7.4.1, 7.3.1, 7.5.2):
     /// EXPUNGE for each message gone (highest number first, so each number is right when
-    /// sent), FETCH FLAGS for changed flags, EXISTS when messages arrived.
+    /// sent), FETCH FLAGS for each message whose flags (or mod-sequence) changed, EXISTS when
+    /// messages arrived.
     pub fn apply(&mut self, changes: Changes, with_modseq: bool) -> Vec<Data<'static>> {
         let mut out = Vec::new();
         let known_max = self.highest_uid();
         let present = changes.present;
-        let mut place = self.messages.len();
+        let mut place = self.uids.len();
         while place > 0 {
             place -= 1;
-            let uid = self.messages[place].uid;
+            let uid = self.uids[place];
             if uid <= known_max && present.binary_search(&uid).is_err() {
-                self.messages.remove(place);
+                self.uids.remove(place);
                 out.push(Data::Expunge(nonzero(place as u32 + 1)));
             }
         }
-        let before = self.messages.len();
+        let before = self.uids.len();
         for message in changes.changed {
             match self.index_of_uid(message.uid) {
-                Some(i) => {
-                    let known = &mut self.messages[i];
-                    if known.flags != message.flags || known.modseq != message.modseq {
-                        let told = known.flags != message.flags || with_modseq;
-                        *known = message;
-                        if told {
-                            let items = flag_items(known, with_modseq);
-                            out.push(fetch_data(i, items));
-                        }
-                    }
-                }
-                None if message.uid > known_max => self.messages.push(message),
+                Some(i) => out.push(fetch_data(i, flag_items(&message, with_modseq))),
+                None if message.uid > known_max => self.uids.push(message.uid),
                 // Gone again before this look, or expunged above: nothing to tell.
                 None => {}
             }
         }
-        self.messages.sort_by_key(|m| m.uid);
-        if self.messages.len() != before {
-            out.push(Data::Exists(self.messages.len() as u32));
+        self.uids.sort_unstable();
+        self.uids.dedup();
+        if self.uids.len() != before {
+            out.push(Data::Exists(self.uids.len() as u32));
         }
         if let Some(mailbox) = changes.mailbox {
             self.mailbox = mailbox;
@@ -208,7 +208,7 @@ mod tests {
                 highest_modseq: 1,
             },
             read_only: false,
-            messages: uids.iter().map(|&u| message(u, &[])).collect(),
+            uids: uids.to_vec(),
         }
     }
 
@@ -243,8 +243,7 @@ mod tests {
             present: vec![1, 3],
         };
         let out = v.apply(changes, false);
-        let uids: Vec<u32> = v.messages.iter().map(|m| m.uid).collect();
-        assert_eq!(uids, [1, 3, 6, 7]);
+        assert_eq!(v.uids, [1, 3, 6, 7]);
         assert_eq!(out.len(), 4);
         assert_eq!(out[0], Data::Expunge(nonzero(4)));
         assert_eq!(out[1], Data::Expunge(nonzero(2)));

@@ -92,6 +92,31 @@ fn message(uid: u32, flags: &[&str], size: u32) -> Message {
     }
 }
 
+/// INBOX as the world knows it: UIDs 2, 4 (\Flagged) and 7 (\Seen).
+fn inbox() -> Vec<Message> {
+    vec![
+        message(2, &[], 100),
+        message(4, &["\\Flagged"], 200),
+        message(7, &["\\Seen"], 300),
+    ]
+}
+
+/// Answers the session's request for what it keeps no copy of: asked for exactly `uids`.
+fn metadata(c: &mut Client, output: Option<Output<Action>>, uids: &[u32]) {
+    assert_eq!(
+        request(output),
+        Request::Messages {
+            mailbox_id: 1,
+            uids: uids.to_vec()
+        }
+    );
+    let known = inbox()
+        .into_iter()
+        .filter(|m| uids.contains(&m.uid))
+        .collect();
+    c.session.answer(Answer::Messages(Ok(known)));
+}
+
 /// Logged in with INBOX selected: UIDs 2, 4 and 7 (7 is \Seen).
 fn selected(read_only: bool) -> Client {
     let mut c = logged_in();
@@ -103,14 +128,10 @@ fn selected(read_only: bool) -> Client {
             name: "INBOX".into()
         }
     );
-    let messages = vec![
-        message(2, &[], 100),
-        message(4, &["\\Flagged"], 200),
-        message(7, &["\\Seen"], 300),
-    ];
+    // The session keeps the UIDs only.
     let out = answer(
         &mut c,
-        Answer::Selected(Ok((mailbox(1, "INBOX"), messages))),
+        Answer::Selected(Ok((mailbox(1, "INBOX"), vec![2, 4, 7]))),
     );
     assert!(out.contains("* 3 EXISTS\r\n"), "{out}");
     assert!(
@@ -374,31 +395,41 @@ fn append_takes_a_literal_and_answers_appenduid() {
 }
 
 #[test]
-fn fetch_without_content_answers_at_once() {
+fn fetch_of_metadata_asks_only_for_the_messages_named() {
     let mut c = selected(false);
-    let out = c.cmd("f1 FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE)");
+    let output = c.send("f1 FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE)\r\n");
+    metadata(&mut c, output, &[2, 4, 7]);
+    assert!(c.drain().is_none());
+    let out = c.take();
     assert!(
         out.contains("* 2 FETCH (FLAGS (\\Flagged) UID 4 RFC822.SIZE 200 INTERNALDATE \"02-Jan-2026 03:04:05 +0000\")"),
         "{out}"
     );
     assert!(out.ends_with("f1 OK FETCH completed\r\n"));
     // UID FETCH names what exists in the range and always includes UID.
-    let out = c.cmd("f2 UID FETCH 3:4294967295 FLAGS");
+    let output = c.send("f2 UID FETCH 3:4294967295 FLAGS\r\n");
+    metadata(&mut c, output, &[4, 7]);
+    assert!(c.drain().is_none());
+    let out = c.take();
     assert!(out.contains("* 2 FETCH (UID 4 FLAGS (\\Flagged))"), "{out}");
     assert!(out.contains("* 3 FETCH (UID 7 FLAGS (\\Seen))"), "{out}");
     assert!(!out.contains("* 1 FETCH"), "{out}");
+    // A UID range with nothing in it needs nothing from the world.
+    assert_eq!(c.cmd("f3 UID FETCH 5:6 FLAGS"), "f3 OK FETCH completed\r\n");
     assert!(
-        c.cmd("f3 FETCH 4 FLAGS").starts_with("f3 BAD"),
+        c.cmd("f4 FETCH 4 FLAGS").starts_with("f4 BAD"),
         "no message 4"
     );
-    assert!(c.cmd("f4 FETCH 1 BINARY[1]").starts_with("f4 NO"));
+    assert!(c.cmd("f5 FETCH 1 BINARY[1]").starts_with("f5 NO"));
 }
 
 #[test]
 fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
     let mut c = selected(false);
     // PEEK: no flag change; the 250-octet batches hold one message, then another each.
-    let r = request(c.send("f1 FETCH 1:3 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"));
+    let output = c.send("f1 FETCH 1:3 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n");
+    metadata(&mut c, output, &[2, 4, 7]);
+    let r = request(c.drain());
     assert_eq!(
         r,
         Request::Contents {
@@ -441,7 +472,9 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
     assert!(out.ends_with("f1 OK FETCH completed\r\n"), "{out}");
 
     // BODY[] (not PEEK) first sets \Seen on the unseen ones, then sends FLAGS with them.
-    let r = request(c.send("f2 FETCH 1 BODY[]\r\n"));
+    let output = c.send("f2 FETCH 1 BODY[]\r\n");
+    metadata(&mut c, output, &[2]);
+    let r = request(c.drain());
     assert_eq!(
         r,
         Request::StoreFlags {
@@ -477,9 +510,10 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
 #[test]
 fn fetch_sections_and_partials() {
     let mut c = selected(true);
-    let r = request(
-        c.send("f1 FETCH 3 (BODY.PEEK[TEXT]<5.4> BODY.PEEK[HEADER] ENVELOPE BODYSTRUCTURE)\r\n"),
-    );
+    let output =
+        c.send("f1 FETCH 3 (BODY.PEEK[TEXT]<5.4> BODY.PEEK[HEADER] ENVELOPE BODYSTRUCTURE)\r\n");
+    metadata(&mut c, output, &[7]);
+    let r = request(c.drain());
     assert_eq!(
         r,
         Request::Contents {
@@ -524,7 +558,21 @@ fn store_changes_flags_and_reports_unchangedsince_conflicts() {
         message(2, &["\\Deleted"], 100),
         message(4, &["\\Deleted", "\\Flagged"], 200),
     ];
-    let out = answer(&mut c, Answer::Flags(Ok((changed, vec![]))));
+    c.session.answer(Answer::Flags(Ok((changed, vec![]))));
+    // Then the flags of every message named, as they are now.
+    let output = c.drain();
+    assert_eq!(
+        request(output),
+        Request::Messages {
+            mailbox_id: 1,
+            uids: vec![2, 4]
+        }
+    );
+    let now = vec![
+        message(2, &["\\Deleted"], 100),
+        message(4, &["\\Deleted", "\\Flagged"], 200),
+    ];
+    let out = answer(&mut c, Answer::Messages(Ok(now)));
     assert!(out.contains("* 1 FETCH (FLAGS (\\Deleted))"), "{out}");
     assert!(
         out.contains("* 2 FETCH (FLAGS (\\Deleted \\Flagged))"),
@@ -565,7 +613,10 @@ fn expunge_copy_and_move_renumber_the_view() {
         out,
         "* 3 EXPUNGE\r\n* 1 EXPUNGE\r\ne1 OK EXPUNGE completed\r\n"
     );
-    let out = c.cmd("e2 FETCH 1 UID");
+    let output = c.send("e2 FETCH 1 UID\r\n");
+    metadata(&mut c, output, &[4]);
+    assert!(c.drain().is_none());
+    let out = c.take();
     assert!(out.contains("* 1 FETCH (UID 4)"), "{out}");
 
     let r = request(c.send("c1 UID COPY 4 Trash\r\n"));
@@ -591,19 +642,27 @@ fn expunge_copy_and_move_renumber_the_view() {
 }
 
 #[test]
-fn search_by_flags_at_once_and_by_text_through_the_content() {
+fn search_by_flags_from_metadata_and_by_text_through_the_content() {
     let mut c = selected(false);
-    let out = c.cmd("q1 SEARCH UNSEEN");
+    let search = |c: &mut Client, cmd: &str| {
+        let output = c.send(&format!("{cmd}\r\n"));
+        metadata(c, output, &[2, 4, 7]);
+        assert!(c.drain().is_none());
+        c.take()
+    };
+    let out = search(&mut c, "q1 SEARCH UNSEEN");
     assert!(out.starts_with("* SEARCH 1 2\r\n"), "{out}");
-    let out = c.cmd("q2 UID SEARCH OR FLAGGED SEEN");
+    let out = search(&mut c, "q2 UID SEARCH OR FLAGGED SEEN");
     assert!(out.starts_with("* SEARCH 4 7\r\n"), "{out}");
-    let out = c.cmd("q3 SEARCH NOT 2:3 LARGER 50");
+    let out = search(&mut c, "q3 SEARCH NOT 2:3 LARGER 50");
     assert!(out.starts_with("* SEARCH 1\r\n"), "{out}");
     let out = c.cmd("q4 SEARCH CHARSET KOI8-R ALL");
     assert!(out.starts_with("q4 NO [BADCHARSET"), "{out}");
-    let r = request(c.send("q5 SEARCH SUBJECT hello\r\n"));
+    let output = c.send("q5 SEARCH SUBJECT hello\r\n");
+    metadata(&mut c, output, &[2, 4, 7]);
+    // Header keys read header blocks only, in batches.
     assert_eq!(
-        r,
+        request(c.drain()),
         Request::Contents {
             entry_ids: vec![200],
             headers_only: true

@@ -206,6 +206,32 @@ impl Store {
         .await?)
     }
 
+    /// The UIDs of a mailbox, ascending: all a selecting session keeps.
+    pub async fn mailbox_uids(&self, mailbox_id: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT imap_uid FROM maildrop_entries WHERE mailbox_id = $1 ORDER BY imap_uid",
+        )
+        .bind(mailbox_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The messages of a mailbox with these UIDs, in UID order (those gone are left out).
+    pub async fn mailbox_messages_by_uid(
+        &self,
+        mailbox_id: i64,
+        uids: &[i64],
+    ) -> Result<Vec<MailboxMessage>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM maildrop_entries e
+             WHERE mailbox_id = $1 AND imap_uid = ANY ($2) ORDER BY imap_uid"
+        )))
+        .bind(mailbox_id)
+        .bind(uids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// What changed in a mailbox since a session last looked: the messages whose mod-sequence
     /// is above `since_modseq` (new or with new flags), and the UIDs of all messages now there
     /// up to `known_uid_max` (those missing from the session's view were expunged).

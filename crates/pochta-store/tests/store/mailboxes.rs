@@ -270,6 +270,14 @@ async fn copy_and_move_share_content_and_give_new_uids() {
     assert_eq!(inbox_uids, [2, 3]);
     // POP3 sees INBOX only.
     assert_eq!(store.maildrop_entries(account).await.unwrap().len(), 2);
+    // What a selecting session keeps, and what it asks for by UID.
+    assert_eq!(store.mailbox_uids(trash.id).await.unwrap(), [1, 2, 3]);
+    let asked = store
+        .mailbox_messages_by_uid(inbox.id, &[3, 1, 99])
+        .await
+        .unwrap();
+    let uids: Vec<i64> = asked.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [3], "1 moved away, 99 never was");
     // No content was copied; the copy reads the same octets.
     let after = store.counts().await.unwrap();
     assert_eq!(after.messages, chunks_before.messages);
