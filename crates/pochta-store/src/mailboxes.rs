@@ -216,20 +216,44 @@ impl Store {
         .await?)
     }
 
-    /// The messages of a mailbox with these UIDs, in UID order (those gone are left out).
+    /// The messages of a mailbox with these UIDs (ascending), in UID order (those gone are
+    /// left out). A dense set (most of its range, as `1:*` is) is read as one index range and
+    /// filtered here: matching thousands of rows against an array costs more than reading
+    /// them.
     pub async fn mailbox_messages_by_uid(
         &self,
         mailbox_id: i64,
         uids: &[i64],
     ) -> Result<Vec<MailboxMessage>> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let (Some(&first), Some(&last)) = (uids.iter().min(), uids.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        let dense = (uids.len() as i64).saturating_mul(2) >= last - first + 1;
+        if !dense {
+            return Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM maildrop_entries e
+                 WHERE mailbox_id = $1 AND imap_uid = ANY ($2) ORDER BY imap_uid"
+            )))
+            .bind(mailbox_id)
+            .bind(uids)
+            .fetch_all(&self.pool)
+            .await?);
+        }
+        let mut wanted = uids.to_vec();
+        wanted.sort_unstable();
+        let rows: Vec<MailboxMessage> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS} FROM maildrop_entries e
-             WHERE mailbox_id = $1 AND imap_uid = ANY ($2) ORDER BY imap_uid"
+             WHERE mailbox_id = $1 AND imap_uid BETWEEN $2 AND $3 ORDER BY imap_uid"
         )))
         .bind(mailbox_id)
-        .bind(uids)
+        .bind(first)
+        .bind(last)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|m| wanted.binary_search(&m.uid).is_ok())
+            .collect())
     }
 
     /// What changed in a mailbox since a session last looked: the messages whose mod-sequence
