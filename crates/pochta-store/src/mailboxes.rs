@@ -228,7 +228,7 @@ impl Store {
         let (Some(&first), Some(&last)) = (uids.iter().min(), uids.iter().max()) else {
             return Ok(Vec::new());
         };
-        let dense = (uids.len() as i64).saturating_mul(2) >= last - first + 1;
+        let dense = (uids.len() as i64).saturating_mul(2) > last - first;
         if !dense {
             return Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {MESSAGE_COLUMNS} FROM maildrop_entries e
