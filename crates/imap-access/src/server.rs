@@ -587,8 +587,8 @@ impl Handler<Session> for Connection {
         self.watching.map(|_| self.server.change_check)
     }
 
-    /// Tells a session waiting for input (or idling) what changed in its mailbox, when a
-    /// change was announced since it last looked.
+    /// Tells a session in IDLE what changed in its mailbox, when a change was announced since
+    /// it last looked.
     async fn duty(&mut self, session: &mut Session, _io: &mut Io) -> Result<(), Ended> {
         let Some((id, seen)) = self.watching else {
             return Ok(());

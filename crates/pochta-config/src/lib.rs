@@ -797,8 +797,8 @@ pub struct ImapConfig {
     pub max_input_memory_bytes: u64,
     /// FETCH and SEARCH read message octets from the store in batches of about this many.
     pub read_batch_bytes: u32,
-    /// How often a session waiting for input looks whether its mailbox changed (after a
-    /// change was announced; an idle session costs nothing between changes).
+    /// How often a session in IDLE looks whether its mailbox changed (it asks the store only
+    /// after a change was announced, so an idle session costs a timer between changes).
     pub change_check_ms: u64,
 }
 

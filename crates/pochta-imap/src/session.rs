@@ -378,11 +378,12 @@ impl Session {
     }
 
     /// The selected mailbox and how far the view knows it, for the world to look for changes
-    /// (`Request::Changes`, answered by `apply_changes`). None: nothing selected, or a command
-    /// is under way.
+    /// (`Request::Changes`, answered by `apply_changes`): only in IDLE, since an EXPUNGE may
+    /// not be sent while no command is in progress (RFC 9051 7.5.1); outside IDLE, NOOP and
+    /// CHECK tell what changed. None: not idling in a selected mailbox.
     pub fn watching(&self) -> Option<(i64, u64, u32)> {
         match (&self.state, &self.pending) {
-            (State::Selected(view), None) => Some((
+            (State::Selected(view), None) if self.idling.is_some() => Some((
                 view.mailbox.id,
                 view.mailbox.highest_modseq,
                 view.highest_uid(),
@@ -396,7 +397,7 @@ impl Session {
         self.view().map(|v| v.mailbox.id)
     }
 
-    /// Changes found while the session waited for input (or idled): told to the client now.
+    /// Changes found while the session idled (or by NOOP and CHECK): told to the client now.
     pub fn apply_changes(&mut self, changes: Changes) {
         if self.pending.is_some() {
             return;

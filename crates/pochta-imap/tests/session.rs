@@ -707,6 +707,8 @@ fn noop_and_idle_tell_changes_made_elsewhere() {
         out,
         "* 1 EXPUNGE\r\n* 1 FETCH (FLAGS () UID 4)\r\n* 3 EXISTS\r\nn1 OK NOOP completed\r\n"
     );
+    // Outside IDLE the world is not asked to push: an EXPUNGE may not come unasked then.
+    assert_eq!(c.session.watching(), None);
     // IDLE: changes found by the world while idling go out at once; DONE ends it.
     assert!(c.send("i1 IDLE\r\n").is_none());
     assert_eq!(c.take(), "+ idling\r\n");
