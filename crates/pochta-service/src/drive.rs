@@ -182,10 +182,13 @@ impl Driver<'_> {
         let mut buf = vec![0u8; 16 * 1024];
         let mut told_shutdown = false;
         let mut duty: Option<Interval> = None;
-        // The read timeout runs from the client's last input, not from the last duty.
+        // The read timeout runs from the client's last input or the end of the server's last
+        // answer (a long download is not idleness), never from the last duty.
         let mut heard_at = Instant::now();
         loop {
+            let mut answered = false;
             while let Some(output) = session.poll() {
+                answered = true;
                 match output {
                     Output::Send(bytes) => {
                         handler.sending(&bytes);
@@ -219,6 +222,9 @@ impl Driver<'_> {
             // The session wants input: send what is pending in one write (RFC 2920).
             if let Err(e) = io.flush().await {
                 return Ended::Failed(format!("writing: {e}"));
+            }
+            if answered {
+                heard_at = Instant::now();
             }
             match (handler.duty_period(), &duty) {
                 (Some(period), None) => {
@@ -452,6 +458,95 @@ mod tests {
             self.duties += 1;
             Ok(())
         }
+    }
+
+    /// Answers at length first (an action taking 500 ms, as a RETR of a large message to a
+    /// slow reader does), then waits for the client; records whether it timed out.
+    struct Slow {
+        acted: bool,
+        fed: bool,
+        timed_out: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Session for Slow {
+        type Action = ();
+        fn feed(&mut self, _: &[u8]) {
+            self.fed = true;
+        }
+        fn poll(&mut self) -> Option<Output<()>> {
+            if !self.acted {
+                self.acted = true;
+                return Some(Output::Action(()));
+            }
+            (self.fed || self.timed_out.load(Ordering::Relaxed)).then_some(Output::Close)
+        }
+        fn tls_established(&mut self) {}
+        fn timed_out(&mut self) {
+            self.timed_out.store(true, Ordering::Relaxed);
+        }
+        fn shutting_down(&mut self) {}
+        fn interruptible(&self) -> bool {
+            false
+        }
+    }
+
+    struct Answering;
+
+    impl Handler<Slow> for Answering {
+        async fn perform(&mut self, _: (), _: &mut Slow, _: &mut Io) -> Result<(), Ended> {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(())
+        }
+    }
+
+    /// The time the server spends answering is not the client's idleness: a command sent
+    /// soon after a long answer is read, not met with a timeout.
+    #[tokio::test]
+    async fn a_long_answer_does_not_count_as_idleness() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        let shutdown = Shutdown { rx };
+        let driver = Driver {
+            tls: None,
+            timeouts: Timeouts {
+                command: Duration::from_millis(300),
+                data: Duration::from_millis(300),
+                handshake: Duration::from_secs(1),
+                write: Duration::from_secs(1),
+                session: Duration::from_secs(3600),
+            },
+            memory: None,
+            shutdown: &shutdown,
+        };
+        let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let session = Slow {
+            acted: false,
+            fed: false,
+            timed_out: timed_out.clone(),
+        };
+        let client = async {
+            // The answer takes 500 ms; the next command comes 100 ms after it.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            tokio::io::AsyncWriteExt::write_all(&mut client, b"next\r\n")
+                .await
+                .unwrap();
+        };
+        let mut handler = Answering;
+        let drive = driver.drive(Conn::Plain(server), session, false, &mut handler);
+        let (ended, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(drive, client)
+        })
+        .await
+        .expect("the session ended");
+        assert!(matches!(ended, Ended::Closed), "{ended:?}");
+        assert!(
+            !timed_out.load(Ordering::Relaxed),
+            "timed out after a long answer"
+        );
     }
 
     /// A silent client times out although the session's duty runs many times meanwhile: the
