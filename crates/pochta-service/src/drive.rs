@@ -421,6 +421,32 @@ impl Drop for Share<'_> {
 mod tests {
     use super::*;
 
+    /// A connected pair of loopback sockets: (client, server).
+    async fn loopback() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// A driver whose client may stay silent for 300 ms.
+    fn quick_driver(shutdown: &Shutdown) -> Driver<'_> {
+        Driver {
+            tls: None,
+            timeouts: Timeouts {
+                command: Duration::from_millis(300),
+                data: Duration::from_millis(300),
+                handshake: Duration::from_secs(1),
+                write: Duration::from_secs(1),
+                session: Duration::from_secs(3600),
+            },
+            memory: None,
+            shutdown,
+        }
+    }
+
     /// Says nothing; closes once told it timed out.
     struct Quiet {
         timed_out: bool,
@@ -503,25 +529,10 @@ mod tests {
     /// soon after a long answer is read, not met with a timeout.
     #[tokio::test]
     async fn a_long_answer_does_not_count_as_idleness() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server) = loopback().await;
         let (_stop, rx) = tokio::sync::watch::channel(false);
         let shutdown = Shutdown { rx };
-        let driver = Driver {
-            tls: None,
-            timeouts: Timeouts {
-                command: Duration::from_millis(300),
-                data: Duration::from_millis(300),
-                handshake: Duration::from_secs(1),
-                write: Duration::from_secs(1),
-                session: Duration::from_secs(3600),
-            },
-            memory: None,
-            shutdown: &shutdown,
-        };
+        let driver = quick_driver(&shutdown);
         let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let session = Slow {
             acted: false,
@@ -553,25 +564,10 @@ mod tests {
     /// read timeout counts from the client's last input, not from the last duty.
     #[tokio::test]
     async fn duties_do_not_keep_a_silent_client_alive() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (client, server) = loopback().await;
         let (_stop, rx) = tokio::sync::watch::channel(false);
         let shutdown = Shutdown { rx };
-        let driver = Driver {
-            tls: None,
-            timeouts: Timeouts {
-                command: Duration::from_millis(300),
-                data: Duration::from_millis(300),
-                handshake: Duration::from_secs(1),
-                write: Duration::from_secs(1),
-                session: Duration::from_secs(3600),
-            },
-            memory: None,
-            shutdown: &shutdown,
-        };
+        let driver = quick_driver(&shutdown);
         let mut handler = Dutiful { duties: 0 };
         let session = Quiet { timed_out: false };
         let ended = tokio::time::timeout(
