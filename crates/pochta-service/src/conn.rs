@@ -25,6 +25,33 @@ impl Conn {
         }
     }
 
+    /// Waits until a read would find input (or the end, or an error) without holding a
+    /// buffer, so a session waiting on a quiet client costs none.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.readable().await,
+            Conn::Tls(s) => {
+                let (tcp, has_input) = match s.as_mut() {
+                    TlsStream::Server(s) => {
+                        let (tcp, tls) = s.get_mut();
+                        (tcp, buffered_input(tls.process_new_packets()))
+                    }
+                    TlsStream::Client(s) => {
+                        let (tcp, tls) = s.get_mut();
+                        (tcp, buffered_input(tls.process_new_packets()))
+                    }
+                };
+                // Records rustls took in with the handshake or an earlier read are input
+                // already: the socket may stay quiet while they wait.
+                if has_input {
+                    return Ok(());
+                }
+                tcp.readable().await
+            }
+            Conn::Gone => Ok(()),
+        }
+    }
+
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Conn::Plain(s) => s.write_all(bytes).await,
@@ -75,5 +102,14 @@ impl Conn {
                 Err(io::Error::other("not a plain connection"))
             }
         }
+    }
+}
+
+/// Whether rustls holds what a read should return now: decrypted input, the peer's close, or
+/// an error (which the read reports).
+fn buffered_input(state: Result<rustls::IoState, rustls::Error>) -> bool {
+    match state {
+        Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+        Err(_) => true,
     }
 }

@@ -179,7 +179,9 @@ impl Driver<'_> {
         }
         let too_old = Instant::now() + timeouts.session;
         let mut share = self.memory.map(Share::new);
-        let mut buf = vec![0u8; 16 * 1024];
+        // Taken when input arrives, given back once a read has drained the connection: a
+        // session waiting on a quiet client holds no read buffer.
+        let mut buf = Vec::new();
         let mut told_shutdown = false;
         let mut duty: Option<Interval> = None;
         // The read timeout runs from the client's last input or the end of the server's last
@@ -258,6 +260,9 @@ impl Driver<'_> {
                     Ok(Some(n)) => {
                         heard_at = Instant::now();
                         session.feed(&buf[..n]);
+                        if n < buf.len() {
+                            buf = Vec::new();
+                        }
                     }
                     // Both deadlines are checked above, before the next read.
                     Ok(None) => {}
@@ -277,11 +282,15 @@ impl Driver<'_> {
     }
 }
 
+/// Octets taken from the connection in one read.
+const READ_BUFFER: usize = 16 * 1024;
+
 /// A read within `wait`, once the memory budget lets this session read: Some(octets read),
-/// or None if `wait` passed first.
+/// or None if `wait` passed first. `buf` is filled out to `READ_BUFFER` only once there is
+/// input.
 async fn read_within(
     conn: &mut Conn,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
     wait: Duration,
     share: Option<&Share<'_>>,
 ) -> io::Result<Option<usize>> {
@@ -289,6 +298,8 @@ async fn read_within(
         if let Some(share) = share {
             share.turn().await;
         }
+        conn.readable().await?;
+        buf.resize(READ_BUFFER, 0);
         conn.read(buf).await
     };
     match tokio::time::timeout(wait, read).await {
