@@ -286,6 +286,7 @@ impl Connection {
                             unseen: clamp(counts.unseen),
                             deleted: clamp(counts.deleted),
                             size: counts.size.max(0) as u64,
+                            deleted_size: counts.deleted_size.max(0) as u64,
                         },
                     ))
                 }

@@ -59,13 +59,16 @@ pub enum Failure {
     Temporary,
 }
 
-/// Message, unseen and deleted counts and total size of a mailbox (STATUS).
+/// Message, unseen and deleted counts and sizes of a mailbox (STATUS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
     pub messages: u32,
     pub unseen: u32,
     pub deleted: u32,
+    /// Every message's RFC822.SIZE, summed (STATUS SIZE, RFC 8438).
     pub size: u64,
+    /// What EXPUNGE would free (STATUS DELETED-STORAGE, RFC 9051 6.3.11).
+    pub deleted_size: u64,
 }
 
 /// How STORE changes flags.
@@ -203,6 +206,12 @@ enum Pending {
     Select {
         tag: Tag<'static>,
         read_only: bool,
+        resync: Option<Resync>,
+    },
+    /// SELECT (QRESYNC ...): the flag changes since the client's mod-sequence are being read.
+    Resync {
+        tag: Tag<'static>,
+        code: Code<'static>,
     },
     Status {
         tag: Tag<'static>,
@@ -261,6 +270,14 @@ enum Pending {
     },
 }
 
+/// SELECT's QRESYNC parameter (RFC 7162 3.2.5): what the client last knew of the mailbox.
+struct Resync {
+    uid_validity: u32,
+    modseq: u64,
+    /// The UIDs it knows (None: every UID below UIDNEXT).
+    known_uids: Option<SequenceSet>,
+}
+
 struct FetchJob {
     tag: Tag<'static>,
     uid: bool,
@@ -282,6 +299,8 @@ pub struct Session {
     action: Option<Action>,
     errors: usize,
     condstore: bool,
+    /// ENABLE QRESYNC (RFC 7162 3.2.3): expunges are told as VANISHED.
+    qresync: bool,
     idling: Option<Tag<'static>>,
     /// AUTHENTICATE waiting for the client's response to its continuation.
     sasl_tag: Option<Tag<'static>>,
@@ -349,6 +368,7 @@ impl Session {
             action: None,
             errors: 0,
             condstore: false,
+            qresync: false,
             idling: None,
             sasl_tag: None,
             starttls: false,
@@ -402,7 +422,7 @@ impl Session {
         if self.pending.is_some() {
             return;
         }
-        let condstore = self.condstore;
+        let (condstore, qresync) = (self.condstore, self.qresync);
         if let State::Selected(view) = &mut self.state {
             if changes.mailbox.is_none() {
                 self.server.enqueue_status(
@@ -411,7 +431,7 @@ impl Session {
                 self.closing = true;
                 return;
             }
-            for data in view.apply(changes, condstore) {
+            for data in view.apply(changes, condstore, qresync) {
                 self.server.enqueue_data(data);
             }
         }
@@ -441,6 +461,8 @@ impl Session {
                     Capability::UidPlus,
                     Capability::Move,
                     Capability::CondStore,
+                    Capability::QResync,
+                    Capability::StatusSize,
                     Capability::from(atom("SPECIAL-USE")),
                 ]);
             }
@@ -561,6 +583,11 @@ impl Session {
                 let mut enabled = Vec::new();
                 for cap in capabilities.into_inner() {
                     if cap == CapabilityEnable::CondStore {
+                        self.condstore = true;
+                        enabled.push(cap);
+                    } else if cap.to_string().eq_ignore_ascii_case("QRESYNC") {
+                        // RFC 7162 3.2.3: QRESYNC implies CONDSTORE.
+                        self.qresync = true;
                         self.condstore = true;
                         enabled.push(cap);
                     }
@@ -859,11 +886,37 @@ impl Session {
             );
             self.state = State::Authenticated;
         }
-        if parameters.contains(&SelectParameter::CondStore) {
-            self.condstore = true;
+        let mut resync = None;
+        for parameter in parameters {
+            match parameter {
+                SelectParameter::CondStore => self.condstore = true,
+                // RFC 7162 3.2.5: only once the client has enabled QRESYNC.
+                SelectParameter::QResync { .. } if !self.qresync => {
+                    return self.bad(Some(tag), "ENABLE QRESYNC first");
+                }
+                SelectParameter::QResync {
+                    uid_validity,
+                    mod_sequence_value,
+                    known_uids,
+                    seq_match_data: _,
+                } => {
+                    resync = Some(Resync {
+                        uid_validity: uid_validity.get(),
+                        modseq: mod_sequence_value.get(),
+                        known_uids: known_uids.clone(),
+                    });
+                }
+            }
         }
         match names::mailbox_name(mailbox) {
-            Some(name) => self.run(Pending::Select { tag, read_only }, Request::Select { name }),
+            Some(name) => self.run(
+                Pending::Select {
+                    tag,
+                    read_only,
+                    resync,
+                },
+                Request::Select { name },
+            ),
             None => self.failure(tag, Failure::NoSuchMailbox),
         }
     }
@@ -912,17 +965,40 @@ impl Session {
             Err(_) => return self.bad(Some(tag), "Invalid message set"),
         };
         let mut changed_since = None;
+        let mut vanished = false;
+        let mut vanished_uids = None;
         for modifier in modifiers {
-            if let imap_next::imap_types::command::FetchModifier::ChangedSince(since) = modifier {
-                changed_since = Some(since.get());
-                if !items.contains(&MessageDataItemName::ModSeq) {
-                    items.push(MessageDataItemName::ModSeq);
+            match modifier {
+                imap_next::imap_types::command::FetchModifier::ChangedSince(since) => {
+                    changed_since = Some(since.get());
+                    if !items.contains(&MessageDataItemName::ModSeq) {
+                        items.push(MessageDataItemName::ModSeq);
+                    }
                 }
+                imap_next::imap_types::command::FetchModifier::Vanished => vanished = true,
             }
+        }
+        if vanished {
+            // RFC 7162 3.2.6: UID FETCH with CHANGEDSINCE, once QRESYNC is enabled.
+            if !(uid && self.qresync && changed_since.is_some()) {
+                return self.bad(
+                    Some(tag),
+                    "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC",
+                );
+            }
+            // No record of expunges is kept: every UID of the set that is not here is told
+            // (RFC 7162 3.2.6 lets a server report more than what changed since).
+            vanished_uids = range_set(&view.missing(set));
         }
         let (mailbox_id, uids) = (view.mailbox.id, view.uids_at(&places));
         // RFC 7162 3.1.4.1: CHANGEDSINCE enables CONDSTORE.
         self.condstore |= changed_since.is_some();
+        if let Some(known_uids) = vanished_uids {
+            self.server.enqueue_data(Data::Vanished {
+                earlier: true,
+                known_uids,
+            });
+        }
         if uids.is_empty() {
             return self.ok(tag, "FETCH completed");
         }
@@ -1291,7 +1367,14 @@ impl Session {
                     },
                 );
             }
-            (Pending::Select { tag, read_only }, Answer::Selected(Ok((summary, uids)))) => {
+            (
+                Pending::Select {
+                    tag,
+                    read_only,
+                    resync,
+                },
+                Answer::Selected(Ok((summary, uids))),
+            ) => {
                 self.server.enqueue_data(Data::Flags(SYSTEM_FLAGS.to_vec()));
                 self.server.enqueue_data(Data::Exists(uids.len() as u32));
                 self.server.enqueue_data(Data::Recent(0));
@@ -1319,11 +1402,53 @@ impl Session {
                 } else {
                     Code::ReadWrite
                 };
-                self.state = State::Selected(View {
+                let mailbox_id = summary.id;
+                let resync = resync.filter(|r| r.uid_validity == summary.uid_validity);
+                let view = View {
                     mailbox: summary,
                     read_only,
                     uids,
+                };
+                let Some(resync) = resync else {
+                    self.state = State::Selected(view);
+                    return self.tagged(status_ok(tag, Some(code), "SELECT completed"));
+                };
+                // RFC 7162 3.2.5.2: what vanished, then the flags changed since the client's
+                // mod-sequence, before the tagged OK.
+                let known = resync.known_uids.unwrap_or_else(|| {
+                    let below_next = view.mailbox.uid_next.saturating_sub(1).max(1);
+                    SequenceSet::try_from(format!("1:{below_next}").as_str())
+                        .expect("a valid range")
                 });
+                if let Some(known_uids) = range_set(&view.missing(&known)) {
+                    self.server.enqueue_data(Data::Vanished {
+                        earlier: true,
+                        known_uids,
+                    });
+                }
+                self.state = State::Selected(view);
+                self.run(
+                    Pending::Resync { tag, code },
+                    Request::Changes {
+                        mailbox_id,
+                        since_modseq: resync.modseq,
+                        known_uid_max: 0,
+                    },
+                );
+            }
+            (Pending::Resync { tag, code }, Answer::Changes(Ok(changes))) => {
+                let mut out = Vec::new();
+                if let Some(view) = self.view() {
+                    for m in &changes.changed {
+                        // Arrived after the SELECT's look: told as new by the next NOOP.
+                        if let Some(place) = view.index_of_uid(m.uid) {
+                            out.push(fetch_data(place, fetch::flag_items(m, true)));
+                        }
+                    }
+                }
+                for data in out {
+                    self.server.enqueue_data(data);
+                }
                 self.tagged(status_ok(tag, Some(code), "SELECT completed"));
             }
             (Pending::Status { tag, items }, Answer::Status(Ok((summary, counts)))) => {
@@ -1344,8 +1469,9 @@ impl Session {
                             StatusDataItemName::Unseen => StatusDataItem::Unseen(counts.unseen),
                             StatusDataItemName::Deleted => StatusDataItem::Deleted(counts.deleted),
                             StatusDataItemName::DeletedStorage => {
-                                StatusDataItem::DeletedStorage(counts.size)
+                                StatusDataItem::DeletedStorage(counts.deleted_size)
                             }
+                            StatusDataItemName::Size => StatusDataItem::Size(counts.size),
                             StatusDataItemName::HighestModSeq => {
                                 StatusDataItem::HighestModSeq(summary.highest_modseq)
                             }
@@ -1542,16 +1668,27 @@ impl Session {
         self.tagged(status_ok(tag, code, "STORE completed"));
     }
 
-    /// EXPUNGE responses for messages gone from the view, highest number first.
+    /// EXPUNGE responses for messages gone from the view, highest number first; once QRESYNC
+    /// is enabled, one VANISHED naming their UIDs instead (RFC 7162 3.2.10).
     fn tell_expunged(&mut self, uids: &[u32]) {
+        let qresync = self.qresync;
         let mut out = Vec::new();
         if let Some(view) = self.view_mut() {
             let mut places: Vec<usize> =
                 uids.iter().filter_map(|u| view.index_of_uid(*u)).collect();
             places.sort_unstable_by(|a, b| b.cmp(a));
+            let mut gone = Vec::new();
             for p in places {
-                view.uids.remove(p);
-                out.push(Data::Expunge(nonzero(p as u32 + 1)));
+                gone.push(view.uids.remove(p));
+                if !qresync {
+                    out.push(Data::Expunge(nonzero(p as u32 + 1)));
+                }
+            }
+            if let Some(known_uids) = uid_set(&gone).filter(|_| qresync) {
+                out.push(Data::Vanished {
+                    earlier: false,
+                    known_uids,
+                });
             }
         }
         for data in out {
@@ -1739,6 +1876,7 @@ impl Pending {
             Pending::Login { tag, .. }
             | Pending::List { tag, .. }
             | Pending::Select { tag, .. }
+            | Pending::Resync { tag, .. }
             | Pending::Status { tag, .. }
             | Pending::Done { tag, .. }
             | Pending::Append { tag }
@@ -1801,10 +1939,16 @@ fn runs(values: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
     runs
 }
 
-/// UIDs as a sequence set ("1:3,7"), for MODIFIED.
-fn uid_set(uids: &[u32]) -> Option<SequenceSet> {
-    let text: Vec<String> = runs(uids.iter().copied())
-        .into_iter()
+/// UIDs as a sequence set ("1:3,7"), for MODIFIED and VANISHED.
+pub(crate) fn uid_set(uids: &[u32]) -> Option<SequenceSet> {
+    range_set(&runs(uids.iter().copied()))
+}
+
+/// Ascending ranges as a sequence set; None when there are none.
+pub(crate) fn range_set(ranges: &[(u32, u32)]) -> Option<SequenceSet> {
+    let text: Vec<String> = ranges
+        .iter()
+        .copied()
         .map(|(a, b)| {
             if a == b {
                 a.to_string()

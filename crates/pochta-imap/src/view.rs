@@ -122,6 +122,58 @@ impl View {
         Ok(places)
     }
 
+    /// The UIDs a UID set names that are not in the mailbox, as ascending ranges, up to the
+    /// highest UID it has had (UIDNEXT - 1); `*` is the highest UID here. Costs what the
+    /// mailbox holds within the set, never the width of its ranges.
+    pub fn missing(&self, set: &SequenceSet) -> Vec<(u32, u32)> {
+        let top = self
+            .mailbox
+            .uid_next
+            .saturating_sub(1)
+            .max(self.highest_uid());
+        let mut wanted: Vec<(u32, u32)> = set
+            .0
+            .as_ref()
+            .iter()
+            .map(|sequence| {
+                let value = |v: &SeqOrUid| match v {
+                    SeqOrUid::Value(n) => n.get(),
+                    SeqOrUid::Asterisk => self.highest_uid().max(1),
+                };
+                let (a, b) = match sequence {
+                    Sequence::Single(v) => (value(v), value(v)),
+                    Sequence::Range(a, b) => (value(a), value(b)),
+                };
+                (a.min(b), a.max(b).min(top))
+            })
+            .filter(|(lo, hi)| lo <= hi)
+            .collect();
+        wanted.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::new();
+        for (lo, hi) in wanted {
+            match merged.last_mut() {
+                Some((_, end)) if lo <= end.saturating_add(1) => *end = (*end).max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        let mut gaps = Vec::new();
+        for (lo, hi) in merged {
+            let from = self.uids.partition_point(|&u| u < lo);
+            let to = self.uids.partition_point(|&u| u <= hi);
+            let mut next = u64::from(lo);
+            for &uid in &self.uids[from..to] {
+                if u64::from(uid) > next {
+                    gaps.push((next as u32, uid - 1));
+                }
+                next = u64::from(uid) + 1;
+            }
+            if next <= u64::from(hi) {
+                gaps.push((next as u32, hi));
+            }
+        }
+        gaps
+    }
+
     /// The UIDs at these places.
     pub fn uids_at(&self, places: &[usize]) -> Vec<u32> {
         places.iter().map(|&p| self.uids[p]).collect()
@@ -129,20 +181,35 @@ impl View {
 
     /// Takes in changes and says what the client must be told (RFC 9051 7.4.1, 7.3.1, 7.5.2):
     /// EXPUNGE for each message gone (highest number first, so each number is right when
-    /// sent), FETCH FLAGS for each message whose flags (or mod-sequence) changed, EXISTS when
-    /// messages arrived.
-    pub fn apply(&mut self, changes: Changes, with_modseq: bool) -> Vec<Data<'static>> {
+    /// sent; with `vanished`, one VANISHED naming their UIDs, RFC 7162 3.2.10), FETCH FLAGS
+    /// for each message whose flags (or mod-sequence) changed, EXISTS when messages arrived.
+    pub fn apply(
+        &mut self,
+        changes: Changes,
+        with_modseq: bool,
+        vanished: bool,
+    ) -> Vec<Data<'static>> {
         let mut out = Vec::new();
         let known_max = self.highest_uid();
         let present = changes.present;
+        let mut gone = Vec::new();
         let mut place = self.uids.len();
         while place > 0 {
             place -= 1;
             let uid = self.uids[place];
             if uid <= known_max && present.binary_search(&uid).is_err() {
                 self.uids.remove(place);
-                out.push(Data::Expunge(nonzero(place as u32 + 1)));
+                gone.push(uid);
+                if !vanished {
+                    out.push(Data::Expunge(nonzero(place as u32 + 1)));
+                }
             }
+        }
+        if vanished && let Some(known_uids) = crate::session::uid_set(&gone) {
+            out.push(Data::Vanished {
+                earlier: false,
+                known_uids,
+            });
         }
         let before = self.uids.len();
         for message in changes.changed {
@@ -204,7 +271,7 @@ mod tests {
                 special_use: None,
                 subscribed: true,
                 uid_validity: 7,
-                uid_next: uids.last().map_or(1, |u| u + 1),
+                uid_next: uids.last().map_or(1, |u| u.saturating_add(1)),
                 highest_modseq: 1,
             },
             read_only: false,
@@ -233,6 +300,48 @@ mod tests {
     }
 
     #[test]
+    fn missing_uids_are_the_gaps_of_the_set_below_uidnext() {
+        let mut v = view(&[3, 5, 9, 20]);
+        v.mailbox.uid_next = 25;
+        assert_eq!(
+            v.missing(&set("1:*")),
+            vec![(1, 2), (4, 4), (6, 8), (10, 19)]
+        );
+        // Never above UIDNEXT - 1, overlapping ranges merged, whatever their width.
+        assert_eq!(
+            v.missing(&set("4:6,5:4294967295")),
+            vec![(4, 4), (6, 8), (10, 19), (21, 24)]
+        );
+        assert_eq!(v.missing(&set("3,5")), vec![]);
+        let mut top = view(&[4294967295]);
+        top.mailbox.uid_next = 4294967295;
+        assert_eq!(
+            top.missing(&set("4294967290:*")),
+            vec![(4294967290, 4294967294)]
+        );
+        assert_eq!(view(&[]).missing(&set("1:*")), vec![]);
+    }
+
+    #[test]
+    fn with_qresync_expunges_are_one_vanished_of_uids() {
+        let mut v = view(&[1, 2, 3, 4]);
+        let changes = Changes {
+            mailbox: None,
+            changed: vec![],
+            present: vec![1, 3],
+        };
+        let out = v.apply(changes, true, true);
+        assert_eq!(v.uids, [1, 3]);
+        assert_eq!(
+            out,
+            vec![Data::Vanished {
+                earlier: false,
+                known_uids: set("2,4")
+            }]
+        );
+    }
+
+    #[test]
     fn changes_become_expunge_fetch_and_exists_in_that_order() {
         let mut v = view(&[1, 2, 3, 4]);
         let mut flagged = message(3, &["\\Flagged"]);
@@ -242,7 +351,7 @@ mod tests {
             changed: vec![flagged, message(6, &[]), message(7, &[])],
             present: vec![1, 3],
         };
-        let out = v.apply(changes, false);
+        let out = v.apply(changes, false, false);
         assert_eq!(v.uids, [1, 3, 6, 7]);
         assert_eq!(out.len(), 4);
         assert_eq!(out[0], Data::Expunge(nonzero(4)));
@@ -255,6 +364,6 @@ mod tests {
             changed: vec![],
             present: vec![1, 3, 6, 7],
         };
-        assert!(v.apply(again, false).is_empty());
+        assert!(v.apply(again, false, false).is_empty());
     }
 }

@@ -346,7 +346,9 @@ fn mailbox_management_asks_the_world_and_protects_inbox() {
         answer(&mut c, Answer::Done(Err(Failure::NoSuchMailbox))).starts_with("m7 NO [TRYCREATE]")
     );
     assert_eq!(
-        request(c.send("m8 STATUS INBOX (MESSAGES UNSEEN UIDNEXT UIDVALIDITY)\r\n")),
+        request(c.send(
+            "m8 STATUS INBOX (MESSAGES UNSEEN UIDNEXT UIDVALIDITY SIZE DELETED-STORAGE)\r\n"
+        )),
         Request::Status {
             name: "INBOX".into()
         }
@@ -354,12 +356,15 @@ fn mailbox_management_asks_the_world_and_protects_inbox() {
     let counts = Counts {
         messages: 3,
         unseen: 2,
-        deleted: 0,
+        deleted: 1,
         size: 600,
+        deleted_size: 200,
     };
     let out = answer(&mut c, Answer::Status(Ok((mailbox(1, "INBOX"), counts))));
     assert!(
-        out.starts_with("* STATUS INBOX (MESSAGES 3 UNSEEN 2 UIDNEXT 10 UIDVALIDITY 77)"),
+        out.starts_with(
+            "* STATUS INBOX (MESSAGES 3 UNSEEN 2 UIDNEXT 10 UIDVALIDITY 77 SIZE 600 DELETED-STORAGE 200)"
+        ),
         "{out}"
     );
 }
@@ -724,6 +729,100 @@ fn noop_and_idle_tell_changes_made_elsewhere() {
     let out = c.cmd("u1 UNSELECT");
     assert_eq!(out, "u1 OK UNSELECT completed\r\n");
     assert_eq!(c.session.watching(), None);
+}
+
+#[test]
+fn qresync_select_tells_what_vanished_and_changed_and_expunges_become_vanished() {
+    let mut c = logged_in();
+    // SELECT (QRESYNC ...) before ENABLE QRESYNC is a BAD (RFC 7162 3.2.5).
+    let out = c.cmd("s0 SELECT INBOX (QRESYNC (77 3))");
+    assert!(out.starts_with("s0 BAD"), "{out}");
+    let out = c.cmd("e1 ENABLE QRESYNC");
+    assert_eq!(out, "* ENABLED QRESYNC\r\ne1 OK ENABLE completed\r\n");
+    // The client knew UIDs 1:9 at mod-sequence 3; the mailbox now holds 2, 4 and 7.
+    let r = request(c.send("s1 SELECT INBOX (QRESYNC (77 3 1:9))\r\n"));
+    assert_eq!(
+        r,
+        Request::Select {
+            name: "INBOX".into()
+        }
+    );
+    c.session
+        .answer(Answer::Selected(Ok((mailbox(1, "INBOX"), vec![2, 4, 7]))));
+    // Then the flag changes since mod-sequence 3; nothing completes before they are in.
+    assert_eq!(
+        request(c.drain()),
+        Request::Changes {
+            mailbox_id: 1,
+            since_modseq: 3,
+            known_uid_max: 0
+        }
+    );
+    let mut flagged = message(4, &["\\Flagged"], 200);
+    flagged.modseq = 6;
+    let mut arrived = message(12, &[], 10);
+    arrived.modseq = 7;
+    let out = answer(
+        &mut c,
+        Answer::Changes(Ok(changes_of(vec![flagged, arrived]))),
+    );
+    let vanished = out
+        .find("* VANISHED (EARLIER) 1,3,5:6,8:9\r\n")
+        .expect(&out);
+    let fetched = out
+        .find("* 2 FETCH (FLAGS (\\Flagged) UID 4 MODSEQ (6))\r\n")
+        .expect(&out);
+    let done = out.find("s1 OK [READ-WRITE] SELECT completed").expect(&out);
+    assert!(out.contains("[HIGHESTMODSEQ 5]"), "{out}");
+    assert!(vanished < fetched && fetched < done, "{out}");
+    // A message that arrived after SELECT's look is not in the view yet.
+    assert!(!out.contains("UID 12"), "{out}");
+
+    // Expunges are VANISHED now, not EXPUNGE (RFC 7162 3.2.10).
+    request(c.send("x1 EXPUNGE\r\n"));
+    let out = answer(&mut c, Answer::Expunged(Ok(vec![2, 7])));
+    assert_eq!(out, "* VANISHED 2,7\r\nx1 OK EXPUNGE completed\r\n");
+
+    // UID FETCH ... (CHANGEDSINCE n VANISHED): what is gone from the set first.
+    // `*` is the highest UID here (4); UID 4 has not changed since mod-sequence 5.
+    let output = c.send("f1 UID FETCH 1:* FLAGS (CHANGEDSINCE 5 VANISHED)\r\n");
+    metadata(&mut c, output, &[4]);
+    assert!(c.drain().is_none());
+    assert_eq!(
+        c.take(),
+        "* VANISHED (EARLIER) 1:3\r\nf1 OK FETCH completed\r\n"
+    );
+    let output = c.send("f4 UID FETCH 2:9 FLAGS (CHANGEDSINCE 1 VANISHED)\r\n");
+    metadata(&mut c, output, &[4]);
+    assert!(c.drain().is_none());
+    let out = c.take();
+    assert!(
+        out.starts_with(
+            "* VANISHED (EARLIER) 2:3,5:9\r\n* 1 FETCH (UID 4 FLAGS (\\Flagged) MODSEQ (3))"
+        ),
+        "{out}"
+    );
+    // VANISHED only with UID FETCH and CHANGEDSINCE.
+    assert!(c.cmd("f2 FETCH 1 FLAGS (VANISHED)").starts_with("f2 BAD"));
+    assert!(
+        c.cmd("f3 UID FETCH 1 FLAGS (VANISHED)")
+            .starts_with("f3 BAD")
+    );
+
+    // A UIDVALIDITY that does not match: a plain SELECT, nothing resynchronised.
+    let r = request(c.send("s2 SELECT INBOX (QRESYNC (78 3))\r\n"));
+    assert!(matches!(r, Request::Select { .. }));
+    let out = answer(&mut c, Answer::Selected(Ok((mailbox(1, "INBOX"), vec![4]))));
+    assert!(!out.contains("VANISHED"), "{out}");
+    assert!(out.contains("s2 OK [READ-WRITE]"), "{out}");
+}
+
+fn changes_of(changed: Vec<Message>) -> Changes {
+    Changes {
+        mailbox: Some(mailbox(1, "INBOX")),
+        changed,
+        present: vec![],
+    }
 }
 
 #[test]

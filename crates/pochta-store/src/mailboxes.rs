@@ -56,6 +56,8 @@ pub struct MailboxCounts {
     pub unseen: i64,
     pub deleted: i64,
     pub size: i64,
+    /// Octets an EXPUNGE would free: the \Deleted messages' sizes.
+    pub deleted_size: i64,
 }
 
 /// How STORE changes flags (RFC 9051 6.4.6).
@@ -181,13 +183,15 @@ impl Store {
         .await?)
     }
 
-    /// Message, unseen and deleted counts and total size of a mailbox.
+    /// Message, unseen and deleted counts, total size and deleted size of a mailbox.
     pub async fn mailbox_counts(&self, mailbox_id: i64) -> Result<MailboxCounts> {
         Ok(sqlx::query_as(
             "SELECT count(*) AS messages,
                     count(*) FILTER (WHERE NOT '\\Seen' = ANY (flags)) AS unseen,
                     count(*) FILTER (WHERE '\\Deleted' = ANY (flags)) AS deleted,
-                    coalesce(sum(pop3_size), 0)::bigint AS size
+                    coalesce(sum(pop3_size), 0)::bigint AS size,
+                    coalesce(sum(pop3_size) FILTER (WHERE '\\Deleted' = ANY (flags)), 0)::bigint
+                        AS deleted_size
              FROM maildrop_entries WHERE mailbox_id = $1",
         )
         .bind(mailbox_id)

@@ -181,6 +181,18 @@ async fn expunge_removes_only_deleted_messages_and_pop3_no_longer_lists_them() {
         )
         .await
         .unwrap();
+    // STATUS: SIZE is every message, DELETED-STORAGE the three marked \Deleted.
+    let counts = store.mailbox_counts(inbox.id).await.unwrap();
+    let sizes: Vec<i64> = store
+        .maildrop_entries(account)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.pop3_size)
+        .collect();
+    assert_eq!(counts.size, sizes.iter().sum::<i64>());
+    assert_eq!(counts.deleted_size, sizes[1..].iter().sum::<i64>());
+    assert!(counts.deleted_size > 0 && counts.deleted_size < counts.size);
 
     // UID EXPUNGE of 1:3 leaves 4, deleted but outside the set.
     assert_eq!(
