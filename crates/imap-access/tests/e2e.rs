@@ -409,6 +409,72 @@ p.quit()
     assert!(status.success());
 }
 
+/// QRESYNC (RFC 7162): a client that knew the mailbox comes back after another client flagged
+/// a message and POP3 deleted one; SELECT (QRESYNC ...) tells it exactly that, and while it
+/// stays, an expunge elsewhere reaches it as VANISHED.
+#[tokio::test]
+async fn qresync_resynchronises_after_changes_elsewhere() {
+    let s = stack().await;
+    s.send(&[
+        "Subject: a\r\n\r\na\r\n",
+        "Subject: b\r\n\r\nb\r\n",
+        "Subject: c\r\n\r\nc\r\n",
+    ])
+    .await;
+    let script = r#"
+# imaplib knows ENABLE only from the capabilities it saw before logging in.
+def enable(m):
+    check(m._simple_command("ENABLE", "QRESYNC"))
+m = tls()
+enable(m)
+check(m.select("INBOX"))
+validity = int(m.untagged_responses["UIDVALIDITY"][-1])
+modseq = int(m.untagged_responses["HIGHESTMODSEQ"][-1])
+m.logout()
+# Elsewhere: another client flags UID 2, POP3 deletes message 1.
+other = tls()
+check(other.select("INBOX"))
+check(other.uid("STORE", "2", "+FLAGS", "(\\Flagged)"))
+other.logout()
+import poplib
+p = poplib.POP3("127.0.0.1", int(more[0]))
+p.user(user); p.pass_(pw); p.dele(1); p.quit()
+# Back: what changed since `modseq`, and nothing else.
+m = tls()
+enable(m)
+typ, data = m._simple_command("SELECT", "INBOX", f"(QRESYNC ({validity} {modseq} 1:3))")
+assert typ == "OK", (typ, data)
+print("vanished", [v.decode() for v in m.untagged_responses.get("VANISHED", [])])
+print("fetch", [f.decode() for f in m.untagged_responses.get("FETCH", []) if f])
+print("exists", m.untagged_responses.get("EXISTS"))
+m.untagged_responses.clear()
+# Another session expunges UID 3: this one hears it as VANISHED, not EXPUNGE.
+other = tls()
+check(other.select("INBOX"))
+check(other.uid("STORE", "3", "+FLAGS", "(\\Deleted)"))
+check(other.expunge())
+other.logout()
+deadline = time.time() + 10
+while time.time() < deadline and "VANISHED" not in m.untagged_responses:
+    m.noop()
+    time.sleep(0.1)
+print("later", [v.decode() for v in m.untagged_responses.get("VANISHED", [])])
+print("expunge", m.untagged_responses.get("EXPUNGE"))
+"#;
+    let pop3 = s.pop3.port().to_string();
+    let out = s.client(0, script, &[pop3.as_str()]).await;
+    assert!(out.contains("vanished ['(EARLIER) 1']"), "{out}");
+    let fetch = out.lines().find(|l| l.starts_with("fetch")).unwrap();
+    // Only UID 2 changed (it is message 1 now), with its new flag and mod-sequence.
+    assert!(
+        fetch.contains("1 (FLAGS (\\\\Flagged) UID 2 MODSEQ") && !fetch.contains("UID 3"),
+        "{out}"
+    );
+    assert!(out.contains("exists [b'2']"), "{out}");
+    assert!(out.contains("later ['3']"), "{out}");
+    assert!(out.contains("expunge None"), "{out}");
+}
+
 /// mbsync (isync), a real client from Debian, syncs INBOX down to a maildir and back: a flag
 /// set and a message added on the near side reach the server.
 #[tokio::test]
@@ -551,4 +617,125 @@ async fn mbsync_syncs_a_mailbox_both_ways() {
         .filter(|l| !l.starts_with("X-TUID: "))
         .collect();
     assert_eq!(kept, "Subject: from mbsync\r\n\r\nwritten offline\r\n");
+}
+
+/// getmail6 (Debian's `getmail6`), a retriever for "fetch and delete" users: over IMAPS it
+/// copies INBOX into a maildir, octet for octet but for the lines it adds itself, then deletes
+/// what it fetched; a second run finds nothing new.
+#[tokio::test]
+async fn getmail_fetches_and_deletes_over_imaps() {
+    let s = stack().await;
+    s.send(&[
+        "Subject: one\r\n\r\nfirst\r\n",
+        "Subject: two\r\n\r\nsecond\r\n",
+        "GENERATE:4000",
+    ])
+    .await;
+    let mut expected: Vec<Vec<u8>> = {
+        let store = s.db.store();
+        let ids: Vec<i64> = store
+            .maildrop_entries(s.account)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        store
+            .maildrop_entries_whole(s.account, &ids)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, text)| {
+                let text = String::from_utf8(text).unwrap().replace("\r\n", "\n");
+                // getmail writes the Return-Path: line anew (from the envelope sender).
+                let kept: Vec<&str> = text
+                    .split_inclusive('\n')
+                    .filter(|l| !l.starts_with("Return-Path: "))
+                    .collect();
+                kept.concat().into_bytes()
+            })
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("Maildir");
+    // getmail will not deliver as root (as CI runs): it writes as `nobody` then.
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::fs::Permissions::from_mode(0o777);
+    std::fs::set_permissions(dir.path(), open.clone()).unwrap();
+    for sub in ["", "cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        std::fs::set_permissions(maildir.join(sub), open.clone()).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("getmailrc"),
+        format!(
+            "[retriever]\ntype = SimpleIMAPSSLRetriever\nserver = localhost\nport = {port}\n\
+             username = {ALICE}\npassword = {PW}\nca_certs = {ca}\nmailboxes = (\"INBOX\",)\n\n\
+             [destination]\ntype = Maildir\npath = {path}/\nuser = nobody\n\n\
+             [options]\nread_all = false\ndelete = true\ndelivered_to = false\nreceived = false\n\
+             verbose = 0\n",
+            port = s.imap[0].1.port(),
+            ca = s.certs.ca_path.display(),
+            path = maildir.display(),
+        ),
+    )
+    .unwrap();
+    let getmail = || async {
+        let out = tokio::process::Command::new("getmail")
+            .arg("--getmaildir")
+            .arg(dir.path())
+            .arg("--rcfile")
+            .arg("getmailrc")
+            .output()
+            .await
+            .expect("getmail (Debian: getmail6) must be installed");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "getmail failed:\n{text}");
+    };
+    getmail().await;
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(maildir.join("new"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    // getmail adds its Return-Path: and an X-getmail-retrieved-from-mailbox: line.
+    let mut got: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            let kept: Vec<&str> = text
+                .split_inclusive('\n')
+                .filter(|l| {
+                    !l.starts_with("Return-Path: ")
+                        && !l.starts_with("X-getmail-retrieved-from-mailbox: ")
+                })
+                .collect();
+            kept.concat().into_bytes()
+        })
+        .collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got.len(), 3, "{files:?}");
+    for (got, expected) in got.iter().zip(&expected) {
+        let at = got
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(expected.len()));
+        assert!(
+            got == expected,
+            "the maildir holds what the server had; they differ at {at}:\n{:?}\n{:?}",
+            String::from_utf8_lossy(&got[at.saturating_sub(40)..(at + 40).min(got.len())]),
+            String::from_utf8_lossy(
+                &expected[at.saturating_sub(40)..(at + 40).min(expected.len())]
+            ),
+        );
+    }
+    // Deleted on the server, and a second run fetches nothing.
+    assert_eq!(s.inbox_len().await, 0);
+    getmail().await;
+    assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 3);
 }
