@@ -103,6 +103,14 @@ fn values_that_would_spin_or_panic_are_refused() {
         ("pop3", "write_timeout_secs"),
         ("pop3", "max_session_secs"),
         ("pop3", "max_password_checks"),
+        ("imap", "max_connections"),
+        ("imap", "max_errors"),
+        ("imap", "write_timeout_secs"),
+        ("imap", "max_session_secs"),
+        ("imap", "max_literal_bytes"),
+        ("imap", "max_input_memory_bytes"),
+        ("imap", "read_batch_bytes"),
+        ("imap", "change_check_ms"),
     ] {
         let message = invalid(&format!("[{section}]\n{key} = 0\n"));
         assert!(
@@ -113,6 +121,9 @@ fn values_that_would_spin_or_panic_are_refused() {
     assert!(invalid("[queue]\nlease_secs = 2\n").contains("queue.lease_secs"));
     assert!(invalid("[smtp]\nipv6_limit_prefix = 0\n").contains("smtp.ipv6_limit_prefix"));
     assert!(invalid("[pop3]\nipv6_limit_prefix = 129\n").contains("pop3.ipv6_limit_prefix"));
+    // RFC 9051 5.4: an autologout timer of at least 30 minutes.
+    assert!(invalid("[imap]\ntimeout_secs = 60\n").contains("imap.timeout_secs"));
+    assert!(invalid("[imap]\nipv6_limit_prefix = 200\n").contains("imap.ipv6_limit_prefix"));
 }
 
 /// The checks' limits are at least 1; per-domain DMARC handling names domains; the strictest
