@@ -1,6 +1,8 @@
 //! FETCH (RFC 9051 6.4.5, 7.5.2): the data items of one message, from its metadata and, when
 //! an item needs them, its octets. Sections are cut from the stored octets as they are (a
 //! client gets back exactly what was delivered); MIME structure comes from `mail-parser`.
+//! BINARY (RFC 3516, RFC 9051 6.4.5) is the one item that decodes: a part's
+//! Content-Transfer-Encoding undone.
 
 use std::num::NonZeroU32;
 
@@ -8,9 +10,12 @@ use imap_next::imap_types::body::{
     BasicFields, Body, BodyStructure, Disposition, MultiPartExtensionData, SinglePartExtensionData,
     SpecificFields,
 };
-use imap_next::imap_types::core::{AString, IString, Literal, NString, Quoted};
+use imap_next::imap_types::core::{
+    AString, IString, Literal, LiteralMode, NString, NString8, Quoted,
+};
 use imap_next::imap_types::datetime::DateTime;
 use imap_next::imap_types::envelope::{Address, Envelope};
+use imap_next::imap_types::extensions::binary::Literal8;
 use imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName, Section};
 use imap_next::imap_types::flag::{Flag, FlagFetch};
 use mail_parser::{HeaderName, HeaderValue, MessageParser, MimeHeaders, PartType};
@@ -39,6 +44,8 @@ pub(crate) fn needs_content(items: &[MessageDataItemName<'_>]) -> Need {
                 ..
             } => Need::Header,
             MessageDataItemName::BodyExt { .. }
+            | MessageDataItemName::Binary { .. }
+            | MessageDataItemName::BinarySize { .. }
             | MessageDataItemName::Rfc822
             | MessageDataItemName::Rfc822Text
             | MessageDataItemName::Body
@@ -55,21 +62,17 @@ pub(crate) fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
         matches!(
             i,
             MessageDataItemName::BodyExt { peek: false, .. }
+                | MessageDataItemName::Binary { peek: false, .. }
                 | MessageDataItemName::Rfc822
                 | MessageDataItemName::Rfc822Text
         )
     })
 }
 
-/// Items this server does not answer yet: the command gets a NO rather than a wrong answer.
-pub(crate) fn unsupported(items: &[MessageDataItemName<'_>]) -> Option<&'static str> {
-    items.iter().find_map(|i| match i {
-        MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
-            Some("BINARY")
-        }
-        _ => None,
-    })
-}
+/// A Content-Transfer-Encoding BINARY cannot undo (RFC 3516 4.1: the FETCH answers NO
+/// [UNKNOWN-CTE]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UnknownCte;
 
 /// FLAGS and UID, as an unsolicited FETCH tells a flag change (with MODSEQ under CONDSTORE).
 pub(crate) fn flag_items(m: &Message, with_modseq: bool) -> Vec<MessageDataItem<'static>> {
@@ -98,7 +101,7 @@ pub(crate) fn items(
     content: Option<&[u8]>,
     with_uid: bool,
     with_modseq: bool,
-) -> Vec<MessageDataItem<'static>> {
+) -> Result<Vec<MessageDataItem<'static>>, UnknownCte> {
     let content = content.unwrap_or_default();
     let mut out = Vec::with_capacity(names.len() + 1);
     if with_uid && !names.contains(&MessageDataItemName::Uid) {
@@ -159,12 +162,153 @@ pub(crate) fn items(
             MessageDataItemName::BodyStructure => {
                 MessageDataItem::BodyStructure(body_structure(content, true))
             }
-            // `unsupported` keeps these from reaching here.
-            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
-                continue;
+            MessageDataItemName::Binary {
+                section,
+                partial,
+                peek: _,
+            } => {
+                let whole = binary_octets(content, section)?;
+                let data = match partial {
+                    Some((start, len)) => {
+                        let from = (*start as usize).min(whole.len());
+                        let to = from.saturating_add(len.get() as usize).min(whole.len());
+                        whole[from..to].to_vec()
+                    }
+                    None => whole,
+                };
+                MessageDataItem::Binary {
+                    section: section.clone(),
+                    value: nstring8(data),
+                }
             }
+            MessageDataItemName::BinarySize { section } => MessageDataItem::BinarySize {
+                section: section.clone(),
+                size: u32::try_from(binary_octets(content, section)?.len()).unwrap_or(u32::MAX),
+            },
         };
         out.push(item);
+    }
+    Ok(out)
+}
+
+/// Octets for BINARY: a literal8 (`~{n}`) when they hold a NUL, which only it can carry.
+fn nstring8(data: Vec<u8>) -> NString8<'static> {
+    if data.contains(&0) {
+        NString8::Literal8(Literal8 {
+            data: data.into(),
+            mode: LiteralMode::Sync,
+        })
+    } else {
+        NString8::NString(nstring(data))
+    }
+}
+
+/// A section's content with its Content-Transfer-Encoding undone; the empty section is the
+/// whole message as stored, and a part the message does not have is empty (as for BODY[]).
+pub(crate) fn binary_octets(content: &[u8], section: &[NonZeroU32]) -> Result<Vec<u8>, UnknownCte> {
+    if section.is_empty() {
+        return Ok(content.to_vec());
+    }
+    let Some((header, body)) = locate(content, section) else {
+        return Ok(Vec::new());
+    };
+    match transfer_encoding(&header).as_deref() {
+        None | Some("7bit" | "8bit" | "binary") => Ok(body),
+        Some("base64") => Ok(decode_base64(&body)),
+        Some("quoted-printable") => Ok(decode_quoted_printable(&body)),
+        Some(_) => Err(UnknownCte),
+    }
+}
+
+/// The Content-Transfer-Encoding a MIME header names, lower-cased (RFC 2045 6.1).
+fn transfer_encoding(header: &[u8]) -> Option<String> {
+    let mut value: Option<Vec<u8>> = None;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        let text = line.trim_ascii_end();
+        match &mut value {
+            // A folded continuation of the field found.
+            Some(v) if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') => {
+                v.extend_from_slice(text)
+            }
+            Some(_) => break,
+            None => {
+                let Some(colon) = text.iter().position(|&b| b == b':') else {
+                    continue;
+                };
+                if text[..colon]
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"content-transfer-encoding")
+                {
+                    value = Some(text[colon + 1..].to_vec());
+                }
+            }
+        }
+    }
+    let value = String::from_utf8_lossy(&value?).to_ascii_lowercase();
+    // The token, without a comment after it.
+    let token = value.split(['(', ';']).next().unwrap_or_default().trim();
+    Some(token.to_owned())
+}
+
+/// base64 (RFC 2045 6.8): characters outside the alphabet are ignored, as are an incomplete
+/// last quantum's stray character and padding.
+fn decode_base64(body: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+    );
+    let mut letters: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        .collect();
+    if letters.len() % 4 == 1 {
+        letters.pop();
+    }
+    LENIENT.decode(&letters).unwrap_or_default()
+}
+
+/// quoted-printable (RFC 2045 6.7): `=XX` is an octet, `=` at a line's end joins it to the
+/// next, whitespace before a line break is not content; anything else is kept as it is.
+fn decode_quoted_printable(body: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        let (text, eol) = match line.strip_suffix(b"\r\n") {
+            Some(text) => (text, &b"\r\n"[..]),
+            None => match line.strip_suffix(b"\n") {
+                Some(text) => (text, &b"\n"[..]),
+                None => (line, &b""[..]),
+            },
+        };
+        let text = text.trim_ascii_end();
+        let mut soft = false;
+        let mut i = 0;
+        while i < text.len() {
+            if text[i] == b'=' {
+                if i + 1 == text.len() {
+                    soft = true;
+                    break;
+                }
+                if let (Some(hi), Some(lo)) = (
+                    text.get(i + 1).and_then(|b| hex(*b)),
+                    text.get(i + 2).and_then(|b| hex(*b)),
+                ) {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(text[i]);
+            i += 1;
+        }
+        if !soft {
+            out.extend_from_slice(eol);
+        }
     }
     out
 }
@@ -588,6 +732,39 @@ Content-Type: text/plain\r\n\r\nfirst part\r\n--XX\r\nContent-Type: text/html\r\
         assert!(got.starts_with("Return-Path: <a@example.net>\r\nFrom: Ann"));
         assert!(!got.contains("Subject"));
         assert!(got.ends_with("boundary=XX\r\n\r\n"));
+    }
+
+    /// Three parts: base64 (folded CTE field, a NUL and 0xFF in the data), quoted-printable
+    /// (soft breaks, `=XX`, trailing blanks), and one in an encoding no one knows.
+    const ENCODED: &[u8] = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n\
+Content-Type: application/octet-stream\r\nContent-Transfer-Encoding:\r\n Base64 (comment)\r\n\
+\r\nAGFi\r\n/3g=\r\n--B\r\nContent-Type: text/plain\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nna=C3=AFve soft=\r\nbreak  \r\nend\r\n\
+--B\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n--B--\r\n";
+
+    fn path(p: &[u32]) -> Vec<NonZeroU32> {
+        p.iter().map(|&n| NonZeroU32::new(n).unwrap()).collect()
+    }
+
+    #[test]
+    fn binary_undoes_the_transfer_encoding_of_a_part() {
+        assert_eq!(
+            binary_octets(ENCODED, &path(&[1])),
+            Ok(b"\0ab\xffx".to_vec())
+        );
+        assert_eq!(
+            binary_octets(ENCODED, &path(&[2])),
+            Ok("naïve softbreak\r\nend".as_bytes().to_vec())
+        );
+        assert_eq!(binary_octets(ENCODED, &path(&[3])), Err(UnknownCte));
+        // The empty section is the message as stored; a part it does not have is empty.
+        assert_eq!(binary_octets(ENCODED, &[]), Ok(ENCODED.to_vec()));
+        assert_eq!(binary_octets(ENCODED, &path(&[9])), Ok(Vec::new()));
+        // Unencoded parts come as they are.
+        assert_eq!(binary_octets(MAIL, &path(&[1])), Ok(b"first part".to_vec()));
+        // A NUL needs literal8; without one, an ordinary literal.
+        assert!(matches!(nstring8(vec![0, 1]), NString8::Literal8(_)));
+        assert!(matches!(nstring8(b"ab".to_vec()), NString8::NString(_)));
     }
 
     #[test]
