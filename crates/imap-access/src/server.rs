@@ -11,6 +11,8 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use pochta_config::{Config, PlaintextAuth};
+use pochta_imap::imap_types::search::SearchKey;
+use pochta_imap::imap_types::sequence::{SeqOrUid, Sequence};
 use pochta_imap::{
     Action, Answer, Changes, Failure, FlagChange, LoginResult, MailboxSummary, Message, Policy,
     Request, Session,
@@ -21,7 +23,7 @@ use pochta_service::drive::{Driver, Ended, Handler, Io, MemoryBudget, Timeouts};
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
-use pochta_store::{MailboxInfo, MailboxMessage, Store, StoreError};
+use pochta_store::{MailboxInfo, MailboxMessage, MessageFilter, Store, StoreError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -420,6 +422,18 @@ impl Connection {
                 since_modseq,
                 known_uid_max,
             } => Answer::Changes(changes(store, mailbox_id, since_modseq, known_uid_max).await),
+            Request::Search { mailbox_id, key } => Answer::Found(
+                store
+                    .mailbox_search(mailbox_id, &filter(&key))
+                    .await
+                    .map(|found| {
+                        found
+                            .into_iter()
+                            .map(|(uid, modseq)| (clamp(uid), modseq.max(0) as u64))
+                            .collect()
+                    })
+                    .map_err(failure),
+            ),
         }
     }
 
@@ -491,12 +505,65 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Expunge { .. } => "expunge",
         Request::Copy { .. } => "copy",
         Request::Changes { .. } => "changes",
+        Request::Search { .. } => "search",
     }
 }
 
 /// UIDs, counts and sizes are 32-bit in IMAP; the store's columns are checked to fit.
 fn clamp(n: i64) -> u32 {
     n.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// A search key that needs no octets (its message sets UID sets, as the session sends it) as
+/// the store's filter. Keys about octets never come here; should one, it matches nothing.
+fn filter(key: &SearchKey<'_>) -> MessageFilter {
+    let flag = |f: &str| MessageFilter::Flag(f.to_owned());
+    let not = |f: MessageFilter| MessageFilter::Not(Box::new(f));
+    match key {
+        SearchKey::And(keys) => MessageFilter::And(keys.as_ref().iter().map(filter).collect()),
+        SearchKey::Or(a, b) => MessageFilter::Or(Box::new(filter(a)), Box::new(filter(b))),
+        SearchKey::Not(k) => not(filter(k)),
+        SearchKey::Uid(set) => MessageFilter::Uids(
+            set.0
+                .as_ref()
+                .iter()
+                .map(|sequence| {
+                    let value = |v: &SeqOrUid| match v {
+                        SeqOrUid::Value(n) => i64::from(n.get()),
+                        SeqOrUid::Asterisk => i64::from(u32::MAX),
+                    };
+                    let (a, b) = match sequence {
+                        Sequence::Single(v) => (value(v), value(v)),
+                        Sequence::Range(a, b) => (value(a), value(b)),
+                    };
+                    (a.min(b), a.max(b))
+                })
+                .collect(),
+        ),
+        SearchKey::All | SearchKey::Old => MessageFilter::All,
+        SearchKey::Answered => flag("\\Answered"),
+        SearchKey::Deleted => flag("\\Deleted"),
+        SearchKey::Draft => flag("\\Draft"),
+        SearchKey::Flagged => flag("\\Flagged"),
+        SearchKey::Seen => flag("\\Seen"),
+        SearchKey::Unanswered => not(flag("\\Answered")),
+        SearchKey::Undeleted => not(flag("\\Deleted")),
+        SearchKey::Undraft => not(flag("\\Draft")),
+        SearchKey::Unflagged => not(flag("\\Flagged")),
+        SearchKey::Unseen => not(flag("\\Seen")),
+        SearchKey::Keyword(k) => flag(k.as_ref()),
+        SearchKey::Unkeyword(k) => not(flag(k.as_ref())),
+        SearchKey::Larger(n) => MessageFilter::Larger(i64::from(*n)),
+        SearchKey::Smaller(n) => MessageFilter::Smaller(i64::from(*n)),
+        SearchKey::Before(d) => MessageFilter::Before(*d.as_ref()),
+        SearchKey::On(d) => MessageFilter::On(*d.as_ref()),
+        SearchKey::Since(d) => MessageFilter::Since(*d.as_ref()),
+        SearchKey::ModSequence { modseq, .. } => {
+            MessageFilter::ModSeqAtLeast(i64::try_from(*modseq).unwrap_or(i64::MAX))
+        }
+        // \Recent is never set (RFC 9051 drops it); sequence sets arrive as UID sets.
+        _ => not(MessageFilter::All),
+    }
 }
 
 fn summary(m: MailboxInfo) -> MailboxSummary {

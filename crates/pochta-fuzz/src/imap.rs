@@ -200,5 +200,16 @@ fn answer(
                 present,
             }))
         }
+        Request::Search { .. } if fails => Answer::Found(Err(failure(input))),
+        // Matches, some perhaps unknown to the view (NEW_UID).
+        Request::Search { .. } => {
+            let mut found = Vec::new();
+            for &u in uids {
+                if input.bool() {
+                    found.push((u, u64::from(input.byte())));
+                }
+            }
+            Answer::Found(Ok(found))
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! octets as stored (encoded words and transfer encodings are not decoded).
 
 use chrono::{NaiveDate, Utc};
+use imap_next::imap_types::core::Vec1;
 use imap_next::imap_types::search::SearchKey;
 
 use crate::fetch::Need;
@@ -39,6 +40,38 @@ pub(crate) fn needs_content(key: &SearchKey<'_>, depth: usize) -> Option<Need> {
         SearchKey::Body(_) | SearchKey::Text(_) => Need::Whole,
         _ => Need::Nothing,
     })
+}
+
+/// A key that needs no octets, with its message sets written as the UIDs they name in the
+/// view (sequence numbers and `*` mean nothing outside it), for the store to evaluate.
+pub(crate) fn with_uid_sets(key: &SearchKey<'static>, view: &View) -> SearchKey<'static> {
+    let named = |set, uid| view.resolve(set, uid).map(|places| view.uids_at(&places));
+    match key {
+        SearchKey::And(keys) => {
+            let keys: Vec<SearchKey<'static>> = keys
+                .as_ref()
+                .iter()
+                .map(|k| with_uid_sets(k, view))
+                .collect();
+            Vec1::try_from(keys).map_or(SearchKey::All, SearchKey::And)
+        }
+        SearchKey::Not(k) => SearchKey::Not(Box::new(with_uid_sets(k, view))),
+        SearchKey::Or(a, b) => SearchKey::Or(
+            Box::new(with_uid_sets(a, view)),
+            Box::new(with_uid_sets(b, view)),
+        ),
+        SearchKey::SequenceSet(set) => uids_key(named(set, false).unwrap_or_default()),
+        SearchKey::Uid(set) => uids_key(named(set, true).unwrap_or_default()),
+        other => other.clone(),
+    }
+}
+
+/// A key naming exactly these UIDs (none: a key nothing matches).
+fn uids_key(uids: Vec<u32>) -> SearchKey<'static> {
+    match crate::session::uid_set(&uids) {
+        Some(set) => SearchKey::Uid(set),
+        None => SearchKey::Not(Box::new(SearchKey::All)),
+    }
 }
 
 /// Does `m`, the message at `place`, match? `content` is its octets (or its header block)
@@ -80,6 +113,8 @@ pub(crate) fn matches(
         SearchKey::Unflagged => !m.has("\\Flagged"),
         SearchKey::Unseen => !m.has("\\Seen"),
         SearchKey::Keyword(k) => m.has(k.as_ref()),
+        // RFC 7162 3.1.5: changed at or after this mod-sequence.
+        SearchKey::ModSequence { modseq, .. } => m.modseq >= *modseq,
         SearchKey::Unkeyword(k) => !m.has(k.as_ref()),
         // No session is ever told of a message as \Recent (RFC 9051 drops it).
         SearchKey::New | SearchKey::Recent => false,

@@ -138,6 +138,12 @@ pub enum Request {
         since_modseq: u64,
         known_uid_max: u32,
     },
+    /// A SEARCH that needs no message octets, for the store to evaluate: its message sets are
+    /// UID sets of the view's messages.
+    Search {
+        mailbox_id: i64,
+        key: SearchKey<'static>,
+    },
 }
 
 /// The world's answer to a `Request` (the variant matching it).
@@ -156,6 +162,8 @@ pub enum Answer {
     Flags(Result<(Vec<Message>, Vec<u32>), Failure>),
     Expunged(Result<Vec<u32>, Failure>),
     Changes(Result<Changes, Failure>),
+    /// UID and mod-sequence of each message a `Request::Search` matched, in UID order.
+    Found(Result<Vec<(u32, u64)>, Failure>),
 }
 
 /// The outcome of a login.
@@ -240,6 +248,10 @@ enum Pending {
         key: SearchKey<'static>,
         need: fetch::Need,
     },
+    SearchFound {
+        tag: Tag<'static>,
+        uid: bool,
+    },
     Search {
         tag: Tag<'static>,
         uid: bool,
@@ -288,6 +300,8 @@ struct FetchJob {
     changed_since: Option<u64>,
     /// UIDs whose \Seen this FETCH set: their FLAGS are sent too.
     seen_now: Vec<u32>,
+    /// BINARY met an encoding it cannot undo: that message was left out.
+    unknown_cte: bool,
 }
 
 pub struct Session {
@@ -463,6 +477,7 @@ impl Session {
                     Capability::CondStore,
                     Capability::QResync,
                     Capability::StatusSize,
+                    Capability::Binary,
                     Capability::from(atom("SPECIAL-USE")),
                 ]);
             }
@@ -957,9 +972,6 @@ impl Session {
                 .collect(),
             MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
         };
-        if let Some(what) = fetch::unsupported(&items) {
-            return self.no(tag, &format!("{what} is not supported yet"));
-        }
         let places = match view.resolve(set, uid) {
             Ok(places) => places,
             Err(_) => return self.bad(Some(tag), "Invalid message set"),
@@ -1009,6 +1021,7 @@ impl Session {
             messages: Vec::new(),
             changed_since,
             seen_now: Vec::new(),
+            unknown_cte: false,
         };
         self.run(
             Pending::FetchMeta { fetch: job },
@@ -1051,8 +1064,9 @@ impl Session {
         let need = fetch::needs_content(&job.items);
         if need == fetch::Need::Nothing {
             let all: Vec<usize> = (0..job.messages.len()).collect();
-            self.fetch_send(&job, &all, &HashMap::new());
-            return self.ok(job.tag, "FETCH completed");
+            let mut job = job;
+            self.fetch_send(&mut job, &all, &HashMap::new());
+            return self.fetch_done(job);
         }
         let reading = Reading {
             messages: Vec::new(),
@@ -1071,7 +1085,7 @@ impl Session {
             self.policy.read_batch_bytes,
         );
         if batch.is_empty() {
-            return self.ok(job.tag, "FETCH completed");
+            return self.fetch_done(job);
         }
         let entry_ids = batch.clone().map(|i| job.messages[i].1.entry_id).collect();
         reading.next = batch.end;
@@ -1088,8 +1102,25 @@ impl Session {
         );
     }
 
+    /// The tagged reply: OK, or NO [UNKNOWN-CTE] when BINARY left a message out (RFC 3516 4.1).
+    fn fetch_done(&mut self, job: FetchJob) {
+        if job.unknown_cte {
+            return self.tagged(status_no(
+                job.tag,
+                Some(Code::UnknownCte),
+                "Cannot decode a part's Content-Transfer-Encoding",
+            ));
+        }
+        self.ok(job.tag, "FETCH completed");
+    }
+
     /// FETCH responses for these of the job's messages (indices into `job.messages`).
-    fn fetch_send(&mut self, job: &FetchJob, which: &[usize], contents: &HashMap<i64, Vec<u8>>) {
+    fn fetch_send(
+        &mut self,
+        job: &mut FetchJob,
+        which: &[usize],
+        contents: &HashMap<i64, Vec<u8>>,
+    ) {
         let condstore = self.condstore;
         let needs_content = fetch::needs_content(&job.items) != fetch::Need::Nothing;
         let mut out = Vec::with_capacity(which.len());
@@ -1100,7 +1131,10 @@ impl Session {
                 // Expunged elsewhere since the view last looked: nothing to send.
                 continue;
             }
-            let mut items = fetch::items(m, &job.items, content, job.uid, condstore);
+            let Ok(mut items) = fetch::items(m, &job.items, content, job.uid, condstore) else {
+                job.unknown_cte = true;
+                continue;
+            };
             if job.seen_now.contains(&m.uid) && !job.items.contains(&MessageDataItemName::Flags) {
                 items.push(imap_next::imap_types::fetch::MessageDataItem::Flags(
                     fetch::flags(&m.flags),
@@ -1212,7 +1246,16 @@ impl Session {
         if view.uids.is_empty() {
             return self.search_done(tag, uid, &[]);
         }
-        let (mailbox_id, uids) = (view.mailbox.id, view.uids.clone());
+        let mailbox_id = view.mailbox.id;
+        if need == fetch::Need::Nothing {
+            // Flags, sizes, dates, UIDs: only the matches need leave the store.
+            let key = search::with_uid_sets(&key, view);
+            return self.run(
+                Pending::SearchFound { tag, uid },
+                Request::Search { mailbox_id, key },
+            );
+        }
+        let uids = view.uids.clone();
         self.run(
             Pending::SearchMeta {
                 tag,
@@ -1224,7 +1267,7 @@ impl Session {
         );
     }
 
-    /// The mailbox's metadata is in: search it, or read octets batch by batch first.
+    /// The mailbox's metadata is in: read octets batch by batch and search them.
     fn search_known(
         &mut self,
         tag: Tag<'static>,
@@ -1243,15 +1286,6 @@ impl Session {
             headers_only: need == fetch::Need::Header,
             matched: Vec::new(),
         };
-        if need == fetch::Need::Nothing {
-            let matched: Vec<(usize, u32, u64)> = reading
-                .messages
-                .iter()
-                .filter(|(place, m)| search::matches(&key, view, *place, m, None))
-                .map(|(place, m)| (*place, m.uid, m.modseq))
-                .collect();
-            return self.search_done(tag, uid, &matched);
-        }
         self.search_next(tag, uid, key, reading);
     }
 
@@ -1515,7 +1549,8 @@ impl Session {
                 let batch: Vec<usize> = (0..reading.next)
                     .filter(|&i| contents.contains_key(&fetch.messages[i].1.entry_id))
                     .collect();
-                self.fetch_send(&fetch, &batch, &contents);
+                let mut fetch = fetch;
+                self.fetch_send(&mut fetch, &batch, &contents);
                 self.fetch_next(fetch, reading);
             }
             (
@@ -1527,6 +1562,17 @@ impl Session {
                 },
                 Answer::Messages(Ok(messages)),
             ) => self.search_known(tag, uid, key, need, messages),
+            (Pending::SearchFound { tag, uid }, Answer::Found(Ok(found))) => {
+                // Matches the view does not have (arrived since) are not told yet.
+                let matched: Vec<(usize, u32, u64)> = match self.view() {
+                    Some(view) => found
+                        .into_iter()
+                        .filter_map(|(u, modseq)| Some((view.index_of_uid(u)?, u, modseq)))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                self.search_done(tag, uid, &matched);
+            }
             (
                 Pending::Search {
                     tag,
@@ -1644,6 +1690,7 @@ impl Session {
                 | Answer::Contents(Err(failure))
                 | Answer::Flags(Err(failure))
                 | Answer::Expunged(Err(failure))
+                | Answer::Found(Err(failure))
                 | Answer::Messages(Err(failure)),
             ) => {
                 if let Some(tag) = pending.tag() {
@@ -1882,6 +1929,7 @@ impl Pending {
             | Pending::Append { tag }
             | Pending::Search { tag, .. }
             | Pending::SearchMeta { tag, .. }
+            | Pending::SearchFound { tag, .. }
             | Pending::Store { tag, .. }
             | Pending::StoreReport { tag, .. }
             | Pending::Expunge { tag, .. }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use pochta_imap::imap_types::search::SearchKey;
 use pochta_imap::{
     Action, Answer, Changes, Counts, Failure, FlagChange, LoginResult, MailboxSummary, Message,
     Policy, Request, Session,
@@ -425,7 +426,6 @@ fn fetch_of_metadata_asks_only_for_the_messages_named() {
         c.cmd("f4 FETCH 4 FLAGS").starts_with("f4 BAD"),
         "no message 4"
     );
-    assert!(c.cmd("f5 FETCH 1 BINARY[1]").starts_with("f5 NO"));
 }
 
 #[test]
@@ -546,6 +546,42 @@ fn fetch_sections_and_partials() {
 }
 
 #[test]
+fn binary_decodes_parts_and_refuses_an_unknown_encoding() {
+    let mut c = selected(true);
+    let encoded = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nAGFi\r\n--B\r\n\
+Content-Transfer-Encoding: x-unknown\r\n\r\nzz\r\n--B--\r\n";
+    let output = c.send("b1 FETCH 3 (BINARY.PEEK[1] BINARY.SIZE[1] BINARY.PEEK[1]<1.1>)\r\n");
+    metadata(&mut c, output, &[7]);
+    request(c.drain());
+    let out = answer(
+        &mut c,
+        Answer::Contents(Ok([(700, encoded.to_vec())].into_iter().collect())),
+    );
+    // "\0ab": a NUL, so a literal8.
+    assert!(out.contains("BINARY[1] ~{3}\r\n\0ab"), "{out:?}");
+    assert!(out.contains("BINARY.SIZE[1] 3"), "{out}");
+    assert!(out.contains("BINARY[1] {1}\r\na"), "{out}");
+    assert!(out.ends_with("b1 OK FETCH completed\r\n"), "{out}");
+    let output = c.send("b2 FETCH 3 BINARY.PEEK[2]\r\n");
+    metadata(&mut c, output, &[7]);
+    request(c.drain());
+    let out = answer(
+        &mut c,
+        Answer::Contents(Ok([(700, encoded.to_vec())].into_iter().collect())),
+    );
+    assert!(out.starts_with("b2 NO [UNKNOWN-CTE]"), "{out}");
+    // BINARY (not PEEK) sets \Seen, as BODY[] does, where the mailbox is writable.
+    let mut c = selected(false);
+    let output = c.send("b3 FETCH 1 BINARY[]\r\n");
+    metadata(&mut c, output, &[2]);
+    assert!(matches!(
+        request(c.drain()),
+        Request::StoreFlags { ref flags, .. } if flags == &["\\Seen".to_string()]
+    ));
+}
+
+#[test]
 fn store_changes_flags_and_reports_unchangedsince_conflicts() {
     let mut c = selected(false);
     let r = request(c.send("s1 STORE 1:2 +FLAGS (\\Deleted)\r\n"));
@@ -649,18 +685,52 @@ fn expunge_copy_and_move_renumber_the_view() {
 #[test]
 fn search_by_flags_from_metadata_and_by_text_through_the_content() {
     let mut c = selected(false);
-    let search = |c: &mut Client, cmd: &str| {
-        let output = c.send(&format!("{cmd}\r\n"));
-        metadata(c, output, &[2, 4, 7]);
-        assert!(c.drain().is_none());
-        c.take()
+    // Keys about flags, sizes, dates and message sets go to the store whole, message numbers
+    // written as the UIDs they are in the view; what it finds is told by number or UID.
+    let and = |keys: Vec<SearchKey<'static>>| SearchKey::And(keys.try_into().unwrap());
+    let search = |c: &mut Client, cmd: &str, key: SearchKey<'static>, found: Vec<(u32, u64)>| {
+        let r = request(c.send(&format!("{cmd}\r\n")));
+        assert_eq!(r, Request::Search { mailbox_id: 1, key }, "{cmd}");
+        answer(c, Answer::Found(Ok(found)))
     };
-    let out = search(&mut c, "q1 SEARCH UNSEEN");
+    let out = search(
+        &mut c,
+        "q1 SEARCH UNSEEN",
+        and(vec![SearchKey::Unseen]),
+        vec![(2, 3), (4, 3)],
+    );
     assert!(out.starts_with("* SEARCH 1 2\r\n"), "{out}");
-    let out = search(&mut c, "q2 UID SEARCH OR FLAGGED SEEN");
+    // A match the view does not know yet (UID 12 arrived since) is not told.
+    let out = search(
+        &mut c,
+        "q2 UID SEARCH OR FLAGGED SEEN",
+        and(vec![SearchKey::Or(
+            Box::new(SearchKey::Flagged),
+            Box::new(SearchKey::Seen),
+        )]),
+        vec![(4, 3), (7, 3), (12, 9)],
+    );
     assert!(out.starts_with("* SEARCH 4 7\r\n"), "{out}");
-    let out = search(&mut c, "q3 SEARCH NOT 2:3 LARGER 50");
+    let r = request(c.send("q3 SEARCH NOT 2:3 LARGER 50\r\n"));
+    let Request::Search { key, .. } = r else {
+        panic!("{r:?}")
+    };
+    // Messages 2 and 3 are UIDs 4 and 7.
+    let expected = and(vec![
+        SearchKey::Not(Box::new(SearchKey::Uid("4,7".try_into().unwrap()))),
+        SearchKey::Larger(50),
+    ]);
+    assert_eq!(key, expected);
+    let out = answer(&mut c, Answer::Found(Ok(vec![(2, 3)])));
     assert!(out.starts_with("* SEARCH 1\r\n"), "{out}");
+    // A message number beyond the mailbox names nothing.
+    let r = request(c.send("q7 SEARCH 9\r\n"));
+    assert!(
+        matches!(&r, Request::Search { key, .. }
+            if *key == and(vec![SearchKey::Not(Box::new(SearchKey::All))])),
+        "{r:?}"
+    );
+    answer(&mut c, Answer::Found(Ok(vec![])));
     let out = c.cmd("q4 SEARCH CHARSET KOI8-R ALL");
     assert!(out.starts_with("q4 NO [BADCHARSET"), "{out}");
     let output = c.send("q5 SEARCH SUBJECT hello\r\n");

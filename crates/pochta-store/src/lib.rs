@@ -30,7 +30,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_selector};
 pub use mailboxes::{
     FlagChange, FlagsStored, MAILBOX_CHANNEL, MailboxChange, MailboxChanges, MailboxCounts,
-    MailboxInfo, MailboxMessage, Placed, SPECIAL_MAILBOXES,
+    MailboxInfo, MailboxMessage, MessageFilter, Placed, SPECIAL_MAILBOXES,
 };
 pub use mta_sts::CachedStsPolicy;
 pub use roles::ServiceRoles;

@@ -5,9 +5,9 @@
 //! Lock order, so that no two of these can deadlock: mailbox rows first (in id order when
 //! there are two), then their entries. Local delivery and POP3's QUIT keep the same order.
 
-use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use crate::content::Chunks;
 use crate::{Result, Store, StoreError};
@@ -47,6 +47,103 @@ pub struct MailboxMessage {
     /// RFC822.SIZE: the octets FETCH BODY[] sends.
     pub size: i64,
     pub internal_date: DateTime<Utc>,
+}
+
+/// A SEARCH over what is kept of each message besides its content (RFC 9051 6.4.4: the keys
+/// about flags, sizes, internal dates, UIDs and mod-sequences), evaluated by PostgreSQL so
+/// that only the matches leave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageFilter {
+    All,
+    And(Vec<MessageFilter>),
+    Or(Box<MessageFilter>, Box<MessageFilter>),
+    Not(Box<MessageFilter>),
+    /// Has this flag: a system flag as stored (`\Seen`), a keyword in any case.
+    Flag(String),
+    Larger(i64),
+    Smaller(i64),
+    /// The internal date's day (UTC) is before, on, or on or after this one.
+    Before(NaiveDate),
+    On(NaiveDate),
+    Since(NaiveDate),
+    /// The UID is within one of these inclusive ranges.
+    Uids(Vec<(i64, i64)>),
+    ModSeqAtLeast(i64),
+}
+
+/// Appends `filter` as a condition on `e` (a `maildrop_entries` row); every value is bound.
+fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &MessageFilter) {
+    match filter {
+        MessageFilter::All => {
+            query.push("TRUE");
+        }
+        MessageFilter::And(all) if all.is_empty() => {
+            query.push("TRUE");
+        }
+        MessageFilter::And(all) => {
+            query.push("(");
+            for (i, f) in all.iter().enumerate() {
+                if i > 0 {
+                    query.push(" AND ");
+                }
+                push_filter(query, f);
+            }
+            query.push(")");
+        }
+        MessageFilter::Or(a, b) => {
+            query.push("(");
+            push_filter(query, a);
+            query.push(" OR ");
+            push_filter(query, b);
+            query.push(")");
+        }
+        MessageFilter::Not(f) => {
+            query.push("NOT ");
+            push_filter(query, f);
+        }
+        MessageFilter::Flag(flag) if flag.starts_with('\\') => {
+            query
+                .push("(")
+                .push_bind(flag.clone())
+                .push(" = ANY (e.flags))");
+        }
+        MessageFilter::Flag(keyword) => {
+            query
+                .push("EXISTS (SELECT 1 FROM unnest(e.flags) f WHERE lower(f) = lower(")
+                .push_bind(keyword.clone())
+                .push("))");
+        }
+        MessageFilter::Larger(n) => {
+            query.push("(e.pop3_size > ").push_bind(*n).push(")");
+        }
+        MessageFilter::Smaller(n) => {
+            query.push("(e.pop3_size < ").push_bind(*n).push(")");
+        }
+        MessageFilter::Before(day) | MessageFilter::On(day) | MessageFilter::Since(day) => {
+            let op = match filter {
+                MessageFilter::Before(_) => " < ",
+                MessageFilter::On(_) => " = ",
+                _ => " >= ",
+            };
+            query
+                .push("((e.delivered_at AT TIME ZONE 'UTC')::date")
+                .push(op)
+                .push_bind(*day)
+                .push(")");
+        }
+        MessageFilter::Uids(ranges) => {
+            let (lo, hi): (Vec<i64>, Vec<i64>) = ranges.iter().copied().unzip();
+            query
+                .push("EXISTS (SELECT 1 FROM unnest(")
+                .push_bind(lo)
+                .push("::bigint[], ")
+                .push_bind(hi)
+                .push("::bigint[]) r(lo, hi) WHERE e.imap_uid BETWEEN r.lo AND r.hi)");
+        }
+        MessageFilter::ModSeqAtLeast(n) => {
+            query.push("(e.modseq >= ").push_bind(*n).push(")");
+        }
+    }
 }
 
 /// What STATUS reports about a mailbox (RFC 9051 6.3.11).
@@ -208,6 +305,22 @@ impl Store {
         .bind(mailbox_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// The UIDs and mod-sequences of the messages of a mailbox that `filter` matches, in UID
+    /// order.
+    pub async fn mailbox_search(
+        &self,
+        mailbox_id: i64,
+        filter: &MessageFilter,
+    ) -> Result<Vec<(i64, i64)>> {
+        let mut query = QueryBuilder::new(
+            "SELECT e.imap_uid, e.modseq FROM maildrop_entries e WHERE e.mailbox_id = ",
+        );
+        query.push_bind(mailbox_id).push(" AND ");
+        push_filter(&mut query, filter);
+        query.push(" ORDER BY e.imap_uid");
+        Ok(query.build_query_as().fetch_all(&self.pool).await?)
     }
 
     /// The UIDs of a mailbox, ascending: all a selecting session keeps.

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use pochta_store::{
-    Claim, DomainRole, FlagChange, LocalDelivery, MaildropDelivery, SPECIAL_MAILBOXES, Store,
-    StoreError,
+    Claim, DomainRole, FlagChange, LocalDelivery, MaildropDelivery, MessageFilter,
+    SPECIAL_MAILBOXES, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -648,4 +648,71 @@ async fn header_blocks_are_read_without_the_body() {
         .await
         .unwrap();
     assert!(other.is_empty());
+}
+
+/// SEARCH keys about flags, sizes, dates, UIDs and mod-sequences, evaluated in PostgreSQL:
+/// each filter, nested, over five messages.
+#[tokio::test]
+async fn searches_of_flags_sizes_dates_and_uids_run_in_the_store() {
+    use MessageFilter::*;
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    deliver(store, account, 5).await;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let set = |uids: &[i64], f: &[&str]| {
+        let uids = uids.to_vec();
+        let f = flags(f);
+        async move {
+            store
+                .store_flags(inbox.id, &uids, FlagChange::Add, &f, None)
+                .await
+                .unwrap()
+        }
+    };
+    set(&[1, 2], &["\\Seen"]).await;
+    set(&[2], &["\\Flagged", "$Work"]).await;
+    let stored = set(&[5], &["\\Deleted"]).await;
+    let modseq_of_5 = stored.changed[0].modseq;
+    let uids = |found: Vec<(i64, i64)>| found.into_iter().map(|(u, _)| u).collect::<Vec<_>>();
+    let search = |filter: MessageFilter| async move {
+        uids(store.mailbox_search(inbox.id, &filter).await.unwrap())
+    };
+    let not = |f: MessageFilter| Not(Box::new(f));
+    let flag = |f: &str| Flag(f.to_string());
+    assert_eq!(search(All).await, [1, 2, 3, 4, 5]);
+    assert_eq!(search(not(flag("\\Seen"))).await, [3, 4, 5]);
+    // Keywords match in any case (RFC 9051 2.3.2).
+    assert_eq!(search(flag("$work")).await, [2]);
+    assert_eq!(
+        search(Or(Box::new(flag("\\Flagged")), Box::new(flag("\\Deleted")))).await,
+        [2, 5]
+    );
+    assert_eq!(
+        search(And(vec![flag("\\Seen"), not(flag("\\Flagged"))])).await,
+        [1]
+    );
+    assert_eq!(search(And(vec![])).await, [1, 2, 3, 4, 5]);
+    assert_eq!(search(Uids(vec![(2, 3), (5, 9)])).await, [2, 3, 5]);
+    assert_eq!(search(Uids(vec![])).await, Vec::<i64>::new());
+    assert_eq!(search(ModSeqAtLeast(modseq_of_5)).await, [5]);
+    // Sizes and the internal date's day (UTC).
+    let size = store.maildrop_entries(account).await.unwrap()[0].pop3_size;
+    assert_eq!(search(Larger(size - 1)).await, [1, 2, 3, 4, 5]);
+    assert!(search(Larger(size)).await.is_empty());
+    assert!(search(Smaller(size)).await.is_empty());
+    let today = chrono::Utc::now().date_naive();
+    assert_eq!(search(On(today)).await, [1, 2, 3, 4, 5]);
+    assert_eq!(search(Since(today)).await, [1, 2, 3, 4, 5]);
+    assert!(search(Before(today)).await.is_empty());
+    assert_eq!(
+        search(Before(today.succ_opt().unwrap())).await,
+        [1, 2, 3, 4, 5]
+    );
+    // The mod-sequences come back too, one per UID.
+    let found = store
+        .mailbox_search(inbox.id, &flag("\\Deleted"))
+        .await
+        .unwrap();
+    assert_eq!(found, [(5, modseq_of_5)]);
 }
