@@ -190,6 +190,7 @@ impl Server {
                 client,
                 account_id: None,
                 watching: None,
+                ahead: None,
             };
             let ended = driver
                 .drive(
@@ -227,6 +228,57 @@ pub struct Connection {
     client: IpAddr,
     account_id: Option<i64>,
     watching: Option<(i64, Seen)>,
+    /// The content batch a FETCH or SEARCH will ask for next, being read.
+    ahead: Option<ReadAhead>,
+}
+
+/// Message octets for one `Request::Contents`.
+async fn read_contents(
+    store: Store,
+    account: i64,
+    entry_ids: Vec<i64>,
+    headers_only: bool,
+) -> pochta_store::Result<Vec<(i64, Vec<u8>)>> {
+    if headers_only {
+        store.maildrop_entries_headers(account, &entry_ids).await
+    } else {
+        store.maildrop_entries_whole(account, &entry_ids).await
+    }
+}
+
+/// A content batch read in the background (on its own store connection) while the one before
+/// it is sent; aborted when dropped (the session asked for something else, or ended).
+struct ReadAhead {
+    entry_ids: Vec<i64>,
+    headers_only: bool,
+    task: tokio::task::JoinHandle<pochta_store::Result<Vec<(i64, Vec<u8>)>>>,
+}
+
+impl ReadAhead {
+    fn start(store: Store, account: i64, entry_ids: Vec<i64>, headers_only: bool) -> Self {
+        let read = read_contents(store, account, entry_ids.clone(), headers_only);
+        ReadAhead {
+            entry_ids,
+            headers_only,
+            task: tokio::spawn(read.in_current_span()),
+        }
+    }
+
+    async fn take(mut self) -> Result<Vec<(i64, Vec<u8>)>, Failure> {
+        match (&mut self.task).await {
+            Ok(read) => read.map_err(failure),
+            Err(e) => {
+                tracing::error!("reading ahead failed: {e}");
+                Err(Failure::Temporary)
+            }
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Connection {
@@ -349,15 +401,25 @@ impl Connection {
             Request::Contents {
                 entry_ids,
                 headers_only,
-            } => Answer::Contents(
-                if headers_only {
-                    store.maildrop_entries_headers(account, &entry_ids).await
-                } else {
-                    store.maildrop_entries_whole(account, &entry_ids).await
+                next,
+            } => {
+                let ahead = self.ahead.take();
+                let read = match ahead {
+                    Some(ahead)
+                        if ahead.entry_ids == entry_ids && ahead.headers_only == headers_only =>
+                    {
+                        ahead.take().await
+                    }
+                    _ => read_contents(store.clone(), account, entry_ids, headers_only)
+                        .await
+                        .map_err(failure),
+                };
+                // The next batch is read while this one is sent.
+                if !next.is_empty() {
+                    self.ahead = Some(ReadAhead::start(store.clone(), account, next, headers_only));
                 }
-                .map(|list| list.into_iter().collect::<HashMap<_, _>>())
-                .map_err(failure),
-            ),
+                Answer::Contents(read.map(|list| list.into_iter().collect::<HashMap<_, _>>()))
+            }
             Request::StoreFlags {
                 mailbox_id,
                 uids,

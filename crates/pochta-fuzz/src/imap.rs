@@ -130,10 +130,12 @@ fn answer(
             Answer::Done(if fails { Err(failure(input)) } else { Ok(()) })
         }
         Request::Append { .. } => Answer::Placed(Ok((9, vec![(0, 21)]))),
-        Request::Contents { entry_ids, .. } => {
+        Request::Contents {
+            entry_ids, next, ..
+        } => {
             assert!(
-                entry_ids.iter().all(|id| entries.contains(id)),
-                "{entry_ids:?}"
+                entry_ids.iter().chain(&next).all(|id| entries.contains(id)),
+                "{entry_ids:?} {next:?}"
             );
             let mut contents = HashMap::new();
             for id in entry_ids {

@@ -111,10 +111,12 @@ pub enum Request {
         uids: Vec<u32>,
     },
     /// The octets of these messages (as FETCH BODY[] sends them), or with `headers_only`
-    /// their header blocks only (through the empty line).
+    /// their header blocks only (through the empty line). `next`: the batch the session will
+    /// ask for after this one, which the world may read meanwhile.
     Contents {
         entry_ids: Vec<i64>,
         headers_only: bool,
+        next: Vec<i64>,
     },
     StoreFlags {
         mailbox_id: i64,
@@ -1090,6 +1092,7 @@ impl Session {
         let entry_ids = batch.clone().map(|i| job.messages[i].1.entry_id).collect();
         reading.next = batch.end;
         let headers_only = reading.headers_only;
+        let next = self.batch_after(&job.messages, &reading);
         self.run(
             Pending::Fetch {
                 fetch: job,
@@ -1098,6 +1101,7 @@ impl Session {
             Request::Contents {
                 entry_ids,
                 headers_only,
+                next,
             },
         );
     }
@@ -1312,6 +1316,7 @@ impl Session {
             .collect();
         reading.next = batch.end;
         let headers_only = reading.headers_only;
+        let next = self.batch_after(&reading.messages, &reading);
         self.run(
             Pending::Search {
                 tag,
@@ -1322,6 +1327,7 @@ impl Session {
             Request::Contents {
                 entry_ids,
                 headers_only,
+                next,
             },
         );
     }
@@ -1348,6 +1354,17 @@ impl Session {
         };
         self.server.enqueue_data(Data::Search(numbers, modseq));
         self.ok(tag, "SEARCH completed");
+    }
+
+    /// The entry ids of the batch after the one `reading` has just asked for.
+    fn batch_after(&self, messages: &[(usize, Message)], reading: &Reading) -> Vec<i64> {
+        let after = next_batch(
+            messages,
+            reading.next,
+            reading.headers_only,
+            self.policy.read_batch_bytes,
+        );
+        after.map(|i| messages[i].1.entry_id).collect()
     }
 
     /// The world's answer to the session's last `Action::Run`.

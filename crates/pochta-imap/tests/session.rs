@@ -439,7 +439,9 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
         r,
         Request::Contents {
             entry_ids: vec![200],
-            headers_only: true
+            headers_only: true,
+            // The batch after this one, which the world may read meanwhile.
+            next: vec![400]
         }
     );
     let contents = |ids: &[i64]| -> HashMap<i64, Vec<u8>> {
@@ -451,7 +453,8 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
         r,
         Request::Contents {
             entry_ids: vec![400],
-            headers_only: true
+            headers_only: true,
+            next: vec![700]
         }
     );
     c.session.answer(Answer::Contents(Ok(contents(&[400]))));
@@ -460,7 +463,8 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
         r,
         Request::Contents {
             entry_ids: vec![700],
-            headers_only: true
+            headers_only: true,
+            next: vec![]
         }
     );
     // Message 3 was expunged elsewhere meanwhile: it is left out, not made up.
@@ -499,7 +503,8 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
         r,
         Request::Contents {
             entry_ids: vec![200],
-            headers_only: false
+            headers_only: false,
+            next: vec![]
         }
     );
     let out = answer(&mut c, Answer::Contents(Ok(contents(&[200]))));
@@ -523,7 +528,8 @@ fn fetch_sections_and_partials() {
         r,
         Request::Contents {
             entry_ids: vec![700],
-            headers_only: false
+            headers_only: false,
+            next: vec![]
         }
     );
     let out = answer(
@@ -740,7 +746,8 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
         request(c.drain()),
         Request::Contents {
             entry_ids: vec![200],
-            headers_only: true
+            headers_only: true,
+            next: vec![400]
         }
     );
     c.session
