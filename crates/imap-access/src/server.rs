@@ -232,13 +232,16 @@ pub struct Connection {
     ahead: Option<ReadAhead>,
 }
 
+/// Entry ids and their octets.
+type Contents = Vec<(i64, Vec<u8>)>;
+
 /// Message octets for one `Request::Contents`.
 async fn read_contents(
     store: Store,
     account: i64,
     entry_ids: Vec<i64>,
     headers_only: bool,
-) -> pochta_store::Result<Vec<(i64, Vec<u8>)>> {
+) -> pochta_store::Result<Contents> {
     if headers_only {
         store.maildrop_entries_headers(account, &entry_ids).await
     } else {
@@ -251,7 +254,7 @@ async fn read_contents(
 struct ReadAhead {
     entry_ids: Vec<i64>,
     headers_only: bool,
-    task: tokio::task::JoinHandle<pochta_store::Result<Vec<(i64, Vec<u8>)>>>,
+    task: tokio::task::JoinHandle<pochta_store::Result<Contents>>,
 }
 
 impl ReadAhead {
@@ -264,7 +267,7 @@ impl ReadAhead {
         }
     }
 
-    async fn take(mut self) -> Result<Vec<(i64, Vec<u8>)>, Failure> {
+    async fn take(mut self) -> Result<Contents, Failure> {
         match (&mut self.task).await {
             Ok(read) => read.map_err(failure),
             Err(e) => {
