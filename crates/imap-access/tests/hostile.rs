@@ -187,9 +187,11 @@ async fn a_thousand_idle_sessions_take_little_memory() {
         clients.push(c);
     }
     let grown = process.resident_kib().saturating_sub(before);
-    // About 30 KiB a session, most of it the connection's 16 KiB read buffer; the bound
-    // catches a session that starts holding more (say, its mailbox's messages).
-    assert!(grown < 40 * 1000, "grew {grown} KiB for 1000 idle sessions");
+    println!("1000 idle sessions: {grown} KiB");
+    // About 22 KiB a session (debug build; no read buffer is held while a client is quiet);
+    // the bound catches a session that starts holding more (a read buffer, say, or its
+    // mailbox's messages).
+    assert!(grown < 32 * 1000, "grew {grown} KiB for 1000 idle sessions");
     // Every one still answers.
     for (i, c) in clients.iter_mut().enumerate().step_by(97) {
         c.send(b"DONE\r\n").await;

@@ -8,6 +8,7 @@ mod fetch;
 mod names;
 mod search;
 mod session;
+mod uids;
 mod view;
 
 pub use names::{DELIMITER, mailbox_name, matches as list_matches};

@@ -1259,7 +1259,7 @@ impl Session {
                 Request::Search { mailbox_id, key },
             );
         }
-        let uids = view.uids.clone();
+        let uids = view.uids.iter().collect();
         self.run(
             Pending::SearchMeta {
                 tag,
@@ -1458,7 +1458,7 @@ impl Session {
                 let view = View {
                     mailbox: summary,
                     read_only,
-                    uids,
+                    uids: crate::uids::Uids::new(uids),
                 };
                 let Some(resync) = resync else {
                     self.state = State::Selected(view);

@@ -9,6 +9,7 @@ use imap_next::imap_types::response::Data;
 use imap_next::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
 use crate::fetch::flag_items;
+use crate::uids::Uids;
 
 /// One message, without its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,15 +54,15 @@ pub struct Changes {
     pub present: Vec<u32>,
 }
 
-/// The selected mailbox: its UIDs only (four octets a message). Flags, sizes and dates are
-/// asked of the world when a command needs them, so an idle session on a large mailbox holds
-/// little.
+/// The selected mailbox: its UIDs only, as runs of consecutive UIDs. Flags, sizes and dates
+/// are asked of the world when a command needs them, so an idle session on a large mailbox
+/// holds little.
 #[derive(Debug, Clone)]
 pub struct View {
     pub mailbox: MailboxSummary,
     pub read_only: bool,
     /// Ascending; a message's sequence number is its place here plus one.
-    pub uids: Vec<u32>,
+    pub uids: Uids,
 }
 
 /// A sequence set that names messages that do not exist (RFC 9051 6.4.4: a BAD).
@@ -70,11 +71,11 @@ pub struct OutOfRange;
 
 impl View {
     pub fn highest_uid(&self) -> u32 {
-        self.uids.last().copied().unwrap_or(0)
+        self.uids.last().unwrap_or(0)
     }
 
     pub fn index_of_uid(&self, uid: u32) -> Option<usize> {
-        self.uids.binary_search(&uid).ok()
+        self.uids.position(uid)
     }
 
     /// The places of the messages a sequence set names, ascending, each once. UID sets name
@@ -95,8 +96,8 @@ impl View {
                     SeqOrUid::Asterisk => self.highest_uid(),
                 };
                 let (lo, hi) = (value(a).min(value(b)), value(a).max(value(b)));
-                let from = self.uids.partition_point(|&u| u < lo);
-                let to = self.uids.partition_point(|&u| u <= hi);
+                let from = self.uids.count_below(lo);
+                let to = self.uids.count_up_to(hi);
                 places.extend(from..to);
                 // RFC 9051 6.4.9: "n:*" names the highest message even when n is above it.
                 if let (SeqOrUid::Value(_), SeqOrUid::Asterisk) | (SeqOrUid::Asterisk, _) = (a, b)
@@ -156,27 +157,15 @@ impl View {
                 _ => merged.push((lo, hi)),
             }
         }
-        let mut gaps = Vec::new();
-        for (lo, hi) in merged {
-            let from = self.uids.partition_point(|&u| u < lo);
-            let to = self.uids.partition_point(|&u| u <= hi);
-            let mut next = u64::from(lo);
-            for &uid in &self.uids[from..to] {
-                if u64::from(uid) > next {
-                    gaps.push((next as u32, uid - 1));
-                }
-                next = u64::from(uid) + 1;
-            }
-            if next <= u64::from(hi) {
-                gaps.push((next as u32, hi));
-            }
-        }
-        gaps
+        merged
+            .into_iter()
+            .flat_map(|(lo, hi)| self.uids.gaps(lo, hi))
+            .collect()
     }
 
     /// The UIDs at these places.
     pub fn uids_at(&self, places: &[usize]) -> Vec<u32> {
-        places.iter().map(|&p| self.uids[p]).collect()
+        places.iter().map(|&p| self.uids.get(p)).collect()
     }
 
     /// Takes in changes and says what the client must be told (RFC 9051 7.4.1, 7.3.1, 7.5.2):
@@ -196,7 +185,7 @@ impl View {
         let mut place = self.uids.len();
         while place > 0 {
             place -= 1;
-            let uid = self.uids[place];
+            let uid = self.uids.get(place);
             if uid <= known_max && present.binary_search(&uid).is_err() {
                 self.uids.remove(place);
                 gone.push(uid);
@@ -212,16 +201,20 @@ impl View {
             });
         }
         let before = self.uids.len();
+        let mut arrived = Vec::new();
         for message in changes.changed {
             match self.index_of_uid(message.uid) {
                 Some(i) => out.push(fetch_data(i, flag_items(&message, with_modseq))),
-                None if message.uid > known_max => self.uids.push(message.uid),
+                None if message.uid > known_max => arrived.push(message.uid),
                 // Gone again before this look, or expunged above: nothing to tell.
                 None => {}
             }
         }
-        self.uids.sort_unstable();
-        self.uids.dedup();
+        arrived.sort_unstable();
+        arrived.dedup();
+        for uid in arrived {
+            self.uids.push(uid);
+        }
         if self.uids.len() != before {
             out.push(Data::Exists(self.uids.len() as u32));
         }
@@ -275,7 +268,7 @@ mod tests {
                 highest_modseq: 1,
             },
             read_only: false,
-            uids: uids.to_vec(),
+            uids: Uids::new(uids.to_vec()),
         }
     }
 
@@ -331,7 +324,7 @@ mod tests {
             present: vec![1, 3],
         };
         let out = v.apply(changes, true, true);
-        assert_eq!(v.uids, [1, 3]);
+        assert_eq!(v.uids.iter().collect::<Vec<_>>(), [1, 3]);
         assert_eq!(
             out,
             vec![Data::Vanished {
@@ -352,7 +345,7 @@ mod tests {
             present: vec![1, 3],
         };
         let out = v.apply(changes, false, false);
-        assert_eq!(v.uids, [1, 3, 6, 7]);
+        assert_eq!(v.uids.iter().collect::<Vec<_>>(), [1, 3, 6, 7]);
         assert_eq!(out.len(), 4);
         assert_eq!(out[0], Data::Expunge(nonzero(4)));
         assert_eq!(out[1], Data::Expunge(nonzero(2)));
