@@ -1,6 +1,7 @@
 //! SEARCH (RFC 9051 6.4.4): search keys evaluated over the view and, for keys about header
 //! fields or text, the message's octets. Strings match as case-insensitive substrings of the
-//! octets as stored (encoded words and transfer encodings are not decoded).
+//! octets as stored; a header field with encoded words (RFC 2047) or a non-ASCII string is
+//! also compared decoded and case-folded. Bodies are not transfer-decoded.
 
 use chrono::{NaiveDate, Utc};
 use imap_next::imap_types::core::Vec1;
@@ -169,7 +170,7 @@ fn field_contains(content: &[u8], name: &[u8], needle: &[u8]) -> bool {
     let mut current: Option<bool> = None;
     let mut value = Vec::new();
     let mut finish = |matched: Option<bool>, value: &mut Vec<u8>| {
-        if matched == Some(true) && contains(value, needle) {
+        if matched == Some(true) && (contains(value, needle) || decoded_contains(value, needle)) {
             found = true;
         }
         value.clear();
@@ -188,6 +189,25 @@ fn field_contains(content: &[u8], name: &[u8], needle: &[u8]) -> bool {
     }
     finish(current, &mut value);
     found
+}
+
+/// Does the field value, its encoded words (RFC 2047) decoded, contain `needle` case-folded
+/// (Unicode)? Tried only where the octets could differ from the text: the value has an
+/// encoded word, or the needle is not ASCII.
+fn decoded_contains(value: &[u8], needle: &[u8]) -> bool {
+    if needle.is_ascii() && memchr::memmem::find(value, b"=?").is_none() {
+        return false;
+    }
+    let mut field = b"Subject:".to_vec();
+    field.extend_from_slice(value);
+    field.extend_from_slice(b"\r\n\r\n");
+    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(&field) else {
+        return false;
+    };
+    let needle = String::from_utf8_lossy(needle).to_lowercase();
+    parsed
+        .subject()
+        .is_some_and(|text| text.to_lowercase().contains(&needle))
 }
 
 /// The Date: header's day (RFC 9051 6.4.4, SENTBEFORE etc.).
@@ -212,5 +232,20 @@ mod tests {
         assert!(!field_contains(mail, b"Subject", b"Body"));
         assert!(contains(body(mail), b"body TEXT"));
         assert!(!contains(body(mail), b"Quarterly"));
+    }
+
+    #[test]
+    fn encoded_words_and_non_ascii_match_decoded_and_case_folded() {
+        let mail = "Subject: =?UTF-8?B?0J/RgNC40LLQtdGCINC80LjRgA==?=\r\n\
+From: =?ISO-8859-1?Q?Caf=E9?= <cafe@example.net>\r\nTo: Ёлка <elka@example.net>\r\n\r\n";
+        let mail = mail.as_bytes();
+        assert!(field_contains(mail, b"Subject", "привет".as_bytes()));
+        assert!(field_contains(mail, b"Subject", "ПРИВЕТ МИР".as_bytes()));
+        assert!(field_contains(mail, b"From", "CAFÉ".as_bytes()));
+        // The address itself still matches as stored.
+        assert!(field_contains(mail, b"From", b"cafe@example"));
+        // Raw UTF-8 (RFC 6532) folds case too.
+        assert!(field_contains(mail, b"To", "ёлка".as_bytes()));
+        assert!(!field_contains(mail, b"Subject", "пока".as_bytes()));
     }
 }
