@@ -43,6 +43,17 @@ pub(crate) fn needs_content(key: &SearchKey<'_>, depth: usize) -> Option<Need> {
     })
 }
 
+/// Does the key use MODSEQ anywhere (its nesting already checked by `needs_content`)?
+pub(crate) fn names_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().any(names_modseq),
+        SearchKey::Not(k) => names_modseq(k),
+        SearchKey::Or(a, b) => names_modseq(a) || names_modseq(b),
+        SearchKey::ModSequence { .. } => true,
+        _ => false,
+    }
+}
+
 /// A key that needs no octets, with its message sets written as the UIDs they name in the
 /// view (sequence numbers and `*` mean nothing outside it), for the store to evaluate.
 pub(crate) fn with_uid_sets(key: &SearchKey<'static>, view: &View) -> SearchKey<'static> {

@@ -765,6 +765,17 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
     let deep = format!("q6 SEARCH {}ALL{}", "NOT (".repeat(40), ")".repeat(40));
     let out = c.cmd(&deep);
     assert!(out.starts_with("q6 BAD") || out.contains("q6 BAD"), "{out}");
+    // A MODSEQ key enables CONDSTORE: the result carries the highest mod-sequence found.
+    let out = search(
+        &mut c,
+        "q8 SEARCH NOT MODSEQ 4",
+        and(vec![SearchKey::Not(Box::new(SearchKey::ModSequence {
+            entry: None,
+            modseq: 4,
+        }))]),
+        vec![(2, 3), (4, 2)],
+    );
+    assert!(out.starts_with("* SEARCH 1 2 (MODSEQ 3)\r\n"), "{out}");
 }
 
 #[test]
