@@ -196,6 +196,8 @@ enum State {
 /// and what the world said of it), and how far it has read.
 struct Reading {
     messages: Vec<(usize, Message)>,
+    /// The batch asked for last: `messages[from..next]`.
+    from: usize,
     next: usize,
     /// Only the header blocks are needed.
     headers_only: bool,
@@ -1072,6 +1074,7 @@ impl Session {
         }
         let reading = Reading {
             messages: Vec::new(),
+            from: 0,
             next: 0,
             headers_only: need == fetch::Need::Header,
             matched: Vec::new(),
@@ -1090,7 +1093,7 @@ impl Session {
             return self.fetch_done(job);
         }
         let entry_ids = batch.clone().map(|i| job.messages[i].1.entry_id).collect();
-        reading.next = batch.end;
+        (reading.from, reading.next) = (batch.start, batch.end);
         let headers_only = reading.headers_only;
         let next = self.batch_after(&job.messages, &reading);
         self.run(
@@ -1246,6 +1249,8 @@ impl Session {
         let Some(need) = search::needs_content(&key, 0) else {
             return self.bad(Some(tag), "Search keys nested too deep");
         };
+        // RFC 7162 3.1.5: a MODSEQ key enables CONDSTORE, so the result carries (MODSEQ n).
+        self.condstore |= search::names_modseq(&key);
         let Some(view) = self.view() else { return };
         if view.uids.is_empty() {
             return self.search_done(tag, uid, &[]);
@@ -1286,6 +1291,7 @@ impl Session {
                 .into_iter()
                 .filter_map(|m| Some((view.index_of_uid(m.uid)?, m)))
                 .collect(),
+            from: 0,
             next: 0,
             headers_only: need == fetch::Need::Header,
             matched: Vec::new(),
@@ -1314,7 +1320,7 @@ impl Session {
             .clone()
             .map(|i| reading.messages[i].1.entry_id)
             .collect();
-        reading.next = batch.end;
+        (reading.from, reading.next) = (batch.start, batch.end);
         let headers_only = reading.headers_only;
         let next = self.batch_after(&reading.messages, &reading);
         self.run(
@@ -1562,8 +1568,8 @@ impl Session {
                 self.fetch_read(fetch);
             }
             (Pending::Fetch { fetch, reading }, Answer::Contents(Ok(contents))) => {
-                // This batch: the messages just before `reading.next` whose octets came.
-                let batch: Vec<usize> = (0..reading.next)
+                // This batch: those of the messages asked for whose octets came.
+                let batch: Vec<usize> = (reading.from..reading.next)
                     .filter(|&i| contents.contains_key(&fetch.messages[i].1.entry_id))
                     .collect();
                 let mut fetch = fetch;
@@ -1600,7 +1606,7 @@ impl Session {
                 Answer::Contents(Ok(contents)),
             ) => {
                 if let Some(view) = self.view() {
-                    for (place, m) in &reading.messages {
+                    for (place, m) in &reading.messages[reading.from..reading.next] {
                         if let Some(content) = contents.get(&m.entry_id)
                             && search::matches(&key, view, *place, m, Some(content))
                         {
