@@ -13,6 +13,21 @@ use crate::view::{Message, View};
 /// Nesting deeper than this (NOT, OR, parentheses) is refused rather than evaluated.
 pub const MAX_DEPTH: usize = 32;
 
+/// More keys than this in one SEARCH are refused: each becomes a condition (and for the
+/// store, a bound value) of one query.
+pub const MAX_KEYS: usize = 1000;
+
+/// How many keys the search has, nested ones included (its nesting already checked by
+/// `needs_content`).
+pub(crate) fn key_count(key: &SearchKey<'_>) -> usize {
+    1 + match key {
+        SearchKey::And(keys) => keys.as_ref().iter().map(key_count).sum(),
+        SearchKey::Not(k) => key_count(k),
+        SearchKey::Or(a, b) => key_count(a) + key_count(b),
+        _ => 0,
+    }
+}
+
 /// What evaluating the key needs of the message octets (header fields need only the header
 /// block). None: nested too deep.
 pub(crate) fn needs_content(key: &SearchKey<'_>, depth: usize) -> Option<Need> {

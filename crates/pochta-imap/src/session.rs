@@ -1249,6 +1249,9 @@ impl Session {
         let Some(need) = search::needs_content(&key, 0) else {
             return self.bad(Some(tag), "Search keys nested too deep");
         };
+        if search::key_count(&key) > search::MAX_KEYS {
+            return self.bad(Some(tag), "Too many search keys");
+        }
         // RFC 7162 3.1.5: a MODSEQ key enables CONDSTORE, so the result carries (MODSEQ n).
         self.condstore |= search::names_modseq(&key);
         let Some(view) = self.view() else { return };

@@ -765,6 +765,13 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
     let deep = format!("q6 SEARCH {}ALL{}", "NOT (".repeat(40), ")".repeat(40));
     let out = c.cmd(&deep);
     assert!(out.starts_with("q6 BAD") || out.contains("q6 BAD"), "{out}");
+    // So are thousands of keys side by side (each would be a condition of one query).
+    let wide = format!("q9 SEARCH {}", "KEYWORD a ".repeat(5000));
+    let out = c.cmd(wide.trim_end());
+    assert!(
+        out.starts_with("q9 BAD [") || out.starts_with("q9 BAD "),
+        "{out}"
+    );
     // A MODSEQ key enables CONDSTORE: the result carries the highest mod-sequence found.
     let out = search(
         &mut c,
