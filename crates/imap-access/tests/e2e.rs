@@ -17,6 +17,29 @@ fn sha256_hex(octets: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, octets);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
+/// Runs a client program from Debian's packages; fails with its output if it fails.
+async fn run_client(command: &mut tokio::process::Command, package: &str) {
+    let out = command
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{package} must be installed: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{package} failed:\n{text}");
+}
+
+/// A maildir file's octets without the header lines a client added (by their prefixes).
+fn without_lines(text: &str, prefixes: &[&str]) -> Vec<u8> {
+    let kept: Vec<&str> = text
+        .split_inclusive('\n')
+        .filter(|l| !prefixes.iter().any(|p| l.starts_with(p)))
+        .collect();
+    kept.concat().into_bytes()
+}
+
 const ALICE: &str = "alice@example.org";
 const PW: &str = "imap pass";
 
@@ -131,8 +154,8 @@ s.quit()
         entries.unwrap().len()
     }
 
-    /// Size and SHA-256 of what FETCH BODY[] must send for each INBOX message, in UID order.
-    async fn expected(&self) -> Vec<String> {
+    /// What FETCH BODY[] must send for each INBOX message.
+    async fn stored(&self) -> Vec<Vec<u8>> {
         let store = self.db.store();
         let ids: Vec<i64> = store
             .maildrop_entries(self.account)
@@ -142,10 +165,24 @@ s.quit()
             .map(|e| e.id)
             .collect();
         let whole = store.maildrop_entries_whole(self.account, &ids).await;
-        whole
-            .unwrap()
+        whole.unwrap().into_iter().map(|(_, text)| text).collect()
+    }
+
+    /// The INBOX messages as a maildir keeps them (LF line ends).
+    async fn stored_with_lf(&self) -> Vec<String> {
+        self.stored()
+            .await
             .into_iter()
-            .map(|(_, text)| format!("{} {}", text.len(), sha256_hex(&text)))
+            .map(|text| String::from_utf8(text).unwrap().replace("\r\n", "\n"))
+            .collect()
+    }
+
+    /// Size and SHA-256 of what FETCH BODY[] must send for each INBOX message, in UID order.
+    async fn expected(&self) -> Vec<String> {
+        self.stored()
+            .await
+            .iter()
+            .map(|text| format!("{} {}", text.len(), sha256_hex(text)))
             .collect()
     }
 
@@ -505,19 +542,9 @@ async fn mbsync_syncs_a_mailbox_both_ways() {
     )
     .unwrap();
     let mbsync = || async {
-        let out = tokio::process::Command::new("mbsync")
-            .arg("-c")
-            .arg(&config)
-            .arg("-a")
-            .output()
-            .await
-            .expect("mbsync (Debian: isync) must be installed");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "mbsync failed:\n{text}");
+        let mut command = tokio::process::Command::new("mbsync");
+        command.arg("-c").arg(&config).arg("-a");
+        run_client(&mut command, "mbsync (Debian: isync)").await;
     };
     mbsync().await;
 
@@ -531,36 +558,16 @@ async fn mbsync_syncs_a_mailbox_both_ways() {
     files.sort();
     assert_eq!(files.len(), 2, "{files:?}");
     let store = s.db.store();
-    let ids: Vec<i64> = store
-        .maildrop_entries(s.account)
+    let mut expected: Vec<Vec<u8>> = s
+        .stored_with_lf()
         .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
-    let mut expected: Vec<Vec<u8>> = store
-        .maildrop_entries_whole(s.account, &ids)
-        .await
-        .unwrap()
         .into_iter()
-        .map(|(_, text)| {
-            String::from_utf8(text)
-                .unwrap()
-                .replace("\r\n", "\n")
-                .into_bytes()
-        })
+        .map(String::into_bytes)
         .collect();
     // mbsync marks what it copied with an X-TUID: header of its own.
     let mut got: Vec<Vec<u8>> = files
         .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f).unwrap();
-            let kept: Vec<&str> = text
-                .split_inclusive('\n')
-                .filter(|l| !l.starts_with("X-TUID: "))
-                .collect();
-            kept.concat().into_bytes()
-        })
+        .map(|f| without_lines(&std::fs::read_to_string(f).unwrap(), &["X-TUID: "]))
         .collect();
     expected.sort();
     got.sort();
@@ -631,31 +638,13 @@ async fn getmail_fetches_and_deletes_over_imaps() {
         "GENERATE:4000",
     ])
     .await;
-    let mut expected: Vec<Vec<u8>> = {
-        let store = s.db.store();
-        let ids: Vec<i64> = store
-            .maildrop_entries(s.account)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.id)
-            .collect();
-        store
-            .maildrop_entries_whole(s.account, &ids)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(_, text)| {
-                let text = String::from_utf8(text).unwrap().replace("\r\n", "\n");
-                // getmail writes the Return-Path: line anew (from the envelope sender).
-                let kept: Vec<&str> = text
-                    .split_inclusive('\n')
-                    .filter(|l| !l.starts_with("Return-Path: "))
-                    .collect();
-                kept.concat().into_bytes()
-            })
-            .collect()
-    };
+    // getmail writes the Return-Path: line anew (from the envelope sender).
+    let mut expected: Vec<Vec<u8>> = s
+        .stored_with_lf()
+        .await
+        .iter()
+        .map(|text| without_lines(text, &["Return-Path: "]))
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let maildir = dir.path().join("Maildir");
     // getmail will not deliver as root (as CI runs): it writes as `nobody` then.
@@ -681,20 +670,13 @@ async fn getmail_fetches_and_deletes_over_imaps() {
     )
     .unwrap();
     let getmail = || async {
-        let out = tokio::process::Command::new("getmail")
+        let mut command = tokio::process::Command::new("getmail");
+        command
             .arg("--getmaildir")
             .arg(dir.path())
             .arg("--rcfile")
-            .arg("getmailrc")
-            .output()
-            .await
-            .expect("getmail (Debian: getmail6) must be installed");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "getmail failed:\n{text}");
+            .arg("getmailrc");
+        run_client(&mut command, "getmail (Debian: getmail6)").await;
     };
     getmail().await;
     let files: Vec<std::path::PathBuf> = std::fs::read_dir(maildir.join("new"))
@@ -706,14 +688,10 @@ async fn getmail_fetches_and_deletes_over_imaps() {
         .iter()
         .map(|f| {
             let text = std::fs::read_to_string(f).unwrap();
-            let kept: Vec<&str> = text
-                .split_inclusive('\n')
-                .filter(|l| {
-                    !l.starts_with("Return-Path: ")
-                        && !l.starts_with("X-getmail-retrieved-from-mailbox: ")
-                })
-                .collect();
-            kept.concat().into_bytes()
+            without_lines(
+                &text,
+                &["Return-Path: ", "X-getmail-retrieved-from-mailbox: "],
+            )
         })
         .collect();
     expected.sort();
