@@ -1064,11 +1064,10 @@ impl Session {
     }
 
     /// Sends what needs no octets, or asks for the next batch of octets.
-    fn fetch_read(&mut self, job: FetchJob) {
+    fn fetch_read(&mut self, mut job: FetchJob) {
         let need = fetch::needs_content(&job.items);
         if need == fetch::Need::Nothing {
             let all: Vec<usize> = (0..job.messages.len()).collect();
-            let mut job = job;
             self.fetch_send(&mut job, &all, &HashMap::new());
             return self.fetch_done(job);
         }
@@ -1570,12 +1569,11 @@ impl Session {
                 }
                 self.fetch_read(fetch);
             }
-            (Pending::Fetch { fetch, reading }, Answer::Contents(Ok(contents))) => {
+            (Pending::Fetch { mut fetch, reading }, Answer::Contents(Ok(contents))) => {
                 // This batch: those of the messages asked for whose octets came.
                 let batch: Vec<usize> = (reading.from..reading.next)
                     .filter(|&i| contents.contains_key(&fetch.messages[i].1.entry_id))
                     .collect();
-                let mut fetch = fetch;
                 self.fetch_send(&mut fetch, &batch, &contents);
                 self.fetch_next(fetch, reading);
             }
@@ -1617,8 +1615,7 @@ impl Session {
                         }
                     }
                 }
-                reading.matched.sort_unstable();
-                reading.matched.dedup();
+                // Batches follow one another in place order: matches stay ascending.
                 self.search_next(tag, uid, key, reading);
             }
             (
