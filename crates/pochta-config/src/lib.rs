@@ -160,6 +160,23 @@ pub struct StoreConfig {
     pub acquire_timeout_secs: u64,
     /// At startup, how long to keep retrying an unreachable database before giving up.
     pub connect_retry_secs: u64,
+    /// How message content is compressed on its way into the store (by the process storing
+    /// it). Stored content is read whatever this says.
+    pub compression: ContentCodec,
+    /// zstd's level, 1 (fastest) to 19.
+    pub compression_level: i32,
+    /// Messages smaller than this many octets are stored as they are.
+    pub compression_min_bytes: u64,
+}
+
+/// How message content is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentCodec {
+    /// As it is.
+    None,
+    /// zstd (RFC 8878), per chunk row; rows that would not shrink are stored as they are.
+    Zstd,
 }
 
 impl Default for StoreConfig {
@@ -169,6 +186,9 @@ impl Default for StoreConfig {
             max_connections: 16,
             acquire_timeout_secs: 10,
             connect_retry_secs: 30,
+            compression: ContentCodec::Zstd,
+            compression_level: 1,
+            compression_min_bytes: 16 * 1024,
         }
     }
 }
@@ -711,7 +731,8 @@ pub struct Pop3Config {
     pub auth_cache_secs: u64,
     /// The maildrop lock's lifetime; a live session renews it every third of this.
     pub lock_ttl_secs: u64,
-    /// RETR reads messages from the store in pieces of this many octets.
+    /// RETR reads messages from the store in pieces of this many stored octets (compressed
+    /// content decodes to more).
     pub retrieve_chunk_bytes: u32,
     /// RETR of a message smaller than a chunk also reads the following ones (up to this many
     /// octets in all) in the same query, as clients fetch in order; the two batches after it

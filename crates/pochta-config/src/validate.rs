@@ -94,6 +94,9 @@ impl StoreConfig {
         if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
             return invalid("store.url", "must start with postgres:// or postgresql://");
         }
+        if !(1..=19).contains(&self.compression_level) {
+            return invalid("store.compression_level", "must be between 1 and 19");
+        }
         at_least_one(&[
             ("store.max_connections", u64::from(self.max_connections)),
             ("store.acquire_timeout_secs", self.acquire_timeout_secs),

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use pochta_config::Config;
-use pochta_store::{Store, StoreOptions};
+use pochta_store::{ContentCompression, Store, StoreOptions};
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
@@ -216,6 +216,17 @@ where
     result
 }
 
+/// How this service compresses the content it stores, as `[store]` says.
+pub fn content_compression(store: &pochta_config::StoreConfig) -> Option<ContentCompression> {
+    match store.compression {
+        pochta_config::ContentCodec::None => None,
+        pochta_config::ContentCodec::Zstd => Some(ContentCompression {
+            min_size: usize::try_from(store.compression_min_bytes).unwrap_or(usize::MAX),
+            level: store.compression_level,
+        }),
+    }
+}
+
 /// Connects, retrying an unreachable database for `store.connect_retry_secs` (it may still be
 /// starting, as in `docker compose up`).
 async fn connect_store(service: &str, config: &Config) -> anyhow::Result<Store> {
@@ -223,6 +234,7 @@ async fn connect_store(service: &str, config: &Config) -> anyhow::Result<Store> 
         max_connections: config.store.max_connections,
         acquire_timeout: Duration::from_secs(config.store.acquire_timeout_secs),
         application_name: service.to_owned(),
+        compression: content_compression(&config.store),
     };
     let deadline = Instant::now() + Duration::from_secs(config.store.connect_retry_secs);
     let mut delay = Duration::from_millis(200);

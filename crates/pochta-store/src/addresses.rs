@@ -479,7 +479,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if let Some((envelope, content)) = report {
-            crate::queue::enqueue_on(&mut tx, envelope, content).await?;
+            crate::queue::enqueue_on(&mut tx, envelope, content, self.compression).await?;
         }
         tx.commit().await?;
         Ok(())

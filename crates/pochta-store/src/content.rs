@@ -1,69 +1,236 @@
-//! Message content as stored: rows of at most `CHUNK` octets in `message_chunks` (migration
-//! 0004), each inline in its heap page. Splitting on the way in and joining on the way out.
+//! Message content as stored: rows of at most `CHUNK` stored octets in `message_chunks`
+//! (migrations 0004, 0012), each inline in its heap page. A row holds its octets as they are
+//! (`RAW`) or as one zstd frame (`ZSTD`) of up to `MAX_SPAN` content octets; a message's
+//! content is its rows decoded and joined in seq order. Splitting and compressing on the way
+//! in, decoding and joining on the way out.
+
+use std::cell::RefCell;
+use std::ops::Range;
 
 use crate::{Result, StoreError};
 
-/// Octets per chunk row. Every chunk but a message's last is full, so the chunk holding an
-/// offset is `offset / CHUNK`. Fixed by the schema's CHECK and by the rows already stored:
-/// changing it needs a migration.
+/// Stored octets per chunk row at most, so that a row fits its heap page (STORAGE PLAIN).
+/// Fixed by the schema's CHECK.
 pub(crate) const CHUNK: usize = 8000;
 
-/// The chunk rows of a batch of messages, as the arrays a statement unnests: for each row the
-/// 1-based place of its message in the batch, its seq, its octets.
-#[derive(Default)]
-pub(crate) struct Chunks<'a> {
-    pub owners: Vec<i64>,
-    pub seqs: Vec<i32>,
-    pub data: Vec<&'a [u8]>,
+/// Content octets a compressed row may hold at most: what one row can decode to, so what a
+/// reader of a few rows holds at once.
+pub(crate) const MAX_SPAN: usize = 64_000;
+
+/// `message_chunks.codec`: the octets as they are.
+const RAW: i16 = 0;
+/// `message_chunks.codec`: one zstd frame (RFC 8878) that records its content size.
+const ZSTD: i16 = 1;
+
+/// Compression of message content on its way into the store (`[store] compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentCompression {
+    /// Messages smaller than this are stored as they are: their rows are few, and reading
+    /// them stays a copy.
+    pub min_size: usize,
+    /// zstd's level (1 is its fastest with entropy coding, which base64 needs to shrink).
+    pub level: i32,
 }
 
-impl<'a> Chunks<'a> {
-    pub fn of(contents: &[&'a [u8]]) -> Self {
+/// A compressed row is kept only if it saves at least an eighth of its octets; otherwise
+/// reading it would cost a decompression for little.
+fn worth_it(packed: usize, span: usize) -> bool {
+    packed <= span - span / 8
+}
+
+/// Rows in a row stored as they are before the rest of a message is not tried any more
+/// (binary content that does not shrink costs a failed compression per row otherwise).
+const GIVE_UP_AFTER: usize = 4;
+
+/// The chunk rows of a batch of messages, as the arrays a statement unnests: for each row the
+/// 1-based place of its message in the batch, its seq, its codec, and (through `data`) its
+/// octets: a range of its content, or of the compressed octets kept here.
+#[derive(Default)]
+pub(crate) struct Chunks {
+    pub owners: Vec<i64>,
+    pub seqs: Vec<i32>,
+    pub codecs: Vec<i16>,
+    pieces: Vec<Piece>,
+    packed: Vec<u8>,
+    /// The seq of the next row of the message being split.
+    next_seq: i32,
+}
+
+enum Piece {
+    /// Octets of content `.0` (its place in the batch) as they are.
+    Content(usize, Range<usize>),
+    /// Compressed octets in `Chunks::packed`.
+    Packed(Range<usize>),
+}
+
+thread_local! {
+    /// A compression context per thread and level, kept between messages (making one
+    /// allocates its tables).
+    static PACKER: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static UNPACKER: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+impl Chunks {
+    pub fn of(contents: &[&[u8]], compression: Option<ContentCompression>) -> Self {
         let rows = contents.iter().map(|c| c.len().div_ceil(CHUNK)).sum();
         let mut chunks = Chunks {
             owners: Vec::with_capacity(rows),
             seqs: Vec::with_capacity(rows),
-            data: Vec::with_capacity(rows),
+            codecs: Vec::with_capacity(rows),
+            pieces: Vec::with_capacity(rows),
+            packed: Vec::new(),
+            next_seq: 0,
         };
         for (place, content) in contents.iter().enumerate() {
-            for (seq, data) in content.chunks(CHUNK).enumerate() {
-                chunks.owners.push(place as i64 + 1);
-                chunks.seqs.push(seq as i32);
-                chunks.data.push(data);
+            chunks.next_seq = 0;
+            match compression {
+                Some(c) if content.len() >= c.min_size => {
+                    chunks.pack(place, content, c.level);
+                }
+                _ => chunks.raw(place, 0..content.len()),
             }
         }
         chunks
     }
 
-    /// About the octets the three arrays take as statement parameters (binary array format:
+    /// The rows' octets, in row order, borrowed from `contents` (the batch `of` was given)
+    /// and from the compressed octets kept here.
+    pub fn data<'a>(&'a self, contents: &[&'a [u8]]) -> Vec<&'a [u8]> {
+        self.pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Content(place, range) => &contents[*place][range.clone()],
+                Piece::Packed(range) => &self.packed[range.clone()],
+            })
+            .collect()
+    }
+
+    /// About the octets the row arrays take as statement parameters (binary array format:
     /// a length before each element), to size the buffer they are encoded into.
     pub fn encoded_len(&self) -> usize {
-        let data: usize = self.data.iter().map(|d| d.len()).sum();
-        data + self.data.len() * (4 + (4 + 8) + (4 + 4)) + 3 * 64
+        let data: usize = self
+            .pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Content(_, r) | Piece::Packed(r) => r.len(),
+            })
+            .sum();
+        data + self.pieces.len() * (4 + (4 + 8) + (4 + 4) + (4 + 2)) + 4 * 64
+    }
+
+    fn push(&mut self, place: usize, codec: i16, piece: Piece) {
+        self.owners.push(place as i64 + 1);
+        self.seqs.push(self.next_seq);
+        self.codecs.push(codec);
+        self.pieces.push(piece);
+        self.next_seq += 1;
+    }
+
+    /// `range` of the content at `place` as rows of `CHUNK` octets as they are.
+    fn raw(&mut self, place: usize, range: Range<usize>) {
+        let mut at = range.start;
+        while at < range.end {
+            let end = range.end.min(at + CHUNK);
+            self.push(place, RAW, Piece::Content(place, at..end));
+            at = end;
+        }
+    }
+
+    /// A content as rows each holding as much of it as compresses into `CHUNK` octets, so
+    /// that compressed rows fill their pages as raw ones do; a stretch that does not shrink
+    /// by an eighth is stored as it is.
+    fn pack(&mut self, place: usize, content: &[u8], level: i32) {
+        PACKER.with_borrow_mut(|packer| {
+            let compressor = match packer {
+                Some((l, c)) if *l == level => c,
+                _ => match zstd::bulk::Compressor::new(level) {
+                    Ok(c) => &mut packer.insert((level, c)).1,
+                    Err(_) => return self.raw(place, 0..content.len()),
+                },
+            };
+            let mut out = Vec::with_capacity(CHUNK);
+            // The first guess fits base64 (about three quarters after entropy coding); each
+            // row's ratio guesses the next.
+            let mut span = CHUNK * 5 / 4;
+            let (mut at, mut stored_raw) = (0, 0);
+            while at < content.len() {
+                if stored_raw == GIVE_UP_AFTER {
+                    return self.raw(place, at..content.len());
+                }
+                let mut take = span.min(content.len() - at);
+                let packed = loop {
+                    out.clear();
+                    match compressor.compress_to_buffer(&content[at..at + take], &mut out) {
+                        Ok(n) if worth_it(n, take) => break Some(n),
+                        Ok(_) => break None,
+                        // Did not fit in a row: a smaller span, down to a raw row's.
+                        Err(_) if take > CHUNK => take = (take * 3 / 4).max(CHUNK),
+                        Err(_) => break None,
+                    }
+                };
+                match packed {
+                    Some(n) => {
+                        let start = self.packed.len();
+                        self.packed.extend_from_slice(&out);
+                        self.push(place, ZSTD, Piece::Packed(start..start + n));
+                        at += take;
+                        // Aim a little under a full row, so the next guess rarely overflows.
+                        span = (take * (CHUNK - CHUNK / 16) / n.max(1)).clamp(CHUNK, MAX_SPAN);
+                        stored_raw = 0;
+                    }
+                    None => {
+                        let end = content.len().min(at + CHUNK);
+                        self.push(place, RAW, Piece::Content(place, at..end));
+                        at = end;
+                        span = CHUNK;
+                        stored_raw += 1;
+                    }
+                }
+            }
+        })
     }
 }
 
-/// Octets `[from, from + len)` of `prefix` followed by a content of which `chunks` (seq and
-/// octets, in seq order) are some; chunks outside the range are skipped.
-pub(crate) fn slice(
-    prefix: &[u8],
-    chunks: impl IntoIterator<Item = (i32, Vec<u8>)>,
-    from: usize,
-    len: usize,
-) -> Vec<u8> {
-    let to = from.saturating_add(len);
-    let mut out = Vec::with_capacity(len.min(prefix.len() + 4 * CHUNK));
-    if from < prefix.len() {
-        out.extend_from_slice(&prefix[from..to.min(prefix.len())]);
-    }
-    for (seq, data) in chunks {
-        let start = prefix.len() + seq as usize * CHUNK;
-        let (a, b) = (from.max(start), to.min(start + data.len()));
-        if a < b {
-            out.extend_from_slice(&data[a - start..b - start]);
+/// Appends a row's content (its octets decoded as its codec says) to `out`.
+pub(crate) fn decode_into(
+    out: &mut Vec<u8>,
+    message_id: i64,
+    codec: i16,
+    data: &[u8],
+) -> Result<()> {
+    let damaged = |reason: String| StoreError::ChunkUndecodable { message_id, reason };
+    match codec {
+        RAW => {
+            out.extend_from_slice(data);
+            Ok(())
         }
+        ZSTD => {
+            let size = match zstd::zstd_safe::get_frame_content_size(data) {
+                Ok(Some(n)) if n <= MAX_SPAN as u64 => n as usize,
+                Ok(n) => return Err(damaged(format!("frame content size {n:?}"))),
+                Err(e) => return Err(damaged(format!("{e:?}"))),
+            };
+            let at = out.len();
+            out.resize(at + size, 0);
+            let written = UNPACKER.with_borrow_mut(|unpacker| {
+                let d = match unpacker {
+                    Some(d) => d,
+                    None => unpacker.insert(zstd::bulk::Decompressor::new()?),
+                };
+                d.decompress_to_buffer(data, &mut out[at..])
+            });
+            let failed = match written {
+                Ok(n) if n == size => return Ok(()),
+                Ok(n) => damaged(format!("{n} octets where the frame says {size}")),
+                Err(e) => damaged(e.to_string()),
+            };
+            out.truncate(at);
+            Err(failed)
+        }
+        other => Err(damaged(format!("unknown codec {other}"))),
     }
-    out
 }
 
 /// Puts chunk rows in order (by `key`: entry, then seq). Done here rather than by ORDER BY:
@@ -73,20 +240,31 @@ pub(crate) fn in_chunk_order<R, K: Ord>(rows: &mut [R], key: impl FnMut(&R) -> K
     rows.sort_by_key(key);
 }
 
-/// Joins a message's chunks (in seq order) after `prefix`, checking the result is the
-/// `expected` length the store recorded: a missing or extra chunk is an error, not a
-/// silently shortened message.
+/// `prefix` followed by some rows of a message (codec and octets, in seq order) decoded.
+pub(crate) fn decode(
+    message_id: i64,
+    prefix: Vec<u8>,
+    rows: impl IntoIterator<Item = (i16, Vec<u8>)>,
+) -> Result<Vec<u8>> {
+    let mut out = prefix;
+    for (codec, data) in rows {
+        decode_into(&mut out, message_id, codec, &data)?;
+    }
+    Ok(out)
+}
+
+/// Joins all of a message's rows (codec and octets, in seq order) after `prefix`, checking
+/// the result is the `expected` length the store recorded: a missing or extra chunk is an
+/// error, not a silently shortened message.
 pub(crate) fn join(
     message_id: i64,
     prefix: Vec<u8>,
-    chunks: impl IntoIterator<Item = Vec<u8>>,
+    rows: impl IntoIterator<Item = (i16, Vec<u8>)>,
     expected: usize,
 ) -> Result<Vec<u8>> {
     let mut out = prefix;
     out.reserve_exact(expected.saturating_sub(out.len()));
-    for data in chunks {
-        out.extend_from_slice(&data);
-    }
+    let out = decode(message_id, out, rows)?;
     if out.len() == expected {
         Ok(out)
     } else {
@@ -102,62 +280,213 @@ pub(crate) fn join(
 mod tests {
     use super::*;
 
-    fn text(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    const ON: Option<ContentCompression> = Some(ContentCompression {
+        min_size: 16 * 1024,
+        level: 1,
+    });
+
+    /// Octets no compressor shrinks (xorshift).
+    fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
     }
 
-    #[test]
-    fn chunks_are_full_but_the_last_and_keep_their_message() {
-        let (a, b, empty) = (text(2 * CHUNK + 1), text(CHUNK), Vec::new());
-        let c = Chunks::of(&[&a, &empty, &b]);
-        assert_eq!(c.owners, [1, 1, 1, 3]);
-        assert_eq!(c.seqs, [0, 1, 2, 0]);
-        assert_eq!(
-            c.data.iter().map(|d| d.len()).collect::<Vec<_>>(),
-            [CHUNK, CHUNK, 1, CHUNK]
-        );
-        assert_eq!(c.data[..3].concat(), a);
-    }
-
-    #[test]
-    fn any_slice_of_prefix_and_chunks_is_the_slice_of_the_whole() {
-        let prefix = b"Return-Path: <a@b>\r\n".to_vec();
-        let content = text(3 * CHUNK - 5);
-        let whole = [&prefix[..], &content].concat();
-        let rows = || {
-            content
-                .chunks(CHUNK)
-                .enumerate()
-                .map(|(s, d)| (s as i32, d.to_vec()))
-        };
-        // Around the prefix's end and each chunk boundary.
-        let p = prefix.len();
-        let mut edges = vec![0, 1, p - 1, p, p + 1];
-        for k in 1..3 {
-            edges.extend([p + k * CHUNK - 1, p + k * CHUNK, p + k * CHUNK + 1]);
+    /// An attachment as mail carries one: `noise` in base64, 76-character lines.
+    fn base64_lines(n: usize, seed: u64) -> Vec<u8> {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::with_capacity(n);
+        for (i, b) in noise(n, seed).into_iter().enumerate() {
+            out.push(if i % 78 == 76 {
+                b'\r'
+            } else if i % 78 == 77 {
+                b'\n'
+            } else {
+                ALPHABET[(b & 63) as usize]
+            });
         }
-        edges.extend([whole.len() - 1, whole.len(), whole.len() + 9]);
-        for from in edges {
-            for len in [0, 1, 7, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK] {
-                let want = &whole[from.min(whole.len())..(from + len).min(whole.len())];
-                assert_eq!(slice(&prefix, rows(), from, len), want, "{from}+{len}");
-                // Only the chunks the range touches, as the query picks them: the same.
-                let touched = rows().filter(|(s, d)| {
-                    let start = prefix.len() + *s as usize * CHUNK;
-                    start < from + len && start + d.len() > from
-                });
-                assert_eq!(slice(&prefix, touched, from, len), want, "{from}+{len}");
+        out
+    }
+
+    /// Text that shrinks a lot.
+    fn prose(n: usize) -> Vec<u8> {
+        let words = ["mail ", "store ", "chunk ", "queue ", "row\r\n", "page "];
+        let mut out = Vec::with_capacity(n + 8);
+        let mut i = 0usize;
+        while out.len() < n {
+            out.extend_from_slice(words[(i * 7 + i / 5) % words.len()].as_bytes());
+            i += 1;
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// The rows of `c` as a reader gets them, per message in the batch.
+    fn rows_of(c: &Chunks, contents: &[&[u8]]) -> Vec<Vec<(i16, Vec<u8>)>> {
+        let data = c.data(contents);
+        let mut out = vec![Vec::new(); contents.len()];
+        for (i, d) in data.iter().enumerate() {
+            out[c.owners[i] as usize - 1].push((c.codecs[i], d.to_vec()));
+        }
+        out
+    }
+
+    fn assert_round_trip(contents: &[&[u8]], compression: Option<ContentCompression>) -> Chunks {
+        let c = Chunks::of(contents, compression);
+        for (i, rows) in rows_of(&c, contents).into_iter().enumerate() {
+            for (codec, data) in &rows {
+                assert!(
+                    !data.is_empty() && data.len() <= CHUNK,
+                    "row of {}",
+                    data.len()
+                );
+                let mut decoded = Vec::new();
+                decode_into(&mut decoded, 1, *codec, data).unwrap();
+                assert!(decoded.len() <= MAX_SPAN);
             }
+            let joined = join(1, Vec::new(), rows, contents[i].len()).unwrap();
+            assert!(joined == contents[i], "message {i} changed");
         }
+        // Seqs count from 0 within each message.
+        for i in 0..c.seqs.len() {
+            let first = i == 0 || c.owners[i - 1] != c.owners[i];
+            let want = if first { 0 } else { c.seqs[i - 1] + 1 };
+            assert_eq!(c.seqs[i], want, "row {i}");
+        }
+        c
+    }
+
+    fn stored(c: &Chunks, contents: &[&[u8]]) -> usize {
+        c.data(contents).iter().map(|d| d.len()).sum()
+    }
+
+    #[test]
+    fn without_compression_rows_are_full_but_the_last_and_keep_their_message() {
+        let (a, b, empty) = (prose(2 * CHUNK + 1), prose(CHUNK), Vec::new());
+        let contents: [&[u8]; 3] = [&a, &empty, &b];
+        for compression in [
+            None,
+            Some(ContentCompression {
+                min_size: 1 << 30,
+                level: 1,
+            }),
+        ] {
+            let c = assert_round_trip(&contents, compression);
+            assert_eq!(c.owners, [1, 1, 1, 3]);
+            assert_eq!(c.seqs, [0, 1, 2, 0]);
+            assert_eq!(c.codecs, [RAW; 4]);
+            let lens: Vec<usize> = c.data(&contents).iter().map(|d| d.len()).collect();
+            assert_eq!(lens, [CHUNK, CHUNK, 1, CHUNK]);
+        }
+    }
+
+    #[test]
+    fn messages_below_the_threshold_stay_as_they_are() {
+        let small = prose(16 * 1024 - 1);
+        let big = prose(16 * 1024);
+        let contents: [&[u8]; 2] = [&small, &big];
+        let c = assert_round_trip(&contents, ON);
+        let codecs = |owner| -> Vec<i16> {
+            let rows = c.owners.iter().zip(&c.codecs);
+            rows.filter(|(o, _)| **o == owner)
+                .map(|(_, k)| *k)
+                .collect()
+        };
+        assert!(codecs(1).iter().all(|&k| k == RAW));
+        assert!(codecs(2).iter().all(|&k| k == ZSTD));
+    }
+
+    #[test]
+    fn base64_attachments_fill_rows_with_a_quarter_less() {
+        let attachment = base64_lines(1 << 20, 7);
+        let c = assert_round_trip(&[&attachment], ON);
+        let total = stored(&c, &[&attachment]);
+        assert!(total * 100 < attachment.len() * 80, "{total} stored");
+        // Rows come near a page's worth each, so the heap shrinks as the WAL does.
+        let rows = c.pieces.len();
+        assert!(rows * CHUNK * 100 < attachment.len() * 82, "{rows} rows");
+        assert!(c.codecs.iter().all(|&k| k == ZSTD));
+    }
+
+    #[test]
+    fn text_rows_hold_up_to_the_span_bound() {
+        let text = prose(1 << 20);
+        let c = assert_round_trip(&[&text], ON);
+        assert!(stored(&c, &[&text]) * 10 < text.len());
+        assert!(c.pieces.len() >= text.len().div_ceil(MAX_SPAN));
+    }
+
+    #[test]
+    fn content_that_does_not_shrink_is_stored_as_it_is() {
+        let binary = noise(200_000, 3);
+        let c = assert_round_trip(&[&binary], ON);
+        assert_eq!(c.codecs, vec![RAW; binary.len().div_ceil(CHUNK)]);
+        assert_eq!(stored(&c, &[&binary]), binary.len());
+    }
+
+    #[test]
+    fn mixed_content_and_every_size_round_trips() {
+        let mixed = [
+            prose(30_000),
+            noise(70_000, 9),
+            base64_lines(90_000, 5),
+            prose(10),
+        ]
+        .concat();
+        let c = assert_round_trip(&[&mixed], ON);
+        assert!(c.codecs.contains(&RAW) && c.codecs.contains(&ZSTD));
+        let low = Some(ContentCompression {
+            min_size: 0,
+            level: 3,
+        });
+        for n in [
+            0,
+            1,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK + 1,
+            3 * CHUNK + 17,
+            MAX_SPAN + 1,
+        ] {
+            let text = prose(n);
+            let attachment = base64_lines(n, n as u64 + 1);
+            assert_round_trip(&[&text, &attachment, &mixed[..n]], low);
+        }
+    }
+
+    #[test]
+    fn rows_that_cannot_be_decoded_are_errors() {
+        let text = prose(40_000);
+        let c = Chunks::of(&[&text], ON);
+        let frame = c.data(&[&text])[0].to_vec();
+        let mut out = Vec::new();
+        let undecodable = |r: Result<()>| matches!(r, Err(StoreError::ChunkUndecodable { .. }));
+        assert!(undecodable(decode_into(&mut out, 1, 7, &frame)));
+        assert!(undecodable(decode_into(
+            &mut out,
+            1,
+            ZSTD,
+            &frame[..frame.len() - 3]
+        )));
+        assert!(undecodable(decode_into(&mut out, 1, ZSTD, b"not a frame")));
+        // A frame claiming more than a row may hold is refused before anything is allocated.
+        let big = zstd::bulk::compress(&prose(MAX_SPAN + 1), 1).unwrap();
+        assert!(undecodable(decode_into(&mut out, 1, ZSTD, &big)));
+        decode_into(&mut out, 1, ZSTD, &frame).unwrap();
     }
 
     #[test]
     fn join_checks_the_recorded_length() {
-        let chunks = vec![text(CHUNK), text(3)];
-        let joined = join(1, b"P".to_vec(), chunks.clone(), 1 + CHUNK + 3).unwrap();
-        assert_eq!(joined, [b"P".to_vec(), text(CHUNK), text(3)].concat());
+        let rows = vec![(RAW, prose(CHUNK)), (RAW, prose(3))];
+        let joined = join(1, b"P".to_vec(), rows.clone(), 1 + CHUNK + 3).unwrap();
+        assert_eq!(joined, [b"P".to_vec(), prose(CHUNK), prose(3)].concat());
         assert!(matches!(
-            join(1, Vec::new(), chunks[..1].to_vec(), CHUNK + 3),
+            join(1, Vec::new(), rows[..1].to_vec(), CHUNK + 3),
             Err(StoreError::ContentDamaged { found, .. }) if found == CHUNK
         ));
         assert_eq!(join(2, b"P".to_vec(), Vec::new(), 1).unwrap(), b"P");

@@ -69,8 +69,9 @@ impl Store {
     /// A message's content as stored (what the queue delivers), or None if there is no such
     /// message or garbage collection has freed its content.
     pub async fn message_content(&self, message_id: i64) -> Result<Option<Vec<u8>>> {
-        let mut rows: Vec<(i64, Option<i32>, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT m.size, c.seq, c.data FROM messages m
+        type Row = (i64, Option<i32>, Option<i16>, Option<Vec<u8>>);
+        let mut rows: Vec<Row> = sqlx::query_as(
+            "SELECT m.size, c.seq, c.codec, c.data FROM messages m
              LEFT JOIN message_chunks c ON c.message_id = m.id
              WHERE m.id = $1 AND m.content_collected_at IS NULL",
         )
@@ -81,7 +82,9 @@ impl Store {
         let Some(&(size, ..)) = rows.first() else {
             return Ok(None);
         };
-        let chunks = rows.into_iter().filter_map(|(.., data)| data);
+        let chunks = rows
+            .into_iter()
+            .filter_map(|(_, _, codec, data)| Some((codec?, data?)));
         Ok(Some(join(message_id, Vec::new(), chunks, size as usize)?))
     }
 

@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use content::ContentCompression;
 pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_selector};
 pub use mailboxes::{
     FlagChange, FlagsStored, MAILBOX_CHANNEL, MailboxChange, MailboxChanges, MailboxCounts,
@@ -95,6 +96,8 @@ pub enum StoreError {
         expected: usize,
         found: usize,
     },
+    #[error("message {message_id}: a content chunk cannot be decoded: {reason}")]
+    ChunkUndecodable { message_id: i64, reason: String },
     #[error("{0}")]
     DkimKey(String),
     #[error("stored value is invalid: {0}")]
@@ -120,6 +123,9 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// `application_name` the server shows in `pg_stat_activity`.
     pub application_name: String,
+    /// How message content this process stores is compressed (None: stored as it is).
+    /// Content is read whatever this says: every chunk row names its own codec.
+    pub compression: Option<ContentCompression>,
 }
 
 impl Default for StoreOptions {
@@ -128,6 +134,7 @@ impl Default for StoreOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(10),
             application_name: "pochta".into(),
+            compression: None,
         }
     }
 }
@@ -136,6 +143,7 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    compression: Option<ContentCompression>,
     /// With several servers in the URL: keeps the pool on the writable one (`failover`).
     _watcher: Option<std::sync::Arc<failover::Watcher>>,
 }
@@ -168,6 +176,7 @@ impl Store {
             let pool = pool.connect_with(single.clone()).await?;
             return Ok(Store {
                 pool,
+                compression: options.compression,
                 _watcher: None,
             });
         }
@@ -190,8 +199,15 @@ impl Store {
         let watcher = failover::watch(pool.clone(), candidates);
         Ok(Store {
             pool,
+            compression: options.compression,
             _watcher: Some(std::sync::Arc::new(watcher)),
         })
+    }
+
+    /// The same store, compressing the content it stores as `compression` says.
+    pub fn with_compression(mut self, compression: Option<ContentCompression>) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Applies the embedded migrations not yet applied. Safe to run from several processes at

@@ -683,7 +683,7 @@ impl Store {
         flags: &[String],
         internal_date: Option<DateTime<Utc>>,
     ) -> Result<Placed> {
-        let chunks = Chunks::of(&[content]);
+        let chunks = Chunks::of(&[content], self.compression);
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
             "WITH box AS (
@@ -694,9 +694,9 @@ impl Store {
              ), message AS (
                  INSERT INTO messages (size) SELECT $2 FROM box RETURNING id
              ), chunks AS (
-                 INSERT INTO message_chunks (message_id, seq, data)
-                 SELECT m.id, c.seq, c.data FROM message m,
-                     unnest($3::int4[], $4::bytea[]) AS c (seq, data)
+                 INSERT INTO message_chunks (message_id, seq, data, codec)
+                 SELECT m.id, c.seq, c.data, c.codec FROM message m,
+                     unnest($3::int4[], $4::bytea[], $7::int2[]) AS c (seq, data, codec)
              ), entry AS (
                  INSERT INTO maildrop_entries (account_id, message_id, header_prefix, pop3_size,
                      delivered_at, mailbox_id, imap_uid, flags, modseq)
@@ -710,9 +710,10 @@ impl Store {
         .bind(mailbox_id)
         .bind(content.len() as i64)
         .bind(&chunks.seqs)
-        .bind(&chunks.data)
+        .bind(chunks.data(&[content]))
         .bind(flags)
         .bind(internal_date)
+        .bind(&chunks.codecs)
         .fetch_optional(&mut *tx)
         .await?;
         let Some((uid_validity, uid)) = row else {

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
-use crate::content::{CHUNK, in_chunk_order, join, slice};
+use crate::content::{CHUNK, decode, in_chunk_order, join};
 use crate::queue::enqueue_on;
 use crate::{
-    LocalDelivery, MaildropDelivery, MaildropEntry, NewEnvelope, Result, Store, StoreError, secs,
+    EntryPart, LocalDelivery, MaildropDelivery, MaildropEntry, NewEnvelope, Result, Store,
+    StoreError, secs,
 };
 
 impl Store {
@@ -89,7 +90,7 @@ impl Store {
         }
         let delivery = deliver_on(&mut tx, worker, recipient_id, account_id, header_prefix).await?;
         if let (LocalDelivery::Delivered { .. }, Some((envelope, content))) = (&delivery, report) {
-            enqueue_on(&mut tx, envelope, content).await?;
+            enqueue_on(&mut tx, envelope, content, self.compression).await?;
         }
         tx.commit().await?;
         Ok(delivery)
@@ -120,48 +121,53 @@ impl Store {
         };
         let (prefix, message_id) = (first.header_prefix.clone(), first.message_id);
         let size = (first.pop3_size as usize).saturating_sub(prefix.len());
-        let chunks = rows.into_iter().filter_map(|r| r.data);
+        let chunks = rows.into_iter().filter_map(|r| Some((r.codec?, r.data?)));
         Ok(Some((prefix, join(message_id, Vec::new(), chunks, size)?)))
     }
 
-    /// Octets `[offset, offset + len)` of what RETR sends for an entry (its header prefix, then
-    /// the message), or None if the entry is not in that maildrop. Only the content chunks the
-    /// range touches are read, so a large message is streamed in pieces rather than held whole.
+    /// What RETR sends for an entry (its header prefix, then the message) in pieces of about
+    /// `octets` stored octets: the chunk rows from seq `from` on, decoded (the piece from 0
+    /// begins with the prefix), and the seq the next piece starts at (None after the last).
+    /// None if the entry is not in that maildrop. Only the rows asked for are read, so a large
+    /// message is streamed rather than held whole.
     pub async fn maildrop_entry_part(
         &self,
         account_id: i64,
         entry_id: i64,
-        offset: i64,
-        len: i64,
-    ) -> Result<Option<Vec<u8>>> {
-        // The range in content offsets is [offset - prefix length, offset + len - prefix length).
-        let mut rows: Vec<PartChunk> = sqlx::query_as(
-            "SELECT e.header_prefix, c.seq, c.data
+        from: i32,
+        octets: i64,
+    ) -> Result<Option<EntryPart>> {
+        let rows = (octets / CHUNK as i64).clamp(1, i32::MAX as i64) as i32;
+        let mut chunks: Vec<PartChunk> = sqlx::query_as(
+            "SELECT e.message_id, e.header_prefix, c.seq, c.codec, c.data
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id
-                 AND c.seq >= greatest($3 - octet_length(e.header_prefix), 0) / $5
-                 AND c.seq::int8 * $5 < $3 + $4 - octet_length(e.header_prefix)
+                 AND c.seq >= $3 AND c.seq < $3::int8 + $4
              WHERE e.account_id = $1 AND e.id = $2",
         )
         .bind(account_id)
         .bind(entry_id)
-        .bind(offset)
-        .bind(len)
-        .bind(CHUNK as i64)
+        .bind(from)
+        .bind(rows)
         .fetch_all(&self.pool)
         .await?;
-        in_chunk_order(&mut rows, |r| r.seq);
-        let Some(first) = rows.first() else {
+        in_chunk_order(&mut chunks, |r| r.seq);
+        let Some(first) = chunks.first() else {
             return Ok(None);
         };
-        let prefix = first.header_prefix.clone();
-        let chunks = rows.into_iter().filter_map(|r| Some((r.seq?, r.data?)));
-        Ok(Some(slice(
-            &prefix,
-            chunks,
-            offset.max(0) as usize,
-            len.max(0) as usize,
-        )))
+        let message_id = first.message_id;
+        let prefix = if from == 0 {
+            first.header_prefix.clone()
+        } else {
+            Vec::new()
+        };
+        let read = chunks.iter().filter(|r| r.data.is_some()).count();
+        let next = (read == rows as usize).then(|| from.saturating_add(rows));
+        let rows = chunks.into_iter().filter_map(|r| Some((r.codec?, r.data?)));
+        Ok(Some(EntryPart {
+            octets: decode(message_id, prefix, rows)?,
+            next,
+        }))
     }
 
     /// What RETR sends (header prefix, then the message) for several entries of a maildrop at
@@ -175,15 +181,21 @@ impl Store {
         let mut entries = Vec::new();
         let mut rows = rows.into_iter().peekable();
         while let Some(first) = rows.next() {
-            let id = first.id;
+            let EntryChunk {
+                id,
+                message_id,
+                pop3_size,
+                header_prefix,
+                codec,
+                data,
+                ..
+            } = first;
             let rest = std::iter::from_fn(|| rows.next_if(|r| r.id == id));
-            let chunks = first.data.into_iter().chain(rest.filter_map(|r| r.data));
-            let text = join(
-                first.message_id,
-                first.header_prefix,
-                chunks,
-                first.pop3_size as usize,
-            )?;
+            let head = codec.zip(data);
+            let chunks = head
+                .into_iter()
+                .chain(rest.filter_map(|r| Some((r.codec?, r.data?))));
+            let text = join(message_id, header_prefix, chunks, pop3_size as usize)?;
             entries.push((id, text));
         }
         Ok(entries)
@@ -199,8 +211,11 @@ impl Store {
         account_id: i64,
         entry_ids: &[i64],
     ) -> Result<Vec<(i64, Vec<u8>)>> {
+        // A raw first chunk is cut in the database; a compressed one comes whole and is
+        // decoded and cut here.
         let rows: Vec<HeaderBlock> = sqlx::query_as(
-            "SELECT e.id, e.header_prefix,
+            "SELECT e.id, e.message_id, e.header_prefix,
+                    e.pop3_size - octet_length(e.header_prefix) AS size, c.codec,
                     CASE WHEN h.at > 0 THEN substring(c.data FROM 1 FOR h.at + 3)
                          ELSE c.data END AS head,
                     coalesce(h.at > 0
@@ -208,7 +223,8 @@ impl Store {
                         true) AS complete
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id AND c.seq = 0
-             CROSS JOIN LATERAL (SELECT position('\\x0d0a0d0a'::bytea IN c.data) AS at) h
+             CROSS JOIN LATERAL (SELECT CASE WHEN c.codec = 0
+                 THEN position('\\x0d0a0d0a'::bytea IN c.data) ELSE 0 END AS at) h
              WHERE e.account_id = $1 AND e.id = ANY($2)",
         )
         .bind(account_id)
@@ -218,8 +234,19 @@ impl Store {
         let mut headers = Vec::with_capacity(rows.len());
         let mut whole = Vec::new();
         for row in rows {
-            if row.complete {
-                let head = row.head.unwrap_or_default();
+            let (head, complete) = match (row.codec, row.head) {
+                (Some(codec), Some(data)) if codec != 0 => {
+                    let mut head = decode(row.message_id, Vec::new(), [(codec, data)])?;
+                    let end = memchr::memmem::find(&head, b"\r\n\r\n");
+                    let whole = head.len() as i64 >= row.size;
+                    if let Some(end) = end {
+                        head.truncate(end + 4);
+                    }
+                    (head, end.is_some() || whole)
+                }
+                (_, head) => (head.unwrap_or_default(), row.complete),
+            };
+            if complete {
                 headers.push((row.id, [row.header_prefix, head].concat()));
             } else {
                 whole.push(row.id);
@@ -236,7 +263,7 @@ impl Store {
     /// data.
     async fn entry_chunks(&self, account_id: i64, entry_ids: &[i64]) -> Result<Vec<EntryChunk>> {
         let mut rows: Vec<EntryChunk> = sqlx::query_as(
-            "SELECT e.id, e.message_id, e.pop3_size, e.header_prefix, c.seq, c.data
+            "SELECT e.id, e.message_id, e.pop3_size, e.header_prefix, c.seq, c.codec, c.data
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id
              WHERE e.account_id = $1 AND e.id = ANY($2)",
@@ -344,8 +371,13 @@ impl Store {
 #[derive(sqlx::FromRow)]
 struct HeaderBlock {
     id: i64,
+    message_id: i64,
     header_prefix: Vec<u8>,
+    /// The content's size.
+    size: i64,
+    codec: Option<i16>,
     head: Option<Vec<u8>>,
+    /// Whether a raw `head` holds the whole header block.
     complete: bool,
 }
 
@@ -357,15 +389,18 @@ struct EntryChunk {
     pop3_size: i64,
     header_prefix: Vec<u8>,
     seq: Option<i32>,
+    codec: Option<i16>,
     data: Option<Vec<u8>>,
 }
 
-/// A row of `Store::maildrop_entry_part`: the entry's prefix and one chunk its range touches
-/// (none: seq and data are NULL).
+/// A row of `Store::maildrop_entry_part`: the entry's prefix and one chunk of the piece
+/// (none: seq, codec and data are NULL).
 #[derive(sqlx::FromRow)]
 struct PartChunk {
+    message_id: i64,
     header_prefix: Vec<u8>,
     seq: Option<i32>,
+    codec: Option<i16>,
     data: Option<Vec<u8>>,
 }
 

@@ -9,7 +9,7 @@ use sqlx::{Arguments, PgConnection};
 use chrono::{DateTime, Utc};
 use pochta_mail::{Disposition, Mailbox, Orcpt};
 
-use crate::content::Chunks;
+use crate::content::{Chunks, ContentCompression};
 use crate::{
     AttemptOutcome, AttemptReport, Claim, ClaimedRecipient, Collected, Enqueued, NewEnvelope,
     Released, Result, Store, StoreError, secs,
@@ -89,14 +89,20 @@ impl Store {
     /// statement, so it is stored entirely or not at all. After this returns Ok, a 250 may be
     /// sent (invariant 1).
     pub async fn enqueue(&self, envelope: &NewEnvelope, content: &[u8]) -> Result<Enqueued> {
-        enqueue_on(&mut *self.pool.acquire().await?, envelope, content).await
+        enqueue_on(
+            &mut *self.pool.acquire().await?,
+            envelope,
+            content,
+            self.compression,
+        )
+        .await
     }
 
     /// Commits several accepted transactions in one statement (one commit for all): either
     /// all are stored or none. The ids are in input order. Ingress sessions that finish DATA
     /// at the same time share one commit this way (group commit).
     pub async fn enqueue_many(&self, batch: &[(&NewEnvelope, &[u8])]) -> Result<Vec<Enqueued>> {
-        enqueue_many_on(&mut *self.pool.acquire().await?, batch).await
+        enqueue_many_on(&mut *self.pool.acquire().await?, batch, self.compression).await
     }
 
     /// Which of `queue_ids` are stored: after a commit whose outcome is unknown (the
@@ -231,7 +237,7 @@ impl Store {
                 .await?;
         }
         if let Some((envelope, content)) = report {
-            enqueue_on(&mut tx, envelope, content).await?;
+            enqueue_on(&mut tx, envelope, content, self.compression).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -339,8 +345,9 @@ pub(crate) async fn enqueue_on(
     conn: &mut PgConnection,
     envelope: &NewEnvelope,
     content: &[u8],
+    compression: Option<ContentCompression>,
 ) -> Result<Enqueued> {
-    let enqueued = enqueue_many_on(conn, &[(envelope, content)]).await?;
+    let enqueued = enqueue_many_on(conn, &[(envelope, content)], compression).await?;
     Ok(enqueued[0])
 }
 
@@ -348,13 +355,15 @@ pub(crate) async fn enqueue_on(
 pub(crate) async fn enqueue_many_on(
     conn: &mut PgConnection,
     batch: &[(&NewEnvelope, &[u8])],
+    compression: Option<ContentCompression>,
 ) -> Result<Vec<Enqueued>> {
     if batch.iter().any(|(e, _)| e.recipients.is_empty()) {
         return Err(StoreError::NoRecipients);
     }
     let contents: Vec<&[u8]> = batch.iter().map(|(_, c)| *c).collect();
     let sizes: Vec<i64> = contents.iter().map(|c| c.len() as i64).collect();
-    let chunks = Chunks::of(&contents);
+    let chunks = Chunks::of(&contents, compression);
+    let chunk_data = chunks.data(&contents);
     let envelopes = || batch.iter().map(|(e, _)| *e);
     let queue_ids: Vec<&str> = envelopes().map(|e| e.queue_id.as_str()).collect();
     // The null reverse-path `<>` is stored as ''.
@@ -407,10 +416,10 @@ pub(crate) async fn enqueue_many_on(
     // unnest in FROM with a join copied every chunk into a tuplestore and a hash table first
     // (measured in bench/history.md, "chunk rows streamed"). They are not sorted (a sort
     // would copy every chunk too): readers order chunks themselves.
-    // The arguments' buffer (25 parameters, mostly the chunks' octets) is sized up front:
+    // The arguments' buffer (26 parameters, mostly the chunks' octets) is sized up front:
     // grown by doubling, it would copy the content several times over before it is sent.
     let mut args = PgArguments::default();
-    args.reserve(25, chunks.encoded_len() + 1024 * batch.len());
+    args.reserve(26, chunks.encoded_len() + 1024 * batch.len());
     for add in [
         args.add(&sizes),
         args.add(&queue_ids),
@@ -433,10 +442,11 @@ pub(crate) async fn enqueue_many_on(
         args.add(&states),
         args.add(&chunks.owners),
         args.add(&chunks.seqs),
-        args.add(&chunks.data),
+        args.add(&chunk_data),
         args.add(&locals),
         args.add(&quarantines),
         args.add(&requiretlss),
+        args.add(&chunks.codecs),
     ] {
         add.map_err(sqlx::Error::Encode)?;
     }
@@ -453,10 +463,11 @@ pub(crate) async fn enqueue_many_on(
                  INSERT INTO messages (id, size, quarantine) OVERRIDING SYSTEM VALUE
                  SELECT message_id, size, quarantine FROM input ORDER BY n
              ), c AS (
-                 INSERT INTO message_chunks (message_id, seq, data)
-                 SELECT (SELECT array_agg(message_id ORDER BY n) FROM input)[n], seq, data
+                 INSERT INTO message_chunks (message_id, seq, data, codec)
+                 SELECT (SELECT array_agg(message_id ORDER BY n) FROM input)[n], seq, data,
+                     codec
                  FROM (SELECT unnest($20::int8[]) AS n, unnest($21::int4[]) AS seq,
-                           unnest($22::bytea[]) AS data) AS c
+                           unnest($22::bytea[]) AS data, unnest($26::int2[]) AS codec) AS c
              ), e AS (
                  INSERT INTO envelopes (queue_id, message_id, reverse_path, envid, ret, body,
                      smtputf8, client_address, client_helo, auth_user, received_by, traceparent,

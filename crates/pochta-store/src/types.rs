@@ -489,6 +489,14 @@ pub struct MaildropEntry {
     pub delivered_at: DateTime<Utc>,
 }
 
+/// A piece of what RETR sends for a maildrop entry (`Store::maildrop_entry_part`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryPart {
+    pub octets: Vec<u8>,
+    /// The seq to read the next piece from; None: this piece ends the text.
+    pub next: Option<i32>,
+}
+
 /// What garbage collection removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Collected {

@@ -159,6 +159,8 @@ impl Admin {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(config.store.acquire_timeout_secs),
             application_name: "pochtactl".into(),
+            // pochtactl stores no message content.
+            compression: None,
         };
         let url = pochta_config::redact_url_password(&config.store.url);
         let store = Store::connect(&config.store.url, &options)

@@ -144,23 +144,21 @@ impl Connection {
             .store
             .maildrop_entry_part(account_id, entry_id, 0, server.chunk)
             .await?;
-        let Some(mut piece) = first else {
+        let Some(mut part) = first else {
             return Ok(false);
         };
         io.out()
             .extend_from_slice(&pochta_pop3::session::retrieve_ok(size));
-        let mut offset = 0i64;
         loop {
-            stuffer.push(&piece, io.out());
-            offset += piece.len() as i64;
-            let last = (piece.len() as i64) < server.chunk || stuffer.is_done();
+            stuffer.push(&part.octets, io.out());
             io.flush().await?;
-            if last {
-                break;
-            }
-            piece = server
+            let next = match part.next {
+                Some(next) if !stuffer.is_done() => next,
+                _ => break,
+            };
+            part = server
                 .store
-                .maildrop_entry_part(account_id, entry_id, offset, server.chunk)
+                .maildrop_entry_part(account_id, entry_id, next, server.chunk)
                 .await?
                 .unwrap_or_default();
         }

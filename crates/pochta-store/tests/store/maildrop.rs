@@ -2,8 +2,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use pochta_store::{
-    AttemptOutcome, Claim, Collected, DomainRole, LocalDelivery, MaildropDelivery, RecipientState,
-    Resolved, Store, StoreError,
+    AttemptOutcome, Claim, Collected, ContentCompression, DomainRole, LocalDelivery,
+    MaildropDelivery, RecipientState, Resolved, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -89,23 +89,8 @@ async fn entries_are_read_in_parts_across_the_prefix_boundary() {
         panic!()
     };
     let whole = [PREFIX, CONTENT].concat();
-    for chunk in [1, 7, 50, PREFIX.len(), whole.len(), whole.len() + 10] {
-        let mut read = Vec::new();
-        let mut offset = 0;
-        loop {
-            let part = store
-                .maildrop_entry_part(account, entry_id, offset as i64, chunk as i64)
-                .await
-                .unwrap()
-                .unwrap();
-            if part.is_empty() {
-                break;
-            }
-            assert!(part.len() <= chunk);
-            offset += part.len();
-            read.extend(part);
-        }
-        assert_eq!(read, whole, "chunk size {chunk}");
+    for octets in [1, 8000, 8001, 1 << 20] {
+        assert_eq!(read_in_parts(store, account, entry_id, octets).await, whole);
     }
     assert!(
         store
@@ -114,6 +99,27 @@ async fn entries_are_read_in_parts_across_the_prefix_boundary() {
             .unwrap()
             .is_none()
     );
+}
+
+/// What RETR sends for an entry, read in parts of `octets` stored octets as pop3-access
+/// reads it; each part holds no more rows than asked for.
+async fn read_in_parts(store: &Store, account: i64, entry: i64, octets: i64) -> Vec<u8> {
+    let rows = (octets / 8000).max(1) as usize;
+    let (mut read, mut from) = (Vec::new(), 0);
+    loop {
+        let part = store
+            .maildrop_entry_part(account, entry, from, octets)
+            .await
+            .unwrap()
+            .unwrap();
+        let prefix = if from == 0 { PREFIX.len() } else { 0 };
+        assert!(part.octets.len() <= prefix + rows * 64_000, "{octets}");
+        read.extend(part.octets);
+        match part.next {
+            Some(next) => from = next,
+            None => return read,
+        }
+    }
 }
 
 /// A message of three full chunks and a short one, and a small one, delivered to user0:
@@ -146,6 +152,35 @@ async fn large_content_reads_back_whole_and_in_parts() {
     let account = with_account(store).await;
     let (large, message_id, entries) = large_and_small_delivered(store, account).await;
     assert_reads_back(store, account, &large, message_id, &entries).await;
+}
+
+/// The same message stored compressed (by a store that compresses what it stores): fewer
+/// stored octets, every row marked, and every reader gives the content back as it was.
+#[tokio::test]
+async fn compressed_content_reads_back_whole_and_in_parts() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.connect().await.unwrap();
+    let store = store.with_compression(Some(ContentCompression {
+        min_size: 16 * 1024,
+        level: 1,
+    }));
+    let account = with_account(&store).await;
+    let (large, message_id, entries) = large_and_small_delivered(&store, account).await;
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let (codecs, stored): (Vec<i16>, i64) = sqlx::query_as(
+        "SELECT array_agg(codec), sum(octet_length(data)) FROM message_chunks
+         WHERE message_id = $1",
+    )
+    .bind(message_id)
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert!(codecs.iter().all(|&c| c == 1), "{codecs:?}");
+    assert!(
+        (stored as usize) < large.len() / 4,
+        "{stored} octets stored"
+    );
+    assert_reads_back(&store, account, &large, message_id, &entries).await;
 }
 
 /// The store reads chunk rows without ORDER BY (it orders them itself): with a message's
@@ -212,21 +247,9 @@ async fn assert_reads_back(
     assert_eq!((prefix.as_slice(), content == large), (PREFIX, true));
 
     let whole = [PREFIX, large].concat();
-    for piece in [1000, 7999, 8000, 8001, PREFIX.len() + 8000, whole.len() + 1] {
-        let mut read = Vec::new();
-        loop {
-            let part = store
-                .maildrop_entry_part(account, large_entry, read.len() as i64, piece as i64)
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(part.len() <= piece);
-            if part.is_empty() {
-                break;
-            }
-            read.extend(part);
-        }
-        assert!(read == whole, "pieces of {piece}");
+    for octets in [1000, 8000, 16_000, 16_001, 1 << 20] {
+        let read = read_in_parts(store, account, large_entry, octets).await;
+        assert!(read == whole, "parts of {octets}");
     }
 
     let batch = store
