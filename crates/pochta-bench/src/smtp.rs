@@ -46,10 +46,23 @@ pub struct SmtpArgs {
     /// (e.g. one that carries a DKIM signature); --size does not apply.
     #[arg(long, value_name = "FILE")]
     pub message: Option<std::path::PathBuf>,
+    /// What generated messages carry: `filler` (lines of one letter, which any compressor
+    /// shrinks to nothing), `text` (words, which shrink as prose does) or `attachment` (a
+    /// short text part and a base64 file of random octets, as a photo or a PDF is sent).
+    #[arg(long, value_enum, default_value_t = Body::Filler)]
+    pub body: Body,
     /// Messages per second over all connections, evenly paced (a steady load, as a soak
     /// test wants); unset: each connection sends as fast as the server answers.
     #[arg(long)]
     pub rate: Option<f64>,
+}
+
+/// What generated messages carry (`--body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Body {
+    Filler,
+    Text,
+    Attachment,
 }
 
 /// What one run measured.
@@ -104,6 +117,87 @@ fn message(size: usize, from: &str, to: &str, id: &str) -> Vec<u8> {
     text.extend_from_slice(&line[..rest.min(76)]);
     text.extend_from_slice(b"\r\n.\r\n");
     text
+}
+
+const BOUNDARY: &str = "pochta-bench-part";
+
+/// The header of a generated message whose body is a `kind`.
+fn header(kind: Body, from: &str, to: &str, id: &str) -> String {
+    let mime = match kind {
+        Body::Attachment => format!(
+            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\r\n"
+        ),
+        Body::Text | Body::Filler => String::new(),
+    };
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: pochta-bench {id}\r\n\
+         Message-ID: <{id}@pochta-bench>\r\n{mime}\r\n"
+    )
+}
+
+/// A `text` or `attachment` body of about `size` octets, as a connection sends it after each
+/// message's own header (made once per connection: generating a megabyte per message would
+/// load the client, and the server sees every message anew anyway). `seed` varies it.
+fn body(kind: Body, size: usize, mut seed: u64) -> Vec<u8> {
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut out = Vec::with_capacity(size + 128);
+    match kind {
+        Body::Filler => unreachable!("filler messages are made whole by `message`"),
+        Body::Text => {
+            const WORDS: &[&str] = &[
+                "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was",
+                "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at",
+                "which", "but", "have", "an", "had", "they", "you", "were", "their", "one", "all",
+                "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would",
+                "who", "so", "no", "meeting", "report", "quarter", "budget", "please", "review",
+                "attached", "thanks", "regards", "tomorrow", "project", "schedule", "customer",
+                "delivery", "server", "message", "team",
+            ];
+            let mut line = 0;
+            while out.len() + 2 < size {
+                let word = WORDS[(random() % WORDS.len() as u64) as usize].as_bytes();
+                if line + word.len() + 1 > 72 {
+                    out.extend_from_slice(b"\r\n");
+                    line = 0;
+                } else if line > 0 {
+                    out.push(b' ');
+                    line += 1;
+                }
+                out.extend_from_slice(word);
+                line += word.len();
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        Body::Attachment => {
+            const BASE64: &[u8] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            out.extend_from_slice(
+                format!(
+                    "--{BOUNDARY}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+                     The file is attached.\r\n\r\n--{BOUNDARY}\r\n\
+                     Content-Type: application/octet-stream; name=\"data.bin\"\r\n\
+                     Content-Disposition: attachment; filename=\"data.bin\"\r\n\
+                     Content-Transfer-Encoding: base64\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            let end = format!("--{BOUNDARY}--\r\n");
+            // Base64 of random octets: random characters of its alphabet.
+            while out.len() + 78 + end.len() <= size {
+                for _ in 0..76 {
+                    out.push(BASE64[(random() % 64) as usize]);
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(end.as_bytes());
+        }
+    }
+    out
 }
 
 struct Session {
@@ -167,6 +261,12 @@ async fn session(
         Some(path) => Some(data_text(&std::fs::read(path)?)),
         None => None,
     };
+    let id_length = format!("{index}.{}.{}", args.messages, u64::MAX).len();
+    let generated_body = (args.body != Body::Filler).then(|| {
+        let header = header(args.body, &args.from, &to, &"0".repeat(id_length));
+        let size = args.size.saturating_sub(header.len());
+        data_text(&body(args.body, size, 0x9e37_79b9_7f4a_7c15 ^ index as u64))
+    });
     // With a rate, connection `index` sends its message m at start + (m + index / n) / r * n.
     let pace = args
         .rate
@@ -177,14 +277,14 @@ async fn session(
             let offset = every.mul_f64(m as f64 + index as f64 / args.connections as f64);
             tokio::time::sleep_until((start + offset).into()).await;
         }
-        let text = match &fixed {
-            Some(text) => text.clone(),
-            None => message(
-                args.size,
-                &args.from,
-                &to,
-                &format!("{index}.{m}.{}", start.elapsed().as_nanos()),
-            ),
+        let id = format!("{index}.{m}.{}", start.elapsed().as_nanos());
+        let text = match (&fixed, &generated_body) {
+            (Some(text), _) => text.clone(),
+            (None, Some(body)) => {
+                let header = header(args.body, &args.from, &to, &id);
+                [header.as_bytes(), body].concat()
+            }
+            (None, None) => message(args.size, &args.from, &to, &id),
         };
         let replies = if args.pipelining {
             conn.write(envelope.as_bytes()).await?;
@@ -271,6 +371,23 @@ mod tests {
             b"A: b\r\n\r\n..x\r\nend\r\n.\r\n"
         );
         assert_eq!(data_text(b""), b".\r\n");
+    }
+
+    #[test]
+    fn text_and_attachment_bodies_have_about_the_asked_size() {
+        for kind in [Body::Text, Body::Attachment] {
+            for size in [1024, 100 * 1024, 1 << 20] {
+                let b = body(kind, size, 42);
+                assert!(b.len().abs_diff(size) <= 80, "{kind:?} {size}: {}", b.len());
+                assert!(b.ends_with(b"\r\n") && !b.starts_with(b"."));
+                assert!(b.split(|&c| c == b'\n').all(|l| l.len() <= 78));
+            }
+        }
+        let attachment = body(Body::Attachment, 10_000, 1);
+        let text = String::from_utf8(attachment).unwrap();
+        assert!(text.contains("Content-Transfer-Encoding: base64\r\n\r\n"));
+        assert!(text.ends_with(&format!("--{BOUNDARY}--\r\n")));
+        assert_ne!(body(Body::Text, 5000, 1), body(Body::Text, 5000, 2));
     }
 
     #[test]
