@@ -459,6 +459,32 @@ mod tests {
         }
     }
 
+    /// A content made of stretches that shrink differently (noise, base64, prose, one octet
+    /// repeated), each of its own length.
+    fn stretches() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let stretch =
+            (0u8..4, 0usize..40_000, any::<u64>()).prop_map(|(kind, n, seed)| match kind {
+                0 => noise(n, seed | 1),
+                1 => base64_lines(n, seed | 1),
+                2 => prose(n),
+                _ => vec![seed as u8; n],
+            });
+        proptest::collection::vec(stretch, 0..8).prop_map(|s| s.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the content and level: every row fits its page and decodes to at most
+        /// `MAX_SPAN`, and the rows give the content back.
+        #[test]
+        fn any_content_round_trips(content in stretches(), level in 1i32..4) {
+            let compression = Some(ContentCompression { min_size: 0, level });
+            assert_round_trip(&[&content], compression);
+        }
+    }
+
     #[test]
     fn rows_that_cannot_be_decoded_are_errors() {
         let text = prose(40_000);
