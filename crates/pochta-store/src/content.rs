@@ -42,24 +42,21 @@ fn worth_it(packed: usize, span: usize) -> bool {
 /// (binary content that does not shrink costs a failed compression per row otherwise).
 const GIVE_UP_AFTER: usize = 4;
 
-/// The chunk rows of a batch of messages, as the arrays a statement unnests: for each row the
-/// 1-based place of its message in the batch, its seq, its codec, and (through `data`) its
-/// octets: a range of its content, or of the compressed octets kept here.
-#[derive(Default)]
-pub(crate) struct Chunks {
-    pub owners: Vec<i64>,
-    pub seqs: Vec<i32>,
-    pub codecs: Vec<i16>,
+/// One message's content as chunk rows: each row's codec and where its octets are (a range
+/// of the content, or of the compressed octets kept here). Made apart from the content it
+/// describes, so that the work can be done where the content is (`PreparedContent`).
+#[derive(Debug, Default)]
+pub(crate) struct Rows {
+    codecs: Vec<i16>,
     pieces: Vec<Piece>,
     packed: Vec<u8>,
-    /// The seq of the next row of the message being split.
-    next_seq: i32,
 }
 
+#[derive(Debug)]
 enum Piece {
-    /// Octets of content `.0` (its place in the batch) as they are.
-    Content(usize, Range<usize>),
-    /// Compressed octets in `Chunks::packed`.
+    /// Octets of the content as they are.
+    Content(Range<usize>),
+    /// Compressed octets in `Rows::packed`.
     Packed(Range<usize>),
 }
 
@@ -72,82 +69,55 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-impl Chunks {
-    pub fn of(contents: &[&[u8]], compression: Option<ContentCompression>) -> Self {
-        let rows = contents.iter().map(|c| c.len().div_ceil(CHUNK)).sum();
-        let mut chunks = Chunks {
-            owners: Vec::with_capacity(rows),
-            seqs: Vec::with_capacity(rows),
-            codecs: Vec::with_capacity(rows),
-            pieces: Vec::with_capacity(rows),
+impl Rows {
+    /// The rows `content` is stored as.
+    pub fn of(content: &[u8], compression: Option<ContentCompression>) -> Self {
+        let mut rows = Rows {
+            codecs: Vec::with_capacity(content.len().div_ceil(CHUNK)),
+            pieces: Vec::with_capacity(content.len().div_ceil(CHUNK)),
             packed: Vec::new(),
-            next_seq: 0,
         };
-        for (place, content) in contents.iter().enumerate() {
-            chunks.next_seq = 0;
-            match compression {
-                Some(c) if content.len() >= c.min_size => {
-                    chunks.pack(place, content, c.level);
-                }
-                _ => chunks.raw(place, 0..content.len()),
-            }
+        match compression {
+            Some(c) if content.len() >= c.min_size => rows.pack(content, c.level),
+            _ => rows.raw(0..content.len()),
         }
-        chunks
+        rows
     }
 
-    /// The rows' octets, in row order, borrowed from `contents` (the batch `of` was given)
-    /// and from the compressed octets kept here.
-    pub fn data<'a>(&'a self, contents: &[&'a [u8]]) -> Vec<&'a [u8]> {
-        self.pieces
-            .iter()
-            .map(|piece| match piece {
-                Piece::Content(place, range) => &contents[*place][range.clone()],
-                Piece::Packed(range) => &self.packed[range.clone()],
-            })
-            .collect()
+    /// The rows' octets, in seq order, borrowed from `content` (the one `of` was given) and
+    /// from the compressed octets kept here.
+    fn data<'a>(&'a self, content: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+        self.pieces.iter().map(move |piece| match piece {
+            Piece::Content(range) => &content[range.clone()],
+            Piece::Packed(range) => &self.packed[range.clone()],
+        })
     }
 
-    /// About the octets the row arrays take as statement parameters (binary array format:
-    /// a length before each element), to size the buffer they are encoded into.
-    pub fn encoded_len(&self) -> usize {
-        let data: usize = self
-            .pieces
-            .iter()
-            .map(|p| match p {
-                Piece::Content(_, r) | Piece::Packed(r) => r.len(),
-            })
-            .sum();
-        data + self.pieces.len() * (4 + (4 + 8) + (4 + 4) + (4 + 2)) + 4 * 64
-    }
-
-    fn push(&mut self, place: usize, codec: i16, piece: Piece) {
-        self.owners.push(place as i64 + 1);
-        self.seqs.push(self.next_seq);
+    fn push(&mut self, codec: i16, piece: Piece) {
         self.codecs.push(codec);
         self.pieces.push(piece);
-        self.next_seq += 1;
     }
 
-    /// `range` of the content at `place` as rows of `CHUNK` octets as they are.
-    fn raw(&mut self, place: usize, range: Range<usize>) {
+    /// `range` of the content as rows of `CHUNK` octets as they are.
+    fn raw(&mut self, range: Range<usize>) {
         let mut at = range.start;
         while at < range.end {
             let end = range.end.min(at + CHUNK);
-            self.push(place, RAW, Piece::Content(place, at..end));
+            self.push(RAW, Piece::Content(at..end));
             at = end;
         }
     }
 
-    /// A content as rows each holding as much of it as compresses into `CHUNK` octets, so
+    /// `content` as rows each holding as much of it as compresses into `CHUNK` octets, so
     /// that compressed rows fill their pages as raw ones do; a stretch that does not shrink
     /// by an eighth is stored as it is.
-    fn pack(&mut self, place: usize, content: &[u8], level: i32) {
+    fn pack(&mut self, content: &[u8], level: i32) {
         PACKER.with_borrow_mut(|packer| {
             let compressor = match packer {
                 Some((l, c)) if *l == level => c,
                 _ => match zstd::bulk::Compressor::new(level) {
                     Ok(c) => &mut packer.insert((level, c)).1,
-                    Err(_) => return self.raw(place, 0..content.len()),
+                    Err(_) => return self.raw(0..content.len()),
                 },
             };
             let mut out = Vec::with_capacity(CHUNK);
@@ -157,7 +127,7 @@ impl Chunks {
             let (mut at, mut stored_raw) = (0, 0);
             while at < content.len() {
                 if stored_raw == GIVE_UP_AFTER {
-                    return self.raw(place, at..content.len());
+                    return self.raw(at..content.len());
                 }
                 let mut take = span.min(content.len() - at);
                 let packed = loop {
@@ -174,7 +144,7 @@ impl Chunks {
                     Some(n) => {
                         let start = self.packed.len();
                         self.packed.extend_from_slice(&out);
-                        self.push(place, ZSTD, Piece::Packed(start..start + n));
+                        self.push(ZSTD, Piece::Packed(start..start + n));
                         at += take;
                         // Aim a little under a full row, so the next guess rarely overflows.
                         span = (take * (CHUNK - CHUNK / 16) / n.max(1)).clamp(CHUNK, MAX_SPAN);
@@ -182,7 +152,7 @@ impl Chunks {
                     }
                     None => {
                         let end = content.len().min(at + CHUNK);
-                        self.push(place, RAW, Piece::Content(place, at..end));
+                        self.push(RAW, Piece::Content(at..end));
                         at = end;
                         span = CHUNK;
                         stored_raw += 1;
@@ -190,6 +160,71 @@ impl Chunks {
                 }
             }
         })
+    }
+}
+
+/// Message content made ready for the store: cut into chunk rows and compressed as the
+/// store's settings say (`Store::prepare`). Preparing is the CPU work of storing; a caller
+/// does it where it has CPU to spare (the session that received the message), so that the
+/// commit path only sends rows.
+#[derive(Debug)]
+pub struct PreparedContent {
+    text: Vec<u8>,
+    rows: Rows,
+}
+
+impl PreparedContent {
+    pub(crate) fn new(text: Vec<u8>, compression: Option<ContentCompression>) -> Self {
+        let rows = Rows::of(&text, compression);
+        PreparedContent { text, rows }
+    }
+
+    /// The content itself.
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    pub(crate) fn rows(&self) -> &Rows {
+        &self.rows
+    }
+}
+
+/// The chunk rows of a batch of messages, as the arrays a statement unnests: for each row the
+/// 1-based place of its message in the batch, its seq, its codec and its octets.
+#[derive(Default)]
+pub(crate) struct Chunks<'a> {
+    pub owners: Vec<i64>,
+    pub seqs: Vec<i32>,
+    pub codecs: Vec<i16>,
+    pub data: Vec<&'a [u8]>,
+}
+
+impl<'a> Chunks<'a> {
+    /// The rows of each message (its content and the rows made of it), in batch order.
+    pub fn of(messages: &[(&'a [u8], &'a Rows)]) -> Self {
+        let count = messages.iter().map(|(_, r)| r.pieces.len()).sum();
+        let mut chunks = Chunks {
+            owners: Vec::with_capacity(count),
+            seqs: Vec::with_capacity(count),
+            codecs: Vec::with_capacity(count),
+            data: Vec::with_capacity(count),
+        };
+        for (place, (content, rows)) in messages.iter().enumerate() {
+            for (seq, data) in rows.data(content).enumerate() {
+                chunks.owners.push(place as i64 + 1);
+                chunks.seqs.push(seq as i32);
+                chunks.codecs.push(rows.codecs[seq]);
+                chunks.data.push(data);
+            }
+        }
+        chunks
+    }
+
+    /// About the octets the row arrays take as statement parameters (binary array format:
+    /// a length before each element), to size the buffer they are encoded into.
+    pub fn encoded_len(&self) -> usize {
+        let data: usize = self.data.iter().map(|d| d.len()).sum();
+        data + self.data.len() * (4 + (4 + 8) + (4 + 4) + (4 + 2)) + 4 * 64
     }
 }
 
@@ -326,43 +361,53 @@ mod tests {
         out
     }
 
-    /// The rows of `c` as a reader gets them, per message in the batch.
-    fn rows_of(c: &Chunks, contents: &[&[u8]]) -> Vec<Vec<(i16, Vec<u8>)>> {
-        let data = c.data(contents);
-        let mut out = vec![Vec::new(); contents.len()];
-        for (i, d) in data.iter().enumerate() {
-            out[c.owners[i] as usize - 1].push((c.codecs[i], d.to_vec()));
-        }
-        out
+    /// What a batch was stored as, row by row.
+    struct Stored {
+        owners: Vec<i64>,
+        seqs: Vec<i32>,
+        codecs: Vec<i16>,
+        lens: Vec<usize>,
     }
 
-    fn assert_round_trip(contents: &[&[u8]], compression: Option<ContentCompression>) -> Chunks {
-        let c = Chunks::of(contents, compression);
-        for (i, rows) in rows_of(&c, contents).into_iter().enumerate() {
-            for (codec, data) in &rows {
-                assert!(
-                    !data.is_empty() && data.len() <= CHUNK,
-                    "row of {}",
-                    data.len()
-                );
-                let mut decoded = Vec::new();
-                decode_into(&mut decoded, 1, *codec, data).unwrap();
-                assert!(decoded.len() <= MAX_SPAN);
-            }
+    impl Stored {
+        fn total(&self) -> usize {
+            self.lens.iter().sum()
+        }
+    }
+
+    /// Stores a batch as the store would; checks that every row fits its page and decodes
+    /// to at most `MAX_SPAN`, that each message reads back as it was, and the seqs.
+    fn assert_round_trip(contents: &[&[u8]], compression: Option<ContentCompression>) -> Stored {
+        let rows: Vec<Rows> = contents.iter().map(|c| Rows::of(c, compression)).collect();
+        let messages: Vec<(&[u8], &Rows)> = contents.iter().copied().zip(&rows).collect();
+        let c = Chunks::of(&messages);
+        let mut read = vec![Vec::new(); contents.len()];
+        for (i, data) in c.data.iter().enumerate() {
+            assert!(
+                !data.is_empty() && data.len() <= CHUNK,
+                "row of {}",
+                data.len()
+            );
+            let mut decoded = Vec::new();
+            decode_into(&mut decoded, 1, c.codecs[i], data).unwrap();
+            assert!(decoded.len() <= MAX_SPAN);
+            read[c.owners[i] as usize - 1].push((c.codecs[i], data.to_vec()));
+        }
+        for (i, rows) in read.into_iter().enumerate() {
             let joined = join(1, Vec::new(), rows, contents[i].len()).unwrap();
             assert!(joined == contents[i], "message {i} changed");
         }
-        // Seqs count from 0 within each message.
         for i in 0..c.seqs.len() {
             let first = i == 0 || c.owners[i - 1] != c.owners[i];
             let want = if first { 0 } else { c.seqs[i - 1] + 1 };
             assert_eq!(c.seqs[i], want, "row {i}");
         }
-        c
-    }
-
-    fn stored(c: &Chunks, contents: &[&[u8]]) -> usize {
-        c.data(contents).iter().map(|d| d.len()).sum()
+        Stored {
+            lens: c.data.iter().map(|d| d.len()).collect(),
+            owners: c.owners,
+            seqs: c.seqs,
+            codecs: c.codecs,
+        }
     }
 
     #[test]
@@ -380,8 +425,7 @@ mod tests {
             assert_eq!(c.owners, [1, 1, 1, 3]);
             assert_eq!(c.seqs, [0, 1, 2, 0]);
             assert_eq!(c.codecs, [RAW; 4]);
-            let lens: Vec<usize> = c.data(&contents).iter().map(|d| d.len()).collect();
-            assert_eq!(lens, [CHUNK, CHUNK, 1, CHUNK]);
+            assert_eq!(c.lens, [CHUNK, CHUNK, 1, CHUNK]);
         }
     }
 
@@ -405,10 +449,10 @@ mod tests {
     fn base64_attachments_fill_rows_with_a_quarter_less() {
         let attachment = base64_lines(1 << 20, 7);
         let c = assert_round_trip(&[&attachment], ON);
-        let total = stored(&c, &[&attachment]);
+        let total = c.total();
         assert!(total * 100 < attachment.len() * 80, "{total} stored");
         // Rows come near a page's worth each, so the heap shrinks as the WAL does.
-        let rows = c.pieces.len();
+        let rows = c.lens.len();
         assert!(rows * CHUNK * 100 < attachment.len() * 82, "{rows} rows");
         assert!(c.codecs.iter().all(|&k| k == ZSTD));
     }
@@ -417,8 +461,8 @@ mod tests {
     fn text_rows_hold_up_to_the_span_bound() {
         let text = prose(1 << 20);
         let c = assert_round_trip(&[&text], ON);
-        assert!(stored(&c, &[&text]) * 10 < text.len());
-        assert!(c.pieces.len() >= text.len().div_ceil(MAX_SPAN));
+        assert!(c.total() * 10 < text.len());
+        assert!(c.lens.len() >= text.len().div_ceil(MAX_SPAN));
     }
 
     #[test]
@@ -426,7 +470,7 @@ mod tests {
         let binary = noise(200_000, 3);
         let c = assert_round_trip(&[&binary], ON);
         assert_eq!(c.codecs, vec![RAW; binary.len().div_ceil(CHUNK)]);
-        assert_eq!(stored(&c, &[&binary]), binary.len());
+        assert_eq!(c.total(), binary.len());
     }
 
     #[test]
@@ -488,8 +532,8 @@ mod tests {
     #[test]
     fn rows_that_cannot_be_decoded_are_errors() {
         let text = prose(40_000);
-        let c = Chunks::of(&[&text], ON);
-        let frame = c.data(&[&text])[0].to_vec();
+        let rows = Rows::of(&text, ON);
+        let frame = rows.data(&text).next().unwrap().to_vec();
         let mut out = Vec::new();
         let undecodable = |r: Result<()>| matches!(r, Err(StoreError::ChunkUndecodable { .. }));
         assert!(undecodable(decode_into(&mut out, 1, 7, &frame)));

@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::content::Chunks;
+use crate::content::{Chunks, Rows};
 use crate::{Result, Store, StoreError};
 
 /// The PostgreSQL channel a change to a mailbox is announced on; the payload is the
@@ -683,7 +683,8 @@ impl Store {
         flags: &[String],
         internal_date: Option<DateTime<Utc>>,
     ) -> Result<Placed> {
-        let chunks = Chunks::of(&[content], self.compression);
+        let rows = Rows::of(content, self.compression);
+        let chunks = Chunks::of(&[(content, &rows)]);
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
             "WITH box AS (
@@ -710,7 +711,7 @@ impl Store {
         .bind(mailbox_id)
         .bind(content.len() as i64)
         .bind(&chunks.seqs)
-        .bind(chunks.data(&[content]))
+        .bind(&chunks.data)
         .bind(flags)
         .bind(internal_date)
         .bind(&chunks.codecs)

@@ -9,7 +9,7 @@ use sqlx::{Arguments, PgConnection};
 use chrono::{DateTime, Utc};
 use pochta_mail::{Disposition, Mailbox, Orcpt};
 
-use crate::content::{Chunks, ContentCompression};
+use crate::content::{Chunks, ContentCompression, PreparedContent, Rows};
 use crate::{
     AttemptOutcome, AttemptReport, Claim, ClaimedRecipient, Collected, Enqueued, NewEnvelope,
     Released, Result, Store, StoreError, secs,
@@ -102,7 +102,34 @@ impl Store {
     /// all are stored or none. The ids are in input order. Ingress sessions that finish DATA
     /// at the same time share one commit this way (group commit).
     pub async fn enqueue_many(&self, batch: &[(&NewEnvelope, &[u8])]) -> Result<Vec<Enqueued>> {
-        enqueue_many_on(&mut *self.pool.acquire().await?, batch, self.compression).await
+        let rows: Vec<Rows> = batch
+            .iter()
+            .map(|(_, content)| Rows::of(content, self.compression))
+            .collect();
+        let batch: Vec<_> = batch
+            .iter()
+            .zip(&rows)
+            .map(|((e, c), r)| (*e, *c, r))
+            .collect();
+        enqueue_rows_on(&mut *self.pool.acquire().await?, &batch).await
+    }
+
+    /// Content made ready to store (`enqueue_prepared`): cut into rows and compressed as this
+    /// store's settings say. CPU work, done by the caller where it suits it.
+    pub fn prepare(&self, content: Vec<u8>) -> PreparedContent {
+        PreparedContent::new(content, self.compression)
+    }
+
+    /// `enqueue_many` of prepared content: the statement only sends the rows.
+    pub async fn enqueue_prepared(
+        &self,
+        batch: &[(&NewEnvelope, &PreparedContent)],
+    ) -> Result<Vec<Enqueued>> {
+        let batch: Vec<_> = batch
+            .iter()
+            .map(|(e, p)| (*e, p.text(), p.rows()))
+            .collect();
+        enqueue_rows_on(&mut *self.pool.acquire().await?, &batch).await
     }
 
     /// Which of `queue_ids` are stored: after a commit whose outcome is unknown (the
@@ -347,24 +374,24 @@ pub(crate) async fn enqueue_on(
     content: &[u8],
     compression: Option<ContentCompression>,
 ) -> Result<Enqueued> {
-    let enqueued = enqueue_many_on(conn, &[(envelope, content)], compression).await?;
+    let rows = Rows::of(content, compression);
+    let enqueued = enqueue_rows_on(conn, &[(envelope, content, &rows)]).await?;
     Ok(enqueued[0])
 }
 
-/// `Store::enqueue_many` on a given connection (or transaction).
-pub(crate) async fn enqueue_many_on(
+/// Enqueues a batch (each envelope with its content and the rows it is stored as) on a given
+/// connection (or transaction), in one statement.
+async fn enqueue_rows_on(
     conn: &mut PgConnection,
-    batch: &[(&NewEnvelope, &[u8])],
-    compression: Option<ContentCompression>,
+    batch: &[(&NewEnvelope, &[u8], &Rows)],
 ) -> Result<Vec<Enqueued>> {
-    if batch.iter().any(|(e, _)| e.recipients.is_empty()) {
+    if batch.iter().any(|(e, ..)| e.recipients.is_empty()) {
         return Err(StoreError::NoRecipients);
     }
-    let contents: Vec<&[u8]> = batch.iter().map(|(_, c)| *c).collect();
-    let sizes: Vec<i64> = contents.iter().map(|c| c.len() as i64).collect();
-    let chunks = Chunks::of(&contents, compression);
-    let chunk_data = chunks.data(&contents);
-    let envelopes = || batch.iter().map(|(e, _)| *e);
+    let sizes: Vec<i64> = batch.iter().map(|(_, c, _)| c.len() as i64).collect();
+    let messages: Vec<(&[u8], &Rows)> = batch.iter().map(|(_, c, r)| (*c, *r)).collect();
+    let chunks = Chunks::of(&messages);
+    let envelopes = || batch.iter().map(|(e, ..)| *e);
     let queue_ids: Vec<&str> = envelopes().map(|e| e.queue_id.as_str()).collect();
     // The null reverse-path `<>` is stored as ''.
     let reverse_paths: Vec<String> = envelopes()
@@ -442,7 +469,7 @@ pub(crate) async fn enqueue_many_on(
         args.add(&states),
         args.add(&chunks.owners),
         args.add(&chunks.seqs),
-        args.add(&chunk_data),
+        args.add(&chunks.data),
         args.add(&locals),
         args.add(&quarantines),
         args.add(&requiretlss),
