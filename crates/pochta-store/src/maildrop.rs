@@ -473,7 +473,9 @@ async fn deliver_many_on(
                  SELECT r.id, e.message_id, w.account_id, w.header_prefix FROM recipients r
                  JOIN wanted w ON w.recipient_id = r.id
                  JOIN envelopes e ON e.id = r.envelope_id
-                 WHERE r.state = 'queued'
+                 -- IS TRUE: no partial index matches, so stale statistics cannot pick
+                 -- one over the primary key (see queue.rs, RECORD_ATTEMPT).
+                 WHERE (r.state = 'queued') IS TRUE
                  ORDER BY r.id
                  FOR UPDATE OF r
              ), inbox AS (

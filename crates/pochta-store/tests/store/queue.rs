@@ -780,3 +780,65 @@ async fn enqueue_local(store: &pochta_store::Store, n: usize) {
         store.enqueue(&envelope(vec![due]), CONTENT).await.unwrap();
     }
 }
+
+/// Recording an attempt finds its recipient by the primary key however many recipients wait
+/// and however old the statistics are. With statistics taken while the queue was empty (so
+/// the partial due and live-domain indexes looked empty) and then a backlog of one domain,
+/// plain lease and state conditions made PostgreSQL scan the whole backlog for every attempt
+/// it recorded (bench/scale, 100,000 recipients deferred for a dead destination).
+#[tokio::test]
+async fn recording_an_attempt_costs_nothing_per_waiting_recipient() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    // Statistics of a table of finished recipients only.
+    enqueue_n(store, 2000).await;
+    sqlx::query("UPDATE recipients SET state = 'delivered', finished_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await.unwrap();
+    for batch in 0..20 {
+        let envelopes: Vec<NewEnvelope> = (0..1000)
+            .map(|m| envelope(vec![recipient(&format!("u{batch}x{m}@dead.example"))]))
+            .collect();
+        let batch: Vec<(&NewEnvelope, &[u8])> = envelopes.iter().map(|e| (e, CONTENT)).collect();
+        store.enqueue_many(&batch).await.unwrap();
+    }
+    let claimed = store
+        .claim_due("w", Claim::Remote, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let id = claimed[0].recipient_id;
+    let plan = store.explain_record_attempt("w", id).await.unwrap();
+    let buffers: u64 = plan
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Buffers: shared "))
+        .take(1)
+        .flat_map(|b| b.split(' '))
+        .filter_map(|kv| kv.split_once('=').and_then(|(_, n)| n.parse::<u64>().ok()))
+        .sum();
+    assert!(plan.contains("recipients_pkey"), "{plan}");
+    assert!(buffers < 100, "recording read {buffers} buffers:\n{plan}");
+    // The statement explained is the one that records: it still does.
+    store
+        .record_attempt(
+            "w",
+            id,
+            AttemptOutcome::Deferred {
+                retry_after: Duration::from_secs(60),
+            },
+            &report(451, "4.4.1", "refused"),
+        )
+        .await
+        .unwrap();
+    let again = store
+        .record_attempt(
+            "w",
+            id,
+            AttemptOutcome::Delivered,
+            &report(250, "2.0.0", "ok"),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::LeaseLost(lost)) if lost == id));
+}
