@@ -353,6 +353,11 @@ c.create_folder("Work/2026")
 c.rename_folder("Work", "Jobs")
 print("after-rename", sorted(name for _, _, name in c.list_folders()))
 c.delete_folder("Jobs/2026")
+c.rename_folder("INBOX", "Archive")
+c.select_folder("Archive", readonly=True)
+print("archive", c.fetch(c.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]))
+c.select_folder("INBOX")
+print("inbox-after-rename", c.search("ALL"))
 c.logout()
 "#;
     let out = s.client(0, script, &[]).await;
@@ -373,8 +378,14 @@ c.logout()
         "{out}"
     );
     assert!(out.contains("'Jobs', 'Jobs/2026'"), "{out}");
-    // The moved message left POP3's view with the INBOX; only "keep" is there.
-    assert_eq!(s.inbox_len().await, 1);
+    // RENAME INBOX moved "keep" (RFC 9051 6.3.6): INBOX stays, empty, for IMAP and POP3.
+    let archive = out.lines().find(|l| l.starts_with("archive "));
+    assert!(
+        archive.is_some_and(|l| l.starts_with("archive {1: ") && l.contains("Subject: keep")),
+        "{out}"
+    );
+    assert!(out.contains("inbox-after-rename []"), "{out}");
+    assert_eq!(s.inbox_len().await, 0);
 }
 
 /// A client idling on one replica hears of mail the queue delivers, and of a deletion made

@@ -679,10 +679,8 @@ impl Session {
             },
             CommandBody::Rename { from, to } => {
                 match (names::mailbox_name(&from), names::mailbox_name(&to)) {
-                    (Some(f), Some(t)) if f == "INBOX" || t == "INBOX" => self.failure(
-                        tag,
-                        Failure::Refused("Renaming INBOX is not supported".into()),
-                    ),
+                    // INBOX always exists; renaming it moves its messages (RFC 9051 6.3.6).
+                    (Some(_), Some(t)) if t == "INBOX" => self.failure(tag, Failure::AlreadyExists),
                     (Some(from), Some(to)) => self.run(
                         Pending::Done {
                             tag,

@@ -313,7 +313,22 @@ fn mailbox_management_asks_the_world_and_protects_inbox() {
     let mut c = logged_in();
     assert!(c.cmd("m1 CREATE INBOX").starts_with("m1 NO"));
     assert!(c.cmd("m2 DELETE inbox").starts_with("m2 NO"));
-    assert!(c.cmd("m3 RENAME INBOX Old").starts_with("m3 NO"));
+    assert_eq!(
+        c.cmd("m3 RENAME Work inbox"),
+        "m3 NO [ALREADYEXISTS] Mailbox already exists\r\n"
+    );
+    // Renaming INBOX is asked of the world, which moves its messages (RFC 9051 6.3.6).
+    assert_eq!(
+        request(c.send("m3 RENAME inbox Old\r\n")),
+        Request::Rename {
+            from: "INBOX".into(),
+            to: "Old".into()
+        }
+    );
+    assert_eq!(
+        answer(&mut c, Answer::Done(Ok(()))),
+        "m3 OK RENAME completed\r\n"
+    );
     assert!(c.cmd("m4 CREATE \"a//b\"").starts_with("m4 BAD"));
     assert_eq!(
         request(c.send("m5 CREATE Work/2026\r\n")),

@@ -38,8 +38,8 @@ fn worth_it(packed: usize, span: usize) -> bool {
     packed <= span - span / 8
 }
 
-/// Rows in a row stored as they are before the rest of a message is not tried any more
-/// (binary content that does not shrink costs a failed compression per row otherwise).
+/// After this many consecutive rows that did not shrink, the rest of a message is stored as
+/// it is without trying (content that does not shrink costs a failed compression per row).
 const GIVE_UP_AFTER: usize = 4;
 
 /// One message's content as chunk rows: each row's codec and where its octets are (a range

@@ -409,32 +409,8 @@ impl Store {
         name: &str,
         special_use: Option<&str>,
     ) -> Result<MailboxInfo> {
-        let parents: Vec<&str> = name.match_indices('/').map(|(at, _)| &name[..at]).collect();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO mailboxes (account_id, name) SELECT $1, unnest($2::text[])
-             ON CONFLICT (account_id, name) DO NOTHING",
-        )
-        .bind(account_id)
-        .bind(&parents)
-        .execute(&mut *tx)
-        .await?;
-        let made = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO mailboxes (account_id, name, special_use) VALUES ($1, $2, $3)
-             RETURNING {MAILBOX_COLUMNS}"
-        )))
-        .bind(account_id)
-        .bind(name)
-        .bind(special_use)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| {
-            if StoreError::is_unique_violation(&e) {
-                StoreError::MailboxExists(name.to_owned())
-            } else {
-                e.into()
-            }
-        })?;
+        let made = create_on(&mut tx, account_id, name, special_use).await?;
         tx.commit().await?;
         Ok(made)
     }
@@ -455,11 +431,15 @@ impl Store {
 
     /// Renames a mailbox and its children (`from/...` becomes `to/...`), keeping their
     /// messages and UIDVALIDITY. False if `from` does not exist; `MailboxExists` if a new
-    /// name is taken. INBOX is never renamed (RFC 9051 6.3.6 moves its messages instead, which
-    /// `copy_messages` does).
+    /// name is taken. Renaming INBOX makes a new mailbox `to` and moves every message of
+    /// INBOX into it, leaving INBOX (and its children) where they are (RFC 9051 6.3.6), in
+    /// one transaction. Nothing is renamed to INBOX.
     pub async fn rename_mailbox(&self, account_id: i64, from: &str, to: &str) -> Result<bool> {
-        if from == "INBOX" || to == "INBOX" {
+        if to == "INBOX" {
             return Err(StoreError::InboxFixed);
+        }
+        if from == "INBOX" {
+            return self.rename_inbox(account_id, to).await;
         }
         let done = sqlx::query(
             "UPDATE mailboxes SET name = $3 || substr(name, length($2) + 1)
@@ -478,6 +458,22 @@ impl Store {
             }
         })?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn rename_inbox(&self, account_id: i64, to: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let inbox: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = $1 AND name = 'INBOX'")
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(inbox) = inbox else {
+            return Ok(false);
+        };
+        let made = create_on(&mut tx, account_id, to, None).await?;
+        copy_on(&mut tx, inbox, None, made.id, true).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// SUBSCRIBE / UNSUBSCRIBE. False if there is no mailbox of that name.
@@ -598,81 +594,9 @@ impl Store {
         remove_source: bool,
     ) -> Result<Placed> {
         let mut tx = self.pool.begin().await?;
-        // Both rows locked in id order: two copies between the same mailboxes cannot deadlock.
-        let locked: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT id, account_id, uid_validity FROM mailboxes
-             WHERE id IN ($1, $2) ORDER BY id FOR UPDATE",
-        )
-        .bind(from_mailbox)
-        .bind(to_mailbox)
-        .fetch_all(&mut *tx)
-        .await?;
-        let target = locked.iter().find(|(id, _, _)| *id == to_mailbox);
-        let (Some(&(_, account_id, uid_validity)), true) = (
-            target,
-            locked
-                .iter()
-                .all(|(_, a, _)| Some(a) == target.map(|t| &t.1))
-                && locked.len() == 2,
-        ) else {
-            return Err(StoreError::UnknownMailbox(to_mailbox.to_string()));
-        };
-        // FOR KEY SHARE: a source deleted meanwhile (POP3, another session) is not copied,
-        // and the garbage collector cannot free content a committed copy still points at;
-        // flag changes are not held up.
-        let sources: Vec<i64> = sqlx::query_scalar(
-            "SELECT imap_uid FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid = ANY ($2)
-             ORDER BY imap_uid FOR KEY SHARE",
-        )
-        .bind(from_mailbox)
-        .bind(uids)
-        .fetch_all(&mut *tx)
-        .await?;
-        if sources.is_empty() {
-            tx.rollback().await?;
-            return Ok(Placed {
-                uid_validity,
-                uids: Vec::new(),
-            });
-        }
-        let (first_uid, modseq): (i64, i64) = sqlx::query_as(
-            "UPDATE mailboxes SET uid_next = uid_next + $2, highest_modseq = highest_modseq + 1
-             WHERE id = $1 RETURNING uid_next - $2, highest_modseq",
-        )
-        .bind(to_mailbox)
-        .bind(sources.len() as i64)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO maildrop_entries (account_id, message_id, header_prefix, pop3_size,
-                 delivered_at, mailbox_id, imap_uid, flags, modseq)
-             SELECT $4, message_id, header_prefix, pop3_size, delivered_at, $3,
-                 $5 - 1 + row_number() OVER (ORDER BY imap_uid), flags, $6
-             FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid = ANY ($2)",
-        )
-        .bind(from_mailbox)
-        .bind(&sources)
-        .bind(to_mailbox)
-        .bind(account_id)
-        .bind(first_uid)
-        .bind(modseq)
-        .execute(&mut *tx)
-        .await?;
-        if remove_source {
-            sqlx::query(
-                "DELETE FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid = ANY ($2)",
-            )
-            .bind(from_mailbox)
-            .bind(&sources)
-            .execute(&mut *tx)
-            .await?;
-            bump_modseq(&mut tx, from_mailbox).await?;
-            notify(&mut tx, from_mailbox).await?;
-        }
-        notify(&mut tx, to_mailbox).await?;
+        let placed = copy_on(&mut tx, from_mailbox, Some(uids), to_mailbox, remove_source).await?;
         tx.commit().await?;
-        let uids = sources.into_iter().zip(first_uid..).collect();
-        Ok(Placed { uid_validity, uids })
+        Ok(placed)
     }
 
     /// APPEND: stores a new message in a mailbox with these flags and internal date.
@@ -749,4 +673,120 @@ async fn notify(conn: &mut PgConnection, mailbox_id: i64) -> Result<()> {
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// `Store::create_mailbox` in a transaction: the mailbox and any missing parents.
+async fn create_on(
+    tx: &mut PgConnection,
+    account_id: i64,
+    name: &str,
+    special_use: Option<&str>,
+) -> Result<MailboxInfo> {
+    let parents: Vec<&str> = name.match_indices('/').map(|(at, _)| &name[..at]).collect();
+    sqlx::query(
+        "INSERT INTO mailboxes (account_id, name) SELECT $1, unnest($2::text[])
+         ON CONFLICT (account_id, name) DO NOTHING",
+    )
+    .bind(account_id)
+    .bind(&parents)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO mailboxes (account_id, name, special_use) VALUES ($1, $2, $3)
+         RETURNING {MAILBOX_COLUMNS}"
+    )))
+    .bind(account_id)
+    .bind(name)
+    .bind(special_use)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        if StoreError::is_unique_violation(&e) {
+            StoreError::MailboxExists(name.to_owned())
+        } else {
+            e.into()
+        }
+    })
+}
+
+/// `Store::copy_messages` in a transaction; `uids` None: every message of `from_mailbox`.
+async fn copy_on(
+    tx: &mut PgConnection,
+    from_mailbox: i64,
+    uids: Option<&[i64]>,
+    to_mailbox: i64,
+    remove_source: bool,
+) -> Result<Placed> {
+    // Both rows locked in id order: two copies between the same mailboxes cannot deadlock.
+    let locked: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT id, account_id, uid_validity FROM mailboxes
+         WHERE id IN ($1, $2) ORDER BY id FOR UPDATE",
+    )
+    .bind(from_mailbox)
+    .bind(to_mailbox)
+    .fetch_all(&mut *tx)
+    .await?;
+    let target = locked.iter().find(|(id, _, _)| *id == to_mailbox);
+    let (Some(&(_, account_id, uid_validity)), true) = (
+        target,
+        locked
+            .iter()
+            .all(|(_, a, _)| Some(a) == target.map(|t| &t.1))
+            && locked.len() == 2,
+    ) else {
+        return Err(StoreError::UnknownMailbox(to_mailbox.to_string()));
+    };
+    // FOR KEY SHARE: a source deleted meanwhile (POP3, another session) is not copied,
+    // and the garbage collector cannot free content a committed copy still points at;
+    // flag changes are not held up.
+    let sources: Vec<i64> = sqlx::query_scalar(
+        "SELECT imap_uid FROM maildrop_entries
+         WHERE mailbox_id = $1 AND ($2::int8[] IS NULL OR imap_uid = ANY ($2))
+         ORDER BY imap_uid FOR KEY SHARE",
+    )
+    .bind(from_mailbox)
+    .bind(uids)
+    .fetch_all(&mut *tx)
+    .await?;
+    if sources.is_empty() {
+        return Ok(Placed {
+            uid_validity,
+            uids: Vec::new(),
+        });
+    }
+    let (first_uid, modseq): (i64, i64) = sqlx::query_as(
+        "UPDATE mailboxes SET uid_next = uid_next + $2, highest_modseq = highest_modseq + 1
+         WHERE id = $1 RETURNING uid_next - $2, highest_modseq",
+    )
+    .bind(to_mailbox)
+    .bind(sources.len() as i64)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO maildrop_entries (account_id, message_id, header_prefix, pop3_size,
+             delivered_at, mailbox_id, imap_uid, flags, modseq)
+         SELECT $4, message_id, header_prefix, pop3_size, delivered_at, $3,
+             $5 - 1 + row_number() OVER (ORDER BY imap_uid), flags, $6
+         FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid = ANY ($2)",
+    )
+    .bind(from_mailbox)
+    .bind(&sources)
+    .bind(to_mailbox)
+    .bind(account_id)
+    .bind(first_uid)
+    .bind(modseq)
+    .execute(&mut *tx)
+    .await?;
+    if remove_source {
+        sqlx::query("DELETE FROM maildrop_entries WHERE mailbox_id = $1 AND imap_uid = ANY ($2)")
+            .bind(from_mailbox)
+            .bind(&sources)
+            .execute(&mut *tx)
+            .await?;
+        bump_modseq(tx, from_mailbox).await?;
+        notify(tx, from_mailbox).await?;
+    }
+    notify(tx, to_mailbox).await?;
+    let uids = sources.into_iter().zip(first_uid..).collect();
+    Ok(Placed { uid_validity, uids })
 }

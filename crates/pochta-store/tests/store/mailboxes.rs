@@ -346,6 +346,85 @@ async fn append_stores_content_flags_and_date() {
     assert!(matches!(missing, Err(StoreError::UnknownMailbox(_))));
 }
 
+/// RENAME INBOX (RFC 9051 6.3.6): a new mailbox takes every message, with new UIDs, its
+/// flags and its content; INBOX stays, empty, with its UIDVALIDITY and children, and goes on
+/// taking deliveries. A taken name is refused and nothing moves.
+#[tokio::test]
+async fn renaming_inbox_moves_its_messages_into_a_new_mailbox() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    deliver(store, account, 3).await;
+    store.ensure_default_mailboxes(account).await.unwrap();
+    store
+        .create_mailbox(account, "INBOX/Kept", None)
+        .await
+        .unwrap();
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let before = store.mailbox_messages(inbox.id).await.unwrap();
+    store
+        .store_flags(
+            inbox.id,
+            &[before[1].uid],
+            FlagChange::Add,
+            &["\\Seen".into()],
+            None,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i64> = before.iter().map(|m| m.entry_id).collect();
+    let texts = store.maildrop_entries_whole(account, &ids).await.unwrap();
+
+    assert!(matches!(
+        store.rename_mailbox(account, "INBOX", "Sent").await,
+        Err(StoreError::MailboxExists(_))
+    ));
+    assert_eq!(store.mailbox_messages(inbox.id).await.unwrap().len(), 3);
+
+    assert!(
+        store
+            .rename_mailbox(account, "INBOX", "Old/2026")
+            .await
+            .unwrap()
+    );
+    assert!(store.mailbox_messages(inbox.id).await.unwrap().is_empty());
+    let kept = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    assert_eq!((kept.id, kept.uid_validity), (inbox.id, inbox.uid_validity));
+    assert!(
+        store
+            .mailbox(account, "INBOX/Kept")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store.mailbox(account, "Old").await.unwrap().is_some(),
+        "parent made"
+    );
+    let old = store.mailbox(account, "Old/2026").await.unwrap().unwrap();
+    let moved = store.mailbox_messages(old.id).await.unwrap();
+    let uids: Vec<i64> = moved.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [1, 2, 3]);
+    let seen: Vec<bool> = moved
+        .iter()
+        .map(|m| m.flags.iter().any(|f| f == "\\Seen"))
+        .collect();
+    assert_eq!(seen, [false, true, false]);
+    let ids: Vec<i64> = moved.iter().map(|m| m.entry_id).collect();
+    let moved_texts = store.maildrop_entries_whole(account, &ids).await.unwrap();
+    let bodies = |t: Vec<(i64, Vec<u8>)>| t.into_iter().map(|(_, b)| b).collect::<Vec<_>>();
+    assert_eq!(bodies(moved_texts), bodies(texts));
+
+    deliver(store, account, 1).await;
+    assert_eq!(store.mailbox_messages(inbox.id).await.unwrap().len(), 1);
+    assert!(
+        !store
+            .rename_mailbox(account + 1, "INBOX", "X")
+            .await
+            .unwrap()
+    );
+}
+
 #[tokio::test]
 async fn mailboxes_are_made_renamed_subscribed_and_deleted() {
     let db = TestDb::new().await.unwrap();
@@ -388,7 +467,6 @@ async fn mailboxes_are_made_renamed_subscribed_and_deleted() {
     assert!(!store.rename_mailbox(account, "Nothing", "X").await.unwrap());
     // INBOX stays: local delivery needs it.
     for refused in [
-        store.rename_mailbox(account, "INBOX", "Old").await,
         store.rename_mailbox(account, "Jobs", "INBOX").await,
         store.delete_mailbox(account, "INBOX").await,
     ] {
