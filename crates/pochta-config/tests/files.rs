@@ -49,6 +49,16 @@ fn errors_name_the_key() {
     assert!(invalid("[nonsense]\na = 1\n").contains("nonsense"));
     assert!(invalid("[pop3]\ngrpc_listen = \"not an address\"\n").contains("grpc_listen"));
     assert!(invalid("[store]\nurl = \"mysql://x\"\n").contains("store.url"));
+    for level in ["0", "20", "-5"] {
+        let text = format!("[store]\ncompression_level = {level}\n");
+        assert!(
+            invalid(&text).contains("store.compression_level"),
+            "{level}"
+        );
+    }
+    assert!(invalid("[store]\ncompression = \"gzip\"\n").contains("compression"));
+    let off = Config::from_toml_str("[store]\ncompression = \"none\"\n").unwrap();
+    assert_eq!(off.store.compression, pochta_config::ContentCodec::None);
     assert!(invalid("[tls]\ncert_path = \"/c.pem\"\n").contains("tls"));
     assert!(
         invalid("[telemetry]\notlp_endpoint = \"collector:4317\"\n")
