@@ -742,13 +742,7 @@ async fn a_deferred_backlog_costs_nothing_per_claim() {
         sqlx::query(vacuum).execute(&pool).await.unwrap();
         enqueue_local(store, 5).await;
         let plan = store.explain_claim(Claim::Local, 64).await.unwrap();
-        let buffers: u64 = plan
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("Buffers: shared "))
-            .take(1)
-            .flat_map(|b| b.split(' '))
-            .filter_map(|kv| kv.split_once('=').and_then(|(_, n)| n.parse::<u64>().ok()))
-            .sum();
+        let buffers = top_buffers(&plan);
         let pages: i64 = sqlx::query_scalar("SELECT pg_relation_size('recipients') / 8192")
             .fetch_one(&pool)
             .await
@@ -768,6 +762,17 @@ async fn a_deferred_backlog_costs_nothing_per_claim() {
             .await
             .unwrap();
     }
+}
+
+/// The shared buffers (hit, read, dirtied, written) of an EXPLAIN (ANALYZE, BUFFERS) plan's
+/// top node: what the whole statement touched.
+fn top_buffers(plan: &str) -> u64 {
+    plan.lines()
+        .filter_map(|l| l.trim().strip_prefix("Buffers: shared "))
+        .take(1)
+        .flat_map(|b| b.split(' '))
+        .filter_map(|kv| kv.split_once('=').and_then(|(_, n)| n.parse::<u64>().ok()))
+        .sum()
 }
 
 /// `n` messages with one due local recipient each.
@@ -811,13 +816,7 @@ async fn recording_an_attempt_costs_nothing_per_waiting_recipient() {
         .unwrap();
     let id = claimed[0].recipient_id;
     let plan = store.explain_record_attempt("w", id).await.unwrap();
-    let buffers: u64 = plan
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Buffers: shared "))
-        .take(1)
-        .flat_map(|b| b.split(' '))
-        .filter_map(|kv| kv.split_once('=').and_then(|(_, n)| n.parse::<u64>().ok()))
-        .sum();
+    let buffers = top_buffers(&plan);
     assert!(plan.contains("recipients_pkey"), "{plan}");
     assert!(buffers < 100, "recording read {buffers} buffers:\n{plan}");
     // The statement explained is the one that records: it still does.
