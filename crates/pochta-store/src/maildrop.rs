@@ -12,6 +12,27 @@ use crate::{
     StoreError, secs,
 };
 
+/// A maildrop's entries in UID order ($1: the account). INBOX is found first, so the planner
+/// knows one mailbox's rows come out of the (mailbox, UID) index already sorted, and that
+/// index carries every column asked for: an index-only scan, however scattered the entries
+/// are in the heap (migration 13).
+const MAILDROP_LISTING: &str = "SELECT e.id, e.uid, e.pop3_size FROM maildrop_entries e
+     WHERE e.mailbox_id = (SELECT m.id FROM mailboxes m
+                           WHERE m.account_id = $1 AND m.name = 'INBOX')
+     ORDER BY e.imap_uid";
+
+/// The account's quota (its row locked), what its maildrop holds (summed from the account
+/// index, which carries the sizes) and the size of recipient $2's message.
+const QUOTA_CHECK: &str = "WITH a AS (SELECT quota_bytes FROM accounts WHERE id = $1 FOR UPDATE)
+     SELECT a.quota_bytes,
+            (SELECT coalesce(sum(pop3_size), 0)::bigint FROM maildrop_entries
+             WHERE account_id = $1),
+            (SELECT m.size FROM recipients r
+             JOIN envelopes e ON e.id = r.envelope_id
+             JOIN messages m ON m.id = e.message_id
+             WHERE r.id = $2)
+     FROM a";
+
 impl Store {
     /// Delivers a live recipient into an account's maildrop and marks it delivered, atomically.
     ///
@@ -97,16 +118,39 @@ impl Store {
     }
 
     /// The entries of a maildrop (the account's INBOX), oldest first: the snapshot a POP3
-    /// session works on.
+    /// session works on. Read from the index on (mailbox, UID) alone, in its order (migration
+    /// 13): INBOX is found first, so the planner knows the rows come out sorted.
     pub async fn maildrop_entries(&self, account_id: i64) -> Result<Vec<MaildropEntry>> {
-        Ok(sqlx::query_as::<_, MaildropEntry>(
-            "SELECT e.id, e.uid, e.pop3_size, e.delivered_at
-             FROM mailboxes m JOIN maildrop_entries e ON e.mailbox_id = m.id
-             WHERE m.account_id = $1 AND m.name = 'INBOX' ORDER BY e.imap_uid",
-        )
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as::<_, MaildropEntry>(MAILDROP_LISTING)
+            .bind(account_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// How PostgreSQL lists a maildrop (`maildrop_entries`) and sums its sizes for a quota
+    /// check at delivery (EXPLAIN ANALYZE, BUFFERS; the latter in a transaction rolled back,
+    /// as it locks the account). For tests and diagnosis: neither may read the heap page by
+    /// page as the maildrop grows (migration 13).
+    pub async fn explain_maildrop_reads(
+        &self,
+        account_id: i64,
+        recipient_id: i64,
+    ) -> Result<(String, String)> {
+        const EXPLAIN: &str = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) ";
+        let mut tx = self.pool.begin().await?;
+        let listing: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{EXPLAIN}{MAILDROP_LISTING}")))
+                .bind(account_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let usage: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{EXPLAIN}{QUOTA_CHECK}")))
+                .bind(account_id)
+                .bind(recipient_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.rollback().await?;
+        Ok((listing.join("\n"), usage.join("\n")))
     }
 
     /// One entry's header prefix and message content, or None if it is not in that maildrop.
@@ -413,21 +457,11 @@ async fn over_quota_on(
     account_id: i64,
     header_prefix: &[u8],
 ) -> Result<Option<LocalDelivery>> {
-    let row: Option<(Option<i64>, i64, Option<i64>)> = sqlx::query_as(
-        "WITH a AS (SELECT quota_bytes FROM accounts WHERE id = $1 FOR UPDATE)
-         SELECT a.quota_bytes,
-                (SELECT coalesce(sum(pop3_size), 0)::bigint FROM maildrop_entries
-                 WHERE account_id = $1),
-                (SELECT m.size FROM recipients r
-                 JOIN envelopes e ON e.id = r.envelope_id
-                 JOIN messages m ON m.id = e.message_id
-                 WHERE r.id = $2)
-         FROM a",
-    )
-    .bind(account_id)
-    .bind(recipient_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let row: Option<(Option<i64>, i64, Option<i64>)> = sqlx::query_as(QUOTA_CHECK)
+        .bind(account_id)
+        .bind(recipient_id)
+        .fetch_optional(&mut *conn)
+        .await?;
     Ok(match row {
         Some((Some(quota), used, Some(size))) => {
             let size = size + header_prefix.len() as i64;

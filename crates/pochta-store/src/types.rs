@@ -486,7 +486,6 @@ pub struct MaildropEntry {
     pub id: i64,
     pub uid: String,
     pub pop3_size: i64,
-    pub delivered_at: DateTime<Utc>,
 }
 
 /// A piece of what RETR sends for a maildrop entry (`Store::maildrop_entry_part`).

@@ -7,7 +7,7 @@ use pochta_store::{
 };
 use pochta_testkit::TestDb;
 
-use crate::{CONTENT, addr, enqueue_n, envelope, recipient, report};
+use crate::{CONTENT, addr, enqueue_n, envelope, recipient, report, top_buffers};
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 const PREFIX: &[u8] = b"Return-Path: <sender@example.net>\r\nDelivered-To: user0@example.org\r\n";
@@ -654,4 +654,89 @@ async fn a_quota_stops_delivery_at_the_octet_and_deletions_free_it() {
     assert_eq!(store.quota_usage().await.unwrap(), (0, 0));
     let unknown = store.set_quota(&addr("nobody@example.org"), Some(1)).await;
     assert!(unknown.is_err(), "no such account");
+}
+
+/// Issue 24 on a grown store: one account's entries lie scattered through the heap among
+/// everyone else's, and POP3's listing at login and the quota check's size sum must still
+/// not read the heap page by page. Ten maildrops of 3,000 entries, inserted in turn (so each
+/// has an entry on nearly every heap page) and in falling UID order; vacuumed, as autovacuum
+/// leaves them. Before migration 13 both plans read every heap page (a bitmap heap scan),
+/// and the listing sorted.
+#[tokio::test]
+async fn a_scattered_maildrop_is_listed_and_summed_from_its_indexes_alone() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = with_account(store).await;
+    for i in 1..10 {
+        store
+            .add_account(&addr(&format!("user{i}@example.org")), HASH)
+            .await
+            .unwrap();
+    }
+    let rids = queued_recipients(store, 2).await;
+    let LocalDelivery::Delivered {
+        entry_id: first, ..
+    } = store
+        .deliver_to_maildrop("w", rids[0], account, PREFIX)
+        .await
+        .unwrap()
+    else {
+        panic!("delivered")
+    };
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO maildrop_entries
+             (account_id, message_id, header_prefix, pop3_size, mailbox_id, imap_uid)
+         SELECT m.account_id, f.message_id, f.header_prefix, 1000 + i % 7, m.id, 3001 - i / 10
+         FROM generate_series(0, 29999) i
+         JOIN mailboxes m ON m.name = 'INBOX'
+             AND m.account_id = (SELECT id FROM accounts ORDER BY id OFFSET i % 10 LIMIT 1)
+         CROSS JOIN (SELECT message_id, header_prefix FROM maildrop_entries WHERE id = $1) f
+         ORDER BY i",
+    )
+    .bind(first)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE maildrop_entries")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let pages: i64 = sqlx::query_scalar("SELECT pg_relation_size('maildrop_entries') / 8192")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(pages > 300, "the heap is large: {pages} pages");
+
+    // The listing: the delivered entry (UID 1) first, then the others in UID order (they were
+    // inserted in falling UID order, so their ids fall), with their sizes.
+    let entries = store.maildrop_entries(account).await.unwrap();
+    assert_eq!(entries.len(), 3001);
+    assert_eq!(entries[0].id, first);
+    assert!(entries[1..].windows(2).all(|w| w[0].id > w[1].id));
+    assert_eq!(entries[1].pop3_size, 1000 + 29990 % 7);
+    store
+        .set_quota(&addr("user0@example.org"), Some(1 << 30))
+        .await
+        .unwrap();
+    let (listing, usage) = store
+        .explain_maildrop_reads(account, rids[1])
+        .await
+        .unwrap();
+    for (plan, index) in [
+        (&listing, "maildrop_entries_mailbox_uid_key"),
+        (&usage, "maildrop_entries_account_idx"),
+    ] {
+        let buffers = top_buffers(plan);
+        assert!(
+            plan.contains(&format!("Index Only Scan using {index}")),
+            "{plan}"
+        );
+        assert!(plan.contains("Heap Fetches: 0"), "{plan}");
+        assert!(
+            buffers < pages as u64 / 4,
+            "{buffers} buffers ({pages} heap pages):\n{plan}"
+        );
+    }
+    assert!(!listing.contains("Sort"), "{listing}");
 }

@@ -72,3 +72,14 @@ pub fn report(code: u16, status: &str, text: &str) -> AttemptReport {
         diagnostic: text.into(),
     }
 }
+
+/// The shared buffers (hit, read, dirtied, written) of an EXPLAIN (ANALYZE, BUFFERS) plan's
+/// top node: what the whole statement touched.
+pub fn top_buffers(plan: &str) -> u64 {
+    plan.lines()
+        .filter_map(|l| l.trim().strip_prefix("Buffers: shared "))
+        .take(1)
+        .flat_map(|b| b.split(' '))
+        .filter_map(|kv| kv.split_once('=').and_then(|(_, n)| n.parse::<u64>().ok()))
+        .sum()
+}

@@ -5,7 +5,7 @@ use pochta_mail::{Disposition, Mailbox, Notify, Ret};
 use pochta_store::{AttemptOutcome, Claim, NewEnvelope, RecipientState, StoreError};
 use pochta_testkit::TestDb;
 
-use crate::{CONTENT, addr, enqueue_n, envelope, recipient, report};
+use crate::{CONTENT, addr, enqueue_n, envelope, recipient, report, top_buffers};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -762,17 +762,6 @@ async fn a_deferred_backlog_costs_nothing_per_claim() {
             .await
             .unwrap();
     }
-}
-
-/// The shared buffers (hit, read, dirtied, written) of an EXPLAIN (ANALYZE, BUFFERS) plan's
-/// top node: what the whole statement touched.
-fn top_buffers(plan: &str) -> u64 {
-    plan.lines()
-        .filter_map(|l| l.trim().strip_prefix("Buffers: shared "))
-        .take(1)
-        .flat_map(|b| b.split(' '))
-        .filter_map(|kv| kv.split_once('=').and_then(|(_, n)| n.parse::<u64>().ok()))
-        .sum()
 }
 
 /// `n` messages with one due local recipient each.
