@@ -19,6 +19,7 @@ mod remote;
 mod report;
 mod route;
 mod tls_report;
+mod unreachable;
 mod watchdog;
 mod worker;
 
@@ -190,6 +191,8 @@ fn settings(
                 write: Duration::from_secs(queue.write_timeout_secs),
                 transaction: Duration::from_secs(queue.transaction_timeout_secs),
                 slot_wait: Duration::from_secs(queue.slot_wait_secs),
+                unreachable_hold: Duration::from_secs(queue.unreachable_hold_secs)
+                    .min(Duration::from_secs(queue.retry_delay_secs) / 2),
             },
             Arc::new(remote::Pool::new(
                 Duration::from_secs(queue.connection_reuse_secs),

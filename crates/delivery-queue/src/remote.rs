@@ -37,6 +37,7 @@ use tracing::Instrument;
 use crate::mx;
 use crate::report::{Attempt, Verdict};
 use crate::route::{Candidate, DaneTls, Destination};
+use crate::unreachable::Unreachable;
 use crate::worker::Worker;
 
 /// A recipient being attempted, with its attempt span.
@@ -258,6 +259,16 @@ impl Worker {
             requiretls: first.requiretls,
         };
         let dialer = &self.settings.dialer;
+        // Every server a moment ago unreachable: deferred at once, without waiting for a slot.
+        let now = std::time::Instant::now();
+        let mut held = candidates
+            .iter()
+            .map(|c| dialer.unreachable.held(&c.address, now));
+        if let Some(Some(why)) = held.next()
+            && held.all(|h| h.is_some())
+        {
+            return all_end(Verdict::Deferred, "4.4.1", &why);
+        }
         let Some(_slot) = dialer.slot(destination).await else {
             let why = format!(
                 "no connection to {destination} free within {} s (at most {} at once)",
@@ -275,6 +286,11 @@ impl Worker {
                 let span = tracing::info_span!("queue.remote", host = %Untrusted(&candidate.host),
                     address = %candidate.address, recipients = recipients.len());
                 remote_mta = format!("{} ({})", candidate.host, candidate.address);
+                let now = std::time::Instant::now();
+                if let Some(why) = dialer.unreachable.held(&candidate.address, now) {
+                    result = Err(why);
+                    continue;
+                }
                 let mut outgoing = outgoing.clone();
                 outgoing.tls = dane_tls_policy(candidate, outgoing.tls);
                 // The leases are renewed meanwhile by the loop that claimed the batch.
@@ -617,6 +633,8 @@ pub struct Dialer {
     pub slot_wait: Duration,
     pub pool: Arc<Pool>,
     pub per_destination: usize,
+    /// Servers a connection to failed a moment ago, not dialled again yet.
+    pub unreachable: Unreachable,
     /// One semaphore per destination in use (they are small; never pruned).
     slots: Mutex<HashMap<Destination, Arc<Semaphore>>>,
 }
@@ -629,6 +647,8 @@ pub struct DialTimeouts {
     pub write: Duration,
     pub transaction: Duration,
     pub slot_wait: Duration,
+    /// How long a server a connection failed to is held back (`Unreachable`).
+    pub unreachable_hold: Duration,
 }
 
 impl Dialer {
@@ -649,6 +669,7 @@ impl Dialer {
             slot_wait: timeouts.slot_wait,
             pool,
             per_destination,
+            unreachable: Unreachable::new(timeouts.unreachable_hold),
             slots: Mutex::default(),
         }
     }
@@ -706,8 +727,13 @@ impl Dialer {
         }
         let mut connection = match self.connect(server, outgoing).await {
             Ok(connection) => connection,
-            Err(why) => return (Err(why), None),
+            Err(why) => {
+                let now = std::time::Instant::now();
+                self.unreachable.failed(&server.address, &why, now);
+                return (Err(why), None);
+            }
         };
+        self.unreachable.reached(&server.address);
         let outcomes = self.converse(&mut connection, server, message).await;
         let tls = connection.tls_result.or_else(|| {
             connection

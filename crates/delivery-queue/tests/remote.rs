@@ -230,6 +230,59 @@ async fn an_unreachable_route_defers_with_the_reason() {
     );
 }
 
+/// A server that refused a connection is not dialled again for each message: a dozen
+/// messages for it, queued before the queue starts so one batch claims them all, make at most
+/// `max_connections_per_destination` connection attempts (those that start together); the
+/// others are deferred at once with that refusal and the hold named.
+#[tokio::test]
+async fn an_unreachable_server_is_tried_once_not_once_per_message() {
+    let db = TestDb::new().await.unwrap();
+    db.add_account("alice@example.org", "pw").await.unwrap();
+    let dead = free_addr();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let to = format!("friend{i}@remote.test");
+        ids.push(enqueue(db.store(), vec![rcpt(&to, "NEVER")]).await);
+    }
+    let _queue = sender_queue(
+        &db,
+        &format!("\"remote.test\" = \"127.0.0.1:{}\"", dead.port()),
+    )
+    .await;
+    let store = db.store();
+    let recipient = async |id: &QueueId| {
+        let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+        detail.recipients.into_iter().next().unwrap()
+    };
+    until("every message attempted", WAIT, async || {
+        for id in &ids {
+            if recipient(id).await.attempts == 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let mut diagnostics = Vec::new();
+    for id in &ids {
+        let r = recipient(id).await;
+        assert_eq!(r.state, RecipientState::Queued);
+        assert_eq!(r.attempts, 1);
+        assert_eq!(r.last_status.as_deref(), Some("4.4.1"));
+        diagnostics.push(r.last_diagnostic.unwrap());
+    }
+    let refused = format!("connecting to 127.0.0.1 (127.0.0.1:{}): ", dead.port());
+    assert!(
+        diagnostics.iter().all(|d| d.starts_with(&refused)),
+        "{diagnostics:#?}"
+    );
+    let held = diagnostics
+        .iter()
+        .filter(|d| d.ends_with("; not tried again for 60 s after that"))
+        .count();
+    assert!(held >= 12 - 2, "{diagnostics:#?}");
+}
+
 /// A third-party server without DSN (Python's smtpd): the recipient is `relayed`, and the
 /// sender who asked for SUCCESS gets a `relayed` report (RFC 3461 5.2.2). The server writes
 /// what it received to a file, which must be the message byte for byte.

@@ -590,6 +590,10 @@ pub struct QueueConfig {
     /// Messages one outbound connection carries at most before it is closed.
     pub connection_reuse_max_messages: u32,
     pub connect_timeout_secs: u64,
+    /// A server a connection to failed (refused, timed out) is not dialled again for this
+    /// long: its mail is deferred at once with that failure (never longer than half of
+    /// `retry_delay_secs`, so a deferred message's next attempt really tries); 0 turns it off.
+    pub unreachable_hold_secs: u64,
     /// Connections this process keeps open at once to one destination (a route, a smarthost,
     /// or one domain's MX hosts), so one slow destination cannot occupy every worker.
     pub max_connections_per_destination: u32,
@@ -677,6 +681,7 @@ impl Default for QueueConfig {
             connection_reuse_secs: 2,
             connection_reuse_max_messages: 100,
             connect_timeout_secs: 30,
+            unreachable_hold_secs: 60,
             max_connections_per_destination: 2,
             reply_timeout_secs: 300,
             write_timeout_secs: 180,
