@@ -177,6 +177,18 @@ impl Worker {
                 return all_end(Verdict::Deferred, "4.4.3", "no mail host could be found");
             }
         };
+        // Every server a moment ago unreachable: deferred at once, without reading the message
+        // or waiting for a slot.
+        let dialer = &self.settings.dialer;
+        let now = std::time::Instant::now();
+        let mut held = candidates
+            .iter()
+            .map(|c| dialer.unreachable.held(&c.address, now));
+        if let Some(Some(why)) = held.next()
+            && held.all(|h| h.is_some())
+        {
+            return all_end(Verdict::Deferred, "4.4.1", &why);
+        }
         let first = recipients[0].0;
         let message = match self.store.message_content(first.message_id).await {
             Ok(Some(m)) => m,
@@ -258,17 +270,6 @@ impl Worker {
             tls,
             requiretls: first.requiretls,
         };
-        let dialer = &self.settings.dialer;
-        // Every server a moment ago unreachable: deferred at once, without waiting for a slot.
-        let now = std::time::Instant::now();
-        let mut held = candidates
-            .iter()
-            .map(|c| dialer.unreachable.held(&c.address, now));
-        if let Some(Some(why)) = held.next()
-            && held.all(|h| h.is_some())
-        {
-            return all_end(Verdict::Deferred, "4.4.1", &why);
-        }
         let Some(_slot) = dialer.slot(destination).await else {
             let why = format!(
                 "no connection to {destination} free within {} s (at most {} at once)",

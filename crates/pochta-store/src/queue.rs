@@ -268,6 +268,12 @@ impl Store {
     /// recipient never becomes final without the report it owes, nor is reported twice. With
     /// `delay_report`, the recipients are also marked as having had their one delay report.
     /// If any recipient's lease was lost, nothing is written and `LeaseLost` names it.
+    ///
+    /// Deferrals alone, with no report, commit without waiting for the WAL to reach the disk
+    /// (`synchronous_commit = off` for that transaction): a crash can lose only the last
+    /// moment's deferrals, and a deferral lost means the recipient is attempted once more when
+    /// its lease expires; nothing was delivered, so nothing is lost or delivered twice. A
+    /// backlog of deferred mail then costs no disk flush per retry.
     pub async fn record_attempts_with_report(
         &self,
         owner: &str,
@@ -276,6 +282,14 @@ impl Store {
         delay_report: bool,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        let deferrals_only = attempts
+            .iter()
+            .all(|(_, outcome, _)| matches!(outcome, AttemptOutcome::Deferred { .. }));
+        if deferrals_only && report.is_none() && !delay_report {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         for (recipient_id, outcome, attempt) in attempts {
             record_attempt_on(&mut tx, owner, *recipient_id, *outcome, attempt).await?;
         }
