@@ -94,14 +94,7 @@ impl Worker {
     /// share one jittered backoff, so they stay due together (one report).
     pub async fn record(&self, attempts: Vec<Attempt<'_>>) {
         let now = Utc::now();
-        let delay_report_due = |a: &Attempt| {
-            !a.r.delay_reported
-                && a.r.reverse_path.is_some()
-                && a.r.notify().delay
-                && (now - a.r.arrived_at)
-                    .to_std()
-                    .is_ok_and(|waited| waited >= self.settings.delay_report_after)
-        };
+        let delay_report_due = |a: &Attempt| self.delay_report_due(a, now);
         let mut failed = Vec::new();
         let mut relayed = Vec::new();
         let mut delayed = Vec::new();
@@ -121,8 +114,43 @@ impl Worker {
             (delayed, Some(Action::Delayed)),
             (plain, None),
         ] {
-            self.record_with_report(group, notice, jitter).await;
+            self.record_with_report(group, notice, &|_| jitter).await;
         }
+    }
+
+    /// Whether `a` is due for its one delay report (NOTIFY=DELAY, waiting long enough).
+    fn delay_report_due(&self, a: &Attempt, now: chrono::DateTime<Utc>) -> bool {
+        !a.r.delay_reported
+            && a.r.reverse_path.is_some()
+            && a.r.notify().delay
+            && (now - a.r.arrived_at)
+                .to_std()
+                .is_ok_and(|waited| waited >= self.settings.delay_report_after)
+    }
+
+    /// Whether one envelope's attempts are all deferrals that owe no report now: such
+    /// envelopes of a batch are recorded together, by `record_quiet_deferrals`.
+    pub fn quietly_deferred(&self, attempts: &[Attempt]) -> bool {
+        let now = Utc::now();
+        !attempts.is_empty()
+            && attempts
+                .iter()
+                .all(|a| a.verdict == Verdict::Deferred && !self.delay_report_due(a, now))
+    }
+
+    /// Records the quiet deferrals of a batch's envelopes in one transaction and statement
+    /// (a backlog for an unreachable destination is mostly these). Each envelope keeps a
+    /// jittered backoff of its own, so they do not all come due together again.
+    pub async fn record_quiet_deferrals(&self, envelopes: Vec<Vec<Attempt<'_>>>) {
+        let mut jitters = std::collections::HashMap::new();
+        for attempts in &envelopes {
+            if let Some(a) = attempts.first() {
+                jitters.insert(a.r.envelope_id, rand::rng().random_range(0.5..=1.0));
+            }
+        }
+        let jitter = |a: &Attempt| jitters.get(&a.r.envelope_id).copied().unwrap_or(1.0);
+        let all = envelopes.into_iter().flatten().collect();
+        self.record_with_report(all, None, &jitter).await;
     }
 
     /// Records `attempts` in one transaction with the `notice` report about them, if any is
@@ -134,7 +162,7 @@ impl Worker {
         &self,
         mut attempts: Vec<Attempt<'_>>,
         notice: Option<Action>,
-        jitter: f64,
+        jitter: &(dyn Fn(&Attempt) -> f64 + Sync),
     ) {
         let mut first_failure: Option<Instant> = None;
         let mut pause = Duration::from_millis(200);
@@ -154,7 +182,13 @@ impl Worker {
             let report = self.report_message(first.r, &reported).await;
             let rows: Vec<_> = attempts
                 .iter()
-                .map(|a| (a.r.recipient_id, self.outcome(a, jitter), a.report.clone()))
+                .map(|a| {
+                    (
+                        a.r.recipient_id,
+                        self.outcome(a, jitter(a)),
+                        a.report.clone(),
+                    )
+                })
                 .collect();
             let with = report.as_ref().map(|(e, c)| (e, c.as_slice()));
             let delay_report = notice == Some(Action::Delayed);
@@ -165,7 +199,7 @@ impl Worker {
             match recorded {
                 Ok(()) => {
                     for a in &attempts {
-                        let result = self.outcome(a, jitter).state().as_str();
+                        let result = self.outcome(a, jitter(a)).state().as_str();
                         self.finished(a, result);
                     }
                     if let (Some(_), Some(action)) = (&report, notice) {

@@ -322,22 +322,35 @@ impl Worker {
     /// Delivers one claimed batch: its plain local recipients together, then the rest
     /// envelope by envelope: one after another in a local loop (store calls only), all at once
     /// in a remote loop, so a slow destination holds up none of the batch's other envelopes.
+    ///
+    /// An envelope's outcomes are recorded as soon as it is done, except quiet deferrals
+    /// (deferred, no report owed): those of the whole batch are recorded together at its end,
+    /// in one statement, so a backlog for an unreachable destination costs a statement per
+    /// batch rather than per message. Their leases are renewed until then, like the rest.
     async fn deliver_batch(&self, claimed: Vec<ClaimedRecipient>) {
         let (rest, known) = self.deliver_local_together(claimed).await;
         let groups = by_envelope(rest);
         let deliveries = groups.iter().map(|group| async {
             let attempts = self.attempt_envelope(&known, group).await;
+            if self.quietly_deferred(&attempts) {
+                return attempts;
+            }
             self.record(attempts).await;
+            Vec::new()
         });
-        match self.class {
+        let quiet = match self.class {
             Claim::Local => {
+                let mut quiet = Vec::new();
                 for delivery in deliveries {
-                    delivery.await;
+                    quiet.push(delivery.await);
                 }
+                quiet
             }
-            Claim::Remote => {
-                futures_util::future::join_all(deliveries).await;
-            }
+            Claim::Remote => futures_util::future::join_all(deliveries).await,
+        };
+        let quiet: Vec<_> = quiet.into_iter().filter(|q| !q.is_empty()).collect();
+        if !quiet.is_empty() {
+            self.record_quiet_deferrals(quiet).await;
         }
     }
 

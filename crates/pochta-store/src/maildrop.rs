@@ -508,7 +508,7 @@ async fn deliver_many_on(
                  JOIN wanted w ON w.recipient_id = r.id
                  JOIN envelopes e ON e.id = r.envelope_id
                  -- IS TRUE: no partial index matches, so stale statistics cannot pick
-                 -- one over the primary key (see queue.rs, RECORD_ATTEMPT).
+                 -- one over the primary key (see queue.rs, RECORD_ATTEMPTS).
                  WHERE (r.state = 'queued') IS TRUE
                  ORDER BY r.id
                  FOR UPDATE OF r

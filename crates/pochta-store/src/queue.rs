@@ -191,18 +191,18 @@ impl Store {
     /// tests and diagnosis (the plan must not grow with the backlog).
     pub async fn explain_record_attempt(&self, owner: &str, recipient_id: i64) -> Result<String> {
         let sql = format!(
-            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) {RECORD_ATTEMPT}"
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) {RECORD_ATTEMPTS}"
         );
         let mut tx = self.pool.begin().await?;
         let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(recipient_id)
+            .bind([recipient_id])
             .bind(owner)
-            .bind("queued")
-            .bind(60.0f64)
-            .bind(451)
-            .bind("4.4.1")
-            .bind("explain")
-            .bind(None::<String>)
+            .bind(["queued"])
+            .bind([60.0f64])
+            .bind([451])
+            .bind(["4.4.1"])
+            .bind(["explain"])
+            .bind([None::<String>])
             .fetch_all(&mut *tx)
             .await?;
         tx.rollback().await?;
@@ -290,9 +290,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        for (recipient_id, outcome, attempt) in attempts {
-            record_attempt_on(&mut tx, owner, *recipient_id, *outcome, attempt).await?;
-        }
+        record_attempts_on(&mut tx, owner, attempts).await?;
         if delay_report {
             let ids: Vec<i64> = attempts.iter().map(|(id, _, _)| *id).collect();
             sqlx::query("UPDATE recipients SET delay_reported = true WHERE id = ANY($1)")
@@ -646,24 +644,34 @@ fn claim_statement(class: Claim) -> String {
 /// indexes: with statistics taken before a backlog (which saw those indexes empty),
 /// PostgreSQL scanned the whole backlog for every attempt it recorded (bench/scale: 100,000
 /// recipients deferred for a dead destination, 10 ms of CPU per attempt).
-const RECORD_ATTEMPT: &str = "WITH r AS (
-         UPDATE recipients SET
-             state = $3,
-             attempts = attempts + 1,
+/// Records attempts, one per recipient ($1: ids; $3..$8: per attempt the state, retry delay
+/// in seconds (NULL: not deferred), reply code, status, diagnostic and remote MTA), each
+/// only while `$2` holds the recipient's lease; returns the ids recorded. One statement for
+/// any number: the cost of a statement, not of a row, is what recording pays most.
+const RECORD_ATTEMPTS: &str = "WITH a AS (
+         SELECT * FROM unnest($1::bigint[], $3::text[], $4::float8[], $5::int4[], $6::text[],
+                              $7::text[], $8::text[])
+             AS a(id, state, retry_after, reply_code, status, diagnostic, remote_mta)
+     ), r AS (
+         UPDATE recipients t SET
+             state = a.state,
+             attempts = t.attempts + 1,
              last_attempt_at = now(),
-             next_attempt_at = CASE WHEN cancelled THEN now()
-                                    WHEN $4::float8 IS NULL THEN next_attempt_at
-                                    ELSE now() + $4 * interval '1 second' END,
-             last_reply_code = $5, last_status = $6, last_diagnostic = $7,
-             last_remote_mta = $8,
+             next_attempt_at = CASE WHEN t.cancelled THEN now()
+                                    WHEN a.retry_after IS NULL THEN t.next_attempt_at
+                                    ELSE now() + a.retry_after * interval '1 second' END,
+             last_reply_code = a.reply_code, last_status = a.status,
+             last_diagnostic = a.diagnostic, last_remote_mta = a.remote_mta,
              lease_owner = NULL, lease_expires_at = NULL,
-             finished_at = CASE WHEN $3 = 'queued' THEN NULL ELSE now() END
-         WHERE id = $1 AND (lease_owner = $2 AND state = 'queued') IS TRUE
-         RETURNING id
+             finished_at = CASE WHEN a.state = 'queued' THEN NULL ELSE now() END
+         FROM a
+         WHERE t.id = a.id AND (t.lease_owner = $2 AND t.state = 'queued') IS TRUE
+         RETURNING t.id, a.state, a.reply_code, a.status, a.diagnostic, a.remote_mta
      )
      INSERT INTO delivery_attempts (recipient_id, worker, remote_mta, reply_code, status,
          diagnostic, result)
-     SELECT id, $2, $8, $5, $6, $7, $3 FROM r";
+     SELECT id, $2, remote_mta, reply_code, status, diagnostic, state FROM r
+     RETURNING recipient_id";
 
 pub(crate) async fn record_attempt_on(
     conn: &mut PgConnection,
@@ -672,29 +680,54 @@ pub(crate) async fn record_attempt_on(
     outcome: AttemptOutcome,
     report: &AttemptReport,
 ) -> Result<()> {
-    let retry_after = match outcome {
-        AttemptOutcome::Deferred { retry_after } => Some(secs(retry_after)),
-        _ => None,
-    };
-    let done = sqlx::query(RECORD_ATTEMPT)
-        .bind(recipient_id)
-        .bind(owner)
-        .bind(outcome.state().as_str())
-        .bind(retry_after)
-        .bind(
+    record_attempts_on(conn, owner, &[(recipient_id, outcome, report.clone())]).await
+}
+
+/// Records `attempts` in one statement; if any recipient's lease was lost (or it is no
+/// longer queued), says `LeaseLost` with the first such id, and the caller's transaction
+/// must not commit (the others were recorded in it).
+pub(crate) async fn record_attempts_on(
+    conn: &mut PgConnection,
+    owner: &str,
+    attempts: &[(i64, AttemptOutcome, AttemptReport)],
+) -> Result<()> {
+    let mut ids = Vec::with_capacity(attempts.len());
+    let mut states = Vec::with_capacity(attempts.len());
+    let mut retry_after = Vec::with_capacity(attempts.len());
+    let mut codes = Vec::with_capacity(attempts.len());
+    let mut statuses = Vec::with_capacity(attempts.len());
+    let mut diagnostics = Vec::with_capacity(attempts.len());
+    let mut remote_mtas = Vec::with_capacity(attempts.len());
+    for (id, outcome, report) in attempts {
+        ids.push(*id);
+        states.push(outcome.state().as_str());
+        retry_after.push(match outcome {
+            AttemptOutcome::Deferred { retry_after } => Some(secs(*retry_after)),
+            _ => None,
+        });
+        codes.push(
             report
                 .reply_code
                 .filter(|c| (200..600).contains(c))
                 .map(i32::from),
-        )
-        .bind(report.status.as_deref().map(storable))
-        .bind(storable(&report.diagnostic))
-        .bind(report.remote_mta.as_deref().map(storable))
-        .execute(&mut *conn)
+        );
+        statuses.push(report.status.as_deref().map(storable));
+        diagnostics.push(storable(&report.diagnostic));
+        remote_mtas.push(report.remote_mta.as_deref().map(storable));
+    }
+    let recorded: Vec<i64> = sqlx::query_scalar(RECORD_ATTEMPTS)
+        .bind(&ids)
+        .bind(owner)
+        .bind(&states)
+        .bind(&retry_after)
+        .bind(&codes)
+        .bind(&statuses)
+        .bind(&diagnostics)
+        .bind(&remote_mtas)
+        .fetch_all(&mut *conn)
         .await?;
-    if done.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::LeaseLost(recipient_id))
+    match ids.iter().find(|id| !recorded.contains(id)) {
+        Some(&lost) => Err(StoreError::LeaseLost(lost)),
+        None => Ok(()),
     }
 }

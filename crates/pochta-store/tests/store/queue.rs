@@ -700,6 +700,75 @@ async fn sender_usage_and_domain_backlog() {
     );
 }
 
+/// Several attempts recorded in one statement keep each its own outcome, delay, reply and
+/// history row.
+#[tokio::test]
+async fn attempts_recorded_together_keep_their_own_outcomes() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let sent = enqueue_n(store, 3).await;
+    let claimed = store
+        .claim_due("w", Claim::Remote, 10, LEASE)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = claimed.iter().map(|r| r.recipient_id).collect();
+    let soon = AttemptOutcome::Deferred {
+        retry_after: Duration::from_secs(60),
+    };
+    let later = AttemptOutcome::Deferred {
+        retry_after: Duration::from_secs(3600),
+    };
+    let attempts = [
+        (ids[0], soon, report(451, "4.4.1", "refused")),
+        (ids[1], later, report(452, "4.2.2", "full")),
+        (
+            ids[2],
+            AttemptOutcome::Delivered,
+            report(250, "2.0.0", "ok"),
+        ),
+    ];
+    let before = chrono::Utc::now();
+    store
+        .record_attempts_with_report("w", &attempts, None, false)
+        .await
+        .unwrap();
+    let detail = store
+        .envelope_detail(sent.queue_id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    let by_id = |id: i64| detail.recipients.iter().find(|r| r.id == id).unwrap();
+    let (a, b, c) = (by_id(ids[0]), by_id(ids[1]), by_id(ids[2]));
+    assert_eq!(
+        (a.state, b.state),
+        (RecipientState::Queued, RecipientState::Queued)
+    );
+    assert_eq!(c.state, RecipientState::Delivered);
+    assert!(c.finished_at.is_some() && a.finished_at.is_none());
+    let waits = [a, b].map(|r| (r.next_attempt_at - before).num_seconds());
+    assert!((55..=65).contains(&waits[0]), "{waits:?}");
+    assert!((3595..=3605).contains(&waits[1]), "{waits:?}");
+    assert_eq!(
+        [a, b, c].map(|r| (r.attempts, r.last_reply_code, r.last_diagnostic.as_deref())),
+        [
+            (1, Some(451), Some("refused")),
+            (1, Some(452), Some("full")),
+            (1, Some(250), Some("ok"))
+        ]
+    );
+    assert!([a, b, c].iter().all(|r| r.lease_owner.is_none()));
+    for (r, result, status) in [
+        (a, RecipientState::Queued, "4.4.1"),
+        (b, RecipientState::Queued, "4.2.2"),
+        (c, RecipientState::Delivered, "2.0.0"),
+    ] {
+        assert_eq!(r.history.len(), 1, "{r:?}");
+        assert_eq!(r.history[0].result, result);
+        assert_eq!(r.history[0].status.as_deref(), Some(status));
+        assert_eq!(r.history[0].worker, "w");
+    }
+}
+
 /// Issue 24: 100,000 deferred recipients cost nothing per claim of due mail. The claim finds
 /// due mail through the partial due index, whose range ends at now(): a backlog due later is
 /// never read. Checked on the plan PostgreSQL runs (its buffers), once the dead row versions
