@@ -357,7 +357,7 @@ mod tests {
     use pochta_store::TlsResultCount;
 
     #[test]
-    fn only_mailto_addresses_are_taken_from_rua() {
+    fn rua_gives_mailto_addresses_and_https_urls_apart() {
         let found = rua_mailto(
             "v=TLSRPTv1; rua=mailto:a@example.org,https://r.example/x, mailto:b@example.net?subject=x",
         );
