@@ -39,6 +39,10 @@ pub use server::{postgres_programs, running_as_root};
 pub use tls_reports::{TlsReportPeriod, TlsResultCount};
 pub use types::*;
 
+/// What the `explain_*` diagnostics put before a statement: the plan PostgreSQL ran, with
+/// the buffers each node touched (tests compare those with the table's size).
+pub(crate) const EXPLAIN: &str = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) ";
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Why a store call failed.

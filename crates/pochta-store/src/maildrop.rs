@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use crate::content::{CHUNK, decode, in_chunk_order, join};
 use crate::queue::enqueue_on;
 use crate::{
-    EntryPart, LocalDelivery, MaildropDelivery, MaildropEntry, NewEnvelope, Result, Store,
+    EXPLAIN, EntryPart, LocalDelivery, MaildropDelivery, MaildropEntry, NewEnvelope, Result, Store,
     StoreError, secs,
 };
 
@@ -136,7 +136,6 @@ impl Store {
         account_id: i64,
         recipient_id: i64,
     ) -> Result<(String, String)> {
-        const EXPLAIN: &str = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) ";
         let mut tx = self.pool.begin().await?;
         let listing: Vec<String> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{EXPLAIN}{MAILDROP_LISTING}")))

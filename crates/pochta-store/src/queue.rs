@@ -11,8 +11,8 @@ use pochta_mail::{Disposition, Mailbox, Orcpt};
 
 use crate::content::{Chunks, ContentCompression, PreparedContent, Rows};
 use crate::{
-    AttemptOutcome, AttemptReport, Claim, ClaimedRecipient, Collected, Enqueued, NewEnvelope,
-    Released, Result, Store, StoreError, secs,
+    AttemptOutcome, AttemptReport, Claim, ClaimedRecipient, Collected, EXPLAIN, Enqueued,
+    NewEnvelope, Released, Result, Store, StoreError, secs,
 };
 
 /// A claimed recipient as its row holds it.
@@ -171,10 +171,7 @@ impl Store {
     /// transaction that is rolled back: nothing is leased. For tests and diagnosis of a large
     /// backlog (the plan must not grow with deferred mail).
     pub async fn explain_claim(&self, class: Claim, limit: u32) -> Result<String> {
-        let sql = format!(
-            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) {}",
-            claim_statement(class)
-        );
+        let sql = format!("{EXPLAIN}{}", claim_statement(class));
         let mut tx = self.pool.begin().await?;
         let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(i64::from(limit))
@@ -190,9 +187,7 @@ impl Store {
     /// ANALYZE, BUFFERS), in a transaction that is rolled back: nothing is recorded. For
     /// tests and diagnosis (the plan must not grow with the backlog).
     pub async fn explain_record_attempt(&self, owner: &str, recipient_id: i64) -> Result<String> {
-        let sql = format!(
-            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) {RECORD_ATTEMPTS}"
-        );
+        let sql = format!("{EXPLAIN}{RECORD_ATTEMPTS}");
         let mut tx = self.pool.begin().await?;
         let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind([recipient_id])
@@ -637,17 +632,16 @@ fn claim_statement(class: Claim) -> String {
     )
 }
 
-/// The statement of `record_attempt_on` ($1 recipient, $2 owner, $3 new state, $4 seconds
-/// to the next attempt, $5-$8 the reply). The lease and state conditions are one IS TRUE
-/// test, which no index matches, so the row is found by its primary key whatever the
-/// statistics say. As plain conditions they matched the partial due and live-domain
-/// indexes: with statistics taken before a backlog (which saw those indexes empty),
-/// PostgreSQL scanned the whole backlog for every attempt it recorded (bench/scale: 100,000
-/// recipients deferred for a dead destination, 10 ms of CPU per attempt).
 /// Records attempts, one per recipient ($1: ids; $3..$8: per attempt the state, retry delay
 /// in seconds (NULL: not deferred), reply code, status, diagnostic and remote MTA), each
 /// only while `$2` holds the recipient's lease; returns the ids recorded. One statement for
 /// any number: the cost of a statement, not of a row, is what recording pays most.
+/// The lease and state conditions are one IS TRUE test, which no index matches, so rows are
+/// found by their primary key whatever the statistics say. As plain conditions they matched
+/// the partial due and live-domain indexes: with statistics taken before a backlog (which
+/// saw those indexes empty), PostgreSQL scanned the whole backlog for every attempt it
+/// recorded (bench/scale: 100,000 recipients deferred for a dead destination, 10 ms of CPU
+/// per attempt).
 const RECORD_ATTEMPTS: &str = "WITH a AS (
          SELECT * FROM unnest($1::bigint[], $3::text[], $4::float8[], $5::int4[], $6::text[],
                               $7::text[], $8::text[])
@@ -726,8 +720,12 @@ pub(crate) async fn record_attempts_on(
         .bind(&remote_mtas)
         .fetch_all(&mut *conn)
         .await?;
-    match ids.iter().find(|id| !recorded.contains(id)) {
-        Some(&lost) => Err(StoreError::LeaseLost(lost)),
+    if recorded.len() == ids.len() {
+        return Ok(());
+    }
+    let recorded: std::collections::HashSet<i64> = recorded.into_iter().collect();
+    match ids.into_iter().find(|id| !recorded.contains(id)) {
+        Some(lost) => Err(StoreError::LeaseLost(lost)),
         None => Ok(()),
     }
 }
