@@ -592,7 +592,8 @@ pub struct QueueConfig {
     pub connect_timeout_secs: u64,
     /// A server a connection to failed (refused, timed out) is not dialled again for this
     /// long: its mail is deferred at once with that failure (never longer than half of
-    /// `retry_delay_secs`, so a deferred message's next attempt really tries); 0 turns it off.
+    /// `retry_delay_secs`, so a deferred message's next attempt really tries); 0 turns it off;
+    /// at most 86400.
     pub unreachable_hold_secs: u64,
     /// Connections this process keeps open at once to one destination (a route, a smarthost,
     /// or one domain's MX hosts), so one slow destination cannot occupy every worker.

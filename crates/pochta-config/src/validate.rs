@@ -225,6 +225,13 @@ impl QueueConfig {
         if self.lease_secs < 3 {
             return invalid("queue.lease_secs", "must be at least 3");
         }
+        // A hold is a moment, not an outage: longer would also overflow the clock's sums.
+        if self.unreachable_hold_secs > 86_400 {
+            return invalid(
+                "queue.unreachable_hold_secs",
+                "must be at most 86400 (a day)",
+            );
+        }
         if self.retry_max_delay_secs < self.retry_delay_secs {
             return invalid(
                 "queue.retry_max_delay_secs",

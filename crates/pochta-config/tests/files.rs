@@ -57,6 +57,21 @@ fn errors_name_the_key() {
         );
     }
     assert!(invalid("[store]\ncompression = \"gzip\"\n").contains("compression"));
+    for hold in ["86401", "9223372036854775807"] {
+        let text = format!("[queue]\nunreachable_hold_secs = {hold}\n");
+        assert!(
+            invalid(&text).contains("queue.unreachable_hold_secs"),
+            "{hold}"
+        );
+    }
+    for hold in ["-1", "18446744073709551615", "\"60\""] {
+        let text = format!("[queue]\nunreachable_hold_secs = {hold}\n");
+        assert!(invalid(&text).contains("unreachable_hold_secs"), "{hold}");
+    }
+    for hold in ["0", "86400"] {
+        let text = format!("[queue]\nunreachable_hold_secs = {hold}\n");
+        assert!(Config::from_toml_str(&text).is_ok(), "{hold}");
+    }
     let off = Config::from_toml_str("[store]\ncompression = \"none\"\n").unwrap();
     assert_eq!(off.store.compression, pochta_config::ContentCodec::None);
     assert!(invalid("[tls]\ncert_path = \"/c.pem\"\n").contains("tls"));
