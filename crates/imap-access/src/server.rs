@@ -14,8 +14,8 @@ use pochta_config::{Config, PlaintextAuth};
 use pochta_imap::imap_types::search::SearchKey;
 use pochta_imap::imap_types::sequence::{SeqOrUid, Sequence};
 use pochta_imap::{
-    Action, Answer, Changes, Failure, FlagChange, LoginResult, MailboxSummary, Message, Policy,
-    Request, Session,
+    Action, Answer, Changes, Failure, FlagChange, Found, LoginResult, MailboxSummary, Message,
+    Policy, Request, Session,
 };
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
@@ -23,7 +23,7 @@ use pochta_service::drive::{Driver, Ended, Handler, Io, MemoryBudget, Timeouts};
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
-use pochta_store::{MailboxInfo, MailboxMessage, MessageFilter, Store, StoreError};
+use pochta_store::{MailboxInfo, MailboxMessage, MessageFilter, SearchField, Store, StoreError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -494,7 +494,11 @@ impl Connection {
                     .map(|found| {
                         found
                             .into_iter()
-                            .map(|(uid, modseq)| (clamp(uid), modseq.max(0) as u64))
+                            .map(|f| Found {
+                                uid: clamp(f.uid),
+                                modseq: f.modseq.max(0) as u64,
+                                decided: f.decided,
+                            })
                             .collect()
                     })
                     .map_err(failure),
@@ -579,10 +583,14 @@ fn clamp(n: i64) -> u32 {
     n.clamp(0, i64::from(u32::MAX)) as u32
 }
 
-/// A search key that needs no octets (its message sets UID sets, as the session sends it) as
-/// the store's filter. Keys about octets never come here; should one, it matches nothing.
+/// A search key the store can evaluate (its message sets UID sets, as the session sends it)
+/// as the store's filter. HEADER, BODY and TEXT never come here; should one, it matches
+/// nothing.
 fn filter(key: &SearchKey<'_>) -> MessageFilter {
     let flag = |f: &str| MessageFilter::Flag(f.to_owned());
+    let field = |field, needle: &[u8]| {
+        MessageFilter::FieldContains(field, String::from_utf8_lossy(needle).into_owned())
+    };
     let not = |f: MessageFilter| MessageFilter::Not(Box::new(f));
     match key {
         SearchKey::And(keys) => MessageFilter::And(keys.as_ref().iter().map(filter).collect()),
@@ -626,6 +634,14 @@ fn filter(key: &SearchKey<'_>) -> MessageFilter {
         SearchKey::ModSequence { modseq, .. } => {
             MessageFilter::ModSeqAtLeast(i64::try_from(*modseq).unwrap_or(i64::MAX))
         }
+        SearchKey::Subject(s) => field(SearchField::Subject, s.as_ref()),
+        SearchKey::From(s) => field(SearchField::From, s.as_ref()),
+        SearchKey::To(s) => field(SearchField::To, s.as_ref()),
+        SearchKey::Cc(s) => field(SearchField::Cc, s.as_ref()),
+        SearchKey::Bcc(s) => field(SearchField::Bcc, s.as_ref()),
+        SearchKey::SentBefore(d) => MessageFilter::SentBefore(*d.as_ref()),
+        SearchKey::SentOn(d) => MessageFilter::SentOn(*d.as_ref()),
+        SearchKey::SentSince(d) => MessageFilter::SentSince(*d.as_ref()),
         // \Recent is never set (RFC 9051 drops it); sequence sets arrive as UID sets.
         _ => not(MessageFilter::All),
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use chrono::DateTime;
 use pochta_imap::{
-    Action, Answer, Changes, Counts, Failure, LoginResult, MailboxSummary, Message, Policy,
+    Action, Answer, Changes, Counts, Failure, Found, LoginResult, MailboxSummary, Message, Policy,
     Request, Session,
 };
 use pochta_session::{Output, Session as _};
@@ -203,12 +203,16 @@ fn answer(
             }))
         }
         Request::Search { .. } if fails => Answer::Found(Err(failure(input))),
-        // Matches, some perhaps unknown to the view (NEW_UID).
+        // Matches, some perhaps unknown to the view (NEW_UID), some left to the octets.
         Request::Search { .. } => {
             let mut found = Vec::new();
-            for &u in uids {
+            for &uid in uids {
                 if input.bool() {
-                    found.push((u, u64::from(input.byte())));
+                    found.push(Found {
+                        uid,
+                        modseq: u64::from(input.byte()),
+                        decided: input.bool(),
+                    });
                 }
             }
             Answer::Found(Ok(found))

@@ -13,7 +13,7 @@ mod view;
 
 pub use names::{DELIMITER, mailbox_name, matches as list_matches};
 pub use session::{
-    Action, Answer, Counts, Failure, FlagChange, LoginResult, Policy, Request, Session,
+    Action, Answer, Counts, Failure, FlagChange, Found, LoginResult, Policy, Request, Session,
 };
 pub use view::{Changes, MailboxSummary, Message};
 

@@ -1,11 +1,13 @@
-//! SEARCH (RFC 9051 6.4.4): search keys evaluated over the view and, for keys about header
-//! fields or text, the message's octets. Strings match as case-insensitive substrings of the
-//! octets as stored; a header field with encoded words (RFC 2047) or a non-ASCII string is
-//! also compared decoded and case-folded. Bodies are not transfer-decoded.
+//! SEARCH (RFC 9051 6.4.4): search keys evaluated by the store (flags, sizes, dates, UIDs and
+//! the header fields it keeps for search) and, for other keys or messages stored without those
+//! fields, over the message's octets. Header fields match as `pochta_mail::header_search`
+//! says (case-folded substrings of the value as stored and decoded); body and text strings as
+//! case-insensitive substrings of the octets, not transfer-decoded.
 
 use chrono::{NaiveDate, Utc};
 use imap_next::imap_types::core::Vec1;
 use imap_next::imap_types::search::SearchKey;
+use pochta_mail::header_search::{field_contains, sent_on};
 
 use crate::fetch::Need;
 use crate::view::{Message, View};
@@ -56,6 +58,18 @@ pub(crate) fn needs_content(key: &SearchKey<'_>, depth: usize) -> Option<Need> {
         SearchKey::Body(_) | SearchKey::Text(_) => Need::Whole,
         _ => Need::Nothing,
     })
+}
+
+/// Can the store evaluate the key (its nesting already checked by `needs_content`)? Every key
+/// but HEADER, BODY and TEXT: the header fields it names are among those the store keeps.
+pub(crate) fn decidable_in_store(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().all(decidable_in_store),
+        SearchKey::Not(k) => decidable_in_store(k),
+        SearchKey::Or(a, b) => decidable_in_store(a) && decidable_in_store(b),
+        SearchKey::Header(..) | SearchKey::Body(_) | SearchKey::Text(_) => false,
+        _ => true,
+    }
 }
 
 /// Does the key use MODSEQ anywhere (its nesting already checked by `needs_content`)?
@@ -151,9 +165,9 @@ pub(crate) fn matches(
         SearchKey::Before(d) => internal < date(d.as_ref()),
         SearchKey::On(d) => internal == date(d.as_ref()),
         SearchKey::Since(d) => internal >= date(d.as_ref()),
-        SearchKey::SentBefore(d) => sent(content).is_some_and(|s| s < date(d.as_ref())),
-        SearchKey::SentOn(d) => sent(content).is_some_and(|s| s == date(d.as_ref())),
-        SearchKey::SentSince(d) => sent(content).is_some_and(|s| s >= date(d.as_ref())),
+        SearchKey::SentBefore(d) => sent_on(content).is_some_and(|s| s < date(d.as_ref())),
+        SearchKey::SentOn(d) => sent_on(content).is_some_and(|s| s == date(d.as_ref())),
+        SearchKey::SentSince(d) => sent_on(content).is_some_and(|s| s >= date(d.as_ref())),
         SearchKey::Bcc(s) => field_contains(content, b"Bcc", s.as_ref()),
         SearchKey::Cc(s) => field_contains(content, b"Cc", s.as_ref()),
         SearchKey::From(s) => field_contains(content, b"From", s.as_ref()),
@@ -185,93 +199,37 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(&needle))
 }
 
-/// Does a header field of this name contain `needle` (RFC 9051: HEADER with an empty string
-/// matches every message that has the field)?
-fn field_contains(content: &[u8], name: &[u8], needle: &[u8]) -> bool {
-    let header = match memchr::memmem::find(content, b"\r\n\r\n") {
-        Some(at) => &content[..at + 2],
-        None => content,
-    };
-    let mut found = false;
-    let mut current: Option<bool> = None;
-    let mut value = Vec::new();
-    let mut finish = |matched: Option<bool>, value: &mut Vec<u8>| {
-        if matched == Some(true) && (contains(value, needle) || decoded_contains(value, needle)) {
-            found = true;
-        }
-        value.clear();
-    };
-    for line in header.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            value.extend_from_slice(line);
-            continue;
-        }
-        finish(current, &mut value);
-        current = line.iter().position(|&b| b == b':').map(|colon| {
-            value.extend_from_slice(&line[colon + 1..]);
-            line[..colon].trim_ascii().eq_ignore_ascii_case(name)
-        });
-    }
-    finish(current, &mut value);
-    found
-}
-
-/// Does the field value, its encoded words (RFC 2047) decoded, contain `needle` case-folded
-/// (Unicode)? Tried only where the octets could differ from the text: the value has an
-/// encoded word, or the needle is not ASCII.
-fn decoded_contains(value: &[u8], needle: &[u8]) -> bool {
-    if needle.is_ascii() && memchr::memmem::find(value, b"=?").is_none() {
-        return false;
-    }
-    let mut field = b"Subject:".to_vec();
-    field.extend_from_slice(value);
-    field.extend_from_slice(b"\r\n\r\n");
-    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(&field) else {
-        return false;
-    };
-    let needle = String::from_utf8_lossy(needle).to_lowercase();
-    parsed
-        .subject()
-        .is_some_and(|text| text.to_lowercase().contains(&needle))
-}
-
-/// The Date: header's day (RFC 9051 6.4.4, SENTBEFORE etc.).
-fn sent(content: &[u8]) -> Option<NaiveDate> {
-    let parsed = mail_parser::MessageParser::new().parse_headers(content)?;
-    let date = parsed.date()?;
-    NaiveDate::from_ymd_opt(date.year as i32, date.month as u32, date.day as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn header_fields_match_by_name_and_substring_across_folds() {
-        let mail =
-            b"From: Ann <ann@example.net>\r\nSubject: Quarterly\r\n report\r\n\r\nBody text\r\n";
-        assert!(field_contains(mail, b"subject", b"REPORT"));
-        assert!(field_contains(mail, b"From", b"ann@"));
-        assert!(!field_contains(mail, b"To", b""));
-        assert!(field_contains(mail, b"From", b""));
-        assert!(!field_contains(mail, b"Subject", b"Body"));
+    fn body_and_text_match_the_octets_after_the_header_section() {
+        let mail = b"Subject: Quarterly\r\n\r\nBody text\r\n";
         assert!(contains(body(mail), b"body TEXT"));
         assert!(!contains(body(mail), b"Quarterly"));
+        assert!(contains(mail, b"quarterly"));
+        assert!(contains(body(b"Subject: no body"), b""));
     }
 
     #[test]
-    fn encoded_words_and_non_ascii_match_decoded_and_case_folded() {
-        let mail = "Subject: =?UTF-8?B?0J/RgNC40LLQtdGCINC80LjRgA==?=\r\n\
-From: =?ISO-8859-1?Q?Caf=E9?= <cafe@example.net>\r\nTo: Ёлка <elka@example.net>\r\n\r\n";
-        let mail = mail.as_bytes();
-        assert!(field_contains(mail, b"Subject", "привет".as_bytes()));
-        assert!(field_contains(mail, b"Subject", "ПРИВЕТ МИР".as_bytes()));
-        assert!(field_contains(mail, b"From", "CAFÉ".as_bytes()));
-        // The address itself still matches as stored.
-        assert!(field_contains(mail, b"From", b"cafe@example"));
-        // Raw UTF-8 (RFC 6532) folds case too.
-        assert!(field_contains(mail, b"To", "ёлка".as_bytes()));
-        assert!(!field_contains(mail, b"Subject", "пока".as_bytes()));
+    fn only_header_body_and_text_keys_need_the_octets_decided() {
+        let and = |keys: Vec<SearchKey<'static>>| SearchKey::And(keys.try_into().unwrap());
+        let subject = SearchKey::Subject("x".try_into().unwrap());
+        let header = SearchKey::Header("X-Spam".try_into().unwrap(), "yes".try_into().unwrap());
+        assert!(decidable_in_store(&and(vec![
+            SearchKey::Unseen,
+            subject.clone()
+        ])));
+        assert!(decidable_in_store(&SearchKey::Not(Box::new(
+            subject.clone()
+        ))));
+        assert!(!decidable_in_store(&SearchKey::Or(
+            Box::new(subject),
+            Box::new(header)
+        )));
+        assert!(!decidable_in_store(&SearchKey::Text(
+            "x".try_into().unwrap()
+        )));
     }
 }

@@ -164,8 +164,18 @@ pub enum Answer {
     Flags(Result<(Vec<Message>, Vec<u32>), Failure>),
     Expunged(Result<Vec<u32>, Failure>),
     Changes(Result<Changes, Failure>),
-    /// UID and mod-sequence of each message a `Request::Search` matched, in UID order.
-    Found(Result<Vec<(u32, u64)>, Failure>),
+    /// Each message a `Request::Search` matched or could not decide, in UID order.
+    Found(Result<Vec<Found>, Failure>),
+}
+
+/// A message a `Request::Search` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub uid: u32,
+    pub modseq: u64,
+    /// False: it may match, but the key names a header field the store did not keep for this
+    /// message, so its octets decide.
+    pub decided: bool,
 }
 
 /// The outcome of a login.
@@ -251,10 +261,14 @@ enum Pending {
         uid: bool,
         key: SearchKey<'static>,
         need: fetch::Need,
+        /// What the store decided already (place, UID, mod-sequence).
+        matched: Vec<(usize, u32, u64)>,
     },
     SearchFound {
         tag: Tag<'static>,
         uid: bool,
+        key: SearchKey<'static>,
+        need: fetch::Need,
     },
     Search {
         tag: Tag<'static>,
@@ -1253,15 +1267,24 @@ impl Session {
         self.condstore |= search::names_modseq(&key);
         let Some(view) = self.view() else { return };
         if view.uids.is_empty() {
-            return self.search_done(tag, uid, &[]);
+            return self.search_done(tag, uid, &mut []);
         }
         let mailbox_id = view.mailbox.id;
-        if need == fetch::Need::Nothing {
-            // Flags, sizes, dates, UIDs: only the matches need leave the store.
-            let key = search::with_uid_sets(&key, view);
+        if need == fetch::Need::Nothing || search::decidable_in_store(&key) {
+            // Flags, sizes, dates, UIDs and the header fields the store keeps: only the
+            // matches (and the messages it cannot decide) need leave the store.
+            let store_key = search::with_uid_sets(&key, view);
             return self.run(
-                Pending::SearchFound { tag, uid },
-                Request::Search { mailbox_id, key },
+                Pending::SearchFound {
+                    tag,
+                    uid,
+                    key,
+                    need,
+                },
+                Request::Search {
+                    mailbox_id,
+                    key: store_key,
+                },
             );
         }
         let uids = view.uids.iter().collect();
@@ -1271,12 +1294,54 @@ impl Session {
                 uid,
                 key,
                 need,
+                matched: Vec::new(),
             },
             Request::Messages { mailbox_id, uids },
         );
     }
 
-    /// The mailbox's metadata is in: read octets batch by batch and search them.
+    /// The store's answer to a search: its matches, and the messages whose octets must decide.
+    fn search_found(
+        &mut self,
+        tag: Tag<'static>,
+        uid: bool,
+        key: SearchKey<'static>,
+        need: fetch::Need,
+        found: Vec<Found>,
+    ) {
+        let Some(view) = self.view() else {
+            return self.search_done(tag, uid, &mut []);
+        };
+        let (mut matched, mut undecided) = (Vec::new(), Vec::new());
+        // Matches the view does not have (arrived since) are not told yet.
+        for f in found {
+            match view.index_of_uid(f.uid) {
+                Some(place) if f.decided => matched.push((place, f.uid, f.modseq)),
+                Some(_) => undecided.push(f.uid),
+                None => {}
+            }
+        }
+        if undecided.is_empty() {
+            return self.search_done(tag, uid, &mut matched);
+        }
+        let mailbox_id = view.mailbox.id;
+        self.run(
+            Pending::SearchMeta {
+                tag,
+                uid,
+                key,
+                need,
+                matched,
+            },
+            Request::Messages {
+                mailbox_id,
+                uids: undecided,
+            },
+        );
+    }
+
+    /// The metadata of the messages to read is in: read octets batch by batch and search
+    /// them, adding to what is `matched` already.
     fn search_known(
         &mut self,
         tag: Tag<'static>,
@@ -1284,6 +1349,7 @@ impl Session {
         key: SearchKey<'static>,
         need: fetch::Need,
         messages: Vec<Message>,
+        matched: Vec<(usize, u32, u64)>,
     ) {
         let Some(view) = self.view() else { return };
         let reading = Reading {
@@ -1294,7 +1360,7 @@ impl Session {
             from: 0,
             next: 0,
             headers_only: need == fetch::Need::Header,
-            matched: Vec::new(),
+            matched,
         };
         self.search_next(tag, uid, key, reading);
     }
@@ -1313,8 +1379,8 @@ impl Session {
             self.policy.read_batch_bytes,
         );
         if batch.is_empty() {
-            let matched = std::mem::take(&mut reading.matched);
-            return self.search_done(tag, uid, &matched);
+            let mut matched = std::mem::take(&mut reading.matched);
+            return self.search_done(tag, uid, &mut matched);
         }
         let entry_ids = batch
             .clone()
@@ -1338,7 +1404,9 @@ impl Session {
         );
     }
 
-    fn search_done(&mut self, tag: Tag<'static>, uid: bool, matched: &[(usize, u32, u64)]) {
+    fn search_done(&mut self, tag: Tag<'static>, uid: bool, matched: &mut [(usize, u32, u64)]) {
+        // The store's matches and those read from octets come in two runs.
+        matched.sort_unstable();
         let numbers: Vec<NonZeroU32> = matched
             .iter()
             .map(|&(place, u, _)| {
@@ -1581,20 +1649,19 @@ impl Session {
                     uid,
                     key,
                     need,
+                    matched,
                 },
                 Answer::Messages(Ok(messages)),
-            ) => self.search_known(tag, uid, key, need, messages),
-            (Pending::SearchFound { tag, uid }, Answer::Found(Ok(found))) => {
-                // Matches the view does not have (arrived since) are not told yet.
-                let matched: Vec<(usize, u32, u64)> = match self.view() {
-                    Some(view) => found
-                        .into_iter()
-                        .filter_map(|(u, modseq)| Some((view.index_of_uid(u)?, u, modseq)))
-                        .collect(),
-                    None => Vec::new(),
-                };
-                self.search_done(tag, uid, &matched);
-            }
+            ) => self.search_known(tag, uid, key, need, messages, matched),
+            (
+                Pending::SearchFound {
+                    tag,
+                    uid,
+                    key,
+                    need,
+                },
+                Answer::Found(Ok(found)),
+            ) => self.search_found(tag, uid, key, need, found),
             (
                 Pending::Search {
                     tag,

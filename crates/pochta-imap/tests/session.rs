@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use pochta_imap::imap_types::search::SearchKey;
 use pochta_imap::{
-    Action, Answer, Changes, Counts, Failure, FlagChange, LoginResult, MailboxSummary, Message,
-    Policy, Request, Session,
+    Action, Answer, Changes, Counts, Failure, FlagChange, Found, LoginResult, MailboxSummary,
+    Message, Policy, Request, Session,
 };
 use pochta_session::Output;
 use pochta_testkit::Script;
@@ -47,6 +47,18 @@ fn request(output: Option<Output<Action>>) -> Request {
 }
 
 /// Answers and drains; what was sent.
+/// Search matches the store decided: (UID, mod-sequence).
+fn decided(found: &[(u32, u64)]) -> Vec<Found> {
+    found
+        .iter()
+        .map(|&(uid, modseq)| Found {
+            uid,
+            modseq,
+            decided: true,
+        })
+        .collect()
+}
+
 fn answer(c: &mut Client, a: Answer) -> String {
     c.session.answer(a);
     assert!(c.drain().is_none());
@@ -712,7 +724,7 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
     let search = |c: &mut Client, cmd: &str, key: SearchKey<'static>, found: Vec<(u32, u64)>| {
         let r = request(c.send(&format!("{cmd}\r\n")));
         assert_eq!(r, Request::Search { mailbox_id: 1, key }, "{cmd}");
-        answer(c, Answer::Found(Ok(found)))
+        answer(c, Answer::Found(Ok(decided(&found))))
     };
     let out = search(
         &mut c,
@@ -742,7 +754,7 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
         SearchKey::Larger(50),
     ]);
     assert_eq!(key, expected);
-    let out = answer(&mut c, Answer::Found(Ok(vec![(2, 3)])));
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(2, 3)]))));
     assert!(out.starts_with("* SEARCH 1\r\n"), "{out}");
     // A message number beyond the mailbox names nothing.
     let r = request(c.send("q7 SEARCH 9\r\n"));
@@ -754,20 +766,36 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
     answer(&mut c, Answer::Found(Ok(vec![])));
     let out = c.cmd("q4 SEARCH CHARSET KOI8-R ALL");
     assert!(out.starts_with("q4 NO [BADCHARSET"), "{out}");
-    let output = c.send("q5 SEARCH SUBJECT hello\r\n");
-    metadata(&mut c, output, &[2, 4, 7]);
+    // Header fields the store keeps go to it as well: what it decides is told as it says
+    // (UID 2), what it cannot (messages stored without the fields) is read.
+    let subject = SearchKey::Subject("hello".try_into().unwrap());
+    let r = request(c.send("q5 SEARCH SUBJECT hello\r\n"));
+    assert_eq!(
+        r,
+        Request::Search {
+            mailbox_id: 1,
+            key: and(vec![subject])
+        }
+    );
+    let undecided = |uid| Found {
+        uid,
+        modseq: 3,
+        decided: false,
+    };
+    let mut found = decided(&[(2, 3)]);
+    found.extend([undecided(4), undecided(7)]);
+    c.session.answer(Answer::Found(Ok(found)));
+    let output = c.drain();
+    metadata(&mut c, output, &[4, 7]);
     // Header keys read header blocks only, in batches.
     assert_eq!(
         request(c.drain()),
         Request::Contents {
-            entry_ids: vec![200],
+            entry_ids: vec![400],
             headers_only: true,
-            next: vec![400]
+            next: vec![700]
         }
     );
-    c.session
-        .answer(Answer::Contents(Ok([(200, MAIL.to_vec())].into())));
-    request(c.drain());
     c.session.answer(Answer::Contents(Ok([(
         400,
         b"Subject: no\r\n\r\n".to_vec(),
@@ -776,6 +804,30 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
     request(c.drain());
     let out = answer(&mut c, Answer::Contents(Ok([(700, MAIL.to_vec())].into())));
     assert!(out.starts_with("* SEARCH 1 3\r\n"), "{out}");
+    // A key only the octets answer (HEADER) reads every message's header block.
+    let output = c.send("q10 SEARCH OR SUBJECT hello HEADER X-Mailer hello\r\n");
+    metadata(&mut c, output, &[2, 4, 7]);
+    let mut read = Vec::new();
+    let out = loop {
+        let Request::Contents { entry_ids, .. } = request(c.drain()) else {
+            panic!("expected a content read")
+        };
+        read.extend(entry_ids.iter().copied());
+        let contents = entry_ids
+            .iter()
+            .map(|&id| match id {
+                400 => (id, b"X-Mailer: hello\r\n\r\n".to_vec()),
+                _ => (id, MAIL.to_vec()),
+            })
+            .collect();
+        c.session.answer(Answer::Contents(Ok(contents)));
+        if read.len() == 3 {
+            assert!(c.drain().is_none());
+            break c.take();
+        }
+    };
+    assert_eq!(read, [200, 400, 700]);
+    assert!(out.starts_with("* SEARCH 1 2 3\r\n"), "{out}");
     // Nesting beyond the limit is refused, not recursed into.
     let deep = format!("q6 SEARCH {}ALL{}", "NOT (".repeat(40), ")".repeat(40));
     let out = c.cmd(&deep);

@@ -5,6 +5,8 @@
 //!   (RFC 7672);
 //! - `domain`: host name syntax (RFC 1035, RFC 1123);
 //! - `headers`: a message's header fields, and removing forged Authentication-Results;
+//! - `header_search`: header fields as IMAP SEARCH matches them, and the ones the store keeps
+//!   for it;
 //! - `mta_sts`: MTA-STS records and policies, and which MX hosts a policy allows;
 //! - `address`: `Mailbox`, a mailbox address and its RFC 5321 / RFC 6531 syntax;
 //! - `params`: the ESMTP and DSN envelope parameters (BODY, RET, ENVID, NOTIFY, ORCPT) and the
@@ -21,6 +23,7 @@
 pub mod address;
 pub mod dane;
 pub mod domain;
+pub mod header_search;
 pub mod headers;
 pub mod mta_sts;
 pub mod params;

@@ -7,6 +7,8 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use pochta_mail::header_search::SearchFields;
+
 use crate::{Result, StoreError};
 
 /// Stored octets per chunk row at most, so that a row fits its heap page (STORAGE PLAIN).
@@ -43,13 +45,15 @@ fn worth_it(packed: usize, span: usize) -> bool {
 const GIVE_UP_AFTER: usize = 4;
 
 /// One message's content as chunk rows: each row's codec and where its octets are (a range
-/// of the content, or of the compressed octets kept here). Made apart from the content it
-/// describes, so that the work can be done where the content is (`PreparedContent`).
+/// of the content, or of the compressed octets kept here); and the header fields kept for
+/// SEARCH (migration 0014). Made apart from the content it describes, so that the work can be
+/// done where the content is (`PreparedContent`).
 #[derive(Debug, Default)]
 pub(crate) struct Rows {
     codecs: Vec<i16>,
     pieces: Vec<Piece>,
     packed: Vec<u8>,
+    pub search: Option<SearchFields>,
 }
 
 #[derive(Debug)]
@@ -76,6 +80,7 @@ impl Rows {
             codecs: Vec::with_capacity(content.len().div_ceil(CHUNK)),
             pieces: Vec::with_capacity(content.len().div_ceil(CHUNK)),
             packed: Vec::new(),
+            search: SearchFields::of(content),
         };
         match compression {
             Some(c) if content.len() >= c.min_size => rows.pack(content, c.level),
@@ -225,6 +230,38 @@ impl<'a> Chunks<'a> {
     pub fn encoded_len(&self) -> usize {
         let data: usize = self.data.iter().map(|d| d.len()).sum();
         data + self.data.len() * (4 + (4 + 8) + (4 + 4) + (4 + 2)) + 4 * 64
+    }
+}
+
+/// The search fields of a batch of messages (`Rows::search`), as the arrays a statement
+/// unnests: `kept` false (and every field NULL) where a message's fields were not kept.
+#[derive(Default)]
+pub(crate) struct SearchColumns<'a> {
+    pub kept: Vec<bool>,
+    pub subject: Vec<Option<&'a str>>,
+    pub from: Vec<Option<&'a str>>,
+    pub to: Vec<Option<&'a str>>,
+    pub cc: Vec<Option<&'a str>>,
+    pub bcc: Vec<Option<&'a str>>,
+    pub sent_on: Vec<Option<chrono::NaiveDate>>,
+}
+
+impl<'a> SearchColumns<'a> {
+    pub fn of(messages: impl Iterator<Item = Option<&'a SearchFields>>) -> Self {
+        let mut columns = SearchColumns::default();
+        for fields in messages {
+            let text = |f: fn(&'a SearchFields) -> &'a Option<String>| {
+                fields.and_then(|fields| f(fields).as_deref())
+            };
+            columns.kept.push(fields.is_some());
+            columns.subject.push(text(|f| &f.subject));
+            columns.from.push(text(|f| &f.from));
+            columns.to.push(text(|f| &f.to));
+            columns.cc.push(text(|f| &f.cc));
+            columns.bcc.push(text(|f| &f.bcc));
+            columns.sent_on.push(fields.and_then(|f| f.sent_on));
+        }
+        columns
     }
 }
 

@@ -31,7 +31,8 @@ pub use content::{ContentCompression, PreparedContent};
 pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_selector};
 pub use mailboxes::{
     FlagChange, FlagsStored, MAILBOX_CHANNEL, MailboxChange, MailboxChanges, MailboxCounts,
-    MailboxInfo, MailboxMessage, MessageFilter, Placed, SPECIAL_MAILBOXES,
+    MailboxInfo, MailboxMessage, MessageFilter, Placed, SPECIAL_MAILBOXES, SearchField,
+    SearchMatch,
 };
 pub use mta_sts::CachedStsPolicy;
 pub use roles::ServiceRoles;

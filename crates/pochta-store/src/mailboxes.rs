@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::content::{Chunks, Rows};
+use crate::content::{Chunks, Rows, SearchColumns};
 use crate::{Result, Store, StoreError};
 
 /// The PostgreSQL channel a change to a mailbox is announced on; the payload is the
@@ -50,8 +50,10 @@ pub struct MailboxMessage {
 }
 
 /// A SEARCH over what is kept of each message besides its content (RFC 9051 6.4.4: the keys
-/// about flags, sizes, internal dates, UIDs and mod-sequences), evaluated by PostgreSQL so
-/// that only the matches leave it.
+/// about flags, sizes, internal dates, UIDs and mod-sequences, and about the header fields
+/// kept for search), evaluated by PostgreSQL so that only the matches leave it. A key about a
+/// header field is unknown for a message whose fields were not kept (SQL's NULL, which AND,
+/// OR and NOT carry as the logic of unknowns says): such a message is returned undecided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageFilter {
     All,
@@ -69,6 +71,60 @@ pub enum MessageFilter {
     /// The UID is within one of these inclusive ranges.
     Uids(Vec<(i64, i64)>),
     ModSeqAtLeast(i64),
+    /// The field's kept text contains this string (folded here as
+    /// `pochta_mail::header_search::fold` says).
+    FieldContains(SearchField, String),
+    /// The Date: field's day is before, on, or on or after this one (false without one).
+    SentBefore(NaiveDate),
+    SentOn(NaiveDate),
+    SentSince(NaiveDate),
+}
+
+/// The header fields kept for SEARCH (migration 0014).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchField {
+    Subject,
+    From,
+    To,
+    Cc,
+    Bcc,
+}
+
+impl SearchField {
+    fn column(self) -> &'static str {
+        match self {
+            SearchField::Subject => "m.search_subject",
+            SearchField::From => "m.search_from",
+            SearchField::To => "m.search_to",
+            SearchField::Cc => "m.search_cc",
+            SearchField::Bcc => "m.search_bcc",
+        }
+    }
+}
+
+impl MessageFilter {
+    /// Does evaluating it read the message's kept header fields?
+    fn reads_fields(&self) -> bool {
+        match self {
+            MessageFilter::And(all) => all.iter().any(MessageFilter::reads_fields),
+            MessageFilter::Or(a, b) => a.reads_fields() || b.reads_fields(),
+            MessageFilter::Not(f) => f.reads_fields(),
+            MessageFilter::FieldContains(..)
+            | MessageFilter::SentBefore(_)
+            | MessageFilter::SentOn(_)
+            | MessageFilter::SentSince(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A message a SEARCH returned: it matched, or (not `decided`) it may match and only its
+/// octets can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchMatch {
+    pub uid: i64,
+    pub modseq: i64,
+    pub decided: bool,
 }
 
 /// Appends `filter` as a condition on `e` (a `maildrop_entries` row); every value is bound.
@@ -142,6 +198,29 @@ fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &MessageFilter) {
         }
         MessageFilter::ModSeqAtLeast(n) => {
             query.push("(e.modseq >= ").push_bind(*n).push(")");
+        }
+        // `m` is the entry's `messages` row; NULL (unknown) where its fields were not kept.
+        MessageFilter::FieldContains(field, needle) => {
+            query
+                .push("(CASE WHEN m.search_fields THEN coalesce(strpos(")
+                .push(field.column())
+                .push(", ")
+                .push_bind(pochta_mail::header_search::fold(needle.as_bytes()))
+                .push(") > 0, false) END)");
+        }
+        MessageFilter::SentBefore(day)
+        | MessageFilter::SentOn(day)
+        | MessageFilter::SentSince(day) => {
+            let op = match filter {
+                MessageFilter::SentBefore(_) => " < ",
+                MessageFilter::SentOn(_) => " = ",
+                _ => " >= ",
+            };
+            query
+                .push("(CASE WHEN m.search_fields THEN coalesce(m.search_sent_on")
+                .push(op)
+                .push_bind(*day)
+                .push(", false) END)");
         }
     }
 }
@@ -313,14 +392,29 @@ impl Store {
         &self,
         mailbox_id: i64,
         filter: &MessageFilter,
-    ) -> Result<Vec<(i64, i64)>> {
+    ) -> Result<Vec<SearchMatch>> {
         let mut query = QueryBuilder::new(
-            "SELECT e.imap_uid, e.modseq FROM maildrop_entries e WHERE e.mailbox_id = ",
+            "SELECT uid, modseq, hit AS decided FROM (SELECT e.imap_uid AS uid, e.modseq, ",
         );
-        query.push_bind(mailbox_id).push(" AND ");
         push_filter(&mut query, filter);
-        query.push(" ORDER BY e.imap_uid");
-        Ok(query.build_query_as().fetch_all(&self.pool).await?)
+        query.push(" AS hit FROM maildrop_entries e");
+        if filter.reads_fields() {
+            query.push(" JOIN messages m ON m.id = e.message_id");
+        }
+        query
+            .push(" WHERE e.mailbox_id = ")
+            .push_bind(mailbox_id)
+            .push(") s WHERE hit IS NOT FALSE ORDER BY uid");
+        let rows: Vec<(i64, i64, Option<bool>)> =
+            query.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(uid, modseq, hit)| SearchMatch {
+                uid,
+                modseq,
+                decided: hit.is_some(),
+            })
+            .collect())
     }
 
     /// The UIDs of a mailbox, ascending: all a selecting session keeps.
@@ -609,6 +703,7 @@ impl Store {
     ) -> Result<Placed> {
         let rows = Rows::of(content, self.compression);
         let chunks = Chunks::of(&[(content, &rows)]);
+        let search = SearchColumns::of(std::iter::once(rows.search.as_ref()));
         let mut tx = self.pool.begin().await?;
         let row: Option<(i64, i64)> = sqlx::query_as(
             "WITH box AS (
@@ -617,7 +712,11 @@ impl Store {
                  WHERE id = $1
                  RETURNING account_id, uid_next - 1 AS uid, highest_modseq, uid_validity
              ), message AS (
-                 INSERT INTO messages (size) SELECT $2 FROM box RETURNING id
+                 INSERT INTO messages (size, search_fields, search_subject, search_from,
+                     search_to, search_cc, search_bcc, search_sent_on)
+                 SELECT $2, f.* FROM box, unnest($8::bool[], $9::text[], $10::text[],
+                     $11::text[], $12::text[], $13::text[], $14::date[]) f
+                 RETURNING id
              ), chunks AS (
                  INSERT INTO message_chunks (message_id, seq, data, codec)
                  SELECT m.id, c.seq, c.data, c.codec FROM message m,
@@ -639,6 +738,13 @@ impl Store {
         .bind(flags)
         .bind(internal_date)
         .bind(&chunks.codecs)
+        .bind(&search.kept)
+        .bind(&search.subject)
+        .bind(&search.from)
+        .bind(&search.to)
+        .bind(&search.cc)
+        .bind(&search.bcc)
+        .bind(&search.sent_on)
         .fetch_optional(&mut *tx)
         .await?;
         let Some((uid_validity, uid)) = row else {

@@ -9,7 +9,7 @@ use sqlx::{Arguments, PgConnection};
 use chrono::{DateTime, Utc};
 use pochta_mail::{Disposition, Mailbox, Orcpt};
 
-use crate::content::{Chunks, ContentCompression, PreparedContent, Rows};
+use crate::content::{Chunks, ContentCompression, PreparedContent, Rows, SearchColumns};
 use crate::{
     AttemptOutcome, AttemptReport, Claim, ClaimedRecipient, Collected, EXPLAIN, Enqueued,
     NewEnvelope, Released, Result, Store, StoreError, secs,
@@ -421,6 +421,7 @@ async fn enqueue_rows_on(
     let sizes: Vec<i64> = batch.iter().map(|(_, c, _)| c.len() as i64).collect();
     let messages: Vec<(&[u8], &Rows)> = batch.iter().map(|(_, c, r)| (*c, *r)).collect();
     let chunks = Chunks::of(&messages);
+    let search = SearchColumns::of(batch.iter().map(|(_, _, r)| r.search.as_ref()));
     let envelopes = || batch.iter().map(|(e, ..)| *e);
     let queue_ids: Vec<&str> = envelopes().map(|e| e.queue_id.as_str()).collect();
     // The null reverse-path `<>` is stored as ''.
@@ -473,10 +474,10 @@ async fn enqueue_rows_on(
     // unnest in FROM with a join copied every chunk into a tuplestore and a hash table first
     // (measured in bench/history.md, "chunk rows streamed"). They are not sorted (a sort
     // would copy every chunk too): readers order chunks themselves.
-    // The arguments' buffer (26 parameters, mostly the chunks' octets) is sized up front:
+    // The arguments' buffer (33 parameters, mostly the chunks' octets) is sized up front:
     // grown by doubling, it would copy the content several times over before it is sent.
     let mut args = PgArguments::default();
-    args.reserve(26, chunks.encoded_len() + 1024 * batch.len());
+    args.reserve(33, chunks.encoded_len() + 1024 * batch.len());
     for add in [
         args.add(&sizes),
         args.add(&queue_ids),
@@ -504,6 +505,13 @@ async fn enqueue_rows_on(
         args.add(&quarantines),
         args.add(&requiretlss),
         args.add(&chunks.codecs),
+        args.add(&search.kept),
+        args.add(&search.subject),
+        args.add(&search.from),
+        args.add(&search.to),
+        args.add(&search.cc),
+        args.add(&search.bcc),
+        args.add(&search.sent_on),
     ] {
         add.map_err(sqlx::Error::Encode)?;
     }
@@ -512,13 +520,21 @@ async fn enqueue_rows_on(
                  SELECT i.*, nextval(pg_get_serial_sequence('messages', 'id')) AS message_id
                  FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $6::text[], $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[],
-                     $12::text[], $13::float8[], $24::text[], $25::bool[])
+                     $12::text[], $13::float8[], $24::text[], $25::bool[], $27::bool[],
+                     $28::text[], $29::text[], $30::text[], $31::text[], $32::text[],
+                     $33::date[])
                      WITH ORDINALITY AS i (size, queue_id, reverse_path, envid, ret, body,
                          smtputf8, client_address, client_helo, auth_user, received_by,
-                         traceparent, lifetime, quarantine, requiretls, n)
+                         traceparent, lifetime, quarantine, requiretls, search_fields,
+                         search_subject, search_from, search_to, search_cc, search_bcc,
+                         search_sent_on, n)
              ), m AS (
-                 INSERT INTO messages (id, size, quarantine) OVERRIDING SYSTEM VALUE
-                 SELECT message_id, size, quarantine FROM input ORDER BY n
+                 INSERT INTO messages (id, size, quarantine, search_fields, search_subject,
+                     search_from, search_to, search_cc, search_bcc, search_sent_on)
+                     OVERRIDING SYSTEM VALUE
+                 SELECT message_id, size, quarantine, search_fields, search_subject,
+                     search_from, search_to, search_cc, search_bcc, search_sent_on
+                 FROM input ORDER BY n
              ), c AS (
                  INSERT INTO message_chunks (message_id, seq, data, codec)
                  SELECT (SELECT array_agg(message_id ORDER BY n) FROM input)[n], seq, data,

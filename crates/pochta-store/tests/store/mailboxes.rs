@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pochta_store::{
     Claim, ContentCompression, DomainRole, FlagChange, LocalDelivery, MaildropDelivery,
-    MessageFilter, SPECIAL_MAILBOXES, Store, StoreError,
+    MessageFilter, SPECIAL_MAILBOXES, SearchField, SearchMatch, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -791,7 +791,10 @@ async fn searches_of_flags_sizes_dates_and_uids_run_in_the_store() {
     set(&[2], &["\\Flagged", "$Work"]).await;
     let stored = set(&[5], &["\\Deleted"]).await;
     let modseq_of_5 = stored.changed[0].modseq;
-    let uids = |found: Vec<(i64, i64)>| found.into_iter().map(|(u, _)| u).collect::<Vec<_>>();
+    let uids = |found: Vec<SearchMatch>| {
+        assert!(found.iter().all(|f| f.decided), "{found:?}");
+        found.into_iter().map(|f| f.uid).collect::<Vec<_>>()
+    };
     let search = |filter: MessageFilter| async move {
         uids(store.mailbox_search(inbox.id, &filter).await.unwrap())
     };
@@ -831,5 +834,104 @@ async fn searches_of_flags_sizes_dates_and_uids_run_in_the_store() {
         .mailbox_search(inbox.id, &flag("\\Deleted"))
         .await
         .unwrap();
-    assert_eq!(found, [(5, modseq_of_5)]);
+    assert_eq!(
+        found,
+        [SearchMatch {
+            uid: 5,
+            modseq: modseq_of_5,
+            decided: true
+        }]
+    );
+}
+
+/// SEARCH keys about the header fields kept with each message (migration 0014) run in the
+/// store as well, for delivered and appended mail; a message stored without them comes back
+/// undecided wherever its fields could change the answer, and decided where they cannot.
+#[tokio::test]
+async fn searches_of_kept_header_fields_run_in_the_store_and_leave_the_rest_undecided() {
+    use MessageFilter::*;
+    use SearchField::*;
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    // UID 1 delivered through the queue ("Subject: hi", no Date:); 2 and 3 appended.
+    deliver(store, account, 1).await;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let rich = "From: =?UTF-8?Q?J=C3=B6rg?= <jorg@example.net>\r\nTo: a@example.net\r\n\
+Cc: B@Example.NET\r\nSubject: Quarterly\r\n report\r\n\
+Date: Mon, 7 Dec 2026 23:30:00 -0800\r\n\r\nQuarterly body\r\n";
+    for content in [rich.as_bytes(), b"Subject: Quarterly old\r\n\r\n"] {
+        store
+            .append_message(inbox.id, content, &[], None)
+            .await
+            .unwrap();
+    }
+    // UID 3 as a message stored before the fields were kept.
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query(
+        "UPDATE messages SET search_fields = false, search_subject = NULL
+         WHERE id = (SELECT message_id FROM maildrop_entries WHERE imap_uid = 3
+                     AND mailbox_id = $1)",
+    )
+    .bind(inbox.id)
+    .execute(&raw)
+    .await
+    .unwrap();
+    let kept: Vec<(bool, Option<String>, Option<chrono::NaiveDate>)> = sqlx::query_as(
+        "SELECT m.search_fields, m.search_cc, m.search_sent_on FROM maildrop_entries e
+         JOIN messages m ON m.id = e.message_id WHERE e.mailbox_id = $1 ORDER BY e.imap_uid",
+    )
+    .bind(inbox.id)
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    let day = |d| chrono::NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+    assert_eq!(
+        kept,
+        [
+            (true, None, None),
+            (true, Some(" b@example.net".into()), Some(day(7))),
+            (false, None, None),
+        ]
+    );
+    // (UID, decided) of each message returned.
+    let search = |filter: MessageFilter| async move {
+        let found = store.mailbox_search(inbox.id, &filter).await.unwrap();
+        found
+            .into_iter()
+            .map(|f| (f.uid, f.decided))
+            .collect::<Vec<_>>()
+    };
+    let field = |f, s: &str| FieldContains(f, s.to_string());
+    let not = |f: MessageFilter| Not(Box::new(f));
+    // Case-folded, across the fold, decoded; absent fields match nothing, "" any present.
+    let subject = field(Subject, "QUARTERLY REPORT");
+    assert_eq!(search(subject.clone()).await, [(2, true), (3, false)]);
+    assert_eq!(search(field(From, "jörg")).await, [(2, true), (3, false)]);
+    assert_eq!(search(field(Cc, "")).await, [(2, true), (3, false)]);
+    assert_eq!(
+        search(field(Subject, "")).await,
+        [(1, true), (2, true), (3, false)]
+    );
+    assert_eq!(search(field(Bcc, "")).await, [(3, false)]);
+    assert_eq!(search(field(To, "b@example")).await, [(3, false)]);
+    // The logic of unknowns: NOT of unknown is unknown; AND with false and OR with true are
+    // decided without the fields.
+    assert_eq!(search(not(subject.clone())).await, [(1, true), (3, false)]);
+    let seen = Flag("\\Seen".into());
+    assert_eq!(search(And(vec![seen, subject.clone()])).await, []);
+    let uid3 = Uids(vec![(3, 3)]);
+    assert_eq!(
+        search(Or(Box::new(uid3), Box::new(subject))).await,
+        [(2, true), (3, true)]
+    );
+    // The Date: field's own day; no Date: field is before, on or after nothing.
+    assert_eq!(search(SentOn(day(7))).await, [(2, true), (3, false)]);
+    assert_eq!(search(SentBefore(day(8))).await, [(2, true), (3, false)]);
+    assert_eq!(search(SentSince(day(8))).await, [(3, false)]);
+    // Keys about flags alone never read the fields: nothing is undecided.
+    assert_eq!(
+        search(not(Flag("\\Seen".into()))).await,
+        [(1, true), (2, true), (3, true)]
+    );
 }
