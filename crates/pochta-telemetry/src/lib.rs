@@ -108,15 +108,30 @@ fn is_transport_internal(target: &str) -> bool {
     .any(|t| target == *t || target.strip_prefix(t).is_some_and(|r| r.starts_with("::")))
 }
 
-/// The log filter: `RUST_LOG` when set, else the configured directive.
+/// Libraries that open an INFO span per protocol fragment (imap-next: one per response
+/// written, tens of thousands for a whole-mailbox FETCH, each built for OpenTelemetry too):
+/// held at WARN unless the directive names them.
+const CHATTY_TARGETS: [&str; 1] = ["imap_next"];
+
+/// The log filter: `RUST_LOG` when set, else the configured directive; `CHATTY_TARGETS` at
+/// WARN where it does not name them.
 fn env_filter(config: &TelemetryConfig) -> anyhow::Result<EnvFilter> {
-    match std::env::var("RUST_LOG") {
-        Ok(directive) if !directive.trim().is_empty() => {
-            EnvFilter::try_new(&directive).with_context(|| format!("RUST_LOG={directive:?}"))
+    let (directive, source) = match std::env::var("RUST_LOG") {
+        Ok(directive) if !directive.trim().is_empty() => (directive, "RUST_LOG"),
+        _ => (config.log_filter.clone(), "telemetry.log_filter"),
+    };
+    directive_filter(&directive).with_context(|| format!("{source} = {directive:?}"))
+}
+
+/// The filter a directive makes, with `CHATTY_TARGETS` at WARN where it does not name them.
+fn directive_filter(directive: &str) -> anyhow::Result<EnvFilter> {
+    let mut filter = EnvFilter::try_new(directive)?;
+    for target in CHATTY_TARGETS {
+        if !directive.contains(target) {
+            filter = filter.add_directive(format!("{target}=warn").parse()?);
         }
-        _ => EnvFilter::try_new(&config.log_filter)
-            .with_context(|| format!("telemetry.log_filter = {:?}", config.log_filter)),
     }
+    Ok(filter)
 }
 
 /// Installs the global subscriber, propagator and providers. Call once, inside the tokio
@@ -160,8 +175,14 @@ pub fn init(service: &str, version: &str, config: &TelemetryConfig) -> anyhow::R
 
     // The exporter's own gRPC stack must not produce spans of its own: each export would
     // create more to export.
+    // Entering a span (every poll of an instrumented future) neither activates an
+    // OpenTelemetry context nor reads the clock: context is taken from the span itself where
+    // it is propagated (grpc.rs), and the busy/idle times were a few percent of a busy
+    // service's CPU (BENCHMARKS.md, IMAP whole-mailbox FETCH).
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_context_activation(false)
+        .with_tracked_inactivity(false)
         .with_filter(filter_fn(|meta| !is_transport_internal(meta.target())));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let fmt = tracing_subscriber::fmt::layer()
@@ -184,4 +205,32 @@ pub fn init(service: &str, version: &str, config: &TelemetryConfig) -> anyhow::R
         meter_provider,
         exporting: endpoint.is_some(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    /// What `directive` lets through: imap-next at INFO, DEBUG and WARN, a service at INFO.
+    fn enabled(directive: &str) -> (bool, bool, bool, bool) {
+        let filter = directive_filter(directive).unwrap();
+        let subscriber = tracing_subscriber::registry().with(filter);
+        tracing::subscriber::with_default(subscriber, || {
+            (
+                tracing::enabled!(target: "imap_next::fragment", Level::INFO),
+                tracing::enabled!(target: "imap_next::fragment", Level::DEBUG),
+                tracing::enabled!(target: "imap_next::fragment", Level::WARN),
+                tracing::enabled!(target: "imap_access::server", Level::INFO),
+            )
+        })
+    }
+
+    #[test]
+    fn per_fragment_spans_are_held_at_warn_unless_the_directive_names_them() {
+        assert_eq!(enabled("info"), (false, false, true, true));
+        assert_eq!(enabled("info,imap_next=debug"), (true, true, true, true));
+        assert_eq!(enabled("debug"), (false, false, true, true));
+        assert!(directive_filter("info,=bad=").is_err());
+    }
 }
