@@ -1406,7 +1406,9 @@ impl Session {
 
     fn search_done(&mut self, tag: Tag<'static>, uid: bool, matched: &mut [(usize, u32, u64)]) {
         // The store's matches and those read from octets come in two runs.
-        matched.sort_unstable();
+        if !matched.is_sorted() {
+            matched.sort_unstable();
+        }
         let numbers: Vec<NonZeroU32> = matched
             .iter()
             .map(|&(place, u, _)| {
