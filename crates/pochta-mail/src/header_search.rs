@@ -34,18 +34,25 @@ pub fn field_text(message: &[u8], name: &[u8]) -> Option<String> {
             }
             None => text.insert(String::new()),
         };
-        text.push_str(&String::from_utf8_lossy(&value).to_lowercase());
+        text.push_str(&fold(&value));
         if let Some(decoded) = decoded(&value) {
             text.push('\n');
-            text.push_str(&decoded.to_lowercase());
+            text.push_str(&fold(decoded.as_bytes()));
         }
     }
     text
 }
 
-/// What a search string is compared as: its octets as UTF-8 (others replaced), lower-cased.
-pub fn fold(needle: &[u8]) -> String {
-    String::from_utf8_lossy(needle).to_lowercase()
+/// What a search string (or a field's text) is compared as: its octets as UTF-8 (others
+/// replaced), lower-cased, NUL as a space (a NUL in a header or an encoded word would
+/// otherwise be text PostgreSQL cannot store).
+pub fn fold(octets: &[u8]) -> String {
+    let text = String::from_utf8_lossy(octets).to_lowercase();
+    if text.contains('\0') {
+        text.replace('\0', " ")
+    } else {
+        text
+    }
 }
 
 /// Does the field's text (`field_text`) contain the folded search string? An empty string is
@@ -158,6 +165,17 @@ From: =?ISO-8859-1?Q?Caf=E9?= <cafe@example.net>\r\nTo: Ёлка <elka@example.n
         // Raw UTF-8 (RFC 6532) folds case too.
         assert!(field_contains(mail, b"To", "ёлка".as_bytes()));
         assert!(!field_contains(mail, b"Subject", "пока".as_bytes()));
+    }
+
+    #[test]
+    fn nul_is_a_space_in_fields_and_search_strings() {
+        let mail = b"Subject: a\0b =?UTF-8?Q?c=00d?=\r\n\r\n";
+        let text = field_text(mail, b"Subject").unwrap();
+        assert!(!text.contains('\0'), "{text:?}");
+        assert!(field_contains(mail, b"Subject", b"a b"));
+        assert!(field_contains(mail, b"Subject", b"a\0b"));
+        assert!(field_contains(mail, b"Subject", b"c d"));
+        assert_eq!(fold(b"X\0Y"), "x y");
     }
 
     #[test]
