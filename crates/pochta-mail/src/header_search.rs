@@ -44,12 +44,14 @@ pub fn field_text(message: &[u8], name: &[u8]) -> Option<String> {
 }
 
 /// What a search string (or a field's text) is compared as: its octets as UTF-8 (others
-/// replaced), lower-cased, NUL as a space (a NUL in a header or an encoded word would
-/// otherwise be text PostgreSQL cannot store).
+/// replaced), lower-cased, NUL, CR and LF as spaces (PostgreSQL's text cannot hold a NUL, and
+/// the line feeds joining a field's parts stay the only ones, so no string matches across
+/// two parts).
 pub fn fold(octets: &[u8]) -> String {
+    const SPACED: [char; 3] = ['\0', '\r', '\n'];
     let text = String::from_utf8_lossy(octets).to_lowercase();
-    if text.contains('\0') {
-        text.replace('\0', " ")
+    if text.contains(SPACED) {
+        text.replace(SPACED, " ")
     } else {
         text
     }
@@ -175,7 +177,12 @@ From: =?ISO-8859-1?Q?Caf=E9?= <cafe@example.net>\r\nTo: Ёлка <elka@example.n
         assert!(field_contains(mail, b"Subject", b"a b"));
         assert!(field_contains(mail, b"Subject", b"a\0b"));
         assert!(field_contains(mail, b"Subject", b"c d"));
-        assert_eq!(fold(b"X\0Y"), "x y");
+        assert_eq!(fold(b"X\0Y\r\nZ"), "x y  z");
+        // An encoded line end is no line end: the parts stay apart.
+        let mail = b"To: =?UTF-8?Q?a=0D=0Ab?=\r\nTo: c\r\n\r\n";
+        let text = field_text(mail, b"To").unwrap();
+        assert_eq!(text.matches('\n').count(), 2, "{text:?}");
+        assert!(field_contains(mail, b"To", b"a  b"));
     }
 
     #[test]

@@ -916,7 +916,10 @@ Date: Mon, 7 Dec 2026 23:30:00 -0800\r\n\r\nQuarterly body\r\n";
         search(field(Subject, "")).await,
         [(1, true), (2, true), (3, false), (4, true)]
     );
-    assert_eq!(search(field(Subject, "A\0B")).await, [(3, false), (4, true)]);
+    assert_eq!(
+        search(field(Subject, "A\0B")).await,
+        [(3, false), (4, true)]
+    );
     assert_eq!(search(field(Bcc, "")).await, [(3, false)]);
     assert_eq!(search(field(To, "b@example")).await, [(3, false)]);
     // The logic of unknowns: NOT of unknown is unknown; AND with false and OR with true are
