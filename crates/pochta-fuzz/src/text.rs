@@ -208,3 +208,50 @@ pub fn mta_sts(data: &[u8]) {
     }
     let _ = policy.allows_mx(&host);
 }
+
+/// A message's header fields as IMAP SEARCH matches them, and the ones the store keeps
+/// (`pochta_mail::header_search`), from any octets. Oracles: kept fields are what matching
+/// the octets finds, within the size bound, with no line ends but the joins; a field name
+/// matches in any case; a search string matches in any ASCII case; the empty string is in
+/// every field present; a search string never spans two of a field's parts.
+pub fn search_fields(data: &[u8]) {
+    use pochta_mail::header_search::{SearchFields, field_contains, field_text, fold};
+    let mut input = Input::new(data);
+    let needle = input.text();
+    let message = input.rest();
+    if let Some(fields) = SearchFields::of(message) {
+        let kept = [
+            (&b"Subject"[..], &fields.subject),
+            (b"From", &fields.from),
+            (b"To", &fields.to),
+            (b"Cc", &fields.cc),
+            (b"Bcc", &fields.bcc),
+        ];
+        let mut length = 0;
+        for (name, text) in kept {
+            assert_eq!(&field_text(message, name), text);
+            if let Some(text) = text {
+                assert!(!text.contains('\r') && !text.contains('\0'));
+                length += text.len();
+            }
+        }
+        assert!(length <= SearchFields::MAX_TEXT);
+    }
+    for name in [&b"subject"[..], b"X-Any", needle.as_bytes()] {
+        let text = field_text(message, name);
+        assert_eq!(text, field_text(message, &name.to_ascii_uppercase()));
+        assert_eq!(field_contains(message, name, b""), text.is_some());
+        let found = field_contains(message, name, needle.as_bytes());
+        assert_eq!(
+            found,
+            text.as_ref()
+                .is_some_and(|t| t.contains(&fold(needle.as_bytes())))
+        );
+        let upper = needle.to_ascii_uppercase();
+        assert_eq!(found, field_contains(message, name, upper.as_bytes()));
+        if found && let Some(text) = &text {
+            let needle = fold(needle.as_bytes());
+            assert!(text.split('\n').any(|part| part.contains(&needle)));
+        }
+    }
+}

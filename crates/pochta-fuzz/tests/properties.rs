@@ -4,7 +4,7 @@
 
 use pochta_fuzz::{
     auth_results, data_receiver, dsn_report, imap_session, mta_sts, pop3_session, proxy_header,
-    smtp_client, smtp_server, xtext,
+    search_fields, smtp_client, smtp_server, xtext,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -173,6 +173,18 @@ proptest! {
     ) {
         // A record, the host mx1.example.net, then the policy file.
         mta_sts(&joined(b"\x0cv=STSv1;id=a\x0fmx1.example.net".to_vec(), words));
+    }
+
+    #[test]
+    fn search_fields_on_header_soup(
+        words in vec(prop::sample::select(vec![
+            "Subject:", "From:", "TO:", "cc:", "Bcc:", "Date:", " Mon, 7 Dec 2026 23:30 -0800",
+            " =?UTF-8?Q?J=C3=B6rg?=", " =?ISO-8859-1?B?Q2Fm6Q==?=", " =?x?", "Ёлка", "\r\n",
+            "\n", "\r\n\t", " ", "\r\n\r\n", "jörg", "\u{212a}", ":", "\0",
+        ]), 0..60),
+    ) {
+        // The search string "jörg" (length first), then the message.
+        search_fields(&joined("\x05jörg".as_bytes().to_vec(), words));
     }
 
     #[test]
