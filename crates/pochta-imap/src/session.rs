@@ -257,23 +257,15 @@ enum Pending {
         reading: Reading,
     },
     SearchMeta {
-        tag: Tag<'static>,
-        uid: bool,
-        key: SearchKey<'static>,
-        need: fetch::Need,
+        search: SearchJob,
         /// What the store decided already (place, UID, mod-sequence).
         matched: Vec<(usize, u32, u64)>,
     },
     SearchFound {
-        tag: Tag<'static>,
-        uid: bool,
-        key: SearchKey<'static>,
-        need: fetch::Need,
+        search: SearchJob,
     },
     Search {
-        tag: Tag<'static>,
-        uid: bool,
-        key: SearchKey<'static>,
+        search: SearchJob,
         reading: Reading,
     },
     Store {
@@ -306,6 +298,16 @@ struct Resync {
     modseq: u64,
     /// The UIDs it knows (None: every UID below UIDNEXT).
     known_uids: Option<SequenceSet>,
+}
+
+/// A SEARCH under way.
+struct SearchJob {
+    tag: Tag<'static>,
+    /// UID SEARCH: matches are told by UID, not by number.
+    uid: bool,
+    key: SearchKey<'static>,
+    /// What its keys need of the octets.
+    need: fetch::Need,
 }
 
 struct FetchJob {
@@ -1270,47 +1272,36 @@ impl Session {
             return self.search_done(tag, uid, &mut []);
         }
         let mailbox_id = view.mailbox.id;
-        if need == fetch::Need::Nothing || search::decidable_in_store(&key) {
+        let in_store = need == fetch::Need::Nothing || search::decidable_in_store(&key);
+        let store_key = in_store.then(|| search::with_uid_sets(&key, view));
+        let uids = view.uids.iter().collect();
+        let search = SearchJob {
+            tag,
+            uid,
+            key,
+            need,
+        };
+        match store_key {
             // Flags, sizes, dates, UIDs and the header fields the store keeps: only the
             // matches (and the messages it cannot decide) need leave the store.
-            let store_key = search::with_uid_sets(&key, view);
-            return self.run(
-                Pending::SearchFound {
-                    tag,
-                    uid,
-                    key,
-                    need,
+            Some(key) => self.run(
+                Pending::SearchFound { search },
+                Request::Search { mailbox_id, key },
+            ),
+            None => self.run(
+                Pending::SearchMeta {
+                    search,
+                    matched: Vec::new(),
                 },
-                Request::Search {
-                    mailbox_id,
-                    key: store_key,
-                },
-            );
+                Request::Messages { mailbox_id, uids },
+            ),
         }
-        let uids = view.uids.iter().collect();
-        self.run(
-            Pending::SearchMeta {
-                tag,
-                uid,
-                key,
-                need,
-                matched: Vec::new(),
-            },
-            Request::Messages { mailbox_id, uids },
-        );
     }
 
     /// The store's answer to a search: its matches, and the messages whose octets must decide.
-    fn search_found(
-        &mut self,
-        tag: Tag<'static>,
-        uid: bool,
-        key: SearchKey<'static>,
-        need: fetch::Need,
-        found: Vec<Found>,
-    ) {
+    fn search_found(&mut self, search: SearchJob, found: Vec<Found>) {
         let Some(view) = self.view() else {
-            return self.search_done(tag, uid, &mut []);
+            return self.search_done(search.tag, search.uid, &mut []);
         };
         let (mut matched, mut undecided) = (Vec::new(), Vec::new());
         // Matches the view does not have (arrived since) are not told yet.
@@ -1322,17 +1313,11 @@ impl Session {
             }
         }
         if undecided.is_empty() {
-            return self.search_done(tag, uid, &mut matched);
+            return self.search_done(search.tag, search.uid, &mut matched);
         }
         let mailbox_id = view.mailbox.id;
         self.run(
-            Pending::SearchMeta {
-                tag,
-                uid,
-                key,
-                need,
-                matched,
-            },
+            Pending::SearchMeta { search, matched },
             Request::Messages {
                 mailbox_id,
                 uids: undecided,
@@ -1344,10 +1329,7 @@ impl Session {
     /// them, adding to what is `matched` already.
     fn search_known(
         &mut self,
-        tag: Tag<'static>,
-        uid: bool,
-        key: SearchKey<'static>,
-        need: fetch::Need,
+        search: SearchJob,
         messages: Vec<Message>,
         matched: Vec<(usize, u32, u64)>,
     ) {
@@ -1359,19 +1341,13 @@ impl Session {
                 .collect(),
             from: 0,
             next: 0,
-            headers_only: need == fetch::Need::Header,
+            headers_only: search.need == fetch::Need::Header,
             matched,
         };
-        self.search_next(tag, uid, key, reading);
+        self.search_next(search, reading);
     }
 
-    fn search_next(
-        &mut self,
-        tag: Tag<'static>,
-        uid: bool,
-        key: SearchKey<'static>,
-        mut reading: Reading,
-    ) {
+    fn search_next(&mut self, search: SearchJob, mut reading: Reading) {
         let batch = next_batch(
             &reading.messages,
             reading.next,
@@ -1380,7 +1356,7 @@ impl Session {
         );
         if batch.is_empty() {
             let mut matched = std::mem::take(&mut reading.matched);
-            return self.search_done(tag, uid, &mut matched);
+            return self.search_done(search.tag, search.uid, &mut matched);
         }
         let entry_ids = batch
             .clone()
@@ -1390,12 +1366,7 @@ impl Session {
         let headers_only = reading.headers_only;
         let next = self.batch_after(&reading.messages, &reading);
         self.run(
-            Pending::Search {
-                tag,
-                uid,
-                key,
-                reading,
-            },
+            Pending::Search { search, reading },
             Request::Contents {
                 entry_ids,
                 headers_only,
@@ -1645,30 +1616,15 @@ impl Session {
                 self.fetch_send(&mut fetch, &batch, &contents);
                 self.fetch_next(fetch, reading);
             }
-            (
-                Pending::SearchMeta {
-                    tag,
-                    uid,
-                    key,
-                    need,
-                    matched,
-                },
-                Answer::Messages(Ok(messages)),
-            ) => self.search_known(tag, uid, key, need, messages, matched),
-            (
-                Pending::SearchFound {
-                    tag,
-                    uid,
-                    key,
-                    need,
-                },
-                Answer::Found(Ok(found)),
-            ) => self.search_found(tag, uid, key, need, found),
+            (Pending::SearchMeta { search, matched }, Answer::Messages(Ok(messages))) => {
+                self.search_known(search, messages, matched)
+            }
+            (Pending::SearchFound { search }, Answer::Found(Ok(found))) => {
+                self.search_found(search, found)
+            }
             (
                 Pending::Search {
-                    tag,
-                    uid,
-                    key,
+                    search,
                     mut reading,
                 },
                 Answer::Contents(Ok(contents)),
@@ -1676,14 +1632,14 @@ impl Session {
                 if let Some(view) = self.view() {
                     for (place, m) in &reading.messages[reading.from..reading.next] {
                         if let Some(content) = contents.get(&m.entry_id)
-                            && search::matches(&key, view, *place, m, Some(content))
+                            && search::matches(&search.key, view, *place, m, Some(content))
                         {
                             reading.matched.push((*place, m.uid, m.modseq));
                         }
                     }
                 }
                 // Batches follow one another in place order: matches stay ascending.
-                self.search_next(tag, uid, key, reading);
+                self.search_next(search, reading);
             }
             (
                 Pending::Store {
@@ -2017,9 +1973,6 @@ impl Pending {
             | Pending::Status { tag, .. }
             | Pending::Done { tag, .. }
             | Pending::Append { tag }
-            | Pending::Search { tag, .. }
-            | Pending::SearchMeta { tag, .. }
-            | Pending::SearchFound { tag, .. }
             | Pending::Store { tag, .. }
             | Pending::StoreReport { tag, .. }
             | Pending::Expunge { tag, .. }
@@ -2027,6 +1980,9 @@ impl Pending {
             Pending::FetchMeta { fetch }
             | Pending::FetchSeen { fetch }
             | Pending::Fetch { fetch, .. } => fetch.tag,
+            Pending::Search { search, .. }
+            | Pending::SearchMeta { search, .. }
+            | Pending::SearchFound { search } => search.tag,
             Pending::Sync { tag } => return tag,
         })
     }
