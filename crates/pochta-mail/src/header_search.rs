@@ -6,7 +6,7 @@
 
 use chrono::NaiveDate;
 
-use crate::headers::header_fields;
+use crate::headers::field_values;
 
 /// A field's searchable text: each occurrence's value unfolded and lower-cased; a value with
 /// encoded words (RFC 2047) or non-ASCII octets also decoded and lower-cased after it. Parts
@@ -14,15 +14,8 @@ use crate::headers::header_fields;
 /// field.
 pub fn field_text(message: &[u8], name: &[u8]) -> Option<String> {
     let mut text: Option<String> = None;
-    for range in header_fields(message) {
-        let field = &message[range];
-        let Some(colon) = memchr::memchr(b':', field) else {
-            continue;
-        };
-        if !field[..colon].trim_ascii().eq_ignore_ascii_case(name) {
-            continue;
-        }
-        let value: Vec<u8> = field[colon + 1..]
+    for value in field_values(message, name) {
+        let value: Vec<u8> = value
             .iter()
             .copied()
             .filter(|&b| b != b'\r' && b != b'\n')
@@ -78,13 +71,8 @@ fn decoded(value: &[u8]) -> Option<String> {
 /// The day of the first Date: field, as written there (RFC 9051 6.4.4: SENTBEFORE and the
 /// like disregard time and timezone). None: no Date: field, or one that does not parse.
 pub fn sent_on(message: &[u8]) -> Option<NaiveDate> {
-    let range = header_fields(message).find(|range| {
-        let field = &message[range.clone()];
-        memchr::memchr(b':', field)
-            .is_some_and(|c| field[..c].trim_ascii().eq_ignore_ascii_case(b"Date"))
-    })?;
-    let mut field = message[range].to_vec();
-    field.extend_from_slice(b"\r\n");
+    let value = field_values(message, b"Date").next()?;
+    let field = [b"Date:", value, b"\r\n"].concat();
     let parsed = mail_parser::MessageParser::new().parse_headers(&field)?;
     let date = parsed.date()?;
     NaiveDate::from_ymd_opt(

@@ -28,6 +28,19 @@ pub fn header_fields(message: &[u8]) -> impl Iterator<Item = std::ops::Range<usi
     })
 }
 
+/// The values of the header fields named `name` (in any case, white space around the name
+/// allowed, RFC 5322 4.5.3), in order: what follows the colon, folds and line end included.
+pub fn field_values<'a>(message: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+    header_fields(message).filter_map(move |range| {
+        let field = &message[range];
+        let colon = memchr::memchr(b':', field)?;
+        field[..colon]
+            .trim_ascii()
+            .eq_ignore_ascii_case(name)
+            .then(|| &field[colon + 1..])
+    })
+}
+
 /// Whether the message carries `TLS-Required: No` (RFC 8689 5): its sender asks that the
 /// recipient domain's TLS policies (MTA-STS, DANE) not stop its delivery.
 pub fn tls_required_no(message: &[u8]) -> bool {
