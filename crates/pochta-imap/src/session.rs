@@ -1272,30 +1272,34 @@ impl Session {
             return self.search_done(tag, uid, &mut []);
         }
         let mailbox_id = view.mailbox.id;
-        let in_store = need == fetch::Need::Nothing || search::decidable_in_store(&key);
-        let store_key = in_store.then(|| search::with_uid_sets(&key, view));
-        let uids = view.uids.iter().collect();
+        // Flags, sizes, dates, UIDs and the header fields the store keeps: only the matches
+        // (and the messages it cannot decide) need leave the store. Otherwise every message's
+        // metadata, then its octets.
+        let request = if need == fetch::Need::Nothing || search::decidable_in_store(&key) {
+            Request::Search {
+                mailbox_id,
+                key: search::with_uid_sets(&key, view),
+            }
+        } else {
+            Request::Messages {
+                mailbox_id,
+                uids: view.uids.iter().collect(),
+            }
+        };
         let search = SearchJob {
             tag,
             uid,
             key,
             need,
         };
-        match store_key {
-            // Flags, sizes, dates, UIDs and the header fields the store keeps: only the
-            // matches (and the messages it cannot decide) need leave the store.
-            Some(key) => self.run(
-                Pending::SearchFound { search },
-                Request::Search { mailbox_id, key },
-            ),
-            None => self.run(
-                Pending::SearchMeta {
-                    search,
-                    matched: Vec::new(),
-                },
-                Request::Messages { mailbox_id, uids },
-            ),
-        }
+        let pending = match request {
+            Request::Search { .. } => Pending::SearchFound { search },
+            _ => Pending::SearchMeta {
+                search,
+                matched: Vec::new(),
+            },
+        };
+        self.run(pending, request);
     }
 
     /// The store's answer to a search: its matches, and the messages whose octets must decide.
