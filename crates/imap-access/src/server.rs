@@ -491,15 +491,10 @@ impl Connection {
                 store
                     .mailbox_search(mailbox_id, &filter(&key))
                     .await
-                    .map(|found| {
-                        found
-                            .into_iter()
-                            .map(|f| Found {
-                                uid: clamp(f.uid),
-                                modseq: f.modseq.max(0) as u64,
-                                decided: f.decided,
-                            })
-                            .collect()
+                    .map(|found| Found {
+                        matched: found.matched.into_iter().map(clamp).collect(),
+                        undecided: found.undecided.into_iter().map(clamp).collect(),
+                        highest_modseq: found.highest_modseq.max(0) as u64,
                     })
                     .map_err(failure),
             ),

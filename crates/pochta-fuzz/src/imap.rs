@@ -205,14 +205,17 @@ fn answer(
         Request::Search { .. } if fails => Answer::Found(Err(failure(input))),
         // Matches, some perhaps unknown to the view (NEW_UID), some left to the octets.
         Request::Search { .. } => {
-            let mut found = Vec::new();
+            let mut found = Found {
+                highest_modseq: u64::from(input.byte()),
+                ..Found::default()
+            };
             for &uid in uids {
                 if input.bool() {
-                    found.push(Found {
-                        uid,
-                        modseq: u64::from(input.byte()),
-                        decided: input.bool(),
-                    });
+                    if input.bool() {
+                        found.matched.push(uid);
+                    } else {
+                        found.undecided.push(uid);
+                    }
                 }
             }
             Answer::Found(Ok(found))

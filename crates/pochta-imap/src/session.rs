@@ -164,18 +164,18 @@ pub enum Answer {
     Flags(Result<(Vec<Message>, Vec<u32>), Failure>),
     Expunged(Result<Vec<u32>, Failure>),
     Changes(Result<Changes, Failure>),
-    /// Each message a `Request::Search` matched or could not decide, in UID order.
-    Found(Result<Vec<Found>, Failure>),
+    Found(Result<Found, Failure>),
 }
 
-/// A message a `Request::Search` returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a `Request::Search` found, by UID, ascending.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {
-    pub uid: u32,
-    pub modseq: u64,
-    /// False: it may match, but the key names a header field the store did not keep for this
-    /// message, so its octets decide.
-    pub decided: bool,
+    pub matched: Vec<u32>,
+    /// Messages that may match: the key names a header field the store did not keep for
+    /// them, so their octets decide.
+    pub undecided: Vec<u32>,
+    /// The highest mod-sequence among `matched` (0: none).
+    pub highest_modseq: u64,
 }
 
 /// The outcome of a login.
@@ -308,6 +308,8 @@ struct SearchJob {
     key: SearchKey<'static>,
     /// What its keys need of the octets.
     need: fetch::Need,
+    /// The highest mod-sequence of the matches the store decided.
+    store_modseq: u64,
 }
 
 struct FetchJob {
@@ -1269,7 +1271,7 @@ impl Session {
         self.condstore |= search::names_modseq(&key);
         let Some(view) = self.view() else { return };
         if view.uids.is_empty() {
-            return self.search_done(tag, uid, &mut []);
+            return self.search_done(tag, uid, &mut [], 0);
         }
         let mailbox_id = view.mailbox.id;
         // Flags, sizes, dates, UIDs and the header fields the store keeps: only the matches
@@ -1291,6 +1293,7 @@ impl Session {
             uid,
             key,
             need,
+            store_modseq: 0,
         };
         let pending = match request {
             Request::Search { .. } => Pending::SearchFound { search },
@@ -1303,21 +1306,25 @@ impl Session {
     }
 
     /// The store's answer to a search: its matches, and the messages whose octets must decide.
-    fn search_found(&mut self, search: SearchJob, found: Vec<Found>) {
+    fn search_found(&mut self, mut search: SearchJob, found: Found) {
         let Some(view) = self.view() else {
-            return self.search_done(search.tag, search.uid, &mut []);
+            return self.search_done(search.tag, search.uid, &mut [], 0);
         };
-        let (mut matched, mut undecided) = (Vec::new(), Vec::new());
-        // Matches the view does not have (arrived since) are not told yet.
-        for f in found {
-            match view.index_of_uid(f.uid) {
-                Some(place) if f.decided => matched.push((place, f.uid, f.modseq)),
-                Some(_) => undecided.push(f.uid),
-                None => {}
-            }
-        }
+        // Matches the view does not have (arrived since) are not told yet. Their own
+        // mod-sequences are not needed: the store's highest stands for them all.
+        let mut matched: Vec<(usize, u32, u64)> = found
+            .matched
+            .iter()
+            .filter_map(|&uid| Some((view.index_of_uid(uid)?, uid, 0)))
+            .collect();
+        let undecided: Vec<u32> = found
+            .undecided
+            .into_iter()
+            .filter(|&uid| view.index_of_uid(uid).is_some())
+            .collect();
+        search.store_modseq = found.highest_modseq;
         if undecided.is_empty() {
-            return self.search_done(search.tag, search.uid, &mut matched);
+            return self.search_done(search.tag, search.uid, &mut matched, search.store_modseq);
         }
         let mailbox_id = view.mailbox.id;
         self.run(
@@ -1360,7 +1367,7 @@ impl Session {
         );
         if batch.is_empty() {
             let mut matched = std::mem::take(&mut reading.matched);
-            return self.search_done(search.tag, search.uid, &mut matched);
+            return self.search_done(search.tag, search.uid, &mut matched, search.store_modseq);
         }
         let entry_ids = batch
             .clone()
@@ -1379,7 +1386,15 @@ impl Session {
         );
     }
 
-    fn search_done(&mut self, tag: Tag<'static>, uid: bool, matched: &mut [(usize, u32, u64)]) {
+    /// Answers a SEARCH: `matched` holds (place, UID, mod-sequence) of each match, and
+    /// `modseq` the highest of those whose own is not there (0 for them).
+    fn search_done(
+        &mut self,
+        tag: Tag<'static>,
+        uid: bool,
+        matched: &mut [(usize, u32, u64)],
+        modseq: u64,
+    ) {
         // The store's matches and those read from octets come in two runs.
         if !matched.is_sorted() {
             matched.sort_unstable();
@@ -1397,8 +1412,9 @@ impl Session {
         let modseq = if self.condstore {
             matched
                 .iter()
-                .map(|&(_, _, modseq)| modseq)
+                .map(|&(_, _, m)| m)
                 .max()
+                .map(|m| m.max(modseq))
                 .and_then(NonZeroU64::new)
         } else {
             None

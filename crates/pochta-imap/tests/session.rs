@@ -48,15 +48,12 @@ fn request(output: Option<Output<Action>>) -> Request {
 
 /// Answers and drains; what was sent.
 /// Search matches the store decided: (UID, mod-sequence).
-fn decided(found: &[(u32, u64)]) -> Vec<Found> {
-    found
-        .iter()
-        .map(|&(uid, modseq)| Found {
-            uid,
-            modseq,
-            decided: true,
-        })
-        .collect()
+fn decided(found: &[(u32, u64)]) -> Found {
+    Found {
+        matched: found.iter().map(|&(uid, _)| uid).collect(),
+        undecided: vec![],
+        highest_modseq: found.iter().map(|&(_, m)| m).max().unwrap_or(0),
+    }
 }
 
 fn answer(c: &mut Client, a: Answer) -> String {
@@ -763,7 +760,7 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
             if *key == and(vec![SearchKey::Not(Box::new(SearchKey::All))])),
         "{r:?}"
     );
-    answer(&mut c, Answer::Found(Ok(vec![])));
+    answer(&mut c, Answer::Found(Ok(Found::default())));
     let out = c.cmd("q4 SEARCH CHARSET KOI8-R ALL");
     assert!(out.starts_with("q4 NO [BADCHARSET"), "{out}");
     // Header fields the store keeps go to it as well: what it decides is told as it says
@@ -777,13 +774,10 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
             key: and(vec![subject])
         }
     );
-    let undecided = |uid| Found {
-        uid,
-        modseq: 3,
-        decided: false,
+    let found = Found {
+        undecided: vec![4, 7],
+        ..decided(&[(2, 3)])
     };
-    let mut found = decided(&[(2, 3)]);
-    found.extend([undecided(4), undecided(7)]);
     c.session.answer(Answer::Found(Ok(found)));
     let output = c.drain();
     metadata(&mut c, output, &[4, 7]);
@@ -850,6 +844,20 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
         vec![(2, 3), (4, 2)],
     );
     assert!(out.starts_with("* SEARCH 1 2 (MODSEQ 3)\r\n"), "{out}");
+    // The store gives the highest mod-sequence of what it decided; messages read for their
+    // octets bring their own; the result carries the higher.
+    let r = request(c.send("q11 SEARCH SUBJECT hello\r\n"));
+    assert!(matches!(r, Request::Search { .. }), "{r:?}");
+    let found = Found {
+        undecided: vec![7],
+        ..decided(&[(2, 9)])
+    };
+    c.session.answer(Answer::Found(Ok(found)));
+    let output = c.drain();
+    metadata(&mut c, output, &[7]);
+    request(c.drain());
+    let out = answer(&mut c, Answer::Contents(Ok([(700, MAIL.to_vec())].into())));
+    assert!(out.starts_with("* SEARCH 1 3 (MODSEQ 9)\r\n"), "{out}");
 }
 
 #[test]

@@ -118,13 +118,14 @@ impl MessageFilter {
     }
 }
 
-/// A message a SEARCH returned: it matched, or (not `decided`) it may match and only its
-/// octets can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SearchMatch {
-    pub uid: i64,
-    pub modseq: i64,
-    pub decided: bool,
+/// What a SEARCH found: the messages it matched and those it may match (only their octets
+/// can tell), each by UID, ascending.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchResult {
+    pub matched: Vec<i64>,
+    pub undecided: Vec<i64>,
+    /// The highest mod-sequence among `matched` (0: none), for CONDSTORE's (MODSEQ n).
+    pub highest_modseq: i64,
 }
 
 /// Appends `filter` as a condition on `e` (a `maildrop_entries` row); every value is bound.
@@ -386,48 +387,57 @@ impl Store {
         .await?)
     }
 
-    /// The UIDs and mod-sequences of the messages of a mailbox that `filter` matches, in UID
-    /// order.
+    /// The messages of a mailbox that `filter` matches or, where it reads header fields the
+    /// store did not keep, may match.
     pub async fn mailbox_search(
         &self,
         mailbox_id: i64,
         filter: &MessageFilter,
-    ) -> Result<Vec<SearchMatch>> {
-        // The matches come back as three arrays in one row, unordered, and are sorted here:
-        // on a large mailbox, decoding a row per match and PostgreSQL's sort cost more than
-        // the search itself (BENCHMARKS.md, IMAP SEARCH).
-        let mut query = QueryBuilder::new(
-            "SELECT coalesce(array_agg(uid), '{}'), coalesce(array_agg(modseq), '{}'),
-                    coalesce(array_agg(hit), '{}')
-             FROM (SELECT e.imap_uid AS uid, e.modseq, ",
-        );
-        push_filter(&mut query, filter);
-        query.push(" AS hit FROM maildrop_entries e");
+    ) -> Result<SearchResult> {
+        // One row of arrays, unordered (sorted here if need be): on a large mailbox, decoding
+        // a row per match and PostgreSQL's sort cost more than the search itself, and each
+        // array more aggregated costs about as much again (BENCHMARKS.md, IMAP SEARCH).
+        let mut query;
         if filter.reads_fields() {
-            query.push(" JOIN messages m ON m.id = e.message_id");
+            // The filter is NULL where a field it reads was not kept: such messages are
+            // returned undecided.
+            query = QueryBuilder::new(
+                "SELECT coalesce(array_agg(uid) FILTER (WHERE hit), '{}'),
+                        coalesce(array_agg(uid) FILTER (WHERE hit IS NULL), '{}'),
+                        coalesce(max(modseq) FILTER (WHERE hit), 0)
+                 FROM (SELECT e.imap_uid AS uid, e.modseq, ",
+            );
+            push_filter(&mut query, filter);
+            query
+                .push(
+                    " AS hit FROM maildrop_entries e JOIN messages m ON m.id = e.message_id
+                     WHERE e.mailbox_id = ",
+                )
+                .push_bind(mailbox_id)
+                .push(") s WHERE hit IS NOT FALSE");
+        } else {
+            // Never NULL: every column it reads is NOT NULL.
+            query = QueryBuilder::new(
+                "SELECT coalesce(array_agg(e.imap_uid), '{}'), '{}'::bigint[],
+                        coalesce(max(e.modseq), 0)
+                 FROM maildrop_entries e WHERE e.mailbox_id = ",
+            );
+            query.push_bind(mailbox_id).push(" AND ");
+            push_filter(&mut query, filter);
         }
-        query
-            .push(" WHERE e.mailbox_id = ")
-            .push_bind(mailbox_id)
-            .push(") s WHERE hit IS NOT FALSE");
-        let (uids, modseqs, hits): (Vec<i64>, Vec<i64>, Vec<Option<bool>>) =
+        let (mut matched, mut undecided, highest_modseq): (Vec<i64>, Vec<i64>, i64) =
             query.build_query_as().fetch_one(&self.pool).await?;
-        let mut found: Vec<SearchMatch> = uids
-            .into_iter()
-            .zip(modseqs)
-            .zip(hits)
-            .map(|((uid, modseq), hit)| SearchMatch {
-                uid,
-                modseq,
-                // TRUE: a match; NULL: undecided (FALSE was left out).
-                decided: hit.is_some(),
-            })
-            .collect();
         // A scan in UID order (the usual plan) needs no sorting.
-        if !found.is_sorted_by_key(|f| f.uid) {
-            found.sort_unstable_by_key(|f| f.uid);
+        for uids in [&mut matched, &mut undecided] {
+            if !uids.is_sorted() {
+                uids.sort_unstable();
+            }
         }
-        Ok(found)
+        Ok(SearchResult {
+            matched,
+            undecided,
+            highest_modseq,
+        })
     }
 
     /// The UIDs of a mailbox, ascending: all a selecting session keeps.
@@ -714,7 +724,7 @@ impl Store {
         flags: &[String],
         internal_date: Option<DateTime<Utc>>,
     ) -> Result<Placed> {
-        let rows = Rows::of(content, self.compression);
+        let rows = Rows::of(content, self.compression, true);
         let chunks = Chunks::of(&[(content, &rows)]);
         let search = SearchColumns::of(std::iter::once(rows.search.as_ref()));
         let mut tx = self.pool.begin().await?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pochta_store::{
     Claim, ContentCompression, DomainRole, FlagChange, LocalDelivery, MaildropDelivery,
-    MessageFilter, SPECIAL_MAILBOXES, SearchField, SearchMatch, Store, StoreError,
+    MessageFilter, SPECIAL_MAILBOXES, SearchField, SearchResult, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -791,9 +791,9 @@ async fn searches_of_flags_sizes_dates_and_uids_run_in_the_store() {
     set(&[2], &["\\Flagged", "$Work"]).await;
     let stored = set(&[5], &["\\Deleted"]).await;
     let modseq_of_5 = stored.changed[0].modseq;
-    let uids = |found: Vec<SearchMatch>| {
-        assert!(found.iter().all(|f| f.decided), "{found:?}");
-        found.into_iter().map(|f| f.uid).collect::<Vec<_>>()
+    let uids = |found: SearchResult| {
+        assert!(found.undecided.is_empty(), "{found:?}");
+        found.matched
     };
     let search = |filter: MessageFilter| async move {
         uids(store.mailbox_search(inbox.id, &filter).await.unwrap())
@@ -829,18 +829,26 @@ async fn searches_of_flags_sizes_dates_and_uids_run_in_the_store() {
         search(Before(today.succ_opt().unwrap())).await,
         [1, 2, 3, 4, 5]
     );
-    // The mod-sequences come back too, one per UID.
-    let found = store
-        .mailbox_search(inbox.id, &flag("\\Deleted"))
-        .await
-        .unwrap();
+    // The highest mod-sequence among the matches comes back too (CONDSTORE's MODSEQ).
+    let found = |filter| async move { store.mailbox_search(inbox.id, &filter).await.unwrap() };
     assert_eq!(
-        found,
-        [SearchMatch {
-            uid: 5,
-            modseq: modseq_of_5,
-            decided: true
-        }]
+        found(flag("\\Deleted")).await,
+        SearchResult {
+            matched: vec![5],
+            undecided: vec![],
+            highest_modseq: modseq_of_5
+        }
+    );
+    let seen = found(flag("\\Seen")).await;
+    assert_eq!(seen.matched, [1, 2]);
+    assert!(seen.highest_modseq > 0 && seen.highest_modseq < modseq_of_5);
+    assert_eq!(
+        found(flag("$none")).await,
+        SearchResult {
+            matched: vec![],
+            undecided: vec![],
+            highest_modseq: 0
+        }
     );
 }
 
@@ -900,10 +908,11 @@ Date: Mon, 7 Dec 2026 23:30:00 -0800\r\n\r\nQuarterly body\r\n";
     // (UID, decided) of each message returned.
     let search = |filter: MessageFilter| async move {
         let found = store.mailbox_search(inbox.id, &filter).await.unwrap();
-        found
-            .into_iter()
-            .map(|f| (f.uid, f.decided))
-            .collect::<Vec<_>>()
+        let mut both: Vec<(i64, bool)> = (found.matched.iter().map(|&u| (u, true)))
+            .chain(found.undecided.iter().map(|&u| (u, false)))
+            .collect();
+        both.sort_unstable();
+        both
     };
     let field = |f, s: &str| FieldContains(f, s.to_string());
     let not = |f: MessageFilter| Not(Box::new(f));
@@ -944,4 +953,14 @@ Date: Mon, 7 Dec 2026 23:30:00 -0800\r\n\r\nQuarterly body\r\n";
         search(not(Flag("\\Seen".into()))).await,
         [(1, true), (2, true), (3, true), (4, true)]
     );
+    // The highest mod-sequence is of the decided matches only (UID 2 here, not 3).
+    let modseq = |filter| async move {
+        let found = store.mailbox_search(inbox.id, &filter).await.unwrap();
+        found.highest_modseq
+    };
+    assert_eq!(
+        modseq(field(Subject, "quarterly report")).await,
+        modseq(Uids(vec![(2, 2)])).await
+    );
+    assert!(modseq(Uids(vec![(2, 2)])).await < modseq(Uids(vec![(3, 3)])).await);
 }
