@@ -45,8 +45,8 @@ fn worth_it(packed: usize, span: usize) -> bool {
 const GIVE_UP_AFTER: usize = 4;
 
 /// One message's content as chunk rows: each row's codec and where its octets are (a range
-/// of the content, or of the compressed octets kept here); and the header fields kept for
-/// SEARCH (migration 0014). Made apart from the content it describes, so that the work can be
+/// of the content, or of the compressed octets kept here); and, for mail bound for a mailbox,
+/// the header fields kept for SEARCH (migration 0014). Made apart from the content it describes, so that the work can be
 /// done where the content is (`PreparedContent`).
 #[derive(Debug, Default)]
 pub(crate) struct Rows {
@@ -74,13 +74,17 @@ thread_local! {
 }
 
 impl Rows {
-    /// The rows `content` is stored as.
-    pub fn of(content: &[u8], compression: Option<ContentCompression>) -> Self {
+    /// The rows `content` is stored as, with its search fields if it is `for_mailbox`.
+    pub fn of(content: &[u8], compression: Option<ContentCompression>, for_mailbox: bool) -> Self {
         let mut rows = Rows {
             codecs: Vec::with_capacity(content.len().div_ceil(CHUNK)),
             pieces: Vec::with_capacity(content.len().div_ceil(CHUNK)),
             packed: Vec::new(),
-            search: SearchFields::of(content),
+            search: if for_mailbox {
+                SearchFields::of(content)
+            } else {
+                None
+            },
         };
         match compression {
             Some(c) if content.len() >= c.min_size => rows.pack(content, c.level),
@@ -179,8 +183,12 @@ pub struct PreparedContent {
 }
 
 impl PreparedContent {
-    pub(crate) fn new(text: Vec<u8>, compression: Option<ContentCompression>) -> Self {
-        let rows = Rows::of(&text, compression);
+    pub(crate) fn new(
+        text: Vec<u8>,
+        compression: Option<ContentCompression>,
+        for_mailbox: bool,
+    ) -> Self {
+        let rows = Rows::of(&text, compression, for_mailbox);
         PreparedContent { text, rows }
     }
 
@@ -415,7 +423,10 @@ mod tests {
     /// Stores a batch as the store would; checks that every row fits its page and decodes
     /// to at most `MAX_SPAN`, that each message reads back as it was, and the seqs.
     fn assert_round_trip(contents: &[&[u8]], compression: Option<ContentCompression>) -> Stored {
-        let rows: Vec<Rows> = contents.iter().map(|c| Rows::of(c, compression)).collect();
+        let rows: Vec<Rows> = contents
+            .iter()
+            .map(|c| Rows::of(c, compression, true))
+            .collect();
         let messages: Vec<(&[u8], &Rows)> = contents.iter().copied().zip(&rows).collect();
         let c = Chunks::of(&messages);
         let mut read = vec![Vec::new(); contents.len()];
@@ -569,7 +580,7 @@ mod tests {
     #[test]
     fn rows_that_cannot_be_decoded_are_errors() {
         let text = prose(40_000);
-        let rows = Rows::of(&text, ON);
+        let rows = Rows::of(&text, ON, false);
         let frame = rows.data(&text).next().unwrap().to_vec();
         let mut out = Vec::new();
         let undecodable = |r: Result<()>| matches!(r, Err(StoreError::ChunkUndecodable { .. }));

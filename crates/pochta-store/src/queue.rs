@@ -104,7 +104,7 @@ impl Store {
     pub async fn enqueue_many(&self, batch: &[(&NewEnvelope, &[u8])]) -> Result<Vec<Enqueued>> {
         let rows: Vec<Rows> = batch
             .iter()
-            .map(|(_, content)| Rows::of(content, self.compression))
+            .map(|(e, content)| Rows::of(content, self.compression, e.reaches_a_mailbox()))
             .collect();
         let batch: Vec<_> = batch
             .iter()
@@ -114,10 +114,11 @@ impl Store {
         enqueue_rows_on(&mut *self.pool.acquire().await?, &batch).await
     }
 
-    /// Content made ready to store (`enqueue_prepared`): cut into rows and compressed as this
-    /// store's settings say. CPU work, done by the caller where it suits it.
-    pub fn prepare(&self, content: Vec<u8>) -> PreparedContent {
-        PreparedContent::new(content, self.compression)
+    /// Content made ready to store (`enqueue_prepared`) with `envelope`: cut into rows and
+    /// compressed as this store's settings say, its search fields taken if the envelope
+    /// `reaches_a_mailbox`. CPU work, done by the caller where it suits it.
+    pub fn prepare(&self, envelope: &NewEnvelope, content: Vec<u8>) -> PreparedContent {
+        PreparedContent::new(content, self.compression, envelope.reaches_a_mailbox())
     }
 
     /// `enqueue_many` of prepared content: the statement only sends the rows.
@@ -404,7 +405,7 @@ pub(crate) async fn enqueue_on(
     content: &[u8],
     compression: Option<ContentCompression>,
 ) -> Result<Enqueued> {
-    let rows = Rows::of(content, compression);
+    let rows = Rows::of(content, compression, envelope.reaches_a_mailbox());
     let enqueued = enqueue_rows_on(conn, &[(envelope, content, &rows)]).await?;
     Ok(enqueued[0])
 }

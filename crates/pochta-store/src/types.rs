@@ -337,6 +337,16 @@ pub struct NewEnvelope {
     pub requiretls: bool,
 }
 
+impl NewEnvelope {
+    /// Will any of it be delivered into a mailbox here? Only such messages keep header
+    /// fields for IMAP SEARCH (migration 0014); relayed mail never meets a search.
+    pub fn reaches_a_mailbox(&self) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| r.disposition == pochta_mail::Disposition::Local)
+    }
+}
+
 /// Ids of an enqueued transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enqueued {

@@ -83,12 +83,12 @@ impl GroupCommit {
     /// it was not stored: the session answers 451 and the client tries again.
     pub async fn commit(&self, envelope: NewEnvelope, content: Vec<u8>) -> Result<(), String> {
         let content = if content.len() >= PREPARE_APART {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.prepare(content))
+            let (store, envelope) = (self.store.clone(), envelope.clone());
+            tokio::task::spawn_blocking(move || store.prepare(&envelope, content))
                 .await
                 .map_err(|e| format!("preparing the content failed: {e}"))?
         } else {
-            self.store.prepare(content)
+            self.store.prepare(&envelope, content)
         };
         let (done, result) = oneshot::channel();
         let len = content.text().len() as u64;

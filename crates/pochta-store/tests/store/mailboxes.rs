@@ -9,7 +9,7 @@ use pochta_store::{
 };
 use pochta_testkit::TestDb;
 
-use crate::{CONTENT, addr, enqueue_n};
+use crate::{CONTENT, addr, enqueue_n, envelope};
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 const PREFIX: &[u8] = b"Delivered-To: user0@example.org\r\n";
@@ -28,10 +28,14 @@ async fn account(store: &Store) -> i64 {
 /// Delivers `n` new messages into user0's INBOX in one batch.
 async fn deliver(store: &Store, account_id: i64, n: usize) {
     for _ in 0..n {
-        enqueue_n(store, 1).await;
+        let local = pochta_testkit::local_recipient("user0@example.org");
+        store
+            .enqueue(&envelope(vec![local]), CONTENT)
+            .await
+            .unwrap();
     }
     let claimed = store
-        .claim_due("w", Claim::Remote, 1000, Duration::from_secs(60))
+        .claim_due("w", Claim::Local, 1000, Duration::from_secs(60))
         .await
         .unwrap();
     let batch: Vec<MaildropDelivery> = claimed

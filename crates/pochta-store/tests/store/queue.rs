@@ -899,3 +899,58 @@ async fn recording_an_attempt_costs_nothing_per_waiting_recipient() {
         .await;
     assert!(matches!(again, Err(StoreError::LeaseLost(lost)) if lost == id));
 }
+
+/// Header fields are kept for IMAP SEARCH only for mail bound for a mailbox here: relayed
+/// and held mail never meets a search (migration 0014). Each way of enqueueing decides so.
+#[tokio::test]
+async fn search_fields_are_kept_only_for_mail_with_a_local_recipient() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let local = pochta_testkit::local_recipient;
+    let held = pochta_store::NewRecipient {
+        disposition: pochta_mail::Disposition::Hold,
+        ..recipient("later@example.org")
+    };
+    let mixed = envelope(vec![
+        recipient("far@example.org"),
+        local("near@example.com"),
+    ]);
+    let relayed = envelope(vec![recipient("far@example.org"), held]);
+    let kept = |id: i64| {
+        let url = db.url().to_string();
+        async move {
+            let raw = sqlx::PgPool::connect(&url).await.unwrap();
+            let row: (bool, Option<String>) =
+                sqlx::query_as("SELECT search_fields, search_subject FROM messages WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&raw)
+                    .await
+                    .unwrap();
+            row
+        }
+    };
+    let with = (true, Some(" hi".to_string()));
+    let without = (false, None);
+    let one = store.enqueue(&mixed, CONTENT).await.unwrap();
+    assert_eq!(kept(one.message_id).await, with);
+    let one = store.enqueue(&relayed, CONTENT).await.unwrap();
+    assert_eq!(kept(one.message_id).await, without);
+    let (mixed, relayed) = (envelope(mixed.recipients), envelope(relayed.recipients));
+    let many = store
+        .enqueue_many(&[(&relayed, CONTENT), (&mixed, CONTENT)])
+        .await
+        .unwrap();
+    assert_eq!(kept(many[0].message_id).await, without);
+    assert_eq!(kept(many[1].message_id).await, with);
+    let (mixed, relayed) = (envelope(mixed.recipients), envelope(relayed.recipients));
+    let prepared = [
+        store.prepare(&mixed, CONTENT.to_vec()),
+        store.prepare(&relayed, CONTENT.to_vec()),
+    ];
+    let ids = store
+        .enqueue_prepared(&[(&mixed, &prepared[0]), (&relayed, &prepared[1])])
+        .await
+        .unwrap();
+    assert_eq!(kept(ids[0].message_id).await, with);
+    assert_eq!(kept(ids[1].message_id).await, without);
+}
