@@ -32,7 +32,7 @@ pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_se
 pub use mailboxes::{
     FlagChange, FlagsStored, MAILBOX_CHANNEL, MailboxChange, MailboxChanges, MailboxCounts,
     MailboxInfo, MailboxMessage, MessageFilter, Placed, SPECIAL_MAILBOXES, SearchField,
-    SearchResult,
+    SearchFieldsBackfill, SearchResult,
 };
 pub use mta_sts::CachedStsPolicy;
 pub use roles::ServiceRoles;

@@ -9,7 +9,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::content::{Chunks, Rows, SearchColumns};
+use pochta_mail::header_search::SearchFields;
+
+use crate::content::{Chunks, Rows, SearchColumns, decode_into};
 use crate::{Result, Store, StoreError};
 
 /// The PostgreSQL channel a change to a mailbox is announced on; the payload is the
@@ -126,6 +128,17 @@ pub struct SearchResult {
     pub undecided: Vec<i64>,
     /// The highest mod-sequence among `matched` (0: none), for CONDSTORE's (MODSEQ n).
     pub highest_modseq: i64,
+}
+
+/// What one `Store::backfill_search_fields` batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchFieldsBackfill {
+    /// The highest message id looked at, where the next batch starts; None: none was left.
+    pub last_id: Option<i64>,
+    /// Messages whose fields are kept now.
+    pub kept: u64,
+    /// Messages whose fields are too long to keep.
+    pub passed_over: u64,
 }
 
 /// Appends `filter` as a condition on `e` (a `maildrop_entries` row); every value is bound.
@@ -438,6 +451,79 @@ impl Store {
             undecided,
             highest_modseq,
         })
+    }
+
+    /// Keeps the search fields (migration 0014) of up to `limit` messages in mailboxes that
+    /// were stored without them (before the migration, or by an older replica), taking those
+    /// with ids above `after`. Idempotent, and safe beside the services: a message's fields
+    /// come from its content, which never changes. Messages whose fields are too long to
+    /// keep are passed over (they are searched in their octets, as before).
+    pub async fn backfill_search_fields(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<SearchFieldsBackfill> {
+        // Each message's first chunk only, unless its header goes on beyond it.
+        // Id, size, and the first chunk's codec and octets.
+        type FirstChunk = (i64, i64, Option<i16>, Option<Vec<u8>>);
+        let rows: Vec<FirstChunk> = sqlx::query_as(
+            "SELECT m.id, m.size, c.codec, c.data FROM messages m
+             LEFT JOIN message_chunks c ON c.message_id = m.id AND c.seq = 0
+             WHERE m.id > $1 AND NOT m.search_fields AND m.content_collected_at IS NULL
+               AND EXISTS (SELECT 1 FROM maildrop_entries e WHERE e.message_id = m.id)
+             ORDER BY m.id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut done = SearchFieldsBackfill {
+            last_id: rows.last().map(|r| r.0),
+            ..SearchFieldsBackfill::default()
+        };
+        let mut ids = Vec::new();
+        let mut fields = Vec::new();
+        for (id, size, codec, data) in rows {
+            let mut head = Vec::new();
+            if let (Some(codec), Some(data)) = (codec, data) {
+                decode_into(&mut head, id, codec, &data)?;
+            }
+            let complete =
+                memchr::memmem::find(&head, b"\r\n\r\n").is_some() || head.len() as i64 >= size;
+            if !complete {
+                match self.message_content(id).await? {
+                    Some(whole) => head = whole,
+                    None => continue,
+                }
+            }
+            match SearchFields::of(&head) {
+                Some(f) => {
+                    ids.push(id);
+                    fields.push(f);
+                }
+                None => done.passed_over += 1,
+            }
+        }
+        let columns = SearchColumns::of(fields.iter().map(Some));
+        done.kept = sqlx::query(
+            "UPDATE messages m SET search_fields = true, search_subject = u.subject,
+                 search_from = u.from_, search_to = u.to_, search_cc = u.cc,
+                 search_bcc = u.bcc, search_sent_on = u.sent_on
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::date[]) AS u (id, subject, from_, to_, cc, bcc, sent_on)
+             WHERE m.id = u.id AND NOT m.search_fields",
+        )
+        .bind(&ids)
+        .bind(&columns.subject)
+        .bind(&columns.from)
+        .bind(&columns.to)
+        .bind(&columns.cc)
+        .bind(&columns.bcc)
+        .bind(&columns.sent_on)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done)
     }
 
     /// The UIDs of a mailbox, ascending: all a selecting session keeps.

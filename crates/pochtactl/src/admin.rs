@@ -212,6 +212,34 @@ impl Admin {
         Ok(())
     }
 
+    /// Keeps the IMAP search fields of mail stored before migration 14, `batch` messages a
+    /// statement, until none is left. Can be stopped and run again at any time.
+    pub async fn backfill_search_fields(&self, batch: i64) -> anyhow::Result<()> {
+        let (mut after, mut kept, mut passed_over) = (0, 0, 0);
+        loop {
+            let done = self
+                .store
+                .backfill_search_fields(after, batch)
+                .await
+                .context("keeping search fields")?;
+            let Some(last) = done.last_id else { break };
+            (after, kept, passed_over) = (last, kept + done.kept, passed_over + done.passed_over);
+            if !self.json {
+                eprint!("\rmessages up to id {last}: search fields kept for {kept}");
+            }
+        }
+        if !self.json && kept + passed_over > 0 {
+            eprintln!();
+        }
+        self.say(json!({"kept": kept, "passed_over": passed_over}), || {
+            format!(
+                "search fields kept for {kept} messages; {passed_over} passed over \
+                 (fields too long to keep: searched in their octets)"
+            )
+        });
+        Ok(())
+    }
+
     pub async fn domain(&self, command: DomainCommand) -> anyhow::Result<()> {
         self.store.check_schema().await?;
         match command {

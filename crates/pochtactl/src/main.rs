@@ -43,6 +43,14 @@ enum Command {
         #[arg(long, value_name = "PREFIX", default_value = "pochta")]
         role_prefix: String,
     },
+    /// Keep the header fields IMAP SEARCH reads for mail stored before schema version 14
+    /// (such mail is searched in its octets until then). Safe while the services run; can be
+    /// stopped and run again.
+    SearchFields {
+        /// Messages read and updated per statement.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        batch: i64,
+    },
     /// Domains Pochta receives mail for.
     #[command(subcommand)]
     Domain(admin::DomainCommand),
@@ -94,6 +102,12 @@ fn main() -> ExitCode {
                 admin::Admin::connect(config, json)
                     .await?
                     .migrate(roles)
+                    .await
+            }
+            Command::SearchFields { batch } => {
+                admin::Admin::connect(config, json)
+                    .await?
+                    .backfill_search_fields(batch)
                     .await
             }
             Command::Domain(command) => {

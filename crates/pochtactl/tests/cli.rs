@@ -504,3 +504,60 @@ async fn dkim_keys_and_the_records_a_domain_publishes() {
         "{list}"
     );
 }
+
+/// `search-fields`: mail stored before schema version 14 gets the header fields IMAP SEARCH
+/// reads; a message whose fields are too long to keep is passed over; a second run finds
+/// nothing more to keep.
+#[tokio::test]
+async fn search_fields_are_kept_for_old_mail() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    store
+        .add_domain("example.org", pochta_store::DomainRole::Local)
+        .await
+        .unwrap();
+    let account = store
+        .add_account(
+            &Mailbox::parse("user@example.org").unwrap(),
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        )
+        .await
+        .unwrap();
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let crowded = format!("To: {}\r\n\r\nbody\r\n", "a@b.example, ".repeat(2000));
+    for content in [
+        b"Subject: Old news\r\n\r\nbody\r\n".as_slice(),
+        crowded.as_bytes(),
+    ] {
+        store
+            .append_message(inbox.id, content, &[], None)
+            .await
+            .unwrap();
+    }
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query("UPDATE messages SET search_fields = false, search_subject = NULL")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let out = ok(&db, "search-fields --batch 1", "");
+    assert!(
+        out.contains("search fields kept for 1 messages; 1 passed over"),
+        "{out}"
+    );
+    let subject: Option<String> =
+        sqlx::query_scalar("SELECT search_subject FROM messages WHERE search_fields")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    assert_eq!(subject.as_deref(), Some(" old news"));
+    let out = ok(&db, "--json search-fields", "");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["kept"].as_u64(), v["passed_over"].as_u64()),
+        (Some(0), Some(1))
+    );
+    // A usage error (clap's exit code 2).
+    let out = ctl(&db, "search-fields --batch 0", "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--batch"), "{}", text(&out));
+}

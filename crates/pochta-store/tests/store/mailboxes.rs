@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use pochta_store::{
     Claim, ContentCompression, DomainRole, FlagChange, LocalDelivery, MaildropDelivery,
-    MessageFilter, SPECIAL_MAILBOXES, SearchField, SearchResult, Store, StoreError,
+    MessageFilter, SPECIAL_MAILBOXES, SearchField, SearchFieldsBackfill, SearchResult, Store,
+    StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -967,4 +968,107 @@ Date: Mon, 7 Dec 2026 23:30:00 -0800\r\n\r\nQuarterly body\r\n";
         modseq(Uids(vec![(2, 2)])).await
     );
     assert!(modseq(Uids(vec![(2, 2)])).await < modseq(Uids(vec![(3, 3)])).await);
+}
+
+/// Mail stored before migration 0014 gets its search fields kept by the backfill, batch by
+/// batch: the same fields ingest would have kept, a header longer than a chunk read whole,
+/// fields too long to keep passed over, mail in no mailbox left alone.
+#[tokio::test]
+async fn backfill_keeps_the_search_fields_ingest_would_have_kept() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    deliver(store, account, 2).await;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let long_header = format!(
+        "X-Filler: {}\r\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?= late\r\nDate: 3 Dec 2026 10:00 +0000\r\n\r\nbody\r\n",
+        "x".repeat(20_000)
+    );
+    let too_long = format!(
+        "To: {}\r\nSubject: crowded\r\n\r\nbody\r\n",
+        "a@b.example, ".repeat(2000)
+    );
+    for content in [long_header.as_bytes(), too_long.as_bytes()] {
+        store
+            .append_message(inbox.id, content, &[], None)
+            .await
+            .unwrap();
+    }
+    // Relayed mail, in no mailbox.
+    let relayed = store
+        .enqueue(
+            &crate::envelope(vec![crate::recipient("far@example.net")]),
+            CONTENT,
+        )
+        .await
+        .unwrap();
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    type Kept = (
+        i64,
+        bool,
+        Option<String>,
+        Option<String>,
+        Option<chrono::NaiveDate>,
+    );
+    let kept = || async {
+        let rows: Vec<Kept> = sqlx::query_as(
+            "SELECT id, search_fields, search_subject, search_to, search_sent_on FROM messages
+             ORDER BY id",
+        )
+        .fetch_all(&raw)
+        .await
+        .unwrap();
+        rows
+    };
+    let at_ingest = kept().await;
+    assert_eq!(at_ingest.len(), 5);
+    assert_eq!(
+        at_ingest.iter().map(|k| k.1).collect::<Vec<_>>(),
+        [true, true, true, false, false],
+        "kept at ingest: delivered and appended, not the crowded one nor relayed mail"
+    );
+    assert!(at_ingest[2].2.as_ref().unwrap().contains("grüße late"));
+    // As before the migration.
+    sqlx::query(
+        "UPDATE messages SET search_fields = false, search_subject = NULL, search_from = NULL,
+             search_to = NULL, search_cc = NULL, search_bcc = NULL, search_sent_on = NULL",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    let subject = MessageFilter::FieldContains(SearchField::Subject, "GRÜßE Late".into());
+    let before = store.mailbox_search(inbox.id, &subject).await.unwrap();
+    assert_eq!(before.undecided, [1, 2, 3, 4]);
+    let (mut after, mut total) = (0, SearchFieldsBackfill::default());
+    let mut batches = 0;
+    while let Some(last) = {
+        let done = store.backfill_search_fields(after, 2).await.unwrap();
+        total.kept += done.kept;
+        total.passed_over += done.passed_over;
+        done.last_id
+    } {
+        assert!(last > after);
+        after = last;
+        batches += 1;
+    }
+    assert_eq!(batches, 2, "four messages in mailboxes, two a batch");
+    assert_eq!((total.kept, total.passed_over), (3, 1));
+    let backfilled = kept().await;
+    let relayed_row = |rows: &[Kept]| rows.iter().find(|k| k.0 == relayed.message_id).cloned();
+    assert!(
+        !relayed_row(&backfilled).unwrap().1,
+        "relayed mail left alone"
+    );
+    let in_mailboxes = |rows: Vec<Kept>| -> Vec<Kept> {
+        rows.into_iter()
+            .filter(|k| k.0 != relayed.message_id)
+            .collect()
+    };
+    assert_eq!(in_mailboxes(backfilled), in_mailboxes(at_ingest));
+    // Decided in the store again, except the crowded one.
+    let found = store.mailbox_search(inbox.id, &subject).await.unwrap();
+    assert_eq!((found.matched, found.undecided), (vec![3], vec![4]));
+    // Nothing is left: running again keeps nothing.
+    let again = store.backfill_search_fields(0, 100).await.unwrap();
+    assert_eq!((again.kept, again.passed_over), (0, 1));
 }
