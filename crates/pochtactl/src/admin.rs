@@ -215,6 +215,8 @@ impl Admin {
     /// Keeps the IMAP search fields of mail stored before migration 14, `batch` messages a
     /// statement, until none is left. Can be stopped and run again at any time.
     pub async fn backfill_search_fields(&self, batch: i64) -> anyhow::Result<()> {
+        // Progress on one terminal line, when there is a terminal to see it.
+        let progress = !self.json && std::io::stderr().is_terminal();
         let (mut after, mut kept, mut passed_over) = (0, 0, 0);
         loop {
             let done = self
@@ -224,11 +226,11 @@ impl Admin {
                 .context("keeping search fields")?;
             let Some(last) = done.last_id else { break };
             (after, kept, passed_over) = (last, kept + done.kept, passed_over + done.passed_over);
-            if !self.json {
+            if progress {
                 eprint!("\rmessages up to id {last}: search fields kept for {kept}");
             }
         }
-        if !self.json && kept + passed_over > 0 {
+        if progress && kept + passed_over > 0 {
             eprintln!();
         }
         self.say(json!({"kept": kept, "passed_over": passed_over}), || {
