@@ -329,21 +329,21 @@ impl Connection {
                     .map_err(failure),
             ),
             Request::Select { name } => Answer::Selected(self.select(account, &name).await),
-            Request::Status { name } => Answer::Status(
+            Request::Status { name, deleted } => Answer::Status(
                 async {
                     let mailbox = store
                         .mailbox(account, &name)
                         .await?
                         .ok_or(StoreError::UnknownMailbox(name))?;
-                    let counts = store.mailbox_counts(mailbox.id).await?;
+                    let counts = store.mailbox_counts(mailbox.id, deleted).await?;
                     Ok((
                         summary(mailbox),
                         pochta_imap::Counts {
                             messages: clamp(counts.messages),
                             unseen: clamp(counts.unseen),
-                            deleted: clamp(counts.deleted),
+                            deleted: clamp(counts.deleted.unwrap_or(0)),
                             size: counts.size.max(0) as u64,
-                            deleted_size: counts.deleted_size.max(0) as u64,
+                            deleted_size: counts.deleted_size.unwrap_or(0).max(0) as u64,
                         },
                     ))
                 }

@@ -59,7 +59,8 @@ pub enum Failure {
     Temporary,
 }
 
-/// Message, unseen and deleted counts and sizes of a mailbox (STATUS).
+/// Message, unseen and deleted counts and sizes of a mailbox (STATUS); the deleted ones are
+/// read only when `Request::Status` asks for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
     pub messages: u32,
@@ -83,6 +84,9 @@ pub enum Request {
     },
     Status {
         name: String,
+        /// Count the \Deleted messages too (DELETED, DELETED-STORAGE): the other counts
+        /// come cheaper without them.
+        deleted: bool,
     },
     Create {
         name: String,
@@ -746,13 +750,21 @@ impl Session {
                 mailbox,
                 item_names,
             } => match names::mailbox_name(&mailbox) {
-                Some(name) => self.run(
-                    Pending::Status {
-                        tag,
-                        items: item_names.into_owned(),
-                    },
-                    Request::Status { name },
-                ),
+                Some(name) => {
+                    let deleted = item_names.as_ref().iter().any(|item| {
+                        matches!(
+                            item,
+                            StatusDataItemName::Deleted | StatusDataItemName::DeletedStorage
+                        )
+                    });
+                    self.run(
+                        Pending::Status {
+                            tag,
+                            items: item_names.into_owned(),
+                        },
+                        Request::Status { name, deleted },
+                    )
+                }
                 None => self.failure(tag, Failure::NoSuchMailbox),
             },
             CommandBody::Append {

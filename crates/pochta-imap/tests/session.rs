@@ -375,7 +375,8 @@ fn mailbox_management_asks_the_world_and_protects_inbox() {
             "m8 STATUS INBOX (MESSAGES UNSEEN UIDNEXT UIDVALIDITY SIZE DELETED-STORAGE)\r\n"
         )),
         Request::Status {
-            name: "INBOX".into()
+            name: "INBOX".into(),
+            deleted: true
         }
     );
     let counts = Counts {
@@ -390,6 +391,19 @@ fn mailbox_management_asks_the_world_and_protects_inbox() {
         out.starts_with(
             "* STATUS INBOX (MESSAGES 3 UNSEEN 2 UIDNEXT 10 UIDVALIDITY 77 SIZE 600 DELETED-STORAGE 200)"
         ),
+        "{out}"
+    );
+    // The usual poll names no deleted count: the world need not read them.
+    assert_eq!(
+        request(c.send("m9 STATUS Trash (MESSAGES UNSEEN UIDNEXT)\r\n")),
+        Request::Status {
+            name: "Trash".into(),
+            deleted: false
+        }
+    );
+    let out = answer(&mut c, Answer::Status(Ok((mailbox(4, "Trash"), counts))));
+    assert!(
+        out.starts_with("* STATUS Trash (MESSAGES 3 UNSEEN 2 UIDNEXT 10)"),
         "{out}"
     );
 }

@@ -141,7 +141,62 @@ pub struct SearchFieldsBackfill {
     pub passed_over: u64,
 }
 
-/// Appends `filter` as a condition on `e` (a `maildrop_entries` row); every value is bound.
+/// Appends the statement `Store::mailbox_search` runs: one row of the matching UIDs, the
+/// undecided ones and the matches' highest mod-sequence.
+fn push_search(query: &mut QueryBuilder<Postgres>, mailbox_id: i64, filter: &MessageFilter) {
+    if filter.reads_fields() {
+        // The filter is NULL where a field it reads was not kept: such messages are
+        // returned undecided.
+        query.push(
+            "SELECT coalesce(array_agg(uid) FILTER (WHERE hit), '{}'),
+                        coalesce(array_agg(uid) FILTER (WHERE hit IS NULL), '{}'),
+                        coalesce(max(modseq) FILTER (WHERE hit), 0)
+                 FROM (SELECT e.imap_uid AS uid, e.modseq, ",
+        );
+        push_filter(query, filter);
+        query
+            .push(
+                " AS hit FROM maildrop_entries e JOIN messages m ON m.id = e.message_id
+                     WHERE e.mailbox_id = ",
+            )
+            .push_bind(mailbox_id)
+            .push(") s WHERE hit IS NOT FALSE");
+    } else {
+        // Never NULL: every column it reads is NOT NULL.
+        query.push(
+            "SELECT coalesce(array_agg(e.imap_uid), '{}'), '{}'::bigint[],
+                        coalesce(max(e.modseq), 0)
+                 FROM maildrop_entries e WHERE e.mailbox_id = ",
+        );
+        query.push_bind(mailbox_id).push(" AND ");
+        push_filter(query, filter);
+    }
+}
+
+/// `Store::mailbox_counts` without the \\Deleted counts: the unseen counted in their index,
+/// the rest from the UID index (or a scan, where the planner finds one cheaper); no entry's
+/// flags are read.
+const COUNTS: &str = "SELECT a.messages, u.unseen, NULL::bigint AS deleted, a.size,
+        NULL::bigint AS deleted_size
+    FROM (SELECT count(*) AS messages, coalesce(sum(pop3_size), 0)::bigint AS size
+          FROM maildrop_entries WHERE mailbox_id = $1) a,
+         (SELECT count(*) AS unseen FROM maildrop_entries
+          WHERE mailbox_id = $1 AND NOT ('\\Seen' = ANY (flags))) u";
+
+/// `Store::mailbox_counts` with them: one pass over the mailbox's entries.
+const COUNTS_WITH_DELETED: &str = "SELECT count(*) AS messages,
+        count(*) FILTER (WHERE NOT '\\Seen' = ANY (flags)) AS unseen,
+        count(*) FILTER (WHERE '\\Deleted' = ANY (flags)) AS deleted,
+        coalesce(sum(pop3_size), 0)::bigint AS size,
+        coalesce(sum(pop3_size) FILTER (WHERE '\\Deleted' = ANY (flags)), 0)::bigint
+            AS deleted_size
+    FROM maildrop_entries WHERE mailbox_id = $1";
+
+/// The system flags (RFC 9051 2.3.2) as stored; none holds a quote.
+const SYSTEM_FLAGS: [&str; 5] = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"];
+
+/// Appends `filter` as a condition on `e` (a `maildrop_entries` row); every value is bound
+/// but the names of system flags.
 fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &MessageFilter) {
     match filter {
         MessageFilter::All => {
@@ -170,6 +225,11 @@ fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &MessageFilter) {
         MessageFilter::Not(f) => {
             query.push("NOT ");
             push_filter(query, f);
+        }
+        // A literal, not a bound value: the planner matches it against the predicate of
+        // the index of unseen entries (migration 0015), whatever plan the statement keeps.
+        MessageFilter::Flag(flag) if SYSTEM_FLAGS.contains(&flag.as_str()) => {
+            query.push(format_args!("('{flag}' = ANY (e.flags))"));
         }
         MessageFilter::Flag(flag) if flag.starts_with('\\') => {
             query
@@ -244,10 +304,11 @@ fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &MessageFilter) {
 pub struct MailboxCounts {
     pub messages: i64,
     pub unseen: i64,
-    pub deleted: i64,
+    /// None: not asked for.
+    pub deleted: Option<i64>,
     pub size: i64,
-    /// Octets an EXPUNGE would free: the \Deleted messages' sizes.
-    pub deleted_size: i64,
+    /// Octets an EXPUNGE would free: the \Deleted messages' sizes (None: not asked for).
+    pub deleted_size: Option<i64>,
 }
 
 /// How STORE changes flags (RFC 9051 6.4.6).
@@ -373,20 +434,28 @@ impl Store {
         .await?)
     }
 
-    /// Message, unseen and deleted counts, total size and deleted size of a mailbox.
-    pub async fn mailbox_counts(&self, mailbox_id: i64) -> Result<MailboxCounts> {
-        Ok(sqlx::query_as(
-            "SELECT count(*) AS messages,
-                    count(*) FILTER (WHERE NOT '\\Seen' = ANY (flags)) AS unseen,
-                    count(*) FILTER (WHERE '\\Deleted' = ANY (flags)) AS deleted,
-                    coalesce(sum(pop3_size), 0)::bigint AS size,
-                    coalesce(sum(pop3_size) FILTER (WHERE '\\Deleted' = ANY (flags)), 0)::bigint
-                        AS deleted_size
-             FROM maildrop_entries WHERE mailbox_id = $1",
-        )
+    /// A mailbox's counts (STATUS); those of \\Deleted messages only when asked for: they
+    /// read every entry's flags, where the rest can come from indexes (the mailbox's UID
+    /// index carries each size, migration 0013; the unseen have their own, migration 0015).
+    pub async fn mailbox_counts(&self, mailbox_id: i64, deleted: bool) -> Result<MailboxCounts> {
+        let statement = if deleted { COUNTS_WITH_DELETED } else { COUNTS };
+        Ok(sqlx::query_as(statement)
+            .bind(mailbox_id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The plan of `mailbox_counts`' statement, for tests that watch which indexes it reads.
+    pub async fn explain_mailbox_counts(&self, mailbox_id: i64, deleted: bool) -> Result<String> {
+        let statement = if deleted { COUNTS_WITH_DELETED } else { COUNTS };
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "{}{statement}",
+            crate::EXPLAIN
+        )))
         .bind(mailbox_id)
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(plan.join("\n"))
     }
 
     /// Every message of a mailbox in UID order: the snapshot SELECT starts from.
@@ -410,34 +479,8 @@ impl Store {
         // One row of arrays, unordered (sorted here if need be): on a large mailbox, decoding
         // a row per match and PostgreSQL's sort cost more than the search itself, and each
         // array more aggregated costs about as much again (BENCHMARKS.md, IMAP SEARCH).
-        let mut query;
-        if filter.reads_fields() {
-            // The filter is NULL where a field it reads was not kept: such messages are
-            // returned undecided.
-            query = QueryBuilder::new(
-                "SELECT coalesce(array_agg(uid) FILTER (WHERE hit), '{}'),
-                        coalesce(array_agg(uid) FILTER (WHERE hit IS NULL), '{}'),
-                        coalesce(max(modseq) FILTER (WHERE hit), 0)
-                 FROM (SELECT e.imap_uid AS uid, e.modseq, ",
-            );
-            push_filter(&mut query, filter);
-            query
-                .push(
-                    " AS hit FROM maildrop_entries e JOIN messages m ON m.id = e.message_id
-                     WHERE e.mailbox_id = ",
-                )
-                .push_bind(mailbox_id)
-                .push(") s WHERE hit IS NOT FALSE");
-        } else {
-            // Never NULL: every column it reads is NOT NULL.
-            query = QueryBuilder::new(
-                "SELECT coalesce(array_agg(e.imap_uid), '{}'), '{}'::bigint[],
-                        coalesce(max(e.modseq), 0)
-                 FROM maildrop_entries e WHERE e.mailbox_id = ",
-            );
-            query.push_bind(mailbox_id).push(" AND ");
-            push_filter(&mut query, filter);
-        }
+        let mut query = QueryBuilder::new("");
+        push_search(&mut query, mailbox_id, filter);
         let (mut matched, mut undecided, highest_modseq): (Vec<i64>, Vec<i64>, i64) =
             query.build_query_as().fetch_one(&self.pool).await?;
         // A scan in UID order (the usual plan) needs no sorting.
@@ -524,6 +567,18 @@ impl Store {
         .await?
         .rows_affected();
         Ok(done)
+    }
+
+    /// The plan of `mailbox_search`'s statement, for tests that watch which index it reads.
+    pub async fn explain_mailbox_search(
+        &self,
+        mailbox_id: i64,
+        filter: &MessageFilter,
+    ) -> Result<String> {
+        let mut query = QueryBuilder::new(crate::EXPLAIN);
+        push_search(&mut query, mailbox_id, filter);
+        let plan: Vec<String> = query.build_query_scalar().fetch_all(&self.pool).await?;
+        Ok(plan.join("\n"))
     }
 
     /// The UIDs of a mailbox, ascending: all a selecting session keeps.
