@@ -20,7 +20,7 @@ use imap_next::imap_types::response::{
     Capability, Code, CommandContinuationRequest, Data, Greeting, Status,
 };
 use imap_next::imap_types::search::SearchKey;
-use imap_next::imap_types::sequence::SequenceSet;
+use imap_next::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_next::imap_types::status::{StatusDataItem, StatusDataItemName};
 use imap_next::server::{Error as ServerError, Event, Options, Server};
 use imap_next::{Interrupt, Io, State as _};
@@ -1290,9 +1290,20 @@ impl Session {
         // (and the messages it cannot decide) need leave the store. Otherwise every message's
         // metadata, then its octets.
         let request = if need == fetch::Need::Nothing || search::decidable_in_store(&key) {
+            let mut store_key = search::with_uid_sets(&key, view);
+            // CONDSTORE's (MODSEQ n) is the store's highest over its matches: those that
+            // arrived after the view last looked are not told, so they are kept out.
+            if self.condstore {
+                let known = Sequence::Range(
+                    SeqOrUid::Value(NonZeroU32::MIN),
+                    SeqOrUid::Value(nonzero(view.highest_uid())),
+                );
+                let keys = vec![store_key, SearchKey::Uid(known.into())];
+                store_key = SearchKey::And(Vec1::try_from(keys).expect("two keys"));
+            }
             Request::Search {
                 mailbox_id,
-                key: search::with_uid_sets(&key, view),
+                key: store_key,
             }
         } else {
             Request::Messages {

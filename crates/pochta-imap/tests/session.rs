@@ -847,14 +847,18 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
         out.starts_with("q9 BAD [") || out.starts_with("q9 BAD "),
         "{out}"
     );
-    // A MODSEQ key enables CONDSTORE: the result carries the highest mod-sequence found.
+    // A MODSEQ key enables CONDSTORE: the result carries the highest mod-sequence found,
+    // over the messages the view knows (UIDs up to 7; any that arrived since are not told).
     let out = search(
         &mut c,
         "q8 SEARCH NOT MODSEQ 4",
-        and(vec![SearchKey::Not(Box::new(SearchKey::ModSequence {
-            entry: None,
-            modseq: 4,
-        }))]),
+        and(vec![
+            and(vec![SearchKey::Not(Box::new(SearchKey::ModSequence {
+                entry: None,
+                modseq: 4,
+            }))]),
+            SearchKey::Uid("1:7".try_into().unwrap()),
+        ]),
         vec![(2, 3), (4, 2)],
     );
     assert!(out.starts_with("* SEARCH 1 2 (MODSEQ 3)\r\n"), "{out}");
