@@ -45,9 +45,9 @@ fn worth_it(packed: usize, span: usize) -> bool {
 const GIVE_UP_AFTER: usize = 4;
 
 /// One message's content as chunk rows: each row's codec and where its octets are (a range
-/// of the content, or of the compressed octets kept here); and, for mail bound for a mailbox,
-/// the header fields kept for SEARCH (migration 0014). Made apart from the content it describes, so that the work can be
-/// done where the content is (`PreparedContent`).
+/// of the content, or of the compressed octets kept here); and, for mail bound for a
+/// mailbox, the header fields kept for SEARCH (migration 0014). Made apart from the content
+/// it describes, so that the work can be done where the content is (`PreparedContent`).
 #[derive(Debug, Default)]
 pub(crate) struct Rows {
     codecs: Vec<i16>,

@@ -173,7 +173,7 @@ fn push_search(query: &mut QueryBuilder<Postgres>, mailbox_id: i64, filter: &Mes
     }
 }
 
-/// `Store::mailbox_counts` without the \\Deleted counts: the unseen counted in their index,
+/// `Store::mailbox_counts` without the \Deleted counts: the unseen counted in their index,
 /// the rest from the UID index (or a scan, where the planner finds one cheaper); no entry's
 /// flags are read.
 const COUNTS: &str = "SELECT a.messages, u.unseen, NULL::bigint AS deleted, a.size,
@@ -434,7 +434,7 @@ impl Store {
         .await?)
     }
 
-    /// A mailbox's counts (STATUS); those of \\Deleted messages only when asked for: they
+    /// A mailbox's counts (STATUS); those of \Deleted messages only when asked for: they
     /// read every entry's flags, where the rest can come from indexes (the mailbox's UID
     /// index carries each size, migration 0013; the unseen have their own, migration 0015).
     pub async fn mailbox_counts(&self, mailbox_id: i64, deleted: bool) -> Result<MailboxCounts> {
@@ -506,8 +506,8 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<SearchFieldsBackfill> {
-        // Each message's first chunk only, unless its header goes on beyond it.
-        // Id, size, and the first chunk's codec and octets.
+        // Id, size, and the first chunk's codec and octets: a message's header is read
+        // whole only when it goes on beyond its first chunk.
         type FirstChunk = (i64, i64, Option<i16>, Option<Vec<u8>>);
         let rows: Vec<FirstChunk> = sqlx::query_as(
             "SELECT m.id, m.size, c.codec, c.data FROM messages m
