@@ -215,6 +215,7 @@ impl Admin {
     /// Keeps the IMAP search fields of mail stored before migration 14, `batch` messages a
     /// statement, until none is left. Can be stopped and run again at any time.
     pub async fn backfill_search_fields(&self, batch: i64) -> anyhow::Result<()> {
+        self.store.check_schema().await?;
         // Progress on one terminal line, when there is a terminal to see it.
         let progress = !self.json && std::io::stderr().is_terminal();
         let (mut after, mut kept, mut passed_over) = (0, 0, 0);

@@ -67,6 +67,7 @@ fn text(out: &Output) -> String {
 async fn migrate_then_up_to_date() {
     let db = TestDb::empty().await.unwrap();
     fails(&db, "domain list", "", "pochtactl migrate");
+    fails(&db, "search-fields", "", "pochtactl migrate");
     let latest = pochta_store::Store::expected_schema_version();
     let out = ok(&db, "migrate", "");
     assert!(
