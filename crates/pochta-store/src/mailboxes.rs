@@ -192,6 +192,11 @@ const COUNTS_WITH_DELETED: &str = "SELECT count(*) AS messages,
             AS deleted_size
     FROM maildrop_entries WHERE mailbox_id = $1";
 
+/// `Store::mailbox_counts`' statement, with or without the \Deleted counts.
+fn counts_statement(deleted: bool) -> &'static str {
+    if deleted { COUNTS_WITH_DELETED } else { COUNTS }
+}
+
 /// The system flags (RFC 9051 2.3.2) as stored; none holds a quote.
 const SYSTEM_FLAGS: [&str; 5] = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"];
 
@@ -438,8 +443,7 @@ impl Store {
     /// read every entry's flags, where the rest can come from indexes (the mailbox's UID
     /// index carries each size, migration 0013; the unseen have their own, migration 0015).
     pub async fn mailbox_counts(&self, mailbox_id: i64, deleted: bool) -> Result<MailboxCounts> {
-        let statement = if deleted { COUNTS_WITH_DELETED } else { COUNTS };
-        Ok(sqlx::query_as(statement)
+        Ok(sqlx::query_as(counts_statement(deleted))
             .bind(mailbox_id)
             .fetch_one(&self.pool)
             .await?)
@@ -447,10 +451,10 @@ impl Store {
 
     /// The plan of `mailbox_counts`' statement, for tests that watch which indexes it reads.
     pub async fn explain_mailbox_counts(&self, mailbox_id: i64, deleted: bool) -> Result<String> {
-        let statement = if deleted { COUNTS_WITH_DELETED } else { COUNTS };
         let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "{}{statement}",
-            crate::EXPLAIN
+            "{}{}",
+            crate::EXPLAIN,
+            counts_statement(deleted)
         )))
         .bind(mailbox_id)
         .fetch_all(&self.pool)
