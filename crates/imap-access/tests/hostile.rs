@@ -1,6 +1,7 @@
 //! Hostile input and many sessions over real TCP against the real binary: over-long literals,
 //! literals announced and not sent, nesting deep enough to exhaust a recursive parser, bad
-//! syntax in bulk, and the memory thousands of idle sessions and half-sent literals take.
+//! syntax in bulk, and the memory thousands of idle sessions, half-sent literals and a FETCH
+//! its client does not read take.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -168,6 +169,59 @@ async fn half_sent_literals_stay_within_the_input_memory_budget() {
     assert!(grown < 80 * 1024, "grew {grown} KiB");
     assert!(grpc_health(grpc).await.unwrap());
     drop(clients);
+    drop(process);
+}
+
+/// A FETCH of a whole mailbox leaves batch by batch: a client that asks for 32 MiB and
+/// does not read holds the server to a few batches, not the whole answer.
+#[tokio::test]
+async fn a_whole_mailbox_fetch_is_held_in_batches_while_the_client_does_not_read() {
+    let (_db, process, imap, grpc) = server("max_literal_bytes = 2097152").await;
+    let mut c = Client::connect(imap).await;
+    c.login().await;
+    let mut message = b"Subject: big\r\n\r\n".to_vec();
+    while message.len() < 1 << 20 {
+        message.extend_from_slice(&[b'x'; 78]);
+        message.extend_from_slice(b"\r\n");
+    }
+    const MESSAGES: usize = 32;
+    for i in 0..MESSAGES {
+        c.send(format!("a{i} APPEND INBOX {{{}+}}\r\n", message.len()).as_bytes())
+            .await;
+        c.send(&message).await;
+        c.send(b"\r\n").await;
+        let reply = c.until(&format!("a{i}")).await;
+        assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    }
+    let reply = c.cmd("s SELECT INBOX").await;
+    assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    let before = process.resident_kib();
+    c.send(b"f UID FETCH 1:* BODY.PEEK[]\r\n").await;
+    // Not read for two seconds: the socket's buffers fill and the server waits for them.
+    let mut highest = before;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        highest = highest.max(process.resident_kib());
+    }
+    let grown = highest.saturating_sub(before);
+    // A batch (1 MiB of octets by default, a message here) read ahead, one being sent and
+    // what encoding copies: a few MiB. The whole answer would be 32 MiB and more.
+    assert!(grown < 12 * 1024, "grew {grown} KiB holding a 32 MiB FETCH");
+    // Every message whole (each literal's blank line included), then the tagged OK.
+    let (mut fetched, mut last) = (0, String::new());
+    for read in 0.. {
+        if last.starts_with("f ") {
+            break;
+        }
+        assert!(read < 1 << 20, "no tagged reply");
+        last = c.line().await;
+        if last.starts_with("* ") && last.contains(" FETCH (") {
+            fetched += 1;
+        }
+    }
+    assert_eq!(fetched, MESSAGES);
+    assert!(last.starts_with("f OK"), "{last}");
+    assert!(grpc_health(grpc).await.unwrap());
     drop(process);
 }
 

@@ -4,6 +4,7 @@
 //! BINARY (RFC 3516, RFC 9051 6.4.5) is the one item that decodes: a part's
 //! Content-Transfer-Encoding undone.
 
+use std::borrow::Cow;
 use std::num::NonZeroU32;
 
 use imap_next::imap_types::body::{
@@ -93,16 +94,20 @@ pub(crate) fn flags(list: &[String]) -> Vec<FlagFetch<'static>> {
         .collect()
 }
 
-/// The data items of one message. `content` is its octets when `needs_content` said so. A UID
-/// FETCH always includes UID (RFC 9051 6.4.9).
+/// The data items of one message. `content` is its octets when `needs_content` said so; the
+/// last item sending them whole (BODY[], RFC822) takes them instead of a copy. A UID FETCH
+/// always includes UID (RFC 9051 6.4.9).
 pub(crate) fn items(
     m: &Message,
     names: &[MessageDataItemName<'_>],
-    content: Option<&[u8]>,
+    content: Option<Vec<u8>>,
     with_uid: bool,
     with_modseq: bool,
 ) -> Result<Vec<MessageDataItem<'static>>, UnknownCte> {
-    let content = content.unwrap_or_default();
+    let mut content = content.unwrap_or_default();
+    let last_reader = names
+        .iter()
+        .rposition(|name| needs_content(std::slice::from_ref(name)) != Need::Nothing);
     let mut out = Vec::with_capacity(names.len() + 1);
     if with_uid && !names.contains(&MessageDataItemName::Uid) {
         out.push(MessageDataItem::Uid(nonzero(m.uid)));
@@ -113,7 +118,8 @@ pub(crate) fn items(
     {
         out.push(MessageDataItem::ModSeq(modseq));
     }
-    for name in names {
+    for (at, name) in names.iter().enumerate() {
+        let last = Some(at) == last_reader;
         let item = match name {
             MessageDataItemName::Uid => MessageDataItem::Uid(nonzero(m.uid)),
             MessageDataItemName::Flags => MessageDataItem::Flags(flags(&m.flags)),
@@ -126,29 +132,41 @@ pub(crate) fn items(
                 Some(modseq) => MessageDataItem::ModSeq(modseq),
                 None => continue,
             },
-            MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(nstring(content.to_vec())),
+            MessageDataItemName::Rfc822 => {
+                MessageDataItem::Rfc822(nstring(whole(&mut content, last)))
+            }
             MessageDataItemName::Rfc822Header => {
-                let (header, _) = split(content);
+                let (header, _) = split(&content);
                 MessageDataItem::Rfc822Header(nstring(header.to_vec()))
             }
             MessageDataItemName::Rfc822Text => {
-                let (_, text) = split(content);
+                let (_, text) = split(&content);
                 MessageDataItem::Rfc822Text(nstring(text.to_vec()))
             }
-            MessageDataItemName::Envelope => MessageDataItem::Envelope(envelope(content)),
+            MessageDataItemName::Envelope => MessageDataItem::Envelope(envelope(&content)),
             MessageDataItemName::BodyExt {
                 section,
                 partial,
                 peek: _,
             } => {
-                let whole = section_octets(content, section.as_ref()).unwrap_or_default();
-                let (origin, data) = match partial {
-                    Some((start, len)) => {
-                        let from = (*start as usize).min(whole.len());
-                        let to = from.saturating_add(len.get() as usize).min(whole.len());
-                        (Some(*start), whole[from..to].to_vec())
+                let (origin, data) = match (section, partial) {
+                    (None, None) => (None, whole(&mut content, last)),
+                    (_, partial) => {
+                        let octets = match section {
+                            None => Cow::Borrowed(content.as_slice()),
+                            Some(section) => Cow::Owned(
+                                section_octets(&content, Some(section)).unwrap_or_default(),
+                            ),
+                        };
+                        match partial {
+                            Some((start, len)) => {
+                                let from = (*start as usize).min(octets.len());
+                                let to = from.saturating_add(len.get() as usize).min(octets.len());
+                                (Some(*start), octets[from..to].to_vec())
+                            }
+                            None => (None, octets.into_owned()),
+                        }
                     }
-                    None => (None, whole),
                 };
                 MessageDataItem::BodyExt {
                     section: section
@@ -158,23 +176,23 @@ pub(crate) fn items(
                     data: nstring(data),
                 }
             }
-            MessageDataItemName::Body => MessageDataItem::Body(body_structure(content, false)),
+            MessageDataItemName::Body => MessageDataItem::Body(body_structure(&content, false)),
             MessageDataItemName::BodyStructure => {
-                MessageDataItem::BodyStructure(body_structure(content, true))
+                MessageDataItem::BodyStructure(body_structure(&content, true))
             }
             MessageDataItemName::Binary {
                 section,
                 partial,
                 peek: _,
             } => {
-                let whole = binary_octets(content, section)?;
+                let decoded = binary_octets(&content, section)?;
                 let data = match partial {
                     Some((start, len)) => {
-                        let from = (*start as usize).min(whole.len());
-                        let to = from.saturating_add(len.get() as usize).min(whole.len());
-                        whole[from..to].to_vec()
+                        let from = (*start as usize).min(decoded.len());
+                        let to = from.saturating_add(len.get() as usize).min(decoded.len());
+                        decoded[from..to].to_vec()
                     }
-                    None => whole,
+                    None => decoded,
                 };
                 MessageDataItem::Binary {
                     section: section.clone(),
@@ -183,12 +201,21 @@ pub(crate) fn items(
             }
             MessageDataItemName::BinarySize { section } => MessageDataItem::BinarySize {
                 section: section.clone(),
-                size: u32::try_from(binary_octets(content, section)?.len()).unwrap_or(u32::MAX),
+                size: u32::try_from(binary_octets(&content, section)?.len()).unwrap_or(u32::MAX),
             },
         };
         out.push(item);
     }
     Ok(out)
+}
+
+/// The whole message for an item: taken by the last item that reads it, copied for the others.
+fn whole(content: &mut Vec<u8>, last: bool) -> Vec<u8> {
+    if last {
+        std::mem::take(content)
+    } else {
+        content.clone()
+    }
 }
 
 /// Octets for BINARY: a literal8 (`~{n}`) when they hold a NUL, which only it can carry.
@@ -401,8 +428,8 @@ fn section_octets(content: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u
         Section::Mime(part) => (Some(part), What::Mime),
     };
     // The message (or the message/rfc822 part) the header and text sections are of.
-    let octets = match part {
-        None => content.to_vec(),
+    let octets: Cow<'_, [u8]> = match part {
+        None => Cow::Borrowed(content),
         Some(part) => {
             let path: Vec<NonZeroU32> = part.0.as_ref().to_vec();
             let (header, body) = locate(content, &path)?;
@@ -410,7 +437,7 @@ fn section_octets(content: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u
                 What::Body => return Some(body),
                 What::Mime => return Some(header),
                 // HEADER/TEXT of a part: of the message that part holds.
-                _ => body,
+                _ => Cow::Owned(body),
             }
         }
     };
@@ -419,7 +446,7 @@ fn section_octets(content: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u
         What::Header => header.to_vec(),
         What::Text => text.to_vec(),
         What::Fields(names, not) => header_fields(header, names, not),
-        What::Body | What::Mime => octets,
+        What::Body | What::Mime => octets.into_owned(),
     })
 }
 
@@ -838,5 +865,64 @@ Content-Transfer-Encoding: quoted-printable\r\n\r\nna=C3=AFve soft=\r\nbreak  \r
         assert_eq!(e.to.len(), 2);
         assert_eq!(e.to[1].name, text("C D"));
         assert_eq!(e.message_id, NString(None));
+    }
+
+    /// The octets of an item's literal (NString or BODY[]'s).
+    fn literal(item: &MessageDataItem<'_>) -> Vec<u8> {
+        let data = match item {
+            MessageDataItem::BodyExt { data, .. } | MessageDataItem::Rfc822(data) => data,
+            other => panic!("not a literal item: {other:?}"),
+        };
+        match &data.0 {
+            Some(IString::Literal(l)) => l.as_ref().to_vec(),
+            other => panic!("not a literal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_item_gets_the_whole_message_whichever_takes_it() {
+        let m = Message {
+            entry_id: 1,
+            uid: 7,
+            flags: vec![],
+            modseq: 1,
+            size: MAIL.len() as u32,
+            internal_date: chrono::Utc::now(),
+        };
+        let body = |section: Option<Section<'static>>| MessageDataItemName::BodyExt {
+            section,
+            partial: None,
+            peek: true,
+        };
+        // Two whole-message items, then one reading the header after them.
+        let asked = [
+            body(None),
+            MessageDataItemName::Rfc822,
+            body(Some(Section::Header(None))),
+            MessageDataItemName::Envelope,
+        ];
+        let got = items(&m, &asked, Some(MAIL.to_vec()), true, false).unwrap();
+        assert!(matches!(got[0], MessageDataItem::Uid(_)));
+        assert_eq!(literal(&got[1]), MAIL);
+        assert_eq!(literal(&got[2]), MAIL);
+        let (header, _) = split(MAIL);
+        assert_eq!(literal(&got[3]), header);
+        assert!(
+            matches!(&got[4], MessageDataItem::Envelope(e) if e.subject == text("Hello\r\n there"))
+        );
+        // The whole message last: it takes the octets; the header before it still has them.
+        let asked = [body(Some(Section::Text(None))), body(None)];
+        let got = items(&m, &asked, Some(MAIL.to_vec()), false, false).unwrap();
+        let (_, text) = split(MAIL);
+        assert_eq!(literal(&got[0]), text);
+        assert_eq!(literal(&got[1]), MAIL);
+        // A partial of the whole message is its slice.
+        let asked = [MessageDataItemName::BodyExt {
+            section: None,
+            partial: Some((5, NonZeroU32::new(6).unwrap())),
+            peek: true,
+        }];
+        let got = items(&m, &asked, Some(MAIL.to_vec()), false, false).unwrap();
+        assert_eq!(literal(&got[0]), &MAIL[5..11]);
     }
 }

@@ -1,12 +1,15 @@
 //! One IMAP connection's server side (RFC 9051 3: not authenticated, authenticated, selected,
 //! logout). Bytes go into `imap-next`'s server, which yields whole commands (literals
-//! included, with their continuation requests) and serialises what is enqueued; this decides
-//! each command, answering at once or after an `Action` the world performs.
+//! included, with their continuation requests); this decides each command, answering at once
+//! or after an `Action` the world performs, and encodes its responses (with `imap-codec`)
+//! itself, so that they leave in order and as they are made.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::{NonZeroU32, NonZeroU64};
 
 use chrono::{DateTime, Utc};
+use imap_codec::ResponseCodec;
+use imap_codec::encode::{Encoder, Fragment};
 use imap_next::imap_types::IntoStatic;
 use imap_next::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_next::imap_types::command::{Command, CommandBody, SelectParameter};
@@ -17,7 +20,7 @@ use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemN
 use imap_next::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
 use imap_next::imap_types::mailbox::Mailbox;
 use imap_next::imap_types::response::{
-    Capability, Code, CommandContinuationRequest, Data, Greeting, Status,
+    Capability, Code, CommandContinuationRequest, Data, Greeting, Response, Status,
 };
 use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
@@ -351,6 +354,12 @@ pub struct Session {
     closed: bool,
     /// Octets fed since the parser last took a whole command.
     unparsed: usize,
+    /// Responses encoded and not yet handed out. They go out before the next action and
+    /// before imap-next is asked for more, so a FETCH leaves batch by batch as its octets
+    /// are read, never held whole (imap-next's own queue would drain only once the command
+    /// is done). imap-next keeps the greeting, continuation requests and what it answers
+    /// itself. One buffer per response, made to its size.
+    out: VecDeque<Vec<u8>>,
 }
 
 fn status_ok(tag: Tag<'static>, code: Option<Code<'static>>, text: &str) -> Status<'static> {
@@ -416,6 +425,7 @@ impl Session {
             closing: false,
             closed: false,
             unparsed: 0,
+            out: VecDeque::new(),
         }
     }
 
@@ -465,14 +475,14 @@ impl Session {
         let (condstore, qresync) = (self.condstore, self.qresync);
         if let State::Selected(view) = &mut self.state {
             if changes.mailbox.is_none() {
-                self.server.enqueue_status(
+                self.send_status(
                     Status::bye(None, "Selected mailbox was deleted").expect("valid text"),
                 );
                 self.closing = true;
                 return;
             }
             for data in view.apply(changes, condstore, qresync) {
-                self.server.enqueue_data(data);
+                self.send_data(data);
             }
         }
     }
@@ -518,8 +528,36 @@ impl Session {
             .map(Code::Capability)
     }
 
+    /// Encodes a response into `out`.
+    fn respond(&mut self, response: &Response<'static>) {
+        let mut fragments: Vec<Vec<u8>> = ResponseCodec::default()
+            .encode(response)
+            .map(|fragment| match fragment {
+                Fragment::Line { data } | Fragment::Literal { data, .. } => data,
+            })
+            .collect();
+        if fragments.len() == 1 {
+            // A line without literals: as encoded.
+            self.out.extend(fragments.pop());
+            return;
+        }
+        let mut bytes = Vec::with_capacity(fragments.iter().map(Vec::len).sum());
+        for data in &fragments {
+            bytes.extend_from_slice(data);
+        }
+        self.out.push_back(bytes);
+    }
+
+    fn send_data(&mut self, data: Data<'static>) {
+        self.respond(&Response::Data(data));
+    }
+
+    fn send_status(&mut self, status: Status<'static>) {
+        self.respond(&Response::Status(status));
+    }
+
     fn tagged(&mut self, status: Status<'static>) {
-        self.server.enqueue_status(status);
+        self.send_status(status);
     }
 
     fn ok(&mut self, tag: Tag<'static>, text: &str) {
@@ -579,14 +617,13 @@ impl Session {
         match body {
             CommandBody::Capability => {
                 if let Ok(caps) = Vec1::try_from(self.capabilities()) {
-                    self.server.enqueue_data(Data::Capability(caps));
+                    self.send_data(Data::Capability(caps));
                 }
                 self.ok(tag, "CAPABILITY completed");
             }
             CommandBody::Noop | CommandBody::Check => self.sync(Some(tag)),
             CommandBody::Logout => {
-                self.server
-                    .enqueue_status(Status::bye(None, "Logging out").expect("valid text"));
+                self.send_status(Status::bye(None, "Logging out").expect("valid text"));
                 self.ok(tag, "LOGOUT completed");
                 self.state = State::Logout;
                 self.closing = true;
@@ -633,13 +670,13 @@ impl Session {
                         enabled.push(cap);
                     }
                 }
-                self.server.enqueue_data(Data::Enabled {
+                self.send_data(Data::Enabled {
                     capabilities: enabled,
                 });
                 self.ok(tag, "ENABLE completed");
             }
             CommandBody::Id { .. } => {
-                self.server.enqueue_data(Data::Id {
+                self.send_data(Data::Id {
                     parameters: Some(vec![(
                         "name".try_into().expect("valid"),
                         "Pochta".try_into().expect("valid"),
@@ -658,7 +695,7 @@ impl Session {
                     delimiter: Some(DELIMITER.try_into().expect("valid")),
                     extensions: vec![],
                 }];
-                self.server.enqueue_data(Data::Namespace {
+                self.send_data(Data::Namespace {
                     personal,
                     other: vec![],
                     shared: vec![],
@@ -907,7 +944,7 @@ impl Session {
         let pattern = String::from_utf8_lossy(&names::list_text(pattern)).into_owned();
         if pattern.is_empty() {
             // The hierarchy delimiter and root (RFC 9051 6.3.9).
-            self.server.enqueue_data(Data::List {
+            self.send_data(Data::List {
                 items: vec![FlagNameAttribute::Noselect],
                 delimiter: DELIMITER.try_into().ok(),
                 mailbox: Mailbox::try_from("").unwrap_or(Mailbox::Inbox),
@@ -927,7 +964,7 @@ impl Session {
     ) {
         if matches!(self.state, State::Selected(_)) {
             // RFC 7162 3.2.11 / RFC 9051 7.1: the old mailbox is closed first.
-            self.server.enqueue_status(
+            self.send_status(
                 Status::ok(None, Some(Code::Closed), "Previous mailbox closed")
                     .expect("valid text"),
             );
@@ -1038,7 +1075,7 @@ impl Session {
         // RFC 7162 3.1.4.1: CHANGEDSINCE enables CONDSTORE.
         self.condstore |= changed_since.is_some();
         if let Some(known_uids) = vanished_uids {
-            self.server.enqueue_data(Data::Vanished {
+            self.send_data(Data::Vanished {
                 earlier: true,
                 known_uids,
             });
@@ -1096,7 +1133,7 @@ impl Session {
         let need = fetch::needs_content(&job.items);
         if need == fetch::Need::Nothing {
             let all: Vec<usize> = (0..job.messages.len()).collect();
-            self.fetch_send(&mut job, &all, &HashMap::new());
+            self.fetch_send(&mut job, &all, &mut HashMap::new());
             return self.fetch_done(job);
         }
         let reading = Reading {
@@ -1148,19 +1185,20 @@ impl Session {
         self.ok(job.tag, "FETCH completed");
     }
 
-    /// FETCH responses for these of the job's messages (indices into `job.messages`).
+    /// FETCH responses for these of the job's messages (indices into `job.messages`); their
+    /// octets are taken from `contents` into the responses.
     fn fetch_send(
         &mut self,
         job: &mut FetchJob,
         which: &[usize],
-        contents: &HashMap<i64, Vec<u8>>,
+        contents: &mut HashMap<i64, Vec<u8>>,
     ) {
         let condstore = self.condstore;
         let needs_content = fetch::needs_content(&job.items) != fetch::Need::Nothing;
         let mut out = Vec::with_capacity(which.len());
         for &i in which {
             let (place, m) = &job.messages[i];
-            let content = contents.get(&m.entry_id).map(Vec::as_slice);
+            let content = contents.remove(&m.entry_id);
             if needs_content && content.is_none() {
                 // Expunged elsewhere since the view last looked: nothing to send.
                 continue;
@@ -1177,7 +1215,7 @@ impl Session {
             out.push(fetch_data(*place, items));
         }
         for data in out {
-            self.server.enqueue_data(data);
+            self.send_data(data);
         }
     }
 
@@ -1442,7 +1480,7 @@ impl Session {
         } else {
             None
         };
-        self.server.enqueue_data(Data::Search(numbers, modseq));
+        self.send_data(Data::Search(numbers, modseq));
         self.ok(tag, "SEARCH completed");
     }
 
@@ -1497,7 +1535,7 @@ impl Session {
                             mailbox: mailbox(&m.name),
                         }
                     };
-                    self.server.enqueue_data(data);
+                    self.send_data(data);
                 }
                 self.ok(
                     tag,
@@ -1516,9 +1554,9 @@ impl Session {
                 },
                 Answer::Selected(Ok((summary, uids))),
             ) => {
-                self.server.enqueue_data(Data::Flags(SYSTEM_FLAGS.to_vec()));
-                self.server.enqueue_data(Data::Exists(uids.len() as u32));
-                self.server.enqueue_data(Data::Recent(0));
+                self.send_data(Data::Flags(SYSTEM_FLAGS.to_vec()));
+                self.send_data(Data::Exists(uids.len() as u32));
+                self.send_data(Data::Recent(0));
                 let mut permanent: Vec<FlagPerm<'static>> =
                     SYSTEM_FLAGS.iter().cloned().map(FlagPerm::Flag).collect();
                 permanent.push(FlagPerm::Asterisk);
@@ -1535,8 +1573,7 @@ impl Session {
                         .map(Code::HighestModSeq),
                 ];
                 for code in codes.into_iter().flatten() {
-                    self.server
-                        .enqueue_status(Status::ok(None, Some(code), "ok").expect("valid text"));
+                    self.send_status(Status::ok(None, Some(code), "ok").expect("valid text"));
                 }
                 let code = if read_only {
                     Code::ReadOnly
@@ -1562,7 +1599,7 @@ impl Session {
                         .expect("a valid range")
                 });
                 if let Some(known_uids) = range_set(&view.missing(&known)) {
-                    self.server.enqueue_data(Data::Vanished {
+                    self.send_data(Data::Vanished {
                         earlier: true,
                         known_uids,
                     });
@@ -1588,7 +1625,7 @@ impl Session {
                     }
                 }
                 for data in out {
-                    self.server.enqueue_data(data);
+                    self.send_data(data);
                 }
                 self.tagged(status_ok(tag, Some(code), "SELECT completed"));
             }
@@ -1621,7 +1658,7 @@ impl Session {
                         })
                     })
                     .collect();
-                self.server.enqueue_data(Data::Status {
+                self.send_data(Data::Status {
                     mailbox: mailbox(&summary.name),
                     items: data.into(),
                 });
@@ -1651,12 +1688,12 @@ impl Session {
                 }
                 self.fetch_read(fetch);
             }
-            (Pending::Fetch { mut fetch, reading }, Answer::Contents(Ok(contents))) => {
+            (Pending::Fetch { mut fetch, reading }, Answer::Contents(Ok(mut contents))) => {
                 // This batch: those of the messages asked for whose octets came.
                 let batch: Vec<usize> = (reading.from..reading.next)
                     .filter(|&i| contents.contains_key(&fetch.messages[i].1.entry_id))
                     .collect();
-                self.fetch_send(&mut fetch, &batch, &contents);
+                self.fetch_send(&mut fetch, &batch, &mut contents);
                 self.fetch_next(fetch, reading);
             }
             (Pending::SearchMeta { search, matched }, Answer::Messages(Ok(messages))) => {
@@ -1726,7 +1763,7 @@ impl Session {
                     }
                 }
                 for data in out {
-                    self.server.enqueue_data(data);
+                    self.send_data(data);
                 }
                 self.store_done(tag, &modified);
             }
@@ -1752,8 +1789,7 @@ impl Session {
                 };
                 if remove {
                     if let Some(code) = code {
-                        self.server
-                            .enqueue_status(Status::ok(None, Some(code), "moved").expect("valid"));
+                        self.send_status(Status::ok(None, Some(code), "moved").expect("valid"));
                     }
                     let gone: Vec<u32> = pairs.iter().map(|p| p.0).collect();
                     self.tell_expunged(&gone);
@@ -1828,7 +1864,7 @@ impl Session {
             }
         }
         for data in out {
-            self.server.enqueue_data(data);
+            self.send_data(data);
         }
     }
 
@@ -2123,13 +2159,20 @@ impl pochta_session::Session for Session {
     }
 
     fn poll(&mut self) -> Option<Output<Action>> {
-        if let Some(action) = self.action.take() {
-            return Some(Output::Action(action));
-        }
-        if self.pending.is_some() || self.closed {
-            return None;
-        }
         loop {
+            if let Some(bytes) = self.out.pop_front() {
+                // STARTTLS's OK is the last thing queued: the handshake comes next.
+                if self.out.is_empty() {
+                    self.starttls_ready = std::mem::take(&mut self.starttls);
+                }
+                return Some(Output::Send(bytes));
+            }
+            if let Some(action) = self.action.take() {
+                return Some(Output::Action(action));
+            }
+            if self.pending.is_some() || self.closed {
+                return None;
+            }
             if self.starttls_ready {
                 // The OK has been handed out; nothing after STARTTLS is read in the clear.
                 self.starttls_ready = false;
@@ -2145,15 +2188,8 @@ impl pochta_session::Session for Session {
                         self.unparsed = 0;
                     }
                     self.event(event);
-                    if let Some(action) = self.action.take() {
-                        return Some(Output::Action(action));
-                    }
                 }
-                Err(Interrupt::Io(Io::Output(bytes))) => {
-                    // STARTTLS's OK is the last thing queued: the handshake comes next.
-                    self.starttls_ready = std::mem::take(&mut self.starttls);
-                    return Some(Output::Send(bytes));
-                }
+                Err(Interrupt::Io(Io::Output(bytes))) => return Some(Output::Send(bytes)),
                 Err(Interrupt::Io(Io::NeedMoreInput)) => {
                     if self.closing {
                         self.closed = true;
@@ -2186,15 +2222,12 @@ impl pochta_session::Session for Session {
     }
 
     fn timed_out(&mut self) {
-        self.server.enqueue_status(
-            Status::bye(None, "Autologout; idle for too long").expect("valid text"),
-        );
+        self.send_status(Status::bye(None, "Autologout; idle for too long").expect("valid text"));
         self.closing = true;
     }
 
     fn shutting_down(&mut self) {
-        self.server
-            .enqueue_status(Status::bye(None, "Server shutting down").expect("valid text"));
+        self.send_status(Status::bye(None, "Server shutting down").expect("valid text"));
         self.closing = true;
     }
 

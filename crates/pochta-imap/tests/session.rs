@@ -495,6 +495,10 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
             next: vec![700]
         }
     );
+    // Each batch's responses go out before the next batch is read: a FETCH of a whole
+    // mailbox is never held in memory whole.
+    let field = "BODY[HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: Hello\r\n\r\n";
+    assert_eq!(c.take(), format!("* 1 FETCH ({field})\r\n"));
     c.session.answer(Answer::Contents(Ok(contents(&[400]))));
     let r = request(c.drain());
     assert_eq!(
@@ -505,18 +509,10 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
             next: vec![]
         }
     );
+    assert_eq!(c.take(), format!("* 2 FETCH ({field})\r\n"));
     // Message 3 was expunged elsewhere meanwhile: it is left out, not made up.
     let out = answer(&mut c, Answer::Contents(Ok(HashMap::new())));
-    let field = "BODY[HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: Hello\r\n\r\n";
-    assert!(
-        out.starts_with(&format!("* 1 FETCH ({field})\r\n* 2 FETCH ({field})\r\n")),
-        "{out}"
-    );
-    assert!(
-        !out.contains("* 3 FETCH") && !out.contains("FLAGS"),
-        "{out}"
-    );
-    assert!(out.ends_with("f1 OK FETCH completed\r\n"), "{out}");
+    assert_eq!(out, "f1 OK FETCH completed\r\n");
 
     // BODY[] (not PEEK) first sets \Seen on the unseen ones, then sends FLAGS with them.
     let output = c.send("f2 FETCH 1 BODY[]\r\n");
