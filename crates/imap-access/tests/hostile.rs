@@ -242,10 +242,10 @@ async fn a_thousand_idle_sessions_take_little_memory() {
     }
     let grown = process.resident_kib().saturating_sub(before);
     println!("1000 idle sessions: {grown} KiB");
-    // About 22 KiB a session (debug build; no read buffer is held while a client is quiet);
-    // the bound catches a session that starts holding more (a read buffer, say, or its
-    // mailbox's messages).
-    assert!(grown < 32 * 1000, "grew {grown} KiB for 1000 idle sessions");
+    // About 14 KiB a session (debug build; no read buffer is held while a client is quiet,
+    // and the driver boxes action futures, which held inline made it 22); the bound catches
+    // a session that starts holding more (a read buffer, an inline action, its messages).
+    assert!(grown < 20 * 1000, "grew {grown} KiB for 1000 idle sessions");
     // Every one still answers.
     for (i, c) in clients.iter_mut().enumerate().step_by(97) {
         c.send(b"DONE\r\n").await;

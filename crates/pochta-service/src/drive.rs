@@ -215,7 +215,10 @@ impl Driver<'_> {
                         return Ended::Closed;
                     }
                     Output::Action(action) => {
-                        if let Err(ended) = handler.perform(action, &mut session, &mut io).await {
+                        // Boxed while it runs: held inline, the largest action's future (a
+                        // service's store calls) sized every session's task, idle or not.
+                        let perform = Box::pin(handler.perform(action, &mut session, &mut io));
+                        if let Err(ended) = perform.await {
                             return ended;
                         }
                     }
@@ -269,7 +272,8 @@ impl Driver<'_> {
                     Err(e) => return Ended::Failed(format!("reading: {e}")),
                 },
                 _ = tick(&mut duty) => {
-                    if let Err(ended) = handler.duty(&mut session, &mut io).await {
+                    // Boxed, as `perform` is.
+                    if let Err(ended) = Box::pin(handler.duty(&mut session, &mut io)).await {
                         return ended;
                     }
                 }
