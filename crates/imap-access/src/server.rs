@@ -15,7 +15,7 @@ use pochta_imap::imap_types::search::SearchKey;
 use pochta_imap::imap_types::sequence::{SeqOrUid, Sequence};
 use pochta_imap::{
     Action, Answer, Changes, Failure, FlagChange, Found, LoginResult, MailboxSummary, Message,
-    Policy, Request, Session,
+    Policy, Request, Session, Streamed,
 };
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
@@ -285,6 +285,61 @@ impl Drop for ReadAhead {
 }
 
 impl Connection {
+    /// Sends a FETCH response whose message is read from the store a piece (about a read
+    /// batch) at a time, each piece written before the next is read. Whether the message was
+    /// there; a store failure before the response began is the FETCH's, after it the
+    /// connection's (the literal's size is out).
+    async fn stream(&mut self, s: &Streamed, io: &mut Io) -> Result<Result<bool, Failure>, Ended> {
+        let Some(account) = self.account_id else {
+            return Ok(Err(Failure::Temporary));
+        };
+        // A read ahead for the batch after this message is of no use now.
+        self.ahead = None;
+        let store = &self.server.store;
+        let piece = i64::try_from(self.server.read_batch_bytes).unwrap_or(i64::MAX);
+        let mut part = match store
+            .maildrop_entry_part(account, s.entry_id, 0, piece)
+            .await
+        {
+            Ok(Some(part)) => part,
+            Ok(None) => return Ok(Ok(false)),
+            Err(e) => return Ok(Err(failure(e))),
+        };
+        io.out().extend_from_slice(&s.head);
+        let (mut at, mut sent) = (0u64, 0u64);
+        loop {
+            sent += s.carry(at, &part.octets, io.out());
+            at += part.octets.len() as u64;
+            io.flush()
+                .await
+                .map_err(|e| Ended::Failed(format!("writing: {e}")))?;
+            let Some(next) = part.next.filter(|_| sent < s.len) else {
+                break;
+            };
+            part = match store
+                .maildrop_entry_part(account, s.entry_id, next, piece)
+                .await
+            {
+                Ok(Some(part)) => part,
+                // Expunged by another session meanwhile: the literal is completed below and
+                // the expunge is told as any other.
+                Ok(None) => break,
+                Err(e) => return Err(Ended::Failed(format!("reading a message being sent: {e}"))),
+            };
+        }
+        if sent < s.len {
+            tracing::warn!(
+                entry = s.entry_id,
+                sent,
+                size = s.len,
+                "message ended early"
+            );
+            s.pad(sent, io.out());
+        }
+        io.out().extend_from_slice(&s.tail);
+        Ok(Ok(true))
+    }
+
     fn unwatch(&mut self) {
         if let Some((id, _)) = self.watching.take() {
             self.server.watch.unwatch(id);
@@ -700,7 +755,7 @@ impl Handler<Session> for Connection {
         &mut self,
         action: Action,
         session: &mut Session,
-        _io: &mut Io,
+        io: &mut Io,
     ) -> Result<(), Ended> {
         match action {
             Action::Login { username, password } => {
@@ -722,6 +777,10 @@ impl Handler<Session> for Connection {
                     // Unselected, or the select failed.
                     self.unwatch();
                 }
+            }
+            Action::Stream(streamed) => {
+                let answer = self.stream(&streamed, io).await?;
+                session.answer(Answer::Streamed(answer));
             }
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pochta_testkit::{ServiceProcess, TestDb, free_addr, grpc_health};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
@@ -51,6 +51,19 @@ impl Client {
             .expect("a line within 20 s")
             .unwrap()
             .unwrap_or_default()
+    }
+
+    /// A literal's octets, after the line announcing it.
+    async fn literal(&mut self, len: usize) -> Vec<u8> {
+        let mut octets = vec![0; len];
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            self.lines.get_mut().read_exact(&mut octets),
+        )
+        .await
+        .expect("the literal within 20 s")
+        .unwrap();
+        octets
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -221,6 +234,64 @@ async fn a_whole_mailbox_fetch_is_held_in_batches_while_the_client_does_not_read
     }
     assert_eq!(fetched, MESSAGES);
     assert!(last.starts_with("f OK"), "{last}");
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(process);
+}
+
+/// A message far larger than a read batch leaves as the store reads it: a client that
+/// fetches 24 MiB and does not read holds the server to a piece or two, and what it then
+/// reads is the message, octet for octet, whole and in part.
+#[tokio::test]
+async fn a_large_message_is_streamed_while_the_client_does_not_read() {
+    let (_db, process, imap, grpc) =
+        server("max_literal_bytes = 33554432\nread_batch_bytes = 262144").await;
+    let mut c = Client::connect(imap).await;
+    c.login().await;
+    // Numbered lines, so that an octet out of place shows.
+    let mut message = b"Subject: large\r\n\r\n".to_vec();
+    let mut n = 0u32;
+    while message.len() < 24 << 20 {
+        message.extend_from_slice(format!("{n:010} {}\r\n", "y".repeat(66)).as_bytes());
+        n += 1;
+    }
+    c.send(format!("a APPEND INBOX {{{}+}}\r\n", message.len()).as_bytes())
+        .await;
+    c.send(&message).await;
+    c.send(b"\r\n").await;
+    let reply = c.until("a").await;
+    assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    let reply = c.cmd("s SELECT INBOX").await;
+    assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+
+    let before = process.resident_kib();
+    c.send(b"f FETCH 1 (UID BODY.PEEK[])\r\n").await;
+    let mut highest = before;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        highest = highest.max(process.resident_kib());
+    }
+    let grown = highest.saturating_sub(before);
+    // A 256 KiB piece being sent, the next read: held whole, the message and its encoded
+    // copy would be 48 MiB.
+    assert!(grown < 8 * 1024, "grew {grown} KiB holding a 24 MiB FETCH");
+    let head = c.line().await;
+    assert_eq!(
+        head,
+        format!("* 1 FETCH (UID 1 BODY[] {{{}}}", message.len())
+    );
+    assert_eq!(c.literal(message.len()).await, message);
+    assert_eq!(c.line().await, ")");
+    assert!(c.line().await.starts_with("f OK"));
+
+    // A partial from the middle: its range, from the pieces that hold it.
+    let (from, len) = (10_000_003, 300_000);
+    c.send(format!("p FETCH 1 BODY.PEEK[]<{from}.{len}>\r\n").as_bytes())
+        .await;
+    let head = c.line().await;
+    assert_eq!(head, format!("* 1 FETCH (BODY[]<{from}> {{{len}}}"));
+    assert_eq!(c.literal(len).await, &message[from..from + len]);
+    assert_eq!(c.line().await, ")");
+    assert!(c.line().await.starts_with("p OK"));
     assert!(grpc_health(grpc).await.unwrap());
     drop(process);
 }

@@ -822,7 +822,8 @@ pub struct ImapConfig {
     /// Client input held in memory by all sessions together (commands being received, APPEND
     /// literals above all); beyond it, only the session that began first reads on.
     pub max_input_memory_bytes: u64,
-    /// FETCH and SEARCH read message octets from the store in batches of about this many.
+    /// FETCH and SEARCH read message octets from the store in batches of about this many; a
+    /// larger message's BODY[] is sent in pieces of this many.
     pub read_batch_bytes: u32,
     /// How often a session in IDLE looks whether its mailbox changed (it asks the store only
     /// after a change was announced, so an idle session costs a timer between changes).

@@ -77,6 +77,19 @@ pub fn imap_session(data: &[u8]) {
                     );
                     session.answer(answer);
                 }
+                Output::Action(Action::Stream(streamed)) => {
+                    // The response around the literal is whole, and announces its length.
+                    assert!(entries.contains(&streamed.entry_id), "{streamed:?}");
+                    let size = format!("{{{}}}\r\n", streamed.len);
+                    assert!(streamed.head.starts_with(b"* "), "{streamed:?}");
+                    assert!(streamed.head.ends_with(size.as_bytes()), "{streamed:?}");
+                    assert!(streamed.tail.ends_with(b")\r\n"), "{streamed:?}");
+                    session.answer(Answer::Streamed(match input.choose(8) {
+                        0 => Err(Failure::Temporary),
+                        1 => Ok(false),
+                        _ => Ok(true),
+                    }));
+                }
             }
         }
         if input.is_empty() {

@@ -57,6 +57,38 @@ pub(crate) fn needs_content(items: &[MessageDataItemName<'_>]) -> Need {
         .unwrap_or(Need::Nothing)
 }
 
+/// The octets of a message these items send, when they can go out as the store reads them:
+/// one item sends the message as it is (RFC822, BODY[] or BODY.PEEK[], whole or partial) and
+/// the others need none of it. The range sent: (first octet, length), within `size`.
+pub(crate) fn streamable(items: &[MessageDataItemName<'_>], size: u32) -> Option<(u64, u64)> {
+    let size = u64::from(size);
+    let mut range = None;
+    for name in items {
+        let this = match name {
+            MessageDataItemName::Rfc822
+            | MessageDataItemName::BodyExt {
+                section: None,
+                partial: None,
+                ..
+            } => (0, size),
+            MessageDataItemName::BodyExt {
+                section: None,
+                partial: Some((start, len)),
+                ..
+            } => {
+                let start = u64::from(*start).min(size);
+                (start, u64::from(len.get()).min(size - start))
+            }
+            name if needs_content(std::slice::from_ref(name)) == Need::Nothing => continue,
+            _ => return None,
+        };
+        if range.replace(this).is_some() {
+            return None;
+        }
+    }
+    range
+}
+
 /// Does fetching these items set `\Seen` (RFC 9051 6.4.5: BODY[...] and RFC822 do)?
 pub(crate) fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
     items.iter().any(|i| {

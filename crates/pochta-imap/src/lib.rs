@@ -14,6 +14,7 @@ mod view;
 pub use names::{DELIMITER, mailbox_name, matches as list_matches};
 pub use session::{
     Action, Answer, Counts, Failure, FlagChange, Found, LoginResult, Policy, Request, Session,
+    Streamed,
 };
 pub use view::{Changes, MailboxSummary, Message};
 

@@ -168,6 +168,9 @@ pub enum Answer {
     /// UIDVALIDITY of the target and (source UID, new UID) pairs; (0, new) for an append.
     Placed(Result<(u32, Vec<(u32, u32)>), Failure>),
     Contents(Result<HashMap<i64, Vec<u8>>, Failure>),
+    /// After `Action::Stream`: whether the message was there (and its response sent). A
+    /// failure means nothing of the response was sent.
+    Streamed(Result<bool, Failure>),
     Flags(Result<(Vec<Message>, Vec<u32>), Failure>),
     Expunged(Result<Vec<u32>, Failure>),
     Changes(Result<Changes, Failure>),
@@ -200,6 +203,52 @@ pub enum Action {
     Login { username: String, password: String },
     /// Answer with `Session::answer`.
     Run(Request),
+    /// Send one message's FETCH response, reading its octets from the store in pieces;
+    /// answer with `Session::answer` (`Answer::Streamed`).
+    Stream(Streamed),
+}
+
+/// A FETCH response whose message octets go out as the store reads them, for a message larger
+/// than a read batch: `head` (the response through its literal's `{len}`), then `len` octets
+/// of the message (as BODY[] sends it) from octet `from`, NULs sent as spaces as in every
+/// literal, then `tail`. Once `head` is out the literal must be completed: if the octets
+/// cannot be read, the connection is closed rather than the framing broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streamed {
+    pub entry_id: i64,
+    pub head: Vec<u8>,
+    pub from: u64,
+    pub len: u64,
+    pub tail: Vec<u8>,
+}
+
+impl Streamed {
+    /// Appends to `out` what the literal carries of `piece`, the message's octets from octet
+    /// `at` on (NULs as spaces); returns how many octets that was.
+    pub fn carry(&self, at: u64, piece: &[u8], out: &mut Vec<u8>) -> u64 {
+        let end = self.from.saturating_add(self.len);
+        let piece_end = at.saturating_add(piece.len() as u64);
+        let (lo, hi) = (self.from.max(at), end.min(piece_end));
+        if lo >= hi {
+            return 0;
+        }
+        let carried = &piece[(lo - at) as usize..(hi - at) as usize];
+        let mark = out.len();
+        out.extend_from_slice(carried);
+        if memchr::memchr(0, carried).is_some() {
+            for b in out[mark..].iter_mut().filter(|b| **b == 0) {
+                *b = b' ';
+            }
+        }
+        hi - lo
+    }
+
+    /// Completes a literal of which `sent` octets went out, with spaces, when the message
+    /// ended before the size announced.
+    pub fn pad(&self, sent: u64, out: &mut Vec<u8>) {
+        let missing = self.len.saturating_sub(sent) as usize;
+        out.resize(out.len() + missing, b' ');
+    }
 }
 
 enum State {
@@ -1147,6 +1196,15 @@ impl Session {
     }
 
     fn fetch_next(&mut self, job: FetchJob, mut reading: Reading) {
+        if let Some(streamed) = self.streamed(&job, reading.next) {
+            (reading.from, reading.next) = (reading.next, reading.next + 1);
+            self.pending = Some(Pending::Fetch {
+                fetch: job,
+                reading,
+            });
+            self.action = Some(Action::Stream(streamed));
+            return;
+        }
         let batch = next_batch(
             &job.messages,
             reading.next,
@@ -1159,7 +1217,11 @@ impl Session {
         let entry_ids = batch.clone().map(|i| job.messages[i].1.entry_id).collect();
         (reading.from, reading.next) = (batch.start, batch.end);
         let headers_only = reading.headers_only;
-        let next = self.batch_after(&job.messages, &reading);
+        let mut next = self.batch_after(&job.messages, &reading);
+        if self.streamed(&job, reading.next).is_some() {
+            // That one is streamed, not read ahead whole.
+            next.clear();
+        }
         self.run(
             Pending::Fetch {
                 fetch: job,
@@ -1171,6 +1233,49 @@ impl Session {
                 next,
             },
         );
+    }
+
+    /// The message at `at` as a `Streamed` response, if it is larger than a read batch and the
+    /// items send it as it is stored: held whole, one such message could take any amount of
+    /// memory (a batch holds at least one message).
+    fn streamed(&self, job: &FetchJob, at: usize) -> Option<Streamed> {
+        let (place, m) = job.messages.get(at)?;
+        if u64::from(m.size) <= self.policy.read_batch_bytes {
+            return None;
+        }
+        let (from, len) = fetch::streamable(&job.items, m.size)?;
+        // The response with an empty literal where the octets go.
+        let mut items =
+            fetch::items(m, &job.items, Some(Vec::new()), job.uid, self.condstore).ok()?;
+        if job.seen_now.contains(&m.uid) && !job.items.contains(&MessageDataItemName::Flags) {
+            items.push(imap_next::imap_types::fetch::MessageDataItem::Flags(
+                fetch::flags(&m.flags),
+            ));
+        }
+        let response = Response::Data(fetch_data(*place, items));
+        let fragments: Vec<Fragment> = ResponseCodec::default().encode(&response).collect();
+        // The items other than the octets carry no strings, so that literal is the only one.
+        let [
+            Fragment::Line { data: head },
+            Fragment::Literal { data: empty, .. },
+            Fragment::Line { data: tail },
+        ] = fragments.as_slice()
+        else {
+            return None;
+        };
+        let head = head.strip_suffix(b"{0}\r\n")?;
+        if !empty.is_empty() {
+            return None;
+        }
+        let mut head = head.to_vec();
+        head.extend_from_slice(format!("{{{len}}}\r\n").as_bytes());
+        Some(Streamed {
+            entry_id: m.entry_id,
+            head,
+            from,
+            len,
+            tail: tail.clone(),
+        })
     }
 
     /// The tagged reply: OK, or NO [UNKNOWN-CTE] when BINARY left a message out (RFC 3516 4.1).
@@ -1696,6 +1801,9 @@ impl Session {
                 self.fetch_send(&mut fetch, &batch, &mut contents);
                 self.fetch_next(fetch, reading);
             }
+            (Pending::Fetch { fetch, reading }, Answer::Streamed(Ok(_))) => {
+                self.fetch_next(fetch, reading)
+            }
             (Pending::SearchMeta { search, matched }, Answer::Messages(Ok(messages))) => {
                 self.search_known(search, messages, matched)
             }
@@ -1813,6 +1921,7 @@ impl Session {
                 | Answer::Status(Err(failure))
                 | Answer::Placed(Err(failure))
                 | Answer::Contents(Err(failure))
+                | Answer::Streamed(Err(failure))
                 | Answer::Flags(Err(failure))
                 | Answer::Expunged(Err(failure))
                 | Answer::Found(Err(failure))

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use pochta_imap::imap_types::search::SearchKey;
 use pochta_imap::{
     Action, Answer, Changes, Counts, Failure, FlagChange, Found, LoginResult, MailboxSummary,
-    Message, Policy, Request, Session,
+    Message, Policy, Request, Session, Streamed,
 };
 use pochta_session::Output;
 use pochta_testkit::Script;
@@ -583,6 +583,119 @@ fn fetch_sections_and_partials() {
         out.contains("BODYSTRUCTURE (\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 11 1 NIL))"),
         "{out}"
     );
+}
+
+/// A message larger than a read batch, fetched as it is stored, is streamed: the world gets
+/// the response around the literal and sends the octets as it reads them, so no message is
+/// ever held whole. Anything else of it (a section, the envelope) is read as before.
+#[test]
+fn a_message_larger_than_a_batch_is_streamed() {
+    let mut c = selected(false);
+    // UIDs 4 (200 octets) and 7 (300, over the 250-octet batch).
+    let output = c.send("f1 UID FETCH 4:7 (FLAGS BODY.PEEK[] RFC822.SIZE)\r\n");
+    metadata(&mut c, output, &[4, 7]);
+    // UID 4 is read as before, with nothing read ahead: UID 7, next, is streamed.
+    assert_eq!(
+        request(c.drain()),
+        Request::Contents {
+            entry_ids: vec![400],
+            headers_only: false,
+            next: vec![]
+        }
+    );
+    c.session.answer(Answer::Contents(Ok([(400, MAIL.to_vec())]
+        .into_iter()
+        .collect())));
+    let streamed = match action(c.drain()) {
+        Action::Stream(s) => s,
+        other => panic!("expected a stream, got {other:?}"),
+    };
+    // UID 4's response left before the stream began.
+    let mail = String::from_utf8(MAIL.to_vec()).unwrap();
+    assert_eq!(
+        c.take(),
+        format!(
+            "* 2 FETCH (UID 4 FLAGS (\\Flagged) BODY[] {{{}}}\r\n{mail} RFC822.SIZE 200)\r\n",
+            MAIL.len()
+        )
+    );
+    assert_eq!(
+        streamed,
+        Streamed {
+            entry_id: 700,
+            head: b"* 3 FETCH (UID 7 FLAGS (\\Seen) BODY[] {300}\r\n".to_vec(),
+            from: 0,
+            len: 300,
+            tail: b" RFC822.SIZE 300)\r\n".to_vec(),
+        }
+    );
+    assert_eq!(
+        answer(&mut c, Answer::Streamed(Ok(true))),
+        "f1 OK FETCH completed\r\n"
+    );
+
+    // A partial: only its range, clipped to the message.
+    let output = c.send("f2 FETCH 3 BODY.PEEK[]<290.50>\r\n");
+    metadata(&mut c, output, &[7]);
+    let Action::Stream(s) = action(c.drain()) else {
+        panic!("not streamed")
+    };
+    assert_eq!(
+        (s.head.as_slice(), s.from, s.len),
+        (b"* 3 FETCH (BODY[]<290> {10}\r\n".as_slice(), 290, 10)
+    );
+    assert_eq!(s.tail, b")\r\n");
+    // The store failed before the response began: the FETCH fails, the session goes on.
+    let out = answer(&mut c, Answer::Streamed(Err(Failure::Temporary)));
+    assert!(out.starts_with("f2 NO [UNAVAILABLE]"), "{out}");
+
+    // RFC822 of an unseen one sets \Seen first and tells it with the streamed response.
+    let output = c.send("f3 FETCH 3 RFC822\r\n");
+    assert!(matches!(request(output), Request::Messages { .. }));
+    c.session
+        .answer(Answer::Messages(Ok(vec![message(7, &[], 300)])));
+    assert!(matches!(request(c.drain()), Request::StoreFlags { .. }));
+    c.session.answer(Answer::Flags(Ok((
+        vec![message(7, &["\\Seen"], 300)],
+        vec![],
+    ))));
+    let Action::Stream(s) = action(c.drain()) else {
+        panic!("not streamed")
+    };
+    assert_eq!(s.head, b"* 3 FETCH (RFC822 {300}\r\n");
+    assert_eq!(s.tail, b" FLAGS (\\Seen))\r\n");
+    // Gone meanwhile: nothing was sent of it.
+    assert_eq!(
+        answer(&mut c, Answer::Streamed(Ok(false))),
+        "f3 OK FETCH completed\r\n"
+    );
+
+    // The envelope needs the message parsed: read whole, as before.
+    let output = c.send("f4 FETCH 3 (BODY.PEEK[] ENVELOPE)\r\n");
+    metadata(&mut c, output, &[7]);
+    assert!(matches!(request(c.drain()), Request::Contents { .. }));
+}
+
+/// What a stream's literal carries of each piece the store reads: its range, NULs as spaces,
+/// and spaces for what a message that ended early did not fill.
+#[test]
+fn a_stream_carries_its_range_of_each_piece() {
+    let s = Streamed {
+        entry_id: 1,
+        head: vec![],
+        from: 3,
+        len: 5,
+        tail: vec![],
+    };
+    let mut out = Vec::new();
+    assert_eq!(s.carry(0, b"abc", &mut out), 0);
+    assert_eq!(s.carry(3, b"d\0f", &mut out), 3);
+    assert_eq!(s.carry(6, b"ghij", &mut out), 2);
+    assert_eq!(out, b"d fgh");
+    let mut short = Vec::new();
+    assert_eq!(s.carry(0, b"abcde", &mut short), 2);
+    s.pad(2, &mut short);
+    assert_eq!(short, b"de   ");
 }
 
 #[test]
