@@ -23,7 +23,9 @@ use pochta_service::drive::{Driver, Ended, Handler, Io, MemoryBudget, Timeouts};
 use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
-use pochta_store::{MailboxInfo, MailboxMessage, MessageFilter, SearchField, Store, StoreError};
+use pochta_store::{
+    EntryPart, MailboxInfo, MailboxMessage, MessageFilter, SearchField, Store, StoreError,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -222,6 +224,9 @@ impl Server {
     }
 }
 
+/// Stored octets read for the first piece of a streamed message.
+const FIRST_PIECE: i64 = 64 * 1024;
+
 /// One client's connection: its account once logged in, and the mailbox it watches.
 pub struct Connection {
     server: Arc<Server>,
@@ -297,8 +302,9 @@ impl Connection {
         self.ahead = None;
         let store = &self.server.store;
         let piece = i64::try_from(self.server.read_batch_bytes).unwrap_or(i64::MAX);
+        // A small first piece, so that the response begins at once.
         let mut part = match store
-            .maildrop_entry_part(account, s.entry_id, 0, piece)
+            .maildrop_entry_part(account, s.entry_id, 0, piece.min(FIRST_PIECE))
             .await
         {
             Ok(Some(part)) => part,
@@ -310,22 +316,35 @@ impl Connection {
         loop {
             sent += s.carry(at, &part.octets, io.out());
             at += part.octets.len() as u64;
-            io.flush()
-                .await
-                .map_err(|e| Ended::Failed(format!("writing: {e}")))?;
-            let Some(next) = part.next.filter(|_| sent < s.len) else {
-                break;
-            };
-            part = match store
-                .maildrop_entry_part(account, s.entry_id, next, piece)
-                .await
-            {
-                Ok(Some(part)) => part,
-                // Expunged by another session meanwhile: the literal is completed below and
-                // the expunge is told as any other.
-                Ok(None) => break,
+            // The next piece is read while this one is written. None left, or expunged by
+            // another session meanwhile: an empty piece (the literal is completed below and
+            // the expunge is told as any other).
+            // On a task of its own, so that decoding it (zstd) may run on another core.
+            let next = part.next.filter(|_| sent < s.len);
+            let (store, entry_id) = (store.clone(), s.entry_id);
+            let read = tokio::spawn(
+                async move {
+                    match next {
+                        Some(next) => store
+                            .maildrop_entry_part(account, entry_id, next, piece)
+                            .await
+                            .map(Option::unwrap_or_default),
+                        None => Ok(EntryPart::default()),
+                    }
+                }
+                .in_current_span(),
+            );
+            let (written, read) = tokio::join!(io.flush(), read);
+            written.map_err(|e| Ended::Failed(format!("writing: {e}")))?;
+            part = match read {
+                Ok(read) => {
+                    read.map_err(|e| Ended::Failed(format!("reading a message being sent: {e}")))?
+                }
                 Err(e) => return Err(Ended::Failed(format!("reading a message being sent: {e}"))),
             };
+            if part.octets.is_empty() {
+                break;
+            }
         }
         if sent < s.len {
             tracing::warn!(
