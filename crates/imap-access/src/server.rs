@@ -291,7 +291,7 @@ impl Drop for ReadAhead {
 
 impl Connection {
     /// Sends a FETCH response whose message is read from the store a piece (about a read
-    /// batch) at a time, each piece written before the next is read. Whether the message was
+    /// batch) at a time, the next read while one is written. Whether the message was
     /// there; a store failure before the response began is the FETCH's, after it the
     /// connection's (the literal's size is out).
     async fn stream(&mut self, s: &Streamed, io: &mut Io) -> Result<Result<bool, Failure>, Ended> {
