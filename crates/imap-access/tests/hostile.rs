@@ -296,6 +296,82 @@ async fn a_large_message_is_streamed_while_the_client_does_not_read() {
     drop(process);
 }
 
+/// A message expunged by another session while it is being streamed: the literal already
+/// announced is completed (the rest as spaces), so the client's framing holds, and the session
+/// goes on.
+#[tokio::test]
+async fn a_message_expunged_while_it_is_streamed_keeps_the_framing() {
+    let (_db, process, imap, grpc) =
+        server("max_literal_bytes = 33554432\nread_batch_bytes = 65536").await;
+    let mut c = Client::connect(imap).await;
+    c.login().await;
+    let line = format!("{}\r\n", "z".repeat(78));
+    let mut message = b"Subject: going\r\n\r\n".to_vec();
+    while message.len() < 16 << 20 {
+        message.extend_from_slice(line.as_bytes());
+    }
+    c.send(format!("a APPEND INBOX {{{}+}}\r\n", message.len()).as_bytes())
+        .await;
+    c.send(&message).await;
+    c.send(b"\r\n").await;
+    assert!(c.until("a").await.last().unwrap().contains(" OK "));
+    assert!(
+        c.cmd("s SELECT INBOX")
+            .await
+            .last()
+            .unwrap()
+            .contains(" OK ")
+    );
+    c.send(b"f FETCH 1 BODY.PEEK[]\r\n").await;
+    let head = c.line().await;
+    assert_eq!(head, format!("* 1 FETCH (BODY[] {{{}}}", message.len()));
+    // The client reads nothing more until another session has expunged the message.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut other = Client::connect(imap).await;
+    other.login().await;
+    assert!(
+        other
+            .cmd("s SELECT INBOX")
+            .await
+            .last()
+            .unwrap()
+            .contains(" OK ")
+    );
+    let reply = other.cmd("e STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    assert!(
+        other
+            .cmd("x EXPUNGE")
+            .await
+            .last()
+            .unwrap()
+            .contains(" OK ")
+    );
+    let literal = c.literal(message.len()).await;
+    // What was sent before the expunge is the message; the rest, spaces.
+    let sent = literal
+        .iter()
+        .zip(&message)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        sent < message.len(),
+        "the whole message was sent before the expunge"
+    );
+    assert!(
+        literal[sent..].iter().all(|&b| b == b' '),
+        "after {sent} octets"
+    );
+    assert_eq!(c.line().await, ")");
+    let done = c.until("f").await;
+    assert!(done.last().unwrap().starts_with("f OK"), "{done:?}");
+    // The session goes on, and learns of the expunge.
+    let reply = c.cmd("n NOOP").await;
+    assert!(reply.iter().any(|l| l == "* 1 EXPUNGE"), "{reply:?}");
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(process);
+}
+
 /// Idle sessions cost little: a thousand logged-in clients idling in INBOX.
 #[tokio::test]
 async fn a_thousand_idle_sessions_take_little_memory() {
