@@ -316,10 +316,10 @@ impl Connection {
         loop {
             sent += s.carry(at, &part.octets, io.out());
             at += part.octets.len() as u64;
-            // The next piece is read while this one is written. None left, or expunged by
-            // another session meanwhile: an empty piece (the literal is completed below and
-            // the expunge is told as any other).
-            // On a task of its own, so that decoding it (zstd) may run on another core.
+            // The next piece is read while this one is written, on a task of its own so that
+            // decoding it (zstd) may run on another core. None left, or expunged by another
+            // session meanwhile: an empty piece (the literal is completed below and the
+            // expunge is told as any other).
             let next = part.next.filter(|_| sent < s.len);
             let (store, entry_id) = (store.clone(), s.entry_id);
             let read = tokio::spawn(
