@@ -89,6 +89,16 @@ impl Client {
         }
     }
 
+    /// APPENDs `message` to INBOX (LITERAL+) and checks the OK.
+    async fn append(&mut self, tag: &str, message: &[u8]) {
+        self.send(format!("{tag} APPEND INBOX {{{}+}}\r\n", message.len()).as_bytes())
+            .await;
+        self.send(message).await;
+        self.send(b"\r\n").await;
+        let reply = self.until(tag).await;
+        assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    }
+
     async fn login(&mut self) {
         let reply = self.cmd("l1 LOGIN alice@example.org pw").await;
         assert!(reply.last().unwrap().starts_with("l1 OK"), "{reply:?}");
@@ -369,6 +379,51 @@ async fn a_message_expunged_while_it_is_streamed_keeps_the_framing() {
     let reply = c.cmd("n NOOP").await;
     assert!(reply.iter().any(|l| l == "* 1 EXPUNGE"), "{reply:?}");
     assert!(grpc_health(grpc).await.unwrap());
+    drop(process);
+}
+
+/// Sessions that fetched a large message and then idle give its memory back: a client syncs,
+/// then idles for hours, and a thousand of them must not each keep their largest answer's
+/// buffer.
+#[tokio::test]
+async fn sessions_that_fetched_a_large_message_idle_small() {
+    const SESSIONS: usize = 60;
+    let (_db, process, imap, grpc) = server("max_literal_bytes = 4194304").await;
+    let mut message = b"Subject: sync\r\n\r\n".to_vec();
+    while message.len() < 900 << 10 {
+        message.extend_from_slice(format!("{:078}\r\n", message.len()).as_bytes());
+    }
+    let mut first = Client::connect(imap).await;
+    first.login().await;
+    first.append("a", &message).await;
+    drop(first);
+    let before = process.resident_kib();
+    let mut idle = Vec::new();
+    for i in 0..SESSIONS {
+        let mut c = Client::connect(imap).await;
+        c.login().await;
+        assert!(
+            c.cmd("s SELECT INBOX")
+                .await
+                .last()
+                .unwrap()
+                .contains(" OK ")
+        );
+        c.send(b"f FETCH 1 BODY.PEEK[]\r\n").await;
+        assert!(c.line().await.ends_with(&format!("{{{}}}", message.len())));
+        assert_eq!(c.literal(message.len()).await, message);
+        assert!(c.until("f").await.last().unwrap().starts_with("f OK"));
+        c.send(format!("i{i} IDLE\r\n").as_bytes()).await;
+        assert!(c.line().await.starts_with('+'));
+        idle.push(c);
+    }
+    let grown = process.resident_kib().saturating_sub(before);
+    println!("{SESSIONS} sessions idle after a 900 KiB FETCH: {grown} KiB");
+    // Kept, each would hold about a megabyte (60 MiB, as it did); given back, the next session
+    // reuses it.
+    assert!(grown < 12 * 1024, "grew {grown} KiB");
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(idle);
     drop(process);
 }
 

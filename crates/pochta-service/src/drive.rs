@@ -33,6 +33,10 @@ pub const FLUSH_AT: usize = 256 * 1024;
 /// Writes go out in pieces of this size, each within the write timeout.
 const WRITE_PIECE: usize = 64 * 1024;
 
+/// Output buffer a session keeps between answers; a larger one is given back when the session
+/// waits for input.
+const KEEP_OUT: usize = 16 * 1024;
+
 /// How long the driver waits for the client.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -92,6 +96,15 @@ impl Io {
         }
         self.out.clear();
         Ok(())
+    }
+
+    /// Gives back an output buffer grown past `KEEP_OUT` once it is written: otherwise every
+    /// session that once sent a large answer (a FETCH, a RETR) would hold its size while it
+    /// idles.
+    fn release_spare(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > KEEP_OUT {
+            self.out = Vec::new();
+        }
     }
 
     /// Writes the pending output, then closes the connection.
@@ -228,6 +241,7 @@ impl Driver<'_> {
             if let Err(e) = io.flush().await {
                 return Ended::Failed(format!("writing: {e}"));
             }
+            io.release_spare();
             if answered {
                 heard_at = Instant::now();
             }
