@@ -957,4 +957,62 @@ Content-Transfer-Encoding: quoted-printable\r\n\r\nna=C3=AFve soft=\r\nbreak  \r
         let got = items(&m, &asked, Some(MAIL.to_vec()), false, false).unwrap();
         assert_eq!(literal(&got[0]), &MAIL[5..11]);
     }
+
+    #[test]
+    fn streamable_only_when_one_item_sends_the_message_as_stored() {
+        let whole = |peek| MessageDataItemName::BodyExt {
+            section: None,
+            partial: None,
+            peek,
+        };
+        let partial = |start, len| MessageDataItemName::BodyExt {
+            section: None,
+            partial: Some((start, NonZeroU32::new(len).unwrap())),
+            peek: true,
+        };
+        let plain = [
+            MessageDataItemName::Uid,
+            MessageDataItemName::Flags,
+            MessageDataItemName::Rfc822Size,
+        ];
+        assert_eq!(streamable(&[whole(true)], 100), Some((0, 100)));
+        assert_eq!(
+            streamable(&[plain[0].clone(), whole(false), plain[1].clone()], 100),
+            Some((0, 100))
+        );
+        assert_eq!(
+            streamable(&[MessageDataItemName::Rfc822], 100),
+            Some((0, 100))
+        );
+        // A partial, clipped to the message; one starting past its end sends nothing.
+        assert_eq!(streamable(&[partial(90, 50)], 100), Some((90, 10)));
+        assert_eq!(streamable(&[partial(150, 50)], 100), Some((100, 0)));
+        // Nothing of the octets, two items sending them, or one that parses them: no.
+        assert_eq!(streamable(&plain, 100), None);
+        assert_eq!(
+            streamable(&[whole(true), MessageDataItemName::Rfc822], 100),
+            None
+        );
+        for parsing in [
+            MessageDataItemName::Envelope,
+            MessageDataItemName::BodyStructure,
+            MessageDataItemName::Rfc822Text,
+            MessageDataItemName::BodyExt {
+                section: Some(Section::Text(None)),
+                partial: None,
+                peek: true,
+            },
+            MessageDataItemName::Binary {
+                section: vec![],
+                partial: None,
+                peek: true,
+            },
+        ] {
+            assert_eq!(
+                streamable(&[whole(true), parsing.clone()], 100),
+                None,
+                "{parsing:?}"
+            );
+        }
+    }
 }

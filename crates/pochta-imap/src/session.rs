@@ -1218,7 +1218,7 @@ impl Session {
         (reading.from, reading.next) = (batch.start, batch.end);
         let headers_only = reading.headers_only;
         let mut next = self.batch_after(&job.messages, &reading);
-        if self.streamed(&job, reading.next).is_some() {
+        if self.streams(&job, reading.next) {
             // That one is streamed, not read ahead whole.
             next.clear();
         }
@@ -1239,10 +1239,10 @@ impl Session {
     /// items send it as it is stored: held whole, one such message could take any amount of
     /// memory (a batch holds at least one message).
     fn streamed(&self, job: &FetchJob, at: usize) -> Option<Streamed> {
-        let (place, m) = job.messages.get(at)?;
-        if u64::from(m.size) <= self.policy.read_batch_bytes {
+        if !self.streams(job, at) {
             return None;
         }
+        let (place, m) = job.messages.get(at)?;
         let (from, len) = fetch::streamable(&job.items, m.size)?;
         // The response with an empty literal where the octets go.
         let mut items =
@@ -1275,6 +1275,14 @@ impl Session {
             from,
             len,
             tail: tail.clone(),
+        })
+    }
+
+    /// Whether the message at `at` is streamed (`streamed`).
+    fn streams(&self, job: &FetchJob, at: usize) -> bool {
+        job.messages.get(at).is_some_and(|(_, m)| {
+            u64::from(m.size) > self.policy.read_batch_bytes
+                && fetch::streamable(&job.items, m.size).is_some()
         })
     }
 
