@@ -105,6 +105,17 @@ impl Client {
     }
 }
 
+/// How much more than `before` the server held at its highest over the next two seconds, in
+/// which the client reads nothing.
+async fn peak_growth_unread(process: &ServiceProcess, before: u64) -> u64 {
+    let mut highest = before;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        highest = highest.max(process.resident_kib());
+    }
+    highest.saturating_sub(before)
+}
+
 #[tokio::test]
 async fn oversized_literals_and_bad_syntax_get_bad_and_the_session_goes_on() {
     let (_db, process, imap, grpc) = server("max_literal_bytes = 4096").await;
@@ -209,24 +220,14 @@ async fn a_whole_mailbox_fetch_is_held_in_batches_while_the_client_does_not_read
     }
     const MESSAGES: usize = 32;
     for i in 0..MESSAGES {
-        c.send(format!("a{i} APPEND INBOX {{{}+}}\r\n", message.len()).as_bytes())
-            .await;
-        c.send(&message).await;
-        c.send(b"\r\n").await;
-        let reply = c.until(&format!("a{i}")).await;
-        assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+        c.append(&format!("a{i}"), &message).await;
     }
     let reply = c.cmd("s SELECT INBOX").await;
     assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
     let before = process.resident_kib();
     c.send(b"f UID FETCH 1:* BODY.PEEK[]\r\n").await;
     // Not read for two seconds: the socket's buffers fill and the server waits for them.
-    let mut highest = before;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        highest = highest.max(process.resident_kib());
-    }
-    let grown = highest.saturating_sub(before);
+    let grown = peak_growth_unread(&process, before).await;
     // A batch (1 MiB of octets by default, a message here) read ahead, one being sent and
     // what encoding copies: a few MiB. The whole answer would be 32 MiB and more.
     assert!(grown < 12 * 1024, "grew {grown} KiB holding a 32 MiB FETCH");
@@ -264,23 +265,13 @@ async fn a_large_message_is_streamed_while_the_client_does_not_read() {
         message.extend_from_slice(format!("{n:010} {}\r\n", "y".repeat(66)).as_bytes());
         n += 1;
     }
-    c.send(format!("a APPEND INBOX {{{}+}}\r\n", message.len()).as_bytes())
-        .await;
-    c.send(&message).await;
-    c.send(b"\r\n").await;
-    let reply = c.until("a").await;
-    assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    c.append("a", &message).await;
     let reply = c.cmd("s SELECT INBOX").await;
     assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
 
     let before = process.resident_kib();
     c.send(b"f FETCH 1 (UID BODY.PEEK[])\r\n").await;
-    let mut highest = before;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        highest = highest.max(process.resident_kib());
-    }
-    let grown = highest.saturating_sub(before);
+    let grown = peak_growth_unread(&process, before).await;
     // A 256 KiB piece being sent, the next read: held whole, the message and its encoded
     // copy would be 48 MiB.
     assert!(grown < 8 * 1024, "grew {grown} KiB holding a 24 MiB FETCH");
@@ -320,11 +311,7 @@ async fn a_message_expunged_while_it_is_streamed_keeps_the_framing() {
     while message.len() < 16 << 20 {
         message.extend_from_slice(line.as_bytes());
     }
-    c.send(format!("a APPEND INBOX {{{}+}}\r\n", message.len()).as_bytes())
-        .await;
-    c.send(&message).await;
-    c.send(b"\r\n").await;
-    assert!(c.until("a").await.last().unwrap().contains(" OK "));
+    c.append("a", &message).await;
     assert!(
         c.cmd("s SELECT INBOX")
             .await
