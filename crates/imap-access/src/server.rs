@@ -336,12 +336,10 @@ impl Connection {
             );
             let (written, read) = tokio::join!(io.flush(), read);
             written.map_err(|e| Ended::Failed(format!("writing: {e}")))?;
-            part = match read {
-                Ok(read) => {
-                    read.map_err(|e| Ended::Failed(format!("reading a message being sent: {e}")))?
-                }
-                Err(e) => return Err(Ended::Failed(format!("reading a message being sent: {e}"))),
-            };
+            let read = read.map_err(|e| e.to_string());
+            part = read
+                .and_then(|read| read.map_err(|e| e.to_string()))
+                .map_err(|e| Ended::Failed(format!("reading a message being sent: {e}")))?;
             if part.octets.is_empty() {
                 break;
             }

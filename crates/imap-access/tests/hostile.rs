@@ -89,6 +89,12 @@ impl Client {
         }
     }
 
+    /// SELECT INBOX, checking the OK.
+    async fn select_inbox(&mut self) {
+        let reply = self.cmd("s SELECT INBOX").await;
+        assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    }
+
     /// APPENDs `message` to INBOX (LITERAL+) and checks the OK.
     async fn append(&mut self, tag: &str, message: &[u8]) {
         self.send(format!("{tag} APPEND INBOX {{{}+}}\r\n", message.len()).as_bytes())
@@ -103,6 +109,16 @@ impl Client {
         let reply = self.cmd("l1 LOGIN alice@example.org pw").await;
         assert!(reply.last().unwrap().starts_with("l1 OK"), "{reply:?}");
     }
+}
+
+/// A message of at least `size` octets: a header, then the lines `line` makes from the
+/// octets so far.
+fn message_of(size: usize, line: impl Fn(usize) -> String) -> Vec<u8> {
+    let mut message = b"Subject: test\r\n\r\n".to_vec();
+    while message.len() < size {
+        message.extend_from_slice(line(message.len()).as_bytes());
+    }
+    message
 }
 
 /// How much more than `before` the server held at its highest over the next two seconds, in
@@ -213,17 +229,12 @@ async fn a_whole_mailbox_fetch_is_held_in_batches_while_the_client_does_not_read
     let (_db, process, imap, grpc) = server("max_literal_bytes = 2097152").await;
     let mut c = Client::connect(imap).await;
     c.login().await;
-    let mut message = b"Subject: big\r\n\r\n".to_vec();
-    while message.len() < 1 << 20 {
-        message.extend_from_slice(&[b'x'; 78]);
-        message.extend_from_slice(b"\r\n");
-    }
+    let message = message_of(1 << 20, |_| format!("{}\r\n", "x".repeat(78)));
     const MESSAGES: usize = 32;
     for i in 0..MESSAGES {
         c.append(&format!("a{i}"), &message).await;
     }
-    let reply = c.cmd("s SELECT INBOX").await;
-    assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    c.select_inbox().await;
     let before = process.resident_kib();
     c.send(b"f UID FETCH 1:* BODY.PEEK[]\r\n").await;
     // Not read for two seconds: the socket's buffers fill and the server waits for them.
@@ -259,15 +270,9 @@ async fn a_large_message_is_streamed_while_the_client_does_not_read() {
     let mut c = Client::connect(imap).await;
     c.login().await;
     // Numbered lines, so that an octet out of place shows.
-    let mut message = b"Subject: large\r\n\r\n".to_vec();
-    let mut n = 0u32;
-    while message.len() < 24 << 20 {
-        message.extend_from_slice(format!("{n:010} {}\r\n", "y".repeat(66)).as_bytes());
-        n += 1;
-    }
+    let message = message_of(24 << 20, |at| format!("{at:010} {}\r\n", "y".repeat(66)));
     c.append("a", &message).await;
-    let reply = c.cmd("s SELECT INBOX").await;
-    assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    c.select_inbox().await;
 
     let before = process.resident_kib();
     c.send(b"f FETCH 1 (UID BODY.PEEK[])\r\n").await;
@@ -306,19 +311,9 @@ async fn a_message_expunged_while_it_is_streamed_keeps_the_framing() {
         server("max_literal_bytes = 33554432\nread_batch_bytes = 65536").await;
     let mut c = Client::connect(imap).await;
     c.login().await;
-    let line = format!("{}\r\n", "z".repeat(78));
-    let mut message = b"Subject: going\r\n\r\n".to_vec();
-    while message.len() < 16 << 20 {
-        message.extend_from_slice(line.as_bytes());
-    }
+    let message = message_of(16 << 20, |_| format!("{}\r\n", "z".repeat(78)));
     c.append("a", &message).await;
-    assert!(
-        c.cmd("s SELECT INBOX")
-            .await
-            .last()
-            .unwrap()
-            .contains(" OK ")
-    );
+    c.select_inbox().await;
     c.send(b"f FETCH 1 BODY.PEEK[]\r\n").await;
     let head = c.line().await;
     assert_eq!(head, format!("* 1 FETCH (BODY[] {{{}}}", message.len()));
@@ -326,14 +321,7 @@ async fn a_message_expunged_while_it_is_streamed_keeps_the_framing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut other = Client::connect(imap).await;
     other.login().await;
-    assert!(
-        other
-            .cmd("s SELECT INBOX")
-            .await
-            .last()
-            .unwrap()
-            .contains(" OK ")
-    );
+    other.select_inbox().await;
     let reply = other.cmd("e STORE 1 +FLAGS.SILENT (\\Deleted)").await;
     assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
     assert!(
@@ -376,10 +364,7 @@ async fn a_message_expunged_while_it_is_streamed_keeps_the_framing() {
 async fn sessions_that_fetched_a_large_message_idle_small() {
     const SESSIONS: usize = 60;
     let (_db, process, imap, grpc) = server("max_literal_bytes = 4194304").await;
-    let mut message = b"Subject: sync\r\n\r\n".to_vec();
-    while message.len() < 900 << 10 {
-        message.extend_from_slice(format!("{:078}\r\n", message.len()).as_bytes());
-    }
+    let message = message_of(900 << 10, |at| format!("{at:078}\r\n"));
     let mut first = Client::connect(imap).await;
     first.login().await;
     first.append("a", &message).await;
@@ -389,13 +374,7 @@ async fn sessions_that_fetched_a_large_message_idle_small() {
     for i in 0..SESSIONS {
         let mut c = Client::connect(imap).await;
         c.login().await;
-        assert!(
-            c.cmd("s SELECT INBOX")
-                .await
-                .last()
-                .unwrap()
-                .contains(" OK ")
-        );
+        c.select_inbox().await;
         c.send(b"f FETCH 1 BODY.PEEK[]\r\n").await;
         assert!(c.line().await.ends_with(&format!("{{{}}}", message.len())));
         assert_eq!(c.literal(message.len()).await, message);

@@ -375,16 +375,20 @@ fn decode_quoted_printable(body: &[u8]) -> Vec<u8> {
 /// Octets as an IMAP string: a literal (any octet but NUL); NULs, which a literal cannot carry,
 /// become spaces rather than failing the whole response.
 fn nstring(mut data: Vec<u8>) -> NString<'static> {
-    // Looked for with memchr first: a byte loop over every message sent was a third of a
-    // whole-mailbox FETCH's CPU (BENCHMARKS.md).
-    if memchr::memchr(0, &data).is_some() {
-        for b in data.iter_mut().filter(|b| **b == 0) {
-            *b = b' ';
-        }
-    }
+    nul_to_space(&mut data);
     // No NUL is left, which is all a literal's validation (CHAR8) checks; checking again
     // byte by byte would cost as much as the loop above did.
     NString(Some(IString::Literal(Literal::unvalidated(data))))
+}
+
+/// NULs, which a literal cannot carry, as spaces. Looked for with memchr first: a byte loop
+/// over every message sent was a third of a whole-mailbox FETCH's CPU (BENCHMARKS.md).
+pub(crate) fn nul_to_space(octets: &mut [u8]) {
+    if memchr::memchr(0, octets).is_some() {
+        for b in octets.iter_mut().filter(|b| **b == 0) {
+            *b = b' ';
+        }
+    }
 }
 
 /// A header block (with its blank line) and the text after it.

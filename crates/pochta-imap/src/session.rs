@@ -232,14 +232,9 @@ impl Streamed {
         if lo >= hi {
             return 0;
         }
-        let carried = &piece[(lo - at) as usize..(hi - at) as usize];
         let mark = out.len();
-        out.extend_from_slice(carried);
-        if memchr::memchr(0, carried).is_some() {
-            for b in out[mark..].iter_mut().filter(|b| **b == 0) {
-                *b = b' ';
-            }
-        }
+        out.extend_from_slice(&piece[(lo - at) as usize..(hi - at) as usize]);
+        fetch::nul_to_space(&mut out[mark..]);
         hi - lo
     }
 
@@ -1218,7 +1213,7 @@ impl Session {
         (reading.from, reading.next) = (batch.start, batch.end);
         let headers_only = reading.headers_only;
         let mut next = self.batch_after(&job.messages, &reading);
-        if self.streams(&job, reading.next) {
+        if self.stream_range(&job, reading.next).is_some() {
             // That one is streamed, not read ahead whole.
             next.clear();
         }
@@ -1239,11 +1234,8 @@ impl Session {
     /// items send it as it is stored: held whole, one such message could take any amount of
     /// memory (a batch holds at least one message).
     fn streamed(&self, job: &FetchJob, at: usize) -> Option<Streamed> {
-        if !self.streams(job, at) {
-            return None;
-        }
-        let (place, m) = job.messages.get(at)?;
-        let (from, len) = fetch::streamable(&job.items, m.size)?;
+        let (from, len) = self.stream_range(job, at)?;
+        let (place, m) = &job.messages[at];
         // The response with an empty literal where the octets go.
         let mut items =
             fetch::items(m, &job.items, Some(Vec::new()), job.uid, self.condstore).ok()?;
@@ -1278,12 +1270,13 @@ impl Session {
         })
     }
 
-    /// Whether the message at `at` is streamed (`streamed`).
-    fn streams(&self, job: &FetchJob, at: usize) -> bool {
-        job.messages.get(at).is_some_and(|(_, m)| {
-            u64::from(m.size) > self.policy.read_batch_bytes
-                && fetch::streamable(&job.items, m.size).is_some()
-        })
+    /// The range of the message at `at` sent, if it is streamed (`streamed`).
+    fn stream_range(&self, job: &FetchJob, at: usize) -> Option<(u64, u64)> {
+        let size = job.messages.get(at)?.1.size;
+        if u64::from(size) <= self.policy.read_batch_bytes {
+            return None;
+        }
+        fetch::streamable(&job.items, size)
     }
 
     /// The tagged reply: OK, or NO [UNKNOWN-CTE] when BINARY left a message out (RFC 3516 4.1).
