@@ -277,9 +277,10 @@ async fn a_large_message_is_streamed_while_the_client_does_not_read() {
     let before = process.resident_kib();
     c.send(b"f FETCH 1 (UID BODY.PEEK[])\r\n").await;
     let grown = peak_growth_unread(&process, before).await;
-    // A 256 KiB piece being sent, the next read: held whole, the message and its encoded
-    // copy would be 48 MiB.
-    assert!(grown < 8 * 1024, "grew {grown} KiB holding a 24 MiB FETCH");
+    // A 256 KiB piece being sent, the next read, and what the allocator and the store's
+    // connections keep of them: 4.5-9.6 MiB measured (debug build). Held whole, the message
+    // and its encoded copy would be 48 MiB.
+    assert!(grown < 16 * 1024, "grew {grown} KiB holding a 24 MiB FETCH");
     let head = c.line().await;
     assert_eq!(
         head,
