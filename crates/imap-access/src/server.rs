@@ -14,8 +14,8 @@ use pochta_config::{Config, PlaintextAuth};
 use pochta_imap::imap_types::search::SearchKey;
 use pochta_imap::imap_types::sequence::{SeqOrUid, Sequence};
 use pochta_imap::{
-    Action, Answer, Changes, Failure, FlagChange, Found, LoginResult, MailboxSummary, Message,
-    Policy, Request, Session, Streamed,
+    Action, Answer, Changes, Contents, Failure, FlagChange, Found, LoginResult, MailboxSummary,
+    Message, Policy, Request, Session, Streamed,
 };
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
@@ -24,7 +24,8 @@ use pochta_service::limits::{ConnectionLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
 use pochta_store::{
-    EntryPart, MailboxInfo, MailboxMessage, MessageFilter, SearchField, Store, StoreError,
+    EntryPart, HeaderBlocks, MailboxInfo, MailboxMessage, MessageFilter, SearchField, Store,
+    StoreError,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -237,21 +238,71 @@ pub struct Connection {
     ahead: Option<ReadAhead>,
 }
 
-/// Entry ids and their octets.
-type Contents = Vec<(i64, Vec<u8>)>;
-
-/// Message octets for one `Request::Contents`.
+/// Message octets for one `Request::Contents`. Header blocks that do not end in their first
+/// stored row take their whole message to read: those are read only while the batch holds
+/// at most `batch_bytes` (at least one message), and the answer ends before the first one
+/// left (`Contents::answered`), which the session asks for again.
 async fn read_contents(
     store: Store,
     account: i64,
     entry_ids: Vec<i64>,
     headers_only: bool,
+    batch_bytes: u64,
 ) -> pochta_store::Result<Contents> {
-    if headers_only {
-        store.maildrop_entries_headers(account, &entry_ids).await
-    } else {
-        store.maildrop_entries_whole(account, &entry_ids).await
+    if !headers_only {
+        let whole = store.maildrop_entries_whole(account, &entry_ids).await?;
+        return Ok(whole.into_iter().collect());
     }
+    let blocks = store.maildrop_entries_headers(account, &entry_ids).await?;
+    let (answered, whole) = headers_answered(&entry_ids, &blocks, batch_bytes);
+    let mut octets: HashMap<i64, Vec<u8>> = blocks.found.into_iter().collect();
+    if answered < entry_ids.len() {
+        for id in &entry_ids[answered..] {
+            octets.remove(id);
+        }
+    }
+    if !whole.is_empty() {
+        octets.extend(store.maildrop_entries_whole(account, &whole).await?);
+    }
+    Ok(Contents {
+        octets,
+        answered: (answered < entry_ids.len()).then_some(answered),
+    })
+}
+
+/// How many of `entry_ids`, from the first, a headers-only answer holds so that its octets
+/// stay within `batch_bytes` (at least one), and which of those must be read whole.
+fn headers_answered(
+    entry_ids: &[i64],
+    blocks: &HeaderBlocks,
+    batch_bytes: u64,
+) -> (usize, Vec<i64>) {
+    let longer: HashMap<i64, i64> = blocks.longer.iter().copied().collect();
+    if longer.is_empty() {
+        return (entry_ids.len(), Vec::new());
+    }
+    let found: HashMap<i64, usize> = blocks
+        .found
+        .iter()
+        .map(|(id, block)| (*id, block.len()))
+        .collect();
+    let (mut held, mut whole) = (0u64, Vec::new());
+    for (i, id) in entry_ids.iter().enumerate() {
+        let (octets, read_whole) = match (found.get(id), longer.get(id)) {
+            (Some(&len), _) => (len as u64, false),
+            (None, Some(&size)) => (size.max(0) as u64, true),
+            // Not in the maildrop (expunged meanwhile).
+            (None, None) => (0, false),
+        };
+        if i > 0 && held + octets > batch_bytes {
+            return (i, whole);
+        }
+        held += octets;
+        if read_whole {
+            whole.push(*id);
+        }
+    }
+    (entry_ids.len(), whole)
 }
 
 /// A content batch read in the background (on its own store connection) while the one before
@@ -263,8 +314,14 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn start(store: Store, account: i64, entry_ids: Vec<i64>, headers_only: bool) -> Self {
-        let read = read_contents(store, account, entry_ids.clone(), headers_only);
+    fn start(
+        store: Store,
+        account: i64,
+        entry_ids: Vec<i64>,
+        headers_only: bool,
+        batch_bytes: u64,
+    ) -> Self {
+        let read = read_contents(store, account, entry_ids.clone(), headers_only, batch_bytes);
         ReadAhead {
             entry_ids,
             headers_only,
@@ -479,21 +536,32 @@ impl Connection {
                 next,
             } => {
                 let ahead = self.ahead.take();
+                let batch_bytes = self.server.read_batch_bytes;
                 let read = match ahead {
                     Some(ahead)
                         if ahead.entry_ids == entry_ids && ahead.headers_only == headers_only =>
                     {
                         ahead.take().await
                     }
-                    _ => read_contents(store.clone(), account, entry_ids, headers_only)
-                        .await
-                        .map_err(failure),
+                    _ => {
+                        read_contents(store.clone(), account, entry_ids, headers_only, batch_bytes)
+                            .await
+                            .map_err(failure)
+                    }
                 };
-                // The next batch is read while this one is sent.
-                if !next.is_empty() {
-                    self.ahead = Some(ReadAhead::start(store.clone(), account, next, headers_only));
+                // The next batch is read while this one is sent, unless this one was cut
+                // short (the next starts elsewhere).
+                let cut = matches!(&read, Ok(c) if c.answered.is_some());
+                if !next.is_empty() && !cut {
+                    self.ahead = Some(ReadAhead::start(
+                        store.clone(),
+                        account,
+                        next,
+                        headers_only,
+                        batch_bytes,
+                    ));
                 }
-                Answer::Contents(read.map(|list| list.into_iter().collect::<HashMap<_, _>>()))
+                Answer::Contents(read)
             }
             Request::StoreFlags {
                 mailbox_id,
@@ -832,5 +900,39 @@ impl Handler<Session> for Connection {
             Err(_) => self.watching = Some((id, seen)),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocks(found: &[(i64, usize)], longer: &[(i64, i64)]) -> HeaderBlocks {
+        HeaderBlocks {
+            found: found.iter().map(|&(id, n)| (id, vec![b'h'; n])).collect(),
+            longer: longer.to_vec(),
+        }
+    }
+
+    #[test]
+    fn header_blocks_read_whole_are_cut_to_a_batch() {
+        // All found in their first rows: all answered, whatever their octets.
+        let all_found = blocks(&[(1, 900), (2, 900)], &[]);
+        assert_eq!(headers_answered(&[1, 2], &all_found, 1000), (2, vec![]));
+        // Whole messages are read while the batch holds at most its octets; the answer ends
+        // before the first that would pass it.
+        let mixed = blocks(&[(1, 100), (3, 100)], &[(2, 500), (4, 500), (5, 10)]);
+        assert_eq!(
+            headers_answered(&[1, 2, 3, 4, 5], &mixed, 1000),
+            (3, vec![2])
+        );
+        assert_eq!(
+            headers_answered(&[1, 2, 3, 4, 5], &mixed, 1300),
+            (5, vec![2, 4, 5])
+        );
+        // At least one, however large; one gone meanwhile counts nothing.
+        let huge = blocks(&[], &[(7, 50_000_000), (8, 50_000_000)]);
+        assert_eq!(headers_answered(&[9, 7, 8], &huge, 1000), (1, vec![]));
+        assert_eq!(headers_answered(&[7, 8], &huge, 1000), (1, vec![7]));
     }
 }

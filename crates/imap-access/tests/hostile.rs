@@ -260,6 +260,50 @@ async fn a_whole_mailbox_fetch_is_held_in_batches_while_the_client_does_not_read
     drop(process);
 }
 
+/// Header blocks too long to end in their first stored row are read with their whole
+/// message: a FETCH of the headers of 24 messages that are 1 MiB of header each is still read
+/// a batch at a time (not 24 MiB at once), and each block comes whole.
+#[tokio::test]
+async fn header_blocks_read_whole_are_held_in_batches() {
+    let (_db, process, imap, grpc) = server("max_literal_bytes = 2097152").await;
+    let mut c = Client::connect(imap).await;
+    c.login().await;
+    let mut message = Vec::new();
+    while message.len() < 1 << 20 {
+        let line = format!("X-Pad-{:07}: {}\r\n", message.len(), "h".repeat(60));
+        message.extend_from_slice(line.as_bytes());
+    }
+    let header_len = message.len() + 2;
+    message.extend_from_slice(b"\r\nbody\r\n");
+    const MESSAGES: usize = 24;
+    for i in 0..MESSAGES {
+        c.append(&format!("a{i}"), &message).await;
+    }
+    c.select_inbox().await;
+    let before = process.resident_kib();
+    c.send(b"f FETCH 1:* BODY.PEEK[HEADER]\r\n").await;
+    let grown = peak_growth_unread(&process, before).await;
+    // Read as one batch (4 KiB guessed for each header block), the messages and their
+    // answer took 24 MiB twice over; a batch is about 1 MiB here.
+    assert!(
+        grown < 12 * 1024,
+        "grew {grown} KiB fetching 24 MiB of headers"
+    );
+    for i in 1..=MESSAGES {
+        let head = c.line().await;
+        assert_eq!(head, format!("* {i} FETCH (BODY[HEADER] {{{header_len}}}"));
+        assert_eq!(c.literal(header_len).await, &message[..header_len]);
+        assert_eq!(c.line().await, ")");
+    }
+    assert!(c.line().await.starts_with("f OK"));
+    // ENVELOPE reads the same header blocks, the same way.
+    let reply = c.cmd("e FETCH 1:* ENVELOPE").await;
+    assert_eq!(reply.len(), MESSAGES + 1, "{:?}", &reply[reply.len() - 1..]);
+    assert!(reply.last().unwrap().starts_with("e OK"));
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(process);
+}
+
 /// A message far larger than a read batch leaves as the store reads it: a client that
 /// fetches 24 MiB and does not read holds the server to a piece or two, and what it then
 /// reads is the message, octet for octet, whole and in part.

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use chrono::DateTime;
 use pochta_imap::{
-    Action, Answer, Changes, Counts, Failure, Found, LoginResult, MailboxSummary, Message, Policy,
-    Request, Session,
+    Action, Answer, Changes, Contents, Counts, Failure, Found, LoginResult, MailboxSummary,
+    Message, Policy, Request, Session,
 };
 use pochta_session::{Output, Session as _};
 
@@ -144,20 +144,29 @@ fn answer(
         }
         Request::Append { .. } => Answer::Placed(Ok((9, vec![(0, 21)]))),
         Request::Contents {
-            entry_ids, next, ..
+            entry_ids,
+            next,
+            headers_only,
         } => {
             assert!(
                 entry_ids.iter().chain(&next).all(|id| entries.contains(id)),
                 "{entry_ids:?} {next:?}"
             );
+            // A headers-only batch may be cut short (header blocks longer than guessed),
+            // even to none: the session must still move on.
+            let answered =
+                (headers_only && input.bool()).then(|| input.choose(entry_ids.len() + 1));
             let mut contents = HashMap::new();
-            for id in entry_ids {
+            for id in entry_ids.into_iter().take(answered.unwrap_or(usize::MAX)) {
                 // Some are gone (expunged meanwhile).
                 if !input.bool() {
                     contents.insert(id, input.piece(200).to_vec());
                 }
             }
-            Answer::Contents(Ok(contents))
+            Answer::Contents(Ok(Contents {
+                octets: contents,
+                answered,
+            }))
         }
         Request::StoreFlags { uids: asked, .. } => {
             assert!(asked.iter().all(|u| uids.contains(u)), "{asked:?}");

@@ -13,8 +13,8 @@ mod view;
 
 pub use names::{DELIMITER, mailbox_name, matches as list_matches};
 pub use session::{
-    Action, Answer, Counts, Failure, FlagChange, Found, LoginResult, Policy, Request, Session,
-    Streamed,
+    Action, Answer, Contents, Counts, Failure, FlagChange, Found, LoginResult, Policy, Request,
+    Session, Streamed,
 };
 pub use view::{Changes, MailboxSummary, Message};
 

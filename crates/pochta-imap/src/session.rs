@@ -118,8 +118,9 @@ pub enum Request {
         uids: Vec<u32>,
     },
     /// The octets of these messages (as FETCH BODY[] sends them), or with `headers_only`
-    /// their header blocks only (through the empty line). `next`: the batch the session will
-    /// ask for after this one, which the world may read meanwhile.
+    /// their header blocks only (through the empty line; the world may answer only the first
+    /// few, `Contents::answered`). `next`: the batch the session will ask for after this one,
+    /// which the world may read meanwhile.
     Contents {
         entry_ids: Vec<i64>,
         headers_only: bool,
@@ -167,7 +168,7 @@ pub enum Answer {
     Done(Result<(), Failure>),
     /// UIDVALIDITY of the target and (source UID, new UID) pairs; (0, new) for an append.
     Placed(Result<(u32, Vec<(u32, u32)>), Failure>),
-    Contents(Result<HashMap<i64, Vec<u8>>, Failure>),
+    Contents(Result<Contents, Failure>),
     /// After `Action::Stream`: whether the message was there (and its response sent). A
     /// failure means nothing of the response was sent.
     Streamed(Result<bool, Failure>),
@@ -175,6 +176,34 @@ pub enum Answer {
     Expunged(Result<Vec<u32>, Failure>),
     Changes(Result<Changes, Failure>),
     Found(Result<Found, Failure>),
+}
+
+/// The answer to a `Request::Contents`: octets by entry id (entries expunged meanwhile are
+/// left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contents {
+    pub octets: HashMap<i64, Vec<u8>>,
+    /// How many of the entry ids asked for, from the first, this answers; None: all. Only a
+    /// headers-only batch is cut short: by the world, when its header blocks proved longer
+    /// than guessed (a header without its empty line in the first stored row is read whole),
+    /// so that a batch holds about a read batch's octets whatever the messages are. The
+    /// session asks again from the first one left out.
+    pub answered: Option<usize>,
+}
+
+impl FromIterator<(i64, Vec<u8>)> for Contents {
+    fn from_iter<I: IntoIterator<Item = (i64, Vec<u8>)>>(octets: I) -> Self {
+        HashMap::from_iter(octets).into()
+    }
+}
+
+impl From<HashMap<i64, Vec<u8>>> for Contents {
+    fn from(octets: HashMap<i64, Vec<u8>>) -> Self {
+        Contents {
+            octets,
+            answered: None,
+        }
+    }
 }
 
 /// What a `Request::Search` found, by UID, ascending.
@@ -264,6 +293,17 @@ struct Reading {
     headers_only: bool,
     /// SEARCH: the messages that matched so far (place, UID, mod-sequence).
     matched: Vec<(usize, u32, u64)>,
+}
+
+impl Reading {
+    /// The octets of the batch asked for last, which ends where the world's answer ended.
+    fn cut(&mut self, contents: Contents) -> HashMap<i64, Vec<u8>> {
+        if let Some(answered) = contents.answered {
+            // At least one, so that the reading moves on.
+            self.next = self.next.min(self.from + answered.max(1));
+        }
+        contents.octets
+    }
 }
 
 enum Pending {
@@ -1794,7 +1834,14 @@ impl Session {
                 }
                 self.fetch_read(fetch);
             }
-            (Pending::Fetch { mut fetch, reading }, Answer::Contents(Ok(mut contents))) => {
+            (
+                Pending::Fetch {
+                    mut fetch,
+                    mut reading,
+                },
+                Answer::Contents(Ok(contents)),
+            ) => {
+                let mut contents = reading.cut(contents);
                 // This batch: those of the messages asked for whose octets came.
                 let batch: Vec<usize> = (reading.from..reading.next)
                     .filter(|&i| contents.contains_key(&fetch.messages[i].1.entry_id))
@@ -1818,6 +1865,7 @@ impl Session {
                 },
                 Answer::Contents(Ok(contents)),
             ) => {
+                let contents = reading.cut(contents);
                 if let Some(view) = self.view() {
                     for (place, m) in &reading.messages[reading.from..reading.next] {
                         if let Some(content) = contents.get(&m.entry_id)

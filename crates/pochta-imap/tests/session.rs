@@ -1,13 +1,11 @@
 //! The IMAP session with no socket and no store: every command in the states it may and may
 //! not be used in, the requests it makes of the world, and what it sends for their answers.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use pochta_imap::imap_types::search::SearchKey;
 use pochta_imap::{
-    Action, Answer, Changes, Counts, Failure, FlagChange, Found, LoginResult, MailboxSummary,
-    Message, Policy, Request, Session, Streamed,
+    Action, Answer, Changes, Contents, Counts, Failure, FlagChange, Found, LoginResult,
+    MailboxSummary, Message, Policy, Request, Session, Streamed,
 };
 use pochta_session::Output;
 use pochta_testkit::Script;
@@ -63,7 +61,11 @@ fn answer(c: &mut Client, a: Answer) -> String {
 }
 
 fn logged_in() -> Client {
-    let mut c = client(policy(true));
+    logged_in_with(policy(true))
+}
+
+fn logged_in_with(policy: Policy) -> Client {
+    let mut c = client(policy);
     let login = action(c.send("a1 LOGIN alice@example.org secret\r\n"));
     assert_eq!(
         login,
@@ -129,7 +131,11 @@ fn metadata(c: &mut Client, output: Option<Output<Action>>, uids: &[u32]) {
 
 /// Logged in with INBOX selected: UIDs 2, 4 and 7 (7 is \Seen).
 fn selected(read_only: bool) -> Client {
-    let mut c = logged_in();
+    selected_with(read_only, policy(true))
+}
+
+fn selected_with(read_only: bool, policy: Policy) -> Client {
+    let mut c = logged_in_with(policy);
     let verb = if read_only { "EXAMINE" } else { "SELECT" };
     let r = request(c.send(&format!("s1 {verb} inbox\r\n")));
     assert_eq!(
@@ -466,6 +472,70 @@ fn fetch_of_metadata_asks_only_for_the_messages_named() {
     );
 }
 
+/// The world may answer a headers-only batch in part (header blocks longer than guessed):
+/// the session sends what came and asks again from the first message left out.
+#[test]
+fn a_headers_only_batch_answered_in_part_is_asked_for_again_from_where_it_ended() {
+    let mut c = selected_with(
+        false,
+        Policy {
+            read_batch_bytes: 4096,
+            ..policy(true)
+        },
+    );
+    for command in [
+        "f1 FETCH 1:* BODY.PEEK[HEADER]\r\n",
+        "q1 SEARCH HEADER X-Mailer hello\r\n",
+    ] {
+        let output = c.send(command);
+        metadata(&mut c, output, &[2, 4, 7]);
+        let all = Request::Contents {
+            entry_ids: vec![200, 400, 700],
+            headers_only: true,
+            next: vec![],
+        };
+        assert_eq!(request(c.drain()), all);
+        // One answered (and found), then none: the session still moves on, by one.
+        let first = Contents {
+            octets: [(200, MAIL.to_vec())].into_iter().collect(),
+            answered: Some(1),
+        };
+        c.session.answer(Answer::Contents(Ok(first)));
+        let rest = Request::Contents {
+            entry_ids: vec![400, 700],
+            headers_only: true,
+            next: vec![],
+        };
+        assert_eq!(request(c.drain()), rest);
+        let none = Contents {
+            octets: [(400, MAIL.to_vec()), (700, MAIL.to_vec())]
+                .into_iter()
+                .collect(),
+            answered: Some(0),
+        };
+        c.session.answer(Answer::Contents(Ok(none)));
+        let last = Request::Contents {
+            entry_ids: vec![700],
+            headers_only: true,
+            next: vec![],
+        };
+        assert_eq!(request(c.drain()), last);
+        let out = answer(
+            &mut c,
+            Answer::Contents(Ok(Contents::from_iter([(700, MAIL.to_vec())]))),
+        );
+        if command.starts_with("f1") {
+            // Each message once, in order, whatever the octets beyond the answered part.
+            assert_eq!(out.matches(" FETCH (BODY[HEADER] {39}").count(), 3, "{out}");
+            let at = |n: &str| out.find(&format!("* {n} FETCH")).unwrap();
+            assert!(at("1") < at("2") && at("2") < at("3"), "{out}");
+            assert!(out.ends_with("f1 OK FETCH completed\r\n"), "{out}");
+        } else {
+            assert_eq!(out, "* SEARCH\r\nq1 OK SEARCH completed\r\n");
+        }
+    }
+}
+
 #[test]
 fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
     let mut c = selected(false);
@@ -482,9 +552,8 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
             next: vec![400]
         }
     );
-    let contents = |ids: &[i64]| -> HashMap<i64, Vec<u8>> {
-        ids.iter().map(|&id| (id, MAIL.to_vec())).collect()
-    };
+    let contents =
+        |ids: &[i64]| -> Contents { ids.iter().map(|&id| (id, MAIL.to_vec())).collect() };
     c.session.answer(Answer::Contents(Ok(contents(&[200]))));
     let r = request(c.drain());
     assert_eq!(
@@ -511,7 +580,7 @@ fn fetch_of_bodies_reads_in_batches_and_sets_seen_unless_peeking() {
     );
     assert_eq!(c.take(), format!("* 2 FETCH ({field})\r\n"));
     // Message 3 was expunged elsewhere meanwhile: it is left out, not made up.
-    let out = answer(&mut c, Answer::Contents(Ok(HashMap::new())));
+    let out = answer(&mut c, Answer::Contents(Ok(Contents::default())));
     assert_eq!(out, "f1 OK FETCH completed\r\n");
 
     // BODY[] (not PEEK) first sets \Seen on the unseen ones, then sends FLAGS with them.
@@ -913,13 +982,15 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
             next: vec![700]
         }
     );
-    c.session.answer(Answer::Contents(Ok([(
+    c.session.answer(Answer::Contents(Ok(Contents::from_iter([(
         400,
         b"Subject: no\r\n\r\n".to_vec(),
-    )]
-    .into())));
+    )]))));
     request(c.drain());
-    let out = answer(&mut c, Answer::Contents(Ok([(700, MAIL.to_vec())].into())));
+    let out = answer(
+        &mut c,
+        Answer::Contents(Ok(Contents::from_iter([(700, MAIL.to_vec())]))),
+    );
     assert!(out.starts_with("* SEARCH 1 3\r\n"), "{out}");
     // A key only the octets answer (HEADER) reads every message's header block.
     let output = c.send("q10 SEARCH OR SUBJECT hello HEADER X-Mailer hello\r\n");
@@ -983,7 +1054,10 @@ fn search_by_flags_from_metadata_and_by_text_through_the_content() {
     let output = c.drain();
     metadata(&mut c, output, &[7]);
     request(c.drain());
-    let out = answer(&mut c, Answer::Contents(Ok([(700, MAIL.to_vec())].into())));
+    let out = answer(
+        &mut c,
+        Answer::Contents(Ok(Contents::from_iter([(700, MAIL.to_vec())]))),
+    );
     assert!(out.starts_with("* SEARCH 1 3 (MODSEQ 9)\r\n"), "{out}");
 }
 

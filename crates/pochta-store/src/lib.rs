@@ -34,6 +34,7 @@ pub use mailboxes::{
     MailboxInfo, MailboxMessage, MessageFilter, Placed, SPECIAL_MAILBOXES, SearchField,
     SearchFieldsBackfill, SearchResult,
 };
+pub use maildrop::HeaderBlocks;
 pub use mta_sts::CachedStsPolicy;
 pub use roles::ServiceRoles;
 pub use server::{postgres_programs, running_as_root};

@@ -247,13 +247,15 @@ impl Store {
     /// The header block (through its empty line) of several entries of a maildrop: the
     /// header prefix, then the content up to its first empty line, cut in the database so that
     /// only headers cross the wire (SEARCH by header field, FETCH of header fields). An entry
-    /// whose header does not end within its first chunk comes whole. Entries not in the
+    /// whose header does not end within its first chunk is not read here but named with its
+    /// size (`HeaderBlocks::longer`): its header block takes the whole message to find, which
+    /// the caller reads (`maildrop_entries_whole`) as its memory allows. Entries not in the
     /// maildrop are left out.
     pub async fn maildrop_entries_headers(
         &self,
         account_id: i64,
         entry_ids: &[i64],
-    ) -> Result<Vec<(i64, Vec<u8>)>> {
+    ) -> Result<HeaderBlocks> {
         // A raw first chunk is cut in the database; a compressed one comes whole and is
         // decoded and cut here.
         let rows: Vec<HeaderBlock> = sqlx::query_as(
@@ -274,8 +276,10 @@ impl Store {
         .bind(entry_ids)
         .fetch_all(&self.pool)
         .await?;
-        let mut headers = Vec::with_capacity(rows.len());
-        let mut whole = Vec::new();
+        let mut blocks = HeaderBlocks {
+            found: Vec::with_capacity(rows.len()),
+            longer: Vec::new(),
+        };
         for row in rows {
             let (head, complete) = match (row.codec, row.head) {
                 (Some(codec), Some(data)) if codec != 0 => {
@@ -290,15 +294,15 @@ impl Store {
                 (_, head) => (head.unwrap_or_default(), row.complete),
             };
             if complete {
-                headers.push((row.id, [row.header_prefix, head].concat()));
+                blocks
+                    .found
+                    .push((row.id, [row.header_prefix, head].concat()));
             } else {
-                whole.push(row.id);
+                let size = row.size + row.header_prefix.len() as i64;
+                blocks.longer.push((row.id, size));
             }
         }
-        if !whole.is_empty() {
-            headers.extend(self.maildrop_entries_whole(account_id, &whole).await?);
-        }
-        Ok(headers)
+        Ok(blocks)
     }
 
     /// The content chunks of some entries of a maildrop, in entry then chunk order, each row
@@ -407,6 +411,16 @@ impl Store {
             .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// What `Store::maildrop_entries_headers` found.
+#[derive(Debug, Default)]
+pub struct HeaderBlocks {
+    /// Entry ids and their header blocks.
+    pub found: Vec<(i64, Vec<u8>)>,
+    /// Entry ids and sizes (octets, as FETCH BODY[] sends them) of the entries whose header
+    /// block did not end within their first stored row.
+    pub longer: Vec<(i64, i64)>,
 }
 
 /// A row of `Store::maildrop_entries_headers`: an entry's prefix and the start of its first

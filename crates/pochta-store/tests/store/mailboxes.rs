@@ -752,7 +752,22 @@ async fn assert_header_blocks(store: &Store, compressed: bool) {
         let messages = store.mailbox_messages(mailbox).await.unwrap();
         ids.extend(messages.iter().map(|m| m.entry_id));
     }
-    let mut headers = store.maildrop_entries_headers(account, &ids).await.unwrap();
+    let blocks = store.maildrop_entries_headers(account, &ids).await.unwrap();
+    // Those whose header block does not end in their first row are named, with their
+    // size, to be read whole (a message all header but short ends in its first row).
+    let mut longer = blocks.longer.clone();
+    longer.sort();
+    if compressed {
+        assert_eq!(longer, []);
+    } else {
+        assert_eq!(longer, [(ids[1], long_header.len() as i64)]);
+    }
+    let mut whole = store
+        .maildrop_entries_whole(account, &longer.iter().map(|l| l.0).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut headers = blocks.found;
+    headers.append(&mut whole);
     headers.sort();
     let texts: Vec<Vec<u8>> = headers.into_iter().map(|(_, h)| h).collect();
     let delivered = [PREFIX, CONTENT].concat();
@@ -783,7 +798,7 @@ async fn assert_header_blocks(store: &Store, compressed: bool) {
         .maildrop_entries_headers(account + 1, &ids)
         .await
         .unwrap();
-    assert!(other.is_empty());
+    assert!(other.found.is_empty() && other.longer.is_empty());
 }
 
 /// SEARCH keys about flags, sizes, dates, UIDs and mod-sequences, evaluated in PostgreSQL:
