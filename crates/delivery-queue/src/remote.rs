@@ -25,7 +25,7 @@ use pochta_service::conn::Conn;
 use pochta_smtp::client::{
     ClientOutput, ClientSession, Outgoing, OutgoingRecipient, RecipientOutcome, dot_stuffed,
 };
-use pochta_store::{AttemptReport, ClaimedRecipient};
+use pochta_store::{AttemptReport, ClaimedRecipient, DestinationDeferral};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -151,6 +151,45 @@ impl Worker {
         }
     }
 
+    /// Every server of the destination `recipients` were for is unreachable (`why`): the rest
+    /// of the mail for their domains due about now is deferred at once, one statement per
+    /// domain, rather than claimed and deferred recipient by recipient (each domain at most
+    /// every `bulk_window`). A domain's remote mail all goes to one destination (its mail
+    /// hosts, its route, or the smarthost), so all of it would meet the same servers.
+    async fn defer_waiting(&self, recipients: &[Attempting<'_>], why: &str) {
+        let unreachable = &self.settings.dialer.unreachable;
+        let mut domains: Vec<&str> = recipients
+            .iter()
+            .map(|(r, _)| r.address.domain.as_str())
+            .collect();
+        domains.sort_unstable();
+        domains.dedup();
+        for domain in domains {
+            if !unreachable.defer_in_bulk(domain, std::time::Instant::now()) {
+                continue;
+            }
+            let why = format!("{why}; deferred with the other mail waiting for {domain}");
+            let deferral = DestinationDeferral {
+                domain,
+                within: unreachable.bulk_window(),
+                worker: &self.owner,
+                status: "4.4.1",
+                diagnostic: &why,
+                retry_first: self.settings.retry.first,
+                retry_max: self.settings.retry.max,
+                delay_report_after: self.settings.delay_report_after,
+            };
+            match self.store.defer_destination(&deferral).await {
+                Ok(0) => {}
+                Ok(deferred) => tracing::info!(
+                    %domain, deferred,
+                    "every mail host unreachable: its waiting mail deferred together"
+                ),
+                Err(e) => tracing::warn!(%domain, "deferring a destination's mail failed: {e}"),
+            }
+        }
+    }
+
     /// One transaction with `destination` from `sender`: its servers in turn until one takes
     /// the connection (RFC 5321 5.1).
     async fn send_to<'a>(
@@ -187,6 +226,7 @@ impl Worker {
         if let Some(Some(why)) = held.next()
             && held.all(|h| h.is_some())
         {
+            self.defer_waiting(&recipients, &why).await;
             return all_end(Verdict::Deferred, "4.4.1", &why);
         }
         let first = recipients[0].0;
@@ -317,7 +357,16 @@ impl Worker {
                 .zip(outcomes)
                 .map(|((r, span), outcome)| attempt_of(r, span, outcome, &remote_mta))
                 .collect(),
-            Ok(Err(why)) => all_end(Verdict::Deferred, "4.4.1", &why),
+            Ok(Err(why)) => {
+                let now = std::time::Instant::now();
+                if candidates
+                    .iter()
+                    .all(|c| dialer.unreachable.held(&c.address, now).is_some())
+                {
+                    self.defer_waiting(&recipients, &why).await;
+                }
+                all_end(Verdict::Deferred, "4.4.1", &why)
+            }
             Err(_) => {
                 let why = format!(
                     "the delivery to {remote_mta} did not finish within {} s",

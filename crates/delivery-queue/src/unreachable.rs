@@ -19,6 +19,8 @@ pub struct Unreachable {
     hold: Duration,
     /// By server address: when the hold ends, and why the connection failed.
     held: Mutex<HashMap<String, (Instant, String)>>,
+    /// By destination domain: when its waiting mail was last deferred in bulk.
+    deferred: Mutex<HashMap<String, Instant>>,
 }
 
 impl Unreachable {
@@ -26,6 +28,33 @@ impl Unreachable {
         Unreachable {
             hold,
             held: Mutex::default(),
+            deferred: Mutex::default(),
+        }
+    }
+
+    /// How far ahead a destination whose servers are all held has its waiting mail deferred
+    /// in bulk, and how often at most: half a hold.
+    pub fn bulk_window(&self) -> Duration {
+        self.hold / 2
+    }
+
+    /// Whether `domain`, every server of which is held, should have its waiting mail deferred
+    /// in bulk at `now`: not with holds off, nor within `bulk_window` of the last time (what
+    /// came due since is little). Saying yes counts as doing it.
+    pub fn defer_in_bulk(&self, domain: &str, now: Instant) -> bool {
+        if self.hold.is_zero() {
+            return false;
+        }
+        let mut deferred = self.deferred.lock().expect("unreachable lock");
+        if deferred.len() >= PRUNE_ABOVE {
+            deferred.retain(|_, at| now < *at + self.bulk_window());
+        }
+        match deferred.get(domain) {
+            Some(at) if now < *at + self.bulk_window() => false,
+            _ => {
+                deferred.insert(domain.to_owned(), now);
+                true
+            }
         }
     }
 
@@ -90,6 +119,19 @@ mod tests {
         u.failed("192.0.2.1:25", WHY, t0);
         u.reached("192.0.2.1:25");
         assert_eq!(u.held("192.0.2.1:25", t0), None, "reached again");
+    }
+
+    #[test]
+    fn a_destination_is_deferred_in_bulk_at_most_every_half_hold() {
+        let u = Unreachable::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(u.bulk_window(), Duration::from_secs(30));
+        assert!(u.defer_in_bulk("example.net", t0));
+        assert!(!u.defer_in_bulk("example.net", t0 + Duration::from_secs(29)));
+        assert!(u.defer_in_bulk("example.com", t0), "each domain its own");
+        assert!(u.defer_in_bulk("example.net", t0 + Duration::from_secs(30)));
+        let off = Unreachable::new(Duration::ZERO);
+        assert!(!off.defer_in_bulk("example.net", t0), "holds off: never");
     }
 
     #[test]

@@ -289,6 +289,76 @@ async fn an_unreachable_server_is_tried_once_not_once_per_message() {
     assert!(held >= 12 - 2, "{diagnostics:#?}");
 }
 
+/// Mail for a domain whose every mail host refuses connections is deferred together once
+/// its hosts are held: with one remote loop claiming two recipients per batch, the first
+/// batch tries the host and defers what it claimed, the next finds the host held, and the
+/// rest of the thirty messages are deferred in one statement, never claimed; each message is
+/// attempted once.
+#[tokio::test]
+async fn a_dead_destinations_waiting_mail_is_deferred_without_claiming_each() {
+    let dead = free_addr();
+    let dns = dns_server(vec![
+        ("dead.test", Record::Mx(10, "mx.dead.test")),
+        ("mx.dead.test", Record::A([127, 0, 0, 1])),
+    ])
+    .await;
+    let db = TestDb::new().await.unwrap();
+    db.add_account("alice@example.org", "pw").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let to = format!("friend{i}@dead.test");
+        ids.push(enqueue(db.store(), vec![rcpt(&to, "NEVER")]).await);
+    }
+    let _queue = start_queue(
+        &db,
+        &format!(
+            "scan_interval_secs = 1\nhostname = \"mx.example.org\"\nbatch_size = 2\nremote_workers = 1\n\
+             dns_servers = [\"{dns}\"]\nmx_port = {}\ndenied_networks = []\n",
+            dead.port()
+        ),
+    )
+    .await;
+    let store = db.store();
+    let recipient = async |id: &QueueId| {
+        let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+        detail.recipients.into_iter().next().unwrap()
+    };
+    until("every message attempted", WAIT, async || {
+        for id in &ids {
+            if recipient(id).await.attempts == 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // A moment for any claim that would attempt one again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut together = 0;
+    for id in &ids {
+        let r = recipient(id).await;
+        assert_eq!(r.state, RecipientState::Queued);
+        assert_eq!(r.attempts, 1, "{r:?}");
+        assert_eq!(r.history.len(), 1, "{r:?}");
+        assert!(r.lease_owner.is_none(), "{r:?}");
+        let diagnostic = r.last_diagnostic.unwrap();
+        assert!(
+            diagnostic.starts_with("connecting to mx.dead.test (127.0.0.1:"),
+            "{diagnostic}"
+        );
+        assert!(
+            r.next_attempt_at > chrono::Utc::now() + chrono::Duration::seconds(100),
+            "backed off"
+        );
+        if diagnostic.ends_with("; deferred with the other mail waiting for dead.test") {
+            together += 1;
+        }
+    }
+    // Two batches were claimed (the first met the refusal, the second the hold); the rest
+    // went together.
+    assert!(together >= 24, "{together} of 30 deferred together");
+}
+
 /// A third-party server without DSN (Python's smtpd): the recipient is `relayed`, and the
 /// sender who asked for SUCCESS gets a `relayed` report (RFC 3461 5.2.2). The server writes
 /// what it received to a file, which must be the message byte for byte.

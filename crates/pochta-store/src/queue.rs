@@ -11,8 +11,8 @@ use pochta_mail::{Disposition, Mailbox, Orcpt};
 
 use crate::content::{Chunks, ContentCompression, PreparedContent, Rows, SearchColumns};
 use crate::{
-    AttemptOutcome, AttemptReport, Claim, ClaimedRecipient, Collected, EXPLAIN, Enqueued,
-    NewEnvelope, Released, Result, Store, StoreError, secs,
+    AttemptOutcome, AttemptReport, Claim, ClaimedRecipient, Collected, DestinationDeferral,
+    EXPLAIN, Enqueued, NewEnvelope, Released, Result, Store, StoreError, secs,
 };
 
 /// A claimed recipient as its row holds it.
@@ -322,6 +322,67 @@ impl Store {
             recipients: recipients as u64,
             messages: messages as u64,
         })
+    }
+
+    /// Defers at once the remote recipients of a destination whose servers are all
+    /// unreachable, without a worker claiming each (as Postfix defers a dead destination's
+    /// queue): those due within `within` that no worker holds, each as one more attempt
+    /// deferred with the queue's backoff (jittered per envelope, so they do not come due
+    /// together again) and a line in the attempt history. Left for a worker, which decides
+    /// each: recipients cancelled, expired or expiring within `within`, owed a delay report,
+    /// or whose message requires TLS (it may fail, not wait). Returns how many were deferred.
+    ///
+    /// Commits without waiting for the WAL flush, as a worker's deferrals do: a deferral lost
+    /// in a crash only has the recipient attempted once more.
+    pub async fn defer_destination(&self, d: &DestinationDeferral<'_>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        let deferred: i64 = sqlx::query_scalar(
+            "WITH r AS (
+                 UPDATE recipients t SET
+                     attempts = t.attempts + 1,
+                     last_attempt_at = now(),
+                     -- Backoff::after: the first delay doubled per earlier attempt, capped,
+                     -- scaled by a jitter in [0.5, 1] of the envelope and attempt, at least 1 s.
+                     next_attempt_at = now() + greatest(
+                         least($6 * power(2, least(t.attempts, 30)), $7)
+                             * (0.5 + (abs(hashint8(t.envelope_id + t.attempts)) % 1000) / 2000.0),
+                         least(1.0, $6)) * interval '1 second',
+                     last_reply_code = NULL, last_status = $4, last_diagnostic = $5,
+                     last_remote_mta = NULL
+                 FROM envelopes e
+                 WHERE t.domain = lower($1) AND t.state = 'queued' AND NOT t.local
+                   AND NOT t.cancelled
+                   AND t.next_attempt_at <= now() + $2 * interval '1 second'
+                   AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= now())
+                   AND e.id = t.envelope_id
+                   AND e.expires_at > now() + $2 * interval '1 second'
+                   AND NOT e.requiretls
+                   AND NOT (NOT t.delay_reported AND e.reverse_path <> ''
+                            AND coalesce(t.notify LIKE '%DELAY%', false)
+                            AND e.arrived_at <= now() - $8 * interval '1 second')
+                 RETURNING t.id
+             ), history AS (
+                 INSERT INTO delivery_attempts (recipient_id, worker, remote_mta, reply_code,
+                     status, diagnostic, result)
+                 SELECT id, $3, NULL, NULL, $4, $5, 'queued' FROM r
+             )
+             SELECT count(*) FROM r",
+        )
+        .bind(d.domain)
+        .bind(secs(d.within))
+        .bind(d.worker)
+        .bind(d.status)
+        .bind(d.diagnostic)
+        .bind(secs(d.retry_first))
+        .bind(secs(d.retry_max))
+        .bind(secs(d.delay_report_after))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deferred as u64)
     }
 
     /// Makes held recipients past their envelope's lifetime due, so the next claim expires

@@ -461,6 +461,27 @@ pub struct DomainBacklog {
     pub bytes: u64,
 }
 
+/// A destination every server of which is unreachable, and how its waiting mail is deferred
+/// at once (`Store::defer_destination`): as if each recipient had been attempted now and
+/// deferred with this status and diagnostic.
+#[derive(Debug, Clone)]
+pub struct DestinationDeferral<'a> {
+    /// The recipients' domain.
+    pub domain: &'a str,
+    /// Recipients due within this long are deferred too: the destination is held that long.
+    pub within: std::time::Duration,
+    /// Recorded as the attempts' worker.
+    pub worker: &'a str,
+    pub status: &'a str,
+    pub diagnostic: &'a str,
+    /// The queue's backoff: the first retry delay, doubled with each attempt, at most `retry_max`.
+    pub retry_first: std::time::Duration,
+    pub retry_max: std::time::Duration,
+    /// A recipient with NOTIFY=DELAY waiting this long since arrival is owed its delay report:
+    /// left for a worker, which sends it.
+    pub delay_report_after: std::time::Duration,
+}
+
 /// What ETRN (or an admin release) made due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Released {

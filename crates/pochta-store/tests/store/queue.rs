@@ -954,3 +954,123 @@ async fn search_fields_are_kept_only_for_mail_with_a_local_recipient() {
     assert_eq!(kept(ids[0].message_id).await, with);
     assert_eq!(kept(ids[1].message_id).await, without);
 }
+
+/// A destination whose mail hosts are all unreachable has its waiting mail deferred in one
+/// statement: each plain recipient of the domain due within the window, once, with the
+/// queue's backoff and a line of history; every recipient a worker must decide on (leased,
+/// cancelled, expiring, owed a delay report, requiring TLS, held, local) is left alone.
+#[tokio::test]
+async fn a_dead_destinations_waiting_mail_is_deferred_together() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let plain = |address: &str| pochta_store::NewRecipient {
+        notify: None,
+        ..recipient(address)
+    };
+    let one = |address: &str| envelope(vec![plain(address)]);
+    // Leased by a worker before the rest arrive.
+    store
+        .enqueue(&one("leased@dead.example"), CONTENT)
+        .await
+        .unwrap();
+    let leased = store
+        .claim_due("w", Claim::Remote, 10, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    for address in [
+        "due@dead.example",
+        "again@dead.example",
+        "soon@dead.example",
+        "later@dead.example",
+        "cancelled@dead.example",
+        "delay@dead.example",
+        "delay-sent@dead.example",
+        "other@alive.example",
+    ] {
+        store.enqueue(&one(address), CONTENT).await.unwrap();
+    }
+    let expiring = NewEnvelope {
+        lifetime: Duration::from_secs(10),
+        ..one("expiring@dead.example")
+    };
+    let tls = NewEnvelope {
+        requiretls: true,
+        ..one("tls@dead.example")
+    };
+    let held = envelope(vec![pochta_store::NewRecipient {
+        disposition: Disposition::Hold,
+        ..plain("held@dead.example")
+    }]);
+    let local = envelope(vec![pochta_store::NewRecipient {
+        disposition: Disposition::Local,
+        ..plain("local@dead.example")
+    }]);
+    for env in [expiring, tls, held, local] {
+        store.enqueue(&env, CONTENT).await.unwrap();
+    }
+    for change in [
+        "UPDATE recipients SET attempts = 3 WHERE address = 'again@dead.example'",
+        "UPDATE recipients SET next_attempt_at = now() + interval '10 seconds'
+         WHERE address = 'soon@dead.example'",
+        "UPDATE recipients SET next_attempt_at = now() + interval '10 minutes'
+         WHERE address = 'later@dead.example'",
+        "UPDATE recipients SET cancelled = true WHERE address = 'cancelled@dead.example'",
+        "UPDATE recipients SET notify = 'FAILURE,DELAY'
+         WHERE address IN ('delay@dead.example', 'delay-sent@dead.example')",
+        "UPDATE recipients SET delay_reported = true WHERE address = 'delay-sent@dead.example'",
+        "UPDATE envelopes e SET arrived_at = now() - interval '2 hours' FROM recipients r
+         WHERE r.envelope_id = e.id AND r.address LIKE 'delay%'",
+    ] {
+        sqlx::query(change).execute(&raw).await.unwrap();
+    }
+
+    let deferral = pochta_store::DestinationDeferral {
+        domain: "Dead.Example",
+        within: Duration::from_secs(30),
+        worker: "w-bulk",
+        status: "4.4.1",
+        diagnostic: "connecting to mx.dead.example: Connection refused",
+        retry_first: Duration::from_secs(600),
+        retry_max: Duration::from_secs(4000),
+        delay_report_after: Duration::from_secs(3600),
+    };
+    assert_eq!(store.defer_destination(&deferral).await.unwrap(), 4);
+    // address, attempts, seconds until the next attempt, last status, history lines.
+    let rows: Vec<(String, i32, f64, Option<String>, i64)> = sqlx::query_as(
+        "SELECT r.address, r.attempts,
+                extract(epoch FROM r.next_attempt_at - now())::float8, r.last_status,
+                (SELECT count(*) FROM delivery_attempts a
+                 WHERE a.recipient_id = r.id AND a.worker = 'w-bulk' AND a.result = 'queued'
+                   AND a.diagnostic LIKE 'connecting to mx.dead.example%')
+         FROM recipients r ORDER BY r.address",
+    )
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    for (address, attempts, wait, status, history) in rows {
+        let deferred = match address.as_str() {
+            // The first delay, jittered to [0.5, 1] of it.
+            "due@dead.example" | "soon@dead.example" | "delay-sent@dead.example" => {
+                assert_eq!(attempts, 1, "{address}");
+                assert!((295.0..=600.0).contains(&wait), "{address}: {wait}");
+                true
+            }
+            // The fourth retry: 600 s doubled three times, capped at 4,000, jittered.
+            "again@dead.example" => {
+                assert_eq!(attempts, 4);
+                assert!((1995.0..=4000.0).contains(&wait), "{address}: {wait}");
+                true
+            }
+            _ => {
+                assert_eq!(attempts, 0, "{address} left alone");
+                false
+            }
+        };
+        assert_eq!(status.as_deref() == Some("4.4.1"), deferred, "{address}");
+        assert_eq!(history, i64::from(deferred), "{address}");
+    }
+    // Nothing of it is due again: a second pass finds nothing.
+    assert_eq!(store.defer_destination(&deferral).await.unwrap(), 0);
+}
