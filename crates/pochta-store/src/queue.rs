@@ -332,57 +332,53 @@ impl Store {
     /// each: recipients cancelled, expired or expiring within `within`, owed a delay report,
     /// or whose message requires TLS (it may fail, not wait). Returns how many were deferred.
     ///
-    /// Commits without waiting for the WAL flush, as a worker's deferrals do: a deferral lost
-    /// in a crash only has the recipient attempted once more.
+    /// In transactions of `DEFER_CHUNK` recipients, each locking only rows no one else has
+    /// locked (a worker recording or claiming them keeps them): short, and never waiting, so
+    /// never in a deadlock with the workers. Each commits without waiting for the WAL flush,
+    /// as a worker's deferrals do: a deferral lost in a crash only has the recipient
+    /// attempted once more.
     pub async fn defer_destination(&self, d: &DestinationDeferral<'_>) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
+        // Found once (an index scan of the domain's live rows), then deferred by id in
+        // chunks, each checked again as it is locked: a chunk costs its own rows only.
+        let find = format!(
+            "SELECT t.id FROM recipients t JOIN envelopes e ON e.id = t.envelope_id
+             WHERE t.domain = lower($1) AND {DEFERRABLE} ORDER BY t.id"
+        );
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(find))
+            .bind(d.domain)
+            .bind(secs(d.within))
+            .bind(secs(d.delay_report_after))
+            .fetch_all(&self.pool)
             .await?;
-        let deferred: i64 = sqlx::query_scalar(
-            "WITH r AS (
-                 UPDATE recipients t SET
-                     attempts = t.attempts + 1,
-                     last_attempt_at = now(),
-                     -- Backoff::after: the first delay doubled per earlier attempt, capped,
-                     -- scaled by a jitter in [0.5, 1] of the envelope and attempt, at least 1 s.
-                     next_attempt_at = now() + greatest(
-                         least($6 * power(2, least(t.attempts, 30)), $7)
-                             * (0.5 + (abs(hashint8(t.envelope_id + t.attempts)) % 1000) / 2000.0),
-                         least(1.0, $6)) * interval '1 second',
-                     last_reply_code = NULL, last_status = $4, last_diagnostic = $5,
-                     last_remote_mta = NULL
-                 FROM envelopes e
-                 WHERE t.domain = lower($1) AND t.state = 'queued' AND NOT t.local
-                   AND NOT t.cancelled
-                   AND t.next_attempt_at <= now() + $2 * interval '1 second'
-                   AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= now())
-                   AND e.id = t.envelope_id
-                   AND e.expires_at > now() + $2 * interval '1 second'
-                   AND NOT e.requiretls
-                   AND NOT (NOT t.delay_reported AND e.reverse_path <> ''
-                            AND coalesce(t.notify LIKE '%DELAY%', false)
-                            AND e.arrived_at <= now() - $8 * interval '1 second')
-                 RETURNING t.id
-             ), history AS (
-                 INSERT INTO delivery_attempts (recipient_id, worker, remote_mta, reply_code,
-                     status, diagnostic, result)
-                 SELECT id, $3, NULL, NULL, $4, $5, 'queued' FROM r
-             )
-             SELECT count(*) FROM r",
-        )
-        .bind(d.domain)
-        .bind(secs(d.within))
-        .bind(d.worker)
-        .bind(d.status)
-        .bind(d.diagnostic)
-        .bind(secs(d.retry_first))
-        .bind(secs(d.retry_max))
-        .bind(secs(d.delay_report_after))
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(deferred as u64)
+        let defer = format!(
+            "WITH due AS (
+                 SELECT t.id FROM recipients t JOIN envelopes e ON e.id = t.envelope_id
+                 WHERE t.id = ANY($4) AND t.domain = lower($1) AND {DEFERRABLE}
+                 FOR UPDATE OF t SKIP LOCKED
+             ), {DEFER_DUE}"
+        );
+        let mut total = 0;
+        for chunk in ids.chunks(DEFER_CHUNK) {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+            let deferred: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(defer.as_str()))
+                .bind(d.domain)
+                .bind(secs(d.within))
+                .bind(secs(d.delay_report_after))
+                .bind(chunk)
+                .bind(d.worker)
+                .bind(d.status)
+                .bind(d.diagnostic)
+                .bind(secs(d.retry_first))
+                .bind(secs(d.retry_max))
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            total += deferred as u64;
+        }
+        Ok(total)
     }
 
     /// Makes held recipients past their envelope's lifetime due, so the next claim expires
@@ -709,6 +705,48 @@ fn claim_statement(class: Claim) -> String {
              r.delay_reported, r.cancelled, r.last_status, r.original_address"
     )
 }
+
+/// Recipients `Store::defer_destination` defers per transaction at most.
+const DEFER_CHUNK: usize = 5000;
+
+/// Which recipients `Store::defer_destination` may defer (`t` the recipient, `e` its
+/// envelope; $2 the window in seconds, $3 the delay report's wait in seconds): queued for
+/// remote delivery, due within the window, held by no worker, and owed nothing but a
+/// deferral (not cancelled, not expiring within the window, no delay report due, no
+/// REQUIRETLS).
+const DEFERRABLE: &str = "t.state = 'queued' AND NOT t.local AND NOT t.cancelled
+         AND t.next_attempt_at <= now() + $2 * interval '1 second'
+         AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= now())
+         AND e.expires_at > now() + $2 * interval '1 second'
+         AND NOT e.requiretls
+         AND NOT (NOT t.delay_reported AND e.reverse_path <> ''
+                  AND coalesce(t.notify LIKE '%DELAY%', false)
+                  AND e.arrived_at <= now() - $3 * interval '1 second')";
+
+/// The rest of `Store::defer_destination`'s statement after its `due` recipients: each
+/// deferred as one attempt ($5 the worker, $6 the status, $7 the diagnostic; $8 and $9 the
+/// first and largest retry delays in seconds), with its line of history.
+const DEFER_DUE: &str = "r AS (
+         UPDATE recipients t SET
+             attempts = t.attempts + 1,
+             last_attempt_at = now(),
+             -- Backoff::after: the first delay doubled per earlier attempt, capped, scaled
+             -- by a jitter in [0.5, 1] of the envelope and attempt, at least 1 s.
+             next_attempt_at = now() + greatest(
+                 least($8 * power(2, least(t.attempts, 30)), $9)
+                     * (0.5 + (abs(hashint8(t.envelope_id + t.attempts)) % 1000) / 2000.0),
+                 least(1.0, $8)) * interval '1 second',
+             last_reply_code = NULL, last_status = $6, last_diagnostic = $7,
+             last_remote_mta = NULL
+         FROM due
+         WHERE t.id = due.id
+         RETURNING t.id
+     ), history AS (
+         INSERT INTO delivery_attempts (recipient_id, worker, remote_mta, reply_code, status,
+             diagnostic, result)
+         SELECT id, $5, NULL, NULL, $6, $7, 'queued' FROM r
+     )
+     SELECT count(*) FROM r";
 
 /// Records attempts, one per recipient ($1: ids; $3..$8: per attempt the state, retry delay
 /// in seconds (NULL: not deferred), reply code, status, diagnostic and remote MTA), each

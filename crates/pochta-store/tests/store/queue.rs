@@ -1074,3 +1074,81 @@ async fn a_dead_destinations_waiting_mail_is_deferred_together() {
     // Nothing of it is due again: a second pass finds nothing.
     assert_eq!(store.defer_destination(&deferral).await.unwrap(), 0);
 }
+
+/// Deferring a destination in bulk while workers claim and record the same domain's mail:
+/// no statement fails (a deadlock would fail one) and every recipient is attempted exactly
+/// once, by a worker or by the bulk deferral.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bulk_deferral_and_busy_workers_never_deadlock_or_share_a_recipient() {
+    const MESSAGES: usize = 6000;
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let envelopes: Vec<NewEnvelope> = (0..MESSAGES)
+        .map(|i| envelope(vec![recipient(&format!("r{i}@dead.example"))]))
+        .collect();
+    for batch in envelopes.chunks(500) {
+        let batch: Vec<_> = batch.iter().map(|e| (e, CONTENT)).collect();
+        store.enqueue_many(&batch).await.unwrap();
+    }
+    let worker = |n: usize| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let owner = format!("w{n}");
+            let mut recorded = 0;
+            loop {
+                let claimed = store
+                    .claim_due(&owner, Claim::Remote, 40, LEASE)
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    return recorded;
+                }
+                let deferred = AttemptOutcome::Deferred {
+                    retry_after: Duration::from_secs(600),
+                };
+                let attempts: Vec<_> = claimed
+                    .iter()
+                    .map(|c| (c.recipient_id, deferred, report(421, "4.4.1", "refused")))
+                    .collect();
+                store
+                    .record_attempts_with_report(&owner, &attempts, None, false)
+                    .await
+                    .unwrap();
+                recorded += attempts.len();
+            }
+        })
+    };
+    let workers: Vec<_> = (0..8).map(worker).collect();
+    // The workers at it first.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let deferral = pochta_store::DestinationDeferral {
+        domain: "dead.example",
+        within: Duration::from_secs(30),
+        worker: "bulk",
+        status: "4.4.1",
+        diagnostic: "refused; deferred together",
+        retry_first: Duration::from_secs(600),
+        retry_max: Duration::from_secs(4000),
+        delay_report_after: Duration::from_secs(3600),
+    };
+    let mut bulk = 0;
+    for _ in 0..3 {
+        bulk += store.defer_destination(&deferral).await.unwrap();
+    }
+    let mut by_workers = 0;
+    for w in workers {
+        by_workers += w.await.unwrap();
+    }
+    assert_eq!(bulk as usize + by_workers, MESSAGES, "{bulk} + {by_workers}");
+    assert!(bulk > 0, "the bulk deferral took some");
+    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let (once, history): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE attempts = 1),
+                (SELECT count(*) FROM delivery_attempts)
+         FROM recipients",
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert_eq!((once, history), (MESSAGES as i64, MESSAGES as i64));
+}
