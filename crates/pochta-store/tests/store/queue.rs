@@ -1139,7 +1139,11 @@ async fn a_bulk_deferral_and_busy_workers_never_deadlock_or_share_a_recipient() 
     for w in workers {
         by_workers += w.await.unwrap();
     }
-    assert_eq!(bulk as usize + by_workers, MESSAGES, "{bulk} + {by_workers}");
+    assert_eq!(
+        bulk as usize + by_workers,
+        MESSAGES,
+        "{bulk} + {by_workers}"
+    );
     assert!(bulk > 0, "the bulk deferral took some");
     let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
     let (once, history): (i64, i64) = sqlx::query_as(
