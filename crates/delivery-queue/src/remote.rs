@@ -181,10 +181,13 @@ impl Worker {
             };
             match self.store.defer_destination(&deferral).await {
                 Ok(0) => {}
-                Ok(deferred) => tracing::info!(
-                    %domain, deferred,
-                    "every mail host unreachable: its waiting mail deferred together"
-                ),
+                Ok(deferred) => {
+                    self.metrics.deferred_together(deferred);
+                    tracing::info!(
+                        %domain, deferred,
+                        "every mail host unreachable: its waiting mail deferred together"
+                    )
+                }
                 Err(e) => tracing::warn!(%domain, "deferring a destination's mail failed: {e}"),
             }
         }

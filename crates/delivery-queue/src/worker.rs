@@ -210,6 +210,13 @@ impl Metrics {
         }
     }
 
+    /// `count` recipients were deferred together, their destination being unreachable:
+    /// counted as attempts that left them queued, as a worker's deferral is.
+    pub fn deferred_together(&self, count: u64) {
+        self.attempts
+            .add(count, &[KeyValue::new("result", "queued")]);
+    }
+
     pub fn reported(&self, action: &'static str) {
         self.reports.add(1, &[KeyValue::new("action", action)]);
     }

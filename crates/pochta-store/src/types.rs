@@ -468,7 +468,8 @@ pub struct DomainBacklog {
 pub struct DestinationDeferral<'a> {
     /// The recipients' domain.
     pub domain: &'a str,
-    /// Recipients due within this long are deferred too: the destination is held that long.
+    /// Recipients due within this long are deferred too (the queue passes half its hold of
+    /// unreachable servers).
     pub within: std::time::Duration,
     /// Recorded as the attempts' worker.
     pub worker: &'a str,
