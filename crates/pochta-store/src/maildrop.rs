@@ -181,13 +181,13 @@ impl Store {
         octets: i64,
     ) -> Result<Option<EntryPart>> {
         let rows = (octets / CHUNK as i64).clamp(1, i32::MAX as i64) as i32;
-        let mut chunks: Vec<PartChunk> = sqlx::query_as(
-            "SELECT e.message_id, e.header_prefix, c.seq, c.codec, c.data
+        let mut chunks: Vec<PartChunk> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT e.message_id, {FIRST_ROW_PREFIX}, c.seq, c.codec, c.data
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id
                  AND c.seq >= $3 AND c.seq < $3::int8 + $4
-             WHERE e.account_id = $1 AND e.id = $2",
-        )
+             WHERE e.account_id = $1 AND e.id = $2"
+        )))
         .bind(account_id)
         .bind(entry_id)
         .bind(from)
@@ -309,12 +309,12 @@ impl Store {
     /// with its entry's own (small) columns; an entry with empty content has one row without
     /// data.
     async fn entry_chunks(&self, account_id: i64, entry_ids: &[i64]) -> Result<Vec<EntryChunk>> {
-        let mut rows: Vec<EntryChunk> = sqlx::query_as(
-            "SELECT e.id, e.message_id, e.pop3_size, e.header_prefix, c.seq, c.codec, c.data
+        let mut rows: Vec<EntryChunk> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT e.id, e.message_id, e.pop3_size, {FIRST_ROW_PREFIX}, c.seq, c.codec, c.data
              FROM maildrop_entries e
              LEFT JOIN message_chunks c ON c.message_id = e.message_id
-             WHERE e.account_id = $1 AND e.id = ANY($2)",
-        )
+             WHERE e.account_id = $1 AND e.id = ANY($2)"
+        )))
         .bind(account_id)
         .bind(entry_ids)
         .fetch_all(&self.pool)
@@ -412,6 +412,11 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 }
+
+/// An entry's header prefix on its first chunk row (or its only row, content empty) and
+/// nothing on the others: a large message's thousands of rows do not each carry it.
+const FIRST_ROW_PREFIX: &str = "CASE WHEN c.seq IS NULL OR c.seq = 0 THEN e.header_prefix ELSE '\\x'::bytea END \
+     AS header_prefix";
 
 /// What `Store::maildrop_entries_headers` found.
 #[derive(Debug, Default)]
