@@ -306,8 +306,8 @@ impl Store {
     }
 
     /// The content chunks of some entries of a maildrop, in entry then chunk order, each row
-    /// with its entry's own (small) columns; an entry with empty content has one row without
-    /// data.
+    /// with its entry's own (small) columns, the header prefix on the first row only; an
+    /// entry with empty content has one row without data.
     async fn entry_chunks(&self, account_id: i64, entry_ids: &[i64]) -> Result<Vec<EntryChunk>> {
         let mut rows: Vec<EntryChunk> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT e.id, e.message_id, e.pop3_size, {FIRST_ROW_PREFIX}, c.seq, c.codec, c.data
