@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mail_parser::MessageParser;
 use pochta_mail::Ret;
-use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientState, Store};
+use pochta_store::{NewEnvelope, NewRecipient, QueueId, RecipientDetail, RecipientState, Store};
 use pochta_testkit::dns::{Record, dns_server};
 use pochta_testkit::{
     ServiceProcess, TestCerts, TestDb, envelope, free_addr, maildrop, recipient, until,
@@ -92,6 +92,31 @@ async fn enqueue(store: &Store, recipients: Vec<NewRecipient>) -> QueueId {
     };
     store.enqueue(&envelope, BODY).await.unwrap();
     envelope.queue_id
+}
+
+/// The first recipient of the message `id`, as the store has it now.
+async fn first_recipient(store: &Store, id: &QueueId) -> RecipientDetail {
+    let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
+    detail.recipients.into_iter().next().unwrap()
+}
+
+/// Waits until the first recipient of every message in `ids` has been attempted; returns
+/// them, in order.
+async fn each_attempted(store: &Store, ids: &[QueueId]) -> Vec<RecipientDetail> {
+    until("every message attempted", WAIT, async || {
+        for id in ids {
+            if first_recipient(store, id).await.attempts == 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let mut recipients = Vec::new();
+    for id in ids {
+        recipients.push(first_recipient(store, id).await);
+    }
+    recipients
 }
 
 #[tokio::test]
@@ -249,24 +274,10 @@ async fn an_unreachable_server_is_tried_once_not_once_per_message() {
         &format!("\"remote.test\" = \"127.0.0.1:{}\"", dead.port()),
     )
     .await;
-    let store = db.store();
-    let recipient = async |id: &QueueId| {
-        let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
-        detail.recipients.into_iter().next().unwrap()
-    };
-    until("every message attempted", WAIT, async || {
-        for id in &ids {
-            if recipient(id).await.attempts == 0 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    let attempted = each_attempted(db.store(), &ids).await;
     let mut diagnostics = Vec::new();
     let mut due = Vec::new();
-    for id in &ids {
-        let r = recipient(id).await;
+    for r in attempted {
         assert_eq!(r.state, RecipientState::Queued);
         assert_eq!(r.attempts, 1);
         assert_eq!(r.last_status.as_deref(), Some("4.4.1"));
@@ -318,25 +329,12 @@ async fn a_dead_destinations_waiting_mail_is_deferred_without_claiming_each() {
         ),
     )
     .await;
-    let store = db.store();
-    let recipient = async |id: &QueueId| {
-        let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
-        detail.recipients.into_iter().next().unwrap()
-    };
-    until("every message attempted", WAIT, async || {
-        for id in &ids {
-            if recipient(id).await.attempts == 0 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    each_attempted(db.store(), &ids).await;
     // A moment for any claim that would attempt one again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut together = 0;
     for id in &ids {
-        let r = recipient(id).await;
+        let r = first_recipient(db.store(), id).await;
         assert_eq!(r.state, RecipientState::Queued);
         assert_eq!(r.attempts, 1, "{r:?}");
         assert_eq!(r.history.len(), 1, "{r:?}");
