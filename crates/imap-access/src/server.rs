@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -69,6 +69,8 @@ pub struct Server {
     timeouts: Timeouts,
     /// Client input all sessions hold (literals being received).
     memory: MemoryBudget,
+    /// Sessions logged in, by account.
+    accounts: Arc<AccountSessions>,
     watch: Arc<MailboxWatch>,
     metrics: Metrics,
 }
@@ -120,6 +122,10 @@ impl Server {
                 session: Duration::from_secs(imap.max_session_secs),
             },
             memory: MemoryBudget::new(imap.max_input_memory_bytes as usize),
+            accounts: Arc::new(AccountSessions {
+                most: imap.max_sessions_per_account as usize,
+                open: Mutex::default(),
+            }),
             watch,
             metrics: Metrics {
                 sessions: meter
@@ -192,6 +198,7 @@ impl Server {
                 server: self.clone(),
                 client,
                 account_id: None,
+                account_session: None,
                 watching: None,
                 ahead: None,
             };
@@ -225,6 +232,46 @@ impl Server {
     }
 }
 
+/// How many sessions are logged in to each account, against a limit per account.
+struct AccountSessions {
+    most: usize,
+    open: Mutex<HashMap<i64, usize>>,
+}
+
+impl AccountSessions {
+    /// A place for one more session of `account`, unless it has `most` already.
+    fn enter(self: &Arc<Self>, account: i64) -> Option<AccountSession> {
+        let mut open = self.open.lock().expect("account sessions lock");
+        let count = open.entry(account).or_default();
+        if *count >= self.most {
+            return None;
+        }
+        *count += 1;
+        Some(AccountSession {
+            sessions: self.clone(),
+            account,
+        })
+    }
+}
+
+/// One session's place among its account's, given back when dropped.
+struct AccountSession {
+    sessions: Arc<AccountSessions>,
+    account: i64,
+}
+
+impl Drop for AccountSession {
+    fn drop(&mut self) {
+        let mut open = self.sessions.open.lock().expect("account sessions lock");
+        if let Some(count) = open.get_mut(&self.account) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.account);
+            }
+        }
+    }
+}
+
 /// Stored octets read for the first piece of a streamed message.
 const FIRST_PIECE: i64 = 64 * 1024;
 
@@ -233,6 +280,8 @@ pub struct Connection {
     server: Arc<Server>,
     client: IpAddr,
     account_id: Option<i64>,
+    /// The session's place among its account's, once logged in.
+    account_session: Option<AccountSession>,
     watching: Option<(i64, Seen)>,
     /// The content batch a FETCH or SEARCH will ask for next, being read.
     ahead: Option<ReadAhead>,
@@ -428,6 +477,10 @@ impl Connection {
             LoginOutcome::RateLimited => return LoginResult::RateLimited,
             LoginOutcome::TemporaryFailure => return LoginResult::TemporaryFailure,
         };
+        let Some(place) = server.accounts.enter(account.id) else {
+            tracing::info!(account = account.id, "login refused: too many sessions");
+            return LoginResult::TooManySessions;
+        };
         if let Err(e) = server.store.ensure_default_mailboxes(account.id).await {
             tracing::error!("making the default mailboxes failed: {e}");
             return LoginResult::TemporaryFailure;
@@ -435,6 +488,7 @@ impl Connection {
         tracing::Span::current()
             .record("user", format!("{}@{}", account.local_part, account.domain));
         self.account_id = Some(account.id);
+        self.account_session = Some(place);
         LoginResult::Ok
     }
 
@@ -849,6 +903,7 @@ impl Handler<Session> for Connection {
                     LoginResult::Ok => "ok",
                     LoginResult::BadCredentials => "bad_credentials",
                     LoginResult::RateLimited => "rate_limited",
+                    LoginResult::TooManySessions => "too_many_sessions",
                     LoginResult::TemporaryFailure => "temporary_failure",
                 };
                 let logins = &self.server.metrics.logins;

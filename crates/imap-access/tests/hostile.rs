@@ -469,3 +469,44 @@ async fn a_thousand_idle_sessions_take_little_memory() {
     drop(clients);
     drop(process);
 }
+
+/// One account may hold only so many sessions: a login past `max_sessions_per_account` is
+/// refused with NO [LIMIT] (and that session may try again later); another account is not
+/// affected, and a session that ends gives its place back.
+#[tokio::test]
+async fn an_account_holds_at_most_its_sessions() {
+    let (db, process, imap, grpc) = server("max_sessions_per_account = 3").await;
+    db.add_account("bob@example.org", "pw").await.unwrap();
+    let mut alice = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(imap).await;
+        c.login().await;
+        alice.push(c);
+    }
+    let mut extra = Client::connect(imap).await;
+    let reply = extra.cmd("l1 LOGIN alice@example.org pw").await;
+    assert_eq!(
+        reply.last().unwrap(),
+        "l1 NO [LIMIT] Too many sessions for this account",
+        "{reply:?}"
+    );
+    let mut bob = Client::connect(imap).await;
+    let reply = bob.cmd("b1 LOGIN bob@example.org pw").await;
+    assert!(reply.last().unwrap().starts_with("b1 OK"), "{reply:?}");
+    // One of alice's sessions logs out: the refused one may now log in.
+    let reply = alice[0].cmd("o LOGOUT").await;
+    assert!(reply.last().unwrap().starts_with("o OK"), "{reply:?}");
+    drop(alice.remove(0));
+    let mut logged_in = false;
+    for _ in 0..50 {
+        let reply = extra.cmd("l2 LOGIN alice@example.org pw").await;
+        if reply.last().unwrap().starts_with("l2 OK") {
+            logged_in = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(logged_in, "the place given back at logout");
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(process);
+}

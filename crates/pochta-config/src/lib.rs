@@ -801,6 +801,10 @@ pub struct ImapConfig {
     pub max_connections: u32,
     /// Per client address; IPv6 clients are counted per network (`ipv6_limit_prefix`).
     pub max_connections_per_ip: u32,
+    /// Sessions logged in to one account at once in this process; a login past it is
+    /// refused (`NO [LIMIT]`), so one account cannot take every session whatever its
+    /// addresses.
+    pub max_sessions_per_account: u32,
     /// As in `[smtp]`: IPv6 clients sharing this many leading bits count as one.
     pub ipv6_limit_prefix: u8,
     /// As in `[smtp]`: argon2id checks at once in this process.
@@ -844,6 +848,7 @@ impl Default for ImapConfig {
             max_session_secs: 24 * 3600,
             max_connections: 10_000,
             max_connections_per_ip: 50,
+            max_sessions_per_account: 50,
             ipv6_limit_prefix: 64,
             max_password_checks: 4,
             proxy_protocol_from: Vec::new(),

@@ -304,6 +304,10 @@ impl ImapConfig {
                 "imap.max_connections_per_ip",
                 u64::from(self.max_connections_per_ip),
             ),
+            (
+                "imap.max_sessions_per_account",
+                u64::from(self.max_sessions_per_account),
+            ),
             ("imap.max_errors", u64::from(self.max_errors)),
             ("imap.write_timeout_secs", self.write_timeout_secs),
             ("imap.max_session_secs", self.max_session_secs),

@@ -65,9 +65,11 @@ pub fn imap_session(data: &[u8]) {
                 Output::StartTls => session.tls_established(),
                 Output::Close => closed = true,
                 Output::Action(Action::Login { .. }) => {
-                    session.login_result(match input.choose(4) {
-                        0 | 1 => LoginResult::Ok,
-                        2 => LoginResult::BadCredentials,
+                    session.login_result(match input.choose(8) {
+                        0..=3 => LoginResult::Ok,
+                        4 => LoginResult::BadCredentials,
+                        5 => LoginResult::RateLimited,
+                        6 => LoginResult::TooManySessions,
                         _ => LoginResult::TemporaryFailure,
                     })
                 }

@@ -223,6 +223,8 @@ pub enum LoginResult {
     Ok,
     BadCredentials,
     RateLimited,
+    /// The account has as many sessions open as it may.
+    TooManySessions,
     TemporaryFailure,
 }
 
@@ -2048,6 +2050,12 @@ impl Session {
                     b"LIMIT".as_slice(),
                 ));
                 status_no(tag, Some(code), "Too many failed logins, try later")
+            }
+            LoginResult::TooManySessions => {
+                let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
+                    b"LIMIT".as_slice(),
+                ));
+                status_no(tag, Some(code), "Too many sessions for this account")
             }
             LoginResult::TemporaryFailure => {
                 let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(

@@ -217,7 +217,8 @@ fn plaintext_login_needs_tls_and_starttls_drops_what_was_pipelined() {
 fn login_failures_are_told_apart() {
     for (result, code) in [
         (LoginResult::BadCredentials, "[AUTHENTICATIONFAILED]"),
-        (LoginResult::RateLimited, "[LIMIT]"),
+        (LoginResult::RateLimited, "[LIMIT] Too many failed logins"),
+        (LoginResult::TooManySessions, "[LIMIT] Too many sessions"),
         (LoginResult::TemporaryFailure, "[UNAVAILABLE]"),
     ] {
         let mut c = client(policy(true));
