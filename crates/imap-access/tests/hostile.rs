@@ -18,9 +18,16 @@ async fn server(extra: &str) -> (TestDb, ServiceProcess, SocketAddr, SocketAddr)
     let db = TestDb::new().await.unwrap();
     db.add_account("alice@example.org", "pw").await.unwrap();
     let (grpc, imap) = (free_addr(), free_addr());
+    // Thousands of sessions of one account, unless the test sets its own limit.
+    let per_account = if extra.contains("max_sessions_per_account") {
+        ""
+    } else {
+        "max_sessions_per_account = 5000\n"
+    };
     let config = format!(
         "[store]\nurl = \"{}\"\nmax_connections = 4\n\n[imap]\ngrpc_listen = \"{grpc}\"\nimap_listen = [\"{imap}\"]\n\
-         imaps_listen = []\nplaintext_auth = \"loopback\"\nmax_errors = 1000\nmax_connections_per_ip = 5000\n{extra}\n",
+         imaps_listen = []\nplaintext_auth = \"loopback\"\nmax_errors = 1000\nmax_connections_per_ip = 5000\n\
+         {per_account}{extra}\n",
         db.url()
     );
     let p = ServiceProcess::start_healthy(Path::new(BINARY), &config, grpc)
