@@ -14,6 +14,7 @@
 //! DNSSEC-proven TLSA records (the certificate must match them, RFC 7672), else an enforced
 //! MTA-STS policy (verified WebPKI certificate, listed MX hosts, RFC 8461).
 
+use rand::Rng;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -169,17 +170,24 @@ impl Worker {
                 continue;
             }
             let why = format!("{why}; deferred with the other mail waiting for {domain}");
+            // The queue's backoff, one jitter per envelope (as `record_quiet_deferrals`).
+            let (retry, mut jitters) = (self.settings.retry, HashMap::new());
+            let mut retry_after = |attempts: i32, envelope: i64| {
+                let jitter = *jitters
+                    .entry(envelope)
+                    .or_insert_with(|| rand::rng().random_range(0.5..=1.0));
+                retry.after(attempts.max(0) as u32 + 1, jitter)
+            };
             let deferral = DestinationDeferral {
                 domain,
                 within: unreachable.bulk_window(),
                 worker: &self.owner,
                 status: "4.4.1",
                 diagnostic: &why,
-                retry_first: self.settings.retry.first,
-                retry_max: self.settings.retry.max,
+                retry_after: &mut retry_after,
                 delay_report_after: self.settings.delay_report_after,
             };
-            match self.store.defer_destination(&deferral).await {
+            match self.store.defer_destination(deferral).await {
                 Ok(0) => {}
                 Ok(deferred) => {
                     self.metrics.deferred_together(deferred);

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -20,7 +20,7 @@ use pochta_imap::{
 use pochta_service::Shutdown;
 use pochta_service::conn::Conn;
 use pochta_service::drive::{Driver, Ended, Handler, Io, MemoryBudget, Timeouts};
-use pochta_service::limits::{ConnectionLimiter, Refusal};
+use pochta_service::limits::{ConnectionLimiter, PerKeyGuard, PerKeyLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
 use pochta_store::{
@@ -70,7 +70,7 @@ pub struct Server {
     /// Client input all sessions hold (literals being received).
     memory: MemoryBudget,
     /// Sessions logged in, by account.
-    accounts: Arc<AccountSessions>,
+    accounts: PerKeyLimiter<i64>,
     watch: Arc<MailboxWatch>,
     metrics: Metrics,
 }
@@ -122,10 +122,7 @@ impl Server {
                 session: Duration::from_secs(imap.max_session_secs),
             },
             memory: MemoryBudget::new(imap.max_input_memory_bytes as usize),
-            accounts: Arc::new(AccountSessions {
-                most: imap.max_sessions_per_account as usize,
-                open: Mutex::default(),
-            }),
+            accounts: PerKeyLimiter::new(imap.max_sessions_per_account as usize),
             watch,
             metrics: Metrics {
                 sessions: meter
@@ -232,46 +229,6 @@ impl Server {
     }
 }
 
-/// How many sessions are logged in to each account, against a limit per account.
-struct AccountSessions {
-    most: usize,
-    open: Mutex<HashMap<i64, usize>>,
-}
-
-impl AccountSessions {
-    /// A place for one more session of `account`, unless it has `most` already.
-    fn enter(self: &Arc<Self>, account: i64) -> Option<AccountSession> {
-        let mut open = self.open.lock().expect("account sessions lock");
-        let count = open.entry(account).or_default();
-        if *count >= self.most {
-            return None;
-        }
-        *count += 1;
-        Some(AccountSession {
-            sessions: self.clone(),
-            account,
-        })
-    }
-}
-
-/// One session's place among its account's, given back when dropped.
-struct AccountSession {
-    sessions: Arc<AccountSessions>,
-    account: i64,
-}
-
-impl Drop for AccountSession {
-    fn drop(&mut self) {
-        let mut open = self.sessions.open.lock().expect("account sessions lock");
-        if let Some(count) = open.get_mut(&self.account) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.account);
-            }
-        }
-    }
-}
-
 /// Stored octets read for the first piece of a streamed message.
 const FIRST_PIECE: i64 = 64 * 1024;
 
@@ -281,7 +238,7 @@ pub struct Connection {
     client: IpAddr,
     account_id: Option<i64>,
     /// The session's place among its account's, once logged in.
-    account_session: Option<AccountSession>,
+    account_session: Option<PerKeyGuard<i64>>,
     watching: Option<(i64, Seen)>,
     /// The content batch a FETCH or SEARCH will ask for next, being read.
     ahead: Option<ReadAhead>,
@@ -305,10 +262,8 @@ async fn read_contents(
     let blocks = store.maildrop_entries_headers(account, &entry_ids).await?;
     let (answered, whole) = headers_answered(&entry_ids, &blocks, batch_bytes);
     let mut octets: HashMap<i64, Vec<u8>> = blocks.found.into_iter().collect();
-    if answered < entry_ids.len() {
-        for id in &entry_ids[answered..] {
-            octets.remove(id);
-        }
+    for id in &entry_ids[answered..] {
+        octets.remove(id);
     }
     if !whole.is_empty() {
         octets.extend(store.maildrop_entries_whole(account, &whole).await?);
@@ -477,7 +432,7 @@ impl Connection {
             LoginOutcome::RateLimited => return LoginResult::RateLimited,
             LoginOutcome::TemporaryFailure => return LoginResult::TemporaryFailure,
         };
-        let Some(place) = server.accounts.enter(account.id) else {
+        let Some(place) = server.accounts.try_acquire(account.id) else {
             tracing::info!(account = account.id, "login refused: too many sessions");
             return LoginResult::TooManySessions;
         };

@@ -1,7 +1,9 @@
-//! Limits on clients: concurrent connections (overall and per address) and events (failed
-//! logins, ETRN) per address in a sliding window. Shared by the SMTP and POP3 servers.
+//! Limits on clients: concurrent connections (overall and per address), places per key
+//! (IMAP sessions per account) and events (failed logins, ETRN) per address in a sliding
+//! window. Shared by the SMTP, POP3 and IMAP servers.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,6 +101,56 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Counts what is open per key (sessions per account) against a limit; `try_acquire` hands
+/// out a guard that gives the place back on drop.
+#[derive(Debug, Clone)]
+pub struct PerKeyLimiter<K> {
+    inner: Arc<Mutex<HashMap<K, usize>>>,
+    max: usize,
+}
+
+#[derive(Debug)]
+pub struct PerKeyGuard<K: Eq + Hash> {
+    inner: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> PerKeyLimiter<K> {
+    /// At most `max` at once per key.
+    pub fn new(max: usize) -> Self {
+        PerKeyLimiter {
+            inner: Arc::default(),
+            max,
+        }
+    }
+
+    /// A place for one more under `key`, unless it has `max` already.
+    pub fn try_acquire(&self, key: K) -> Option<PerKeyGuard<K>> {
+        let mut open = self.inner.lock().expect("limiter lock");
+        let count = open.entry(key.clone()).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(PerKeyGuard {
+            inner: self.inner.clone(),
+            key,
+        })
+    }
+}
+
+impl<K: Eq + Hash> Drop for PerKeyGuard<K> {
+    fn drop(&mut self) {
+        let mut open = self.inner.lock().expect("limiter lock");
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Events (failed logins, ETRN requests) per client network (`client_network`) within a
 /// sliding window: once `max` of them fall in the window, the client is blocked until some
 /// age out.
@@ -157,6 +209,17 @@ impl WindowLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_key_places_are_counted_and_given_back() {
+        let limiter = PerKeyLimiter::new(2);
+        let a1 = limiter.try_acquire(1).unwrap();
+        let _a2 = limiter.try_acquire(1).unwrap();
+        assert!(limiter.try_acquire(1).is_none(), "a third for key 1");
+        let _b = limiter.try_acquire(2).expect("another key has its own");
+        drop(a1);
+        assert!(limiter.try_acquire(1).is_some(), "given back on drop");
+    }
 
     #[test]
     fn connection_limits() {

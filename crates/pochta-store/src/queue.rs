@@ -337,28 +337,38 @@ impl Store {
     /// never in a deadlock with the workers. Each commits without waiting for the WAL flush,
     /// as a worker's deferrals do: a deferral lost in a crash only has the recipient
     /// attempted once more.
-    pub async fn defer_destination(&self, d: &DestinationDeferral<'_>) -> Result<u64> {
+    pub async fn defer_destination(&self, d: DestinationDeferral<'_>) -> Result<u64> {
         // Found once (an index scan of the domain's live rows), then deferred by id in
         // chunks, each checked again as it is locked: a chunk costs its own rows only.
         let find = format!(
-            "SELECT t.id FROM recipients t JOIN envelopes e ON e.id = t.envelope_id
+            "SELECT t.id, t.envelope_id, t.attempts
+             FROM recipients t JOIN envelopes e ON e.id = t.envelope_id
              WHERE t.domain = lower($1) AND {DEFERRABLE} ORDER BY t.id"
         );
-        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(find))
+        let found: Vec<(i64, i64, i32)> = sqlx::query_as(sqlx::AssertSqlSafe(find))
             .bind(d.domain)
             .bind(secs(d.within))
             .bind(secs(d.delay_report_after))
             .fetch_all(&self.pool)
             .await?;
+        // A recipient attempted meanwhile is due later than the window and left out by the
+        // check as it is locked, so the attempts read here are the ones it has then.
+        let (ids, retry_after): (Vec<i64>, Vec<f64>) = found
+            .into_iter()
+            .map(|(id, envelope, attempts)| (id, secs((d.retry_after)(attempts, envelope))))
+            .unzip();
         let defer = format!(
-            "WITH due AS (
-                 SELECT t.id FROM recipients t JOIN envelopes e ON e.id = t.envelope_id
-                 WHERE t.id = ANY($4) AND t.domain = lower($1) AND {DEFERRABLE}
+            "WITH a AS (
+                 SELECT * FROM unnest($4::bigint[], $5::float8[]) AS a(id, retry_after)
+             ), due AS (
+                 SELECT t.id, a.retry_after
+                 FROM a JOIN recipients t ON t.id = a.id JOIN envelopes e ON e.id = t.envelope_id
+                 WHERE t.domain = lower($1) AND {DEFERRABLE}
                  FOR UPDATE OF t SKIP LOCKED
              ), {DEFER_DUE}"
         );
         let mut total = 0;
-        for chunk in ids.chunks(DEFER_CHUNK) {
+        for (ids, retry_after) in ids.chunks(DEFER_CHUNK).zip(retry_after.chunks(DEFER_CHUNK)) {
             let mut tx = self.pool.begin().await?;
             sqlx::query("SET LOCAL synchronous_commit = off")
                 .execute(&mut *tx)
@@ -367,12 +377,11 @@ impl Store {
                 .bind(d.domain)
                 .bind(secs(d.within))
                 .bind(secs(d.delay_report_after))
-                .bind(chunk)
+                .bind(ids)
+                .bind(retry_after)
                 .bind(d.worker)
                 .bind(d.status)
                 .bind(d.diagnostic)
-                .bind(secs(d.retry_first))
-                .bind(secs(d.retry_max))
                 .fetch_one(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -723,20 +732,15 @@ const DEFERRABLE: &str = "t.state = 'queued' AND NOT t.local AND NOT t.cancelled
                   AND coalesce(t.notify LIKE '%DELAY%', false)
                   AND e.arrived_at <= now() - $3 * interval '1 second')";
 
-/// The rest of `Store::defer_destination`'s statement after its `due` recipients: each
-/// deferred as one attempt ($5 the worker, $6 the status, $7 the diagnostic; $8 and $9 the
-/// first and largest retry delays in seconds), with its line of history.
+/// The rest of `Store::defer_destination`'s statement after its `due` recipients (with their
+/// retry delays in seconds): each deferred as one attempt ($6 the worker, $7 the status, $8
+/// the diagnostic), with its line of history.
 const DEFER_DUE: &str = "r AS (
          UPDATE recipients t SET
              attempts = t.attempts + 1,
              last_attempt_at = now(),
-             -- Backoff::after: the first delay doubled per earlier attempt, capped, scaled
-             -- by a jitter in [0.5, 1] of the envelope and attempt, at least 1 s.
-             next_attempt_at = now() + greatest(
-                 least($8 * power(2, least(t.attempts, 30)), $9)
-                     * (0.5 + (abs(hashint8(t.envelope_id + t.attempts)) % 1000) / 2000.0),
-                 least(1.0, $8)) * interval '1 second',
-             last_reply_code = NULL, last_status = $6, last_diagnostic = $7,
+             next_attempt_at = now() + due.retry_after * interval '1 second',
+             last_reply_code = NULL, last_status = $7, last_diagnostic = $8,
              last_remote_mta = NULL
          FROM due
          WHERE t.id = due.id
@@ -744,7 +748,7 @@ const DEFER_DUE: &str = "r AS (
      ), history AS (
          INSERT INTO delivery_attempts (recipient_id, worker, remote_mta, reply_code, status,
              diagnostic, result)
-         SELECT id, $5, NULL, NULL, $6, $7, 'queued' FROM r
+         SELECT id, $6, NULL, NULL, $7, $8, 'queued' FROM r
      )
      SELECT count(*) FROM r";
 

@@ -464,7 +464,6 @@ pub struct DomainBacklog {
 /// A destination every server of which is unreachable, and how its waiting mail is deferred
 /// at once (`Store::defer_destination`): as if each recipient had been attempted now and
 /// deferred with this status and diagnostic.
-#[derive(Debug, Clone)]
 pub struct DestinationDeferral<'a> {
     /// The recipients' domain.
     pub domain: &'a str,
@@ -475,9 +474,9 @@ pub struct DestinationDeferral<'a> {
     pub worker: &'a str,
     pub status: &'a str,
     pub diagnostic: &'a str,
-    /// The queue's backoff: the first retry delay, doubled with each attempt, at most `retry_max`.
-    pub retry_first: std::time::Duration,
-    pub retry_max: std::time::Duration,
+    /// The wait before a recipient's next attempt, from its attempts so far and its envelope
+    /// (the queue's backoff, jittered per envelope).
+    pub retry_after: &'a mut (dyn FnMut(i32, i64) -> std::time::Duration + Send),
     /// A recipient with NOTIFY=DELAY waiting this long since arrival is owed its delay report:
     /// left for a worker, which sends it.
     pub delay_report_after: std::time::Duration,

@@ -1026,17 +1026,24 @@ async fn a_dead_destinations_waiting_mail_is_deferred_together() {
         sqlx::query(change).execute(&raw).await.unwrap();
     }
 
-    let deferral = pochta_store::DestinationDeferral {
-        domain: "Dead.Example",
-        within: Duration::from_secs(30),
-        worker: "w-bulk",
-        status: "4.4.1",
-        diagnostic: "connecting to mx.dead.example: Connection refused",
-        retry_first: Duration::from_secs(600),
-        retry_max: Duration::from_secs(4000),
-        delay_report_after: Duration::from_secs(3600),
-    };
-    assert_eq!(store.defer_destination(&deferral).await.unwrap(), 4);
+    fn deferral(
+        retry_after: &mut (dyn FnMut(i32, i64) -> Duration + Send),
+    ) -> pochta_store::DestinationDeferral<'_> {
+        pochta_store::DestinationDeferral {
+            domain: "Dead.Example",
+            within: Duration::from_secs(30),
+            worker: "w-bulk",
+            status: "4.4.1",
+            diagnostic: "connecting to mx.dead.example: Connection refused",
+            retry_after,
+            delay_report_after: Duration::from_secs(3600),
+        }
+    }
+    let mut retry = backoff;
+    assert_eq!(
+        store.defer_destination(deferral(&mut retry)).await.unwrap(),
+        4
+    );
     // address, attempts, seconds until the next attempt, last status, history lines.
     let rows: Vec<(String, i32, f64, Option<String>, i64)> = sqlx::query_as(
         "SELECT r.address, r.attempts,
@@ -1072,7 +1079,10 @@ async fn a_dead_destinations_waiting_mail_is_deferred_together() {
         assert_eq!(history, i64::from(deferred), "{address}");
     }
     // Nothing of it is due again: a second pass finds nothing.
-    assert_eq!(store.defer_destination(&deferral).await.unwrap(), 0);
+    assert_eq!(
+        store.defer_destination(deferral(&mut retry)).await.unwrap(),
+        0
+    );
 }
 
 /// Deferring a destination in bulk while workers claim and record the same domain's mail:
@@ -1121,19 +1131,18 @@ async fn a_bulk_deferral_and_busy_workers_never_deadlock_or_share_a_recipient() 
     let workers: Vec<_> = (0..8).map(worker).collect();
     // The workers at it first.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let deferral = pochta_store::DestinationDeferral {
-        domain: "dead.example",
-        within: Duration::from_secs(30),
-        worker: "bulk",
-        status: "4.4.1",
-        diagnostic: "refused; deferred together",
-        retry_first: Duration::from_secs(600),
-        retry_max: Duration::from_secs(4000),
-        delay_report_after: Duration::from_secs(3600),
-    };
-    let mut bulk = 0;
+    let (mut bulk, mut retry) = (0, backoff);
     for _ in 0..3 {
-        bulk += store.defer_destination(&deferral).await.unwrap();
+        let deferral = pochta_store::DestinationDeferral {
+            domain: "dead.example",
+            within: Duration::from_secs(30),
+            worker: "bulk",
+            status: "4.4.1",
+            diagnostic: "refused; deferred together",
+            retry_after: &mut retry,
+            delay_report_after: Duration::from_secs(3600),
+        };
+        bulk += store.defer_destination(deferral).await.unwrap();
     }
     let mut by_workers = 0;
     for w in workers {
@@ -1155,4 +1164,10 @@ async fn a_bulk_deferral_and_busy_workers_never_deadlock_or_share_a_recipient() 
     .await
     .unwrap();
     assert_eq!((once, history), (MESSAGES as i64, MESSAGES as i64));
+}
+
+/// A queue's backoff as the bulk deferral is given it: 600 s after the first attempt,
+/// doubled per attempt since, at most 4,000 s (no jitter, so the waits are known).
+fn backoff(attempts: i32, _envelope: i64) -> Duration {
+    Duration::from_secs(600 << attempts.clamp(0, 3)).min(Duration::from_secs(4000))
 }
