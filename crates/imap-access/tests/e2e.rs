@@ -375,6 +375,106 @@ print("keyword", check(watcher.search(None, "KEYWORD", "$Work"))[0].decode())
     assert!(out.contains("keyword 2\n"), "{out}");
 }
 
+/// ESEARCH (RFC 4731) and LIST-EXTENDED with LIST-STATUS (RFC 5258, 5819), commands the
+/// pinned parser has no grammar for, answered from the store for Python's imaplib.
+#[tokio::test]
+async fn esearch_and_list_status_over_imaplib() {
+    let s = stack().await;
+    s.send(&[
+        "Subject: one\r\n\r\none\r\n",
+        "Subject: two\r\n\r\ntwo\r\n",
+        "Subject: three\r\n\r\nthree\r\n",
+        "Subject: four\r\n\r\nfour\r\n",
+    ])
+    .await;
+    let script = r#"
+m = tls()
+caps = check(m.capability())[0].decode().split()
+print("caps", "ESEARCH" in caps, "LIST-EXTENDED" in caps, "LIST-STATUS" in caps)
+check(m.select("INBOX"))
+check(m.store("2", "+FLAGS", "(\\Seen)"))
+def esearch(*args):
+    typ, dat = m._simple_command(*args)
+    assert typ == "OK", (typ, dat)
+    return [d.decode() for d in m._untagged_response(typ, dat, "ESEARCH")[1]]
+print("unseen", esearch("UID", "SEARCH", "RETURN", "(MIN MAX COUNT ALL)", "UNSEEN"))
+print("numbers", esearch("SEARCH", "RETURN", "()", "OR", "SUBJECT", "four", "SUBJECT", "one"))
+print("none", esearch("SEARCH", "RETURN", "(MIN COUNT)", "SUBJECT", "nowhere"))
+print("max-modseq", esearch("UID", "SEARCH", "RETURN", "(MAX)", "MODSEQ", "1"))
+highest = check(m.fetch("4", "(MODSEQ)"))[0].decode()
+print("fetch-modseq", highest)
+try:
+    m._simple_command("SEARCH", "RETURN", "(SAVE)", "ALL")
+    print("save accepted")
+except m.error as e:
+    print("save BAD", e)
+check(m.create("Work/2026"))
+check(m.unsubscribe("Work"))
+check(m.subscribe("Work/2026"))
+typ, dat = m._simple_command("LIST", '""', '(INBOX "Work/%")', "RETURN", "(STATUS (MESSAGES UNSEEN))")
+assert typ == "OK", (typ, dat)
+print("lists", sorted(d.decode() for d in m._untagged_response(typ, dat, "LIST")[1]))
+print("status", sorted(d.decode() for d in m._untagged_response(typ, dat, "STATUS")[1]))
+typ, dat = m._simple_command("LIST", "(SUBSCRIBED RECURSIVEMATCH)", '""', "%")
+print("subscribed", sorted(d.decode() for d in m._untagged_response(typ, dat, "LIST")[1]))
+typ, dat = m._simple_command("LIST", "(SPECIAL-USE)", '""', "*")
+print("special", sorted(d.decode() for d in m._untagged_response(typ, dat, "LIST")[1]))
+m.logout()
+"#;
+    let out = s.client(0, script, &[]).await;
+    assert!(out.contains("caps True True True"), "{out}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name}: {out}"))
+            .to_owned()
+    };
+    assert!(
+        line("unseen").contains("UID MIN 1 MAX 4 COUNT 3 ALL 1,3:4"),
+        "{out}"
+    );
+    assert!(line("numbers").contains("ALL 1,4'"), "{out}");
+    assert!(
+        line("none").contains("COUNT 0'") && !line("none").contains("MIN"),
+        "{out}"
+    );
+    // MAX alone carries that message's mod-sequence (RFC 7162 3.1.5).
+    let modseq = line("fetch-modseq");
+    let modseq = modseq
+        .split("MODSEQ (")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')');
+    assert!(
+        line("max-modseq").contains(&format!("UID MAX 4 MODSEQ {modseq}'")),
+        "{out}"
+    );
+    assert!(
+        line("save").contains("Unsupported SEARCH RETURN option"),
+        "{out}"
+    );
+    assert_eq!(
+        line("lists"),
+        "lists ['(\\\\HasNoChildren \\\\Subscribed) \"/\" INBOX', '(\\\\HasNoChildren \\\\Subscribed) \"/\" Work/2026']",
+        "{out}"
+    );
+    assert_eq!(
+        line("status"),
+        "status ['INBOX (MESSAGES 4 UNSEEN 3)', 'Work/2026 (MESSAGES 0 UNSEEN 0)']",
+        "{out}"
+    );
+    assert!(
+        line("subscribed")
+            .contains("'(\\\\HasChildren) \"/\" Work (\"CHILDINFO\" (\"SUBSCRIBED\"))'"),
+        "{out}"
+    );
+    let special = line("special");
+    assert!(
+        special.contains("Sent") && special.contains("Trash") && !special.contains("INBOX"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn append_to_sent_move_to_trash_and_expunge_with_imapclient() {
     let s = stack().await;

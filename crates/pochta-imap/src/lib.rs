@@ -4,6 +4,7 @@
 //! view (message sequence numbers, UIDs, flags), and asks the world for what it needs through
 //! `Action`s, answered with `Session::answer`.
 
+mod extended;
 mod fetch;
 mod names;
 mod search;

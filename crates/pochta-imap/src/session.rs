@@ -18,7 +18,7 @@ use imap_next::imap_types::extensions::enable::CapabilityEnable;
 use imap_next::imap_types::extensions::uidplus::UidSet;
 use imap_next::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
 use imap_next::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
-use imap_next::imap_types::mailbox::Mailbox;
+use imap_next::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_next::imap_types::response::{
     Capability, Code, CommandContinuationRequest, Data, Greeting, Response, Status,
 };
@@ -29,6 +29,7 @@ use imap_next::server::{Error as ServerError, Event, Options, Server};
 use imap_next::{Interrupt, Io, State as _};
 use pochta_session::Output;
 
+use crate::extended::{self, Extended, ListSelect, SearchReturn};
 use crate::fetch;
 use crate::names::{self, DELIMITER};
 use crate::search;
@@ -315,8 +316,13 @@ enum Pending {
     },
     List {
         tag: Tag<'static>,
-        pattern: String,
-        lsub: bool,
+        list: Listing,
+    },
+    /// LIST-STATUS (RFC 5819): the STATUS of each listed mailbox, one after another.
+    ListStatus {
+        tag: Tag<'static>,
+        items: Vec<StatusDataItemName>,
+        names: VecDeque<String>,
     },
     Select {
         tag: Tag<'static>,
@@ -357,6 +363,11 @@ enum Pending {
     SearchFound {
         search: SearchJob,
     },
+    /// An ESEARCH response waiting for the mod-sequence of its MIN or MAX (RFC 7162 3.1.5).
+    SearchModseq {
+        tag: Tag<'static>,
+        line: String,
+    },
     Search {
         search: SearchJob,
         reading: Reading,
@@ -393,6 +404,26 @@ struct Resync {
     known_uids: Option<SequenceSet>,
 }
 
+/// What a LIST or LSUB asked for.
+struct Listing {
+    /// Each pattern with the reference before it.
+    patterns: Vec<String>,
+    lsub: bool,
+    select: ListSelect,
+    status: Option<Vec<StatusDataItemName>>,
+}
+
+impl Listing {
+    fn plain(lsub: bool) -> Self {
+        Listing {
+            patterns: Vec::new(),
+            lsub,
+            select: ListSelect::default(),
+            status: None,
+        }
+    }
+}
+
 /// A SEARCH under way.
 struct SearchJob {
     tag: Tag<'static>,
@@ -403,6 +434,8 @@ struct SearchJob {
     need: fetch::Need,
     /// The highest mod-sequence of the matches the store decided.
     store_modseq: u64,
+    /// ESEARCH's RETURN (RFC 4731); None: a SEARCH response.
+    returns: Option<SearchReturn>,
 }
 
 struct FetchJob {
@@ -601,6 +634,10 @@ impl Session {
                     Capability::StatusSize,
                     Capability::Binary,
                     Capability::from(atom("SPECIAL-USE")),
+                    // extended.rs
+                    Capability::from(atom("ESEARCH")),
+                    Capability::from(atom("LIST-EXTENDED")),
+                    Capability::from(atom("LIST-STATUS")),
                 ]);
             }
         }
@@ -791,11 +828,21 @@ impl Session {
             CommandBody::List {
                 reference,
                 mailbox_wildcard,
-            } => self.list(tag, &reference, &mailbox_wildcard, false),
+            } => self.list(
+                tag,
+                &reference,
+                std::slice::from_ref(&mailbox_wildcard),
+                Listing::plain(false),
+            ),
             CommandBody::Lsub {
                 reference,
                 mailbox_wildcard,
-            } => self.list(tag, &reference, &mailbox_wildcard, true),
+            } => self.list(
+                tag,
+                &reference,
+                std::slice::from_ref(&mailbox_wildcard),
+                Listing::plain(true),
+            ),
             CommandBody::Create { mailbox } => match names::mailbox_name(&mailbox) {
                 Some(name) if name == "INBOX" => {
                     self.failure(tag, Failure::AlreadyExists);
@@ -874,12 +921,7 @@ impl Session {
                 item_names,
             } => match names::mailbox_name(&mailbox) {
                 Some(name) => {
-                    let deleted = item_names.as_ref().iter().any(|item| {
-                        matches!(
-                            item,
-                            StatusDataItemName::Deleted | StatusDataItemName::DeletedStorage
-                        )
-                    });
+                    let deleted = counts_deleted(item_names.as_ref());
                     self.run(
                         Pending::Status {
                             tag,
@@ -973,8 +1015,42 @@ impl Session {
                 charset,
                 criteria,
                 uid,
-            } => self.search(tag, charset, criteria, uid),
+            } => self.search(tag, charset, criteria, uid, None),
             _ => self.bad(Some(tag), "Command not supported"),
+        }
+    }
+
+    /// A command of an extension imap-codec does not parse, in the state it arrived in.
+    fn extended(&mut self, command: Extended) {
+        let tag = match &command {
+            Extended::Search { tag, .. } => tag,
+            Extended::List(list) => &list.tag,
+        };
+        let tag = tag.clone();
+        match (&self.state, command) {
+            (State::Logout, _) => {}
+            (State::NotAuthenticated, _) => self.bad(Some(tag), "Log in first"),
+            (
+                State::Selected(_),
+                Extended::Search {
+                    tag,
+                    uid,
+                    charset,
+                    criteria,
+                    returns,
+                },
+            ) => self.search(tag, charset, criteria, uid, Some(returns)),
+            (_, Extended::Search { .. }) => self.bad(Some(tag), "No mailbox selected"),
+            (_, Extended::List(list)) => self.list(
+                list.tag,
+                &list.reference,
+                &list.patterns,
+                Listing {
+                    select: list.select,
+                    status: list.status,
+                    ..Listing::plain(false)
+                },
+            ),
         }
     }
 
@@ -1016,19 +1092,23 @@ impl Session {
             .map(|v| (v.mailbox.id, v.mailbox.highest_modseq, v.highest_uid()))
     }
 
+    /// LIST and LSUB; `list` comes with its options and no patterns yet.
     fn list(
         &mut self,
         tag: Tag<'static>,
         reference: &Mailbox<'_>,
-        pattern: &imap_next::imap_types::mailbox::ListMailbox<'_>,
-        lsub: bool,
+        patterns: &[ListMailbox<'_>],
+        mut list: Listing,
     ) {
         let reference = match reference {
             Mailbox::Inbox => "INBOX".to_owned(),
             Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
         };
-        let pattern = String::from_utf8_lossy(&names::list_text(pattern)).into_owned();
-        if pattern.is_empty() {
+        let patterns: Vec<String> = patterns
+            .iter()
+            .map(|p| String::from_utf8_lossy(&names::list_text(p)).into_owned())
+            .collect();
+        if patterns == [""] && list.select == ListSelect::default() {
             // The hierarchy delimiter and root (RFC 9051 6.3.9).
             self.send_data(Data::List {
                 items: vec![FlagNameAttribute::Noselect],
@@ -1037,8 +1117,110 @@ impl Session {
             });
             return self.ok(tag, "LIST completed");
         }
-        let pattern = format!("{reference}{pattern}");
-        self.run(Pending::List { tag, pattern, lsub }, Request::Mailboxes);
+        list.patterns = patterns
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("{reference}{p}"))
+            .collect();
+        self.run(Pending::List { tag, list }, Request::Mailboxes);
+    }
+
+    /// A LIST's mailboxes: those matching a pattern and meeting the selection options
+    /// (RFC 5258 3.1), then their STATUS if asked (RFC 5819).
+    fn listed(&mut self, tag: Tag<'static>, list: Listing, mailboxes: &[MailboxSummary]) {
+        let Listing {
+            patterns,
+            lsub,
+            select,
+            status,
+        } = list;
+        let matching = |name: &str| patterns.iter().any(|p| names::matches(p, name));
+        let meets = |m: &MailboxSummary| {
+            (m.subscribed || !(lsub || select.subscribed))
+                && (m.special_use.is_some() || !select.special_use)
+        };
+        let mut names = VecDeque::new();
+        for m in mailboxes {
+            if !matching(&m.name) {
+                continue;
+            }
+            let prefix = format!("{}{DELIMITER}", m.name);
+            let mut descendants = mailboxes.iter().filter(|c| c.name.starts_with(&prefix));
+            let children = descendants.clone().next().is_some();
+            // RECURSIVEMATCH (RFC 5258 3.5): a descendant that meets the options but that no
+            // pattern lists is told by its parent's CHILDINFO.
+            let child_info =
+                select.recursive_match && descendants.any(|c| meets(c) && !matching(&c.name));
+            if !meets(m) && !child_info {
+                continue;
+            }
+            let mut items = vec![FlagNameAttribute::from(atom(if children {
+                "HasChildren"
+            } else {
+                "HasNoChildren"
+            }))];
+            if let Some(special) = &m.special_use {
+                items.push(FlagNameAttribute::from(atom(
+                    special.trim_start_matches('\\'),
+                )));
+            }
+            if !lsub && m.subscribed {
+                items.push(FlagNameAttribute::from(atom("Subscribed")));
+            }
+            let (delimiter, mailbox) = (DELIMITER.try_into().ok(), mailbox(&m.name));
+            let data = if lsub {
+                Data::Lsub {
+                    items,
+                    delimiter,
+                    mailbox,
+                }
+            } else {
+                Data::List {
+                    items,
+                    delimiter,
+                    mailbox,
+                }
+            };
+            self.send_data(data);
+            if child_info {
+                // The extended item goes at the end of the line, before its CRLF.
+                if let Some(line) = self.out.back_mut() {
+                    line.truncate(line.len() - 2);
+                    line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n");
+                }
+            }
+            if meets(m) {
+                names.push_back(m.name.clone());
+            }
+        }
+        match status {
+            Some(items) => self.list_status(tag, items, names),
+            None => self.ok(
+                tag,
+                if lsub {
+                    "LSUB completed"
+                } else {
+                    "LIST completed"
+                },
+            ),
+        }
+    }
+
+    /// LIST-STATUS: the next listed mailbox's STATUS, or the end of the LIST.
+    fn list_status(
+        &mut self,
+        tag: Tag<'static>,
+        items: Vec<StatusDataItemName>,
+        mut names: VecDeque<String>,
+    ) {
+        let Some(name) = names.pop_front() else {
+            return self.ok(tag, "LIST completed");
+        };
+        let deleted = counts_deleted(&items);
+        self.run(
+            Pending::ListStatus { tag, items, names },
+            Request::Status { name, deleted },
+        );
     }
 
     fn select(
@@ -1447,6 +1629,7 @@ impl Session {
         charset: Option<Charset<'static>>,
         criteria: Vec1<SearchKey<'static>>,
         uid: bool,
+        returns: Option<SearchReturn>,
     ) {
         if let Some(charset) = charset {
             let name = charset.as_ref().to_ascii_uppercase();
@@ -1467,16 +1650,25 @@ impl Session {
         }
         // RFC 7162 3.1.5: a MODSEQ key enables CONDSTORE, so the result carries (MODSEQ n).
         self.condstore |= search::names_modseq(&key);
+        let search = SearchJob {
+            tag,
+            uid,
+            key,
+            need,
+            store_modseq: 0,
+            returns,
+        };
+        let key = &search.key;
         let Some(view) = self.view() else { return };
         if view.uids.is_empty() {
-            return self.search_done(tag, uid, &mut [], 0);
+            return self.search_done(search, &mut [], 0);
         }
         let mailbox_id = view.mailbox.id;
         // Flags, sizes, dates, UIDs and the header fields the store keeps: only the matches
         // (and the messages it cannot decide) need leave the store. Otherwise every message's
         // metadata, then its octets.
-        let request = if need == fetch::Need::Nothing || search::decidable_in_store(&key) {
-            let mut store_key = search::with_uid_sets(&key, view);
+        let request = if search.need == fetch::Need::Nothing || search::decidable_in_store(key) {
+            let mut store_key = search::with_uid_sets(key, view);
             // CONDSTORE's (MODSEQ n) is the store's highest over its matches: those that
             // arrived after the view last looked are not told, so they are kept out.
             if self.condstore {
@@ -1497,13 +1689,6 @@ impl Session {
                 uids: view.uids.iter().collect(),
             }
         };
-        let search = SearchJob {
-            tag,
-            uid,
-            key,
-            need,
-            store_modseq: 0,
-        };
         let pending = match request {
             Request::Search { .. } => Pending::SearchFound { search },
             _ => Pending::SearchMeta {
@@ -1517,7 +1702,7 @@ impl Session {
     /// The store's answer to a search: its matches, and the messages whose octets must decide.
     fn search_found(&mut self, mut search: SearchJob, found: Found) {
         let Some(view) = self.view() else {
-            return self.search_done(search.tag, search.uid, &mut [], 0);
+            return self.search_done(search, &mut [], 0);
         };
         // Matches the view does not have (arrived since) are not told yet. Their own
         // mod-sequences are not needed: the store's highest stands for them all.
@@ -1533,7 +1718,8 @@ impl Session {
             .collect();
         search.store_modseq = found.highest_modseq;
         if undecided.is_empty() {
-            return self.search_done(search.tag, search.uid, &mut matched, search.store_modseq);
+            let modseq = search.store_modseq;
+            return self.search_done(search, &mut matched, modseq);
         }
         let mailbox_id = view.mailbox.id;
         self.run(
@@ -1576,7 +1762,8 @@ impl Session {
         );
         if batch.is_empty() {
             let mut matched = std::mem::take(&mut reading.matched);
-            return self.search_done(search.tag, search.uid, &mut matched, search.store_modseq);
+            let modseq = search.store_modseq;
+            return self.search_done(search, &mut matched, modseq);
         }
         let entry_ids = batch
             .clone()
@@ -1597,27 +1784,14 @@ impl Session {
 
     /// Answers a SEARCH: `matched` holds (place, UID, mod-sequence) of each match, and
     /// `modseq` the highest of those whose own is not there (0 for them).
-    fn search_done(
-        &mut self,
-        tag: Tag<'static>,
-        uid: bool,
-        matched: &mut [(usize, u32, u64)],
-        modseq: u64,
-    ) {
+    fn search_done(&mut self, search: SearchJob, matched: &mut [(usize, u32, u64)], modseq: u64) {
         // The store's matches and those read from octets come in two runs.
         if !matched.is_sorted() {
             matched.sort_unstable();
         }
-        let numbers: Vec<NonZeroU32> = matched
-            .iter()
-            .map(|&(place, u, _)| {
-                if uid {
-                    nonzero(u)
-                } else {
-                    nonzero(place as u32 + 1)
-                }
-            })
-            .collect();
+        let number = |&(place, uid, _): &(usize, u32, u64)| {
+            if search.uid { uid } else { place as u32 + 1 }
+        };
         let modseq = if self.condstore {
             matched
                 .iter()
@@ -1628,8 +1802,72 @@ impl Session {
         } else {
             None
         };
-        self.send_data(Data::Search(numbers, modseq));
-        self.ok(tag, "SEARCH completed");
+        let Some(returns) = search.returns else {
+            let numbers = matched.iter().map(|m| nonzero(number(m))).collect();
+            self.send_data(Data::Search(numbers, modseq));
+            return self.ok(search.tag, "SEARCH completed");
+        };
+        // RFC 4731 3.1: MIN, MAX and ALL only when something matched; COUNT always.
+        let mut line = format!("* ESEARCH (TAG \"{}\")", search.tag.as_ref());
+        if search.uid {
+            line.push_str(" UID");
+        }
+        let ends = matched.first().zip(matched.last());
+        if let Some((first, last)) = ends {
+            if returns.min {
+                line.push_str(&format!(" MIN {}", number(first)));
+            }
+            if returns.max {
+                line.push_str(&format!(" MAX {}", number(last)));
+            }
+        }
+        if returns.count {
+            line.push_str(&format!(" COUNT {}", matched.len()));
+        }
+        if returns.all && !matched.is_empty() {
+            let all = runs(matched.iter().map(number))
+                .iter()
+                .map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}:{b}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            line.push_str(&format!(" ALL {all}"));
+        }
+        match (modseq, ends) {
+            // RFC 7162 3.1.5: with MIN or MAX alone, the mod-sequence of the messages
+            // returned, which the store tells.
+            (Some(_), Some((first, last))) if !returns.all && !returns.count => {
+                let uids = [
+                    Some(first.1).filter(|_| returns.min),
+                    Some(last.1).filter(|_| returns.max),
+                ];
+                let Some(view) = self.view() else { return };
+                let mailbox_id = view.mailbox.id;
+                let set = uid_set(&uids.into_iter().flatten().collect::<Vec<_>>());
+                if let Some(set) = set {
+                    return self.run(
+                        Pending::SearchModseq {
+                            tag: search.tag,
+                            line,
+                        },
+                        Request::Search {
+                            mailbox_id,
+                            key: SearchKey::Uid(set),
+                        },
+                    );
+                }
+            }
+            (Some(modseq), Some(_)) => line.push_str(&format!(" MODSEQ {modseq}")),
+            _ => {}
+        }
+        line.push_str("\r\n");
+        self.out.push_back(line.into_bytes());
+        self.ok(search.tag, "SEARCH completed");
     }
 
     /// The entry ids of the batch after the one `reading` has just asked for.
@@ -1650,49 +1888,8 @@ impl Session {
             return;
         };
         match (pending, answer) {
-            (Pending::List { tag, pattern, lsub }, Answer::Mailboxes(Ok(mailboxes))) => {
-                for m in &mailboxes {
-                    if (lsub && !m.subscribed) || !names::matches(&pattern, &m.name) {
-                        continue;
-                    }
-                    let prefix = format!("{}{DELIMITER}", m.name);
-                    let children = mailboxes.iter().any(|c| c.name.starts_with(&prefix));
-                    let mut items = vec![FlagNameAttribute::from(atom(if children {
-                        "HasChildren"
-                    } else {
-                        "HasNoChildren"
-                    }))];
-                    if let Some(special) = &m.special_use {
-                        items.push(FlagNameAttribute::from(atom(
-                            special.trim_start_matches('\\'),
-                        )));
-                    }
-                    if !lsub && m.subscribed {
-                        items.push(FlagNameAttribute::from(atom("Subscribed")));
-                    }
-                    let data = if lsub {
-                        Data::Lsub {
-                            items,
-                            delimiter: DELIMITER.try_into().ok(),
-                            mailbox: mailbox(&m.name),
-                        }
-                    } else {
-                        Data::List {
-                            items,
-                            delimiter: DELIMITER.try_into().ok(),
-                            mailbox: mailbox(&m.name),
-                        }
-                    };
-                    self.send_data(data);
-                }
-                self.ok(
-                    tag,
-                    if lsub {
-                        "LSUB completed"
-                    } else {
-                        "LIST completed"
-                    },
-                );
+            (Pending::List { tag, list }, Answer::Mailboxes(Ok(mailboxes))) => {
+                self.listed(tag, list, &mailboxes);
             }
             (
                 Pending::Select {
@@ -1778,39 +1975,25 @@ impl Session {
                 self.tagged(status_ok(tag, Some(code), "SELECT completed"));
             }
             (Pending::Status { tag, items }, Answer::Status(Ok((summary, counts)))) => {
-                let data: Vec<StatusDataItem> = items
-                    .iter()
-                    .filter_map(|item| {
-                        Some(match item {
-                            StatusDataItemName::Messages => {
-                                StatusDataItem::Messages(counts.messages)
-                            }
-                            StatusDataItemName::Recent => StatusDataItem::Recent(0),
-                            StatusDataItemName::UidNext => {
-                                StatusDataItem::UidNext(nonzero(summary.uid_next))
-                            }
-                            StatusDataItemName::UidValidity => {
-                                StatusDataItem::UidValidity(nonzero(summary.uid_validity))
-                            }
-                            StatusDataItemName::Unseen => StatusDataItem::Unseen(counts.unseen),
-                            StatusDataItemName::Deleted => StatusDataItem::Deleted(counts.deleted),
-                            StatusDataItemName::DeletedStorage => {
-                                StatusDataItem::DeletedStorage(counts.deleted_size)
-                            }
-                            StatusDataItemName::Size => StatusDataItem::Size(counts.size),
-                            StatusDataItemName::HighestModSeq => {
-                                StatusDataItem::HighestModSeq(summary.highest_modseq)
-                            }
-                            #[allow(unreachable_patterns)]
-                            _ => return None,
-                        })
-                    })
-                    .collect();
-                self.send_data(Data::Status {
-                    mailbox: mailbox(&summary.name),
-                    items: data.into(),
-                });
+                self.send_status_of(&summary, &counts, &items);
                 self.ok(tag, "STATUS completed");
+            }
+            (Pending::ListStatus { tag, items, names }, Answer::Status(Ok((summary, counts)))) => {
+                self.send_status_of(&summary, &counts, &items);
+                self.list_status(tag, items, names);
+            }
+            // Deleted since it was listed: nothing to tell of it.
+            (
+                Pending::ListStatus { tag, items, names },
+                Answer::Status(Err(Failure::NoSuchMailbox)),
+            ) => self.list_status(tag, items, names),
+            (Pending::SearchModseq { tag, mut line }, Answer::Found(Ok(found))) => {
+                if found.highest_modseq > 0 {
+                    line.push_str(&format!(" MODSEQ {}", found.highest_modseq));
+                }
+                line.push_str("\r\n");
+                self.out.push_back(line.into_bytes());
+                self.ok(tag, "SEARCH completed");
             }
             (Pending::Done { tag, what }, Answer::Done(Ok(()))) => {
                 self.ok(tag, &format!("{what} completed"));
@@ -1989,6 +2172,45 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// An untagged STATUS response (RFC 9051 7.2.4) with the items asked for.
+    fn send_status_of(
+        &mut self,
+        summary: &MailboxSummary,
+        counts: &Counts,
+        items: &[StatusDataItemName],
+    ) {
+        let data: Vec<StatusDataItem> = items
+            .iter()
+            .filter_map(|item| {
+                Some(match item {
+                    StatusDataItemName::Messages => StatusDataItem::Messages(counts.messages),
+                    StatusDataItemName::Recent => StatusDataItem::Recent(0),
+                    StatusDataItemName::UidNext => {
+                        StatusDataItem::UidNext(nonzero(summary.uid_next))
+                    }
+                    StatusDataItemName::UidValidity => {
+                        StatusDataItem::UidValidity(nonzero(summary.uid_validity))
+                    }
+                    StatusDataItemName::Unseen => StatusDataItem::Unseen(counts.unseen),
+                    StatusDataItemName::Deleted => StatusDataItem::Deleted(counts.deleted),
+                    StatusDataItemName::DeletedStorage => {
+                        StatusDataItem::DeletedStorage(counts.deleted_size)
+                    }
+                    StatusDataItemName::Size => StatusDataItem::Size(counts.size),
+                    StatusDataItemName::HighestModSeq => {
+                        StatusDataItem::HighestModSeq(summary.highest_modseq)
+                    }
+                    #[allow(unreachable_patterns)]
+                    _ => return None,
+                })
+            })
+            .collect();
+        self.send_data(Data::Status {
+            mailbox: mailbox(&summary.name),
+            items: data.into(),
+        });
     }
 
     fn store_done(&mut self, tag: Tag<'static>, modified: &[u32]) {
@@ -2191,12 +2413,18 @@ impl Session {
             ServerError::ExpectedCrlfGotLf { discarded_bytes }
             | ServerError::MalformedMessage { discarded_bytes } => {
                 let bytes = discarded_bytes.declassify();
+                // What imap-codec has no grammar for (extended.rs).
+                let why = match extended::parse(bytes) {
+                    Some(Ok(command)) => return self.extended(command),
+                    Some(Err(why)) => why,
+                    None => "Syntax error",
+                };
                 let tag = bytes
                     .split(|&b| b == b' ')
                     .next()
                     .and_then(|t| Tag::try_from(t).ok())
                     .map(IntoStatic::into_static);
-                self.bad(tag, "Syntax error");
+                self.bad(tag, why);
             }
             // imap-next has already answered the literal with a tagged BAD.
             ServerError::LiteralTooLong { .. } => self.errors += 1,
@@ -2213,6 +2441,8 @@ impl Pending {
         Some(match self {
             Pending::Login { tag, .. }
             | Pending::List { tag, .. }
+            | Pending::ListStatus { tag, .. }
+            | Pending::SearchModseq { tag, .. }
             | Pending::Select { tag, .. }
             | Pending::Resync { tag, .. }
             | Pending::Status { tag, .. }
@@ -2297,6 +2527,16 @@ pub(crate) fn range_set(ranges: &[(u32, u32)]) -> Option<SequenceSet> {
         })
         .collect();
     SequenceSet::try_from(text.join(",").as_str()).ok()
+}
+
+/// Do the STATUS items need the deleted messages counted (a scan of the mailbox)?
+fn counts_deleted(items: &[StatusDataItemName]) -> bool {
+    items.iter().any(|item| {
+        matches!(
+            item,
+            StatusDataItemName::Deleted | StatusDataItemName::DeletedStorage
+        )
+    })
 }
 
 /// UIDs as COPYUID's set (RFC 4315), in the order given: source and destination sets list

@@ -1220,3 +1220,201 @@ fn logout_says_bye_then_closes() {
     assert!(matches!(output, Some(Output::Close)), "{output:?}");
     assert_eq!(c.take(), "* BYE Logging out\r\nz1 OK LOGOUT completed\r\n");
 }
+
+#[test]
+fn esearch_returns_what_was_asked_and_the_modseq_of_min_or_max() {
+    let mut c = selected(false);
+    let all_of = |key: SearchKey<'static>| SearchKey::And(vec![key].try_into().unwrap());
+    // RFC 4731: MIN, MAX, COUNT and ALL, by number or by UID, correlated by the tag.
+    let r = request(c.send("e1 SEARCH RETURN (MIN MAX COUNT ALL) UNSEEN\r\n"));
+    assert_eq!(
+        r,
+        Request::Search {
+            mailbox_id: 1,
+            key: all_of(SearchKey::Unseen)
+        }
+    );
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(2, 3), (7, 3)]))));
+    assert_eq!(
+        out,
+        "* ESEARCH (TAG \"e1\") MIN 1 MAX 3 COUNT 2 ALL 1,3\r\ne1 OK SEARCH completed\r\n"
+    );
+    request(c.send("e2 UID SEARCH RETURN () ALL\r\n"));
+    let out = answer(
+        &mut c,
+        Answer::Found(Ok(decided(&[(2, 3), (4, 3), (7, 3)]))),
+    );
+    assert!(
+        out.starts_with("* ESEARCH (TAG \"e2\") UID ALL 2,4,7\r\n"),
+        "{out}"
+    );
+    // Nothing found: COUNT 0, and no MIN, MAX or ALL.
+    request(c.send("e3 UID SEARCH RETURN (MIN COUNT ALL) DELETED\r\n"));
+    let out = answer(&mut c, Answer::Found(Ok(Found::default())));
+    assert!(
+        out.starts_with("* ESEARCH (TAG \"e3\") UID COUNT 0\r\n"),
+        "{out}"
+    );
+    // With CONDSTORE, MODSEQ: the highest of all matches for COUNT and ALL ...
+    request(c.send("e4 UID SEARCH RETURN (COUNT) MODSEQ 1\r\n"));
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(2, 4), (7, 9)]))));
+    assert!(
+        out.starts_with("* ESEARCH (TAG \"e4\") UID COUNT 2 MODSEQ 9\r\n"),
+        "{out}"
+    );
+    // ... and for MIN alone, the mod-sequence of that message, which the store is asked.
+    request(c.send("e5 UID SEARCH RETURN (MIN) MODSEQ 1\r\n"));
+    c.session
+        .answer(Answer::Found(Ok(decided(&[(2, 4), (7, 9)]))));
+    assert_eq!(
+        request(c.drain()),
+        Request::Search {
+            mailbox_id: 1,
+            key: SearchKey::Uid("2".try_into().unwrap())
+        }
+    );
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(2, 4)]))));
+    assert_eq!(
+        out,
+        "* ESEARCH (TAG \"e5\") UID MIN 2 MODSEQ 4\r\ne5 OK SEARCH completed\r\n"
+    );
+    // A plain SEARCH still answers SEARCH.
+    request(c.send("e6 SEARCH ALL\r\n"));
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(4, 3)]))));
+    assert!(out.starts_with("* SEARCH 2 (MODSEQ 3)\r\n"), "{out}");
+    // Bad options get BAD with the reason; SEARCHRES's SAVE is not offered.
+    assert_eq!(
+        c.cmd("e7 SEARCH RETURN (SAVE) ALL"),
+        "e7 BAD Unsupported SEARCH RETURN option\r\n"
+    );
+    assert_eq!(
+        c.cmd("e8 SEARCH RETURN (MIN) NOSUCHKEY"),
+        "e8 BAD Syntax error in SEARCH keys\r\n"
+    );
+}
+
+#[test]
+fn esearch_needs_a_selected_mailbox() {
+    let mut c = client(policy(true));
+    assert_eq!(
+        c.cmd("e1 SEARCH RETURN (MIN) ALL"),
+        "e1 BAD Log in first\r\n"
+    );
+    let mut c = logged_in();
+    assert_eq!(
+        c.cmd("e2 UID SEARCH RETURN (MIN) ALL"),
+        "e2 BAD No mailbox selected\r\n"
+    );
+    assert!(
+        c.cmd("c CAPABILITY")
+            .contains(" ESEARCH LIST-EXTENDED LIST-STATUS ")
+    );
+}
+
+#[test]
+fn list_extended_selects_matches_many_patterns_and_tells_status() {
+    let mut c = logged_in();
+    let mut sent = mailbox(3, "Sent");
+    sent.special_use = Some("\\Sent".into());
+    sent.subscribed = false;
+    let mut work = mailbox(4, "Work");
+    work.subscribed = false;
+    let mut old = mailbox(6, "Work/2025");
+    old.subscribed = false;
+    let list = vec![
+        mailbox(1, "INBOX"),
+        sent,
+        work,
+        old,
+        mailbox(5, "Work/2026"),
+    ];
+    // Several patterns (RFC 5258 3).
+    assert_eq!(
+        request(c.send("l1 LIST \"\" (INBOX \"Work/%\")\r\n")),
+        Request::Mailboxes
+    );
+    let out = answer(&mut c, Answer::Mailboxes(Ok(list.clone())));
+    assert!(out.contains("\"/\" INBOX\r\n"), "{out}");
+    assert!(out.contains("\"/\" Work/2025\r\n") && out.contains("\"/\" Work/2026\r\n"));
+    assert!(
+        !out.contains(" Sent\r\n") && !out.contains(" Work\r\n"),
+        "{out}"
+    );
+    // SUBSCRIBED: subscribed ones only; RECURSIVEMATCH tells a parent of one by CHILDINFO.
+    request(c.send("l2 LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %\r\n"));
+    let out = answer(&mut c, Answer::Mailboxes(Ok(list.clone())));
+    assert_eq!(
+        out,
+        "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX\r\n\
+         * LIST (\\HasChildren) \"/\" Work (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n\
+         l2 OK LIST completed\r\n"
+    );
+    request(c.send("l3 LIST (SUBSCRIBED) \"\" %\r\n"));
+    let out = answer(&mut c, Answer::Mailboxes(Ok(list.clone())));
+    assert!(out.contains(" INBOX\r\n") && !out.contains("Work"), "{out}");
+    // SPECIAL-USE (RFC 6154 3): mailboxes with a special use only.
+    request(c.send("l4 LIST (SPECIAL-USE) \"\" *\r\n"));
+    let out = answer(&mut c, Answer::Mailboxes(Ok(list.clone())));
+    assert_eq!(
+        out,
+        "* LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\nl4 OK LIST completed\r\n"
+    );
+    // LIST-STATUS (RFC 5819): each listed mailbox's STATUS after the LIST responses; one
+    // deleted in between is left out.
+    request(c.send("l5 LIST \"\" (INBOX Work/2026 Sent) RETURN (STATUS (MESSAGES UNSEEN))\r\n"));
+    c.session.answer(Answer::Mailboxes(Ok(list)));
+    assert_eq!(
+        request(c.drain()),
+        Request::Status {
+            name: "INBOX".into(),
+            deleted: false
+        }
+    );
+    let counts = Counts {
+        messages: 3,
+        unseen: 1,
+        ..Counts::default()
+    };
+    c.session
+        .answer(Answer::Status(Ok((mailbox(1, "INBOX"), counts))));
+    assert_eq!(
+        request(c.drain()),
+        Request::Status {
+            name: "Sent".into(),
+            deleted: false
+        }
+    );
+    c.session
+        .answer(Answer::Status(Err(Failure::NoSuchMailbox)));
+    assert_eq!(
+        request(c.drain()),
+        Request::Status {
+            name: "Work/2026".into(),
+            deleted: false
+        }
+    );
+    let out = answer(
+        &mut c,
+        Answer::Status(Ok((mailbox(5, "Work/2026"), Counts::default()))),
+    );
+    let lists = out.find("* LIST").unwrap();
+    let statuses = out
+        .find("* STATUS INBOX (MESSAGES 3 UNSEEN 1)\r\n")
+        .unwrap();
+    assert!(lists < statuses, "{out}");
+    assert!(
+        out.contains("* STATUS Work/2026 (MESSAGES 0 UNSEEN 0)\r\n")
+            && !out.contains("STATUS Sent")
+            && out.ends_with("l5 OK LIST completed\r\n"),
+        "{out}"
+    );
+    // Bad options get BAD with the reason.
+    assert_eq!(
+        c.cmd("l6 LIST (RECURSIVEMATCH) \"\" *"),
+        "l6 BAD RECURSIVEMATCH needs another selection option\r\n"
+    );
+    assert_eq!(
+        c.cmd("l7 LIST \"\" * RETURN (STATUS (BOGUS))"),
+        "l7 BAD Invalid STATUS items\r\n"
+    );
+}
