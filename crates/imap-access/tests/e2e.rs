@@ -375,10 +375,11 @@ print("keyword", check(watcher.search(None, "KEYWORD", "$Work"))[0].decode())
     assert!(out.contains("keyword 2\n"), "{out}");
 }
 
-/// ESEARCH (RFC 4731) and LIST-EXTENDED with LIST-STATUS (RFC 5258, 5819), commands the
-/// pinned parser has no grammar for, answered from the store for Python's imaplib.
+/// ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and LIST-EXTENDED with LIST-STATUS (RFC 5258,
+/// 5819), commands the pinned parser has no grammar for, answered from the store for
+/// Python's imaplib.
 #[tokio::test]
-async fn esearch_and_list_status_over_imaplib() {
+async fn esearch_searchres_and_list_status_over_imaplib() {
     let s = stack().await;
     s.send(&[
         "Subject: one\r\n\r\none\r\n",
@@ -390,7 +391,7 @@ async fn esearch_and_list_status_over_imaplib() {
     let script = r#"
 m = tls()
 caps = check(m.capability())[0].decode().split()
-print("caps", "ESEARCH" in caps, "LIST-EXTENDED" in caps, "LIST-STATUS" in caps)
+print("caps", "ESEARCH" in caps, "SEARCHRES" in caps, "LIST-EXTENDED" in caps, "LIST-STATUS" in caps)
 check(m.select("INBOX"))
 check(m.store("2", "+FLAGS", "(\\Seen)"))
 def esearch(*args):
@@ -403,11 +404,20 @@ print("none", esearch("SEARCH", "RETURN", "(MIN COUNT)", "SUBJECT", "nowhere"))
 print("max-modseq", esearch("UID", "SEARCH", "RETURN", "(MAX)", "MODSEQ", "1"))
 highest = check(m.fetch("4", "(MODSEQ)"))[0].decode()
 print("fetch-modseq", highest)
+# SEARCHRES (RFC 5182): the result kept as $ and used by the next commands.
+typ, dat = m._simple_command("UID", "SEARCH", "RETURN", "(SAVE)", "UNSEEN")
+print("save", typ, m.untagged_responses.pop("ESEARCH", None))
+check(m.uid("STORE", "$", "+FLAGS", "(\\Flagged)"))
+print("flagged", check(m.uid("SEARCH", "FLAGGED"))[0].decode())
+print("saved-and-seen", check(m.search(None, "$", "SEEN")))
+check(m.store("1", "+FLAGS", "(\\Deleted)"))
+check(m.expunge())
+print("saved-fetch", sorted(d.decode() for d in check(m.fetch("$", "(UID)"))))
 try:
-    m._simple_command("SEARCH", "RETURN", "(SAVE)", "ALL")
-    print("save accepted")
+    m._simple_command("SEARCH", "RETURN", "(PARTIAL 1:2)", "ALL")
+    print("partial accepted")
 except m.error as e:
-    print("save BAD", e)
+    print("partial BAD", e)
 check(m.create("Work/2026"))
 check(m.unsubscribe("Work"))
 check(m.subscribe("Work/2026"))
@@ -422,7 +432,7 @@ print("special", sorted(d.decode() for d in m._untagged_response(typ, dat, "LIST
 m.logout()
 "#;
     let out = s.client(0, script, &[]).await;
-    assert!(out.contains("caps True True True"), "{out}");
+    assert!(out.contains("caps True True True True"), "{out}");
     let line = |name: &str| {
         out.lines()
             .find(|l| l.starts_with(name))
@@ -449,8 +459,24 @@ m.logout()
         line("max-modseq").contains(&format!("UID MAX 4 MODSEQ {modseq}'")),
         "{out}"
     );
+    // SAVE alone answers no ESEARCH; $ then named UIDs 1, 3 and 4.
+    assert_eq!(line("save"), "save OK None", "{out}");
+    // (CONDSTORE is on since the MODSEQ search: responses carry mod-sequences.)
     assert!(
-        line("save").contains("Unsupported SEARCH RETURN option"),
+        line("flagged").starts_with("flagged 1 3 4 (MODSEQ"),
+        "{out}"
+    );
+    assert_eq!(line("saved-and-seen"), "saved-and-seen [b'']", "{out}");
+    // Message 1 expunged: $ names UIDs 3 and 4, now messages 2 and 3.
+    let fetched = line("saved-fetch");
+    assert!(
+        fetched.starts_with("saved-fetch ['2 (")
+            && fetched.contains("UID 3)', '3 (")
+            && fetched.ends_with("UID 4)']"),
+        "{out}"
+    );
+    assert!(
+        line("partial").contains("Unsupported SEARCH RETURN option"),
         "{out}"
     );
     assert_eq!(
@@ -460,7 +486,7 @@ m.logout()
     );
     assert_eq!(
         line("status"),
-        "status ['INBOX (MESSAGES 4 UNSEEN 3)', 'Work/2026 (MESSAGES 0 UNSEEN 0)']",
+        "status ['INBOX (MESSAGES 3 UNSEEN 2)', 'Work/2026 (MESSAGES 0 UNSEEN 0)']",
         "{out}"
     );
     assert!(

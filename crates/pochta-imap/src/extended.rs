@@ -23,6 +23,8 @@ pub struct SearchReturn {
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// SEARCHRES (RFC 5182): kept as `$`; alone, no ESEARCH response.
+    pub save: bool,
 }
 
 /// LIST's selection options (RFC 5258 3.1, RFC 6154 3).
@@ -46,24 +48,43 @@ pub struct ListExtended {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Extended {
-    /// A SEARCH, its RETURN clause taken out, and what it returns.
+    /// A SEARCH, its RETURN clause taken out and `$` written as the messages it names;
+    /// `returns` None: a SEARCH response, as without RETURN.
     Search {
         tag: Tag<'static>,
         uid: bool,
         charset: Option<Charset<'static>>,
         criteria: Vec1<SearchKey<'static>>,
-        returns: SearchReturn,
+        returns: Option<SearchReturn>,
     },
     List(ListExtended),
+    /// FETCH, STORE, COPY, MOVE or UID EXPUNGE of `$` (RFC 5182), its messages written in.
+    Saved(Command<'static>),
+    /// The same when `$` names no message: done, doing nothing (RFC 9051 6.4.4.1).
+    Nothing {
+        tag: Tag<'static>,
+        what: &'static str,
+    },
 }
+
+/// The last saved SEARCH result (`$`) as a sequence set, by UID (true) or by message
+/// number; None when it names no message now.
+pub type SavedSet<'a> = &'a dyn Fn(bool) -> Option<String>;
+
+/// A UID no message has (UIDs are below 2^32 - 1 in practice): `$` when it is empty.
+const NO_UID: &str = "4294967295";
+
+/// At most this many `$` in one SEARCH: which of them are search keys (and which strings)
+/// is found by trying, 2^n parses at most.
+const MAX_SAVED_REFERENCES: usize = 3;
 
 /// Reads a command imap-codec refused. None: not one of these extensions' commands (the
 /// caller answers BAD as for any bad syntax); Err: one of them, wrongly written, with the
 /// text of the BAD.
-pub fn parse(command: &[u8]) -> Option<Result<Extended, &'static str>> {
+pub fn parse(command: &[u8], saved: SavedSet<'_>) -> Option<Result<Extended, &'static str>> {
     let mut words = Tokens::new(command);
     let (_, tag_range) = words.next()?;
-    let tag_bytes = &command[tag_range.clone()];
+    let tag_bytes = &command[tag_range];
     let tag = Tag::try_from(tag_bytes).ok()?.into_static();
     let (word, _) = words.next()?;
     let mut uid = false;
@@ -73,32 +94,139 @@ pub fn parse(command: &[u8]) -> Option<Result<Extended, &'static str>> {
     } else {
         word
     };
+    let verb_end = words.at;
     if verb.is(b"SEARCH") {
-        let (word, _) = words.next()?;
-        if !word.is(b"RETURN") {
-            return None;
-        }
-        Some(search(command, tag_bytes, uid, words))
+        search(command, tag_bytes, uid, verb_end, words, saved)
     } else if verb.is(b"LIST") && !uid {
         Some(list(command, tag, tag_bytes, words))
     } else {
-        None
+        let what = [
+            ("FETCH", b"FETCH".as_slice()),
+            ("STORE", b"STORE"),
+            ("COPY", b"COPY"),
+            ("MOVE", b"MOVE"),
+            ("EXPUNGE", b"EXPUNGE"),
+        ]
+        .into_iter()
+        .find(|(_, name)| verb.is(name) && (uid || *name != b"EXPUNGE"))?
+        .0;
+        let (Token::Word(b"$"), at) = words.next()? else {
+            return None;
+        };
+        let set = saved(uid);
+        let mut plain = command[..at.start].to_vec();
+        plain.extend_from_slice(set.as_deref().unwrap_or("1").as_bytes());
+        plain.extend_from_slice(&command[at.end..]);
+        Some(match (decode(&plain), set) {
+            (Some(command), Some(_)) => Ok(Extended::Saved(command)),
+            (Some(_), None) => Ok(Extended::Nothing { tag, what }),
+            (None, _) => Err("Syntax error"),
+        })
     }
 }
 
+/// SEARCH with RETURN options (RFC 4731), `$` (RFC 5182), or both; None: neither.
 fn search(
     command: &[u8],
     tag: &[u8],
     uid: bool,
+    verb_end: usize,
     mut words: Tokens<'_>,
-) -> Result<Extended, &'static str> {
+    saved: SavedSet<'_>,
+) -> Option<Result<Extended, &'static str>> {
+    let mut rest = verb_end;
+    let mut returns = None;
+    if let Some((word, _)) = words.next()
+        && word.is(b"RETURN")
+    {
+        match search_returns(&mut words) {
+            Ok((options, end)) => (returns, rest) = (Some(options), end),
+            Err(why) => return Some(Err(why)),
+        }
+    }
+    let mut plain = Vec::with_capacity(command.len());
+    plain.extend_from_slice(tag);
+    plain.extend_from_slice(if uid { b" UID SEARCH" } else { b" SEARCH" });
+    let keys_at = plain.len();
+    plain.extend_from_slice(&command[rest..]);
+    let references: Vec<std::ops::Range<usize>> = {
+        let mut words = Tokens::new(&plain);
+        words.at = keys_at;
+        std::iter::from_fn(|| words.next())
+            .filter(|(token, _)| *token == Token::Word(b"$"))
+            .map(|(_, range)| range)
+            .collect()
+    };
+    if returns.is_none() && references.is_empty() {
+        return None;
+    }
+    if references.len() > MAX_SAVED_REFERENCES {
+        return Some(Err("Too many $ in one SEARCH"));
+    }
+    let uids = saved(true);
+    let uids = uids.as_deref().unwrap_or(NO_UID);
+    // Each `$` that is a search key becomes `UID <its UIDs>` (or its UIDs after the UID
+    // key); one that is a string stays. The fewest replacements that parse are right: a
+    // key left as `$` never parses, a string replaced still does.
+    let mut masks: Vec<u32> = (0u32..1 << references.len()).collect();
+    masks.sort_by_key(|mask| mask.count_ones());
+    for mask in masks {
+        if mask == 0 && returns.is_none() {
+            // imap-codec has refused it as it is.
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(plain.len() + references.len() * uids.len());
+        let mut from = 0;
+        for (i, range) in references.iter().enumerate() {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            bytes.extend_from_slice(&plain[from..range.start]);
+            let after_uid_key = plain[..range.start]
+                .strip_suffix(b" ")
+                .is_some_and(|before| {
+                    before.len() >= keys_at + 3
+                        && before[before.len() - 3..].eq_ignore_ascii_case(b"UID")
+                        && matches!(before[before.len() - 4], b' ' | b'(')
+                });
+            if !after_uid_key {
+                bytes.extend_from_slice(b"UID ");
+            }
+            bytes.extend_from_slice(uids.as_bytes());
+            from = range.end;
+        }
+        bytes.extend_from_slice(&plain[from..]);
+        if let Some(Command {
+            tag,
+            body:
+                CommandBody::Search {
+                    charset,
+                    criteria,
+                    uid,
+                },
+        }) = decode(&bytes)
+        {
+            return Some(Ok(Extended::Search {
+                tag,
+                uid,
+                charset,
+                criteria,
+                returns,
+            }));
+        }
+    }
+    Some(Err("Syntax error in SEARCH keys"))
+}
+
+/// RETURN's options, the words after RETURN; with where they end.
+fn search_returns(words: &mut Tokens<'_>) -> Result<(SearchReturn, usize), &'static str> {
     const BAD: &str = "Invalid SEARCH RETURN options";
     if words.next().map(|(t, _)| t) != Some(Token::Open) {
         return Err(BAD);
     }
     let mut returns = SearchReturn::default();
     let mut any = false;
-    let rest = loop {
+    let end = loop {
         match words.next().ok_or(BAD)? {
             (Token::Close, range) => break range.end,
             (Token::Word(option), _) => {
@@ -108,6 +236,7 @@ fn search(
                     b"MAX" => returns.max = true,
                     b"ALL" => returns.all = true,
                     b"COUNT" => returns.count = true,
+                    b"SAVE" => returns.save = true,
                     _ => return Err("Unsupported SEARCH RETURN option"),
                 }
             }
@@ -117,28 +246,7 @@ fn search(
     if !any {
         returns.all = true;
     }
-    let mut plain = Vec::with_capacity(command.len());
-    plain.extend_from_slice(tag);
-    plain.extend_from_slice(if uid { b" UID SEARCH" } else { b" SEARCH" });
-    plain.extend_from_slice(&command[rest..]);
-    match decode(&plain) {
-        Some(Command {
-            tag,
-            body:
-                CommandBody::Search {
-                    charset,
-                    criteria,
-                    uid,
-                },
-        }) => Ok(Extended::Search {
-            tag,
-            uid,
-            charset,
-            criteria,
-            returns,
-        }),
-        _ => Err("Syntax error in SEARCH keys"),
-    }
+    Ok((returns, end))
 }
 
 fn list(
@@ -362,17 +470,25 @@ impl<'a> Tokens<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imap_next::imap_types::sequence::SequenceSet;
+
+    /// Parsed with `$` naming UIDs 3 and 5, messages 2 and 3.
+    fn parse_(command: &[u8]) -> Option<Result<Extended, &'static str>> {
+        parse(command, &|uid| {
+            Some(if uid { "3,5" } else { "2:3" }.to_owned())
+        })
+    }
 
     struct Searched {
         tag: Tag<'static>,
         uid: bool,
         charset: Option<Charset<'static>>,
         criteria: Vec1<SearchKey<'static>>,
-        returns: SearchReturn,
+        returns: Option<SearchReturn>,
     }
 
     fn search_of(line: &[u8]) -> Searched {
-        match parse(line) {
+        match parse_(line) {
             Some(Ok(Extended::Search {
                 tag,
                 uid,
@@ -391,7 +507,7 @@ mod tests {
     }
 
     fn list_of(line: &[u8]) -> ListExtended {
-        match parse(line) {
+        match parse_(line) {
             Some(Ok(Extended::List(list))) => list,
             other => panic!("not a list: {other:?}"),
         }
@@ -403,11 +519,11 @@ mod tests {
         assert_eq!(search.tag.as_ref(), "A1");
         assert_eq!(
             search.returns,
-            SearchReturn {
+            Some(SearchReturn {
                 min: true,
                 count: true,
                 ..SearchReturn::default()
-            }
+            })
         );
         assert!(search.uid);
         assert_eq!(search.criteria.as_ref(), &[SearchKey::Unseen]);
@@ -417,10 +533,10 @@ mod tests {
             search_of(b"b search return () CHARSET UTF-8 (OR SUBJECT {4}\r\n(hi) FROM x)\r\n");
         assert_eq!(
             search.returns,
-            SearchReturn {
+            Some(SearchReturn {
                 all: true,
                 ..SearchReturn::default()
-            }
+            })
         );
         assert!(!search.uid);
         assert!(search.charset.is_some());
@@ -430,26 +546,26 @@ mod tests {
     #[test]
     fn bad_search_returns_are_told_apart_from_other_commands() {
         assert_eq!(
-            parse(b"A SEARCH RETURN (SAVE) ALL\r\n"),
+            parse_(b"A SEARCH RETURN (PARTIAL 1:10) ALL\r\n"),
             Some(Err("Unsupported SEARCH RETURN option"))
         );
         assert_eq!(
-            parse(b"A SEARCH RETURN (MIN ALL\r\n"),
+            parse_(b"A SEARCH RETURN (MIN ALL\r\n"),
             Some(Err("Invalid SEARCH RETURN options"))
         );
         assert_eq!(
-            parse(b"A SEARCH RETURN (MIN) NOSUCHKEY\r\n"),
+            parse_(b"A SEARCH RETURN (MIN) NOSUCHKEY\r\n"),
             Some(Err("Syntax error in SEARCH keys"))
         );
         assert_eq!(
-            parse(b"A SEARCH RETURN (MIN)\r\n"),
+            parse_(b"A SEARCH RETURN (MIN)\r\n"),
             Some(Err("Syntax error in SEARCH keys"))
         );
         // Not these extensions: the caller's plain BAD.
-        assert_eq!(parse(b"A SEARCH NOSUCHKEY\r\n"), None);
-        assert_eq!(parse(b"A FETCH x\r\n"), None);
-        assert_eq!(parse(b"\r\n"), None);
-        assert_eq!(parse(b"+ SEARCH RETURN () ALL\r\n"), None);
+        assert_eq!(parse_(b"A SEARCH NOSUCHKEY\r\n"), None);
+        assert_eq!(parse_(b"A FETCH x\r\n"), None);
+        assert_eq!(parse_(b"\r\n"), None);
+        assert_eq!(parse_(b"+ SEARCH RETURN () ALL\r\n"), None);
     }
 
     #[test]
@@ -519,12 +635,100 @@ mod tests {
             (b"L LIST \"\" \"a\r\n", "Invalid LIST arguments"),
         ] {
             assert_eq!(
-                parse(line),
+                parse_(line),
                 Some(Err(why)),
                 "{}",
                 String::from_utf8_lossy(line)
             );
         }
-        assert_eq!(parse(b"L UID LIST \"\" *\r\n"), None);
+        assert_eq!(parse_(b"L UID LIST \"\" *\r\n"), None);
+    }
+
+    #[test]
+    fn saved_results_are_written_in_where_a_set_or_a_key_goes() {
+        let uid_set = |text: &str| SequenceSet::try_from(text).unwrap();
+        // FETCH, STORE, COPY, MOVE, UID EXPUNGE: by message number or by UID.
+        for (line, expected) in [
+            (&b"f FETCH $ (FLAGS)\r\n"[..], "2:3"),
+            (b"f UID FETCH $ (FLAGS)\r\n", "3,5"),
+            (b"f STORE $ +FLAGS (\\Seen)\r\n", "2:3"),
+            (b"f UID COPY $ Archive\r\n", "3,5"),
+            (b"f MOVE $ $\r\n", "2:3"),
+            (b"f UID EXPUNGE $\r\n", "3,5"),
+        ] {
+            let Some(Ok(Extended::Saved(command))) = parse_(line) else {
+                panic!("{}", String::from_utf8_lossy(line));
+            };
+            let set = match command.body {
+                CommandBody::Fetch { sequence_set, .. }
+                | CommandBody::Store { sequence_set, .. }
+                | CommandBody::Copy { sequence_set, .. }
+                | CommandBody::ExpungeUid { sequence_set } => sequence_set,
+                CommandBody::Move {
+                    sequence_set,
+                    mailbox,
+                    ..
+                } => {
+                    // The second `$` is the mailbox's name.
+                    assert_eq!(mailbox, Mailbox::try_from("$").unwrap());
+                    sequence_set
+                }
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(set, uid_set(expected));
+        }
+        // An empty `$` does nothing, once the rest is known to be right.
+        let nothing = |line: &[u8]| parse(line, &|_| None);
+        assert_eq!(
+            nothing(b"n FETCH $ FLAGS\r\n"),
+            Some(Ok(Extended::Nothing {
+                tag: Tag::try_from("n").unwrap(),
+                what: "FETCH"
+            }))
+        );
+        assert_eq!(
+            nothing(b"n FETCH $ (NOSUCH)\r\n"),
+            Some(Err("Syntax error"))
+        );
+        assert_eq!(parse_(b"n EXPUNGE $\r\n"), None);
+        assert_eq!(parse_(b"n FETCH 1 $\r\n"), None);
+
+        // In SEARCH, `$` as a key is `UID <set>`, after the UID key its set; as a string it
+        // stays.
+        let key = |line: &[u8]| search_of(line).criteria.into_inner();
+        assert_eq!(key(b"s SEARCH $\r\n"), vec![SearchKey::Uid(uid_set("3,5"))]);
+        assert_eq!(
+            key(b"s SEARCH UID $ SUBJECT $ OR $ (SEEN)\r\n"),
+            vec![
+                SearchKey::Uid(uid_set("3,5")),
+                SearchKey::Subject("$".try_into().unwrap()),
+                SearchKey::Or(
+                    Box::new(SearchKey::Uid(uid_set("3,5"))),
+                    Box::new(SearchKey::And(vec![SearchKey::Seen].try_into().unwrap()))
+                ),
+            ]
+        );
+        let search = search_of(b"s UID SEARCH RETURN (SAVE MIN) $ TEXT \"$\"\r\n");
+        assert!(search.returns.is_some_and(|r| r.save && r.min));
+        let criteria = search.criteria.into_inner();
+        assert_eq!(criteria[0], SearchKey::Uid(uid_set("3,5")));
+        assert!(
+            matches!(&criteria[1], SearchKey::Text(text) if text.as_ref() == b"$"),
+            "{criteria:?}"
+        );
+        // Empty: a UID no message has.
+        let Some(Ok(Extended::Search { criteria, .. })) = parse(b"s SEARCH $\r\n", &|_| None)
+        else {
+            panic!()
+        };
+        assert_eq!(criteria.into_inner(), vec![SearchKey::Uid(uid_set(NO_UID))]);
+        assert_eq!(
+            parse_(b"s SEARCH $ $ $ $\r\n"),
+            Some(Err("Too many $ in one SEARCH"))
+        );
+        assert_eq!(
+            parse_(b"s SEARCH $ NOSUCH\r\n"),
+            Some(Err("Syntax error in SEARCH keys"))
+        );
     }
 }

@@ -33,6 +33,7 @@ use crate::extended::{self, Extended, ListSelect, SearchReturn};
 use crate::fetch;
 use crate::names::{self, DELIMITER};
 use crate::search;
+use crate::uids::Uids;
 use crate::view::{Changes, MailboxSummary, Message, View, fetch_data, nonzero};
 
 /// What a session may do, decided per connection.
@@ -636,6 +637,7 @@ impl Session {
                     Capability::from(atom("SPECIAL-USE")),
                     // extended.rs
                     Capability::from(atom("ESEARCH")),
+                    Capability::from(atom("SEARCHRES")),
                     Capability::from(atom("LIST-EXTENDED")),
                     Capability::from(atom("LIST-STATUS")),
                 ]);
@@ -1023,8 +1025,9 @@ impl Session {
     /// A command of an extension imap-codec does not parse, in the state it arrived in.
     fn extended(&mut self, command: Extended) {
         let tag = match &command {
-            Extended::Search { tag, .. } => tag,
+            Extended::Search { tag, .. } | Extended::Nothing { tag, .. } => tag,
             Extended::List(list) => &list.tag,
+            Extended::Saved(command) => &command.tag,
         };
         let tag = tag.clone();
         match (&self.state, command) {
@@ -1039,8 +1042,14 @@ impl Session {
                     criteria,
                     returns,
                 },
-            ) => self.search(tag, charset, criteria, uid, Some(returns)),
-            (_, Extended::Search { .. }) => self.bad(Some(tag), "No mailbox selected"),
+            ) => self.search(tag, charset, criteria, uid, returns),
+            (State::Selected(_), Extended::Nothing { tag, what }) => {
+                self.ok(tag, &format!("{what} completed"));
+            }
+            (_, Extended::Search { .. } | Extended::Nothing { .. }) => {
+                self.bad(Some(tag), "No mailbox selected")
+            }
+            (_, Extended::Saved(command)) => self.command(command),
             (_, Extended::List(list)) => self.list(
                 list.tag,
                 &list.reference,
@@ -1052,6 +1061,18 @@ impl Session {
                 },
             ),
         }
+    }
+
+    /// The messages of the saved SEARCH result (`$`, RFC 5182) still in the mailbox, as a
+    /// sequence set of UIDs or of message numbers; None if there are none.
+    fn saved_set(&self, uid: bool) -> Option<String> {
+        let view = self.view()?;
+        let values = view.saved.iter().filter_map(|u| {
+            let place = view.index_of_uid(u)?;
+            Some(if uid { u } else { place as u32 + 1 })
+        });
+        let text = set_text(values);
+        (!text.is_empty()).then_some(text)
     }
 
     fn view(&self) -> Option<&View> {
@@ -1807,6 +1828,32 @@ impl Session {
             self.send_data(Data::Search(numbers, modseq));
             return self.ok(search.tag, "SEARCH completed");
         };
+        if returns.save {
+            // RFC 9051 6.4.4.1: with MIN or MAX and neither ALL nor COUNT, only those.
+            let uids: Vec<u32> = if (returns.min || returns.max) && !(returns.all || returns.count)
+            {
+                let ends = matched.first().zip(matched.last());
+                ends.map(|(first, last)| {
+                    [
+                        Some(first.1).filter(|_| returns.min),
+                        Some(last.1).filter(|_| returns.max),
+                    ]
+                })
+                .into_iter()
+                .flatten()
+                .flatten()
+                .collect()
+            } else {
+                matched.iter().map(|m| m.1).collect()
+            };
+            if let Some(view) = self.view_mut() {
+                view.saved = Uids::new(uids);
+            }
+            if !(returns.min || returns.max || returns.all || returns.count) {
+                // SAVE alone: no ESEARCH response.
+                return self.ok(search.tag, "SEARCH completed");
+            }
+        }
         // RFC 4731 3.1: MIN, MAX and ALL only when something matched; COUNT always.
         let mut line = format!("* ESEARCH (TAG \"{}\")", search.tag.as_ref());
         if search.uid {
@@ -1825,18 +1872,7 @@ impl Session {
             line.push_str(&format!(" COUNT {}", matched.len()));
         }
         if returns.all && !matched.is_empty() {
-            let all = runs(matched.iter().map(number))
-                .iter()
-                .map(|&(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}:{b}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-            line.push_str(&format!(" ALL {all}"));
+            line.push_str(&format!(" ALL {}", set_text(matched.iter().map(number))));
         }
         match (modseq, ends) {
             // RFC 7162 3.1.5: with MIN or MAX alone, the mod-sequence of the messages
@@ -1930,7 +1966,8 @@ impl Session {
                 let view = View {
                     mailbox: summary,
                     read_only,
-                    uids: crate::uids::Uids::new(uids),
+                    uids: Uids::new(uids),
+                    saved: Uids::default(),
                 };
                 let Some(resync) = resync else {
                     self.state = State::Selected(view);
@@ -2161,6 +2198,12 @@ impl Session {
                 | Answer::Found(Err(failure))
                 | Answer::Messages(Err(failure)),
             ) => {
+                // RFC 9051 6.4.4.1: a SEARCH that was to save and failed empties `$`.
+                if pending.saves()
+                    && let Some(view) = self.view_mut()
+                {
+                    view.saved = Uids::default();
+                }
                 if let Some(tag) = pending.tag() {
                     self.failure(tag, failure);
                 }
@@ -2414,7 +2457,7 @@ impl Session {
             | ServerError::MalformedMessage { discarded_bytes } => {
                 let bytes = discarded_bytes.declassify();
                 // What imap-codec has no grammar for (extended.rs).
-                let why = match extended::parse(bytes) {
+                let why = match extended::parse(bytes, &|uid| self.saved_set(uid)) {
                     Some(Ok(command)) => return self.extended(command),
                     Some(Err(why)) => why,
                     None => "Syntax error",
@@ -2437,6 +2480,16 @@ impl Session {
 }
 
 impl Pending {
+    /// A SEARCH with RETURN (SAVE).
+    fn saves(&self) -> bool {
+        match self {
+            Pending::Search { search, .. }
+            | Pending::SearchMeta { search, .. }
+            | Pending::SearchFound { search } => search.returns.is_some_and(|r| r.save),
+            _ => false,
+        }
+    }
+
     fn tag(self) -> Option<Tag<'static>> {
         Some(match self {
             Pending::Login { tag, .. }
@@ -2527,6 +2580,21 @@ pub(crate) fn range_set(ranges: &[(u32, u32)]) -> Option<SequenceSet> {
         })
         .collect();
     SequenceSet::try_from(text.join(",").as_str()).ok()
+}
+
+/// Numbers as a sequence set ("1:3,7"); empty when there are none.
+fn set_text(values: impl IntoIterator<Item = u32>) -> String {
+    runs(values)
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}:{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Do the STATUS items need the deleted messages counted (a scan of the mailbox)?

@@ -63,6 +63,9 @@ pub struct View {
     pub read_only: bool,
     /// Ascending; a message's sequence number is its place here plus one.
     pub uids: Uids,
+    /// The last saved SEARCH result (`$`, RFC 5182), by UID; emptied with each SELECT.
+    /// Expunged messages stay here and are skipped where `$` is used.
+    pub saved: Uids,
 }
 
 /// A sequence set that names messages that do not exist (RFC 9051 6.4.4: a BAD).
@@ -269,6 +272,7 @@ mod tests {
             },
             read_only: false,
             uids: Uids::new(uids.to_vec()),
+            saved: Uids::default(),
         }
     }
 

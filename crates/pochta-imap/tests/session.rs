@@ -1282,9 +1282,9 @@ fn esearch_returns_what_was_asked_and_the_modseq_of_min_or_max() {
     request(c.send("e6 SEARCH ALL\r\n"));
     let out = answer(&mut c, Answer::Found(Ok(decided(&[(4, 3)]))));
     assert!(out.starts_with("* SEARCH 2 (MODSEQ 3)\r\n"), "{out}");
-    // Bad options get BAD with the reason; SEARCHRES's SAVE is not offered.
+    // Bad options get BAD with the reason.
     assert_eq!(
-        c.cmd("e7 SEARCH RETURN (SAVE) ALL"),
+        c.cmd("e7 SEARCH RETURN (PARTIAL 1:5) ALL"),
         "e7 BAD Unsupported SEARCH RETURN option\r\n"
     );
     assert_eq!(
@@ -1307,7 +1307,7 @@ fn esearch_needs_a_selected_mailbox() {
     );
     assert!(
         c.cmd("c CAPABILITY")
-            .contains(" ESEARCH LIST-EXTENDED LIST-STATUS ")
+            .contains(" ESEARCH SEARCHRES LIST-EXTENDED LIST-STATUS ")
     );
 }
 
@@ -1416,5 +1416,78 @@ fn list_extended_selects_matches_many_patterns_and_tells_status() {
     assert_eq!(
         c.cmd("l7 LIST \"\" * RETURN (STATUS (BOGUS))"),
         "l7 BAD Invalid STATUS items\r\n"
+    );
+}
+
+#[test]
+fn a_saved_search_result_is_used_as_dollar_until_the_next_select() {
+    let mut c = selected(false);
+    // SAVE alone: no ESEARCH response (RFC 9051 6.4.4).
+    request(c.send("r1 UID SEARCH RETURN (SAVE) UNSEEN\r\n"));
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(4, 3), (7, 3)]))));
+    assert_eq!(out, "r1 OK SEARCH completed\r\n");
+    // `$` as FETCH's set (messages 2 and 3), and as a search key.
+    assert_eq!(
+        request(c.send("r2 FETCH $ (FLAGS)\r\n")),
+        Request::Messages {
+            mailbox_id: 1,
+            uids: vec![4, 7]
+        }
+    );
+    let named = inbox().into_iter().filter(|m| m.uid != 2).collect();
+    let out = answer(&mut c, Answer::Messages(Ok(named)));
+    assert!(
+        out.contains("* 2 FETCH (FLAGS (\\Flagged))") && !out.contains("* 1 FETCH"),
+        "{out}"
+    );
+    let Request::Search { key, .. } = request(c.send("r3 SEARCH $ SEEN\r\n")) else {
+        panic!("not a search")
+    };
+    assert!(format!("{key:?}").contains("Uid(SequenceSet([Single(Value(4)), Single(Value(7))]"));
+    answer(&mut c, Answer::Found(Ok(decided(&[(7, 3)]))));
+    // SAVE with MIN alone keeps the lowest only; UID EXPUNGE $ removes it.
+    request(c.send("r4 SEARCH RETURN (SAVE MIN) ALL\r\n"));
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(2, 3), (7, 3)]))));
+    assert!(out.starts_with("* ESEARCH (TAG \"r4\") MIN 1\r\n"), "{out}");
+    assert_eq!(
+        request(c.send("r5 UID EXPUNGE $\r\n")),
+        Request::Expunge {
+            mailbox_id: 1,
+            uids: Some(vec![2])
+        }
+    );
+    let out = answer(&mut c, Answer::Expunged(Ok(vec![2])));
+    assert!(out.starts_with("* 1 EXPUNGE\r\n"), "{out}");
+    // What `$` named is gone: it names nothing now, and a command of it does nothing.
+    assert_eq!(
+        c.cmd("r6 STORE $ +FLAGS (\\Seen)"),
+        "r6 OK STORE completed\r\n"
+    );
+    // A saving SEARCH that fails empties `$`.
+    request(c.send("r7 UID SEARCH RETURN (SAVE) ALL\r\n"));
+    answer(&mut c, Answer::Found(Ok(decided(&[(4, 3)]))));
+    request(c.send("r8 UID SEARCH RETURN (SAVE) ALL\r\n"));
+    assert!(answer(&mut c, Answer::Found(Err(Failure::Temporary))).starts_with("r8 NO"));
+    assert_eq!(c.cmd("r9 UID FETCH $ FLAGS"), "r9 OK FETCH completed\r\n");
+    // A new SELECT starts with `$` empty.
+    request(c.send("r10 UID SEARCH RETURN (SAVE) ALL\r\n"));
+    answer(&mut c, Answer::Found(Ok(decided(&[(4, 3)]))));
+    request(c.send("r11 SELECT INBOX\r\n"));
+    answer(
+        &mut c,
+        Answer::Selected(Ok((mailbox(1, "INBOX"), vec![2, 4, 7]))),
+    );
+    assert_eq!(c.cmd("r12 FETCH $ FLAGS"), "r12 OK FETCH completed\r\n");
+    let Request::Search { key, .. } = request(c.send("r13 SEARCH $\r\n")) else {
+        panic!("not a search")
+    };
+    // An empty `$` names no message.
+    assert_eq!(format!("{key:?}"), "And([Not(All)]+)");
+    answer(&mut c, Answer::Found(Ok(Found::default())));
+    // Outside a selected mailbox `$` names nothing to act on.
+    c.cmd("r14 UNSELECT");
+    assert_eq!(
+        c.cmd("r15 FETCH $ FLAGS"),
+        "r15 BAD No mailbox selected\r\n"
     );
 }
