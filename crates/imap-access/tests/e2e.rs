@@ -377,7 +377,7 @@ print("keyword", check(watcher.search(None, "KEYWORD", "$Work"))[0].decode())
 
 /// ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and LIST-EXTENDED with LIST-STATUS (RFC 5258,
 /// 5819), commands the pinned parser has no grammar for, answered from the store for
-/// Python's imaplib.
+/// Python's imaplib; then a session that enables IMAP4rev2.
 #[tokio::test]
 async fn esearch_searchres_and_list_status_over_imaplib() {
     let s = stack().await;
@@ -429,6 +429,15 @@ typ, dat = m._simple_command("LIST", "(SUBSCRIBED RECURSIVEMATCH)", '""', "%")
 print("subscribed", sorted(d.decode() for d in m._untagged_response(typ, dat, "LIST")[1]))
 typ, dat = m._simple_command("LIST", "(SPECIAL-USE)", '""', "*")
 print("special", sorted(d.decode() for d in m._untagged_response(typ, dat, "LIST")[1]))
+m.logout()
+# An IMAP4rev2 session (RFC 9051): no RECENT, ESEARCH for every SEARCH.
+m = tls()
+typ, dat = m._simple_command("ENABLE", "IMAP4rev2")
+print("rev2-enabled", m._untagged_response(typ, dat, "ENABLED")[1])
+m.untagged_responses.clear()
+check(m.select("INBOX"))
+print("rev2-recent", "RECENT" in m.untagged_responses)
+print("rev2-search", esearch("UID", "SEARCH", "UNSEEN"))
 m.logout()
 "#;
     let out = s.client(0, script, &[]).await;
@@ -494,6 +503,9 @@ m.logout()
             .contains("'(\\\\HasChildren) \"/\" Work (\"CHILDINFO\" (\"SUBSCRIBED\"))'"),
         "{out}"
     );
+    assert_eq!(line("rev2-enabled"), "rev2-enabled [b'IMAP4rev2']", "{out}");
+    assert_eq!(line("rev2-recent"), "rev2-recent False", "{out}");
+    assert!(line("rev2-search").contains("UID ALL 3:4'"), "{out}");
     let special = line("special");
     assert!(
         special.contains("Sent") && special.contains("Trash") && !special.contains("INBOX"),

@@ -78,6 +78,10 @@ const NO_UID: &str = "4294967295";
 /// is found by trying, 2^n parses at most.
 const MAX_SAVED_REFERENCES: usize = 3;
 
+/// The longest command read here. It is copied (and a SEARCH with `$` parsed up to eight
+/// times), so a command of a literal's size is refused; these commands are a line or two.
+pub const MAX_COMMAND: usize = 64 * 1024;
+
 /// Reads a command imap-codec refused. None: not one of these extensions' commands (the
 /// caller answers BAD as for any bad syntax); Err: one of them, wrongly written, with the
 /// text of the BAD.
@@ -95,6 +99,12 @@ pub fn parse(command: &[u8], saved: SavedSet<'_>) -> Option<Result<Extended, &'s
         word
     };
     let verb_end = words.at;
+    let ours = [
+        "SEARCH", "LIST", "FETCH", "STORE", "COPY", "MOVE", "EXPUNGE",
+    ];
+    if command.len() > MAX_COMMAND && ours.iter().any(|name| verb.is(name.as_bytes())) {
+        return Some(Err("Command too long"));
+    }
     if verb.is(b"SEARCH") {
         search(command, tag_bytes, uid, verb_end, words, saved)
     } else if verb.is(b"LIST") && !uid {
@@ -642,6 +652,11 @@ mod tests {
             );
         }
         assert_eq!(parse_(b"L UID LIST \"\" *\r\n"), None);
+        // A literal's worth of command is not copied and parsed again.
+        let mut long = b"L SEARCH RETURN (MIN) TEXT {70000}\r\n".to_vec();
+        long.resize(long.len() + 70_000, b'x');
+        long.extend_from_slice(b"\r\n");
+        assert_eq!(parse_(&long), Some(Err("Command too long")));
     }
 
     #[test]

@@ -464,6 +464,8 @@ pub struct Session {
     condstore: bool,
     /// ENABLE QRESYNC (RFC 7162 3.2.3): expunges are told as VANISHED.
     qresync: bool,
+    /// ENABLE IMAP4rev2 (RFC 9051 6.3.1): SEARCH answers ESEARCH, no RECENT response.
+    rev2: bool,
     idling: Option<Tag<'static>>,
     /// AUTHENTICATE waiting for the client's response to its continuation.
     sasl_tag: Option<Tag<'static>>,
@@ -538,6 +540,7 @@ impl Session {
             errors: 0,
             condstore: false,
             qresync: false,
+            rev2: false,
             idling: None,
             sasl_tag: None,
             starttls: false,
@@ -608,7 +611,9 @@ impl Session {
     }
 
     fn capabilities(&self) -> Vec<Capability<'static>> {
-        let mut caps = vec![Capability::Imap4Rev1];
+        // Both: a client that does not ENABLE IMAP4rev2 is served as IMAP4rev1 (RFC 9051
+        // Appendix E).
+        let mut caps = vec![Capability::Imap4Rev1, Capability::from(atom("IMAP4rev2"))];
         match self.state {
             State::NotAuthenticated => {
                 if self.policy.starttls_available && !self.tls {
@@ -787,6 +792,9 @@ impl Session {
                 for cap in capabilities.into_inner() {
                     if cap == CapabilityEnable::CondStore {
                         self.condstore = true;
+                        enabled.push(cap);
+                    } else if cap.to_string().eq_ignore_ascii_case("IMAP4rev2") {
+                        self.rev2 = true;
                         enabled.push(cap);
                     } else if cap.to_string().eq_ignore_ascii_case("QRESYNC") {
                         // RFC 7162 3.2.3: QRESYNC implies CONDSTORE.
@@ -1671,6 +1679,11 @@ impl Session {
         }
         // RFC 7162 3.1.5: a MODSEQ key enables CONDSTORE, so the result carries (MODSEQ n).
         self.condstore |= search::names_modseq(&key);
+        // RFC 9051 6.4.4: an IMAP4rev2 session is answered ESEARCH, ALL when not told.
+        let returns = returns.or(self.rev2.then_some(SearchReturn {
+            all: true,
+            ..SearchReturn::default()
+        }));
         let search = SearchJob {
             tag,
             uid,
@@ -1937,7 +1950,10 @@ impl Session {
             ) => {
                 self.send_data(Data::Flags(SYSTEM_FLAGS.to_vec()));
                 self.send_data(Data::Exists(uids.len() as u32));
-                self.send_data(Data::Recent(0));
+                if !self.rev2 {
+                    // Gone from IMAP4rev2 (RFC 9051 Appendix E); a rev1 client expects it.
+                    self.send_data(Data::Recent(0));
+                }
                 let mut permanent: Vec<FlagPerm<'static>> =
                     SYSTEM_FLAGS.iter().cloned().map(FlagPerm::Flag).collect();
                 permanent.push(FlagPerm::Asterisk);

@@ -1491,3 +1491,49 @@ fn a_saved_search_result_is_used_as_dollar_until_the_next_select() {
         "r15 BAD No mailbox selected\r\n"
     );
 }
+
+#[test]
+fn an_imap4rev2_session_is_answered_esearch_and_no_recent() {
+    let mut c = client(policy(true));
+    let caps = c.cmd("c1 CAPABILITY");
+    assert!(
+        caps.starts_with("* CAPABILITY IMAP4REV1 IMAP4rev2 "),
+        "{caps}"
+    );
+    let mut c = logged_in();
+    // Before ENABLE, an IMAP4rev1 session: SEARCH responses and RECENT.
+    request(c.send("s0 SELECT INBOX\r\n"));
+    let out = answer(
+        &mut c,
+        Answer::Selected(Ok((mailbox(1, "INBOX"), vec![2, 4, 7]))),
+    );
+    assert!(out.contains("* 0 RECENT\r\n"), "{out}");
+    request(c.send("q0 SEARCH ALL\r\n"));
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(2, 3)]))));
+    assert!(out.starts_with("* SEARCH 1\r\n"), "{out}");
+    assert_eq!(
+        c.cmd("e1 ENABLE IMAP4rev2"),
+        "* ENABLED IMAP4rev2\r\ne1 OK ENABLE completed\r\n"
+    );
+    request(c.send("s1 SELECT INBOX\r\n"));
+    let out = answer(
+        &mut c,
+        Answer::Selected(Ok((mailbox(1, "INBOX"), vec![2, 4, 7]))),
+    );
+    assert!(
+        out.contains("* 3 EXISTS\r\n") && !out.contains("RECENT"),
+        "{out}"
+    );
+    request(c.send("q1 UID SEARCH SEEN\r\n"));
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(4, 3), (7, 3)]))));
+    assert_eq!(
+        out,
+        "* ESEARCH (TAG \"q1\") UID ALL 4,7\r\nq1 OK SEARCH completed\r\n"
+    );
+    request(c.send("q2 SEARCH RETURN (COUNT) DELETED\r\n"));
+    let out = answer(&mut c, Answer::Found(Ok(Found::default())));
+    assert!(
+        out.starts_with("* ESEARCH (TAG \"q2\") COUNT 0\r\n"),
+        "{out}"
+    );
+}
