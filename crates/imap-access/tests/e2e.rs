@@ -513,6 +513,47 @@ m.logout()
     );
 }
 
+/// A folder with a non-ASCII name: imapclient (IMAP4rev1) writes it in modified UTF-7, an
+/// IMAP4rev2 session in UTF-8; both reach the same folder, stored in UTF-8.
+#[tokio::test]
+async fn non_ascii_folder_names_in_rev1_and_rev2_sessions() {
+    let s = stack().await;
+    let script = r#"
+from imapclient import IMAPClient
+c = IMAPClient("localhost", port=imaps_port, ssl=True, ssl_context=ctx)
+c.login(user, pw)
+c.create_folder("Входящие/Заметки & планы")
+c.append("Входящие/Заметки & планы", b"Subject: note\r\n\r\nnote\r\n")
+print("rev1", sorted(name for _, _, name in c.list_folders("", "Вход*")))
+print("rev1-status", c.folder_status("Входящие/Заметки & планы", ["MESSAGES"]))
+c.logout()
+m = tls()
+m._simple_command("ENABLE", "IMAP4rev2")
+typ, dat = m._simple_command("LIST", '""', '"Вход*"'.encode())
+print("rev2", sorted(d.decode() for d in m._untagged_response(typ, dat, "LIST")[1]))
+typ, dat = m._simple_command("SELECT", '"Входящие/Заметки & планы"'.encode())
+print("rev2-select", typ, m.untagged_responses.get("EXISTS"))
+m.logout()
+"#;
+    let out = s.client(0, script, &[]).await;
+    assert!(
+        out.contains("rev1 ['Входящие', 'Входящие/Заметки & планы']"),
+        "{out}"
+    );
+    assert!(out.contains("rev1-status {b'MESSAGES': 1}"), "{out}");
+    assert!(
+        out.contains("\"/\" \"Входящие\"") && out.contains("\"/\" \"Входящие/Заметки & планы\""),
+        "{out}"
+    );
+    assert!(out.contains("rev2-select OK [b'1']"), "{out}");
+    let folder =
+        s.db.store()
+            .mailbox(s.account, "Входящие/Заметки & планы")
+            .await
+            .unwrap();
+    assert!(folder.is_some(), "stored in UTF-8");
+}
+
 #[tokio::test]
 async fn append_to_sent_move_to_trash_and_expunge_with_imapclient() {
     let s = stack().await;

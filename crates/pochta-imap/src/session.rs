@@ -506,11 +506,24 @@ fn atom(s: &str) -> Atom<'static> {
     Atom::try_from(s.to_owned()).unwrap_or_else(|_| Atom::unvalidated("X"))
 }
 
-fn mailbox(name: &str) -> Mailbox<'static> {
+/// A stored name as the client reads it: in modified UTF-7 when `utf7` (RFC 3501 5.1.3).
+fn mailbox(name: &str, utf7: bool) -> Mailbox<'static> {
     if name == "INBOX" {
         return Mailbox::Inbox;
     }
-    Mailbox::try_from(name.to_owned()).unwrap_or(Mailbox::Inbox)
+    if utf7 {
+        return Mailbox::try_from(names::to_modified_utf7(name)).unwrap_or(Mailbox::Inbox);
+    }
+    // IMAP4rev2's quoted strings carry UTF-8 (RFC 9051 4.3); imap-types would send a
+    // non-ASCII name as a literal.
+    use imap_next::imap_types::core::{AString, IString};
+    use imap_next::imap_types::extensions::utf8::QuotedUtf8;
+    match QuotedUtf8::try_from(name.to_owned()) {
+        Ok(quoted) if !name.is_ascii() => {
+            Mailbox::from(AString::String(IString::QuotedUtf8(quoted)))
+        }
+        _ => Mailbox::try_from(name.to_owned()).unwrap_or(Mailbox::Inbox),
+    }
 }
 
 fn flag_strings(flags: &[Flag<'_>]) -> Vec<String> {
@@ -853,7 +866,7 @@ impl Session {
                 std::slice::from_ref(&mailbox_wildcard),
                 Listing::plain(true),
             ),
-            CommandBody::Create { mailbox } => match names::mailbox_name(&mailbox) {
+            CommandBody::Create { mailbox } => match names::mailbox_name(&mailbox, !self.rev2) {
                 Some(name) if name == "INBOX" => {
                     self.failure(tag, Failure::AlreadyExists);
                 }
@@ -866,7 +879,7 @@ impl Session {
                 ),
                 None => self.bad(Some(tag), "Invalid mailbox name"),
             },
-            CommandBody::Delete { mailbox } => match names::mailbox_name(&mailbox) {
+            CommandBody::Delete { mailbox } => match names::mailbox_name(&mailbox, !self.rev2) {
                 Some(name) if name == "INBOX" => {
                     self.failure(tag, Failure::Refused("INBOX cannot be deleted".into()))
                 }
@@ -880,7 +893,10 @@ impl Session {
                 None => self.failure(tag, Failure::NoSuchMailbox),
             },
             CommandBody::Rename { from, to } => {
-                match (names::mailbox_name(&from), names::mailbox_name(&to)) {
+                match (
+                    names::mailbox_name(&from, !self.rev2),
+                    names::mailbox_name(&to, !self.rev2),
+                ) {
                     // INBOX always exists; renaming it moves its messages (RFC 9051 6.3.6).
                     (Some(_), Some(t)) if t == "INBOX" => self.failure(tag, Failure::AlreadyExists),
                     (Some(from), Some(to)) => self.run(
@@ -894,7 +910,7 @@ impl Session {
                 }
             }
             CommandBody::Subscribe { mailbox } | CommandBody::Unsubscribe { mailbox }
-                if names::mailbox_name(&mailbox).is_none() =>
+                if names::mailbox_name(&mailbox, !self.rev2).is_none() =>
             {
                 self.bad(Some(tag), "Invalid mailbox name")
             }
@@ -904,7 +920,7 @@ impl Session {
                     what: "SUBSCRIBE",
                 },
                 Request::Subscribe {
-                    name: names::mailbox_name(&mailbox).unwrap_or_default(),
+                    name: names::mailbox_name(&mailbox, !self.rev2).unwrap_or_default(),
                     on: true,
                 },
             ),
@@ -914,7 +930,7 @@ impl Session {
                     what: "UNSUBSCRIBE",
                 },
                 Request::Subscribe {
-                    name: names::mailbox_name(&mailbox).unwrap_or_default(),
+                    name: names::mailbox_name(&mailbox, !self.rev2).unwrap_or_default(),
                     on: false,
                 },
             ),
@@ -929,7 +945,7 @@ impl Session {
             CommandBody::Status {
                 mailbox,
                 item_names,
-            } => match names::mailbox_name(&mailbox) {
+            } => match names::mailbox_name(&mailbox, !self.rev2) {
                 Some(name) => {
                     let deleted = counts_deleted(item_names.as_ref());
                     self.run(
@@ -948,7 +964,7 @@ impl Session {
                 date,
                 message,
             } => {
-                let Some(name) = names::mailbox_name(&mailbox) else {
+                let Some(name) = names::mailbox_name(&mailbox, !self.rev2) else {
                     return self.failure(tag, Failure::NoSuchMailbox);
                 };
                 let content = match message {
@@ -1129,13 +1145,14 @@ impl Session {
         patterns: &[ListMailbox<'_>],
         mut list: Listing,
     ) {
+        let utf7 = !self.rev2;
         let reference = match reference {
             Mailbox::Inbox => "INBOX".to_owned(),
-            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+            Mailbox::Other(o) => names::list_pattern(o.as_ref(), utf7),
         };
         let patterns: Vec<String> = patterns
             .iter()
-            .map(|p| String::from_utf8_lossy(&names::list_text(p)).into_owned())
+            .map(|p| names::list_pattern(&names::list_text(p), utf7))
             .collect();
         if patterns == [""] && list.select == ListSelect::default() {
             // The hierarchy delimiter and root (RFC 9051 6.3.9).
@@ -1196,7 +1213,8 @@ impl Session {
             if !lsub && m.subscribed {
                 items.push(FlagNameAttribute::from(atom("Subscribed")));
             }
-            let (delimiter, mailbox) = (DELIMITER.try_into().ok(), mailbox(&m.name));
+            let delimiter = DELIMITER.try_into().ok();
+            let mailbox = mailbox(&m.name, !self.rev2);
             let data = if lsub {
                 Data::Lsub {
                     items,
@@ -1289,7 +1307,7 @@ impl Session {
                 }
             }
         }
-        match names::mailbox_name(mailbox) {
+        match names::mailbox_name(mailbox, !self.rev2) {
             Some(name) => self.run(
                 Pending::Select {
                     tag,
@@ -1636,7 +1654,7 @@ impl Session {
             Ok(places) => places,
             Err(_) => return self.bad(Some(tag), "Invalid message set"),
         };
-        let Some(to) = names::mailbox_name(target) else {
+        let Some(to) = names::mailbox_name(target, !self.rev2) else {
             return self.failure(tag, Failure::NoSuchMailbox);
         };
         let uids = view.uids_at(&places);
@@ -2267,7 +2285,7 @@ impl Session {
             })
             .collect();
         self.send_data(Data::Status {
-            mailbox: mailbox(&summary.name),
+            mailbox: mailbox(&summary.name, !self.rev2),
             items: data.into(),
         });
     }

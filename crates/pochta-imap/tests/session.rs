@@ -1537,3 +1537,59 @@ fn an_imap4rev2_session_is_answered_esearch_and_no_recent() {
         "{out}"
     );
 }
+
+#[test]
+fn rev1_sessions_name_mailboxes_in_modified_utf7_rev2_sessions_in_utf8() {
+    let mut c = logged_in();
+    // IMAP4rev1 (RFC 3501 5.1.3): names come and go in modified UTF-7; stored in UTF-8.
+    assert_eq!(
+        request(c.send("m1 CREATE &BBIERQQ+BDQETwRJBDgENQ-/A&-B\r\n")),
+        Request::Create {
+            name: "Входящие/A&B".into()
+        }
+    );
+    answer(&mut c, Answer::Done(Ok(())));
+    let list = vec![
+        mailbox(1, "INBOX"),
+        mailbox(2, "Входящие"),
+        mailbox(3, "Входящие/A&B"),
+    ];
+    request(c.send("l1 LIST \"\" &BBIERQ-*\r\n"));
+    let out = answer(&mut c, Answer::Mailboxes(Ok(list.clone())));
+    assert_eq!(
+        out,
+        "* LIST (\\HasChildren \\Subscribed) \"/\" &BBIERQQ+BDQETwRJBDgENQ-\r\n\
+         * LIST (\\HasNoChildren \\Subscribed) \"/\" &BBIERQQ+BDQETwRJBDgENQ-/A&-B\r\n\
+         l1 OK LIST completed\r\n"
+    );
+    assert_eq!(
+        request(c.send("s1 STATUS &BBIERQQ+BDQETwRJBDgENQ- (MESSAGES)\r\n")),
+        Request::Status {
+            name: "Входящие".into(),
+            deleted: false
+        }
+    );
+    let out = answer(
+        &mut c,
+        Answer::Status(Ok((mailbox(2, "Входящие"), Counts::default()))),
+    );
+    assert!(
+        out.starts_with("* STATUS &BBIERQQ+BDQETwRJBDgENQ- (MESSAGES 0)\r\n"),
+        "{out}"
+    );
+    // Not modified UTF-7 (printable ASCII shifted): refused.
+    assert!(c.cmd("m2 CREATE &AGE-").starts_with("m2 BAD"));
+    // IMAP4rev2: UTF-8 both ways.
+    c.cmd("e1 ENABLE IMAP4rev2");
+    assert_eq!(
+        request(c.send("m3 CREATE \"Отправленные\"\r\n")),
+        Request::Create {
+            name: "Отправленные".into()
+        }
+    );
+    answer(&mut c, Answer::Done(Ok(())));
+    request(c.send("l2 LIST \"\" \"Вх*\"\r\n"));
+    let out = answer(&mut c, Answer::Mailboxes(Ok(list)));
+    assert!(out.contains("\"/\" \"Входящие\"\r\n"), "{out}");
+    assert!(out.contains("\"Входящие/A&B\"\r\n"), "{out}");
+}

@@ -130,3 +130,66 @@ async fn maildrops_become_inboxes_keeping_their_pop3_uids() {
     let carol = store.mailbox(accounts[2], "INBOX").await.unwrap().unwrap();
     assert_eq!(carol.uid_next, 1);
 }
+
+/// Migration 17 decodes the mailbox names IMAP4rev1 clients stored in modified UTF-7; what is
+/// not modified UTF-7, or would collide with another name, stays as it was.
+#[tokio::test]
+async fn mailbox_names_written_in_modified_utf7_are_stored_in_utf8() {
+    let db = TestDb::empty().await.unwrap();
+    let store = db.store();
+    store.migrate_to(16).await.unwrap();
+    let old = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    sqlx::query("INSERT INTO domains (name, role) VALUES ('example.org', 'local')")
+        .execute(&old)
+        .await
+        .unwrap();
+    let account: i64 = sqlx::query_scalar(
+        "INSERT INTO accounts (domain, local_part, password_hash)
+         VALUES ('example.org', 'alice', $1) RETURNING id",
+    )
+    .bind(hash)
+    .fetch_one(&old)
+    .await
+    .unwrap();
+    let names = [
+        ("&BBIERQQ+BDQETwRJBDgENQ-", "Входящие"),
+        ("&BBIERQQ+BDQETwRJBDgENQ-/A&-B", "Входящие/A&B"),
+        ("~peter/mail/&U,BTFw-/&ZeVnLIqe-", "~peter/mail/台北/日本語"),
+        ("&2D3c7A- mail", "📬 mail"),
+        ("Plain", "Plain"),
+        // Not modified UTF-7: kept.
+        ("Tom & Jerry", "Tom & Jerry"),
+        ("&AGE-", "&AGE-"),
+        ("&2D0-", "&2D0-"),
+        ("Ünïcode", "Ünïcode"),
+        // Decodes to a name the account has: kept.
+        ("&AOk-t&AOk-", "&AOk-t&AOk-"),
+        ("été", "été"),
+    ];
+    for (stored, _) in names {
+        sqlx::query("INSERT INTO mailboxes (account_id, name) VALUES ($1, $2)")
+            .bind(account)
+            .bind(stored)
+            .execute(&old)
+            .await
+            .unwrap();
+    }
+    old.close().await;
+
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+    for (stored, now) in names {
+        assert!(
+            store.mailbox(account, now).await.unwrap().is_some(),
+            "{stored} should now be {now}"
+        );
+    }
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM mailboxes WHERE account_id = $1")
+        .bind(account)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, names.len() as i64);
+}
