@@ -2,12 +2,13 @@
 //! the header fields it keeps for search) and, for other keys or messages stored without those
 //! fields, over the message's octets. Header fields match as `pochta_mail::header_search`
 //! says (case-folded substrings of the value as stored and decoded); body and text strings as
-//! case-insensitive substrings of the octets, not transfer-decoded.
+//! case-insensitive substrings of the octets or of the text the message holds (its text parts
+//! transfer-decoded and in UTF-8, its header fields' encoded words decoded).
 
 use chrono::{NaiveDate, Utc};
 use imap_next::imap_types::core::Vec1;
 use imap_next::imap_types::search::SearchKey;
-use pochta_mail::header_search::{field_contains, sent_on};
+use pochta_mail::header_search::{decoded_text_contains, field_contains, sent_on};
 
 use crate::fetch::Need;
 use crate::view::{Message, View};
@@ -174,8 +175,12 @@ pub(crate) fn matches(
         SearchKey::To(s) => field_contains(content, b"To", s.as_ref()),
         SearchKey::Subject(s) => field_contains(content, b"Subject", s.as_ref()),
         SearchKey::Header(name, s) => field_contains(content, name.as_ref(), s.as_ref()),
-        SearchKey::Body(s) => contains(body(content), s.as_ref()),
-        SearchKey::Text(s) => contains(content, s.as_ref()),
+        SearchKey::Body(s) => {
+            contains(body(content), s.as_ref()) || decoded_text_contains(content, s.as_ref(), false)
+        }
+        SearchKey::Text(s) => {
+            contains(content, s.as_ref()) || decoded_text_contains(content, s.as_ref(), true)
+        }
         #[allow(unreachable_patterns)]
         _ => false,
     }

@@ -725,9 +725,27 @@ impl Session {
         self.action = Some(Action::Run(request));
     }
 
+    /// A failure of the command; a missing mailbox is NONEXISTENT (RFC 9051 7.1).
     fn failure(&mut self, tag: Tag<'static>, failure: Failure) {
+        self.failure_of(tag, failure, false);
+    }
+
+    /// `target`: the mailbox an APPEND, COPY or MOVE puts messages in, which, missing, the
+    /// client may create and try again (TRYCREATE).
+    fn failure_of(&mut self, tag: Tag<'static>, failure: Failure, target: bool) {
         let status = match failure {
-            Failure::NoSuchMailbox => status_no(tag, Some(Code::TryCreate), "No such mailbox"),
+            Failure::NoSuchMailbox if target => {
+                status_no(tag, Some(Code::TryCreate), "No such mailbox")
+            }
+            Failure::NoSuchMailbox => status_no(
+                tag,
+                Some(Code::Other(
+                    imap_next::imap_types::response::CodeOther::unvalidated(
+                        b"NONEXISTENT".as_slice(),
+                    ),
+                )),
+                "No such mailbox",
+            ),
             Failure::AlreadyExists => status_no(
                 tag,
                 Some(Code::Other(
@@ -2238,8 +2256,9 @@ impl Session {
                 {
                     view.saved = Uids::default();
                 }
+                let target = matches!(pending, Pending::Append { .. } | Pending::Copy { .. });
                 if let Some(tag) = pending.tag() {
-                    self.failure(tag, failure);
+                    self.failure_of(tag, failure, target);
                 }
             }
             (pending, answer) => {

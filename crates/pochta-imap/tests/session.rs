@@ -374,8 +374,15 @@ fn mailbox_management_asks_the_world_and_protects_inbox() {
             on: false
         }
     );
+    // RFC 9051 7.1: NONEXISTENT, except where the client may create it and try again.
     assert!(
-        answer(&mut c, Answer::Done(Err(Failure::NoSuchMailbox))).starts_with("m7 NO [TRYCREATE]")
+        answer(&mut c, Answer::Done(Err(Failure::NoSuchMailbox)))
+            .starts_with("m7 NO [NONEXISTENT]")
+    );
+    request(c.send("m7a APPEND Nowhere {1+}\r\nx\r\n"));
+    assert!(
+        answer(&mut c, Answer::Placed(Err(Failure::NoSuchMailbox)))
+            .starts_with("m7a NO [TRYCREATE]")
     );
     assert_eq!(
         request(c.send(
@@ -1592,4 +1599,39 @@ fn rev1_sessions_name_mailboxes_in_modified_utf7_rev2_sessions_in_utf8() {
     let out = answer(&mut c, Answer::Mailboxes(Ok(list)));
     assert!(out.contains("\"/\" \"Входящие\"\r\n"), "{out}");
     assert!(out.contains("\"Входящие/A&B\"\r\n"), "{out}");
+}
+
+#[test]
+fn body_search_reads_the_text_transfer_decoded() {
+    let mut c = selected(false);
+    // "Привет" in a base64 part: found by BODY, whatever the case of the search string.
+    let encoded = b"Content-Type: text/plain; charset=utf-8\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\n0J/RgNC40LLQtdGC\r\n";
+    let needle = "пРИВЕТ";
+    let command = format!(
+        "b1 SEARCH CHARSET UTF-8 BODY {{{}+}}\r\n{needle}\r\n",
+        needle.len()
+    );
+    let output = c.send(&command);
+    metadata(&mut c, output, &[2, 4, 7]);
+    let mut read = 0;
+    let out = loop {
+        let Request::Contents { entry_ids, .. } = request(c.drain()) else {
+            panic!("expected a content read")
+        };
+        let contents = entry_ids
+            .iter()
+            .map(|&id| match id {
+                400 => (id, encoded.to_vec()),
+                _ => (id, MAIL.to_vec()),
+            })
+            .collect();
+        read += entry_ids.len();
+        c.session.answer(Answer::Contents(Ok(contents)));
+        if read == 3 {
+            assert!(c.drain().is_none());
+            break c.take();
+        }
+    };
+    assert!(out.starts_with("* SEARCH 2\r\n"), "{out}");
 }

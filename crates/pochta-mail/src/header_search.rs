@@ -6,7 +6,7 @@
 
 use chrono::NaiveDate;
 
-use crate::headers::field_values;
+use crate::headers::{field_values, header_fields};
 
 /// A field's searchable text: each occurrence's value unfolded and lower-cased; a value with
 /// encoded words (RFC 2047) or non-ASCII octets also decoded and lower-cased after it. Parts
@@ -54,6 +54,35 @@ pub fn fold(octets: &[u8]) -> String {
 /// in every field present.
 pub fn field_contains(message: &[u8], name: &[u8], needle: &[u8]) -> bool {
     field_text(message, name).is_some_and(|text| text.contains(&fold(needle)))
+}
+
+/// Does the message's text contain the folded search string, read as text rather than as
+/// octets (RFC 9051 6.4.4 matches BODY and TEXT against the message's text)? Each text part
+/// (plain, HTML) transfer-decoded and converted from its charset to UTF-8; with `header`
+/// (TEXT), also every header field's value with its encoded words decoded. The octets as
+/// they are, ASCII case-insensitive, are the caller's first and cheaper test.
+pub fn decoded_text_contains(message: &[u8], needle: &[u8], header: bool) -> bool {
+    let needle = fold(needle);
+    if header {
+        let in_header = header_fields(message).any(|range| {
+            let field = &message[range];
+            memchr::memchr(b':', field)
+                .and_then(|colon| decoded(&field[colon + 1..]))
+                .is_some_and(|text| fold(text.as_bytes()).contains(&needle))
+        });
+        if in_header {
+            return true;
+        }
+    }
+    let Some(parsed) = mail_parser::MessageParser::new().parse(message) else {
+        return false;
+    };
+    parsed.parts.iter().any(|part| match &part.body {
+        mail_parser::PartType::Text(text) | mail_parser::PartType::Html(text) => {
+            fold(text.as_bytes()).contains(&needle)
+        }
+        _ => false,
+    })
 }
 
 /// The value's text with its encoded words decoded, where that could differ from the octets.
@@ -126,6 +155,36 @@ impl SearchFields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_parts_are_searched_decoded_and_in_utf8() {
+        // "Привет, мир" in base64 (UTF-8), quoted-printable (KOI8-R), and 8-bit UTF-8; an
+        // attachment's octets are not text.
+        let mail = "Subject: =?UTF-8?Q?=D0=9E=D1=82=D1=87=D1=91=D1=82?=\r\n\
+            MIME-Version: 1.0\r\n\
+            Content-Type: multipart/mixed; boundary=b\r\n\r\n\
+            --b\r\nContent-Type: text/plain; charset=utf-8\r\n\
+            Content-Transfer-Encoding: base64\r\n\r\n0J/RgNC40LLQtdGCLCDQvNC40YA=\r\n\
+            --b\r\nContent-Type: text/html; charset=koi8-r\r\n\
+            Content-Transfer-Encoding: quoted-printable\r\n\r\n<p>=F0=CF=CB=C1</p>\r\n\
+            --b\r\nContent-Type: text/plain; charset=utf-8\r\n\
+            Content-Transfer-Encoding: 8bit\r\n\r\nЗдравствуйте\r\n\
+            --b\r\nContent-Type: application/octet-stream\r\n\
+            Content-Transfer-Encoding: base64\r\n\r\nc2VjcmV0\r\n--b--\r\n";
+        let mail = mail.as_bytes();
+        assert!(decoded_text_contains(mail, "ПРИВЕТ, мир".as_bytes(), false));
+        assert!(decoded_text_contains(mail, "пока".as_bytes(), false));
+        assert!(decoded_text_contains(
+            mail,
+            "здравствуйте".as_bytes(),
+            false
+        ));
+        assert!(!decoded_text_contains(mail, b"secret", false));
+        // The subject is text for TEXT, not for BODY.
+        assert!(decoded_text_contains(mail, "отчёт".as_bytes(), true));
+        assert!(!decoded_text_contains(mail, "отчёт".as_bytes(), false));
+        assert!(!decoded_text_contains(mail, "nowhere".as_bytes(), true));
+    }
 
     #[test]
     fn fields_match_by_name_and_substring_across_folds() {
