@@ -97,6 +97,7 @@ fn main() -> ExitCode {
                             .clone()
                             .unwrap_or_else(|| settings.hostname.clone()),
                         lifetime: settings.lifetime,
+                        dkim: settings.dkim.clone(),
                     }
                     .run(ctx.shutdown.clone()),
                 )
@@ -164,7 +165,15 @@ fn settings(
         )),
         _ => None,
     };
+    let mail_auth = &ctx.config.mail_auth;
+    let dkim = mail_auth.sign.then(|| {
+        Arc::new(pochta_dkim::DkimSigning::new(
+            ctx.store.clone(),
+            Duration::from_secs(mail_auth.key_cache_secs),
+        ))
+    });
     Ok(Arc::new(worker::Settings {
+        dkim,
         https,
         mta_sts,
         tls_report_period: queue.tls_reports.then_some(queue.tls_report_period_secs),

@@ -319,6 +319,11 @@ impl Worker {
             original: &original,
             ret,
         });
+        // Signed like our users' mail, so a receiver enforcing DMARC for our domain takes it.
+        let content = match &settings.dkim {
+            Some(dkim) => dkim.signed_report(content).await,
+            None => content,
+        };
         let envelope = NewEnvelope {
             quarantine: None,
             requiretls: first.requiretls,

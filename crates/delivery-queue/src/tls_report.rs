@@ -27,6 +27,8 @@ pub struct Reporter {
     pub hostname: String,
     pub organization: String,
     pub lifetime: Duration,
+    /// Signs the reports (RFC 8460 5.3 asks for DKIM), where a domain of ours has keys.
+    pub dkim: Option<std::sync::Arc<pochta_dkim::DkimSigning>>,
 }
 
 impl Reporter {
@@ -75,6 +77,10 @@ impl Reporter {
                 tracing::warn!(%domain, "building the TLS report failed: {e}");
                 return;
             }
+        };
+        let message = match &self.dkim {
+            Some(dkim) => dkim.signed_report(message).await,
+            None => message,
         };
         let mut recipients = Vec::new();
         for address in addresses {

@@ -167,6 +167,8 @@ pub struct Settings {
     pub retry: Backoff,
     /// How addresses that are not an account's own name resolve.
     pub addresses: AddressRules,
+    /// Signs the reports the queue writes (`mail_auth.sign`).
+    pub dkim: Option<Arc<pochta_dkim::DkimSigning>>,
 }
 
 pub struct Metrics {

@@ -520,3 +520,52 @@ async fn held_mail_expires() {
     let detail = store.envelope_detail(id.as_str()).await.unwrap().unwrap();
     assert_eq!(detail.recipients[0].state, RecipientState::Expired);
 }
+
+/// A report is DKIM-signed like our users' mail: From: MAILER-DAEMON@mx.example.org is signed
+/// by example.org, the nearest domain of ours with a key (DMARC's relaxed alignment). dkimpy,
+/// an independent verifier, checks it against the published record; one octet changed fails.
+#[tokio::test]
+async fn reports_are_dkim_signed_by_the_nearest_domain_with_a_key() {
+    let s = setup("").await;
+    let store = s.db.store();
+    let record = pochta_testkit::add_dkim_key(store, "example.org", "reports")
+        .await
+        .unwrap();
+    enqueue(
+        store,
+        "alice@example.org",
+        vec![rcpt("gone@example.org", None)],
+        None,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let reports = maildrop(store, s.alice, 1).await;
+    let report = String::from_utf8(reports[0].clone()).unwrap();
+    assert!(
+        report.contains("DKIM-Signature: v=1; a=ed25519-sha256; s=reports; d=example.org;"),
+        "{report}"
+    );
+    let verify = |text: String| {
+        let record = record.clone();
+        async move {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), text).unwrap();
+            let script = r#"
+import sys, dkim
+message = open(sys.argv[1], "rb").read()
+def dns(name, timeout=5):
+    return sys.argv[2].encode() if name == b"reports._domainkey.example.org." else None
+print("pass" if dkim.verify(message, dnsfunc=dns) else "fail")
+"#;
+            pochta_testkit::python(script, &[file.path().to_str().unwrap(), &record])
+                .await
+                .unwrap()
+                .trim()
+                .to_owned()
+        }
+    };
+    // What the receiver gets: without the fields the local delivery put before it.
+    let sent = report[report.find("DKIM-Signature:").unwrap()..].to_owned();
+    assert_eq!(verify(sent.clone()).await, "pass");
+    assert_eq!(verify(sent.replace("gone@", "gone!")).await, "fail");
+}

@@ -271,6 +271,10 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
     let db = TestDb::new().await.unwrap();
     db.add_account("alice@example.org", "pw").await.unwrap();
     let reports_to = db.add_account("tlsrpt@example.org", "pw").await.unwrap();
+    // The reports come from postmaster@mx.example.org: example.org's key signs them.
+    pochta_testkit::add_dkim_key(db.store(), "example.org", "tls")
+        .await
+        .unwrap();
     remote_db
         .add_account("friend@plain.test", "pw")
         .await
@@ -336,12 +340,17 @@ async fn enforced_policies_need_a_listed_mx_and_a_verified_certificate_and_tls_i
     assert_eq!(cached.policy.mx, ["mx.good.test"]);
     assert!(cached.expires_in_secs > 86_000, "{cached:?}");
 
-    // The TLS reports: one per domain that asked, with its sessions by result.
-    let reports: Vec<serde_json::Value> = maildrop(store, reports_to, 3)
-        .await
-        .iter()
-        .map(|m| tls_report(m))
-        .collect();
+    // The TLS reports: one per domain that asked, with its sessions by result, each
+    // DKIM-signed (RFC 8460 5.3).
+    let mails = maildrop(store, reports_to, 3).await;
+    for mail in &mails {
+        let text = String::from_utf8_lossy(mail);
+        assert!(
+            text.contains("DKIM-Signature: v=1; a=ed25519-sha256; s=tls; d=example.org;"),
+            "{text}"
+        );
+    }
+    let reports: Vec<serde_json::Value> = mails.iter().map(|m| tls_report(m)).collect();
     let of = |domain: &str| {
         reports
             .iter()

@@ -236,6 +236,29 @@ pub fn recipient(address: &str) -> NewRecipient {
     }
 }
 
+/// Gives the local `domain` an active Ed25519 DKIM key under `selector`; returns its DNS
+/// record (`v=DKIM1; k=ed25519; p=...`), to publish at `<selector>._domainkey.<domain>`.
+pub async fn add_dkim_key(store: &Store, domain: &str, selector: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("no Ed25519 key made"))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| anyhow::anyhow!("the Ed25519 key does not read back"))?;
+    let public = pair.public_key().as_ref().to_vec();
+    store
+        .add_dkim_key(&pochta_store::NewDkimKey {
+            domain: domain.into(),
+            selector: selector.into(),
+            algorithm: pochta_store::DkimAlgorithm::Ed25519,
+            private_key: pkcs8.as_ref().to_vec(),
+            public_key: public.clone(),
+        })
+        .await?;
+    let public = base64::engine::general_purpose::STANDARD.encode(public);
+    Ok(format!("v=DKIM1; k=ed25519; p={public}"))
+}
+
 /// A local domain's recipient without DSN parameters: due now, for the local delivery loops.
 pub fn local_recipient(address: &str) -> NewRecipient {
     NewRecipient {

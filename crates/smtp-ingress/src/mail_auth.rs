@@ -7,16 +7,12 @@
 //! decision itself (`dmarc_disposition`) is a pure function, tested without DNS.
 
 use std::borrow::Borrow;
-use std::collections::HashSet;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
-use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
@@ -27,33 +23,13 @@ use mail_auth::{
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use pochta_config::{DmarcAction, MailAuthConfig};
+use pochta_dkim::DkimSigning;
 use pochta_service::cache::TtlCache;
 use pochta_smtp::Message;
-use pochta_store::{DkimAlgorithm, DkimSigningKey, Store};
-use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use pochta_store::Store;
 
 /// Header fields a signature covers when the message has them (RFC 6376 5.4.1's list of
 /// those that matter to a reader, without the trace fields that change in transit).
-const SIGNED_HEADERS: &[&str] = &[
-    "From",
-    "Reply-To",
-    "Subject",
-    "Date",
-    "To",
-    "Cc",
-    "Message-ID",
-    "In-Reply-To",
-    "References",
-    "MIME-Version",
-    "Content-Type",
-    "Content-Transfer-Encoding",
-    "Content-Disposition",
-    "List-Id",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-];
-
-/// What the checks of an arriving message decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Store it with this Authentication-Results header on top (and the quarantine reason).
@@ -99,20 +75,12 @@ fn dmarc_outcome(dkim: &DmarcResult, spf: &DmarcResult) -> DmarcOutcome {
 }
 
 /// One signing key, ready: the selector and algorithm are in its template.
-type Signer = DkimSigner<DkimKey, Done>;
-
-/// Shared by every session of this process.
 pub struct MailAuth {
     config: MailAuthConfig,
     authserv_id: String,
     dns: MessageAuthenticator,
     caches: DnsCaches,
-    store: Store,
-    /// The domains that have an active key, for `key_cache_secs`: a message from any other
-    /// domain (and every message, where no domain has keys) costs no parsing at all.
-    signing_domains: TtlCache<(), Arc<HashSet<String>>>,
-    /// Each domain's active keys, parsed, for `key_cache_secs` (a rotation shows within it).
-    signers: TtlCache<String, Arc<[Signer]>>,
+    signing: DkimSigning,
     results: Counter<u64>,
     /// `check_timeout_ms`, but never past the session's command timeout.
     check_limit: Duration,
@@ -143,9 +111,7 @@ impl MailAuth {
                 ipv6: DnsCache::new(entries),
                 ptr: DnsCache::new(entries),
             },
-            store,
-            signing_domains: TtlCache::new(Duration::from_secs(config.key_cache_secs), 1),
-            signers: TtlCache::new(Duration::from_secs(config.key_cache_secs), 10_000),
+            signing: DkimSigning::new(store, Duration::from_secs(config.key_cache_secs)),
             results: meter
                 .u64_counter("pochta.smtp.authentication.results")
                 .with_description("Authentication results of arriving mail, by method and result")
@@ -167,70 +133,10 @@ impl MailAuth {
         self.config.check_inbound
     }
 
-    /// DKIM-Signature fields for `content` (a message a user of ours submitted), one per
-    /// active key of its From: domain; empty when the domain has none. A store error leaves
-    /// the message unsigned rather than refusing it (logged).
+    /// DKIM-Signature fields for `content` (a message a user of ours submitted); see
+    /// `DkimSigning::signatures`.
     pub async fn signatures(&self, content: &[u8]) -> String {
-        let domains = match self.signing_domains.get(&(), Instant::now()) {
-            Some(domains) => domains,
-            None => match self.store.dkim_signing_domains().await {
-                Ok(domains) => {
-                    let domains = Arc::new(domains.into_iter().collect::<HashSet<_>>());
-                    self.signing_domains
-                        .insert((), domains.clone(), Instant::now());
-                    domains
-                }
-                Err(e) => {
-                    tracing::error!("reading the signing domains failed; sent unsigned: {e}");
-                    return String::new();
-                }
-            },
-        };
-        if domains.is_empty() {
-            return String::new();
-        }
-        let Some(domain) = from_domain(content).filter(|d| domains.contains(d)) else {
-            return String::new();
-        };
-        let signers = match self.signers.get(&domain, Instant::now()) {
-            Some(signers) => signers,
-            None => match self.store.dkim_signing_keys(&domain).await {
-                Ok(keys) => {
-                    let signers: Arc<[Signer]> = keys
-                        .iter()
-                        .filter_map(|key| match signer(&domain, key) {
-                            Ok(signer) => Some(signer),
-                            Err(e) => {
-                                tracing::error!(%domain, selector = %key.selector, "unusable DKIM key: {e}");
-                                None
-                            }
-                        })
-                        .collect();
-                    self.signers
-                        .insert(domain.clone(), signers.clone(), Instant::now());
-                    signers
-                }
-                Err(e) => {
-                    tracing::error!(%domain, "reading DKIM keys failed; sent unsigned: {e}");
-                    return String::new();
-                }
-            },
-        };
-        if signers.is_empty() {
-            return String::new();
-        }
-        // An RSA-2048 signature takes about a millisecond of CPU: this worker's other
-        // sessions move to another thread meanwhile rather than wait behind it.
-        tokio::task::block_in_place(|| {
-            let mut fields = String::new();
-            for signer in signers.iter() {
-                match signer.sign(content) {
-                    Ok(signature) => fields.push_str(&signature.to_header()),
-                    Err(e) => tracing::warn!(%domain, "DKIM signing failed: {e}"),
-                }
-            }
-            fields
-        })
+        self.signing.signatures(content).await
     }
 
     /// SPF for the client and its MAIL FROM (or HELO), DKIM and ARC over `content`, and
@@ -420,40 +326,6 @@ fn dkim_word(result: &DkimResult) -> &'static str {
     }
 }
 
-/// The domain of the message's From: field (its first mailbox), lower-cased. Only that
-/// field is parsed (mail-parser, for its comments, quoting and encodings).
-fn from_domain(content: &[u8]) -> Option<String> {
-    let field = pochta_mail::headers::header_fields(content).find(|f| {
-        content[f.clone()]
-            .split(|b| *b == b':')
-            .next()
-            .is_some_and(|name| name.trim_ascii().eq_ignore_ascii_case(b"from"))
-    })?;
-    let mut only_from = content[field].to_vec();
-    only_from.extend_from_slice(b"\r\n");
-    let headers = mail_parser::MessageParser::new().parse_headers(&only_from)?;
-    let address = headers.from()?.first()?.address()?;
-    let (_, domain) = address.rsplit_once('@')?;
-    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
-}
-
-/// A signer for `domain` with a stored key: relaxed/relaxed canonicalization (survives the
-/// re-folding and white space changes of relays).
-fn signer(domain: &str, key: &DkimSigningKey) -> Result<Signer, mail_auth::Error> {
-    let private = match key.algorithm {
-        DkimAlgorithm::Ed25519 => DkimKey::Ed25519(Ed25519Key::from_pkcs8_der(&key.private_key)?),
-        DkimAlgorithm::Rsa => DkimKey::Rsa(RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(
-            PrivatePkcs8KeyDer::from(key.private_key.as_slice()),
-        ))?),
-    };
-    Ok(DkimSigner::from_key(private)
-        .domain(domain)
-        .selector(key.selector.as_str())
-        .headers(SIGNED_HEADERS.iter().copied())
-        .header_canonicalization(Canonicalization::Relaxed)
-        .body_canonicalization(Canonicalization::Relaxed))
-}
-
 /// The resolver of the checks: the given servers or the system's, each query bounded.
 fn authenticator(
     servers: &[SocketAddr],
@@ -602,16 +474,6 @@ mod tests {
             dmarc_outcome(&DmarcResult::None, &DmarcResult::None),
             DmarcOutcome::Undecided
         );
-    }
-
-    #[test]
-    fn the_from_domain_is_the_first_mailbox_of_from() {
-        assert_eq!(
-            from_domain(b"Subject: x\r\nFrom: A <a@Example.ORG>, b@other.example\r\n\r\nbody"),
-            Some("example.org".into())
-        );
-        assert_eq!(from_domain(b"Subject: none\r\n\r\n"), None);
-        assert_eq!(from_domain(b"From: undisclosed\r\n\r\n"), None);
     }
 
     #[test]
