@@ -142,6 +142,10 @@ proptest! {
             "i UID MOVE 2 Trash\r\n", "j EXPUNGE\r\n", "k IDLE\r\n", "DONE\r\n",
             "l APPEND x {3}\r\n", "m APPEND x {2+}\r\n", "abc", "n LIST \"\" *\r\n",
             "o NOOP\r\n", "p LOGOUT\r\n", "q ENABLE CONDSTORE\r\n", "(", ")", "é", "\r\n", "\n",
+            "r UID SEARCH RETURN (SAVE MIN) UNSEEN\r\n", "s SEARCH RETURN (COUNT ALL) $ ",
+            "t FETCH $ (FLAGS)\r\n", "u UID EXPUNGE $\r\n", " $ ", "v ENABLE IMAP4rev2\r\n",
+            "w LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (% \"&BBIERQ-*\") RETURN (STATUS (MESSAGES))\r\n",
+            "x CREATE &BBIERQQ+BDQETwRJBDgENQ-\r\n", "&-", "&AGE-", "\"Вх\"",
         ]), 0..80),
     ) {
         imap_session(&joined(choices, words));
@@ -200,5 +204,17 @@ proptest! {
     #[test]
     fn dsn_report_on_bytes(data in vec(any::<u8>(), 0..2048)) {
         dsn_report(&data);
+    }
+
+    /// Modified UTF-7 (RFC 3501 5.1.3) both ways: any name comes back as it was, and what
+    /// decodes encodes back to its one spelling.
+    #[test]
+    fn modified_utf7_round_trips(name in "\\PC{0,40}", octets in vec(any::<u8>(), 0..40)) {
+        let encoded = pochta_imap::to_modified_utf7(&name);
+        prop_assert!(encoded.bytes().all(|b| (b' '..=b'~').contains(&b)), "{encoded:?}");
+        prop_assert_eq!(pochta_imap::from_modified_utf7(&encoded), Some(name));
+        if let Some(decoded) = std::str::from_utf8(&octets).ok().and_then(pochta_imap::from_modified_utf7) {
+            prop_assert_eq!(pochta_imap::to_modified_utf7(&decoded), String::from_utf8(octets).unwrap());
+        }
     }
 }

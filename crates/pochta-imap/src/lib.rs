@@ -12,7 +12,9 @@ mod session;
 mod uids;
 mod view;
 
-pub use names::{DELIMITER, mailbox_name, matches as list_matches};
+pub use names::{
+    DELIMITER, from_modified_utf7, mailbox_name, matches as list_matches, to_modified_utf7,
+};
 pub use session::{
     Action, Answer, Contents, Counts, Failure, FlagChange, Found, LoginResult, Policy, Request,
     Session, Streamed,

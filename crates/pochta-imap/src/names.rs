@@ -93,8 +93,8 @@ pub fn to_modified_utf7(name: &str) -> String {
 }
 
 /// A modified UTF-7 name as UTF-8; None if it is not one (octets outside printable ASCII, a
-/// shift not ended by `-`, bad base64 or UTF-16, or printable ASCII shifted, which RFC 3501
-/// 5.1.3 forbids: each name has one spelling).
+/// shift not ended by `-`, bad base64 or UTF-16, or a second spelling: printable ASCII
+/// shifted, or a shift right after another, which RFC 3501 5.1.3 forbids).
 pub fn from_modified_utf7(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_bytes();
@@ -129,7 +129,10 @@ pub fn from_modified_utf7(text: &str) -> Option<String> {
             return None;
         }
         let decoded: String = char::decode_utf16(units).collect::<Result<_, _>>().ok()?;
-        if decoded.chars().any(|c| (' '..='~').contains(&c)) {
+        // One spelling: no printable ASCII shifted, no shift right after another.
+        if decoded.chars().any(|c| (' '..='~').contains(&c))
+            || (after.first() == Some(&b'&') && after.get(1) != Some(&b'-'))
+        {
             return None;
         }
         out.push_str(&decoded);
@@ -251,7 +254,15 @@ mod tests {
         }
         // Not modified UTF-7: unended, bad letters, printable ASCII shifted, a lone
         // surrogate, leftover bits, 8-bit octets.
-        for bad in ["&U,BTF", "&U/BTFw-", "&AGE-", "&2D0-", "&U,BTFx-", "é"] {
+        for bad in [
+            "&U,BTF",
+            "&U/BTFw-",
+            "&AGE-",
+            "&2D0-",
+            "&U,BTFx-",
+            "é",
+            "&AOk-&AOk-",
+        ] {
             assert_eq!(from_modified_utf7(bad), None, "{bad}");
         }
         // A rev1 session's names are decoded; its 8-bit names taken as UTF-8.
