@@ -62,6 +62,26 @@ pub fn field_contains(message: &[u8], name: &[u8], needle: &[u8]) -> bool {
 /// (TEXT), also every header field's value with its encoded words decoded. The octets as
 /// they are, ASCII case-insensitive, are the caller's first and cheaper test.
 pub fn decoded_text_contains(message: &[u8], needle: &[u8], header: bool) -> bool {
+    // An ASCII string is in the octets wherever it is in the text, unless the text is
+    // transfer-encoded (or, for TEXT, in encoded words): only then is the message parsed.
+    let encoded = |words: &[&[u8]]| {
+        words
+            .iter()
+            .any(|word| memchr::memmem::find(message, word).is_some())
+    };
+    if needle.is_ascii()
+        && !encoded(&[
+            b"base64",
+            b"Base64",
+            b"BASE64",
+            b"quoted-printable",
+            b"Quoted-Printable",
+            b"QUOTED-PRINTABLE",
+        ])
+        && !(header && encoded(&[b"=?"]))
+    {
+        return false;
+    }
     let needle = fold(needle);
     if header {
         let in_header = header_fields(message).any(|range| {
