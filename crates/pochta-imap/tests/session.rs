@@ -1289,6 +1289,18 @@ fn esearch_returns_what_was_asked_and_the_modseq_of_min_or_max() {
     request(c.send("e6 SEARCH ALL\r\n"));
     let out = answer(&mut c, Answer::Found(Ok(decided(&[(4, 3)]))));
     assert!(out.starts_with("* SEARCH 2 (MODSEQ 3)\r\n"), "{out}");
+    // A synchronizing literal in the keys: the continuation, then the search.
+    assert!(
+        c.send("e6b SEARCH RETURN (COUNT) SUBJECT {2}\r\n")
+            .is_none()
+    );
+    assert!(c.take().starts_with("+ "));
+    let Request::Search { key, .. } = request(c.send("hi\r\n")) else {
+        panic!("not a search")
+    };
+    assert!(format!("{key:?}").contains("Subject(String(Literal(Literal { data: b\"hi\""));
+    let out = answer(&mut c, Answer::Found(Ok(decided(&[(4, 3)]))));
+    assert!(out.starts_with("* ESEARCH (TAG \"e6b\") COUNT 1"), "{out}");
     // Bad options get BAD with the reason.
     assert_eq!(
         c.cmd("e7 SEARCH RETURN (PARTIAL 1:5) ALL"),
