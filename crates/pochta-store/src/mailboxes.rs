@@ -173,15 +173,11 @@ fn push_search(query: &mut QueryBuilder<Postgres>, mailbox_id: i64, filter: &Mes
     }
 }
 
-/// `Store::mailbox_counts` without the \Deleted counts: the unseen counted in their index,
-/// the rest from the UID index (or a scan, where the planner finds one cheaper); no entry's
-/// flags are read.
-const COUNTS: &str = "SELECT a.messages, u.unseen, NULL::bigint AS deleted, a.size,
+/// `Store::mailbox_counts` without the \Deleted counts: the counters kept on the mailbox's
+/// row (migration 18's triggers), one row read whatever the mailbox holds.
+const COUNTS: &str = "SELECT messages, unseen, NULL::bigint AS deleted, messages_size AS size,
         NULL::bigint AS deleted_size
-    FROM (SELECT count(*) AS messages, coalesce(sum(pop3_size), 0)::bigint AS size
-          FROM maildrop_entries WHERE mailbox_id = $1) a,
-         (SELECT count(*) AS unseen FROM maildrop_entries
-          WHERE mailbox_id = $1 AND NOT ('\\Seen' = ANY (flags))) u";
+    FROM mailboxes WHERE id = $1";
 
 /// `Store::mailbox_counts` with them: one pass over the mailbox's entries.
 const COUNTS_WITH_DELETED: &str = "SELECT count(*) AS messages,
@@ -440,8 +436,8 @@ impl Store {
     }
 
     /// A mailbox's counts (STATUS); those of \Deleted messages only when asked for: they
-    /// read every entry's flags, where the rest can come from indexes (the mailbox's UID
-    /// index carries each size, migration 0013; the unseen have their own, migration 0015).
+    /// read every entry's flags, where the rest are counters on the mailbox's row (migration
+    /// 0018).
     pub async fn mailbox_counts(&self, mailbox_id: i64, deleted: bool) -> Result<MailboxCounts> {
         Ok(sqlx::query_as(counts_statement(deleted))
             .bind(mailbox_id)

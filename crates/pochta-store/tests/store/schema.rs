@@ -193,3 +193,75 @@ async fn mailbox_names_written_in_modified_utf7_are_stored_in_utf8() {
         .unwrap();
     assert_eq!(count, names.len() as i64);
 }
+
+/// Migration 18 counts what each mailbox already holds into its new counters.
+#[tokio::test]
+async fn mailbox_counters_start_from_what_the_mailboxes_hold() {
+    let db = TestDb::empty().await.unwrap();
+    let store = db.store();
+    store.migrate_to(17).await.unwrap();
+    let old = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    sqlx::query("INSERT INTO domains (name, role) VALUES ('example.org', 'local')")
+        .execute(&old)
+        .await
+        .unwrap();
+    let account: i64 = sqlx::query_scalar(
+        "INSERT INTO accounts (domain, local_part, password_hash)
+         VALUES ('example.org', 'alice', $1) RETURNING id",
+    )
+    .bind(hash)
+    .fetch_one(&old)
+    .await
+    .unwrap();
+    let message: i64 = sqlx::query_scalar("INSERT INTO messages (size) VALUES (10) RETURNING id")
+        .fetch_one(&old)
+        .await
+        .unwrap();
+    let mut boxes = Vec::new();
+    for name in ["INBOX", "Work", "Empty"] {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO mailboxes (account_id, name) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(account)
+        .bind(name)
+        .fetch_one(&old)
+        .await
+        .unwrap();
+        boxes.push(id);
+    }
+    // INBOX: five, two of them seen; Work: one, unseen.
+    for (mailbox, uid, seen) in [
+        (boxes[0], 1, true),
+        (boxes[0], 2, false),
+        (boxes[0], 3, true),
+        (boxes[0], 4, false),
+        (boxes[0], 5, false),
+        (boxes[1], 1, false),
+    ] {
+        sqlx::query(
+            "INSERT INTO maildrop_entries (account_id, message_id, header_prefix, pop3_size,
+                 mailbox_id, imap_uid, flags)
+             VALUES ($1, $2, '', 10 + $4, $3, $4, $5)",
+        )
+        .bind(account)
+        .bind(message)
+        .bind(mailbox)
+        .bind(uid)
+        .bind(if seen { vec!["\\Seen"] } else { vec![] })
+        .execute(&old)
+        .await
+        .unwrap();
+    }
+    old.close().await;
+
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+    let counts = |id| async move {
+        let c = store.mailbox_counts(id, false).await.unwrap();
+        (c.messages, c.unseen, c.size)
+    };
+    assert_eq!(counts(boxes[0]).await, (5, 3, 65));
+    assert_eq!(counts(boxes[1]).await, (1, 1, 11));
+    assert_eq!(counts(boxes[2]).await, (0, 0, 0));
+}
