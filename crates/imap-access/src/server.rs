@@ -473,9 +473,15 @@ impl Connection {
                         .mailbox(account, &name)
                         .await?
                         .ok_or(StoreError::UnknownMailbox(name))?;
-                    let counts = store.mailbox_counts(mailbox.id, deleted).await?;
+                    let summary = summary(mailbox);
+                    if !deleted {
+                        // The mailbox's row keeps the rest (migration 18).
+                        let counts = summary.counts;
+                        return Ok((summary, counts));
+                    }
+                    let counts = store.mailbox_counts(summary.id, deleted).await?;
                     Ok((
-                        summary(mailbox),
+                        summary,
                         pochta_imap::Counts {
                             messages: clamp(counts.messages),
                             unseen: clamp(counts.unseen),
@@ -800,6 +806,12 @@ fn summary(m: MailboxInfo) -> MailboxSummary {
         uid_validity: clamp(m.uid_validity),
         uid_next: clamp(m.uid_next),
         highest_modseq: m.highest_modseq.max(0) as u64,
+        counts: pochta_imap::Counts {
+            messages: clamp(m.messages),
+            unseen: clamp(m.unseen),
+            size: m.messages_size.max(0) as u64,
+            ..Default::default()
+        },
     }
 }
 

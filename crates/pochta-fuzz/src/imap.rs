@@ -51,6 +51,12 @@ pub fn imap_session(data: &[u8]) {
         uid_validity: 9,
         uid_next: 20,
         highest_modseq: 300,
+        counts: Counts {
+            messages: 6,
+            unseen: 1,
+            size: 600,
+            ..Counts::default()
+        },
     };
     let mut session = Session::new(policy);
     let mut closed = false;

@@ -1255,11 +1255,21 @@ impl Session {
                 }
             }
             if meets(m) {
-                names.push_back(m.name.clone());
+                names.push_back(m);
             }
         }
         match status {
-            Some(items) => self.list_status(tag, items, names),
+            // The listing carries each mailbox's counts: only \Deleted's must be counted.
+            Some(items) if !counts_deleted(&items) => {
+                for m in names {
+                    self.send_status_of(m, &m.counts, &items);
+                }
+                self.ok(tag, "LIST completed");
+            }
+            Some(items) => {
+                let names = names.into_iter().map(|m| m.name.clone()).collect();
+                self.list_status(tag, items, names);
+            }
             None => self.ok(
                 tag,
                 if lsub {

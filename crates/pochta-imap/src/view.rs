@@ -9,6 +9,7 @@ use imap_next::imap_types::response::Data;
 use imap_next::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
 use crate::fetch::flag_items;
+use crate::session::Counts;
 use crate::uids::Uids;
 
 /// One message, without its content.
@@ -41,6 +42,9 @@ pub struct MailboxSummary {
     pub uid_validity: u32,
     pub uid_next: u32,
     pub highest_modseq: u64,
+    /// Its messages, their size and the unseen as the mailbox's row keeps them (what STATUS
+    /// tells but for the \Deleted counts).
+    pub counts: Counts,
 }
 
 /// What the world found changed in the selected mailbox since the view last looked.
@@ -269,6 +273,7 @@ mod tests {
                 uid_validity: 7,
                 uid_next: uids.last().map_or(1, |u| u.saturating_add(1)),
                 highest_modseq: 1,
+                counts: Counts::default(),
             },
             read_only: false,
             uids: Uids::new(uids.to_vec()),

@@ -90,6 +90,12 @@ fn mailbox(id: i64, name: &str) -> MailboxSummary {
         uid_validity: 77,
         uid_next: 10,
         highest_modseq: 5,
+        counts: Counts {
+            messages: 3,
+            unseen: 2,
+            size: 300,
+            ..Counts::default()
+        },
     }
 }
 
@@ -1330,6 +1336,12 @@ fn esearch_needs_a_selected_mailbox() {
     );
 }
 
+/// Sends a LIST, answers it with `list`; what was sent.
+fn answer_list(c: &mut Client, command: &str, list: Vec<MailboxSummary>) -> String {
+    assert_eq!(request(c.send(command)), Request::Mailboxes);
+    answer(c, Answer::Mailboxes(Ok(list)))
+}
+
 #[test]
 fn list_extended_selects_matches_many_patterns_and_tells_status() {
     let mut c = logged_in();
@@ -1378,20 +1390,37 @@ fn list_extended_selects_matches_many_patterns_and_tells_status() {
         out,
         "* LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\nl4 OK LIST completed\r\n"
     );
-    // LIST-STATUS (RFC 5819): each listed mailbox's STATUS after the LIST responses; one
-    // deleted in between is left out.
-    request(c.send("l5 LIST \"\" (INBOX Work/2026 Sent) RETURN (STATUS (MESSAGES UNSEEN))\r\n"));
+    // LIST-STATUS (RFC 5819): each listed mailbox's STATUS after the LIST responses, from
+    // the counts the listing carries: nothing more is asked of the world.
+    let out = answer_list(
+        &mut c,
+        "l5 LIST \"\" (INBOX Work/2026) RETURN (STATUS (MESSAGES UNSEEN SIZE))\r\n",
+        list.clone(),
+    );
+    let lists = out.find("* LIST").unwrap();
+    let statuses = out
+        .find("* STATUS INBOX (MESSAGES 3 UNSEEN 2 SIZE 300)\r\n")
+        .unwrap();
+    assert!(lists < statuses, "{out}");
+    assert!(
+        out.contains("* STATUS Work/2026 (MESSAGES 3 UNSEEN 2 SIZE 300)\r\n")
+            && out.ends_with("l5 OK LIST completed\r\n"),
+        "{out}"
+    );
+    // DELETED must count the entries: each mailbox's STATUS is asked for, one after
+    // another; one deleted in between is left out.
+    request(c.send("l5b LIST \"\" (INBOX Work/2026 Sent) RETURN (STATUS (MESSAGES DELETED))\r\n"));
     c.session.answer(Answer::Mailboxes(Ok(list)));
     assert_eq!(
         request(c.drain()),
         Request::Status {
             name: "INBOX".into(),
-            deleted: false
+            deleted: true
         }
     );
     let counts = Counts {
         messages: 3,
-        unseen: 1,
+        deleted: 1,
         ..Counts::default()
     };
     c.session
@@ -1400,7 +1429,7 @@ fn list_extended_selects_matches_many_patterns_and_tells_status() {
         request(c.drain()),
         Request::Status {
             name: "Sent".into(),
-            deleted: false
+            deleted: true
         }
     );
     c.session
@@ -1409,22 +1438,18 @@ fn list_extended_selects_matches_many_patterns_and_tells_status() {
         request(c.drain()),
         Request::Status {
             name: "Work/2026".into(),
-            deleted: false
+            deleted: true
         }
     );
     let out = answer(
         &mut c,
         Answer::Status(Ok((mailbox(5, "Work/2026"), Counts::default()))),
     );
-    let lists = out.find("* LIST").unwrap();
-    let statuses = out
-        .find("* STATUS INBOX (MESSAGES 3 UNSEEN 1)\r\n")
-        .unwrap();
-    assert!(lists < statuses, "{out}");
     assert!(
-        out.contains("* STATUS Work/2026 (MESSAGES 0 UNSEEN 0)\r\n")
+        out.contains("* STATUS INBOX (MESSAGES 3 DELETED 1)\r\n")
+            && out.contains("* STATUS Work/2026 (MESSAGES 0 DELETED 0)\r\n")
             && !out.contains("STATUS Sent")
-            && out.ends_with("l5 OK LIST completed\r\n"),
+            && out.ends_with("l5b OK LIST completed\r\n"),
         "{out}"
     );
     // Bad options get BAD with the reason.

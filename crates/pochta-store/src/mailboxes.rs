@@ -36,6 +36,10 @@ pub struct MailboxInfo {
     pub uid_validity: i64,
     pub uid_next: i64,
     pub highest_modseq: i64,
+    /// Its messages, their size and the unseen: the counters migration 18 keeps.
+    pub messages: i64,
+    pub messages_size: i64,
+    pub unseen: i64,
 }
 
 /// One message in a mailbox, without its content.
@@ -336,8 +340,8 @@ pub struct Placed {
     pub uids: Vec<(i64, i64)>,
 }
 
-const MAILBOX_COLUMNS: &str =
-    "id, name, special_use, subscribed, uid_validity, uid_next, highest_modseq";
+const MAILBOX_COLUMNS: &str = "id, name, special_use, subscribed, uid_validity, uid_next, highest_modseq, messages, \
+     messages_size, unseen";
 /// Over `maildrop_entries e`.
 const MESSAGE_COLUMNS: &str = "e.id AS entry_id, e.imap_uid AS uid, e.flags, e.modseq, \
      e.pop3_size AS size, e.delivered_at AS internal_date";
