@@ -737,32 +737,18 @@ impl Session {
             Failure::NoSuchMailbox if target => {
                 status_no(tag, Some(Code::TryCreate), "No such mailbox")
             }
-            Failure::NoSuchMailbox => status_no(
-                tag,
-                Some(Code::Other(
-                    imap_next::imap_types::response::CodeOther::unvalidated(
-                        b"NONEXISTENT".as_slice(),
-                    ),
-                )),
-                "No such mailbox",
-            ),
+            Failure::NoSuchMailbox => {
+                status_no(tag, Some(other_code(b"NONEXISTENT")), "No such mailbox")
+            }
             Failure::AlreadyExists => status_no(
                 tag,
-                Some(Code::Other(
-                    imap_next::imap_types::response::CodeOther::unvalidated(
-                        b"ALREADYEXISTS".as_slice(),
-                    ),
-                )),
+                Some(other_code(b"ALREADYEXISTS")),
                 "Mailbox already exists",
             ),
             Failure::Refused(why) => status_no(tag, None, &why),
             Failure::Temporary => status_no(
                 tag,
-                Some(Code::Other(
-                    imap_next::imap_types::response::CodeOther::unvalidated(
-                        b"UNAVAILABLE".as_slice(),
-                    ),
-                )),
+                Some(other_code(b"UNAVAILABLE")),
                 "Temporary failure, try again",
             ),
         };
@@ -804,10 +790,7 @@ impl Session {
                     return self.bad(Some(tag), "Already authenticated");
                 }
                 if !(self.tls || self.policy.plaintext_auth) {
-                    let code =
-                        Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
-                            b"PRIVACYREQUIRED".as_slice(),
-                        ));
+                    let code = other_code(b"PRIVACYREQUIRED");
                     return self.tagged(status_no(tag, Some(code), "Use TLS first"));
                 }
                 let username = String::from_utf8_lossy(username.as_ref()).into_owned();
@@ -2368,27 +2351,19 @@ impl Session {
                 status_ok(tag, self.capability_code(), "Logged in")
             }
             LoginResult::BadCredentials => {
-                let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
-                    b"AUTHENTICATIONFAILED".as_slice(),
-                ));
+                let code = other_code(b"AUTHENTICATIONFAILED");
                 status_no(tag, Some(code), "Authentication failed")
             }
             LoginResult::RateLimited => {
-                let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
-                    b"LIMIT".as_slice(),
-                ));
+                let code = other_code(b"LIMIT");
                 status_no(tag, Some(code), "Too many failed logins, try later")
             }
             LoginResult::TooManySessions => {
-                let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
-                    b"LIMIT".as_slice(),
-                ));
+                let code = other_code(b"LIMIT");
                 status_no(tag, Some(code), "Too many sessions for this account")
             }
             LoginResult::TemporaryFailure => {
-                let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
-                    b"UNAVAILABLE".as_slice(),
-                ));
+                let code = other_code(b"UNAVAILABLE");
                 status_no(tag, Some(code), "Temporary failure, try again")
             }
         };
@@ -2417,9 +2392,7 @@ impl Session {
             return refuse(self, status_bad(Some(tag), "Already authenticated"));
         }
         if !(self.tls || self.policy.plaintext_auth) {
-            let code = Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
-                b"PRIVACYREQUIRED".as_slice(),
-            ));
+            let code = other_code(b"PRIVACYREQUIRED");
             return refuse(self, status_no(tag, Some(code), "Use TLS first"));
         }
         if mechanism != AuthMechanism::Plain {
@@ -2643,6 +2616,13 @@ pub(crate) fn range_set(ranges: &[(u32, u32)]) -> Option<SequenceSet> {
         })
         .collect();
     SequenceSet::try_from(text.join(",").as_str()).ok()
+}
+
+/// A response code imap-types has no variant for (RFC 5530's, RFC 9051 7.1).
+fn other_code(name: &'static [u8]) -> Code<'static> {
+    Code::Other(imap_next::imap_types::response::CodeOther::unvalidated(
+        name,
+    ))
 }
 
 /// Numbers as a sequence set ("1:3,7"); empty when there are none.

@@ -21,32 +21,20 @@ FROM (
 ) c
 WHERE m.id = c.mailbox_id;
 
-CREATE FUNCTION mailbox_counters_added() RETURNS trigger
+-- Entries added (INSERT) or removed (DELETE), as the transition table `moved` holds them.
+CREATE FUNCTION mailbox_counters_moved() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    sign int := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
 BEGIN
     UPDATE mailboxes m
-    SET messages = m.messages + c.messages, messages_size = m.messages_size + c.size,
-        unseen = m.unseen + c.unseen
+    SET messages = m.messages + sign * c.messages,
+        messages_size = m.messages_size + sign * c.size,
+        unseen = m.unseen + sign * c.unseen
     FROM (
         SELECT mailbox_id, count(*) AS messages, sum(pop3_size) AS size,
                count(*) FILTER (WHERE NOT '\Seen' = ANY (flags)) AS unseen
-        FROM added GROUP BY mailbox_id
-    ) c
-    WHERE m.id = c.mailbox_id;
-    RETURN NULL;
-END
-$$;
-
-CREATE FUNCTION mailbox_counters_removed() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE mailboxes m
-    SET messages = m.messages - c.messages, messages_size = m.messages_size - c.size,
-        unseen = m.unseen - c.unseen
-    FROM (
-        SELECT mailbox_id, count(*) AS messages, sum(pop3_size) AS size,
-               count(*) FILTER (WHERE NOT '\Seen' = ANY (flags)) AS unseen
-        FROM removed GROUP BY mailbox_id
+        FROM moved GROUP BY mailbox_id
     ) c
     WHERE m.id = c.mailbox_id;
     RETURN NULL;
@@ -79,11 +67,11 @@ END
 $$;
 
 CREATE TRIGGER mailbox_counters_added AFTER INSERT ON maildrop_entries
-    REFERENCING NEW TABLE AS added
-    FOR EACH STATEMENT EXECUTE FUNCTION mailbox_counters_added();
+    REFERENCING NEW TABLE AS moved
+    FOR EACH STATEMENT EXECUTE FUNCTION mailbox_counters_moved();
 CREATE TRIGGER mailbox_counters_removed AFTER DELETE ON maildrop_entries
-    REFERENCING OLD TABLE AS removed
-    FOR EACH STATEMENT EXECUTE FUNCTION mailbox_counters_removed();
+    REFERENCING OLD TABLE AS moved
+    FOR EACH STATEMENT EXECUTE FUNCTION mailbox_counters_moved();
 CREATE TRIGGER mailbox_counters_changed AFTER UPDATE ON maildrop_entries
     REFERENCING OLD TABLE AS before_change NEW TABLE AS after_change
     FOR EACH STATEMENT EXECUTE FUNCTION mailbox_counters_changed();

@@ -131,6 +131,23 @@ async fn maildrops_become_inboxes_keeping_their_pop3_uids() {
     assert_eq!(carol.uid_next, 1);
 }
 
+/// alice@example.org, written straight into a database at an earlier schema version.
+async fn alice_at_an_earlier_version(old: &sqlx::PgPool) -> i64 {
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    sqlx::query("INSERT INTO domains (name, role) VALUES ('example.org', 'local')")
+        .execute(old)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "INSERT INTO accounts (domain, local_part, password_hash)
+         VALUES ('example.org', 'alice', $1) RETURNING id",
+    )
+    .bind(hash)
+    .fetch_one(old)
+    .await
+    .unwrap()
+}
+
 /// Migration 17 decodes the mailbox names IMAP4rev1 clients stored in modified UTF-7; what is
 /// not modified UTF-7, or would collide with another name, stays as it was.
 #[tokio::test]
@@ -139,19 +156,7 @@ async fn mailbox_names_written_in_modified_utf7_are_stored_in_utf8() {
     let store = db.store();
     store.migrate_to(16).await.unwrap();
     let old = sqlx::PgPool::connect(db.url()).await.unwrap();
-    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-    sqlx::query("INSERT INTO domains (name, role) VALUES ('example.org', 'local')")
-        .execute(&old)
-        .await
-        .unwrap();
-    let account: i64 = sqlx::query_scalar(
-        "INSERT INTO accounts (domain, local_part, password_hash)
-         VALUES ('example.org', 'alice', $1) RETURNING id",
-    )
-    .bind(hash)
-    .fetch_one(&old)
-    .await
-    .unwrap();
+    let account = alice_at_an_earlier_version(&old).await;
     let names = [
         ("&BBIERQQ+BDQETwRJBDgENQ-", "Входящие"),
         ("&BBIERQQ+BDQETwRJBDgENQ-/A&-B", "Входящие/A&B"),
@@ -201,19 +206,7 @@ async fn mailbox_counters_start_from_what_the_mailboxes_hold() {
     let store = db.store();
     store.migrate_to(17).await.unwrap();
     let old = sqlx::PgPool::connect(db.url()).await.unwrap();
-    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-    sqlx::query("INSERT INTO domains (name, role) VALUES ('example.org', 'local')")
-        .execute(&old)
-        .await
-        .unwrap();
-    let account: i64 = sqlx::query_scalar(
-        "INSERT INTO accounts (domain, local_part, password_hash)
-         VALUES ('example.org', 'alice', $1) RETURNING id",
-    )
-    .bind(hash)
-    .fetch_one(&old)
-    .await
-    .unwrap();
+    let account = alice_at_an_earlier_version(&old).await;
     let message: i64 = sqlx::query_scalar("INSERT INTO messages (size) VALUES (10) RETURNING id")
         .fetch_one(&old)
         .await
