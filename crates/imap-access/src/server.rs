@@ -479,7 +479,7 @@ impl Connection {
                         let counts = summary.counts;
                         return Ok((summary, counts));
                     }
-                    let counts = store.mailbox_counts(summary.id, deleted).await?;
+                    let counts = store.mailbox_counts(summary.id, true).await?;
                     Ok((
                         summary,
                         pochta_imap::Counts {

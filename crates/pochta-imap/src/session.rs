@@ -1870,23 +1870,21 @@ impl Session {
             self.send_data(Data::Search(numbers, modseq));
             return self.ok(search.tag, "SEARCH completed");
         };
+        // The UIDs of the MIN and MAX asked for.
+        let ends = matched.first().zip(matched.last());
+        let end_uids: Vec<u32> = ends
+            .map(|(first, last)| [(returns.min, first.1), (returns.max, last.1)])
+            .into_iter()
+            .flatten()
+            .filter_map(|(asked, uid)| asked.then_some(uid))
+            .collect();
+        // MIN or MAX without ALL or COUNT: what is saved and what MODSEQ tells are theirs.
+        let ends_only = (returns.min || returns.max) && !(returns.all || returns.count);
         if returns.save {
-            // RFC 9051 6.4.4.1: with MIN or MAX and neither ALL nor COUNT, only those.
-            let uids: Vec<u32> = if (returns.min || returns.max) && !(returns.all || returns.count)
-            {
-                let ends = matched.first().zip(matched.last());
-                ends.map(|(first, last)| {
-                    [
-                        Some(first.1).filter(|_| returns.min),
-                        Some(last.1).filter(|_| returns.max),
-                    ]
-                })
-                .into_iter()
-                .flatten()
-                .flatten()
-                .collect()
-            } else {
-                matched.iter().map(|m| m.1).collect()
+            // RFC 9051 6.4.4.1.
+            let uids = match ends_only {
+                true => end_uids.clone(),
+                false => matched.iter().map(|m| m.1).collect(),
             };
             if let Some(view) = self.view_mut() {
                 view.saved = Uids::new(uids);
@@ -1901,7 +1899,6 @@ impl Session {
         if search.uid {
             line.push_str(" UID");
         }
-        let ends = matched.first().zip(matched.last());
         if let Some((first, last)) = ends {
             if returns.min {
                 line.push_str(&format!(" MIN {}", number(first)));
@@ -1919,15 +1916,10 @@ impl Session {
         match (modseq, ends) {
             // RFC 7162 3.1.5: with MIN or MAX alone, the mod-sequence of the messages
             // returned, which the store tells.
-            (Some(_), Some((first, last))) if !returns.all && !returns.count => {
-                let uids = [
-                    Some(first.1).filter(|_| returns.min),
-                    Some(last.1).filter(|_| returns.max),
-                ];
+            (Some(_), Some(_)) if ends_only => {
                 let Some(view) = self.view() else { return };
                 let mailbox_id = view.mailbox.id;
-                let set = uid_set(&uids.into_iter().flatten().collect::<Vec<_>>());
-                if let Some(set) = set {
+                if let Some(set) = uid_set(&end_uids) {
                     return self.run(
                         Pending::SearchModseq {
                             tag: search.tag,

@@ -340,8 +340,8 @@ pub struct Placed {
     pub uids: Vec<(i64, i64)>,
 }
 
-const MAILBOX_COLUMNS: &str = "id, name, special_use, subscribed, uid_validity, uid_next, highest_modseq, messages, \
-     messages_size, unseen";
+const MAILBOX_COLUMNS: &str = "id, name, special_use, subscribed, uid_validity, uid_next, \
+     highest_modseq, messages, messages_size, unseen";
 /// Over `maildrop_entries e`.
 const MESSAGE_COLUMNS: &str = "e.id AS entry_id, e.imap_uid AS uid, e.flags, e.modseq, \
      e.pop3_size AS size, e.delivered_at AS internal_date";
