@@ -24,8 +24,8 @@ use pochta_service::limits::{ConnectionLimiter, PerKeyGuard, PerKeyLimiter, Refu
 use pochta_service::listen::ProxyPeers;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
 use pochta_store::{
-    EntryPart, HeaderBlocks, MailboxInfo, MailboxMessage, MessageFilter, SearchField, Store,
-    StoreError,
+    EntryPart, HeaderBlocks, MailboxInfo, MailboxLimits, MailboxMessage, MessageFilter,
+    SearchField, Store, StoreError,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -97,7 +97,11 @@ impl Server {
                     check_wait: Duration::from_secs(10),
                 },
             )?,
-            store,
+            store: store.with_mailbox_limits(MailboxLimits {
+                max_mailboxes: i64::from(imap.max_mailboxes),
+                max_keywords: imap.max_keywords as usize,
+                max_keyword_length: imap.max_keyword_length as usize,
+            }),
             tls,
             limiter: ConnectionLimiter::new(
                 imap.max_connections as usize,
@@ -849,11 +853,24 @@ fn failure(e: StoreError) -> Failure {
         StoreError::UnknownMailbox(_) => Failure::NoSuchMailbox,
         StoreError::MailboxExists(_) => Failure::AlreadyExists,
         StoreError::InboxFixed => Failure::Refused("INBOX cannot be deleted or renamed".into()),
+        StoreError::OverQuota { .. } => Failure::OverQuota,
+        e @ (StoreError::TooManyMailboxes(_)
+        | StoreError::TooManyKeywords(_)
+        | StoreError::KeywordTooLong(_)) => Failure::Limit(capitalized(&e.to_string())),
         e => {
             tracing::error!("store request failed: {e}");
             Failure::Temporary
         }
     }
+}
+
+/// A store error's message as the text of a response.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 impl Handler<Session> for Connection {

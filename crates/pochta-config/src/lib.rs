@@ -832,6 +832,13 @@ pub struct ImapConfig {
     /// How often a session in IDLE looks whether its mailbox changed (it asks the store only
     /// after a change was announced, so an idle session costs a timer between changes).
     pub change_check_ms: u64,
+    /// Mailboxes one account may have (INBOX and the special-use folders included); a
+    /// CREATE past it gets `NO [LIMIT]`.
+    pub max_mailboxes: u32,
+    /// Keywords one message may carry; a STORE or APPEND past it gets `NO [LIMIT]`.
+    pub max_keywords: u32,
+    /// Octets of one keyword; a longer one gets `NO [LIMIT]`.
+    pub max_keyword_length: u32,
 }
 
 impl Default for ImapConfig {
@@ -863,6 +870,9 @@ impl Default for ImapConfig {
             max_input_memory_bytes: 256 * 1024 * 1024,
             read_batch_bytes: 1024 * 1024,
             change_check_ms: 250,
+            max_mailboxes: 1000,
+            max_keywords: 100,
+            max_keyword_length: 128,
         }
     }
 }

@@ -324,6 +324,12 @@ impl ImapConfig {
             ("imap.max_input_memory_bytes", self.max_input_memory_bytes),
             ("imap.read_batch_bytes", u64::from(self.read_batch_bytes)),
             ("imap.change_check_ms", self.change_check_ms),
+            ("imap.max_mailboxes", u64::from(self.max_mailboxes)),
+            ("imap.max_keywords", u64::from(self.max_keywords)),
+            (
+                "imap.max_keyword_length",
+                u64::from(self.max_keyword_length),
+            ),
         ])?;
         if self.timeout_secs < 1800 {
             return invalid("imap.timeout_secs", "must be at least 1800 (RFC 9051 5.4)");

@@ -60,6 +60,10 @@ pub enum Failure {
     AlreadyExists,
     /// Refused for a reason the client is told (INBOX cannot be deleted, ...).
     Refused(String),
+    /// The account's quota would be exceeded (RFC 9051 7.1, OVERQUOTA).
+    OverQuota,
+    /// A limit of the server's would be passed; the text says which (RFC 5530, LIMIT).
+    Limit(String),
     /// The store failed: try again later.
     Temporary,
 }
@@ -746,6 +750,12 @@ impl Session {
                 "Mailbox already exists",
             ),
             Failure::Refused(why) => status_no(tag, None, &why),
+            Failure::OverQuota => status_no(
+                tag,
+                Some(other_code(b"OVERQUOTA")),
+                "The account's quota would be exceeded",
+            ),
+            Failure::Limit(why) => status_no(tag, Some(other_code(b"LIMIT")), &why),
             Failure::Temporary => status_no(
                 tag,
                 Some(other_code(b"UNAVAILABLE")),

@@ -919,6 +919,41 @@ fn expunge_copy_and_move_renumber_the_view() {
 }
 
 #[test]
+fn quota_and_limits_the_world_refuses_get_their_response_codes() {
+    let mut c = selected(false);
+    // RFC 9051 7.1: OVERQUOTA for an APPEND or COPY the account's quota cannot take.
+    request(c.send("q1 APPEND INBOX {1+}\r\nx\r\n"));
+    assert_eq!(
+        answer(&mut c, Answer::Placed(Err(Failure::OverQuota))),
+        "q1 NO [OVERQUOTA] The account's quota would be exceeded\r\n"
+    );
+    request(c.send("q2 COPY 1:* Trash\r\n"));
+    assert!(
+        answer(&mut c, Answer::Placed(Err(Failure::OverQuota))).starts_with("q2 NO [OVERQUOTA]")
+    );
+    // RFC 5530: LIMIT, with the world's reason, for a server limit.
+    request(c.send("q3 CREATE Folder1001\r\n"));
+    let why = "An account may have at most 1000 mailboxes";
+    assert_eq!(
+        answer(&mut c, Answer::Done(Err(Failure::Limit(why.into())))),
+        format!("q3 NO [LIMIT] {why}\r\n")
+    );
+    request(c.send("q4 STORE 1 +FLAGS (k1 k2)\r\n"));
+    assert!(
+        answer(
+            &mut c,
+            Answer::Flags(Err(Failure::Limit("Too many".into())))
+        )
+        .starts_with("q4 NO [LIMIT] Too many")
+    );
+    // The session goes on.
+    assert!(
+        c.cmd("q5 CAPABILITY")
+            .ends_with("q5 OK CAPABILITY completed\r\n")
+    );
+}
+
+#[test]
 fn search_by_flags_from_metadata_and_by_text_through_the_content() {
     let mut c = selected(false);
     // Keys about flags, sizes, dates and message sets go to the store whole, message numbers

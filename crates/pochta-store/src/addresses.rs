@@ -115,18 +115,18 @@ impl Store {
             "SELECT d.role, h.name AS home, h.postmaster, h.catch_all,
                     a.id AS account_id, a.local_part AS account_local,
                     a.disabled AS account_disabled, a.quota_bytes AS account_quota,
-                    -- Only an account with a quota has its maildrop summed (CASE is lazy).
+                    -- Only an account with a quota has its mailboxes' counters summed (CASE is lazy).
                     CASE WHEN a.quota_bytes IS NOT NULL THEN
-                        (SELECT coalesce(sum(e.pop3_size), 0) FROM maildrop_entries e
-                         WHERE e.account_id = a.id) >= a.quota_bytes
+                        (SELECT coalesce(sum(x.messages_size), 0) FROM mailboxes x
+                         WHERE x.account_id = a.id) >= a.quota_bytes
                     END AS account_full,
                     (SELECT array_agg(t.target ORDER BY t.id) FROM aliases t
                      WHERE t.domain = h.name AND lower(t.local_part) = lower($2)) AS alias_targets,
                     b.id AS base_id, b.local_part AS base_local, b.disabled AS base_disabled,
                     b.quota_bytes AS base_quota,
                     CASE WHEN b.quota_bytes IS NOT NULL THEN
-                        (SELECT coalesce(sum(e.pop3_size), 0) FROM maildrop_entries e
-                         WHERE e.account_id = b.id) >= b.quota_bytes
+                        (SELECT coalesce(sum(x.messages_size), 0) FROM mailboxes x
+                         WHERE x.account_id = b.id) >= b.quota_bytes
                     END AS base_full,
                     (SELECT array_agg(t.target ORDER BY t.id) FROM aliases t
                      WHERE t.domain = h.name AND lower(t.local_part) = lower($3)) AS base_targets

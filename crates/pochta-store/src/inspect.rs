@@ -52,14 +52,13 @@ impl Store {
     }
 
     /// Octets in the maildrops of accounts with a quota (as POP3 STAT counts them), and how
-    /// many of those maildrops hold their quota or more. Accounts without a quota are not
-    /// summed: on a large store that would read every entry.
+    /// many of those maildrops hold their quota or more, from the mailboxes' counters.
     pub async fn quota_usage(&self) -> Result<(i64, i64)> {
         Ok(sqlx::query_as(
             "SELECT coalesce(sum(u.used), 0)::bigint, count(*) FILTER (WHERE u.used >= u.quota)
              FROM (SELECT a.quota_bytes AS quota,
-                          (SELECT coalesce(sum(e.pop3_size), 0) FROM maildrop_entries e
-                           WHERE e.account_id = a.id) AS used
+                          (SELECT coalesce(sum(m.messages_size), 0) FROM mailboxes m
+                           WHERE m.account_id = a.id) AS used
                    FROM accounts a WHERE a.quota_bytes IS NOT NULL) u",
         )
         .fetch_one(&self.pool)

@@ -31,8 +31,8 @@ pub use content::{ContentCompression, PreparedContent};
 pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_selector};
 pub use mailboxes::{
     FlagChange, FlagsStored, MAILBOX_CHANNEL, MailboxChange, MailboxChanges, MailboxCounts,
-    MailboxInfo, MailboxMessage, MessageFilter, Placed, SPECIAL_MAILBOXES, SearchField,
-    SearchFieldsBackfill, SearchResult,
+    MailboxInfo, MailboxLimits, MailboxMessage, MessageFilter, Placed, SPECIAL_MAILBOXES,
+    SearchField, SearchFieldsBackfill, SearchResult,
 };
 pub use maildrop::HeaderBlocks;
 pub use mta_sts::CachedStsPolicy;
@@ -94,6 +94,14 @@ pub enum StoreError {
     UnknownMailbox(String),
     #[error("INBOX cannot be deleted or renamed")]
     InboxFixed,
+    #[error("the account's quota of {quota} octets holds {used}: {adding} more do not fit")]
+    OverQuota { quota: i64, used: i64, adding: i64 },
+    #[error("an account may have at most {0} mailboxes")]
+    TooManyMailboxes(i64),
+    #[error("a message may carry at most {0} keywords")]
+    TooManyKeywords(usize),
+    #[error("a keyword may be at most {0} octets long")]
+    KeywordTooLong(usize),
     #[error("the maildrop lock of account {0} is not held by this session")]
     LockNotHeld(i64),
     #[error("message {message_id}: {found} octets of content read where {expected} were recorded")]
@@ -150,6 +158,8 @@ impl Default for StoreOptions {
 pub struct Store {
     pool: PgPool,
     compression: Option<ContentCompression>,
+    /// What IMAP's changes to an account's mailboxes may take (`with_mailbox_limits`).
+    mailbox_limits: MailboxLimits,
     /// With several servers in the URL: keeps the pool on the writable one (`failover`).
     _watcher: Option<std::sync::Arc<failover::Watcher>>,
 }
@@ -183,6 +193,7 @@ impl Store {
             return Ok(Store {
                 pool,
                 compression: options.compression,
+                mailbox_limits: MailboxLimits::default(),
                 _watcher: None,
             });
         }
@@ -206,6 +217,7 @@ impl Store {
         Ok(Store {
             pool,
             compression: options.compression,
+            mailbox_limits: MailboxLimits::default(),
             _watcher: Some(std::sync::Arc::new(watcher)),
         })
     }
@@ -213,6 +225,12 @@ impl Store {
     /// The same store, compressing the content it stores as `compression` says.
     pub fn with_compression(mut self, compression: Option<ContentCompression>) -> Self {
         self.compression = compression;
+        self
+    }
+
+    /// The same store, holding IMAP's changes to mailboxes to these limits.
+    pub fn with_mailbox_limits(mut self, limits: MailboxLimits) -> Self {
+        self.mailbox_limits = limits;
         self
     }
 

@@ -2,8 +2,10 @@
 //! UIDs, flags and mod-sequences, and the changes IMAP makes to them. INBOX is the maildrop POP3
 //! sees; content is shared, so a copy or move never copies a message's octets.
 //!
-//! Lock order, so that no two of these can deadlock: mailbox rows first (in id order when
-//! there are two), then their entries. Local delivery and POP3's QUIT keep the same order.
+//! Lock order, so that no two of these can deadlock: the account's turn first (an advisory
+//! lock, `ACCOUNT_TURN`, taken only by the paths that check its quota or limits), then mailbox
+//! rows (in id order when there are
+//! two), then their entries. Local delivery and POP3's QUIT keep the same order.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgListener;
@@ -12,6 +14,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use pochta_mail::header_search::SearchFields;
 
 use crate::content::{Chunks, Rows, SearchColumns, decode_into};
+use crate::maildrop::{ACCOUNT_TURN, ACCOUNT_USAGE};
 use crate::{Result, Store, StoreError};
 
 /// The PostgreSQL channel a change to a mailbox is announced on; the payload is the
@@ -25,6 +28,100 @@ pub const SPECIAL_MAILBOXES: [(&str, &str); 4] = [
     ("Trash", "\\Trash"),
     ("Junk", "\\Junk"),
 ];
+
+/// What IMAP's changes to one account's mailboxes may take (`Store::with_mailbox_limits`);
+/// the account's quota applies to APPEND and COPY besides. The default limits nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxLimits {
+    /// Mailboxes of one account, INBOX and the special-use folders included (those are made
+    /// at login whatever this says).
+    pub max_mailboxes: i64,
+    /// Keywords (flags not beginning with `\`) on one message.
+    pub max_keywords: usize,
+    /// Octets of one keyword.
+    pub max_keyword_length: usize,
+}
+
+impl Default for MailboxLimits {
+    fn default() -> Self {
+        MailboxLimits {
+            max_mailboxes: i64::MAX,
+            max_keywords: usize::MAX,
+            max_keyword_length: usize::MAX,
+        }
+    }
+}
+
+impl MailboxLimits {
+    /// Refuses flags that hold a keyword too long, or more distinct keywords than a message
+    /// may carry.
+    fn check_keywords(&self, flags: &[String]) -> Result<()> {
+        let keywords: std::collections::HashSet<&str> = flags
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !f.starts_with('\\'))
+            .collect();
+        if keywords.iter().any(|k| k.len() > self.max_keyword_length) {
+            return Err(StoreError::KeywordTooLong(self.max_keyword_length));
+        }
+        if keywords.len() > self.max_keywords {
+            return Err(StoreError::TooManyKeywords(self.max_keywords));
+        }
+        Ok(())
+    }
+}
+
+/// An account's quota and what its mailboxes hold, read in its turn (`ACCOUNT_TURN`).
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    quota: i64,
+    used: i64,
+}
+
+impl Room {
+    /// `OverQuota` unless `adding` more octets fit.
+    fn take(self, adding: i64) -> Result<()> {
+        if self.used.saturating_add(adding) > self.quota {
+            return Err(StoreError::OverQuota {
+                quota: self.quota,
+                used: self.used,
+                adding,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// For the account that owns `mailbox_id`, if it has a quota: takes its turn
+/// (`ACCOUNT_TURN`, held to the end of the transaction) and reads its quota and usage, in a
+/// statement after the turn was granted so that it sees what the turn before committed.
+/// None without a quota (nothing waits). `UnknownMailbox` if there is no such mailbox.
+async fn room_on(conn: &mut PgConnection, mailbox_id: i64) -> Result<Option<Room>> {
+    let account: Option<(i64, Option<i64>)> = sqlx::query_as(
+        "SELECT a.id, a.quota_bytes FROM mailboxes m JOIN accounts a ON a.id = m.account_id
+         WHERE m.id = $1",
+    )
+    .bind(mailbox_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((account_id, quota)) = account else {
+        return Err(StoreError::UnknownMailbox(mailbox_id.to_string()));
+    };
+    if quota.is_none() {
+        return Ok(None);
+    }
+    sqlx::query(ACCOUNT_TURN)
+        .bind(account_id)
+        .execute(&mut *conn)
+        .await?;
+    let (quota, used): (Option<i64>, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT quota_bytes FROM accounts WHERE id = $1), ({ACCOUNT_USAGE})"
+    )))
+    .bind(account_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(quota.map(|quota| Room { quota, used }))
+}
 
 /// One mailbox of an account.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -672,7 +769,8 @@ impl Store {
         special_use: Option<&str>,
     ) -> Result<MailboxInfo> {
         let mut tx = self.pool.begin().await?;
-        let made = create_on(&mut tx, account_id, name, special_use).await?;
+        let limit = self.mailbox_limits.max_mailboxes;
+        let made = create_on(&mut tx, account_id, name, special_use, limit).await?;
         tx.commit().await?;
         Ok(made)
     }
@@ -732,8 +830,9 @@ impl Store {
         let Some(inbox) = inbox else {
             return Ok(false);
         };
-        let made = create_on(&mut tx, account_id, to, None).await?;
-        copy_on(&mut tx, inbox, None, made.id, true).await?;
+        let limit = self.mailbox_limits.max_mailboxes;
+        let made = create_on(&mut tx, account_id, to, None, limit).await?;
+        copy_on(&mut tx, inbox, None, made.id, true, None).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -761,6 +860,9 @@ impl Store {
         flags: &[String],
         unchanged_since: Option<i64>,
     ) -> Result<FlagsStored> {
+        if change != FlagChange::Remove {
+            self.keywords_fit(mailbox_id, uids, change, flags).await?;
+        }
         let mut tx = self.pool.begin().await?;
         let modseq = bump_modseq(&mut tx, mailbox_id).await?;
         let changed: Vec<MailboxMessage> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -820,6 +922,41 @@ impl Store {
         Ok(FlagsStored { changed, modified })
     }
 
+    /// Refuses a flag change that would leave a message with a keyword too long or more
+    /// keywords than the limits allow. Adding keywords reads the messages' own; a change that
+    /// races another may pass the limit by what the two add together.
+    async fn keywords_fit(
+        &self,
+        mailbox_id: i64,
+        uids: &[i64],
+        change: FlagChange,
+        flags: &[String],
+    ) -> Result<()> {
+        let limits = self.mailbox_limits;
+        limits.check_keywords(flags)?;
+        let adds_keywords = flags.iter().any(|f| !f.starts_with('\\'));
+        if change != FlagChange::Add || !adds_keywords || limits.max_keywords == usize::MAX {
+            return Ok(());
+        }
+        let over: bool = sqlx::query_scalar(
+            "SELECT EXISTS (
+                 SELECT 1 FROM maildrop_entries
+                 WHERE mailbox_id = $1 AND imap_uid = ANY ($2)
+                   AND (SELECT count(DISTINCT f) FROM unnest(flags || $3::text[]) f
+                        WHERE NOT starts_with(f, '\\')) > $4)",
+        )
+        .bind(mailbox_id)
+        .bind(uids)
+        .bind(flags)
+        .bind(i64::try_from(limits.max_keywords).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await?;
+        match over {
+            true => Err(StoreError::TooManyKeywords(limits.max_keywords)),
+            false => Ok(()),
+        }
+    }
+
     /// EXPUNGE / UID EXPUNGE: removes the messages flagged `\Deleted` (of `uids` only, if
     /// given). Returns the UIDs removed, ascending.
     pub async fn expunge(&self, mailbox_id: i64, uids: Option<&[i64]>) -> Result<Vec<i64>> {
@@ -848,6 +985,8 @@ impl Store {
 
     /// COPY (and with `remove_source`, MOVE, RFC 6851): puts the messages with these UIDs into
     /// another mailbox of the same account, flags kept, content shared. Atomic: all or none.
+    /// A copy counts against the account's quota as much as its messages' sizes, though
+    /// their content is shared (`OverQuota`): what POP3 STAT and the quota count is per entry.
     pub async fn copy_messages(
         &self,
         from_mailbox: i64,
@@ -856,12 +995,26 @@ impl Store {
         remove_source: bool,
     ) -> Result<Placed> {
         let mut tx = self.pool.begin().await?;
-        let placed = copy_on(&mut tx, from_mailbox, Some(uids), to_mailbox, remove_source).await?;
+        // A move adds nothing to the account; a copy is held to its quota.
+        let room = match remove_source {
+            true => None,
+            false => room_on(&mut tx, to_mailbox).await?,
+        };
+        let placed = copy_on(
+            &mut tx,
+            from_mailbox,
+            Some(uids),
+            to_mailbox,
+            remove_source,
+            room,
+        )
+        .await?;
         tx.commit().await?;
         Ok(placed)
     }
 
-    /// APPEND: stores a new message in a mailbox with these flags and internal date.
+    /// APPEND: stores a new message in a mailbox with these flags and internal date, if it
+    /// fits the account's quota (`OverQuota`) and its keywords the limits.
     pub async fn append_message(
         &self,
         mailbox_id: i64,
@@ -869,10 +1022,14 @@ impl Store {
         flags: &[String],
         internal_date: Option<DateTime<Utc>>,
     ) -> Result<Placed> {
+        self.mailbox_limits.check_keywords(flags)?;
         let rows = Rows::of(content, self.compression, true);
         let chunks = Chunks::of(&[(content, &rows)]);
         let search = SearchColumns::of(std::iter::once(rows.search.as_ref()));
         let mut tx = self.pool.begin().await?;
+        if let Some(room) = room_on(&mut tx, mailbox_id).await? {
+            room.take(content.len() as i64)?;
+        }
         let row: Option<(i64, i64)> = sqlx::query_as(
             "WITH box AS (
                  UPDATE mailboxes SET uid_next = uid_next + 1,
@@ -950,13 +1107,37 @@ async fn notify(conn: &mut PgConnection, mailbox_id: i64) -> Result<()> {
 }
 
 /// `Store::create_mailbox` in a transaction: the mailbox and any missing parents.
+/// With `max_mailboxes` below `i64::MAX`, the account's turn is taken (creations wait for
+/// each other) and `TooManyMailboxes` refuses a mailbox that, with its missing parents, would take
+/// the account past it.
 async fn create_on(
     tx: &mut PgConnection,
     account_id: i64,
     name: &str,
     special_use: Option<&str>,
+    max_mailboxes: i64,
 ) -> Result<MailboxInfo> {
     let parents: Vec<&str> = name.match_indices('/').map(|(at, _)| &name[..at]).collect();
+    if max_mailboxes < i64::MAX {
+        sqlx::query(ACCOUNT_TURN)
+            .bind(account_id)
+            .execute(&mut *tx)
+            .await?;
+        // After the turn, in a statement of its own: it sees the turns before it.
+        let after: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM mailboxes WHERE account_id = $1)
+                  + (SELECT count(*) FROM unnest($2::text[]) n
+                     WHERE NOT EXISTS (SELECT 1 FROM mailboxes m
+                                       WHERE m.account_id = $1 AND m.name = n))",
+        )
+        .bind(account_id)
+        .bind(parents.iter().copied().chain([name]).collect::<Vec<_>>())
+        .fetch_one(&mut *tx)
+        .await?;
+        if after > max_mailboxes {
+            return Err(StoreError::TooManyMailboxes(max_mailboxes));
+        }
+    }
     sqlx::query(
         "INSERT INTO mailboxes (account_id, name) SELECT $1, unnest($2::text[])
          ON CONFLICT (account_id, name) DO NOTHING",
@@ -983,13 +1164,15 @@ async fn create_on(
     })
 }
 
-/// `Store::copy_messages` in a transaction; `uids` None: every message of `from_mailbox`.
+/// `Store::copy_messages` in a transaction; `uids` None: every message of `from_mailbox`;
+/// `room`: the account's quota, which the copies must fit (its turn taken already).
 async fn copy_on(
     tx: &mut PgConnection,
     from_mailbox: i64,
     uids: Option<&[i64]>,
     to_mailbox: i64,
     remove_source: bool,
+    room: Option<Room>,
 ) -> Result<Placed> {
     // Both rows locked in id order: two copies between the same mailboxes cannot deadlock.
     let locked: Vec<(i64, i64, i64)> = sqlx::query_as(
@@ -1027,6 +1210,17 @@ async fn copy_on(
             uid_validity,
             uids: Vec::new(),
         });
+    }
+    if let Some(room) = room {
+        let adding: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(pop3_size), 0)::bigint FROM maildrop_entries
+             WHERE mailbox_id = $1 AND imap_uid = ANY ($2)",
+        )
+        .bind(from_mailbox)
+        .bind(&sources)
+        .fetch_one(&mut *tx)
+        .await?;
+        room.take(adding)?;
     }
     let (first_uid, modseq): (i64, i64) = sqlx::query_as(
         "UPDATE mailboxes SET uid_next = uid_next + $2, highest_modseq = highest_modseq + 1

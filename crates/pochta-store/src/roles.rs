@@ -52,8 +52,8 @@ const INGRESS: Grants = &[
         "SELECT",
         "_sqlx_migrations, domains, accounts, aliases, settings, dkim_keys",
     ),
-    // RCPT asks whether a maildrop is at its quota: sizes only, never content or headers.
-    ("SELECT (account_id, pop3_size)", "maildrop_entries"),
+    // RCPT asks whether an account is at its quota: its mailboxes' sizes, nothing else.
+    ("SELECT (account_id, messages_size)", "mailboxes"),
     (
         "SELECT, INSERT",
         "messages, message_chunks, envelopes, recipients",

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use pochta_store::{
-    Claim, ContentCompression, DomainRole, FlagChange, LocalDelivery, MaildropDelivery,
-    MessageFilter, SPECIAL_MAILBOXES, SearchField, SearchFieldsBackfill, SearchResult, Store,
-    StoreError,
+    Claim, ContentCompression, DomainRole, FlagChange, LocalDelivery, MailboxLimits,
+    MaildropDelivery, MessageFilter, SPECIAL_MAILBOXES, SearchField, SearchFieldsBackfill,
+    SearchResult, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -1281,4 +1281,272 @@ async fn mailbox_counters_follow_every_change_to_its_entries() {
     // What STATUS now says of each, as counted.
     let sent_now = last.iter().find(|(name, ..)| name == "Sent").unwrap();
     assert_eq!((sent_now.1, sent_now.2), (2, 1));
+}
+
+/// What the account's mailboxes hold, from their counters.
+async fn usage(store: &Store, account_id: i64) -> i64 {
+    let mailboxes = store.list_mailboxes(account_id).await.unwrap();
+    mailboxes.iter().map(|m| m.messages_size).sum()
+}
+
+/// APPEND and COPY count against the account's quota as deliveries do; a move adds nothing
+/// and is never refused; what is refused leaves nothing behind.
+#[tokio::test]
+async fn append_and_copy_are_held_to_the_quota_and_move_is_not() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    store.ensure_default_mailboxes(account).await.unwrap();
+    deliver(store, account, 3).await;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let trash = store.mailbox(account, "Trash").await.unwrap().unwrap();
+    let one = inbox.messages_size / 3;
+    let used = usage(store, account).await;
+    assert_eq!(used, 3 * one);
+    // Room for one more message of the size delivered, and 10 octets.
+    store
+        .set_quota(&addr("user0@example.org"), Some(used + one + 10))
+        .await
+        .unwrap();
+
+    let too_big = vec![b'x'; (one + 11) as usize];
+    let refused = store.append_message(trash.id, &too_big, &[], None).await;
+    assert!(
+        matches!(refused, Err(StoreError::OverQuota { quota, used: u, adding })
+            if quota == used + one + 10 && u == used && adding == one + 11),
+        "{refused:?}"
+    );
+    assert!(store.mailbox_messages(trash.id).await.unwrap().is_empty());
+    // Two messages do not fit; nothing of the copy is made.
+    let refused = store
+        .copy_messages(inbox.id, &[1, 2], trash.id, false)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::OverQuota { .. })),
+        "{refused:?}"
+    );
+    assert!(store.mailbox_messages(trash.id).await.unwrap().is_empty());
+    // One does.
+    store
+        .copy_messages(inbox.id, &[1], trash.id, false)
+        .await
+        .unwrap();
+    assert_eq!(usage(store, account).await, used + one);
+    // Full now (10 octets left): a move adds nothing, so it goes through.
+    let refused = store
+        .append_message(trash.id, b"0123456789ab", &[], None)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::OverQuota { .. })),
+        "{refused:?}"
+    );
+    store
+        .copy_messages(inbox.id, &[2, 3], trash.id, true)
+        .await
+        .unwrap();
+    assert_eq!(usage(store, account).await, used + one);
+    store
+        .append_message(trash.id, b"0123456789", &[], None)
+        .await
+        .unwrap();
+    // An expunge frees its space at once.
+    let trash_uids: Vec<i64> = store
+        .mailbox_messages(trash.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    store
+        .store_flags(
+            trash.id,
+            &trash_uids,
+            FlagChange::Add,
+            &flags(&["\\Deleted"]),
+            None,
+        )
+        .await
+        .unwrap();
+    store.expunge(trash.id, None).await.unwrap();
+    store
+        .append_message(trash.id, &too_big[..one as usize], &[], None)
+        .await
+        .unwrap();
+    counters_agree(store, account, "after the quota's refusals").await;
+}
+
+/// A delivery's quota check waits for the account's turn, then reads what the turn before it
+/// committed: a check that read the usage in the statement that waited would see the
+/// maildrop as it was before the wait and let both messages in.
+#[tokio::test]
+async fn a_quota_check_that_waited_for_the_account_sees_what_was_committed_meanwhile() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    store.ensure_default_mailboxes(account).await.unwrap();
+    store
+        .set_quota(&addr("user0@example.org"), Some(1_000_000))
+        .await
+        .unwrap();
+    let local = pochta_testkit::local_recipient("user0@example.org");
+    store
+        .enqueue(&envelope(vec![local]), CONTENT)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due("w", Claim::Local, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let recipient = claimed[0].recipient_id;
+
+    // Another turn holds the account and fills the quota, then commits.
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let mut turn = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock('accounts'::regclass::oid::int4, ($1 % 2147483647)::int4)",
+    )
+    .bind(account)
+    .execute(&mut *turn)
+    .await
+    .unwrap();
+    let delivery = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .deliver_to_maildrop_with_report("w", recipient, account, PREFIX, true, None)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !delivery.is_finished(),
+        "the delivery waits for the account's row"
+    );
+    sqlx::query(
+        "UPDATE mailboxes SET messages_size = 1000000 WHERE account_id = $1 AND name = 'Trash'",
+    )
+    .bind(account)
+    .execute(&mut *turn)
+    .await
+    .unwrap();
+    turn.commit().await.unwrap();
+    let done = delivery.await.unwrap().unwrap();
+    assert!(
+        matches!(
+            done,
+            LocalDelivery::OverQuota {
+                used: 1_000_000,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+}
+
+/// IMAP's mailboxes and keywords are held to the limits the store is given; what is refused
+/// changes nothing.
+#[tokio::test]
+async fn mailboxes_and_keywords_are_held_to_the_limits() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store().clone().with_mailbox_limits(MailboxLimits {
+        max_mailboxes: 8,
+        max_keywords: 3,
+        max_keyword_length: 10,
+    });
+    let account = account(&store).await;
+    // INBOX and four special-use folders: five.
+    store.ensure_default_mailboxes(account).await.unwrap();
+    // Two parents and the mailbox would make eight; three levels more would not fit.
+    let refused = store.create_mailbox(account, "a/b/c/d", None).await;
+    assert!(
+        matches!(refused, Err(StoreError::TooManyMailboxes(8))),
+        "{refused:?}"
+    );
+    assert_eq!(store.list_mailboxes(account).await.unwrap().len(), 5);
+    store.create_mailbox(account, "a/b/c", None).await.unwrap();
+    assert_eq!(store.list_mailboxes(account).await.unwrap().len(), 8);
+    let refused = store.create_mailbox(account, "x", None).await;
+    assert!(
+        matches!(refused, Err(StoreError::TooManyMailboxes(8))),
+        "{refused:?}"
+    );
+    // A taken name is told as such, not as the limit.
+    let taken = store.create_mailbox(account, "a/b", None).await;
+    assert!(
+        matches!(taken, Err(StoreError::MailboxExists(_))),
+        "{taken:?}"
+    );
+    // RENAME INBOX makes a mailbox too.
+    let refused = store.rename_mailbox(account, "INBOX", "Old").await;
+    assert!(
+        matches!(refused, Err(StoreError::TooManyMailboxes(8))),
+        "{refused:?}"
+    );
+    // A rename of others makes none.
+    store.rename_mailbox(account, "a", "z").await.unwrap();
+
+    deliver(&store, account, 2).await;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let change = |change, list: &[&str]| {
+        let (store, list) = (store.clone(), flags(list));
+        async move {
+            store
+                .store_flags(inbox.id, &[1, 2], change, &list, None)
+                .await
+        }
+    };
+    change(FlagChange::Add, &["\\Seen", "one", "two"])
+        .await
+        .unwrap();
+    // System flags are not keywords; a keyword already there is not counted twice.
+    change(
+        FlagChange::Add,
+        &["\\Flagged", "\\Answered", "two", "three"],
+    )
+    .await
+    .unwrap();
+    let refused = change(FlagChange::Add, &["four"]).await;
+    assert!(
+        matches!(refused, Err(StoreError::TooManyKeywords(3))),
+        "{refused:?}"
+    );
+    let refused = change(FlagChange::Replace, &["a", "b", "c", "d"]).await;
+    assert!(
+        matches!(refused, Err(StoreError::TooManyKeywords(3))),
+        "{refused:?}"
+    );
+    let refused = change(FlagChange::Add, &["elevenoctet"]).await;
+    assert!(
+        matches!(refused, Err(StoreError::KeywordTooLong(10))),
+        "{refused:?}"
+    );
+    let messages = store.mailbox_messages(inbox.id).await.unwrap();
+    assert_eq!(
+        messages[0].flags,
+        flags(&["\\Answered", "\\Flagged", "\\Seen", "one", "three", "two"])
+    );
+    // Taking keywords away is never refused; then there is room again.
+    change(FlagChange::Remove, &["one", "elevenoctet"])
+        .await
+        .unwrap();
+    change(FlagChange::Add, &["four"]).await.unwrap();
+    change(FlagChange::Replace, &["p", "q", "r", "\\Seen"])
+        .await
+        .unwrap();
+
+    let refused = store
+        .append_message(inbox.id, b"x", &flags(&["a", "b", "c", "d"]), None)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::TooManyKeywords(3))),
+        "{refused:?}"
+    );
+    let refused = store
+        .append_message(inbox.id, b"x", &flags(&["elevenoctet"]), None)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::KeywordTooLong(10))),
+        "{refused:?}"
+    );
+    assert_eq!(store.mailbox_messages(inbox.id).await.unwrap().len(), 2);
 }

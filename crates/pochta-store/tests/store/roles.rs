@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use pochta_mail::Disposition;
 use pochta_store::{
-    AttemptOutcome, AttemptReport, Claim, DkimAlgorithm, DomainRole, NewRecipient, Store,
-    StoreError, StoreOptions,
+    AttemptOutcome, AttemptReport, Claim, DkimAlgorithm, DomainRole, LocalDelivery, MailboxLimits,
+    NewRecipient, Store, StoreError, StoreOptions,
 };
 use pochta_testkit::TestDb;
 
@@ -36,13 +36,23 @@ struct Roles {
 async fn roles() -> Roles {
     let db = TestDb::new().await.unwrap();
     let alice = db.add_account("alice@example.org", "pw").await.unwrap();
+    // A quota, so that every path that checks one runs as its role.
+    db.store()
+        .set_quota(&addr("alice@example.org"), Some(1 << 30))
+        .await
+        .unwrap();
     let urls = db.service_roles().await.unwrap();
     let connect = async |url: &str| Store::connect(url, &StoreOptions::default()).await.unwrap();
     let r = Roles {
         ingress: connect(&urls.ingress).await,
         queue: connect(&urls.queue).await,
         pop3: connect(&urls.pop3).await,
-        imap: connect(&urls.imap).await,
+        imap: connect(&urls.imap)
+            .await
+            .with_mailbox_limits(MailboxLimits {
+                max_mailboxes: 100,
+                ..MailboxLimits::default()
+            }),
         db,
         alice,
     };
@@ -68,6 +78,10 @@ async fn the_ingress_role_adds_mail_and_nothing_else() {
         .lookup_recipient(&addr("alice@example.org"))
         .await
         .unwrap();
+    // RCPT's quota check reads the mailboxes' sizes.
+    let (alice_address, rules) = (addr("alice@example.org"), Default::default());
+    let resolved = ingress.resolve_recipient(&alice_address, &rules);
+    resolved.await.unwrap();
     ingress.sender_usage("alice@example.org").await.unwrap();
     ingress.domain_backlog("example.org").await.unwrap();
     let mail = for_alice();
@@ -106,6 +120,17 @@ async fn the_queue_role_works_the_queue_and_nothing_else() {
         .deliver_to_maildrop("q", claimed[0].recipient_id, *alice, prefix)
         .await
         .unwrap();
+    // An account with a quota is delivered to in its turn, its usage read.
+    db.store().enqueue(&for_alice(), CONTENT).await.unwrap();
+    let claimed = queue.claim_due("q", Claim::Local, 10, LEASE).await.unwrap();
+    let delivered = queue
+        .deliver_to_maildrop_with_report("q", claimed[0].recipient_id, *alice, prefix, true, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(delivered, LocalDelivery::Delivered { .. }),
+        "{delivered:?}"
+    );
     let remote = envelope(vec![recipient("bob@elsewhere.example")]);
     db.store().enqueue(&remote, CONTENT).await.unwrap();
     let claimed = queue
@@ -198,6 +223,10 @@ async fn the_imap_role_works_mailboxes_and_nothing_else() {
     let seen = ["\\Seen".to_string()];
     let flagged = imap.store_flags(inbox.id, &[1], pochta_store::FlagChange::Add, &seen, None);
     assert_eq!(flagged.await.unwrap().changed.len(), 1);
+    // A copy is held to the quota; the move after it is not.
+    imap.copy_messages(inbox.id, &[1], work.id, false)
+        .await
+        .unwrap();
     imap.copy_messages(inbox.id, &[1], work.id, true)
         .await
         .unwrap();
@@ -211,18 +240,18 @@ async fn the_imap_role_works_mailboxes_and_nothing_else() {
             .await
             .unwrap()
             .len(),
-        2
+        3
     );
     imap.store_flags(
         work.id,
-        &[1, 2],
+        &[1, 2, 3],
         pochta_store::FlagChange::Add,
         &["\\Deleted".into()],
         None,
     )
     .await
     .unwrap();
-    assert_eq!(imap.expunge(work.id, None).await.unwrap(), [1, 2]);
+    assert_eq!(imap.expunge(work.id, None).await.unwrap(), [1, 2, 3]);
     assert!(imap.delete_mailbox(*alice, "Work").await.unwrap());
     denied(
         "reads the queue",
