@@ -623,6 +623,53 @@ c.logout()
     assert_eq!(s.inbox_len().await, 0);
 }
 
+/// The account's quota holds for what IMAP adds as for what is delivered: an APPEND or COPY
+/// past it gets `NO [OVERQUOTA]` (imaplib), a MOVE adds nothing and goes through, and once
+/// IMAP has filled the account SMTP refuses more at RCPT (452 4.2.2, smtplib).
+#[tokio::test]
+async fn imap_additions_are_held_to_the_quota_and_fill_it_for_smtp() {
+    let s = stack().await;
+    // A quota from the start: the ingress caches its answers only for accounts without one.
+    s.db.set_quota(ALICE, Some(1 << 20)).await.unwrap();
+    s.send(&["Subject: one\r\n\r\nfirst\r\n"]).await;
+    let used: usize = s.stored().await.iter().map(Vec::len).sum();
+    let small = b"Subject: small\r\n\r\n".len() + 1000 + 2;
+    s.db.set_quota(ALICE, Some((used + small) as i64))
+        .await
+        .unwrap();
+    let script = r#"
+m = tls()
+typ, data = m.append("Sent", None, None, b"Subject: big\r\n\r\n" + b"x" * 3000 + b"\r\n")
+print("append-big", typ, data[0].decode())
+check(m.append("Sent", None, None, b"Subject: small\r\n\r\n" + b"y" * 1000 + b"\r\n"))
+check(m.select("INBOX"))
+typ, data = m.copy("1", "Trash")
+print("copy", typ, data[0].decode())
+typ, data = m._simple_command("MOVE", "1", "Trash")
+print("move", typ)
+m.logout()
+"#;
+    let out = s.client(0, script, &[]).await;
+    assert!(
+        out.contains("append-big NO [OVERQUOTA]"),
+        "an APPEND past the quota: {out}"
+    );
+    assert!(out.contains("copy NO [OVERQUOTA]"), "{out}");
+    assert!(out.contains("move OK"), "{out}");
+    let smtp = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+try:
+    s.sendmail("bob@remote.test", ["alice@example.org"], b"Subject: more\r\n\r\nmore\r\n")
+    print("accepted")
+except smtplib.SMTPRecipientsRefused as e:
+    code, text = e.recipients["alice@example.org"]
+    print("refused", code, text.decode())
+"#;
+    let out = python(smtp, &[&s.mx.port().to_string()]).await.unwrap();
+    assert!(out.contains("refused 452 4.2.2"), "{out}");
+}
+
 /// A client idling on one replica hears of mail the queue delivers, and of a deletion made
 /// over POP3, without asking.
 #[tokio::test]

@@ -517,3 +517,142 @@ async fn an_account_holds_at_most_its_sessions() {
     assert!(grpc_health(grpc).await.unwrap());
     drop(process);
 }
+
+/// A logged-in client cannot grow its account without bound: COPY doubling a mailbox stops at
+/// the quota, CREATE at `max_mailboxes` (missing parents counted), keywords at
+/// `max_keywords` and `max_keyword_length`; each refusal is a `NO` with its code and the
+/// session goes on.
+#[tokio::test]
+async fn copies_folders_and_keywords_stop_at_the_quota_and_limits() {
+    let (db, process, imap, grpc) =
+        server("max_mailboxes = 10\nmax_keywords = 5\nmax_keyword_length = 20").await;
+    db.set_quota("alice@example.org", Some(10_000))
+        .await
+        .unwrap();
+    let mut c = Client::connect(imap).await;
+    c.login().await;
+    c.append("a1", &message_of(1000, |_| "0123456789abcdef\r\n".into()))
+        .await;
+    c.select_inbox().await;
+    let mut refused = None;
+    for round in 0..10 {
+        let reply = c.cmd(&format!("c{round} COPY 1:* INBOX")).await;
+        let last = reply.last().unwrap();
+        if !last.contains(" OK ") {
+            refused = Some((round, last.clone()));
+            break;
+        }
+        // The copies join the view, so that the next COPY doubles the mailbox.
+        let reply = c.cmd(&format!("n{round} NOOP")).await;
+        assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
+    }
+    // 1, 2, 4 and 8 messages of ~1,000 octets fit in 10,000; 16 do not.
+    let (round, last) = refused.expect("a COPY refused");
+    assert_eq!(round, 3, "{last}");
+    assert!(last.starts_with("c3 NO [OVERQUOTA]"), "{last}");
+    let reply = c.cmd("n9 NOOP").await;
+    assert!(reply.last().unwrap().starts_with("n9 OK"), "{reply:?}");
+    let status = c.cmd("t1 STATUS INBOX (MESSAGES)").await;
+    assert_eq!(status[0], "* STATUS INBOX (MESSAGES 8)", "{status:?}");
+
+    // Five folders are made at login; five more fit. A path of eleven levels would need
+    // eleven.
+    let deep = (0..11)
+        .map(|i| format!("d{i}"))
+        .collect::<Vec<_>>()
+        .join("/");
+    let reply = c.cmd(&format!("m0 CREATE {deep}")).await;
+    assert!(
+        reply.last().unwrap().starts_with("m0 NO [LIMIT]"),
+        "{reply:?}"
+    );
+    let mut made = 0;
+    for i in 0..20 {
+        let reply = c.cmd(&format!("m{} CREATE Folder{i}", i + 1)).await;
+        let last = reply.last().unwrap();
+        if last.contains(" OK ") {
+            made += 1;
+        } else {
+            assert!(last.contains("NO [LIMIT]"), "{last}");
+        }
+    }
+    assert_eq!(made, 5);
+    let listed = c.cmd("l2 LIST \"\" *").await;
+    assert_eq!(
+        listed.iter().filter(|l| l.starts_with("* LIST")).count(),
+        10
+    );
+
+    let reply = c.cmd("s1 STORE 1 +FLAGS (k1 k2 k3 k4 k5 k6)").await;
+    assert!(
+        reply.last().unwrap().starts_with("s1 NO [LIMIT]"),
+        "{reply:?}"
+    );
+    let reply = c.cmd("s2 STORE 1:* +FLAGS.SILENT (k1 k2 k3 k4 k5)").await;
+    assert!(reply.last().unwrap().starts_with("s2 OK"), "{reply:?}");
+    let reply = c.cmd("s3 STORE 1 +FLAGS (k6)").await;
+    assert!(
+        reply.last().unwrap().starts_with("s3 NO [LIMIT]"),
+        "{reply:?}"
+    );
+    let long = "k".repeat(21);
+    let reply = c.cmd(&format!("s4 STORE 1 FLAGS ({long})")).await;
+    assert!(
+        reply.last().unwrap().starts_with("s4 NO [LIMIT]"),
+        "{reply:?}"
+    );
+    let reply = c.cmd("f1 FETCH 1 FLAGS").await;
+    assert!(
+        reply[0].contains("k1 k2 k3 k4 k5") && !reply[0].contains("k6"),
+        "{reply:?}"
+    );
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(process);
+}
+
+/// The commands read beside the parser (ESEARCH, SEARCHRES, LIST-EXTENDED) in their hostile
+/// forms over TCP: too many `$`, options that do not exist, patterns by the thousand, and
+/// a command past the 64 KiB those are read within. Each gets BAD; the session goes on.
+#[tokio::test]
+async fn extension_commands_in_hostile_forms_get_bad_and_the_session_goes_on() {
+    let (_db, process, imap, grpc) = server("").await;
+    let mut c = Client::connect(imap).await;
+    c.login().await;
+    c.select_inbox().await;
+    for (bad, why) in [
+        ("x1 SEARCH RETURN (SAVE) $ $ $ $", "Too many $"),
+        (
+            "x2 SEARCH RETURN (NOSUCH) ALL",
+            "Unsupported SEARCH RETURN option",
+        ),
+        ("x3 SEARCH RETURN (COUNT ALL", ""),
+        (
+            "x4 LIST (NOSUCH) \"\" *",
+            "Unsupported LIST selection option",
+        ),
+        ("x5 LIST (RECURSIVEMATCH) \"\" *", "RECURSIVEMATCH"),
+        ("x6 LIST \"\" * RETURN (STATUS (NOSUCH))", ""),
+        ("x7 SEARCH RETURN (MIN) {999999999}", ""),
+    ] {
+        let reply = c.cmd(bad).await;
+        let last = reply.last().unwrap();
+        let tag = bad.split(' ').next().unwrap();
+        assert!(last.starts_with(&format!("{tag} BAD")), "{bad}: {reply:?}");
+        assert!(last.contains(why), "{bad}: {reply:?}");
+    }
+    // Thousands of patterns within the limit: one listing, each mailbox once.
+    let patterns = vec!["\"%\""; 5_000].join(" ");
+    let reply = c.cmd(&format!("p1 LIST \"\" ({patterns})")).await;
+    assert!(reply.last().unwrap().starts_with("p1 OK"), "{reply:?}");
+    assert_eq!(reply.iter().filter(|l| l.starts_with("* LIST")).count(), 5);
+    // Past 64 KiB.
+    let patterns = vec!["\"Folder/%\""; 8_000].join(" ");
+    let reply = c
+        .cmd(&format!("p2 LIST \"\" ({patterns}) RETURN (CHILDREN)"))
+        .await;
+    assert!(reply.last().unwrap().starts_with("p2 BAD"), "{reply:?}");
+    let reply = c.cmd("n1 NOOP").await;
+    assert_eq!(reply.last().unwrap(), "n1 OK NOOP completed");
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(process);
+}

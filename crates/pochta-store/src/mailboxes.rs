@@ -1183,13 +1183,15 @@ async fn copy_on(
     .bind(to_mailbox)
     .fetch_all(&mut *tx)
     .await?;
+    // A copy into the mailbox it is made from is allowed (RFC 9051 6.4.7): one row.
+    let mailboxes = if from_mailbox == to_mailbox { 1 } else { 2 };
     let target = locked.iter().find(|(id, _, _)| *id == to_mailbox);
     let (Some(&(_, account_id, uid_validity)), true) = (
         target,
         locked
             .iter()
             .all(|(_, a, _)| Some(a) == target.map(|t| &t.1))
-            && locked.len() == 2,
+            && locked.len() == mailboxes,
     ) else {
         return Err(StoreError::UnknownMailbox(to_mailbox.to_string()));
     };

@@ -172,6 +172,14 @@ impl TestDb {
         add_account(&self.store, address, password).await
     }
 
+    /// Sets (or with None, clears) the quota of the account at `address`, in octets.
+    pub async fn set_quota(&self, address: &str, quota: Option<i64>) -> anyhow::Result<()> {
+        Ok(self
+            .store
+            .set_quota(&Mailbox::parse(address)?, quota)
+            .await?)
+    }
+
     /// The services' least-privilege roles (created on the server when missing, shared by
     /// every test) granted on this database, and the URLs that log in as them.
     pub async fn service_roles(&self) -> anyhow::Result<ServiceUrls> {

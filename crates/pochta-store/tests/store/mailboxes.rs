@@ -1550,3 +1550,41 @@ async fn mailboxes_and_keywords_are_held_to_the_limits() {
     );
     assert_eq!(store.mailbox_messages(inbox.id).await.unwrap().len(), 2);
 }
+
+/// COPY into the mailbox the messages are in (RFC 9051 6.4.7 does not forbid it) makes
+/// copies with new UIDs; it was refused as "no such mailbox" when the two mailbox rows it
+/// locks were one.
+#[tokio::test]
+async fn a_copy_into_its_own_mailbox_makes_copies() {
+    let db = TestDb::new().await.unwrap();
+    let store = db.store();
+    let account = account(store).await;
+    deliver(store, account, 2).await;
+    let inbox = store.mailbox(account, "INBOX").await.unwrap().unwrap();
+    let placed = store
+        .copy_messages(inbox.id, &[1, 2], inbox.id, false)
+        .await
+        .unwrap();
+    assert_eq!(placed.uids, [(1, 3), (2, 4)]);
+    let messages = store.mailbox_messages(inbox.id).await.unwrap();
+    let uids: Vec<i64> = messages.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [1, 2, 3, 4]);
+    let ids: Vec<i64> = messages.iter().map(|m| m.entry_id).collect();
+    let whole = store.maildrop_entries_whole(account, &ids).await.unwrap();
+    assert_eq!(whole[0].1, whole[2].1);
+    // A move into its own mailbox gives new UIDs.
+    let placed = store
+        .copy_messages(inbox.id, &[1], inbox.id, true)
+        .await
+        .unwrap();
+    assert_eq!(placed.uids, [(1, 5)]);
+    let uids: Vec<i64> = store
+        .mailbox_messages(inbox.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    assert_eq!(uids, [2, 3, 4, 5]);
+    counters_agree(store, account, "after copies into INBOX").await;
+}
