@@ -23,6 +23,7 @@ use pochta_service::drive::{Driver, Ended, Handler, Io, MemoryBudget, Timeouts};
 use pochta_service::limits::{ConnectionLimiter, PerKeyGuard, PerKeyLimiter, Refusal};
 use pochta_service::listen::ProxyPeers;
 use pochta_service::login::{Authenticator, LoginOutcome, LoginRules};
+use pochta_service::spawn::spawn_beside;
 use pochta_store::{
     EntryPart, HeaderBlocks, MailboxInfo, MailboxLimits, MailboxMessage, MessageFilter,
     SearchField, Store, StoreError,
@@ -322,7 +323,7 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn start(
+    async fn start(
         store: Store,
         account: i64,
         entry_ids: Vec<i64>,
@@ -333,7 +334,7 @@ impl ReadAhead {
         ReadAhead {
             entry_ids,
             headers_only,
-            task: tokio::spawn(read.in_current_span()),
+            task: spawn_beside(read.in_current_span()).await,
         }
     }
 
@@ -387,7 +388,7 @@ impl Connection {
             // expunge is told as any other).
             let next = part.next.filter(|_| sent < s.len);
             let (store, entry_id) = (store.clone(), s.entry_id);
-            let read = tokio::spawn(
+            let read = spawn_beside(
                 async move {
                     match next {
                         Some(next) => store
@@ -398,7 +399,8 @@ impl Connection {
                     }
                 }
                 .in_current_span(),
-            );
+            )
+            .await;
             let (written, read) = tokio::join!(io.flush(), read);
             written.map_err(|e| Ended::Failed(format!("writing: {e}")))?;
             let read = read.map_err(|e| e.to_string());
@@ -572,13 +574,9 @@ impl Connection {
                 // short (the next starts elsewhere).
                 let cut = matches!(&read, Ok(c) if c.answered.is_some());
                 if !next.is_empty() && !cut {
-                    self.ahead = Some(ReadAhead::start(
-                        store.clone(),
-                        account,
-                        next,
-                        headers_only,
-                        batch_bytes,
-                    ));
+                    let ahead =
+                        ReadAhead::start(store.clone(), account, next, headers_only, batch_bytes);
+                    self.ahead = Some(ahead.await);
                 }
                 Answer::Contents(read)
             }

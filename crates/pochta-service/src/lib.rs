@@ -20,6 +20,7 @@ pub mod listen;
 pub mod login;
 pub mod memory;
 pub mod proxy;
+pub mod spawn;
 pub mod tls;
 
 use std::future::Future;

@@ -3,9 +3,9 @@
 //! sees; content is shared, so a copy or move never copies a message's octets.
 //!
 //! Lock order, so that no two of these can deadlock: the account's turn first (an advisory
-//! lock, `ACCOUNT_TURN`, taken only by the paths that check its quota or limits), then mailbox
-//! rows (in id order when there are
-//! two), then their entries. Local delivery and POP3's QUIT keep the same order.
+//! lock, `ACCOUNT_TURN`, taken only by the paths that check its quota or limits), then
+//! mailbox rows (in id order when there are two), then their entries. Local delivery and
+//! POP3's QUIT keep the same order.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgListener;

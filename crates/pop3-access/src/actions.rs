@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use pochta_pop3::{DotStuffer, Entry, LoginResult};
 use pochta_service::drive::Io;
 use pochta_service::login::LoginOutcome;
+use pochta_service::spawn::spawn_beside;
 use tracing::Instrument;
 
 use crate::lock::LockKeeper;
@@ -234,7 +235,7 @@ impl Server {
             l.next.push_back(Prefetch {
                 at: from,
                 len,
-                task: tokio::spawn(read.in_current_span()),
+                task: spawn_beside(read.in_current_span()).await,
             });
             from += len;
         }
