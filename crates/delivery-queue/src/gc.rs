@@ -1,15 +1,24 @@
 //! Periodic housekeeping: held mail past its lifetime is made due (the next claim expires it
 //! with its report), then garbage collection: message content nothing can read any more (its
-//! recipients finished and no maildrop holds it, e.g. after POP3 deleted it) at once, finished
-//! envelopes past their retention and then the message rows nothing references. Replicas may
-//! run it at the same time: every step is idempotent.
+//! recipients finished and no maildrop holds it, e.g. after POP3 deleted it), finished
+//! envelopes past their retention and then the message rows nothing references. Each pass
+//! looks at the new messages, those whose entries went and `window` others, so that its cost
+//! does not grow with the store (`Store::collect_garbage_step`). Replicas may run it at the
+//! same time: every step is idempotent.
 
 use std::time::Duration;
 
 use pochta_service::Shutdown;
-use pochta_store::Store;
+use pochta_store::{GcSweep, Store};
 
-pub async fn run(store: Store, interval: Duration, retention: Duration, shutdown: Shutdown) {
+pub async fn run(
+    store: Store,
+    interval: Duration,
+    retention: Duration,
+    window: i64,
+    shutdown: Shutdown,
+) {
+    let mut sweep = GcSweep::default();
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
@@ -23,7 +32,10 @@ pub async fn run(store: Store, interval: Duration, retention: Duration, shutdown
             ),
             Err(e) => tracing::warn!("expiring held mail failed (retried next interval): {e}"),
         }
-        match store.collect_garbage(retention).await {
+        match store
+            .collect_garbage_step(retention, &mut sweep, window)
+            .await
+        {
             Ok(c) if c.contents + c.envelopes + c.messages > 0 => {
                 tracing::info!(
                     contents = c.contents,

@@ -77,6 +77,7 @@ fn main() -> ExitCode {
                 ctx.store.clone(),
                 Duration::from_secs(queue.gc_interval_secs),
                 Duration::from_secs(queue.retention_secs),
+                i64::from(queue.gc_window_messages),
                 ctx.shutdown.clone(),
             ));
             let depth = tokio::spawn(depth::run(

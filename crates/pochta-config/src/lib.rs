@@ -530,6 +530,10 @@ pub struct QueueConfig {
     pub retention_secs: u64,
     /// How often garbage collection runs (and so how long unreadable content may stay).
     pub gc_interval_secs: u64,
+    /// Older messages each collection looks at besides the new ones and those whose last
+    /// maildrop entry went: the whole store is gone over once every (messages / this)
+    /// collections, which catches the rest (mail deferred for days, then finished).
+    pub gc_window_messages: u32,
     /// How often the queue depth metric is read from the store.
     pub depth_interval_secs: u64,
     /// The name delivery status reports give as Reporting-MTA; the machine's host name if unset.
@@ -656,6 +660,7 @@ impl Default for QueueConfig {
             delay_report_after_secs: 4 * 3600,
             retention_secs: 7 * 24 * 3600,
             gc_interval_secs: 600,
+            gc_window_messages: 100_000,
             depth_interval_secs: 15,
             hostname: None,
             dsn_max_full_bytes: 1024 * 1024,

@@ -202,6 +202,10 @@ impl QueueConfig {
             ("queue.batch_size", u64::from(self.batch_size)),
             ("queue.scan_interval_secs", self.scan_interval_secs),
             ("queue.gc_interval_secs", self.gc_interval_secs),
+            (
+                "queue.gc_window_messages",
+                u64::from(self.gc_window_messages),
+            ),
             ("queue.depth_interval_secs", self.depth_interval_secs),
             ("queue.retry_delay_secs", self.retry_delay_secs),
             ("queue.remote_workers", u64::from(self.remote_workers)),

@@ -12,7 +12,7 @@ use pochta_mail::{Disposition, Mailbox, Orcpt};
 use crate::content::{Chunks, ContentCompression, PreparedContent, Rows, SearchColumns};
 use crate::{
     AttemptOutcome, AttemptReport, Claim, ClaimedRecipient, Collected, DestinationDeferral,
-    EXPLAIN, Enqueued, NewEnvelope, Released, Result, Store, StoreError, secs,
+    EXPLAIN, Enqueued, GcSweep, NewEnvelope, Released, Result, Store, StoreError, secs,
 };
 
 /// A claimed recipient as its row holds it.
@@ -407,15 +407,66 @@ impl Store {
     /// envelopes finished, no maildrop entry holds them), then removes envelopes whose
     /// recipients all finished more than `retention` ago, then the rows of messages that
     /// neither an envelope nor a maildrop entry references. An authenticated sender's
-    /// envelopes stay at least a day: its sending limits count them.
+    /// envelopes stay at least a day: its sending limits count them. Looks at every message
+    /// of the store (`collect_garbage_step` looks at a part).
     pub async fn collect_garbage(&self, retention: Duration) -> Result<Collected> {
+        self.collect_in(retention, 0, (0, 0)).await
+    }
+
+    /// One pass of incremental garbage collection: as `collect_garbage`, but looking only at
+    /// the messages that may have lost their last maildrop entry since a pass last looked
+    /// (migration 19's `gc_candidates`), those that are new since the pass before the last
+    /// (the queue's own, whose recipients finish), the rows of envelopes this pass removes,
+    /// and `window` more, taken in id order from where `sweep` left off: the whole store is
+    /// gone over once every (messages / `window`) passes, which is what catches the rest (a
+    /// deferred recipient that finished days later, a candidate lost to a crash).
+    pub async fn collect_garbage_step(
+        &self,
+        retention: Duration,
+        sweep: &mut GcSweep,
+        window: i64,
+    ) -> Result<Collected> {
+        let newest: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM messages")
+            .fetch_one(&self.pool)
+            .await?;
+        let from = sweep.window_from;
+        let to = from.saturating_add(window.max(1));
+        let collected = self
+            .collect_in(retention, sweep.recent_from, (from, to))
+            .await?;
+        sweep.recent_from = sweep.newest_seen;
+        sweep.newest_seen = newest;
+        sweep.window_from = if to > newest { 0 } else { to };
+        Ok(collected)
+    }
+
+    /// Garbage collection over the messages with ids from `recent_from` on, those in
+    /// `window` (from, to), the candidates recorded since the last pass, and the messages of
+    /// the envelopes removed.
+    async fn collect_in(
+        &self,
+        retention: Duration,
+        recent_from: i64,
+        window: (i64, i64),
+    ) -> Result<Collected> {
+        // Taken once, for both sweeps below. A candidate whose message is still held is
+        // dropped: the deletion that frees it records it again.
+        let candidates: Vec<i64> =
+            sqlx::query_scalar("DELETE FROM gc_candidates RETURNING message_id")
+                .fetch_all(&self.pool)
+                .await?;
         // Finished recipients never become live again and a maildrop entry is only made by
-        // finishing a recipient, so what this snapshot finds freeable stays freeable.
+        // finishing a recipient (or copying an entry, which holds its source: FOR KEY SHARE),
+        // so what this snapshot finds freeable stays freeable.
         let contents: i64 = sqlx::query_scalar(
             "WITH freed AS (
                  UPDATE messages m SET content_collected_at = now()
                  WHERE m.content_collected_at IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM maildrop_entries me WHERE me.message_id = m.id)
+                   AND (m.id = ANY ($1) OR m.id >= $2 OR (m.id >= $3 AND m.id < $4))
+                   -- OFFSET 0 keeps each check a probe of the index: as an anti join the
+                   -- planner hashed every entry of the store for a window of 100,000.
+                   AND NOT EXISTS (SELECT 1 FROM maildrop_entries me
+                                   WHERE me.message_id = m.id OFFSET 0)
                    AND NOT EXISTS (
                        SELECT 1 FROM envelopes e JOIN recipients r ON r.envelope_id = e.id
                        WHERE e.message_id = m.id AND r.state IN ('queued', 'held'))
@@ -426,27 +477,34 @@ impl Store {
              )
              SELECT count(*) FROM freed",
         )
+        .bind(&candidates)
+        .bind(recent_from)
+        .bind(window.0)
+        .bind(window.1)
         .fetch_one(&self.pool)
         .await?;
-        let envelopes = sqlx::query(
+        let unenveloped: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM envelopes e
              WHERE e.arrived_at < now() - $1 * interval '1 second'
                AND (e.auth_user IS NULL OR e.arrived_at < now() - interval '1 day')
                AND NOT EXISTS (
                    SELECT 1 FROM recipients r
                    WHERE r.envelope_id = e.id
-                     AND (r.finished_at IS NULL OR r.finished_at > now() - $1 * interval '1 second'))",
+                     AND (r.finished_at IS NULL OR r.finished_at > now() - $1 * interval '1 second'))
+             RETURNING e.message_id",
         )
         .bind(secs(retention))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .fetch_all(&self.pool)
+        .await?;
         // Chunks go here too, for a message the sweep above has not seen.
         let messages: i64 = sqlx::query_scalar(
             "WITH gone AS (
                  DELETE FROM messages m
-                 WHERE NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.message_id = m.id)
-                   AND NOT EXISTS (SELECT 1 FROM maildrop_entries me WHERE me.message_id = m.id)
+                 WHERE (m.id = ANY ($1) OR m.id = ANY ($2) OR m.id >= $3
+                        OR (m.id >= $4 AND m.id < $5))
+                   AND NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.message_id = m.id OFFSET 0)
+                   AND NOT EXISTS (SELECT 1 FROM maildrop_entries me
+                                   WHERE me.message_id = m.id OFFSET 0)
                  RETURNING id, content_collected_at
              ), chunks AS (
                  DELETE FROM message_chunks WHERE message_id = ANY (ARRAY(
@@ -454,11 +512,16 @@ impl Store {
              )
              SELECT count(*) FROM gone",
         )
+        .bind(&candidates)
+        .bind(&unenveloped)
+        .bind(recent_from)
+        .bind(window.0)
+        .bind(window.1)
         .fetch_one(&self.pool)
         .await?;
         Ok(Collected {
             contents: contents as u64,
-            envelopes,
+            envelopes: unenveloped.len() as u64,
             messages: messages as u64,
         })
     }

@@ -74,6 +74,8 @@ const QUEUE: Grants = &[
         "messages, message_chunks, envelopes, recipients, delivery_attempts",
     ),
     ("SELECT, INSERT", "maildrop_entries"),
+    // Garbage collection takes the messages whose entries went (migration 19).
+    ("SELECT, DELETE", "gc_candidates"),
     // Local delivery takes UIDs from the INBOX row (uid_next, highest_modseq).
     ("SELECT, UPDATE", "mailboxes"),
     ("SELECT, INSERT, UPDATE", "mta_sts_policies"),
@@ -93,6 +95,8 @@ const POP3: Grants = &[
         "_sqlx_migrations, domains, accounts, messages, message_chunks",
     ),
     ("SELECT, DELETE", "maildrop_entries"),
+    // What its deletions free is recorded for garbage collection (migration 19's trigger).
+    ("INSERT", "gc_candidates"),
     // A POP3 deletion is an expunge for IMAP: it raises the INBOX's highest_modseq.
     ("SELECT, UPDATE", "mailboxes"),
     ("SELECT, INSERT, UPDATE, DELETE", "maildrop_locks"),
@@ -113,6 +117,8 @@ const IMAP: Grants = &[
         "SELECT, INSERT, UPDATE, DELETE",
         "mailboxes, maildrop_entries",
     ),
+    // What its expunges free is recorded for garbage collection (migration 19's trigger).
+    ("INSERT", "gc_candidates"),
 ];
 
 impl Store {

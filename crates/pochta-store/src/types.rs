@@ -536,6 +536,18 @@ pub struct Collected {
     pub messages: u64,
 }
 
+/// Where incremental garbage collection is (`Store::collect_garbage_step`), kept by the
+/// caller between passes; a new one looks at every message in its first two passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GcSweep {
+    /// Messages from this id on are looked at whole: new since the pass before the last.
+    pub(crate) recent_from: i64,
+    /// The newest message when the last pass began.
+    pub(crate) newest_seen: i64,
+    /// Where the next pass's window of older messages begins.
+    pub(crate) window_from: i64,
+}
+
 /// How many rows the store holds, for metrics and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StoreCounts {
