@@ -644,6 +644,13 @@ impl Connection {
                 since_modseq,
                 known_uid_max,
             } => Answer::Changes(changes(store, mailbox_id, since_modseq, known_uid_max).await),
+            Request::SearchCount { mailbox_id, key } => Answer::Counted(
+                store
+                    .mailbox_search_count(mailbox_id, &filter(&key))
+                    .await
+                    .map(|(count, modseq)| (clamp(count), modseq.max(0) as u64))
+                    .map_err(failure),
+            ),
             Request::Search { mailbox_id, key } => Answer::Found(
                 store
                     .mailbox_search(mailbox_id, &filter(&key))
@@ -726,7 +733,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Expunge { .. } => "expunge",
         Request::Copy { .. } => "copy",
         Request::Changes { .. } => "changes",
-        Request::Search { .. } => "search",
+        Request::Search { .. } | Request::SearchCount { .. } => "search",
     }
 }
 

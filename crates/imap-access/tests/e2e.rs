@@ -401,6 +401,7 @@ def esearch(*args):
 print("unseen", esearch("UID", "SEARCH", "RETURN", "(MIN MAX COUNT ALL)", "UNSEEN"))
 print("numbers", esearch("SEARCH", "RETURN", "()", "OR", "SUBJECT", "four", "SUBJECT", "one"))
 print("none", esearch("SEARCH", "RETURN", "(MIN COUNT)", "SUBJECT", "nowhere"))
+print("count", esearch("UID", "SEARCH", "RETURN", "(COUNT)", "UNSEEN"))
 print("max-modseq", esearch("UID", "SEARCH", "RETURN", "(MAX)", "MODSEQ", "1"))
 highest = check(m.fetch("4", "(MODSEQ)"))[0].decode()
 print("fetch-modseq", highest)
@@ -453,6 +454,8 @@ m.logout()
         "{out}"
     );
     assert!(line("numbers").contains("ALL 1,4'"), "{out}");
+    // COUNT alone is counted by the store; the same count.
+    assert!(line("count").contains("UID COUNT 3'"), "{out}");
     assert!(
         line("none").contains("COUNT 0'") && !line("none").contains("MIN"),
         "{out}"

@@ -250,5 +250,10 @@ fn answer(
             }
             Answer::Found(Ok(found))
         }
+        Request::SearchCount { .. } if fails => Answer::Counted(Err(failure(input))),
+        Request::SearchCount { .. } => {
+            let count = uids.iter().filter(|_| input.bool()).count() as u32;
+            Answer::Counted(Ok((count, u64::from(input.byte()))))
+        }
     }
 }

@@ -160,6 +160,13 @@ pub enum Request {
         mailbox_id: i64,
         key: SearchKey<'static>,
     },
+    /// As `Search`, when only the number of matches is asked for (ESEARCH's COUNT alone,
+    /// RFC 4731) and the key reads no header: how many match, and their highest mod-sequence.
+    /// The key holds the view's UIDs only.
+    SearchCount {
+        mailbox_id: i64,
+        key: SearchKey<'static>,
+    },
 }
 
 /// The world's answer to a `Request` (the variant matching it).
@@ -182,6 +189,9 @@ pub enum Answer {
     Expunged(Result<Vec<u32>, Failure>),
     Changes(Result<Changes, Failure>),
     Found(Result<Found, Failure>),
+    /// How many messages matched a `Request::SearchCount`, and their highest mod-sequence
+    /// (0: none).
+    Counted(Result<(u32, u64), Failure>),
 }
 
 /// The answer to a `Request::Contents`: octets by entry id (entries expunged meanwhile are
@@ -366,6 +376,9 @@ enum Pending {
         matched: Vec<(usize, u32, u64)>,
     },
     SearchFound {
+        search: SearchJob,
+    },
+    SearchCounted {
         search: SearchJob,
     },
     /// An ESEARCH response waiting for the mod-sequence of its MIN or MAX (RFC 7162 3.1.5).
@@ -1737,6 +1750,26 @@ impl Session {
             return self.search_done(search, &mut [], 0);
         }
         let mailbox_id = view.mailbox.id;
+        // COUNT alone of a key about flags, sizes, dates or UIDs: the store counts, and only
+        // the messages the view has (those that arrived since are not told yet).
+        let count_only = search
+            .returns
+            .is_some_and(|r| r.count && !(r.all || r.min || r.max || r.save));
+        if count_only && search.need == fetch::Need::Nothing {
+            let known = Sequence::Range(
+                SeqOrUid::Value(NonZeroU32::MIN),
+                SeqOrUid::Value(nonzero(view.highest_uid())),
+            );
+            let keys = vec![
+                search::with_uid_sets(key, view),
+                SearchKey::Uid(known.into()),
+            ];
+            let key = SearchKey::And(Vec1::try_from(keys).expect("two keys"));
+            return self.run(
+                Pending::SearchCounted { search },
+                Request::SearchCount { mailbox_id, key },
+            );
+        }
         // Flags, sizes, dates, UIDs and the header fields the store keeps: only the matches
         // (and the messages it cannot decide) need leave the store. Otherwise every message's
         // metadata, then its octets.
@@ -1853,6 +1886,22 @@ impl Session {
                 next,
             },
         );
+    }
+
+    /// Answers an ESEARCH that asked for COUNT alone (RFC 4731 3.1): the count, and with
+    /// CONDSTORE the highest mod-sequence of the matches (RFC 7162 3.1.5) when there are any.
+    fn search_counted(&mut self, search: SearchJob, count: u32, modseq: u64) {
+        let mut line = format!("* ESEARCH (TAG \"{}\")", search.tag.as_ref());
+        if search.uid {
+            line.push_str(" UID");
+        }
+        line.push_str(&format!(" COUNT {count}"));
+        if self.condstore && count > 0 && modseq > 0 {
+            line.push_str(&format!(" MODSEQ {modseq}"));
+        }
+        line.push_str("\r\n");
+        self.out.push_back(line.into_bytes());
+        self.ok(search.tag, "SEARCH completed");
     }
 
     /// Answers a SEARCH: `matched` holds (place, UID, mod-sequence) of each match, and
@@ -2127,6 +2176,9 @@ impl Session {
             (Pending::SearchFound { search }, Answer::Found(Ok(found))) => {
                 self.search_found(search, found)
             }
+            (Pending::SearchCounted { search }, Answer::Counted(Ok((count, modseq)))) => {
+                self.search_counted(search, count, modseq)
+            }
             (
                 Pending::Search {
                     search,
@@ -2243,6 +2295,7 @@ impl Session {
                 | Answer::Flags(Err(failure))
                 | Answer::Expunged(Err(failure))
                 | Answer::Found(Err(failure))
+                | Answer::Counted(Err(failure))
                 | Answer::Messages(Err(failure)),
             ) => {
                 // RFC 9051 6.4.4.1: a SEARCH that was to save and failed empties `$`.
@@ -2523,7 +2576,8 @@ impl Pending {
         match self {
             Pending::Search { search, .. }
             | Pending::SearchMeta { search, .. }
-            | Pending::SearchFound { search } => search.returns.is_some_and(|r| r.save),
+            | Pending::SearchFound { search }
+            | Pending::SearchCounted { search } => search.returns.is_some_and(|r| r.save),
             _ => false,
         }
     }
@@ -2548,7 +2602,8 @@ impl Pending {
             | Pending::Fetch { fetch, .. } => fetch.tag,
             Pending::Search { search, .. }
             | Pending::SearchMeta { search, .. }
-            | Pending::SearchFound { search } => search.tag,
+            | Pending::SearchFound { search }
+            | Pending::SearchCounted { search } => search.tag,
             Pending::Sync { tag } => return tag,
         })
     }

@@ -1303,11 +1303,31 @@ fn esearch_returns_what_was_asked_and_the_modseq_of_min_or_max() {
         out.starts_with("* ESEARCH (TAG \"e3\") UID COUNT 0\r\n"),
         "{out}"
     );
-    // With CONDSTORE, MODSEQ: the highest of all matches for COUNT and ALL ...
-    request(c.send("e4 UID SEARCH RETURN (COUNT) MODSEQ 1\r\n"));
+    // With CONDSTORE, MODSEQ: the highest of all matches for COUNT and ALL ... COUNT alone
+    // is counted by the world, over the UIDs the view has.
+    let r = request(c.send("e4 UID SEARCH RETURN (COUNT) MODSEQ 1\r\n"));
+    let Request::SearchCount { mailbox_id: 1, key } = r else {
+        panic!("{r:?}")
+    };
+    let key = format!("{key:?}");
+    assert!(key.contains("ModSeq") && key.contains("Uid"), "{key}");
+    let out = answer(&mut c, Answer::Counted(Ok((2, 9))));
+    assert_eq!(
+        out,
+        "* ESEARCH (TAG \"e4\") UID COUNT 2 MODSEQ 9\r\ne4 OK SEARCH completed\r\n"
+    );
+    request(c.send("e4b UID SEARCH RETURN (COUNT) MODSEQ 1\r\n"));
+    let out = answer(&mut c, Answer::Counted(Ok((0, 0))));
+    assert!(
+        out.starts_with("* ESEARCH (TAG \"e4b\") UID COUNT 0\r\n"),
+        "{out}"
+    );
+    // COUNT beside another item needs the matches themselves.
+    let r = request(c.send("e4c UID SEARCH RETURN (COUNT MAX) MODSEQ 1\r\n"));
+    assert!(matches!(r, Request::Search { .. }), "{r:?}");
     let out = answer(&mut c, Answer::Found(Ok(decided(&[(2, 4), (7, 9)]))));
     assert!(
-        out.starts_with("* ESEARCH (TAG \"e4\") UID COUNT 2 MODSEQ 9\r\n"),
+        out.starts_with("* ESEARCH (TAG \"e4c\") UID MAX 7 COUNT 2 MODSEQ 9\r\n"),
         "{out}"
     );
     // ... and for MIN alone, the mod-sequence of that message, which the store is asked.
@@ -1610,7 +1630,7 @@ fn an_imap4rev2_session_is_answered_esearch_and_no_recent() {
         "* ESEARCH (TAG \"q1\") UID ALL 4,7\r\nq1 OK SEARCH completed\r\n"
     );
     request(c.send("q2 SEARCH RETURN (COUNT) DELETED\r\n"));
-    let out = answer(&mut c, Answer::Found(Ok(Found::default())));
+    let out = answer(&mut c, Answer::Counted(Ok((0, 0))));
     assert!(
         out.starts_with("* ESEARCH (TAG \"q2\") COUNT 0\r\n"),
         "{out}"

@@ -102,6 +102,8 @@ pub enum StoreError {
     TooManyKeywords(usize),
     #[error("a keyword may be at most {0} octets long")]
     KeywordTooLong(usize),
+    #[error("invalid search filter: {0}")]
+    InvalidFilter(&'static str),
     #[error("the maildrop lock of account {0} is not held by this session")]
     LockNotHeld(i64),
     #[error("message {message_id}: {found} octets of content read where {expected} were recorded")]

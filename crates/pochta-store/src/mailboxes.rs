@@ -597,6 +597,29 @@ impl Store {
         })
     }
 
+    /// How many messages of a mailbox match a filter that reads no kept header field, and
+    /// their highest mod-sequence (0: none): ESEARCH's COUNT without the UIDs leaving the
+    /// store. A filter that reads header fields is refused (`InvalidFilter`): some messages
+    /// may be undecided, which only `mailbox_search` can tell.
+    pub async fn mailbox_search_count(
+        &self,
+        mailbox_id: i64,
+        filter: &MessageFilter,
+    ) -> Result<(i64, i64)> {
+        if filter.reads_fields() {
+            return Err(StoreError::InvalidFilter(
+                "a count cannot decide filters on header fields",
+            ));
+        }
+        let mut query = QueryBuilder::new(
+            "SELECT count(*), coalesce(max(e.modseq), 0) FROM maildrop_entries e
+             WHERE e.mailbox_id = ",
+        );
+        query.push_bind(mailbox_id).push(" AND ");
+        push_filter(&mut query, filter);
+        Ok(query.build_query_as().fetch_one(&self.pool).await?)
+    }
+
     /// Keeps the search fields (migration 0014) of up to `limit` messages in mailboxes that
     /// were stored without them (before the migration, or by an older replica), taking those
     /// with ids above `after`. Idempotent, and safe beside the services: a message's fields

@@ -829,8 +829,16 @@ async fn searches_of_flags_sizes_dates_and_uids_run_in_the_store() {
         assert!(found.undecided.is_empty(), "{found:?}");
         found.matched
     };
+    // Every search here is counted too (ESEARCH's COUNT alone), and must agree.
     let search = |filter: MessageFilter| async move {
-        uids(store.mailbox_search(inbox.id, &filter).await.unwrap())
+        let found = store.mailbox_search(inbox.id, &filter).await.unwrap();
+        let counted = store.mailbox_search_count(inbox.id, &filter).await.unwrap();
+        assert_eq!(
+            counted,
+            (found.matched.len() as i64, found.highest_modseq),
+            "{filter:?}"
+        );
+        uids(found)
     };
     let not = |f: MessageFilter| Not(Box::new(f));
     let flag = |f: &str| Flag(f.to_string());
@@ -850,6 +858,13 @@ async fn searches_of_flags_sizes_dates_and_uids_run_in_the_store() {
     assert_eq!(search(Uids(vec![(2, 3), (5, 9)])).await, [2, 3, 5]);
     assert_eq!(search(Uids(vec![])).await, Vec::<i64>::new());
     assert_eq!(search(ModSeqAtLeast(modseq_of_5)).await, [5]);
+    // A count cannot tell the messages whose header field was not kept: refused.
+    let by_subject = FieldContains(SearchField::Subject, "x".into());
+    let refused = store.mailbox_search_count(inbox.id, &by_subject).await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidFilter(_))),
+        "{refused:?}"
+    );
     // Sizes and the internal date's day (UTC).
     let size = store.maildrop_entries(account).await.unwrap()[0].pop3_size;
     assert_eq!(search(Larger(size - 1)).await, [1, 2, 3, 4, 5]);
