@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use pochta_store::{
-    Claim, ContentCompression, DomainRole, FlagChange, LocalDelivery, MailboxLimits,
-    MaildropDelivery, MessageFilter, SPECIAL_MAILBOXES, SearchField, SearchFieldsBackfill,
-    SearchResult, Store, StoreError,
+    Claim, ClaimedRecipient, ContentCompression, DomainRole, FlagChange, LocalDelivery,
+    MailboxLimits, MaildropDelivery, MessageFilter, SPECIAL_MAILBOXES, SearchField,
+    SearchFieldsBackfill, SearchResult, Store, StoreError,
 };
 use pochta_testkit::TestDb;
 
@@ -26,8 +26,8 @@ async fn account(store: &Store) -> i64 {
         .unwrap()
 }
 
-/// Delivers `n` new messages into user0's INBOX in one batch.
-async fn deliver(store: &Store, account_id: i64, n: usize) {
+/// Enqueues `n` new messages to user0 and claims them for local delivery.
+async fn claimed_for_user0(store: &Store, n: usize) -> Vec<ClaimedRecipient> {
     for _ in 0..n {
         let local = pochta_testkit::local_recipient("user0@example.org");
         store
@@ -35,10 +35,15 @@ async fn deliver(store: &Store, account_id: i64, n: usize) {
             .await
             .unwrap();
     }
-    let claimed = store
+    store
         .claim_due("w", Claim::Local, 1000, Duration::from_secs(60))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Delivers `n` new messages into user0's INBOX in one batch.
+async fn deliver(store: &Store, account_id: i64, n: usize) {
+    let claimed = claimed_for_user0(store, n).await;
     let batch: Vec<MaildropDelivery> = claimed
         .iter()
         .map(|c| MaildropDelivery {
@@ -1403,16 +1408,7 @@ async fn a_quota_check_that_waited_for_the_account_sees_what_was_committed_meanw
         .set_quota(&addr("user0@example.org"), Some(1_000_000))
         .await
         .unwrap();
-    let local = pochta_testkit::local_recipient("user0@example.org");
-    store
-        .enqueue(&envelope(vec![local]), CONTENT)
-        .await
-        .unwrap();
-    let claimed = store
-        .claim_due("w", Claim::Local, 10, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let recipient = claimed[0].recipient_id;
+    let recipient = claimed_for_user0(store, 1).await[0].recipient_id;
 
     // Another turn holds the account and fills the quota, then commits.
     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
