@@ -93,8 +93,8 @@ impl Room {
 }
 
 /// For the account that owns `mailbox_id`, if it has a quota: takes its turn
-/// (`ACCOUNT_TURN`, held to the end of the transaction) and reads its quota and usage, in a
-/// statement after the turn was granted so that it sees what the turn before committed.
+/// (`ACCOUNT_TURN`, held to the end of the transaction) and reads its usage, in a statement
+/// after the turn was granted so that it sees what the turn before committed.
 /// None without a quota (nothing waits). `UnknownMailbox` if there is no such mailbox.
 async fn room_on(conn: &mut PgConnection, mailbox_id: i64) -> Result<Option<Room>> {
     let account: Option<(i64, Option<i64>)> = sqlx::query_as(
@@ -107,20 +107,18 @@ async fn room_on(conn: &mut PgConnection, mailbox_id: i64) -> Result<Option<Room
     let Some((account_id, quota)) = account else {
         return Err(StoreError::UnknownMailbox(mailbox_id.to_string()));
     };
-    if quota.is_none() {
+    let Some(quota) = quota else {
         return Ok(None);
-    }
+    };
     sqlx::query(ACCOUNT_TURN)
         .bind(account_id)
         .execute(&mut *conn)
         .await?;
-    let (quota, used): (Option<i64>, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT (SELECT quota_bytes FROM accounts WHERE id = $1), ({ACCOUNT_USAGE})"
-    )))
-    .bind(account_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(quota.map(|quota| Room { quota, used }))
+    let used: i64 = sqlx::query_scalar(ACCOUNT_USAGE)
+        .bind(account_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Some(Room { quota, used }))
 }
 
 /// One mailbox of an account.
@@ -266,12 +264,23 @@ fn push_search(query: &mut QueryBuilder<Postgres>, mailbox_id: i64, filter: &Mes
         // Never NULL: every column it reads is NOT NULL.
         query.push(
             "SELECT coalesce(array_agg(e.imap_uid), '{}'), '{}'::bigint[],
-                        coalesce(max(e.modseq), 0)
-                 FROM maildrop_entries e WHERE e.mailbox_id = ",
+                        coalesce(max(e.modseq), 0)",
         );
-        query.push_bind(mailbox_id).push(" AND ");
-        push_filter(query, filter);
+        push_entries_matching(query, mailbox_id, filter);
     }
+}
+
+/// ` FROM` the mailbox's entries that match a filter reading no kept header field.
+fn push_entries_matching(
+    query: &mut QueryBuilder<Postgres>,
+    mailbox_id: i64,
+    filter: &MessageFilter,
+) {
+    query
+        .push(" FROM maildrop_entries e WHERE e.mailbox_id = ")
+        .push_bind(mailbox_id)
+        .push(" AND ");
+    push_filter(query, filter);
 }
 
 /// `Store::mailbox_counts` without the \Deleted counts: the counters kept on the mailbox's
@@ -611,12 +620,8 @@ impl Store {
                 "a count cannot decide filters on header fields",
             ));
         }
-        let mut query = QueryBuilder::new(
-            "SELECT count(*), coalesce(max(e.modseq), 0) FROM maildrop_entries e
-             WHERE e.mailbox_id = ",
-        );
-        query.push_bind(mailbox_id).push(" AND ");
-        push_filter(&mut query, filter);
+        let mut query = QueryBuilder::new("SELECT count(*), coalesce(max(e.modseq), 0)");
+        push_entries_matching(&mut query, mailbox_id, filter);
         Ok(query.build_query_as().fetch_one(&self.pool).await?)
     }
 
@@ -883,9 +888,7 @@ impl Store {
         flags: &[String],
         unchanged_since: Option<i64>,
     ) -> Result<FlagsStored> {
-        if change != FlagChange::Remove {
-            self.keywords_fit(mailbox_id, uids, change, flags).await?;
-        }
+        self.keywords_fit(mailbox_id, uids, change, flags).await?;
         let mut tx = self.pool.begin().await?;
         let modseq = bump_modseq(&mut tx, mailbox_id).await?;
         let changed: Vec<MailboxMessage> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -946,8 +949,9 @@ impl Store {
     }
 
     /// Refuses a flag change that would leave a message with a keyword too long or more
-    /// keywords than the limits allow. Adding keywords reads the messages' own; a change that
-    /// races another may pass the limit by what the two add together.
+    /// keywords than the limits allow (taking flags away never does). Adding keywords reads
+    /// the messages' own; a change that races another may pass the limit by what the two add
+    /// together.
     async fn keywords_fit(
         &self,
         mailbox_id: i64,
@@ -955,6 +959,9 @@ impl Store {
         change: FlagChange,
         flags: &[String],
     ) -> Result<()> {
+        if change == FlagChange::Remove {
+            return Ok(());
+        }
         let limits = self.mailbox_limits;
         limits.check_keywords(flags)?;
         let adds_keywords = flags.iter().any(|f| !f.starts_with('\\'));
