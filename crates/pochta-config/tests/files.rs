@@ -110,6 +110,7 @@ fn values_that_would_spin_or_panic_are_refused() {
         ("queue", "lease_secs"),
         ("queue", "batch_size"),
         ("queue", "gc_interval_secs"),
+        ("queue", "gc_window_messages"),
         ("queue", "scan_interval_secs"),
         ("queue", "depth_interval_secs"),
         ("queue", "retry_delay_secs"),
@@ -136,6 +137,9 @@ fn values_that_would_spin_or_panic_are_refused() {
         ("imap", "max_input_memory_bytes"),
         ("imap", "read_batch_bytes"),
         ("imap", "change_check_ms"),
+        ("imap", "max_mailboxes"),
+        ("imap", "max_keywords"),
+        ("imap", "max_keyword_length"),
     ] {
         let message = invalid(&format!("[{section}]\n{key} = 0\n"));
         assert!(
