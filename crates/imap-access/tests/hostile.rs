@@ -445,6 +445,53 @@ async fn sessions_that_fetched_a_large_message_idle_small() {
     drop(process);
 }
 
+/// Sessions that APPENDed a large message and then idle give its memory back: the parser's
+/// buffer grew to the literal's size, and a fresh parser replaces it after the command.
+#[tokio::test]
+async fn sessions_that_appended_a_large_message_idle_small() {
+    const SESSIONS: usize = 60;
+    let (_db, process, imap, grpc) = server("max_literal_bytes = 4194304").await;
+    let message = message_of(900 << 10, |at| format!("{at:078}\r\n"));
+    // One session first, so that what every session reuses (the allocator's arenas, the
+    // store's connections) is in place before the measure.
+    let mut first = Client::connect(imap).await;
+    first.login().await;
+    first.append("a", &message).await;
+    drop(first);
+    let before = process.resident_kib();
+    let mut idle = Vec::new();
+    for i in 0..SESSIONS {
+        let mut c = Client::connect(imap).await;
+        c.login().await;
+        c.append(&format!("a{i}"), &message).await;
+        c.select_inbox().await;
+        c.send(format!("i{i} IDLE\r\n").as_bytes()).await;
+        assert!(c.line().await.starts_with('+'));
+        idle.push(c);
+    }
+    let grown = process.resident_kib().saturating_sub(before);
+    println!("{SESSIONS} sessions idle after a 900 KiB APPEND: {grown} KiB");
+    // Kept, each would hold about a megabyte (55 MiB, as it did).
+    assert!(grown < 12 * 1024, "grew {grown} KiB");
+    // The messages are all there, whole.
+    let mut c = Client::connect(imap).await;
+    c.login().await;
+    let reply = c.cmd("s SELECT INBOX").await;
+    assert!(
+        reply
+            .iter()
+            .any(|l| l == &format!("* {} EXISTS", SESSIONS + 1)),
+        "{reply:?}"
+    );
+    c.send(format!("f FETCH {} BODY.PEEK[]\r\n", SESSIONS + 1).as_bytes())
+        .await;
+    assert!(c.line().await.ends_with(&format!("{{{}}}", message.len())));
+    assert_eq!(c.literal(message.len()).await, message);
+    assert!(grpc_health(grpc).await.unwrap());
+    drop(idle);
+    drop(process);
+}
+
 /// Idle sessions cost little: a thousand logged-in clients idling in INBOX.
 #[tokio::test]
 async fn a_thousand_idle_sessions_take_little_memory() {

@@ -6,6 +6,7 @@
 
 mod extended;
 mod fetch;
+mod input;
 mod names;
 mod search;
 mod session;

@@ -31,6 +31,7 @@ use pochta_session::Output;
 
 use crate::extended::{self, Extended, ListSelect, SearchReturn};
 use crate::fetch;
+use crate::input::Input;
 use crate::names::{self, DELIMITER};
 use crate::search;
 use crate::uids::Uids;
@@ -491,8 +492,11 @@ pub struct Session {
     starttls_ready: bool,
     closing: bool,
     closed: bool,
-    /// Octets fed since the parser last took a whole command.
-    unparsed: usize,
+    /// Client input not yet fed to the parser.
+    input: Input,
+    /// Octets fed to the parser since it last took a whole command.
+    in_parser: usize,
+    parsers_renewed: u64,
     /// Responses encoded and not yet handed out. They go out before the next action and
     /// before imap-next is asked for more, so a FETCH leaves batch by batch as its octets
     /// are read, never held whole (imap-next's own queue would drain only once the command
@@ -547,6 +551,10 @@ fn flag_strings(flags: &[Flag<'_>]) -> Vec<String> {
     flags.iter().map(|f| f.to_string()).collect()
 }
 
+/// A command at least this long (an APPEND's literal) is followed by a fresh parser, which
+/// gives back the buffer it grew to.
+const RENEW_PARSER_AFTER: usize = 64 * 1024;
+
 /// The flags every mailbox allows (RFC 9051 7.1: PERMANENTFLAGS), `\*`: keywords too.
 const SYSTEM_FLAGS: [Flag<'static>; 5] = [
     Flag::Answered,
@@ -562,6 +570,9 @@ impl Session {
         let tls = policy.implicit_tls;
         Session {
             server: Server::new(Self::options(&policy), greeting),
+            input: Input::new(policy.max_literal),
+            in_parser: 0,
+            parsers_renewed: 0,
             policy,
             tls,
             state: State::NotAuthenticated,
@@ -577,7 +588,6 @@ impl Session {
             starttls_ready: false,
             closing: false,
             closed: false,
-            unparsed: 0,
             out: VecDeque::new(),
         }
     }
@@ -590,6 +600,29 @@ impl Session {
         let _ = options.set_literal_accept_text("Ready for literal data".into());
         let _ = options.set_literal_reject_text("Literal too large".into());
         options
+    }
+
+    /// A fresh parser in place of the old one, which may hold a buffer the size of the largest
+    /// command it took (imap-codec keeps its capacity). Only where it holds no input: after
+    /// STARTTLS, or once a line piece has ended a command (`input`). No greeting goes out.
+    fn renew_parser(&mut self) {
+        let greeting = Greeting::ok(None, "unused").expect("valid greeting");
+        self.server = Server::new(Self::options(&self.policy), greeting);
+        self.in_parser = 0;
+        self.parsers_renewed += 1;
+        loop {
+            match self.server.next() {
+                Ok(Event::GreetingSent { .. }) | Err(Interrupt::Io(Io::NeedMoreInput)) => break,
+                Ok(_) | Err(Interrupt::Io(Io::Output(_))) => {}
+                Err(Interrupt::Error(_)) => break,
+            }
+        }
+    }
+
+    /// How often the parser was replaced to give back a large command's buffer (or at
+    /// STARTTLS).
+    pub fn parsers_renewed(&self) -> u64 {
+        self.parsers_renewed
     }
 
     pub fn is_closed(&self) -> bool {
@@ -2728,8 +2761,7 @@ impl pochta_session::Session for Session {
     type Action = Action;
 
     fn feed(&mut self, bytes: &[u8]) {
-        self.unparsed = self.unparsed.saturating_add(bytes.len());
-        self.server.enqueue_input(bytes);
+        self.input.push(bytes);
     }
 
     fn poll(&mut self) -> Option<Output<Action>> {
@@ -2759,7 +2791,13 @@ impl pochta_session::Session for Session {
                         Event::ResponseSent { .. } | Event::GreetingSent { .. }
                     ) {
                         // A whole command (or line) was taken from the input.
-                        self.unparsed = 0;
+                        let taken = std::mem::take(&mut self.in_parser);
+                        if taken >= RENEW_PARSER_AFTER
+                            && self.input.line_ended()
+                            && matches!(event, Event::CommandReceived { .. })
+                        {
+                            self.renew_parser();
+                        }
                     }
                     self.event(event);
                 }
@@ -2769,10 +2807,13 @@ impl pochta_session::Session for Session {
                         self.closed = true;
                         return Some(Output::Close);
                     }
-                    return None;
+                    // The parser has taken all it was given: the next piece.
+                    let piece = self.input.next_piece()?;
+                    self.in_parser = self.in_parser.saturating_add(piece.len());
+                    self.server.enqueue_input(piece);
                 }
                 Err(Interrupt::Error(error)) => {
-                    self.unparsed = 0;
+                    self.in_parser = 0;
                     self.malformed(error);
                 }
             }
@@ -2783,16 +2824,8 @@ impl pochta_session::Session for Session {
         self.tls = true;
         // A fresh parser: anything the client sent after STARTTLS in the clear is dropped
         // (RFC 9051 6.2.1), and no greeting goes out again.
-        let greeting = Greeting::ok(None, "unused").expect("valid greeting");
-        self.server = Server::new(Self::options(&self.policy), greeting);
-        self.unparsed = 0;
-        loop {
-            match self.server.next() {
-                Ok(Event::GreetingSent { .. }) | Err(Interrupt::Io(Io::NeedMoreInput)) => break,
-                Ok(_) | Err(Interrupt::Io(Io::Output(_))) => {}
-                Err(Interrupt::Error(_)) => break,
-            }
-        }
+        self.input.clear();
+        self.renew_parser();
     }
 
     fn timed_out(&mut self) {
@@ -2811,11 +2844,11 @@ impl pochta_session::Session for Session {
 
     /// In the middle of a command (a literal being sent, above all).
     fn in_data(&self) -> bool {
-        self.unparsed > 0
+        self.buffered_bytes() > 0
     }
 
     /// About what the parser holds: input since the last whole command.
     fn buffered_bytes(&self) -> usize {
-        self.unparsed
+        self.in_parser.saturating_add(self.input.len())
     }
 }

@@ -458,6 +458,54 @@ fn append_takes_a_literal_and_answers_appenduid() {
     );
 }
 
+/// After a large APPEND the parser is replaced by a fresh one, which gives back the buffer
+/// the literal grew; it is replaced only where it holds no input, so commands pipelined
+/// behind the APPEND, however the octets arrive, are all answered, in order.
+#[test]
+fn a_large_append_renews_the_parser_and_loses_nothing_pipelined_behind_it() {
+    let content: Vec<u8> = (0..100_000).map(|i| b"abcdefgh\r\n"[i % 10]).collect();
+    let mut wire = format!("p1 APPEND INBOX {{{}+}}\r\n", content.len()).into_bytes();
+    wire.extend_from_slice(&content);
+    wire.extend_from_slice(b"\r\nn1 NOOP\r\np2 APPEND INBOX {3+}\r\nabc\r\nn2 NOOP\r\n");
+    for read in [1, 7, 1000, 16 * 1024, wire.len()] {
+        let mut c = logged_in_with(Policy {
+            max_literal: 200_000,
+            ..policy(true)
+        });
+        c.take();
+        let before = c.session.parsers_renewed();
+        let mut appended = Vec::new();
+        for chunk in wire.chunks(read) {
+            let mut output = c.send_bytes(chunk);
+            while let Some(out) = output {
+                match request(Some(out)) {
+                    Request::Append { content, .. } => appended.push(content),
+                    other => panic!("unexpected {other:?}"),
+                }
+                c.session.answer(Answer::Placed(Ok((9, vec![(0, 4)]))));
+                output = c.drain();
+            }
+        }
+        assert_eq!(
+            appended,
+            vec![content.clone(), b"abc".to_vec()],
+            "reads of {read}"
+        );
+        let out = c.take();
+        let tagged: Vec<String> = out
+            .lines()
+            .filter(|l| !l.starts_with('*'))
+            .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            tagged,
+            ["p1 OK", "n1 OK", "p2 OK", "n2 OK"],
+            "reads of {read}: {out}"
+        );
+        assert_eq!(c.session.parsers_renewed(), before + 1, "reads of {read}");
+    }
+}
+
 #[test]
 fn fetch_of_metadata_asks_only_for_the_messages_named() {
     let mut c = selected(false);
