@@ -167,6 +167,10 @@ pub struct StoreConfig {
     pub compression_level: i32,
     /// Messages smaller than this many octets are stored as they are.
     pub compression_min_bytes: u64,
+    /// With compression on, runs of base64 lines (attachments) are stored as the octets
+    /// they encode, and encoded again when read. Every service of a store must be of a
+    /// version that reads them (migration 20) before one writes them.
+    pub compression_base64_lines: bool,
 }
 
 /// How message content is stored.
@@ -189,6 +193,7 @@ impl Default for StoreConfig {
             compression: ContentCodec::Zstd,
             compression_level: 1,
             compression_min_bytes: 16 * 1024,
+            compression_base64_lines: true,
         }
     }
 }

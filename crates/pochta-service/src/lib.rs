@@ -224,6 +224,7 @@ pub fn content_compression(store: &pochta_config::StoreConfig) -> Option<Content
         pochta_config::ContentCodec::Zstd => Some(ContentCompression {
             min_size: usize::try_from(store.compression_min_bytes).unwrap_or(usize::MAX),
             level: store.compression_level,
+            base64_lines: store.compression_base64_lines,
         }),
     }
 }

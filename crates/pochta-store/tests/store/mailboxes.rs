@@ -718,6 +718,7 @@ async fn compressed_header_blocks_are_read_without_the_body() {
     let compress_all = ContentCompression {
         min_size: 0,
         level: 1,
+        base64_lines: true,
     };
     let store = db.connect().await.unwrap();
     let store = store.with_compression(Some(compress_all));
