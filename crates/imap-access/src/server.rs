@@ -380,12 +380,14 @@ impl Connection {
         io.out().extend_from_slice(&s.head);
         let (mut at, mut sent) = (0u64, 0u64);
         loop {
-            sent += s.carry(at, &part.octets, io.out());
-            at += part.octets.len() as u64;
+            let piece_len = part.octets.len() as u64;
+            let carried = s.carry(at, &mut part.octets);
+            sent += carried.len() as u64;
+            at += piece_len;
             // The next piece is read while this one is written, on a task of its own so that
-            // decoding it (zstd) may run on another core. None left, or expunged by another
-            // session meanwhile: an empty piece (the literal is completed below and the
-            // expunge is told as any other).
+            // decoding it (zstd, base64) may run on another core. None left, or expunged by
+            // another session meanwhile: an empty piece (the literal is completed below and
+            // the expunge is told as any other).
             let next = part.next.filter(|_| sent < s.len);
             let (store, entry_id) = (store.clone(), s.entry_id);
             let read = spawn_beside(
@@ -401,7 +403,8 @@ impl Connection {
                 .in_current_span(),
             )
             .await;
-            let (written, read) = tokio::join!(io.flush(), read);
+            // The piece goes out from where it was decoded, not copied into the buffer.
+            let (written, read) = tokio::join!(io.flush_then(carried), read);
             written.map_err(|e| Ended::Failed(format!("writing: {e}")))?;
             let read = read.map_err(|e| e.to_string());
             part = read

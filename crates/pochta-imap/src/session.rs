@@ -271,19 +271,18 @@ pub struct Streamed {
 }
 
 impl Streamed {
-    /// Appends to `out` what the literal carries of `piece`, the message's octets from octet
-    /// `at` on (NULs as spaces); returns how many octets that was.
-    pub fn carry(&self, at: u64, piece: &[u8], out: &mut Vec<u8>) -> u64 {
+    /// What the literal carries of `piece`, the message's octets from octet `at` on: that
+    /// part of the piece, its NULs made spaces where it lies (sent from there, not copied).
+    pub fn carry<'a>(&self, at: u64, piece: &'a mut [u8]) -> &'a [u8] {
         let end = self.from.saturating_add(self.len);
         let piece_end = at.saturating_add(piece.len() as u64);
         let (lo, hi) = (self.from.max(at), end.min(piece_end));
         if lo >= hi {
-            return 0;
+            return &[];
         }
-        let mark = out.len();
-        out.extend_from_slice(&piece[(lo - at) as usize..(hi - at) as usize]);
-        fetch::nul_to_space(&mut out[mark..]);
-        hi - lo
+        let carried = &mut piece[(lo - at) as usize..(hi - at) as usize];
+        fetch::nul_to_space(carried);
+        carried
     }
 
     /// Completes a literal of which `sent` octets went out, with spaces, when the message

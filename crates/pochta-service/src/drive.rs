@@ -87,15 +87,16 @@ impl Io {
     /// Writes the pending output; fails if a piece of it makes no progress within the write
     /// timeout.
     pub async fn flush(&mut self) -> io::Result<()> {
-        for piece in self.out.chunks(WRITE_PIECE) {
-            tokio::time::timeout(self.write_timeout, self.conn.write_all(piece))
-                .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, "the client does not read")
-                })??;
-        }
+        write_pieces(&mut self.conn, &self.out, self.write_timeout).await?;
         self.out.clear();
         Ok(())
+    }
+
+    /// Writes the pending output, then `more` from where it lies (a large message's piece,
+    /// which a copy into the buffer would cost as much again).
+    pub async fn flush_then(&mut self, more: &[u8]) -> io::Result<()> {
+        self.flush().await?;
+        write_pieces(&mut self.conn, more, self.write_timeout).await
     }
 
     /// Gives back an output buffer grown past `KEEP_OUT` once it is written: otherwise every
@@ -298,6 +299,16 @@ impl Driver<'_> {
             }
         }
     }
+}
+
+/// Writes `bytes` in pieces of `WRITE_PIECE`; fails if one makes no progress within `wait`.
+async fn write_pieces(conn: &mut Conn, bytes: &[u8], wait: Duration) -> io::Result<()> {
+    for piece in bytes.chunks(WRITE_PIECE) {
+        tokio::time::timeout(wait, conn.write_all(piece))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client does not read"))??;
+    }
+    Ok(())
 }
 
 /// Octets taken from the connection in one read.

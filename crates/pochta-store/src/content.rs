@@ -768,16 +768,18 @@ mod tests {
         }
     }
 
-    /// A content made of stretches that shrink differently (noise, base64, prose, one octet
-    /// repeated), each of its own length.
+    /// A content made of stretches that shrink differently (noise, base64 of 76-character
+    /// lines, prose, one octet repeated, base64 lines of another length), each of its own
+    /// length.
     fn stretches() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
         use proptest::prelude::*;
         let stretch =
-            (0u8..4, 0usize..40_000, any::<u64>()).prop_map(|(kind, n, seed)| match kind {
+            (0u8..5, 0usize..40_000, any::<u64>()).prop_map(|(kind, n, seed)| match kind {
                 0 => noise(n, seed | 1),
                 1 => base64_lines(n, seed | 1),
                 2 => prose(n),
-                _ => vec![seed as u8; n],
+                3 => vec![seed as u8; n],
+                _ => uniform_lines(4 * (1 + seed as usize % MAX_BASE64_QUADS), n / 80),
             });
         proptest::collection::vec(stretch, 0..8).prop_map(|s| s.concat())
     }
