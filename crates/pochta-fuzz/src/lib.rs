@@ -19,7 +19,9 @@ pub use dane::dane_certificate;
 pub use imap::imap_session;
 pub use pop3::pop3_session;
 pub use smtp::{data_receiver, smtp_client, smtp_server};
-pub use text::{auth_results, dsn_report, mta_sts, proxy_header, search_fields, srs, xtext};
+pub use text::{
+    auth_results, content_rows, dsn_report, mta_sts, proxy_header, search_fields, srs, xtext,
+};
 
 /// A harness: arbitrary bytes in, a panic when an invariant breaks.
 pub type Harness = fn(&[u8]);
@@ -39,4 +41,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("dsn_report", dsn_report),
     ("dane_certificate", dane_certificate),
     ("search_fields", search_fields),
+    ("content_rows", content_rows),
 ];

@@ -209,6 +209,24 @@ pub fn mta_sts(data: &[u8]) {
     let _ = policy.allows_mx(&host);
 }
 
+/// Any octets as message content, stored in chunk rows as the store stores them and read
+/// back (`pochta_store::check_round_trip`): the first octet picks zstd's level and whether
+/// base64 lines are kept as their octets. Oracles: every row fits its page and decodes to
+/// its bounded size, and the content comes back unchanged.
+pub fn content_rows(data: &[u8]) {
+    let Some((&choice, content)) = data.split_first() else {
+        return;
+    };
+    pochta_store::check_round_trip(
+        content,
+        pochta_store::ContentCompression {
+            min_size: 0,
+            level: 1 + i32::from(choice % 3),
+            base64_lines: choice & 4 == 0,
+        },
+    );
+}
+
 /// A message's header fields as IMAP SEARCH matches them, and the ones the store keeps
 /// (`pochta_mail::header_search`), from any octets. Oracles: kept fields are what matching
 /// the octets finds, within the size bound, with no line ends but the joins; a field name

@@ -3,8 +3,8 @@
 //! still reach deep states.
 
 use pochta_fuzz::{
-    auth_results, data_receiver, dsn_report, imap_session, mta_sts, pop3_session, proxy_header,
-    search_fields, smtp_client, smtp_server, xtext,
+    auth_results, content_rows, data_receiver, dsn_report, imap_session, mta_sts, pop3_session,
+    proxy_header, search_fields, smtp_client, smtp_server, xtext,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -189,6 +189,21 @@ proptest! {
     ) {
         // The search string "jörg" (length first), then the message.
         search_fields(&joined("\x05jörg".as_bytes().to_vec(), words));
+    }
+
+    #[test]
+    fn content_rows_on_line_soup(
+        choice in any::<u8>(),
+        runs in vec((prop::sample::select(vec![
+            "QUJD\r\n", "QUJDREVGR0hJSktMTU5PUFFS\r\n", "+/09+/09\r\n", "QQ==\r\n",
+            "QUJD\n", "QUJD", "QUJD\r", "Subject: x\r\n", "\r\n", "\0ë\r\n",
+            "TWFueSBoYW5kcyBtYWtlIGxpZ2h0IHdvcmsuTWFueSBoYW5kcyBtYWtlIGxpZ2h0IHdvcmsuTWFu\r\n",
+        ]), 1usize..40), 0..12),
+    ) {
+        // Runs of one line, each line of base64 in one of several lengths, broken by
+        // padding, bare line ends and text.
+        let lines = runs.into_iter().flat_map(|(line, n)| std::iter::repeat_n(line, n));
+        content_rows(&joined(vec![choice], lines.collect()));
     }
 
     #[test]

@@ -458,6 +458,28 @@ fn decoded_len(codec: i16, data: &[u8]) -> usize {
     }
 }
 
+/// `content` stored as the store stores it with `compression`, and read back: panics unless
+/// every row fits its page and decodes to at most `MAX_SPAN`, the rows' sizes as their
+/// headers tell them are the sizes they decode to, and together they give `content` back.
+/// For the fuzz harness (`pochta-fuzz`): message content is whatever a sender sends.
+#[doc(hidden)]
+pub fn check_round_trip(content: &[u8], compression: ContentCompression) {
+    let rows = Rows::of(content, Some(compression), false);
+    let mut read = Vec::with_capacity(content.len());
+    for (codec, data) in rows.codecs.iter().zip(rows.data(content)) {
+        assert!(
+            !data.is_empty() && data.len() <= CHUNK,
+            "a row of {}",
+            data.len()
+        );
+        let at = read.len();
+        decode_into(&mut read, 1, *codec, data).expect("a row it made decodes");
+        assert!(read.len() - at <= MAX_SPAN);
+        assert_eq!(decoded_len(*codec, data), read.len() - at, "codec {codec}");
+    }
+    assert!(read == content, "content changed");
+}
+
 /// Puts chunk rows in order (by `key`: entry, then seq). Done here rather than by ORDER BY:
 /// PostgreSQL would sort the rows with their data, copying every chunk (a large message in
 /// work_mem or on disk); here only the row handles move, and rows mostly arrive in order.

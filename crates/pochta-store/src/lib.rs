@@ -27,7 +27,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use content::{ContentCompression, PreparedContent};
+pub use content::{ContentCompression, PreparedContent, check_round_trip};
 pub use dkim::{DkimKeyInfo, DkimRotation, DkimSigningKey, NewDkimKey, is_dkim_selector};
 pub use mailboxes::{
     FlagChange, FlagsStored, MAILBOX_CHANNEL, MailboxChange, MailboxChanges, MailboxCounts,
