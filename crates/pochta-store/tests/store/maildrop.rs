@@ -211,10 +211,16 @@ async fn base64_lines_read_back_whole_and_in_parts() {
                         --b\r\n\r\nSee attached.\r\n--b\r\n\
                         Content-Transfer-Encoding: base64\r\n\r\n"
         .to_vec();
+    // base64 of random octets (xorshift), as a photo's is.
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for line in 0..1000usize {
-        let chars = (0..76).map(|i| alphabet[(line * 31 + i * i * 7) % 64]);
-        message.extend(chars);
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..1000 {
+        for _ in 0..76 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            message.push(alphabet[(seed % 64) as usize]);
+        }
         message.extend_from_slice(b"\r\n");
     }
     message.extend_from_slice(b"QUI=\r\n--b--\r\n");
