@@ -495,6 +495,8 @@ pub struct Session {
     input: Input,
     /// Octets fed to the parser since it last took a whole command.
     in_parser: usize,
+    /// A large command ended a line piece: the parser is replaced once it asks for more.
+    renew_due: bool,
     parsers_renewed: u64,
     /// Responses encoded and not yet handed out. They go out before the next action and
     /// before imap-next is asked for more, so a FETCH leaves batch by batch as its octets
@@ -571,6 +573,7 @@ impl Session {
             server: Server::new(Self::options(&policy), greeting),
             input: Input::new(policy.max_literal),
             in_parser: 0,
+            renew_due: false,
             parsers_renewed: 0,
             policy,
             tls,
@@ -602,8 +605,9 @@ impl Session {
     }
 
     /// A fresh parser in place of the old one, which may hold a buffer the size of the largest
-    /// command it took (imap-codec keeps its capacity). Only where it holds no input: after
-    /// STARTTLS, or once a line piece has ended a command (`input`). No greeting goes out.
+    /// command it took (imap-codec keeps its capacity). Only where it holds no input nor
+    /// output: after STARTTLS, or once a line piece has ended a command (`input`) and it asks
+    /// for more. No greeting goes out.
     fn renew_parser(&mut self) {
         let greeting = Greeting::ok(None, "unused").expect("valid greeting");
         self.server = Server::new(Self::options(&self.policy), greeting);
@@ -2790,13 +2794,10 @@ impl pochta_session::Session for Session {
                         Event::ResponseSent { .. } | Event::GreetingSent { .. }
                     ) {
                         // A whole command (or line) was taken from the input.
-                        let taken = std::mem::take(&mut self.in_parser);
-                        if taken >= RENEW_PARSER_AFTER
+                        let large = std::mem::take(&mut self.in_parser) >= RENEW_PARSER_AFTER;
+                        self.renew_due |= large
                             && self.input.line_ended()
-                            && matches!(event, Event::CommandReceived { .. })
-                        {
-                            self.renew_parser();
-                        }
+                            && matches!(event, Event::CommandReceived { .. });
                     }
                     self.event(event);
                 }
@@ -2806,13 +2807,25 @@ impl pochta_session::Session for Session {
                         self.closed = true;
                         return Some(Output::Close);
                     }
+                    // Here the parser has sent all it queued (a refused literal's BAD, say):
+                    // nothing of it is lost with it. Not while it waits for IDLE's DONE or
+                    // an AUTHENTICATE response, which a fresh one would not.
+                    if std::mem::take(&mut self.renew_due)
+                        && self.idling.is_none()
+                        && self.sasl_tag.is_none()
+                    {
+                        self.renew_parser();
+                    }
                     // The parser has taken all it was given: the next piece.
                     let piece = self.input.next_piece()?;
                     self.in_parser = self.in_parser.saturating_add(piece.len());
                     self.server.enqueue_input(piece);
                 }
                 Err(Interrupt::Error(error)) => {
-                    self.in_parser = 0;
+                    // A large message refused (malformed, a literal too long) grew the
+                    // buffer as much as a command taken.
+                    let large = std::mem::take(&mut self.in_parser) >= RENEW_PARSER_AFTER;
+                    self.renew_due |= large && self.input.line_ended();
                     self.malformed(error);
                 }
             }

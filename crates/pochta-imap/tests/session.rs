@@ -506,6 +506,38 @@ fn a_large_append_renews_the_parser_and_loses_nothing_pipelined_behind_it() {
     }
 }
 
+/// A large command refused grows the parser's buffer as much as one taken: it is renewed
+/// too, and what imap-next answered itself (a literal too long) still goes out.
+#[test]
+fn a_large_refused_command_renews_the_parser_and_its_answer_goes_out() {
+    let mut c = logged_in_with(Policy {
+        max_literal: 200_000,
+        ..policy(true)
+    });
+    c.take();
+    let before = c.session.parsers_renewed();
+    // APPEND whose mailbox name is the literal, and no message: malformed.
+    let mut wire = b"m1 APPEND {100000+}\r\n".to_vec();
+    wire.extend(std::iter::repeat_n(b'x', 100_000));
+    wire.extend_from_slice(b"\r\nn1 NOOP\r\n");
+    assert!(c.send_bytes(&wire).is_none());
+    let out = c.take();
+    assert!(out.starts_with("m1 BAD"), "{out}");
+    assert!(out.ends_with("n1 OK NOOP completed\r\n"), "{out}");
+    assert_eq!(c.session.parsers_renewed(), before + 1);
+    // A line over 64 KiB announcing a literal past the limit: imap-next's BAD, then NOOP's OK.
+    let flags = "\\Seen ".repeat(12_000);
+    let line = format!(
+        "l1 APPEND INBOX ({}) {{300000}}\r\nn2 NOOP\r\n",
+        flags.trim_end()
+    );
+    assert!(c.send(&line).is_none());
+    let out = c.take();
+    assert!(out.starts_with("l1 BAD"), "{out}");
+    assert!(out.ends_with("n2 OK NOOP completed\r\n"), "{out}");
+    assert_eq!(c.session.parsers_renewed(), before + 2);
+}
+
 #[test]
 fn fetch_of_metadata_asks_only_for_the_messages_named() {
     let mut c = selected(false);
