@@ -448,8 +448,11 @@ pub(crate) fn decode_into(
         }
         BASE64_LINES => {
             let (quads, octets) = match data.split_first() {
-                Some((&q, octets)) if q > 0 => (usize::from(q), octets),
-                _ => return Err(damaged("no line length".into())),
+                Some((&q, octets)) if (1..=MAX_BASE64_QUADS).contains(&usize::from(q)) => {
+                    (usize::from(q), octets)
+                }
+                Some((&q, _)) => return Err(damaged(format!("lines of {q} quadruples"))),
+                None => return Err(damaged("no line length".into())),
             };
             let (chars, per_line) = (quads * 4, quads * 3);
             if octets.is_empty() || !octets.len().is_multiple_of(per_line) {
@@ -494,7 +497,8 @@ fn decoded_len(codec: i16, data: &[u8]) -> usize {
 
 /// `content` stored as the store stores it with `compression`, and read back: panics unless
 /// every row fits its page and decodes to at most `MAX_SPAN`, the rows' sizes as their
-/// headers tell them are the sizes they decode to, and together they give `content` back.
+/// headers tell them are the sizes they decode to, and together they give `content` back;
+/// and `content` read as a row of each codec is refused or decoded, never a panic.
 /// For the fuzz harness (`pochta-fuzz`): message content is whatever a sender sends.
 #[doc(hidden)]
 pub fn check_round_trip(content: &[u8], compression: ContentCompression) {
@@ -512,6 +516,17 @@ pub fn check_round_trip(content: &[u8], compression: ContentCompression) {
         assert_eq!(decoded_len(*codec, data), read.len() - at, "codec {codec}");
     }
     assert!(read == content, "content changed");
+    // The same octets read as a stored row of each codec, as a damaged row would be: an
+    // error or its content, never a panic, and no more than a row may hold.
+    for codec in [RAW, ZSTD, BASE64_LINES, 3] {
+        let mut out = Vec::new();
+        if decode_into(&mut out, 1, codec, content).is_ok() {
+            assert!(codec == RAW || out.len() <= MAX_SPAN);
+            assert_eq!(decoded_len(codec, content), out.len(), "codec {codec}");
+        } else {
+            assert!(out.is_empty(), "a failed row appended {}", out.len());
+        }
+    }
 }
 
 /// Puts chunk rows in order (by `key`: entry, then seq). Done here rather than by ORDER BY:
@@ -921,6 +936,16 @@ mod tests {
             b"\x01abcd"
         )));
         assert!(undecodable(decode_into(&mut out, 1, BASE64_LINES, b"\x01")));
+        // Lines longer than any stored: refused, not encoded past the line buffer.
+        let long = [&[MAX_BASE64_QUADS as u8 + 1][..], &[0; 64 * 3]].concat();
+        assert!(undecodable(decode_into(&mut out, 1, BASE64_LINES, &long)));
+        let longest = [&[255][..], &[0; 255 * 3]].concat();
+        assert!(undecodable(decode_into(
+            &mut out,
+            1,
+            BASE64_LINES,
+            &longest
+        )));
         assert!(out.is_empty(), "nothing appended for a damaged row");
         // A frame claiming more than a row may hold is refused before anything is allocated.
         let big = zstd::bulk::compress(&prose(MAX_SPAN + 1), 1).unwrap();
