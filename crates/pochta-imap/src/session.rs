@@ -502,7 +502,7 @@ pub struct Session {
     /// before imap-next is asked for more, so a FETCH leaves batch by batch as its octets
     /// are read, never held whole (imap-next's own queue would drain only once the command
     /// is done). imap-next keeps the greeting, continuation requests and what it answers
-    /// itself. One buffer per response, made to its size.
+    /// itself. One buffer per fragment of a response (its lines, its literals).
     out: VecDeque<Vec<u8>>,
 }
 
@@ -724,24 +724,16 @@ impl Session {
             .map(Code::Capability)
     }
 
-    /// Encodes a response into `out`.
+    /// Encodes a response into `out`, a buffer per fragment as encoded (a literal is not
+    /// copied again into one buffer with its lines).
     fn respond(&mut self, response: &Response<'static>) {
-        let mut fragments: Vec<Vec<u8>> = ResponseCodec::default()
-            .encode(response)
-            .map(|fragment| match fragment {
-                Fragment::Line { data } | Fragment::Literal { data, .. } => data,
-            })
-            .collect();
-        if fragments.len() == 1 {
-            // A line without literals: as encoded.
-            self.out.extend(fragments.pop());
-            return;
-        }
-        let mut bytes = Vec::with_capacity(fragments.iter().map(Vec::len).sum());
-        for data in &fragments {
-            bytes.extend_from_slice(data);
-        }
-        self.out.push_back(bytes);
+        self.out.extend(
+            ResponseCodec::default()
+                .encode(response)
+                .map(|fragment| match fragment {
+                    Fragment::Line { data } | Fragment::Literal { data, .. } => data,
+                }),
+        );
     }
 
     fn send_data(&mut self, data: Data<'static>) {
