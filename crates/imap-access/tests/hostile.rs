@@ -112,6 +112,12 @@ impl Client {
         assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
     }
 
+    /// Sends IDLE tagged `tag` and checks its continuation.
+    async fn idle(&mut self, tag: &str) {
+        self.send(format!("{tag} IDLE\r\n").as_bytes()).await;
+        assert!(self.line().await.starts_with('+'));
+    }
+
     async fn login(&mut self) {
         let reply = self.cmd("l1 LOGIN alice@example.org pw").await;
         assert!(reply.last().unwrap().starts_with("l1 OK"), "{reply:?}");
@@ -409,18 +415,27 @@ async fn a_message_expunged_while_it_is_streamed_keeps_the_framing() {
     drop(process);
 }
 
+/// A server whose INBOX holds a message of 900 KiB, APPENDed by a session that has ended
+/// (so that what every session reuses, the allocator's arenas and the store's connections,
+/// is in place before a measure), and that message.
+async fn server_holding_a_large_message()
+-> (TestDb, ServiceProcess, SocketAddr, SocketAddr, Vec<u8>) {
+    let (db, process, imap, grpc) = server("max_literal_bytes = 4194304").await;
+    let message = message_of(900 << 10, |at| format!("{at:078}\r\n"));
+    let mut first = Client::connect(imap).await;
+    first.login().await;
+    first.append("a", &message).await;
+    drop(first);
+    (db, process, imap, grpc, message)
+}
+
 /// Sessions that fetched a large message and then idle give its memory back: a client syncs,
 /// then idles for hours, and a thousand of them must not each keep their largest answer's
 /// buffer.
 #[tokio::test]
 async fn sessions_that_fetched_a_large_message_idle_small() {
     const SESSIONS: usize = 60;
-    let (_db, process, imap, grpc) = server("max_literal_bytes = 4194304").await;
-    let message = message_of(900 << 10, |at| format!("{at:078}\r\n"));
-    let mut first = Client::connect(imap).await;
-    first.login().await;
-    first.append("a", &message).await;
-    drop(first);
+    let (_db, process, imap, grpc, message) = server_holding_a_large_message().await;
     let before = process.resident_kib();
     let mut idle = Vec::new();
     for i in 0..SESSIONS {
@@ -431,8 +446,7 @@ async fn sessions_that_fetched_a_large_message_idle_small() {
         assert!(c.line().await.ends_with(&format!("{{{}}}", message.len())));
         assert_eq!(c.literal(message.len()).await, message);
         assert!(c.until("f").await.last().unwrap().starts_with("f OK"));
-        c.send(format!("i{i} IDLE\r\n").as_bytes()).await;
-        assert!(c.line().await.starts_with('+'));
+        c.idle(&format!("i{i}")).await;
         idle.push(c);
     }
     let grown = process.resident_kib().saturating_sub(before);
@@ -450,14 +464,7 @@ async fn sessions_that_fetched_a_large_message_idle_small() {
 #[tokio::test]
 async fn sessions_that_appended_a_large_message_idle_small() {
     const SESSIONS: usize = 60;
-    let (_db, process, imap, grpc) = server("max_literal_bytes = 4194304").await;
-    let message = message_of(900 << 10, |at| format!("{at:078}\r\n"));
-    // One session first, so that what every session reuses (the allocator's arenas, the
-    // store's connections) is in place before the measure.
-    let mut first = Client::connect(imap).await;
-    first.login().await;
-    first.append("a", &message).await;
-    drop(first);
+    let (_db, process, imap, grpc, message) = server_holding_a_large_message().await;
     let before = process.resident_kib();
     let mut idle = Vec::new();
     for i in 0..SESSIONS {
@@ -465,8 +472,7 @@ async fn sessions_that_appended_a_large_message_idle_small() {
         c.login().await;
         c.append(&format!("a{i}"), &message).await;
         c.select_inbox().await;
-        c.send(format!("i{i} IDLE\r\n").as_bytes()).await;
-        assert!(c.line().await.starts_with('+'));
+        c.idle(&format!("i{i}")).await;
         idle.push(c);
     }
     let grown = process.resident_kib().saturating_sub(before);
@@ -503,8 +509,7 @@ async fn a_thousand_idle_sessions_take_little_memory() {
         c.login().await;
         let reply = c.cmd(&format!("s{i} SELECT INBOX")).await;
         assert!(reply.last().unwrap().contains(" OK "), "{reply:?}");
-        c.send(format!("i{i} IDLE\r\n").as_bytes()).await;
-        assert!(c.line().await.starts_with('+'));
+        c.idle(&format!("i{i}")).await;
         clients.push(c);
     }
     let grown = process.resident_kib().saturating_sub(before);

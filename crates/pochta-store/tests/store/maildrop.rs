@@ -164,11 +164,9 @@ async fn large_content_reads_back_whole_and_in_parts() {
     assert_reads_back(store, account, &large, message_id, &entries).await;
 }
 
-/// The same message stored compressed (by a store that compresses what it stores): fewer
-/// stored octets, every row marked, and every reader gives the content back as it was.
-#[tokio::test]
-async fn compressed_content_reads_back_whole_and_in_parts() {
-    let db = TestDb::new().await.unwrap();
+/// A store that compresses what it stores as the services do by default, and user0's
+/// account in it.
+async fn compressing_store(db: &TestDb) -> (Store, i64) {
     let store = db.connect().await.unwrap();
     let store = store.with_compression(Some(ContentCompression {
         min_size: 16 * 1024,
@@ -176,16 +174,30 @@ async fn compressed_content_reads_back_whole_and_in_parts() {
         base64_lines: true,
     }));
     let account = with_account(&store).await;
-    let (large, message_id, entries) = large_and_small_delivered(&store, account).await;
+    (store, account)
+}
+
+/// The codecs of a message's chunk rows, in seq order, and the octets they store.
+async fn stored_rows(db: &TestDb, message_id: i64) -> (Vec<i16>, i64) {
     let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
-    let (codecs, stored): (Vec<i16>, i64) = sqlx::query_as(
-        "SELECT array_agg(codec), sum(octet_length(data)) FROM message_chunks
+    sqlx::query_as(
+        "SELECT array_agg(codec ORDER BY seq), sum(octet_length(data)) FROM message_chunks
          WHERE message_id = $1",
     )
     .bind(message_id)
     .fetch_one(&raw)
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// The same message stored compressed (by a store that compresses what it stores): fewer
+/// stored octets, every row marked, and every reader gives the content back as it was.
+#[tokio::test]
+async fn compressed_content_reads_back_whole_and_in_parts() {
+    let db = TestDb::new().await.unwrap();
+    let (store, account) = compressing_store(&db).await;
+    let (large, message_id, entries) = large_and_small_delivered(&store, account).await;
+    let (codecs, stored) = stored_rows(&db, message_id).await;
     assert!(codecs.iter().all(|&c| c == 1), "{codecs:?}");
     assert!(
         (stored as usize) < large.len() / 4,
@@ -200,13 +212,7 @@ async fn compressed_content_reads_back_whole_and_in_parts() {
 #[tokio::test]
 async fn base64_lines_read_back_whole_and_in_parts() {
     let db = TestDb::new().await.unwrap();
-    let store = db.connect().await.unwrap();
-    let store = store.with_compression(Some(ContentCompression {
-        min_size: 16 * 1024,
-        level: 1,
-        base64_lines: true,
-    }));
-    let account = with_account(&store).await;
+    let (store, account) = compressing_store(&db).await;
     let mut message = b"Subject: photo\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
                         --b\r\n\r\nSee attached.\r\n--b\r\n\
                         Content-Transfer-Encoding: base64\r\n\r\n"
@@ -225,15 +231,7 @@ async fn base64_lines_read_back_whole_and_in_parts() {
     }
     message.extend_from_slice(b"QUI=\r\n--b--\r\n");
     let (large, message_id, entries) = delivered_beside_a_small_one(&store, account, message).await;
-    let raw = sqlx::PgPool::connect(db.url()).await.unwrap();
-    let (codecs, stored): (Vec<i16>, i64) = sqlx::query_as(
-        "SELECT array_agg(codec ORDER BY seq), sum(octet_length(data)) FROM message_chunks
-         WHERE message_id = $1",
-    )
-    .bind(message_id)
-    .fetch_one(&raw)
-    .await
-    .unwrap();
+    let (codecs, stored) = stored_rows(&db, message_id).await;
     assert_eq!(codecs.iter().filter(|&&c| c == 2).count(), 8, "{codecs:?}");
     assert!(
         (stored as usize) * 100 < large.len() * 75,
