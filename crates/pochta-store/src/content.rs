@@ -30,8 +30,8 @@ const ZSTD: i16 = 1;
 /// characters and none padded, as the octets they encode. The first octet is the line's
 /// length in quadruples of characters; the rest, every line's three octets per quadruple.
 /// Read back, each line is encoded again and ends in CRLF. An attachment's lines are stored
-/// in three quarters of their octets (zstd: about 0.76) and read four times faster than
-/// zstd's entropy coding is undone (BENCHMARKS.md, twenty-sixth session).
+/// in three quarters of their octets (zstd: about 0.76) and read twice as fast as zstd's
+/// entropy coding is undone (BENCHMARKS.md, twenty-sixth session).
 const BASE64_LINES: i16 = 2;
 
 /// Fewest consecutive base64 lines stored as such.
