@@ -622,6 +622,14 @@ impl Session {
         }
     }
 
+    /// The parser took a whole message from its input (a command, or one it refused): if it
+    /// was `RENEW_PARSER_AFTER` octets or more and a line piece ended it, and the parser
+    /// expects a command next (`renewable`), it is replaced when it next asks for input.
+    fn message_taken(&mut self, renewable: bool) {
+        let large = std::mem::take(&mut self.in_parser) >= RENEW_PARSER_AFTER;
+        self.renew_due |= renewable && large && self.input.line_ended();
+    }
+
     /// How often the parser was replaced to give back a large command's buffer (or at
     /// STARTTLS).
     pub fn parsers_renewed(&self) -> u64 {
@@ -2786,10 +2794,7 @@ impl pochta_session::Session for Session {
                         Event::ResponseSent { .. } | Event::GreetingSent { .. }
                     ) {
                         // A whole command (or line) was taken from the input.
-                        let large = std::mem::take(&mut self.in_parser) >= RENEW_PARSER_AFTER;
-                        self.renew_due |= large
-                            && self.input.line_ended()
-                            && matches!(event, Event::CommandReceived { .. });
+                        self.message_taken(matches!(event, Event::CommandReceived { .. }));
                     }
                     self.event(event);
                 }
@@ -2814,10 +2819,9 @@ impl pochta_session::Session for Session {
                     self.server.enqueue_input(piece);
                 }
                 Err(Interrupt::Error(error)) => {
-                    // A large message refused (malformed, a literal too long) grew the
-                    // buffer as much as a command taken.
-                    let large = std::mem::take(&mut self.in_parser) >= RENEW_PARSER_AFTER;
-                    self.renew_due |= large && self.input.line_ended();
+                    // A message refused (malformed, a literal too long) grew the buffer as
+                    // much as a command taken.
+                    self.message_taken(true);
                     self.malformed(error);
                 }
             }

@@ -546,10 +546,20 @@ pub(crate) fn decode(
     let mut out = prefix;
     // Sized once: grown row by row, a large piece was copied again and again.
     out.reserve_exact(rows.iter().map(|(c, d)| decoded_len(*c, d)).sum());
-    for (codec, data) in rows {
-        decode_into(&mut out, message_id, codec, &data)?;
-    }
+    append_rows(&mut out, message_id, rows)?;
     Ok(out)
+}
+
+/// Appends rows (codec and octets, in seq order) decoded to `out`, sized by the caller.
+fn append_rows(
+    out: &mut Vec<u8>,
+    message_id: i64,
+    rows: impl IntoIterator<Item = (i16, Vec<u8>)>,
+) -> Result<()> {
+    for (codec, data) in rows {
+        decode_into(out, message_id, codec, &data)?;
+    }
+    Ok(())
 }
 
 /// Joins all of a message's rows (codec and octets, in seq order) after `prefix`, checking
@@ -562,8 +572,9 @@ pub(crate) fn join(
     expected: usize,
 ) -> Result<Vec<u8>> {
     let mut out = prefix;
+    // Sized by the length recorded; the rows' headers are not read for it.
     out.reserve_exact(expected.saturating_sub(out.len()));
-    let out = decode(message_id, out, rows)?;
+    append_rows(&mut out, message_id, rows)?;
     if out.len() == expected {
         Ok(out)
     } else {
