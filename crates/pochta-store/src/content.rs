@@ -8,8 +8,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64_simd::{Out, STANDARD_NO_PAD as BASE64};
 use pochta_mail::header_search::SearchFields;
 
 use crate::{Result, StoreError};
@@ -167,8 +166,11 @@ impl Rows {
             for line in content[at..at + lines * (chars + 2)].chunks_exact(chars + 2) {
                 // base64_runs checked every character: whole quadruples always decode.
                 let n = BASE64
-                    .decode_slice(&line[..chars], &mut self.packed[into..into + octets])
-                    .unwrap_or(0);
+                    .decode(
+                        &line[..chars],
+                        Out::from_slice(&mut self.packed[into..into + octets]),
+                    )
+                    .map_or(0, |decoded| decoded.len());
                 debug_assert_eq!(n, octets);
                 into += octets;
             }
@@ -250,9 +252,7 @@ fn base64_runs(content: &[u8]) -> Vec<(Range<usize>, usize)> {
         let base64 = chars.is_multiple_of(4)
             && (1..=MAX_BASE64_QUADS).contains(&q)
             && line[chars] == b'\r'
-            && line[..chars]
-                .iter()
-                .all(|&b| BASE64_ALPHABET[usize::from(b)]);
+            && BASE64.check(&line[..chars]).is_ok();
         if !(base64 && q == quads && end == at) {
             close(start, end, quads);
             (start, quads) = if base64 { (at, q) } else { (0, 0) };
@@ -297,17 +297,6 @@ fn with_packer<R>(
         Some(f(compressor))
     })
 }
-
-/// base64's characters (RFC 4648 4), padding left out.
-const BASE64_ALPHABET: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = matches!(b as u8, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/');
-        b += 1;
-    }
-    table
-};
 
 /// Message content made ready for the store: cut into chunk rows and compressed as the
 /// store's settings say (`Store::prepare`). Preparing is the CPU work of storing; a caller
@@ -467,7 +456,7 @@ pub(crate) fn decode_into(
             let mut line_out = [0; MAX_BASE64_QUADS * 4 + 2];
             for line in octets.chunks_exact(per_line) {
                 // Whole quadruples: never short of room, never padded.
-                let _ = BASE64.encode_slice(line, &mut line_out[..chars]);
+                let _ = BASE64.encode(line, Out::from_slice(&mut line_out[..chars]));
                 line_out[chars..chars + 2].copy_from_slice(b"\r\n");
                 out.extend_from_slice(&line_out[..chars + 2]);
             }
@@ -804,7 +793,7 @@ mod tests {
             .iter()
             .map(|b| b"0123456789abcdef"[usize::from(b & 15)])
             .collect();
-        let text_in_base64 = BASE64.encode(prose(60_000));
+        let text_in_base64 = BASE64.encode_to_string(prose(60_000));
         for looks_like in [filler, hex, text_in_base64.into_bytes()] {
             let lines: Vec<u8> = looks_like
                 .chunks(76)
