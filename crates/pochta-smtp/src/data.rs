@@ -113,6 +113,13 @@ impl DataReceiver {
     pub fn push(&mut self, input: &[u8]) -> (usize, Option<ReceivedData>) {
         let mut used = 0;
         while used < input.len() {
+            let plain = self.plain_lines(&input[used..]);
+            if plain > 0 {
+                self.append(&input[used..used + plain]);
+                self.after_crlf = true;
+                used += plain;
+                continue;
+            }
             let rest = &input[used..];
             let Some(nl) = memchr::memchr(b'\n', rest) else {
                 self.line.extend_from_slice(rest);
@@ -146,6 +153,36 @@ impl DataReceiver {
             }
         }
         (used, None)
+    }
+
+    /// How many octets at the start of `input` are plain body lines, taken as they are:
+    /// whole lines ending in CRLF with no other CR or LF, none starting with a dot (the
+    /// terminator and stuffed lines), none too long. Only past the header section, between
+    /// lines, and while no problem was found: anything else goes line by line.
+    fn plain_lines(&self, input: &[u8]) -> usize {
+        if self.in_headers || !self.line.is_empty() || self.line_flushed || self.problem.is_some() {
+            return 0;
+        }
+        let (mut plain, mut cr) = (0, None);
+        for at in memchr::memchr2_iter(b'\r', b'\n', input) {
+            if input[at] == b'\r' {
+                if cr.is_some() {
+                    break;
+                }
+                cr = Some(at);
+                continue;
+            }
+            // An LF: the line is plain if its only CR is just before it.
+            let line = plain..at + 1;
+            if cr.map(|cr| cr + 1) != Some(at)
+                || line.len() > self.limits.max_line
+                || input[plain] == b'.'
+            {
+                break;
+            }
+            (plain, cr) = (at + 1, None);
+        }
+        plain
     }
 
     /// One raw line ending in LF (the LF included). True if it ends the data.
