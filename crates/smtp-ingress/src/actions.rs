@@ -238,7 +238,7 @@ impl Actions {
     /// Mail from elsewhere is checked first (and may be refused by its domain's DMARC
     /// policy); mail from our users and trusted networks is signed. Either way, header
     /// fields claiming to be our own authentication results are removed (RFC 8601 5).
-    pub async fn store_message(&self, message: &Message, client: IpAddr) -> StoreResult {
+    pub async fn store_message(&self, mut message: Box<Message>, client: IpAddr) -> StoreResult {
         let from_elsewhere = message.authenticated.is_none() && !self.is_trusted(client);
         let stripped = pochta_mail::headers::remove_authentication_results(
             &message.body,
@@ -253,7 +253,7 @@ impl Actions {
                 .map(|r| r.rcpt.recipient.domain.as_str());
             match self
                 .mail_auth
-                .check(message, client, &message.body, domains)
+                .check(&message, client, &message.body, domains)
                 .await
             {
                 Verdict::Reject { reason } => {
@@ -276,7 +276,7 @@ impl Actions {
         let queue_id = QueueId::generate();
         tracing::Span::current().record("queue_id", queue_id.as_str());
         let received = received_header(
-            message,
+            &message,
             ReceivedBy {
                 hostname: &self.hostname,
                 client_ip: client,
@@ -284,10 +284,11 @@ impl Actions {
                 date: chrono::Utc::now(),
             },
         );
-        let mut content = Vec::with_capacity(top.len() + received.len() + text.len());
-        content.extend_from_slice(top.as_bytes());
-        content.extend_from_slice(received.as_bytes());
-        content.extend_from_slice(text);
+        // The new header fields go in front of the text where it lies (the received text
+        // usually has room to spare): no second buffer the size of the message.
+        let mut content = stripped.unwrap_or_else(|| std::mem::take(&mut message.body));
+        let fields = [top.as_bytes(), received.as_bytes()].concat();
+        content.splice(0..0, fields);
         let envelope = NewEnvelope {
             quarantine,
             requiretls: message.mail.requiretls,

@@ -257,14 +257,15 @@ impl Handler<Session> for Connection {
                     size = message.body.len(),
                     recipients = message.recipients.len()
                 );
+                let size = message.body.len() as u64;
                 let result = actions
-                    .store_message(&message, client)
+                    .store_message(message, client)
                     .instrument(span)
                     .await;
                 if matches!(result, pochta_smtp::StoreResult::Stored { .. }) {
                     let metrics = &self.ingress.metrics;
                     metrics.accepted.add(1, &[]);
-                    metrics.accepted_bytes.add(message.body.len() as u64, &[]);
+                    metrics.accepted_bytes.add(size, &[]);
                 }
                 session.store_result(result);
             }
