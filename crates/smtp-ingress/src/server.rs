@@ -251,13 +251,13 @@ impl Handler<Session> for Connection {
                 session.auth_result(result);
             }
             Action::StoreMessage(message) => {
+                let size = message.body.len() as u64;
                 let span = tracing::info_span!(
                     "smtp.transaction",
                     queue_id = tracing::field::Empty,
-                    size = message.body.len(),
+                    size,
                     recipients = message.recipients.len()
                 );
-                let size = message.body.len() as u64;
                 let result = actions
                     .store_message(message, client)
                     .instrument(span)
