@@ -111,6 +111,11 @@ impl Cluster {
         })
     }
 
+    /// The cluster's data directory (PGDATA).
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
     /// `postgres://postgres@127.0.0.1:port/database`.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)

@@ -228,6 +228,24 @@ fn secrets_are_required_and_each_service_has_its_own_role() {
         );
     }
     tool("sh", &["-n", "deploy/postgres/init-roles.sh"]);
+    tool("sh", &["-n", "deploy/postgres/init-settings.sh"]);
+    // Pochta's PostgreSQL settings reach a new cluster: the file where the init script
+    // reads it, the script where the entrypoint runs it.
+    let mounts: Vec<&str> = service(&compose, "postgres")["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for mount in [
+        "/deploy/postgres/pochta.conf:/etc/pochta/postgres.conf:ro",
+        "/deploy/postgres/init-settings.sh:/docker-entrypoint-initdb.d/init-settings.sh:ro",
+    ] {
+        assert!(
+            mounts.iter().any(|m| m.ends_with(mount)),
+            "{mount} in {mounts:?}"
+        );
+    }
     tool("sh", &["-n", "deploy/make-secrets"]);
 
     let with_token: Vec<&str> = POCHTA_SERVICES
@@ -530,4 +548,46 @@ async fn the_init_script_and_the_grants_work_on_a_real_server() {
     }
     assert!(owner.create_database("another").await.is_err());
     assert!(owner.ensure_login_role("intruder").await.is_err());
+}
+
+/// The init script's settings take effect on a real server: a new cluster, the script run on
+/// its data directory as the entrypoint runs it, a restart; then every setting the file names
+/// reads back as the file gives it.
+#[test]
+fn the_settings_script_configures_a_real_server() {
+    let cluster = pochta_testkit::cluster::Cluster::start_new(false).unwrap();
+    cluster
+        .stop(pochta_testkit::cluster::StopMode::Fast)
+        .unwrap();
+    let file = root().join("deploy/postgres/pochta.conf");
+    let out = Command::new("sh")
+        .arg("deploy/postgres/init-settings.sh")
+        .current_dir(root())
+        .env("PGDATA", cluster.data_dir())
+        .env("POCHTA_PG_SETTINGS", &file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.start().unwrap();
+    let settings: Vec<(String, String)> = read("deploy/postgres/pochta.conf")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l.split_once('=').expect("name = value");
+            (name.trim().to_string(), value.trim().to_string())
+        })
+        .collect();
+    assert!(!settings.is_empty());
+    for (name, value) in settings {
+        let shown = tool(
+            "psql",
+            &[&cluster.url("postgres"), "-Atc", &format!("SHOW {name}")],
+        );
+        assert_eq!(shown.trim(), value, "{name}");
+    }
 }
