@@ -352,6 +352,10 @@ check(setter.select("INBOX"))
 print("stored", check(setter.store("2", "+FLAGS", "(\\Flagged $Work)")))
 # Reading BODY[] (not PEEK) sets \Seen.
 check(setter.fetch("1", "(BODY[])"))
+# The setter's own STORE was reported with it: its NOOP does not tell it again.
+setter.untagged_responses.pop("FETCH", None)
+check(setter.noop())
+print("own", b" ".join(d for d in setter.untagged_responses.pop("FETCH", []) if d).decode())
 deadline = time.time() + 10
 seen = b""
 while time.time() < deadline and (b"Flagged" not in seen or b"Seen" not in seen):
@@ -370,6 +374,8 @@ print("keyword", check(watcher.search(None, "KEYWORD", "$Work"))[0].decode())
         line.contains("\\Flagged") && line.contains("\\Seen"),
         "{out}"
     );
+    let own = out.lines().find(|l| l.starts_with("own")).unwrap();
+    assert!(!own.contains("2 ("), "{out}");
     assert!(out.contains("flagged 2\n"), "{out}");
     assert!(out.contains("seen 1\n"), "{out}");
     assert!(out.contains("keyword 2\n"), "{out}");

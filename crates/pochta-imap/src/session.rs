@@ -394,6 +394,8 @@ enum Pending {
         tag: Tag<'static>,
         uid: bool,
         silent: bool,
+        /// UNCHANGEDSINCE was given (RFC 7162 3.1.3).
+        conditional: bool,
         uids: Vec<u32>,
     },
     StoreReport {
@@ -1696,6 +1698,7 @@ impl Session {
                 tag,
                 uid,
                 silent: response == StoreResponse::Silent,
+                conditional: unchanged_since.is_some(),
                 uids: uids.clone(),
             },
             Request::StoreFlags {
@@ -2240,11 +2243,25 @@ impl Session {
                     tag,
                     uid,
                     silent,
+                    conditional,
                     uids,
                 },
-                Answer::Flags(Ok((_, modified))),
+                Answer::Flags(Ok((changed, modified))),
             ) => {
-                let Some(view) = self.view().filter(|_| !silent) else {
+                // The client hears of the change from this STORE (its FLAGS, or with
+                // CONDSTORE its MODSEQ), or asked not to and has no mod-sequences to learn.
+                if !silent || conditional || !self.condstore {
+                    self.took_own_change(&changed);
+                }
+                if silent {
+                    if conditional {
+                        // RFC 7162 3.1.3: a FETCH with MODSEQ for each message changed, even
+                        // for .SILENT, so the client's cache learns the new mod-sequences.
+                        self.tell_modseqs(&changed, uid);
+                    }
+                    return self.store_done(tag, &modified);
+                }
+                let Some(view) = self.view() else {
                     return self.store_done(tag, &modified);
                 };
                 // The flags now, of every message named (changed here or not).
@@ -2391,6 +2408,41 @@ impl Session {
             mailbox: mailbox(&summary.name, !self.rev2),
             items: data.into(),
         });
+    }
+
+    /// The view learns the mod-sequence of the session's own STORE (`View::took_own_change`).
+    fn took_own_change(&mut self, changed: &[Message]) {
+        let modseq = changed.iter().map(|m| m.modseq).max();
+        if let (Some(modseq), Some(view)) = (modseq, self.view_mut()) {
+            view.took_own_change(modseq);
+        }
+    }
+
+    /// `* n FETCH ([UID u] MODSEQ (m))` for each of these messages still in the view.
+    fn tell_modseqs(&mut self, changed: &[Message], uid: bool) {
+        let mut out = Vec::new();
+        if let Some(view) = self.view() {
+            for m in changed {
+                let (Some(place), Some(modseq)) =
+                    (view.index_of_uid(m.uid), NonZeroU64::new(m.modseq))
+                else {
+                    continue;
+                };
+                let mut items = Vec::new();
+                if uid {
+                    items.push(imap_next::imap_types::fetch::MessageDataItem::Uid(nonzero(
+                        m.uid,
+                    )));
+                }
+                items.push(imap_next::imap_types::fetch::MessageDataItem::ModSeq(
+                    modseq,
+                ));
+                out.push(fetch_data(place, items));
+            }
+        }
+        for data in out {
+            self.send_data(data);
+        }
     }
 
     fn store_done(&mut self, tag: Tag<'static>, modified: &[u32]) {

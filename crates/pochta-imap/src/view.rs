@@ -175,6 +175,17 @@ impl View {
         places.iter().map(|&p| self.uids.get(p)).collect()
     }
 
+    /// The session's own STORE took `modseq`. If that is the
+    /// next mod-sequence after the last the view knows, nothing else changed in between (the
+    /// store hands them out one at a time, under the mailbox row's lock) and the session
+    /// tells its client about this change itself: the view knows it too, and the next look
+    /// for changes does not report the change back to the session that made it.
+    pub fn took_own_change(&mut self, modseq: u64) {
+        if self.mailbox.highest_modseq.checked_add(1) == Some(modseq) {
+            self.mailbox.highest_modseq = modseq;
+        }
+    }
+
     /// Takes in changes and says what the client must be told (RFC 9051 7.4.1, 7.3.1, 7.5.2):
     /// EXPUNGE for each message gone (highest number first, so each number is right when
     /// sent; with `vanished`, one VANISHED naming their UIDs, RFC 7162 3.2.10), FETCH FLAGS

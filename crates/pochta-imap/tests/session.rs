@@ -44,7 +44,6 @@ fn request(output: Option<Output<Action>>) -> Request {
     }
 }
 
-/// Answers and drains; what was sent.
 /// Search matches the store decided: (UID, mod-sequence).
 fn decided(found: &[(u32, u64)]) -> Found {
     Found {
@@ -54,6 +53,7 @@ fn decided(found: &[(u32, u64)]) -> Found {
     }
 }
 
+/// Answers and drains; what was sent.
 fn answer(c: &mut Client, a: Answer) -> String {
     c.session.answer(a);
     assert!(c.drain().is_none());
@@ -950,6 +950,94 @@ fn store_changes_flags_and_reports_unchangedsince_conflicts() {
     let mut c = selected(true);
     assert!(c.cmd("s3 STORE 1 +FLAGS (\\Seen)").starts_with("s3 NO"));
     assert!(c.cmd("s4 EXPUNGE").starts_with("s4 NO"));
+}
+
+/// Answers; what the session does next.
+fn answer_and_drain(c: &mut Client, a: Answer) -> Option<Output<Action>> {
+    c.session.answer(a);
+    c.drain()
+}
+
+/// The NOOP after a STORE: `Request::Changes` since which mod-sequence.
+fn changes_asked_after_noop(c: &mut Client) -> u64 {
+    match request(c.send("n NOOP\r\n")) {
+        Request::Changes { since_modseq, .. } => {
+            let unchanged = Changes {
+                mailbox: None,
+                changed: vec![],
+                present: vec![2, 4, 7],
+            };
+            // Answered as nothing changed; the view keeps its own mailbox summary.
+            let _ = answer(
+                c,
+                Answer::Changes(Ok(Changes {
+                    mailbox: Some(mailbox(1, "INBOX")),
+                    ..unchanged
+                })),
+            );
+            since_modseq
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn with_modseq(mut m: Message, modseq: u64) -> Message {
+    m.modseq = modseq;
+    m
+}
+
+#[test]
+fn a_session_is_not_told_its_own_store_again() {
+    // The STORE took the next mod-sequence (the view knows 5): NOOP looks from 6 on, so the
+    // change is not reported back to the session that made and reported it.
+    let mut c = selected(false);
+    request(c.send("s1 STORE 1 +FLAGS (\\Flagged)\r\n"));
+    let changed = vec![with_modseq(message(2, &["\\Flagged"], 100), 6)];
+    request(answer_and_drain(
+        &mut c,
+        Answer::Flags(Ok((changed.clone(), vec![]))),
+    ));
+    let out = answer(&mut c, Answer::Messages(Ok(changed)));
+    assert!(out.contains("* 1 FETCH (FLAGS (\\Flagged))"), "{out}");
+    assert_eq!(changes_asked_after_noop(&mut c), 6);
+
+    // Someone else's change came between (the STORE took 8, not 6): NOOP looks from 5 on
+    // and tells both.
+    let mut c = selected(false);
+    request(c.send("s1 STORE 1 +FLAGS (\\Flagged)\r\n"));
+    let changed = vec![with_modseq(message(2, &["\\Flagged"], 100), 8)];
+    request(answer_and_drain(
+        &mut c,
+        Answer::Flags(Ok((changed.clone(), vec![]))),
+    ));
+    answer(&mut c, Answer::Messages(Ok(changed)));
+    assert_eq!(changes_asked_after_noop(&mut c), 5);
+
+    // With CONDSTORE, a .SILENT STORE tells the client no mod-sequence: the change is told
+    // at the next NOOP, as one made elsewhere.
+    let mut c = selected(false);
+    assert!(c.cmd("e1 ENABLE CONDSTORE").contains("e1 OK"));
+    request(c.send("s1 STORE 1 +FLAGS.SILENT (\\Flagged)\r\n"));
+    let changed = vec![with_modseq(message(2, &["\\Flagged"], 100), 6)];
+    let out = answer(&mut c, Answer::Flags(Ok((changed, vec![]))));
+    assert_eq!(out, "s1 OK STORE completed\r\n");
+    assert_eq!(changes_asked_after_noop(&mut c), 5);
+}
+
+#[test]
+fn a_silent_conditional_store_still_tells_the_new_modseqs() {
+    // RFC 7162 3.1.3: a FETCH with MODSEQ for each message stored, even with .SILENT; none
+    // for the one that failed the UNCHANGEDSINCE test.
+    let mut c = selected(false);
+    request(c.send("s1 UID STORE 2,4 (UNCHANGEDSINCE 5) +FLAGS.SILENT (\\Seen)\r\n"));
+    let changed = vec![with_modseq(message(2, &["\\Seen"], 100), 6)];
+    let out = answer(&mut c, Answer::Flags(Ok((changed, vec![4]))));
+    assert_eq!(
+        out,
+        "* 1 FETCH (UID 2 MODSEQ (6))\r\ns1 OK [MODIFIED 4] STORE completed\r\n"
+    );
+    // And the client knows 6 now: NOOP does not tell it again.
+    assert_eq!(changes_asked_after_noop(&mut c), 6);
 }
 
 #[test]
