@@ -468,6 +468,10 @@ struct FetchJob {
     changed_since: Option<u64>,
     /// UIDs whose \Seen this FETCH set: their FLAGS are sent too.
     seen_now: Vec<u32>,
+    /// The mod-sequence setting \Seen took, and how many of `seen_now` have had their
+    /// response: if all, the view takes the change as its own (`View::took_own_change`).
+    seen_modseq: Option<u64>,
+    seen_told: usize,
     /// BINARY met an encoding it cannot undo: that message was left out.
     unknown_cte: bool,
 }
@@ -1477,6 +1481,8 @@ impl Session {
             messages: Vec::new(),
             changed_since,
             seen_now: Vec::new(),
+            seen_modseq: None,
+            seen_told: 0,
             unknown_cte: false,
         };
         self.run(
@@ -1624,6 +1630,12 @@ impl Session {
 
     /// The tagged reply: OK, or NO [UNKNOWN-CTE] when BINARY left a message out (RFC 3516 4.1).
     fn fetch_done(&mut self, job: FetchJob) {
+        // Every message whose \Seen this FETCH set went out with its flags.
+        if let (Some(modseq), Some(view)) = (job.seen_modseq, self.view_mut())
+            && job.seen_told == job.seen_now.len()
+        {
+            view.took_own_change(modseq);
+        }
         if job.unknown_cte {
             return self.tagged(status_no(
                 job.tag,
@@ -1656,10 +1668,13 @@ impl Session {
                 job.unknown_cte = true;
                 continue;
             };
-            if job.seen_now.contains(&m.uid) && !job.items.contains(&MessageDataItemName::Flags) {
-                items.push(imap_next::imap_types::fetch::MessageDataItem::Flags(
-                    fetch::flags(&m.flags),
-                ));
+            if job.seen_now.contains(&m.uid) {
+                job.seen_told += 1;
+                if !job.items.contains(&MessageDataItemName::Flags) {
+                    items.push(imap_next::imap_types::fetch::MessageDataItem::Flags(
+                        fetch::flags(&m.flags),
+                    ));
+                }
             }
             out.push(fetch_data(*place, items));
         }
@@ -2181,6 +2196,7 @@ impl Session {
                 self.fetch_known(fetch, messages);
             }
             (Pending::FetchSeen { mut fetch }, Answer::Flags(Ok((changed, _)))) => {
+                fetch.seen_modseq = changed.iter().map(|m| m.modseq).max();
                 for m in changed {
                     if let Some((_, known)) =
                         fetch.messages.iter_mut().find(|(_, k)| k.uid == m.uid)
@@ -2206,7 +2222,11 @@ impl Session {
                 self.fetch_send(&mut fetch, &batch, &mut contents);
                 self.fetch_next(fetch, reading);
             }
-            (Pending::Fetch { fetch, reading }, Answer::Streamed(Ok(_))) => {
+            (Pending::Fetch { mut fetch, reading }, Answer::Streamed(Ok(sent))) => {
+                let uid = fetch.messages.get(reading.from).map(|(_, m)| m.uid);
+                if sent && uid.is_some_and(|uid| fetch.seen_now.contains(&uid)) {
+                    fetch.seen_told += 1;
+                }
                 self.fetch_next(fetch, reading)
             }
             (Pending::SearchMeta { search, matched }, Answer::Messages(Ok(messages))) => {

@@ -175,7 +175,7 @@ impl View {
         places.iter().map(|&p| self.uids.get(p)).collect()
     }
 
-    /// The session's own STORE took `modseq`. If that is the
+    /// The session's own change (a STORE, or \Seen set by a FETCH) took `modseq`. If that is the
     /// next mod-sequence after the last the view knows, nothing else changed in between (the
     /// store hands them out one at a time, under the mailbox row's lock) and the session
     /// tells its client about this change itself: the view knows it too, and the next look

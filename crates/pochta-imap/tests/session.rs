@@ -1025,6 +1025,28 @@ fn a_session_is_not_told_its_own_store_again() {
 }
 
 #[test]
+fn a_fetch_that_sets_seen_is_not_told_again() {
+    // The \Seen a FETCH set went out with the message: NOOP looks from its mod-sequence on.
+    // The message was expunged before it was read: its new flags were never told, so NOOP
+    // looks from where the view was.
+    let read_200 = Contents::from_iter([(200, MAIL.to_vec())]);
+    for (read, since) in [(read_200, 6), (Contents::default(), 5)] {
+        let mut c = selected(false);
+        let output = c.send("f1 FETCH 1 BODY[]\r\n");
+        metadata(&mut c, output, &[2]);
+        assert!(matches!(request(c.drain()), Request::StoreFlags { .. }));
+        let seen = vec![with_modseq(message(2, &["\\Seen"], 100), 6)];
+        assert!(matches!(
+            request(answer_and_drain(&mut c, Answer::Flags(Ok((seen, vec![]))))),
+            Request::Contents { .. }
+        ));
+        let out = answer(&mut c, Answer::Contents(Ok(read)));
+        assert!(out.ends_with("f1 OK FETCH completed\r\n"), "{out}");
+        assert_eq!(changes_asked_after_noop(&mut c), since);
+    }
+}
+
+#[test]
 fn a_silent_conditional_store_still_tells_the_new_modseqs() {
     // RFC 7162 3.1.3: a FETCH with MODSEQ for each message stored, even with .SILENT; none
     // for the one that failed the UNCHANGEDSINCE test.
