@@ -516,6 +516,11 @@ fn status_ok(tag: Tag<'static>, code: Option<Code<'static>>, text: &str) -> Stat
     Status::ok(Some(tag), code, text.to_owned()).unwrap_or_else(|_| plain_ok())
 }
 
+/// The mod-sequence a change took: its messages' highest.
+fn newest_modseq(changed: &[Message]) -> Option<u64> {
+    changed.iter().map(|m| m.modseq).max()
+}
+
 fn status_no(tag: Tag<'static>, code: Option<Code<'static>>, text: &str) -> Status<'static> {
     Status::no(Some(tag), code, text.to_owned())
         .unwrap_or_else(|_| Status::no(None, None, "failed").expect("valid text"))
@@ -1631,10 +1636,8 @@ impl Session {
     /// The tagged reply: OK, or NO [UNKNOWN-CTE] when BINARY left a message out (RFC 3516 4.1).
     fn fetch_done(&mut self, job: FetchJob) {
         // Every message whose \Seen this FETCH set went out with its flags.
-        if let (Some(modseq), Some(view)) = (job.seen_modseq, self.view_mut())
-            && job.seen_told == job.seen_now.len()
-        {
-            view.took_own_change(modseq);
+        if job.seen_told == job.seen_now.len() {
+            self.took_own_change(job.seen_modseq);
         }
         if job.unknown_cte {
             return self.tagged(status_no(
@@ -2196,7 +2199,7 @@ impl Session {
                 self.fetch_known(fetch, messages);
             }
             (Pending::FetchSeen { mut fetch }, Answer::Flags(Ok((changed, _)))) => {
-                fetch.seen_modseq = changed.iter().map(|m| m.modseq).max();
+                fetch.seen_modseq = newest_modseq(&changed);
                 for m in changed {
                     if let Some((_, known)) =
                         fetch.messages.iter_mut().find(|(_, k)| k.uid == m.uid)
@@ -2271,13 +2274,14 @@ impl Session {
                 // The client hears of the change from this STORE (its FLAGS, or with
                 // CONDSTORE its MODSEQ), or asked not to and has no mod-sequences to learn.
                 if !silent || conditional || !self.condstore {
-                    self.took_own_change(&changed);
+                    self.took_own_change(newest_modseq(&changed));
                 }
                 if silent {
                     if conditional {
                         // RFC 7162 3.1.3: a FETCH with MODSEQ for each message changed, even
                         // for .SILENT, so the client's cache learns the new mod-sequences.
-                        self.tell_modseqs(&changed, uid);
+                        let changed: Vec<&Message> = changed.iter().collect();
+                        self.report_stored(&changed, false, uid, true);
                     }
                     return self.store_done(tag, &modified);
                 }
@@ -2292,30 +2296,11 @@ impl Session {
                 );
             }
             (Pending::StoreReport { tag, uid, modified }, Answer::Messages(Ok(messages))) => {
-                let condstore = self.condstore;
-                let mut out = Vec::new();
-                if let Some(view) = self.view() {
-                    for m in messages.iter().filter(|m| !modified.contains(&m.uid)) {
-                        let Some(place) = view.index_of_uid(m.uid) else {
-                            continue;
-                        };
-                        let mut items = vec![imap_next::imap_types::fetch::MessageDataItem::Flags(
-                            fetch::flags(&m.flags),
-                        )];
-                        if uid {
-                            items.push(imap_next::imap_types::fetch::MessageDataItem::Uid(
-                                nonzero(m.uid),
-                            ));
-                        }
-                        if condstore && let Some(ms) = NonZeroU64::new(m.modseq) {
-                            items.push(imap_next::imap_types::fetch::MessageDataItem::ModSeq(ms));
-                        }
-                        out.push(fetch_data(place, items));
-                    }
-                }
-                for data in out {
-                    self.send_data(data);
-                }
+                let unmodified: Vec<&Message> = messages
+                    .iter()
+                    .filter(|m| !modified.contains(&m.uid))
+                    .collect();
+                self.report_stored(&unmodified, true, uid, self.condstore);
                 self.store_done(tag, &modified);
             }
             (Pending::Expunge { tag, close }, Answer::Expunged(Ok(uids))) => {
@@ -2430,33 +2415,33 @@ impl Session {
         });
     }
 
-    /// The view learns the mod-sequence of the session's own STORE (`View::took_own_change`).
-    fn took_own_change(&mut self, changed: &[Message]) {
-        let modseq = changed.iter().map(|m| m.modseq).max();
+    /// The view learns the mod-sequence of the session's own change (`View::took_own_change`).
+    fn took_own_change(&mut self, modseq: Option<u64>) {
         if let (Some(modseq), Some(view)) = (modseq, self.view_mut()) {
             view.took_own_change(modseq);
         }
     }
 
-    /// `* n FETCH ([UID u] MODSEQ (m))` for each of these messages still in the view.
-    fn tell_modseqs(&mut self, changed: &[Message], uid: bool) {
+    /// A STORE's untagged FETCH for each of these messages still in the view: `[FLAGS (..)]
+    /// [UID u] [MODSEQ (m)]`.
+    fn report_stored(&mut self, messages: &[&Message], flags: bool, uid: bool, modseq: bool) {
+        use imap_next::imap_types::fetch::MessageDataItem;
         let mut out = Vec::new();
         if let Some(view) = self.view() {
-            for m in changed {
-                let (Some(place), Some(modseq)) =
-                    (view.index_of_uid(m.uid), NonZeroU64::new(m.modseq))
-                else {
+            for m in messages {
+                let Some(place) = view.index_of_uid(m.uid) else {
                     continue;
                 };
                 let mut items = Vec::new();
-                if uid {
-                    items.push(imap_next::imap_types::fetch::MessageDataItem::Uid(nonzero(
-                        m.uid,
-                    )));
+                if flags {
+                    items.push(MessageDataItem::Flags(fetch::flags(&m.flags)));
                 }
-                items.push(imap_next::imap_types::fetch::MessageDataItem::ModSeq(
-                    modseq,
-                ));
+                if uid {
+                    items.push(MessageDataItem::Uid(nonzero(m.uid)));
+                }
+                if modseq && let Some(ms) = NonZeroU64::new(m.modseq) {
+                    items.push(MessageDataItem::ModSeq(ms));
+                }
                 out.push(fetch_data(place, items));
             }
         }

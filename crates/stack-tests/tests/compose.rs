@@ -72,6 +72,15 @@ fn depends(compose: &Value, name: &str, on: &str) -> String {
         .to_owned()
 }
 
+/// The strings of a YAML list (empty if it is not one).
+fn strings(list: &Value) -> Vec<&str> {
+    list.as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn published_ports(s: &Value) -> Vec<u64> {
     s["ports"]
         .as_sequence()
@@ -142,12 +151,7 @@ fn services_start_in_order_and_report_health() {
         ("pop3-access", config.pop3.grpc_listen),
         ("imap-access", config.imap.grpc_listen),
     ] {
-        let test: Vec<&str> = service(&compose, name)["healthcheck"]["test"]
-            .as_sequence()
-            .unwrap_or_else(|| panic!("{name} has no health check"))
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let test = strings(&service(&compose, name)["healthcheck"]["test"]);
         assert_eq!(
             test,
             [
@@ -211,12 +215,7 @@ fn secrets_are_required_and_each_service_has_its_own_role() {
             "{name}"
         );
     }
-    let migrate: Vec<&str> = service(&compose, "migrate")["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let migrate = strings(&service(&compose, "migrate")["command"]);
     assert_eq!(migrate, ["pochtactl", "migrate", "--grant-roles"]);
     // The roles the grants name are the ones the init script creates.
     let init = read("deploy/postgres/init-roles.sh");
@@ -231,12 +230,7 @@ fn secrets_are_required_and_each_service_has_its_own_role() {
     tool("sh", &["-n", "deploy/postgres/init-settings.sh"]);
     // Pochta's PostgreSQL settings reach a new cluster: the file where the init script
     // reads it, the script where the entrypoint runs it.
-    let mounts: Vec<&str> = service(&compose, "postgres")["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let mounts = strings(&service(&compose, "postgres")["volumes"]);
     for mount in [
         "/deploy/postgres/pochta.conf:/etc/pochta/postgres.conf:ro",
         "/deploy/postgres/init-settings.sh:/docker-entrypoint-initdb.d/init-settings.sh:ro",
